@@ -1,0 +1,65 @@
+//! Errors of the DAG loader and the stores.
+
+use std::path::PathBuf;
+
+/// A store operation failed. [`StoreError::NotFound`] is distinct from every other failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The DAG or run does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. "DAG `build`" or "run `build/abc`".
+        what: String,
+    },
+    /// A DAG name or run id is not acceptable (checked before touching the filesystem).
+    #[error("invalid {kind} `{value}`: {reason}")]
+    InvalidName {
+        /// "DAG name" or "run id".
+        kind: &'static str,
+        /// The rejected value (may be shown: it is not a secret).
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A DAG file could not be loaded.
+    #[error(transparent)]
+    Dag(#[from] crate::DagError),
+    /// Reading or writing a store file failed.
+    #[error("failed to {action} `{path}`")]
+    Io {
+        /// e.g. "read", "write", "rename".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store file holds data that cannot be decoded.
+    #[error("corrupt store file `{path}`: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why it is unreadable.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True for [`StoreError::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// A DAG file is invalid. Display names the file, the line (when known) and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DagError {
+    /// The YAML file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the key (e.g. "unknown key `stpes`").
+    pub message: String,
+}

@@ -1,0 +1,34 @@
+//! The cloud side of a scheduler: the HTTP client for the license and dispatch endpoints
+//! (SPEC §2), their wire types, license tokens (EdDSA JWTs, SPEC §3) and the license manager
+//! that turns a license key into machine credentials.
+//!
+//! Main types: [`CloudClient`], [`DispatchJob`] and the other [`wire`] types, [`CloudError`],
+//! [`LicenseManager`], [`MachineCredentials`], [`Secret`].
+//!
+//! Not for: DAGs, queues or runs. The hub reuses the wire types and the token module.
+
+pub mod wire;
+mod secret;
+
+pub use secret::Secret;
+pub use wire::*;
+
+/// What a scheduler presents on every dispatch call: license id (token `jti`), server id and
+/// heartbeat secret. They exist only for a key-activated license.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineCredentials {
+    /// License id (`jti` of the token).
+    pub license_id: String,
+    /// This scheduler's server id.
+    pub server_id: String,
+    /// Heartbeat secret from activation.
+    pub heartbeat_secret: Secret,
+}
+
+/// Anything that can tell the worker its current machine credentials. The license manager is the
+/// real one; the answer may change over time (credentials appear after activation, vanish when
+/// the license is revoked), so callers ask again on every pass.
+pub trait CredentialSource: Send + Sync + 'static {
+    /// The current credentials, or `None` when there is no key-activated license.
+    fn cloud_machine_credentials(&self) -> Option<MachineCredentials>;
+}
