@@ -7,8 +7,9 @@
 //!
 //! Not for: DAGs, queues or runs. The hub reuses the wire types and the token module.
 
-pub mod wire;
 mod secret;
+pub mod token;
+pub mod wire;
 
 pub use secret::Secret;
 pub use wire::*;
