@@ -418,11 +418,15 @@ mod tests {
         }
         // A good header/claims with a short signature.
         let t = sign(&claims(10_000), &k);
-        let cut = &t[..t.len() - 4];
+        let head = &t[..t.rfind('.').unwrap()];
+        let short = format!("{head}.{}", URL_SAFE_NO_PAD.encode([7u8; 63]));
         assert!(matches!(
-            verify(cut, &vk, 2_000),
+            verify(&short, &vk, 2_000),
             Err(TokenError::Signature)
         ));
+        // A truncated signature is not valid base64url (86 chars minus one).
+        let cut = &t[..t.len() - 1];
+        assert!(verify(cut, &vk, 2_000).is_err());
     }
 
     #[test]
