@@ -2,11 +2,21 @@
 //! The file-backed implementations live in submodules.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Dag, RunStatus, StepStatus};
+use crate::{Dag, RunStatus, StepStatus, StoreError};
+
+mod dags;
+mod fsutil;
+mod queue;
+mod runs;
+
+pub use dags::FileDagStore;
+pub use queue::FileQueueStore;
+pub use runs::FileRunStore;
 
 /// Record of one step inside a run status.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -126,7 +136,12 @@ pub trait RunStore: Send + Sync {
 /// Named queues with priorities.
 pub trait QueueStore: Send + Sync {
     /// Appends `item` to `queue` at `priority`.
-    fn enqueue(&self, queue: &str, priority: Priority, item: &QueueItem) -> Result<(), crate::StoreError>;
+    fn enqueue(
+        &self,
+        queue: &str,
+        priority: Priority,
+        item: &QueueItem,
+    ) -> Result<(), crate::StoreError>;
     /// Removes and returns the next item of `queue` (high before low, FIFO within), if any.
     fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, crate::StoreError>;
     /// Removes `item` from `queue` wherever it is; returns whether it was there.
@@ -150,4 +165,58 @@ pub struct Stores {
     pub enqueued: Arc<tokio::sync::Notify>,
     /// Root of run logs: a run's files go under `<log_dir>/<dag>/<run_id>/`.
     pub log_dir: PathBuf,
+}
+
+/// Where the file-backed stores live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStoreConfig {
+    /// DAG YAML files.
+    pub dags_dir: PathBuf,
+    /// Runs (`<data_dir>/runs/`) and queues (`<data_dir>/queue/`).
+    pub data_dir: PathBuf,
+    /// Run logs (`<log_dir>/<dag>/<run_id>/`).
+    pub log_dir: PathBuf,
+}
+
+impl Stores {
+    /// File-backed stores (layout in the crate docs); creates the directories that are missing.
+    pub fn open_files(config: FileStoreConfig) -> Result<Stores, StoreError> {
+        fsutil::create_dir_durable(&config.dags_dir)?;
+        fsutil::create_dir_durable(&config.log_dir)?;
+        let runs = FileRunStore::open(config.data_dir.join("runs"))?;
+        let queue = FileQueueStore::open(config.data_dir.join("queue"))?;
+        Ok(Stores {
+            dags: Arc::new(FileDagStore::new(config.dags_dir)),
+            runs: Arc::new(runs),
+            queue: Arc::new(queue),
+            enqueued: Arc::new(tokio::sync::Notify::new()),
+            log_dir: config.log_dir,
+        })
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("log_dir", &self.log_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unix nanoseconds, strictly increasing within this process (also across threads and when the
+/// wall clock steps back), so names built from it sort in creation order and never repeat.
+pub(crate) fn monotonic_nanos() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
 }

@@ -1,0 +1,137 @@
+//! Checks of DAG names, queue names and run ids. They run before any filesystem access, because
+//! these values arrive from the network and end up as path components.
+
+use crate::StoreError;
+
+/// Longest accepted DAG or queue name, in bytes.
+pub const MAX_DAG_NAME_LEN: usize = 128;
+
+/// Longest accepted run id, in bytes.
+pub const MAX_RUN_ID_LEN: usize = 64;
+
+/// Accepts `[A-Za-z0-9._-]{1,128}` except `.`-only names and names holding `..`.
+pub fn validate_dag_name(name: &str) -> Result<(), StoreError> {
+    validate_name("DAG name", name)
+}
+
+/// Same rules as [`validate_dag_name`]; a queue is a directory name too.
+pub(crate) fn validate_queue_name(name: &str) -> Result<(), StoreError> {
+    validate_name("queue name", name)
+}
+
+fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_DAG_NAME_LEN {
+        Some("longer than 128 bytes")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("must not hold a path separator")
+    } else if name.contains("..") {
+        Some("must not hold `..`")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("may only hold A-Z, a-z, 0-9, `.`, `_` and `-`")
+    } else if name == "." {
+        Some("must not be `.`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StoreError::InvalidName {
+            kind,
+            value: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Accepts `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_run_id(run_id: &str) -> Result<(), StoreError> {
+    validate_id("run id", run_id)
+}
+
+/// Attempt ids follow the run-id rules.
+pub(crate) fn validate_attempt_id(id: &str) -> Result<(), StoreError> {
+    validate_id("attempt id", id)
+}
+
+fn validate_id(kind: &'static str, id: &str) -> Result<(), StoreError> {
+    let reason = if id.is_empty() {
+        Some("must not be empty")
+    } else if id.len() > MAX_RUN_ID_LEN {
+        Some("longer than 64 bytes")
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        Some("may only hold A-Z, a-z, 0-9, `_` and `-`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StoreError::InvalidName {
+            kind,
+            value: id.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dag_names() {
+        let long = "a".repeat(129);
+        let max = "a".repeat(128);
+        let cases: &[(&str, bool)] = &[
+            ("build", true),
+            ("build.v2_x-1", true),
+            (max.as_str(), true),
+            ("", false),
+            (long.as_str(), false),
+            ("../etc", false),
+            ("a..b", false),
+            ("..", false),
+            (".", false),
+            ("/etc/passwd", false),
+            ("a/b", false),
+            ("a\\b", false),
+            ("a b", false),
+            ("dé", false),
+            ("a\0", false),
+        ];
+        for (name, ok) in cases {
+            let got = validate_dag_name(name);
+            assert_eq!(got.is_ok(), *ok, "{name:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().starts_with("invalid DAG name"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_ids() {
+        let long = "a".repeat(65);
+        let max = "a".repeat(64);
+        let cases: &[(&str, bool)] = &[
+            ("abc-123_X", true),
+            (max.as_str(), true),
+            ("", false),
+            (long.as_str(), false),
+            ("a.b", false),
+            ("../x", false),
+            ("a/b", false),
+            ("a%2F", false),
+        ];
+        for (id, ok) in cases {
+            let got = validate_run_id(id);
+            assert_eq!(got.is_ok(), *ok, "{id:?}: {got:?}");
+        }
+    }
+}

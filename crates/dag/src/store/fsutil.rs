@@ -1,0 +1,148 @@
+//! Durable file primitives shared by the file stores.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::StoreError;
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A name no other writer (thread or process) picks: temp files never collide.
+pub(crate) fn unique_temp_name(prefix: &str) -> String {
+    format!(
+        ".{prefix}.tmp-{}-{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes directory entries (create, rename, unlink) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Writes `bytes` to a fresh temp file in `dir` and fsyncs it; returns its path.
+pub(crate) fn write_temp(dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let tmp = dir.join(unique_temp_name(prefix));
+    let result = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("write", &tmp)(e));
+    }
+    Ok(tmp)
+}
+
+/// Replaces `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
+/// A reader sees the old or the new content, never a mix, also after a crash.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = parent(path);
+    let prefix = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = write_temp(dir, &prefix, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("rename", path)(e));
+    }
+    fsync_dir(dir)
+}
+
+/// Creates `dir` and its missing parents, fsyncing each parent whose entries changed.
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent() {
+        if !p.as_os_str().is_empty() {
+            create_dir_durable(p)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(parent(dir)),
+        // Another process or thread created it meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("create directory", dir)(e)),
+    }
+}
+
+pub(crate) fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Names of the entries of `dir` that are not hidden (temp files start with `.`), sorted.
+/// A missing directory (or a plain file) is empty.
+pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(io_err("read directory", dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        // Names that are not UTF-8 were not written by this store.
+        if let Ok(name) = entry.file_name().into_string() {
+            if !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Reads and decodes a JSON file; a missing file is `Ok(None)`, undecodable content is
+/// [`StoreError::Corrupt`] naming the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot encode: {e}"),
+    })
+}

@@ -1,0 +1,148 @@
+//! File-backed [`QueueStore`]: one file per queued item.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::fsutil::{
+    create_dir_durable, fsync_dir, io_err, list_names, read_json, to_json, write_temp,
+};
+use crate::names::validate_queue_name;
+use crate::{Priority, QueueItem, QueueStore, StoreError};
+
+/// Queues under `<root>/<queue>/`, one JSON file per item named
+/// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
+/// the names is the service order: priority, then FIFO.
+///
+/// Several processes may share the directory. An item appears by an atomic rename of a complete
+/// temp file; a dequeue claims the first name by unlinking it, and the filesystem lets exactly
+/// one unlink of a name succeed, so no item is served twice or lost. Items of one process keep
+/// their order even if the clock steps back (the timestamp is made monotonic per process).
+/// Undecodable item files are moved to `<root>/<queue>/.corrupt/` and skipped, so one bad file
+/// cannot block a queue.
+#[derive(Debug, Clone)]
+pub struct FileQueueStore {
+    root: PathBuf,
+}
+
+impl FileQueueStore {
+    /// A store rooted at `root` (created when missing).
+    pub fn open(root: impl Into<PathBuf>) -> Result<FileQueueStore, StoreError> {
+        let root = root.into();
+        create_dir_durable(&root)?;
+        Ok(FileQueueStore { root })
+    }
+
+    fn queue_dir(&self, queue: &str) -> Result<PathBuf, StoreError> {
+        validate_queue_name(queue)?;
+        Ok(self.root.join(queue))
+    }
+
+    /// Reads one item file; `Ok(None)` when another consumer took it meanwhile or it was corrupt
+    /// (and has been set aside).
+    fn read_item(dir: &Path, name: &str) -> Result<Option<QueueItem>, StoreError> {
+        let path = dir.join(name);
+        match read_json::<QueueItem>(&path) {
+            Ok(item) => Ok(item),
+            Err(StoreError::Corrupt { path, reason }) => {
+                tracing::warn!(path = %path.display(), %reason, "setting aside corrupt queue item");
+                let aside = dir.join(".corrupt");
+                fs::create_dir_all(&aside).map_err(io_err("create directory", &aside))?;
+                match fs::rename(&path, aside.join(name)) {
+                    Ok(()) => fsync_dir(dir)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("rename", &path)(e)),
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unlinks `name`; true when this call removed it (false: someone else did first).
+    fn claim(dir: &Path, name: &str) -> Result<bool, StoreError> {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                fsync_dir(dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+}
+
+fn item_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = list_names(dir)?;
+    names.retain(|n| n.ends_with(".json"));
+    Ok(names)
+}
+
+impl QueueStore for FileQueueStore {
+    fn enqueue(&self, queue: &str, priority: Priority, item: &QueueItem) -> Result<(), StoreError> {
+        let dir = self.queue_dir(queue)?;
+        create_dir_durable(&dir)?;
+        let prio = match priority {
+            Priority::High => 0,
+            Priority::Low => 1,
+        };
+        let name = format!(
+            "{prio}_{:020}_{:010}.json",
+            super::monotonic_nanos(),
+            std::process::id()
+        );
+        let path = dir.join(&name);
+        let tmp = write_temp(&dir, "item", &to_json(item, &path)?)?;
+        // `hard_link` fails instead of replacing, so a name collision can never drop an item.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        linked.map_err(io_err("link", &path))?;
+        fsync_dir(&dir)
+    }
+
+    fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {
+        let dir = self.queue_dir(queue)?;
+        for name in item_names(&dir)? {
+            let Some(item) = Self::read_item(&dir, &name)? else {
+                continue;
+            };
+            if Self::claim(&dir, &name)? {
+                return Ok(Some(item));
+            }
+        }
+        Ok(None)
+    }
+
+    fn remove(&self, queue: &str, item: &QueueItem) -> Result<bool, StoreError> {
+        let dir = self.queue_dir(queue)?;
+        let mut removed = false;
+        for name in item_names(&dir)? {
+            if Self::read_item(&dir, &name)?.as_ref() == Some(item) && Self::claim(&dir, &name)? {
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn list(&self, queue: &str) -> Result<Vec<QueueItem>, StoreError> {
+        let dir = self.queue_dir(queue)?;
+        let mut items = Vec::new();
+        for name in item_names(&dir)? {
+            if let Some(item) = Self::read_item(&dir, &name)? {
+                items.push(item);
+            }
+        }
+        Ok(items)
+    }
+
+    fn queues(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for queue in list_names(&self.root)? {
+            if !item_names(&self.root.join(&queue))?.is_empty() {
+                out.push(queue);
+            }
+        }
+        Ok(out)
+    }
+}

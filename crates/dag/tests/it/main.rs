@@ -1,0 +1,4 @@
+//! Integration tests of `dispatch-dag` against real files.
+
+mod queue;
+mod runs;

@@ -1,0 +1,168 @@
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use dispatch_dag::*;
+
+fn item(dag: &str, run: &str) -> QueueItem {
+    QueueItem {
+        dag_name: dag.into(),
+        run_id: run.into(),
+    }
+}
+
+#[test]
+fn priority_then_fifo_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    q.enqueue("q", Priority::Low, &item("d", "l1")).unwrap();
+    q.enqueue("q", Priority::High, &item("d", "h1")).unwrap();
+    q.enqueue("q", Priority::Low, &item("d", "l2")).unwrap();
+    q.enqueue("q", Priority::High, &item("d", "h2")).unwrap();
+    q.enqueue("other", Priority::Low, &item("e", "o1")).unwrap();
+    assert_eq!(
+        q.queues().unwrap(),
+        vec!["other".to_owned(), "q".to_owned()]
+    );
+    let order: Vec<_> = q.list("q").unwrap().into_iter().map(|i| i.run_id).collect();
+    assert_eq!(order, ["h1", "h2", "l1", "l2"]);
+
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    assert!(q.remove("q", &item("d", "l1")).unwrap());
+    assert!(!q.remove("q", &item("d", "l1")).unwrap());
+    let mut got = Vec::new();
+    while let Some(i) = q.dequeue("q").unwrap() {
+        got.push(i.run_id);
+    }
+    assert_eq!(got, ["h1", "h2", "l2"]);
+    assert_eq!(q.queues().unwrap(), vec!["other".to_owned()]);
+    assert_eq!(q.dequeue("empty").unwrap(), None);
+}
+
+#[test]
+fn corrupt_item_is_set_aside_not_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    q.enqueue("q", Priority::Low, &item("d", "r1")).unwrap();
+    std::fs::write(
+        tmp.path().join("q/0_00000000000000000000_0000000000.json"),
+        b"{oops",
+    )
+    .unwrap();
+    assert_eq!(q.dequeue("q").unwrap(), Some(item("d", "r1")));
+    assert_eq!(q.dequeue("q").unwrap(), None);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("q/.corrupt"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn bad_queue_names_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    for name in ["../x", "", "a/b"] {
+        let e = q.enqueue(name, Priority::Low, &item("d", "r")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::InvalidName {
+                    kind: "queue name",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// Enqueues `n` items tagged `tag` while dequeuing concurrently; returns what this side took.
+fn hammer(dir: &Path, tag: &str, n: usize, threads: usize) -> Vec<String> {
+    let q = Arc::new(FileQueueStore::open(dir).unwrap());
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let q = q.clone();
+        let tag = tag.to_owned();
+        handles.push(std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            for i in 0..n {
+                let prio = if i % 3 == 0 {
+                    Priority::High
+                } else {
+                    Priority::Low
+                };
+                q.enqueue("shared", prio, &item("d", &format!("{tag}-{t}-{i}")))
+                    .unwrap();
+                if i % 2 == 0 {
+                    if let Some(it) = q.dequeue("shared").unwrap() {
+                        taken.push(it.run_id);
+                    }
+                }
+            }
+            taken
+        }));
+    }
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+const CHILD_ENV: &str = "DISPATCH_DAG_TEST_QUEUE_CHILD_DIR";
+
+/// In a child process (spawned by `two_processes_never_lose_or_duplicate`) this is the other
+/// side of the race; run directly, it checks the same invariant within one process.
+#[test]
+fn queue_child_side() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        let taken = hammer(Path::new(&dir), "child", 150, 2);
+        std::fs::write(Path::new(&dir).join("child-taken.txt"), taken.join("\n")).unwrap();
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut taken = hammer(tmp.path(), "solo", 100, 4);
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    while let Some(it) = q.dequeue("shared").unwrap() {
+        taken.push(it.run_id);
+    }
+    let unique: HashSet<_> = taken.iter().collect();
+    assert_eq!(taken.len(), 400);
+    assert_eq!(unique.len(), 400);
+}
+
+#[test]
+fn two_processes_never_lose_or_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", "queue::queue_child_side", "--test-threads=1"])
+        .env(CHILD_ENV, tmp.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut taken = hammer(tmp.path(), "parent", 150, 2);
+    assert!(child.wait().unwrap().success());
+    let child_taken = std::fs::read_to_string(tmp.path().join("child-taken.txt")).unwrap();
+    taken.extend(
+        child_taken
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned),
+    );
+    let q = FileQueueStore::open(tmp.path()).unwrap();
+    while let Some(it) = q.dequeue("shared").unwrap() {
+        taken.push(it.run_id);
+    }
+    let unique: HashSet<_> = taken.iter().cloned().collect();
+    assert_eq!(taken.len(), 600, "an item was lost or duplicated");
+    assert_eq!(unique.len(), 600);
+    for tag in ["parent", "child"] {
+        for t in 0..2 {
+            for i in 0..150 {
+                assert!(unique.contains(&format!("{tag}-{t}-{i}")));
+            }
+        }
+    }
+}
