@@ -7,10 +7,15 @@
 //!
 //! Not for: DAGs, queues or runs. The hub reuses the wire types and the token module.
 
+mod client;
 mod secret;
 pub mod token;
 pub mod wire;
 
+pub use client::{
+    ClientConfig, CloudClient, CloudError, CloudErrorKind, DEFAULT_REQUEST_TIMEOUT,
+    MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
+};
 pub use secret::Secret;
 pub use wire::*;
 
