@@ -1,2 +1,68 @@
-//! placeholder
-fn main() {}
+//! Workspace automation for dispatch, run as `cargo xtask <command>`.
+//!
+//! Commands live in their own modules; adding one is a new arm in [`run`] and a line in [`USAGE`].
+//! This binary is tooling only: no workspace crate depends on it, and it may depend on nothing
+//! of ours.
+
+mod ci;
+mod layering;
+mod unicode_table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                         fmt check, clippy, tests, docs and the layering check, in that order
+  layering                   check that every workspace crate depends only on lower layers (SPEC §1)
+  unicode-table [DATA_FILE]  regenerate webhook-params' printable-rune table from UnicodeData.txt
+                             (default /usr/share/unicode/UnicodeData.txt, Debian package unicode-data)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(&root),
+        Some("layering") => layering::run(&root),
+        Some("unicode-table") => {
+            let data = args
+                .get(1)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(unicode_table::DEFAULT_DATA_FILE));
+            unicode_table::run(&root, &data)
+        }
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command `{other}`\n\n{USAGE}"),
+        None => anyhow::bail!("no command given\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root: xtask always lives one directory below it, so this does not depend on
+/// the directory `cargo xtask` was started from.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo that started us (set by `cargo run`), so nested commands use the same toolchain.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}

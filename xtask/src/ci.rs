@@ -1,0 +1,165 @@
+//! `cargo xtask ci`: the whole check suite, stopping at the first failing step.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::cargo;
+
+/// One step of the suite: either a command or an in-process check.
+enum Action {
+    Cargo {
+        args: &'static [&'static str],
+        env: &'static [(&'static str, &'static str)],
+    },
+    Layering,
+}
+
+struct Step {
+    name: &'static str,
+    action: Action,
+}
+
+const fn cargo_step(name: &'static str, args: &'static [&'static str]) -> Step {
+    Step {
+        name,
+        action: Action::Cargo { args, env: &[] },
+    }
+}
+
+fn steps(nextest: bool) -> Vec<Step> {
+    let mut steps = vec![
+        cargo_step("fmt", &["fmt", "--all", "--check"]),
+        cargo_step(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    if nextest {
+        steps.push(cargo_step(
+            "test (nextest)",
+            &["nextest", "run", "--workspace"],
+        ));
+        // nextest does not run doc tests.
+        steps.push(cargo_step("doc tests", &["test", "--workspace", "--doc"]));
+    } else {
+        steps.push(cargo_step("test", &["test", "--workspace"]));
+    }
+    steps.push(Step {
+        name: "doc",
+        action: Action::Cargo {
+            args: &["doc", "--workspace", "--no-deps"],
+            env: &[("RUSTDOCFLAGS", "-D warnings")],
+        },
+    });
+    steps.push(Step {
+        name: "layering",
+        action: Action::Layering,
+    });
+    steps
+}
+
+fn nextest_installed(root: &Path) -> bool {
+    Command::new(cargo())
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+    let nextest = nextest_installed(root);
+    if !nextest {
+        println!("xtask: cargo-nextest not found, running tests with `cargo test`");
+    }
+    let started = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    for step in steps(nextest) {
+        println!("\n==> {}", step.name);
+        let step_started = Instant::now();
+        let result = match &step.action {
+            Action::Cargo { args, env } => run_cargo(root, args, env),
+            Action::Layering => crate::layering::run(root),
+        };
+        let elapsed = step_started.elapsed();
+        if let Err(err) = result {
+            println!("<== {} FAILED after {}", step.name, seconds(elapsed));
+            return Err(err.context(format!("ci step `{}` failed", step.name)));
+        }
+        println!("<== {} ok in {}", step.name, seconds(elapsed));
+        timings.push((step.name, elapsed));
+    }
+    println!("\nci summary:");
+    for (name, elapsed) in &timings {
+        println!("  {name:<16} {}", seconds(*elapsed));
+    }
+    println!("  {:<16} {}", "total", seconds(started.elapsed()));
+    Ok(())
+}
+
+fn run_cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut command = Command::new(cargo());
+    command.args(args).current_dir(root);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let printed = format!("cargo {}", args.join(" "));
+    println!("$ {printed}");
+    let status = command
+        .status()
+        .with_context(|| format!("failed to start `{printed}`"))?;
+    if !status.success() {
+        bail!("`{printed}` exited with {status}");
+    }
+    Ok(())
+}
+
+fn seconds(elapsed: Duration) -> String {
+    format!("{:.1}s", elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(nextest: bool) -> Vec<&'static str> {
+        steps(nextest).iter().map(|step| step.name).collect()
+    }
+
+    #[test]
+    fn step_order_matches_the_documented_suite() {
+        assert_eq!(names(false), ["fmt", "clippy", "test", "doc", "layering"]);
+        assert_eq!(
+            names(true),
+            [
+                "fmt",
+                "clippy",
+                "test (nextest)",
+                "doc tests",
+                "doc",
+                "layering"
+            ]
+        );
+    }
+
+    #[test]
+    fn doc_step_denies_warnings() {
+        let steps = steps(false);
+        let doc = steps.iter().find(|step| step.name == "doc").unwrap();
+        match &doc.action {
+            Action::Cargo { env, .. } => assert_eq!(*env, [("RUSTDOCFLAGS", "-D warnings")]),
+            Action::Layering => panic!("doc step must run cargo doc"),
+        }
+    }
+}
