@@ -1,2 +1,58 @@
-//! placeholder
-fn main() {}
+//! `scheduler`: the dispatch scheduler binary (SPEC §9).
+//!
+//! A thin binary: it reads settings (flags, `DISPATCH_*` env, TOML file), sets up logs, signals
+//! and metrics, and wires the library crates together — license manager → cloud client →
+//! worker → enqueue/executor → stores, with the tracker under `<data>/tracker`. Without a cloud
+//! URL it embeds the hub on loopback and pulls from it over HTTP. `scheduler demo` runs the
+//! whole loop on bundled real GitHub payloads.
+//!
+//! Not for: business logic. Anything a test of a library could cover lives in that library.
+
+mod cli;
+mod config;
+mod embedded;
+mod error;
+mod logging;
+mod metrics;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::config::{ConfigError, Settings};
+use crate::error::{exit_code, AppError};
+
+fn main() -> ExitCode {
+    exit_code(run())
+}
+
+fn run() -> Result<(), AppError> {
+    let cli = Cli::try_parse().map_err(ConfigError::Cli)?;
+    match cli.command {
+        Command::Start(args) => {
+            let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+            let settings = Settings::resolve(*args, user_home.as_deref())?;
+            logging::init(settings.log_format, "info");
+            runtime()?.block_on(async move {
+                let _ = settings;
+                Err(AppError::Demo("not wired yet".into()))
+            })
+        }
+        Command::Demo(args) => {
+            logging::init(args.log_format, "warn");
+            Err(AppError::Demo("not wired yet".into()))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    // Two workers are plenty for a process that mostly waits on HTTP and child processes, and
+    // keep the idle footprint small (SPEC §10).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| AppError::component("start the async runtime", err))
+}

@@ -1,0 +1,119 @@
+//! Command-line surface. Every setting of `start` is optional here so that a flag or its
+//! `DISPATCH_*` variable can win over the config file, and the file over the defaults
+//! (see [`crate::config::Settings::resolve`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dispatch_license::Secret;
+
+/// Run your own workflows on your own machines when things happen on GitHub.
+#[derive(Parser)]
+#[command(name = "scheduler", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the scheduler: pull dispatch jobs and run their DAGs until SIGINT/SIGTERM.
+    /// Without `--cloud-url`, a hub is embedded on loopback and the worker pulls from it.
+    Start(Box<StartArgs>),
+    /// Run the whole loop on bundled real GitHub payloads in a temporary home.
+    Demo(DemoArgs),
+}
+
+/// Output format of the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `scheduler start`. Secrets are parsed straight into [`Secret`] so they never
+/// show up in `Debug` output, and `hide_env_values` keeps them out of `--help`.
+#[derive(Args, Default)]
+pub(crate) struct StartArgs {
+    /// TOML config file (keys = flag names with `_` for `-`); default `<home>/config.toml` if present.
+    #[arg(long, env = "DISPATCH_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Home directory holding dags, data, logs, bindings and secrets [default: ~/.dispatch].
+    #[arg(long, env = "DISPATCH_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// Directory of DAG YAML files [default: <home>/dags].
+    #[arg(long, env = "DISPATCH_DAGS_DIR", value_name = "DIR")]
+    pub(crate) dags_dir: Option<PathBuf>,
+    /// Data directory: runs, queue, tracker, license, embedded hub [default: <home>/data].
+    #[arg(long, env = "DISPATCH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Directory of run logs [default: <home>/logs].
+    #[arg(long, env = "DISPATCH_LOG_DIR", value_name = "DIR")]
+    pub(crate) log_dir: Option<PathBuf>,
+    /// Base URL of the dispatch hub/cloud. Without it a hub is embedded on loopback.
+    #[arg(long, env = "DISPATCH_CLOUD_URL", value_name = "URL")]
+    pub(crate) cloud_url: Option<String>,
+    /// License key to activate with the cloud.
+    #[arg(long, env = "DISPATCH_LICENSE_KEY", hide_env_values = true, value_parser = parse_secret, value_name = "KEY")]
+    pub(crate) license_key: Option<Secret>,
+    /// Ed25519 public key verifying license tokens: PEM, base64 of the 32 raw bytes, or a path
+    /// to a file holding either.
+    #[arg(long, env = "DISPATCH_LICENSE_PUBLIC_KEY", value_name = "KEY|FILE")]
+    pub(crate) license_public_key: Option<String>,
+    /// Seconds between pulls when the queue is empty [default: 10].
+    #[arg(long, env = "DISPATCH_POLL_INTERVAL", value_name = "SECONDS")]
+    pub(crate) poll_interval: Option<String>,
+    /// Seconds between report passes over tracked jobs [default: 10].
+    #[arg(long, env = "DISPATCH_REPORT_INTERVAL", value_name = "SECONDS")]
+    pub(crate) report_interval: Option<String>,
+    /// Long-poll wait in seconds (0–60, 0 = off) [default: 30].
+    #[arg(long, env = "DISPATCH_LONG_POLL", value_name = "SECONDS")]
+    pub(crate) long_poll: Option<String>,
+    /// Most DAG runs executing at once [default: number of CPUs].
+    #[arg(long, env = "DISPATCH_MAX_CONCURRENT_RUNS", value_name = "N")]
+    pub(crate) max_concurrent_runs: Option<String>,
+    /// Serve `/metrics` and `/healthz` on this address (e.g. 127.0.0.1:9090).
+    #[arg(long, env = "DISPATCH_METRICS_ADDR", value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<String>,
+    /// Log format [default: text]. `RUST_LOG` sets the filter.
+    #[arg(long, env = "DISPATCH_LOG_FORMAT", value_name = "FORMAT")]
+    pub(crate) log_format: Option<String>,
+    /// Listen address of the embedded hub (only without `--cloud-url`) [default: 127.0.0.1:8787].
+    #[arg(long, env = "DISPATCH_HUB_LISTEN", value_name = "ADDR")]
+    pub(crate) hub_listen: Option<String>,
+    /// GitHub API base URL the embedded hub reports to [default: https://api.github.com].
+    #[arg(long, env = "DISPATCH_GITHUB_API_URL", value_name = "URL")]
+    pub(crate) github_api_url: Option<String>,
+    /// GitHub token the embedded hub reports with (commit statuses, comments).
+    #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
+    pub(crate) github_token: Option<Secret>,
+}
+
+/// Flags of `scheduler demo`.
+#[derive(Args, Default)]
+pub(crate) struct DemoArgs {
+    /// Keep the temporary home after the demo (its path is printed) instead of deleting it.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Log format of the scheduler logs shown during the demo (they go to stderr, filtered by
+    /// `RUST_LOG`, default `warn`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
+/// Socket address helper shared by config checks and tests.
+pub(crate) fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("`{value}` is not an address like 127.0.0.1:9090"))
+}

@@ -1,0 +1,527 @@
+//! Settings of `scheduler start`: flags beat `DISPATCH_*` variables (both via clap) beat the
+//! TOML config file beat defaults. Every problem is a [`ConfigError`] naming the setting and why;
+//! `main` maps it to exit code 2.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dispatch_license::Secret;
+use ed25519_dalek::VerifyingKey;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::cli::{parse_addr, LogFormat, StartArgs};
+
+/// Default address of the embedded hub.
+pub(crate) const DEFAULT_HUB_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
+const MAX_LONG_POLL_SECS: u64 = 60;
+
+/// A setting that cannot be used. `setting` is the flag name (its env variable and file key
+/// are derived from it), `reason` says why in a lowercase fragment without the secret value.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// A value is malformed or out of range.
+    #[error("invalid --{setting}: {reason}")]
+    Invalid {
+        /// Flag name without dashes, e.g. `poll-interval`.
+        setting: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file `{path}`")]
+    FileRead {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or holds an unknown key or a wrong type.
+    #[error("invalid config file `{path}`: {message}")]
+    FileParse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (names the key and line).
+        message: String,
+    },
+    /// Flags could not be parsed (clap's own message names the flag).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+}
+
+/// Keys of the config file: the flag names with `_` for `-`. Unknown keys are errors so a typo
+/// does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    home: Option<PathBuf>,
+    dags_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    cloud_url: Option<String>,
+    license_key: Option<Secret>,
+    license_public_key: Option<String>,
+    poll_interval: Option<u64>,
+    report_interval: Option<u64>,
+    long_poll: Option<u64>,
+    max_concurrent_runs: Option<u64>,
+    metrics_addr: Option<String>,
+    log_format: Option<LogFormat>,
+    hub_listen: Option<String>,
+    github_api_url: Option<String>,
+    github_token: Option<Secret>,
+}
+
+/// Where the worker pulls from.
+#[derive(Debug, Clone)]
+pub(crate) enum CloudTarget {
+    /// A remote hub/cloud at this base URL.
+    Remote(Url),
+    /// A hub embedded in this process.
+    Embedded {
+        /// Where it listens (loopback by default).
+        listen: SocketAddr,
+        /// GitHub API base URL for reporting.
+        github_api_url: Url,
+        /// GitHub token for reporting.
+        github_token: Option<Secret>,
+    },
+}
+
+/// Resolved settings. `Debug` is safe: secrets are [`Secret`]s.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) home: PathBuf,
+    pub(crate) dags_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) cloud: CloudTarget,
+    pub(crate) license_key: Option<Secret>,
+    pub(crate) license_public_key: Option<VerifyingKey>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) report_interval: Duration,
+    pub(crate) long_poll: Duration,
+    pub(crate) max_concurrent_runs: Option<usize>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) log_format: LogFormat,
+}
+
+impl Settings {
+    /// Layers flags/env over the config file over defaults. `user_home` is `$HOME`, passed in
+    /// so tests do not depend on the environment.
+    pub(crate) fn resolve(
+        args: StartArgs,
+        user_home: Option<&Path>,
+    ) -> Result<Settings, ConfigError> {
+        let default_home = || user_home.map(|h| h.join(".dispatch"));
+        let config_path = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => args
+                .home
+                .clone()
+                .or_else(default_home)
+                .map(|home| home.join("config.toml"))
+                .filter(|path| path.is_file()),
+        };
+        let file = match &config_path {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+
+        let home = args
+            .home
+            .or(file.home)
+            .or_else(default_home)
+            .ok_or_else(|| ConfigError::Invalid {
+                setting: "home",
+                reason: "not set and $HOME is unknown".to_owned(),
+            })?;
+        let dags_dir = args
+            .dags_dir
+            .or(file.dags_dir)
+            .unwrap_or_else(|| home.join("dags"));
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| home.join("data"));
+        let log_dir = args
+            .log_dir
+            .or(file.log_dir)
+            .unwrap_or_else(|| home.join("logs"));
+
+        let poll_interval = seconds("poll-interval", args.poll_interval, file.poll_interval, 10)?;
+        if poll_interval.is_zero() {
+            return Err(invalid("poll-interval", "must be at least 1 second"));
+        }
+        let report_interval = seconds(
+            "report-interval",
+            args.report_interval,
+            file.report_interval,
+            10,
+        )?;
+        if report_interval.is_zero() {
+            return Err(invalid("report-interval", "must be at least 1 second"));
+        }
+        let long_poll = seconds("long-poll", args.long_poll, file.long_poll, 30)?;
+        if long_poll.as_secs() > MAX_LONG_POLL_SECS {
+            return Err(invalid(
+                "long-poll",
+                format!("{} is above the maximum of 60 seconds", long_poll.as_secs()),
+            ));
+        }
+        let max_concurrent_runs = match number(
+            "max-concurrent-runs",
+            args.max_concurrent_runs,
+            file.max_concurrent_runs,
+        )? {
+            Some(0) => return Err(invalid("max-concurrent-runs", "must be at least 1")),
+            Some(n) => {
+                Some(usize::try_from(n).map_err(|_| invalid("max-concurrent-runs", "too large"))?)
+            }
+            None => None,
+        };
+
+        let metrics_addr = args
+            .metrics_addr
+            .or(file.metrics_addr)
+            .map(|value| parse_addr(&value).map_err(|reason| invalid("metrics-addr", reason)))
+            .transpose()?;
+        let log_format = match args.log_format {
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(invalid(
+                        "log-format",
+                        format!("`{value}` is not `text` or `json`"),
+                    ))
+                }
+            },
+            None => file.log_format.unwrap_or(LogFormat::Text),
+        };
+
+        let cloud = match args
+            .cloud_url
+            .or(file.cloud_url)
+            .filter(|url| !url.trim().is_empty())
+        {
+            Some(url) => CloudTarget::Remote(http_url("cloud-url", &url)?),
+            None => {
+                let listen = args
+                    .hub_listen
+                    .or(file.hub_listen)
+                    .unwrap_or_else(|| DEFAULT_HUB_LISTEN.to_owned());
+                let github_api_url = args
+                    .github_api_url
+                    .or(file.github_api_url)
+                    .unwrap_or_else(|| DEFAULT_GITHUB_API_URL.to_owned());
+                CloudTarget::Embedded {
+                    listen: parse_addr(&listen).map_err(|reason| invalid("hub-listen", reason))?,
+                    github_api_url: http_url("github-api-url", &github_api_url)?,
+                    github_token: args
+                        .github_token
+                        .or(file.github_token)
+                        .filter(|t| !t.is_empty()),
+                }
+            }
+        };
+
+        let license_key = args
+            .license_key
+            .or(file.license_key)
+            .filter(|key| !key.expose().trim().is_empty());
+        let license_public_key = args
+            .license_public_key
+            .or(file.license_public_key)
+            .map(|value| public_key(&value))
+            .transpose()?;
+
+        Ok(Settings {
+            home,
+            dags_dir,
+            data_dir,
+            log_dir,
+            cloud,
+            license_key,
+            license_public_key,
+            poll_interval,
+            report_interval,
+            long_poll,
+            max_concurrent_runs,
+            metrics_addr,
+            log_format,
+        })
+    }
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::FileParse {
+        path: path.to_owned(),
+        // toml's message spans several lines (a source excerpt); one line reads better in logs.
+        message: err
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+fn number(
+    setting: &'static str,
+    flag: Option<String>,
+    file: Option<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    match flag {
+        Some(value) => value.trim().parse::<u64>().map(Some).map_err(|_| {
+            invalid(
+                setting,
+                format!("`{value}` is not a whole non-negative number"),
+            )
+        }),
+        None => Ok(file),
+    }
+}
+
+fn seconds(
+    setting: &'static str,
+    flag: Option<String>,
+    file: Option<u64>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(
+        number(setting, flag, file)?.unwrap_or(default),
+    ))
+}
+
+fn http_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.trim())
+        .map_err(|err| invalid(setting, format!("`{value}` is not a URL ({err})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            setting,
+            format!("`{value}` must be an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(url)
+}
+
+/// A PEM or base64 key given inline, else a path to a file holding one. The key itself is
+/// public, but the error text still quotes only the start of a long value.
+fn public_key(value: &str) -> Result<VerifyingKey, ConfigError> {
+    let setting = "license-public-key";
+    let inline_err = match dispatch_license::token::parse_public_key(value) {
+        Ok(key) => return Ok(key),
+        Err(err) => err,
+    };
+    let path = Path::new(value.trim());
+    if value.trim_start().starts_with("-----BEGIN") || !path.is_file() {
+        return Err(invalid(
+            setting,
+            format!("not an Ed25519 public key (PEM or base64 of 32 bytes) nor a readable file: {inline_err}"),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        invalid(
+            setting,
+            format!("cannot read key file `{}`: {err}", path.display()),
+        )
+    })?;
+    dispatch_license::token::parse_public_key(&text).map_err(|err| {
+        invalid(
+            setting,
+            format!(
+                "file `{}` holds no Ed25519 public key: {err}",
+                path.display()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> StartArgs {
+        StartArgs {
+            home: Some(PathBuf::from("/nonexistent/home")),
+            ..StartArgs::default()
+        }
+    }
+
+    fn setting_of(err: ConfigError) -> &'static str {
+        match err {
+            ConfigError::Invalid { setting, .. } => setting,
+            other => panic!("expected an invalid setting, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_derive_from_home() {
+        let s = Settings::resolve(args(), None).unwrap();
+        assert_eq!(s.dags_dir, PathBuf::from("/nonexistent/home/dags"));
+        assert_eq!(s.data_dir, PathBuf::from("/nonexistent/home/data"));
+        assert_eq!(s.log_dir, PathBuf::from("/nonexistent/home/logs"));
+        assert_eq!(s.poll_interval, Duration::from_secs(10));
+        assert_eq!(s.report_interval, Duration::from_secs(10));
+        assert_eq!(s.long_poll, Duration::from_secs(30));
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(
+            matches!(s.cloud, CloudTarget::Embedded { listen, .. } if listen.to_string() == DEFAULT_HUB_LISTEN)
+        );
+    }
+
+    #[test]
+    fn home_defaults_to_user_home() {
+        let s = Settings::resolve(StartArgs::default(), Some(Path::new("/u/alice"))).unwrap();
+        assert_eq!(s.home, PathBuf::from("/u/alice/.dispatch"));
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut StartArgs)>)> = vec![
+            (
+                "poll-interval",
+                Box::new(|a| a.poll_interval = Some("ten".into())),
+            ),
+            (
+                "poll-interval",
+                Box::new(|a| a.poll_interval = Some("0".into())),
+            ),
+            (
+                "report-interval",
+                Box::new(|a| a.report_interval = Some("-1".into())),
+            ),
+            ("long-poll", Box::new(|a| a.long_poll = Some("61".into()))),
+            (
+                "max-concurrent-runs",
+                Box::new(|a| a.max_concurrent_runs = Some("0".into())),
+            ),
+            (
+                "cloud-url",
+                Box::new(|a| a.cloud_url = Some("not a url".into())),
+            ),
+            (
+                "cloud-url",
+                Box::new(|a| a.cloud_url = Some("ftp://example.com".into())),
+            ),
+            (
+                "license-public-key",
+                Box::new(|a| a.license_public_key = Some("bm90IGEga2V5".into())),
+            ),
+            (
+                "metrics-addr",
+                Box::new(|a| a.metrics_addr = Some("localhost".into())),
+            ),
+            (
+                "log-format",
+                Box::new(|a| a.log_format = Some("xml".into())),
+            ),
+            ("hub-listen", Box::new(|a| a.hub_listen = Some(":x".into()))),
+        ];
+        for (setting, set) in cases {
+            let mut a = args();
+            set(&mut a);
+            let err = Settings::resolve(a, None).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(setting), "{text}");
+            assert_eq!(setting_of(err), setting);
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "poll_interval = 3\nreport_interval = 4\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let mut a = StartArgs {
+            home: Some(dir.path().to_owned()),
+            ..StartArgs::default()
+        };
+        a.poll_interval = Some("7".into());
+        // The default `<home>/config.toml` is read when present.
+        let s = Settings::resolve(a, None).unwrap();
+        assert_eq!(s.poll_interval, Duration::from_secs(7));
+        assert_eq!(s.report_interval, Duration::from_secs(4));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.long_poll, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "poll_intervall = 3\n").unwrap();
+        let a = StartArgs {
+            config: Some(file.clone()),
+            ..args()
+        };
+        let text = Settings::resolve(a, None).unwrap_err().to_string();
+        assert!(
+            text.contains("c.toml") && text.contains("poll_intervall"),
+            "{text}"
+        );
+
+        std::fs::write(&file, "poll_interval = \"abc\"\n").unwrap();
+        let a = StartArgs {
+            config: Some(file.clone()),
+            ..args()
+        };
+        let text = Settings::resolve(a, None).unwrap_err().to_string();
+        assert!(text.contains("poll_interval"), "{text}");
+
+        let a = StartArgs {
+            config: Some(dir.path().join("missing.toml")),
+            ..args()
+        };
+        let err = Settings::resolve(a, None).unwrap_err();
+        assert!(matches!(err, ConfigError::FileRead { .. }), "{err}");
+    }
+
+    #[test]
+    fn license_key_never_in_debug() {
+        let mut a = args();
+        a.license_key = Some(Secret::new("lk_supersecret"));
+        let s = Settings::resolve(a, None).unwrap();
+        assert!(!format!("{s:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn public_key_inline_or_from_file() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        let b64 = dispatch_license::token::public_key_base64(&key);
+        let mut a = args();
+        a.license_public_key = Some(b64);
+        assert_eq!(
+            Settings::resolve(a, None).unwrap().license_public_key,
+            Some(key)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.pub");
+        std::fs::write(&path, dispatch_license::token::public_key_pem(&key)).unwrap();
+        let mut a = args();
+        a.license_public_key = Some(path.display().to_string());
+        assert_eq!(
+            Settings::resolve(a, None).unwrap().license_public_key,
+            Some(key)
+        );
+    }
+}

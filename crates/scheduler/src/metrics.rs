@@ -1,0 +1,355 @@
+//! `/metrics` (Prometheus text format 0.0.4) and `/healthz` on `--metrics-addr`.
+//!
+//! The numbers come from a [`Probe`] the wiring supplies (worker counters, executor and queue
+//! gauges) plus the [`Histogram`] of dispatch latency this module owns.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bounds (seconds) of the dispatch-latency buckets: from well under the 25 ms target up
+/// to the 10 s a plain poll interval can cost.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A cumulative histogram with fixed buckets; lock-free so recording never blocks a hot path.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn new() -> Self {
+        Self {
+            counts: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+            if secs <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// One reading of the scheduler's counters and gauges.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Reading {
+    pub(crate) jobs_pulled: u64,
+    pub(crate) jobs_accepted: u64,
+    /// `(result status word, count)`.
+    pub(crate) jobs_finished: Vec<(String, u64)>,
+    pub(crate) pull_errors: u64,
+    pub(crate) runs_active: u64,
+    pub(crate) queue_depth: u64,
+    /// Last pull that got an answer (job or empty) from the server.
+    pub(crate) last_pull_ok: Option<Instant>,
+}
+
+/// Where readings come from; the wiring implements it over the worker, executor and stores.
+pub(crate) trait Probe: Send + Sync + 'static {
+    fn read(&self) -> Reading;
+}
+
+/// Shared state of the metrics server.
+pub(crate) struct Metrics {
+    probe: Box<dyn Probe>,
+    pub(crate) dispatch_latency: Histogram,
+    started: Instant,
+    /// A pull older than this makes `/healthz` answer 503.
+    stale_after: Duration,
+}
+
+impl Metrics {
+    /// `stale_after` is three poll intervals, where a long-poll's wait counts as the interval
+    /// when it is longer (a held pull returns only every `long_poll` seconds).
+    pub(crate) fn new(probe: Box<dyn Probe>, poll_interval: Duration, long_poll: Duration) -> Self {
+        Self {
+            probe,
+            dispatch_latency: Histogram::new(),
+            started: Instant::now(),
+            stale_after: poll_interval.max(long_poll) * 3,
+        }
+    }
+
+    /// Healthy while the last successful pull (or the start, before the first one) is recent.
+    pub(crate) fn health(&self, now: Instant) -> Result<Duration, Duration> {
+        let since = self.probe.read().last_pull_ok.unwrap_or(self.started);
+        let age = now.saturating_duration_since(since);
+        if age > self.stale_after {
+            Err(age)
+        } else {
+            Ok(age)
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let r = self.probe.read();
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "dispatch_jobs_pulled_total",
+            "Dispatch jobs received from pulls.",
+            r.jobs_pulled,
+        );
+        counter(
+            "dispatch_jobs_accepted_total",
+            "Dispatch jobs accepted.",
+            r.jobs_accepted,
+        );
+        counter(
+            "dispatch_pull_errors_total",
+            "Pulls that failed.",
+            r.pull_errors,
+        );
+        let name = "dispatch_jobs_finished_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Dispatch jobs finished, by result status.\n# TYPE {name} counter"
+        );
+        for (status, value) in &r.jobs_finished {
+            let _ = writeln!(out, "{name}{{status=\"{}\"}} {value}", escape_label(status));
+        }
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "dispatch_runs_active",
+            "DAG runs executing now.",
+            r.runs_active,
+        );
+        gauge(
+            "dispatch_queue_depth",
+            "DAG runs waiting in the queues.",
+            r.queue_depth,
+        );
+        let age = r
+            .last_pull_ok
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(-1.0);
+        let name = "dispatch_last_pull_age_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Seconds since the last successful pull (-1 before the first).\n# TYPE {name} gauge\n{name} {age}"
+        );
+        self.dispatch_latency.render(
+            &mut out,
+            "dispatch_latency_seconds",
+            "Time from a job's enqueue to its run starting.",
+        );
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Binds `addr` (so a bad address fails at start) and serves until `cancel`.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(health_handler))
+        .with_state(metrics);
+    let server = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+    };
+    Ok((local, server))
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+async fn health_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.health(Instant::now()) {
+        Ok(age) => (
+            StatusCode::OK,
+            format!("ok: last successful pull {}s ago\n", age.as_secs()),
+        ),
+        Err(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: no successful pull for {}s\n", age.as_secs()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Fixed(Mutex<Reading>);
+    impl Probe for Arc<Fixed> {
+        fn read(&self) -> Reading {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn renders_every_family() {
+        let probe = Arc::new(Fixed(Mutex::new(Reading {
+            jobs_pulled: 3,
+            jobs_accepted: 2,
+            jobs_finished: vec![("succeeded".into(), 1), ("failed".into(), 1)],
+            pull_errors: 4,
+            runs_active: 1,
+            queue_depth: 5,
+            last_pull_ok: None,
+        })));
+        let m = Metrics::new(
+            Box::new(probe),
+            Duration::from_secs(10),
+            Duration::from_secs(0),
+        );
+        m.dispatch_latency.observe(Duration::from_millis(20));
+        m.dispatch_latency.observe(Duration::from_secs(3));
+        let text = m.render();
+        for line in [
+            "dispatch_jobs_pulled_total 3",
+            "dispatch_jobs_accepted_total 2",
+            "dispatch_jobs_finished_total{status=\"succeeded\"} 1",
+            "dispatch_jobs_finished_total{status=\"failed\"} 1",
+            "dispatch_pull_errors_total 4",
+            "dispatch_runs_active 1",
+            "dispatch_queue_depth 5",
+            "dispatch_latency_seconds_bucket{le=\"0.01\"} 0",
+            "dispatch_latency_seconds_bucket{le=\"0.025\"} 1",
+            "dispatch_latency_seconds_bucket{le=\"5\"} 2",
+            "dispatch_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "dispatch_latency_seconds_count 2",
+            "dispatch_latency_seconds_sum 3.02",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_counts_from_start_then_from_last_pull() {
+        let probe = Arc::new(Fixed(Mutex::new(Reading::default())));
+        let m = Metrics::new(
+            Box::new(probe.clone()),
+            Duration::from_secs(10),
+            Duration::from_secs(0),
+        );
+        let start = m.started;
+        assert!(m.health(start + Duration::from_secs(30)).is_ok());
+        assert_eq!(
+            m.health(start + Duration::from_secs(31)),
+            Err(Duration::from_secs(31))
+        );
+        probe.0.lock().unwrap().last_pull_ok = Some(start + Duration::from_secs(40));
+        assert!(m.health(start + Duration::from_secs(65)).is_ok());
+        assert!(m.health(start + Duration::from_secs(71)).is_err());
+    }
+
+    #[test]
+    fn long_poll_widens_the_window() {
+        let probe = Arc::new(Fixed(Mutex::new(Reading::default())));
+        let m = Metrics::new(
+            Box::new(probe),
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        );
+        assert!(m.health(m.started + Duration::from_secs(85)).is_ok());
+        assert!(m.health(m.started + Duration::from_secs(91)).is_err());
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_health_over_http() {
+        let probe = Arc::new(Fixed(Mutex::new(Reading::default())));
+        let m = Arc::new(Metrics::new(
+            Box::new(probe),
+            Duration::from_secs(10),
+            Duration::ZERO,
+        ));
+        let cancel = CancellationToken::new();
+        let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), m, cancel.clone())
+            .await
+            .unwrap();
+        let task = tokio::spawn(server);
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            body.contains("# TYPE dispatch_latency_seconds histogram"),
+            "{body}"
+        );
+        let health = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
