@@ -1,0 +1,439 @@
+//! Integration tests of `dispatch-tracker` against real files, fsync and a second process.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use dispatch_tracker::{Phase, TrackedJob, Tracker, TrackerConfig, TrackerError};
+use proptest::prelude::*;
+
+fn job(id: &str, run: &str) -> TrackedJob {
+    TrackedJob {
+        job_id: id.to_owned(),
+        dag_name: "deploy".to_owned(),
+        dag_run_id: run.to_owned(),
+        phase: Phase::PendingAccept,
+        repository: "octo-org/octo-repo".to_owned(),
+        pr_number: 42,
+        issue_number: 0,
+        updated_at_ms: 1_764_000_000_000,
+    }
+}
+
+fn small_compaction() -> TrackerConfig {
+    TrackerConfig {
+        compact_min_records: 8,
+    }
+}
+
+fn journal(dir: &Path) -> std::path::PathBuf {
+    dir.join("journal")
+}
+
+fn ids(t: &Tracker) -> Vec<String> {
+    t.list().unwrap().into_iter().map(|j| j.job_id).collect()
+}
+
+#[test]
+fn every_operation_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tracker");
+    let mut expected: Vec<TrackedJob> = Vec::new();
+
+    // Each step: one kind of operation, then a reopen that must show exactly the expected state.
+    type Step = Box<dyn Fn(&Tracker, &mut Vec<TrackedJob>)>;
+    let steps: Vec<(&str, Step)> = vec![
+        (
+            "insert",
+            Box::new(|t, e| {
+                t.upsert(job("b", "run-b")).unwrap();
+                t.upsert(job("a/?%é", "run-a")).unwrap();
+                e.push(job("a/?%é", "run-a"));
+                e.push(job("b", "run-b"));
+            }),
+        ),
+        (
+            "replace",
+            Box::new(|t, e| {
+                let mut j = job("b", "run-b2");
+                j.phase = Phase::Accepted;
+                j.updated_at_ms += 5;
+                t.upsert(j.clone()).unwrap();
+                e[1] = j;
+            }),
+        ),
+        (
+            "delete existing",
+            Box::new(|t, e| {
+                assert!(t.delete("a/?%é").unwrap());
+                e.remove(0);
+            }),
+        ),
+        (
+            "delete missing",
+            Box::new(|t, _| {
+                assert!(!t.delete("never-there").unwrap());
+            }),
+        ),
+        (
+            "delete last",
+            Box::new(|t, e| {
+                assert!(t.delete("b").unwrap());
+                e.clear();
+            }),
+        ),
+    ];
+    for (name, step) in steps {
+        let t = Tracker::open(&dir).unwrap();
+        step(&t, &mut expected);
+        assert_eq!(t.list().unwrap(), expected, "before reopen after {name}");
+        drop(t);
+        let t = Tracker::open(&dir).unwrap();
+        assert_eq!(t.list().unwrap(), expected, "after reopen after {name}");
+        assert_eq!(t.len(), expected.len());
+        for j in &expected {
+            assert_eq!(t.get(&j.job_id).unwrap().as_ref(), Some(j));
+        }
+        assert_eq!(t.get("never-there").unwrap(), None);
+    }
+}
+
+#[test]
+fn list_is_sorted_by_job_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    for id in ["zeta", "alpha", "Mid", "beta-2", "beta-10"] {
+        t.upsert(job(id, "r")).unwrap();
+    }
+    assert_eq!(ids(&t), ["Mid", "alpha", "beta-10", "beta-2", "zeta"]);
+}
+
+#[test]
+fn phase_serializes_as_snake_case() {
+    let mut j = job("x", "r");
+    let v = serde_json::to_value(&j).unwrap();
+    assert_eq!(v["phase"], "pending_accept");
+    j.phase = Phase::Accepted;
+    assert_eq!(serde_json::to_value(&j).unwrap()["phase"], "accepted");
+    let back: TrackedJob = serde_json::from_value(serde_json::to_value(&j).unwrap()).unwrap();
+    assert_eq!(back, j);
+}
+
+/// Three committed records, then the journal's length with only the first two.
+fn three_records(dir: &Path) -> u64 {
+    let t = Tracker::open(dir).unwrap();
+    t.upsert(job("one", "r1")).unwrap();
+    t.upsert(job("two", "r2")).unwrap();
+    let two = fs::metadata(journal(dir)).unwrap().len();
+    t.upsert(job("three", "r3")).unwrap();
+    two
+}
+
+#[test]
+fn torn_tail_is_ignored_and_cut_before_the_next_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let two = three_records(dir);
+    let full = fs::metadata(journal(dir)).unwrap().len();
+    for cut in [
+        two + 1,
+        two + 4,
+        two + 8,
+        two + 9,
+        (two + full) / 2,
+        full - 1,
+    ] {
+        let d = tmp.path().join(format!("cut-{cut}"));
+        fs::create_dir(&d).unwrap();
+        fs::copy(journal(dir), journal(&d)).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(journal(&d))
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let t = Tracker::open(&d).unwrap();
+        assert_eq!(ids(&t), ["one", "two"], "cut at {cut}");
+        assert_eq!(
+            fs::metadata(journal(&d)).unwrap().len(),
+            two,
+            "torn bytes cut off"
+        );
+        t.upsert(job("four", "r4")).unwrap();
+        drop(t);
+        let t = Tracker::open(&d).unwrap();
+        assert_eq!(ids(&t), ["four", "one", "two"], "append after cut at {cut}");
+    }
+}
+
+#[test]
+fn garbage_or_zero_tail_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    three_records(dir);
+    let full = fs::metadata(journal(dir)).unwrap().len();
+    let tails: [&[u8]; 3] = [
+        &[0u8; 4096],
+        b"\xff\xff\xff\xffgarbage after a crash",
+        b"\x05\x00",
+    ];
+    for (i, tail) in tails.into_iter().enumerate() {
+        let d = tmp.path().join(format!("tail-{i}"));
+        fs::create_dir(&d).unwrap();
+        fs::copy(journal(dir), journal(&d)).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(journal(&d))
+            .unwrap()
+            .write_all(tail)
+            .unwrap();
+        let t = Tracker::open(&d).unwrap();
+        assert_eq!(ids(&t), ["one", "three", "two"], "tail {i}");
+        assert_eq!(fs::metadata(journal(&d)).unwrap().len(), full);
+    }
+}
+
+#[test]
+fn corruption_in_the_middle_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    three_records(dir);
+    let mut bytes = fs::read(journal(dir)).unwrap();
+    // Inside the first record's payload (magic 8 + header 8 + a few bytes).
+    bytes[8 + 8 + 5] ^= 0x20;
+    fs::write(journal(dir), &bytes).unwrap();
+    let err = Tracker::open(dir).unwrap_err();
+    assert!(
+        matches!(err, TrackerError::Corrupt { offset: 8, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&journal(dir).display().to_string()), "{msg}");
+    assert!(msg.contains("checksum"), "{msg}");
+    // The file is left as it was for a human to inspect.
+    assert_eq!(fs::read(journal(dir)).unwrap(), bytes);
+}
+
+#[test]
+fn bad_magic_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(journal(tmp.path()), b"{\"jobs\":[]}").unwrap();
+    let err = Tracker::open(tmp.path()).unwrap_err();
+    assert!(matches!(err, TrackerError::BadHeader { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a tracker journal"));
+}
+
+#[test]
+fn permissions_are_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new");
+    let t = Tracker::open_with_config(&dir, small_compaction()).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&journal(&dir)), 0o600);
+    assert_eq!(mode(&dir.join("LOCK")), 0o600);
+    // A compaction creates a new journal file, which must be private too.
+    for i in 0..20 {
+        t.upsert(job("same", &format!("r{i}"))).unwrap();
+    }
+    assert!(t.journal_records() < 20, "compaction ran");
+    assert_eq!(mode(&journal(&dir)), 0o600);
+    drop(t);
+
+    // A pre-existing, too-open directory and journal are tightened on open.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(journal(&dir), fs::Permissions::from_mode(0o644)).unwrap();
+    let _t = Tracker::open(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&journal(&dir)), 0o600);
+}
+
+#[test]
+fn second_open_in_the_same_process_is_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Tracker::open(tmp.path()).unwrap();
+    let err = Tracker::open(tmp.path()).unwrap_err();
+    assert!(matches!(err, TrackerError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("already in use"), "{err}");
+    drop(first);
+    Tracker::open(tmp.path()).unwrap();
+}
+
+const PROBE_ENV: &str = "DISPATCH_TRACKER_TEST_PROBE_DIR";
+
+/// Run by `second_open_from_another_process_is_in_use` in a child process (the same test binary),
+/// where it must be refused. Run directly, it checks the same open succeeds on a free directory.
+#[test]
+fn lock_probe() {
+    match std::env::var_os(PROBE_ENV) {
+        Some(dir) => {
+            let err = Tracker::open(Path::new(&dir)).unwrap_err();
+            assert!(matches!(err, TrackerError::InUse { .. }), "{err:?}");
+            println!("PROBE-REFUSED: {err}");
+        }
+        None => {
+            let tmp = tempfile::tempdir().unwrap();
+            Tracker::open(tmp.path()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn second_open_from_another_process_is_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = Tracker::open(tmp.path()).unwrap();
+    holder.upsert(job("held", "r")).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lock_probe", "--nocapture", "--test-threads=1"])
+        .env(PROBE_ENV, tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("PROBE-REFUSED:") && stdout.contains("already in use"),
+        "{stdout}"
+    );
+    // The refused process changed nothing.
+    assert_eq!(ids(&holder), ["held"]);
+}
+
+#[test]
+fn compaction_preserves_state_and_bounds_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let t = Tracker::open_with_config(dir, small_compaction()).unwrap();
+    let mut model = BTreeMap::new();
+    let mut max_records = 0;
+    for i in 0..60 {
+        let id = format!("job-{}", i % 5);
+        if i % 7 == 3 {
+            t.delete(&id).unwrap();
+            model.remove(&id);
+        } else {
+            let j = job(&id, &format!("run-{i}"));
+            t.upsert(j.clone()).unwrap();
+            model.insert(id, j);
+        }
+        max_records = max_records.max(t.journal_records());
+    }
+    // Never more than max(8, 2 × live) + the one record that triggers compaction.
+    assert!(max_records <= 11, "journal reached {max_records} records");
+    let expected: Vec<_> = model.values().cloned().collect();
+    assert_eq!(t.list().unwrap(), expected);
+    drop(t);
+    let t = Tracker::open(dir).unwrap();
+    assert_eq!(t.list().unwrap(), expected);
+    assert!(!dir.join("journal.tmp").exists());
+}
+
+#[test]
+fn stray_temp_file_from_an_interrupted_compaction_is_harmless() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let t = Tracker::open(dir).unwrap();
+    t.upsert(job("kept", "r1")).unwrap();
+    t.upsert(job("gone", "r2")).unwrap();
+    // A complete snapshot of an older state, as if compaction was interrupted right before rename...
+    t.compact_now().unwrap();
+    let older = fs::read(journal(dir)).unwrap();
+    t.delete("gone").unwrap();
+    drop(t);
+    fs::write(dir.join("journal.tmp"), &older).unwrap();
+    let t = Tracker::open(dir).unwrap();
+    assert_eq!(ids(&t), ["kept"]);
+    assert!(!dir.join("journal.tmp").exists(), "stray temp removed");
+    drop(t);
+    // ...or a half-written one.
+    fs::write(dir.join("journal.tmp"), &older[..older.len() / 2]).unwrap();
+    let t = Tracker::open(dir).unwrap();
+    assert_eq!(ids(&t), ["kept"]);
+    t.upsert(job("new", "r3")).unwrap();
+    drop(t);
+    assert_eq!(ids(&Tracker::open(dir).unwrap()), ["kept", "new"]);
+}
+
+#[test]
+fn tracker_is_send_and_sync_and_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tracker>();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::sync::Arc::new(Tracker::open_with_config(tmp.path(), small_compaction()).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u32 {
+                    t.upsert(job(&format!("w{w}-{i}"), "r")).unwrap();
+                    if i.is_multiple_of(2) {
+                        t.delete(&format!("w{w}-{i}")).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(t.len(), 20);
+    let before = t.list().unwrap();
+    drop(t);
+    assert_eq!(Tracker::open(tmp.path()).unwrap().list().unwrap(), before);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(u8, u8, bool),
+    Delete(u8),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, any::<u8>(), any::<bool>()).prop_map(|(k, v, a)| Op::Upsert(k, v, a)),
+        2 => (0u8..7).prop_map(Op::Delete),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any sequence of changes and reopens (with compaction kicking in often) matches a plain map.
+    #[test]
+    fn behaves_like_a_map_across_reopens(ops in proptest::collection::vec(op(), 1..30)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = Tracker::open_with_config(tmp.path(), small_compaction()).unwrap();
+        let mut model: BTreeMap<String, TrackedJob> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Upsert(k, v, accepted) => {
+                    let mut j = job(&format!("job-{k}"), &format!("run-{v}"));
+                    j.updated_at_ms = u64::from(v);
+                    if accepted { j.phase = Phase::Accepted; }
+                    t.upsert(j.clone()).unwrap();
+                    model.insert(j.job_id.clone(), j);
+                }
+                Op::Delete(k) => {
+                    let id = format!("job-{k}");
+                    prop_assert_eq!(t.delete(&id).unwrap(), model.remove(&id).is_some());
+                }
+                Op::Reopen => {
+                    drop(t);
+                    t = Tracker::open_with_config(tmp.path(), small_compaction()).unwrap();
+                }
+            }
+            prop_assert_eq!(t.list().unwrap(), model.values().cloned().collect::<Vec<_>>());
+        }
+        drop(t);
+        let t = Tracker::open(tmp.path()).unwrap();
+        prop_assert_eq!(t.list().unwrap(), model.values().cloned().collect::<Vec<_>>());
+    }
+}
