@@ -58,6 +58,16 @@ pub(crate) struct Dependency {
     pub(crate) kind: Option<DepKind>,
 }
 
+impl fmt::Display for DepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DepKind::Normal => "normal",
+            DepKind::Dev => "dev",
+            DepKind::Build => "build",
+        })
+    }
+}
+
 impl Dependency {
     fn kind(&self) -> DepKind {
         self.kind.unwrap_or(DepKind::Normal)
@@ -122,7 +132,7 @@ impl fmt::Display for Violation {
                 };
                 write!(
                     f,
-                    "`{package}` (layer {package_layer}) has a {kind:?} dependency on `{dependency}` \
+                    "`{package}` (layer {package_layer}) has a {kind} dependency on `{dependency}` \
                      (layer {dependency_layer}); it may only use {allowed}"
                 )
             }
@@ -132,7 +142,7 @@ impl fmt::Display for Violation {
                 kind,
             } => write!(
                 f,
-                "`{package}` has a {kind:?} dependency on test-support crate `{dependency}`; \
+                "`{package}` has a {kind} dependency on test-support crate `{dependency}`; \
                  only dev-dependencies may use it"
             ),
             Violation::DependsOnTooling {
