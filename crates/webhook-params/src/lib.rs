@@ -261,22 +261,6 @@ pub fn parse_runtime_params(input: &str) -> Result<Vec<Param>, ParseError> {
     Parser { input, pos: 0 }.parse_all()
 }
 
-/// Splits `params` into a map of named values (the last of repeated names wins) and the
-/// positional values in order; a convenience for callers that look parameters up by name.
-pub fn params_by_name(params: Vec<Param>) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut named = BTreeMap::new();
-    let mut positional = Vec::new();
-    for param in params {
-        match param.name {
-            Some(name) => {
-                named.insert(name, param.value);
-            }
-            None => positional.push(param.value),
-        }
-    }
-    (named, positional)
-}
-
 struct Parser<'a> {
     input: &'a str,
     pos: usize,
