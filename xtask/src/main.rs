@@ -54,9 +54,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The workspace root: xtask always lives one directory below it, so this does not depend on
-/// the directory `cargo xtask` was started from.
+/// the directory `cargo xtask` was started from. `cargo run` sets `CARGO_MANIFEST_DIR` for the
+/// process; it is read at run time because a build reused from another checkout of the same
+/// workspace (same target dir) would carry that checkout's compile-time path.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
