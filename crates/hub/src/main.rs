@@ -1,2 +1,157 @@
-//! placeholder
-fn main() {}
+//! `hub`: the dispatch hub as a standalone server.
+//!
+//! `hub serve --config hub.toml` serves until SIGINT/SIGTERM; `hub print-public-key --data-dir D`
+//! prints the PEM public key that verifies the hub's license tokens (creating the key if absent).
+//! Exit codes: 0 clean stop, 2 bad config (naming the setting), 1 any other failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dispatch_hub::{config::load_hub_config, keys::load_or_create_signing_key, Hub, HubError};
+use dispatch_license::Secret;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "hub", version, about = "dispatch hub: GitHub webhooks in, dispatch jobs out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks and the cloud API until interrupted.
+    Serve {
+        /// Path of hub.toml.
+        #[arg(long, env = "DISPATCH_HUB_CONFIG")]
+        config: PathBuf,
+        /// Listen address (overrides `listen`).
+        #[arg(long, env = "DISPATCH_HUB_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Webhook secret (overrides `webhook_secret`).
+        #[arg(long, env = "DISPATCH_HUB_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// GitHub token for reporting (overrides `[github] token`).
+        #[arg(long, env = "DISPATCH_HUB_GITHUB_TOKEN", hide_env_values = true)]
+        github_token: Option<String>,
+        /// Log format.
+        #[arg(long, env = "DISPATCH_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Print the PEM public key of the hub's token signing key.
+    PrintPublicKey {
+        /// The hub's data directory.
+        #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hub: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The one place that maps errors to exit codes.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<HubError>() {
+        Some(h) if h.is_config() => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::PrintPublicKey { data_dir } => {
+            let key = load_or_create_signing_key(&data_dir)?;
+            print!("{}", dispatch_license::token::public_key_pem(&key.verifying_key()));
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            webhook_secret,
+            github_token,
+            log_format,
+        } => {
+            init_logs(&log_format);
+            let mut cfg = load_hub_config(&config)?;
+            if let Some(listen) = listen {
+                cfg.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                cfg.data_dir = dir;
+            }
+            if let Some(secret) = webhook_secret {
+                cfg.webhook_secret = Secret::new(secret);
+            }
+            if let Some(token) = github_token.filter(|t| !t.is_empty()) {
+                cfg.github.token = Some(Secret::new(token));
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(cfg))
+        }
+    }
+}
+
+async fn serve(cfg: dispatch_hub::HubConfig) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let handle = Hub::start(cfg, cancel.clone()).await?;
+    println!("hub listening on http://{}", handle.addr);
+    println!("webhook endpoint: http://{}/webhooks/github", handle.addr);
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signals.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(1);
+    });
+    handle.join().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DISPATCH_HUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

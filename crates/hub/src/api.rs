@@ -1,0 +1,486 @@
+//! The HTTP surface: GitHub webhook intake, the cloud API of SPEC §2/§3, health and metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dispatch_license::token::Claims;
+use dispatch_license::{
+    AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest, HeartbeatResponse,
+    PullRequest, Secret,
+};
+use ed25519_dalek::SigningKey;
+use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, PULLS, WEBHOOKS};
+use crate::store::{IncomingJob, Store, Transition};
+use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
+
+/// GitHub's own cap on a webhook payload.
+pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// Longest long-poll a pull may ask for.
+pub const MAX_WAIT_SECONDS: u32 = 60;
+
+/// Result status words a finish may carry (SPEC §2).
+pub const RESULT_STATUSES: [&str; 9] = [
+    "not_started",
+    "running",
+    "failed",
+    "aborted",
+    "succeeded",
+    "queued",
+    "partially_succeeded",
+    "waiting",
+    "rejected",
+];
+
+/// Headers copied into a job's `headers`; never the signature.
+const KEPT_HEADERS: [&str; 7] = [
+    "x-github-event",
+    "x-github-delivery",
+    "x-github-hook-id",
+    "x-github-hook-installation-target-id",
+    "x-github-hook-installation-target-type",
+    "content-type",
+    "user-agent",
+];
+
+pub(crate) struct AppState {
+    pub cfg: HubConfig,
+    pub store: Arc<Store>,
+    pub signing_key: SigningKey,
+    pub jobs_ready: Notify,
+    pub report_wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    pub cancel: CancellationToken,
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/github",
+            post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
+        .route("/api/v1/licenses/activate", post(activate))
+        .route("/api/v1/licenses/heartbeat", post(heartbeat))
+        .route("/api/v1/github/dispatch/pull", post(pull))
+        .route("/api/v1/github/dispatch/{id}/accept", post(accept))
+        .route("/api/v1/github/dispatch/{id}/finish", post(finish))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// An error answer: status plus a JSON `{"message": ...}` body safe to show the caller.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unknown license, server or secret")
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        tracing::error!(error = %report::error_chain(&e), "request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal hub error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "message": self.message }))).into_response()
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn signature_ok(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(expected) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(decode_hex)
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for name in KEPT_HEADERS {
+        let values: Vec<serde_json::Value> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| serde_json::Value::String(v.to_owned()))
+            .collect();
+        if !values.is_empty() {
+            map.insert(name.to_owned(), serde_json::Value::Array(values));
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+async fn webhook(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let outcome = webhook_inner(&st, &headers, body).await;
+    let label = match &outcome {
+        Ok((_, label, _)) => *label,
+        Err((label, _)) => label,
+    };
+    st.metrics.inc(WEBHOOKS, label);
+    match outcome {
+        Ok((status, _, body)) => (status, Json(body)).into_response(),
+        Err((_, e)) => e.into_response(),
+    }
+}
+
+type WebhookOutcome = Result<(StatusCode, &'static str, serde_json::Value), (&'static str, ApiError)>;
+
+async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> WebhookOutcome {
+    let body = body.map_err(|rej| {
+        let status = rej.status();
+        let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
+        (label, ApiError::new(status, rej.body_text()))
+    })?;
+    if !signature_ok(&st.cfg.webhook_secret, headers, &body) {
+        return Err((
+            "bad_signature",
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid x-hub-signature-256"),
+        ));
+    }
+    let bad = |msg: &str| ("bad_request", ApiError::new(StatusCode::BAD_REQUEST, msg));
+    let event = header_str(headers, "x-github-event");
+    if event.is_empty() {
+        return Err(bad("missing x-github-event header"));
+    }
+    if event == "ping" {
+        return Ok((StatusCode::OK, "ping", serde_json::json!({ "message": "pong" })));
+    }
+    let delivery_id = header_str(headers, "x-github-delivery");
+    if delivery_id.is_empty() {
+        return Err(bad("missing x-github-delivery header"));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| bad("body is not utf-8"))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| bad("body is not valid json"))?;
+    let jobs = crate::matching::jobs_for_delivery(&st.cfg.bindings, &st.cfg.mention, event, delivery_id, &payload);
+    let headers_json = headers_json(headers);
+    let payload_text = text.trim().to_owned();
+    let (delivery_id, event_name) = (delivery_id.to_owned(), event.to_owned());
+    let outcome = blocking(&st.store, move |s| {
+        let incoming: Vec<_> = jobs
+            .iter()
+            .map(|new| IncomingJob {
+                new,
+                payload: &payload_text,
+                headers: &headers_json,
+            })
+            .collect();
+        s.record_delivery(&delivery_id, &event_name, &incoming, now_ms())
+    })
+    .await
+    .map_err(|e| ("error", ApiError::from(e)))?;
+    let count = outcome.job_ids.len();
+    if !outcome.duplicate && count > 0 {
+        st.jobs_ready.notify_waiters();
+    }
+    tracing::info!(event, delivery = header_str(headers, "x-github-delivery"), jobs = count, duplicate = outcome.duplicate, "webhook received");
+    let label = match (outcome.duplicate, count) {
+        (true, _) => "duplicate",
+        (false, 0) => "unmatched",
+        (false, _) => "accepted",
+    };
+    let status = if count > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let mut answer = serde_json::json!({ "job_ids": outcome.job_ids });
+    if outcome.duplicate {
+        answer["duplicate"] = serde_json::Value::Bool(true);
+    }
+    Ok((status, label, answer))
+}
+
+fn find_license<'a>(licenses: &'a [LicenseKey], id: &str) -> Option<&'a LicenseKey> {
+    licenses.iter().find(|l| l.id == id)
+}
+
+fn issue_token(st: &AppState, license: &LicenseKey) -> Secret {
+    let now = now_ms() / 1000;
+    let claims = Claims {
+        jti: license.id.clone(),
+        exp: now + st.cfg.token_ttl.as_secs() as i64,
+        nbf: Some(now),
+        iat: Some(now),
+        plan: license.plan.clone(),
+        features: license.features.clone(),
+        grace_days: Some(dispatch_license::token::DEFAULT_GRACE_DAYS),
+    };
+    Secret::new(dispatch_license::token::sign(&claims, &st.signing_key))
+}
+
+async fn activate(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<ActivateResponse>, ApiError> {
+    let req: ActivateRequest = parse_body(&body)?;
+    if req.server_id.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "server_id must not be empty"));
+    }
+    // Compare against every key so the time taken does not reveal which one matched.
+    let presented = req.key.expose().as_bytes();
+    let mut found: Option<&LicenseKey> = None;
+    for license in &st.cfg.licenses {
+        let equal: bool = license.key.expose().as_bytes().ct_eq(presented).into();
+        if equal && !license.key.is_empty() {
+            found = Some(license);
+        }
+    }
+    let Some(license) = found else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid license key"));
+    };
+    let secret = Secret::new(hex(&rand::random::<[u8; 32]>()));
+    let (license_id, server_id, machine, hash) = (
+        license.id.clone(),
+        req.server_id.clone(),
+        req.machine_name.clone(),
+        sha256_hex(secret.expose()),
+    );
+    blocking(&st.store, move |s| s.upsert_activation(&license_id, &server_id, &machine, &hash, now_ms())).await?;
+    tracing::info!(license_id = %license.id, server_id = %req.server_id, machine = %req.machine_name, "license activated");
+    Ok(Json(ActivateResponse {
+        token: issue_token(&st, license),
+        heartbeat_secret: secret,
+    }))
+}
+
+/// Checks machine credentials against the recorded activation.
+async fn check_activation(st: &AppState, license_id: &str, server_id: &str, secret: &Secret) -> Result<(), ApiError> {
+    let (l, s) = (license_id.to_owned(), server_id.to_owned());
+    let stored = blocking(&st.store, move |store| store.activation_secret(&l, &s)).await?;
+    let presented = sha256_hex(secret.expose());
+    match stored {
+        Some(hash) if bool::from(hash.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Machine credentials for the dispatch endpoints: a recorded activation of a license that is
+/// still configured.
+async fn authenticate(st: &AppState, license_id: &str, server_id: &str, secret: &Secret) -> Result<(), ApiError> {
+    check_activation(st, license_id, server_id, secret).await?;
+    if find_license(&st.cfg.licenses, license_id).is_none() {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "license is no longer valid"));
+    }
+    Ok(())
+}
+
+async fn heartbeat(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let req: HeartbeatRequest = parse_body(&body)?;
+    check_activation(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await?;
+    let Some(license) = find_license(&st.cfg.licenses, &req.license_id) else {
+        return Err(ApiError::new(StatusCode::GONE, "license has been revoked"));
+    };
+    Ok(Json(HeartbeatResponse {
+        token: issue_token(&st, license),
+    }))
+}
+
+async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: PullRequest = parse_body(&body)?;
+    if let Err(e) = authenticate(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await {
+        st.metrics.inc(PULLS, "unauthorized");
+        return Err(e);
+    }
+    let wait = Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS).into());
+    let deadline = tokio::time::Instant::now() + wait;
+    let lease_ms = st.cfg.lease.as_millis() as i64;
+    loop {
+        // Registered before the claim attempt so a job stored in between still wakes us.
+        let ready = st.jobs_ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        let (l, s) = (req.license_id.clone(), req.server_id.clone());
+        let claimed = blocking(&st.store, move |store| store.claim_next(&l, &s, now_ms(), lease_ms)).await?;
+        if let Some(job) = claimed {
+            st.metrics.inc(PULLS, "job");
+            tracing::info!(job_id = %job.id, server_id = %req.server_id, dag = %job.dag_name, "job claimed");
+            return Ok((StatusCode::OK, Json(job)).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            st.metrics.inc(PULLS, "empty");
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut ready => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = st.cancel.cancelled() => {
+                st.metrics.inc(PULLS, "empty");
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+        }
+    }
+}
+
+fn transition_response(t: Transition, job_id: &str) -> Result<StatusCode, ApiError> {
+    match t {
+        Transition::Done | Transition::Repeated => Ok(StatusCode::NO_CONTENT),
+        Transition::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, format!("job `{job_id}` not found"))),
+        Transition::Conflict(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+    }
+}
+
+async fn accept(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: AcceptRequest = parse_body(&body)?;
+    authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
+    let job_id = id.clone();
+    let t = blocking(&st.store, move |s| {
+        s.accept(&job_id, &req.license_id, &req.server_id, &req.dag_run_id, now_ms())
+    })
+    .await?;
+    transition_response(t, &id)
+}
+
+async fn finish(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: FinishRequest = parse_body(&body)?;
+    authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
+    if !RESULT_STATUSES.contains(&req.result_status.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown result_status `{}`", req.result_status),
+        ));
+    }
+    let reporting = st.cfg.github.token.as_ref().is_some_and(|t| !t.is_empty());
+    let job_id = id.clone();
+    let t = blocking(&st.store, move |s| {
+        s.finish(
+            &job_id,
+            &req.license_id,
+            &req.server_id,
+            &req.result_status,
+            &req.result_summary,
+            now_ms(),
+            |job| {
+                if reporting {
+                    report::reports_for(job, &req.result_status, &req.result_summary)
+                } else {
+                    tracing::debug!(job_id = %job.job.id, "no github token configured; not reporting");
+                    Vec::new()
+                }
+            },
+        )
+    })
+    .await?;
+    if t == Transition::Done {
+        st.report_wake.notify_one();
+        tracing::info!(job_id = %id, "job finished");
+    }
+    transition_response(t, &id)
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let jobs = blocking(&st.store, |s| s.job_counts()).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&jobs),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_rejects() {
+        assert_eq!(decode_hex(&hex(&[0, 1, 254, 255])), Some(vec![0, 1, 254, 255]));
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(decode_hex("é1"), None);
+    }
+
+    #[test]
+    fn signature_check() {
+        let secret = Secret::new("s3");
+        let body = b"{\"a\":1}";
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3").unwrap();
+        mac.update(body);
+        let good = format!("sha256={}", hex(&mac.finalize().into_bytes()));
+        let mut headers = HeaderMap::new();
+        assert!(!signature_ok(&secret, &headers, body));
+        headers.insert("x-hub-signature-256", good.parse().unwrap());
+        assert!(signature_ok(&secret, &headers, body));
+        assert!(!signature_ok(&secret, &headers, b"{\"a\":2}"));
+        assert!(!signature_ok(&Secret::new("other"), &headers, body));
+    }
+}

@@ -1,0 +1,120 @@
+//! The hub's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while configuring or running the hub.
+///
+/// Config variants (`ReadConfig`, `ParseConfig`, `InvalidSetting`) name the file and the setting so a
+/// binary can map them to exit code 2 ([`HubError::is_config`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A config or bindings file could not be read.
+    #[error("failed to read `{path}`")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config or bindings file is not valid TOML or has an unknown or mistyped field.
+    #[error("invalid config file `{path}`")]
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error (names the field and line).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A setting has a value the hub cannot use.
+    #[error("invalid setting `{setting}` in {origin}: {reason}")]
+    InvalidSetting {
+        /// Where the setting came from (a file path or "hub config").
+        origin: String,
+        /// The setting, e.g. `binding[2].branch_pattern`.
+        setting: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The data directory or a file in it could not be created or read.
+    #[error("failed to access `{path}`")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signing key file exists but does not hold an Ed25519 key.
+    #[error("signing key file `{path}` is not a PKCS#8 PEM Ed25519 private key")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The SQLite store failed.
+    #[error("hub store failed while trying to {action}")]
+    Store {
+        /// What the hub was doing.
+        action: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored record could not be decoded (the database was edited or is corrupt).
+    #[error("stored record for job `{job_id}` is corrupt")]
+    CorruptRecord {
+        /// The job id.
+        job_id: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking store task panicked or was cancelled.
+    #[error("hub store task ended abnormally")]
+    StoreTask(#[source] tokio::task::JoinError),
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("hub server failed")]
+    Serve(#[source] std::io::Error),
+    /// The HTTP client for GitHub could not be built.
+    #[error("failed to build the github http client")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl HubError {
+    /// True for errors caused by configuration (a binary exits with code 2 for these).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            HubError::ReadConfig { .. }
+                | HubError::ParseConfig { .. }
+                | HubError::InvalidSetting { .. }
+                | HubError::KeyFormat { .. }
+        )
+    }
+
+    pub(crate) fn setting(
+        origin: impl Into<String>,
+        setting: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        HubError::InvalidSetting {
+            origin: origin.into(),
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn store(action: &'static str) -> impl FnOnce(rusqlite::Error) -> HubError {
+        move |source| HubError::Store { action, source }
+    }
+}

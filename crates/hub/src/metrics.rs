@@ -1,0 +1,72 @@
+//! Counters exposed on `GET /metrics` in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Labelled counters; the label sets are small and fixed, so a map behind a mutex is enough.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// Webhook deliveries by outcome.
+pub(crate) const WEBHOOKS: &str = "dispatch_hub_webhooks_received_total";
+/// Pull calls by outcome.
+pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
+/// GitHub reports by result.
+pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
+
+const HELP: [(&str, &str, &str); 3] = [
+    (WEBHOOKS, "outcome", "Webhook deliveries received, by outcome."),
+    (PULLS, "outcome", "Dispatch pull calls, by outcome."),
+    (REPORTS, "result", "GitHub status/comment calls, by result."),
+];
+
+impl Metrics {
+    pub fn inc(&self, name: &'static str, label: &'static str) {
+        let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((name, label)).or_default() += 1;
+    }
+
+    /// Renders the counters plus the job gauge `jobs` (state → count).
+    pub fn render(&self, jobs: &[(String, i64)]) -> String {
+        let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for (name, label, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((n, value), count) in map.iter() {
+                if *n == name {
+                    let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP dispatch_hub_jobs Jobs in the store, by state.\n# TYPE dispatch_hub_jobs gauge"
+        );
+        for state in ["queued", "claimed", "accepted", "finished"] {
+            let count = jobs.iter().find(|(s, _)| s == state).map_or(0, |(_, c)| *c);
+            let _ = writeln!(out, "dispatch_hub_jobs{{state=\"{state}\"}} {count}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_all_job_states() {
+        let m = Metrics::default();
+        m.inc(WEBHOOKS, "accepted");
+        m.inc(WEBHOOKS, "accepted");
+        m.inc(PULLS, "empty");
+        let text = m.render(&[("queued".into(), 3)]);
+        assert!(text.contains("dispatch_hub_webhooks_received_total{outcome=\"accepted\"} 2\n"));
+        assert!(text.contains("dispatch_hub_pulls_total{outcome=\"empty\"} 1\n"));
+        assert!(text.contains("dispatch_hub_jobs{state=\"queued\"} 3\n"));
+        assert!(text.contains("dispatch_hub_jobs{state=\"finished\"} 0\n"));
+    }
+}

@@ -1,0 +1,618 @@
+//! The hub's SQLite store: jobs with their lease state, deliveries (for redelivery dedupe),
+//! activations and pending GitHub reports.
+//!
+//! Synchronous on purpose: one connection behind a mutex, called from `spawn_blocking`. Every state
+//! change is one `BEGIN IMMEDIATE` transaction, so a job is claimed by exactly one caller even with
+//! several hub processes sharing the file. WAL mode with `synchronous = FULL`: a committed answer
+//! survives power loss.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use dispatch_license::DispatchJob;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::value::RawValue;
+
+use crate::matching::NewJob;
+use crate::HubError;
+
+/// Job states, as stored and as sent in a pulled job's `status`.
+pub(crate) const QUEUED: &str = "queued";
+pub(crate) const CLAIMED: &str = "claimed";
+pub(crate) const ACCEPTED: &str = "accepted";
+pub(crate) const FINISHED: &str = "finished";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    target_license TEXT NOT NULL,
+    status_context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    claimed_license TEXT NOT NULL DEFAULT '',
+    claimed_by TEXT NOT NULL DEFAULT '',
+    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+    dag_run_id TEXT NOT NULL DEFAULT '',
+    result_status TEXT NOT NULL DEFAULT '',
+    result_summary TEXT NOT NULL DEFAULT '',
+    job_json TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    job_ids TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    license_id TEXT NOT NULL,
+    server_id TEXT NOT NULL,
+    machine_name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    activated_ms INTEGER NOT NULL,
+    PRIMARY KEY (license_id, server_id)
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+";
+
+/// A job as the webhook handler hands it to the store: matched fields plus the raw delivery.
+pub(crate) struct IncomingJob<'a> {
+    pub new: &'a NewJob,
+    pub payload: &'a str,
+    pub headers: &'a str,
+}
+
+/// The job ids a delivery produced, and whether this call was a redelivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryOutcome {
+    pub job_ids: Vec<String>,
+    pub duplicate: bool,
+}
+
+/// What accept or finish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// The state changed.
+    Done,
+    /// The same call was already applied; nothing changed.
+    Repeated,
+    /// No such job (or it belongs to another license).
+    NotFound,
+    /// The job is not in a state this caller may change; the reason is safe to show.
+    Conflict(String),
+}
+
+/// A job as finish sees it, for building reports.
+pub(crate) struct FinishedJob {
+    pub job: DispatchJob,
+    pub status_context: String,
+}
+
+/// A GitHub API call waiting to be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingReport {
+    pub id: i64,
+    pub job_id: String,
+    /// Path under the API base URL, e.g. `/repos/o/r/statuses/<sha>`.
+    pub path: String,
+    /// JSON body.
+    pub body: String,
+    pub attempts: i64,
+}
+
+pub(crate) struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, HubError> {
+        let conn = Connection::open(path).map_err(HubError::store("open the database"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(HubError::store("set the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(HubError::store("enable WAL mode"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(HubError::store("set synchronous mode"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(HubError::store("create the schema"))?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half-applied (SQLite rolls it
+        // back when the transaction is dropped), so the connection is still good.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
+    pub fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        jobs: &[IncomingJob<'_>],
+        now_ms: i64,
+    ) -> Result<DeliveryOutcome, HubError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(HubError::store("begin a delivery"))?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
+                [delivery_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(HubError::store("look up a delivery"))?;
+        if let Some(ids) = existing {
+            let job_ids = serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
+                job_id: format!("delivery {delivery_id}"),
+                source,
+            })?;
+            return Ok(DeliveryOutcome {
+                job_ids,
+                duplicate: true,
+            });
+        }
+        let mut job_ids = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let job_json = serde_json::to_string(&j.new.job).map_err(|source| HubError::CorruptRecord {
+                job_id: j.new.job.id.clone(),
+                source,
+            })?;
+            tx.execute(
+                "INSERT INTO jobs (id, target_license, status_context, state, job_json, payload, headers,
+                                   created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![
+                    j.new.job.id,
+                    j.new.target_license,
+                    j.new.status_context,
+                    QUEUED,
+                    job_json,
+                    j.payload,
+                    j.headers,
+                    now_ms
+                ],
+            )
+            .map_err(HubError::store("insert a job"))?;
+            job_ids.push(j.new.job.id.clone());
+        }
+        let ids_json = serde_json::to_string(&job_ids).unwrap_or_else(|_| "[]".to_owned());
+        tx.execute(
+            "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![delivery_id, event, ids_json, now_ms],
+        )
+        .map_err(HubError::store("insert a delivery"))?;
+        tx.commit().map_err(HubError::store("commit a delivery"))?;
+        Ok(DeliveryOutcome {
+            job_ids,
+            duplicate: false,
+        })
+    }
+
+    /// Puts claims whose lease ran out back in the queue; returns how many.
+    pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
+        self.lock()
+            .execute(REQUEUE_SQL, [now_ms])
+            .map_err(HubError::store("requeue expired claims"))
+    }
+
+    /// Claims the oldest queued job this license may take, for `lease_ms`.
+    pub fn claim_next(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<DispatchJob>, HubError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(HubError::store("begin a claim"))?;
+        tx.execute(REQUEUE_SQL, [now_ms])
+            .map_err(HubError::store("requeue expired claims"))?;
+        let row: Option<(i64, String, String, String)> = tx
+            .query_row(
+                "SELECT seq, job_json, payload, headers FROM jobs
+                 WHERE state = ?1 AND (target_license = '' OR target_license = ?2)
+                 ORDER BY seq LIMIT 1",
+                params![QUEUED, license_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(HubError::store("select a queued job"))?;
+        let Some((seq, job_json, payload, headers)) = row else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
+                             updated_ms = ?5
+             WHERE seq = ?6",
+            params![CLAIMED, license_id, server_id, now_ms + lease_ms, now_ms, seq],
+        )
+        .map_err(HubError::store("claim a job"))?;
+        let mut job = decode_job(&job_json)?;
+        job.payload = Some(raw(&job.id, payload)?);
+        job.headers = Some(raw(&job.id, headers)?);
+        job.license_id = license_id.to_owned();
+        job.status = CLAIMED.to_owned();
+        job.claimed_by = server_id.to_owned();
+        tx.commit().map_err(HubError::store("commit a claim"))?;
+        Ok(Some(job))
+    }
+
+    /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
+    pub fn accept(
+        &self,
+        job_id: &str,
+        license_id: &str,
+        server_id: &str,
+        dag_run_id: &str,
+        now_ms: i64,
+    ) -> Result<Transition, HubError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(HubError::store("begin an accept"))?;
+        let Some(row) = JobRow::load(&tx, job_id)? else {
+            return Ok(Transition::NotFound);
+        };
+        if !row.visible_to(license_id) {
+            return Ok(Transition::NotFound);
+        }
+        let mine = row.claimed_by == server_id && row.claimed_license == license_id;
+        let outcome = match row.state.as_str() {
+            CLAIMED if mine => Transition::Done,
+            // The lease ran out but nobody else took the job: this server may still have it.
+            QUEUED => Transition::Done,
+            ACCEPTED if mine => Transition::Repeated,
+            FINISHED => Transition::Conflict(format!("job `{job_id}` is already finished")),
+            _ => Transition::Conflict(format!("job `{job_id}` is claimed by another server")),
+        };
+        if outcome == Transition::Done {
+            tx.execute(
+                "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, dag_run_id = ?4,
+                                 lease_expires_ms = 0, updated_ms = ?5
+                 WHERE id = ?6",
+                params![ACCEPTED, license_id, server_id, dag_run_id, now_ms, job_id],
+            )
+            .map_err(HubError::store("accept a job"))?;
+            tx.commit().map_err(HubError::store("commit an accept"))?;
+        }
+        Ok(outcome)
+    }
+
+    /// Finish: claimed or accepted by this server → finished, and the reports `reports` builds are
+    /// queued in the same transaction (durable before the caller hears "done").
+    pub fn finish(
+        &self,
+        job_id: &str,
+        license_id: &str,
+        server_id: &str,
+        result_status: &str,
+        result_summary: &str,
+        now_ms: i64,
+        reports: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
+    ) -> Result<Transition, HubError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(HubError::store("begin a finish"))?;
+        let Some(row) = JobRow::load(&tx, job_id)? else {
+            return Ok(Transition::NotFound);
+        };
+        if !row.visible_to(license_id) {
+            return Ok(Transition::NotFound);
+        }
+        let mine = row.claimed_by == server_id && row.claimed_license == license_id;
+        let outcome = match row.state.as_str() {
+            CLAIMED | ACCEPTED if mine => Transition::Done,
+            FINISHED if mine && row.result_status == result_status => Transition::Repeated,
+            FINISHED if mine => Transition::Conflict(format!(
+                "job `{job_id}` already finished with status `{}`",
+                row.result_status
+            )),
+            QUEUED => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
+            _ => Transition::Conflict(format!("job `{job_id}` is claimed by another server")),
+        };
+        if outcome != Transition::Done {
+            return Ok(outcome);
+        }
+        tx.execute(
+            "UPDATE jobs SET state = ?1, result_status = ?2, result_summary = ?3, lease_expires_ms = 0,
+                             updated_ms = ?4
+             WHERE id = ?5",
+            params![FINISHED, result_status, result_summary, now_ms, job_id],
+        )
+        .map_err(HubError::store("finish a job"))?;
+        let finished = FinishedJob {
+            job: decode_job(&row.job_json)?,
+            status_context: row.status_context,
+        };
+        for (path, body) in reports(&finished) {
+            tx.execute(
+                "INSERT INTO reports (job_id, path, body, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![job_id, path, body, now_ms],
+            )
+            .map_err(HubError::store("queue a report"))?;
+        }
+        tx.commit().map_err(HubError::store("commit a finish"))?;
+        Ok(Transition::Done)
+    }
+
+    /// Records an activation, replacing an earlier one of the same server.
+    pub fn upsert_activation(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        machine_name: &str,
+        secret_sha256: &str,
+        now_ms: i64,
+    ) -> Result<(), HubError> {
+        self.lock()
+            .execute(
+                "INSERT INTO activations (license_id, server_id, machine_name, secret_sha256, activated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (license_id, server_id) DO UPDATE SET
+                     machine_name = excluded.machine_name, secret_sha256 = excluded.secret_sha256,
+                     activated_ms = excluded.activated_ms",
+                params![license_id, server_id, machine_name, secret_sha256, now_ms],
+            )
+            .map_err(HubError::store("record an activation"))?;
+        Ok(())
+    }
+
+    /// The stored secret hash of an activation.
+    pub fn activation_secret(&self, license_id: &str, server_id: &str) -> Result<Option<String>, HubError> {
+        self.lock()
+            .query_row(
+                "SELECT secret_sha256 FROM activations WHERE license_id = ?1 AND server_id = ?2",
+                [license_id, server_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(HubError::store("look up an activation"))
+    }
+
+    /// Reports due at `now_ms`, oldest first.
+    pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, job_id, path, body, attempts FROM reports
+                 WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+            )
+            .map_err(HubError::store("select due reports"))?;
+        let rows = stmt
+            .query_map(params![now_ms, limit], |r| {
+                Ok(PendingReport {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    path: r.get(2)?,
+                    body: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            })
+            .map_err(HubError::store("select due reports"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(HubError::store("read due reports"))
+    }
+
+    /// When the next report is due, if any.
+    pub fn next_report_due(&self) -> Result<Option<i64>, HubError> {
+        self.lock()
+            .query_row("SELECT MIN(next_attempt_ms) FROM reports", [], |r| r.get(0))
+            .map_err(HubError::store("find the next report"))
+    }
+
+    pub fn delete_report(&self, id: i64) -> Result<(), HubError> {
+        self.lock()
+            .execute("DELETE FROM reports WHERE id = ?1", [id])
+            .map_err(HubError::store("delete a report"))?;
+        Ok(())
+    }
+
+    pub fn reschedule_report(&self, id: i64, attempts: i64, next_ms: i64, error: &str) -> Result<(), HubError> {
+        self.lock()
+            .execute(
+                "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?4",
+                params![attempts, next_ms, error, id],
+            )
+            .map_err(HubError::store("reschedule a report"))?;
+        Ok(())
+    }
+
+    /// Number of jobs per state.
+    pub fn job_counts(&self) -> Result<Vec<(String, i64)>, HubError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .map_err(HubError::store("count jobs"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(HubError::store("count jobs"))?;
+        rows.collect::<Result<_, _>>().map_err(HubError::store("count jobs"))
+    }
+
+    /// A job's state and result, for tests and diagnostics.
+    #[cfg(test)]
+    pub fn job_state(&self, job_id: &str) -> Result<Option<(String, String)>, HubError> {
+        self.lock()
+            .query_row(
+                "SELECT state, result_status FROM jobs WHERE id = ?1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(HubError::store("read a job"))
+    }
+}
+
+const REQUEUE_SQL: &str = "UPDATE jobs SET state = 'queued', claimed_license = '', claimed_by = '',
+                                         lease_expires_ms = 0
+                           WHERE state = 'claimed' AND lease_expires_ms <= ?1";
+
+struct JobRow {
+    state: String,
+    target_license: String,
+    claimed_license: String,
+    claimed_by: String,
+    result_status: String,
+    status_context: String,
+    job_json: String,
+}
+
+impl JobRow {
+    fn load(conn: &Connection, job_id: &str) -> Result<Option<JobRow>, HubError> {
+        conn.query_row(
+            "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json
+             FROM jobs WHERE id = ?1",
+            [job_id],
+            |r| {
+                Ok(JobRow {
+                    state: r.get(0)?,
+                    target_license: r.get(1)?,
+                    claimed_license: r.get(2)?,
+                    claimed_by: r.get(3)?,
+                    result_status: r.get(4)?,
+                    status_context: r.get(5)?,
+                    job_json: r.get(6)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(HubError::store("read a job"))
+    }
+
+    /// A job bound to another license does not exist as far as this caller is concerned.
+    fn visible_to(&self, license_id: &str) -> bool {
+        self.target_license.is_empty() || self.target_license == license_id
+    }
+}
+
+fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
+    serde_json::from_str(job_json).map_err(|source| HubError::CorruptRecord {
+        job_id: String::new(),
+        source,
+    })
+}
+
+fn raw(job_id: &str, text: String) -> Result<Box<RawValue>, HubError> {
+    RawValue::from_string(text).map_err(|source| HubError::CorruptRecord {
+        job_id: job_id.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(id: &str, license: &str) -> NewJob {
+        NewJob {
+            job: DispatchJob {
+                id: id.into(),
+                dag_name: "d".into(),
+                ..DispatchJob::default()
+            },
+            target_license: license.into(),
+            status_context: "dispatch/d".into(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        (dir, store)
+    }
+
+    fn add(store: &Store, delivery: &str, jobs: &[NewJob]) -> DeliveryOutcome {
+        let incoming: Vec<_> = jobs
+            .iter()
+            .map(|new| IncomingJob {
+                new,
+                payload: "{\"a\": 1}",
+                headers: "{}",
+            })
+            .collect();
+        store.record_delivery(delivery, "push", &incoming, 1).unwrap()
+    }
+
+    #[test]
+    fn redelivery_returns_original_ids() {
+        let (_d, s) = store();
+        let first = add(&s, "d1", &[new_job("j1", "")]);
+        let again = add(&s, "d1", &[new_job("j2", "")]);
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(again.job_ids, vec!["j1".to_owned()]);
+        assert_eq!(s.job_state("j2").unwrap(), None);
+    }
+
+    #[test]
+    fn claim_respects_license_and_lease() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "lic-b"), new_job("j2", "")]);
+        let job = s.claim_next("lic-a", "srv", 1000, 50).unwrap().unwrap();
+        assert_eq!((job.id.as_str(), job.license_id.as_str()), ("j2", "lic-a"));
+        assert_eq!(job.payload.unwrap().get(), "{\"a\": 1}");
+        assert!(s.claim_next("lic-a", "srv2", 1049, 50).unwrap().is_none());
+        let again = s.claim_next("lic-a", "srv2", 1050, 50).unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.claimed_by.as_str()), ("j2", "srv2"));
+        assert_eq!(s.claim_next("lic-b", "srv3", 1050, 50).unwrap().unwrap().id, "j1");
+    }
+
+    #[test]
+    fn accept_and_finish_rules() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
+        assert_eq!(s.accept("nope", "l", "a", "r", 1).unwrap(), Transition::NotFound);
+        assert!(matches!(s.accept("j1", "l", "b", "r", 1).unwrap(), Transition::Conflict(_)));
+        assert_eq!(s.accept("j1", "l", "a", "j1", 1).unwrap(), Transition::Done);
+        assert_eq!(s.accept("j1", "l", "a", "j1", 2).unwrap(), Transition::Repeated);
+        let no_reports = |_: &FinishedJob| Vec::new();
+        assert!(matches!(
+            s.finish("j1", "l", "b", "succeeded", "", 3, no_reports).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(s.finish("j1", "l", "a", "succeeded", "ok", 3, no_reports).unwrap(), Transition::Done);
+        assert_eq!(s.finish("j1", "l", "a", "succeeded", "ok", 4, no_reports).unwrap(), Transition::Repeated);
+        assert!(matches!(
+            s.finish("j1", "l", "a", "failed", "", 5, no_reports).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(s.job_state("j1").unwrap(), Some((FINISHED.into(), "succeeded".into())));
+    }
+
+    #[test]
+    fn reports_are_queued_with_finish() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
+        s.finish("j1", "l", "a", "failed", "", 10, |j| {
+            vec![(format!("/x/{}", j.job.dag_name), "{}".into())]
+        })
+        .unwrap();
+        let due = s.due_reports(10, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].path, "/x/d");
+        s.reschedule_report(due[0].id, 1, 500, "boom").unwrap();
+        assert!(s.due_reports(499, 10).unwrap().is_empty());
+        assert_eq!(s.next_report_due().unwrap(), Some(500));
+        s.delete_report(due[0].id).unwrap();
+        assert_eq!(s.next_report_due().unwrap(), None);
+    }
+}
