@@ -47,6 +47,10 @@ pub(crate) enum ConfigError {
         /// The TOML parser's message (names the key and line).
         message: String,
     },
+    /// The bindings file or another hub setting is unusable (the hub's error names the file
+    /// and the setting).
+    #[error(transparent)]
+    Hub(dispatch_hub::HubError),
     /// Flags could not be parsed (clap's own message names the flag).
     #[error("{0}")]
     Cli(#[from] clap::Error),

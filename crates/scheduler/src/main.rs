@@ -8,6 +8,7 @@
 //!
 //! Not for: business logic. Anything a test of a library could cover lives in that library.
 
+mod app;
 mod cli;
 mod config;
 mod embedded;
@@ -35,16 +36,25 @@ fn run() -> Result<(), AppError> {
             let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
             let settings = Settings::resolve(*args, user_home.as_deref())?;
             logging::init(settings.log_format, "info");
-            runtime()?.block_on(async move {
-                let _ = settings;
-                Err(AppError::Demo("not wired yet".into()))
-            })
+            runtime()?.block_on(start(settings))
         }
         Command::Demo(args) => {
             logging::init(args.log_format, "warn");
             Err(AppError::Demo("not wired yet".into()))
         }
     }
+}
+
+async fn start(settings: Settings) -> Result<(), AppError> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    signals::install(shutdown.clone())
+        .map_err(|err| AppError::component("install signal handlers", err))?;
+    let system = app::System::start(&settings, &shutdown).await?;
+    app::print_banner(&system, &settings);
+    tracing::info!("scheduler running; SIGINT/SIGTERM to stop");
+    system.wait().await?;
+    tracing::info!("scheduler stopped");
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {

@@ -5,9 +5,8 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,54 +15,38 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-/// Upper bounds (seconds) of the dispatch-latency buckets: from well under the 25 ms target up
-/// to the 10 s a plain poll interval can cost.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// A cumulative histogram with fixed buckets; lock-free so recording never blocks a hot path.
-#[derive(Debug)]
+/// A snapshot of a cumulative histogram.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Histogram {
-    counts: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// `(upper bound in seconds, cumulative count)`, the last bound being `+Inf`.
+    pub(crate) buckets: Vec<(f64, u64)>,
+    pub(crate) count: u64,
+    pub(crate) sum_seconds: f64,
 }
 
 impl Histogram {
-    pub(crate) fn new() -> Self {
-        Self {
-            counts: Default::default(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
-            if secs <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
+        for (bound, count) in &self.buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
         }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        if !self
+            .buckets
+            .last()
+            .is_some_and(|(bound, _)| bound.is_infinite())
+        {
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {}",
+            self.sum_seconds, self.count
+        );
     }
 }
 
@@ -77,8 +60,10 @@ pub(crate) struct Reading {
     pub(crate) pull_errors: u64,
     pub(crate) runs_active: u64,
     pub(crate) queue_depth: u64,
-    /// Last pull that got an answer (job or empty) from the server.
-    pub(crate) last_pull_ok: Option<Instant>,
+    /// Unix milliseconds of the last pull that got an answer (job or empty); 0 before the first.
+    pub(crate) last_pull_ms: u64,
+    /// Dispatch latency as the worker measures it.
+    pub(crate) dispatch_latency: Histogram,
 }
 
 /// Where readings come from; the wiring implements it over the worker, executor and stores.
@@ -89,8 +74,8 @@ pub(crate) trait Probe: Send + Sync + 'static {
 /// Shared state of the metrics server.
 pub(crate) struct Metrics {
     probe: Box<dyn Probe>,
-    pub(crate) dispatch_latency: Histogram,
-    started: Instant,
+    /// Unix milliseconds of the start.
+    started_ms: u64,
     /// A pull older than this makes `/healthz` answer 503.
     stale_after: Duration,
 }
@@ -101,16 +86,16 @@ impl Metrics {
     pub(crate) fn new(probe: Box<dyn Probe>, poll_interval: Duration, long_poll: Duration) -> Self {
         Self {
             probe,
-            dispatch_latency: Histogram::new(),
-            started: Instant::now(),
+            started_ms: now_ms(),
             stale_after: poll_interval.max(long_poll) * 3,
         }
     }
 
     /// Healthy while the last successful pull (or the start, before the first one) is recent.
-    pub(crate) fn health(&self, now: Instant) -> Result<Duration, Duration> {
-        let since = self.probe.read().last_pull_ok.unwrap_or(self.started);
-        let age = now.saturating_duration_since(since);
+    pub(crate) fn health(&self, now_ms: u64) -> Result<Duration, Duration> {
+        let last = self.probe.read().last_pull_ms;
+        let since = if last == 0 { self.started_ms } else { last };
+        let age = Duration::from_millis(now_ms.saturating_sub(since));
         if age > self.stale_after {
             Err(age)
         } else {
@@ -166,22 +151,29 @@ impl Metrics {
             "DAG runs waiting in the queues.",
             r.queue_depth,
         );
-        let age = r
-            .last_pull_ok
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(-1.0);
+        let age = if r.last_pull_ms == 0 {
+            -1.0
+        } else {
+            now_ms().saturating_sub(r.last_pull_ms) as f64 / 1000.0
+        };
         let name = "dispatch_last_pull_age_seconds";
         let _ = writeln!(
             out,
             "# HELP {name} Seconds since the last successful pull (-1 before the first).\n# TYPE {name} gauge\n{name} {age}"
         );
-        self.dispatch_latency.render(
+        r.dispatch_latency.render(
             &mut out,
             "dispatch_latency_seconds",
-            "Time from a job's enqueue to its run starting.",
+            "Time from a pull answering with a job to its accept answering.",
         );
         out
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn escape_label(value: &str) -> String {
@@ -225,7 +217,7 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
 }
 
 async fn health_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.health(Instant::now()) {
+    match metrics.health(now_ms()) {
         Ok(age) => (
             StatusCode::OK,
             format!("ok: last successful pull {}s ago\n", age.as_secs()),
@@ -259,15 +251,18 @@ mod tests {
             pull_errors: 4,
             runs_active: 1,
             queue_depth: 5,
-            last_pull_ok: None,
+            last_pull_ms: 0,
+            dispatch_latency: Histogram {
+                buckets: vec![(0.01, 0), (0.025, 1), (5.0, 2), (f64::INFINITY, 2)],
+                count: 2,
+                sum_seconds: 3.02,
+            },
         })));
         let m = Metrics::new(
             Box::new(probe),
             Duration::from_secs(10),
             Duration::from_secs(0),
         );
-        m.dispatch_latency.observe(Duration::from_millis(20));
-        m.dispatch_latency.observe(Duration::from_secs(3));
         let text = m.render();
         for line in [
             "dispatch_jobs_pulled_total 3",
@@ -299,15 +294,12 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(0),
         );
-        let start = m.started;
-        assert!(m.health(start + Duration::from_secs(30)).is_ok());
-        assert_eq!(
-            m.health(start + Duration::from_secs(31)),
-            Err(Duration::from_secs(31))
-        );
-        probe.0.lock().unwrap().last_pull_ok = Some(start + Duration::from_secs(40));
-        assert!(m.health(start + Duration::from_secs(65)).is_ok());
-        assert!(m.health(start + Duration::from_secs(71)).is_err());
+        let start = m.started_ms;
+        assert!(m.health(start + 30_000).is_ok());
+        assert_eq!(m.health(start + 31_000), Err(Duration::from_secs(31)));
+        probe.0.lock().unwrap().last_pull_ms = start + 40_000;
+        assert!(m.health(start + 65_000).is_ok());
+        assert!(m.health(start + 71_000).is_err());
     }
 
     #[test]
@@ -318,8 +310,8 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(30),
         );
-        assert!(m.health(m.started + Duration::from_secs(85)).is_ok());
-        assert!(m.health(m.started + Duration::from_secs(91)).is_err());
+        assert!(m.health(m.started_ms + 85_000).is_ok());
+        assert!(m.health(m.started_ms + 91_000).is_err());
     }
 
     #[tokio::test]

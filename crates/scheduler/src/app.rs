@@ -1,0 +1,430 @@
+//! Wiring of `scheduler start` (and of the demo, which starts the same system in a temporary
+//! home): embedded hub (optional) → license manager → cloud client → worker → enqueue/executor
+//! → stores, tracker at `<data>/tracker`, metrics server.
+//!
+//! Shutdown order matters: the worker stops first (it finishes in-flight calls and gives running
+//! DAG runs their grace period, then the executor stops them); only then do the license manager,
+//! the metrics server and the embedded hub stop, because the worker's last accept/finish calls
+//! may still go to that hub.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dispatch_dag::{FileStoreConfig, Stores};
+use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle};
+use dispatch_hub::{GithubConfig, Hub, HubConfig, HubError, LicenseKey};
+use dispatch_license::{ClientConfig, CloudClient, LicenseConfig, LicenseManager, Secret};
+use dispatch_tracker::Tracker;
+use dispatch_worker::{Worker, WorkerConfig, WorkerDeps, WorkerStats};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{CloudTarget, ConfigError, Settings};
+use crate::error::AppError;
+use crate::metrics::{Histogram, Metrics, Probe, Reading};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The license id the embedded hub gives its own scheduler.
+const EMBEDDED_LICENSE_ID: &str = "embedded";
+
+/// Where to find the embedded hub.
+#[derive(Debug, Clone)]
+pub(crate) struct EmbeddedHub {
+    /// Address it listens on.
+    pub(crate) addr: SocketAddr,
+    /// `http://<addr>/webhooks/github`.
+    pub(crate) webhook_url: String,
+    /// The webhook secret (for the demo, which signs its own deliveries).
+    pub(crate) webhook_secret: Secret,
+    /// The file holding the secret.
+    pub(crate) secret_path: PathBuf,
+}
+
+/// A started scheduler.
+pub(crate) struct System {
+    pub(crate) hub: Option<EmbeddedHub>,
+    pub(crate) stores: Stores,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    worker: tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>,
+    /// Cancelled once the worker has stopped: license manager, metrics server, embedded hub.
+    after_worker: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl System {
+    /// Starts everything; returns once the worker is running. `shutdown` stops it.
+    pub(crate) async fn start(
+        settings: &Settings,
+        shutdown: &CancellationToken,
+    ) -> Result<System, AppError> {
+        for (dir, what) in [
+            (&settings.home, "home"),
+            (&settings.data_dir, "data"),
+            (&settings.dags_dir, "DAGs"),
+            (&settings.log_dir, "log"),
+        ] {
+            std::fs::create_dir_all(dir).map_err(|err| {
+                AppError::component(
+                    format!("create the {what} directory `{}`", dir.display()),
+                    err,
+                )
+            })?;
+        }
+        let after_worker = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let (base_url, license_key, public_key, hub) = match &settings.cloud {
+            CloudTarget::Remote(url) => (
+                url.to_string(),
+                settings.license_key.clone(),
+                settings.license_public_key,
+                None,
+            ),
+            CloudTarget::Embedded {
+                listen,
+                github_api_url,
+                github_token,
+            } => {
+                let started = start_embedded_hub(
+                    settings,
+                    *listen,
+                    github_api_url,
+                    github_token,
+                    &after_worker,
+                    &tasks,
+                )
+                .await?;
+                (
+                    format!("http://{}", started.connect_addr),
+                    Some(started.license_key),
+                    Some(started.public_key),
+                    Some(started.info),
+                )
+            }
+        };
+
+        let client =
+            CloudClient::new(ClientConfig::new(base_url.clone(), VERSION)).map_err(|err| {
+                AppError::component(format!("set up the cloud client for `{base_url}`"), err)
+            })?;
+        let license = LicenseManager::start(
+            LicenseConfig {
+                data_dir: settings.data_dir.clone(),
+                license_key,
+                public_key,
+                machine_name: machine_name(),
+                client_version: VERSION.to_owned(),
+                ..LicenseConfig::new(&settings.data_dir)
+            },
+            client.clone(),
+        )
+        .await
+        .map_err(|err| AppError::component("start the license manager", err))?;
+        tracing::info!(cloud = %base_url, license = %license.status_summary(), "license");
+        tasks.spawn(license.clone().run(after_worker.clone()));
+
+        let stores = Stores::open_files(FileStoreConfig {
+            dags_dir: settings.dags_dir.clone(),
+            data_dir: settings.data_dir.clone(),
+            log_dir: settings.log_dir.clone(),
+        })
+        .map_err(|err| AppError::component("open the DAG, run and queue stores", err))?;
+        let tracker_dir = settings.data_dir.join("tracker");
+        let tracker = Tracker::open(&tracker_dir).map_err(|err| {
+            AppError::component(
+                format!("open the tracker at `{}`", tracker_dir.display()),
+                err,
+            )
+        })?;
+
+        let mut executor_config = ExecutorConfig::default();
+        if let Some(n) = settings.max_concurrent_runs {
+            executor_config.max_concurrent_runs = n;
+        }
+        // The executor stops taking new runs on the first signal; the worker then shuts it down
+        // after the grace period.
+        let executor = Executor::start(executor_config, stores.clone(), shutdown.clone())
+            .map_err(|err| AppError::component("start the executor", err))?;
+
+        let worker = Worker::new(
+            WorkerConfig {
+                idle_delay: settings.poll_interval,
+                report_interval: settings.report_interval,
+                long_poll: settings.long_poll,
+                ..WorkerConfig::default()
+            },
+            WorkerDeps {
+                client,
+                credentials: license,
+                tracker: Arc::new(tracker),
+                stores: stores.clone(),
+                executor: executor.clone(),
+            },
+        );
+        let stats = worker.stats();
+
+        let metrics_addr = match settings.metrics_addr {
+            Some(addr) => {
+                let probe = WiredProbe {
+                    stats: stats.clone(),
+                    executor,
+                    stores: stores.clone(),
+                };
+                let metrics = Arc::new(Metrics::new(
+                    Box::new(probe),
+                    settings.poll_interval,
+                    settings.long_poll,
+                ));
+                let (local, server) = crate::metrics::serve(addr, metrics, after_worker.clone())
+                    .await
+                    .map_err(|err| AppError::component(format!("serve metrics on {addr}"), err))?;
+                tasks.spawn(async move {
+                    if let Err(err) = server.await {
+                        tracing::error!(error = %err, "metrics server failed");
+                    }
+                });
+                tracing::info!(addr = %local, "metrics on http://{local}/metrics, health on /healthz");
+                Some(local)
+            }
+            None => None,
+        };
+
+        let worker = tasks.spawn(worker.run(shutdown.clone()));
+        Ok(System {
+            hub,
+            stores,
+            stats,
+            metrics_addr,
+            worker,
+            after_worker,
+            tasks,
+        })
+    }
+
+    /// Waits for the worker to stop (after `shutdown` fires), then stops the rest.
+    pub(crate) async fn wait(self) -> Result<(), AppError> {
+        let result = self.worker.await;
+        self.after_worker.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(AppError::component("run the dispatch worker", err)),
+            Err(err) => Err(AppError::component("run the dispatch worker", err)),
+        }
+    }
+}
+
+struct StartedHub {
+    info: EmbeddedHub,
+    connect_addr: SocketAddr,
+    license_key: Secret,
+    public_key: ed25519_dalek::VerifyingKey,
+}
+
+async fn start_embedded_hub(
+    settings: &Settings,
+    listen: SocketAddr,
+    github_api_url: &reqwest::Url,
+    github_token: &Option<Secret>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<StartedHub, AppError> {
+    let home = &settings.home;
+    let secret_path = home.join("webhook_secret");
+    let webhook_secret =
+        crate::embedded::load_or_create_secret(&secret_path, "", 32).map_err(|err| {
+            AppError::component(
+                format!(
+                    "load or create the webhook secret `{}`",
+                    secret_path.display()
+                ),
+                err,
+            )
+        })?;
+    // A key given by the user is honoured so the same key works against a remote hub later.
+    let license_key = match &settings.license_key {
+        Some(key) => key.clone(),
+        None => {
+            let path = home.join("embedded_license_key");
+            crate::embedded::load_or_create_secret(&path, "dispatch-embedded-", 24).map_err(
+                |err| {
+                    AppError::component(
+                        format!(
+                            "load or create the embedded license key `{}`",
+                            path.display()
+                        ),
+                        err,
+                    )
+                },
+            )?
+        }
+    };
+    let bindings_path = home.join("bindings.toml");
+    if crate::embedded::write_if_absent(&bindings_path, dispatch_hub::EXAMPLE_BINDINGS_TOML)
+        .map_err(|err| {
+            AppError::component(
+                format!("write the example bindings `{}`", bindings_path.display()),
+                err,
+            )
+        })?
+    {
+        tracing::info!(path = %bindings_path.display(), "wrote an example bindings file (all bindings commented out)");
+    }
+    let bindings = dispatch_hub::load_bindings(&bindings_path)
+        .map_err(|err| hub_error(err, "load the bindings"))?;
+    if bindings.is_empty() {
+        tracing::warn!(path = %bindings_path.display(), "no bindings: webhooks will not start any DAG until you add some");
+    }
+    let hub = Hub::start(
+        HubConfig {
+            listen,
+            data_dir: settings.data_dir.join("hub"),
+            webhook_secret: webhook_secret.clone(),
+            bindings,
+            licenses: vec![LicenseKey {
+                id: EMBEDDED_LICENSE_ID.to_owned(),
+                key: license_key.clone(),
+                plan: "embedded".to_owned(),
+                features: Vec::new(),
+            }],
+            github: GithubConfig {
+                api_url: github_api_url.to_string(),
+                token: github_token.clone(),
+            },
+            ..HubConfig::default()
+        },
+        cancel.clone(),
+    )
+    .await
+    .map_err(|err| hub_error(err, "start the embedded hub"))?;
+    let addr = hub.addr;
+    let public_key = hub.public_key;
+    tasks.spawn(async move {
+        if let Err(err) = hub.join().await {
+            tracing::error!(error = %err, "embedded hub failed");
+        }
+    });
+    // A hub bound to 0.0.0.0 or [::] is reached over loopback by its own worker.
+    let connect_addr = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let info = EmbeddedHub {
+        addr,
+        webhook_url: format!("http://{connect_addr}/webhooks/github"),
+        webhook_secret,
+        secret_path,
+    };
+    tracing::info!(
+        webhook_url = %info.webhook_url,
+        secret_file = %info.secret_path.display(),
+        bindings = %bindings_path.display(),
+        "embedded hub listening"
+    );
+    Ok(StartedHub {
+        info,
+        connect_addr,
+        license_key,
+        public_key,
+    })
+}
+
+/// A hub error caused by its configuration (bindings file, settings) is a config error: exit 2.
+fn hub_error(err: HubError, action: &str) -> AppError {
+    if err.is_config() {
+        AppError::Config(ConfigError::Hub(err))
+    } else {
+        AppError::component(action, err)
+    }
+}
+
+fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Reads the metrics from the worker's counters, the executor and the queue store.
+struct WiredProbe {
+    stats: Arc<WorkerStats>,
+    executor: ExecutorHandle,
+    stores: Stores,
+}
+
+impl Probe for WiredProbe {
+    fn read(&self) -> Reading {
+        let queue_depth = match self.stores.queue.queues() {
+            Ok(queues) => queues
+                .iter()
+                .map(|q| {
+                    self.stores
+                        .queue
+                        .list(q)
+                        .map_or(0, |items| items.len() as u64)
+                })
+                .sum(),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot list queues for metrics");
+                0
+            }
+        };
+        let latency = self.stats.dispatch_latency();
+        Reading {
+            jobs_pulled: self.stats.jobs_pulled(),
+            jobs_accepted: self.stats.jobs_accepted(),
+            jobs_finished: self
+                .stats
+                .jobs_finished_by_status()
+                .into_iter()
+                .map(|(status, n)| (status.to_owned(), n))
+                .collect(),
+            pull_errors: self.stats.pull_errors(),
+            runs_active: self.executor.active_runs() as u64,
+            queue_depth,
+            last_pull_ms: self.stats.last_successful_pull_ms(),
+            dispatch_latency: Histogram {
+                buckets: latency.buckets,
+                count: latency.count,
+                sum_seconds: latency.sum_seconds,
+            },
+        }
+    }
+}
+
+/// Prints where the embedded hub listens and where its secret is (never the secret itself).
+pub(crate) fn print_banner(system: &System, settings: &Settings) {
+    println!("dispatch scheduler {VERSION}");
+    println!("  DAGs:     {}", settings.dags_dir.display());
+    println!("  data:     {}", settings.data_dir.display());
+    println!("  logs:     {}", settings.log_dir.display());
+    match &system.hub {
+        Some(hub) => {
+            println!("  embedded hub on {}", hub.addr);
+            println!("  webhook URL:    {}", hub.webhook_url);
+            println!("  webhook secret: stored in {}", hub.secret_path.display());
+            println!(
+                "  bindings:       {}",
+                bindings_path(&settings.home).display()
+            );
+        }
+        None => {
+            if let CloudTarget::Remote(url) = &settings.cloud {
+                println!("  cloud:    {url}");
+            }
+        }
+    }
+    if let Some(addr) = system.metrics_addr {
+        println!("  metrics:  http://{addr}/metrics  health: http://{addr}/healthz");
+    }
+}
+
+fn bindings_path(home: &Path) -> PathBuf {
+    home.join("bindings.toml")
+}
