@@ -7,6 +7,20 @@
 //!
 //! Not for: HTTP, GitHub, or running processes (that is `dispatch-executor`).
 //!
+//! # DAG files
+//!
+//! [`load_dag_file`] reads the keys of SPEC §5; any other key, at any level, is an error. Every
+//! [`DagError`] names the file, the line and the key. Where SPEC §5 is silent:
+//! - A step without `name` is called `step<N>` (its 1-based position); a handler without `name`
+//!   is called `on_success`, `on_failure`, `on_abort` or `on_exit`.
+//! - A DAG without steps is an error.
+//! - `timeout_sec: 0` means no timeout.
+//! - A relative `working_dir` is taken relative to the DAG file's directory.
+//! - `null` (or an empty value) for an optional key is the same as leaving the key out; as an
+//!   env or param value it is the empty string.
+//! - Scalars keep their text as written: `A: 1.50` gives the value `1.50`.
+//! - `depends` in a handler is an error; handlers run after the steps.
+//!
 //! # File layout
 //!
 //! [`Stores::open_files`] with a [`FileStoreConfig`] `{ dags_dir, data_dir, log_dir }`:
@@ -32,12 +46,15 @@ mod error;
 mod loader;
 mod model;
 mod names;
+mod params;
 mod status;
 mod store;
+mod yaml;
 
 pub use error::*;
-pub use loader::load_dag_file;
+pub use loader::{load_dag_file, parse_dag, DEFAULT_MAX_CLEAN_UP_TIME_SEC};
 pub use model::*;
 pub use names::{validate_dag_name, validate_run_id, MAX_DAG_NAME_LEN, MAX_RUN_ID_LEN};
+pub use params::{merge_params, resolve_params};
 pub use status::*;
 pub use store::*;

@@ -1,4 +1,5 @@
 //! Integration tests of `dispatch-dag` against real files.
 
+mod loader;
 mod queue;
 mod runs;

@@ -117,19 +117,19 @@ const CHILD_ENV: &str = "DISPATCH_DAG_TEST_QUEUE_CHILD_DIR";
 #[test]
 fn queue_child_side() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
-        let taken = hammer(Path::new(&dir), "child", 150, 2);
+        let taken = hammer(Path::new(&dir), "child", 60, 2);
         std::fs::write(Path::new(&dir).join("child-taken.txt"), taken.join("\n")).unwrap();
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut taken = hammer(tmp.path(), "solo", 100, 4);
+    let mut taken = hammer(tmp.path(), "solo", 50, 4);
     let q = FileQueueStore::open(tmp.path()).unwrap();
     while let Some(it) = q.dequeue("shared").unwrap() {
         taken.push(it.run_id);
     }
     let unique: HashSet<_> = taken.iter().collect();
-    assert_eq!(taken.len(), 400);
-    assert_eq!(unique.len(), 400);
+    assert_eq!(taken.len(), 200);
+    assert_eq!(unique.len(), 200);
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn two_processes_never_lose_or_duplicate() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut taken = hammer(tmp.path(), "parent", 150, 2);
+    let mut taken = hammer(tmp.path(), "parent", 60, 2);
     assert!(child.wait().unwrap().success());
     let child_taken = std::fs::read_to_string(tmp.path().join("child-taken.txt")).unwrap();
     taken.extend(
@@ -156,11 +156,11 @@ fn two_processes_never_lose_or_duplicate() {
         taken.push(it.run_id);
     }
     let unique: HashSet<_> = taken.iter().cloned().collect();
-    assert_eq!(taken.len(), 600, "an item was lost or duplicated");
-    assert_eq!(unique.len(), 600);
+    assert_eq!(taken.len(), 240, "an item was lost or duplicated");
+    assert_eq!(unique.len(), 240);
     for tag in ["parent", "child"] {
         for t in 0..2 {
-            for i in 0..150 {
+            for i in 0..60 {
                 assert!(unique.contains(&format!("{tag}-{t}-{i}")));
             }
         }
