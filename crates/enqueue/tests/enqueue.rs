@@ -1,0 +1,368 @@
+//! Enqueue against the real file stores, with faults injected by wrapper stores.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_dag::{
+    Attempt, ContinueOn, Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, Priority,
+    QueueItem, QueueStore, RunRecord, RunStatus, RunStore, Step, StoreError, Stores,
+};
+use dispatch_enqueue::{enqueue_webhook_run, EnqueueError, EnqueueOutcome};
+
+const PARAMS: &str =
+    r#"WEBHOOK_PAYLOAD="{\"ref\":\"main\"}" WEBHOOK_HEADERS="{}" GITHUB_REF="refs/heads/main""#;
+
+fn dag(dir: &Path) -> Dag {
+    Dag {
+        name: "build".into(),
+        description: String::new(),
+        dag_type: DagType::Chain,
+        params: vec![ParamDefault {
+            name: Some("GITHUB_REF".into()),
+            value: "default".into(),
+        }],
+        env: vec![],
+        steps: vec![Step {
+            name: "one".into(),
+            command: Some("true".into()),
+            script: None,
+            shell: None,
+            working_dir: None,
+            depends: vec![],
+            env: vec![],
+            timeout_sec: None,
+            continue_on: ContinueOn::default(),
+        }],
+        timeout_sec: None,
+        max_clean_up_time_sec: 5,
+        queue: "builds".into(),
+        handler_on: HandlerOn::default(),
+        location: dir.join("build.yaml"),
+        resolved_params: vec![],
+    }
+}
+
+fn open(dir: &Path) -> Stores {
+    Stores::open_files(FileStoreConfig {
+        dags_dir: dir.join("dags"),
+        data_dir: dir.join("data"),
+        log_dir: dir.join("logs"),
+    })
+    .unwrap()
+}
+
+fn io_error() -> StoreError {
+    StoreError::Io {
+        action: "write",
+        path: PathBuf::from("/injected"),
+        source: std::io::Error::other("injected fault"),
+    }
+}
+
+/// Where the injected fault strikes: before delegating (nothing written) or after (written,
+/// yet reported as failed, like an fsync error after the rename).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fault {
+    method: &'static str,
+    nth: usize,
+    when: When,
+}
+
+struct FaultyRuns {
+    inner: Arc<dyn RunStore>,
+    fault: Option<Fault>,
+    calls: AtomicUsize,
+    fail_remove: bool,
+}
+
+impl FaultyRuns {
+    /// Runs `op`, failing per the fault when `method` is the faulty one and this is its nth call.
+    fn call<T>(
+        &self,
+        method: &str,
+        op: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(fault) = self.fault.filter(|f| f.method == method) else {
+            return op();
+        };
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n != fault.nth {
+            return op();
+        }
+        if fault.when == When::After {
+            op()?;
+        }
+        Err(io_error())
+    }
+}
+
+impl RunStore for FaultyRuns {
+    fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError> {
+        self.call("find_attempt", || self.inner.find_attempt(dag_name, run_id))
+    }
+    fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError> {
+        self.call("create_attempt", || self.inner.create_attempt(dag, record))
+    }
+    fn write_status(&self, record: &RunRecord) -> Result<(), StoreError> {
+        self.call("write_status", || self.inner.write_status(record))
+    }
+    fn remove_run(&self, dag_name: &str, run_id: &str) -> Result<(), StoreError> {
+        if self.fail_remove {
+            return Err(io_error());
+        }
+        self.call("remove_run", || self.inner.remove_run(dag_name, run_id))
+    }
+    fn list_attempts(&self) -> Result<Vec<Attempt>, StoreError> {
+        self.inner.list_attempts()
+    }
+}
+
+struct FaultyQueue {
+    inner: Arc<dyn QueueStore>,
+    fault: Option<Fault>,
+    calls: AtomicUsize,
+}
+
+impl QueueStore for FaultyQueue {
+    fn enqueue(&self, queue: &str, priority: Priority, item: &QueueItem) -> Result<(), StoreError> {
+        match self.fault {
+            Some(fault) if fault.method == "enqueue" => {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == fault.nth {
+                    if fault.when == When::After {
+                        self.inner.enqueue(queue, priority, item)?;
+                    }
+                    return Err(io_error());
+                }
+                self.inner.enqueue(queue, priority, item)
+            }
+            _ => self.inner.enqueue(queue, priority, item),
+        }
+    }
+    fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {
+        self.inner.dequeue(queue)
+    }
+    fn remove(&self, queue: &str, item: &QueueItem) -> Result<bool, StoreError> {
+        self.inner.remove(queue, item)
+    }
+    fn list(&self, queue: &str) -> Result<Vec<QueueItem>, StoreError> {
+        self.inner.list(queue)
+    }
+    fn queues(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.queues()
+    }
+}
+
+fn faulty(real: &Stores, fault: Option<Fault>, fail_remove: bool) -> Stores {
+    Stores {
+        runs: Arc::new(FaultyRuns {
+            inner: real.runs.clone(),
+            fault,
+            calls: AtomicUsize::new(0),
+            fail_remove,
+        }),
+        queue: Arc::new(FaultyQueue {
+            inner: real.queue.clone(),
+            fault,
+            calls: AtomicUsize::new(0),
+        }),
+        ..real.clone()
+    }
+}
+
+fn assert_nothing_left(stores: &Stores) {
+    let err = stores.runs.find_attempt("build", "run-1").unwrap_err();
+    assert!(err.is_not_found(), "run left behind: {err}");
+    assert!(stores.runs.list_attempts().unwrap().is_empty());
+    assert!(stores.queue.list("builds").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn happy_path_creates_a_queued_run_and_wakes_the_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stores = open(tmp.path());
+    let dag = dag(tmp.path());
+    let outcome = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1_700_000_000_123).unwrap();
+    assert_eq!(outcome, EnqueueOutcome::Enqueued);
+
+    let attempt = stores.runs.find_attempt("build", "run-1").unwrap();
+    let rec = &attempt.record;
+    assert_eq!(rec.status, RunStatus::Queued);
+    assert_eq!(rec.trigger, "webhook");
+    assert_eq!(rec.params, PARAMS);
+    assert_eq!(rec.queued_at, Some(1_700_000_000_123));
+    assert_eq!(
+        rec.log_file,
+        tmp.path()
+            .join("logs/build/run-1")
+            .join(&rec.attempt_id)
+            .join("run.log")
+    );
+    // The snapshot carries the merged params: the runtime value overrides the default.
+    let resolved = &attempt.dag.resolved_params;
+    assert!(
+        resolved.contains(&("GITHUB_REF".into(), "refs/heads/main".into())),
+        "{resolved:?}"
+    );
+    assert!(resolved.contains(&("WEBHOOK_PAYLOAD".into(), r#"{"ref":"main"}"#.into())));
+    assert_eq!(
+        stores.queue.list("builds").unwrap(),
+        vec![QueueItem {
+            dag_name: "build".into(),
+            run_id: "run-1".into()
+        }]
+    );
+    // The wake-up permit is stored for the executor.
+    tokio::time::timeout(Duration::from_secs(5), stores.enqueued.notified())
+        .await
+        .expect("enqueue must notify the executor");
+}
+
+#[test]
+fn second_enqueue_of_the_same_run_is_a_no_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stores = open(tmp.path());
+    let dag = dag(tmp.path());
+    assert_eq!(
+        enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    let first = stores.runs.find_attempt("build", "run-1").unwrap();
+    // Different params and a different DAG: still nothing changes.
+    let mut edited = dag.clone();
+    edited.steps[0].command = Some("false".into());
+    assert_eq!(
+        enqueue_webhook_run(&stores, &edited, "run-1", "OTHER=1", 2).unwrap(),
+        EnqueueOutcome::AlreadyExists
+    );
+    assert_eq!(stores.runs.list_attempts().unwrap().len(), 1);
+    assert_eq!(stores.queue.list("builds").unwrap().len(), 1);
+    assert_eq!(stores.runs.find_attempt("build", "run-1").unwrap(), first);
+}
+
+#[test]
+fn a_fault_at_any_step_leaves_nothing_behind_and_a_retry_succeeds() {
+    let faults = [
+        ("create_attempt", When::Before),
+        ("create_attempt", When::After),
+        ("enqueue", When::Before),
+        ("enqueue", When::After),
+    ];
+    for (method, when) in faults {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = open(tmp.path());
+        let dag = dag(tmp.path());
+        let fault = Fault {
+            method,
+            nth: 1,
+            when,
+        };
+        let stores = faulty(&real, Some(fault), false);
+        let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+        let EnqueueError::Store { action, .. } = &err else {
+            panic!("{fault:?}: unexpected error {err:?}");
+        };
+        let expected = if method == "enqueue" {
+            "enqueue"
+        } else {
+            "create the attempt"
+        };
+        assert_eq!(*action, expected, "{fault:?}");
+        assert!(err.to_string().contains("build/run-1"), "{err}");
+        assert_nothing_left(&real);
+
+        // The same wrapper fails only its first call: the retry goes through.
+        assert_eq!(
+            enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 2).unwrap(),
+            EnqueueOutcome::Enqueued,
+            "{fault:?}"
+        );
+        assert_eq!(
+            real.runs
+                .find_attempt("build", "run-1")
+                .unwrap()
+                .record
+                .status,
+            RunStatus::Queued
+        );
+        assert_eq!(real.queue.list("builds").unwrap().len(), 1, "{fault:?}");
+    }
+}
+
+#[test]
+fn a_failed_rollback_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = open(tmp.path());
+    let dag = dag(tmp.path());
+    let fault = Fault {
+        method: "enqueue",
+        nth: 1,
+        when: When::Before,
+    };
+    let stores = faulty(&real, Some(fault), true);
+    let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::RollbackFailed { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("rollback failed"), "{err}");
+    assert!(err.to_string().contains("removing the run"), "{err}");
+}
+
+#[test]
+fn invalid_params_are_a_clear_error_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stores = open(tmp.path());
+    let dag = dag(tmp.path());
+    let err = enqueue_webhook_run(
+        &stores,
+        &dag,
+        "run-1",
+        r#"WEBHOOK_PAYLOAD="{unterminated"#,
+        1,
+    )
+    .unwrap_err();
+    assert!(matches!(err, EnqueueError::InvalidParams { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "invalid runtime params for run `build/run-1`"
+    );
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("unterminated"), "{source}");
+    assert_nothing_left(&stores);
+}
+
+#[test]
+fn lookup_errors_other_than_not_found_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = open(tmp.path());
+    let dag = dag(tmp.path());
+    let fault = Fault {
+        method: "find_attempt",
+        nth: 1,
+        when: When::Before,
+    };
+    let stores = faulty(&real, Some(fault), false);
+    let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+    assert!(matches!(err, EnqueueError::Lookup { .. }), "{err:?}");
+    assert_nothing_left(&real);
+
+    // A run id that could escape the store directory is refused before anything is written.
+    let err = enqueue_webhook_run(&real, &dag, "../evil", PARAMS, 1).unwrap_err();
+    let EnqueueError::Lookup { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(source, StoreError::InvalidName { .. }),
+        "{source:?}"
+    );
+    assert!(real.runs.list_attempts().unwrap().is_empty());
+}
