@@ -8,6 +8,8 @@
 //! Not for: DAGs, queues or runs. The hub reuses the wire types and the token module.
 
 mod client;
+mod files;
+mod manager;
 mod secret;
 pub mod token;
 pub mod wire;
@@ -15,6 +17,11 @@ pub mod wire;
 pub use client::{
     ClientConfig, CloudClient, CloudError, CloudErrorKind, DEFAULT_REQUEST_TIMEOUT,
     MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
+};
+pub use files::FileError;
+pub use manager::{
+    ActivationOutcome, ActivationRecord, HeartbeatOutcome, LicenseConfig, LicenseError,
+    LicenseManager, DEFAULT_ACTIVATION_RETRY, DEFAULT_HEARTBEAT_INTERVAL,
 };
 pub use secret::Secret;
 pub use wire::*;

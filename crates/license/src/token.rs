@@ -215,26 +215,32 @@ pub fn verify(token: &str, key: &VerifyingKey, now_unix: i64) -> Result<Verified
     key.verify_strict(parts.signing_input.as_bytes(), &signature)
         .map_err(|_| TokenError::Signature)?;
     let claims = parts.claims;
+    let expired_in_grace = check_times(&claims, now_unix)?;
+    Ok(Verified {
+        claims,
+        expired_in_grace,
+    })
+}
+
+/// Checks `nbf` (with [`NBF_LEEWAY_SECS`] skew) and `exp` with its grace period against
+/// `now_unix`. `Ok(true)` means expired but still within grace.
+pub fn check_times(claims: &Claims, now_unix: i64) -> Result<bool, TokenError> {
     if let Some(nbf) = claims.nbf {
         if nbf > now_unix.saturating_add(NBF_LEEWAY_SECS) {
             return Err(TokenError::NotYetValid { nbf, now: now_unix });
         }
     }
-    let expired_in_grace = if now_unix < claims.exp {
-        false
+    if now_unix < claims.exp {
+        Ok(false)
     } else if now_unix < claims.grace_end() {
-        true
+        Ok(true)
     } else {
-        return Err(TokenError::Expired {
+        Err(TokenError::Expired {
             exp: claims.exp,
             grace_days: claims.effective_grace_days(),
             now: now_unix,
-        });
-    };
-    Ok(Verified {
-        claims,
-        expired_in_grace,
-    })
+        })
+    }
 }
 
 /// Parses an Ed25519 public key: PEM (SPKI, `-----BEGIN PUBLIC KEY-----`) or standard base64 of

@@ -2,3 +2,4 @@
 //! wiremock peers on loopback.
 
 mod client;
+mod manager;
