@@ -2,10 +2,13 @@
 //! (SPEC §2), their wire types, license tokens (EdDSA JWTs, SPEC §3) and the license manager
 //! that turns a license key into machine credentials.
 //!
-//! Main types: [`CloudClient`], [`DispatchJob`] and the other [`wire`] types, [`CloudError`],
-//! [`LicenseManager`], [`MachineCredentials`], [`Secret`].
+//! Main types: [`CloudClient`] (configured by [`ClientConfig`], failing with [`CloudError`]),
+//! [`DispatchJob`] and the other [`wire`] types, [`token::Claims`] with [`token::sign`] /
+//! [`token::verify`], [`LicenseManager`] (configured by [`LicenseConfig`]) which implements
+//! [`CredentialSource`] and hands out [`MachineCredentials`], and [`Secret`].
 //!
-//! Not for: DAGs, queues or runs. The hub reuses the wire types and the token module.
+//! Not for: DAGs, queues or runs, nor reading env vars or flags (the binary builds the configs).
+//! The hub reuses the wire types and the token module.
 
 mod client;
 mod files;
