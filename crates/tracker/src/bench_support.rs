@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use crate::{write_snapshot, Phase, TrackedJob, Tracker, TrackerConfig, TrackerError};
 
+/// Rounds the tracker measurement is split into (see [`run`]).
+const ROUNDS: usize = 10;
+
 /// One number, shaped for `[{name, value, unit}]` JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
@@ -75,7 +78,7 @@ pub fn sample_job(i: usize) -> TrackedJob {
 /// then the ratios `tracker/ratio-largest-vs-smallest` and `baseline-vs-tracker/n=N`.
 pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, TrackerError> {
     let mut out = Vec::new();
-    let mut ours = BTreeMap::new();
+    let mut trackers = Vec::new();
     for &n in &config.sizes {
         let dir = scratch.join(format!("tracker-{n}"));
         let _ = fs::remove_dir_all(&dir);
@@ -83,8 +86,22 @@ pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, Tra
         let tracker = Tracker::open_with_config(&dir, TrackerConfig::default())?;
         // A few untimed pairs so the first timed one does not pay for page-cache warm-up.
         pair_ours(&tracker, n, 0..5)?;
-        let elapsed = pair_ours(&tracker, n, 5..5 + config.iterations)?;
-        let per_pair = micros(elapsed) / config.iterations as f64;
+        trackers.push((n, tracker, Duration::ZERO));
+    }
+    // Sizes take turns in short rounds so that load from other processes on a shared machine falls
+    // on all of them alike instead of on whichever size happens to run last.
+    let rounds = ROUNDS.min(config.iterations.max(1));
+    let mut done = 0;
+    for round in 0..rounds {
+        let upto = config.iterations * (round + 1) / rounds;
+        for (n, tracker, elapsed) in &mut trackers {
+            *elapsed += pair_ours(tracker, *n, 5 + done..5 + upto)?;
+        }
+        done = upto;
+    }
+    let mut ours = BTreeMap::new();
+    for (n, tracker, elapsed) in trackers {
+        let per_pair = micros(elapsed) / config.iterations.max(1) as f64;
         ours.insert(n, per_pair);
         out.push(m(format!("tracker/upsert+delete/n={n}"), per_pair, "us"));
 
@@ -105,6 +122,7 @@ pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, Tra
             amortised,
             "us",
         ));
+        let dir = tracker.dir().to_path_buf();
         drop(tracker);
         let _ = fs::remove_dir_all(&dir);
     }

@@ -437,3 +437,63 @@ proptest! {
         prop_assert_eq!(t.list().unwrap(), model.values().cloned().collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn bench_support_reports_every_number() {
+    use dispatch_tracker::bench_support::{run, BenchConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = BenchConfig {
+        sizes: vec![3, 40],
+        iterations: 2,
+        baseline_iterations_large: 1,
+        large_size: 40,
+    };
+    let results = run(tmp.path(), &config).unwrap();
+    let names: Vec<&str> = results.iter().map(|m| m.name.as_str()).collect();
+    for name in [
+        "tracker/upsert+delete/n=3",
+        "tracker/upsert+delete/n=40",
+        "tracker/compaction/n=40",
+        "tracker/upsert+delete-amortised/n=40",
+        "baseline-rewrite/upsert+delete/n=40",
+        "tracker/ratio-largest-vs-smallest",
+        "baseline-vs-tracker/n=40",
+    ] {
+        assert!(names.contains(&name), "missing {name} in {names:?}");
+    }
+    assert!(
+        results.iter().all(|m| m.value.is_finite() && m.value > 0.0),
+        "{results:?}"
+    );
+    // Scratch directories are cleaned up.
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn failed_compaction_keeps_changes_and_retries_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let t = Tracker::open_with_config(dir, small_compaction()).unwrap();
+    // A directory where the temp snapshot should go makes every compaction attempt fail.
+    fs::create_dir(dir.join("journal.tmp")).unwrap();
+    fs::write(dir.join("journal.tmp").join("blocker"), b"x").unwrap();
+    for i in 0..12 {
+        t.upsert(job("same", &format!("r{i}"))).unwrap();
+    }
+    assert_eq!(
+        t.journal_records(),
+        12,
+        "compaction could not run, nothing lost"
+    );
+    assert_eq!(t.get("same").unwrap().unwrap().dag_run_id, "r11");
+    fs::remove_dir_all(dir.join("journal.tmp")).unwrap();
+    // The retry waits for another max(8, live) records rather than trying on every change.
+    for i in 12..30 {
+        t.upsert(job("same", &format!("r{i}"))).unwrap();
+    }
+    assert!(t.journal_records() < 12, "compaction ran once unblocked");
+    drop(t);
+    let t = Tracker::open(dir).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.get("same").unwrap().unwrap().dag_run_id, "r29");
+}
