@@ -178,6 +178,9 @@ fn split(token: &str) -> Result<Parts<'_>, TokenError> {
             part: "claims",
             source,
         })?;
+    if claims.jti.is_empty() {
+        return Err(TokenError::Malformed("empty jti claim"));
+    }
     Ok(Parts {
         signing_input: &token[..h.len() + 1 + c.len()],
         header,
@@ -198,7 +201,15 @@ pub fn decode_unverified(token: &str) -> Result<Claims, TokenError> {
 pub fn verify(token: &str, key: &VerifyingKey, now_unix: i64) -> Result<Verified, TokenError> {
     let parts = split(token)?;
     if parts.header.alg != "EdDSA" {
-        return Err(TokenError::Algorithm(truncate(&parts.header.alg, 32)));
+        // Only a short, sanitized name: the header is attacker-chosen text headed for logs.
+        let alg: String = parts
+            .header
+            .alg
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(16)
+            .collect();
+        return Err(TokenError::Algorithm(alg));
     }
     let sig_bytes =
         URL_SAFE_NO_PAD
@@ -271,10 +282,6 @@ pub fn public_key_pem(key: &VerifyingKey) -> String {
 /// The key as standard base64 of its 32 raw bytes.
 pub fn public_key_base64(key: &VerifyingKey) -> String {
     STANDARD.encode(key.as_bytes())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 #[cfg(test)]
@@ -433,6 +440,19 @@ mod tests {
         // A truncated signature is not valid base64url (86 chars minus one).
         let cut = &t[..t.len() - 1];
         assert!(verify(cut, &vk, 2_000).is_err());
+    }
+
+    #[test]
+    fn empty_jti_is_malformed() {
+        let k = key();
+        let mut c = claims(10_000);
+        c.jti.clear();
+        let t = sign(&c, &k);
+        assert!(matches!(
+            verify(&t, &k.verifying_key(), 2_000),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(decode_unverified(&t).is_err());
     }
 
     #[test]
