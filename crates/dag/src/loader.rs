@@ -738,3 +738,16 @@ fn find_cycle(steps: &[Step], index: &HashMap<&str, usize>) -> Option<Vec<usize>
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        // Arbitrary text and YAML-ish fragments give a DAG or an error, never a panic.
+        #[test]
+        fn never_panics(text in "\\PC{0,200}|([a-z_]{1,8}: *(\\[|\\]|\\{|\\}|-|&a|\\*a|[a-z0-9 =]{0,6})\n {0,4}){0,12}") {
+            let _ = parse_dag(Path::new("p.yaml"), &text);
+        }
+    }
+}

@@ -134,4 +134,18 @@ mod tests {
             assert_eq!(got.is_ok(), *ok, "{id:?}: {got:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_names_are_one_plain_path_component(name in "\\PC{0,20}|[A-Za-z0-9._/-]{0,12}") {
+            if validate_dag_name(&name).is_ok() {
+                let comps: Vec<_> = std::path::Path::new(&name).components().collect();
+                proptest::prop_assert_eq!(comps.len(), 1);
+                proptest::prop_assert!(matches!(comps[0], std::path::Component::Normal(_)));
+            }
+            if validate_run_id(&name).is_ok() {
+                proptest::prop_assert!(validate_dag_name(&name).is_ok());
+            }
+        }
+    }
 }
