@@ -1,0 +1,55 @@
+//! The worker's error type. Most failures inside the loops are logged and retried, never
+//! returned; this type names them for the logs and for [`crate::Worker::run`].
+
+use dispatch_dag::StoreError;
+use dispatch_executor::ExecutorError;
+use dispatch_tracker::TrackerError;
+
+/// A worker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Reading or writing the tracker failed.
+    #[error("failed to {action} tracked job `{job_id}`")]
+    Tracker {
+        /// e.g. "record", "delete", "list".
+        action: &'static str,
+        /// The job concerned (empty for a listing).
+        job_id: String,
+        /// Cause (boxed to keep the error small).
+        #[source]
+        source: Box<TrackerError>,
+    },
+    /// A DAG or run store operation failed.
+    #[error("failed to {action} run `{dag_name}/{run_id}`")]
+    Store {
+        /// e.g. "look up".
+        action: &'static str,
+        /// DAG name.
+        dag_name: String,
+        /// Run id.
+        run_id: String,
+        /// Cause (boxed to keep the error small).
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// Stopping a run failed.
+    #[error("failed to stop run `{dag_name}/{run_id}`")]
+    Stop {
+        /// DAG name.
+        dag_name: String,
+        /// Run id.
+        run_id: String,
+        /// Cause (boxed to keep the error small).
+        #[source]
+        source: Box<ExecutorError>,
+    },
+    /// A blocking task (file IO) panicked or was cancelled.
+    #[error("blocking task for {what} did not complete")]
+    Blocking {
+        /// What the task was doing.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}

@@ -1,0 +1,236 @@
+//! The worker: shared state and [`Worker::run`], which drives the pull loop
+//! ([`crate::pull`]) and the report loop ([`crate::report`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dispatch_dag::Stores;
+use dispatch_executor::ExecutorHandle;
+use dispatch_license::{CloudClient, CloudError, CredentialSource};
+use dispatch_tracker::Tracker;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::{WorkerConfig, WorkerDeps, WorkerError, WorkerStats};
+
+/// Pulls dispatch jobs, runs them, reports them (SPEC §6). Build it with [`Worker::new`], read
+/// its counters with [`Worker::stats`], drive it with [`Worker::run`].
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State both loops use.
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) client: CloudClient,
+    pub(crate) credentials: Arc<dyn CredentialSource>,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) stores: Stores,
+    pub(crate) executor: ExecutorHandle,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// Jobs one loop is working on right now; the other keeps its hands off them.
+    busy: Mutex<HashSet<String>>,
+    /// Per-job retry schedule of accept/finish calls, so one failing job waits alone.
+    retries: Mutex<HashMap<String, Retry>>,
+    /// Finish calls for jobs that are not tracked (rejections, cancel results) still to send.
+    pub(crate) untracked_finishes: Mutex<HashMap<String, UntrackedFinish>>,
+    /// Asks the report loop for a pass now.
+    pub(crate) report_wake: Notify,
+}
+
+struct Retry {
+    backoff: Backoff,
+    not_before: Instant,
+}
+
+/// A finish to send for a job the tracker does not hold.
+#[derive(Debug, Clone)]
+pub(crate) struct UntrackedFinish {
+    pub(crate) status: &'static str,
+    pub(crate) summary: String,
+    pub(crate) attempts: u32,
+}
+
+/// Gives up sending the finish of an untracked job after this many failed calls: the hub's
+/// claim on it lapses and it is handed out (and rejected) again, so nothing is lost, and a
+/// dead-end finish is not retried forever.
+pub(crate) const MAX_UNTRACKED_FINISH_ATTEMPTS: u32 = 8;
+
+/// Marks a job busy until dropped.
+pub(crate) struct BusyGuard<'a> {
+    shared: &'a Shared,
+    job_id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.busy().remove(&self.job_id);
+    }
+}
+
+impl Worker {
+    /// A worker over `deps`, not running yet.
+    pub fn new(config: WorkerConfig, deps: WorkerDeps) -> Self {
+        let WorkerDeps {
+            client,
+            credentials,
+            tracker,
+            stores,
+            executor,
+        } = deps;
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                credentials,
+                tracker,
+                stores,
+                executor,
+                stats: Arc::new(WorkerStats::default()),
+                busy: Mutex::new(HashSet::new()),
+                retries: Mutex::new(HashMap::new()),
+                untracked_finishes: Mutex::new(HashMap::new()),
+                report_wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// The worker's live counters (shared; keep the `Arc` to read them while it runs).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Runs the pull loop and the report loop until `cancel` fires, then shuts down (SPEC §6):
+    /// no new pull starts (a pull waiting on the server is abandoned: the hub's claim on any job
+    /// it handed out in that instant lapses and the job is handed out again), accept and finish
+    /// calls in progress complete or time out, and running DAG runs get
+    /// [`WorkerConfig::shutdown_grace`] before the executor stops them. The tracker keeps every
+    /// unfinished job, so the next start reports it.
+    ///
+    /// Failures inside the loops are logged and retried; they never end the loops. The result
+    /// is an error only when a loop task itself failed.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        let shared = self.shared;
+        let events = shared.executor.subscribe();
+        tracing::info!(
+            long_poll_seconds = shared.config.wait_seconds(),
+            idle_delay = ?shared.config.idle_delay,
+            report_interval = ?shared.config.report_interval,
+            "dispatch worker started"
+        );
+        tokio::join!(
+            crate::pull::pull_loop(&shared, &cancel),
+            crate::report::report_loop(&shared, events, &cancel),
+        );
+        tracing::info!(
+            grace = ?shared.config.shutdown_grace,
+            active_runs = shared.executor.active_runs(),
+            "dispatch worker stopping; waiting for running DAG runs"
+        );
+        shared.executor.shutdown(shared.config.shutdown_grace).await;
+        tracing::info!("dispatch worker stopped");
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
+        lock(&self.busy)
+    }
+
+    /// Marks `job_id` busy unless it already is.
+    pub(crate) fn try_busy(&self, job_id: &str) -> Option<BusyGuard<'_>> {
+        self.busy().insert(job_id.to_owned()).then(|| BusyGuard {
+            shared: self,
+            job_id: job_id.to_owned(),
+        })
+    }
+
+    /// Marks `job_id` busy, waiting for the other loop to let go of it first.
+    pub(crate) async fn busy_wait(&self, job_id: &str) -> BusyGuard<'_> {
+        loop {
+            if let Some(guard) = self.try_busy(job_id) {
+                return guard;
+            }
+            // Contention is rare (a job pulled again while its report is in progress) and
+            // short, so a poll keeps this simple.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Is a retry of `job_id` due (or none scheduled)?
+    pub(crate) fn retry_due(&self, job_id: &str, now: Instant) -> bool {
+        lock(&self.retries)
+            .get(job_id)
+            .is_none_or(|r| r.not_before <= now)
+    }
+
+    /// Schedules the next attempt for `job_id` after a failed call; returns the delay.
+    pub(crate) fn schedule_retry(&self, job_id: &str, error: Option<&CloudError>) -> Duration {
+        let retry_after = error
+            .filter(|e| matches!(e.status, Some(429 | 503)))
+            .and_then(|e| e.retry_after);
+        let mut retries = lock(&self.retries);
+        let retry = retries.entry(job_id.to_owned()).or_insert_with(|| Retry {
+            backoff: Backoff::new(self.config.backoff_min, self.config.backoff_max),
+            not_before: Instant::now(),
+        });
+        let delay = retry.backoff.next_delay(retry_after);
+        retry.not_before = Instant::now() + delay;
+        delay
+    }
+
+    /// Forgets the retry schedule of `job_id` (after a success).
+    pub(crate) fn clear_retry(&self, job_id: &str) {
+        lock(&self.retries).remove(job_id);
+    }
+
+    /// The earliest scheduled retry, if any.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        lock(&self.retries).values().map(|r| r.not_before).min()
+    }
+
+    /// Runs file IO off the async threads.
+    pub(crate) async fn blocking<T, F>(what: &'static str, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|source| WorkerError::Blocking { what, source })
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the maps guarded here stay consistent across a panic
+/// (each update is a single insert or remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sleeps `delay` unless `cancel` fires first; returns true when cancelled.
+pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
