@@ -45,7 +45,6 @@ pub(crate) struct EmbeddedHub {
 pub(crate) struct System {
     pub(crate) hub: Option<EmbeddedHub>,
     pub(crate) stores: Stores,
-    pub(crate) stats: Arc<WorkerStats>,
     pub(crate) metrics_addr: Option<SocketAddr>,
     worker: tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>,
     /// Cancelled once the worker has stopped: license manager, metrics server, embedded hub.
@@ -195,7 +194,6 @@ impl System {
         Ok(System {
             hub,
             stores,
-            stats,
             metrics_addr,
             worker,
             after_worker,

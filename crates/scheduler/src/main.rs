@@ -11,6 +11,7 @@
 mod app;
 mod cli;
 mod config;
+mod demo;
 mod embedded;
 mod error;
 mod logging;
@@ -40,7 +41,7 @@ fn run() -> Result<(), AppError> {
         }
         Command::Demo(args) => {
             logging::init(args.log_format, "warn");
-            Err(AppError::Demo("not wired yet".into()))
+            runtime()?.block_on(demo::run(args))
         }
     }
 }
