@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dispatch_license::token::Claims;
 use dispatch_license::{
-    AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    PullRequest, Secret,
+    AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest,
+    HeartbeatResponse, PullRequest, Secret,
 };
 use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, PULLS, WEBHOOKS};
-use crate::store::{IncomingJob, Store, Transition};
+use crate::store::{Caller, IncomingJob, Store, Transition};
 use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
 
 /// GitHub's own cap on a webhook payload.
@@ -98,7 +98,10 @@ impl ApiError {
     }
 
     fn unauthorized() -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unknown license, server or secret")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown license, server or secret",
+        )
     }
 }
 
@@ -111,13 +114,21 @@ impl From<HubError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "message": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "message": self.message })),
+        )
+            .into_response()
     }
 }
 
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -194,9 +205,14 @@ async fn webhook(
     }
 }
 
-type WebhookOutcome = Result<(StatusCode, &'static str, serde_json::Value), (&'static str, ApiError)>;
+type WebhookOutcome =
+    Result<(StatusCode, &'static str, serde_json::Value), (&'static str, ApiError)>;
 
-async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> WebhookOutcome {
+async fn webhook_inner(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> WebhookOutcome {
     let body = body.map_err(|rej| {
         let status = rej.status();
         let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -209,7 +225,10 @@ async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, B
     if !signature_ok(&st.cfg.webhook_secret, headers, &body) {
         return Err((
             "bad_signature",
-            ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid x-hub-signature-256"),
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid x-hub-signature-256",
+            ),
         ));
     }
     let bad = |msg: &str| ("bad_request", ApiError::new(StatusCode::BAD_REQUEST, msg));
@@ -218,7 +237,11 @@ async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, B
         return Err(bad("missing x-github-event header"));
     }
     if event == "ping" {
-        return Ok((StatusCode::OK, "ping", serde_json::json!({ "message": "pong" })));
+        return Ok((
+            StatusCode::OK,
+            "ping",
+            serde_json::json!({ "message": "pong" }),
+        ));
     }
     let delivery_id = header_str(headers, "x-github-delivery");
     if delivery_id.is_empty() {
@@ -227,7 +250,13 @@ async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, B
     let text = std::str::from_utf8(&body).map_err(|_| bad("body is not utf-8"))?;
     let payload: serde_json::Value =
         serde_json::from_str(text).map_err(|_| bad("body is not valid json"))?;
-    let jobs = crate::matching::jobs_for_delivery(&st.cfg.bindings, &st.cfg.mention, event, delivery_id, &payload);
+    let jobs = crate::matching::jobs_for_delivery(
+        &st.cfg.bindings,
+        &st.cfg.mention,
+        event,
+        delivery_id,
+        &payload,
+    );
     let headers_json = headers_json(headers);
     let payload_text = text.trim().to_owned();
     let (delivery_id, event_name) = (delivery_id.to_owned(), event.to_owned());
@@ -248,7 +277,13 @@ async fn webhook_inner(st: &AppState, headers: &HeaderMap, body: Result<Bytes, B
     if !outcome.duplicate && count > 0 {
         st.jobs_ready.notify_waiters();
     }
-    tracing::info!(event, delivery = header_str(headers, "x-github-delivery"), jobs = count, duplicate = outcome.duplicate, "webhook received");
+    tracing::info!(
+        event,
+        delivery = header_str(headers, "x-github-delivery"),
+        jobs = count,
+        duplicate = outcome.duplicate,
+        "webhook received"
+    );
     let label = match (outcome.duplicate, count) {
         (true, _) => "duplicate",
         (false, 0) => "unmatched",
@@ -284,10 +319,16 @@ fn issue_token(st: &AppState, license: &LicenseKey) -> Secret {
     Secret::new(dispatch_license::token::sign(&claims, &st.signing_key))
 }
 
-async fn activate(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<ActivateResponse>, ApiError> {
+async fn activate(
+    State(st): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<ActivateResponse>, ApiError> {
     let req: ActivateRequest = parse_body(&body)?;
     if req.server_id.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "server_id must not be empty"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "server_id must not be empty",
+        ));
     }
     // Compare against every key so the time taken does not reveal which one matched.
     let presented = req.key.expose().as_bytes();
@@ -299,7 +340,10 @@ async fn activate(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<A
         }
     }
     let Some(license) = found else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid license key"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid license key",
+        ));
     };
     let secret = Secret::new(hex(&rand::random::<[u8; 32]>()));
     let (license_id, server_id, machine, hash) = (
@@ -308,7 +352,10 @@ async fn activate(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<A
         req.machine_name.clone(),
         sha256_hex(secret.expose()),
     );
-    blocking(&st.store, move |s| s.upsert_activation(&license_id, &server_id, &machine, &hash, now_ms())).await?;
+    blocking(&st.store, move |s| {
+        s.upsert_activation(&license_id, &server_id, &machine, &hash, now_ms())
+    })
+    .await?;
     tracing::info!(license_id = %license.id, server_id = %req.server_id, machine = %req.machine_name, "license activated");
     Ok(Json(ActivateResponse {
         token: issue_token(&st, license),
@@ -317,7 +364,12 @@ async fn activate(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<A
 }
 
 /// Checks machine credentials against the recorded activation.
-async fn check_activation(st: &AppState, license_id: &str, server_id: &str, secret: &Secret) -> Result<(), ApiError> {
+async fn check_activation(
+    st: &AppState,
+    license_id: &str,
+    server_id: &str,
+    secret: &Secret,
+) -> Result<(), ApiError> {
     let (l, s) = (license_id.to_owned(), server_id.to_owned());
     let stored = blocking(&st.store, move |store| store.activation_secret(&l, &s)).await?;
     let presented = sha256_hex(secret.expose());
@@ -329,15 +381,26 @@ async fn check_activation(st: &AppState, license_id: &str, server_id: &str, secr
 
 /// Machine credentials for the dispatch endpoints: a recorded activation of a license that is
 /// still configured.
-async fn authenticate(st: &AppState, license_id: &str, server_id: &str, secret: &Secret) -> Result<(), ApiError> {
+async fn authenticate(
+    st: &AppState,
+    license_id: &str,
+    server_id: &str,
+    secret: &Secret,
+) -> Result<(), ApiError> {
     check_activation(st, license_id, server_id, secret).await?;
     if find_license(&st.cfg.licenses, license_id).is_none() {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "license is no longer valid"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "license is no longer valid",
+        ));
     }
     Ok(())
 }
 
-async fn heartbeat(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<HeartbeatResponse>, ApiError> {
+async fn heartbeat(
+    State(st): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
     let req: HeartbeatRequest = parse_body(&body)?;
     check_activation(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await?;
     let Some(license) = find_license(&st.cfg.licenses, &req.license_id) else {
@@ -350,7 +413,8 @@ async fn heartbeat(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<
 
 async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: PullRequest = parse_body(&body)?;
-    if let Err(e) = authenticate(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await {
+    if let Err(e) = authenticate(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await
+    {
         st.metrics.inc(PULLS, "unauthorized");
         return Err(e);
     }
@@ -363,7 +427,10 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         tokio::pin!(ready);
         ready.as_mut().enable();
         let (l, s) = (req.license_id.clone(), req.server_id.clone());
-        let claimed = blocking(&st.store, move |store| store.claim_next(&l, &s, now_ms(), lease_ms)).await?;
+        let claimed = blocking(&st.store, move |store| {
+            store.claim_next(&l, &s, now_ms(), lease_ms)
+        })
+        .await?;
         if let Some(job) = claimed {
             st.metrics.inc(PULLS, "job");
             tracing::info!(job_id = %job.id, server_id = %req.server_id, dag = %job.dag_name, "job claimed");
@@ -387,7 +454,10 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
 fn transition_response(t: Transition, job_id: &str) -> Result<StatusCode, ApiError> {
     match t {
         Transition::Done | Transition::Repeated => Ok(StatusCode::NO_CONTENT),
-        Transition::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, format!("job `{job_id}` not found"))),
+        Transition::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job `{job_id}` not found"),
+        )),
         Transition::Conflict(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
     }
 }
@@ -401,7 +471,15 @@ async fn accept(
     authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
     let job_id = id.clone();
     let t = blocking(&st.store, move |s| {
-        s.accept(&job_id, &req.license_id, &req.server_id, &req.dag_run_id, now_ms())
+        s.accept(
+            &job_id,
+            Caller {
+                license_id: &req.license_id,
+                server_id: &req.server_id,
+            },
+            &req.dag_run_id,
+            now_ms(),
+        )
     })
     .await?;
     transition_response(t, &id)
@@ -425,8 +503,10 @@ async fn finish(
     let t = blocking(&st.store, move |s| {
         s.finish(
             &job_id,
-            &req.license_id,
-            &req.server_id,
+            Caller {
+                license_id: &req.license_id,
+                server_id: &req.server_id,
+            },
             &req.result_status,
             &req.result_summary,
             now_ms(),
@@ -451,7 +531,10 @@ async fn finish(
 async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let jobs = blocking(&st.store, |s| s.job_counts()).await?;
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         st.metrics.render(&jobs),
     )
         .into_response())
@@ -463,7 +546,10 @@ mod tests {
 
     #[test]
     fn hex_round_trip_and_rejects() {
-        assert_eq!(decode_hex(&hex(&[0, 1, 254, 255])), Some(vec![0, 1, 254, 255]));
+        assert_eq!(
+            decode_hex(&hex(&[0, 1, 254, 255])),
+            Some(vec![0, 1, 254, 255])
+        );
         assert_eq!(decode_hex("abc"), None);
         assert_eq!(decode_hex("zz"), None);
         assert_eq!(decode_hex("é1"), None);

@@ -121,7 +121,10 @@ pub fn load_bindings(path: &Path) -> Result<Vec<Binding>, HubError> {
 }
 
 /// Validates bindings and fills in default ids. `origin` names the file in errors.
-pub fn validate_bindings(mut bindings: Vec<Binding>, origin: &str) -> Result<Vec<Binding>, HubError> {
+pub fn validate_bindings(
+    mut bindings: Vec<Binding>,
+    origin: &str,
+) -> Result<Vec<Binding>, HubError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, b) in bindings.iter_mut().enumerate() {
         let field = |name: &str| format!("binding[{i}].{name}");
@@ -151,13 +154,23 @@ pub fn validate_bindings(mut bindings: Vec<Binding>, origin: &str) -> Result<Vec
                 ),
             ));
         }
-        for (name, pattern) in [("branch_pattern", &b.branch_pattern), ("tag_pattern", &b.tag_pattern)] {
+        for (name, pattern) in [
+            ("branch_pattern", &b.branch_pattern),
+            ("tag_pattern", &b.tag_pattern),
+        ] {
             if let Err(e) = glob::Pattern::new(pattern) {
-                return Err(HubError::setting(origin, field(name), format!("invalid glob: {e}")));
+                return Err(HubError::setting(
+                    origin,
+                    field(name),
+                    format!("invalid glob: {e}"),
+                ));
             }
         }
         if b.trigger == Trigger::CommentCommand {
-            for (name, pattern) in [("branch_pattern", &b.branch_pattern), ("tag_pattern", &b.tag_pattern)] {
+            for (name, pattern) in [
+                ("branch_pattern", &b.branch_pattern),
+                ("tag_pattern", &b.tag_pattern),
+            ] {
                 if !pattern.is_empty() {
                     return Err(HubError::setting(
                         origin,

@@ -75,7 +75,11 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
     let defaults = HubConfig::default();
     let listen = match file.listen {
         Some(text) => text.parse::<SocketAddr>().map_err(|e| {
-            HubError::setting(&origin, "listen", format!("`{text}` is not an address like 127.0.0.1:8780: {e}"))
+            HubError::setting(
+                &origin,
+                "listen",
+                format!("`{text}` is not an address like 127.0.0.1:8780: {e}"),
+            )
         })?,
         None => defaults.listen,
     };
@@ -97,9 +101,13 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         bindings,
         licenses: file.license,
         github,
-        lease: file.lease_seconds.map_or(defaults.lease, Duration::from_secs),
+        lease: file
+            .lease_seconds
+            .map_or(defaults.lease, Duration::from_secs),
         mention: file.mention.unwrap_or(defaults.mention),
-        token_ttl: file.token_ttl_seconds.map_or(defaults.token_ttl, Duration::from_secs),
+        token_ttl: file
+            .token_ttl_seconds
+            .map_or(defaults.token_ttl, Duration::from_secs),
     })
 }
 
@@ -132,7 +140,10 @@ mod tests {
         assert_eq!(cfg.lease, Duration::from_secs(5));
         assert_eq!(cfg.licenses[0].key.expose(), "k1");
         assert_eq!(cfg.github.api_url, "https://api.github.com");
-        assert!(!format!("{cfg:?}").contains("k1"), "secrets must not show in Debug");
+        assert!(
+            !format!("{cfg:?}").contains("k1"),
+            "secrets must not show in Debug"
+        );
     }
 
     #[test]
@@ -141,11 +152,16 @@ mod tests {
         let path = dir.path().join("hub.toml");
         std::fs::write(&path, "listen = \"nowhere\"\n").unwrap();
         let err = load_hub_config(&path).unwrap_err().to_string();
-        assert!(err.contains("`listen`") && err.contains("hub.toml"), "{err}");
+        assert!(
+            err.contains("`listen`") && err.contains("hub.toml"),
+            "{err}"
+        );
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let err = load_hub_config(&path).unwrap_err();
         assert!(err.is_config());
-        let HubError::ParseConfig { source, .. } = err else { panic!("parse error expected") };
+        let HubError::ParseConfig { source, .. } = err else {
+            panic!("parse error expected")
+        };
         assert!(source.to_string().contains("lisen"));
     }
 }

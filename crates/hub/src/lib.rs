@@ -128,23 +128,43 @@ impl HubConfig {
     fn validate(mut self) -> Result<HubConfig, HubError> {
         const ORIGIN: &str = "hub config";
         if self.webhook_secret.is_empty() {
-            return Err(HubError::setting(ORIGIN, "webhook_secret", "must not be empty"));
+            return Err(HubError::setting(
+                ORIGIN,
+                "webhook_secret",
+                "must not be empty",
+            ));
         }
         if self.mention.is_empty() || self.mention.chars().any(char::is_whitespace) {
-            return Err(HubError::setting(ORIGIN, "mention", "must be one word, e.g. `@dispatch`"));
+            return Err(HubError::setting(
+                ORIGIN,
+                "mention",
+                "must be one word, e.g. `@dispatch`",
+            ));
         }
         if self.lease.is_zero() {
             return Err(HubError::setting(ORIGIN, "lease", "must be positive"));
         }
         if self.token_ttl < Duration::from_secs(60) {
-            return Err(HubError::setting(ORIGIN, "token_ttl", "must be at least 60 seconds"));
+            return Err(HubError::setting(
+                ORIGIN,
+                "token_ttl",
+                "must be at least 60 seconds",
+            ));
         }
         for (i, l) in self.licenses.iter().enumerate() {
             if l.id.trim().is_empty() {
-                return Err(HubError::setting(ORIGIN, format!("license[{i}].id"), "must not be empty"));
+                return Err(HubError::setting(
+                    ORIGIN,
+                    format!("license[{i}].id"),
+                    "must not be empty",
+                ));
             }
             if l.key.is_empty() {
-                return Err(HubError::setting(ORIGIN, format!("license[{i}].key"), "must not be empty"));
+                return Err(HubError::setting(
+                    ORIGIN,
+                    format!("license[{i}].key"),
+                    "must not be empty",
+                ));
             }
             if self.licenses[..i].iter().any(|o| o.id == l.id) {
                 return Err(HubError::setting(
@@ -214,7 +234,10 @@ impl Hub {
         let db_path = cfg.data_dir.join(DB_FILE);
         let data_dir = cfg.data_dir.clone();
         let (store, signing_key) = tokio::task::spawn_blocking(move || {
-            Ok::<_, HubError>((Store::open(&db_path)?, keys::load_or_create_signing_key(&data_dir)?))
+            Ok::<_, HubError>((
+                Store::open(&db_path)?,
+                keys::load_or_create_signing_key(&data_dir)?,
+            ))
         })
         .await
         .map_err(HubError::StoreTask)??;
@@ -226,8 +249,14 @@ impl Hub {
             .map_err(HubError::HttpClient)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| HubError::Bind { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| HubError::Bind { addr: cfg.listen, source })?;
+            .map_err(|source| HubError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| HubError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
         let public_key = signing_key.verifying_key();
         let metrics = Arc::new(metrics::Metrics::default());
         let report_wake = Arc::new(Notify::new());
@@ -285,7 +314,9 @@ async fn lease_sweep(state: Arc<api::AppState>, cancel: CancellationToken) {
                 tracing::info!(jobs = n, "claims expired; jobs back in the queue");
                 state.jobs_ready.notify_waiters();
             }
-            Err(e) => tracing::warn!(error = %report::error_chain(&e), "lease sweep failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %report::error_chain(&e), "lease sweep failed; retrying")
+            }
         }
     }
 }

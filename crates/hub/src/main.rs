@@ -14,7 +14,11 @@ use dispatch_license::Secret;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hub", version, about = "dispatch hub: GitHub webhooks in, dispatch jobs out")]
+#[command(
+    name = "hub",
+    version,
+    about = "dispatch hub: GitHub webhooks in, dispatch jobs out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::PrintPublicKey { data_dir } => {
             let key = load_or_create_signing_key(&data_dir)?;
-            print!("{}", dispatch_license::token::public_key_pem(&key.verifying_key()));
+            print!(
+                "{}",
+                dispatch_license::token::public_key_pem(&key.verifying_key())
+            );
             Ok(())
         }
         Command::Serve {
@@ -148,7 +155,9 @@ async fn wait_for_signal() {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DISPATCH_HUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -169,7 +169,9 @@ fn facts(event: &str, p: &Value) -> Facts {
         }
         "issue_comment" => {
             f.issue_number = n(p, &["issue", "number"]);
-            if p.pointer("/issue/pull_request").is_some_and(|v| !v.is_null()) {
+            if p.pointer("/issue/pull_request")
+                .is_some_and(|v| !v.is_null())
+            {
                 f.pull_request_number = f.issue_number;
                 f.git_ref = format!("refs/pull/{}/head", f.issue_number);
             }
@@ -260,7 +262,8 @@ pub(crate) fn jobs_for_delivery(
             || (!b.event_name.is_empty() && b.event_name != event)
             || (!b.action.is_empty() && b.action != f.action)
             || (!b.dispatch_event_type.is_empty()
-                && (event != "repository_dispatch" || b.dispatch_event_type != f.dispatch_event_type))
+                && (event != "repository_dispatch"
+                    || b.dispatch_event_type != f.dispatch_event_type))
             || !refs_match(b, &f)
         {
             continue;
@@ -273,7 +276,9 @@ pub(crate) fn jobs_for_delivery(
             match command {
                 Some(word) if word.eq_ignore_ascii_case(CANCEL_COMMAND) => {
                     let dup = jobs.iter().any(|j| {
-                        j.job.command == CANCEL_COMMAND && j.job.dag_name == b.dag && j.target_license == b.license
+                        j.job.command == CANCEL_COMMAND
+                            && j.job.dag_name == b.dag
+                            && j.target_license == b.license
                     });
                     if dup {
                         continue;
@@ -383,18 +388,34 @@ mod tests {
         let b = binding(Trigger::Auto);
         let mut other_repo = push("refs/heads/x");
         other_repo["repository"]["full_name"] = json!("o/other");
-        assert!(jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &other_repo).is_empty());
-        assert!(jobs_for_delivery(std::slice::from_ref(&b), "@d", "issues", "d", &push("refs/heads/x")).is_empty());
+        assert!(
+            jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &other_repo).is_empty()
+        );
+        assert!(jobs_for_delivery(
+            std::slice::from_ref(&b),
+            "@d",
+            "issues",
+            "d",
+            &push("refs/heads/x")
+        )
+        .is_empty());
         let mut deleted = push("refs/heads/x");
         deleted["deleted"] = json!(true);
-        assert!(jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &deleted).is_empty());
+        assert!(
+            jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &deleted).is_empty()
+        );
         let mut only_pr = b.clone();
         only_pr.event_name = "pull_request".into();
         assert!(jobs_for_delivery(&[only_pr], "@d", "push", "d", &push("refs/heads/x")).is_empty());
         let jobs = jobs_for_delivery(&[b], "@d", "push", "d1", &push("refs/heads/x"));
         let j = &jobs[0].job;
         assert_eq!(
-            (j.repository_name.as_str(), j.repository_id, j.sha.as_str(), j.actor_login.as_str()),
+            (
+                j.repository_name.as_str(),
+                j.repository_id,
+                j.sha.as_str(),
+                j.actor_login.as_str()
+            ),
             ("O/R", 7, "abc", "me")
         );
         assert_eq!(j.delivery_id, "d1");
@@ -410,12 +431,26 @@ mod tests {
                    "comment": {"id": 9, "body": body}, "repository": {"full_name": "o/r"}})
         };
         let run = |body: &str, action: &str| {
-            jobs_for_delivery(std::slice::from_ref(&b), "@dispatch", "issue_comment", "d", &payload(body, action))
+            jobs_for_delivery(
+                std::slice::from_ref(&b),
+                "@dispatch",
+                "issue_comment",
+                "d",
+                &payload(body, action),
+            )
         };
         let jobs = run("@dispatch ship", "created");
         assert_eq!(jobs.len(), 1);
         let j = &jobs[0].job;
-        assert_eq!((j.command.as_str(), j.issue_number, j.pull_request_number, j.comment_id), ("ship", 5, 5, 9));
+        assert_eq!(
+            (
+                j.command.as_str(),
+                j.issue_number,
+                j.pull_request_number,
+                j.comment_id
+            ),
+            ("ship", 5, 5, 9)
+        );
         assert_eq!(j.git_ref, "refs/pull/5/head");
         assert_eq!(run("@dispatch cancel", "created")[0].job.command, "cancel");
         assert!(run("@dispatch build", "created").is_empty());
@@ -427,10 +462,24 @@ mod tests {
     fn repository_dispatch_event_type() {
         let mut b = binding(Trigger::ManualDispatch);
         b.dispatch_event_type = "nightly".into();
-        let p = |t: &str| json!({"action": t, "branch": "main", "repository": {"full_name": "o/r"}});
-        let jobs = jobs_for_delivery(std::slice::from_ref(&b), "@d", "repository_dispatch", "d", &p("nightly"));
+        let p =
+            |t: &str| json!({"action": t, "branch": "main", "repository": {"full_name": "o/r"}});
+        let jobs = jobs_for_delivery(
+            std::slice::from_ref(&b),
+            "@d",
+            "repository_dispatch",
+            "d",
+            &p("nightly"),
+        );
         assert_eq!(jobs[0].job.git_ref, "refs/heads/main");
-        assert!(jobs_for_delivery(std::slice::from_ref(&b), "@d", "repository_dispatch", "d", &p("other")).is_empty());
+        assert!(jobs_for_delivery(
+            std::slice::from_ref(&b),
+            "@d",
+            "repository_dispatch",
+            "d",
+            &p("other")
+        )
+        .is_empty());
         let wd = json!({"ref": "refs/heads/main", "repository": {"full_name": "o/r"}});
         assert!(jobs_for_delivery(&[b], "@d", "workflow_dispatch", "d", &wd).is_empty());
     }
@@ -440,6 +489,10 @@ mod tests {
         let a = new_job_id();
         let b = new_job_id();
         assert_ne!(a, b);
-        assert!(a.len() <= 64 && a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
+        assert!(
+            a.len() <= 64
+                && a.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        );
     }
 }

@@ -18,7 +18,11 @@ pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
 pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
 
 const HELP: [(&str, &str, &str); 3] = [
-    (WEBHOOKS, "outcome", "Webhook deliveries received, by outcome."),
+    (
+        WEBHOOKS,
+        "outcome",
+        "Webhook deliveries received, by outcome.",
+    ),
     (PULLS, "outcome", "Dispatch pull calls, by outcome."),
     (REPORTS, "result", "GitHub status/comment calls, by result."),
 ];

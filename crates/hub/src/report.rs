@@ -61,7 +61,11 @@ fn path_safe(text: &str) -> bool {
 }
 
 /// The GitHub calls (path, JSON body) a finished job needs.
-pub(crate) fn reports_for(finished: &FinishedJob, result_status: &str, summary: &str) -> Vec<(String, String)> {
+pub(crate) fn reports_for(
+    finished: &FinishedJob,
+    result_status: &str,
+    summary: &str,
+) -> Vec<(String, String)> {
     let job = &finished.job;
     let Some((owner, repo)) = job.repository_name.split_once('/') else {
         return Vec::new();
@@ -84,7 +88,10 @@ pub(crate) fn reports_for(finished: &FinishedJob, result_status: &str, summary: 
             "context": finished.status_context,
             "description": description,
         });
-        out.push((format!("/repos/{owner}/{repo}/statuses/{}", job.sha), body.to_string()));
+        out.push((
+            format!("/repos/{owner}/{repo}/statuses/{}", job.sha),
+            body.to_string(),
+        ));
     }
     let number = if job.issue_number != 0 {
         job.issue_number
@@ -94,7 +101,10 @@ pub(crate) fn reports_for(finished: &FinishedJob, result_status: &str, summary: 
     if is_command && number != 0 {
         // The summary is quoted so that no line of our own comment can start with the mention
         // and trigger another command.
-        let mut text = format!("dispatch `{}` ({}): **{result_status}**", job.dag_name, job.command);
+        let mut text = format!(
+            "dispatch `{}` ({}): **{result_status}**",
+            job.dag_name, job.command
+        );
         if !summary.is_empty() {
             text.push_str("\n\n");
             for line in summary.lines() {
@@ -104,7 +114,10 @@ pub(crate) fn reports_for(finished: &FinishedJob, result_status: &str, summary: 
             }
         }
         let body = serde_json::json!({ "body": text });
-        out.push((format!("/repos/{owner}/{repo}/issues/{number}/comments"), body.to_string()));
+        out.push((
+            format!("/repos/{owner}/{repo}/issues/{number}/comments"),
+            body.to_string(),
+        ));
     }
     out
 }
@@ -171,7 +184,10 @@ impl Reporter {
                     } else {
                         let next = now_ms() + backoff(attempts).as_millis() as i64;
                         tracing::debug!(job_id = %report.job_id, error = %why, attempts, "github report failed; will retry");
-                        blocking(&self.store, move |s| s.reschedule_report(report.id, attempts, next, &why)).await?;
+                        blocking(&self.store, move |s| {
+                            s.reschedule_report(report.id, attempts, next, &why)
+                        })
+                        .await?;
                     }
                 }
             }

@@ -94,6 +94,13 @@ pub(crate) enum Transition {
     Conflict(String),
 }
 
+/// Who is calling accept or finish: the machine credentials' license and server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    pub license_id: &'a str,
+    pub server_id: &'a str,
+}
+
 /// A job as finish sees it, for building reports.
 pub(crate) struct FinishedJob {
     pub job: DispatchJob,
@@ -127,13 +134,17 @@ impl Store {
             .map_err(HubError::store("set synchronous mode"))?;
         conn.execute_batch(SCHEMA)
             .map_err(HubError::store("create the schema"))?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half-applied (SQLite rolls it
         // back when the transaction is dropped), so the connection is still good.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
@@ -168,10 +179,11 @@ impl Store {
         }
         let mut job_ids = Vec::with_capacity(jobs.len());
         for j in jobs {
-            let job_json = serde_json::to_string(&j.new.job).map_err(|source| HubError::CorruptRecord {
-                job_id: j.new.job.id.clone(),
-                source,
-            })?;
+            let job_json =
+                serde_json::to_string(&j.new.job).map_err(|source| HubError::CorruptRecord {
+                    job_id: j.new.job.id.clone(),
+                    source,
+                })?;
             tx.execute(
                 "INSERT INTO jobs (id, target_license, status_context, state, job_json, payload, headers,
                                    created_ms, updated_ms)
@@ -258,11 +270,14 @@ impl Store {
     pub fn accept(
         &self,
         job_id: &str,
-        license_id: &str,
-        server_id: &str,
+        caller: Caller<'_>,
         dag_run_id: &str,
         now_ms: i64,
     ) -> Result<Transition, HubError> {
+        let Caller {
+            license_id,
+            server_id,
+        } = caller;
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -300,13 +315,16 @@ impl Store {
     pub fn finish(
         &self,
         job_id: &str,
-        license_id: &str,
-        server_id: &str,
+        caller: Caller<'_>,
         result_status: &str,
         result_summary: &str,
         now_ms: i64,
         reports: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
     ) -> Result<Transition, HubError> {
+        let Caller {
+            license_id,
+            server_id,
+        } = caller;
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -376,7 +394,11 @@ impl Store {
     }
 
     /// The stored secret hash of an activation.
-    pub fn activation_secret(&self, license_id: &str, server_id: &str) -> Result<Option<String>, HubError> {
+    pub fn activation_secret(
+        &self,
+        license_id: &str,
+        server_id: &str,
+    ) -> Result<Option<String>, HubError> {
         self.lock()
             .query_row(
                 "SELECT secret_sha256 FROM activations WHERE license_id = ?1 AND server_id = ?2",
@@ -425,7 +447,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn reschedule_report(&self, id: i64, attempts: i64, next_ms: i64, error: &str) -> Result<(), HubError> {
+    pub fn reschedule_report(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_ms: i64,
+        error: &str,
+    ) -> Result<(), HubError> {
         self.lock()
             .execute(
                 "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?4",
@@ -444,7 +472,8 @@ impl Store {
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(HubError::store("count jobs"))?;
-        rows.collect::<Result<_, _>>().map_err(HubError::store("count jobs"))
+        rows.collect::<Result<_, _>>()
+            .map_err(HubError::store("count jobs"))
     }
 
     /// A job's state and result, for tests and diagnostics.
@@ -533,6 +562,13 @@ mod tests {
         }
     }
 
+    fn who<'a>(license_id: &'a str, server_id: &'a str) -> Caller<'a> {
+        Caller {
+            license_id,
+            server_id,
+        }
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
@@ -548,7 +584,9 @@ mod tests {
                 headers: "{}",
             })
             .collect();
-        store.record_delivery(delivery, "push", &incoming, 1).unwrap()
+        store
+            .record_delivery(delivery, "push", &incoming, 1)
+            .unwrap()
     }
 
     #[test]
@@ -570,8 +608,14 @@ mod tests {
         assert_eq!(job.payload.unwrap().get(), "{\"a\": 1}");
         assert!(s.claim_next("lic-a", "srv2", 1049, 50).unwrap().is_none());
         let again = s.claim_next("lic-a", "srv2", 1050, 50).unwrap().unwrap();
-        assert_eq!((again.id.as_str(), again.claimed_by.as_str()), ("j2", "srv2"));
-        assert_eq!(s.claim_next("lic-b", "srv3", 1050, 50).unwrap().unwrap().id, "j1");
+        assert_eq!(
+            (again.id.as_str(), again.claimed_by.as_str()),
+            ("j2", "srv2")
+        );
+        assert_eq!(
+            s.claim_next("lic-b", "srv3", 1050, 50).unwrap().unwrap().id,
+            "j1"
+        );
     }
 
     #[test]
@@ -579,22 +623,47 @@ mod tests {
         let (_d, s) = store();
         add(&s, "d1", &[new_job("j1", "")]);
         s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
-        assert_eq!(s.accept("nope", "l", "a", "r", 1).unwrap(), Transition::NotFound);
-        assert!(matches!(s.accept("j1", "l", "b", "r", 1).unwrap(), Transition::Conflict(_)));
-        assert_eq!(s.accept("j1", "l", "a", "j1", 1).unwrap(), Transition::Done);
-        assert_eq!(s.accept("j1", "l", "a", "j1", 2).unwrap(), Transition::Repeated);
+        assert_eq!(
+            s.accept("nope", who("l", "a"), "r", 1).unwrap(),
+            Transition::NotFound
+        );
+        assert!(matches!(
+            s.accept("j1", who("l", "b"), "r", 1).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "j1", 1).unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "j1", 2).unwrap(),
+            Transition::Repeated
+        );
         let no_reports = |_: &FinishedJob| Vec::new();
         assert!(matches!(
-            s.finish("j1", "l", "b", "succeeded", "", 3, no_reports).unwrap(),
+            s.finish("j1", who("l", "b"), "succeeded", "", 3, no_reports)
+                .unwrap(),
             Transition::Conflict(_)
         ));
-        assert_eq!(s.finish("j1", "l", "a", "succeeded", "ok", 3, no_reports).unwrap(), Transition::Done);
-        assert_eq!(s.finish("j1", "l", "a", "succeeded", "ok", 4, no_reports).unwrap(), Transition::Repeated);
+        assert_eq!(
+            s.finish("j1", who("l", "a"), "succeeded", "ok", 3, no_reports)
+                .unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            s.finish("j1", who("l", "a"), "succeeded", "ok", 4, no_reports)
+                .unwrap(),
+            Transition::Repeated
+        );
         assert!(matches!(
-            s.finish("j1", "l", "a", "failed", "", 5, no_reports).unwrap(),
+            s.finish("j1", who("l", "a"), "failed", "", 5, no_reports)
+                .unwrap(),
             Transition::Conflict(_)
         ));
-        assert_eq!(s.job_state("j1").unwrap(), Some((FINISHED.into(), "succeeded".into())));
+        assert_eq!(
+            s.job_state("j1").unwrap(),
+            Some((FINISHED.into(), "succeeded".into()))
+        );
     }
 
     #[test]
@@ -602,7 +671,7 @@ mod tests {
         let (_d, s) = store();
         add(&s, "d1", &[new_job("j1", "")]);
         s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
-        s.finish("j1", "l", "a", "failed", "", 10, |j| {
+        s.finish("j1", who("l", "a"), "failed", "", 10, |j| {
             vec![(format!("/x/{}", j.job.dag_name), "{}".into())]
         })
         .unwrap();

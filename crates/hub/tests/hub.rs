@@ -1,0 +1,1095 @@
+//! End-to-end tests of the hub over loopback: real server, real SQLite file, real HTTP clients,
+//! wiremock standing in for GitHub.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dispatch_hub::{Binding, GithubConfig, Hub, HubConfig, HubHandle, LicenseKey, Trigger};
+use dispatch_license::Secret;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "webhook-secret";
+const FIXTURES: &str = "/work/shared/fixtures/github-webhooks";
+const HELLO: &str = "Codertocat/Hello-World";
+const OCTO: &str = "octo-org/octo-repo";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(name)).unwrap()
+}
+
+fn binding(repo: &str, dag: &str, trigger: Trigger) -> Binding {
+    Binding {
+        id: String::new(),
+        repository: repo.into(),
+        dag: dag.into(),
+        trigger,
+        event_name: String::new(),
+        action: String::new(),
+        branch_pattern: String::new(),
+        tag_pattern: String::new(),
+        command_alias: String::new(),
+        dispatch_event_type: String::new(),
+        check_name: String::new(),
+        license: String::new(),
+    }
+}
+
+fn license(id: &str) -> LicenseKey {
+    LicenseKey {
+        id: id.into(),
+        key: Secret::new(format!("key-{id}")),
+        plan: "pro".into(),
+        features: vec!["dispatch".into()],
+    }
+}
+
+fn config(data_dir: &Path, bindings: Vec<Binding>) -> HubConfig {
+    HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        webhook_secret: Secret::new(SECRET),
+        bindings,
+        licenses: vec![license("lic-a"), license("lic-b")],
+        github: GithubConfig::default(),
+        lease: Duration::from_secs(60),
+        mention: "@dispatch".into(),
+        token_ttl: Duration::from_secs(3600),
+    }
+}
+
+struct TestHub {
+    _dir: Option<tempfile::TempDir>,
+    cfg: HubConfig,
+    handle: Option<HubHandle>,
+    cancel: CancellationToken,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl TestHub {
+    async fn start(bindings: Vec<Binding>) -> TestHub {
+        Self::start_with(bindings, |_| {}).await
+    }
+
+    async fn start_with(bindings: Vec<Binding>, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut cfg = config(&data, bindings);
+        tweak(&mut cfg);
+        let mut hub = TestHub {
+            _dir: Some(dir),
+            cfg,
+            handle: None,
+            cancel: CancellationToken::new(),
+            base: String::new(),
+            http: reqwest::Client::new(),
+        };
+        hub.boot().await;
+        hub
+    }
+
+    async fn boot(&mut self) {
+        self.cancel = CancellationToken::new();
+        let handle = Hub::start(self.cfg.clone(), self.cancel.clone())
+            .await
+            .unwrap();
+        self.base = format!("http://{}", handle.addr);
+        self.handle = Some(handle);
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), handle.join())
+            .await
+            .expect("hub stops")
+            .unwrap();
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        self.boot().await;
+    }
+
+    fn handle(&self) -> &HubHandle {
+        self.handle.as_ref().unwrap()
+    }
+
+    async fn webhook_raw(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/github", self.base))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "GitHub-Hookshot/test");
+        if let Some(sig) = signature {
+            req = req.header("X-Hub-Signature-256", sig);
+        }
+        req.body(body).send().await.unwrap()
+    }
+
+    async fn webhook(&self, event: &str, delivery: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let sig = sign(&body);
+        let resp = self.webhook_raw(event, delivery, body, Some(sig)).await;
+        let status = resp.status();
+        (status, resp.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn activate(&self, license_id: &str, server: &str) -> Creds {
+        let resp = self
+            .post(
+                "/api/v1/licenses/activate",
+                json!({"key": format!("key-{license_id}"), "server_id": server, "machine_name": "box"}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        let token = body["token"].as_str().unwrap();
+        let verified =
+            dispatch_license::token::verify(token, &self.handle().public_key, now()).unwrap();
+        assert_eq!(verified.claims.jti, license_id);
+        Creds {
+            license_id: verified.claims.jti,
+            server_id: server.into(),
+            secret: body["heartbeat_secret"].as_str().unwrap().into(),
+        }
+    }
+
+    async fn pull(&self, c: &Creds, wait: u32) -> reqwest::Response {
+        self.post(
+            "/api/v1/github/dispatch/pull",
+            json!({"license_id": c.license_id, "server_id": c.server_id, "heartbeat_secret": c.secret, "wait_seconds": wait}),
+        )
+        .await
+    }
+
+    async fn pull_job(&self, c: &Creds) -> Value {
+        let resp = self.pull(c, 0).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    async fn accept(&self, c: &Creds, id: &str) -> reqwest::Response {
+        self.post(
+            &format!("/api/v1/github/dispatch/{id}/accept"),
+            json!({"license_id": c.license_id, "server_id": c.server_id, "secret": c.secret, "dag_run_id": id}),
+        )
+        .await
+    }
+
+    async fn finish(&self, c: &Creds, id: &str, status: &str, summary: &str) -> reqwest::Response {
+        self.post(
+            &format!("/api/v1/github/dispatch/{id}/finish"),
+            json!({"license_id": c.license_id, "server_id": c.server_id, "secret": c.secret,
+                   "result_status": status, "result_summary": summary}),
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+#[derive(Clone)]
+struct Creds {
+    license_id: String,
+    server_id: String,
+    secret: String,
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn comment_payload(body: &str, on_pr: bool) -> Vec<u8> {
+    let mut p: Value =
+        serde_json::from_slice(&fixture("issue_comment/created.payload.json")).unwrap();
+    p["comment"]["body"] = json!(body);
+    if on_pr {
+        p["issue"]["pull_request"] =
+            json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1"});
+    }
+    serde_json::to_vec(&p).unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn push_job_carries_exact_fields_payload_and_headers() {
+    let mut b = binding(HELLO, "build", Trigger::Auto);
+    b.branch_pattern = "master".into();
+    let hub = TestHub::start(vec![b]).await;
+    let body = fixture("push/with-new-branch.payload.json");
+    let (status, answer) = hub.webhook("push", "del-1", body.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job_ids = ids(&answer);
+    assert_eq!(job_ids.len(), 1);
+    let c = hub.activate("lic-a", "srv-1").await;
+    let resp = hub.pull(&c, 0).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let job: dispatch_license::DispatchJob = serde_json::from_str(&text).unwrap();
+    assert_eq!(job.id, job_ids[0]);
+    assert!(
+        job.id.len() <= 64
+            && job
+                .id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+    assert_eq!(job.binding_id, "Codertocat/Hello-World/build/auto");
+    assert_eq!(job.installation_id, 1);
+    assert_eq!(job.repository_id, 186853002);
+    assert_eq!(job.repository_name, HELLO);
+    assert_eq!(job.license_id, "lic-a");
+    assert_eq!(job.dag_name, "build");
+    assert_eq!(job.event_name, "push");
+    assert_eq!(job.event_action, "");
+    assert_eq!(job.delivery_id, "del-1");
+    assert_eq!(job.git_ref, "refs/heads/master");
+    assert_eq!(job.sha, "6113728f27ae82c7b1a177c8d03f9e96e0adf246");
+    assert_eq!(job.actor_login, "Codertocat");
+    assert_eq!(
+        (job.status.as_str(), job.claimed_by.as_str()),
+        ("claimed", "srv-1")
+    );
+    let payload = job.payload.unwrap();
+    assert_eq!(
+        payload.get().as_bytes(),
+        String::from_utf8(body).unwrap().trim().as_bytes(),
+        "payload bytes untouched"
+    );
+    let headers: Value = serde_json::from_str(job.headers.unwrap().get()).unwrap();
+    assert_eq!(
+        headers,
+        json!({"x-github-event": ["push"], "x-github-delivery": ["del-1"],
+               "content-type": ["application/json"], "user-agent": ["GitHub-Hookshot/test"]})
+    );
+    assert!(
+        !text.contains("sha256="),
+        "the signature is never passed on"
+    );
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn fixtures_map_to_job_fields() {
+    let mut pr = binding(HELLO, "pr", Trigger::Auto);
+    pr.event_name = "pull_request".into();
+    pr.branch_pattern = "master".into();
+    let mut rel = binding(HELLO, "release", Trigger::Auto);
+    rel.event_name = "release".into();
+    rel.action = "published".into();
+    rel.tag_pattern = "0.*".into();
+    let mut rd = binding(OCTO, "rd", Trigger::ManualDispatch);
+    rd.dispatch_event_type = "on-demand-test".into();
+    let mut wd = binding(OCTO, "wd", Trigger::ManualDispatch);
+    wd.event_name = "workflow_dispatch".into();
+    let hub = TestHub::start(vec![pr, rel, rd, wd]).await;
+    let c = hub.activate("lic-a", "srv").await;
+
+    let cases: [(&str, &str, Value); 4] = [
+        (
+            "pull_request",
+            "pull_request/opened.payload.json",
+            json!({"dag_name": "pr", "event_action": "opened", "ref": "refs/pull/2/head",
+                   "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "pull_request_number": 2, "installation_id": 1}),
+        ),
+        (
+            "release",
+            "release/published.payload.json",
+            json!({"dag_name": "release", "event_action": "published", "ref": "refs/tags/0.0.1"}),
+        ),
+        (
+            "repository_dispatch",
+            "repository_dispatch/payload.json",
+            json!({"dag_name": "rd", "event_action": "on-demand-test", "ref": "refs/heads/master",
+                   "installation_id": 375706, "repository_name": OCTO, "repository_id": 17273051}),
+        ),
+        (
+            "workflow_dispatch",
+            "workflow_dispatch/payload.json",
+            json!({"dag_name": "wd", "ref": "refs/heads/master", "repository_name": OCTO}),
+        ),
+    ];
+    for (i, (event, file, want)) in cases.into_iter().enumerate() {
+        let (status, answer) = hub.webhook(event, &format!("d-{i}"), fixture(file)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{file}");
+        assert_eq!(ids(&answer).len(), 1, "{file}: exactly one binding matches");
+        let job = hub.pull_job(&c).await;
+        for (k, v) in want.as_object().unwrap() {
+            assert_eq!(&job[k], v, "{file}: field {k}");
+        }
+        assert_eq!(job["event_name"], event);
+    }
+    // The release binding wants `published`; the `created` fixture matches nothing.
+    let (status, answer) = hub
+        .webhook(
+            "release",
+            "d-created",
+            fixture("release/created.payload.json"),
+        )
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
+}
+
+#[tokio::test]
+async fn comment_commands_make_run_and_cancel_jobs() {
+    let mut b = binding(HELLO, "build", Trigger::CommentCommand);
+    b.license = "lic-b".into();
+    let hub = TestHub::start(vec![b]).await;
+    let (status, answer) = hub
+        .webhook(
+            "issue_comment",
+            "c1",
+            comment_payload("@dispatch build", true),
+        )
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::ACCEPTED, 1));
+    let (_, answer) = hub
+        .webhook(
+            "issue_comment",
+            "c2",
+            comment_payload("looks good\n@dispatch cancel", false),
+        )
+        .await;
+    assert_eq!(ids(&answer).len(), 1);
+    let (status, answer) = hub
+        .webhook(
+            "issue_comment",
+            "c3",
+            comment_payload("no command here", true),
+        )
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
+
+    // Bound to lic-b: a lic-a scheduler never sees these jobs.
+    let a = hub.activate("lic-a", "srv-a").await;
+    assert_eq!(hub.pull(&a, 0).await.status(), StatusCode::NO_CONTENT);
+    let bsrv = hub.activate("lic-b", "srv-b").await;
+    let run = hub.pull_job(&bsrv).await;
+    assert_eq!(run["command"], "build");
+    assert_eq!(run["issue_number"], 1);
+    assert_eq!(run["pull_request_number"], 1);
+    assert_eq!(run["comment_id"], 492700400);
+    assert_eq!(run["ref"], "refs/pull/1/head");
+    assert_eq!(run["actor_login"], "Codertocat");
+    let cancel = hub.pull_job(&bsrv).await;
+    assert_eq!(cancel["command"], "cancel");
+    assert_eq!(cancel["issue_number"], 1);
+    assert!(
+        cancel.get("pull_request_number").is_none(),
+        "a plain issue has no PR number"
+    );
+}
+
+#[tokio::test]
+async fn bad_webhooks_are_rejected_and_store_nothing() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let body = fixture("push/with-new-branch.payload.json");
+
+    let resp = hub.webhook_raw("push", "x1", body.clone(), None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.json::<Value>().await.unwrap()["message"].is_string());
+    let resp = hub
+        .webhook_raw(
+            "push",
+            "x2",
+            body.clone(),
+            Some(format!("sha256={}", "0".repeat(64))),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = hub
+        .webhook_raw("push", "x3", body.clone(), Some("sha1=abc".into()))
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Signed but not JSON.
+    let (status, _) = hub.webhook("push", "x4", b"{not json".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // An event no trigger covers, and a ping.
+    let (status, answer) = hub
+        .webhook("issues", "x5", fixture("issues/opened.payload.json"))
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
+    let (status, _) = hub
+        .webhook("ping", "x6", fixture("ping/payload.json"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Over GitHub's 25 MiB cap.
+    let mut big = b"{\"pad\":\"".to_vec();
+    big.resize(25 * 1024 * 1024 + 16, b'a');
+    big.extend_from_slice(b"\"}");
+    let sig = sign(&big);
+    let resp = hub.webhook_raw("push", "x7", big, Some(sig)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let c = hub.activate("lic-a", "srv").await;
+    assert_eq!(
+        hub.pull(&c, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "no job was stored"
+    );
+    let m = hub.metrics().await;
+    assert!(
+        m.contains("dispatch_hub_webhooks_received_total{outcome=\"bad_signature\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("dispatch_hub_webhooks_received_total{outcome=\"too_large\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("dispatch_hub_jobs{state=\"queued\"} 0"), "{m}");
+
+    // A signed body under the cap still works after all that.
+    let (status, _) = hub.webhook("push", "ok", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn redelivery_creates_no_new_job() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let body = fixture("push/with-new-branch.payload.json");
+    let (s1, first) = hub.webhook("push", "same", body.clone()).await;
+    let (s2, again) = hub.webhook("push", "same", body).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(ids(&first), ids(&again));
+    assert_eq!(again["duplicate"], true);
+    let c = hub.activate("lic-a", "srv").await;
+    hub.pull_job(&c).await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let resp = hub
+        .post(
+            "/api/v1/licenses/activate",
+            json!({"key": "nope", "server_id": "s", "machine_name": "m"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let c = hub.activate("lic-a", "srv").await;
+    let bad = Creds {
+        secret: "wrong".into(),
+        ..c.clone()
+    };
+    let other_license = Creds {
+        license_id: "lic-b".into(),
+        ..c.clone()
+    };
+    for creds in [&bad, &other_license] {
+        for resp in [
+            hub.pull(creds, 0).await,
+            hub.accept(creds, "j").await,
+            hub.finish(creds, "j", "succeeded", "").await,
+        ] {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            let body: Value = resp.json().await.unwrap();
+            assert!(!body["message"].as_str().unwrap().is_empty());
+            assert!(
+                !body.to_string().contains("wrong"),
+                "the secret is not echoed"
+            );
+        }
+    }
+    let hb = hub
+        .post(
+            "/api/v1/licenses/heartbeat",
+            json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": "wrong"}),
+        )
+        .await;
+    assert_eq!(hb.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        hub.accept(&c, "no-such-job").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        hub.finish(&c, "no-such-job", "failed", "").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let resp = hub
+        .post("/api/v1/github/dispatch/pull", json!({"license_id": 5}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn accept_and_finish_rules_over_http() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    hub.webhook("push", "d", fixture("push/with-new-branch.payload.json"))
+        .await;
+    let a = hub.activate("lic-a", "srv-a").await;
+    let b = hub.activate("lic-a", "srv-b").await;
+    let id = hub.pull_job(&a).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::CONFLICT);
+    assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        hub.accept(&a, &id).await.status(),
+        StatusCode::NO_CONTENT,
+        "repeat accept is idempotent"
+    );
+    assert_eq!(
+        hub.finish(&b, &id, "succeeded", "").await.status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        hub.finish(&a, &id, "bogus", "").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        hub.finish(&a, &id, "succeeded", "done").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        hub.finish(&a, &id, "succeeded", "done").await.status(),
+        StatusCode::NO_CONTENT,
+        "same status: idempotent"
+    );
+    assert_eq!(
+        hub.finish(&a, &id, "failed", "").await.status(),
+        StatusCode::CONFLICT,
+        "different status: conflict"
+    );
+    assert_eq!(
+        hub.accept(&a, &id).await.status(),
+        StatusCode::CONFLICT,
+        "accepting a finished job"
+    );
+    let m = hub.metrics().await;
+    assert!(m.contains("dispatch_hub_jobs{state=\"finished\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn concurrent_pullers_get_each_job_exactly_once() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let body = fixture("push/with-new-branch.payload.json");
+    let mut created = Vec::new();
+    for i in 0..24 {
+        let (_, answer) = hub.webhook("push", &format!("d{i}"), body.clone()).await;
+        created.extend(ids(&answer));
+    }
+    let mut creds = Vec::new();
+    for s in 0..4 {
+        creds.push(
+            hub.activate(
+                if s % 2 == 0 { "lic-a" } else { "lic-b" },
+                &format!("srv-{s}"),
+            )
+            .await,
+        );
+    }
+    let hub = std::sync::Arc::new(hub);
+    let mut tasks = Vec::new();
+    for c in creds {
+        let hub = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let resp = hub.pull(&c, 0).await;
+                if resp.status() == StatusCode::NO_CONTENT {
+                    return got;
+                }
+                let job: Value = resp.json().await.unwrap();
+                let id = job["id"].as_str().unwrap().to_owned();
+                assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+                got.push(id);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    created.sort();
+    assert_eq!(all, created, "every job handed out once, none twice");
+}
+
+#[tokio::test]
+async fn long_poll_hands_over_a_job_that_arrives_while_waiting() {
+    let hub =
+        std::sync::Arc::new(TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await);
+    let c = hub.activate("lic-a", "srv").await;
+    let waiting = {
+        let (hub, c) = (hub.clone(), c.clone());
+        tokio::spawn(async move { hub.pull(&c, 30).await })
+    };
+    // Give the pull a moment to start waiting; the test passes either way, but this makes the
+    // wake-up path the one exercised.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, answer) = hub
+        .webhook("push", "lp", fixture("push/with-new-branch.payload.json"))
+        .await;
+    let resp = tokio::time::timeout(Duration::from_secs(25), waiting)
+        .await
+        .expect("the waiting pull returns once the job arrives")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["id"].as_str().unwrap(), ids(&answer)[0]);
+    // Nothing queued: a short wait ends with 204.
+    assert_eq!(hub.pull(&c, 1).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn expired_lease_goes_to_another_scheduler() {
+    let hub = TestHub::start_with(vec![binding(HELLO, "build", Trigger::Auto)], |cfg| {
+        cfg.lease = Duration::from_millis(300);
+    })
+    .await;
+    hub.webhook("push", "d", fixture("push/with-new-branch.payload.json"))
+        .await;
+    let a = hub.activate("lic-a", "srv-a").await;
+    let b = hub.activate("lic-a", "srv-b").await;
+    let id = hub.pull_job(&a).await["id"].as_str().unwrap().to_owned();
+    // srv-a never accepts; a long-polling srv-b is handed the job when the lease runs out.
+    let resp = hub.pull(&b, 30).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            job["id"].as_str().unwrap(),
+            job["claimed_by"].as_str().unwrap()
+        ),
+        (id.as_str(), "srv-b")
+    );
+    assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::CONFLICT);
+    assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn state_survives_restarts() {
+    let mut hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let c = hub.activate("lic-a", "srv").await;
+    let (_, answer) = hub
+        .webhook("push", "d", fixture("push/with-new-branch.payload.json"))
+        .await;
+    let key_before = hub.handle().public_key;
+    hub.restart().await;
+    assert_eq!(
+        hub.handle().public_key,
+        key_before,
+        "the signing key is kept"
+    );
+    let (_, again) = hub
+        .webhook("push", "d", fixture("push/with-new-branch.payload.json"))
+        .await;
+    assert_eq!(ids(&again), ids(&answer), "dedupe survives a restart");
+    let job = hub.pull_job(&c).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, ids(&answer)[0]);
+    assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.restart().await;
+    assert_eq!(
+        hub.pull(&c, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "an accepted job is not handed out again"
+    );
+    assert_eq!(
+        hub.finish(&c, &id, "succeeded", "ok").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    hub.restart().await;
+    assert!(hub
+        .metrics()
+        .await
+        .contains("dispatch_hub_jobs{state=\"finished\"} 1"));
+}
+
+#[tokio::test]
+async fn activation_heartbeat_and_revocation() {
+    let mut hub = TestHub::start(vec![]).await;
+    let first = hub.activate("lic-a", "srv").await;
+    let second = hub.activate("lic-a", "srv").await;
+    assert_ne!(first.secret, second.secret);
+    assert_eq!(
+        hub.pull(&first, 0).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "re-activation replaces the secret"
+    );
+    assert_eq!(hub.pull(&second, 0).await.status(), StatusCode::NO_CONTENT);
+    let hb = |c: &Creds| json!({"license_id": c.license_id, "server_id": c.server_id, "heartbeat_secret": c.secret});
+    let resp = hub.post("/api/v1/licenses/heartbeat", hb(&second)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token: Value = resp.json().await.unwrap();
+    let claims = dispatch_license::token::verify(
+        token["token"].as_str().unwrap(),
+        &hub.handle().public_key,
+        now(),
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(
+        (claims.jti.as_str(), claims.plan.as_str()),
+        ("lic-a", "pro")
+    );
+    assert_eq!(claims.features, vec!["dispatch".to_owned()]);
+    assert!(claims.exp > now() && claims.exp <= now() + 3600 + 5);
+    // The license is removed from the config: heartbeat says 410, dispatch calls 401.
+    hub.stop().await;
+    hub.cfg.licenses.retain(|l| l.id != "lic-a");
+    hub.boot().await;
+    assert_eq!(
+        hub.post("/api/v1/licenses/heartbeat", hb(&second))
+            .await
+            .status(),
+        StatusCode::GONE
+    );
+    assert_eq!(
+        hub.pull(&second, 0).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let resp = hub
+        .http
+        .get(format!("{}/healthz", hub.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    hub.webhook("push", "m1", fixture("push/with-new-branch.payload.json"))
+        .await;
+    let c = hub.activate("lic-a", "srv").await;
+    hub.pull(&c, 0).await;
+    hub.pull(&c, 0).await;
+    let m = hub.metrics().await;
+    for line in [
+        "dispatch_hub_webhooks_received_total{outcome=\"accepted\"} 1",
+        "dispatch_hub_pulls_total{outcome=\"job\"} 1",
+        "dispatch_hub_pulls_total{outcome=\"empty\"} 1",
+        "dispatch_hub_jobs{state=\"claimed\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+}
+
+mod reporting {
+    use super::*;
+    use wiremock::matchers::{body_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    async fn hub_with_github(gh: &MockServer, bindings: Vec<Binding>) -> TestHub {
+        let api = gh.uri();
+        TestHub::start_with(bindings, move |cfg| {
+            cfg.github = GithubConfig {
+                api_url: api,
+                token: Some(Secret::new("gh-token")),
+            };
+        })
+        .await
+    }
+
+    async fn run_job(
+        hub: &TestHub,
+        event: &str,
+        delivery: &str,
+        body: Vec<u8>,
+        status: &str,
+        summary: &str,
+    ) {
+        let (_, answer) = hub.webhook(event, delivery, body).await;
+        assert_eq!(ids(&answer).len(), 1);
+        let c = hub.activate("lic-a", "srv").await;
+        let id = hub.pull_job(&c).await["id"].as_str().unwrap().to_owned();
+        assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            hub.finish(&c, &id, status, summary).await.status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    #[tokio::test]
+    async fn finish_posts_commit_status_with_exact_request() {
+        let gh = MockServer::start().await;
+        let summary = "é".repeat(150);
+        Mock::given(method("POST"))
+            .and(path(
+                "/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+            ))
+            .and(header("authorization", "Bearer gh-token"))
+            .and(header("accept", "application/vnd.github+json"))
+            .and(body_json(json!({
+                "state": "failure",
+                "context": "ci/build",
+                "description": "é".repeat(140),
+            })))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&gh)
+            .await;
+        let mut b = binding(HELLO, "build", Trigger::Auto);
+        b.check_name = "ci/build".into();
+        let hub = hub_with_github(&gh, vec![b]).await;
+        run_job(
+            &hub,
+            "push",
+            "r1",
+            fixture("push/with-new-branch.payload.json"),
+            "failed",
+            &summary,
+        )
+        .await;
+        eventually("the commit status", || async {
+            gh.received_requests().await.unwrap().len() == 1
+        })
+        .await;
+        let req = &gh.received_requests().await.unwrap()[0];
+        assert!(req
+            .headers
+            .get("user-agent")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("dispatch-hub/"));
+        eventually("the report counter", || async {
+            hub.metrics()
+                .await
+                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
+        })
+        .await;
+        gh.verify().await;
+    }
+
+    #[tokio::test]
+    async fn comment_command_gets_a_comment_and_failures_are_retried() {
+        let gh = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/repos/Codertocat/Hello-World/issues/1/comments"))
+            .respond_with(ResponseTemplate::new(502))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&gh)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/repos/Codertocat/Hello-World/issues/1/comments"))
+            .and(header("authorization", "Bearer gh-token"))
+            .and(body_json(
+                json!({"body": "dispatch `build` (build): **succeeded**\n\n> all green\n"}),
+            ))
+            .respond_with(ResponseTemplate::new(201))
+            .with_priority(2)
+            .mount(&gh)
+            .await;
+        let hub =
+            hub_with_github(&gh, vec![binding(HELLO, "build", Trigger::CommentCommand)]).await;
+        run_job(
+            &hub,
+            "issue_comment",
+            "c",
+            comment_payload("@dispatch build", true),
+            "succeeded",
+            "all green",
+        )
+        .await;
+        eventually("the retried comment", || async {
+            hub.metrics()
+                .await
+                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
+        })
+        .await;
+        let reqs = gh.received_requests().await.unwrap();
+        assert_eq!(reqs.len(), 2, "one failure, one success");
+        assert_eq!(reqs[0].body, reqs[1].body);
+        assert!(hub
+            .metrics()
+            .await
+            .contains("dispatch_hub_reports_total{result=\"failed\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn pending_reports_survive_a_restart() {
+        let gh = MockServer::start().await;
+        let mut hub = hub_with_github(&gh, vec![binding(HELLO, "build", Trigger::Auto)]).await;
+        // GitHub is down (no mock mounted answers 404, a permanent error, so use a 503 first).
+        let down = Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount_as_scoped(&gh)
+            .await;
+        run_job(
+            &hub,
+            "push",
+            "p",
+            fixture("push/with-new-branch.payload.json"),
+            "succeeded",
+            "",
+        )
+        .await;
+        eventually("a failed attempt", || async {
+            hub.metrics()
+                .await
+                .contains("dispatch_hub_reports_total{result=\"failed\"}")
+        })
+        .await;
+        hub.stop().await;
+        drop(down);
+        Mock::given(method("POST"))
+            .and(path("/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246"))
+            .and(body_json(json!({"state": "success", "context": "dispatch/build", "description": "build: succeeded"})))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&gh)
+            .await;
+        hub.boot().await;
+        eventually("the status after restart", || async {
+            hub.metrics()
+                .await
+                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
+        })
+        .await;
+        gh.verify().await;
+    }
+
+    #[tokio::test]
+    async fn no_token_means_no_report() {
+        let gh = MockServer::start().await;
+        let api = gh.uri();
+        let hub = TestHub::start_with(vec![binding(HELLO, "build", Trigger::Auto)], move |cfg| {
+            cfg.github.api_url = api;
+        })
+        .await;
+        run_job(
+            &hub,
+            "push",
+            "n",
+            fixture("push/with-new-branch.payload.json"),
+            "succeeded",
+            "",
+        )
+        .await;
+        // The finish has returned and committed; a report would have been queued in the same
+        // transaction, and there is no reporter to send one.
+        assert!(gh.received_requests().await.unwrap().is_empty());
+        assert!(!hub.metrics().await.contains("dispatch_hub_reports_total{"));
+    }
+}
+
+mod binary {
+    use std::process::Command;
+
+    #[test]
+    fn print_public_key_prints_the_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = || {
+            let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+                .args(["print-public-key", "--data-dir"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let first = run();
+        assert!(first.starts_with("-----BEGIN PUBLIC KEY-----"), "{first}");
+        assert_eq!(first, run(), "the key is created once");
+        let key = dispatch_license::token::parse_public_key(&first).unwrap();
+        let signing = dispatch_hub::keys::load_or_create_signing_key(dir.path()).unwrap();
+        assert_eq!(key, signing.verifying_key());
+    }
+
+    #[test]
+    fn config_errors_exit_2_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:0\"\n").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("DISPATCH_HUB_WEBHOOK_SECRET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("webhook_secret"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"never\"\n",
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("hub.toml") && err.contains("trigger"), "{err}");
+    }
+}
