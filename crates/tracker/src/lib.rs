@@ -38,6 +38,14 @@
 //!   reopening re-reads the truth from disk. An operation that returned `Err` may or may not have
 //!   been recorded.
 //!
+//! # Locking
+//!
+//! `LOCK` is held with `flock` for the tracker's lifetime, so a second tracker on the same directory,
+//! in this process or another, gets [`TrackerError::InUse`]. Such locks belong to the open file
+//! description, which a child process forked by any thread shares until its `exec`; so right after a
+//! tracker is dropped, reopening can briefly see the lock still held. [`Tracker::open`] therefore
+//! retries for about half a second before reporting `InUse`.
+//!
 //! # Not for
 //!
 //! The tracker knows nothing about HTTP, DAGs or GitHub; it stores whatever [`TrackedJob`] values
@@ -69,6 +77,8 @@ const TEMP_FILE: &str = "journal.tmp";
 const LOCK_FILE: &str = "LOCK";
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+/// Longest single wait in [`acquire`]; the waits double from 1 ms, about 0.5 s in all.
+const LOCK_RETRY_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(256);
 
 /// Where a tracked dispatch job stands with the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -236,7 +246,8 @@ struct Inner {
 impl Tracker {
     /// Opens (creating if needed) the tracker in `dir` with default settings.
     ///
-    /// Fails with [`TrackerError::InUse`] when another tracker holds the directory.
+    /// Fails with [`TrackerError::InUse`] when another tracker holds the directory (after retrying
+    /// for about half a second, see the crate docs on locking).
     pub fn open(dir: &Path) -> Result<Tracker, TrackerError> {
         Self::open_with_config(dir, TrackerConfig::default())
     }
@@ -259,21 +270,7 @@ impl Tracker {
 
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_private(&lock_path, false)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(TrackerError::InUse {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(TryLockError::Error(source)) => {
-                return Err(TrackerError::Io {
-                    action: "lock",
-                    path: lock_path,
-                    source,
-                })
-            }
-        }
+        acquire(&lock, dir, &lock_path)?;
 
         let temp_path = dir.join(TEMP_FILE);
         match fs::remove_file(&temp_path) {
@@ -517,6 +514,39 @@ fn open_private(path: &Path, truncate: bool) -> Result<File, TrackerError> {
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .map_err(io_err("set permissions of", path))?;
     Ok(file)
+}
+
+/// Takes the exclusive advisory lock on `lock`, retrying briefly before reporting
+/// [`TrackerError::InUse`].
+///
+/// The retries are for a lock whose owner has just let go: `flock` belongs to the open file
+/// description, and a process forked by any thread of this program (e.g. a step being spawned) holds
+/// a copy of every descriptor until its `exec` closes it, so a tracker dropped and reopened in the
+/// same process can find its own old lock still held for a moment. A lock held by a live tracker
+/// stays held, and the open fails after about half a second.
+fn acquire(lock: &File, dir: &Path, lock_path: &Path) -> Result<(), TrackerError> {
+    let mut wait = std::time::Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if wait <= LOCK_RETRY_MAX_WAIT => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(TrackerError::InUse {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(TrackerError::Io {
+                    action: "lock",
+                    path: lock_path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), TrackerError> {
