@@ -56,7 +56,8 @@ pub struct Binding {
     /// Only this event (must be one of the trigger's events).
     #[serde(default)]
     pub event_name: String,
-    /// Only this payload `action` (e.g. `opened`, `published`).
+    /// Only this payload `action` (e.g. `opened`, `published`); see [`crate::matching`] for the
+    /// defaults of `pull_request` and `check_run`.
     #[serde(default)]
     pub action: String,
     /// Glob over the branch name (`main`, `release/*`, `**`); see [`crate::matching`] for which branch
@@ -242,6 +243,8 @@ pub const EXAMPLE_BINDINGS_TOML: &str = r#"# dispatch bindings: which GitHub eve
 #   id                  stable id (default "<repository>/<dag>/<trigger>")
 #   event_name          only this event, e.g. "push" (must belong to the trigger)
 #   action              only this payload action, e.g. "opened", "published"
+#                       (unset: every action, except pull_request = opened, synchronize,
+#                       reopened and check_run = rerequested, requested_action)
 #   branch_pattern      glob over the branch: "main", "release/*", "**"
 #                       (pull_request: the base branch the PR targets)
 #   tag_pattern         glob over the tag: "v*"

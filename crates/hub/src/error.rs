@@ -70,9 +70,9 @@ pub enum HubError {
         #[source]
         source: serde_json::Error,
     },
-    /// A blocking store task panicked or was cancelled.
-    #[error("hub store task ended abnormally")]
-    StoreTask(#[source] tokio::task::JoinError),
+    /// A hub task (a blocking store call or the server) panicked or was cancelled.
+    #[error("a hub task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
     /// The listen address could not be bound.
     #[error("failed to listen on {addr}")]
     Bind {

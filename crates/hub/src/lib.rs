@@ -218,7 +218,7 @@ impl HubHandle {
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(HubError::Serve(e)),
-            Err(e) => Err(HubError::StoreTask(e)),
+            Err(e) => Err(HubError::Task(e)),
         }
     }
 }
@@ -240,7 +240,7 @@ impl Hub {
             ))
         })
         .await
-        .map_err(HubError::StoreTask)??;
+        .map_err(HubError::Task)??;
         let store = Arc::new(store);
         let client = reqwest::Client::builder()
             .user_agent(concat!("dispatch-hub/", env!("CARGO_PKG_VERSION")))
@@ -329,7 +329,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(HubError::StoreTask)?
+        .map_err(HubError::Task)?
 }
 
 /// Wall-clock milliseconds since the Unix epoch (leases and report times are stored in it, so they

@@ -15,6 +15,11 @@
 //! | `repository_dispatch` | `refs/heads/<branch>` | — | `branch` |
 //! | `workflow_dispatch` | `ref` | — | the branch or tag of `ref` |
 //!
+//! A binding without `action` takes every action of its events, except two events whose other
+//! actions are noise for a CI runner: `pull_request` defaults to `opened`, `synchronize` and
+//! `reopened` (as GitHub Actions does), `check_run` to `rerequested` and `requested_action` (so
+//! other tools' check runs do not start DAGs). Comment commands always require `created`.
+//!
 //! An event with no branch or tag never matches a binding that sets a pattern. When both patterns
 //! are set, either may match. Globs use `glob` syntax with `*` stopping at `/` and `**` crossing it.
 
@@ -225,6 +230,17 @@ fn pattern_matches(pattern: &str, name: Option<&String>) -> bool {
     }
 }
 
+fn action_matches(b: &Binding, event: &str, action: &str) -> bool {
+    if !b.action.is_empty() {
+        return b.action == action;
+    }
+    match event {
+        "pull_request" => matches!(action, "opened" | "synchronize" | "reopened"),
+        "check_run" => matches!(action, "rerequested" | "requested_action"),
+        _ => true,
+    }
+}
+
 fn refs_match(b: &Binding, f: &Facts) -> bool {
     if b.branch_pattern.is_empty() && b.tag_pattern.is_empty() {
         return true;
@@ -260,7 +276,7 @@ pub(crate) fn jobs_for_delivery(
         if !b.trigger.events().contains(&event)
             || !b.repository.eq_ignore_ascii_case(&f.repository_name)
             || (!b.event_name.is_empty() && b.event_name != event)
-            || (!b.action.is_empty() && b.action != f.action)
+            || !action_matches(b, event, &f.action)
             || (!b.dispatch_event_type.is_empty()
                 && (event != "repository_dispatch"
                     || b.dispatch_event_type != f.dispatch_event_type))
@@ -420,6 +436,30 @@ mod tests {
         );
         assert_eq!(j.delivery_id, "d1");
         assert_eq!(jobs[0].status_context, "dispatch/build");
+    }
+
+    #[test]
+    fn default_actions_for_pull_request_and_check_run() {
+        let b = binding(Trigger::Auto);
+        let pr = |action: &str| json!({"action": action, "number": 3, "repository": {"full_name": "o/r"}});
+        let cr = |action: &str| json!({"action": action, "check_run": {"id": 4}, "repository": {"full_name": "o/r"}});
+        let count = |b: &Binding, event: &str, p: Value| {
+            jobs_for_delivery(std::slice::from_ref(b), "@d", event, "d", &p).len()
+        };
+        for (action, want) in [
+            ("opened", 1),
+            ("synchronize", 1),
+            ("reopened", 1),
+            ("closed", 0),
+            ("labeled", 0),
+        ] {
+            assert_eq!(count(&b, "pull_request", pr(action)), want, "{action}");
+        }
+        assert_eq!(count(&b, "check_run", cr("completed")), 0);
+        assert_eq!(count(&b, "check_run", cr("rerequested")), 1);
+        let mut closed = b.clone();
+        closed.action = "closed".into();
+        assert_eq!(count(&closed, "pull_request", pr("closed")), 1);
     }
 
     #[test]

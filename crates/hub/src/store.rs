@@ -22,6 +22,10 @@ pub(crate) const CLAIMED: &str = "claimed";
 pub(crate) const ACCEPTED: &str = "accepted";
 pub(crate) const FINISHED: &str = "finished";
 
+/// A job whose claim has run out this many times is finished as `rejected`: a job no scheduler
+/// can take (say, a payload too big for its client) must not block the queue forever.
+pub(crate) const MAX_CLAIMS: i64 = 5;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     claimed_license TEXT NOT NULL DEFAULT '',
     claimed_by TEXT NOT NULL DEFAULT '',
     lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
     dag_run_id TEXT NOT NULL DEFAULT '',
     result_status TEXT NOT NULL DEFAULT '',
     result_summary TEXT NOT NULL DEFAULT '',
@@ -215,11 +220,10 @@ impl Store {
         })
     }
 
-    /// Puts claims whose lease ran out back in the queue; returns how many.
+    /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
+    /// [`MAX_CLAIMS`]); returns how many jobs changed.
     pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
-        self.lock()
-            .execute(REQUEUE_SQL, [now_ms])
-            .map_err(HubError::store("requeue expired claims"))
+        expire_claims(&self.lock(), now_ms)
     }
 
     /// Claims the oldest queued job this license may take, for `lease_ms`.
@@ -234,8 +238,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(HubError::store("begin a claim"))?;
-        tx.execute(REQUEUE_SQL, [now_ms])
-            .map_err(HubError::store("requeue expired claims"))?;
+        expire_claims(&tx, now_ms)?;
         let row: Option<(i64, String, String, String)> = tx
             .query_row(
                 "SELECT seq, job_json, payload, headers FROM jobs
@@ -247,11 +250,13 @@ impl Store {
             .optional()
             .map_err(HubError::store("select a queued job"))?;
         let Some((seq, job_json, payload, headers)) = row else {
+            // Keep what expire_claims did even when there is nothing to hand out.
+            tx.commit().map_err(HubError::store("commit expired claims"))?;
             return Ok(None);
         };
         tx.execute(
             "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
-                             updated_ms = ?5
+                             updated_ms = ?5, claims = claims + 1
              WHERE seq = ?6",
             params![CLAIMED, license_id, server_id, now_ms + lease_ms, now_ms, seq],
         )
@@ -290,12 +295,12 @@ impl Store {
         }
         let mine = row.claimed_by == server_id && row.claimed_license == license_id;
         let outcome = match row.state.as_str() {
-            CLAIMED if mine => Transition::Done,
-            // The lease ran out but nobody else took the job: this server may still have it.
-            QUEUED => Transition::Done,
+            // A queued job that this server claimed last: its lease ran out but nobody else
+            // took it, so the server may still have it.
+            CLAIMED | QUEUED if mine => Transition::Done,
             ACCEPTED if mine => Transition::Repeated,
             FINISHED => Transition::Conflict(format!("job `{job_id}` is already finished")),
-            _ => Transition::Conflict(format!("job `{job_id}` is claimed by another server")),
+            _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
         };
         if outcome == Transition::Done {
             tx.execute(
@@ -337,14 +342,13 @@ impl Store {
         }
         let mine = row.claimed_by == server_id && row.claimed_license == license_id;
         let outcome = match row.state.as_str() {
-            CLAIMED | ACCEPTED if mine => Transition::Done,
+            CLAIMED | ACCEPTED | QUEUED if mine => Transition::Done,
             FINISHED if mine && row.result_status == result_status => Transition::Repeated,
             FINISHED if mine => Transition::Conflict(format!(
                 "job `{job_id}` already finished with status `{}`",
                 row.result_status
             )),
-            QUEUED => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
-            _ => Transition::Conflict(format!("job `{job_id}` is claimed by another server")),
+            _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
         };
         if outcome != Transition::Done {
             return Ok(outcome);
@@ -490,9 +494,34 @@ impl Store {
     }
 }
 
-const REQUEUE_SQL: &str = "UPDATE jobs SET state = 'queued', claimed_license = '', claimed_by = '',
-                                         lease_expires_ms = 0
-                           WHERE state = 'claimed' AND lease_expires_ms <= ?1";
+/// Expired claims go back to the queue, keeping `claimed_by` so the last claimant can still
+/// accept if nobody else has taken the job meanwhile.
+fn expire_claims(conn: &Connection, now_ms: i64) -> Result<usize, HubError> {
+    let rejected = conn
+        .execute(
+            "UPDATE jobs SET state = ?1, result_status = 'rejected',
+                             result_summary = 'not accepted by any scheduler within its lease, ' || claims || ' times',
+                             lease_expires_ms = 0, updated_ms = ?2
+             WHERE state = ?3 AND lease_expires_ms <= ?2 AND claims >= ?4",
+            params![FINISHED, now_ms, CLAIMED, MAX_CLAIMS],
+        )
+        .map_err(HubError::store("reject jobs nobody accepts"))?;
+    if rejected > 0 {
+        tracing::warn!(
+            jobs = rejected,
+            max_claims = MAX_CLAIMS,
+            "jobs claimed but never accepted; finished as rejected"
+        );
+    }
+    let requeued = conn
+        .execute(
+            "UPDATE jobs SET state = ?1, lease_expires_ms = 0, updated_ms = ?2
+             WHERE state = ?3 AND lease_expires_ms <= ?2",
+            params![QUEUED, now_ms, CLAIMED],
+        )
+        .map_err(HubError::store("requeue expired claims"))?;
+    Ok(rejected + requeued)
+}
 
 struct JobRow {
     state: String,
@@ -616,6 +645,41 @@ mod tests {
             s.claim_next("lic-b", "srv3", 1050, 50).unwrap().unwrap().id,
             "j1"
         );
+    }
+
+    #[test]
+    fn a_job_nobody_accepts_is_rejected_after_max_claims() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        for i in 0..MAX_CLAIMS {
+            let job = s.claim_next("l", "a", i * 100, 50).unwrap();
+            assert_eq!(job.map(|j| j.id).as_deref(), Some("j1"), "claim {i}");
+        }
+        assert!(s
+            .claim_next("l", "a", MAX_CLAIMS * 100, 50)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.job_state("j1").unwrap(),
+            Some((FINISHED.into(), "rejected".into()))
+        );
+    }
+
+    #[test]
+    fn last_claimant_may_accept_after_its_lease_ran_out_but_nobody_else() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 10).unwrap().unwrap();
+        assert_eq!(s.requeue_expired(10).unwrap(), 1);
+        assert!(matches!(
+            s.accept("j1", who("l", "b"), "r", 11).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "r", 11).unwrap(),
+            Transition::Done
+        );
+        assert!(s.claim_next("l", "b", 20, 10).unwrap().is_none());
     }
 
     #[test]

@@ -385,6 +385,15 @@ async fn fixtures_map_to_job_fields() {
         }
         assert_eq!(job["event_name"], event);
     }
+    // A closed PR is not built by default.
+    let (status, answer) = hub
+        .webhook(
+            "pull_request",
+            "d-closed",
+            fixture("pull_request/closed.payload.json"),
+        )
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
     // The release binding wants `published`; the `created` fixture matches nothing.
     let (status, answer) = hub
         .webhook(
