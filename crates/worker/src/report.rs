@@ -158,6 +158,27 @@ async fn report_job(
         return JobOutcome::Waiting;
     };
     let job_id = tracked.job_id.clone();
+    // The listing may be stale: the pull loop may have accepted (or the hub refused) the job
+    // between the listing and taking it busy. Work from the entry as it is now.
+    let tracker = shared.tracker.clone();
+    let id = job_id.clone();
+    let current = Shared::blocking("read tracked job", move || tracker.get(&id))
+        .await
+        .and_then(|r| {
+            r.map_err(|source| WorkerError::Tracker {
+                action: "read",
+                job_id: job_id.clone(),
+                source: Box::new(source),
+            })
+        });
+    let tracked = match current {
+        Ok(Some(tracked)) => tracked,
+        Ok(None) => return JobOutcome::Waiting,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot read tracked job");
+            return JobOutcome::Failed;
+        }
+    };
     let attempt = match find_attempt(shared, &tracked).await {
         Ok(attempt) => attempt,
         Err(error) => {

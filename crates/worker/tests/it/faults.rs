@@ -1,0 +1,381 @@
+//! Cloud faults: errors, Retry-After, timeouts, malformed answers, refusals; credentials that
+//! come and go; long-poll.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::common::*;
+
+fn quick_dag(rig: &Rig) {
+    rig.write_dag("quick", "steps:\n  - name: s\n    command: \"true\"\n");
+}
+
+async fn pull_answers(rig: &Rig, template: ResponseTemplate, times: u64) {
+    Mock::given(method("POST"))
+        .and(path(PULL))
+        .respond_with(template)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(&rig.server)
+        .await;
+}
+
+#[tokio::test]
+async fn pull_errors_and_malformed_answers_back_off_then_the_job_runs() {
+    let rig = Rig::new().await;
+    quick_dag(&rig);
+    pull_answers(&rig, ResponseTemplate::new(500).set_body_string("boom"), 2).await;
+    pull_answers(&rig, ResponseTemplate::new(200), 1).await;
+    pull_answers(
+        &rig,
+        ResponseTemplate::new(200).set_body_raw(r#"{"dag_name":"quick"}"#, "application/json"),
+        1,
+    )
+    .await;
+    pull_answers(
+        &rig,
+        ResponseTemplate::new(200).set_body_raw("{not json", "application/json"),
+        1,
+    )
+    .await;
+    rig.offer_job(job_json(
+        json!({"id": "j-after", "dag_name": "quick"}),
+        None,
+        None,
+    ))
+    .await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
+    assert_eq!(w.stats.pull_errors(), 5);
+    assert_eq!(
+        rig.calls_for("j-after", "finish").await,
+        vec![finish_body(
+            "succeeded",
+            "Run `quick` finished with `succeeded`."
+        )]
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
+    let rig = Rig::new().await;
+    quick_dag(&rig);
+    pull_answers(
+        &rig,
+        ResponseTemplate::new(204).set_delay(Duration::from_secs(3)),
+        1,
+    )
+    .await;
+    rig.offer_job(job_json(
+        json!({"id": "j-late", "dag_name": "quick"}),
+        None,
+        None,
+    ))
+    .await;
+    let w = rig
+        .start_with_timeout(
+            fast_config(),
+            TestCreds::present(),
+            Duration::from_millis(300),
+        )
+        .await;
+    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
+    assert_eq!(w.stats.pull_errors(), 1);
+    assert_eq!(w.stats.jobs_finished("succeeded"), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn accept_failures_are_retried_until_accepted() {
+    let rig = Rig::bare().await;
+    quick_dag(&rig);
+    Mock::given(method("POST"))
+        .and(path_regex(r"/accept$"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"message": "busy"})))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&rig.server)
+        .await;
+    rig.mount_defaults().await;
+    rig.offer_job(job_json(
+        json!({"id": "j-acc", "dag_name": "quick"}),
+        None,
+        None,
+    ))
+    .await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
+    eventually("finish counted", || async {
+        w.stats.jobs_finished_total() == 1
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        rig.calls_for("j-acc", "accept").await,
+        vec![accept_body("j-acc"); 3]
+    );
+    assert_eq!(
+        rig.calls_for("j-acc", "finish").await,
+        vec![finish_body(
+            "succeeded",
+            "Run `quick` finished with `succeeded`."
+        )]
+    );
+    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+}
+
+#[tokio::test]
+async fn one_job_failing_to_finish_does_not_hold_up_another() {
+    let rig = Rig::bare().await;
+    quick_dag(&rig);
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/j-stuck/finish"))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(1)
+        .mount(&rig.server)
+        .await;
+    rig.mount_defaults().await;
+    rig.offer_job(job_json(
+        json!({"id": "j-stuck", "dag_name": "quick"}),
+        None,
+        None,
+    ))
+    .await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("stuck job retried", || async {
+        rig.calls_for("j-stuck", "finish").await.len() >= 3
+    })
+    .await;
+    rig.offer_job(job_json(
+        json!({"id": "j-free", "dag_name": "quick"}),
+        None,
+        None,
+    ))
+    .await;
+    eventually("free job finished", || async {
+        !rig.calls_for("j-free", "finish").await.is_empty()
+    })
+    .await;
+    w.stop().await;
+    let left = rig.with_tracker(|t| t.list().unwrap()).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].job_id, "j-stuck");
+}
+
+#[tokio::test]
+async fn finish_404_or_409_drops_the_entry_without_retry() {
+    let rig = Rig::bare().await;
+    quick_dag(&rig);
+    for (id, code) in [("j-404", 404), ("j-409", 409)] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v1/github/dispatch/{id}/finish")))
+            .respond_with(
+                ResponseTemplate::new(code).set_body_json(json!({"message": "no such job"})),
+            )
+            .with_priority(1)
+            .mount(&rig.server)
+            .await;
+        rig.offer_job(job_json(json!({"id": id, "dag_name": "quick"}), None, None))
+            .await;
+    }
+    rig.mount_defaults().await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("both finish calls", || async {
+        rig.count("/finish").await >= 2
+    })
+    .await;
+    // Several report intervals later there is still exactly one call each.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    w.stop().await;
+    for id in ["j-404", "j-409"] {
+        assert_eq!(
+            rig.calls_for(id, "finish").await,
+            vec![finish_body(
+                "succeeded",
+                "Run `quick` finished with `succeeded`."
+            )],
+            "{id}"
+        );
+    }
+    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+}
+
+#[tokio::test]
+async fn accept_409_stops_the_run_and_drops_the_job() {
+    let rig = Rig::bare().await;
+    let gate = rig.out("never");
+    rig.write_dag("gated", &gated_dag(&gate));
+    Mock::given(method("POST"))
+        .and(path_regex(r"/accept$"))
+        .respond_with(
+            ResponseTemplate::new(409)
+                .set_body_json(json!({"message": "claimed by another server"})),
+        )
+        .with_priority(1)
+        .mount(&rig.server)
+        .await;
+    rig.mount_defaults().await;
+    rig.offer_job(job_json(
+        json!({"id": "j-taken", "dag_name": "gated"}),
+        None,
+        None,
+    ))
+    .await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    let stores = w.stores.clone();
+    eventually("run aborted", || async {
+        run_status(&stores, "gated", "j-taken").as_deref() == Some("aborted")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.stop().await;
+    assert_eq!(rig.calls_for("j-taken", "accept").await.len(), 1);
+    assert_eq!(rig.count("/finish").await, 0);
+    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+}
+
+#[tokio::test]
+async fn credentials_appearing_later_start_the_pulls_without_restart() {
+    let rig = Rig::new().await;
+    let creds = TestCreds::absent();
+    let w = rig.start(fast_config(), creds.clone()).await;
+    eventually("re-checked several times", || async { creds.calls() >= 6 }).await;
+    assert_eq!(rig.count(PULL).await, 0, "no pull without credentials");
+    creds.set(true);
+    eventually("pulls", || async { rig.count(PULL).await >= 2 }).await;
+    assert_eq!(
+        rig.bodies(PULL).await[0].1,
+        json!({"license_id": LICENSE, "server_id": SERVER, "heartbeat_secret": SECRET})
+    );
+    // Credentials gone again (license revoked): the pulls stop.
+    creds.set(false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pulls = rig.count(PULL).await;
+    let calls = creds.calls();
+    eventually("still re-checking", || async { creds.calls() >= calls + 3 }).await;
+    assert_eq!(rig.count(PULL).await, pulls);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn long_poll_sends_wait_seconds_and_pulls_again_when_the_server_held_it() {
+    let rig = Rig::bare().await;
+    // The server holds each empty pull for 600 ms (as a long-poll server would for 1 s).
+    pull_answers(
+        &rig,
+        ResponseTemplate::new(204).set_delay(Duration::from_millis(600)),
+        100,
+    )
+    .await;
+    let config = dispatch_worker::WorkerConfig {
+        long_poll: Duration::from_secs(1),
+        // An hour: if the held pull were not recognised, the second pull would never come.
+        idle_delay: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
+    eventually("three pulls", || async { rig.count(PULL).await >= 3 }).await;
+    w.stop().await;
+    for (_, body) in rig.bodies(PULL).await {
+        assert_eq!(
+            body,
+            json!({"license_id": LICENSE, "server_id": SERVER, "heartbeat_secret": SECRET, "wait_seconds": 1})
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_ignoring_wait_seconds_gets_the_idle_delay_and_wait_is_capped_at_60() {
+    let rig = Rig::new().await;
+    let config = dispatch_worker::WorkerConfig {
+        long_poll: Duration::from_secs(90),
+        idle_delay: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
+    eventually("first pull", || async { rig.count(PULL).await >= 1 }).await;
+    // An immediate 204 despite wait_seconds: the server ignored it, so no busy loop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.count(PULL).await, 1);
+    assert_eq!(rig.bodies(PULL).await[0].1["wait_seconds"], 60);
+    w.stop().await;
+}
+
+/// Lets every ready task run (no real time passes; the clock is paused).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Paused time proves the wait after a failed pull: the loop asks for credentials again (its
+/// first act on waking) only once `expected` has passed.
+async fn assert_pull_waits(template: ResponseTemplate, backoff_min: Duration, expected: Duration) {
+    let rig = Rig::bare().await;
+    pull_answers(&rig, template, 1).await;
+    rig.mount_defaults().await;
+    let config = dispatch_worker::WorkerConfig {
+        idle_delay: Duration::from_secs(3600),
+        report_interval: Duration::from_secs(3600),
+        credentials_recheck: Duration::from_secs(3600),
+        backoff_min,
+        backoff_max: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let creds = TestCreds::present();
+    let w = rig.start(config, creds.clone()).await;
+    // One credentials call by the pull loop, one by the report loop's first pass; after the
+    // error is counted, the pull loop sleeps (this runtime has one thread, so it has yielded).
+    eventually("pull failed", || async {
+        w.stats.pull_errors() == 1 && creds.calls() == 2
+    })
+    .await;
+    tokio::time::pause();
+    tokio::time::advance(expected - Duration::from_millis(50)).await;
+    settle().await;
+    assert_eq!(creds.calls(), 2, "woke before {expected:?}");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(creds.calls(), 3, "did not wake after {expected:?}");
+    tokio::time::resume();
+    eventually("second pull reached the server", || async {
+        rig.count(PULL).await >= 2
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_waited_out() {
+    assert_pull_waits(
+        ResponseTemplate::new(429).insert_header("Retry-After", "2"),
+        Duration::from_millis(10),
+        Duration::from_secs(2),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_on_503_is_waited_out() {
+    assert_pull_waits(
+        ResponseTemplate::new(503).insert_header("Retry-After", "3"),
+        Duration::from_millis(10),
+        Duration::from_secs(3),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn first_server_error_waits_backoff_min() {
+    // The first failure's window is exactly [min, min]: no jitter to account for.
+    assert_pull_waits(
+        ResponseTemplate::new(500),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+}

@@ -1,0 +1,146 @@
+//! Bad input in jobs: each is finished `rejected` with a reason, or runs when it can.
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
+    let rig = Rig::new().await;
+    rig.write_dag("good", "steps:\n  - name: s\n    command: \"true\"\n");
+    rig.write_dag("broken", "steps:\n  - name: s\n    comand: typo\n");
+    let cases = [
+        (
+            json!({"id": "j-dotdot", "dag_name": "../etc"}),
+            "j-dotdot",
+            "Rejected: invalid DAG name `../etc`: must not hold a path separator.",
+        ),
+        (
+            json!({"id": "j-abs", "dag_name": "/etc/passwd"}),
+            "j-abs",
+            "Rejected: invalid DAG name `/etc/passwd`: must not hold a path separator.",
+        ),
+        (
+            json!({"id": "j-empty", "dag_name": ""}),
+            "j-empty",
+            "Rejected: invalid DAG name ``: must not be empty.",
+        ),
+        (
+            json!({"id": "j-unknown", "dag_name": "nope"}),
+            "j-unknown",
+            "Rejected: DAG `nope` not found on this server.",
+        ),
+        (
+            json!({"id": "a/b", "dag_name": "good"}),
+            "a%2Fb",
+            "Rejected: the job id is not a usable run id: invalid run id `a/b`: may only hold A-Z, a-z, 0-9, `_` and `-`.",
+        ),
+        (
+            json!({"id": "x?y%z", "dag_name": "good"}),
+            "x%3Fy%25z",
+            "Rejected: the job id is not a usable run id: invalid run id `x?y%z`: may only hold A-Z, a-z, 0-9, `_` and `-`.",
+        ),
+    ];
+    for (job, _, _) in &cases {
+        rig.offer_job(job_json(job.clone(), Some("{}"), None)).await;
+    }
+    // And one that cannot be loaded (unknown key): its summary carries the loader's message.
+    rig.offer_job(job_json(
+        json!({"id": "j-broken", "dag_name": "broken"}),
+        None,
+        None,
+    ))
+    .await;
+    // A good job after all of them still runs.
+    rig.offer_job(job_json(
+        json!({"id": "j-good", "dag_name": "good"}),
+        None,
+        None,
+    ))
+    .await;
+
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("all finished", || async {
+        rig.count("/finish").await >= cases.len() + 2
+    })
+    .await;
+    for (_, escaped, summary) in &cases {
+        assert_eq!(
+            rig.calls_for(escaped, "finish").await,
+            vec![finish_body("rejected", summary)],
+            "{escaped}"
+        );
+        assert!(
+            rig.calls_for(escaped, "accept").await.is_empty(),
+            "{escaped}"
+        );
+    }
+    let broken = rig.calls_for("j-broken", "finish").await;
+    assert_eq!(broken.len(), 1);
+    assert_eq!(broken[0]["result_status"], "rejected");
+    let text = broken[0]["result_summary"].as_str().unwrap();
+    assert!(
+        text.starts_with("Rejected: DAG `broken` cannot be loaded: ") && text.contains("comand"),
+        "{text}"
+    );
+    assert_eq!(
+        rig.calls_for("j-good", "finish").await,
+        vec![finish_body(
+            "succeeded",
+            "Run `good` finished with `succeeded`."
+        )]
+    );
+    assert_eq!(w.stats.jobs_rejected(), cases.len() as u64 + 1);
+    assert_eq!(w.stats.jobs_finished("rejected"), cases.len() as u64 + 1);
+    // Nothing of the rejected jobs was tracked or enqueued.
+    let attempts = w.stores.runs.list_attempts().unwrap();
+    assert_eq!(attempts.len(), 1, "only the good job ran");
+    w.stop().await;
+    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+}
+
+#[tokio::test]
+async fn payload_not_json_and_headers_not_an_object_still_run() {
+    let rig = Rig::new().await;
+    let out = rig.out("env");
+    rig.write_dag(
+        "show",
+        &format!(
+            "steps:\n  - name: s\n    command: printf '%s|%s|%s|%s' \"$WEBHOOK_PAYLOAD\" \"$WEBHOOK_HEADERS\" \"$GITHUB_EVENT_NAME\" \"$GITHUB_PR_NUMBER\" > '{}'.$DAG_RUN_ID\n",
+            out.display()
+        ),
+    );
+    // The payload is a JSON string holding text that is not JSON; the headers are an array.
+    rig.offer_job(job_json(
+        json!({"id": "j-text", "dag_name": "show", "event_name": "pull_request", "pull_request_number": 5}),
+        Some(r#""this is {not json""#),
+        Some(r#"["x-github-event","push"]"#),
+    ))
+    .await;
+    // A number payload and a string for headers.
+    rig.offer_job(job_json(
+        json!({"id": "j-num", "dag_name": "show", "event_name": "push"}),
+        Some("12"),
+        Some(r#""x-github-event: push""#),
+    ))
+    .await;
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("both finished", || async {
+        rig.count("/finish").await >= 2
+    })
+    .await;
+    for id in ["j-text", "j-num"] {
+        assert_eq!(
+            rig.calls_for(id, "finish").await,
+            vec![finish_body(
+                "succeeded",
+                "Run `show` finished with `succeeded`."
+            )],
+            "{id}"
+        );
+    }
+    let read = |id: &str| std::fs::read_to_string(format!("{}.{id}", out.display())).unwrap();
+    assert_eq!(read("j-text"), r#""this is {not json"|{}|pull_request|5"#);
+    assert_eq!(read("j-num"), "12|{}|push|");
+    w.stop().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the worker: a wiremock cloud, and the real tracker, stores and executor
+//! in temp dirs.
+
+mod common;
+mod faults;
+mod flow;
+mod inputs;
+mod restart;
