@@ -309,18 +309,23 @@ pub(crate) async fn execute_run(stores: &Stores, attempt: Attempt, ctl: &RunCont
         ));
         return finish_run(stores, record, RunStatus::Failed).await;
     }
-    // Durable first: no process starts before the run is recorded as running.
-    if !write_status(stores, &record) {
-        record.error = Some("failed to record the run as running".to_owned());
-        return finish_run(stores, record, RunStatus::Failed).await;
-    }
     let mut log = RunLog::open(&record.log_file);
     log.line(&format!(
         "run `{}` of `{}` started",
         record.run_id, dag.name
     ));
-
-    run_steps(stores, &dag, &mut record, &dir, &stems, ctl, &mut log).await;
+    if !run_steps(stores, &dag, &mut record, &dir, &stems, ctl, &mut log).await {
+        record.error = Some("failed to record the run as running".to_owned());
+        for rec in &mut record.steps {
+            *rec = StepRecord {
+                name: std::mem::take(&mut rec.name),
+                stdout: std::mem::take(&mut rec.stdout),
+                stderr: std::mem::take(&mut rec.stderr),
+                ..StepRecord::default()
+            };
+        }
+        return finish_run(stores, record, RunStatus::Failed).await;
+    }
 
     let reason = ctl.reason();
     let cancelled = reason.is_some();
@@ -343,6 +348,16 @@ pub(crate) async fn execute_run(stores: &Stores, attempt: Attempt, ctl: &RunCont
         let mut step = handler.clone();
         step.name = kind.step_name().to_owned();
         let stem = kind.step_name();
+        if ctl.hard_stop.is_cancelled() {
+            // Shutdown ran out of time: no new process.
+            record.steps.push(StepRecord {
+                name: step.name.clone(),
+                status: StepStatus::Skipped,
+                error: Some(StopReason::Shutdown.message()),
+                ..StepRecord::default()
+            });
+            continue;
+        }
         let mut rec = StepRecord {
             name: step.name.clone(),
             status: StepStatus::Running,
@@ -384,7 +399,12 @@ async fn finish_run(stores: &Stores, mut record: RunRecord, status: RunStatus) -
 }
 
 /// Runs the DAG's steps in dependency order, independent steps in parallel, until every step
-/// has ended or been skipped.
+/// has ended or been skipped. Returns `false` (and starts nothing) when the run could not be
+/// recorded as running.
+///
+/// Durable first, at one status write per transition: the records of the steps about to start
+/// (and of the one that just ended) are written before their processes start. The write after
+/// the last step ends is left to the final status write, which follows at once.
 async fn run_steps(
     stores: &Stores,
     dag: &Dag,
@@ -393,7 +413,7 @@ async fn run_steps(
     stems: &[String],
     ctl: &RunControl,
     log: &mut RunLog,
-) {
+) -> bool {
     let deps = dependencies(dag);
     let mut tasks: JoinSet<ProcessEnd> = JoinSet::new();
     let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -405,23 +425,23 @@ async fn run_steps(
     };
     tokio::pin!(dag_timeout);
     let mut timed_out = false;
+    let mut to_start = schedule(dag, record, &deps, ctl, 0, log);
+    if !write_status(stores, record) {
+        return false;
+    }
     loop {
-        let changed = schedule(
-            dag,
-            record,
-            dir,
-            stems,
-            &deps,
-            ctl,
-            &mut tasks,
-            &mut task_step,
-            log,
-        );
-        if changed {
-            write_status(stores, record);
+        for i in to_start.drain(..) {
+            let end = match process_spec(dag, &dag.steps[i], record, dir, &stems[i]) {
+                Ok(spec) => {
+                    let stop = ctl.stop.clone();
+                    tasks.spawn(async move { run_process(spec, &stop, |_| {}).await })
+                }
+                Err(message) => tasks.spawn(async move { ProcessEnd::SpawnFailed(message) }),
+            };
+            task_step.insert(end.id(), i);
         }
         if tasks.is_empty() {
-            break;
+            return true;
         }
         tokio::select! {
             Some(joined) = tasks.join_next_with_id() => {
@@ -441,7 +461,10 @@ async fn run_steps(
                         record.steps[i].error.as_deref().unwrap_or("failed")
                     ));
                 }
-                write_status(stores, record);
+                to_start = schedule(dag, record, &deps, ctl, tasks.len(), log);
+                if !(tasks.is_empty() && to_start.is_empty()) {
+                    write_status(stores, record);
+                }
             }
             () = &mut dag_timeout, if !timed_out => {
                 timed_out = true;
@@ -452,32 +475,28 @@ async fn run_steps(
     }
 }
 
-/// Starts every step whose dependencies are done and skips every step that can no longer run;
-/// returns whether any record changed.
-#[allow(clippy::too_many_arguments)]
+/// Marks every step whose dependencies are done as running (returning their indices, to be
+/// started after the next status write) and every step that can no longer run as skipped.
+/// `in_flight` is the number of steps still running.
 fn schedule(
     dag: &Dag,
     record: &mut RunRecord,
-    dir: &Path,
-    stems: &[String],
     deps: &[Vec<usize>],
     ctl: &RunControl,
-    tasks: &mut JoinSet<ProcessEnd>,
-    task_step: &mut HashMap<tokio::task::Id, usize>,
+    in_flight: usize,
     log: &mut RunLog,
-) -> bool {
-    let mut changed = false;
+) -> Vec<usize> {
+    let mut to_start = Vec::new();
     // Skips cascade through the graph, so repeat until nothing moves.
     loop {
         let mut progressed = false;
-        for i in 0..dag.steps.len() {
+        for (i, step_deps) in deps.iter().enumerate() {
             if record.steps[i].status != StepStatus::NotStarted {
                 continue;
             }
-            let stopped = ctl.stop.is_cancelled();
             let mut blocked_by = None;
             let mut waiting = false;
-            for &d in &deps[i] {
+            for &d in step_deps {
                 match record.steps[d].status {
                     StepStatus::Succeeded => {}
                     StepStatus::Failed if dag.steps[d].continue_on.failure => {}
@@ -488,7 +507,7 @@ fn schedule(
                 }
             }
             let rec = &mut record.steps[i];
-            if stopped || blocked_by.is_some() {
+            if ctl.stop.is_cancelled() || blocked_by.is_some() {
                 rec.status = StepStatus::Skipped;
                 rec.error = Some(match blocked_by {
                     Some(d) => format!("dependency `{}` did not succeed", dag.steps[d].name),
@@ -501,28 +520,16 @@ fn schedule(
                 rec.status = StepStatus::Running;
                 rec.started_at = Some(now_ms());
                 log.line(&format!("step `{}` started", rec.name));
-                match process_spec(dag, &dag.steps[i], record, dir, &stems[i]) {
-                    Ok(spec) => {
-                        let stop = ctl.stop.clone();
-                        let handle =
-                            tasks.spawn(async move { run_process(spec, &stop, |_| {}).await });
-                        task_step.insert(handle.id(), i);
-                    }
-                    Err(message) => {
-                        let handle = tasks.spawn(async move { ProcessEnd::SpawnFailed(message) });
-                        task_step.insert(handle.id(), i);
-                    }
-                }
+                to_start.push(i);
             }
             progressed = true;
-            changed = true;
         }
         if !progressed {
             break;
         }
     }
     // Only a dependency cycle (which the loader rejects) can leave steps waiting on nothing.
-    if tasks.is_empty() {
+    if in_flight == 0 && to_start.is_empty() {
         for rec in record
             .steps
             .iter_mut()
@@ -530,10 +537,9 @@ fn schedule(
         {
             rec.status = StepStatus::Skipped;
             rec.error = Some("dependency cycle".to_owned());
-            changed = true;
         }
     }
-    changed
+    to_start
 }
 
 #[cfg(test)]

@@ -217,6 +217,34 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
 }
 
 #[tokio::test]
+async fn a_step_that_cannot_start_fails_with_a_clear_error() {
+    let h = Harness::new();
+    let (_handle, mut rx) = h.start();
+    let mut nowhere = step("nowhere", "true");
+    nowhere.working_dir = Some(h.path("missing-dir"));
+    let mut no_shell = step("no_shell", "true");
+    no_shell.shell = Some("/nonexistent/shell -x".into());
+    no_shell.continue_on.failure = true;
+    let mut dag = h.dag("nostart", vec![no_shell, nowhere]);
+    dag.dag_type = DagType::Graph;
+    h.enqueue(&dag, "r1", "");
+    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
+    let rec = h.record("nostart", "r1");
+    assert_eq!(
+        statuses(&rec),
+        [
+            ("no_shell", StepStatus::Failed),
+            ("nowhere", StepStatus::Failed)
+        ]
+    );
+    let shell_err = rec.steps[0].error.as_deref().unwrap();
+    assert!(shell_err.contains("/nonexistent/shell"), "{shell_err}");
+    let dir_err = rec.steps[1].error.as_deref().unwrap();
+    assert!(dir_err.contains("missing-dir"), "{dir_err}");
+    assert_eq!(rec.steps[1].exit_code, None);
+}
+
+#[tokio::test]
 async fn sh_runs_with_dash_e_by_default_only() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
@@ -785,8 +813,17 @@ async fn queue_concurrency_two_runs_two_at_once() {
     dag.queue = "pair".into();
     h.enqueue(&dag, "r1", "");
     h.enqueue(&dag, "r2", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
-    assert_eq!(finished(&mut rx, "r2").await, RunStatus::Succeeded);
+    // Either may finish first.
+    let mut done = HashMap::new();
+    while done.len() < 2 {
+        let event = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("runs did not finish")
+            .unwrap();
+        done.insert(event.run_id, event.status);
+    }
+    assert_eq!(done["r1"], RunStatus::Succeeded);
+    assert_eq!(done["r2"], RunStatus::Succeeded);
 }
 
 #[tokio::test]
