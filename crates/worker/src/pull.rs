@@ -128,8 +128,8 @@ pub(crate) async fn process_job(
             finish_untracked(shared, &job_id, "succeeded", summary, creds).await;
         }
     }
-    // The run may already be final (or a cancel just stopped some): report without waiting.
-    shared.report_wake.notify_one();
+    // The run may already be final: report it without waiting for the next full pass.
+    shared.wake_report(&job_id);
 }
 
 pub(crate) async fn intake(

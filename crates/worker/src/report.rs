@@ -1,6 +1,8 @@
 //! The report loop (SPEC §6 "Report loop"): accepts what is still pending, finishes what is
 //! final, one job at a time per job but many jobs at once.
 
+use std::collections::HashSet;
+
 use dispatch_dag::Attempt;
 use dispatch_executor::RunFinished;
 use dispatch_license::MachineCredentials;
@@ -51,26 +53,51 @@ pub(crate) async fn report_loop(
     cancel: &CancellationToken,
 ) {
     let mut events_open = true;
+    // The first pass covers everything a previous process left in the tracker.
+    let mut next_full = Instant::now();
     loop {
         if cancel.is_cancelled() {
             break;
         }
-        let pass = report_pass(shared, cancel).await;
+        let now = Instant::now();
+        let scope = if now >= next_full {
+            next_full = now + shared.config.report_interval;
+            shared.take_report_targets();
+            Scope::All
+        } else {
+            // Between full passes only the jobs somebody pointed at (a run that ended, an intake
+            // that completed) and the retries that are due: a pass per event over every tracked
+            // job would cost O(n) per finished run.
+            let mut ids = shared.take_report_targets();
+            ids.extend(shared.due_retries(now));
+            Scope::Jobs(ids.into_iter().collect())
+        };
+        let pass = report_pass(shared, scope, cancel).await;
         if pass != PassSummary::default() {
             tracing::debug!(?pass, "report pass");
         }
-        let mut deadline = Instant::now() + shared.config.report_interval;
+        let mut deadline = next_full;
         if let Some(retry) = shared.next_retry() {
-            deadline = deadline.min(retry.max(Instant::now()));
+            // A retry that is due but could not run (its job was busy) must not spin the loop.
+            let floor =
+                Instant::now() + shared.config.backoff_min.min(shared.config.report_interval);
+            deadline = deadline.min(retry.max(floor));
         }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             _ = shared.report_wake.notified() => {}
             event = events.recv(), if events_open => match event {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                Ok(finished) => {
+                    shared.add_report_target(finished.run_id);
                     // A burst of finished runs needs one pass, not one per run.
-                    while events.try_recv().is_ok() {}
+                    while let Ok(more) = events.try_recv() {
+                        shared.add_report_target(more.run_id);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "missed run-finished events; doing a full pass");
+                    next_full = Instant::now();
                 }
                 Err(broadcast::error::RecvError::Closed) => events_open = false,
             },
@@ -80,38 +107,64 @@ pub(crate) async fn report_loop(
     tracing::debug!("report loop stopped");
 }
 
-/// One pass over every tracked job and every pending untracked finish.
-pub(crate) async fn report_pass(shared: &Shared, cancel: &CancellationToken) -> PassSummary {
+/// Which tracked jobs a pass looks at.
+#[derive(Debug)]
+pub(crate) enum Scope {
+    /// Every tracked job.
+    All,
+    /// These job ids (ids no longer tracked are skipped).
+    Jobs(Vec<String>),
+}
+
+/// One pass over the tracked jobs in `scope`, then every due untracked finish.
+pub(crate) async fn report_pass(
+    shared: &Shared,
+    scope: Scope,
+    cancel: &CancellationToken,
+) -> PassSummary {
     let mut summary = PassSummary::default();
     let Some(creds) = shared.credentials.cloud_machine_credentials() else {
         return summary;
     };
-    let tracker = shared.tracker.clone();
-    let listed = Shared::blocking("list tracked jobs", move || tracker.list()).await;
-    let jobs = match listed.and_then(|r| {
-        r.map_err(|source| WorkerError::Tracker {
-            action: "list",
-            job_id: String::new(),
-            source: Box::new(source),
-        })
-    }) {
-        Ok(jobs) => jobs,
-        Err(error) => {
-            tracing::error!(error = %error_chain(&error), "cannot list tracked jobs");
-            return summary;
+    let now = Instant::now();
+    let ids: Vec<String> = match scope {
+        Scope::Jobs(ids) => ids,
+        Scope::All => {
+            let tracker = shared.tracker.clone();
+            let listed = Shared::blocking("list tracked jobs", move || tracker.list()).await;
+            match listed.and_then(|r| {
+                r.map_err(|source| WorkerError::Tracker {
+                    action: "list",
+                    job_id: String::new(),
+                    source: Box::new(source),
+                })
+            }) {
+                Ok(jobs) => {
+                    let ids: HashSet<String> = jobs.into_iter().map(|j| j.job_id).collect();
+                    // Forget the schedules of jobs that are gone (finished or dropped elsewhere).
+                    let untracked = lock(&shared.untracked_finishes);
+                    shared.retain_retries(|id| ids.contains(id) || untracked.contains_key(id));
+                    drop(untracked);
+                    ids.into_iter().collect()
+                }
+                Err(error) => {
+                    tracing::error!(error = %error_chain(&error), "cannot list tracked jobs");
+                    Vec::new()
+                }
+            }
         }
     };
-    let now = Instant::now();
-    let due: Vec<TrackedJob> = jobs
+    let due: Vec<String> = ids
         .into_iter()
-        .filter(|job| shared.retry_due(&job.job_id, now))
+        .filter(|id| shared.retry_due(id, now))
         .collect();
+    let creds = &creds;
     let outcomes: Vec<JobOutcome> = stream::iter(due)
-        .map(|job| async {
+        .map(|job_id| async move {
             if cancel.is_cancelled() {
                 return JobOutcome::Waiting;
             }
-            report_job(shared, job, &creds).await
+            report_job(shared, job_id, creds).await
         })
         .buffer_unordered(REPORT_CONCURRENCY)
         .collect()
@@ -139,27 +192,21 @@ pub(crate) async fn report_pass(shared: &Shared, cancel: &CancellationToken) -> 
     };
     for (job_id, pending) in untracked {
         if cancel.is_cancelled() {
-            // Keep it for a later pass of this process (there is none after shutdown: the hub
-            // hands the job out again).
+            // Kept for the record only: after shutdown the hub hands the job out again.
             lock(&shared.untracked_finishes).insert(job_id, pending);
             continue;
         }
-        send_untracked_finish(shared, &job_id, pending, &creds).await;
+        send_untracked_finish(shared, &job_id, pending, creds).await;
     }
     summary
 }
 
-async fn report_job(
-    shared: &Shared,
-    tracked: TrackedJob,
-    creds: &MachineCredentials,
-) -> JobOutcome {
-    let Some(_guard) = shared.try_busy(&tracked.job_id) else {
+async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials) -> JobOutcome {
+    let Some(_guard) = shared.try_busy(&job_id) else {
         return JobOutcome::Waiting;
     };
-    let job_id = tracked.job_id.clone();
-    // The listing may be stale: the pull loop may have accepted (or the hub refused) the job
-    // between the listing and taking it busy. Work from the entry as it is now.
+    // Read the entry only now that the job is ours: the pull loop may have accepted it (or the
+    // hub refused it) since it was listed.
     let tracker = shared.tracker.clone();
     let id = job_id.clone();
     let current = Shared::blocking("read tracked job", move || tracker.get(&id))

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     retries: Mutex<HashMap<String, Retry>>,
     /// Finish calls for jobs that are not tracked (rejections, cancel results) still to send.
     pub(crate) untracked_finishes: Mutex<HashMap<String, UntrackedFinish>>,
+    /// Jobs the report loop should look at on its next pass (besides its periodic full pass).
+    report_targets: Mutex<HashSet<String>>,
     /// Asks the report loop for a pass now.
     pub(crate) report_wake: Notify,
 }
@@ -101,6 +103,7 @@ impl Worker {
                 busy: Mutex::new(HashSet::new()),
                 retries: Mutex::new(HashMap::new()),
                 untracked_finishes: Mutex::new(HashMap::new()),
+                report_targets: Mutex::new(HashSet::new()),
                 report_wake: Notify::new(),
             }),
         }
@@ -189,6 +192,36 @@ impl Shared {
         let delay = retry.backoff.next_delay(retry_after);
         retry.not_before = Instant::now() + delay;
         delay
+    }
+
+    /// Ids of the jobs whose retry is due.
+    pub(crate) fn due_retries(&self, now: Instant) -> Vec<String> {
+        lock(&self.retries)
+            .iter()
+            .filter(|(_, r)| r.not_before <= now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Keeps only the retry schedules whose job id passes `keep`.
+    pub(crate) fn retain_retries(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.retries).retain(|id, _| keep(id));
+    }
+
+    /// Asks the report loop to look at `job_id` soon.
+    pub(crate) fn add_report_target(&self, job_id: String) {
+        lock(&self.report_targets).insert(job_id);
+    }
+
+    /// Points the report loop at `job_id` and wakes it.
+    pub(crate) fn wake_report(&self, job_id: &str) {
+        self.add_report_target(job_id.to_owned());
+        self.report_wake.notify_one();
+    }
+
+    /// The jobs pointed at since the last call.
+    pub(crate) fn take_report_targets(&self) -> HashSet<String> {
+        std::mem::take(&mut *lock(&self.report_targets))
     }
 
     /// Forgets the retry schedule of `job_id` (after a success).

@@ -53,6 +53,11 @@ impl TestCreds {
         });
     }
 
+    /// The credentials as the worker sees them, without counting a call.
+    pub fn cloud_machine_credentials_for_test(&self) -> Option<MachineCredentials> {
+        self.current.lock().unwrap().clone()
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }

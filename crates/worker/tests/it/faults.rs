@@ -66,7 +66,7 @@ async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
     quick_dag(&rig);
     pull_answers(
         &rig,
-        ResponseTemplate::new(204).set_delay(Duration::from_secs(3)),
+        ResponseTemplate::new(204).set_delay(Duration::from_secs(1)),
         1,
     )
     .await;
@@ -107,7 +107,12 @@ async fn accept_failures_are_retried_until_accepted() {
         None,
     ))
     .await;
-    let w = rig.start(fast_config(), TestCreds::present()).await;
+    // No periodic pass to lean on: the retries are served by their own schedule.
+    let config = dispatch_worker::WorkerConfig {
+        report_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
     eventually("finish counted", || async {
         w.stats.jobs_finished_total() == 1

@@ -245,3 +245,32 @@ async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
+    let rig = Rig::new().await;
+    let gate = rig.out("gate");
+    rig.write_dag("gated", &gated_dag(&gate));
+    rig.offer_job(job_json(
+        json!({"id": "job-event", "dag_name": "gated"}),
+        None,
+        None,
+    ))
+    .await;
+    let config = dispatch_worker::WorkerConfig {
+        report_interval: std::time::Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
+    eventually("accepted", || async { w.stats.jobs_accepted() == 1 }).await;
+    std::fs::write(&gate, "").unwrap();
+    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
+    assert_eq!(
+        rig.calls_for("job-event", "finish").await,
+        vec![finish_body(
+            "succeeded",
+            "Run `gated` finished with `succeeded`."
+        )]
+    );
+    w.stop().await;
+}

@@ -6,3 +6,4 @@ mod faults;
 mod flow;
 mod inputs;
 mod restart;
+mod secrets;
