@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, PULLS, WEBHOOKS};
-use crate::store::{Caller, IncomingJob, Store, Transition};
+use crate::store::{Caller, RawDelivery, Store, Transition};
 use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
 
 /// GitHub's own cap on a webhook payload.
@@ -260,16 +260,12 @@ async fn webhook_inner(
     let headers_json = headers_json(headers);
     let payload_text = text.trim().to_owned();
     let (delivery_id, event_name) = (delivery_id.to_owned(), event.to_owned());
+    let raw = RawDelivery {
+        payload: payload_text,
+        headers: headers_json,
+    };
     let outcome = blocking(&st.store, move |s| {
-        let incoming: Vec<_> = jobs
-            .iter()
-            .map(|new| IncomingJob {
-                new,
-                payload: &payload_text,
-                headers: &headers_json,
-            })
-            .collect();
-        s.record_delivery(&delivery_id, &event_name, &incoming, now_ms())
+        s.record_delivery(&delivery_id, &event_name, jobs, raw, now_ms())
     })
     .await
     .map_err(|e| ("error", ApiError::from(e)))?;
@@ -500,6 +496,7 @@ async fn finish(
     }
     let reporting = st.cfg.github.token.as_ref().is_some_and(|t| !t.is_empty());
     let job_id = id.clone();
+    let (status, summary) = (req.result_status.clone(), req.result_summary.clone());
     let t = blocking(&st.store, move |s| {
         s.finish(
             &job_id,
@@ -510,9 +507,9 @@ async fn finish(
             &req.result_status,
             &req.result_summary,
             now_ms(),
-            |job| {
+            move |job| {
                 if reporting {
-                    report::reports_for(job, &req.result_status, &req.result_summary)
+                    report::reports_for(job, &status, &summary)
                 } else {
                     tracing::debug!(job_id = %job.job.id, "no github token configured; not reporting");
                     Vec::new()

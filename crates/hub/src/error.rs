@@ -61,6 +61,16 @@ pub enum HubError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The group commit that held this write failed; nothing of it was stored.
+    #[error("hub store commit failed")]
+    Commit {
+        /// The SQLite error, shared by every write of the group.
+        #[source]
+        source: std::sync::Arc<rusqlite::Error>,
+    },
+    /// The store's writer thread has stopped.
+    #[error("hub store is closed")]
+    StoreClosed,
     /// A stored record could not be decoded (the database was edited or is corrupt).
     #[error("stored record for job `{job_id}` is corrupt")]
     CorruptRecord {

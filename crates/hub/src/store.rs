@@ -1,13 +1,13 @@
 //! The hub's SQLite store: jobs with their lease state, deliveries (for redelivery dedupe),
 //! activations and pending GitHub reports.
 //!
-//! Synchronous on purpose: one connection behind a mutex, called from `spawn_blocking`. Every state
-//! change is one `BEGIN IMMEDIATE` transaction, so a job is claimed by exactly one caller even with
-//! several hub processes sharing the file. WAL mode with `synchronous = FULL`: a committed answer
-//! survives power loss.
+//! Synchronous on purpose, called from `spawn_blocking`. All writes go through one writer thread
+//! with group commit (see [`Store`]); every write runs inside a `BEGIN IMMEDIATE` transaction, so a
+//! job is claimed by exactly one caller even with several hub processes sharing the file. WAL mode
+//! with `synchronous = FULL`: an answer is sent only after its write is fsynced.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dispatch_license::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -72,11 +72,12 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 ";
 
-/// A job as the webhook handler hands it to the store: matched fields plus the raw delivery.
-pub(crate) struct IncomingJob<'a> {
-    pub new: &'a NewJob,
-    pub payload: &'a str,
-    pub headers: &'a str,
+/// The raw delivery all jobs of one webhook share, stored with each job byte for byte.
+pub(crate) struct RawDelivery {
+    /// The body (outer whitespace trimmed: a JSON value cannot carry it).
+    pub payload: String,
+    /// The kept headers as a JSON object.
+    pub headers: String,
 }
 
 /// The job ids a delivery produced, and whether this call was a redelivery.
@@ -124,30 +125,139 @@ pub(crate) struct PendingReport {
     pub attempts: i64,
 }
 
+/// The store: one writer thread that owns the write connection and commits in groups, plus a
+/// read connection for lookups.
+///
+/// Group commit: the writer takes every write waiting in its channel (up to [`MAX_BATCH`]), runs
+/// each in its own savepoint inside one `BEGIN IMMEDIATE` transaction, commits once (one fsync) and
+/// only then answers the callers. A write that fails rolls back its savepoint alone. Concurrent
+/// webhooks and pulls thus share fsyncs instead of queueing behind one another, while every
+/// answer still waits for its own data to be durable.
 pub(crate) struct Store {
-    conn: Mutex<Connection>,
+    writer: Mutex<std::sync::mpsc::Sender<Box<dyn WriteOp>>>,
+    reader: Mutex<Connection>,
+}
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 64;
+
+/// One queued write: run inside a savepoint (true = keep it), then hear how the commit went.
+trait WriteOp: Send {
+    fn run(&mut self, conn: &Connection) -> bool;
+    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>);
+}
+
+struct Op<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, HubError>>,
+    reply: std::sync::mpsc::SyncSender<Result<T, HubError>>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for Op<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let result = f(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>) {
+        let answer = match (self.result, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(source)) | (None, Err(source)) => Err(HubError::Commit { source }),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (None, Ok(())) => Err(HubError::StoreClosed),
+        };
+        // The caller may have gone away (its task was cancelled); the write stands either way.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, HubError> {
+    let conn = Connection::open(path).map_err(HubError::store("open the database"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(HubError::store("set the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(HubError::store("enable WAL mode"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(HubError::store("set synchronous mode"))?;
+    Ok(conn)
+}
+
+fn writer_loop(mut conn: Connection, ops: std::sync::mpsc::Receiver<Box<dyn WriteOp>>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&mut conn, &mut batch).map_err(Arc::new);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, writes = batch.len(), "hub store commit failed");
+        }
+        for op in batch {
+            op.complete(commit.clone());
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), rusqlite::Error> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for op in batch.iter_mut() {
+        let sp = tx.savepoint()?;
+        if op.run(&sp) {
+            sp.commit()?;
+        }
+        // A failed write's savepoint is rolled back when dropped.
+    }
+    tx.commit()
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, HubError> {
-        let conn = Connection::open(path).map_err(HubError::store("open the database"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(HubError::store("set the busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(HubError::store("enable WAL mode"))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(HubError::store("set synchronous mode"))?;
+        let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(HubError::store("create the schema"))?;
+        let reader = open_connection(path)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("hub-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| HubError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Store {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(tx),
+            reader: Mutex::new(reader),
         })
     }
 
+    /// Runs `f` in the writer's next group commit and waits until it is durable.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let op: Box<dyn WriteOp> = Box::new(Op {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(op)
+            .map_err(|_| HubError::StoreClosed)?;
+        answer.recv().map_err(|_| HubError::StoreClosed)?
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction half-applied (SQLite rolls it
-        // back when the transaction is dropped), so the connection is still good.
-        self.conn
+        // A panic while holding the lock cannot leave the read connection in a bad state.
+        self.reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -157,17 +267,16 @@ impl Store {
         &self,
         delivery_id: &str,
         event: &str,
-        jobs: &[IncomingJob<'_>],
+        jobs: Vec<NewJob>,
+        raw: RawDelivery,
         now_ms: i64,
     ) -> Result<DeliveryOutcome, HubError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(HubError::store("begin a delivery"))?;
+        let (delivery_id, event) = (delivery_id.to_owned(), event.to_owned());
+        self.write(move |tx| {
         let existing: Option<String> = tx
             .query_row(
                 "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
-                [delivery_id],
+                [&delivery_id],
                 |r| r.get(0),
             )
             .optional()
@@ -183,10 +292,10 @@ impl Store {
             });
         }
         let mut job_ids = Vec::with_capacity(jobs.len());
-        for j in jobs {
+        for j in &jobs {
             let job_json =
-                serde_json::to_string(&j.new.job).map_err(|source| HubError::CorruptRecord {
-                    job_id: j.new.job.id.clone(),
+                serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
+                    job_id: j.job.id.clone(),
                     source,
                 })?;
             tx.execute(
@@ -194,18 +303,18 @@ impl Store {
                                    created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
                 params![
-                    j.new.job.id,
-                    j.new.target_license,
-                    j.new.status_context,
+                    j.job.id,
+                    j.target_license,
+                    j.status_context,
                     QUEUED,
                     job_json,
-                    j.payload,
-                    j.headers,
+                    raw.payload,
+                    raw.headers,
                     now_ms
                 ],
             )
             .map_err(HubError::store("insert a job"))?;
-            job_ids.push(j.new.job.id.clone());
+            job_ids.push(j.job.id.clone());
         }
         let ids_json = serde_json::to_string(&job_ids).unwrap_or_else(|_| "[]".to_owned());
         tx.execute(
@@ -213,17 +322,17 @@ impl Store {
             params![delivery_id, event, ids_json, now_ms],
         )
         .map_err(HubError::store("insert a delivery"))?;
-        tx.commit().map_err(HubError::store("commit a delivery"))?;
         Ok(DeliveryOutcome {
             job_ids,
             duplicate: false,
+        })
         })
     }
 
     /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
     /// [`MAX_CLAIMS`]); returns how many jobs changed.
     pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
-        expire_claims(&self.lock(), now_ms)
+        self.write(move |conn| expire_claims(conn, now_ms))
     }
 
     /// Claims the oldest queued job this license may take, for `lease_ms`.
@@ -234,11 +343,9 @@ impl Store {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<DispatchJob>, HubError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(HubError::store("begin a claim"))?;
-        expire_claims(&tx, now_ms)?;
+        let (license_id, server_id) = (license_id.to_owned(), server_id.to_owned());
+        self.write(move |tx| {
+        expire_claims(tx, now_ms)?;
         let row: Option<(i64, String, String, String)> = tx
             .query_row(
                 "SELECT seq, job_json, payload, headers FROM jobs
@@ -250,8 +357,6 @@ impl Store {
             .optional()
             .map_err(HubError::store("select a queued job"))?;
         let Some((seq, job_json, payload, headers)) = row else {
-            // Keep what expire_claims did even when there is nothing to hand out.
-            tx.commit().map_err(HubError::store("commit expired claims"))?;
             return Ok(None);
         };
         tx.execute(
@@ -264,11 +369,11 @@ impl Store {
         let mut job = decode_job(&job_json)?;
         job.payload = Some(raw(&job.id, payload)?);
         job.headers = Some(raw(&job.id, headers)?);
-        job.license_id = license_id.to_owned();
+        job.license_id = license_id;
         job.status = CLAIMED.to_owned();
-        job.claimed_by = server_id.to_owned();
-        tx.commit().map_err(HubError::store("commit a claim"))?;
+        job.claimed_by = server_id;
         Ok(Some(job))
+        })
     }
 
     /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
@@ -279,40 +384,41 @@ impl Store {
         dag_run_id: &str,
         now_ms: i64,
     ) -> Result<Transition, HubError> {
-        let Caller {
-            license_id,
-            server_id,
-        } = caller;
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(HubError::store("begin an accept"))?;
-        let Some(row) = JobRow::load(&tx, job_id)? else {
-            return Ok(Transition::NotFound);
-        };
-        if !row.visible_to(license_id) {
-            return Ok(Transition::NotFound);
-        }
-        let mine = row.claimed_by == server_id && row.claimed_license == license_id;
-        let outcome = match row.state.as_str() {
-            // A queued job that this server claimed last: its lease ran out but nobody else
-            // took it, so the server may still have it.
-            CLAIMED | QUEUED if mine => Transition::Done,
-            ACCEPTED if mine => Transition::Repeated,
-            FINISHED => Transition::Conflict(format!("job `{job_id}` is already finished")),
-            _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
-        };
-        if outcome == Transition::Done {
-            tx.execute(
+        let (job_id, license_id, server_id, dag_run_id) = (
+            job_id.to_owned(),
+            caller.license_id.to_owned(),
+            caller.server_id.to_owned(),
+            dag_run_id.to_owned(),
+        );
+        self.write(move |tx| {
+            let (job_id, license_id, server_id) =
+                (job_id.as_str(), license_id.as_str(), server_id.as_str());
+            let Some(row) = JobRow::load(tx, job_id)? else {
+                return Ok(Transition::NotFound);
+            };
+            if !row.visible_to(license_id) {
+                return Ok(Transition::NotFound);
+            }
+            let mine = row.claimed_by == server_id && row.claimed_license == license_id;
+            let outcome = match row.state.as_str() {
+                // A queued job that this server claimed last: its lease ran out but nobody else
+                // took it, so the server may still have it.
+                CLAIMED | QUEUED if mine => Transition::Done,
+                ACCEPTED if mine => Transition::Repeated,
+                FINISHED => Transition::Conflict(format!("job `{job_id}` is already finished")),
+                _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
+            };
+            if outcome == Transition::Done {
+                tx.execute(
                 "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, dag_run_id = ?4,
                                  lease_expires_ms = 0, updated_ms = ?5
                  WHERE id = ?6",
                 params![ACCEPTED, license_id, server_id, dag_run_id, now_ms, job_id],
             )
             .map_err(HubError::store("accept a job"))?;
-            tx.commit().map_err(HubError::store("commit an accept"))?;
-        }
-        Ok(outcome)
+            }
+            Ok(outcome)
+        })
     }
 
     /// Finish: claimed or accepted by this server → finished, and the reports `reports` builds are
@@ -324,17 +430,18 @@ impl Store {
         result_status: &str,
         result_summary: &str,
         now_ms: i64,
-        reports: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
+        reports: impl FnOnce(&FinishedJob) -> Vec<(String, String)> + Send + 'static,
     ) -> Result<Transition, HubError> {
-        let Caller {
-            license_id,
-            server_id,
-        } = caller;
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(HubError::store("begin a finish"))?;
-        let Some(row) = JobRow::load(&tx, job_id)? else {
+        let (job_id, license_id, server_id, result_status, result_summary) = (
+            job_id.to_owned(),
+            caller.license_id.to_owned(),
+            caller.server_id.to_owned(),
+            result_status.to_owned(),
+            result_summary.to_owned(),
+        );
+        self.write(move |tx| {
+        let (job_id, license_id, server_id) = (job_id.as_str(), license_id.as_str(), server_id.as_str());
+        let Some(row) = JobRow::load(tx, job_id)? else {
             return Ok(Transition::NotFound);
         };
         if !row.visible_to(license_id) {
@@ -371,8 +478,8 @@ impl Store {
             )
             .map_err(HubError::store("queue a report"))?;
         }
-        tx.commit().map_err(HubError::store("commit a finish"))?;
         Ok(Transition::Done)
+        })
     }
 
     /// Records an activation, replacing an earlier one of the same server.
@@ -384,8 +491,14 @@ impl Store {
         secret_sha256: &str,
         now_ms: i64,
     ) -> Result<(), HubError> {
-        self.lock()
-            .execute(
+        let (license_id, server_id, machine_name, secret_sha256) = (
+            license_id.to_owned(),
+            server_id.to_owned(),
+            machine_name.to_owned(),
+            secret_sha256.to_owned(),
+        );
+        self.write(move |conn| {
+            conn.execute(
                 "INSERT INTO activations (license_id, server_id, machine_name, secret_sha256, activated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (license_id, server_id) DO UPDATE SET
@@ -394,7 +507,8 @@ impl Store {
                 params![license_id, server_id, machine_name, secret_sha256, now_ms],
             )
             .map_err(HubError::store("record an activation"))?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The stored secret hash of an activation.
@@ -445,10 +559,11 @@ impl Store {
     }
 
     pub fn delete_report(&self, id: i64) -> Result<(), HubError> {
-        self.lock()
-            .execute("DELETE FROM reports WHERE id = ?1", [id])
-            .map_err(HubError::store("delete a report"))?;
-        Ok(())
+        self.write(move |conn| {
+            conn.execute("DELETE FROM reports WHERE id = ?1", [id])
+                .map_err(HubError::store("delete a report"))?;
+            Ok(())
+        })
     }
 
     pub fn reschedule_report(
@@ -458,13 +573,15 @@ impl Store {
         next_ms: i64,
         error: &str,
     ) -> Result<(), HubError> {
-        self.lock()
-            .execute(
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.execute(
                 "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?4",
                 params![attempts, next_ms, error, id],
             )
             .map_err(HubError::store("reschedule a report"))?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Number of jobs per state.
@@ -605,17 +722,87 @@ mod tests {
     }
 
     fn add(store: &Store, delivery: &str, jobs: &[NewJob]) -> DeliveryOutcome {
-        let incoming: Vec<_> = jobs
-            .iter()
-            .map(|new| IncomingJob {
-                new,
-                payload: "{\"a\": 1}",
-                headers: "{}",
+        let raw = RawDelivery {
+            payload: "{\"a\": 1}".into(),
+            headers: "{}".into(),
+        };
+        store
+            .record_delivery(delivery, "push", jobs.to_vec(), raw, 1)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back_alone_within_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sqlite3");
+        let mut conn = open_connection(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let op = |v: i64, fail: bool| {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let f = move |c: &Connection| {
+                c.execute("INSERT INTO t (v) VALUES (?1)", [v])
+                    .map_err(HubError::store("insert"))?;
+                if fail {
+                    return Err(HubError::StoreClosed);
+                }
+                Ok(v)
+            };
+            let boxed: Box<dyn WriteOp> = Box::new(Op {
+                f: Some(f),
+                result: None,
+                reply,
+            });
+            (boxed, answer)
+        };
+        let (a, ra) = op(1, false);
+        let (b, rb) = op(2, true);
+        let (c, rc) = op(3, false);
+        let mut batch = vec![a, b, c];
+        run_batch(&mut conn, &mut batch).unwrap();
+        for o in batch {
+            o.complete(Ok(()));
+        }
+        assert_eq!(ra.recv().unwrap().unwrap(), 1);
+        assert!(matches!(rb.recv().unwrap(), Err(HubError::StoreClosed)));
+        assert_eq!(rc.recv().unwrap().unwrap(), 3);
+        let reader = open_connection(&path).unwrap();
+        let values: Vec<i64> = reader
+            .prepare("SELECT v FROM t ORDER BY v")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(values, vec![1, 3]);
+    }
+
+    #[test]
+    fn concurrent_claims_through_the_writer_hand_out_each_job_once() {
+        let (_d, s) = store();
+        let jobs: Vec<NewJob> = (0..40).map(|i| new_job(&format!("j{i}"), "")).collect();
+        add(&s, "d", &jobs);
+        let s = Arc::new(s);
+        let handles: Vec<_> = (0..6)
+            .map(|k| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let server = format!("srv{k}");
+                    let mut got = Vec::new();
+                    while let Some(j) = s.claim_next("l", &server, 0, 60_000).unwrap() {
+                        got.push(j.id);
+                    }
+                    got
+                })
             })
             .collect();
-        store
-            .record_delivery(delivery, "push", &incoming, 1)
-            .unwrap()
+        let mut all: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort();
+        let mut want: Vec<String> = jobs.iter().map(|j| j.job.id.clone()).collect();
+        want.sort();
+        assert_eq!(all, want);
     }
 
     #[test]

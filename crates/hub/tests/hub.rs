@@ -1102,3 +1102,124 @@ mod binary {
         assert!(err.contains("hub.toml") && err.contains("trigger"), "{err}");
     }
 }
+
+/// The scheduler's own client (`dispatch_license::CloudClient`) against the hub: the two sides of
+/// SPEC §2 agree on paths, bodies, 204s and error messages.
+mod cloud_client {
+    use super::*;
+    use dispatch_license::{
+        AcceptRequest, ActivateRequest, ClientConfig, CloudClient, FinishRequest, HeartbeatRequest,
+        PullRequest,
+    };
+
+    #[tokio::test]
+    async fn full_job_life_through_the_real_client() {
+        let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+        let client = CloudClient::new(ClientConfig::new(hub.base.clone(), "test")).unwrap();
+        let act = client
+            .activate(&ActivateRequest {
+                key: Secret::new("key-lic-a"),
+                server_id: "srv-1".into(),
+                machine_name: "box".into(),
+                client_version: "test".into(),
+            })
+            .await
+            .unwrap();
+        let claims =
+            dispatch_license::token::verify(act.token.expose(), &hub.handle().public_key, now())
+                .unwrap()
+                .claims;
+        let hb = client
+            .heartbeat(&HeartbeatRequest {
+                license_id: claims.jti.clone(),
+                server_id: "srv-1".into(),
+                heartbeat_secret: act.heartbeat_secret.clone(),
+                client_version: String::new(),
+            })
+            .await
+            .unwrap();
+        assert!(dispatch_license::token::verify(
+            hb.token.expose(),
+            &hub.handle().public_key,
+            now()
+        )
+        .is_ok());
+
+        let pull = PullRequest {
+            license_id: claims.jti.clone(),
+            server_id: "srv-1".into(),
+            heartbeat_secret: act.heartbeat_secret.clone(),
+            wait_seconds: 0,
+        };
+        assert!(client.pull_dispatch(&pull).await.unwrap().is_none());
+        let (_, answer) = hub
+            .webhook("push", "cc", fixture("push/with-new-branch.payload.json"))
+            .await;
+        let job = client.pull_dispatch(&pull).await.unwrap().unwrap();
+        assert_eq!(job.id, ids(&answer)[0]);
+        assert_eq!(job.git_ref, "refs/heads/master");
+
+        let accept = AcceptRequest {
+            license_id: claims.jti.clone(),
+            server_id: "srv-1".into(),
+            secret: act.heartbeat_secret.clone(),
+            dag_run_id: job.id.clone(),
+        };
+        client.accept_dispatch(&job.id, &accept).await.unwrap();
+        let finish = FinishRequest {
+            license_id: claims.jti.clone(),
+            server_id: "srv-1".into(),
+            secret: act.heartbeat_secret.clone(),
+            result_status: "succeeded".into(),
+            result_summary: "all steps succeeded".into(),
+        };
+        client.finish_dispatch(&job.id, &finish).await.unwrap();
+        client.finish_dispatch(&job.id, &finish).await.unwrap();
+
+        // Errors carry the hub's JSON message; odd job ids stay one path segment.
+        for odd in ["a/b", "x?y=1", "50%", "ünï"] {
+            let err = client.accept_dispatch(odd, &accept).await.unwrap_err();
+            assert_eq!(err.status, Some(404), "{odd}: {err}");
+            assert!(err.message.contains(odd), "{odd}: {}", err.message);
+        }
+        let wrong = FinishRequest {
+            secret: Secret::new("nope"),
+            ..finish.clone()
+        };
+        let err = client.finish_dispatch(&job.id, &wrong).await.unwrap_err();
+        assert!(err.is_unauthorized(), "{err}");
+        assert_eq!(err.message, "unknown license, server or secret");
+        let conflict = FinishRequest {
+            result_status: "failed".into(),
+            ..finish
+        };
+        assert_eq!(
+            client
+                .finish_dispatch(&job.id, &conflict)
+                .await
+                .unwrap_err()
+                .status,
+            Some(409)
+        );
+    }
+
+    #[tokio::test]
+    async fn revoked_license_is_gone_for_the_client() {
+        let mut hub = TestHub::start(vec![]).await;
+        let c = hub.activate("lic-b", "srv").await;
+        hub.stop().await;
+        hub.cfg.licenses.retain(|l| l.id != "lic-b");
+        hub.boot().await;
+        let client = CloudClient::new(ClientConfig::new(hub.base.clone(), "test")).unwrap();
+        let err = client
+            .heartbeat(&HeartbeatRequest {
+                license_id: c.license_id,
+                server_id: c.server_id,
+                heartbeat_secret: Secret::new(c.secret),
+                client_version: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_gone(), "{err}");
+    }
+}
