@@ -396,7 +396,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_setting() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut StartArgs)>)> = vec![
+        type Edit = Box<dyn Fn(&mut StartArgs)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "poll-interval",
                 Box::new(|a| a.poll_interval = Some("ten".into())),

@@ -1,0 +1,184 @@
+//! The real `hub` and `scheduler` binaries as separate processes: a signed GitHub webhook goes
+//! into the hub, the scheduler pulls the jobs over HTTP and runs the DAGs, and the hub reports
+//! each result to a wiremock GitHub as a commit status with the right state and context.
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{eventually, fixture, github_signature, write, Proc};
+
+const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
+const LICENSE_KEY: &str = "team-key-e2e";
+const GITHUB_TOKEN: &str = "gh-token-e2e";
+const PUSH_SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_through_hub_and_scheduler_reports_commit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_data = dir.path().join("hub-data");
+    let home = dir.path().join("scheduler");
+    let github = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({ "id": 1 })))
+        .mount(&github)
+        .await;
+
+    let config = write(
+        dir.path(),
+        "hub.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+data_dir = "{data}"
+webhook_secret = "{WEBHOOK_SECRET}"
+
+[[license]]
+id = "team"
+key = "{LICENSE_KEY}"
+plan = "pro"
+
+[github]
+api_url = "{api}"
+
+[[binding]]
+repository = "Codertocat/Hello-World"
+dag = "build"
+trigger = "auto"
+event_name = "push"
+
+[[binding]]
+repository = "Codertocat/Hello-World"
+dag = "lint"
+trigger = "auto"
+event_name = "push"
+check_name = "ci/lint"
+license = "team"
+"#,
+            data = hub_data.display(),
+            api = github.uri(),
+        ),
+    );
+    // The scheduler verifies the hub's tokens with the hub's public key, read from a file.
+    let mut print_key = Proc::spawn(
+        "hub",
+        &[
+            "print-public-key",
+            "--data-dir",
+            &hub_data.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(print_key.wait().code(), Some(0), "{}", print_key.output());
+    let key_file = write(dir.path(), "hub.pub", &print_key.stdout());
+    let mut hub = Proc::spawn(
+        "hub",
+        &["serve", "--config", &config.display().to_string()],
+        &[("DISPATCH_HUB_GITHUB_TOKEN", GITHUB_TOKEN)],
+    );
+    let hub_url = hub.wait_for("hub listening on").to_owned();
+
+    let dags = home.join("dags");
+    write(
+        &dags,
+        "build.yaml",
+        &format!("steps:\n  - name: check\n    command: test \"$GITHUB_SHA\" = {PUSH_SHA} && test \"$GITHUB_REF\" = refs/heads/master\n"),
+    );
+    write(
+        &dags,
+        "lint.yaml",
+        "steps:\n  - name: lint\n    command: exit 3\n",
+    );
+    let mut scheduler = Proc::spawn(
+        "scheduler",
+        &[
+            "start",
+            "--home",
+            &home.display().to_string(),
+            "--cloud-url",
+            &hub_url,
+            "--license-public-key",
+            &key_file.display().to_string(),
+            "--poll-interval",
+            "1",
+            "--long-poll",
+            "5",
+        ],
+        &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
+    );
+
+    let body = fixture("push.with-new-branch.json");
+    let response = reqwest::Client::new()
+        .post(format!("{hub_url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "e2e-delivery-1")
+        .header(
+            "x-hub-signature-256",
+            github_signature(WEBHOOK_SECRET, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["job_ids"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+
+    let statuses = eventually("two commit statuses", async || {
+        let requests = github.received_requests().await.unwrap_or_default();
+        let statuses: Vec<_> = requests
+            .into_iter()
+            .filter(|r| {
+                r.url.path() == format!("/repos/Codertocat/Hello-World/statuses/{PUSH_SHA}")
+            })
+            .collect();
+        (statuses.len() >= 2).then_some(statuses)
+    })
+    .await;
+    let mut seen: Vec<(String, String)> = statuses
+        .iter()
+        .map(|r| {
+            let auth = r
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(
+                auth.ends_with(GITHUB_TOKEN),
+                "authorization header: {auth:?}"
+            );
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                body["context"].as_str().unwrap().to_owned(),
+                body["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("ci/lint".to_owned(), "failure".to_owned()),
+            ("dispatch/build".to_owned(), "success".to_owned())
+        ],
+        "{}",
+        scheduler.output()
+    );
+
+    scheduler.signal(Signal::SIGTERM);
+    assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
+    hub.signal(Signal::SIGTERM);
+    assert_eq!(hub.wait().code(), Some(0), "{}", hub.output());
+    let output = scheduler.output() + &hub.output();
+    for secret in [WEBHOOK_SECRET, LICENSE_KEY, GITHUB_TOKEN] {
+        assert!(
+            !output.contains(secret),
+            "`{secret}` leaked into the output"
+        );
+    }
+}

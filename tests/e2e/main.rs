@@ -1,0 +1,7 @@
+//! End-to-end tests of dispatch: the real `scheduler` and `hub` binaries as processes, their
+//! HTTP peers (cloud, GitHub) faked with wiremock on loopback. See `support.rs` for how the
+//! binaries are found.
+
+mod hub_and_scheduler;
+mod scheduler;
+mod support;

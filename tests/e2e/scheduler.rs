@@ -1,0 +1,334 @@
+//! The real `scheduler` binary against a wiremock cloud: license activation with a signed
+//! token, one job from a real payload, the DAG's view of its params, the finish body, metrics,
+//! config errors and signals.
+
+use std::path::Path;
+
+use dispatch_license::token::{self, Claims};
+use ed25519_dalek::SigningKey;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::support::{eventually, fixture, write, Proc};
+
+const LICENSE_ID: &str = "lic-e2e";
+const HEARTBEAT_SECRET: &str = "hb-secret-e2e";
+const LICENSE_KEY: &str = "key-e2e-do-not-print";
+const JOB_ID: &str = "job-e2e-1";
+
+fn signed_token(key: &SigningKey) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = Claims {
+        jti: LICENSE_ID.into(),
+        exp: now + 3600,
+        nbf: Some(now - 60),
+        iat: Some(now),
+        plan: "e2e".into(),
+        features: vec![],
+        grace_days: None,
+    };
+    token::sign(&claims, key)
+}
+
+fn bodies(requests: &[Request], endpoint: &str) -> Vec<Value> {
+    requests
+        .iter()
+        .filter(|r| r.url.path() == endpoint)
+        .map(|r| serde_json::from_slice(&r.body).expect("json request body"))
+        .collect()
+}
+
+/// A DAG whose step records exactly what it received, into files under `out`.
+fn write_env_dag(dags: &Path, out: &Path) {
+    write(
+        dags,
+        "envdump.yaml",
+        &format!(
+            "steps:\n  - name: dump\n    command: |\n      printf '%s' \"$WEBHOOK_PAYLOAD\" > '{out}/payload.json'\n      printf '%s' \"$WEBHOOK_HEADERS\" > '{out}/headers.json'\n      env | grep '^GITHUB_' | sort > '{out}/github.env'\n",
+            out = out.display()
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    write_env_dag(&home.path().join("dags"), &out);
+
+    let signing = SigningKey::from_bytes(&[42u8; 32]);
+    let cloud = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/licenses/activate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token": signed_token(&signing),
+            "heartbeat_secret": HEARTBEAT_SECRET,
+        })))
+        .mount(&cloud)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/licenses/heartbeat"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "token": signed_token(&signing) })),
+        )
+        .mount(&cloud)
+        .await;
+    // The payload travels raw inside the job, exactly as a hub stores it.
+    let payload = fixture("pull_request.opened.json");
+    let payload_text = std::str::from_utf8(&payload).unwrap().trim_end();
+    let headers = r#"{"x-github-event":["pull_request"],"x-github-delivery":["d-e2e-1"]}"#;
+    let job = format!(
+        r#"{{"id":"{JOB_ID}","binding_id":"b1","repository_name":"Codertocat/Hello-World","license_id":"{LICENSE_ID}","dag_name":"envdump","event_name":"pull_request","event_action":"opened","delivery_id":"d-e2e-1","ref":"refs/pull/2/head","sha":"ec26c3e57ca3a959ca5aad62de7213c562f8c821","pull_request_number":2,"actor_login":"Codertocat","status":"claimed","payload":{payload_text},"headers":{headers}}}"#
+    );
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/pull"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string(job),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&cloud)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/pull"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&cloud)
+        .await;
+    for endpoint in ["accept", "finish"] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v1/github/dispatch/{JOB_ID}/{endpoint}")))
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&cloud)
+            .await;
+    }
+
+    let home_arg = home.path().display().to_string();
+    let mut scheduler = Proc::spawn(
+        "scheduler",
+        &[
+            "start",
+            "--home",
+            &home_arg,
+            "--cloud-url",
+            &cloud.uri(),
+            "--license-public-key",
+            &token::public_key_base64(&signing.verifying_key()),
+            "--poll-interval",
+            "1",
+            "--report-interval",
+            "1",
+            "--long-poll",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
+    );
+    let metrics_url = scheduler
+        .wait_for("metrics:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let finish = eventually("the finish call", async || {
+        let requests = cloud.received_requests().await.unwrap_or_default();
+        bodies(
+            &requests,
+            &format!("/api/v1/github/dispatch/{JOB_ID}/finish"),
+        )
+        .into_iter()
+        .next()
+    })
+    .await;
+    let requests = cloud.received_requests().await.unwrap();
+    let server_id = std::fs::read_to_string(home.path().join("data/license/server_id")).unwrap();
+    let server_id = server_id.trim();
+
+    let activate = &bodies(&requests, "/api/v1/licenses/activate")[0];
+    assert_eq!(activate["key"], LICENSE_KEY);
+    assert_eq!(activate["server_id"], server_id);
+    let pull = &bodies(&requests, "/api/v1/github/dispatch/pull")[0];
+    assert_eq!(
+        pull,
+        &json!({ "license_id": LICENSE_ID, "server_id": server_id, "heartbeat_secret": HEARTBEAT_SECRET })
+    );
+    let accept = &bodies(
+        &requests,
+        &format!("/api/v1/github/dispatch/{JOB_ID}/accept"),
+    )[0];
+    assert_eq!(
+        accept,
+        &json!({ "license_id": LICENSE_ID, "server_id": server_id, "secret": HEARTBEAT_SECRET, "dag_run_id": JOB_ID })
+    );
+    assert_eq!(finish["license_id"], LICENSE_ID);
+    assert_eq!(finish["server_id"], server_id);
+    assert_eq!(finish["secret"], HEARTBEAT_SECRET);
+    assert_eq!(
+        finish["result_status"], "succeeded",
+        "finish body: {finish}"
+    );
+    let summary = finish["result_summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("envdump") && summary.contains("succeeded"),
+        "summary: {summary}"
+    );
+
+    // The step saw the payload byte for byte, the headers, and the GitHub context.
+    assert_eq!(
+        std::fs::read_to_string(out.join("payload.json")).unwrap(),
+        payload_text
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("headers.json")).unwrap(),
+        headers
+    );
+    let env = std::fs::read_to_string(out.join("github.env")).unwrap();
+    let env: Vec<&str> = env.lines().collect();
+    assert_eq!(
+        env,
+        [
+            "GITHUB_ACTOR=Codertocat",
+            "GITHUB_EVENT_ACTION=opened",
+            "GITHUB_EVENT_NAME=pull_request",
+            "GITHUB_PR_NUMBER=2",
+            "GITHUB_REF=refs/pull/2/head",
+            "GITHUB_REPOSITORY=Codertocat/Hello-World",
+            "GITHUB_SHA=ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+        ]
+    );
+
+    // The counters behind /metrics saw the same job.
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dispatch_jobs_pulled_total 1",
+        "dispatch_jobs_accepted_total 1",
+        "dispatch_jobs_finished_total{status=\"succeeded\"} 1",
+        "dispatch_runs_active 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in\n{metrics}"
+        );
+    }
+    let health = reqwest::get(metrics_url.replace("/metrics", "/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    scheduler.signal(Signal::SIGTERM);
+    let status = scheduler.wait();
+    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    let output = scheduler.output();
+    assert!(
+        !output.contains(LICENSE_KEY) && !output.contains(HEARTBEAT_SECRET),
+        "a secret leaked:\n{output}"
+    );
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_setting() {
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().display().to_string();
+    let bad_file = write(home.path(), "bad.toml", "poll_interval = \"soon\"\n");
+    let bad_file = bad_file.display().to_string();
+    let missing = home.path().join("missing.toml").display().to_string();
+    // (flags, environment, what stderr must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--poll-interval", "ten"], vec![], "poll-interval"),
+        (
+            vec![],
+            vec![("DISPATCH_REPORT_INTERVAL", "x")],
+            "report-interval",
+        ),
+        (vec!["--long-poll", "90"], vec![], "long-poll"),
+        (vec!["--cloud-url", "not a url"], vec![], "cloud-url"),
+        (
+            vec!["--license-public-key", "bm90IGEga2V5"],
+            vec![],
+            "license-public-key",
+        ),
+        (vec!["--log-format", "xml"], vec![], "log-format"),
+        (vec!["--metrics-addr", "nowhere"], vec![], "metrics-addr"),
+        (vec!["--config", &bad_file], vec![], "poll_interval"),
+        (vec!["--config", &missing], vec![], "missing.toml"),
+        (vec!["--no-such-flag"], vec![], "--no-such-flag"),
+    ];
+    for (args, envs, setting) in cases {
+        let mut all = vec!["start", "--home", &home_arg, "--license-key", LICENSE_KEY];
+        all.extend(&args);
+        let mut proc = Proc::spawn("scheduler", &all, &envs);
+        let status = proc.wait();
+        let stderr = proc.stderr();
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{args:?} {envs:?}\n{}",
+            proc.output()
+        );
+        assert!(
+            stderr.contains(setting),
+            "{args:?}: stderr does not name `{setting}`:\n{stderr}"
+        );
+        assert!(
+            !proc.output().contains(LICENSE_KEY),
+            "license key printed:\n{}",
+            proc.output()
+        );
+    }
+    // Nothing was started, so nothing was created.
+    assert!(!home.path().join("data").exists());
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_exit_0() {
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().display().to_string();
+    let mut scheduler = Proc::spawn(
+        "scheduler",
+        &["start", "--home", &home_arg, "--hub-listen", "127.0.0.1:0"],
+        &[],
+    );
+    // Embedded hub mode: the banner names the webhook URL and the secret's file, not the secret.
+    let url = scheduler.wait_for("webhook URL:");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/webhooks/github"),
+        "{url}"
+    );
+    let secret_line = scheduler.wait_for("webhook secret:");
+    let secret_path = home.path().join("webhook_secret");
+    assert!(
+        secret_line.contains(&secret_path.display().to_string()),
+        "{secret_line}"
+    );
+    let secret = std::fs::read_to_string(&secret_path).unwrap();
+    assert!(
+        !scheduler.output().contains(secret.trim()),
+        "webhook secret printed"
+    );
+    assert!(home.path().join("bindings.toml").is_file());
+    scheduler.wait_for("dispatch worker started");
+    scheduler.signal(Signal::SIGTERM);
+    let status = scheduler.wait();
+    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    assert!(
+        scheduler.stderr().contains("scheduler stopped"),
+        "{}",
+        scheduler.output()
+    );
+}
