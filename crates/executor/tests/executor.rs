@@ -951,3 +951,10 @@ async fn invalid_config_is_rejected() {
     .unwrap_err();
     assert!(err.to_string().contains("max_concurrent_runs"), "{err}");
 }
+
+#[test]
+fn the_handle_can_be_shared_across_tasks() {
+    fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
+    assert_shareable::<ExecutorHandle>();
+    assert_shareable::<RunFinished>();
+}
