@@ -46,13 +46,13 @@ pub(crate) struct StartArgs {
     /// Home directory holding dags, data, logs, bindings and secrets [default: ~/.dispatch].
     #[arg(long, env = "DISPATCH_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
-    /// Directory of DAG YAML files [default: <home>/dags].
+    /// Directory of DAG YAML files [default: HOME/dags, HOME being --home].
     #[arg(long, env = "DISPATCH_DAGS_DIR", value_name = "DIR")]
     pub(crate) dags_dir: Option<PathBuf>,
-    /// Data directory: runs, queue, tracker, license, embedded hub [default: <home>/data].
+    /// Data directory: runs, queue, tracker, license, embedded hub [default: HOME/data].
     #[arg(long, env = "DISPATCH_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Directory of run logs [default: <home>/logs].
+    /// Directory of run logs [default: HOME/logs].
     #[arg(long, env = "DISPATCH_LOG_DIR", value_name = "DIR")]
     pub(crate) log_dir: Option<PathBuf>,
     /// Base URL of the dispatch hub/cloud. Without it a hub is embedded on loopback.
@@ -86,8 +86,13 @@ pub(crate) struct StartArgs {
     /// Listen address of the embedded hub (only without `--cloud-url`) [default: 127.0.0.1:8787].
     #[arg(long, env = "DISPATCH_HUB_LISTEN", value_name = "ADDR")]
     pub(crate) hub_listen: Option<String>,
-    /// GitHub API base URL the embedded hub reports to [default: https://api.github.com].
-    #[arg(long, env = "DISPATCH_GITHUB_API_URL", value_name = "URL")]
+    /// GitHub API base URL the embedded hub reports to (GitHub Enterprise: `https://HOST/api/v3`).
+    #[arg(
+        long,
+        env = "DISPATCH_GITHUB_API_URL",
+        value_name = "URL",
+        help = "GitHub API base URL the embedded hub reports to [default: https://api.github.com]"
+    )]
     pub(crate) github_api_url: Option<String>,
     /// GitHub token the embedded hub reports with (commit statuses, comments).
     #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
