@@ -31,6 +31,9 @@ pub struct WorkerConfig {
     /// How long running DAG runs may go on after cancellation before they are stopped
     /// (default 30 s).
     pub shutdown_grace: Duration,
+    /// Jobs taken in (tracked, enqueued, accepted) at once; the pull loop waits for a free slot
+    /// before pulling (default 16; 0 counts as 1).
+    pub intake_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -43,6 +46,7 @@ impl Default for WorkerConfig {
             backoff_max: Duration::from_secs(60),
             credentials_recheck: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            intake_concurrency: 16,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The pull loop and the intake of one job (SPEC §6 "Pull loop", "Process a job").
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_dag::{validate_dag_name, validate_run_id, Dag};
@@ -8,6 +9,8 @@ use dispatch_license::{
     AcceptRequest, CloudError, DispatchJob, FinishRequest, MachineCredentials, PullRequest,
 };
 use dispatch_tracker::{Phase, TrackedJob};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +33,14 @@ pub(crate) enum Intake {
     Dropped,
 }
 
-pub(crate) async fn pull_loop(shared: &Shared, cancel: &CancellationToken) {
+pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
     let config = &shared.config;
+    // Intakes run side by side (each job is still durable before its accept): the durable
+    // writes of one job take tens of milliseconds, and the file system commits concurrent
+    // fsyncs together. A permit is taken before pulling, so no job is claimed that cannot be
+    // taken in at once.
+    let slots = Arc::new(Semaphore::new(config.intake_concurrency.max(1)));
+    let mut intakes = JoinSet::new();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let mut idle_for_credentials = false;
     let wait_seconds = config.wait_seconds();
@@ -56,6 +65,18 @@ pub(crate) async fn pull_loop(shared: &Shared, cancel: &CancellationToken) {
             tracing::info!("machine credentials available: pulling dispatch jobs");
             idle_for_credentials = false;
         }
+        while let Some(done) = intakes.try_join_next() {
+            log_intake_panic(done);
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
         let request = PullRequest {
             license_id: creds.license_id.clone(),
             server_id: creds.server_id.clone(),
@@ -72,7 +93,12 @@ pub(crate) async fn pull_loop(shared: &Shared, cancel: &CancellationToken) {
             Ok(Some(job)) => {
                 backoff.reset();
                 shared.stats.record_pulled(now_ms());
-                process_job(shared, job, &creds, Instant::now()).await;
+                let pulled_at = Instant::now();
+                let shared = shared.clone();
+                intakes.spawn(async move {
+                    process_job(&shared, job, &creds, pulled_at).await;
+                    drop(permit);
+                });
                 Duration::ZERO
             }
             Ok(None) => {
@@ -102,7 +128,18 @@ pub(crate) async fn pull_loop(shared: &Shared, cancel: &CancellationToken) {
             break;
         }
     }
+    // Intakes in progress complete (their accept call included): stopping one halfway would
+    // only leave work for the next start.
+    while let Some(done) = intakes.join_next().await {
+        log_intake_panic(done);
+    }
     tracing::debug!("pull loop stopped");
+}
+
+fn log_intake_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "job intake task failed");
+    }
 }
 
 /// Takes one pulled job in, durable first, and sends the finish of a job turned down.

@@ -133,7 +133,7 @@ impl Worker {
             "dispatch worker started"
         );
         tokio::join!(
-            crate::pull::pull_loop(&shared, &cancel),
+            crate::pull::pull_loop(shared.clone(), &cancel),
             crate::report::report_loop(&shared, events, &cancel),
         );
         tracing::info!(

@@ -80,6 +80,7 @@ pub fn fast_config() -> WorkerConfig {
         backoff_max: Duration::from_millis(50),
         credentials_recheck: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(10),
+        intake_concurrency: 4,
     }
 }
 
