@@ -4,6 +4,7 @@
 //! prints the PEM public key that verifies the hub's license tokens (creating the key if absent).
 //! Exit codes: 0 clean stop, 2 bad config (naming the setting), 1 any other failure.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,15 +115,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(cfg: dispatch_hub::HubConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    // Handlers are installed before the hub announces itself, so a signal sent as soon as the
+    // address is printed is already handled gracefully.
+    let mut signals = Signals::install()?;
     let handle = Hub::start(cfg, cancel.clone()).await?;
-    println!("hub listening on http://{}", handle.addr);
-    println!("webhook endpoint: http://{}/webhooks/github", handle.addr);
-    let signals = cancel.clone();
+    // A closed stdout (say, a supervisor that stopped reading) must not stop the hub.
+    let _ = writeln!(
+        std::io::stdout(),
+        "hub listening on http://{addr}\nwebhook endpoint: http://{addr}/webhooks/github",
+        addr = handle.addr
+    );
+    let stop = cancel.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         tracing::info!("shutting down");
-        signals.cancel();
-        wait_for_signal().await;
+        stop.cancel();
+        signals.next().await;
         tracing::warn!("second signal; exiting now");
         std::process::exit(1);
     });
@@ -130,25 +138,42 @@ async fn serve(cfg: dispatch_hub::HubConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -348,10 +348,18 @@ async fn fixtures_map_to_job_fields() {
     rd.dispatch_event_type = "on-demand-test".into();
     let mut wd = binding(OCTO, "wd", Trigger::ManualDispatch);
     wd.event_name = "workflow_dispatch".into();
-    let hub = TestHub::start(vec![pr, rel, rd, wd]).await;
+    let mut create = binding(HELLO, "tagged", Trigger::Auto);
+    create.event_name = "create".into();
+    create.tag_pattern = "simple-*".into();
+    let hub = TestHub::start(vec![pr, rel, rd, wd, create]).await;
     let c = hub.activate("lic-a", "srv").await;
 
-    let cases: [(&str, &str, Value); 4] = [
+    let cases: [(&str, &str, Value); 5] = [
+        (
+            "create",
+            "create/payload.json",
+            json!({"dag_name": "tagged", "ref": "refs/tags/simple-tag", "repository_name": HELLO}),
+        ),
         (
             "pull_request",
             "pull_request/opened.payload.json",
@@ -476,6 +484,18 @@ async fn bad_webhooks_are_rejected_and_store_nothing() {
         .webhook_raw("push", "x3", body.clone(), Some("sha1=abc".into()))
         .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Signed, but no delivery id to deduplicate on.
+    let resp = hub
+        .http
+        .post(format!("{}/webhooks/github", hub.base))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // Signed but not JSON.
     let (status, _) = hub.webhook("push", "x4", b"{not json".to_vec()).await;
@@ -1221,5 +1241,131 @@ mod cloud_client {
             .await
             .unwrap_err();
         assert!(err.is_gone(), "{err}");
+    }
+}
+
+mod serve_process {
+    use super::*;
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+
+    /// The real binary: serves, logs without secrets, and stops with exit code 0 on SIGTERM.
+    #[test]
+    fn serve_logs_no_secrets_and_stops_cleanly_on_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n\
+                 [[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n\
+                 [github]\napi_url = \"http://127.0.0.1:9\"\ntoken = \"gh-token-123\"\n\
+                 [[binding]]\nrepository = \"{HELLO}\"\ndag = \"build\"\ntrigger = \"auto\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("DISPATCH_HUB_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Readers stay alive until the end so the hub's prints always have somewhere to go.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).unwrap();
+            text
+        });
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("hub listening on ")
+            .expect(&line)
+            .to_owned();
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let wrong = rt.block_on(async {
+            let http = reqwest::Client::new();
+            assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+            let post = |p: &str, v: Value| http.post(format!("{base}{p}")).json(&v).send();
+            let act: Value = post(
+                "/api/v1/licenses/activate",
+                json!({"key": "key-lic-a", "server_id": "srv", "machine_name": "box"}),
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            let secret = act["heartbeat_secret"].as_str().unwrap().to_owned();
+            let body = fixture("push/with-new-branch.payload.json");
+            let resp = http
+                .post(format!("{base}/webhooks/github"))
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", "d1")
+                .header("X-Hub-Signature-256", sign(&body))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::ACCEPTED);
+            let creds = json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": secret});
+            let job: Value = post("/api/v1/github/dispatch/pull", creds).await.unwrap().json().await.unwrap();
+            let id = job["id"].as_str().unwrap();
+            let auth = |extra: Value| {
+                let mut v = json!({"license_id": "lic-a", "server_id": "srv", "secret": secret});
+                v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+                v
+            };
+            let accept = post(&format!("/api/v1/github/dispatch/{id}/accept"), auth(json!({"dag_run_id": id})));
+            assert_eq!(accept.await.unwrap().status(), StatusCode::NO_CONTENT);
+            let finish = post(
+                &format!("/api/v1/github/dispatch/{id}/finish"),
+                auth(json!({"result_status": "succeeded"})),
+            );
+            assert_eq!(finish.await.unwrap().status(), StatusCode::NO_CONTENT);
+            let bad = json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": "wrong-secret-456"});
+            assert_eq!(post("/api/v1/github/dispatch/pull", bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+            let bad_key = json!({"key": "bad-key-789", "server_id": "s", "machine_name": "m"});
+            assert_eq!(post("/api/v1/licenses/activate", bad_key).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+            secret
+        });
+
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        let logs = err_reader.join().unwrap();
+        assert_eq!(status.code(), Some(0), "hub stderr:\n{logs}");
+        assert!(
+            logs.contains("job claimed") && logs.contains("shutting down"),
+            "{logs}"
+        );
+        assert!(logs.contains("TRACE"), "trace logging was on:\n{logs}");
+        for secret in [
+            SECRET,
+            "key-lic-a",
+            wrong.as_str(),
+            "wrong-secret-456",
+            "bad-key-789",
+            "gh-token-123",
+        ] {
+            assert!(
+                !logs.contains(secret),
+                "a secret leaked into the logs:\n{logs}"
+            );
+        }
+        assert!(dir.path().join("data/hub.sqlite3").exists());
+        assert!(dir.path().join("data/hub_ed25519.key").exists());
     }
 }
