@@ -14,6 +14,13 @@
 //! final (then forgets it). Failed calls are retried per job with exponential backoff and full
 //! jitter, honouring `Retry-After`.
 //!
+//! Decisions where the SPEC leaves room: job headers that are not a JSON object are replaced by
+//! `{}` and the job runs (the event is in the payload and the `GITHUB_*` extras); a payload that
+//! is not a JSON object runs as is with the job-field extras; a `cancel` job's DAG name is not
+//! checked (it names runs by repository and number); a `pending_accept` entry whose run was never
+//! enqueued is dropped rather than accepted, because the event lives only in the job and the hub
+//! hands an unaccepted job out again when its claim lapses.
+//!
 //! Not for: parsing flags, reading the environment, installing signal handlers (the scheduler
 //! binary does that and hands over a cancellation token), or running processes (the executor).
 

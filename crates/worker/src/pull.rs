@@ -548,3 +548,72 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn raw(text: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(text.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn runtime_params_carry_raw_payload_headers_and_extras() {
+        let job = DispatchJob {
+            id: "j".into(),
+            event_name: "push".into(),
+            git_ref: "refs/tags/v1".into(),
+            payload: raw(r#"{"ref": "refs/tags/v1"}"#),
+            headers: raw(r#"{"x-github-event":["push"]}"#),
+            ..DispatchJob::default()
+        };
+        assert_eq!(
+            runtime_params(&job),
+            r#"WEBHOOK_PAYLOAD="{\"ref\": \"refs/tags/v1\"}" WEBHOOK_HEADERS="{\"x-github-event\":[\"push\"]}" GITHUB_EVENT_NAME="push" GITHUB_REF="refs/tags/v1" GITHUB_RELEASE_TAG="v1""#
+        );
+    }
+
+    #[test]
+    fn headers_that_are_not_an_object_become_empty_and_missing_parts_default() {
+        for headers in [r#"["x"]"#, r#""text""#, "12", "null"] {
+            let job = DispatchJob {
+                id: "j".into(),
+                payload: raw(r#""not json {""#),
+                headers: raw(headers),
+                ..DispatchJob::default()
+            };
+            assert_eq!(
+                runtime_params(&job),
+                r#"WEBHOOK_PAYLOAD="\"not json {\"" WEBHOOK_HEADERS="{}""#,
+                "{headers}"
+            );
+        }
+        let bare = DispatchJob {
+            id: "j".into(),
+            ..DispatchJob::default()
+        };
+        assert_eq!(
+            runtime_params(&bare),
+            r#"WEBHOOK_PAYLOAD="{}" WEBHOOK_HEADERS="{}""#
+        );
+    }
+
+    #[test]
+    fn error_chain_joins_causes() {
+        let inner = std::io::Error::other("disk on fire");
+        let outer = WorkerError::Tracker {
+            action: "record",
+            job_id: "j1".into(),
+            source: Box::new(dispatch_tracker::TrackerError::Io {
+                action: "fsync",
+                path: "/t/journal".into(),
+                source: inner,
+            }),
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "failed to record tracked job `j1`: failed to fsync `/t/journal`: disk on fire"
+        );
+    }
+}
