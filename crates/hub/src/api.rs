@@ -424,7 +424,11 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         ready.as_mut().enable();
         let (l, s) = (req.license_id.clone(), req.server_id.clone());
         let claimed = blocking(&st.store, move |store| {
-            store.claim_next(&l, &s, now_ms(), lease_ms)
+            if store.has_claimable(&l, now_ms())? {
+                store.claim_next(&l, &s, now_ms(), lease_ms)
+            } else {
+                Ok(None)
+            }
         })
         .await?;
         if let Some(job) = claimed {

@@ -339,3 +339,88 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HubConfig {
+        HubConfig {
+            webhook_secret: Secret::new("w"),
+            licenses: vec![LicenseKey {
+                id: "l1".into(),
+                key: Secret::new("k1"),
+                plan: String::new(),
+                features: Vec::new(),
+            }],
+            ..HubConfig::default()
+        }
+    }
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        let binding = |license: &str| Binding {
+            id: String::new(),
+            repository: "o/r".into(),
+            dag: "d".into(),
+            trigger: Trigger::Auto,
+            event_name: String::new(),
+            action: String::new(),
+            branch_pattern: String::new(),
+            tag_pattern: String::new(),
+            command_alias: String::new(),
+            dispatch_event_type: String::new(),
+            check_name: String::new(),
+            license: license.into(),
+        };
+        let ok = HubConfig {
+            bindings: vec![binding("l1"), binding("")],
+            ..cfg()
+        };
+        let valid = ok.validate().unwrap();
+        assert_eq!(valid.bindings[1].id, "o/r/d/auto-2");
+
+        let mut dup = cfg();
+        dup.licenses.push(dup.licenses[0].clone());
+        let cases: Vec<(HubConfig, &str)> = vec![
+            (
+                HubConfig {
+                    webhook_secret: Secret::default(),
+                    ..cfg()
+                },
+                "webhook_secret",
+            ),
+            (
+                HubConfig {
+                    mention: "@a b".into(),
+                    ..cfg()
+                },
+                "mention",
+            ),
+            (
+                HubConfig {
+                    lease: Duration::ZERO,
+                    ..cfg()
+                },
+                "lease",
+            ),
+            (dup, "license[1].id"),
+            (
+                HubConfig {
+                    bindings: vec![binding("nope")],
+                    ..cfg()
+                },
+                "binding[0].license",
+            ),
+        ];
+        for (c, setting) in cases {
+            let err = c.validate().unwrap_err();
+            assert!(err.is_config(), "{err}");
+            assert!(
+                err.to_string().contains(&format!("`{setting}`")),
+                "{err} should name {setting}"
+            );
+            assert!(!err.to_string().contains("k1"), "no secret in errors");
+        }
+    }
+}

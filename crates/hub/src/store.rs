@@ -527,6 +527,19 @@ impl Store {
             .map_err(HubError::store("look up an activation"))
     }
 
+    /// Whether a claim attempt for this license could succeed now: a queued job it may take, or a
+    /// claim whose lease has run out. Read-only, so idle pulls never queue behind writes.
+    pub fn has_claimable(&self, license_id: &str, now_ms: i64) -> Result<bool, HubError> {
+        self.lock()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND (target_license = '' OR target_license = ?2))
+                     OR EXISTS (SELECT 1 FROM jobs WHERE state = ?3 AND lease_expires_ms <= ?4)",
+                params![QUEUED, license_id, CLAIMED, now_ms],
+                |r| r.get(0),
+            )
+            .map_err(HubError::store("look for claimable jobs"))
+    }
+
     /// Reports due at `now_ms`, oldest first.
     pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
         let conn = self.lock();
@@ -818,11 +831,15 @@ mod tests {
     #[test]
     fn claim_respects_license_and_lease() {
         let (_d, s) = store();
+        assert!(!s.has_claimable("lic-a", 0).unwrap());
         add(&s, "d1", &[new_job("j1", "lic-b"), new_job("j2", "")]);
+        assert!(s.has_claimable("lic-a", 1000).unwrap());
         let job = s.claim_next("lic-a", "srv", 1000, 50).unwrap().unwrap();
         assert_eq!((job.id.as_str(), job.license_id.as_str()), ("j2", "lic-a"));
         assert_eq!(job.payload.unwrap().get(), "{\"a\": 1}");
         assert!(s.claim_next("lic-a", "srv2", 1049, 50).unwrap().is_none());
+        assert!(!s.has_claimable("lic-a", 1049).unwrap());
+        assert!(s.has_claimable("lic-a", 1050).unwrap());
         let again = s.claim_next("lic-a", "srv2", 1050, 50).unwrap().unwrap();
         assert_eq!(
             (again.id.as_str(), again.claimed_by.as_str()),
