@@ -4,6 +4,7 @@
 //! This binary is tooling only: no workspace crate depends on it, and it may depend on nothing
 //! of ours.
 
+mod bench;
 mod ci;
 mod layering;
 mod unicode_table;
@@ -15,6 +16,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
+  bench [--only GROUP] [--out FILE]
+                             SPEC §10 numbers (release build, ~5 min): one table and
+                             target/bench/results.json; GROUP: tracker, noop, latency, throughput, idle
   ci                         fmt check, clippy, tests, docs and the layering check, in that order
   layering                   check that every workspace crate depends only on lower layers (SPEC §1)
   unicode-table [DATA_FILE]  regenerate webhook-params' printable-rune table from UnicodeData.txt
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> anyhow::Result<()> {
     let root = workspace_root();
     match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&root, &args[1..]),
         Some("ci") => ci::run(&root),
         Some("layering") => layering::run(&root),
         Some("unicode-table") => {

@@ -1,0 +1,279 @@
+//! `cargo xtask bench`: the numbers of SPEC §10, measured on this machine, printed as one table
+//! and written to `target/bench/results.json`.
+//!
+//! Everything that runs is built once, in release mode, before anything is measured (this is
+//! the only place release builds happen). Each group of metrics is a function returning
+//! `Vec<Metric>`; a group that cannot measure (a binary that does not build, a process that
+//! dies) becomes rows with `pass = false` and the reason, and the other groups still run.
+
+mod build;
+mod http;
+mod idle;
+mod latency;
+mod procs;
+mod report;
+mod stats;
+mod system;
+mod throughput;
+mod wrapped;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+
+pub(crate) use report::{Metric, Target};
+
+use build::{Artifact, Artifacts};
+
+/// What one group measures and how.
+struct Group {
+    name: &'static str,
+    about: &'static str,
+    needs: &'static [Artifact],
+    /// The rows that carry a target; reported as failed if the group cannot produce them.
+    targets: fn() -> Vec<Metric>,
+    run: fn(&Context) -> anyhow::Result<Vec<Metric>>,
+}
+
+/// What every group gets: built artifacts and a scratch directory of its own.
+pub(crate) struct Context {
+    pub(crate) root: PathBuf,
+    pub(crate) artifacts: Artifacts,
+    pub(crate) work: PathBuf,
+}
+
+const GROUPS: &[Group] = &[
+    Group {
+        name: "tracker",
+        about: "tracker upsert+delete at 10 / 1,000 / 100,000 jobs vs the whole-file rewrite",
+        needs: &[Artifact::TrackerBench],
+        targets: wrapped::tracker_targets,
+        run: wrapped::tracker,
+    },
+    Group {
+        name: "noop",
+        about: "executor: no-op run overhead, enqueue → final status",
+        needs: &[Artifact::ExecutorBench],
+        targets: wrapped::noop_targets,
+        run: wrapped::noop,
+    },
+    Group {
+        name: "latency",
+        about: "webhook 202 → first step started, long-poll on and off",
+        needs: &[Artifact::Scheduler],
+        targets: latency::targets,
+        run: latency::run,
+    },
+    Group {
+        name: "throughput",
+        about: "2,000 queued jobs pulled + tracked + enqueued + accepted",
+        needs: &[Artifact::Scheduler, Artifact::Hub],
+        targets: throughput::targets,
+        run: throughput::run,
+    },
+    Group {
+        name: "idle",
+        about: "scheduler RSS and CPU over 30 s without jobs, embedded and remote hub",
+        needs: &[Artifact::Scheduler, Artifact::Hub],
+        targets: idle::targets,
+        run: idle::run,
+    },
+];
+
+/// Flags of `cargo xtask bench`.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    only: Option<String>,
+    out: Option<PathBuf>,
+}
+
+fn parse_options(args: &[String]) -> anyhow::Result<Options> {
+    let mut options = Options {
+        only: None,
+        out: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--only" => {
+                let name = args.next().context("`--only` needs a group name")?;
+                if !GROUPS.iter().any(|g| g.name == name) {
+                    bail!("unknown bench group `{name}` (groups: {})", group_names());
+                }
+                options.only = Some(name.clone());
+            }
+            "--out" => {
+                let path = args.next().context("`--out` needs a file path")?;
+                options.out = Some(PathBuf::from(path));
+            }
+            other => bail!("unknown bench flag `{other}` (flags: --only <group>, --out <file>)"),
+        }
+    }
+    Ok(options)
+}
+
+fn group_names() -> String {
+    GROUPS.iter().map(|g| g.name).collect::<Vec<_>>().join(", ")
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let options = parse_options(args)?;
+    let groups: Vec<&Group> = GROUPS
+        .iter()
+        .filter(|g| options.only.as_deref().is_none_or(|only| only == g.name))
+        .collect();
+    let bench_dir = root.join("target").join("bench");
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("results.json"));
+    let work = bench_dir.join("work");
+    // A previous run may have been interrupted; its scratch files are of no use.
+    if work.exists() {
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("failed to clear `{}`", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("failed to create `{}`", work.display()))?;
+
+    let started = Instant::now();
+    let mut needed: Vec<Artifact> = Vec::new();
+    for group in &groups {
+        for artifact in group.needs {
+            if !needed.contains(artifact) {
+                needed.push(*artifact);
+            }
+        }
+    }
+    eprintln!("bench: building in release mode: {needed:?}");
+    let artifacts = build::build(root, &needed);
+
+    let mut metrics = Vec::new();
+    for group in &groups {
+        eprintln!(
+            "bench: [{:>5.0}s] {}: {}",
+            started.elapsed().as_secs_f64(),
+            group.name,
+            group.about
+        );
+        let context = Context {
+            root: root.to_path_buf(),
+            artifacts: artifacts.clone(),
+            work: work.join(group.name),
+        };
+        metrics.extend(run_group(group, &context));
+    }
+    eprintln!("bench: done in {:.0}s", started.elapsed().as_secs_f64());
+
+    println!("{}", report::table(&metrics));
+    let json = serde_json::to_string_pretty(&report::to_json(&metrics))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create `{}`", dir.display()))?;
+    }
+    std::fs::write(&out, json + "\n")
+        .with_context(|| format!("failed to write `{}`", out.display()))?;
+    println!("results written to {}", out.display());
+    // The scratch homes hold thousands of run records; nothing reads them afterwards.
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Runs one group; an error, or a target row the group did not produce, becomes a failed row.
+fn run_group(group: &Group, context: &Context) -> Vec<Metric> {
+    let missing: Vec<String> = group
+        .needs
+        .iter()
+        .filter_map(|a| context.artifacts.path(*a).err())
+        .collect();
+    let outcome = if missing.is_empty() {
+        std::fs::create_dir_all(&context.work)
+            .with_context(|| format!("failed to create `{}`", context.work.display()))
+            .and_then(|()| (group.run)(context))
+    } else {
+        Err(anyhow::anyhow!("{}", missing.join("; ")))
+    };
+    match outcome {
+        Ok(rows) => report::complete(rows, (group.targets)(), "not reported by the group"),
+        Err(err) => {
+            let reason = format!("not measured: {err:#}");
+            eprintln!("bench: {}: {reason}", group.name);
+            report::complete(Vec::new(), (group.targets)(), &reason)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_take_a_known_group_and_an_output_file() {
+        assert_eq!(
+            parse_options(&args(&["--only", "idle", "--out", "x.json"])).unwrap(),
+            Options {
+                only: Some("idle".into()),
+                out: Some(PathBuf::from("x.json"))
+            }
+        );
+        assert_eq!(
+            parse_options(&[]).unwrap(),
+            Options {
+                only: None,
+                out: None
+            }
+        );
+    }
+
+    #[test]
+    fn options_reject_unknown_groups_and_flags() {
+        let err = parse_options(&args(&["--only", "speed"])).unwrap_err();
+        assert!(err.to_string().contains("unknown bench group `speed`"));
+        assert!(err
+            .to_string()
+            .contains("tracker, noop, latency, throughput, idle"));
+        assert!(parse_options(&args(&["--only"])).is_err());
+        assert!(parse_options(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn every_group_declares_targets_with_unique_names() {
+        let mut names: Vec<String> = GROUPS
+            .iter()
+            .flat_map(|g| (g.targets)())
+            .map(|m| m.name)
+            .collect();
+        let total = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), total);
+        for group in GROUPS {
+            assert!(
+                (group.targets)().iter().all(|m| m.target.is_some()),
+                "{}",
+                group.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_without_its_artifact_reports_failed_targets() {
+        let context = Context {
+            root: PathBuf::from("."),
+            artifacts: Artifacts::failed_for_tests(Artifact::Hub, "hub did not build"),
+            work: std::env::temp_dir().join("xtask-bench-unused"),
+        };
+        let group = GROUPS.iter().find(|g| g.name == "idle").unwrap();
+        let rows = run_group(group, &context);
+        assert!(!rows.is_empty());
+        for row in &rows {
+            assert_eq!(row.pass(), Some(false));
+            assert!(row.note.as_deref().unwrap().contains("hub did not build"));
+        }
+    }
+}

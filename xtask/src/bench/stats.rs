@@ -1,0 +1,77 @@
+//! Summaries of samples.
+
+/// Nearest-rank percentile (the smallest sample with at least `p` % of the samples at or below
+/// it), so every reported percentile is a value that was actually observed. `None` when empty.
+pub(crate) fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+    if samples.is_empty() || !(0.0..=100.0).contains(&p) {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Arithmetic mean; `None` when empty.
+pub(crate) fn mean(samples: &[f64]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    Some(samples.iter().sum::<f64>() / samples.len() as f64)
+}
+
+/// A small, seedable generator for send offsets; the bench needs spread, not cryptography.
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Jitter {
+        // xorshift has a fixed point at zero.
+        Jitter(seed | 1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub(crate) fn next_unit(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        assert_eq!(percentile(&samples, 50.0), Some(100.0));
+        assert_eq!(percentile(&samples, 99.0), Some(198.0));
+        assert_eq!(percentile(&samples, 100.0), Some(200.0));
+        assert_eq!(percentile(&samples, 0.0), Some(1.0));
+        // With 10 samples p99 is the largest one, not an interpolation past it.
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 99.0), Some(10.0));
+        assert_eq!(percentile(&ten, 50.0), Some(5.0));
+        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn empty_or_out_of_range_has_no_percentile() {
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[1.0], 101.0), None);
+        assert_eq!(mean(&[]), None);
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
+    }
+
+    #[test]
+    fn jitter_stays_in_the_unit_interval_and_spreads() {
+        let mut jitter = Jitter::new(0);
+        let values: Vec<f64> = (0..1000).map(|_| jitter.next_unit()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        assert!(values.iter().any(|v| *v < 0.1));
+        assert!(values.iter().any(|v| *v > 0.9));
+    }
+}
