@@ -1,0 +1,105 @@
+//! `scheduler` with its embedded hub: `scheduler demo`, and a webhook sent to the printed URL
+//! with the generated secret, through a forced stop (second signal) and a restart.
+
+use nix::sys::signal::Signal;
+
+use crate::support::{eventually, fixture, github_signature, write, Proc};
+
+#[test]
+fn demo_exits_0_with_every_job_as_expected() {
+    let mut demo = Proc::spawn("scheduler", &["demo"], &[]);
+    let status = demo.wait();
+    assert_eq!(status.code(), Some(0), "{}", demo.output());
+    let out = demo.stdout();
+    for row in [
+        "build          succeeded  succeeded ok",
+        "test-pr        succeeded  succeeded ok",
+        "lint           failed     failed ok",
+        "release        succeeded  succeeded ok",
+        "long           aborted    aborted ok",
+        "cancel (long)  succeeded  succeeded ok",
+    ] {
+        assert!(out.contains(row), "missing `{row}` in\n{out}");
+    }
+    assert!(
+        out.contains("GITHUB_SHA=6113728f27ae82c7b1a177c8d03f9e96e0adf246"),
+        "{out}"
+    );
+    assert!(out.contains("all 6 jobs ended as expected"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
+    let home = tempfile::tempdir().unwrap();
+    let started = home.path().join("started");
+    write(
+        &home.path().join("dags"),
+        "sleepy.yaml",
+        &format!(
+            "steps:\n  - name: wait\n    command: touch '{}' && sleep 20\n",
+            started.display()
+        ),
+    );
+    write(
+        home.path(),
+        "bindings.toml",
+        "[[binding]]\nrepository = \"Codertocat/Hello-World\"\ndag = \"sleepy\"\ntrigger = \"auto\"\nevent_name = \"push\"\n",
+    );
+    let home_arg = home.path().display().to_string();
+    let args = [
+        "start",
+        "--home",
+        &home_arg,
+        "--hub-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "1",
+    ];
+    let mut scheduler = Proc::spawn("scheduler", &args, &[]);
+    let url = scheduler.wait_for("webhook URL:");
+    let secret = std::fs::read_to_string(home.path().join("webhook_secret")).unwrap();
+
+    let body = fixture("push.with-new-branch.json");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "e2e-embedded-1")
+        .header(
+            "x-hub-signature-256",
+            github_signature(secret.trim(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let job_id = answer["job_ids"][0].as_str().unwrap().to_owned();
+
+    eventually("the step to start", async || started.exists().then_some(())).await;
+    // The first signal starts a graceful stop, which waits for the running step; the second
+    // one ends the process at once.
+    scheduler.signal(Signal::SIGTERM);
+    scheduler.wait_for("shutting down gracefully");
+    scheduler.signal(Signal::SIGTERM);
+    let status = scheduler.wait();
+    assert_eq!(status.code(), Some(1), "{}", scheduler.output());
+
+    // The tracker kept the job: the next start finishes it with the run's real outcome (the
+    // run was cut off, so recovery marks it failed) and reports it to the hub exactly once.
+    let mut again = Proc::spawn("scheduler", &args, &[]);
+    let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
+    assert!(
+        finished.contains("status=\"failed\""),
+        "{finished}\n{}",
+        again.output()
+    );
+    again.signal(Signal::SIGINT);
+    assert_eq!(again.wait().code(), Some(0), "{}", again.output());
+    let runs = again
+        .stderr()
+        .matches(&format!("dispatch job finished job_id={job_id}"))
+        .count();
+    assert_eq!(runs, 1, "{}", again.output());
+}
