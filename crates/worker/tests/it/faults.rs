@@ -256,12 +256,20 @@ async fn credentials_appearing_later_start_the_pulls_without_restart() {
         rig.bodies(PULL).await[0].1,
         json!({"license_id": LICENSE, "server_id": SERVER, "heartbeat_secret": SECRET})
     );
-    // Credentials gone again (license revoked): the pulls stop.
+    // Credentials gone again (license revoked): the pulls stop. A pull already on its way may
+    // still land, so wait for the count to settle first.
     creds.set(false);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let pulls = rig.count(PULL).await;
+    let mut pulls = rig.count(PULL).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = rig.count(PULL).await;
+        if now == pulls {
+            break;
+        }
+        pulls = now;
+    }
     let calls = creds.calls();
-    eventually("still re-checking", || async { creds.calls() >= calls + 3 }).await;
+    eventually("still re-checking", || async { creds.calls() >= calls + 5 }).await;
     assert_eq!(rig.count(PULL).await, pulls);
     w.stop().await;
 }
@@ -310,15 +318,32 @@ async fn server_ignoring_wait_seconds_gets_the_idle_delay_and_wait_is_capped_at_
     w.stop().await;
 }
 
-/// Lets every ready task run (no real time passes; the clock is paused).
+/// Lets every ready task run (no time passes; the clock is paused).
 async fn settle() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
 }
 
+/// Waits in real time for `cond` while the clock stays paused: a running blocking task keeps
+/// Tokio from auto-advancing the paused clock (it would otherwise jump to the next timer while
+/// the worker waits on real network IO).
+async fn wait_frozen(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10)))
+            .await
+            .unwrap();
+    }
+}
+
 /// Paused time proves the wait after a failed pull: the loop asks for credentials again (its
-/// first act on waking) only once `expected` has passed.
+/// first act on waking) only once `expected` has passed. The clock is paused before the worker
+/// starts, so the worker computes its deadline on the paused clock and no real time slips in.
 async fn assert_pull_waits(template: ResponseTemplate, backoff_min: Duration, expected: Duration) {
     let rig = Rig::bare().await;
     pull_answers(&rig, template, 1).await;
@@ -332,18 +357,21 @@ async fn assert_pull_waits(template: ResponseTemplate, backoff_min: Duration, ex
         ..fast_config()
     };
     let creds = TestCreds::present();
-    let w = rig.start(config, creds.clone()).await;
+    tokio::time::pause();
+    let w = rig
+        .start_with_timeout(config, creds.clone(), Duration::from_secs(3600))
+        .await;
     // One credentials call by the pull loop, one by the report loop's first pass; after the
     // error is counted, the pull loop sleeps (this runtime has one thread, so it has yielded).
-    eventually("pull failed", || async {
-        w.stats.pull_errors() == 1 && creds.calls() == 2
+    let stats = w.stats.clone();
+    wait_frozen("pull failed", || {
+        stats.pull_errors() == 1 && creds.calls() == 2
     })
     .await;
-    tokio::time::pause();
-    tokio::time::advance(expected - Duration::from_millis(50)).await;
+    tokio::time::advance(expected - Duration::from_millis(1)).await;
     settle().await;
     assert_eq!(creds.calls(), 2, "woke before {expected:?}");
-    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::time::advance(Duration::from_millis(2)).await;
     settle().await;
     assert_eq!(creds.calls(), 3, "did not wake after {expected:?}");
     tokio::time::resume();
