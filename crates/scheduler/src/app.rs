@@ -86,6 +86,9 @@ impl System {
                 github_api_url,
                 github_token,
             } => {
+                if settings.license_public_key.is_some() {
+                    tracing::info!("--license-public-key is ignored with the embedded hub: its own key verifies its tokens");
+                }
                 let started = start_embedded_hub(
                     settings,
                     *listen,
@@ -104,6 +107,7 @@ impl System {
             }
         };
 
+        let has_key = license_key.is_some();
         let client =
             CloudClient::new(ClientConfig::new(base_url.clone(), VERSION)).map_err(|err| {
                 AppError::component(format!("set up the cloud client for `{base_url}`"), err)
@@ -122,6 +126,9 @@ impl System {
         .await
         .map_err(|err| AppError::component("start the license manager", err))?;
         tracing::info!(cloud = %base_url, license = %license.status_summary(), "license");
+        if !has_key {
+            tracing::warn!("no --license-key: the worker stays idle until a license is activated");
+        }
         tasks.spawn(license.clone().run(after_worker.clone()));
 
         let stores = Stores::open_files(FileStoreConfig {
@@ -398,28 +405,28 @@ impl Probe for WiredProbe {
 
 /// Prints where the embedded hub listens and where its secret is (never the secret itself).
 pub(crate) fn print_banner(system: &System, settings: &Settings) {
-    println!("dispatch scheduler {VERSION}");
-    println!("  DAGs:     {}", settings.dags_dir.display());
-    println!("  data:     {}", settings.data_dir.display());
-    println!("  logs:     {}", settings.log_dir.display());
+    say!("dispatch scheduler {VERSION}");
+    say!("  DAGs:     {}", settings.dags_dir.display());
+    say!("  data:     {}", settings.data_dir.display());
+    say!("  logs:     {}", settings.log_dir.display());
     match &system.hub {
         Some(hub) => {
-            println!("  embedded hub on {}", hub.addr);
-            println!("  webhook URL:    {}", hub.webhook_url);
-            println!("  webhook secret: stored in {}", hub.secret_path.display());
-            println!(
+            say!("  embedded hub on {}", hub.addr);
+            say!("  webhook URL:    {}", hub.webhook_url);
+            say!("  webhook secret: stored in {}", hub.secret_path.display());
+            say!(
                 "  bindings:       {}",
                 bindings_path(&settings.home).display()
             );
         }
         None => {
             if let CloudTarget::Remote(url) = &settings.cloud {
-                println!("  cloud:    {url}");
+                say!("  cloud:    {url}");
             }
         }
     }
     if let Some(addr) = system.metrics_addr {
-        println!("  metrics:  http://{addr}/metrics  health: http://{addr}/healthz");
+        say!("  metrics:  http://{addr}/metrics  health: http://{addr}/healthz");
     }
 }
 

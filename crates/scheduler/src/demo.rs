@@ -87,7 +87,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), AppError> {
     let result = run_in(home.path(), args.keep).await;
     if args.keep {
         let kept = home.keep();
-        println!("home kept at {}", kept.display());
+        say!("home kept at {}", kept.display());
     }
     result
 }
@@ -135,13 +135,13 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         .hub
         .clone()
         .ok_or_else(|| AppError::Demo("the embedded hub did not start".into()))?;
-    println!("dispatch demo: home {}", home.display());
-    println!(
+    say!("dispatch demo: home {}", home.display());
+    say!(
         "embedded hub {} · GitHub stand-in http://{github_addr} · started in {} ms",
         hub.addr,
         began.elapsed().as_millis()
     );
-    println!();
+    say!();
 
     let outcome = drive(
         &system,
@@ -160,10 +160,10 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         &reports.lock().map(|r| r.clone()).unwrap_or_default(),
     );
     if verbose_paths {
-        println!("logs under {}", home.join("logs").display());
+        say!("logs under {}", home.join("logs").display());
     }
     if failures.is_empty() {
-        println!(
+        say!(
             "\nall {} jobs ended as expected in {:.1} s",
             jobs.len(),
             began.elapsed().as_secs_f64()
@@ -280,7 +280,7 @@ fn new_tracked(delivery: &Delivery, job_id: String, is_cancel: bool, began: Inst
     } else {
         dag.clone()
     };
-    println!(
+    say!(
         "{:>7}  {}: job {job_id} → {what}",
         elapsed_label(began.elapsed()),
         delivery.label
@@ -347,7 +347,7 @@ fn observe(stores: &Stores, jobs: &mut [Tracked], reports: &Mutex<Vec<Report>>) 
             } else {
                 job.dag.clone()
             };
-            println!(
+            say!(
                 "{:>7}  {what}: {status}",
                 elapsed_label(job.began.elapsed())
             );
@@ -402,7 +402,7 @@ fn reported(job: &Tracked, reports: &[Report]) -> String {
 }
 
 fn print_table(jobs: &[Tracked], reports: &[Report]) {
-    println!();
+    say!();
     let header = [
         "event",
         "DAG",
@@ -462,14 +462,14 @@ fn print_table(jobs: &[Tracked], reports: &[Report]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("  {}", parts.join("  ").trim_end());
+        say!("  {}", parts.join("  ").trim_end());
     };
     line(&header.map(str::to_owned));
     line(&widths.map(|w| "-".repeat(w)));
     for row in &rows {
         line(row);
     }
-    println!("\n  dispatch = webhook sent → first step started; total = webhook sent → final status seen");
+    say!("\n  dispatch = webhook sent → first step started; total = webhook sent → final status seen");
 }
 
 /// Shows what the `build` DAG printed: the GitHub context derived from the push payload.
@@ -481,9 +481,9 @@ fn print_context(stores: &Stores, job: &Tracked) {
         return;
     };
     if let Ok(text) = std::fs::read_to_string(&step.stdout) {
-        println!("\n  `build` saw this GitHub context (from its step log):");
+        say!("\n  `build` saw this GitHub context (from its step log):");
         for line in text.lines() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
 }

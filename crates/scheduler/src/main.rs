@@ -8,6 +8,14 @@
 //!
 //! Not for: business logic. Anything a test of a library could cover lives in that library.
 
+/// `println!` that ignores a closed stdout (`scheduler demo | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod app;
 mod cli;
 mod config;
