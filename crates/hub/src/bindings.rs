@@ -348,6 +348,10 @@ mod tests {
                 "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"auto\"\ndispatch_event_type = \"x\"",
                 "binding[0].dispatch_event_type",
             ),
+            (
+                "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\ntag_pattern = \"v*\"",
+                "binding[0].tag_pattern",
+            ),
         ];
         for (body, want) in cases {
             let err = parse(&format!("[[binding]]\n{body}\n")).unwrap_err();

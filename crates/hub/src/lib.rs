@@ -13,7 +13,8 @@
 //! in time goes back to `queued`) → `accepted` → `finished`. Accept and finish repeated by the same
 //! server are idempotent (204); finishing again with a *different* status is a 409 and keeps the
 //! first one. A scheduler whose lease ran out may still accept the job as long as no other server
-//! has claimed it.
+//! has claimed it. A job claimed five times without an accept is finished as `rejected`, so one
+//! job no scheduler can take (say, a payload too large for its client) cannot block the queue.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).

@@ -48,11 +48,14 @@ enum Command {
         #[arg(long, env = "DISPATCH_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
-    /// Print the PEM public key of the hub's token signing key.
+    /// Print the public key of the hub's token signing key (for `--license-public-key`).
     PrintPublicKey {
         /// The hub's data directory.
         #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
         data_dir: PathBuf,
+        /// `pem` (SPKI) or `base64` (the 32 raw bytes).
+        #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
+        format: String,
     },
 }
 
@@ -77,12 +80,13 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::PrintPublicKey { data_dir } => {
-            let key = load_or_create_signing_key(&data_dir)?;
-            print!(
-                "{}",
-                dispatch_license::token::public_key_pem(&key.verifying_key())
-            );
+        Command::PrintPublicKey { data_dir, format } => {
+            let key = load_or_create_signing_key(&data_dir)?.verifying_key();
+            if format == "base64" {
+                println!("{}", dispatch_license::token::public_key_base64(&key));
+            } else {
+                print!("{}", dispatch_license::token::public_key_pem(&key));
+            }
             Ok(())
         }
         Command::Serve {

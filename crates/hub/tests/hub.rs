@@ -534,6 +534,10 @@ async fn bad_webhooks_are_rejected_and_store_nothing() {
         m.contains("dispatch_hub_webhooks_received_total{outcome=\"too_large\"} 1"),
         "{m}"
     );
+    assert!(
+        m.contains("dispatch_hub_webhooks_received_total{outcome=\"bad_request\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("dispatch_hub_jobs{state=\"queued\"} 0"), "{m}");
 
     // A signed body under the cap still works after all that.
@@ -1090,6 +1094,16 @@ mod binary {
         let key = dispatch_license::token::parse_public_key(&first).unwrap();
         let signing = dispatch_hub::keys::load_or_create_signing_key(dir.path()).unwrap();
         assert_eq!(key, signing.verifying_key());
+        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["print-public-key", "--format", "base64", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let b64 = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            dispatch_license::token::parse_public_key(&b64).unwrap(),
+            key
+        );
     }
 
     #[test]
