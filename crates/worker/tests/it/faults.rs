@@ -83,9 +83,12 @@ async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
             Duration::from_millis(300),
         )
         .await;
-    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
-    assert_eq!(w.stats.pull_errors(), 1);
-    assert_eq!(w.stats.jobs_finished("succeeded"), 1);
+    eventually("finish counted", || async {
+        w.stats.jobs_finished("succeeded") == 1
+    })
+    .await;
+    // At least the held pull timed out (on a loaded machine another call might too).
+    assert!(w.stats.pull_errors() >= 1);
     w.stop().await;
 }
 
