@@ -267,7 +267,7 @@ async fn start_embedded_hub(
             )?
         }
     };
-    let bindings_path = home.join("bindings.toml");
+    let bindings_path = bindings_path(home);
     if crate::embedded::write_if_absent(&bindings_path, dispatch_hub::EXAMPLE_BINDINGS_TOML)
         .map_err(|err| {
             AppError::component(
@@ -430,6 +430,7 @@ pub(crate) fn print_banner(system: &System, settings: &Settings) {
     }
 }
 
+/// `<home>/bindings.toml`, read by the embedded hub.
 fn bindings_path(home: &Path) -> PathBuf {
     home.join("bindings.toml")
 }

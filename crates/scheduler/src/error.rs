@@ -37,33 +37,80 @@ impl AppError {
     }
 }
 
-/// 0 clean stop, 2 bad configuration, 1 anything else (SPEC §9). Prints the whole cause chain;
-/// no error in the chain carries a secret (they are `Secret`s or never formatted).
+/// 0 clean stop, 2 bad configuration, 1 anything else (SPEC §9). Prints the whole cause chain
+/// to stderr; no error in the chain carries a secret (they are `Secret`s or never formatted).
 pub(crate) fn exit_code(result: Result<(), AppError>) -> ExitCode {
     let err = match result {
         Ok(()) => return ExitCode::SUCCESS,
         Err(err) => err,
     };
     if let AppError::Config(ConfigError::Cli(clap_err)) = &err {
-        // clap formats usage errors itself (and prints help/version to stdout, which are not errors).
+        // clap formats its own messages (help and version go to stdout).
         let _ = clap_err.print();
-        return match clap_err.kind() {
-            clap::error::ErrorKind::DisplayHelp
-            | clap::error::ErrorKind::DisplayVersion
-            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
-            _ => ExitCode::from(2),
-        };
+    } else {
+        eprintln!("{}", chain(&err));
     }
+    ExitCode::from(code(&err))
+}
+
+fn code(err: &AppError) -> u8 {
+    match err {
+        AppError::Config(ConfigError::Cli(clap_err)) => match clap_err.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+            _ => 2,
+        },
+        AppError::Config(_) => 2,
+        AppError::Component { .. } | AppError::Demo(_) => 1,
+    }
+}
+
+/// `error: <error>: <cause>: <cause>...` on one line.
+fn chain(err: &AppError) -> String {
     let mut text = format!("error: {err}");
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    tracing::error!("{text}");
-    eprintln!("{text}");
-    match err {
-        AppError::Config(_) => ExitCode::from(2),
-        AppError::Component { .. } | AppError::Demo(_) => ExitCode::from(1),
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> AppError {
+        match crate::cli::Cli::try_parse_from(args) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(err) => AppError::Config(ConfigError::Cli(err)),
+        }
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(code(&parse(&["scheduler", "--help"])), 0);
+        assert_eq!(code(&parse(&["scheduler", "--version"])), 0);
+        assert_eq!(code(&parse(&["scheduler"])), 2);
+        assert_eq!(code(&parse(&["scheduler", "start", "--nope"])), 2);
+        let invalid = ConfigError::Invalid {
+            setting: "poll-interval",
+            reason: "`x` is not a number".into(),
+        };
+        assert_eq!(code(&AppError::Config(invalid)), 2);
+        let io = std::io::Error::other("disk on fire");
+        assert_eq!(code(&AppError::component("open the tracker", io)), 1);
+        assert_eq!(code(&AppError::Demo("lint: expected failed".into())), 1);
+    }
+
+    #[test]
+    fn chain_names_every_cause() {
+        let io = std::io::Error::other("permission denied");
+        let err = AppError::component("open the tracker at `/d/tracker`", io);
+        assert_eq!(
+            chain(&err),
+            "error: failed to open the tracker at `/d/tracker`: permission denied"
+        );
     }
 }
