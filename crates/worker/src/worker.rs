@@ -121,8 +121,8 @@ impl Worker {
     /// [`WorkerConfig::shutdown_grace`] before the executor stops them. The tracker keeps every
     /// unfinished job, so the next start reports it.
     ///
-    /// Failures inside the loops are logged and retried; they never end the loops. The result
-    /// is an error only when a loop task itself failed.
+    /// Failures inside the loops are logged and retried; they never end the loops, so this
+    /// returns `Ok` once shutdown is complete. (The `Result` leaves room for start-up checks.)
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let shared = self.shared;
         let events = shared.executor.subscribe();

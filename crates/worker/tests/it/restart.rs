@@ -307,3 +307,46 @@ async fn accepted_job_whose_run_is_gone_finishes_failed() {
         )]
     );
 }
+
+#[tokio::test]
+async fn run_outliving_the_grace_period_is_stopped_and_reported_aborted_by_the_next_start() {
+    let rig = Rig::new().await;
+    let gate = rig.out("never");
+    rig.write_dag("gated", &gated_dag(&gate));
+    rig.offer_job(job_json(
+        json!({"id": "j8", "dag_name": "gated"}),
+        None,
+        None,
+    ))
+    .await;
+    let config = dispatch_worker::WorkerConfig {
+        shutdown_grace: std::time::Duration::from_millis(200),
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
+    let stores = w.stores.clone();
+    eventually("running", || async {
+        run_status(&stores, "gated", "j8").as_deref() == Some("running")
+    })
+    .await;
+    eventually("accepted", || async { w.stats.jobs_accepted() == 1 }).await;
+    w.stop().await;
+    assert_eq!(
+        run_status(&stores, "gated", "j8").as_deref(),
+        Some("aborted")
+    );
+    assert_eq!(rig.count("/finish").await, 0);
+    assert_eq!(rig.with_tracker(|t| t.list().unwrap()).await.len(), 1);
+
+    let w = rig.start(fast_config(), TestCreds::present()).await;
+    eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
+    w.stop().await;
+    assert_eq!(
+        rig.calls_for("j8", "finish").await,
+        vec![finish_body(
+            "aborted",
+            "Run `gated` finished with `aborted`. First error: run stopped by scheduler shutdown."
+        )]
+    );
+    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+}
