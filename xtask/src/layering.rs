@@ -37,6 +37,8 @@ pub(crate) const ROLES: &[(&str, Role)] = &[
     ("dispatch-worker", Role::Layer(3)),
     ("dispatch-hub", Role::Layer(3)),
     ("dispatch-scheduler", Role::Layer(4)),
+    // End-to-end tests of the real binaries: above everything, never depended on.
+    ("dispatch-e2e", Role::Layer(5)),
     ("dispatch-test-support", Role::TestSupport),
     ("xtask", Role::Tooling),
 ];
