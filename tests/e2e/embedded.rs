@@ -28,12 +28,16 @@ fn demo_exits_0_with_every_job_as_expected() {
     assert!(out.contains("all 6 jobs ended as expected"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
-    let home = tempfile::tempdir().unwrap();
-    let started = home.path().join("started");
+/// Starts `scheduler start` with the embedded hub, a binding push → `sleepy` and a DAG whose
+/// step touches a file and sleeps; sends a push webhook and waits for the step to run.
+/// Returns the process, its start arguments and the job id.
+async fn start_with_a_running_job(
+    home: &std::path::Path,
+    extra: &[&str],
+) -> (Proc, Vec<String>, String) {
+    let started = home.join("started");
     write(
-        &home.path().join("dags"),
+        &home.join("dags"),
         "sleepy.yaml",
         &format!(
             "steps:\n  - name: wait\n    command: touch '{}' && sleep 20\n",
@@ -41,23 +45,27 @@ async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
         ),
     );
     write(
-        home.path(),
+        home,
         "bindings.toml",
         "[[binding]]\nrepository = \"Codertocat/Hello-World\"\ndag = \"sleepy\"\ntrigger = \"auto\"\nevent_name = \"push\"\n",
     );
-    let home_arg = home.path().display().to_string();
-    let args = [
+    let mut args: Vec<String> = [
         "start",
         "--home",
-        &home_arg,
+        &home.display().to_string(),
         "--hub-listen",
         "127.0.0.1:0",
         "--report-interval",
         "1",
-    ];
-    let mut scheduler = Proc::spawn("scheduler", &args, &[]);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut scheduler = Proc::spawn("scheduler", &arg_refs, &[]);
     let url = scheduler.wait_for("webhook URL:");
-    let secret = std::fs::read_to_string(home.path().join("webhook_secret")).unwrap();
+    let secret = std::fs::read_to_string(home.join("webhook_secret")).unwrap();
 
     let body = fixture("push.with-new-branch.json");
     let response = reqwest::Client::new()
@@ -76,8 +84,42 @@ async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
     assert_eq!(response.status(), 202);
     let answer: serde_json::Value = response.json().await.unwrap();
     let job_id = answer["job_ids"][0].as_str().unwrap().to_owned();
-
     eventually("the step to start", async || started.exists().then_some(())).await;
+    (scheduler, args, job_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_signal_stops_runs_after_the_grace_and_exits_0() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut scheduler, args, job_id) =
+        start_with_a_running_job(home.path(), &["--shutdown-grace", "1"]).await;
+    scheduler.signal(Signal::SIGINT);
+    let status = scheduler.wait();
+    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    assert!(
+        scheduler.stderr().contains(&format!(
+            "run finished dag=sleepy run_id={job_id} status=aborted"
+        )),
+        "{}",
+        scheduler.output()
+    );
+    // The job was not finished before the exit; the next start reports the aborted run.
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut again = Proc::spawn("scheduler", &arg_refs, &[]);
+    let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
+    assert!(
+        finished.contains("status=\"aborted\""),
+        "{finished}\n{}",
+        again.output()
+    );
+    again.signal(Signal::SIGTERM);
+    assert_eq!(again.wait().code(), Some(0), "{}", again.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut scheduler, args, job_id) = start_with_a_running_job(home.path(), &[]).await;
     // The first signal starts a graceful stop, which waits for the running step; the second
     // one ends the process at once.
     scheduler.signal(Signal::SIGTERM);
@@ -88,7 +130,8 @@ async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
 
     // The tracker kept the job: the next start finishes it with the run's real outcome (the
     // run was cut off, so recovery marks it failed) and reports it to the hub exactly once.
-    let mut again = Proc::spawn("scheduler", &args, &[]);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut again = Proc::spawn("scheduler", &arg_refs, &[]);
     let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
     assert!(
         finished.contains("status=\"failed\""),

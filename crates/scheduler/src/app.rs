@@ -159,6 +159,7 @@ impl System {
                 idle_delay: settings.poll_interval,
                 report_interval: settings.report_interval,
                 long_poll: settings.long_poll,
+                shutdown_grace: settings.shutdown_grace,
                 ..WorkerConfig::default()
             },
             WorkerDeps {

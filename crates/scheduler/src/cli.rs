@@ -77,6 +77,9 @@ pub(crate) struct StartArgs {
     /// Most DAG runs executing at once [default: number of CPUs].
     #[arg(long, env = "DISPATCH_MAX_CONCURRENT_RUNS", value_name = "N")]
     pub(crate) max_concurrent_runs: Option<String>,
+    /// Seconds running DAG runs may go on after SIGINT/SIGTERM before they are stopped [default: 30].
+    #[arg(long, env = "DISPATCH_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub(crate) shutdown_grace: Option<String>,
     /// Serve `/metrics` and `/healthz` on this address (e.g. 127.0.0.1:9090).
     #[arg(long, env = "DISPATCH_METRICS_ADDR", value_name = "ADDR")]
     pub(crate) metrics_addr: Option<String>,

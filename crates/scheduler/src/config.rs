@@ -72,6 +72,7 @@ pub(crate) struct FileConfig {
     report_interval: Option<u64>,
     long_poll: Option<u64>,
     max_concurrent_runs: Option<u64>,
+    shutdown_grace: Option<u64>,
     metrics_addr: Option<String>,
     log_format: Option<LogFormat>,
     hub_listen: Option<String>,
@@ -109,6 +110,7 @@ pub(crate) struct Settings {
     pub(crate) report_interval: Duration,
     pub(crate) long_poll: Duration,
     pub(crate) max_concurrent_runs: Option<usize>,
+    pub(crate) shutdown_grace: Duration,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
 }
@@ -176,6 +178,12 @@ impl Settings {
                 format!("{} is above the maximum of 60 seconds", long_poll.as_secs()),
             ));
         }
+        let shutdown_grace = seconds(
+            "shutdown-grace",
+            args.shutdown_grace,
+            file.shutdown_grace,
+            30,
+        )?;
         let max_concurrent_runs = match number(
             "max-concurrent-runs",
             args.max_concurrent_runs,
@@ -255,6 +263,7 @@ impl Settings {
             report_interval,
             long_poll,
             max_concurrent_runs,
+            shutdown_grace,
             metrics_addr,
             log_format,
         })
@@ -414,6 +423,10 @@ mod tests {
             (
                 "max-concurrent-runs",
                 Box::new(|a| a.max_concurrent_runs = Some("0".into())),
+            ),
+            (
+                "shutdown-grace",
+                Box::new(|a| a.shutdown_grace = Some("1m".into())),
             ),
             (
                 "cloud-url",

@@ -127,6 +127,7 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         report_interval: Duration::from_secs(1),
         long_poll: Duration::from_secs(30),
         max_concurrent_runs: Some(8),
+        shutdown_grace: Duration::from_secs(5),
         metrics_addr: None,
         log_format: crate::cli::LogFormat::Text,
     };
