@@ -332,3 +332,55 @@ fn sigterm_stops_cleanly_with_exit_0() {
         scheduler.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_when_no_pull_succeeds() {
+    // No license key: the worker never pulls, so after three poll intervals counted from the
+    // start the scheduler reports itself unhealthy.
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().display().to_string();
+    let mut scheduler = Proc::spawn(
+        "scheduler",
+        &[
+            "start",
+            "--home",
+            &home_arg,
+            "--cloud-url",
+            "http://127.0.0.1:9",
+            "--poll-interval",
+            "1",
+            "--long-poll",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let metrics_url = scheduler
+        .wait_for("metrics:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let health_url = metrics_url.replace("/metrics", "/healthz");
+    let body = eventually("/healthz to answer 503", async || {
+        let response = reqwest::get(&health_url).await.ok()?;
+        (response.status() == 503).then_some(response.text().await.ok()?)
+    })
+    .await;
+    assert!(body.contains("no successful pull"), "{body}");
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dispatch_last_pull_age_seconds -1"),
+        "{metrics}"
+    );
+    scheduler.signal(Signal::SIGTERM);
+    assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
+}
