@@ -41,23 +41,54 @@ pub(crate) struct EmbeddedHub {
     pub(crate) secret_path: PathBuf,
 }
 
+type WorkerTask = tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>;
+type Started = (Option<EmbeddedHub>, Stores, Option<SocketAddr>, WorkerTask);
+
 /// A started scheduler.
 pub(crate) struct System {
     pub(crate) hub: Option<EmbeddedHub>,
     pub(crate) stores: Stores,
     pub(crate) metrics_addr: Option<SocketAddr>,
-    worker: tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>,
+    worker: WorkerTask,
     /// Cancelled once the worker has stopped: license manager, metrics server, embedded hub.
     after_worker: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl System {
-    /// Starts everything; returns once the worker is running. `shutdown` stops it.
+    /// Starts everything; returns once the worker is running. `shutdown` stops it. When a part
+    /// fails to start, the parts already running (embedded hub, license manager) are stopped
+    /// before the error is returned.
     pub(crate) async fn start(
         settings: &Settings,
         shutdown: &CancellationToken,
     ) -> Result<System, AppError> {
+        let after_worker = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        match Self::start_parts(settings, shutdown, &after_worker, &tasks).await {
+            Ok((hub, stores, metrics_addr, worker)) => Ok(System {
+                hub,
+                stores,
+                metrics_addr,
+                worker,
+                after_worker,
+                tasks,
+            }),
+            Err(err) => {
+                after_worker.cancel();
+                tasks.close();
+                tasks.wait().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn start_parts(
+        settings: &Settings,
+        shutdown: &CancellationToken,
+        after_worker: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Started, AppError> {
         for (dir, what) in [
             (&settings.home, "home"),
             (&settings.data_dir, "data"),
@@ -71,8 +102,15 @@ impl System {
                 )
             })?;
         }
-        let after_worker = CancellationToken::new();
-        let tasks = TaskTracker::new();
+        // Opened first: its lock is what keeps a second scheduler off the same data directory,
+        // before anything else (the embedded hub's database) is touched.
+        let tracker_dir = settings.data_dir.join("tracker");
+        let tracker = Tracker::open(&tracker_dir).map_err(|err| {
+            AppError::component(
+                format!("open the tracker at `{}`", tracker_dir.display()),
+                err,
+            )
+        })?;
 
         let (base_url, license_key, public_key, hub) = match &settings.cloud {
             CloudTarget::Remote(url) => (
@@ -94,8 +132,8 @@ impl System {
                     *listen,
                     github_api_url,
                     github_token,
-                    &after_worker,
-                    &tasks,
+                    after_worker,
+                    tasks,
                 )
                 .await?;
                 (
@@ -137,14 +175,6 @@ impl System {
             log_dir: settings.log_dir.clone(),
         })
         .map_err(|err| AppError::component("open the DAG, run and queue stores", err))?;
-        let tracker_dir = settings.data_dir.join("tracker");
-        let tracker = Tracker::open(&tracker_dir).map_err(|err| {
-            AppError::component(
-                format!("open the tracker at `{}`", tracker_dir.display()),
-                err,
-            )
-        })?;
-
         let mut executor_config = ExecutorConfig::default();
         if let Some(n) = settings.max_concurrent_runs {
             executor_config.max_concurrent_runs = n;
@@ -199,14 +229,7 @@ impl System {
         };
 
         let worker = tasks.spawn(worker.run(shutdown.clone()));
-        Ok(System {
-            hub,
-            stores,
-            metrics_addr,
-            worker,
-            after_worker,
-            tasks,
-        })
+        Ok((hub, stores, metrics_addr, worker))
     }
 
     /// Waits for the worker to stop (after `shutdown` fires), then stops the rest.
