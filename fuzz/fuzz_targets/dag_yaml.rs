@@ -43,7 +43,10 @@ fn check_error(err: &DagError, yaml: &str) {
     if let Some(line) = err.line {
         // YAML errors may point one past the last line (end of input).
         let lines = yaml_lines(yaml);
-        assert!(line >= 1 && line <= lines + 1, "line {line} of {lines}: {err}");
+        assert!(
+            line >= 1 && line <= lines + 1,
+            "line {line} of {lines}: {err}"
+        );
     }
     let _ = err.to_string();
 }
@@ -51,7 +54,11 @@ fn check_error(err: &DagError, yaml: &str) {
 /// Lines as YAML counts them: `\r\n`, a lone `\r` and `\n` each end a line (`str::lines` does
 /// not split at a lone `\r`).
 fn yaml_lines(yaml: &str) -> usize {
-    let breaks = yaml.replace("\r\n", "\n").bytes().filter(|&b| b == b'\n' || b == b'\r').count();
+    let breaks = yaml
+        .replace("\r\n", "\n")
+        .bytes()
+        .filter(|&b| b == b'\n' || b == b'\r')
+        .count();
     breaks + 1
 }
 
@@ -67,7 +74,10 @@ fn check_dag(dag: &Dag) {
     }
     for step in &dag.steps {
         for dep in &step.depends {
-            assert!(index.contains_key(dep.as_str()), "unknown dependency {dep:?} accepted");
+            assert!(
+                index.contains_key(dep.as_str()),
+                "unknown dependency {dep:?} accepted"
+            );
         }
     }
     // Kahn's algorithm: every step must get scheduled, or there is a cycle.

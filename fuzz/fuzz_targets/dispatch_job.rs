@@ -33,8 +33,16 @@ fuzz_target!(|data: &[u8]| {
         )
     });
     assert_eq!(job.id, again.id);
-    assert_eq!(raw(&job.payload), raw(&again.payload), "payload bytes changed");
-    assert_eq!(raw(&job.headers), raw(&again.headers), "headers bytes changed");
+    assert_eq!(
+        raw(&job.payload),
+        raw(&again.payload),
+        "payload bytes changed"
+    );
+    assert_eq!(
+        raw(&job.headers),
+        raw(&again.headers),
+        "headers bytes changed"
+    );
     let encoded_again = serde_json::to_vec(&again).expect("a decoded job encodes");
     assert_eq!(
         encoded,

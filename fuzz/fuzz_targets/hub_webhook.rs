@@ -86,8 +86,9 @@ fn fixture() -> &'static Fixture {
             .tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .expect("temp dir");
-        let license: LicenseKey = serde_json::from_value(json!({"id": LICENSE_ID, "key": LICENSE_KEY}))
-            .expect("license deserializes");
+        let license: LicenseKey =
+            serde_json::from_value(json!({"id": LICENSE_ID, "key": LICENSE_KEY}))
+                .expect("license deserializes");
         let cfg = HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.keep(),
@@ -112,10 +113,18 @@ fn fixture() -> &'static Fixture {
         let addr = handle.addr;
         std::mem::forget(handle);
         let activate = json!({"key": LICENSE_KEY, "server_id": SERVER_ID, "machine_name": "fuzz"});
-        let (status, body) = post(addr, "/api/v1/licenses/activate", &[], activate.to_string().as_bytes());
+        let (status, body) = post(
+            addr,
+            "/api/v1/licenses/activate",
+            &[],
+            activate.to_string().as_bytes(),
+        );
         assert_eq!(status, 200, "activate: {}", String::from_utf8_lossy(&body));
         let answer: Value = serde_json::from_slice(&body).expect("activate answer is json");
-        let heartbeat_secret = answer["heartbeat_secret"].as_str().expect("heartbeat_secret").to_owned();
+        let heartbeat_secret = answer["heartbeat_secret"]
+            .as_str()
+            .expect("heartbeat_secret")
+            .to_owned();
         Fixture {
             addr,
             heartbeat_secret,
@@ -126,7 +135,9 @@ fn fixture() -> &'static Fixture {
 /// One HTTP/1.1 request on a fresh connection; returns status and body.
 fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect to hub");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -145,7 +156,12 @@ fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -
     let head_end = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in answer: {:?}", String::from_utf8_lossy(&answer)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no header end in answer: {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
     let head = String::from_utf8_lossy(&answer[..head_end]).into_owned();
     let status: u16 = head
         .split(' ')
@@ -153,7 +169,9 @@ fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head:?}"));
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "chunked answers are not expected: {head}"
     );
     (status, answer[head_end + 4..].to_vec())
@@ -168,8 +186,12 @@ fn sign(body: &[u8]) -> String {
 }
 
 fn job_ids(body: &[u8]) -> (Vec<String>, bool) {
-    let answer: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("webhook answer is not json ({e}): {:?}", String::from_utf8_lossy(body)));
+    let answer: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "webhook answer is not json ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
     let ids = answer["job_ids"]
         .as_array()
         .unwrap_or_else(|| panic!("no job_ids in {answer}"))
@@ -181,11 +203,19 @@ fn job_ids(body: &[u8]) -> (Vec<String>, bool) {
 
 fn pull(fx: &Fixture) -> Option<DispatchJob> {
     let req = json!({"license_id": LICENSE_ID, "server_id": SERVER_ID, "heartbeat_secret": fx.heartbeat_secret});
-    let (status, body) = post(fx.addr, "/api/v1/github/dispatch/pull", &[], req.to_string().as_bytes());
+    let (status, body) = post(
+        fx.addr,
+        "/api/v1/github/dispatch/pull",
+        &[],
+        req.to_string().as_bytes(),
+    );
     match status {
         204 => None,
         200 => Some(serde_json::from_slice(&body).unwrap_or_else(|e| {
-            panic!("pulled job does not decode ({e}): {}", String::from_utf8_lossy(&body))
+            panic!(
+                "pulled job does not decode ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
         })),
         other => panic!("pull answered {other}: {}", String::from_utf8_lossy(&body)),
     }
@@ -240,21 +270,36 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(status, 400, "invalid json was accepted: {}", shown());
         return;
     };
-    assert!(status == 200 || status == 202, "signed json answered {status}: {}", shown());
+    assert!(
+        status == 200 || status == 202,
+        "signed json answered {status}: {}",
+        shown()
+    );
     let (ids, duplicate) = job_ids(&answer);
     assert!(!duplicate, "first delivery marked duplicate");
-    assert_eq!(status == 202, !ids.is_empty(), "status {status} with {} jobs", ids.len());
+    assert_eq!(
+        status == 202,
+        !ids.is_empty(),
+        "status {status} with {} jobs",
+        ids.len()
+    );
     let repo = payload
         .pointer("/repository/full_name")
         .and_then(Value::as_str)
         .unwrap_or_default();
     if !REPOSITORIES.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
-        assert!(ids.is_empty(), "jobs for unbound repository {repo:?}: {ids:?}");
+        assert!(
+            ids.is_empty(),
+            "jobs for unbound repository {repo:?}: {ids:?}"
+        );
     }
 
     if twice {
         let (status2, answer2) = post(fx.addr, "/webhooks/github", &headers, body);
-        assert!(status2 == 200 || status2 == 202, "repeat answered {status2}");
+        assert!(
+            status2 == 200 || status2 == 202,
+            "repeat answered {status2}"
+        );
         let (ids2, duplicate2) = job_ids(&answer2);
         assert!(duplicate2, "repeated delivery not marked duplicate");
         assert_eq!(ids, ids2, "repeated delivery got other jobs");
@@ -264,17 +309,25 @@ fuzz_target!(|data: &[u8]| {
     let mut pulled = Vec::new();
     for _ in 0..ids.len() {
         let job = pull(fx).unwrap_or_else(|| panic!("job of {ids:?} cannot be pulled"));
-        assert!(ids.contains(&job.id), "pulled unknown job {} (want {ids:?})", job.id);
+        assert!(
+            ids.contains(&job.id),
+            "pulled unknown job {} (want {ids:?})",
+            job.id
+        );
         assert!(!pulled.contains(&job.id), "job {} pulled twice", job.id);
         assert_eq!(job.delivery_id, delivery);
         assert_eq!(job.event_name, event);
         let raw_payload = job.payload.as_deref().map(|r| r.get());
         assert_eq!(raw_payload, Some(text.trim()), "payload bytes changed");
-        let job_headers: Value = serde_json::from_str(job.headers.as_deref().expect("job has headers").get())
-            .expect("headers are json");
+        let job_headers: Value =
+            serde_json::from_str(job.headers.as_deref().expect("job has headers").get())
+                .expect("headers are json");
         assert_eq!(job_headers["x-github-event"], json!([event]));
         assert_eq!(job_headers["x-github-delivery"], json!([delivery]));
-        assert!(job_headers.get("x-hub-signature-256").is_none(), "signature leaked into headers");
+        assert!(
+            job_headers.get("x-hub-signature-256").is_none(),
+            "signature leaked into headers"
+        );
         pulled.push(job.id);
     }
     assert!(pull(fx).is_none(), "a job is left over after {ids:?}");

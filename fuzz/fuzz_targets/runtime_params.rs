@@ -62,7 +62,13 @@ fn build_is_inverted(text: &str) {
     let line = build_runtime_params(payload, headers, &extras);
     let parsed = parse_runtime_params(&line)
         .unwrap_or_else(|e| panic!("built line does not parse: {e:?}\nline: {line:?}"));
-    let or_object = |s: &str| if s.is_empty() { "{}".to_owned() } else { s.to_owned() };
+    let or_object = |s: &str| {
+        if s.is_empty() {
+            "{}".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     let mut want = vec![
         Param::named(WEBHOOK_PAYLOAD, or_object(payload)),
         Param::named(WEBHOOK_HEADERS, or_object(headers)),
