@@ -2,6 +2,7 @@
 //! in temp dirs.
 
 mod common;
+mod fault_matrix;
 mod faults;
 mod flow;
 mod inputs;
