@@ -1,0 +1,666 @@
+//! Crash anywhere: signed webhooks go into the real `hub`, the real `scheduler` pulls and runs
+//! the jobs, and the test SIGKILLs the scheduler at random moments (and restarts it) until every
+//! job is finished. Then, for every job: the hub finished it exactly once, with the status its
+//! DAG run really produced; no DAG run started twice; and the scheduler's tracker is empty.
+//!
+//! The randomness is a xorshift seeded from `CRASH_SEED` (or the clock); the seed is printed at
+//! the start and in every assertion message, so `CRASH_SEED=<seed> cargo test -p dispatch-e2e
+//! crash` replays the same kill schedule (the machine's timing still varies).
+//!
+//! The scheduler talks to the hub through a recording proxy in this process: the hub answers a
+//! repeated finish with the same status like the first one and keeps no count, so the proxy is
+//! where repeated and refused finishes become visible.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::support::{bin, fixture, github_signature, write, Proc};
+
+const WEBHOOK_SECRET: &str = "crash-webhook-secret";
+const LICENSE_KEY: &str = "crash-license-key";
+/// Each push matches two bindings: one job of `crash-ok`, one of `crash-bad`.
+const WEBHOOKS: usize = 30;
+const MIN_KILLS: usize = 10;
+/// After this many kills the scheduler is left alone to drain what is left.
+const MAX_KILLS: usize = 40;
+/// The whole test, kills and drain, must be done by then.
+const DEADLINE: Duration = Duration::from_secs(170);
+/// What recovery writes into a run its dead scheduler left `running`.
+const TERMINATED: &str = "process terminated unexpectedly";
+
+/// xorshift64: enough to spread kill times; no dependency, replayable from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform enough in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("CRASH_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CRASH_SEED `{text}` is not a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
+
+/// One finish call the proxy forwarded, with the hub's answer (`None`: the hub did not answer).
+#[derive(Debug, Clone)]
+struct FinishCall {
+    job_id: String,
+    result_status: String,
+    answer: Option<u16>,
+}
+
+/// A loopback HTTP proxy in front of the hub that records every finish call. Each request is
+/// forwarded from its own task, so a call the scheduler abandons (it was killed) still reaches
+/// the hub and is recorded with the hub's answer, as it would be without the proxy.
+struct Proxy {
+    upstream: String,
+    client: reqwest::Client,
+    finishes: Mutex<Vec<FinishCall>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> (Arc<Proxy>, String) {
+        let proxy = Arc::new(Proxy {
+            upstream,
+            client: reqwest::Client::new(),
+            finishes: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(proxy.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (proxy, url)
+    }
+
+    fn finishes(&self) -> Vec<FinishCall> {
+        self.finishes.lock().unwrap().clone()
+    }
+}
+
+async fn forward(
+    axum::extract::State(proxy): axum::extract::State<Arc<Proxy>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let url = format!(
+        "{}{}",
+        proxy.upstream,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut outgoing = proxy.client.request(
+        reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap(),
+        url,
+    );
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            outgoing = outgoing.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let finished_job = path
+        .strip_prefix("/api/v1/github/dispatch/")
+        .and_then(|rest| rest.strip_suffix("/finish"))
+        .map(str::to_owned);
+    let status_word = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["result_status"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let recorder = proxy.clone();
+    let call = tokio::spawn(async move {
+        let answer = match outgoing.body(body).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let bytes = response.bytes().await.unwrap_or_default();
+                Some((status, headers, bytes))
+            }
+            Err(_) => None,
+        };
+        if let Some(job_id) = finished_job {
+            recorder.finishes.lock().unwrap().push(FinishCall {
+                job_id,
+                result_status: status_word,
+                answer: answer.as_ref().map(|a| a.0),
+            });
+        }
+        answer
+    });
+    let Ok(Some((status, headers, bytes))) = call.await else {
+        return axum::response::Response::builder()
+            .status(502)
+            .body(axum::body::Body::from("hub unreachable"))
+            .unwrap();
+    };
+    let mut response = axum::response::Response::builder().status(status);
+    for (name, value) in &headers {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
+    }
+    response.body(axum::body::Body::from(bytes)).unwrap()
+}
+
+/// One life of the scheduler; output goes to a file so that step processes it leaves behind
+/// hold no pipe of the test open.
+struct Scheduler {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Scheduler {
+    fn start(life: usize, root: &Path, home: &Path, cloud_url: &str, public_key: &str) -> Self {
+        let log = root.join(format!("scheduler-{life:02}.log"));
+        let out = File::create(&log).unwrap();
+        let mut cmd = Command::new(bin("scheduler"));
+        cmd.args(["start", "--home"])
+            .arg(home)
+            .args(["--cloud-url", cloud_url])
+            .args(["--license-public-key", public_key])
+            .args(["--poll-interval", "1", "--report-interval", "1"])
+            .args(["--long-poll", "5", "--max-concurrent-runs", "4"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("DISPATCH_") {
+                cmd.env_remove(key);
+            }
+        }
+        // The key goes by environment, not argv, so it stays out of `ps`.
+        cmd.env("RUST_LOG", "info")
+            .env("DISPATCH_LICENSE_KEY", LICENSE_KEY);
+        let child = cmd.spawn().expect("spawn scheduler");
+        Scheduler { child, log }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+    }
+
+    fn output(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // The tail is where a failure shows; whole logs would drown the message.
+        let start = text.len().saturating_sub(6_000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        format!("--- {} (tail)\n{}", self.log.display(), &text[start..])
+    }
+
+    fn kill(&mut self) {
+        nix::sys::signal::kill(self.pid(), Signal::SIGKILL).expect("SIGKILL scheduler");
+        self.child.wait().expect("reap scheduler");
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The hub's job counts by state, from its `/metrics`.
+async fn hub_job_counts(client: &reqwest::Client, hub_url: &str) -> HashMap<String, u64> {
+    let Ok(response) = client.get(format!("{hub_url}/metrics")).send().await else {
+        return HashMap::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("dispatch_hub_jobs{state=\"")?;
+            let (state, count) = rest.split_once("\"} ")?;
+            Some((state.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+async fn send_push(client: &reqwest::Client, hub_url: &str, delivery: usize) -> Vec<String> {
+    let body = fixture("push.with-new-branch.json");
+    let response = client
+        .post(format!("{hub_url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", format!("crash-delivery-{delivery}"))
+        .header(
+            "x-hub-signature-256",
+            github_signature(WEBHOOK_SECRET, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "webhook {delivery}");
+    let answer: Value = response.json().await.unwrap();
+    let ids: Vec<String> = answer["job_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no job_ids in {answer}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{answer}");
+    ids
+}
+
+/// A job's row in the hub's store.
+#[derive(Debug)]
+struct HubJob {
+    state: String,
+    dag: String,
+    dag_run_id: String,
+    result_status: String,
+    result_summary: String,
+}
+
+fn read_hub_jobs(db: &Path) -> BTreeMap<String, HubJob> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, state, dag_run_id, result_status, result_summary, job_json FROM jobs")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let job_json: String = r.get(5)?;
+            let job: Value = serde_json::from_str(&job_json).unwrap();
+            Ok((
+                r.get::<_, String>(0)?,
+                HubJob {
+                    state: r.get(1)?,
+                    dag: job["dag_name"].as_str().unwrap_or_default().to_owned(),
+                    dag_run_id: r.get(2)?,
+                    result_status: r.get(3)?,
+                    result_summary: r.get(4)?,
+                },
+            ))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// The attempts of a run, each as its `status.json` (temp directories a kill left behind are
+/// skipped: their names start with a dot and the store never reads them).
+fn run_attempts(home: &Path, dag: &str, run_id: &str) -> Vec<Value> {
+    let dir = home.join("data/runs").join(dag).join(run_id);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| {
+            let path = dir.join(n).join("status.json");
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect()
+}
+
+/// SIGKILLs every process whose environment names this test's ledger: step processes run in
+/// their own process groups and outlive a SIGKILLed scheduler. Returns how many there were.
+fn kill_orphans(ledger: &Path) -> usize {
+    let marker = format!("LEDGER={}", ledger.display());
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+fn dag_yaml(ledger: &Path, last_step: &str) -> String {
+    format!(
+        "description: crash-anywhere e2e\nenv:\n  LEDGER: \"{}\"\nsteps:\n  - name: start\n    command: |\n      echo \"$DAG_RUN_ID $DAG_NAME $$\" >> \"$LEDGER\"\n      sleep 0.2\n  - name: last\n    command: |\n      {last_step}\n",
+        ledger.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_scheduler_sigkills_at_random_moments() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    eprintln!("crash test seed: {seed} (replay with CRASH_SEED={seed})");
+    let tag = format!("[CRASH_SEED={seed}]");
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hub_data = root.join("hub-data");
+    let home = root.join("scheduler");
+    let ledger = root.join("ledger");
+    write(
+        &home.join("dags"),
+        "crash-ok.yaml",
+        &dag_yaml(&ledger, "sleep 0.2"),
+    );
+    write(
+        &home.join("dags"),
+        "crash-bad.yaml",
+        &dag_yaml(&ledger, "sleep 0.1; exit 1"),
+    );
+    let config = write(
+        root,
+        "hub.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+data_dir = "{data}"
+webhook_secret = "{WEBHOOK_SECRET}"
+# Short leases: a job claimed by a scheduler that died before accepting it is handed out again soon.
+lease_seconds = 3
+
+[[license]]
+id = "team"
+key = "{LICENSE_KEY}"
+plan = "pro"
+
+[[binding]]
+repository = "Codertocat/Hello-World"
+dag = "crash-ok"
+trigger = "auto"
+event_name = "push"
+
+[[binding]]
+repository = "Codertocat/Hello-World"
+dag = "crash-bad"
+trigger = "auto"
+event_name = "push"
+"#,
+            data = hub_data.display(),
+        ),
+    );
+    let mut print_key = Proc::spawn(
+        "hub",
+        &[
+            "print-public-key",
+            "--data-dir",
+            &hub_data.display().to_string(),
+            "--format",
+            "base64",
+        ],
+        &[],
+    );
+    assert_eq!(print_key.wait().code(), Some(0), "{}", print_key.output());
+    let public_key = print_key.stdout().trim().to_owned();
+    let mut hub = Proc::spawn(
+        "hub",
+        &[
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let hub_url = hub.wait_for("hub listening on").to_owned();
+    let (proxy, proxy_url) = Proxy::start(hub_url.clone()).await;
+    let client = reqwest::Client::new();
+    // Timed from here: building the binaries is not the test's time.
+    let began = Instant::now();
+
+    // Kill loop: webhooks keep arriving between kills, so kills land while jobs are pulled,
+    // taken in, run, accepted and finished, and while the scheduler starts up.
+    let mut job_ids: Vec<String> = Vec::new();
+    let mut sent = 0;
+    let mut kills = 0;
+    let mut life = 0;
+    let mut scheduler = Scheduler::start(life, root, &home, &proxy_url, &public_key);
+    let total = 2 * WEBHOOKS as u64;
+    loop {
+        for _ in 0..rng.between(0, 4) {
+            if sent < WEBHOOKS {
+                job_ids.extend(send_push(&client, &hub_url, sent).await);
+                sent += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(50, 700))).await;
+        if let Some(status) = scheduler.child.try_wait().unwrap() {
+            panic!(
+                "{tag} scheduler life {life} exited by itself ({status})\n{}",
+                scheduler.output()
+            );
+        }
+        let finished = hub_job_counts(&client, &hub_url)
+            .await
+            .get("finished")
+            .copied()
+            .unwrap_or(0);
+        let all_done = sent == WEBHOOKS && finished == total;
+        if kills >= MAX_KILLS || (kills >= MIN_KILLS && all_done) {
+            break;
+        }
+        scheduler.kill();
+        kills += 1;
+        life += 1;
+        scheduler = Scheduler::start(life, root, &home, &proxy_url, &public_key);
+        assert!(
+            began.elapsed() < DEADLINE,
+            "{tag} deadline passed during the kill loop after {kills} kills"
+        );
+    }
+    while sent < WEBHOOKS {
+        job_ids.extend(send_push(&client, &hub_url, sent).await);
+        sent += 1;
+    }
+    let kill_loop_secs = began.elapsed().as_secs_f64();
+
+    // Drain: no more kills; every job must end up finished at the hub.
+    loop {
+        let counts = hub_job_counts(&client, &hub_url).await;
+        if counts.get("finished").copied().unwrap_or(0) == total {
+            break;
+        }
+        if began.elapsed() > DEADLINE {
+            hub.signal(Signal::SIGTERM);
+            hub.wait();
+            let jobs = read_hub_jobs(&hub_data.join("hub.sqlite3"));
+            let missing: Vec<String> = jobs
+                .iter()
+                .filter(|(_, j)| j.state != "finished")
+                .map(|(id, j)| format!("{id} ({}, {})", j.dag, j.state))
+                .collect();
+            panic!(
+                "{tag} not every job finished within {DEADLINE:?} ({kills} kills); counts {counts:?}; unfinished: {missing:?}\n{}",
+                scheduler.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained_secs = began.elapsed().as_secs_f64();
+
+    if let Some(status) = scheduler.child.try_wait().unwrap() {
+        panic!(
+            "{tag} scheduler exited by itself ({status})\n{}",
+            scheduler.output()
+        );
+    }
+    nix::sys::signal::kill(scheduler.pid(), Signal::SIGTERM).unwrap();
+    let status = scheduler.child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{tag} graceful stop\n{}",
+        scheduler.output()
+    );
+    hub.signal(Signal::SIGTERM);
+    assert_eq!(hub.wait().code(), Some(0), "{tag} {}", hub.output());
+    let orphans = kill_orphans(&ledger);
+
+    // The tracker: nothing left once every job is finished.
+    let tracker = dispatch_tracker::Tracker::open(&home.join("data/tracker")).unwrap();
+    let left = tracker.list().unwrap();
+    assert!(
+        left.is_empty(),
+        "{tag} tracker still holds {} jobs after all finished: {left:?}\n{}",
+        left.len(),
+        scheduler.output()
+    );
+    drop(tracker);
+
+    // The hub: every job it created was finished, by one transition.
+    let hub_jobs = read_hub_jobs(&hub_data.join("hub.sqlite3"));
+    let mut expected_ids = job_ids.clone();
+    expected_ids.sort();
+    assert_eq!(
+        hub_jobs.keys().cloned().collect::<Vec<_>>(),
+        expected_ids,
+        "{tag} the hub's jobs are the webhooks' jobs"
+    );
+    let mut transitions: HashMap<String, usize> = HashMap::new();
+    for line in hub.stderr().lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["fields"]["message"] == "job finished" {
+            let id = event["fields"]["job_id"].as_str().unwrap_or_default();
+            *transitions.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    let finish_calls = proxy.finishes();
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    let mut starts: HashMap<&str, usize> = HashMap::new();
+    for line in ledger_text.lines() {
+        let run_id = line.split_whitespace().next().unwrap_or_default();
+        *starts.entry(run_id).or_default() += 1;
+    }
+    let mut killed_mid_run = 0;
+    let mut repeated_finishes = 0;
+    let mut outcome: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (id, job) in &hub_jobs {
+        let what = format!("{tag} job {id} ({})", job.dag);
+        assert_eq!(job.state, "finished", "{what}: {job:?}");
+        assert_eq!(job.dag_run_id, *id, "{what}: accepted with its own run id");
+        assert_eq!(
+            transitions.get(id).copied(),
+            Some(1),
+            "{what}: `job finished` transitions at the hub"
+        );
+
+        let attempts = run_attempts(&home, &job.dag, id);
+        assert_eq!(attempts.len(), 1, "{what}: run attempts {attempts:?}");
+        let record = &attempts[0];
+        let run_status = record["status"].as_str().unwrap_or_default();
+        let run_error = record["error"].as_str().unwrap_or_default();
+        assert_eq!(
+            job.result_status, run_status,
+            "{what}: hub result vs run record {record}"
+        );
+        let interrupted = run_error == TERMINATED;
+        killed_mid_run += usize::from(interrupted);
+        let expected = match job.dag.as_str() {
+            "crash-bad" => "failed",
+            "crash-ok" if interrupted => "failed",
+            "crash-ok" => "succeeded",
+            other => panic!("{what}: unexpected DAG `{other}`"),
+        };
+        assert_eq!(run_status, expected, "{what}: run record {record}");
+        if interrupted {
+            assert!(
+                job.result_summary.contains(TERMINATED),
+                "{what}: summary `{}`",
+                job.result_summary
+            );
+        }
+        *outcome
+            .entry((job.dag.clone(), job.result_status.clone()))
+            .or_default() += 1;
+
+        let calls: Vec<&FinishCall> = finish_calls.iter().filter(|c| c.job_id == *id).collect();
+        assert!(!calls.is_empty(), "{what}: no finish call reached the hub");
+        for call in &calls {
+            assert_eq!(
+                call.result_status, job.result_status,
+                "{what}: a finish call disagrees with the hub's record: {calls:?}"
+            );
+            assert!(
+                matches!(call.answer, Some(204) | None),
+                "{what}: the hub refused a finish: {calls:?}"
+            );
+        }
+        repeated_finishes += calls.len() - 1;
+
+        assert!(
+            starts.get(id.as_str()).copied().unwrap_or(0) <= 1,
+            "{what}: the run started {} times (ledger)",
+            starts[id.as_str()]
+        );
+    }
+    for run_id in starts.keys() {
+        assert!(
+            hub_jobs.contains_key(*run_id),
+            "{tag} ledger names a run `{run_id}` no job has"
+        );
+    }
+    assert!(kills >= MIN_KILLS, "{tag} only {kills} kills");
+    eprintln!(
+        "crash test seed {seed}: {} jobs, {kills} kills, {killed_mid_run} runs killed mid-run, \
+         {} runs started (ledger), {repeated_finishes} repeated finish calls, {orphans} orphan \
+         step processes at the end, outcomes {outcome:?}; kill loop {kill_loop_secs:.1}s, \
+         all finished at {drained_secs:.1}s, total {:.1}s",
+        hub_jobs.len(),
+        starts.len(),
+        began.elapsed().as_secs_f64()
+    );
+}
