@@ -384,3 +384,27 @@ async fn healthz_turns_503_when_no_pull_succeeds() {
     scheduler.signal(Signal::SIGTERM);
     assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
 }
+
+#[test]
+fn a_second_scheduler_on_the_same_data_dir_exits_1() {
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().display().to_string();
+    let args = ["start", "--home", &home_arg, "--hub-listen", "127.0.0.1:0"];
+    let mut first = Proc::spawn("scheduler", &args, &[]);
+    first.wait_for("dispatch worker started");
+    let mut second = Proc::spawn("scheduler", &args, &[]);
+    assert_eq!(second.wait().code(), Some(1), "{}", second.output());
+    assert!(
+        second.stderr().contains("already in use"),
+        "{}",
+        second.output()
+    );
+    // The second one stopped before starting anything: no second hub was announced.
+    assert!(
+        !second.stdout().contains("webhook URL"),
+        "{}",
+        second.output()
+    );
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait().code(), Some(0), "{}", first.output());
+}
