@@ -16,9 +16,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  bench [--only GROUP] [--out FILE]
+  bench [--only GROUP] [--out FILE] [--keep]
                              SPEC §10 numbers (release build, ~5 min): one table and
-                             target/bench/results.json; GROUP: tracker, noop, latency, throughput, idle
+                             target/bench/results.json; GROUP: tracker, noop, latency, throughput,
+                             idle; --keep keeps the scratch homes and logs under target/bench/work
   ci                         fmt check, clippy, tests, docs and the layering check, in that order
   layering                   check that every workspace crate depends only on lower layers (SPEC §1)
   unicode-table [DATA_FILE]  regenerate webhook-params' printable-rune table from UnicodeData.txt

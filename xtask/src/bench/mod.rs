@@ -86,12 +86,15 @@ const GROUPS: &[Group] = &[
 struct Options {
     only: Option<String>,
     out: Option<PathBuf>,
+    /// Keep the scratch homes (logs, run records) after the run.
+    keep: bool,
 }
 
 fn parse_options(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
         only: None,
         out: None,
+        keep: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -107,7 +110,10 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
                 let path = args.next().context("`--out` needs a file path")?;
                 options.out = Some(PathBuf::from(path));
             }
-            other => bail!("unknown bench flag `{other}` (flags: --only <group>, --out <file>)"),
+            "--keep" => options.keep = true,
+            other => {
+                bail!("unknown bench flag `{other}` (flags: --only <group>, --out <file>, --keep)")
+            }
         }
     }
     Ok(options)
@@ -175,8 +181,14 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     std::fs::write(&out, json + "\n")
         .with_context(|| format!("failed to write `{}`", out.display()))?;
     println!("results written to {}", out.display());
-    // The scratch homes hold thousands of run records; nothing reads them afterwards.
-    let _ = std::fs::remove_dir_all(&work);
+    // The scratch homes hold thousands of run records; only worth keeping to read the logs of
+    // a group that could not measure, or when asked.
+    let unmeasured = metrics.iter().any(|m| m.value.is_none());
+    if options.keep || unmeasured {
+        println!("scratch homes and logs kept in {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     Ok(())
 }
 
@@ -215,17 +227,19 @@ mod tests {
     #[test]
     fn options_take_a_known_group_and_an_output_file() {
         assert_eq!(
-            parse_options(&args(&["--only", "idle", "--out", "x.json"])).unwrap(),
+            parse_options(&args(&["--only", "idle", "--out", "x.json", "--keep"])).unwrap(),
             Options {
                 only: Some("idle".into()),
-                out: Some(PathBuf::from("x.json"))
+                out: Some(PathBuf::from("x.json")),
+                keep: true,
             }
         );
         assert_eq!(
             parse_options(&[]).unwrap(),
             Options {
                 only: None,
-                out: None
+                out: None,
+                keep: false,
             }
         );
     }
