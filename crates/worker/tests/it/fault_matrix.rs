@@ -108,15 +108,18 @@ enum Fault {
     MalformedJson,
     /// 200 with an empty body.
     Empty200,
+    /// 200 with a job whose `id` is empty (a malformed answer, not an empty queue).
+    JobWithoutId,
     /// 200 with a well-formed job larger than the client reads, `Content-Length` declared.
     OversizedJob,
     /// The same, streamed without a length (the end is the connection's close).
     OversizedJobStreamed,
     /// 200 `text/html` with a page, as a captive portal or proxy answers.
     HtmlPage,
-    /// Healthy answers labelled `text/plain; charset=utf-8`, which is what Go's net/http sends
-    /// for a JSON body written without a content type.
-    JsonAsPlainText,
+    /// Healthy answers with this content type instead of `application/json`. The client goes by
+    /// the body, not the label: Go's net/http labels a JSON body written without a content type
+    /// `text/plain; charset=utf-8`, and a server that speaks the protocol that way must work.
+    JobLabelled(&'static str),
     /// A redirect.
     Redirect { code: u16, to: Target },
 }
@@ -258,13 +261,9 @@ impl Cloud {
         };
         match fault {
             None => healthy(&mut state, endpoint, &job_id, body, "application/json"),
-            Some(Fault::JsonAsPlainText) => healthy(
-                &mut state,
-                endpoint,
-                &job_id,
-                body,
-                "text/plain; charset=utf-8",
-            ),
+            Some(Fault::JobLabelled(content_type)) => {
+                healthy(&mut state, endpoint, &job_id, body, content_type)
+            }
             Some(Fault::Status {
                 code,
                 retry_after,
@@ -292,6 +291,10 @@ impl Cloud {
             Some(Fault::Empty200) => {
                 deliver_2xx(&mut state);
                 Reply::json(200, "")
+            }
+            Some(Fault::JobWithoutId) => {
+                deliver_2xx(&mut state);
+                Reply::json(200, r#"{"id": "", "dag_name": "quick"}"#)
             }
             Some(Fault::OversizedJob) => Reply::json(200, oversized_job()),
             Some(Fault::OversizedJobStreamed) => Reply::Stream(oversized_job()),
@@ -409,6 +412,8 @@ async fn start_raw(cloud: Cloud) -> String {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let cloud = cloud.clone();
@@ -560,7 +565,12 @@ fn runtime_panics() -> usize {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().name() == Some("tokio-runtime-worker") {
+            // Tokio's worker and blocking threads: `tokio-rt-worker` here, `tokio-runtime-worker`
+            // in older versions.
+            if std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("tokio-"))
+            {
                 PANICS.fetch_add(1, Ordering::SeqCst);
             }
             previous(info);
@@ -706,7 +716,7 @@ async fn run_row(row: Row) {
     cloud.set_fault(row.endpoint, row.fault.clone());
     // An accept fault needs a job to accept; a job labelled text/plain is the fault itself.
     let offered_early =
-        row.endpoint == Endpoint::Accept || matches!(row.fault, Fault::JsonAsPlainText);
+        row.endpoint == Endpoint::Accept || matches!(row.fault, Fault::JobLabelled(_));
     if offered_early {
         cloud.offer(&fresh);
     }
@@ -898,6 +908,13 @@ async fn pull_faults_back_off_and_recover() {
             BACKOFF_BOUND,
         ),
         row(
+            "pull-no-id",
+            Pull,
+            Fault::JobWithoutId,
+            Wiremock,
+            BACKOFF_BOUND,
+        ),
+        row(
             "pull-empty-200",
             Pull,
             Fault::Empty200,
@@ -928,8 +945,15 @@ async fn pull_faults_back_off_and_recover() {
         row(
             "pull-json-as-text",
             Pull,
-            Fault::JsonAsPlainText,
+            Fault::JobLabelled("text/plain; charset=utf-8"),
             Raw,
+            BACKOFF_BOUND,
+        ),
+        row(
+            "pull-json-as-html",
+            Pull,
+            Fault::JobLabelled("text/html"),
+            Wiremock,
             BACKOFF_BOUND,
         ),
         row(
