@@ -12,7 +12,8 @@
 //!
 //! The cloud is one piece of state ([`Cloud`]) served either by wiremock, where it can express
 //! the fault, or by a raw TCP server on loopback for what it cannot (a body that trickles, a
-//! reset mid-body, a body without a length). Rows run side by side, each with its own worker,
+//! connection reset before or during the answer, a body without a length, bytes that are not
+//! HTTP). Rows run side by side, each with its own worker,
 //! dirs and servers, so the matrix takes about as long as its slowest row.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -104,6 +105,8 @@ enum Fault {
     ResetBeforeAnswer,
     /// 200 headers and part of the body, then a reset.
     ResetMidBody,
+    /// Something that is not HTTP at all (a wrong port: another service's banner).
+    NotHttp,
     /// 200 `application/json` that is not JSON.
     MalformedJson,
     /// 200 with an empty body.
@@ -131,6 +134,7 @@ impl Fault {
             Fault::SlowBody
                 | Fault::ResetBeforeAnswer
                 | Fault::ResetMidBody
+                | Fault::NotHttp
                 | Fault::OversizedJobStreamed
         )
     }
@@ -148,6 +152,7 @@ enum Reply {
     Trickle,
     ResetBeforeAnswer,
     ResetMidBody,
+    Bytes(&'static [u8]),
     Stream(Vec<u8>),
 }
 
@@ -281,6 +286,7 @@ impl Cloud {
             Some(Fault::SlowBody) => Reply::Trickle,
             Some(Fault::ResetBeforeAnswer) => Reply::ResetBeforeAnswer,
             Some(Fault::ResetMidBody) => Reply::ResetMidBody,
+            Some(Fault::NotHttp) => Reply::Bytes(b"SSH-2.0-OpenSSH_9.6\r\n"),
             Some(Fault::MalformedJson) => {
                 deliver_2xx(&mut state);
                 Reply::json(
@@ -545,6 +551,10 @@ async fn serve_conn(mut stream: TcpStream, cloud: Cloud) -> std::io::Result<()> 
             stream.set_zero_linger()?;
             drop(stream);
         }
+        Reply::Bytes(bytes) => {
+            stream.write_all(bytes).await?;
+            stream.shutdown().await?;
+        }
         Reply::Stream(body) => {
             let text = head(200, Some("application/json"), None) + "\r\n";
             stream.write_all(text.as_bytes()).await?;
@@ -714,7 +724,8 @@ async fn run_row(row: Row) {
     let cloud = Cloud::default();
     cloud.state().trap_url = trap_url;
     cloud.set_fault(row.endpoint, row.fault.clone());
-    // An accept fault needs a job to accept; a job labelled text/plain is the fault itself.
+    // An accept fault needs a job to accept; a job with the wrong content type is the fault
+    // itself.
     let offered_early =
         row.endpoint == Endpoint::Accept || matches!(row.fault, Fault::JobLabelled(_));
     if offered_early {
@@ -893,6 +904,7 @@ async fn pull_faults_back_off_and_recover() {
             Raw,
             BACKOFF_BOUND,
         ),
+        row("pull-not-http", Pull, Fault::NotHttp, Raw, BACKOFF_BOUND),
         row(
             "pull-reset-mid-body",
             Pull,
@@ -1068,6 +1080,13 @@ async fn finish_faults_are_retried_and_each_job_is_finished_once() {
             SLOW_BOUND,
         ),
         // Any 2xx is a finish (SPEC §2): one call, no retry.
+        row(
+            "finish-not-http",
+            Finish,
+            Fault::NotHttp,
+            Raw,
+            BACKOFF_BOUND,
+        ),
         row(
             "finish-malformed",
             Finish,
