@@ -196,6 +196,11 @@ fn recover(stores: &Stores) -> Result<(), ExecutorError> {
             RunStatus::Running => {
                 tracing::warn!(dag = %record.dag_name, run_id = %record.run_id, pid = ?record.pid,
                     "run was left running by a process that is gone; marking it failed");
+                let orphans = process::kill_orphans(&record.dag_name, &record.run_id);
+                if orphans > 0 {
+                    tracing::warn!(dag = %record.dag_name, run_id = %record.run_id, orphans,
+                        "killed step processes the dead scheduler left behind");
+                }
                 record.status = RunStatus::Failed;
                 record.error = Some(TERMINATED_UNEXPECTEDLY.to_owned());
                 record.finished_at = Some(now_ms());

@@ -147,6 +147,55 @@ fn signal_group(group: Pid, signal: Signal) {
     }
 }
 
+/// Kills what is left of a run whose scheduler died: step processes live in their own process
+/// groups, so a SIGKILL of the scheduler leaves them running. They are found by the environment
+/// every step inherits (`DAG_NAME` and `DAG_RUN_ID` both matching), which a recycled pid cannot
+/// fake, and each one's whole group gets SIGKILL. Returns how many processes matched.
+///
+/// Linux only (it reads `/proc`); elsewhere it finds nothing.
+pub(crate) fn kill_orphans(dag_name: &str, run_id: &str) -> usize {
+    let want_dag = format!("DAG_NAME={dag_name}");
+    let want_run = format!("DAG_RUN_ID={run_id}");
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        // Processes of other users, or ones that exit while we look, are simply skipped.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let mut has_dag = false;
+        let mut has_run = false;
+        for var in environ.split(|b| *b == 0) {
+            has_dag |= var == want_dag.as_bytes();
+            has_run |= var == want_run.as_bytes();
+        }
+        if !(has_dag && has_run) {
+            continue;
+        }
+        let process = Pid::from_raw(pid as i32);
+        if let Ok(group) = nix::unistd::getpgid(Some(process)) {
+            signal_group(group, Signal::SIGKILL);
+        }
+        // Also the process itself, in case it left the group.
+        let _ = nix::sys::signal::kill(process, Signal::SIGKILL);
+        killed += 1;
+    }
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +328,40 @@ mod tests {
         };
         assert_eq!(status.code(), Some(0));
         assert!(dir.path().join("cleaned").exists());
+    }
+
+    #[tokio::test]
+    async fn orphans_of_a_run_are_found_by_environment_and_killed() {
+        // An orphan of run `r1` (with a child of its own) and a bystander of another run.
+        use std::os::unix::process::CommandExt;
+        let spawn = |run: &str| {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "sleep 60 & wait"])
+                .env("DAG_NAME", "orphans")
+                .env("DAG_RUN_ID", run)
+                .process_group(0);
+            cmd.spawn().unwrap()
+        };
+        let mut orphan = spawn("r1");
+        let mut bystander = spawn("r2");
+        // Wait until the orphan has exec'd (before that its environment is still ours).
+        let environ = format!("/proc/{}/environ", orphan.id());
+        for _ in 0..1000 {
+            let env = std::fs::read(&environ).unwrap_or_default();
+            if env.windows(13).any(|w| w == b"DAG_RUN_ID=r1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed = kill_orphans("orphans", "r1");
+        assert!(killed >= 1, "the orphan was not found");
+        let status = orphan.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "orphan not killed: {status:?}");
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "bystander was killed"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 }
