@@ -14,7 +14,9 @@
 //! server are idempotent (204); finishing again with a *different* status is a 409 and keeps the
 //! first one. A scheduler whose lease ran out may still accept the job as long as no other server
 //! has claimed it. A job claimed five times without an accept is finished as `rejected`, so one
-//! job no scheduler can take (say, a payload too large for its client) cannot block the queue.
+//! job no scheduler can take cannot block the queue. A job whose pull answer would exceed the
+//! 1 MiB a scheduler reads (SPEC §2; GitHub sends events up to 25 MiB) is stored already finished
+//! as `rejected` with a summary giving the sizes, instead of being handed out and dropped.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).

@@ -26,6 +26,9 @@ pub(crate) const FINISHED: &str = "finished";
 /// can take (say, a payload too big for its client) must not block the queue forever.
 pub(crate) const MAX_CLAIMS: i64 = 5;
 
+/// Largest pull answer a scheduler reads (SPEC §2: at most 1 MiB of a response body).
+pub(crate) const MAX_JOB_ANSWER_BYTES: usize = 1024 * 1024;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -298,19 +301,39 @@ impl Store {
                     job_id: j.job.id.clone(),
                     source,
                 })?;
+            // A scheduler reads at most 1 MiB of a pull answer (SPEC §2): a job that cannot fit
+            // would be claimed and dropped forever, so it is answered `rejected` at once instead.
+            let answer_len = job_json.len() + raw.payload.len() + raw.headers.len() + 64;
+            let (state, result_status, result_summary) = if answer_len > MAX_JOB_ANSWER_BYTES {
+                tracing::warn!(job_id = %j.job.id, bytes = answer_len,
+                    "job too large for the dispatch protocol; finished as rejected");
+                (
+                    FINISHED,
+                    "rejected",
+                    format!(
+                        "the GitHub event is {} bytes; a dispatch job carries at most {} bytes",
+                        raw.payload.len(),
+                        MAX_JOB_ANSWER_BYTES
+                    ),
+                )
+            } else {
+                (QUEUED, "", String::new())
+            };
             tx.execute(
                 "INSERT INTO jobs (id, target_license, status_context, state, job_json, payload, headers,
-                                   created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                                   created_ms, updated_ms, result_status, result_summary)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
                 params![
                     j.job.id,
                     j.target_license,
                     j.status_context,
-                    QUEUED,
+                    state,
                     job_json,
                     raw.payload,
                     raw.headers,
-                    now_ms
+                    now_ms,
+                    result_status,
+                    result_summary
                 ],
             )
             .map_err(HubError::store("insert a job"))?;

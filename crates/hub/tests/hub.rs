@@ -560,6 +560,34 @@ async fn redelivery_creates_no_new_job() {
 }
 
 #[tokio::test]
+async fn job_too_large_for_a_pull_answer_is_rejected_at_once() {
+    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    // A real push padded past the 1 MiB a scheduler reads of one pull answer.
+    let mut event: Value =
+        serde_json::from_slice(&fixture("push/with-new-branch.payload.json")).unwrap();
+    event["padding"] = Value::String("x".repeat(2 * 1024 * 1024));
+    let (status, answer) = hub
+        .webhook("push", "big", serde_json::to_vec(&event).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(ids(&answer).len(), 1);
+    let c = hub.activate("lic-a", "srv").await;
+    // Never handed out (it could not be read), and not left queued either.
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    let m = hub.metrics().await;
+    assert!(m.contains("dispatch_hub_jobs{state=\"finished\"} 1"), "{m}");
+    assert!(!m.contains("dispatch_hub_jobs{state=\"queued\"} 1"), "{m}");
+    // A normal-sized event still flows.
+    hub.webhook(
+        "push",
+        "small",
+        fixture("push/with-new-branch.payload.json"),
+    )
+    .await;
+    hub.pull_job(&c).await;
+}
+
+#[tokio::test]
 async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
     let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
     let resp = hub
