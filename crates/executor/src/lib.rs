@@ -17,7 +17,9 @@
 //! `DAG_RUN_LOG_FILE`, `DAG_RUN_STEP_NAME`, `DAG_PARAMS_JSON`, which nothing may override), step
 //! `env`, DAG `env`, the resolved params, then the scheduler's own environment. `$VAR`/`${VAR}` in
 //! env values expand to earlier variables; params reach commands only as environment variables,
-//! never as command text.
+//! never as command text. A value too long for one environment string (Linux caps each at
+//! 128 KiB; GitHub payloads can be larger) is written to `<step>.<NAME>` next to the logs, `NAME`
+//! is set empty and `NAME_FILE` holds the path (e.g. `WEBHOOK_PAYLOAD_FILE`).
 //!
 //! A step with `script` runs `<shell> [-e] <file>` with the script written to `<step>.script`
 //! next to the logs; with both `script` and `command`, `command` is the interpreter and gets the

@@ -189,6 +189,7 @@ fn process_spec(
         Some(dir) if dir.is_absolute() => dir.clone(),
         Some(dir) => dag_dir.join(dir),
     };
+    let mut extra_files = Vec::new();
     let ctx = EnvContext {
         dag,
         step,
@@ -196,7 +197,19 @@ fn process_spec(
         log_file: &record.log_file,
     };
     // The step inherits the scheduler's environment; `$VAR` in env values may refer to it.
-    let env = build_env(&ctx, &|name| std::env::var(name).ok());
+    let mut env = build_env(&ctx, &|name| std::env::var(name).ok());
+    for (name, value) in &mut env {
+        if !fits_in_environment(name, value) {
+            let path = dir.join(format!("{stem}.{name}"));
+            std::fs::write(&path, value.as_bytes())
+                .map_err(|e| format!("failed to write `{}`: {e}", path.display()))?;
+            tracing::info!(%name, bytes = value.len(), file = %path.display(),
+                "value too long for one environment variable; passed as a file");
+            *value = String::new();
+            extra_files.push((format!("{name}_FILE"), path.display().to_string()));
+        }
+    }
+    env.append(&mut extra_files);
     Ok(ProcessSpec {
         program,
         args,
@@ -556,4 +569,13 @@ mod tests {
         assert_eq!(file_stem(6, ""), "6-");
         assert_eq!(file_stem(7, ".hidden"), "7-_hidden");
     }
+}
+
+/// Linux refuses to `exec` with any one `NAME=value` string longer than `MAX_ARG_STRLEN`
+/// (32 pages: 128 KiB, counting the NUL). A GitHub payload can be larger, so such a value is
+/// written to a file next to the step's logs instead: `NAME` is set empty and `NAME_FILE` holds
+/// the path. Everything smaller travels in the environment as usual.
+pub(crate) fn fits_in_environment(name: &str, value: &str) -> bool {
+    const MAX_ARG_STRLEN: usize = 32 * 4096;
+    name.len() + 1 + value.len() + 1 <= MAX_ARG_STRLEN
 }

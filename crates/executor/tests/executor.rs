@@ -584,6 +584,33 @@ async fn params_reach_commands_only_as_environment_variables() {
 }
 
 #[tokio::test]
+async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
+    let h = Harness::new();
+    let (_handle, mut rx) = h.start();
+    let tmp = h.tmp.path().display().to_string();
+    // 300 KiB: over Linux's 128 KiB limit for one environment string, under the hub's 1 MiB.
+    let payload = format!("{{\"blob\":\"{}\"}}", "p".repeat(300 * 1024));
+    let params = dispatch_webhook_params::build_runtime_params(&payload, "", &BTreeMap::new());
+    let command = format!(
+        "printf '%s' \"$WEBHOOK_PAYLOAD\" > {tmp}/inline.txt; cp \"$WEBHOOK_PAYLOAD_FILE\" {tmp}/file.txt; \
+         cp \"$DAG_PARAMS_JSON_FILE\" {tmp}/params.json; printf '%s' \"$WEBHOOK_HEADERS\" > {tmp}/headers.txt"
+    );
+    let dag = h.dag("big", vec![step("show", &command)]);
+    h.enqueue(&dag, "r1", &params);
+    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(read(h.path("file.txt")), payload);
+    assert_eq!(
+        read(h.path("inline.txt")),
+        "",
+        "the long value is not also inline"
+    );
+    let json: serde_json::Value = serde_json::from_str(&read(h.path("params.json"))).unwrap();
+    assert_eq!(json["WEBHOOK_PAYLOAD"], payload.as_str());
+    // Short values stay in the environment.
+    assert_eq!(read(h.path("headers.txt")), "{}");
+}
+
+#[tokio::test]
 async fn scripts_run_from_a_file_next_to_the_logs() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
