@@ -577,5 +577,6 @@ mod tests {
 /// the path. Everything smaller travels in the environment as usual.
 pub(crate) fn fits_in_environment(name: &str, value: &str) -> bool {
     const MAX_ARG_STRLEN: usize = 32 * 4096;
-    name.len() + 1 + value.len() + 1 <= MAX_ARG_STRLEN
+    // `NAME=value` plus its terminating NUL.
+    name.len() + 1 + value.len() < MAX_ARG_STRLEN
 }
