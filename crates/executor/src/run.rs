@@ -555,6 +555,16 @@ fn schedule(
     to_start
 }
 
+/// Linux refuses to `exec` with any one `NAME=value` string longer than `MAX_ARG_STRLEN`
+/// (32 pages: 128 KiB, counting the NUL). A GitHub payload can be larger, so such a value is
+/// written to a file next to the step's logs instead: `NAME` is set empty and `NAME_FILE` holds
+/// the path. Everything smaller travels in the environment as usual.
+pub(crate) fn fits_in_environment(name: &str, value: &str) -> bool {
+    const MAX_ARG_STRLEN: usize = 32 * 4096;
+    // `NAME=value` plus its terminating NUL.
+    name.len() + 1 + value.len() < MAX_ARG_STRLEN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,14 +579,4 @@ mod tests {
         assert_eq!(file_stem(6, ""), "6-");
         assert_eq!(file_stem(7, ".hidden"), "7-_hidden");
     }
-}
-
-/// Linux refuses to `exec` with any one `NAME=value` string longer than `MAX_ARG_STRLEN`
-/// (32 pages: 128 KiB, counting the NUL). A GitHub payload can be larger, so such a value is
-/// written to a file next to the step's logs instead: `NAME` is set empty and `NAME_FILE` holds
-/// the path. Everything smaller travels in the environment as usual.
-pub(crate) fn fits_in_environment(name: &str, value: &str) -> bool {
-    const MAX_ARG_STRLEN: usize = 32 * 4096;
-    // `NAME=value` plus its terminating NUL.
-    name.len() + 1 + value.len() < MAX_ARG_STRLEN
 }
