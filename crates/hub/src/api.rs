@@ -16,7 +16,6 @@ use dispatch_license::{
     HeartbeatResponse, PullRequest, Secret,
 };
 use ed25519_dalek::SigningKey;
-use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -24,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, PULLS, WEBHOOKS};
+use crate::signature::{self, hex};
 use crate::store::{Caller, RawDelivery, Store, Transition};
 use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
 
@@ -131,38 +131,8 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
-}
-
-fn signature_ok(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(expected) = headers
-        .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(decode_hex)
-    else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -222,7 +192,13 @@ async fn webhook_inner(
         };
         (label, ApiError::new(status, rej.body_text()))
     })?;
-    if !signature_ok(&st.cfg.webhook_secret, headers, &body) {
+    if !signature::verify(
+        &st.cfg.webhook_secret,
+        headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok()),
+        &body,
+    ) {
         return Err((
             "bad_signature",
             ApiError::new(
@@ -539,35 +515,4 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> 
         st.metrics.render(&jobs),
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trip_and_rejects() {
-        assert_eq!(
-            decode_hex(&hex(&[0, 1, 254, 255])),
-            Some(vec![0, 1, 254, 255])
-        );
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("é1"), None);
-    }
-
-    #[test]
-    fn signature_check() {
-        let secret = Secret::new("s3");
-        let body = b"{\"a\":1}";
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3").unwrap();
-        mac.update(body);
-        let good = format!("sha256={}", hex(&mac.finalize().into_bytes()));
-        let mut headers = HeaderMap::new();
-        assert!(!signature_ok(&secret, &headers, body));
-        headers.insert("x-hub-signature-256", good.parse().unwrap());
-        assert!(signature_ok(&secret, &headers, body));
-        assert!(!signature_ok(&secret, &headers, b"{\"a\":2}"));
-        assert!(!signature_ok(&Secret::new("other"), &headers, body));
-    }
 }

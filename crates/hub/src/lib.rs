@@ -26,6 +26,7 @@ pub mod config;
 pub mod keys;
 pub mod matching;
 pub mod report;
+pub mod signature;
 
 mod api;
 mod error;

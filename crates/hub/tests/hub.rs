@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use dispatch_hub::{Binding, GithubConfig, Hub, HubConfig, HubHandle, LicenseKey, Trigger};
 use dispatch_license::Secret;
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "webhook-secret";
@@ -226,13 +224,7 @@ struct Creds {
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    dispatch_hub::signature::sign(&Secret::new(SECRET), body)
 }
 
 fn now() -> i64 {

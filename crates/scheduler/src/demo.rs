@@ -19,9 +19,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use dispatch_dag::{RunStatus, Stores};
 use dispatch_license::Secret;
-use hmac::{Hmac, Mac};
 use rand::RngCore as _;
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::System;
@@ -520,10 +518,7 @@ async fn send(
     secret: &Secret,
     delivery: &Delivery,
 ) -> Result<Vec<String>, AppError> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-        .map_err(|err| AppError::component("key the webhook signature", err))?;
-    mac.update(&delivery.body);
-    let signature = format!("sha256={}", hex(&mac.finalize().into_bytes()));
+    let signature = dispatch_hub::signature::sign(secret, &delivery.body);
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let response = http
