@@ -381,7 +381,7 @@ fn step_groups(processes: &[Pid]) -> usize {
 
 fn dag_yaml(ledger: &Path, last_step: &str) -> String {
     format!(
-        "description: crash-anywhere e2e\nenv:\n  LEDGER: \"{}\"\nsteps:\n  - name: start\n    command: |\n      echo \"$DAG_RUN_ID $DAG_NAME $$\" >> \"$LEDGER\"\n      sleep 0.2\n  - name: last\n    command: |\n      {last_step}\n",
+        "description: crash-anywhere e2e\nenv:\n  LEDGER: \"{}\"\nsteps:\n  - name: start\n    command: |\n      echo \"start $DAG_RUN_ID $DAG_NAME $$\" >> \"$LEDGER\"\n      sleep 0.2\n  - name: last\n    command: |\n      {last_step}\n",
         ledger.display()
     )
 }
@@ -410,7 +410,10 @@ async fn jobs_survive_scheduler_sigkills_at_random_moments() {
     write(
         &home.join("dags"),
         "crash-ok.yaml",
-        &dag_yaml(&ledger, "sleep 0.2"),
+        &dag_yaml(
+            &ledger,
+            "sleep 0.2; echo \"end $DAG_RUN_ID\" >> \"$LEDGER\"",
+        ),
     );
     write(
         &home.join("dags"),
@@ -612,10 +615,18 @@ event_name = "push"
     }
     let ledger_text = std::fs::read_to_string(&ledger).unwrap_or_default();
     let mut starts: HashMap<&str, usize> = HashMap::new();
+    let mut ends: HashMap<&str, usize> = HashMap::new();
     for line in ledger_text.lines() {
-        let run_id = line.split_whitespace().next().unwrap_or_default();
-        *starts.entry(run_id).or_default() += 1;
+        let mut words = line.split_whitespace();
+        let (kind, run_id) = (words.next(), words.next().unwrap_or_default());
+        match kind {
+            Some("start") => *starts.entry(run_id).or_default() += 1,
+            Some("end") => *ends.entry(run_id).or_default() += 1,
+            _ => panic!("{tag} bad ledger line `{line}`"),
+        }
     }
+    // Runs recovery marked failed whose last step, orphaned, still ran to its end.
+    let mut failed_but_completed = 0;
     let mut killed_mid_run = 0;
     let claims: i64 = hub_jobs.values().map(|j| j.claims).sum();
     let mut repeated_finishes = 0;
@@ -690,6 +701,20 @@ event_name = "push"
         }
 
         let started = starts.get(id.as_str()).copied().unwrap_or(0);
+        let ended = ends.get(id.as_str()).copied().unwrap_or(0);
+        assert!(
+            ended <= 1,
+            "{what}: the last step ended {ended} times (ledger)"
+        );
+        if job.dag == "crash-ok" && run_status == "succeeded" {
+            assert_eq!(
+                ended, 1,
+                "{what}: succeeded without its last step's ledger line"
+            );
+        }
+        if interrupted && ended == 1 {
+            failed_but_completed += 1;
+        }
         assert!(
             started <= 1,
             "{what}: the run started {started} times (ledger)"
@@ -714,7 +739,8 @@ event_name = "push"
          {} runs started (ledger), {repeated_finishes} repeated finish calls ({unlogged_finishes} \
          transitions the hub did not log), \
          {claims} claims at the hub, {orphaned_steps} \
-         steps outlived their scheduler ({orphans} still running at the end), outcomes {outcome:?}; kill loop {kill_loop_secs:.1}s, \
+         steps outlived their scheduler ({orphans} still running at the end; \
+         {failed_but_completed} runs reported failed although their orphaned last step completed), outcomes {outcome:?}; kill loop {kill_loop_secs:.1}s, \
          all finished at {drained_secs:.1}s, both stopped at {stopped_secs:.1}s, total {:.1}s (+{setup_secs:.1}s setup)",
         hub_jobs.len(),
         starts.len(),
