@@ -85,5 +85,11 @@ for target in "${targets[@]}"; do
         status=1
     fi
     echo "== $target: ran $(( $(date +%s) - start ))s" >&2
+    # libFuzzer keeps every unit it ever saved; keep only a covering minimum (FUZZ_CMIN=0: keep all).
+    if [[ ${FUZZ_CMIN:-1} != 0 ]]; then
+        nice -n 10 cargo fuzz cmin "${build_flags[@]}" "$target" "corpus/$target" >/dev/null 2>&1 ||
+            echo "!! $target: corpus minimisation failed (corpus kept as is)" >&2
+        echo "== $target: corpus $(find "corpus/$target" -type f | wc -l) files" >&2
+    fi
 done
 exit $status

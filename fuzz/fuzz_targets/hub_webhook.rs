@@ -16,6 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 const WEBHOOK_SECRET: &str = "fuzz-webhook-secret";
 const LICENSE_ID: &str = "lic-fuzz";
 const LICENSE_KEY: &str = "key-fuzz";
+const DATA_DIR_PREFIX: &str = "dispatch-fuzz-hub-";
 const SERVER_ID: &str = "0190a000-0000-7000-8000-000000000001";
 const REPOSITORIES: [&str; 2] = ["Codertocat/Hello-World", "octo-org/octo-repo"];
 
@@ -78,13 +80,37 @@ fn bindings() -> Vec<Binding> {
     serde_json::from_value(raw).expect("fuzz bindings deserialize")
 }
 
+/// libFuzzer ends the process with `exit`, so no destructor removes the hub's data dir; each run
+/// removes those left by runs whose process is gone (the pid is in the name).
+fn remove_stale_data_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DATA_DIR_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         // tmpfs when there is one: the hub fsyncs every delivery.
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        remove_stale_data_dirs(&base);
         let dir = tempfile::Builder::new()
-            .prefix("dispatch-fuzz-hub")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
+            .prefix(&format!("{DATA_DIR_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&base)
             .expect("temp dir");
         let license: LicenseKey =
             serde_json::from_value(json!({"id": LICENSE_ID, "key": LICENSE_KEY}))
