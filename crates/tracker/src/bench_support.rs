@@ -39,6 +39,12 @@ pub struct BenchConfig {
     pub baseline_iterations_large: usize,
     /// See `baseline_iterations_large`.
     pub large_size: usize,
+    /// Threads changing one tracker at once in the concurrent measurement (0 skips it).
+    pub concurrent_threads: usize,
+    /// Tracked jobs during the concurrent measurement.
+    pub concurrent_size: usize,
+    /// Upsert + delete pairs each of those threads does.
+    pub concurrent_pairs_per_thread: usize,
 }
 
 impl Default for BenchConfig {
@@ -48,6 +54,9 @@ impl Default for BenchConfig {
             iterations: 200,
             baseline_iterations_large: 3,
             large_size: 100_000,
+            concurrent_threads: 16,
+            concurrent_size: 1_000,
+            concurrent_pairs_per_thread: 50,
         }
     }
 }
@@ -75,7 +84,11 @@ pub fn sample_job(i: usize) -> TrackedJob {
 /// Names: `tracker/upsert+delete/n=N` and `baseline-rewrite/upsert+delete/n=N` (mean microseconds
 /// per pair), `tracker/compaction/n=N` (milliseconds for one compaction) and
 /// `tracker/upsert+delete-amortised/n=N` (the pair cost plus its share of the next compaction),
-/// then the ratios `tracker/ratio-largest-vs-smallest` and `baseline-vs-tracker/n=N`.
+/// then the ratios `tracker/ratio-largest-vs-smallest` and `baseline-vs-tracker/n=N`, and
+/// `tracker/concurrent-T-threads/upsert+delete/n=N`: changes per second (an upsert and a delete count
+/// as two) while T threads each run their own upsert + delete pairs on one tracker, as the worker's
+/// concurrent intakes do, with `tracker/concurrent-T-threads/changes-per-fsync/n=N` (group commit's
+/// batching factor).
 pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, TrackerError> {
     let mut out = Vec::new();
     let mut trackers = Vec::new();
@@ -158,7 +171,64 @@ pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, Tra
             out.push(m(format!("baseline-vs-tracker/n={n}"), base / ours_n, "x"));
         }
     }
+    if config.concurrent_threads > 0 {
+        out.extend(concurrent(scratch, config)?);
+    }
     Ok(out)
+}
+
+/// Changes per second with `concurrent_threads` threads sharing one tracker, and how many changes
+/// shared each fsync on average (group commit).
+fn concurrent(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, TrackerError> {
+    let (threads, n) = (config.concurrent_threads, config.concurrent_size);
+    let pairs = config.concurrent_pairs_per_thread.max(1);
+    let dir = scratch.join(format!("tracker-concurrent-{n}"));
+    let _ = fs::remove_dir_all(&dir);
+    seed(&dir, n)?;
+    let tracker = Tracker::open_with_config(&dir, TrackerConfig::default())?;
+    pair_ours(&tracker, n, 0..5)?;
+    let syncs_before = tracker.journal_syncs();
+    let start_line = std::sync::Barrier::new(threads + 1);
+    let elapsed = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (tracker, start_line) = (&tracker, &start_line);
+                // Each thread owns a disjoint range of job ids above the seeded ones.
+                let first = n + 5 + t * pairs;
+                s.spawn(move || {
+                    start_line.wait();
+                    pair_ours(tracker, 0, first..first + pairs)
+                })
+            })
+            .collect();
+        start_line.wait();
+        let start = Instant::now();
+        let mut result = Ok(());
+        for w in workers {
+            match w.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        result.map(|()| start.elapsed())
+    })?;
+    let syncs = tracker.journal_syncs() - syncs_before;
+    drop(tracker);
+    let _ = fs::remove_dir_all(&dir);
+    let changes = (2 * threads * pairs) as f64;
+    Ok(vec![
+        m(
+            format!("tracker/concurrent-{threads}-threads/upsert+delete/n={n}"),
+            changes / elapsed.as_secs_f64().max(1e-9),
+            "ops/s",
+        ),
+        m(
+            format!("tracker/concurrent-{threads}-threads/changes-per-fsync/n={n}"),
+            changes / syncs.max(1) as f64,
+            "x",
+        ),
+    ])
 }
 
 fn m(name: String, value: f64, unit: &str) -> Measurement {

@@ -3,7 +3,8 @@
 //! [`Tracker`] is a map from job id to [`TrackedJob`] kept in one directory, with four operations:
 //! [`Tracker::upsert`], [`Tracker::delete`], [`Tracker::get`] and [`Tracker::list`] (sorted by job id).
 //! Every change that returns `Ok` has been written and fsynced, so it survives a power cut. Reads are
-//! served from an in-memory map that mirrors the disk.
+//! served from an in-memory map that mirrors the disk: a change shows in [`Tracker::get`] and
+//! [`Tracker::list`] only once it is durable, never before.
 //!
 //! # Storage and why
 //!
@@ -19,6 +20,20 @@
 //! with one inode per job, and still needs a story for a half-written file. The journal needs one
 //! fsync per change and keeps crash handling in one place.
 //!
+//! # Group commit
+//!
+//! An fsync costs milliseconds on real disks, so one fsync per change would cap a tracker shared by
+//! many threads at a few hundred changes per second. Concurrent changes are therefore committed
+//! together: each caller appends its record to a pending batch under the mutex; if no batch is being
+//! written, that caller becomes the batch's leader, takes the batch, releases the mutex, writes the
+//! whole batch with one positioned write and one `fdatasync`, then re-takes the mutex, applies the
+//! batch to the map in order and wakes every caller of the batch with the outcome. Callers arriving
+//! while a batch is being written form the next batch, led by whichever of them wakes first. A lone
+//! caller pays exactly what it paid before (one write, one fsync); under load the cost of one fsync
+//! is shared by everyone who arrived during the previous one. Each caller still returns only after
+//! its own record is durable, and batches reach the file in the order their changes were accepted,
+//! so the journal replays to the same state as the calls' order.
+//!
 //! The journal grows with every change, so when it holds more than `max(1024, 2 × live jobs)`
 //! records it is compacted: the live map is written to `journal.tmp`, fsynced, renamed over
 //! `journal`, and the directory fsynced. Compaction costs O(live) but happens only after at least
@@ -33,8 +48,11 @@
 //!   fails with [`TrackerError::Corrupt`] naming the file and offset instead of silently dropping data.
 //! - A crash during compaction leaves either the old or the new `journal` (rename is atomic), both
 //!   holding the same state, plus perhaps a stray `journal.tmp`, which open deletes.
-//! - If a write or fsync fails at run time, the tracker refuses further changes
-//!   ([`TrackerError::Poisoned`]): after a failed fsync the kernel's view of the file is unknown, and
+//! - A batch is one write of whole records, so a torn batch write is a torn tail like any other: the
+//!   records before the tear are kept, and none of them had been reported durable.
+//! - If a write or fsync fails at run time, every caller of that batch gets the error and the
+//!   tracker refuses further changes ([`TrackerError::Poisoned`], also returned to callers already
+//!   waiting for the next batch): after a failed fsync the kernel's view of the file is unknown, and
 //!   reopening re-reads the truth from disk. An operation that returned `Err` may or may not have
 //!   been recorded.
 //!
@@ -50,7 +68,8 @@
 //!
 //! The tracker knows nothing about HTTP, DAGs or GitHub; it stores whatever [`TrackedJob`] values
 //! it is given. It is synchronous (changes block on fsync); async callers should use
-//! `spawn_blocking` or accept a few milliseconds per change. Unix only (modes, `fsync` of
+//! `spawn_blocking` (which also lets concurrent changes share a batch) or accept a few milliseconds
+//! per change. Unix only (modes, `fsync` of
 //! directories).
 
 #![cfg(unix)]
@@ -66,7 +85,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -225,15 +244,19 @@ pub struct Tracker {
     journal_path: PathBuf,
     config: TrackerConfig,
     inner: Mutex<Inner>,
+    /// Notified whenever a batch's outcome is known or the journal is released (`busy` cleared).
+    batch_done: Condvar,
     /// Held for the tracker's lifetime; dropping the file releases the advisory lock.
     _lock: File,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// The durable state: a change enters this map only once its record is fsynced.
     jobs: HashMap<String, TrackedJob>,
-    /// The journal, written at `len` with positioned writes.
-    file: File,
+    /// The journal, written at `len` with positioned writes. Shared so a batch's leader can write
+    /// and fsync it with the mutex released.
+    file: Arc<File>,
     len: u64,
     /// Records in the journal file (live or superseded).
     records: usize,
@@ -241,6 +264,63 @@ struct Inner {
     /// persistent failure (disk full) does not turn every change into an O(n) attempt.
     retry_compaction_at: usize,
     poisoned: bool,
+    /// Changes waiting for the next batch write, in arrival (= journal) order.
+    gathering: Batch,
+    /// Changes of the batch being written, applied to `jobs` once it is durable.
+    in_flight: Vec<Change>,
+    /// Someone owns the journal file outside the mutex: a leader writing a batch, or a test hold.
+    /// Compaction runs under the mutex with `busy` clear, so it never overlaps a batch write.
+    busy: bool,
+    /// Number the gathering batch will carry; batches are numbered from 1 in write order.
+    next_batch: u64,
+    /// Every batch up to this number has its outcome known (they finish in order).
+    finished: u64,
+    /// The batch whose write or fsync failed (the tracker is poisoned from then on) and why.
+    failed: Option<(u64, io::Error)>,
+    /// fdatasync calls made for batches, for tests and benchmarks.
+    syncs: u64,
+    /// Test hook: the next batch fails as if its write had failed, without touching the file.
+    fail_next_batch: bool,
+}
+
+/// Framed records and the changes they carry, in the same order.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    changes: Vec<Change>,
+}
+
+#[derive(Debug)]
+enum Change {
+    Upsert(TrackedJob),
+    Delete(String),
+}
+
+impl Change {
+    fn job_id(&self) -> &str {
+        match self {
+            Change::Upsert(job) => &job.job_id,
+            Change::Delete(job_id) => job_id,
+        }
+    }
+}
+
+impl Inner {
+    /// Whether `job_id` is tracked once every change accepted so far is applied, and whether that
+    /// answer depends on a change not yet durable.
+    fn latest(&self, job_id: &str) -> (bool, bool) {
+        let newest = self
+            .gathering
+            .changes
+            .iter()
+            .rev()
+            .chain(self.in_flight.iter().rev())
+            .find(|c| c.job_id() == job_id);
+        match newest {
+            Some(change) => (matches!(change, Change::Upsert(_)), true),
+            None => (self.jobs.contains_key(job_id), false),
+        }
+    }
 }
 
 impl Tracker {
@@ -319,38 +399,50 @@ impl Tracker {
             config,
             inner: Mutex::new(Inner {
                 jobs,
-                file,
+                file: Arc::new(file),
                 len,
                 records,
                 retry_compaction_at: 0,
                 poisoned: false,
+                gathering: Batch::default(),
+                in_flight: Vec::new(),
+                busy: false,
+                next_batch: 1,
+                finished: 0,
+                failed: None,
+                syncs: 0,
+                fail_next_batch: false,
             }),
+            batch_done: Condvar::new(),
             _lock: lock,
         })
     }
 
     /// Inserts or replaces `job` (keyed by `job.job_id`); durable when this returns `Ok`.
+    ///
+    /// Blocks until the change is fsynced; concurrent changes share one write and one fsync (see
+    /// the crate docs on group commit).
     pub fn upsert(&self, job: TrackedJob) -> Result<(), TrackerError> {
         let record = encode(&EntryRef::Upsert { job: &job })?;
-        let mut inner = self.lock();
-        self.append(&mut inner, &record)?;
-        inner.jobs.insert(job.job_id.clone(), job);
-        self.maybe_compact(&mut inner);
-        Ok(())
+        self.commit(self.lock(), &record, Change::Upsert(job))
     }
 
     /// Removes the job with `job_id`; returns whether it was tracked. Durable when this returns `Ok`.
     /// Deleting an unknown id writes nothing.
+    ///
+    /// "Tracked" counts changes other threads have made but are still waiting to be fsynced: those
+    /// are ordered before this delete in the journal.
     pub fn delete(&self, job_id: &str) -> Result<bool, TrackerError> {
-        let mut inner = self.lock();
-        if !inner.jobs.contains_key(job_id) {
+        let inner = self.lock();
+        let (tracked, pending) = inner.latest(job_id);
+        if !tracked && !pending {
             return Ok(false);
         }
+        // When a pending change already removes the job, a redundant delete is still written so
+        // that this call returns only once that removal is durable (it precedes this record).
         let bytes = encode(&EntryRef::Delete { job_id })?;
-        self.append(&mut inner, &bytes)?;
-        inner.jobs.remove(job_id);
-        self.maybe_compact(&mut inner);
-        Ok(true)
+        self.commit(inner, &bytes, Change::Delete(job_id.to_owned()))?;
+        Ok(tracked)
     }
 
     /// The job with `job_id`, if tracked.
@@ -386,10 +478,37 @@ impl Tracker {
         self.lock().records
     }
 
+    /// fdatasync calls made for batches of changes so far; for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn journal_syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Changes waiting for the next batch write; for tests.
+    #[doc(hidden)]
+    pub fn waiting_changes(&self) -> usize {
+        self.lock().gathering.changes.len()
+    }
+
+    /// Keeps any batch from being written until the returned hold is dropped, as if a long fsync
+    /// were in progress, so that a test can line up concurrent changes into one batch.
+    #[doc(hidden)]
+    pub fn hold_writes(&self) -> WriteHold<'_> {
+        let mut inner = self.wait_idle(self.lock());
+        inner.busy = true;
+        WriteHold { tracker: self }
+    }
+
+    /// Makes the next batch fail as if its write had failed, without touching the file; for tests.
+    #[doc(hidden)]
+    pub fn fail_next_batch(&self) {
+        self.lock().fail_next_batch = true;
+    }
+
     /// Compacts the journal now, whatever its size; for tests and benchmarks.
     #[doc(hidden)]
     pub fn compact_now(&self) -> Result<(), TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.wait_idle(self.lock());
         if inner.poisoned {
             return Err(TrackerError::Poisoned {
                 path: self.journal_path.clone(),
@@ -404,28 +523,118 @@ impl Tracker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn append(&self, inner: &mut Inner, record: &[u8]) -> Result<(), TrackerError> {
+    fn wait<'a>(&self, inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        self.batch_done
+            .wait(inner)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no batch is being written.
+    fn wait_idle<'a>(&self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        while inner.busy {
+            inner = self.wait(inner);
+        }
+        inner
+    }
+
+    /// Group commit: adds `record` (which carries `change`) to the gathering batch and returns once
+    /// that batch is durable and applied to the map, or failed.
+    ///
+    /// Whoever finds the journal idle while its batch is unwritten becomes the batch's leader and
+    /// writes it (see [`Tracker::write_batch`]); the others sleep on `batch_done`. Changes arriving
+    /// while a batch is being written gather into the next one, whose first caller to wake leads it.
+    fn commit<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        record: &[u8],
+        change: Change,
+    ) -> Result<(), TrackerError> {
         if inner.poisoned {
-            return Err(TrackerError::Poisoned {
-                path: self.journal_path.clone(),
-            });
+            return Err(self.poisoned_error());
         }
-        // fdatasync suffices for an append: it also flushes the size change needed to read the data.
-        let result = inner
-            .file
-            .write_all_at(record, inner.len)
-            .and_then(|()| inner.file.sync_data());
-        if let Err(source) = result {
-            inner.poisoned = true;
-            return Err(TrackerError::Io {
-                action: "append to",
-                path: self.journal_path.clone(),
-                source,
-            });
+        inner.gathering.bytes.extend_from_slice(record);
+        inner.gathering.changes.push(change);
+        let batch = inner.next_batch;
+        loop {
+            if inner.finished >= batch {
+                return match &inner.failed {
+                    Some((failed, source)) if *failed == batch => Err(TrackerError::Io {
+                        action: "append to",
+                        path: self.journal_path.clone(),
+                        source: copy_io_error(source),
+                    }),
+                    _ => Ok(()),
+                };
+            }
+            if inner.poisoned {
+                // An earlier batch failed; this one will never be written.
+                return Err(self.poisoned_error());
+            }
+            inner = if inner.busy {
+                self.wait(inner)
+            } else {
+                self.write_batch(inner)
+            };
         }
-        inner.len += record.len() as u64;
-        inner.records += 1;
-        Ok(())
+    }
+
+    /// Writes the gathering batch with one positioned write and one fdatasync, the mutex released
+    /// meanwhile so that other callers can gather the next batch and readers are not blocked; then
+    /// applies it to the map (or poisons the tracker) and wakes every waiter.
+    fn write_batch<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        let id = inner.next_batch;
+        inner.next_batch += 1;
+        let batch = std::mem::take(&mut inner.gathering);
+        inner.in_flight = batch.changes;
+        inner.busy = true;
+        let (file, at) = (Arc::clone(&inner.file), inner.len);
+        let inject_failure = std::mem::take(&mut inner.fail_next_batch);
+        drop(inner);
+
+        // Nothing between `busy = true` and `busy = false` can panic, so waiters cannot be
+        // stranded. fdatasync suffices for an append: it also flushes the size change needed to
+        // read the data.
+        let result = if inject_failure {
+            Err(io::Error::other("injected failure"))
+        } else {
+            file.write_all_at(&batch.bytes, at)
+                .and_then(|()| file.sync_data())
+        };
+
+        let mut inner = self.lock();
+        inner.busy = false;
+        inner.syncs += 1;
+        inner.finished = id;
+        let changes = std::mem::take(&mut inner.in_flight);
+        match result {
+            Ok(()) => {
+                inner.len += batch.bytes.len() as u64;
+                inner.records += changes.len();
+                for change in changes {
+                    match change {
+                        Change::Upsert(job) => {
+                            inner.jobs.insert(job.job_id.clone(), job);
+                        }
+                        Change::Delete(job_id) => {
+                            inner.jobs.remove(&job_id);
+                        }
+                    }
+                }
+                self.maybe_compact(&mut inner);
+            }
+            Err(source) => {
+                inner.poisoned = true;
+                inner.failed = Some((id, source));
+            }
+        }
+        self.batch_done.notify_all();
+        inner
+    }
+
+    fn poisoned_error(&self) -> TrackerError {
+        TrackerError::Poisoned {
+            path: self.journal_path.clone(),
+        }
     }
 
     fn maybe_compact(&self, inner: &mut Inner) {
@@ -465,7 +674,7 @@ impl Tracker {
         }
         // From here on the new file is the journal: appends must go to it even if the directory
         // fsync below fails, or they would land in the unlinked old file.
-        inner.file = file;
+        inner.file = Arc::new(file);
         inner.len = len;
         inner.records = inner.jobs.len();
         inner.retry_compaction_at = 0;
@@ -475,6 +684,28 @@ impl Tracker {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+/// Returned by [`Tracker::hold_writes`]; dropping it lets batches be written again.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WriteHold<'a> {
+    tracker: &'a Tracker,
+}
+
+impl Drop for WriteHold<'_> {
+    fn drop(&mut self) {
+        self.tracker.lock().busy = false;
+        self.tracker.batch_done.notify_all();
+    }
+}
+
+/// The same OS error for every caller of a failed batch (`io::Error` is not `Clone`).
+fn copy_io_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
     }
 }
 

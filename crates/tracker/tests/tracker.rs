@@ -447,6 +447,9 @@ fn bench_support_reports_every_number() {
         iterations: 2,
         baseline_iterations_large: 1,
         large_size: 40,
+        concurrent_threads: 3,
+        concurrent_size: 20,
+        concurrent_pairs_per_thread: 2,
     };
     let results = run(tmp.path(), &config).unwrap();
     let names: Vec<&str> = results.iter().map(|m| m.name.as_str()).collect();
@@ -458,6 +461,8 @@ fn bench_support_reports_every_number() {
         "baseline-rewrite/upsert+delete/n=40",
         "tracker/ratio-largest-vs-smallest",
         "baseline-vs-tracker/n=40",
+        "tracker/concurrent-3-threads/upsert+delete/n=20",
+        "tracker/concurrent-3-threads/changes-per-fsync/n=20",
     ] {
         assert!(names.contains(&name), "missing {name} in {names:?}");
     }
@@ -496,4 +501,176 @@ fn failed_compaction_keeps_changes_and_retries_later() {
     let t = Tracker::open(dir).unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t.get("same").unwrap().unwrap().dag_run_id, "r29");
+}
+
+/// Polls `cond` every few milliseconds for up to a minute (generous for a loaded machine).
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn many_threads_changing_at_once_leave_the_same_state_after_reopen() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 25;
+    let tmp = tempfile::tempdir().unwrap();
+    // Small compaction threshold so compactions run between batches during the storm.
+    let t = std::sync::Arc::new(Tracker::open_with_config(tmp.path(), small_compaction()).unwrap());
+    let handles: Vec<_> = (0..THREADS)
+        .map(|w| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..ROUNDS {
+                    let own = format!("w{w:02}-{i:02}");
+                    t.upsert(job(&own, "r1")).unwrap();
+                    t.upsert(job(&own, &format!("r2-{w}"))).unwrap();
+                    // The caller's own change is visible as soon as it returns.
+                    assert_eq!(t.get(&own).unwrap().unwrap().dag_run_id, format!("r2-{w}"));
+                    if i % 3 == 0 {
+                        assert!(t.delete(&own).unwrap(), "{own} was tracked");
+                        assert!(!t.delete(&own).unwrap(), "{own} already deleted");
+                        assert_eq!(t.get(&own).unwrap(), None);
+                    }
+                    // Ids every thread fights over: the final value is whichever came last.
+                    let shared = format!("shared-{}", i % 4);
+                    t.upsert(job(&shared, &format!("w{w}-{i}"))).unwrap();
+                    if (w + i) % 5 == 0 {
+                        t.delete(&shared).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let own: Vec<String> = ids(&t)
+        .into_iter()
+        .filter(|id| !id.starts_with("shared-"))
+        .collect();
+    let expected: Vec<String> = (0..THREADS)
+        .flat_map(|w| {
+            (0..ROUNDS)
+                .filter(|i| i % 3 != 0)
+                .map(move |i| format!("w{w:02}-{i:02}"))
+        })
+        .collect();
+    assert_eq!(own, expected);
+    let before = t.list().unwrap();
+    drop(t);
+    let reopened = Tracker::open(tmp.path()).unwrap();
+    assert_eq!(reopened.list().unwrap(), before);
+}
+
+#[test]
+fn concurrent_callers_share_one_fsync() {
+    const CALLERS: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    t.upsert(job("before", "r")).unwrap();
+    assert_eq!(t.journal_syncs(), 1, "a lone change costs one fsync");
+    std::thread::scope(|s| {
+        // As if a slow fsync were in progress: every caller below joins the same pending batch.
+        let hold = t.hold_writes();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let t = &t;
+                s.spawn(move || t.upsert(job(&format!("job-{i:02}"), "r")))
+            })
+            .collect();
+        wait_for("all callers to queue", || t.waiting_changes() == CALLERS);
+        // Nothing is durable yet, so nothing is visible yet.
+        assert_eq!(ids(&t), ["before"]);
+        drop(hold);
+        for c in callers {
+            c.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(
+        t.journal_syncs(),
+        2,
+        "{CALLERS} callers, one write and one fsync"
+    );
+    assert_eq!(t.len(), CALLERS + 1);
+    let before = t.list().unwrap();
+    drop(t);
+    assert_eq!(Tracker::open(tmp.path()).unwrap().list().unwrap(), before);
+}
+
+#[test]
+fn delete_counts_a_change_still_waiting_for_its_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    std::thread::scope(|s| {
+        let hold = t.hold_writes();
+        let upsert = s.spawn(|| t.upsert(job("x", "r")));
+        wait_for("the upsert to queue", || t.waiting_changes() == 1);
+        assert_eq!(t.get("x").unwrap(), None, "not durable, not visible");
+        let delete = s.spawn(|| t.delete("x"));
+        wait_for("the delete to queue", || t.waiting_changes() == 2);
+        let second_delete = s.spawn(|| t.delete("x"));
+        // A delete after a pending delete still waits for it (it writes a record of its own).
+        wait_for("the second delete to queue", || t.waiting_changes() == 3);
+        drop(hold);
+        upsert.join().unwrap().unwrap();
+        assert!(
+            delete.join().unwrap().unwrap(),
+            "the pending upsert comes first"
+        );
+        assert!(!second_delete.join().unwrap().unwrap());
+    });
+    assert_eq!(t.get("x").unwrap(), None);
+    drop(t);
+    assert!(Tracker::open(tmp.path()).unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_batch_fails_every_caller_and_poisons_the_tracker() {
+    const CALLERS: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    t.upsert(job("kept", "r")).unwrap();
+    std::thread::scope(|s| {
+        let hold = t.hold_writes();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let t = &t;
+                s.spawn(move || t.upsert(job(&format!("lost-{i}"), "r")))
+            })
+            .collect();
+        wait_for("all callers to queue", || t.waiting_changes() == CALLERS);
+        t.fail_next_batch();
+        drop(hold);
+        for c in callers {
+            let err = c.join().unwrap().unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    TrackerError::Io {
+                        action: "append to",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("journal"), "{err}");
+        }
+    });
+    assert!(matches!(
+        t.upsert(job("after", "r")),
+        Err(TrackerError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        t.delete("kept"),
+        Err(TrackerError::Poisoned { .. })
+    ));
+    assert_eq!(ids(&t), ["kept"], "a failed batch is not applied");
+    drop(t);
+    assert_eq!(ids(&Tracker::open(tmp.path()).unwrap()), ["kept"]);
 }
