@@ -3,7 +3,9 @@
 //! File layout: the 8-byte magic [`MAGIC`], then records. A record is
 //! `len: u32 LE | crc: u32 LE | payload (len bytes)`, where `crc` is CRC-32 over the four length bytes
 //! followed by the payload, so a flipped length is caught as surely as a flipped payload byte.
-//! The payload is one JSON-encoded [`Entry`].
+//! The payload is one JSON-encoded [`Entry`], or a JSON array of entries: a batch of concurrent
+//! changes committed together (one record, so one checksum covers the whole batch and a torn batch
+//! write is a torn last record like any other).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,13 +17,16 @@ pub(crate) const MAGIC: &[u8; 8] = b"DTRKJNL1";
 /// Bytes before the payload of each record.
 pub(crate) const HEADER_LEN: usize = 8;
 
-/// Largest payload accepted, far above any real job (a few hundred bytes).
+/// Largest encoded [`Entry`] accepted, far above any real job (a few hundred bytes).
+pub(crate) const MAX_ENTRY: usize = 1 << 20;
+
+/// Largest record payload, so also the largest batch: at least [`MAX_ENTRY`] plus the brackets.
 ///
 /// The cap also keeps JSON text from ever reading as a valid header: every JSON byte serde_json emits
 /// is at least `0x20`, so four of them as a little-endian `u32` are at least `0x2000_0000`, well over
 /// this limit. That is what lets [`scan`] search the bytes after a bad record for a later good one
 /// without being fooled by the inside of an earlier payload.
-pub(crate) const MAX_PAYLOAD: usize = 1 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 1 << 24;
 
 /// One change to the map of tracked jobs, as read back.
 #[derive(Debug, Deserialize)]

@@ -11,8 +11,9 @@
 //! The directory holds three files: `journal` (the data), `LOCK` (an advisory lock so one process at a
 //! time owns the directory) and, only while compacting, `journal.tmp`. The journal is append-only:
 //! each change is one framed record (length, CRC-32, JSON payload) written at the end of the file and
-//! made durable with one `fdatasync`. The cost of a change is therefore one small write and one
-//! fsync whatever the number of tracked jobs, which is the point: the Dagu design this replaces
+//! made durable with one `fdatasync` (or shares a record with concurrent changes, see group commit).
+//! The cost of a change is therefore one small write and at most one fsync whatever the number of
+//! tracked jobs, which is the point: the Dagu design this replaces
 //! rewrote one JSON file holding every job on each change, O(n) bytes per call.
 //!
 //! One file per job was the alternative. It also costs O(1) per change but needs a file create or
@@ -24,32 +25,35 @@
 //!
 //! An fsync costs milliseconds on real disks, so one fsync per change would cap a tracker shared by
 //! many threads at a few hundred changes per second. Concurrent changes are therefore committed
-//! together: each caller appends its record to a pending batch under the mutex; if no batch is being
+//! together: each caller appends its entry to a pending batch under the mutex; if no batch is being
 //! written, that caller becomes the batch's leader, takes the batch, releases the mutex, writes the
-//! whole batch with one positioned write and one `fdatasync`, then re-takes the mutex, applies the
+//! whole batch as one record (a JSON array of the entries; a lone entry is written plain) with one
+//! positioned write and one `fdatasync`, then re-takes the mutex, applies the
 //! batch to the map in order and wakes every caller of the batch with the outcome. Callers arriving
 //! while a batch is being written form the next batch, led by whichever of them wakes first. A lone
 //! caller pays exactly what it paid before (one write, one fsync); under load the cost of one fsync
 //! is shared by everyone who arrived during the previous one. Each caller still returns only after
-//! its own record is durable, and batches reach the file in the order their changes were accepted,
-//! so the journal replays to the same state as the calls' order.
+//! its own change is durable, and batches reach the file in the order their changes were accepted,
+//! so the journal replays to the same state as the calls' order. A batch is one record rather than
+//! several so that a torn batch write stays a torn *last record*: with several records, a power cut
+//! could keep a later page of the batch and lose an earlier one, which open would have to refuse as
+//! corruption in the middle.
 //!
 //! The journal grows with every change, so when it holds more than `max(1024, 2 × live jobs)`
-//! records it is compacted: the live map is written to `journal.tmp`, fsynced, renamed over
+//! entries (changes, however they were batched) it is compacted: the live map is written to `journal.tmp`, fsynced, renamed over
 //! `journal`, and the directory fsynced. Compaction costs O(live) but happens only after at least
 //! `max(1024, live)` changes since the last one, so each change pays O(1) amortised.
 //!
 //! # Crashes
 //!
-//! - A torn append (power cut mid-write) can damage only the last record. On open, a bad record with
+//! - A torn append (power cut mid-write, of a lone change or a whole batch) can damage only the
+//!   last record. On open, a bad record with
 //!   no intact record anywhere after it is taken as a torn tail: it is logged, cut off the file
 //!   (`set_len` + fsync) before anything new is appended, and everything before it is kept.
 //! - A bad record *followed* by intact records is damage in the middle of the file; [`Tracker::open`]
 //!   fails with [`TrackerError::Corrupt`] naming the file and offset instead of silently dropping data.
 //! - A crash during compaction leaves either the old or the new `journal` (rename is atomic), both
 //!   holding the same state, plus perhaps a stray `journal.tmp`, which open deletes.
-//! - A batch is one write of whole records, so a torn batch write is a torn tail like any other: the
-//!   records before the tear are kept, and none of them had been reported durable.
 //! - If a write or fsync fails at run time, every caller of that batch gets the error and the
 //!   tracker refuses further changes ([`TrackerError::Poisoned`], also returned to callers already
 //!   waiting for the next batch): after a failed fsync the kernel's view of the file is unknown, and
@@ -89,7 +93,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use journal::{Entry, EntryRef, HEADER_LEN, MAGIC, MAX_PAYLOAD};
+use journal::{Entry, EntryRef, HEADER_LEN, MAGIC, MAX_ENTRY, MAX_PAYLOAD};
 
 const JOURNAL_FILE: &str = "journal";
 const TEMP_FILE: &str = "journal.tmp";
@@ -258,7 +262,7 @@ struct Inner {
     /// and fsync it with the mutex released.
     file: Arc<File>,
     len: u64,
-    /// Records in the journal file (live or superseded).
+    /// Entries in the journal file (live or superseded), counting each change of a batch.
     records: usize,
     /// After a failed compaction, do not retry before the journal holds this many records, so a
     /// persistent failure (disk full) does not turn every change into an O(n) attempt.
@@ -283,11 +287,42 @@ struct Inner {
     fail_next_batch: bool,
 }
 
-/// Framed records and the changes they carry, in the same order.
+/// Changes waiting to be written together, and their encoded entries.
 #[derive(Debug, Default)]
 struct Batch {
-    bytes: Vec<u8>,
+    /// `[` followed by the entries' JSON separated by commas (no closing bracket yet); empty when
+    /// the batch is.
+    payload: Vec<u8>,
     changes: Vec<Change>,
+}
+
+impl Batch {
+    /// Whether an entry of `len` bytes still fits in one record with this batch.
+    fn fits(&self, len: usize) -> bool {
+        // `payload` already holds the opening bracket; a comma and the closing one would follow.
+        self.changes.is_empty() || self.payload.len() + len + 2 <= MAX_PAYLOAD
+    }
+
+    fn push(&mut self, entry: &[u8], change: Change) {
+        self.payload
+            .push(if self.changes.is_empty() { b'[' } else { b',' });
+        self.payload.extend_from_slice(entry);
+        self.changes.push(change);
+    }
+
+    /// The journal record: a lone change as a plain entry (as before batching existed), several as
+    /// a JSON array.
+    fn into_record(mut self) -> (Vec<u8>, Vec<Change>) {
+        let payload = if self.changes.len() == 1 {
+            &self.payload[1..]
+        } else {
+            self.payload.push(b']');
+            &self.payload[..]
+        };
+        let mut record = Vec::with_capacity(HEADER_LEN + payload.len());
+        journal::frame(payload, &mut record);
+        (record, self.changes)
+    }
 }
 
 #[derive(Debug)]
@@ -423,8 +458,8 @@ impl Tracker {
     /// Blocks until the change is fsynced; concurrent changes share one write and one fsync (see
     /// the crate docs on group commit).
     pub fn upsert(&self, job: TrackedJob) -> Result<(), TrackerError> {
-        let record = encode(&EntryRef::Upsert { job: &job })?;
-        self.commit(self.lock(), &record, Change::Upsert(job))
+        let entry = encode_entry(&EntryRef::Upsert { job: &job })?;
+        self.commit(self.lock(), &entry, Change::Upsert(job))
     }
 
     /// Removes the job with `job_id`; returns whether it was tracked. Durable when this returns `Ok`.
@@ -433,16 +468,29 @@ impl Tracker {
     /// "Tracked" counts changes other threads have made but are still waiting to be fsynced: those
     /// are ordered before this delete in the journal.
     pub fn delete(&self, job_id: &str) -> Result<bool, TrackerError> {
-        let inner = self.lock();
-        let (tracked, pending) = inner.latest(job_id);
-        if !tracked && !pending {
-            return Ok(false);
+        let mut inner = self.lock();
+        let mut encoded = None;
+        loop {
+            let (tracked, pending) = inner.latest(job_id);
+            if !tracked && !pending {
+                return Ok(false);
+            }
+            let entry = match encoded.take() {
+                Some(entry) => entry,
+                None => encode_entry(&EntryRef::Delete { job_id })?,
+            };
+            // The answer may change while waiting for room in a batch (see `commit`), so it is
+            // taken again after the wait.
+            if !inner.poisoned && !inner.gathering.fits(entry.len()) {
+                encoded = Some(entry);
+                inner = self.wait(inner);
+                continue;
+            }
+            // When a pending change already removes the job, a redundant delete is still written
+            // so that this call returns only once that removal is durable (it precedes this one).
+            self.commit(inner, &entry, Change::Delete(job_id.to_owned()))?;
+            return Ok(tracked);
         }
-        // When a pending change already removes the job, a redundant delete is still written so
-        // that this call returns only once that removal is durable (it precedes this record).
-        let bytes = encode(&EntryRef::Delete { job_id })?;
-        self.commit(inner, &bytes, Change::Delete(job_id.to_owned()))?;
-        Ok(tracked)
     }
 
     /// The job with `job_id`, if tracked.
@@ -472,7 +520,8 @@ impl Tracker {
         &self.dir
     }
 
-    /// Records currently in the journal file (live and superseded); for tests and benchmarks.
+    /// Entries currently in the journal file (live and superseded, each change of a batch
+    /// counted); for tests and benchmarks.
     #[doc(hidden)]
     pub fn journal_records(&self) -> usize {
         self.lock().records
@@ -537,23 +586,32 @@ impl Tracker {
         inner
     }
 
-    /// Group commit: adds `record` (which carries `change`) to the gathering batch and returns once
+    /// Group commit: adds `entry` (the encoding of `change`) to the gathering batch and returns once
     /// that batch is durable and applied to the map, or failed.
     ///
     /// Whoever finds the journal idle while its batch is unwritten becomes the batch's leader and
     /// writes it (see [`Tracker::write_batch`]); the others sleep on `batch_done`. Changes arriving
     /// while a batch is being written gather into the next one, whose first caller to wake leads it.
+    /// A batch is one record, so a change that would push it past [`MAX_PAYLOAD`] waits for the
+    /// following one (only jobs far larger than real ones get there).
     fn commit<'a>(
         &'a self,
         mut inner: MutexGuard<'a, Inner>,
-        record: &[u8],
+        entry: &[u8],
         change: Change,
     ) -> Result<(), TrackerError> {
-        if inner.poisoned {
-            return Err(self.poisoned_error());
+        loop {
+            if inner.poisoned {
+                return Err(self.poisoned_error());
+            }
+            if inner.gathering.fits(entry.len()) {
+                break;
+            }
+            // The gathering batch is not empty, so one of its callers is bound to write it and
+            // notify; `delete` runs this wait itself, as its answer may change meanwhile.
+            inner = self.wait(inner);
         }
-        inner.gathering.bytes.extend_from_slice(record);
-        inner.gathering.changes.push(change);
+        inner.gathering.push(entry, change);
         let batch = inner.next_batch;
         loop {
             if inner.finished >= batch {
@@ -584,8 +642,8 @@ impl Tracker {
     fn write_batch<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
         let id = inner.next_batch;
         inner.next_batch += 1;
-        let batch = std::mem::take(&mut inner.gathering);
-        inner.in_flight = batch.changes;
+        let (record, changes) = std::mem::take(&mut inner.gathering).into_record();
+        inner.in_flight = changes;
         inner.busy = true;
         let (file, at) = (Arc::clone(&inner.file), inner.len);
         let inject_failure = std::mem::take(&mut inner.fail_next_batch);
@@ -597,7 +655,7 @@ impl Tracker {
         let result = if inject_failure {
             Err(io::Error::other("injected failure"))
         } else {
-            file.write_all_at(&batch.bytes, at)
+            file.write_all_at(&record, at)
                 .and_then(|()| file.sync_data())
         };
 
@@ -608,7 +666,7 @@ impl Tracker {
         let changes = std::mem::take(&mut inner.in_flight);
         match result {
             Ok(()) => {
-                inner.len += batch.bytes.len() as u64;
+                inner.len += record.len() as u64;
                 inner.records += changes.len();
                 for change in changes {
                     match change {
@@ -711,6 +769,14 @@ fn copy_io_error(error: &io::Error) -> io::Error {
 
 /// Frames one journal entry as a record.
 fn encode(entry: &EntryRef<'_>) -> Result<Vec<u8>, TrackerError> {
+    let payload = encode_entry(entry)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    journal::frame(&payload, &mut out);
+    Ok(out)
+}
+
+/// Encodes one journal entry (the payload of a record of its own, or an element of a batch).
+fn encode_entry(entry: &EntryRef<'_>) -> Result<Vec<u8>, TrackerError> {
     let job_id = match entry {
         EntryRef::Upsert { job } => &job.job_id,
         EntryRef::Delete { job_id } => *job_id,
@@ -719,16 +785,14 @@ fn encode(entry: &EntryRef<'_>) -> Result<Vec<u8>, TrackerError> {
         job_id: job_id.to_owned(),
         source,
     })?;
-    if payload.len() > MAX_PAYLOAD {
+    if payload.len() > MAX_ENTRY {
         return Err(TrackerError::TooLarge {
             job_id: job_id.to_owned(),
             len: payload.len(),
-            max: MAX_PAYLOAD,
+            max: MAX_ENTRY,
         });
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    journal::frame(&payload, &mut out);
-    Ok(out)
+    Ok(payload)
 }
 
 /// Opens (creating with mode 0600) a file for reading and writing; `truncate` empties it.
@@ -847,22 +911,30 @@ fn load(path: &Path) -> Result<(HashMap<String, TrackedJob>, usize, u64), Tracke
         );
     }
     let mut jobs = HashMap::new();
+    let mut entries = 0;
     for range in &scan.payloads {
-        let entry: Entry = serde_json::from_slice(&bytes[range.clone()]).map_err(|source| {
-            TrackerError::Decode {
-                path: path.to_path_buf(),
-                offset: (range.start - HEADER_LEN) as u64,
-                source,
-            }
-        })?;
-        match entry {
-            Entry::Upsert { job } => {
-                jobs.insert(job.job_id.clone(), job);
-            }
-            Entry::Delete { job_id } => {
-                jobs.remove(&job_id);
+        let payload = &bytes[range.clone()];
+        let decode_error = |source| TrackerError::Decode {
+            path: path.to_path_buf(),
+            offset: (range.start - HEADER_LEN) as u64,
+            source,
+        };
+        let batch: Vec<Entry> = if payload.first() == Some(&b'[') {
+            serde_json::from_slice(payload).map_err(decode_error)?
+        } else {
+            vec![serde_json::from_slice(payload).map_err(decode_error)?]
+        };
+        entries += batch.len();
+        for entry in batch {
+            match entry {
+                Entry::Upsert { job } => {
+                    jobs.insert(job.job_id.clone(), job);
+                }
+                Entry::Delete { job_id } => {
+                    jobs.remove(&job_id);
+                }
             }
         }
     }
-    Ok((jobs, scan.payloads.len(), scan.valid_end as u64))
+    Ok((jobs, entries, scan.valid_end as u64))
 }
