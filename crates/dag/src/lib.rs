@@ -27,17 +27,30 @@
 //!
 //! ```text
 //! <dags_dir>/<name>.yaml | <name>.yml                 DAG files (FileDagStore)
-//! <data_dir>/runs/<dag>/<run_id>/<attempt_id>/dag.json     DAG snapshot taken at enqueue
-//! <data_dir>/runs/<dag>/<run_id>/<attempt_id>/status.json  latest RunRecord (FileRunStore)
+//! <data_dir>/runs/<dag>/<run_id>.jsonl                 a run: its attempts (DAG snapshot taken
+//!                                                      at enqueue + status), then status lines
 //! <data_dir>/queue/<queue>/<prio>_<unix_nanos>_<pid>.json  one queued item (FileQueueStore)
 //! <log_dir>/<dag>/<run_id>/                                run log and step output (executor)
 //! ```
 //!
-//! Every file is written to a hidden temp file (names starting with `.` are ignored by all
-//! listings), fsynced, renamed into place, and the directory fsynced: readers never see a torn
-//! file and a crash keeps the old or the new content. An attempt directory is built hidden and
-//! renamed into place whole. Attempt ids made by the store sort by creation time; the latest
-//! attempt of a run is the greatest name.
+//! # Durability
+//!
+//! The run record is the durable truth; the queue is a durable-enough index that recovery
+//! rebuilds from it (the executor re-enqueues every `queued` run missing from its queue and
+//! drops items whose run is not `queued`).
+//!
+//! - Runs ([`FileRunStore`]): an operation that returned Ok survives a power cut, and a crash at
+//!   any instant leaves the old or the new status. A status write appends one line and
+//!   `fdatasync`s it (1 sync); creating a run adds a directory fsync for the new file's name
+//!   (2 syncs); each directory is made durable once per process. A line without its newline (a
+//!   torn append) is ignored by readers and cut off by the next writer. Attempt ids made by the
+//!   store sort by creation time; the latest attempt is the last one created.
+//! - Queues ([`FileQueueStore`]): no fsync at all. Items appear by an atomic link of a complete
+//!   temp file and are claimed by unlink, so among live processes nothing is lost or served
+//!   twice; after a power cut an item may be missing, back, or empty, which recovery repairs
+//!   as described above.
+//! - Files other than run files are written to a hidden temp file (names starting with `.` are
+//!   ignored by all listings) and renamed or linked into place, so readers never see a torn file.
 //!
 //! DAG names, queue names, run ids and attempt ids are checked ([`validate_dag_name`],
 //! [`validate_run_id`]) before any path is built from them.

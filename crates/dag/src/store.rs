@@ -134,6 +134,12 @@ pub trait RunStore: Send + Sync {
 }
 
 /// Named queues with priorities.
+///
+/// Contract: a queue is an index of the `queued` runs, not their durable record. Among live
+/// processes no item is lost or served twice, but an implementation need not make single
+/// operations survive a power cut: after one, an item may be missing (recovery re-enqueues every
+/// `queued` run whose item is missing) or come back after its dequeue (the consumer drops items
+/// whose run is not `queued`). The [`RunStore`] is what must be durable.
 pub trait QueueStore: Send + Sync {
     /// Appends `item` to `queue` at `priority`.
     fn enqueue(

@@ -1,9 +1,11 @@
 //! Durable file primitives shared by the file stores.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::StoreError;
 
@@ -34,8 +36,15 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_err("fsync directory", dir))
 }
 
-/// Writes `bytes` to a fresh temp file in `dir` and fsyncs it; returns its path.
-pub(crate) fn write_temp(dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+/// Writes `bytes` to a fresh temp file in `dir` (with `fdatasync` when `sync`); returns its path.
+/// The data sync is enough for a file that is then renamed or linked into place: the name
+/// becomes durable with the fsync of the directory, which the caller does.
+pub(crate) fn write_temp(
+    dir: &Path,
+    prefix: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<PathBuf, StoreError> {
     let tmp = dir.join(unique_temp_name(prefix));
     let result = OpenOptions::new()
         .write(true)
@@ -43,7 +52,10 @@ pub(crate) fn write_temp(dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathB
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
-            f.sync_all()
+            if sync {
+                f.sync_data()?;
+            }
+            Ok(())
         });
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
@@ -52,38 +64,48 @@ pub(crate) fn write_temp(dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathB
     Ok(tmp)
 }
 
-/// Replaces `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
-/// A reader sees the old or the new content, never a mix, also after a crash.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = parent(path);
-    let prefix = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = write_temp(dir, &prefix, bytes)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("rename", path)(e));
-    }
-    fsync_dir(dir)
+/// Directories whose own entry this process has made durable (or found and made durable once),
+/// so each costs one parent fsync per process rather than one per call.
+fn durable_dirs() -> &'static Mutex<HashSet<PathBuf>> {
+    static DIRS: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    DIRS.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Creates `dir` and its missing parents, fsyncing each parent whose entries changed.
+fn is_known_durable(dir: &Path) -> bool {
+    durable_dirs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .contains(dir)
+}
+
+/// Creates `dir` and its missing parents so that their entries survive a power cut. The first
+/// call for a directory in this process fsyncs its parent even when the directory already
+/// existed (another process may have crashed between its `mkdir` and that fsync); later calls
+/// cost nothing.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
+    if is_known_durable(dir) {
         return Ok(());
     }
-    if let Some(p) = dir.parent() {
-        if !p.as_os_str().is_empty() {
-            create_dir_durable(p)?;
+    let existed = dir.is_dir();
+    if !existed {
+        if let Some(p) = dir.parent() {
+            if !p.as_os_str().is_empty() {
+                create_dir_durable(p)?;
+            }
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            // Another process or thread created it meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create directory", dir)(e)),
         }
     }
-    match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(parent(dir)),
-        // Another process or thread created it meanwhile.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err("create directory", dir)(e)),
-    }
+    fsync_dir(parent(dir))?;
+    durable_dirs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(dir.to_path_buf());
+    Ok(())
 }
 
 pub(crate) fn parent(path: &Path) -> &Path {

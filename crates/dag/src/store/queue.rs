@@ -4,9 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fsutil::{
-    create_dir_durable, fsync_dir, io_err, list_names, read_json, to_json, write_temp,
-};
+use super::fsutil::{create_dir_durable, io_err, list_names, read_json, to_json, write_temp};
 use crate::names::validate_queue_name;
 use crate::{Priority, QueueItem, QueueStore, StoreError};
 
@@ -14,9 +12,17 @@ use crate::{Priority, QueueItem, QueueStore, StoreError};
 /// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
 /// the names is the service order: priority, then FIFO.
 ///
-/// Several processes may share the directory. An item appears by an atomic rename of a complete
+/// Several processes may share the directory. An item appears by an atomic link of a complete
 /// temp file; a dequeue claims the first name by unlinking it, and the filesystem lets exactly
-/// one unlink of a name succeed, so no item is served twice or lost. Items of one process keep
+/// one unlink of a name succeed, so no item is served twice or lost among running processes.
+///
+/// Durability: none of these calls fsync (each would cost milliseconds on the dispatch path).
+/// The run record in the [`crate::RunStore`] is the durable truth and the queue is an index of
+/// it that recovery repairs: after a power cut an enqueued item may be missing (its run is still
+/// `queued`, and recovery enqueues it again), an item may come back after its dequeue (its run is
+/// then `running` or final, and the consumer drops items whose run is not `queued`), or an item
+/// file may be empty (it is set aside as corrupt, and recovery enqueues its run again). A caller
+/// that needs an item to survive a crash on its own must not use this store that way. Items of one process keep
 /// their order even if the clock steps back (the timestamp is made monotonic per process).
 /// Undecodable item files are moved to `<root>/<queue>/.corrupt/` and skipped, so one bad file
 /// cannot block a queue.
@@ -49,7 +55,7 @@ impl FileQueueStore {
                 let aside = dir.join(".corrupt");
                 fs::create_dir_all(&aside).map_err(io_err("create directory", &aside))?;
                 match fs::rename(&path, aside.join(name)) {
-                    Ok(()) => fsync_dir(dir)?,
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_err("rename", &path)(e)),
                 }
@@ -63,10 +69,7 @@ impl FileQueueStore {
     fn claim(dir: &Path, name: &str) -> Result<bool, StoreError> {
         let path = dir.join(name);
         match fs::remove_file(&path) {
-            Ok(()) => {
-                fsync_dir(dir)?;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("remove", &path)(e)),
         }
@@ -93,12 +96,11 @@ impl QueueStore for FileQueueStore {
             std::process::id()
         );
         let path = dir.join(&name);
-        let tmp = write_temp(&dir, "item", &to_json(item, &path)?)?;
+        let tmp = write_temp(&dir, "item", &to_json(item, &path)?, false)?;
         // `hard_link` fails instead of replacing, so a name collision can never drop an item.
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
-        linked.map_err(io_err("link", &path))?;
-        fsync_dir(&dir)
+        linked.map_err(io_err("link", &path))
     }
 
     fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {

@@ -1,26 +1,247 @@
-//! File-backed [`RunStore`]: one directory per attempt holding `dag.json` and `status.json`.
+//! File-backed [`RunStore`]: one append-only file per run holding its attempts and statuses.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::fsutil::{
-    create_dir_durable, fsync_dir, io_err, list_names, read_json, to_json, unique_temp_name,
-    write_atomic, write_temp,
-};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::{create_dir_durable, fsync_dir, io_err, list_names, write_temp};
 use crate::names::validate_attempt_id;
 use crate::{validate_dag_name, validate_run_id, Attempt, Dag, RunRecord, RunStore, StoreError};
 
-const DAG_FILE: &str = "dag.json";
-const STATUS_FILE: &str = "status.json";
+/// Run files end in this; run ids cannot contain a dot, so the name maps back to the run id.
+const RUN_EXT: &str = ".jsonl";
 
-/// Runs under `<root>/<dag>/<run_id>/<attempt_id>/{dag.json,status.json}`.
+/// A run file larger than this is rewritten compacted (latest status of each attempt only) by
+/// the status write that finds it so; below it, a status write is one append.
+const COMPACT_AT: u64 = 256 * 1024;
+
+/// Runs under `<root>/<dag>/<run_id>.jsonl`, one JSON document per line:
+/// `{"attempt":{"dag":…,"record":…}}` starts an attempt (the DAG snapshot and its first status),
+/// `{"status":…}` replaces the status of the attempt it names. The latest attempt is the last
+/// attempt line; its status is the last status line naming it.
 ///
-/// An attempt appears atomically: both files are written into a hidden temp directory that is
-/// then renamed into place, so a run either exists with a snapshot and a status or not at all.
+/// Durability at the fewest fsyncs: a status write is one append and one `fdatasync` (the size
+/// change that makes the line readable is data-sync metadata; no name changes); creating a run
+/// is one append, one `fdatasync` and one fsync of the DAG directory (its new name). The DAG
+/// directory itself is made durable once per process.
+///
+/// Atomicity: a line counts only once its closing newline is there, so readers never see half a
+/// status. What a crash in the middle of an append can leave at the end of the file (a line
+/// without its newline, or one whose bytes did not reach the disk) is ignored by readers, and
+/// writers, which hold an exclusive `flock` on the file, cut it off before appending; so every
+/// earlier line must decode, and one that does not is [`StoreError::Corrupt`]. A run file
+/// without a valid attempt line is a create that never returned and counts as no run.
+///
+/// Status writes to one attempt are meant to come from one writer at a time (the executor that
+/// runs it, or recovery before any run starts); concurrent writers are serialized by the lock
+/// and the last one wins.
 #[derive(Debug, Clone)]
 pub struct FileRunStore {
     root: PathBuf,
+}
+
+/// One line of a run file, as written.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LineOut<'a> {
+    Attempt { dag: &'a Dag, record: &'a RunRecord },
+    Status(&'a RunRecord),
+}
+
+/// One line of a run file, as read.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LineIn {
+    Attempt { dag: Box<Dag>, record: RunRecord },
+    Status(RunRecord),
+}
+
+/// The attempt id of a line, read without building the DAG (status writes check only ids).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LineId {
+    Attempt { record: IdOnly },
+    Status(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    attempt_id: String,
+}
+
+fn encode(line: &LineOut<'_>, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec(line).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// How much of a run file counts: up to the last newline, less a last line that does not decode.
+/// Both are what a crash during an append can leave (the line cut short, or its bytes not yet on
+/// disk when the new size was), and that append never returned, so dropping it loses nothing.
+fn valid_len(bytes: &[u8]) -> usize {
+    let Some(last_newline) = bytes.iter().rposition(|b| *b == b'\n') else {
+        return 0;
+    };
+    let start = bytes[..last_newline]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    if serde_json::from_slice::<LineId>(&bytes[start..last_newline]).is_ok() {
+        last_newline + 1
+    } else {
+        start
+    }
+}
+
+/// The valid lines of a run file, numbered from 1. Every line before the last one must decode;
+/// one that does not is [`StoreError::Corrupt`].
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes[..valid_len(bytes)]
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(i, line)| (i + 1, line))
+}
+
+fn corrupt(path: &Path, line: usize, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("line {line}: {reason}"),
+    }
+}
+
+/// Every attempt of a run file with its latest status, oldest first.
+fn parse_attempts(bytes: &[u8], path: &Path) -> Result<Vec<Attempt>, StoreError> {
+    let mut attempts: Vec<Attempt> = Vec::new();
+    for (n, line) in lines(bytes) {
+        match serde_json::from_slice::<LineIn>(line).map_err(|e| corrupt(path, n, e))? {
+            LineIn::Attempt { dag, record } => attempts.push(Attempt { dag: *dag, record }),
+            LineIn::Status(record) => {
+                let attempt = attempts
+                    .iter_mut()
+                    .rev()
+                    .find(|a| a.record.attempt_id == record.attempt_id)
+                    .ok_or_else(|| {
+                        corrupt(
+                            path,
+                            n,
+                            format!("status of unknown attempt `{}`", record.attempt_id),
+                        )
+                    })?;
+                attempt.record = record;
+            }
+        }
+    }
+    Ok(attempts)
+}
+
+/// Attempt ids of the attempt lines of a run file.
+fn attempt_ids(bytes: &[u8], path: &Path) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    for (n, line) in lines(bytes) {
+        match serde_json::from_slice::<LineId>(line).map_err(|e| corrupt(path, n, e))? {
+            LineId::Attempt { record } => ids.push(record.attempt_id),
+            LineId::Status(_) => {}
+        }
+    }
+    Ok(ids)
+}
+
+/// A run file opened for appending, locked, and known to still be the file at its path.
+struct Locked {
+    file: Flock<File>,
+    path: PathBuf,
+    /// The valid content (a torn tail has been cut off).
+    bytes: Vec<u8>,
+}
+
+impl Locked {
+    /// Opens and locks the run file at `path`; `Ok(None)` when it does not exist (and `create`
+    /// is false). Retries when a compaction replaced the file between the open and the lock.
+    fn open(path: &Path, create: bool) -> Result<Option<Locked>, StoreError> {
+        loop {
+            let opened = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(create)
+                .open(path);
+            let file = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+                Err(e) => return Err(io_err("open", path)(e)),
+            };
+            let mut file = Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| io_err("lock", path)(io::Error::from(errno)))?;
+            let held = file.metadata().map_err(io_err("stat", path))?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
+                // Replaced by a compaction (or removed and created again): lock the new file.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", path)(e)),
+            }
+            let mut bytes = Vec::with_capacity(usize::try_from(held.len()).unwrap_or(0));
+            file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+            let complete = valid_len(&bytes);
+            if complete < bytes.len() {
+                tracing::warn!(path = %path.display(), bytes = bytes.len() - complete,
+                    "cutting off a torn write at the end of a run file");
+                file.set_len(complete as u64)
+                    .map_err(io_err("truncate", path))?;
+                bytes.truncate(complete);
+            }
+            return Ok(Some(Locked {
+                file,
+                path: path.to_path_buf(),
+                bytes,
+            }));
+        }
+    }
+
+    /// Appends one encoded line and makes it durable. A failed write is cut off again so the
+    /// file never keeps half a line.
+    fn append(&mut self, line: &[u8]) -> Result<(), StoreError> {
+        let result = self
+            .file
+            .write_all(line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = result {
+            let _ = self.file.set_len(self.bytes.len() as u64);
+            return Err(io_err("write", &self.path)(e));
+        }
+        self.bytes.extend_from_slice(line);
+        Ok(())
+    }
+
+    /// Replaces the file by one holding each attempt with its latest status (temp file,
+    /// `fdatasync`, rename, fsync of the directory), while still holding the lock on the old
+    /// file so that a concurrent writer re-opens the new one.
+    fn compact(&self, dir: &Path) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        for a in parse_attempts(&self.bytes, &self.path)? {
+            out.extend(encode(
+                &LineOut::Attempt {
+                    dag: &a.dag,
+                    record: &a.record,
+                },
+                &self.path,
+            )?);
+        }
+        let tmp = write_temp(dir, "run", &out, true)?;
+        if let Err(e) = fs::rename(&tmp, &self.path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("rename", &self.path)(e));
+        }
+        fsync_dir(dir)
+    }
 }
 
 impl FileRunStore {
@@ -31,81 +252,77 @@ impl FileRunStore {
         Ok(FileRunStore { root })
     }
 
-    fn run_dir(&self, dag_name: &str, run_id: &str) -> Result<PathBuf, StoreError> {
+    /// Every attempt of the run, oldest first, each with its latest status; empty when there
+    /// is no such run. (The trait gives only the latest; tests and tools may want them all.)
+    pub fn attempts(&self, dag_name: &str, run_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let path = self.run_path(dag_name, run_id)?;
+        match fs::read(&path) {
+            Ok(bytes) => parse_attempts(&bytes, &path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    fn run_path(&self, dag_name: &str, run_id: &str) -> Result<PathBuf, StoreError> {
         validate_dag_name(dag_name)?;
         validate_run_id(run_id)?;
-        Ok(self.root.join(dag_name).join(run_id))
+        Ok(self.root.join(dag_name).join(format!("{run_id}{RUN_EXT}")))
     }
 
-    fn load_attempt(dir: &Path) -> Result<Attempt, StoreError> {
-        let status_path = dir.join(STATUS_FILE);
-        let record: RunRecord = read_json(&status_path)?.ok_or_else(|| StoreError::Corrupt {
-            path: status_path.clone(),
-            reason: "missing".to_owned(),
-        })?;
-        let dag_path = dir.join(DAG_FILE);
-        let dag: Dag = read_json(&dag_path)?.ok_or_else(|| StoreError::Corrupt {
-            path: dag_path.clone(),
-            reason: "missing".to_owned(),
-        })?;
-        Ok(Attempt { dag, record })
-    }
-
-    fn latest_attempt_dir(run_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
-        Ok(list_names(run_dir)?.pop().map(|name| run_dir.join(name)))
+    /// Latest attempt in the run file at `path`; `Ok(None)` when there is none.
+    fn load_latest(path: &Path) -> Result<Option<Attempt>, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", path)(e)),
+        };
+        Ok(parse_attempts(&bytes, path)?.pop())
     }
 }
 
-/// Attempt ids the store makes sort by creation time, so the latest attempt is the last name.
+/// Attempt ids the store makes sort by creation time.
 fn new_attempt_id() -> String {
     format!("{:020}-{}", super::monotonic_nanos(), std::process::id())
 }
 
 impl RunStore for FileRunStore {
     fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError> {
-        let run_dir = self.run_dir(dag_name, run_id)?;
-        match Self::latest_attempt_dir(&run_dir)? {
-            Some(dir) => Self::load_attempt(&dir),
-            None => Err(StoreError::NotFound {
-                what: format!("run `{dag_name}/{run_id}`"),
-            }),
-        }
+        let path = self.run_path(dag_name, run_id)?;
+        Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
+            what: format!("run `{dag_name}/{run_id}`"),
+        })
     }
 
     fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError> {
-        let run_dir = self.run_dir(&record.dag_name, &record.run_id)?;
+        let path = self.run_path(&record.dag_name, &record.run_id)?;
         let mut record = record.clone();
         if record.attempt_id.is_empty() {
             record.attempt_id = new_attempt_id();
         }
         validate_attempt_id(&record.attempt_id)?;
-        create_dir_durable(&run_dir)?;
-
-        let tmp_dir = run_dir.join(unique_temp_name(&record.attempt_id));
-        let final_dir = run_dir.join(&record.attempt_id);
-        let result = (|| {
-            fs::create_dir(&tmp_dir).map_err(io_err("create directory", &tmp_dir))?;
-            let dag_tmp = write_temp(&tmp_dir, DAG_FILE, &to_json(dag, &tmp_dir.join(DAG_FILE))?)?;
-            fs::rename(&dag_tmp, tmp_dir.join(DAG_FILE)).map_err(io_err("rename", &dag_tmp))?;
-            let status_bytes = to_json(&record, &tmp_dir.join(STATUS_FILE))?;
-            let status_tmp = write_temp(&tmp_dir, STATUS_FILE, &status_bytes)?;
-            fs::rename(&status_tmp, tmp_dir.join(STATUS_FILE))
-                .map_err(io_err("rename", &status_tmp))?;
-            fsync_dir(&tmp_dir)?;
-            if final_dir.exists() {
-                return Err(StoreError::Io {
-                    action: "create attempt",
-                    path: final_dir.clone(),
-                    source: io::Error::new(io::ErrorKind::AlreadyExists, "attempt exists"),
-                });
-            }
-            fs::rename(&tmp_dir, &final_dir).map_err(io_err("rename", &final_dir))?;
-            fsync_dir(&run_dir)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_dir_all(&tmp_dir);
-            return Err(e);
+        let dir = self.root.join(&record.dag_name);
+        create_dir_durable(&dir)?;
+        let line = encode(
+            &LineOut::Attempt {
+                dag,
+                record: &record,
+            },
+            &path,
+        )?;
+        let Some(mut file) = Locked::open(&path, true)? else {
+            return Err(io_err("open", &path)(io::ErrorKind::NotFound.into()));
+        };
+        if attempt_ids(&file.bytes, &path)?.contains(&record.attempt_id) {
+            return Err(StoreError::Io {
+                action: "create attempt",
+                path,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "attempt exists"),
+            });
         }
+        file.append(&line)?;
+        // The file may be new (its name needs the directory fsync) or left by a process that
+        // died before making its name durable; creating attempts is rare enough to always pay.
+        fsync_dir(&dir)?;
         Ok(Attempt {
             dag: dag.clone(),
             record,
@@ -113,28 +330,35 @@ impl RunStore for FileRunStore {
     }
 
     fn write_status(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let run_dir = self.run_dir(&record.dag_name, &record.run_id)?;
+        let path = self.run_path(&record.dag_name, &record.run_id)?;
         validate_attempt_id(&record.attempt_id)?;
-        let dir = run_dir.join(&record.attempt_id);
-        // A removed run must not come back through a late status write.
-        if !dir.is_dir() {
-            return Err(StoreError::NotFound {
-                what: format!(
-                    "attempt `{}/{}/{}`",
-                    record.dag_name, record.run_id, record.attempt_id
-                ),
-            });
+        let not_found = || StoreError::NotFound {
+            what: format!(
+                "attempt `{}/{}/{}`",
+                record.dag_name, record.run_id, record.attempt_id
+            ),
+        };
+        let line = encode(&LineOut::Status(record), &path)?;
+        // Opening without create: a removed run must not come back through a late status write.
+        let Some(mut file) = Locked::open(&path, false)? else {
+            return Err(not_found());
+        };
+        if !attempt_ids(&file.bytes, &path)?.contains(&record.attempt_id) {
+            return Err(not_found());
         }
-        let path = dir.join(STATUS_FILE);
-        write_atomic(&path, &to_json(record, &path)?)
+        if file.bytes.len() as u64 + line.len() as u64 > COMPACT_AT {
+            file.bytes.extend_from_slice(&line);
+            return file.compact(&self.root.join(&record.dag_name));
+        }
+        file.append(&line)
     }
 
     fn remove_run(&self, dag_name: &str, run_id: &str) -> Result<(), StoreError> {
-        let run_dir = self.run_dir(dag_name, run_id)?;
-        match fs::remove_dir_all(&run_dir) {
+        let path = self.run_path(dag_name, run_id)?;
+        match fs::remove_file(&path) {
             Ok(()) => fsync_dir(&self.root.join(dag_name)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &run_dir)(e)),
+            Err(e) => Err(io_err("remove", &path)(e)),
         }
     }
 
@@ -142,15 +366,15 @@ impl RunStore for FileRunStore {
         let mut out = Vec::new();
         for dag_name in list_names(&self.root)? {
             let dag_dir = self.root.join(&dag_name);
-            for run_id in list_names(&dag_dir)? {
-                let run_dir = dag_dir.join(&run_id);
-                let Some(dir) = Self::latest_attempt_dir(&run_dir)? else {
+            for name in list_names(&dag_dir)? {
+                if !name.ends_with(RUN_EXT) {
                     continue;
-                };
+                }
                 // One damaged run must not hide every other run from recovery.
-                match Self::load_attempt(&dir) {
-                    Ok(attempt) => out.push(attempt),
-                    Err(e) => tracing::warn!(error = %e, "skipping unreadable run attempt"),
+                match Self::load_latest(&dag_dir.join(&name)) {
+                    Ok(Some(attempt)) => out.push(attempt),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "skipping unreadable run"),
                 }
             }
         }

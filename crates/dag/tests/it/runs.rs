@@ -129,25 +129,257 @@ fn corrupt_status_is_corrupt_naming_the_file() {
         .runs
         .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
         .unwrap();
+    let mut running = a.record.clone();
+    running.status = RunStatus::Running;
+    s.runs.write_status(&running).unwrap();
+    running.pid = Some(7);
+    s.runs.write_status(&running).unwrap();
     s.runs
         .create_attempt(&dag, &record("d", "r2", RunStatus::Running))
         .unwrap();
-    let status = tmp
-        .path()
-        .join("data/runs/d/r1")
-        .join(&a.record.attempt_id)
-        .join("status.json");
-    std::fs::write(&status, b"{not json").unwrap();
+    let file = tmp.path().join("data/runs/d/r1.jsonl");
+    // Damage a line that is not the last one (a bad last line is a torn append; see below).
+    let text = std::fs::read_to_string(&file).unwrap();
+    let damaged = text.replacen("{\"status\":{", "{\"status\":{oops", 1);
+    assert_ne!(damaged, text);
+    std::fs::write(&file, damaged).unwrap();
     let err = s.runs.find_attempt("d", "r1").unwrap_err();
     assert!(
-        matches!(&err, StoreError::Corrupt { path, .. } if *path == status),
+        matches!(&err, StoreError::Corrupt { path, .. } if *path == file),
         "{err:?}"
     );
-    assert!(err.to_string().contains("status.json"), "{err}");
+    assert!(err.to_string().contains("r1.jsonl"), "{err}");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    // A status write does not paper over it either.
+    assert!(matches!(
+        s.runs.write_status(&running).unwrap_err(),
+        StoreError::Corrupt { .. }
+    ));
     // Recovery still sees the healthy run.
     let all = s.runs.list_attempts().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].record.run_id, "r2");
+}
+
+/// What a crash in the middle of an append leaves: the last line without its newline.
+#[test]
+fn torn_tail_is_ignored_and_cut_off_by_the_next_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    let a = s
+        .runs
+        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
+        .unwrap();
+    let file = tmp.path().join("data/runs/d/r1.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"status\":{\"dag_name\":\"d\",\"run").unwrap();
+    drop(f);
+    assert_eq!(s.runs.find_attempt("d", "r1").unwrap(), a);
+    assert_eq!(s.runs.list_attempts().unwrap(), vec![a.clone()]);
+
+    let mut rec = a.record.clone();
+    rec.status = RunStatus::Failed;
+    s.runs.write_status(&rec).unwrap();
+    assert_eq!(s.runs.find_attempt("d", "r1").unwrap().record, rec);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.ends_with('\n'));
+
+    // Zeros where a lost append was (the size reached the disk, the data did not), with or
+    // without its newline.
+    for tail in [&[0u8; 64][..], b"\0\0\0\0\0\0\0\"}\n"] {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, tail).unwrap();
+        drop(f);
+        assert_eq!(s.runs.find_attempt("d", "r1").unwrap().record, rec);
+        assert_eq!(s.runs.list_attempts().unwrap().len(), 1);
+    }
+    rec.status = RunStatus::Succeeded;
+    s.runs.write_status(&rec).unwrap();
+    assert_eq!(s.runs.find_attempt("d", "r1").unwrap().record, rec);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+}
+
+/// A crash between creating the run file and writing its first line leaves an empty file:
+/// that create never returned, so there is no run, and enqueueing it again works.
+#[test]
+fn run_file_without_an_attempt_is_no_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    std::fs::create_dir_all(tmp.path().join("data/runs/d")).unwrap();
+    std::fs::write(tmp.path().join("data/runs/d/r1.jsonl"), b"").unwrap();
+    std::fs::write(
+        tmp.path().join("data/runs/d/r2.jsonl"),
+        b"{\"attempt\":{\"da",
+    )
+    .unwrap();
+    for run in ["r1", "r2"] {
+        let err = s.runs.find_attempt("d", run).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        let mut rec = record("d", run, RunStatus::Queued);
+        rec.attempt_id = "a1".into();
+        assert!(s.runs.write_status(&rec).unwrap_err().is_not_found());
+    }
+    assert!(s.runs.list_attempts().unwrap().is_empty());
+    let a = s
+        .runs
+        .create_attempt(&dag, &record("d", "r2", RunStatus::Queued))
+        .unwrap();
+    assert_eq!(s.runs.find_attempt("d", "r2").unwrap(), a);
+}
+
+#[test]
+fn status_of_an_older_attempt_and_unknown_attempts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    let first = s
+        .runs
+        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
+        .unwrap();
+    let second = s
+        .runs
+        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
+        .unwrap();
+    let mut old = first.record.clone();
+    old.status = RunStatus::Failed;
+    s.runs.write_status(&old).unwrap();
+    // The latest attempt stays the latest.
+    assert_eq!(s.runs.find_attempt("d", "r1").unwrap(), second);
+    let runs = FileRunStore::open(tmp.path().join("data/runs")).unwrap();
+    let all = runs.attempts("d", "r1").unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].record, old);
+    assert_eq!(all[1], second);
+    assert!(runs.attempts("d", "missing").unwrap().is_empty());
+    let mut unknown = second.record.clone();
+    unknown.attempt_id = "nope".into();
+    assert!(s.runs.write_status(&unknown).unwrap_err().is_not_found());
+    // An explicit attempt id that exists is refused.
+    let e = s.runs.create_attempt(&dag, &second.record).unwrap_err();
+    assert!(matches!(e, StoreError::Io { .. }), "{e}");
+    assert_eq!(s.runs.find_attempt("d", "r1").unwrap(), second);
+}
+
+/// Many status writes: the file is compacted now and then and the latest status always wins,
+/// also with several threads writing statuses of different runs and reading meanwhile.
+#[test]
+fn many_status_writes_compact_and_stay_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    let mut handles = Vec::new();
+    for t in 0..3 {
+        let s = s.clone();
+        let dag = dag.clone();
+        handles.push(std::thread::spawn(move || {
+            let run = format!("r{t}");
+            let a = s
+                .runs
+                .create_attempt(&dag, &record("d", &run, RunStatus::Queued))
+                .unwrap();
+            let mut rec = a.record.clone();
+            // Big records, so that compaction happens within a few hundred writes.
+            rec.error = Some("x".repeat(8000));
+            for i in 0..80u64 {
+                rec.finished_at = Some(i);
+                s.runs.write_status(&rec).unwrap();
+                let seen = s.runs.find_attempt("d", &run).unwrap();
+                assert_eq!(seen.record.finished_at, Some(i));
+                assert_eq!(seen.dag, dag);
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    for t in 0..3 {
+        let file = tmp.path().join(format!("data/runs/d/r{t}.jsonl"));
+        assert!(std::fs::metadata(&file).unwrap().len() < 300 * 1024);
+        assert_eq!(
+            s.runs
+                .find_attempt("d", &format!("r{t}"))
+                .unwrap()
+                .record
+                .finished_at,
+            Some(79)
+        );
+    }
+    assert_eq!(s.runs.list_attempts().unwrap().len(), 3);
+}
+
+/// Two writers of the same run (threads here; the lock is per open file, so processes too):
+/// every write lands whole, compaction included, and the file stays readable.
+#[test]
+fn concurrent_writers_of_one_run_never_tear_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    let a = s
+        .runs
+        .create_attempt(&dag, &record("d", "r", RunStatus::Queued))
+        .unwrap();
+    let mut handles = Vec::new();
+    for t in 0..3u64 {
+        let s = s.clone();
+        let mut rec = a.record.clone();
+        rec.error = Some("y".repeat(8000));
+        handles.push(std::thread::spawn(move || {
+            for i in 0..60u64 {
+                rec.finished_at = Some(t * 1000 + i);
+                s.runs.write_status(&rec).unwrap();
+                s.runs.find_attempt("d", "r").unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let last = s
+        .runs
+        .find_attempt("d", "r")
+        .unwrap()
+        .record
+        .finished_at
+        .unwrap();
+    assert_eq!(
+        last % 1000,
+        59,
+        "the last write of some writer wins: {last}"
+    );
 }
 
 #[test]
