@@ -257,7 +257,12 @@ async fn hub_job_counts(client: &reqwest::Client, hub_url: &str) -> HashMap<Stri
         .collect()
 }
 
-async fn send_push(client: &reqwest::Client, hub_url: &str, delivery: usize) -> Vec<String> {
+async fn send_push(
+    client: &reqwest::Client,
+    hub_url: &str,
+    delivery: usize,
+    tag: &str,
+) -> Vec<String> {
     let body = fixture("push.with-new-branch.json");
     let response = client
         .post(format!("{hub_url}/webhooks/github"))
@@ -272,15 +277,15 @@ async fn send_push(client: &reqwest::Client, hub_url: &str, delivery: usize) -> 
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202, "webhook {delivery}");
+    assert_eq!(response.status(), 202, "{tag} webhook {delivery}");
     let answer: Value = response.json().await.unwrap();
     let ids: Vec<String> = answer["job_ids"]
         .as_array()
-        .unwrap_or_else(|| panic!("no job_ids in {answer}"))
+        .unwrap_or_else(|| panic!("{tag} no job_ids in {answer}"))
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids.len(), 2, "{answer}");
+    assert_eq!(ids.len(), 2, "{tag} {answer}");
     ids
 }
 
@@ -493,7 +498,7 @@ event_name = "push"
     loop {
         for _ in 0..rng.between(0, 4) {
             if sent < WEBHOOKS {
-                job_ids.extend(send_push(&client, &hub_url, sent).await);
+                job_ids.extend(send_push(&client, &hub_url, sent, &tag).await);
                 sent += 1;
             }
         }
@@ -525,7 +530,7 @@ event_name = "push"
         );
     }
     while sent < WEBHOOKS {
-        job_ids.extend(send_push(&client, &hub_url, sent).await);
+        job_ids.extend(send_push(&client, &hub_url, sent, &tag).await);
         sent += 1;
     }
     let kill_loop_secs = began.elapsed().as_secs_f64();
@@ -739,7 +744,7 @@ event_name = "push"
          {} runs started (ledger), {repeated_finishes} repeated finish calls ({unlogged_finishes} \
          transitions the hub did not log), \
          {claims} claims at the hub, {orphaned_steps} \
-         steps outlived their scheduler ({orphans} still running at the end; \
+         step process groups alive right after a kill ({orphans} still running at the end; \
          {failed_but_completed} runs reported failed although their orphaned last step completed), outcomes {outcome:?}; kill loop {kill_loop_secs:.1}s, \
          all finished at {drained_secs:.1}s, both stopped at {stopped_secs:.1}s, total {:.1}s (+{setup_secs:.1}s setup)",
         hub_jobs.len(),
