@@ -1,9 +1,12 @@
 //! File-backed [`RunStore`]: one append-only file per run holding its attempts and statuses.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -39,9 +42,18 @@ const COMPACT_AT: u64 = 256 * 1024;
 /// Status writes to one attempt are meant to come from one writer at a time (the executor that
 /// runs it, or recovery before any run starts); concurrent writers are serialized by the lock
 /// and the last one wins.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileRunStore {
     root: PathBuf,
+    known: KnownFiles,
+}
+
+impl std::fmt::Debug for FileRunStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRunStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One line of a run file, as written.
@@ -65,7 +77,7 @@ enum LineIn {
 #[serde(rename_all = "snake_case")]
 enum LineId {
     Attempt { record: IdOnly },
-    Status(serde::de::IgnoredAny),
+    Status(IdOnly),
 }
 
 #[derive(Deserialize)]
@@ -142,6 +154,51 @@ fn parse_attempts(bytes: &[u8], path: &Path) -> Result<Vec<Attempt>, StoreError>
     Ok(attempts)
 }
 
+/// The latest attempt of a run file with its latest status. Every line is checked to be a
+/// well-formed line naming a known attempt, but only the two lines that make the answer are
+/// decoded whole (a run file holds a status line per step transition).
+fn parse_latest(bytes: &[u8], path: &Path) -> Result<Option<Attempt>, StoreError> {
+    let mut ids = HashSet::new();
+    let mut attempt_line = None;
+    let mut status_line = None;
+    for (n, line) in lines(bytes) {
+        match serde_json::from_slice::<LineId>(line).map_err(|e| corrupt(path, n, e))? {
+            LineId::Attempt { record } => {
+                ids.insert(record.attempt_id.clone());
+                attempt_line = Some((n, line, record.attempt_id));
+                status_line = None;
+            }
+            LineId::Status(record) => {
+                if !ids.contains(&record.attempt_id) {
+                    return Err(corrupt(
+                        path,
+                        n,
+                        format!("status of unknown attempt `{}`", record.attempt_id),
+                    ));
+                }
+                if attempt_line.as_ref().map(|(_, _, id)| id) == Some(&record.attempt_id) {
+                    status_line = Some((n, line));
+                }
+            }
+        }
+    }
+    let Some((n, line, _)) = attempt_line else {
+        return Ok(None);
+    };
+    let LineIn::Attempt { dag, mut record } =
+        serde_json::from_slice::<LineIn>(line).map_err(|e| corrupt(path, n, e))?
+    else {
+        return Err(corrupt(path, n, "not an attempt line"));
+    };
+    if let Some((n, line)) = status_line {
+        match serde_json::from_slice::<LineIn>(line).map_err(|e| corrupt(path, n, e))? {
+            LineIn::Status(latest) => record = latest,
+            LineIn::Attempt { .. } => return Err(corrupt(path, n, "not a status line")),
+        }
+    }
+    Ok(Some(Attempt { dag: *dag, record }))
+}
+
 /// Attempt ids of the attempt lines of a run file.
 fn attempt_ids(bytes: &[u8], path: &Path) -> Result<Vec<String>, StoreError> {
     let mut ids = Vec::new();
@@ -154,18 +211,58 @@ fn attempt_ids(bytes: &[u8], path: &Path) -> Result<Vec<String>, StoreError> {
     Ok(ids)
 }
 
+/// Identity of a run file: device, inode and birth time (an inode number alone is reused after
+/// a removal, and a compaction replaces the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    born: SystemTime,
+}
+
+impl FileId {
+    /// `None` where the filesystem keeps no birth time: such files are always read whole.
+    fn of(meta: &fs::Metadata) -> Option<FileId> {
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            born: meta.created().ok()?,
+        })
+    }
+}
+
+/// What this process last wrote to a run file, so that its next status write need not read
+/// the file again (which would make the 40th status write of a run cost more than the first).
+/// It applies only while the file is unchanged since: same identity, length and modification
+/// time; a write by anyone else changes the time, and the file is then read whole.
+#[derive(Debug, Clone)]
+struct Known {
+    id: FileId,
+    len: u64,
+    modified: SystemTime,
+    /// Attempt ids of the attempt lines.
+    ids: Vec<String>,
+}
+
+/// Run files this process writes, by path; bounded by clearing it when full.
+type KnownFiles = Arc<Mutex<HashMap<PathBuf, Known>>>;
+const MAX_KNOWN: usize = 4096;
+
 /// A run file opened for appending, locked, and known to still be the file at its path.
 struct Locked {
     file: Flock<File>,
     path: PathBuf,
-    /// The valid content (a torn tail has been cut off).
-    bytes: Vec<u8>,
+    id: Option<FileId>,
+    /// Length of the valid content (a torn tail has been cut off).
+    len: u64,
+    /// Attempt ids in the file.
+    ids: Vec<String>,
 }
 
 impl Locked {
     /// Opens and locks the run file at `path`; `Ok(None)` when it does not exist (and `create`
     /// is false). Retries when a compaction replaced the file between the open and the lock.
-    fn open(path: &Path, create: bool) -> Result<Option<Locked>, StoreError> {
+    fn open(path: &Path, create: bool, known: &KnownFiles) -> Result<Option<Locked>, StoreError> {
         loop {
             let opened = OpenOptions::new()
                 .read(true)
@@ -177,7 +274,7 @@ impl Locked {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
                 Err(e) => return Err(io_err("open", path)(e)),
             };
-            let mut file = Flock::lock(file, FlockArg::LockExclusive)
+            let file = Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, errno)| io_err("lock", path)(io::Error::from(errno)))?;
             let held = file.metadata().map_err(io_err("stat", path))?;
             match fs::metadata(path) {
@@ -188,45 +285,103 @@ impl Locked {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err("stat", path)(e)),
             }
-            let mut bytes = Vec::with_capacity(usize::try_from(held.len()).unwrap_or(0));
-            file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
-            let complete = valid_len(&bytes);
-            if complete < bytes.len() {
-                tracing::warn!(path = %path.display(), bytes = bytes.len() - complete,
-                    "cutting off a torn write at the end of a run file");
-                file.set_len(complete as u64)
-                    .map_err(io_err("truncate", path))?;
-                bytes.truncate(complete);
-            }
-            return Ok(Some(Locked {
+            let id = FileId::of(&held);
+            let modified = held.modified().ok();
+            let seen = lock_known(known).get(path).cloned().filter(|k| {
+                Some(k.id) == id && k.len == held.len() && Some(k.modified) == modified
+            });
+            let mut locked = Locked {
                 file,
                 path: path.to_path_buf(),
-                bytes,
-            }));
+                id,
+                len: 0,
+                ids: Vec::new(),
+            };
+            match seen {
+                Some(k) => {
+                    locked.len = k.len;
+                    locked.ids = k.ids;
+                }
+                None => locked.scan()?,
+            }
+            return Ok(Some(locked));
         }
+    }
+
+    /// Reads the file, cuts off a torn tail, collects the attempt ids.
+    fn scan(&mut self) -> Result<(), StoreError> {
+        let path = &self.path;
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_to_end(&mut bytes))
+            .map_err(io_err("read", path))?;
+        let valid = valid_len(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), bytes = bytes.len() - valid,
+                "cutting off a torn write at the end of a run file");
+            self.file
+                .set_len(valid as u64)
+                .map_err(io_err("truncate", path))?;
+        }
+        self.ids = attempt_ids(&bytes, path)?;
+        self.len = valid as u64;
+        Ok(())
     }
 
     /// Appends one encoded line and makes it durable. A failed write is cut off again so the
     /// file never keeps half a line.
-    fn append(&mut self, line: &[u8]) -> Result<(), StoreError> {
+    fn append(&mut self, line: &[u8], attempt_id: Option<&str>) -> Result<(), StoreError> {
         let result = self
             .file
             .write_all(line)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = result {
-            let _ = self.file.set_len(self.bytes.len() as u64);
+            let _ = self.file.set_len(self.len);
             return Err(io_err("write", &self.path)(e));
         }
-        self.bytes.extend_from_slice(line);
+        self.len += line.len() as u64;
+        self.ids.extend(attempt_id.map(str::to_owned));
         Ok(())
     }
 
-    /// Replaces the file by one holding each attempt with its latest status (temp file,
-    /// `fdatasync`, rename, fsync of the directory), while still holding the lock on the old
-    /// file so that a concurrent writer re-opens the new one.
-    fn compact(&self, dir: &Path) -> Result<(), StoreError> {
+    /// Records what this writer now knows of the file (or forgets it, after a failure).
+    fn remember(&self, known: &KnownFiles, ok: bool) {
+        let modified = self.file.metadata().and_then(|m| m.modified()).ok();
+        let mut known = lock_known(known);
+        match (self.id, modified) {
+            (Some(id), Some(modified)) if ok => {
+                if known.len() >= MAX_KNOWN && !known.contains_key(&self.path) {
+                    known.clear();
+                }
+                known.insert(
+                    self.path.clone(),
+                    Known {
+                        id,
+                        len: self.len,
+                        modified,
+                        ids: self.ids.clone(),
+                    },
+                );
+            }
+            _ => {
+                known.remove(&self.path);
+            }
+        }
+    }
+
+    /// Replaces the file by one holding each attempt with its latest status, `extra` applied
+    /// (temp file, `fdatasync`, rename, fsync of the directory), while still holding the lock
+    /// on the old file so that a concurrent writer re-opens the new one.
+    fn compact(&mut self, dir: &Path, extra: &[u8]) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| (&*self.file).take(self.len).read_to_end(&mut bytes))
+            .map_err(io_err("read", &self.path))?;
+        bytes.extend_from_slice(extra);
         let mut out = Vec::new();
-        for a in parse_attempts(&self.bytes, &self.path)? {
+        for a in parse_attempts(&bytes, &self.path)? {
             out.extend(encode(
                 &LineOut::Attempt {
                     dag: &a.dag,
@@ -244,12 +399,23 @@ impl Locked {
     }
 }
 
+fn lock_known(known: &KnownFiles) -> MutexGuard<'_, HashMap<PathBuf, Known>> {
+    // The map is only a cache: a panic mid-update cannot make it lie, since every entry is
+    // checked against the file's identity and length before use.
+    known
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl FileRunStore {
     /// A store rooted at `root` (created when missing).
     pub fn open(root: impl Into<PathBuf>) -> Result<FileRunStore, StoreError> {
         let root = root.into();
         create_dir_durable(&root)?;
-        Ok(FileRunStore { root })
+        Ok(FileRunStore {
+            root,
+            known: KnownFiles::default(),
+        })
     }
 
     /// Every attempt of the run, oldest first, each with its latest status; empty when there
@@ -276,7 +442,7 @@ impl FileRunStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", path)(e)),
         };
-        Ok(parse_attempts(&bytes, path)?.pop())
+        parse_latest(&bytes, path)
     }
 }
 
@@ -309,17 +475,19 @@ impl RunStore for FileRunStore {
             },
             &path,
         )?;
-        let Some(mut file) = Locked::open(&path, true)? else {
+        let Some(mut file) = Locked::open(&path, true, &self.known)? else {
             return Err(io_err("open", &path)(io::ErrorKind::NotFound.into()));
         };
-        if attempt_ids(&file.bytes, &path)?.contains(&record.attempt_id) {
+        if file.ids.contains(&record.attempt_id) {
             return Err(StoreError::Io {
                 action: "create attempt",
                 path,
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "attempt exists"),
             });
         }
-        file.append(&line)?;
+        let appended = file.append(&line, Some(&record.attempt_id));
+        file.remember(&self.known, appended.is_ok());
+        appended?;
         // The file may be new (its name needs the directory fsync) or left by a process that
         // died before making its name durable; creating attempts is rare enough to always pay.
         fsync_dir(&dir)?;
@@ -340,21 +508,25 @@ impl RunStore for FileRunStore {
         };
         let line = encode(&LineOut::Status(record), &path)?;
         // Opening without create: a removed run must not come back through a late status write.
-        let Some(mut file) = Locked::open(&path, false)? else {
+        let Some(mut file) = Locked::open(&path, false, &self.known)? else {
             return Err(not_found());
         };
-        if !attempt_ids(&file.bytes, &path)?.contains(&record.attempt_id) {
+        if !file.ids.contains(&record.attempt_id) {
             return Err(not_found());
         }
-        if file.bytes.len() as u64 + line.len() as u64 > COMPACT_AT {
-            file.bytes.extend_from_slice(&line);
-            return file.compact(&self.root.join(&record.dag_name));
+        if file.len + line.len() as u64 > COMPACT_AT {
+            // The file is replaced: what is known of the old one no longer applies.
+            file.remember(&self.known, false);
+            return file.compact(&self.root.join(&record.dag_name), &line);
         }
-        file.append(&line)
+        let appended = file.append(&line, None);
+        file.remember(&self.known, appended.is_ok());
+        appended
     }
 
     fn remove_run(&self, dag_name: &str, run_id: &str) -> Result<(), StoreError> {
         let path = self.run_path(dag_name, run_id)?;
+        lock_known(&self.known).remove(&path);
         match fs::remove_file(&path) {
             Ok(()) => fsync_dir(&self.root.join(dag_name)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -451,3 +451,63 @@ fn dag_store_load_and_list() {
     assert_eq!(listed.len(), 4);
     assert_eq!(listed.iter().filter(|r| r.is_ok()).count(), 3);
 }
+
+const CHILD_ENV: &str = "DISPATCH_DAG_TEST_RUNS_CHILD_DIR";
+
+/// Writes `n` statuses of run `d/r` (its attempt taken from the file) with big records, so that
+/// compactions happen meanwhile; returns the last `finished_at` written.
+fn write_many(root: &Path, tag: u64, n: u64) -> u64 {
+    let s = stores(root);
+    let mut rec = s.runs.find_attempt("d", "r").unwrap().record;
+    rec.error = Some("z".repeat(8000));
+    for i in 0..n {
+        rec.finished_at = Some(tag * 1000 + i);
+        s.runs.write_status(&rec).unwrap();
+        let seen = s.runs.find_attempt("d", "r").unwrap();
+        assert_eq!(seen.record.attempt_id, rec.attempt_id);
+    }
+    tag * 1000 + n - 1
+}
+
+/// In a child process (spawned by `two_processes_write_one_run`) this is the other writer.
+#[test]
+fn runs_child_side() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        write_many(Path::new(&dir), 2, 60);
+    }
+}
+
+/// Two processes writing statuses of the same run (the executor and a recovery elsewhere, say):
+/// the lock and the re-open after a compaction keep every line whole and the file readable.
+#[test]
+fn two_processes_write_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    s.runs
+        .create_attempt(&dag, &record("d", "r", RunStatus::Queued))
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "runs::runs_child_side", "--test-threads=1"])
+        .env(CHILD_ENV, tmp.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mine = write_many(tmp.path(), 1, 60);
+    assert!(child.wait().unwrap().success());
+    let last = s.runs.find_attempt("d", "r").unwrap().record.finished_at;
+    assert!(last == Some(mine) || last == Some(2059), "{last:?}");
+    let runs = FileRunStore::open(tmp.path().join("data/runs")).unwrap();
+    assert_eq!(runs.attempts("d", "r").unwrap().len(), 1);
+    assert!(
+        std::fs::metadata(tmp.path().join("data/runs/d/r.jsonl"))
+            .unwrap()
+            .len()
+            < 300 * 1024
+    );
+}
