@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, PULLS, WEBHOOKS};
+use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
 use crate::signature::{self, hex};
 use crate::store::{Caller, RawDelivery, Store, Transition};
 use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
@@ -475,33 +475,46 @@ async fn finish(
         ));
     }
     let reporting = st.cfg.github.token.as_ref().is_some_and(|t| !t.is_empty());
-    let job_id = id.clone();
+    let (job_id, log_id, state) = (id.clone(), id.clone(), st.clone());
     let (status, summary) = (req.result_status.clone(), req.result_summary.clone());
-    let t = blocking(&st.store, move |s| {
-        s.finish(
-            &job_id,
-            Caller {
-                license_id: &req.license_id,
-                server_id: &req.server_id,
-            },
-            &req.result_status,
-            &req.result_summary,
-            now_ms(),
-            move |job| {
-                if reporting {
-                    report::reports_for(job, &status, &summary)
-                } else {
-                    tracing::debug!(job_id = %job.job.id, "no github token configured; not reporting");
-                    Vec::new()
-                }
-            },
-        )
-    })
-    .await?;
-    if t == Transition::Done {
-        st.report_wake.notify_one();
-        tracing::info!(job_id = %id, "job finished");
-    }
+    // The commit and the work that must follow it (waking the reporter, counting, logging) run in
+    // their own task: a scheduler that hangs up mid-call must not cut off the part after the commit.
+    let finishing = tokio::spawn(async move {
+        let t = blocking(&state.store, move |s| {
+            s.finish(
+                &job_id,
+                Caller {
+                    license_id: &req.license_id,
+                    server_id: &req.server_id,
+                },
+                &req.result_status,
+                &req.result_summary,
+                now_ms(),
+                move |job| {
+                    if reporting {
+                        report::reports_for(job, &status, &summary)
+                    } else {
+                        tracing::debug!(job_id = %job.job.id, "no github token configured; not reporting");
+                        Vec::new()
+                    }
+                },
+            )
+        })
+        .await?;
+        let outcome = match &t {
+            Transition::Done => "done",
+            Transition::Repeated => "repeated",
+            Transition::NotFound => "not_found",
+            Transition::Conflict(_) => "conflict",
+        };
+        state.metrics.inc(FINISHES, outcome);
+        if t == Transition::Done {
+            state.report_wake.notify_one();
+            tracing::info!(job_id = %log_id, "job finished");
+        }
+        Ok::<_, HubError>(t)
+    });
+    let t = finishing.await.map_err(HubError::Task)??;
     transition_response(t, &id)
 }
 

@@ -16,8 +16,10 @@ pub(crate) const WEBHOOKS: &str = "dispatch_hub_webhooks_received_total";
 pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
 /// GitHub reports by result.
 pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
+/// Finish calls by outcome (`done`, `repeated`, `not_found`, `conflict`).
+pub(crate) const FINISHES: &str = "dispatch_hub_finishes_total";
 
-const HELP: [(&str, &str, &str); 3] = [
+const HELP: [(&str, &str, &str); 4] = [
     (
         WEBHOOKS,
         "outcome",
@@ -25,6 +27,11 @@ const HELP: [(&str, &str, &str); 3] = [
     ),
     (PULLS, "outcome", "Dispatch pull calls, by outcome."),
     (REPORTS, "result", "GitHub status/comment calls, by result."),
+    (
+        FINISHES,
+        "outcome",
+        "Finish calls, by outcome (a repeated finish is idempotent).",
+    ),
 ];
 
 impl Metrics {

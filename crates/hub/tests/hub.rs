@@ -678,6 +678,14 @@ async fn accept_and_finish_rules_over_http() {
     );
     let m = hub.metrics().await;
     assert!(m.contains("dispatch_hub_jobs{state=\"finished\"} 1"), "{m}");
+    // A repeated finish answers like the first, so it is counted where an operator can see it.
+    for line in [
+        "dispatch_hub_finishes_total{outcome=\"done\"} 1",
+        "dispatch_hub_finishes_total{outcome=\"repeated\"} 1",
+        "dispatch_hub_finishes_total{outcome=\"conflict\"} 2",
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
 }
 
 #[tokio::test]
