@@ -45,10 +45,10 @@
 //!   (2 syncs); each directory is made durable once per process. A line without its newline (a
 //!   torn append) is ignored by readers and cut off by the next writer. Attempt ids made by the
 //!   store sort by creation time; the latest attempt is the last one created.
-//! - Queues ([`FileQueueStore`]): no fsync at all. Items appear by an atomic link of a complete
-//!   temp file and are claimed by unlink, so among live processes nothing is lost or served
-//!   twice; after a power cut an item may be missing, back, or empty, which recovery repairs
-//!   as described above.
+//! - Queues ([`FileQueueStore`]): no fsync at all. Items appear by an atomic no-replace rename
+//!   of a complete temp file and are claimed by unlink, so among live processes nothing is lost
+//!   or served twice; after a power cut an item may be missing, back, or empty, which recovery
+//!   repairs as described above.
 //! - Files other than run files are written to a hidden temp file (names starting with `.` are
 //!   ignored by all listings) and renamed or linked into place, so readers never see a torn file.
 //!

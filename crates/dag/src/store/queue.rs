@@ -12,9 +12,10 @@ use crate::{Priority, QueueItem, QueueStore, StoreError};
 /// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
 /// the names is the service order: priority, then FIFO.
 ///
-/// Several processes may share the directory. An item appears by an atomic link of a complete
-/// temp file; a dequeue claims the first name by unlinking it, and the filesystem lets exactly
-/// one unlink of a name succeed, so no item is served twice or lost among running processes.
+/// Several processes may share the directory. An item appears by an atomic no-replace rename
+/// (or link) of a complete temp file; a dequeue claims the first name by unlinking it, and the
+/// filesystem lets exactly one unlink of a name succeed, so no item is served twice or lost
+/// among running processes.
 ///
 /// Durability: none of these calls fsync (each would cost milliseconds on the dispatch path).
 /// The run record in the [`crate::RunStore`] is the durable truth and the queue is an index of
@@ -76,6 +77,25 @@ impl FileQueueStore {
     }
 }
 
+/// Moves `tmp` to `path` unless `path` exists, so a name collision can never drop an item:
+/// one `renameat2(RENAME_NOREPLACE)` where available (one directory update fewer, and each
+/// waits on the filesystem journal when other processes fsync), else `link` + `unlink`.
+fn place_no_replace(tmp: &Path, path: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags};
+        match renameat2(None, tmp, None, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Filesystems without the flag: fall through to link + unlink.
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    fs::hard_link(tmp, path)?;
+    let _ = fs::remove_file(tmp);
+    Ok(())
+}
+
 fn item_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut names = list_names(dir)?;
     names.retain(|n| n.ends_with(".json"));
@@ -97,10 +117,11 @@ impl QueueStore for FileQueueStore {
         );
         let path = dir.join(&name);
         let tmp = write_temp(&dir, "item", &to_json(item, &path)?, false)?;
-        // `hard_link` fails instead of replacing, so a name collision can never drop an item.
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        linked.map_err(io_err("link", &path))
+        let placed = place_no_replace(&tmp, &path);
+        if placed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        placed.map_err(io_err("link", &path))
     }
 
     fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {
@@ -146,5 +167,25 @@ impl QueueStore for FileQueueStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placing_never_replaces_an_existing_item() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join(".a"), tmp.path().join("b.json"));
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "old").unwrap();
+        let e = place_no_replace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&b).unwrap(), "old");
+        fs::remove_file(&b).unwrap();
+        place_no_replace(&a, &b).unwrap();
+        assert_eq!(fs::read_to_string(&b).unwrap(), "new");
+        assert!(!a.exists());
     }
 }
