@@ -78,6 +78,18 @@ fn is_known_durable(dir: &Path) -> bool {
         .contains(dir)
 }
 
+/// Forgets that `dir` is durable (it was found missing: removed behind this process's back).
+pub(crate) fn forget_durable(dir: &Path) {
+    durable_dirs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(dir);
+}
+
+pub(crate) fn is_not_found(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
 /// Creates `dir` and its missing parents so that their entries survive a power cut. The first
 /// call for a directory in this process fsyncs its parent even when the directory already
 /// existed (another process may have crashed between its `mkdir` and that fsync); later calls
@@ -93,7 +105,15 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
                 create_dir_durable(p)?;
             }
         }
-        match fs::create_dir(dir) {
+        let mut created = fs::create_dir(dir);
+        if matches!(&created, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            // A parent thought durable was removed behind this process's back.
+            let p = parent(dir);
+            forget_durable(p);
+            create_dir_durable(p)?;
+            created = fs::create_dir(dir);
+        }
+        match created {
             Ok(()) => {}
             // Another process or thread created it meanwhile.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

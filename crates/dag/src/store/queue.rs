@@ -4,7 +4,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fsutil::{create_dir_durable, io_err, list_names, read_json, to_json, write_temp};
+use super::fsutil::{
+    create_dir_durable, forget_durable, io_err, is_not_found, list_names, read_json, to_json,
+    write_temp,
+};
 use crate::names::validate_queue_name;
 use crate::{Priority, QueueItem, QueueStore, StoreError};
 
@@ -116,7 +119,16 @@ impl QueueStore for FileQueueStore {
             std::process::id()
         );
         let path = dir.join(&name);
-        let tmp = write_temp(&dir, "item", &to_json(item, &path)?, false)?;
+        let bytes = to_json(item, &path)?;
+        let tmp = match write_temp(&dir, "item", &bytes, false) {
+            // The directory was removed since this process made it: make it again.
+            Err(e) if is_not_found(&e) => {
+                forget_durable(&dir);
+                create_dir_durable(&dir)?;
+                write_temp(&dir, "item", &bytes, false)?
+            }
+            other => other?,
+        };
         let placed = place_no_replace(&tmp, &path);
         if placed.is_err() {
             let _ = fs::remove_file(&tmp);

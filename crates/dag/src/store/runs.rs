@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::fsutil::{create_dir_durable, fsync_dir, io_err, list_names, write_temp};
+use super::fsutil::{
+    create_dir_durable, forget_durable, fsync_dir, io_err, is_not_found, list_names, write_temp,
+};
 use crate::names::validate_attempt_id;
 use crate::{validate_dag_name, validate_run_id, Attempt, Dag, RunRecord, RunStore, StoreError};
 
@@ -475,7 +477,16 @@ impl RunStore for FileRunStore {
             },
             &path,
         )?;
-        let Some(mut file) = Locked::open(&path, true, &self.known)? else {
+        let opened = match Locked::open(&path, true, &self.known) {
+            // The directory was removed since this process made it: make it again.
+            Err(e) if is_not_found(&e) => {
+                forget_durable(&dir);
+                create_dir_durable(&dir)?;
+                Locked::open(&path, true, &self.known)
+            }
+            other => other,
+        };
+        let Some(mut file) = opened? else {
             return Err(io_err("open", &path)(io::ErrorKind::NotFound.into()));
         };
         if file.ids.contains(&record.attempt_id) {

@@ -511,3 +511,32 @@ fn two_processes_write_one_run() {
             < 300 * 1024
     );
 }
+
+/// Directories are made durable once per process and then trusted; one removed behind the
+/// store's back is made again rather than failing every later create or enqueue.
+#[test]
+fn store_directories_removed_behind_its_back_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    let it = QueueItem {
+        dag_name: "d".into(),
+        run_id: "r1".into(),
+    };
+    s.runs
+        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
+        .unwrap();
+    s.queue.enqueue("d", Priority::Low, &it).unwrap();
+    std::fs::remove_dir_all(tmp.path().join("data")).unwrap();
+    s.runs
+        .create_attempt(&dag, &record("d", "r2", RunStatus::Queued))
+        .unwrap();
+    assert_eq!(s.runs.list_attempts().unwrap().len(), 1);
+    s.queue.enqueue("d", Priority::Low, &it).unwrap();
+    assert_eq!(s.queue.list("d").unwrap(), vec![it]);
+}
