@@ -1,20 +1,14 @@
-//! The pulled-job decoder: `serde_json::from_slice::<DispatchJob>` plus the client's check that a
-//! job has an id, on arbitrary bytes. A decoded job, encoded and decoded again, keeps `payload`
+//! The pulled-job decoder `dispatch_license::decode_pulled_job` (the one `CloudClient::pull_dispatch`
+//! uses) on arbitrary bytes. A decoded job, encoded and decoded again, keeps `payload`
 //! and `headers` byte for byte and encodes to the same bytes (the encoding is a fixed point).
 #![no_main]
 
 use dispatch_license::DispatchJob;
 use libfuzzer_sys::fuzz_target;
 
-/// Mirrors the acceptance rule of `CloudClient::pull_dispatch` (crates/license/src/client.rs),
-/// which is private to an async method: a job must have a non-empty id.
+/// The client's own decoder of a pull answer (empty body, bad JSON or no id: refused).
 fn accept(body: &[u8]) -> Option<DispatchJob> {
-    // The client answers an all-whitespace body with a decode error before serde sees it.
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return None;
-    }
-    let job: DispatchJob = serde_json::from_slice(body).ok()?;
-    (!job.id.is_empty()).then_some(job)
+    dispatch_license::decode_pulled_job(body).ok()
 }
 
 fn raw(v: &Option<Box<serde_json::value::RawValue>>) -> Option<&str> {

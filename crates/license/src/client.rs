@@ -238,14 +238,9 @@ impl CloudClient {
         if resp.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let job: DispatchJob = decode_json(resp).await?;
-        if job.id.is_empty() {
-            return Err(CloudError::new(
-                CloudErrorKind::Decode,
-                "pulled job has no id",
-            ));
-        }
-        Ok(Some(job))
+        let status = resp.status().as_u16();
+        let body = read_capped(resp).await?;
+        pulled_job(status, &body).map(Some)
     }
 
     /// `POST /api/v1/github/dispatch/{id}/accept`; any 2xx is success.
@@ -414,6 +409,10 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 async fn decode_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, CloudError> {
     let status = resp.status().as_u16();
     let body = read_capped(resp).await?;
+    decode_body(status, &body)
+}
+
+fn decode_body<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CloudError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(CloudError::new(
             CloudErrorKind::Decode,
@@ -422,7 +421,7 @@ async fn decode_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, 
     }
     // serde messages can quote values from the body, which may hold a token: report only the
     // category and position.
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         CloudError::new(
             CloudErrorKind::Decode,
             format!(
@@ -433,6 +432,24 @@ async fn decode_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, 
             ),
         )
     })
+}
+
+/// Decodes the body of a `200` pull answer exactly as [`CloudClient::pull_dispatch`] does: an
+/// empty body, invalid JSON or a job without an `id` is a [`CloudErrorKind::Decode`] error, so a
+/// malformed answer is never mistaken for an empty queue. Public so the decoder can be fuzzed.
+pub fn decode_pulled_job(body: &[u8]) -> Result<DispatchJob, CloudError> {
+    pulled_job(200, body)
+}
+
+fn pulled_job(status: u16, body: &[u8]) -> Result<DispatchJob, CloudError> {
+    let job: DispatchJob = decode_body(status, body)?;
+    if job.id.is_empty() {
+        return Err(CloudError::new(
+            CloudErrorKind::Decode,
+            "pulled job has no id",
+        ));
+    }
+    Ok(job)
 }
 
 async fn http_error(resp: reqwest::Response, secrets: &[&str]) -> CloudError {
@@ -505,6 +522,30 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pulled_job_decoding_never_mistakes_garbage_for_a_job() {
+        let job = decode_pulled_job(br#"{"id":"j1","payload":{"a": 1},"extra":true}"#).unwrap();
+        assert_eq!(job.id, "j1");
+        assert_eq!(job.payload.unwrap().get(), r#"{"a": 1}"#);
+        for body in [
+            &b""[..],
+            b"  \n",
+            b"{}",
+            br#"{"id":""}"#,
+            b"[1]",
+            b"{\"id\":",
+            b"null",
+        ] {
+            let err = decode_pulled_job(body).unwrap_err();
+            assert_eq!(
+                err.kind,
+                CloudErrorKind::Decode,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn job_path_escapes_to_one_segment() {

@@ -18,8 +18,8 @@ pub mod token;
 pub mod wire;
 
 pub use client::{
-    ClientConfig, CloudClient, CloudError, CloudErrorKind, DEFAULT_REQUEST_TIMEOUT,
-    MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
+    decode_pulled_job, ClientConfig, CloudClient, CloudError, CloudErrorKind,
+    DEFAULT_REQUEST_TIMEOUT, MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
 };
 pub use files::FileError;
 pub use manager::{
