@@ -4,7 +4,8 @@
 //! Synchronous on purpose, called from `spawn_blocking`. All writes go through one writer thread
 //! with group commit (see [`Store`]); every write runs inside a `BEGIN IMMEDIATE` transaction, so a
 //! job is claimed by exactly one caller even with several hub processes sharing the file. WAL mode
-//! with `synchronous = FULL`: an answer is sent only after its write is fsynced.
+//! with `synchronous = FULL`: an answer is sent only after its write is fsynced — except lease
+//! claims, committed without their own fsync (see `Store::write_lease`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -146,17 +147,24 @@ const MAX_BATCH: usize = 64;
 
 /// One queued write: run inside a savepoint (true = keep it), then hear how the commit went.
 trait WriteOp: Send {
+    /// False for a write that may be lost in a power cut (a lease claim): see [`Store::write_lease`].
+    fn durable(&self) -> bool;
     fn run(&mut self, conn: &Connection) -> bool;
     fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>);
 }
 
 struct Op<T, F> {
+    durable: bool,
     f: Option<F>,
     result: Option<Result<T, HubError>>,
     reply: std::sync::mpsc::SyncSender<Result<T, HubError>>,
 }
 
 impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for Op<T, F> {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else { return false };
         let result = f(conn);
@@ -208,6 +216,11 @@ fn writer_loop(mut conn: Connection, ops: std::sync::mpsc::Receiver<Box<dyn Writ
 }
 
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), rusqlite::Error> {
+    // In WAL mode `NORMAL` commits without an fsync (the data is in the OS cache: it survives a
+    // crash of this process, not a power cut); the next `FULL` commit fsyncs the WAL, earlier
+    // frames included.
+    let durable = batch.iter().any(|op| op.durable());
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for op in batch.iter_mut() {
         let sp = tx.savepoint()?;
@@ -244,8 +257,29 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
+        self.submit(true, f)
+    }
+
+    /// Like [`Store::write`], but the commit is not fsynced on its own: for lease claims, which
+    /// the protocol already treats as revocable. Losing one in a power cut of the hub's machine
+    /// puts the job back in the queue, exactly as if its lease had run out; an accept (always
+    /// durable) of a claim that was lost is refused like one that expired. This takes an fsync
+    /// off every pull, the one call a scheduler makes strictly one after another.
+    fn write_lease<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
+        self.submit(false, f)
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let op: Box<dyn WriteOp> = Box::new(Op {
+            durable,
             f: Some(f),
             result: None,
             reply,
@@ -355,7 +389,7 @@ impl Store {
     /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
     /// [`MAX_CLAIMS`]); returns how many jobs changed.
     pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
-        self.write(move |conn| expire_claims(conn, now_ms))
+        self.write_lease(move |conn| expire_claims(conn, now_ms))
     }
 
     /// Claims the oldest queued job this license may take, for `lease_ms`.
@@ -367,7 +401,7 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Option<DispatchJob>, HubError> {
         let (license_id, server_id) = (license_id.to_owned(), server_id.to_owned());
-        self.write(move |tx| {
+        self.write_lease(move |tx| {
         expire_claims(tx, now_ms)?;
         let row: Option<(i64, String, String, String)> = tx
             .query_row(
@@ -784,17 +818,27 @@ mod tests {
                 Ok(v)
             };
             let boxed: Box<dyn WriteOp> = Box::new(Op {
+                // Only the failing write asks for durability, so the group must still fsync.
+                durable: fail,
                 f: Some(f),
                 result: None,
                 reply,
             });
             (boxed, answer)
         };
+        let synchronous = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        };
         let (a, ra) = op(1, false);
         let (b, rb) = op(2, true);
         let (c, rc) = op(3, false);
         let mut batch = vec![a, b, c];
         run_batch(&mut conn, &mut batch).unwrap();
+        assert_eq!(
+            synchronous(&conn),
+            2,
+            "a group with a durable write commits FULL"
+        );
         for o in batch {
             o.complete(Ok(()));
         }
@@ -810,6 +854,13 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(values, vec![1, 3]);
+        // A group of lease claims only commits without its own fsync (NORMAL).
+        let (d, rd) = op(4, false);
+        let mut batch = vec![d];
+        run_batch(&mut conn, &mut batch).unwrap();
+        batch.pop().unwrap().complete(Ok(()));
+        assert_eq!(rd.recv().unwrap().unwrap(), 4);
+        assert_eq!(synchronous(&conn), 1);
     }
 
     #[test]
