@@ -190,6 +190,8 @@ impl System {
                 report_interval: settings.report_interval,
                 long_poll: settings.long_poll,
                 shutdown_grace: settings.shutdown_grace,
+                // Overlapping pulls while a burst is queued; idle, only one pull is open.
+                pull_concurrency: 4,
                 ..WorkerConfig::default()
             },
             WorkerDeps {

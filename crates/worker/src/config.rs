@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     /// Jobs taken in (tracked, enqueued, accepted) at once; the pull loop waits for a free slot
     /// before pulling (default 16; 0 counts as 1).
     pub intake_concurrency: usize,
+    /// Pulls in flight at once while jobs keep coming (default 1; 0 counts as 1). The extra
+    /// pullers wake when a pull returns a job and pull without long-polling until one comes back
+    /// empty, so they cost nothing while the queue is idle; they let one pull's round trip overlap
+    /// the next when a burst is waiting.
+    pub pull_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +52,7 @@ impl Default for WorkerConfig {
             credentials_recheck: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             intake_concurrency: 16,
+            pull_concurrency: 1,
         }
     }
 }

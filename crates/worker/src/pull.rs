@@ -9,7 +9,7 @@ use dispatch_license::{
     AcceptRequest, CloudError, DispatchJob, FinishRequest, MachineCredentials, PullRequest,
 };
 use dispatch_tracker::{Phase, TrackedJob};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,16 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
     // fsyncs together. A permit is taken before pulling, so no job is claimed that cannot be
     // taken in at once.
     let slots = Arc::new(Semaphore::new(config.intake_concurrency.max(1)));
+    let flowing = Arc::new(Notify::new());
+    let mut bursts = JoinSet::new();
+    for _ in 1..config.pull_concurrency.max(1) {
+        bursts.spawn(burst_puller(
+            shared.clone(),
+            slots.clone(),
+            flowing.clone(),
+            cancel.clone(),
+        ));
+    }
     let mut intakes = JoinSet::new();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let mut idle_for_credentials = false;
@@ -93,12 +103,9 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
             Ok(Some(job)) => {
                 backoff.reset();
                 shared.stats.record_pulled(now_ms());
-                let pulled_at = Instant::now();
-                let shared = shared.clone();
-                intakes.spawn(async move {
-                    process_job(&shared, job, &creds, pulled_at).await;
-                    drop(permit);
-                });
+                spawn_intake(&mut intakes, &shared, job, creds, permit);
+                // More may be waiting: let the burst pullers overlap their pulls with ours.
+                flowing.notify_waiters();
                 Duration::ZERO
             }
             Ok(None) => {
@@ -133,7 +140,90 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
     while let Some(done) = intakes.join_next().await {
         log_intake_panic(done);
     }
+    while let Some(done) = bursts.join_next().await {
+        log_intake_panic(done);
+    }
     tracing::debug!("pull loop stopped");
+}
+
+/// Takes a pulled job in on its own task; the intake slot is released when it is done.
+fn spawn_intake(
+    intakes: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    job: DispatchJob,
+    creds: MachineCredentials,
+    permit: OwnedSemaphorePermit,
+) {
+    let pulled_at = Instant::now();
+    let shared = shared.clone();
+    intakes.spawn(async move {
+        process_job(&shared, job, &creds, pulled_at).await;
+        drop(permit);
+    });
+}
+
+/// An extra puller (see `WorkerConfig::pull_concurrency`): asleep until the main loop gets a job,
+/// then pulls without long-polling until an answer is empty or fails. Backoff and long-polling
+/// stay with the main loop, so an outage or an idle queue sees no extra requests from here.
+async fn burst_puller(
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    flowing: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut intakes = JoinSet::new();
+    'wait: loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break 'wait,
+            _ = flowing.notified() => {}
+        }
+        loop {
+            while let Some(done) = intakes.try_join_next() {
+                log_intake_panic(done);
+            }
+            let Some(creds) = shared.credentials.cloud_machine_credentials() else {
+                continue 'wait;
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break 'wait,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'wait,
+                },
+            };
+            let request = PullRequest {
+                license_id: creds.license_id.clone(),
+                server_id: creds.server_id.clone(),
+                heartbeat_secret: creds.heartbeat_secret.clone(),
+                wait_seconds: 0,
+            };
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break 'wait,
+                result = shared.client.pull_dispatch(&request) => result,
+            };
+            match result {
+                Ok(Some(job)) => {
+                    shared.stats.record_pulled(now_ms());
+                    spawn_intake(&mut intakes, &shared, job, creds, permit);
+                }
+                Ok(None) => {
+                    shared.stats.record_pull_ok(now_ms());
+                    continue 'wait;
+                }
+                Err(error) => {
+                    shared.stats.record_pull_error();
+                    tracing::debug!(%error, "burst pull failed; leaving retries to the main pull loop");
+                    continue 'wait;
+                }
+            }
+        }
+    }
+    while let Some(done) = intakes.join_next().await {
+        log_intake_panic(done);
+    }
 }
 
 fn log_intake_panic(done: Result<(), tokio::task::JoinError>) {

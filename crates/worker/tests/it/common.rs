@@ -81,6 +81,7 @@ pub fn fast_config() -> WorkerConfig {
         credentials_recheck: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(10),
         intake_concurrency: 4,
+        pull_concurrency: 1,
     }
 }
 

@@ -63,6 +63,7 @@ fn matrix_config() -> WorkerConfig {
         credentials_recheck: Duration::from_millis(50),
         shutdown_grace: Duration::from_secs(5),
         intake_concurrency: 4,
+        pull_concurrency: 1,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Jobs from pull to finish: success, failure, duplicates, cancel.
 
+use dispatch_worker::WorkerConfig;
 use serde_json::json;
 
 use crate::common::*;
@@ -272,5 +273,46 @@ async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
             "Run `gated` finished with `succeeded`."
         )]
     );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_is_pulled_by_overlapping_pullers_and_each_job_finishes_once() {
+    let rig = Rig::new().await;
+    rig.write_dag("burst", "steps:\n  - name: noop\n    command: 'true'\n");
+    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    for id in &ids {
+        rig.offer_job(job_json(
+            json!({"id": id, "dag_name": "burst", "repository_name": "o/r"}),
+            Some("{}"),
+            None,
+        ))
+        .await;
+    }
+    let config = WorkerConfig {
+        pull_concurrency: 4,
+        ..fast_config()
+    };
+    let w = rig.start(config, TestCreds::present()).await;
+    eventually("every job finished", || async {
+        w.stats.jobs_finished("succeeded") == 20
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(
+            rig.calls_for(id, "accept").await,
+            vec![accept_body(id)],
+            "{id}"
+        );
+        assert_eq!(
+            rig.calls_for(id, "finish").await,
+            vec![finish_body(
+                "succeeded",
+                "Run `burst` finished with `succeeded`."
+            )],
+            "{id}"
+        );
+    }
+    assert_eq!(w.stats.jobs_pulled(), 20);
     w.stop().await;
 }
