@@ -33,19 +33,6 @@ pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// Longest long-poll a pull may ask for.
 pub const MAX_WAIT_SECONDS: u32 = 60;
 
-/// Result status words a finish may carry (SPEC §2).
-pub const RESULT_STATUSES: [&str; 9] = [
-    "not_started",
-    "running",
-    "failed",
-    "aborted",
-    "succeeded",
-    "queued",
-    "partially_succeeded",
-    "waiting",
-    "rejected",
-];
-
 /// Headers copied into a job's `headers`; never the signature.
 const KEPT_HEADERS: [&str; 7] = [
     "x-github-event",
@@ -468,7 +455,7 @@ async fn finish(
 ) -> Result<StatusCode, ApiError> {
     let req: FinishRequest = parse_body(&body)?;
     authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
-    if !RESULT_STATUSES.contains(&req.result_status.as_str()) {
+    if !dispatch_license::RESULT_STATUS_WORDS.contains(&req.result_status.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("unknown result_status `{}`", req.result_status),

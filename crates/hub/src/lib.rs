@@ -45,7 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use api::{MAX_WAIT_SECONDS, RESULT_STATUSES, WEBHOOK_BODY_LIMIT};
+pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
 pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use error::HubError;
 

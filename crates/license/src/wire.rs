@@ -7,6 +7,20 @@ use serde_json::value::RawValue;
 
 use crate::Secret;
 
+/// The result status words a job may be finished with (SPEC §2), in their numeric order (they
+/// are also the run statuses, whose numbers `dispatch-dag` owns).
+pub const RESULT_STATUS_WORDS: [&str; 9] = [
+    "not_started",
+    "running",
+    "failed",
+    "aborted",
+    "succeeded",
+    "queued",
+    "partially_succeeded",
+    "waiting",
+    "rejected",
+];
+
 /// Body of `POST /api/v1/licenses/activate`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ActivateRequest {

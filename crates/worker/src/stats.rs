@@ -4,23 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dispatch_license::RESULT_STATUS_WORDS;
+
 /// Upper bounds (seconds) of the dispatch-latency histogram buckets; a last `+Inf` bucket is
 /// implied. Chosen around the SPEC §10 targets (p50 ≤ 25 ms, p99 ≤ 100 ms).
 pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// The status words a job can be finished with (SPEC §2), in their numeric order.
-pub const RESULT_STATUS_WORDS: [&str; 9] = [
-    "not_started",
-    "running",
-    "failed",
-    "aborted",
-    "succeeded",
-    "queued",
-    "partially_succeeded",
-    "waiting",
-    "rejected",
 ];
 
 /// Live counters of one worker. Every getter is a cheap atomic load.
@@ -167,6 +156,16 @@ impl WorkerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_status_words_are_the_run_statuses_in_numeric_order() {
+        for status in dispatch_dag::RunStatus::ALL {
+            assert_eq!(
+                RESULT_STATUS_WORDS[status.as_i32() as usize],
+                status.as_str()
+            );
+        }
+    }
 
     #[test]
     fn latency_histogram_is_cumulative_with_inf_bucket() {
