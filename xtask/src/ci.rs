@@ -45,12 +45,13 @@ fn steps(nextest: bool) -> Vec<Step> {
         ),
     ];
     if nextest {
+        // nextest does not run doc tests. They go first so that the suite's closing summary is
+        // nextest's count of every test, not the doc-test result of the last crate.
+        steps.push(cargo_step("doc tests", &["test", "--workspace", "--doc"]));
         steps.push(cargo_step(
             "test (nextest)",
             &["nextest", "run", "--workspace"],
         ));
-        // nextest does not run doc tests.
-        steps.push(cargo_step("doc tests", &["test", "--workspace", "--doc"]));
     } else {
         steps.push(cargo_step("test", &["test", "--workspace"]));
     }
@@ -145,8 +146,8 @@ mod tests {
             [
                 "fmt",
                 "clippy",
-                "test (nextest)",
                 "doc tests",
+                "test (nextest)",
                 "doc",
                 "layering"
             ]
