@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_license::token::{self, Claims};
@@ -675,44 +675,8 @@ async fn run_without_key_waits_for_cancel() {
     assert!(m.cloud_machine_credentials().is_none());
 }
 
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Installs (once) a global subscriber writing to a buffer. Global, not `set_default`: tracing
-/// caches per-callsite interest, and with tests on several threads a thread-local subscriber
-/// can miss events whose callsite another thread registered first. Other tests' logs land in the
-/// same buffer, which only widens what is checked for leaks.
-fn capture_logs() -> Buffer {
-    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("dispatch_license=trace,reqwest=trace,info")
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        buffer
-    })
-    .clone()
+fn capture_logs() -> dispatch_test_support::LogBuffer {
+    dispatch_test_support::capture_logs("dispatch_license=trace,reqwest=trace,info")
 }
 
 #[tokio::test]
@@ -804,7 +768,7 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
     };
     outputs.push(format!("{resp:?}"));
 
-    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let logs = buffer.contents();
     assert!(logs.contains("license activated"), "capture works: {logs}");
     assert!(logs.contains("read without verifying"), "{logs}");
     assert!(logs.contains("revoked"), "{logs}");

@@ -1,48 +1,13 @@
 //! No secret in logs, `Debug` output or finish summaries, even when calls fail.
 
-use std::sync::{Arc, Mutex};
-
 use serde_json::json;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::common::*;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// A global subscriber (thread-local ones can miss callsites that another test thread
-/// registered first); other tests' logs land in it too, which only widens the check.
-fn capture_logs() -> Buffer {
-    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("dispatch_worker=trace,dispatch_license=trace,info")
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        buffer
-    })
-    .clone()
+fn capture_logs() -> dispatch_test_support::LogBuffer {
+    dispatch_test_support::capture_logs("dispatch_worker=trace,dispatch_license=trace,info")
 }
 
 #[tokio::test]
@@ -89,7 +54,7 @@ async fn the_heartbeat_secret_never_reaches_logs_or_summaries() {
     .await;
     w.stop().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.contents();
     assert!(text.contains("dispatch job finished"), "logs were captured");
     assert!(text.contains("accept failed"), "the failures were logged");
     assert!(!text.contains(SECRET), "secret in logs");
