@@ -3,7 +3,7 @@
 //! and `headers` byte for byte and encodes to the same bytes (the encoding is a fixed point).
 #![no_main]
 
-use dispatch_license::DispatchJob;
+use dispatch_protocol::DispatchJob;
 use libfuzzer_sys::fuzz_target;
 
 /// The client's own decoder of a pull answer (empty body, bad JSON or no id: refused).

@@ -22,11 +22,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use dispatch_hub::{Binding, Hub, HubConfig, LicenseKey};
-use dispatch_license::{DispatchJob, Secret};
-use hmac::{Hmac, Mac};
+use dispatch_protocol::{webhook_signature, DispatchJob, Secret};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 const WEBHOOK_SECRET: &str = "fuzz-webhook-secret";
@@ -204,11 +202,7 @@ fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    webhook_signature::sign(&Secret::new(WEBHOOK_SECRET), body)
 }
 
 fn job_ids(body: &[u8]) -> (Vec<String>, bool) {

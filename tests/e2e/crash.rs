@@ -263,7 +263,7 @@ async fn send_push(
     delivery: usize,
     tag: &str,
 ) -> Vec<String> {
-    let body = fixture("push.with-new-branch.json");
+    let body = fixture("push/with-new-branch.payload.json");
     let response = client
         .post(format!("{hub_url}/webhooks/github"))
         .header("content-type", "application/json")

@@ -67,7 +67,7 @@ async fn start_with_a_running_job(
     let url = scheduler.wait_for("webhook URL:");
     let secret = std::fs::read_to_string(home.join("webhook_secret")).unwrap();
 
-    let body = fixture("push.with-new-branch.json");
+    let body = fixture("push/with-new-branch.payload.json");
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")

@@ -107,7 +107,7 @@ license = "team"
         &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
     );
 
-    let body = fixture("push.with-new-branch.json");
+    let body = fixture("push/with-new-branch.payload.json");
     let response = reqwest::Client::new()
         .post(format!("{hub_url}/webhooks/github"))
         .header("content-type", "application/json")

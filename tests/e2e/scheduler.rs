@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use dispatch_license::token::{self, Claims};
+use dispatch_protocol::token::{self, Claims};
 use ed25519_dalek::SigningKey;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -32,7 +32,7 @@ fn signed_token(key: &SigningKey) -> String {
         features: vec![],
         grace_days: None,
     };
-    token::sign(&claims, key)
+    token::sign(&claims, key).unwrap()
 }
 
 fn bodies(requests: &[Request], endpoint: &str) -> Vec<Value> {
@@ -80,7 +80,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
         .mount(&cloud)
         .await;
     // The payload travels raw inside the job, exactly as a hub stores it.
-    let payload = fixture("pull_request.opened.json");
+    let payload = fixture("pull_request/opened.payload.json");
     let payload_text = std::str::from_utf8(&payload).unwrap().trim_end();
     let headers = r#"{"x-github-event":["pull_request"],"x-github-delivery":["d-e2e-1"]}"#;
     let job = format!(

@@ -13,8 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// Generous bound for anything the tests wait for: a slow, shared 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -217,22 +215,10 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
 
 /// `sha256=<hex>` of `body` keyed with `secret`, as GitHub's `X-Hub-Signature-256`.
 pub fn github_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    dispatch_protocol::webhook_signature::sign(&dispatch_protocol::Secret::new(secret), body)
 }
 
-/// A fixture payload from the shared corpus, byte for byte.
-pub fn fixture(rel: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/scheduler/demo/payloads")
-        .join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read fixture {}: {e}", path.display()))
-}
+pub use dispatch_test_support::fixture;
 
 /// Writes `text` to `dir/name`, creating `dir`.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

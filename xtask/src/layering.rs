@@ -1,4 +1,4 @@
-//! The layering rule of SPEC §1, checked against `cargo metadata`.
+//! The layering rule of `docs/architecture.md`, checked against `cargo metadata`.
 //!
 //! A workspace crate's normal and build dependencies may only be workspace crates of strictly lower
 //! layers. Dev-dependencies may also use crates of the same layer (executor's tests drive enqueue),
@@ -26,19 +26,21 @@ pub(crate) enum Role {
     Tooling,
 }
 
-/// SPEC §1's table. A crate missing here fails the check.
+/// The crate table of `docs/architecture.md`. A crate missing here fails the check.
 pub(crate) const ROLES: &[(&str, Role)] = &[
-    ("dispatch-webhook-params", Role::Layer(0)),
-    ("dispatch-tracker", Role::Layer(0)),
-    ("dispatch-license", Role::Layer(0)),
-    ("dispatch-dag", Role::Layer(1)),
-    ("dispatch-enqueue", Role::Layer(2)),
-    ("dispatch-executor", Role::Layer(2)),
-    ("dispatch-worker", Role::Layer(3)),
-    ("dispatch-hub", Role::Layer(3)),
-    ("dispatch-scheduler", Role::Layer(4)),
+    ("dispatch-util", Role::Layer(0)),
+    ("dispatch-protocol", Role::Layer(1)),
+    ("dispatch-webhook-params", Role::Layer(1)),
+    ("dispatch-tracker", Role::Layer(1)),
+    ("dispatch-license", Role::Layer(2)),
+    ("dispatch-dag", Role::Layer(2)),
+    ("dispatch-enqueue", Role::Layer(3)),
+    ("dispatch-executor", Role::Layer(3)),
+    ("dispatch-worker", Role::Layer(4)),
+    ("dispatch-hub", Role::Layer(4)),
+    ("dispatch-scheduler", Role::Layer(5)),
     // End-to-end tests of the real binaries: above everything, never depended on.
-    ("dispatch-e2e", Role::Layer(5)),
+    ("dispatch-e2e", Role::Layer(6)),
     ("dispatch-test-support", Role::TestSupport),
     ("xtask", Role::Tooling),
 ];

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dispatch_license::token::Claims;
-use dispatch_license::{
+use dispatch_protocol::token::Claims;
+use dispatch_protocol::{
     AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest,
     HeartbeatResponse, PullRequest, Secret,
 };
@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
-use crate::signature::{self, hex};
+use dispatch_protocol::webhook_signature as signature;
+use dispatch_util::hex;
 use crate::store::{Caller, RawDelivery, Store, Transition};
 use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
 
@@ -264,7 +265,7 @@ fn find_license<'a>(licenses: &'a [LicenseKey], id: &str) -> Option<&'a LicenseK
     licenses.iter().find(|l| l.id == id)
 }
 
-fn issue_token(st: &AppState, license: &LicenseKey) -> Secret {
+fn issue_token(st: &AppState, license: &LicenseKey) -> Result<Secret, ApiError> {
     let now = now_ms() / 1000;
     let claims = Claims {
         jti: license.id.clone(),
@@ -273,9 +274,14 @@ fn issue_token(st: &AppState, license: &LicenseKey) -> Secret {
         iat: Some(now),
         plan: license.plan.clone(),
         features: license.features.clone(),
-        grace_days: Some(dispatch_license::token::DEFAULT_GRACE_DAYS),
+        grace_days: Some(dispatch_protocol::token::DEFAULT_GRACE_DAYS),
     };
-    Secret::new(dispatch_license::token::sign(&claims, &st.signing_key))
+    dispatch_protocol::token::sign(&claims, &st.signing_key)
+        .map(Secret::new)
+        .map_err(|e| {
+            tracing::error!(error = %dispatch_util::error_chain(&e), "cannot sign a license token");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot issue a license token")
+        })
 }
 
 async fn activate(
@@ -317,7 +323,7 @@ async fn activate(
     .await?;
     tracing::info!(license_id = %license.id, server_id = %req.server_id, machine = %req.machine_name, "license activated");
     Ok(Json(ActivateResponse {
-        token: issue_token(&st, license),
+        token: issue_token(&st, license)?,
         heartbeat_secret: secret,
     }))
 }
@@ -366,7 +372,7 @@ async fn heartbeat(
         return Err(ApiError::new(StatusCode::GONE, "license has been revoked"));
     };
     Ok(Json(HeartbeatResponse {
-        token: issue_token(&st, license),
+        token: issue_token(&st, license)?,
     }))
 }
 
@@ -455,7 +461,7 @@ async fn finish(
 ) -> Result<StatusCode, ApiError> {
     let req: FinishRequest = parse_body(&body)?;
     authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
-    if !dispatch_license::RESULT_STATUS_WORDS.contains(&req.result_status.as_str()) {
+    if !dispatch_protocol::RESULT_STATUS_WORDS.contains(&req.result_status.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("unknown result_status `{}`", req.result_status),

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use serde::Deserialize;
 
 use crate::bindings::{validate_bindings, Binding};

@@ -26,7 +26,6 @@ pub mod config;
 pub mod keys;
 pub mod matching;
 pub mod report;
-pub mod signature;
 
 mod api;
 mod error;
@@ -38,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use tokio::sync::Notify;

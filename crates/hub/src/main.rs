@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dispatch_hub::{config::load_hub_config, keys::load_or_create_signing_key, Hub, HubError};
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -83,9 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PrintPublicKey { data_dir, format } => {
             let key = load_or_create_signing_key(&data_dir)?.verifying_key();
             if format == "base64" {
-                println!("{}", dispatch_license::token::public_key_base64(&key));
+                println!("{}", dispatch_protocol::token::public_key_base64(&key));
             } else {
-                print!("{}", dispatch_license::token::public_key_pem(&key));
+                print!("{}", dispatch_protocol::token::public_key_pem(&key));
             }
             Ok(())
         }

@@ -23,7 +23,7 @@
 //! An event with no branch or tag never matches a binding that sets a pattern. When both patterns
 //! are set, either may match. Globs use `glob` syntax with `*` stopping at `/` and `**` crossing it.
 
-use dispatch_license::DispatchJob;
+use dispatch_protocol::DispatchJob;
 use serde_json::Value;
 
 use crate::bindings::{Binding, Trigger};

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -238,7 +238,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dispatch_license::DispatchJob;
+    use dispatch_protocol::DispatchJob;
 
     #[test]
     fn state_table() {

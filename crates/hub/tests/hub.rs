@@ -5,19 +5,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use dispatch_hub::{Binding, GithubConfig, Hub, HubConfig, HubHandle, LicenseKey, Trigger};
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "webhook-secret";
-const FIXTURES: &str = "/work/shared/fixtures/github-webhooks";
 const HELLO: &str = "Codertocat/Hello-World";
 const OCTO: &str = "octo-org/octo-repo";
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join(name)).unwrap()
-}
+use dispatch_test_support::fixture;
 
 fn binding(repo: &str, dag: &str, trigger: Trigger) -> Binding {
     Binding {
@@ -164,7 +161,7 @@ impl TestHub {
         let body: Value = resp.json().await.unwrap();
         let token = body["token"].as_str().unwrap();
         let verified =
-            dispatch_license::token::verify(token, &self.handle().public_key, now()).unwrap();
+            dispatch_protocol::token::verify(token, &self.handle().public_key, now()).unwrap();
         assert_eq!(verified.claims.jti, license_id);
         Creds {
             license_id: verified.claims.jti,
@@ -224,7 +221,7 @@ struct Creds {
 }
 
 fn sign(body: &[u8]) -> String {
-    dispatch_hub::signature::sign(&Secret::new(SECRET), body)
+    dispatch_protocol::webhook_signature::sign(&Secret::new(SECRET), body)
 }
 
 fn now() -> i64 {
@@ -283,7 +280,7 @@ async fn push_job_carries_exact_fields_payload_and_headers() {
     let resp = hub.pull(&c, 0).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
-    let job: dispatch_license::DispatchJob = serde_json::from_str(&text).unwrap();
+    let job: dispatch_protocol::DispatchJob = serde_json::from_str(&text).unwrap();
     assert_eq!(job.id, job_ids[0]);
     assert!(
         job.id.len() <= 64
@@ -841,7 +838,7 @@ async fn activation_heartbeat_and_revocation() {
     let resp = hub.post("/api/v1/licenses/heartbeat", hb(&second)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let token: Value = resp.json().await.unwrap();
-    let claims = dispatch_license::token::verify(
+    let claims = dispatch_protocol::token::verify(
         token["token"].as_str().unwrap(),
         &hub.handle().public_key,
         now(),
@@ -1119,7 +1116,7 @@ mod binary {
         let first = run();
         assert!(first.starts_with("-----BEGIN PUBLIC KEY-----"), "{first}");
         assert_eq!(first, run(), "the key is created once");
-        let key = dispatch_license::token::parse_public_key(&first).unwrap();
+        let key = dispatch_protocol::token::parse_public_key(&first).unwrap();
         let signing = dispatch_hub::keys::load_or_create_signing_key(dir.path()).unwrap();
         assert_eq!(key, signing.verifying_key());
         let out = Command::new(env!("CARGO_BIN_EXE_hub"))
@@ -1129,7 +1126,7 @@ mod binary {
             .unwrap();
         let b64 = String::from_utf8(out.stdout).unwrap();
         assert_eq!(
-            dispatch_license::token::parse_public_key(&b64).unwrap(),
+            dispatch_protocol::token::parse_public_key(&b64).unwrap(),
             key
         );
     }
@@ -1169,9 +1166,9 @@ mod binary {
 /// SPEC §2 agree on paths, bodies, 204s and error messages.
 mod cloud_client {
     use super::*;
-    use dispatch_license::{
-        AcceptRequest, ActivateRequest, ClientConfig, CloudClient, FinishRequest, HeartbeatRequest,
-        PullRequest,
+    use dispatch_license::{ClientConfig, CloudClient};
+    use dispatch_protocol::{
+        AcceptRequest, ActivateRequest, FinishRequest, HeartbeatRequest, PullRequest,
     };
 
     #[tokio::test]
@@ -1188,7 +1185,7 @@ mod cloud_client {
             .await
             .unwrap();
         let claims =
-            dispatch_license::token::verify(act.token.expose(), &hub.handle().public_key, now())
+            dispatch_protocol::token::verify(act.token.expose(), &hub.handle().public_key, now())
                 .unwrap()
                 .claims;
         let hb = client
@@ -1200,7 +1197,7 @@ mod cloud_client {
             })
             .await
             .unwrap();
-        assert!(dispatch_license::token::verify(
+        assert!(dispatch_protocol::token::verify(
             hb.token.expose(),
             &hub.handle().public_key,
             now()

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::wire::{
+use dispatch_protocol::{
     AcceptRequest, ActivateRequest, ActivateResponse, DispatchJob, FinishRequest, HeartbeatRequest,
     HeartbeatResponse, PullRequest,
 };
@@ -181,7 +181,7 @@ impl CloudClient {
             .map_err(|e| {
                 CloudError::new(
                     CloudErrorKind::InvalidInput,
-                    format!("cannot build http client: {}", error_chain(&e)),
+                    format!("cannot build http client: {}", describe_request_error(&e)),
                 )
             })?;
         Ok(Self {
@@ -338,11 +338,11 @@ fn transport_error(path: &str, e: &reqwest::Error) -> CloudError {
     } else {
         CloudErrorKind::Request
     };
-    CloudError::new(kind, format!("POST {path}: {}", error_chain(e)))
+    CloudError::new(kind, format!("POST {path}: {}", describe_request_error(e)))
 }
 
 /// The error and its causes, without the URL (which is ours and already named by the caller).
-fn error_chain(e: &reqwest::Error) -> String {
+fn describe_request_error(e: &reqwest::Error) -> String {
     let mut out = String::new();
     let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let head = match e {

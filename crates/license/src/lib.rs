@@ -1,21 +1,17 @@
-//! The cloud side of a scheduler: the HTTP client for the license and dispatch endpoints
-//! (SPEC §2), their wire types, license tokens (EdDSA JWTs, SPEC §3) and the license manager
-//! that turns a license key into machine credentials.
+//! The scheduler's side of the cloud: the HTTP client for the license and dispatch endpoints
+//! (`docs/protocol.md`) and the license manager that turns a license key into machine credentials.
 //!
 //! Main types: [`CloudClient`] (configured by [`ClientConfig`], failing with [`CloudError`]),
-//! [`DispatchJob`] and the other [`wire`] types, [`token::Claims`] with [`token::sign`] /
-//! [`token::verify`], [`LicenseManager`] (configured by [`LicenseConfig`]) which implements
-//! [`CredentialSource`] and hands out [`MachineCredentials`], and [`Secret`].
+//! [`LicenseManager`] (configured by [`LicenseConfig`]) which implements [`CredentialSource`] and
+//! hands out [`MachineCredentials`]. The wire types, tokens and [`Secret`](dispatch_protocol::Secret)
+//! come from `dispatch-protocol`.
 //!
-//! Not for: DAGs, queues or runs, nor reading env vars or flags (the binary builds the configs).
-//! The hub reuses the wire types and the token module.
+//! Not for: DAGs, queues or runs, nor reading env vars or flags (the binary builds the configs),
+//! nor anything the hub needs (it depends on `dispatch-protocol`, not on this crate).
 
 mod client;
 mod files;
 mod manager;
-mod secret;
-pub mod token;
-pub mod wire;
 
 pub use client::{
     decode_pulled_job, ClientConfig, CloudClient, CloudError, CloudErrorKind,
@@ -26,8 +22,7 @@ pub use manager::{
     ActivationOutcome, ActivationRecord, HeartbeatOutcome, LicenseConfig, LicenseError,
     LicenseManager, DEFAULT_ACTIVATION_RETRY, DEFAULT_HEARTBEAT_INTERVAL,
 };
-pub use secret::Secret;
-pub use wire::*;
+use dispatch_protocol::Secret;
 
 /// What a scheduler presents on every dispatch call: license id (token `jti`), server id and
 /// heartbeat secret. They exist only for a key-activated license.

@@ -11,12 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use dispatch_protocol::token::{self, Claims, TokenError};
+use dispatch_protocol::{ActivateRequest, HeartbeatRequest, Secret};
+
 use crate::files::{self, FileError};
-use crate::token::{self, Claims, TokenError};
-use crate::{
-    ActivateRequest, CloudClient, CloudError, CredentialSource, HeartbeatRequest,
-    MachineCredentials, Secret,
-};
+use crate::{CloudClient, CloudError, CredentialSource, MachineCredentials};
 
 /// Heartbeat period when none is configured (SPEC §3).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -66,7 +65,7 @@ impl LicenseConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LicenseError {
     /// A file or directory under `<data>/license/` could not be read, written or removed.
-    #[error("license storage: {0}")]
+    #[error("license storage")]
     Storage(#[from] FileError),
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 
 /// Run your own workflows on your own machines when things happen on GitHub.
 #[derive(Parser)]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use ed25519_dalek::VerifyingKey;
 use reqwest::Url;
 use serde::Deserialize;
@@ -336,7 +336,7 @@ fn http_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
 /// public, but the error text still quotes only the start of a long value.
 fn public_key(value: &str) -> Result<VerifyingKey, ConfigError> {
     let setting = "license-public-key";
-    let inline_err = match dispatch_license::token::parse_public_key(value) {
+    let inline_err = match dispatch_protocol::token::parse_public_key(value) {
         Ok(key) => return Ok(key),
         Err(err) => err,
     };
@@ -353,7 +353,7 @@ fn public_key(value: &str) -> Result<VerifyingKey, ConfigError> {
             format!("cannot read key file `{}`: {err}", path.display()),
         )
     })?;
-    dispatch_license::token::parse_public_key(&text).map_err(|err| {
+    dispatch_protocol::token::parse_public_key(&text).map_err(|err| {
         invalid(
             setting,
             format!(
@@ -524,7 +524,7 @@ mod tests {
     #[test]
     fn public_key_inline_or_from_file() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
-        let b64 = dispatch_license::token::public_key_base64(&key);
+        let b64 = dispatch_protocol::token::public_key_base64(&key);
         let mut a = args();
         a.license_public_key = Some(b64);
         assert_eq!(
@@ -534,7 +534,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.pub");
-        std::fs::write(&path, dispatch_license::token::public_key_pem(&key)).unwrap();
+        std::fs::write(&path, dispatch_protocol::token::public_key_pem(&key)).unwrap();
         let mut a = args();
         a.license_public_key = Some(path.display().to_string());
         assert_eq!(

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use dispatch_dag::{RunStatus, Stores};
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +27,10 @@ use crate::cli::DemoArgs;
 use crate::config::{CloudTarget, Settings};
 use crate::error::AppError;
 
-const PUSH: &[u8] = include_bytes!("../demo/payloads/push.with-new-branch.json");
-const PULL_REQUEST: &[u8] = include_bytes!("../demo/payloads/pull_request.opened.json");
-const RELEASE: &[u8] = include_bytes!("../demo/payloads/release.published.json");
-const ISSUE_COMMENT: &[u8] = include_bytes!("../demo/payloads/issue_comment.created.json");
+const PUSH: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/push/with-new-branch.payload.json");
+const PULL_REQUEST: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/pull_request/opened.payload.json");
+const RELEASE: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/release/published.payload.json");
+const ISSUE_COMMENT: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/issue_comment/created.payload.json");
 const BINDINGS: &str = include_str!("../demo/bindings.toml");
 const DAGS: [(&str, &str); 5] = [
     ("build.yaml", include_str!("../demo/dags/build.yaml")),
@@ -518,7 +518,7 @@ async fn send(
     secret: &Secret,
     delivery: &Delivery,
 ) -> Result<Vec<String>, AppError> {
-    let signature = dispatch_hub::signature::sign(secret, &delivery.body);
+    let signature = dispatch_protocol::webhook_signature::sign(secret, &delivery.body);
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let response = http

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use dispatch_license::Secret;
+use dispatch_protocol::Secret;
 use rand::RngCore as _;
 
 /// Reads the secret at `path`, or creates it with `bytes` random bytes (hex) when the file is

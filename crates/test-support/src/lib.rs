@@ -3,7 +3,11 @@
 //!
 //! [`capture_logs`] installs a global tracing subscriber writing into a [`LogBuffer`], so a test
 //! can assert that no secret reaches the logs.
+//!
+//! [`fixture`] reads one of the real GitHub webhook payloads the repository carries under
+//! `tests/fixtures/github-webhooks/` (see the README there for their source and license).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Everything the capturing subscriber wrote.
@@ -61,4 +65,41 @@ pub fn capture_logs(filter: &str) -> LogBuffer {
         buffer
     })
     .clone()
+}
+
+/// The folder of real GitHub webhook payloads: `tests/fixtures/github-webhooks/` in this
+/// repository, found from this crate's own manifest directory (never an absolute path).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/github-webhooks")
+}
+
+/// The bytes of one payload, named by its path below [`fixtures_dir`] (for example
+/// `"push/with-new-branch.payload.json"`). Panics naming the file when it cannot be read: a
+/// missing fixture is a broken checkout, and the test must say so.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// [`fixture`] as text.
+pub fn fixture_str(name: &str) -> String {
+    String::from_utf8(fixture(name)).unwrap_or_else(|e| panic!("fixture {name}: not UTF-8: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_fixture_named_in_the_readme_is_there_and_is_json() {
+        let readme = std::fs::read_to_string(super::fixtures_dir().join("README.md")).unwrap();
+        let mut seen = 0;
+        for name in readme.split('`').filter(|w| w.ends_with(".json") && w.contains('/')) {
+            if name.starts_with("api.github.com/") || name.starts_with("ghes-") {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_slice(&super::fixture(name)).unwrap();
+            assert!(value.is_object(), "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 30, "only {seen} fixtures named in the README");
+    }
 }

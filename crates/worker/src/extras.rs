@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use dispatch_license::DispatchJob;
+use dispatch_protocol::DispatchJob;
 use serde_json::Value;
 
 /// The `GITHUB_*` runtime params of a job (SPEC §4, last paragraph).
@@ -84,12 +84,7 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    const FIXTURES: &str = "/work/shared/fixtures/github-webhooks";
-
-    fn fixture(path: &str) -> String {
-        let path = format!("{FIXTURES}/{path}");
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
-    }
+    use dispatch_test_support::fixture_str as fixture;
 
     fn job_with(payload: &str) -> DispatchJob {
         DispatchJob {

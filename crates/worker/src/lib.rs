@@ -35,7 +35,7 @@ mod summary;
 mod worker;
 
 pub use config::{WorkerConfig, WorkerDeps, MAX_LONG_POLL};
-pub use dispatch_license::RESULT_STATUS_WORDS;
+pub use dispatch_protocol::RESULT_STATUS_WORDS;
 pub use error::WorkerError;
 pub use extras::github_extras;
 pub use stats::{LatencyHistogram, WorkerStats, LATENCY_BUCKETS_SECONDS};

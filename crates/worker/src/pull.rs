@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use dispatch_dag::{validate_dag_name, validate_run_id, Dag};
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
-use dispatch_license::{
-    AcceptRequest, CloudError, DispatchJob, FinishRequest, MachineCredentials, PullRequest,
-};
+use dispatch_license::{CloudError, MachineCredentials};
+use dispatch_protocol::{AcceptRequest, DispatchJob, FinishRequest, PullRequest};
 use dispatch_tracker::{Phase, TrackedJob};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dispatch_license::RESULT_STATUS_WORDS;
+use dispatch_protocol::RESULT_STATUS_WORDS;
 
 /// Upper bounds (seconds) of the dispatch-latency histogram buckets; a last `+Inf` bucket is
 /// implied. Chosen around the SPEC §10 targets (p50 ≤ 25 ms, p99 ≤ 100 ms).

@@ -9,8 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// An answer, with the wall-clock time its first byte was read.
 pub(crate) struct Response {
@@ -129,13 +127,7 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// GitHub's `X-Hub-Signature-256` value for `body`.
 pub(crate) fn signature(secret: &str, body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    dispatch_protocol::webhook_signature::sign(&dispatch_protocol::Secret::new(secret), body)
 }
 
 /// Sends signed `push` deliveries of one payload to a hub, each with its own delivery id.

@@ -125,7 +125,7 @@ fn measure(
     spacing: Spacing,
 ) -> anyhow::Result<Vec<f64>> {
     let mut system = Embedded::start(context, dir, polling)?;
-    let sender = system.sender(&context.root)?;
+    let sender = system.sender()?;
     // The first pull may only come after license activation and, with long-poll off, after a
     // whole idle delay.
     let first_wait = Duration::from_secs(30 + polling.idle_delay_s);

@@ -17,12 +17,8 @@ use super::procs::{self, Proc};
 const DAG: &str = "bench-noop";
 /// The repository of the payload below.
 const REPOSITORY: &str = "Codertocat/Hello-World";
-/// A real GitHub `push` delivery; the scheduler's demo bundles the same file as the shared
-/// fixture set.
-const PAYLOADS: [&str; 2] = [
-    "crates/scheduler/demo/payloads/push.with-new-branch.json",
-    "/work/shared/fixtures/github-webhooks/push/with-new-branch.payload.json",
-];
+/// A real GitHub `push` delivery from the repository's fixtures (the demo sends the same one).
+const PAYLOAD: &str = "push/with-new-branch.payload.json";
 /// Known values, so the bench can sign deliveries and activate a license without reading what
 /// the binaries generate.
 const WEBHOOK_SECRET: &str = "bench-webhook-secret-not-for-production";
@@ -48,12 +44,8 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// The webhook body every bench delivery carries.
-pub(crate) fn payload(root: &Path) -> anyhow::Result<Vec<u8>> {
-    PAYLOADS
-        .iter()
-        .map(|p| root.join(p))
-        .find_map(|p| std::fs::read(p).ok())
-        .with_context(|| format!("no push payload found at {}", PAYLOADS.join(" or ")))
+pub(crate) fn payload() -> Vec<u8> {
+    dispatch_test_support::fixture(PAYLOAD)
 }
 
 /// A scheduler home with the DAG (and, for the embedded hub, bindings and webhook secret).
@@ -132,8 +124,8 @@ impl Embedded {
         })
     }
 
-    pub(crate) fn sender(&self, root: &Path) -> anyhow::Result<WebhookSender> {
-        Ok(WebhookSender::new(self.hub, WEBHOOK_SECRET, payload(root)?))
+    pub(crate) fn sender(&self) -> anyhow::Result<WebhookSender> {
+        Ok(WebhookSender::new(self.hub, WEBHOOK_SECRET, payload()))
     }
 }
 
@@ -210,11 +202,11 @@ impl StandaloneHub {
         })
     }
 
-    pub(crate) fn sender(&self, root: &Path) -> anyhow::Result<WebhookSender> {
+    pub(crate) fn sender(&self) -> anyhow::Result<WebhookSender> {
         Ok(WebhookSender::new(
             self.addr,
             WEBHOOK_SECRET,
-            payload(root)?,
+            payload(),
         ))
     }
 
@@ -276,7 +268,7 @@ mod tests {
         assert!(text.contains("repository = \"Codertocat/Hello-World\""));
         assert!(text.contains("dag = \"bench-noop\""));
         assert!(text.contains("event_name = \"push\""));
-        let payload = payload(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()).unwrap();
+        let payload = payload();
         let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(json["repository"]["full_name"], REPOSITORY);
     }

@@ -26,7 +26,7 @@ pub(crate) fn targets() -> Vec<Metric> {
 
 pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
     let mut hub = StandaloneHub::start(context, &context.work)?;
-    let sender = hub.sender(&context.root)?;
+    let sender = hub.sender()?;
     let queueing = Instant::now();
     let failures: Vec<anyhow::Error> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..SENDERS)

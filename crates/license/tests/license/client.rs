@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use dispatch_license::{
-    AcceptRequest, ActivateRequest, ClientConfig, CloudClient, CloudError, CloudErrorKind,
-    FinishRequest, HeartbeatRequest, PullRequest, Secret, MAX_RESPONSE_BYTES,
+use dispatch_license::{ClientConfig, CloudClient, CloudError, CloudErrorKind, MAX_RESPONSE_BYTES};
+use dispatch_protocol::{
+    AcceptRequest, ActivateRequest, FinishRequest, HeartbeatRequest, PullRequest, Secret,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dispatch_license::token::{self, Claims};
+use dispatch_protocol::token::{self, Claims};
 use dispatch_license::{
     ClientConfig, CloudClient, CredentialSource, HeartbeatOutcome, LicenseConfig, LicenseManager,
-    Secret,
 };
+use dispatch_protocol::Secret;
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ fn claims(jti: &str, exp: i64, grace_days: Option<u32>) -> Claims {
 }
 
 fn good_token(key: &SigningKey) -> String {
-    token::sign(&claims("lic-1", now() + 3600, None), key)
+    token::sign(&claims("lic-1", now() + 3600, None), key).unwrap()
 }
 
 fn client_for(base: &str) -> CloudClient {
@@ -192,7 +192,10 @@ async fn unusable_data_dir_is_an_error() {
     let e = LicenseManager::start(config(&file, Some(KEY), None), client_for(&refused_base()))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("plain-file"), "{e}");
+    // The cause is named once in the chain: not in the top message and again as its source.
+    let chain = dispatch_util::error_chain(&e);
+    assert!(chain.contains("plain-file"), "{chain}");
+    assert_eq!(chain.matches("plain-file").count(), 1, "{chain}");
     assert!(std::error::Error::source(&e).is_some());
 }
 
@@ -333,7 +336,7 @@ async fn activation_refused_with_410_ignores_and_removes_cache() {
 #[tokio::test]
 async fn strict_verification_rejects_foreign_key_and_alg_none() {
     let key = signing_key();
-    let foreign = token::sign(&claims("lic-1", now() + 3600, None), &signing_key());
+    let foreign = token::sign(&claims("lic-1", now() + 3600, None), &signing_key()).unwrap();
     let good = good_token(&key);
     let mut parts = good.split('.');
     let _ = parts.next();
@@ -414,7 +417,7 @@ async fn expired_token_is_accepted_within_grace_only() {
     for (name, c, ok) in cases {
         let server = MockServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        mount_activate(&server, &token::sign(&c, &key)).await;
+        mount_activate(&server, &token::sign(&c, &key).unwrap()).await;
         let m = LicenseManager::start(
             config(dir.path(), Some(KEY), Some(&key)),
             client_for(&server.uri()),
@@ -504,7 +507,7 @@ async fn heartbeat_400_500_and_bad_token_keep_the_cached_token() {
     let dir = tempfile::tempdir().unwrap();
     let key = signing_key();
     let (m, tok) = activated(&server, dir.path(), &key).await;
-    let forged = token::sign(&claims("lic-evil", now() + 3600, None), &signing_key());
+    let forged = token::sign(&claims("lic-evil", now() + 3600, None), &signing_key()).unwrap();
     mount_heartbeat(
         &server,
         ResponseTemplate::new(200).set_body_json(json!({"token": forged})),
@@ -526,7 +529,7 @@ async fn heartbeat_200_replaces_and_persists_the_token() {
     let (m, _) = activated(&server, dir.path(), &key).await;
     let mut c = claims("lic-1", now() + 7200, None);
     c.plan = "enterprise".into();
-    let new_tok = token::sign(&c, &key);
+    let new_tok = token::sign(&c, &key).unwrap();
     mount_heartbeat(
         &server,
         ResponseTemplate::new(200).set_body_json(json!({"token": new_tok})),
@@ -686,7 +689,7 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (m, tok) = activated(&server, dir.path(), &key).await;
-    let new_tok = token::sign(&claims("lic-1", now() + 9000, None), &key);
+    let new_tok = token::sign(&claims("lic-1", now() + 9000, None), &key).unwrap();
     let mut outputs: Vec<String> = Vec::new();
 
     // Heartbeat: 200, 500 echoing the secret, bad token, then 410.
@@ -742,7 +745,7 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
 
     // Errors of every layer.
     let client = client_for(&refused_base());
-    let req = dispatch_license::ActivateRequest {
+    let req = dispatch_protocol::ActivateRequest {
         key: Secret::new(KEY),
         server_id: "s".into(),
         machine_name: "m".into(),
@@ -762,7 +765,7 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
         server_id: "s".into(),
     };
     outputs.push(format!("{record:?}"));
-    let resp = dispatch_license::ActivateResponse {
+    let resp = dispatch_protocol::ActivateResponse {
         token: Secret::new(tok.clone()),
         heartbeat_secret: Secret::new(HB),
     };

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dispatch_dag::{FileStoreConfig, Stores};
 use dispatch_executor::{Executor, ExecutorConfig};
-use dispatch_license::{ClientConfig, CloudClient, CredentialSource, MachineCredentials, Secret};
+use dispatch_license::{ClientConfig, CloudClient, CredentialSource, MachineCredentials};
+use dispatch_protocol::Secret;
 use dispatch_tracker::{Phase, TrackedJob, Tracker};
 use dispatch_worker::{Worker, WorkerConfig, WorkerDeps, WorkerError, WorkerStats};
 use serde_json::{json, Value};
@@ -22,7 +23,6 @@ pub const LICENSE: &str = "lic-1";
 pub const SERVER: &str = "srv-1";
 pub const SECRET: &str = "hb-secret-XYZ";
 pub const PULL: &str = "/api/v1/github/dispatch/pull";
-pub const FIXTURES: &str = "/work/shared/fixtures/github-webhooks";
 
 /// Generous: the machine is slow and shared.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -301,7 +301,7 @@ pub fn finish_body(status: &str, summary: &str) -> Value {
 }
 
 pub fn fixture(rel: &str) -> String {
-    std::fs::read_to_string(Path::new(FIXTURES).join(rel)).unwrap()
+    dispatch_test_support::fixture_str(rel)
 }
 
 /// A job JSON with `payload`/`headers` spliced in as raw text (bytes kept exact).

@@ -1,4 +1,4 @@
-//! Wire types of the cloud contract (SPEC §2), shared by the client and the hub.
+//! Wire types of the cloud contract (`docs/protocol.md`), shared by the client and the hub.
 //!
 //! Field names are the contract: keep them exact. Optional fields are omitted when empty.
 
@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use crate::Secret;
 
-/// The result status words a job may be finished with (SPEC §2), in their numeric order (they
+/// The result status words a job may be finished with, in their numeric order (they
 /// are also the run statuses, whose numbers `dispatch-dag` owns).
 pub const RESULT_STATUS_WORDS: [&str; 9] = [
     "not_started",
@@ -20,6 +20,15 @@ pub const RESULT_STATUS_WORDS: [&str; 9] = [
     "waiting",
     "rejected",
 ];
+
+/// The command word of a job that cancels the active runs of its pull request or issue (a comment
+/// `@dispatch cancel`). Compared case-insensitively.
+pub const CANCEL_COMMAND: &str = "cancel";
+
+/// True when `command` is the cancel command word (case-insensitive, surrounding blanks ignored).
+pub fn is_cancel_command(command: &str) -> bool {
+    command.trim().eq_ignore_ascii_case(CANCEL_COMMAND)
+}
 
 /// Body of `POST /api/v1/licenses/activate`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,7 +110,7 @@ pub struct FinishRequest {
     pub server_id: String,
     /// Heartbeat secret (named `secret` on this endpoint).
     pub secret: Secret,
-    /// One of the result status words (SPEC §2).
+    /// One of the result status words ([`RESULT_STATUS_WORDS`]).
     pub result_status: String,
     /// Human summary; omitted when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -1,4 +1,4 @@
-//! License tokens: compact JWTs signed with EdDSA (Ed25519), SPEC §3.
+//! License tokens: compact JWTs signed with EdDSA (Ed25519); see `docs/protocol.md` (License tokens).
 //!
 //! The hub signs with [`sign`]; a scheduler checks with [`verify`] (strict, with the `exp` grace
 //! period) or, when no public key is configured, reads the claims with [`decode_unverified`].
@@ -113,6 +113,15 @@ pub enum TokenError {
     /// The public key text is neither an SPKI PEM nor base64 of 32 bytes, or is not a valid point.
     #[error("invalid ed25519 public key: {0}")]
     PublicKey(String),
+    /// The claims could not be written as JSON (a claim value JSON cannot hold).
+    #[error("cannot encode token {part}")]
+    Encode {
+        /// `header` or `claims`.
+        part: &'static str,
+        /// Encoder error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,22 +131,28 @@ struct Header {
     typ: Option<String>,
 }
 
-/// Signs `claims` as a compact JWT with header `{"alg":"EdDSA","typ":"JWT"}`.
-pub fn sign(claims: &Claims, key: &SigningKey) -> String {
+/// Signs `claims` as a compact JWT with header `{"alg":"EdDSA","typ":"JWT"}`. Fails only when the
+/// claims cannot be encoded as JSON; it never signs anything but the claims given.
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, TokenError> {
     let header = Header {
         alg: "EdDSA".to_owned(),
         typ: Some("JWT".to_owned()),
     };
-    // Serializing these plain structs cannot fail; fall back to an empty object to stay panic-free.
-    let header_json = serde_json::to_vec(&header).unwrap_or_else(|_| b"{}".to_vec());
-    let claims_json = serde_json::to_vec(claims).unwrap_or_else(|_| b"{}".to_vec());
+    let header_json = serde_json::to_vec(&header).map_err(|source| TokenError::Encode {
+        part: "header",
+        source,
+    })?;
+    let claims_json = serde_json::to_vec(claims).map_err(|source| TokenError::Encode {
+        part: "claims",
+        source,
+    })?;
     let mut out = URL_SAFE_NO_PAD.encode(header_json);
     out.push('.');
     out.push_str(&URL_SAFE_NO_PAD.encode(claims_json));
     let signature = key.sign(out.as_bytes());
     out.push('.');
     out.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
-    out
+    Ok(out)
 }
 
 struct Parts<'a> {
@@ -308,7 +323,7 @@ mod tests {
     fn sign_then_verify_round_trips() {
         let k = key();
         let c = claims(10_000);
-        let t = sign(&c, &k);
+        let t = sign(&c, &k).unwrap();
         let v = verify(&t, &k.verifying_key(), 2_000).unwrap();
         assert_eq!(v.claims, c);
         assert!(!v.expired_in_grace);
@@ -342,7 +357,7 @@ mod tests {
     fn rejects_other_key_tampering_and_alg() {
         let k = key();
         let other = key();
-        let t = sign(&claims(10_000), &k);
+        let t = sign(&claims(10_000), &k).unwrap();
         assert!(matches!(
             verify(&t, &other.verifying_key(), 2_000),
             Err(TokenError::Signature)
@@ -350,7 +365,7 @@ mod tests {
         // Swap the claims for different ones while keeping the signature.
         let mut c2 = claims(10_000);
         c2.plan = "enterprise".into();
-        let t2 = sign(&c2, &k);
+        let t2 = sign(&c2, &k).unwrap();
         let p1: Vec<&str> = t.split('.').collect();
         let p2: Vec<&str> = t2.split('.').collect();
         let forged = format!("{}.{}.{}", p1[0], p2[1], p1[2]);
@@ -382,7 +397,7 @@ mod tests {
         let k = key();
         let vk = k.verifying_key();
         let c = claims(10_000);
-        let t = sign(&c, &k);
+        let t = sign(&c, &k).unwrap();
         // nbf 1000: 940 is within skew, 939 is not.
         assert!(verify(&t, &vk, 1_000 - NBF_LEEWAY_SECS).is_ok());
         assert!(matches!(
@@ -399,7 +414,7 @@ mod tests {
         ));
         let mut c0 = c.clone();
         c0.grace_days = Some(0);
-        let t0 = sign(&c0, &k);
+        let t0 = sign(&c0, &k).unwrap();
         assert!(matches!(
             verify(&t0, &vk, 10_000),
             Err(TokenError::Expired { .. })
@@ -430,7 +445,7 @@ mod tests {
             assert!(decode_unverified(&bad).is_err());
         }
         // A good header/claims with a short signature.
-        let t = sign(&claims(10_000), &k);
+        let t = sign(&claims(10_000), &k).unwrap();
         let head = &t[..t.rfind('.').unwrap()];
         let short = format!("{head}.{}", URL_SAFE_NO_PAD.encode([7u8; 63]));
         assert!(matches!(
@@ -447,7 +462,7 @@ mod tests {
         let k = key();
         let mut c = claims(10_000);
         c.jti.clear();
-        let t = sign(&c, &k);
+        let t = sign(&c, &k).unwrap();
         assert!(matches!(
             verify(&t, &k.verifying_key(), 2_000),
             Err(TokenError::Malformed(_))

@@ -1,10 +1,12 @@
 //! GitHub's webhook signature: `X-Hub-Signature-256: sha256=<hex of HMAC-SHA256(secret, body)>`.
 //!
-//! The hub verifies it; senders (the demo, benches, end-to-end tests) produce it with [`sign`], so
-//! both sides share one definition.
+//! The hub verifies it with [`verify`]; senders (the demo, the end-to-end tests, the fuzz target)
+//! produce it with [`sign`], so both sides share one definition.
 
-use dispatch_license::Secret;
+use dispatch_util::{decode_hex, hex};
 use hmac::{Hmac, Mac};
+
+use crate::Secret;
 use sha2::Sha256;
 
 /// The `X-Hub-Signature-256` header value for `body` under `secret`.
@@ -30,21 +32,6 @@ fn mac(secret: &Secret, body: &[u8]) -> Hmac<Sha256> {
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
     mac.update(body);
     mac
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
