@@ -4,7 +4,7 @@
 #   fuzz/run-all.sh <seconds> [target...]
 #
 # Works on the stable toolchain: see fuzz/README.md for why RUSTC_BOOTSTRAP=1 and `-s none`.
-# Seeds come from files already in the repository (and ../shared/fixtures when present) and go to
+# Seeds come from files in the repository (tests/fixtures/github-webhooks among them) and go to
 # fuzz/corpus/<target> (git-ignored), which later runs reuse. Crashes land in fuzz/artifacts/<target>.
 # Environment: FUZZ_TARGET_DIR (build dir, default fuzz/target), FUZZ_ARGS (extra libFuzzer flags),
 # FUZZ_FEATURES (cargo features; default: all targets), FUZZ_SANITIZER (default none).
@@ -57,7 +57,7 @@ seed() {
         # Byte 0 = index of the event in EVENTS (fuzz_targets/hub_webhook.rs); bit 7 = deliver twice.
         local events=(push pull_request create release check_run issue_comment pull_request_review_comment
             repository_dispatch workflow_dispatch ping issues delete check_suite merge_group deployment workflow_run)
-        local fixtures=$repo/../shared/fixtures/github-webhooks i f
+        local fixtures=$repo/tests/fixtures/github-webhooks i f
         for i in "${!events[@]}"; do
             [[ -d $fixtures/${events[$i]} ]] || continue
             for f in "$fixtures/${events[$i]}"/*.json; do

@@ -15,6 +15,7 @@ enum Action {
         env: &'static [(&'static str, &'static str)],
     },
     Layering,
+    Tidy,
 }
 
 struct Step {
@@ -66,6 +67,10 @@ fn steps(nextest: bool) -> Vec<Step> {
         name: "layering",
         action: Action::Layering,
     });
+    steps.push(Step {
+        name: "tidy",
+        action: Action::Tidy,
+    });
     steps
 }
 
@@ -92,6 +97,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
         let result = match &step.action {
             Action::Cargo { args, env } => run_cargo(root, args, env),
             Action::Layering => crate::layering::run(root),
+            Action::Tidy => crate::tidy::run(root),
         };
         let elapsed = step_started.elapsed();
         if let Err(err) = result {
@@ -140,7 +146,10 @@ mod tests {
 
     #[test]
     fn step_order_matches_the_documented_suite() {
-        assert_eq!(names(false), ["fmt", "clippy", "test", "doc", "layering"]);
+        assert_eq!(
+            names(false),
+            ["fmt", "clippy", "test", "doc", "layering", "tidy"]
+        );
         assert_eq!(
             names(true),
             [
@@ -149,7 +158,8 @@ mod tests {
                 "doc tests",
                 "test (nextest)",
                 "doc",
-                "layering"
+                "layering",
+                "tidy"
             ]
         );
     }
@@ -160,7 +170,7 @@ mod tests {
         let doc = steps.iter().find(|step| step.name == "doc").unwrap();
         match &doc.action {
             Action::Cargo { env, .. } => assert_eq!(*env, [("RUSTDOCFLAGS", "-D warnings")]),
-            Action::Layering => panic!("doc step must run cargo doc"),
+            Action::Layering | Action::Tidy => panic!("doc step must run cargo doc"),
         }
     }
 }

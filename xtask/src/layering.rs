@@ -289,6 +289,11 @@ mod tests {
     fn well_layered() -> Vec<Package> {
         use DepKind::*;
         vec![
+            pkg("dispatch-util", &[]),
+            pkg(
+                "dispatch-protocol",
+                &[("dispatch-util", Normal), ("serde", Normal)],
+            ),
             pkg(
                 "dispatch-webhook-params",
                 &[("thiserror", Normal), ("proptest", Dev)],
@@ -296,7 +301,11 @@ mod tests {
             pkg("dispatch-tracker", &[("serde", Normal)]),
             pkg(
                 "dispatch-license",
-                &[("reqwest", Normal), ("wiremock", Dev)],
+                &[
+                    ("dispatch-protocol", Normal),
+                    ("reqwest", Normal),
+                    ("wiremock", Dev),
+                ],
             ),
             pkg("dispatch-dag", &[("dispatch-webhook-params", Normal)]),
             pkg("dispatch-enqueue", &[("dispatch-dag", Normal)]),
@@ -314,7 +323,10 @@ mod tests {
                     ("dispatch-test-support", Dev),
                 ],
             ),
-            pkg("dispatch-hub", &[("dispatch-license", Normal)]),
+            pkg(
+                "dispatch-hub",
+                &[("dispatch-protocol", Normal), ("dispatch-license", Dev)],
+            ),
             pkg(
                 "dispatch-scheduler",
                 &[
@@ -353,9 +365,9 @@ mod tests {
             violations,
             [Violation::Upward {
                 package: "dispatch-executor".into(),
-                package_layer: 2,
+                package_layer: 3,
                 dependency: "dispatch-enqueue".into(),
-                dependency_layer: 2,
+                dependency_layer: 3,
                 kind: DepKind::Normal,
             }]
         );
@@ -368,8 +380,8 @@ mod tests {
             matches!(
                 &violations[..],
                 [Violation::Upward {
-                    dependency_layer: 1,
-                    package_layer: 0,
+                    dependency_layer: 2,
+                    package_layer: 1,
                     kind: DepKind::Build,
                     ..
                 }]
@@ -389,8 +401,8 @@ mod tests {
             matches!(
                 &violations[..],
                 [Violation::Upward {
-                    package_layer: 1,
-                    dependency_layer: 2,
+                    package_layer: 2,
+                    dependency_layer: 3,
                     kind: DepKind::Dev,
                     ..
                 }]
@@ -400,8 +412,8 @@ mod tests {
     }
 
     #[test]
-    fn self_layer_zero_crates_may_not_use_each_other() {
-        let violations = with_dep("dispatch-license", "dispatch-tracker", DepKind::Normal);
+    fn same_layer_crates_may_not_use_each_other() {
+        let violations = with_dep("dispatch-protocol", "dispatch-tracker", DepKind::Normal);
         assert_eq!(violations.len(), 1, "{violations:?}");
     }
 

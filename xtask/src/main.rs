@@ -1,12 +1,14 @@
 //! Workspace automation for dispatch, run as `cargo xtask <command>`.
 //!
 //! Commands live in their own modules; adding one is a new arm in [`run`] and a line in [`USAGE`].
-//! This binary is tooling only: no workspace crate depends on it, and it may depend on nothing
-//! of ours.
+//! This binary is tooling only: no workspace crate depends on it. Of ours it uses only
+//! `dispatch-protocol` (to sign bench webhooks as GitHub does) and `dispatch-test-support` (to read
+//! the payload fixtures the tests read).
 
 mod bench;
 mod ci;
 mod layering;
+mod tidy;
 mod unicode_table;
 
 use std::path::{Path, PathBuf};
@@ -17,11 +19,13 @@ usage: cargo xtask <command>
 
 commands:
   bench [--only GROUP] [--out FILE] [--keep]
-                             SPEC §10 numbers (release build, ~5 min): one table and
+                             the README's benchmark numbers (release build, ~5 min): one table and
                              target/bench/results.json; GROUP: tracker, noop, latency, throughput,
                              idle; --keep keeps the scratch homes and logs under target/bench/work
-  ci                         fmt check, clippy, tests, docs and the layering check, in that order
-  layering                   check that every workspace crate depends only on lower layers (SPEC §1)
+  ci                         fmt check, clippy, tests, docs, the layering and tidy checks, in order
+  layering                   check that every workspace crate depends only on lower layers
+                             (docs/architecture.md)
+  tidy                       check that no tracked file refers to a path outside the repository
   unicode-table [DATA_FILE]  regenerate webhook-params' printable-rune table from UnicodeData.txt
                              (default /usr/share/unicode/UnicodeData.txt, Debian package unicode-data)
 ";
@@ -43,6 +47,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         Some("bench") => bench::run(&root, &args[1..]),
         Some("ci") => ci::run(&root),
         Some("layering") => layering::run(&root),
+        Some("tidy") => tidy::run(&root),
         Some("unicode-table") => {
             let data = args
                 .get(1)

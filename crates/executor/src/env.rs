@@ -143,7 +143,7 @@ mod tests {
     fn lookup(name: &str) -> Option<String> {
         match name {
             "A" => Some("1".into()),
-            "HOME" => Some("/home/x".into()),
+            "HOME" => Some("/srv/x".into()),
             "EVIL" => Some("$(touch /tmp/x) $A".into()),
             _ => None,
         }
@@ -158,7 +158,7 @@ mod tests {
             ("x${A}y", "x1y"),
             ("$A$A", "11"),
             ("$Ab", ""),
-            ("${HOME}/bin:$A", "/home/x/bin:1"),
+            ("${HOME}/bin:$A", "/srv/x/bin:1"),
             ("$$A", "$A"),
             ("$", "$"),
             ("a$", "a$"),
