@@ -52,7 +52,10 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     for f in &findings {
-        println!("{}:{}: refers to `{}`, outside the repository", f.file, f.line, f.path);
+        println!(
+            "{}:{}: refers to `{}`, outside the repository",
+            f.file, f.line, f.path
+        );
     }
     bail!(
         "{} reference(s) to paths outside the repository; carry what is needed inside it \
@@ -67,7 +70,10 @@ pub(crate) fn scan(file: &str, text: &str) -> Vec<Finding> {
     let roots: Vec<String> = PRIVATE_ROOTS.iter().map(|d| format!("/{d}/")).collect();
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let mut hits: Vec<usize> = line.match_indices(sibling.as_str()).map(|(i, _)| i).collect();
+        let mut hits: Vec<usize> = line
+            .match_indices(sibling.as_str())
+            .map(|(i, _)| i)
+            .collect();
         for root in &roots {
             hits.extend(
                 line.match_indices(root.as_str())

@@ -1,4 +1,4 @@
-//! Scheduler idle cost (SPEC §10): RSS and CPU over 30 s without jobs, long-poll on (default
+//! Scheduler idle cost: RSS and CPU over 30 s without jobs, long-poll on (default
 //! 30 s). Two setups share the window: `scheduler start` with its embedded hub (one process),
 //! and `scheduler start --cloud-url` against a standalone `hub` (the hub is reported as context).
 //! The targets apply to the scheduler process in both.

@@ -1,4 +1,4 @@
-//! Dispatch latency (SPEC §10): from the sender receiving the hub's 202 for a signed webhook to
+//! Dispatch latency: from the sender receiving the hub's 202 for a signed webhook to
 //! the first step process of the resulting run starting, through the real `scheduler` binary
 //! and its embedded hub. Deliveries go one at a time, each after the previous run started.
 
@@ -84,7 +84,7 @@ pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
 }
 
 /// p50, p99, mean, max and count of `samples` (ms) as rows named `<prefix>_*`; with
-/// `targeted`, p50 and p99 carry the SPEC targets.
+/// `targeted`, p50 and p99 carry the README's targets.
 fn summarize(samples: &[f64], prefix: &str, targeted: bool) -> Vec<Metric> {
     let nan = f64::NAN;
     let p50 = percentile(samples, 50.0).unwrap_or(nan);

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the numbers of SPEC §10, measured on this machine, printed as one table
+//! `cargo xtask bench`: the README's benchmark numbers, measured on this machine, printed as one table
 //! and written to `target/bench/results.json`.
 //!
 //! Everything that runs is built once, in release mode, before anything is measured (this is

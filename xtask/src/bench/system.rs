@@ -203,11 +203,7 @@ impl StandaloneHub {
     }
 
     pub(crate) fn sender(&self) -> anyhow::Result<WebhookSender> {
-        Ok(WebhookSender::new(
-            self.addr,
-            WEBHOOK_SECRET,
-            payload(),
-        ))
+        Ok(WebhookSender::new(self.addr, WEBHOOK_SECRET, payload()))
     }
 
     /// Starts `scheduler start --cloud-url` against this hub, activating the bench license.

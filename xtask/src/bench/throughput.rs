@@ -1,4 +1,4 @@
-//! Throughput (SPEC §10): jobs pulled + tracked + enqueued + accepted per second, durable, with
+//! Throughput: jobs pulled + tracked + enqueued + accepted per second, durable, with
 //! a no-op DAG. 2,000 deliveries are queued in a standalone `hub` first; then a `scheduler`
 //! starts against it, and the clock runs from its start until the hub counts every job as
 //! accepted (or already finished).
