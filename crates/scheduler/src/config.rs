@@ -284,12 +284,9 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
     })?;
     toml::from_str(&text).map_err(|err| ConfigError::FileParse {
         path: path.to_owned(),
-        // toml's message spans several lines (a source excerpt); one line reads better in logs.
-        message: err
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
+        // toml's own text quotes the offending line, and this file may hold the license key:
+        // position and reason only.
+        message: dispatch_util::describe_parse_error(&text, err.message(), err.span()),
     })
 }
 
@@ -511,6 +508,34 @@ mod tests {
         };
         let err = Settings::resolve(a, None).unwrap_err();
         assert!(matches!(err, ConfigError::FileRead { .. }), "{err}");
+    }
+
+    #[test]
+    fn file_errors_never_print_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        // Unquoted (a TOML syntax error), a wrong type, and a valid secret beside a bad key: the
+        // parser's own text would quote each line.
+        for text in [
+            "license_key = CANARY-7f3a9\n",
+            "license_key = 7734519977\n",
+            "github_token = \"CANARY-7f3a9\"\npoll_interval = CANARY-7f3a9\n",
+            "license_key = \"CANARY-7f3a9\"\nbogus_key = 1\n",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let a = StartArgs {
+                config: Some(file.clone()),
+                ..args()
+            };
+            let err = Settings::resolve(a, None).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, ConfigError::FileParse { .. }), "{shown}");
+            assert!(
+                !shown.contains("CANARY") && !shown.contains("7734519977"),
+                "{shown}"
+            );
+            assert!(shown.contains("line "), "{shown}");
+        }
     }
 
     #[test]

@@ -27,10 +27,14 @@ use crate::cli::DemoArgs;
 use crate::config::{CloudTarget, Settings};
 use crate::error::AppError;
 
-const PUSH: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/push/with-new-branch.payload.json");
-const PULL_REQUEST: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/pull_request/opened.payload.json");
-const RELEASE: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/release/published.payload.json");
-const ISSUE_COMMENT: &[u8] = include_bytes!("../../../tests/fixtures/github-webhooks/issue_comment/created.payload.json");
+const PUSH: &[u8] =
+    include_bytes!("../../../tests/fixtures/github-webhooks/push/with-new-branch.payload.json");
+const PULL_REQUEST: &[u8] =
+    include_bytes!("../../../tests/fixtures/github-webhooks/pull_request/opened.payload.json");
+const RELEASE: &[u8] =
+    include_bytes!("../../../tests/fixtures/github-webhooks/release/published.payload.json");
+const ISSUE_COMMENT: &[u8] =
+    include_bytes!("../../../tests/fixtures/github-webhooks/issue_comment/created.payload.json");
 const BINDINGS: &str = include_str!("../demo/bindings.toml");
 const DAGS: [(&str, &str); 5] = [
     ("build.yaml", include_str!("../demo/dags/build.yaml")),
@@ -296,7 +300,7 @@ fn new_tracked(delivery: &Delivery, job_id: String, is_cancel: bool, began: Inst
         job_id,
         is_cancel,
         sent_at: Instant::now(),
-        sent_ms: now_ms(),
+        sent_ms: dispatch_util::now_ms(),
         began,
         last_seen: "dispatched".to_owned(),
         started_ms: None,
@@ -526,7 +530,7 @@ async fn send(
         .header("content-type", "application/json")
         .header("user-agent", "GitHub-Hookshot/dispatch-demo")
         .header("x-github-event", delivery.event)
-        .header("x-github-delivery", hex(&id))
+        .header("x-github-delivery", dispatch_util::hex(&id))
         .header("x-hub-signature-256", signature)
         .body(delivery.body.clone())
         .send()
@@ -574,16 +578,6 @@ fn dags_for(delivery: &Delivery) -> Vec<&'static str> {
         "release" => vec!["release"],
         _ => vec!["long"],
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A loopback stand-in for the GitHub API: records statuses and comments, answers 201.

@@ -37,7 +37,7 @@ impl AppError {
     }
 }
 
-/// 0 clean stop, 2 bad configuration, 1 anything else (SPEC §9). Prints the whole cause chain
+/// 0 clean stop, 2 bad configuration, 1 anything else (see the README). Prints the whole cause chain
 /// to stderr; no error in the chain carries a secret (they are `Secret`s or never formatted).
 pub(crate) fn exit_code(result: Result<(), AppError>) -> ExitCode {
     let err = match result {

@@ -1,4 +1,4 @@
-//! `scheduler`: the dispatch scheduler binary (SPEC §9).
+//! `scheduler`: the dispatch scheduler binary (the README says how to run it).
 //!
 //! A thin binary: it reads settings (flags, `DISPATCH_*` env, TOML file), sets up logs, signals
 //! and metrics, and wires the library crates together — license manager → cloud client →
@@ -68,7 +68,7 @@ async fn start(settings: Settings) -> Result<(), AppError> {
 
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     // Two workers are plenty for a process that mostly waits on HTTP and child processes, and
-    // keep the idle footprint small (SPEC §10).
+    // keep the idle footprint small (the README's idle benchmark).
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,7 +3,6 @@
 //! The numbers come from a [`Probe`] the wiring supplies (worker counters, executor and queue
 //! gauges) plus the [`Histogram`] of dispatch latency this module owns.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use dispatch_util::now_ms;
+use dispatch_util::prometheus::{Kind, Text};
 use tokio_util::sync::CancellationToken;
 
 /// A snapshot of a cumulative histogram.
@@ -25,28 +26,26 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    fn render(&self, out: &mut Text, name: &str, help: &str) {
+        out.family(name, Kind::Histogram, help);
+        let bucket = format!("{name}_bucket");
         for (bound, count) in &self.buckets {
             let le = if bound.is_infinite() {
                 "+Inf".to_owned()
             } else {
                 bound.to_string()
             };
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+            out.sample(&bucket, &[("le", &le)], count);
         }
         if !self
             .buckets
             .last()
             .is_some_and(|(bound, _)| bound.is_infinite())
         {
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+            out.sample(&bucket, &[("le", "+Inf")], self.count);
         }
-        let _ = writeln!(
-            out,
-            "{name}_sum {}\n{name}_count {}",
-            self.sum_seconds, self.count
-        );
+        out.sample(&format!("{name}_sum"), &[], self.sum_seconds)
+            .sample(&format!("{name}_count"), &[], self.count);
     }
 }
 
@@ -105,49 +104,43 @@ impl Metrics {
 
     pub(crate) fn render(&self) -> String {
         let r = self.probe.read();
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
+        let mut out = Text::new();
+        out.single(
             "dispatch_jobs_pulled_total",
+            Kind::Counter,
             "Dispatch jobs received from pulls.",
             r.jobs_pulled,
-        );
-        counter(
+        )
+        .single(
             "dispatch_jobs_accepted_total",
+            Kind::Counter,
             "Dispatch jobs accepted.",
             r.jobs_accepted,
-        );
-        counter(
+        )
+        .single(
             "dispatch_pull_errors_total",
+            Kind::Counter,
             "Pulls that failed.",
             r.pull_errors,
         );
         let name = "dispatch_jobs_finished_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Dispatch jobs finished, by result status.\n# TYPE {name} counter"
+        out.family(
+            name,
+            Kind::Counter,
+            "Dispatch jobs finished, by result status.",
         );
         for (status, value) in &r.jobs_finished {
-            let _ = writeln!(out, "{name}{{status=\"{}\"}} {value}", escape_label(status));
+            out.sample(name, &[("status", status)], value);
         }
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        gauge(
+        out.single(
             "dispatch_runs_active",
+            Kind::Gauge,
             "DAG runs executing now.",
             r.runs_active,
-        );
-        gauge(
+        )
+        .single(
             "dispatch_queue_depth",
+            Kind::Gauge,
             "DAG runs waiting in the queues.",
             r.queue_depth,
         );
@@ -156,31 +149,19 @@ impl Metrics {
         } else {
             now_ms().saturating_sub(r.last_pull_ms) as f64 / 1000.0
         };
-        let name = "dispatch_last_pull_age_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Seconds since the last successful pull (-1 before the first).\n# TYPE {name} gauge\n{name} {age}"
+        out.single(
+            "dispatch_last_pull_age_seconds",
+            Kind::Gauge,
+            "Seconds since the last successful pull (-1 before the first).",
+            age,
         );
         r.dispatch_latency.render(
             &mut out,
             "dispatch_latency_seconds",
             "Time from a pull answering with a job to its accept answering.",
         );
-        out
+        out.finish()
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Binds `addr` (so a bad address fails at start) and serves until `cancel`.

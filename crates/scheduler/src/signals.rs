@@ -1,4 +1,4 @@
-//! SIGINT/SIGTERM: the first cancels the shared token (graceful shutdown, SPEC §6); a second
+//! SIGINT/SIGTERM: the first cancels the shared token (graceful shutdown); a second
 //! exits at once. That is safe because every component writes durably before it acts, so the
 //! next start picks up where this one stopped.
 

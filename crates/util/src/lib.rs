@@ -1,13 +1,15 @@
 //! Small helpers that several dispatch crates need and none of them owns: the wall clock in
-//! milliseconds, lowercase hex, an error with its causes on one line, and the Prometheus text
-//! exposition format.
+//! milliseconds, lowercase hex, an error with its causes on one line, parse errors that never
+//! echo the input (config files hold secrets), and the Prometheus text exposition format.
 //!
 //! Not for: anything with a dependency beyond `std`, or any knowledge of jobs, DAGs or the wire.
 
 mod hex;
+mod parse_error;
 pub mod prometheus;
 
 pub use hex::{decode_hex, hex};
+pub use parse_error::describe_parse_error;
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before it, saturating far in the future.
 pub fn now_ms() -> u64 {
@@ -49,7 +51,13 @@ mod tests {
 
     #[test]
     fn error_chain_joins_every_cause_once() {
-        let e = Layer("top", Some(Box::new(Layer("middle", Some(Box::new(Layer("root", None)))))));
+        let e = Layer(
+            "top",
+            Some(Box::new(Layer(
+                "middle",
+                Some(Box::new(Layer("root", None))),
+            ))),
+        );
         assert_eq!(error_chain(&e), "top: middle: root");
         assert_eq!(error_chain(&Layer("alone", None)), "alone");
     }

@@ -41,12 +41,21 @@ impl Text {
     /// Starts a family: its `# HELP` and `# TYPE` lines.
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {}", kind.word());
+        let _ = writeln!(
+            self.out,
+            "# HELP {name} {help}\n# TYPE {name} {}",
+            kind.word()
+        );
         self
     }
 
     /// One sample line: `name{label="value",...} value`.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) -> &mut Self {
+    pub fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl Display,
+    ) -> &mut Self {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
