@@ -23,10 +23,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
+use crate::store::{blocking, now_ms, Caller, RawDelivery, Store, Transition};
+use crate::{report, HubConfig, HubError, LicenseKey};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
-use crate::store::{Caller, RawDelivery, Store, Transition};
-use crate::{blocking, now_ms, report, HubConfig, HubError, LicenseKey};
 
 /// GitHub's own cap on a webhook payload.
 pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
@@ -280,7 +280,10 @@ fn issue_token(st: &AppState, license: &LicenseKey) -> Result<Secret, ApiError> 
         .map(Secret::new)
         .map_err(|e| {
             tracing::error!(error = %dispatch_util::error_chain(&e), "cannot sign a license token");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot issue a license token")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot issue a license token",
+            )
         })
 }
 

@@ -48,7 +48,7 @@ pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
 pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use error::HubError;
 
-use store::Store;
+use store::{blocking, now_ms, Store};
 
 /// File name of the SQLite database under the data directory.
 pub const DB_FILE: &str = "hub.sqlite3";
@@ -322,25 +322,6 @@ async fn lease_sweep(state: Arc<api::AppState>, cancel: CancellationToken) {
             }
         }
     }
-}
-
-/// Runs a store call on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, HubError> + Send + 'static,
-) -> Result<T, HubError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(HubError::Task)?
-}
-
-/// Wall-clock milliseconds since the Unix epoch (leases and report times are stored in it, so they
-/// keep their meaning across restarts).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

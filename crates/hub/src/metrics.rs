@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::store::JobState;
+
 /// Labelled counters; the label sets are small and fixed, so a map behind a mutex is enough.
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -41,7 +43,7 @@ impl Metrics {
     }
 
     /// Renders the counters plus the job gauge `jobs` (state → count).
-    pub fn render(&self, jobs: &[(String, i64)]) -> String {
+    pub fn render(&self, jobs: &[(JobState, i64)]) -> String {
         let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for (name, label, help) in HELP {
@@ -56,9 +58,16 @@ impl Metrics {
             out,
             "# HELP dispatch_hub_jobs Jobs in the store, by state.\n# TYPE dispatch_hub_jobs gauge"
         );
-        for state in ["queued", "claimed", "accepted", "finished"] {
-            let count = jobs.iter().find(|(s, _)| s == state).map_or(0, |(_, c)| *c);
-            let _ = writeln!(out, "dispatch_hub_jobs{{state=\"{state}\"}} {count}");
+        for state in JobState::ALL {
+            let count = jobs
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, c)| *c);
+            let _ = writeln!(
+                out,
+                "dispatch_hub_jobs{{state=\"{}\"}} {count}",
+                state.as_str()
+            );
         }
         out
     }
@@ -74,7 +83,7 @@ mod tests {
         m.inc(WEBHOOKS, "accepted");
         m.inc(WEBHOOKS, "accepted");
         m.inc(PULLS, "empty");
-        let text = m.render(&[("queued".into(), 3)]);
+        let text = m.render(&[(JobState::Queued, 3)]);
         assert!(text.contains("dispatch_hub_webhooks_received_total{outcome=\"accepted\"} 2\n"));
         assert!(text.contains("dispatch_hub_pulls_total{outcome=\"empty\"} 1\n"));
         assert!(text.contains("dispatch_hub_jobs{state=\"queued\"} 3\n"));

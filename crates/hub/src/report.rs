@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, REPORTS};
-use crate::store::{FinishedJob, PendingReport, Store};
-use crate::{blocking, now_ms, HubError};
+use crate::store::{blocking, now_ms, FinishedJob, PendingReport, Store};
+use crate::HubError;
 
 /// GitHub's limit for a commit status description, in characters.
 pub const DESCRIPTION_LIMIT: usize = 140;

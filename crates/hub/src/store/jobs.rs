@@ -1,0 +1,428 @@
+//! The `jobs` and `deliveries` tables: storing a delivery's jobs, and the lease rules of claim,
+//! accept and finish.
+//!
+//! Every function runs inside the writer's transaction (or on the read connection, for the
+//! read-only ones); none commits.
+
+use dispatch_protocol::DispatchJob;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::value::RawValue;
+
+use super::reports;
+use super::state::JobState;
+use crate::error::HubError;
+use crate::matching::NewJob;
+
+/// A job whose claim has run out this many times is finished as `rejected`: a job no scheduler
+/// can take (say, a payload too big for its client) must not block the queue forever.
+pub(crate) const MAX_CLAIMS: i64 = 5;
+
+/// Largest pull answer a scheduler reads (`docs/protocol.md`: at most 1 MiB of a response body).
+pub(crate) const MAX_JOB_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The result status the hub itself gives a job no scheduler can take.
+const REJECTED: &str = "rejected";
+
+/// The raw delivery all jobs of one webhook share, stored with each job byte for byte.
+pub(crate) struct RawDelivery {
+    /// The body (outer whitespace trimmed: a JSON value cannot carry it).
+    pub payload: String,
+    /// The kept headers as a JSON object.
+    pub headers: String,
+}
+
+/// The job ids a delivery produced, and whether this call was a redelivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryOutcome {
+    pub job_ids: Vec<String>,
+    pub duplicate: bool,
+}
+
+/// What accept or finish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// The state changed.
+    Done,
+    /// The same call was already applied; nothing changed.
+    Repeated,
+    /// No such job (or it belongs to another license).
+    NotFound,
+    /// The job is not in a state this caller may change; the reason is safe to show.
+    Conflict(String),
+}
+
+/// Who is calling accept or finish: the machine credentials' license and server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    pub license_id: &'a str,
+    pub server_id: &'a str,
+}
+
+/// A job as finish sees it, for building reports.
+pub(crate) struct FinishedJob {
+    pub job: DispatchJob,
+    pub status_context: String,
+}
+
+/// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
+pub(super) fn record_delivery(
+    tx: &Connection,
+    delivery_id: &str,
+    event: &str,
+    jobs: &[NewJob],
+    raw: &RawDelivery,
+    now_ms: i64,
+) -> Result<DeliveryOutcome, HubError> {
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
+            [delivery_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(HubError::store("look up a delivery"))?;
+    if let Some(ids) = existing {
+        let job_ids = serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
+            job_id: format!("delivery {delivery_id}"),
+            source,
+        })?;
+        return Ok(DeliveryOutcome {
+            job_ids,
+            duplicate: true,
+        });
+    }
+    let mut job_ids = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let job_json = serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
+            job_id: j.job.id.clone(),
+            source,
+        })?;
+        // A scheduler reads at most 1 MiB of a pull answer: a job that cannot fit would be claimed
+        // and dropped forever, so it is answered `rejected` at once instead.
+        let answer_len = job_json.len() + raw.payload.len() + raw.headers.len() + 64;
+        let (state, result_status, result_summary) = if answer_len > MAX_JOB_ANSWER_BYTES {
+            tracing::warn!(job_id = %j.job.id, bytes = answer_len,
+                "job too large for the dispatch protocol; finished as rejected");
+            (
+                JobState::Finished,
+                REJECTED,
+                format!(
+                    "the GitHub event is {} bytes; a dispatch job carries at most {} bytes",
+                    raw.payload.len(),
+                    MAX_JOB_ANSWER_BYTES
+                ),
+            )
+        } else {
+            (JobState::Queued, "", String::new())
+        };
+        tx.execute(
+            "INSERT INTO jobs (id, target_license, status_context, state, job_json, payload, headers,
+                               created_ms, updated_ms, result_status, result_summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+            params![
+                j.job.id,
+                j.target_license,
+                j.status_context,
+                state,
+                job_json,
+                raw.payload,
+                raw.headers,
+                now_ms,
+                result_status,
+                result_summary
+            ],
+        )
+        .map_err(HubError::store("insert a job"))?;
+        job_ids.push(j.job.id.clone());
+    }
+    let ids_json = serde_json::to_string(&job_ids).unwrap_or_else(|_| "[]".to_owned());
+    tx.execute(
+        "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![delivery_id, event, ids_json, now_ms],
+    )
+    .map_err(HubError::store("insert a delivery"))?;
+    Ok(DeliveryOutcome {
+        job_ids,
+        duplicate: false,
+    })
+}
+
+/// Expired claims go back to the queue, keeping `claimed_by` so the last claimant can still
+/// accept if nobody else has taken the job meanwhile; after [`MAX_CLAIMS`] they are finished as
+/// `rejected` instead. Returns how many jobs changed.
+pub(super) fn expire_claims(conn: &Connection, now_ms: i64) -> Result<usize, HubError> {
+    let rejected = conn
+        .execute(
+            "UPDATE jobs SET state = ?1, result_status = ?5,
+                             result_summary = 'not accepted by any scheduler within its lease, ' || claims || ' times',
+                             lease_expires_ms = 0, updated_ms = ?2
+             WHERE state = ?3 AND lease_expires_ms <= ?2 AND claims >= ?4",
+            params![JobState::Finished, now_ms, JobState::Claimed, MAX_CLAIMS, REJECTED],
+        )
+        .map_err(HubError::store("reject jobs nobody accepts"))?;
+    if rejected > 0 {
+        tracing::warn!(
+            jobs = rejected,
+            max_claims = MAX_CLAIMS,
+            "jobs claimed but never accepted; finished as rejected"
+        );
+    }
+    let requeued = conn
+        .execute(
+            "UPDATE jobs SET state = ?1, lease_expires_ms = 0, updated_ms = ?2
+             WHERE state = ?3 AND lease_expires_ms <= ?2",
+            params![JobState::Queued, now_ms, JobState::Claimed],
+        )
+        .map_err(HubError::store("requeue expired claims"))?;
+    Ok(rejected + requeued)
+}
+
+/// Claims the oldest queued job this license may take, for `lease_ms`.
+pub(super) fn claim_next(
+    tx: &Connection,
+    license_id: &str,
+    server_id: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<DispatchJob>, HubError> {
+    expire_claims(tx, now_ms)?;
+    let row: Option<(i64, String, String, String)> = tx
+        .query_row(
+            "SELECT seq, job_json, payload, headers FROM jobs
+             WHERE state = ?1 AND (target_license = '' OR target_license = ?2)
+             ORDER BY seq LIMIT 1",
+            params![JobState::Queued, license_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(HubError::store("select a queued job"))?;
+    let Some((seq, job_json, payload, headers)) = row else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
+                         updated_ms = ?5, claims = claims + 1
+         WHERE seq = ?6",
+        params![
+            JobState::Claimed,
+            license_id,
+            server_id,
+            now_ms + lease_ms,
+            now_ms,
+            seq
+        ],
+    )
+    .map_err(HubError::store("claim a job"))?;
+    let mut job = decode_job(&job_json)?;
+    job.payload = Some(raw(&job.id, payload)?);
+    job.headers = Some(raw(&job.id, headers)?);
+    job.license_id = license_id.to_owned();
+    job.status = JobState::Claimed.as_str().to_owned();
+    job.claimed_by = server_id.to_owned();
+    Ok(Some(job))
+}
+
+/// Whether a claim attempt for this license could succeed now: a queued job it may take, or a
+/// claim whose lease has run out.
+pub(super) fn has_claimable(
+    conn: &Connection,
+    license_id: &str,
+    now_ms: i64,
+) -> Result<bool, HubError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND (target_license = '' OR target_license = ?2))
+             OR EXISTS (SELECT 1 FROM jobs WHERE state = ?3 AND lease_expires_ms <= ?4)",
+        params![JobState::Queued, license_id, JobState::Claimed, now_ms],
+        |r| r.get(0),
+    )
+    .map_err(HubError::store("look for claimable jobs"))
+}
+
+/// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
+pub(super) fn accept(
+    tx: &Connection,
+    job_id: &str,
+    caller: Caller<'_>,
+    dag_run_id: &str,
+    now_ms: i64,
+) -> Result<Transition, HubError> {
+    let Some(row) = JobRow::load(tx, job_id)? else {
+        return Ok(Transition::NotFound);
+    };
+    if !row.visible_to(caller.license_id) {
+        return Ok(Transition::NotFound);
+    }
+    let mine = row.claimed_by_caller(caller);
+    let outcome = match row.state {
+        // A queued job that this server claimed last: its lease ran out but nobody else took it,
+        // so the server may still have it.
+        JobState::Claimed | JobState::Queued if mine => Transition::Done,
+        JobState::Accepted if mine => Transition::Repeated,
+        JobState::Finished => Transition::Conflict(format!("job `{job_id}` is already finished")),
+        _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
+    };
+    if outcome == Transition::Done {
+        tx.execute(
+            "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, dag_run_id = ?4,
+                             lease_expires_ms = 0, updated_ms = ?5
+             WHERE id = ?6",
+            params![
+                JobState::Accepted,
+                caller.license_id,
+                caller.server_id,
+                dag_run_id,
+                now_ms,
+                job_id
+            ],
+        )
+        .map_err(HubError::store("accept a job"))?;
+    }
+    Ok(outcome)
+}
+
+/// Finish: claimed or accepted by this server → finished, and the reports `reports_for` builds are
+/// queued in the same transaction.
+pub(super) fn finish(
+    tx: &Connection,
+    job_id: &str,
+    caller: Caller<'_>,
+    result_status: &str,
+    result_summary: &str,
+    now_ms: i64,
+    reports_for: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
+) -> Result<Transition, HubError> {
+    let Some(row) = JobRow::load(tx, job_id)? else {
+        return Ok(Transition::NotFound);
+    };
+    if !row.visible_to(caller.license_id) {
+        return Ok(Transition::NotFound);
+    }
+    let mine = row.claimed_by_caller(caller);
+    let outcome = match row.state {
+        JobState::Claimed | JobState::Accepted | JobState::Queued if mine => Transition::Done,
+        JobState::Finished if mine && row.result_status == result_status => Transition::Repeated,
+        JobState::Finished if mine => Transition::Conflict(format!(
+            "job `{job_id}` already finished with status `{}`",
+            row.result_status
+        )),
+        _ => Transition::Conflict(format!("job `{job_id}` is not claimed by this server")),
+    };
+    if outcome != Transition::Done {
+        return Ok(outcome);
+    }
+    tx.execute(
+        "UPDATE jobs SET state = ?1, result_status = ?2, result_summary = ?3, lease_expires_ms = 0,
+                         updated_ms = ?4
+         WHERE id = ?5",
+        params![
+            JobState::Finished,
+            result_status,
+            result_summary,
+            now_ms,
+            job_id
+        ],
+    )
+    .map_err(HubError::store("finish a job"))?;
+    let finished = FinishedJob {
+        job: decode_job(&row.job_json)?,
+        status_context: row.status_context,
+    };
+    for (path, body) in reports_for(&finished) {
+        reports::queue(tx, job_id, &path, &body, now_ms)?;
+    }
+    Ok(Transition::Done)
+}
+
+/// Number of jobs per state, for the metrics page.
+pub(super) fn counts(conn: &Connection) -> Result<Vec<(JobState, i64)>, HubError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+        .map_err(HubError::store("count jobs"))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(HubError::store("count jobs"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(HubError::store("count jobs"))
+}
+
+/// A job's state and result status.
+#[cfg(test)]
+pub(super) fn state_of(
+    conn: &Connection,
+    job_id: &str,
+) -> Result<Option<(JobState, String)>, HubError> {
+    conn.query_row(
+        "SELECT state, result_status FROM jobs WHERE id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(HubError::store("read a job"))
+}
+
+struct JobRow {
+    state: JobState,
+    target_license: String,
+    claimed_license: String,
+    claimed_by: String,
+    result_status: String,
+    status_context: String,
+    job_json: String,
+}
+
+impl JobRow {
+    fn load(conn: &Connection, job_id: &str) -> Result<Option<JobRow>, HubError> {
+        conn.query_row(
+            "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json
+             FROM jobs WHERE id = ?1",
+            [job_id],
+            |r| {
+                Ok(JobRow {
+                    state: r.get(0)?,
+                    target_license: r.get(1)?,
+                    claimed_license: r.get(2)?,
+                    claimed_by: r.get(3)?,
+                    result_status: r.get(4)?,
+                    status_context: r.get(5)?,
+                    job_json: r.get(6)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(HubError::store("read a job"))
+    }
+
+    /// A job bound to another license does not exist as far as this caller is concerned.
+    fn visible_to(&self, license_id: &str) -> bool {
+        self.target_license.is_empty() || self.target_license == license_id
+    }
+
+    /// Whether this caller made the last claim (the lease may have run out since).
+    fn claimed_by_caller(&self, caller: Caller<'_>) -> bool {
+        self.claimed_by == caller.server_id && self.claimed_license == caller.license_id
+    }
+}
+
+fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
+    serde_json::from_str(job_json).map_err(|source| HubError::CorruptRecord {
+        job_id: String::new(),
+        source,
+    })
+}
+
+fn raw(job_id: &str, text: String) -> Result<Box<RawValue>, HubError> {
+    RawValue::from_string(text).map_err(|source| HubError::CorruptRecord {
+        job_id: job_id.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_is_a_result_status_word() {
+        assert!(dispatch_protocol::RESULT_STATUS_WORDS.contains(&REJECTED));
+    }
+}

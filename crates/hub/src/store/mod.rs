@@ -1,0 +1,529 @@
+//! The hub's SQLite store: jobs with their lease state, deliveries (for redelivery dedupe),
+//! activations and pending GitHub reports.
+//!
+//! Synchronous on purpose, called from the blocking pool through [`blocking`]. All writes go
+//! through one writer thread with group commit ([`writer`]); every write runs inside a
+//! `BEGIN IMMEDIATE` transaction, so a job is claimed by exactly one caller even with several hub
+//! processes sharing the file. WAL mode with `synchronous = FULL`: an answer is sent only after its
+//! write is fsynced — except lease claims, committed without their own fsync (see
+//! [`Store::claim_next`]).
+//!
+//! One file per job: [`state`] (the job states), [`writer`] (the group commit thread), [`jobs`]
+//! (deliveries, claims, accept, finish), [`activations`], [`reports`]. Each table's rules live in
+//! its file as functions over a connection; this file opens the database and gives them one face.
+
+mod activations;
+mod jobs;
+mod reports;
+mod state;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dispatch_protocol::DispatchJob;
+use rusqlite::Connection;
+
+use crate::error::HubError;
+use crate::matching::NewJob;
+use writer::{open_connection, Durability, Writer};
+
+pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
+pub(crate) use reports::PendingReport;
+pub(crate) use state::JobState;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    target_license TEXT NOT NULL,
+    status_context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    claimed_license TEXT NOT NULL DEFAULT '',
+    claimed_by TEXT NOT NULL DEFAULT '',
+    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
+    dag_run_id TEXT NOT NULL DEFAULT '',
+    result_status TEXT NOT NULL DEFAULT '',
+    result_summary TEXT NOT NULL DEFAULT '',
+    job_json TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    job_ids TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    license_id TEXT NOT NULL,
+    server_id TEXT NOT NULL,
+    machine_name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    activated_ms INTEGER NOT NULL,
+    PRIMARY KEY (license_id, server_id)
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+";
+
+/// Wall-clock milliseconds since the Unix epoch, as the store keeps times (SQLite integers are
+/// signed). Leases and report times are stored in it, so they keep their meaning across restarts.
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(dispatch_util::now_ms()).unwrap_or(i64::MAX)
+}
+
+/// Runs a store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, HubError> + Send + 'static,
+) -> Result<T, HubError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(HubError::Task)?
+}
+
+/// The store: the writer thread for every write, plus a read connection for lookups.
+pub(crate) struct Store {
+    writer: Writer,
+    reader: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, HubError> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA)
+            .map_err(HubError::store("create the schema"))?;
+        let reader = open_connection(path)?;
+        Ok(Store {
+            writer: Writer::start(conn, path)?,
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// Runs `f` in the writer's next group commit and waits until it is durable.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
+        self.writer.write(Durability::Full, f)
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the read connection in a bad state.
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
+    pub fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        jobs: Vec<NewJob>,
+        raw: RawDelivery,
+        now_ms: i64,
+    ) -> Result<DeliveryOutcome, HubError> {
+        let (delivery_id, event) = (delivery_id.to_owned(), event.to_owned());
+        self.write(move |tx| jobs::record_delivery(tx, &delivery_id, &event, &jobs, &raw, now_ms))
+    }
+
+    /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
+    /// [`jobs::MAX_CLAIMS`]); returns how many jobs changed.
+    pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
+        self.writer.write(Durability::Revocable, move |conn| {
+            jobs::expire_claims(conn, now_ms)
+        })
+    }
+
+    /// Claims the oldest queued job this license may take, for `lease_ms`.
+    ///
+    /// The claim is not fsynced on its own: the protocol already treats a claim as revocable.
+    /// Losing one in a power cut of the hub's machine puts the job back in the queue, exactly as if
+    /// its lease had run out; an accept (always durable) of a claim that was lost is refused like
+    /// one that expired. This takes an fsync off every pull, the one call a scheduler makes
+    /// strictly one after another.
+    pub fn claim_next(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<DispatchJob>, HubError> {
+        let (license_id, server_id) = (license_id.to_owned(), server_id.to_owned());
+        self.writer.write(Durability::Revocable, move |tx| {
+            jobs::claim_next(tx, &license_id, &server_id, now_ms, lease_ms)
+        })
+    }
+
+    /// Whether a claim attempt for this license could succeed now. Read-only, so idle pulls never
+    /// queue behind writes.
+    pub fn has_claimable(&self, license_id: &str, now_ms: i64) -> Result<bool, HubError> {
+        jobs::has_claimable(&self.read(), license_id, now_ms)
+    }
+
+    /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
+    pub fn accept(
+        &self,
+        job_id: &str,
+        caller: Caller<'_>,
+        dag_run_id: &str,
+        now_ms: i64,
+    ) -> Result<Transition, HubError> {
+        let (job_id, license_id, server_id, dag_run_id) = (
+            job_id.to_owned(),
+            caller.license_id.to_owned(),
+            caller.server_id.to_owned(),
+            dag_run_id.to_owned(),
+        );
+        self.write(move |tx| {
+            let caller = Caller {
+                license_id: &license_id,
+                server_id: &server_id,
+            };
+            jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms)
+        })
+    }
+
+    /// Finish: claimed or accepted by this server → finished, and the reports `reports` builds are
+    /// queued in the same transaction (durable before the caller hears "done").
+    pub fn finish(
+        &self,
+        job_id: &str,
+        caller: Caller<'_>,
+        result_status: &str,
+        result_summary: &str,
+        now_ms: i64,
+        reports: impl FnOnce(&FinishedJob) -> Vec<(String, String)> + Send + 'static,
+    ) -> Result<Transition, HubError> {
+        let (job_id, license_id, server_id, result_status, result_summary) = (
+            job_id.to_owned(),
+            caller.license_id.to_owned(),
+            caller.server_id.to_owned(),
+            result_status.to_owned(),
+            result_summary.to_owned(),
+        );
+        self.write(move |tx| {
+            let caller = Caller {
+                license_id: &license_id,
+                server_id: &server_id,
+            };
+            jobs::finish(
+                tx,
+                &job_id,
+                caller,
+                &result_status,
+                &result_summary,
+                now_ms,
+                reports,
+            )
+        })
+    }
+
+    /// Number of jobs per state (states without jobs are left out).
+    pub fn job_counts(&self) -> Result<Vec<(JobState, i64)>, HubError> {
+        jobs::counts(&self.read())
+    }
+
+    /// Records an activation, replacing an earlier one of the same server.
+    pub fn upsert_activation(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        machine_name: &str,
+        secret_sha256: &str,
+        now_ms: i64,
+    ) -> Result<(), HubError> {
+        let (license_id, server_id, machine_name, secret_sha256) = (
+            license_id.to_owned(),
+            server_id.to_owned(),
+            machine_name.to_owned(),
+            secret_sha256.to_owned(),
+        );
+        self.write(move |conn| {
+            activations::upsert(
+                conn,
+                &license_id,
+                &server_id,
+                &machine_name,
+                &secret_sha256,
+                now_ms,
+            )
+        })
+    }
+
+    /// The stored secret hash of an activation.
+    pub fn activation_secret(
+        &self,
+        license_id: &str,
+        server_id: &str,
+    ) -> Result<Option<String>, HubError> {
+        activations::secret(&self.read(), license_id, server_id)
+    }
+
+    /// Reports due at `now_ms`, oldest first.
+    pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
+        reports::due(&self.read(), now_ms, limit)
+    }
+
+    /// When the next report is due, if any.
+    pub fn next_report_due(&self) -> Result<Option<i64>, HubError> {
+        reports::next_due(&self.read())
+    }
+
+    pub fn delete_report(&self, id: i64) -> Result<(), HubError> {
+        self.write(move |conn| reports::delete(conn, id))
+    }
+
+    pub fn reschedule_report(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_ms: i64,
+        error: &str,
+    ) -> Result<(), HubError> {
+        let error = error.to_owned();
+        self.write(move |conn| reports::reschedule(conn, id, attempts, next_ms, &error))
+    }
+
+    /// A job's state and result, for tests.
+    #[cfg(test)]
+    fn job_state(&self, job_id: &str) -> Result<Option<(JobState, String)>, HubError> {
+        jobs::state_of(&self.read(), job_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jobs::MAX_CLAIMS;
+    use super::*;
+
+    fn new_job(id: &str, license: &str) -> NewJob {
+        NewJob {
+            job: DispatchJob {
+                id: id.into(),
+                dag_name: "d".into(),
+                ..DispatchJob::default()
+            },
+            target_license: license.into(),
+            status_context: "dispatch/d".into(),
+        }
+    }
+
+    fn who<'a>(license_id: &'a str, server_id: &'a str) -> Caller<'a> {
+        Caller {
+            license_id,
+            server_id,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        (dir, store)
+    }
+
+    fn add(store: &Store, delivery: &str, jobs: &[NewJob]) -> DeliveryOutcome {
+        let raw = RawDelivery {
+            payload: "{\"a\": 1}".into(),
+            headers: "{}".into(),
+        };
+        store
+            .record_delivery(delivery, "push", jobs.to_vec(), raw, 1)
+            .unwrap()
+    }
+
+    #[test]
+    fn concurrent_claims_through_the_writer_hand_out_each_job_once() {
+        let (_d, s) = store();
+        let jobs: Vec<NewJob> = (0..40).map(|i| new_job(&format!("j{i}"), "")).collect();
+        add(&s, "d", &jobs);
+        let s = Arc::new(s);
+        let handles: Vec<_> = (0..6)
+            .map(|k| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let server = format!("srv{k}");
+                    let mut got = Vec::new();
+                    while let Some(j) = s.claim_next("l", &server, 0, 60_000).unwrap() {
+                        got.push(j.id);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort();
+        let mut want: Vec<String> = jobs.iter().map(|j| j.job.id.clone()).collect();
+        want.sort();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn redelivery_returns_original_ids() {
+        let (_d, s) = store();
+        let first = add(&s, "d1", &[new_job("j1", "")]);
+        let again = add(&s, "d1", &[new_job("j2", "")]);
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(again.job_ids, vec!["j1".to_owned()]);
+        assert_eq!(s.job_state("j2").unwrap(), None);
+    }
+
+    #[test]
+    fn claim_respects_license_and_lease() {
+        let (_d, s) = store();
+        assert!(!s.has_claimable("lic-a", 0).unwrap());
+        add(&s, "d1", &[new_job("j1", "lic-b"), new_job("j2", "")]);
+        assert!(s.has_claimable("lic-a", 1000).unwrap());
+        let job = s.claim_next("lic-a", "srv", 1000, 50).unwrap().unwrap();
+        assert_eq!((job.id.as_str(), job.license_id.as_str()), ("j2", "lic-a"));
+        assert_eq!(job.status, "claimed");
+        assert_eq!(job.payload.unwrap().get(), "{\"a\": 1}");
+        assert!(s.claim_next("lic-a", "srv2", 1049, 50).unwrap().is_none());
+        assert!(!s.has_claimable("lic-a", 1049).unwrap());
+        assert!(s.has_claimable("lic-a", 1050).unwrap());
+        let again = s.claim_next("lic-a", "srv2", 1050, 50).unwrap().unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.claimed_by.as_str()),
+            ("j2", "srv2")
+        );
+        assert_eq!(
+            s.claim_next("lic-b", "srv3", 1050, 50).unwrap().unwrap().id,
+            "j1"
+        );
+    }
+
+    #[test]
+    fn a_job_nobody_accepts_is_rejected_after_max_claims() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        for i in 0..MAX_CLAIMS {
+            let job = s.claim_next("l", "a", i * 100, 50).unwrap();
+            assert_eq!(job.map(|j| j.id).as_deref(), Some("j1"), "claim {i}");
+        }
+        assert!(s
+            .claim_next("l", "a", MAX_CLAIMS * 100, 50)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.job_state("j1").unwrap(),
+            Some((JobState::Finished, "rejected".into()))
+        );
+    }
+
+    #[test]
+    fn last_claimant_may_accept_after_its_lease_ran_out_but_nobody_else() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 10).unwrap().unwrap();
+        assert_eq!(s.requeue_expired(10).unwrap(), 1);
+        assert!(matches!(
+            s.accept("j1", who("l", "b"), "r", 11).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "r", 11).unwrap(),
+            Transition::Done
+        );
+        assert!(s.claim_next("l", "b", 20, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn accept_and_finish_rules() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
+        assert_eq!(
+            s.accept("nope", who("l", "a"), "r", 1).unwrap(),
+            Transition::NotFound
+        );
+        assert!(matches!(
+            s.accept("j1", who("l", "b"), "r", 1).unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "j1", 1).unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            s.accept("j1", who("l", "a"), "j1", 2).unwrap(),
+            Transition::Repeated
+        );
+        let no_reports = |_: &FinishedJob| Vec::new();
+        assert!(matches!(
+            s.finish("j1", who("l", "b"), "succeeded", "", 3, no_reports)
+                .unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.finish("j1", who("l", "a"), "succeeded", "ok", 3, no_reports)
+                .unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            s.finish("j1", who("l", "a"), "succeeded", "ok", 4, no_reports)
+                .unwrap(),
+            Transition::Repeated
+        );
+        assert!(matches!(
+            s.finish("j1", who("l", "a"), "failed", "", 5, no_reports)
+                .unwrap(),
+            Transition::Conflict(_)
+        ));
+        assert_eq!(
+            s.job_state("j1").unwrap(),
+            Some((JobState::Finished, "succeeded".into()))
+        );
+    }
+
+    #[test]
+    fn reports_are_queued_with_finish() {
+        let (_d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
+        s.finish("j1", who("l", "a"), "failed", "", 10, |j| {
+            vec![(format!("/x/{}", j.job.dag_name), "{}".into())]
+        })
+        .unwrap();
+        let due = s.due_reports(10, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].path, "/x/d");
+        s.reschedule_report(due[0].id, 1, 500, "boom").unwrap();
+        assert!(s.due_reports(499, 10).unwrap().is_empty());
+        assert_eq!(s.next_report_due().unwrap(), Some(500));
+        s.delete_report(due[0].id).unwrap();
+        assert_eq!(s.next_report_due().unwrap(), None);
+    }
+
+    #[test]
+    fn an_unknown_stored_state_is_an_error_naming_the_word() {
+        let (dir, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        // Another program (or a newer hub) wrote a state this hub does not know.
+        let other = open_connection(&dir.path().join("hub.sqlite3")).unwrap();
+        other
+            .execute("UPDATE jobs SET state = 'paused' WHERE id = 'j1'", [])
+            .unwrap();
+        let err = s.job_counts().unwrap_err();
+        let chain = dispatch_util::error_chain(&err);
+        assert!(chain.contains("unknown job state `paused`"), "{chain}");
+        let err = s.accept("j1", who("l", "a"), "r", 1).unwrap_err();
+        assert!(matches!(err, HubError::Store { .. }), "{err}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The store's one writer: a thread that owns the write connection and commits in groups.
+//!
+//! Group commit: the writer takes every write waiting in its channel (up to [`MAX_BATCH`]), runs
+//! each in its own savepoint inside one `BEGIN IMMEDIATE` transaction, commits once (one fsync) and
+//! only then answers the callers. A write that fails rolls back its savepoint alone. Concurrent
+//! webhooks and pulls thus share fsyncs instead of queueing behind one another, while every
+//! answer still waits for its own data to be durable.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::HubError;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 64;
+
+/// Opens a connection in the mode every store connection uses: WAL, `synchronous = FULL`, and a
+/// busy timeout so that several hub processes sharing the file wait for each other.
+pub(super) fn open_connection(path: &Path) -> Result<Connection, HubError> {
+    let conn = Connection::open(path).map_err(HubError::store("open the database"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(HubError::store("set the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(HubError::store("enable WAL mode"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(HubError::store("set synchronous mode"))?;
+    Ok(conn)
+}
+
+/// Whether a write must be on disk before its caller hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// Fsynced with its group (`synchronous = FULL`).
+    Full,
+    /// Committed without an fsync of its own: it survives a crash of the hub process, not a power
+    /// cut, until the next durable commit fsyncs the WAL. Only for lease claims, which the
+    /// protocol already treats as revocable.
+    Revocable,
+}
+
+/// The sending side of the writer thread.
+pub(super) struct Writer {
+    ops: Mutex<Sender<Box<dyn WriteOp>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`; it ends when the [`Writer`] is dropped.
+    pub fn start(conn: Connection, path: &Path) -> Result<Writer, HubError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("hub-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| HubError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Writer {
+            ops: Mutex::new(tx),
+        })
+    }
+
+    /// Runs `f` in the writer's next group commit and waits until that commit is done.
+    pub fn write<T: Send + 'static>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let op: Box<dyn WriteOp> = Box::new(Op {
+            durability,
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(op)
+            .map_err(|_| HubError::StoreClosed)?;
+        answer.recv().map_err(|_| HubError::StoreClosed)?
+    }
+}
+
+/// One queued write: run inside a savepoint (true = keep it), then hear how the commit went.
+trait WriteOp: Send {
+    fn durability(&self) -> Durability;
+    fn run(&mut self, conn: &Connection) -> bool;
+    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>);
+}
+
+struct Op<T, F> {
+    durability: Durability,
+    f: Option<F>,
+    result: Option<Result<T, HubError>>,
+    reply: SyncSender<Result<T, HubError>>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for Op<T, F> {
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let result = f(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>) {
+        let answer = match (self.result, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(source)) | (None, Err(source)) => Err(HubError::Commit { source }),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (None, Ok(())) => Err(HubError::StoreClosed),
+        };
+        // The caller may have gone away (its task was cancelled); the write stands either way.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn writer_loop(mut conn: Connection, ops: Receiver<Box<dyn WriteOp>>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&mut conn, &mut batch).map_err(Arc::new);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, writes = batch.len(), "hub store commit failed");
+        }
+        for op in batch {
+            op.complete(commit.clone());
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), rusqlite::Error> {
+    // In WAL mode `NORMAL` commits without an fsync (the data is in the OS cache: it survives a
+    // crash of this process, not a power cut); the next `FULL` commit fsyncs the WAL, earlier
+    // frames included.
+    let durable = batch.iter().any(|op| op.durability() == Durability::Full);
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for op in batch.iter_mut() {
+        let sp = tx.savepoint()?;
+        if op.run(&sp) {
+            sp.commit()?;
+        }
+        // A failed write's savepoint is rolled back when dropped.
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_rolls_back_alone_within_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sqlite3");
+        let mut conn = open_connection(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let op = |v: i64, fail: bool| {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let f = move |c: &Connection| {
+                c.execute("INSERT INTO t (v) VALUES (?1)", [v])
+                    .map_err(HubError::store("insert"))?;
+                if fail {
+                    return Err(HubError::StoreClosed);
+                }
+                Ok(v)
+            };
+            let boxed: Box<dyn WriteOp> = Box::new(Op {
+                // Only the failing write asks for durability, so the group must still fsync.
+                durability: if fail {
+                    Durability::Full
+                } else {
+                    Durability::Revocable
+                },
+                f: Some(f),
+                result: None,
+                reply,
+            });
+            (boxed, answer)
+        };
+        let synchronous = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        };
+        let (a, ra) = op(1, false);
+        let (b, rb) = op(2, true);
+        let (c, rc) = op(3, false);
+        let mut batch = vec![a, b, c];
+        run_batch(&mut conn, &mut batch).unwrap();
+        assert_eq!(
+            synchronous(&conn),
+            2,
+            "a group with a durable write commits FULL"
+        );
+        for o in batch {
+            o.complete(Ok(()));
+        }
+        assert_eq!(ra.recv().unwrap().unwrap(), 1);
+        assert!(matches!(rb.recv().unwrap(), Err(HubError::StoreClosed)));
+        assert_eq!(rc.recv().unwrap().unwrap(), 3);
+        let reader = open_connection(&path).unwrap();
+        let values: Vec<i64> = reader
+            .prepare("SELECT v FROM t ORDER BY v")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(values, vec![1, 3]);
+        // A group of lease claims only commits without its own fsync (NORMAL).
+        let (d, rd) = op(4, false);
+        let mut batch = vec![d];
+        run_batch(&mut conn, &mut batch).unwrap();
+        batch.pop().unwrap().complete(Ok(()));
+        assert_eq!(rd.recv().unwrap().unwrap(), 4);
+        assert_eq!(synchronous(&conn), 1);
+    }
+}
