@@ -1,7 +1,7 @@
 //! `cargo bench -p dispatch-tracker [-- --json <path>]`: upsert + delete cost at 10, 1,000 and
-//! 100,000 tracked jobs against the whole-file-rewrite baseline, plus changes per second with 16 threads
-//! sharing one tracker (SPEC §10), printed as a table and
-//! optionally written as `[{name, value, unit}]` JSON.
+//! 100,000 tracked jobs against the whole-file-rewrite baseline, plus changes per second with 16
+//! threads sharing one tracker (README, Benchmarks), printed as a table and optionally written as
+//! `[{name, value, unit}]` JSON.
 
 use std::process::ExitCode;
 
@@ -26,13 +26,7 @@ fn main() -> ExitCode {
     let results = match run(scratch.path(), &BenchConfig::default()) {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", dispatch_util::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

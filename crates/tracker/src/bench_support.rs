@@ -1,4 +1,6 @@
-//! Measurement behind `cargo bench -p dispatch-tracker` (SPEC §10), callable by `cargo xtask bench`.
+//! Measurement behind `cargo bench -p dispatch-tracker` and `cargo xtask bench` (the numbers are in
+//! the README's Benchmarks section). Compiled only with the `test-hooks` feature, which the bench
+//! target gets through the crate's dev-dependency on itself.
 //!
 //! Compares the cost of one upsert + delete pair on this tracker against the design it replaces
 //! (Dagu's: one JSON file of all jobs, rewritten and fsynced on every change) at several numbers of
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::{write_snapshot, Phase, TrackedJob, Tracker, TrackerConfig, TrackerError};
+use crate::error::io_err;
+use crate::file::write_snapshot;
+use crate::{Phase, TrackedJob, Tracker, TrackerConfig, TrackerError};
 
 /// Rounds the tracker measurement is split into (see [`run`]).
 const ROUNDS: usize = 10;
@@ -62,7 +66,7 @@ impl Default for BenchConfig {
 }
 
 /// A job shaped like a real one (ids and names of realistic length).
-pub fn sample_job(i: usize) -> TrackedJob {
+fn sample_job(i: usize) -> TrackedJob {
     TrackedJob {
         job_id: format!("01JDQ7Z{i:012}-dispatch-job"),
         dag_name: format!("deploy-service-{}", i % 37),
@@ -143,7 +147,7 @@ pub fn run(scratch: &Path, config: &BenchConfig) -> Result<Vec<Measurement>, Tra
     for &n in &config.sizes {
         let dir = scratch.join(format!("baseline-{n}"));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(crate::io_err("create directory", &dir))?;
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let iterations = if n >= config.large_size {
             config.baseline_iterations_large
         } else {
@@ -245,7 +249,7 @@ fn micros(d: Duration) -> f64 {
 
 /// Writes a journal of `n` jobs in one snapshot; seeding through `upsert` would cost n fsyncs.
 fn seed(dir: &Path, n: usize) -> Result<(), TrackerError> {
-    fs::create_dir_all(dir).map_err(crate::io_err("create directory", dir))?;
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
     let jobs: Vec<TrackedJob> = (0..n).map(sample_job).collect();
     write_snapshot(dir, jobs.iter())?;
     Ok(())
@@ -285,10 +289,10 @@ fn pair_baseline(dir: &Path, n: usize, iterations: usize) -> Result<Duration, Tr
             .create(true)
             .truncate(true)
             .open(&path)
-            .map_err(crate::io_err("open", &path))?;
+            .map_err(io_err("open", &path))?;
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
-            .map_err(crate::io_err("write", &path))
+            .map_err(io_err("write", &path))
     };
     write(&jobs)?;
     let start = Instant::now();

@@ -9,7 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{crc32, TrackedJob};
+use crate::crc32;
+use crate::error::TrackerError;
+use crate::job::TrackedJob;
 
 /// First bytes of every journal file; the trailing digit is the format version.
 pub(crate) const MAGIC: &[u8; 8] = b"DTRKJNL1";
@@ -58,6 +60,35 @@ pub(crate) enum EntryRef<'a> {
         /// Id of the job removed.
         job_id: &'a str,
     },
+}
+
+/// Encodes one entry (the payload of a record of its own, or an element of a batch), refusing one
+/// over [`MAX_ENTRY`].
+pub(crate) fn encode_entry(entry: &EntryRef<'_>) -> Result<Vec<u8>, TrackerError> {
+    let job_id = match entry {
+        EntryRef::Upsert { job } => &job.job_id,
+        EntryRef::Delete { job_id } => *job_id,
+    };
+    let payload = serde_json::to_vec(entry).map_err(|source| TrackerError::Encode {
+        job_id: job_id.to_owned(),
+        source,
+    })?;
+    if payload.len() > MAX_ENTRY {
+        return Err(TrackerError::TooLarge {
+            job_id: job_id.to_owned(),
+            len: payload.len(),
+            max: MAX_ENTRY,
+        });
+    }
+    Ok(payload)
+}
+
+/// Encodes one entry as a record of its own.
+pub(crate) fn encode_record(entry: &EntryRef<'_>) -> Result<Vec<u8>, TrackerError> {
+    let payload = encode_entry(entry)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    frame(&payload, &mut out);
+    Ok(out)
 }
 
 /// Frames `payload` as one record (header + payload).
