@@ -1,4 +1,4 @@
-//! The HTTP client for the cloud contract of SPEC §2.
+//! The HTTP client for the cloud contract (`docs/protocol.md`).
 
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,7 @@ use dispatch_protocol::{
     HeartbeatResponse, PullRequest,
 };
 
-/// Request timeout used when none is configured (SPEC §2).
+/// Request timeout used when none is configured.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most bytes of a response body the client reads.

@@ -17,12 +17,12 @@ pub use client::{
     decode_pulled_job, ClientConfig, CloudClient, CloudError, CloudErrorKind,
     DEFAULT_REQUEST_TIMEOUT, MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
 };
+use dispatch_protocol::Secret;
 pub use files::FileError;
 pub use manager::{
     ActivationOutcome, ActivationRecord, HeartbeatOutcome, LicenseConfig, LicenseError,
     LicenseManager, DEFAULT_ACTIVATION_RETRY, DEFAULT_HEARTBEAT_INTERVAL,
 };
-use dispatch_protocol::Secret;
 
 /// What a scheduler presents on every dispatch call: license id (token `jti`), server id and
 /// heartbeat secret. They exist only for a key-activated license.

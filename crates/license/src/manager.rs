@@ -1,4 +1,4 @@
-//! The license manager (SPEC §3): server id, activation, token checks, heartbeat, and the
+//! The license manager (`docs/protocol.md`, License tokens): server id, activation, token checks, heartbeat, and the
 //! machine credentials the worker asks for.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use dispatch_protocol::{ActivateRequest, HeartbeatRequest, Secret};
 use crate::files::{self, FileError};
 use crate::{CloudClient, CloudError, CredentialSource, MachineCredentials};
 
-/// Heartbeat period when none is configured (SPEC §3).
+/// Heartbeat period when none is configured.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Pause between activation attempts while a key has no activation.
@@ -291,6 +291,18 @@ impl LicenseManager {
                         };
                     }
                 };
+                // A valid signature is not enough: the token must be for the license this
+                // machine holds, or a hub could move it onto another license unnoticed.
+                if claims.jti != active.claims.jti {
+                    tracing::error!(license_id = %active.claims.jti, token_license_id = ?claims.jti,
+                        "heartbeat returned a token for another license; keeping the cached token");
+                    return HeartbeatOutcome::Kept {
+                        reason: format!(
+                            "new token is for license {:?}, not {:?}",
+                            claims.jti, active.claims.jti
+                        ),
+                    };
+                }
                 let record = ActivationRecord {
                     token: resp.token.clone(),
                     heartbeat_secret: active.heartbeat_secret.clone(),

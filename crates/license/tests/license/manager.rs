@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dispatch_protocol::token::{self, Claims};
 use dispatch_license::{
     ClientConfig, CloudClient, CredentialSource, HeartbeatOutcome, LicenseConfig, LicenseManager,
 };
+use dispatch_protocol::token::{self, Claims};
 use dispatch_protocol::Secret;
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
@@ -517,6 +517,28 @@ async fn heartbeat_400_500_and_bad_token_keep_the_cached_token() {
         m.heartbeat_now().await,
         HeartbeatOutcome::Kept { .. }
     ));
+    assert_eq!(m.cloud_machine_credentials().unwrap().license_id, "lic-1");
+    assert_eq!(read_record(dir.path())["token"], tok);
+}
+
+#[tokio::test]
+async fn heartbeat_token_for_another_license_is_refused_even_when_signed_by_the_hub() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = signing_key();
+    let (m, tok) = activated(&server, dir.path(), &key).await;
+    // Signed with the right key, but its `jti` names another license.
+    let other = token::sign(&claims("lic-2", now() + 7200, None), &key).unwrap();
+    mount_heartbeat(
+        &server,
+        ResponseTemplate::new(200).set_body_json(json!({"token": other})),
+    )
+    .await;
+    let outcome = m.heartbeat_now().await;
+    match &outcome {
+        HeartbeatOutcome::Kept { reason } => assert!(reason.contains("lic-2"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(m.cloud_machine_credentials().unwrap().license_id, "lic-1");
     assert_eq!(read_record(dir.path())["token"], tok);
 }
