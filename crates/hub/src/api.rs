@@ -22,9 +22,12 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{HubConfig, LicenseKey};
+use crate::error::HubError;
+use crate::matching::jobs_for_delivery;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
+use crate::report;
 use crate::store::{blocking, now_ms, Caller, RawDelivery, Store, Transition};
-use crate::{report, HubConfig, HubError, LicenseKey};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -95,7 +98,7 @@ impl ApiError {
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
-        tracing::error!(error = %report::error_chain(&e), "request failed");
+        tracing::error!(error = %dispatch_util::error_chain(&e), "request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal hub error")
     }
 }
@@ -214,7 +217,7 @@ async fn webhook_inner(
     let text = std::str::from_utf8(&body).map_err(|_| bad("body is not utf-8"))?;
     let payload: serde_json::Value =
         serde_json::from_str(text).map_err(|_| bad("body is not valid json"))?;
-    let jobs = crate::matching::jobs_for_delivery(
+    let jobs = jobs_for_delivery(
         &st.cfg.bindings,
         &st.cfg.mention,
         event,

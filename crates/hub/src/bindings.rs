@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use dispatch_protocol::{is_cancel_command, CANCEL_COMMAND};
 use serde::{Deserialize, Serialize};
 
-use crate::HubError;
+use crate::error::HubError;
 
 /// The kind of GitHub activity a binding reacts to; each kind covers a fixed set of events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,12 +57,12 @@ pub struct Binding {
     /// Only this event (must be one of the trigger's events).
     #[serde(default)]
     pub event_name: String,
-    /// Only this payload `action` (e.g. `opened`, `published`); see [`crate::matching`] for the
-    /// defaults of `pull_request` and `check_run`.
+    /// Only this payload `action` (e.g. `opened`, `published`); the `matching` module's docs give
+    /// the defaults of `pull_request` and `check_run`.
     #[serde(default)]
     pub action: String,
-    /// Glob over the branch name (`main`, `release/*`, `**`); see [`crate::matching`] for which branch
-    /// an event offers.
+    /// Glob over the branch name (`main`, `release/*`, `**`); the `matching` module's docs say which
+    /// branch each event offers.
     #[serde(default)]
     pub branch_pattern: String,
     /// Glob over the tag name (`v*`).
@@ -188,11 +189,11 @@ pub fn validate_bindings(
                     "must be one word without spaces",
                 ));
             }
-            if alias.eq_ignore_ascii_case(crate::matching::CANCEL_COMMAND) {
+            if is_cancel_command(alias) {
                 return Err(HubError::setting(
                     origin,
                     field("command_alias"),
-                    "`cancel` is reserved for cancelling runs",
+                    format!("`{CANCEL_COMMAND}` is reserved for cancelling runs"),
                 ));
             }
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 
-use crate::HubError;
+use crate::error::HubError;
 
 /// File name of the signing key under the data directory.
 pub const KEY_FILE: &str = "hub_ed25519.key";

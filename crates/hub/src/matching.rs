@@ -23,13 +23,10 @@
 //! An event with no branch or tag never matches a binding that sets a pattern. When both patterns
 //! are set, either may match. Globs use `glob` syntax with `*` stopping at `/` and `**` crossing it.
 
-use dispatch_protocol::DispatchJob;
+use dispatch_protocol::{is_cancel_command, DispatchJob, CANCEL_COMMAND};
 use serde_json::Value;
 
 use crate::bindings::{Binding, Trigger};
-
-/// The command word that makes a cancel job.
-pub const CANCEL_COMMAND: &str = "cancel";
 
 /// A job about to be stored: the wire job (without `payload`/`headers`, which the store keeps
 /// separately as raw bytes) plus what only the hub needs.
@@ -290,7 +287,7 @@ pub(crate) fn jobs_for_delivery(
                 continue;
             }
             match command {
-                Some(word) if word.eq_ignore_ascii_case(CANCEL_COMMAND) => {
+                Some(word) if is_cancel_command(word) => {
                     let dup = jobs.iter().any(|j| {
                         j.job.command == CANCEL_COMMAND
                             && j.job.dag_name == b.dag

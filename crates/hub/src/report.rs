@@ -15,13 +15,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_protocol::Secret;
+use dispatch_protocol::{is_cancel_command, Secret};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::HubError;
 use crate::metrics::{Metrics, REPORTS};
 use crate::store::{blocking, now_ms, FinishedJob, PendingReport, Store};
-use crate::HubError;
 
 /// GitHub's limit for a commit status description, in characters.
 pub const DESCRIPTION_LIMIT: usize = 140;
@@ -76,7 +76,7 @@ pub(crate) fn reports_for(
     }
     let mut out = Vec::new();
     let is_command = !job.command.is_empty();
-    let cancel = job.command == crate::matching::CANCEL_COMMAND;
+    let cancel = is_cancel_command(&job.command);
     if !job.sha.is_empty() && job.sha.bytes().all(|b| b.is_ascii_hexdigit()) && !cancel {
         let description = if summary.is_empty() {
             format!("{}: {result_status}", job.dag_name)
