@@ -1,4 +1,5 @@
-//! The environment of a step process (SPEC §5): params, DAG `env`, step `env`, `DAG_*`.
+//! The environment of a step process (`docs/dag-format.md`): params, DAG `env`, step `env`,
+//! `DAG_*`.
 //!
 //! Pure logic: no IO, tested without a runtime.
 

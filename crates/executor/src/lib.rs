@@ -1,5 +1,5 @@
 //! The executor: consumes the run queues and runs each queued DAG run to a final status, its
-//! steps as real processes (SPEC §5 "Steps" and "Executor").
+//! steps as real processes (the DAG format and run lifecycle: `docs/dag-format.md`).
 //!
 //! Main types: [`Executor::start`] (recovery, then the queue consumer) returning an
 //! [`ExecutorHandle`] (stop a run, subscribe to [`RunFinished`], shut down), configured by
@@ -26,61 +26,36 @@
 //! script path as its last argument (`<shell> [-e] -c '<command> "$1"' <shell> <file>`).
 //!
 //! Not for: GitHub, HTTP, or deciding what to run (that is `dispatch-worker` and
-//! `dispatch-enqueue`). It installs no signal handlers: the binary calls
-//! [`ExecutorHandle::shutdown`].
+//! `dispatch-enqueue`). It installs no signal handlers and reads no environment: the binary owns
+//! signals and cancels the token it passes to [`Executor::start`] (which stops new runs only), and
+//! whoever drives the executor calls [`ExecutorHandle::shutdown`] to end the runs in progress; in
+//! the scheduler that is `dispatch-worker`'s `Worker::run`, once its pull and report loops stop.
 
+// Imports run one way, from the bottom up: `error`, `env`, `process` (leaves) ← `run` (one run) ←
+// `shared` (state the handle and the consumer share) ← `recovery`, `consumer` ← this file (the
+// public face).
+mod consumer;
 mod env;
 mod error;
 mod process;
+mod recovery;
 mod run;
+mod shared;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_dag::{Priority, QueueItem, RunStatus, StepStatus, StoreError, Stores};
-use tokio::sync::{broadcast, watch, Notify};
+use dispatch_dag::{QueueItem, RunStatus, Stores};
+use dispatch_util::now_ms;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ExecutorError;
+pub use recovery::TERMINATED_UNEXPECTEDLY;
+pub use shared::{ExecutorConfig, RunFinished};
 
-use run::{execute_run, now_ms, RunControl, StopReason};
-
-/// The error recorded on a run that a dead scheduler process left `running`.
-pub const TERMINATED_UNEXPECTEDLY: &str = "process terminated unexpectedly";
-
-/// Executor settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecutorConfig {
-    /// Runs at once over all queues (default: the number of CPUs).
-    pub max_concurrent_runs: usize,
-    /// Runs at once per queue name; a queue not listed gets 1.
-    pub queue_concurrency: HashMap<String, usize>,
-    /// How often the queues are scanned for items enqueued by other processes.
-    pub scan_interval: Duration,
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        ExecutorConfig {
-            max_concurrent_runs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            queue_concurrency: HashMap::new(),
-            scan_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Sent when a run started or stopped by this executor reaches a final status (after the
-/// status is written).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunFinished {
-    /// DAG name.
-    pub dag_name: String,
-    /// Run id.
-    pub run_id: String,
-    /// The final status.
-    pub status: RunStatus,
-}
+use run::{RunControl, StopReason};
+use shared::Shared;
 
 /// Starts executors; see [`Executor::start`].
 #[derive(Debug)]
@@ -98,42 +73,6 @@ impl std::fmt::Debug for ExecutorHandle {
             .field("config", &self.shared.config)
             .field("active_runs", &self.active_runs())
             .finish_non_exhaustive()
-    }
-}
-
-type RunKey = (String, String);
-
-struct ActiveRun {
-    queue: String,
-    control: Arc<RunControl>,
-    clean_up: Duration,
-}
-
-#[derive(Default)]
-struct State {
-    runs: HashMap<RunKey, ActiveRun>,
-    per_queue: HashMap<String, usize>,
-}
-
-struct Shared {
-    config: ExecutorConfig,
-    stores: Stores,
-    state: Mutex<State>,
-    finished: broadcast::Sender<RunFinished>,
-    /// A run ended, so a queue may have room again.
-    slot_freed: Notify,
-    /// Cancelled by the caller's token or by shutdown: no new run starts.
-    no_new_work: CancellationToken,
-    active: watch::Sender<usize>,
-}
-
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that
-        // matters more than refusing all further work would.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -170,232 +109,11 @@ impl Executor {
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ExecutorError::NoRuntime)?;
-        recover(&stores)?;
-        let shared = Arc::new(Shared {
-            config,
-            stores,
-            state: Mutex::new(State::default()),
-            finished: broadcast::channel(1024).0,
-            slot_freed: Notify::new(),
-            no_new_work: cancel.child_token(),
-            active: watch::channel(0).0,
-        });
-        runtime.spawn(consume(shared.clone()));
+        recovery::recover(&stores)?;
+        let shared = Arc::new(Shared::new(config, stores, &cancel));
+        runtime.spawn(consumer::consume(shared.clone()));
         Ok(ExecutorHandle { shared })
     }
-}
-
-/// Marks runs of dead processes failed and re-enqueues queued runs missing from their queue.
-fn recover(stores: &Stores) -> Result<(), ExecutorError> {
-    let attempts = stores
-        .runs
-        .list_attempts()
-        .map_err(|e| ExecutorError::Recovery(Box::new(e)))?;
-    let mut queue_lists: HashMap<String, Vec<QueueItem>> = HashMap::new();
-    for attempt in attempts {
-        let mut record = attempt.record;
-        match record.status {
-            RunStatus::Running => {
-                tracing::warn!(dag = %record.dag_name, run_id = %record.run_id, pid = ?record.pid,
-                    "run was left running by a process that is gone; marking it failed");
-                let orphans = process::kill_orphans(&record.dag_name, &record.run_id);
-                if orphans > 0 {
-                    tracing::warn!(dag = %record.dag_name, run_id = %record.run_id, orphans,
-                        "killed step processes the dead scheduler left behind");
-                }
-                record.status = RunStatus::Failed;
-                record.error = Some(TERMINATED_UNEXPECTEDLY.to_owned());
-                record.finished_at = Some(now_ms());
-                for step in &mut record.steps {
-                    match step.status {
-                        StepStatus::Running => {
-                            step.status = StepStatus::Failed;
-                            step.error = Some(TERMINATED_UNEXPECTEDLY.to_owned());
-                            step.finished_at = record.finished_at;
-                        }
-                        StepStatus::NotStarted => step.status = StepStatus::Skipped,
-                        _ => {}
-                    }
-                }
-                if let Err(e) = stores.runs.write_status(&record) {
-                    tracing::error!(dag = %record.dag_name, run_id = %record.run_id, error = %e,
-                        "failed to mark an interrupted run failed");
-                }
-            }
-            RunStatus::Queued => {
-                let queue = attempt.dag.queue.clone();
-                let item = QueueItem {
-                    dag_name: record.dag_name.clone(),
-                    run_id: record.run_id.clone(),
-                };
-                let listed =
-                    match queue_lists.get(&queue) {
-                        Some(items) => items,
-                        None => {
-                            let items = stores.queue.list(&queue).map_err(|source| {
-                                ExecutorError::Store {
-                                    action: "list the queue of",
-                                    dag_name: item.dag_name.clone(),
-                                    run_id: item.run_id.clone(),
-                                    source: Box::new(source),
-                                }
-                            })?;
-                            queue_lists.entry(queue.clone()).or_insert(items)
-                        }
-                    };
-                if !listed.contains(&item) {
-                    tracing::warn!(dag = %item.dag_name, run_id = %item.run_id, %queue,
-                        "queued run is missing from its queue; enqueueing it again");
-                    stores
-                        .queue
-                        .enqueue(&queue, Priority::Low, &item)
-                        .map_err(|source| ExecutorError::Store {
-                            action: "re-enqueue",
-                            dag_name: item.dag_name.clone(),
-                            run_id: item.run_id.clone(),
-                            source: Box::new(source),
-                        })?;
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The queue consumer: one pass per wake-up (enqueue, a run ended, or the scan timer).
-async fn consume(shared: Arc<Shared>) {
-    let mut scan = tokio::time::interval(shared.config.scan_interval);
-    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        match dispatch_pass(&shared) {
-            Ok(0) => {}
-            Ok(started) => tracing::debug!(started, "started runs"),
-            Err(e) => tracing::warn!(error = %e, "queue pass failed; retrying at the next wake-up"),
-        }
-        tokio::select! {
-            () = shared.no_new_work.cancelled() => break,
-            () = shared.stores.enqueued.notified() => {}
-            () = shared.slot_freed.notified() => {}
-            _ = scan.tick() => {}
-        }
-    }
-    tracing::debug!("queue consumer stopped");
-}
-
-/// Starts as many queued runs as the limits allow; returns how many it started.
-fn dispatch_pass(shared: &Arc<Shared>) -> Result<usize, StoreError> {
-    let stores = &shared.stores;
-    let mut started = 0;
-    for queue in stores.queue.queues()? {
-        let limit = shared
-            .config
-            .queue_concurrency
-            .get(&queue)
-            .copied()
-            .unwrap_or(1);
-        loop {
-            if shared.no_new_work.is_cancelled() {
-                return Ok(started);
-            }
-            // The lock is held from dequeue to registration so that `stop` sees the run either
-            // in the queue or among the active runs, never in between.
-            let mut state = shared.state();
-            if state.runs.len() >= shared.config.max_concurrent_runs {
-                return Ok(started);
-            }
-            if state.per_queue.get(&queue).copied().unwrap_or(0) >= limit {
-                break;
-            }
-            let Some(item) = stores.queue.dequeue(&queue)? else {
-                break;
-            };
-            let key = (item.dag_name.clone(), item.run_id.clone());
-            if state.runs.contains_key(&key) {
-                tracing::warn!(dag = %key.0, run_id = %key.1, "dropping duplicate queue item of an active run");
-                continue;
-            }
-            let attempt = match stores.runs.find_attempt(&item.dag_name, &item.run_id) {
-                Ok(attempt) => attempt,
-                Err(e) if e.is_not_found() => {
-                    tracing::warn!(dag = %key.0, run_id = %key.1, "dropping queue item of a run that does not exist");
-                    continue;
-                }
-                Err(e) => {
-                    // Put it back in front, so a transient read error does not lose the run.
-                    if let Err(e) = stores.queue.enqueue(&queue, Priority::High, &item) {
-                        tracing::error!(dag = %key.0, run_id = %key.1, error = %e,
-                            "failed to put a queue item back; recovery re-enqueues it at the next start");
-                    }
-                    return Err(e);
-                }
-            };
-            if attempt.record.status != RunStatus::Queued {
-                tracing::warn!(dag = %key.0, run_id = %key.1, status = %attempt.record.status,
-                    "dropping queue item of a run that is not queued");
-                continue;
-            }
-            let control = Arc::new(RunControl::default());
-            state.runs.insert(
-                key.clone(),
-                ActiveRun {
-                    queue: queue.clone(),
-                    control: control.clone(),
-                    clean_up: Duration::from_secs(attempt.dag.max_clean_up_time_sec),
-                },
-            );
-            *state.per_queue.entry(queue.clone()).or_default() += 1;
-            shared.active.send_replace(state.runs.len());
-            drop(state);
-            tokio::spawn(run_one(shared.clone(), key, attempt, control));
-            started += 1;
-        }
-    }
-    Ok(started)
-}
-
-/// Unregisters a run when its task ends, however it ends.
-struct Registration {
-    shared: Arc<Shared>,
-    key: RunKey,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut state = self.shared.state();
-        if let Some(run) = state.runs.remove(&self.key) {
-            if let Some(n) = state.per_queue.get_mut(&run.queue) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    state.per_queue.remove(&run.queue);
-                }
-            }
-        }
-        self.shared.active.send_replace(state.runs.len());
-        drop(state);
-        self.shared.slot_freed.notify_one();
-    }
-}
-
-async fn run_one(
-    shared: Arc<Shared>,
-    key: RunKey,
-    attempt: dispatch_dag::Attempt,
-    control: Arc<RunControl>,
-) {
-    let registration = Registration {
-        shared: shared.clone(),
-        key,
-    };
-    let record = execute_run(&shared.stores, attempt, &control).await;
-    drop(registration);
-    tracing::info!(dag = %record.dag_name, run_id = %record.run_id, status = %record.status, "run finished");
-    // Nobody listening is fine.
-    let _ = shared.finished.send(RunFinished {
-        dag_name: record.dag_name,
-        run_id: record.run_id,
-        status: record.status,
-    });
 }
 
 impl ExecutorHandle {

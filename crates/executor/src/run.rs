@@ -11,6 +11,7 @@ use dispatch_dag::{
     final_status, handlers_for, Attempt, Dag, DagType, RunRecord, RunStatus, Step, StepRecord,
     StepStatus, Stores,
 };
+use dispatch_util::now_ms;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -60,14 +61,6 @@ impl RunControl {
     fn reason(&self) -> Option<StopReason> {
         self.reason.lock().ok().and_then(|slot| *slot)
     }
-}
-
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// The directory a run's step files go to: next to its log file.
