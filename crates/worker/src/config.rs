@@ -8,10 +8,10 @@ use dispatch_executor::ExecutorHandle;
 use dispatch_license::{CloudClient, CredentialSource};
 use dispatch_tracker::Tracker;
 
-/// Longest long-poll wait sent to the cloud (SPEC §2: `wait_seconds` is 0–60).
+/// Longest long-poll wait sent to the cloud (`wait_seconds` is 0–60, see `docs/protocol.md`).
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
 
-/// Timing of the worker's loops. `Default` gives the SPEC §6 / §9 values.
+/// Timing of the worker's loops. `Default` gives the values the scheduler runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// Wait before the next pull after an empty answer the server did not hold (default 10 s).

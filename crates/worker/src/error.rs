@@ -1,5 +1,5 @@
 //! The worker's error type. Most failures inside the loops are logged and retried, never
-//! returned; this type names them for the logs and for [`crate::Worker::run`].
+//! returned; this type names them for the logs and is the error `Worker::run` returns.
 
 use dispatch_dag::StoreError;
 use dispatch_executor::ExecutorError;
@@ -52,4 +52,28 @@ pub enum WorkerError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_util::error_chain;
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let outer = WorkerError::Tracker {
+            action: "record",
+            job_id: "j1".into(),
+            source: Box::new(TrackerError::Io {
+                action: "fsync",
+                path: "/t/journal".into(),
+                source: inner,
+            }),
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "failed to record tracked job `j1`: failed to fsync `/t/journal`: disk on fire"
+        );
+    }
 }

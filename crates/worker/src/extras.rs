@@ -1,11 +1,12 @@
-//! GitHub extras: the `GITHUB_*` runtime params derived from a dispatch job (SPEC §4).
+//! GitHub extras: the `GITHUB_*` runtime params derived from a dispatch job (the runtime
+//! params in `docs/protocol.md`).
 
 use std::collections::BTreeMap;
 
 use dispatch_protocol::DispatchJob;
 use serde_json::Value;
 
-/// The `GITHUB_*` runtime params of a job (SPEC §4, last paragraph).
+/// The `GITHUB_*` runtime params of a job (their list is in `docs/protocol.md`).
 ///
 /// Job fields give `GITHUB_ACTOR`, `GITHUB_COMMAND`, `GITHUB_EVENT_ACTION`, `GITHUB_EVENT_NAME`,
 /// `GITHUB_REF`, `GITHUB_REPOSITORY`, `GITHUB_SHA`, and `GITHUB_PR_NUMBER` / `GITHUB_ISSUE_NUMBER`

@@ -1,9 +1,10 @@
-//! The GitHub dispatch worker (SPEC §6): pulls dispatch jobs from the cloud, turns each into a
-//! durable, tracked DAG run, accepts it, and finishes it with the run's final status.
+//! The GitHub dispatch worker: pulls dispatch jobs from the cloud, turns each into a durable,
+//! tracked DAG run, accepts it, and finishes it with the run's final status. Its place among the
+//! crates is in `docs/architecture.md`; the calls it makes are in `docs/protocol.md`.
 //!
 //! Main types: [`Worker`] (built from [`WorkerConfig`] and [`WorkerDeps`], driven by
 //! [`Worker::run`] until its cancellation token fires), [`WorkerStats`] (counters for metrics),
-//! and [`github_extras`] (the `GITHUB_*` runtime params of a job, SPEC §4).
+//! and [`github_extras`] (the `GITHUB_*` runtime params of a job, see `docs/protocol.md`).
 //!
 //! How a job goes, durable first so that a crash at any instant loses nothing: the pull loop
 //! validates it (bad run id or DAG name, unknown DAG → finished `rejected` with a reason), handles
@@ -14,22 +15,48 @@
 //! final (then forgets it). Failed calls are retried per job with exponential backoff and full
 //! jitter, honouring `Retry-After`.
 //!
-//! Decisions where the SPEC leaves room: job headers that are not a JSON object are replaced by
-//! `{}` and the job runs (the event is in the payload and the `GITHUB_*` extras); a payload that
-//! is not a JSON object runs as is with the job-field extras; a `cancel` job's DAG name is not
-//! checked (it names runs by repository and number); a `pending_accept` entry whose run was never
-//! enqueued is dropped rather than accepted, because the event lives only in the job and the hub
-//! hands an unaccepted job out again when its claim lapses.
+//! Decisions the wire contract leaves open: job headers that are not a JSON object are replaced
+//! by `{}` and the job runs (the event is in the payload and the `GITHUB_*` extras); a payload
+//! that is not a JSON object runs as is with the job-field extras; a `cancel` job's DAG name is
+//! not checked (it names runs by repository and number); a `pending_accept` entry whose run was
+//! never enqueued is dropped rather than accepted, because the event lives only in the job and
+//! the hub hands an unaccepted job out again when its claim lapses.
 //!
 //! Not for: parsing flags, reading the environment, installing signal handlers (the scheduler
 //! binary does that and hands over a cancellation token), or running processes (the executor).
+//!
+//! # Code map
+//!
+//! One job per file, top first. **Imports run downwards**: a file uses only the files below it
+//! (never one above, never a sibling that uses it back), so the files read as layers and no two
+//! of them import each other, directly or through a loop.
+//!
+//! | file | its one job |
+//! | --- | --- |
+//! | `worker.rs` | [`Worker`]: owns the shared state; `run` drives both loops, then shuts down |
+//! | `report.rs` | the report loop: accept what is pending, finish what is final |
+//! | `pull.rs` | the pull loop and the burst pullers, sharing one `pull_once` |
+//! | `intake.rs` | what happens to a pulled job: checks, cancel, tracking, enqueue, accept |
+//! | `calls.rs` | the cloud calls about one job: accept, finish, untracked finish |
+//! | `local.rs` | this server's side of a job: tracker records, run lookup, stopping a run |
+//! | `shared.rs` | the state both loops share (busy marks, retries, report targets), `lock` |
+//! | `backoff.rs` | exponential backoff with full jitter, honouring `Retry-After` |
+//! | `summary.rs` | the finish summary of a run, and the cap on summary length |
+//! | `extras.rs` | [`github_extras`]: the `GITHUB_*` runtime params of a job |
+//! | `stats.rs` | [`WorkerStats`]: the counters the scheduler renders as metrics |
+//! | `config.rs` | [`WorkerConfig`], [`WorkerDeps`]: timing and what the worker is built from |
+//! | `error.rs` | [`WorkerError`]: what failed, for the logs |
 
 mod backoff;
+mod calls;
 mod config;
 mod error;
 mod extras;
+mod intake;
+mod local;
 mod pull;
 mod report;
+mod shared;
 mod stats;
 mod summary;
 mod worker;

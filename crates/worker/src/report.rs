@@ -1,23 +1,22 @@
-//! The report loop (SPEC §6 "Report loop"): accepts what is still pending, finishes what is
-//! final, one job at a time per job but many jobs at once.
+//! The report loop: every report interval, and at once when a run ends or an intake completes,
+//! accepts what is still pending and finishes what is final, one call at a time per job but many
+//! jobs at once; then sends the untracked finishes that are due.
 
 use std::collections::HashSet;
 
-use dispatch_dag::Attempt;
 use dispatch_executor::RunFinished;
 use dispatch_license::MachineCredentials;
-use dispatch_tracker::{Phase, TrackedJob};
+use dispatch_tracker::Phase;
+use dispatch_util::error_chain;
 use futures_util::stream::{self, StreamExt as _};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::pull::{
-    accept, delete_quietly, error_chain, finish_call, send_untracked_finish, Accepted,
-};
+use crate::calls::{accept, finish, send_untracked_finish, Accepted};
+use crate::local::{delete_quietly, find_attempt, get_tracked, list_tracked};
+use crate::shared::{lock, Shared};
 use crate::summary::run_summary;
-use crate::worker::{lock, Shared};
-use crate::WorkerError;
 
 /// Jobs reported at once. Enough that one slow call does not hold up the rest, few enough not
 /// to flood the hub after a restart with many tracked jobs.
@@ -130,15 +129,7 @@ pub(crate) async fn report_pass(
     let ids: Vec<String> = match scope {
         Scope::Jobs(ids) => ids,
         Scope::All => {
-            let tracker = shared.tracker.clone();
-            let listed = Shared::blocking("list tracked jobs", move || tracker.list()).await;
-            match listed.and_then(|r| {
-                r.map_err(|source| WorkerError::Tracker {
-                    action: "list",
-                    job_id: String::new(),
-                    source: Box::new(source),
-                })
-            }) {
+            match list_tracked(shared).await {
                 Ok(jobs) => {
                     let ids: HashSet<String> = jobs.into_iter().map(|j| j.job_id).collect();
                     // Forget the schedules of jobs that are gone (finished or dropped elsewhere).
@@ -207,18 +198,7 @@ async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials)
     };
     // Read the entry only now that the job is ours: the pull loop may have accepted it (or the
     // hub refused it) since it was listed.
-    let tracker = shared.tracker.clone();
-    let id = job_id.clone();
-    let current = Shared::blocking("read tracked job", move || tracker.get(&id))
-        .await
-        .and_then(|r| {
-            r.map_err(|source| WorkerError::Tracker {
-                action: "read",
-                job_id: job_id.clone(),
-                source: Box::new(source),
-            })
-        });
-    let tracked = match current {
+    let tracked = match get_tracked(shared, &job_id).await {
         Ok(Some(tracked)) => tracked,
         Ok(None) => return JobOutcome::Waiting,
         Err(error) => {
@@ -270,7 +250,7 @@ async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials)
             };
         }
     };
-    match finish_call(shared, &job_id, status, &summary, creds).await {
+    match finish(shared, &job_id, status, &summary, creds).await {
         Ok(()) => {
             shared.clear_retry(&job_id);
             delete_quietly(shared, &job_id).await;
@@ -289,24 +269,4 @@ async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials)
             JobOutcome::Failed
         }
     }
-}
-
-/// The run's latest attempt; `None` when the run does not exist.
-async fn find_attempt(
-    shared: &Shared,
-    tracked: &TrackedJob,
-) -> Result<Option<Attempt>, WorkerError> {
-    let runs = shared.stores.runs.clone();
-    let (dag, run) = (tracked.dag_name.clone(), tracked.dag_run_id.clone());
-    Shared::blocking("look up run", move || match runs.find_attempt(&dag, &run) {
-        Ok(attempt) => Ok(Some(attempt)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(source) => Err(WorkerError::Store {
-            action: "look up",
-            dag_name: dag,
-            run_id: run,
-            source: Box::new(source),
-        }),
-    })
-    .await?
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use dispatch_protocol::RESULT_STATUS_WORDS;
 
 /// Upper bounds (seconds) of the dispatch-latency histogram buckets; a last `+Inf` bucket is
-/// implied. Chosen around the SPEC §10 targets (p50 ≤ 25 ms, p99 ≤ 100 ms).
+/// implied. Chosen around the latency targets in the README's Benchmarks (p50 ≤ 25 ms,
+/// p99 ≤ 100 ms).
 pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];

@@ -1,23 +1,20 @@
-//! The worker: shared state and [`Worker::run`], which drives the pull loop
-//! ([`crate::pull`]) and the report loop ([`crate::report`]).
+//! The top: [`Worker`], which owns the shared state and whose [`Worker::run`] drives the pull
+//! loop ([`crate::pull`]) and the report loop ([`crate::report`]) side by side, then shuts down.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use dispatch_dag::Stores;
-use dispatch_executor::ExecutorHandle;
-use dispatch_license::{CloudClient, CloudError, CredentialSource};
-use dispatch_tracker::Tracker;
-use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::{WorkerConfig, WorkerDeps, WorkerError, WorkerStats};
+use crate::config::{WorkerConfig, WorkerDeps};
+use crate::error::WorkerError;
+use crate::pull::pull_loop;
+use crate::report::report_loop;
+use crate::shared::Shared;
+use crate::stats::WorkerStats;
 
-/// Pulls dispatch jobs, runs them, reports them (SPEC §6). Build it with [`Worker::new`], read
-/// its counters with [`Worker::stats`], drive it with [`Worker::run`].
+/// Pulls dispatch jobs, runs them, reports them (the worker section of `docs/architecture.md`).
+/// Build it with [`Worker::new`], read its counters with [`Worker::stats`], drive it with
+/// [`Worker::run`].
 pub struct Worker {
     shared: Arc<Shared>,
 }
@@ -30,82 +27,11 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// State both loops use.
-pub(crate) struct Shared {
-    pub(crate) config: WorkerConfig,
-    pub(crate) client: CloudClient,
-    pub(crate) credentials: Arc<dyn CredentialSource>,
-    pub(crate) tracker: Arc<Tracker>,
-    pub(crate) stores: Stores,
-    pub(crate) executor: ExecutorHandle,
-    pub(crate) stats: Arc<WorkerStats>,
-    /// Jobs one loop is working on right now; the other keeps its hands off them.
-    busy: Mutex<HashSet<String>>,
-    /// Per-job retry schedule of accept/finish calls, so one failing job waits alone.
-    retries: Mutex<HashMap<String, Retry>>,
-    /// Finish calls for jobs that are not tracked (rejections, cancel results) still to send.
-    pub(crate) untracked_finishes: Mutex<HashMap<String, UntrackedFinish>>,
-    /// Jobs the report loop should look at on its next pass (besides its periodic full pass).
-    report_targets: Mutex<HashSet<String>>,
-    /// Asks the report loop for a pass now.
-    pub(crate) report_wake: Notify,
-}
-
-struct Retry {
-    backoff: Backoff,
-    not_before: Instant,
-}
-
-/// A finish to send for a job the tracker does not hold.
-#[derive(Debug, Clone)]
-pub(crate) struct UntrackedFinish {
-    pub(crate) status: &'static str,
-    pub(crate) summary: String,
-    pub(crate) attempts: u32,
-}
-
-/// Gives up sending the finish of an untracked job after this many failed calls: the hub's
-/// claim on it lapses and it is handed out (and rejected) again, so nothing is lost, and a
-/// dead-end finish is not retried forever.
-pub(crate) const MAX_UNTRACKED_FINISH_ATTEMPTS: u32 = 8;
-
-/// Marks a job busy until dropped.
-pub(crate) struct BusyGuard<'a> {
-    shared: &'a Shared,
-    job_id: String,
-}
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.busy().remove(&self.job_id);
-    }
-}
-
 impl Worker {
     /// A worker over `deps`, not running yet.
     pub fn new(config: WorkerConfig, deps: WorkerDeps) -> Self {
-        let WorkerDeps {
-            client,
-            credentials,
-            tracker,
-            stores,
-            executor,
-        } = deps;
         Self {
-            shared: Arc::new(Shared {
-                config,
-                client,
-                credentials,
-                tracker,
-                stores,
-                executor,
-                stats: Arc::new(WorkerStats::default()),
-                busy: Mutex::new(HashSet::new()),
-                retries: Mutex::new(HashMap::new()),
-                untracked_finishes: Mutex::new(HashMap::new()),
-                report_targets: Mutex::new(HashSet::new()),
-                report_wake: Notify::new(),
-            }),
+            shared: Arc::new(Shared::new(config, deps)),
         }
     }
 
@@ -114,9 +40,9 @@ impl Worker {
         self.shared.stats.clone()
     }
 
-    /// Runs the pull loop and the report loop until `cancel` fires, then shuts down (SPEC §6):
-    /// no new pull starts (a pull waiting on the server is abandoned: the hub's claim on any job
-    /// it handed out in that instant lapses and the job is handed out again), accept and finish
+    /// Runs the pull loop and the report loop until `cancel` fires, then shuts down: no new
+    /// pull starts (a pull waiting on the server is abandoned: the hub's claim on any job it
+    /// handed out in that instant lapses and the job is handed out again), accept and finish
     /// calls in progress complete or time out, and running DAG runs get
     /// [`WorkerConfig::shutdown_grace`] before the executor stops them. The tracker keeps every
     /// unfinished job, so the next start reports it.
@@ -133,8 +59,8 @@ impl Worker {
             "dispatch worker started"
         );
         tokio::join!(
-            crate::pull::pull_loop(shared.clone(), &cancel),
-            crate::report::report_loop(&shared, events, &cancel),
+            pull_loop(shared.clone(), &cancel),
+            report_loop(&shared, events, &cancel),
         );
         tracing::info!(
             grace = ?shared.config.shutdown_grace,
@@ -144,126 +70,5 @@ impl Worker {
         shared.executor.shutdown(shared.config.shutdown_grace).await;
         tracing::info!("dispatch worker stopped");
         Ok(())
-    }
-}
-
-impl Shared {
-    fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
-        lock(&self.busy)
-    }
-
-    /// Marks `job_id` busy unless it already is.
-    pub(crate) fn try_busy(&self, job_id: &str) -> Option<BusyGuard<'_>> {
-        self.busy().insert(job_id.to_owned()).then(|| BusyGuard {
-            shared: self,
-            job_id: job_id.to_owned(),
-        })
-    }
-
-    /// Marks `job_id` busy, waiting for the other loop to let go of it first.
-    pub(crate) async fn busy_wait(&self, job_id: &str) -> BusyGuard<'_> {
-        loop {
-            if let Some(guard) = self.try_busy(job_id) {
-                return guard;
-            }
-            // Contention is rare (a job pulled again while its report is in progress) and
-            // short, so a poll keeps this simple.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Is a retry of `job_id` due (or none scheduled)?
-    pub(crate) fn retry_due(&self, job_id: &str, now: Instant) -> bool {
-        lock(&self.retries)
-            .get(job_id)
-            .is_none_or(|r| r.not_before <= now)
-    }
-
-    /// Schedules the next attempt for `job_id` after a failed call; returns the delay.
-    pub(crate) fn schedule_retry(&self, job_id: &str, error: Option<&CloudError>) -> Duration {
-        let retry_after = error
-            .filter(|e| matches!(e.status, Some(429 | 503)))
-            .and_then(|e| e.retry_after);
-        let mut retries = lock(&self.retries);
-        let retry = retries.entry(job_id.to_owned()).or_insert_with(|| Retry {
-            backoff: Backoff::new(self.config.backoff_min, self.config.backoff_max),
-            not_before: Instant::now(),
-        });
-        let delay = retry.backoff.next_delay(retry_after);
-        retry.not_before = Instant::now() + delay;
-        delay
-    }
-
-    /// Ids of the jobs whose retry is due.
-    pub(crate) fn due_retries(&self, now: Instant) -> Vec<String> {
-        lock(&self.retries)
-            .iter()
-            .filter(|(_, r)| r.not_before <= now)
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// Keeps only the retry schedules whose job id passes `keep`.
-    pub(crate) fn retain_retries(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.retries).retain(|id, _| keep(id));
-    }
-
-    /// Asks the report loop to look at `job_id` soon.
-    pub(crate) fn add_report_target(&self, job_id: String) {
-        lock(&self.report_targets).insert(job_id);
-    }
-
-    /// Points the report loop at `job_id` and wakes it.
-    pub(crate) fn wake_report(&self, job_id: &str) {
-        self.add_report_target(job_id.to_owned());
-        self.report_wake.notify_one();
-    }
-
-    /// The jobs pointed at since the last call.
-    pub(crate) fn take_report_targets(&self) -> HashSet<String> {
-        std::mem::take(&mut *lock(&self.report_targets))
-    }
-
-    /// Forgets the retry schedule of `job_id` (after a success).
-    pub(crate) fn clear_retry(&self, job_id: &str) {
-        lock(&self.retries).remove(job_id);
-    }
-
-    /// The earliest scheduled retry, if any.
-    pub(crate) fn next_retry(&self) -> Option<Instant> {
-        lock(&self.retries).values().map(|r| r.not_before).min()
-    }
-
-    /// Runs file IO off the async threads.
-    pub(crate) async fn blocking<T, F>(what: &'static str, f: F) -> Result<T, WorkerError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|source| WorkerError::Blocking { what, source })
-    }
-}
-
-/// Locks a mutex, ignoring poisoning: the maps guarded here stay consistent across a panic
-/// (each update is a single insert or remove).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Sleeps `delay` unless `cancel` fires first; returns true when cancelled.
-pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(delay) => false,
     }
 }

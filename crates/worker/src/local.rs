@@ -1,0 +1,118 @@
+//! This server's side of a job: its record in the tracker, its run in the stores, its process in
+//! the executor. Each call runs off the async threads and names what failed in a [`WorkerError`].
+
+use dispatch_dag::Attempt;
+use dispatch_tracker::{TrackedJob, Tracker, TrackerError};
+use dispatch_util::error_chain;
+
+use crate::error::WorkerError;
+use crate::shared::Shared;
+
+/// One tracker call on a blocking thread; `action` and `job_id` name it in the error.
+async fn tracker_call<T, F>(
+    shared: &Shared,
+    what: &'static str,
+    action: &'static str,
+    job_id: &str,
+    call: F,
+) -> Result<T, WorkerError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Tracker) -> Result<T, TrackerError> + Send + 'static,
+{
+    let tracker = shared.tracker.clone();
+    Shared::blocking(what, move || call(&tracker))
+        .await?
+        .map_err(|source| WorkerError::Tracker {
+            action,
+            job_id: job_id.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// Every tracked job.
+pub(crate) async fn list_tracked(shared: &Shared) -> Result<Vec<TrackedJob>, WorkerError> {
+    tracker_call(shared, "list tracked jobs", "list", "", Tracker::list).await
+}
+
+/// The tracked entry of `job_id`, if any.
+pub(crate) async fn get_tracked(
+    shared: &Shared,
+    job_id: &str,
+) -> Result<Option<TrackedJob>, WorkerError> {
+    let id = job_id.to_owned();
+    tracker_call(shared, "read tracked job", "read", job_id, move |t| {
+        t.get(&id)
+    })
+    .await
+}
+
+/// Records `job` durably (insert or replace).
+pub(crate) async fn upsert(shared: &Shared, job: TrackedJob) -> Result<(), WorkerError> {
+    let job_id = job.job_id.clone();
+    tracker_call(shared, "record tracked job", "record", &job_id, move |t| {
+        t.upsert(job)
+    })
+    .await
+}
+
+/// Deletes a tracked entry; a failure is logged (the report loop meets the entry again).
+pub(crate) async fn delete_quietly(shared: &Shared, job_id: &str) {
+    let id = job_id.to_owned();
+    let result = tracker_call(shared, "delete tracked job", "delete", job_id, move |t| {
+        t.delete(&id)
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::error!(error = %error_chain(&error), "cannot delete tracked job");
+    }
+}
+
+/// The latest attempt of a tracked job's run; `None` when the run does not exist.
+pub(crate) async fn find_attempt(
+    shared: &Shared,
+    tracked: &TrackedJob,
+) -> Result<Option<Attempt>, WorkerError> {
+    let runs = shared.stores.runs.clone();
+    let (dag, run) = (tracked.dag_name.clone(), tracked.dag_run_id.clone());
+    Shared::blocking("look up run", move || match runs.find_attempt(&dag, &run) {
+        Ok(attempt) => Ok(Some(attempt)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(source) => Err(WorkerError::Store {
+            action: "look up",
+            dag_name: dag,
+            run_id: run,
+            source: Box::new(source),
+        }),
+    })
+    .await?
+}
+
+/// Stops a run if it is active here; true when it was. Errors are logged.
+pub(crate) async fn stop_run(shared: &Shared, dag_name: &str, run_id: &str) -> bool {
+    let executor = shared.executor.clone();
+    let (dag, run) = (dag_name.to_owned(), run_id.to_owned());
+    let result = Shared::blocking("stop run", move || {
+        executor
+            .stop(&dag, &run)
+            .map_err(|source| WorkerError::Stop {
+                dag_name: dag,
+                run_id: run,
+                source: Box::new(source),
+            })
+    })
+    .await
+    .and_then(|r| r);
+    match result {
+        Ok(stopped) => {
+            if stopped {
+                tracing::info!(dag = %dag_name, run_id = %run_id, "run stopped");
+            }
+            stopped
+        }
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot stop run");
+            false
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The state both loops share, and the small helpers every file above uses on it: the busy
+//! marks that keep the loops off each other's jobs, the per-job retry schedule, the report
+//! loop's targets and wake-up, the untracked finishes still to send, and blocking IO off the
+//! async threads. Imports nothing else of this crate but its config, stats, error and backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dispatch_dag::Stores;
+use dispatch_executor::ExecutorHandle;
+use dispatch_license::{CloudClient, CloudError, CredentialSource};
+use dispatch_tracker::Tracker;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::{WorkerConfig, WorkerDeps};
+use crate::error::WorkerError;
+use crate::stats::WorkerStats;
+
+/// State both loops use.
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) client: CloudClient,
+    pub(crate) credentials: Arc<dyn CredentialSource>,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) stores: Stores,
+    pub(crate) executor: ExecutorHandle,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// Jobs one loop is working on right now; the other keeps its hands off them.
+    busy: Mutex<HashSet<String>>,
+    /// Per-job retry schedule of accept/finish calls, so one failing job waits alone.
+    retries: Mutex<HashMap<String, Retry>>,
+    /// Finish calls for jobs that are not tracked (rejections, cancel results) still to send.
+    pub(crate) untracked_finishes: Mutex<HashMap<String, UntrackedFinish>>,
+    /// Jobs the report loop should look at on its next pass (besides its periodic full pass).
+    report_targets: Mutex<HashSet<String>>,
+    /// Asks the report loop for a pass now.
+    pub(crate) report_wake: Notify,
+}
+
+struct Retry {
+    backoff: Backoff,
+    not_before: Instant,
+}
+
+/// A finish to send for a job the tracker does not hold.
+#[derive(Debug, Clone)]
+pub(crate) struct UntrackedFinish {
+    pub(crate) status: &'static str,
+    pub(crate) summary: String,
+    pub(crate) attempts: u32,
+}
+
+/// Marks a job busy until dropped.
+pub(crate) struct BusyGuard<'a> {
+    shared: &'a Shared,
+    job_id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.busy().remove(&self.job_id);
+    }
+}
+
+impl Shared {
+    /// Fresh state over `deps`: nothing busy, no retries, no targets.
+    pub(crate) fn new(config: WorkerConfig, deps: WorkerDeps) -> Self {
+        let WorkerDeps {
+            client,
+            credentials,
+            tracker,
+            stores,
+            executor,
+        } = deps;
+        Self {
+            config,
+            client,
+            credentials,
+            tracker,
+            stores,
+            executor,
+            stats: Arc::new(WorkerStats::default()),
+            busy: Mutex::new(HashSet::new()),
+            retries: Mutex::new(HashMap::new()),
+            untracked_finishes: Mutex::new(HashMap::new()),
+            report_targets: Mutex::new(HashSet::new()),
+            report_wake: Notify::new(),
+        }
+    }
+
+    fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
+        lock(&self.busy)
+    }
+
+    /// Marks `job_id` busy unless it already is.
+    pub(crate) fn try_busy(&self, job_id: &str) -> Option<BusyGuard<'_>> {
+        self.busy().insert(job_id.to_owned()).then(|| BusyGuard {
+            shared: self,
+            job_id: job_id.to_owned(),
+        })
+    }
+
+    /// Marks `job_id` busy, waiting for the other loop to let go of it first.
+    pub(crate) async fn busy_wait(&self, job_id: &str) -> BusyGuard<'_> {
+        loop {
+            if let Some(guard) = self.try_busy(job_id) {
+                return guard;
+            }
+            // Contention is rare (a job pulled again while its report is in progress) and
+            // short, so a poll keeps this simple.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Is a retry of `job_id` due (or none scheduled)?
+    pub(crate) fn retry_due(&self, job_id: &str, now: Instant) -> bool {
+        lock(&self.retries)
+            .get(job_id)
+            .is_none_or(|r| r.not_before <= now)
+    }
+
+    /// Schedules the next attempt for `job_id` after a failed call; returns the delay.
+    pub(crate) fn schedule_retry(&self, job_id: &str, error: Option<&CloudError>) -> Duration {
+        let retry_after = error
+            .filter(|e| matches!(e.status, Some(429 | 503)))
+            .and_then(|e| e.retry_after);
+        let mut retries = lock(&self.retries);
+        let retry = retries.entry(job_id.to_owned()).or_insert_with(|| Retry {
+            backoff: Backoff::new(self.config.backoff_min, self.config.backoff_max),
+            not_before: Instant::now(),
+        });
+        let delay = retry.backoff.next_delay(retry_after);
+        retry.not_before = Instant::now() + delay;
+        delay
+    }
+
+    /// Ids of the jobs whose retry is due.
+    pub(crate) fn due_retries(&self, now: Instant) -> Vec<String> {
+        lock(&self.retries)
+            .iter()
+            .filter(|(_, r)| r.not_before <= now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Keeps only the retry schedules whose job id passes `keep`.
+    pub(crate) fn retain_retries(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.retries).retain(|id, _| keep(id));
+    }
+
+    /// Asks the report loop to look at `job_id` soon.
+    pub(crate) fn add_report_target(&self, job_id: String) {
+        lock(&self.report_targets).insert(job_id);
+    }
+
+    /// Points the report loop at `job_id` and wakes it.
+    pub(crate) fn wake_report(&self, job_id: &str) {
+        self.add_report_target(job_id.to_owned());
+        self.report_wake.notify_one();
+    }
+
+    /// The jobs pointed at since the last call.
+    pub(crate) fn take_report_targets(&self) -> HashSet<String> {
+        std::mem::take(&mut *lock(&self.report_targets))
+    }
+
+    /// Forgets the retry schedule of `job_id` (after a success).
+    pub(crate) fn clear_retry(&self, job_id: &str) {
+        lock(&self.retries).remove(job_id);
+    }
+
+    /// The earliest scheduled retry, if any.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        lock(&self.retries).values().map(|r| r.not_before).min()
+    }
+
+    /// Runs file IO off the async threads.
+    pub(crate) async fn blocking<T, F>(what: &'static str, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|source| WorkerError::Blocking { what, source })
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the maps guarded here stay consistent across a panic
+/// (each update is a single insert or remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
