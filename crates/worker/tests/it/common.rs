@@ -189,6 +189,18 @@ impl Rig {
         creds: Arc<TestCreds>,
         request_timeout: Duration,
     ) -> Running {
+        self.start_against(self.server.uri(), config, creds, request_timeout)
+            .await
+    }
+
+    /// A worker over this rig's dirs whose cloud is at `base_url` (the mock server or another).
+    pub async fn start_against(
+        &self,
+        base_url: String,
+        config: WorkerConfig,
+        creds: Arc<TestCreds>,
+        request_timeout: Duration,
+    ) -> Running {
         let stores = self.stores();
         let cancel = CancellationToken::new();
         let executor = Executor::start(
@@ -203,7 +215,7 @@ impl Rig {
         .unwrap();
         let tracker = self.tracker().await;
         let client = CloudClient::new(ClientConfig {
-            base_url: self.server.uri(),
+            base_url,
             version: "test".into(),
             request_timeout,
         })
@@ -258,6 +270,22 @@ impl Rig {
             .filter(|(p, _)| *p == want)
             .map(|(_, b)| b)
             .collect()
+    }
+
+    /// Makes the next pull (one time) answer with a job of these fields, without payload or
+    /// headers.
+    pub async fn offer(&self, fields: Value) {
+        self.offer_job(job_json(fields, None, None)).await;
+    }
+
+    /// Asserts that the hub received exactly one finish of `job_id_escaped`, with this status
+    /// and summary.
+    pub async fn assert_finished_once(&self, job_id_escaped: &str, status: &str, summary: &str) {
+        assert_eq!(
+            self.calls_for(job_id_escaped, "finish").await,
+            vec![finish_body(status, summary)],
+            "{job_id_escaped}"
+        );
     }
 
     /// Makes the next pull (one time) answer with `job_json`.

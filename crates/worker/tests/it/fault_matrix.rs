@@ -1,4 +1,4 @@
-//! Fault matrix (SPEC §6, §11): the worker, with the real tracker, stores and executor, against
+//! Fault matrix (the faults section of `docs/architecture.md`): the worker, with the real tracker, stores and executor, against
 //! a cloud that misbehaves on one endpoint at a time. Each row checks that the worker
 //!
 //! 1. does not crash: `run` is still running after the fault, no panic on a runtime thread, and
@@ -23,15 +23,13 @@ use std::time::{Duration, Instant};
 
 use dispatch_dag::{RunStatus, StepRecord, StepStatus};
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
-use dispatch_executor::{Executor, ExecutorConfig};
-use dispatch_license::{ClientConfig, CloudClient, MAX_RESPONSE_BYTES};
+use dispatch_license::MAX_RESPONSE_BYTES;
 use dispatch_tracker::Phase;
-use dispatch_worker::{Worker, WorkerConfig, WorkerDeps};
+use dispatch_worker::WorkerConfig;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::any;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
@@ -617,46 +615,6 @@ async fn seed_failed_run(rig: &Rig, job_id: &str) {
         .await;
 }
 
-/// [`Rig::start_with_timeout`] against any base URL.
-async fn start_worker(rig: &Rig, base_url: String) -> Running {
-    let stores = rig.stores();
-    let cancel = CancellationToken::new();
-    let executor = Executor::start(
-        ExecutorConfig {
-            max_concurrent_runs: 4,
-            scan_interval: Duration::from_millis(50),
-            ..ExecutorConfig::default()
-        },
-        stores.clone(),
-        cancel.child_token(),
-    )
-    .unwrap();
-    let client = CloudClient::new(ClientConfig {
-        base_url,
-        version: "test".into(),
-        request_timeout: CLIENT_TIMEOUT,
-    })
-    .unwrap();
-    let worker = Worker::new(
-        matrix_config(),
-        WorkerDeps {
-            client,
-            credentials: TestCreds::present(),
-            tracker: rig.tracker().await,
-            stores: stores.clone(),
-            executor,
-        },
-    );
-    let stats = worker.stats();
-    let handle = tokio::spawn(worker.run(cancel.clone()));
-    Running {
-        cancel,
-        handle,
-        stats,
-        stores,
-    }
-}
-
 struct Row {
     name: &'static str,
     endpoint: Endpoint,
@@ -697,6 +655,10 @@ fn status_retry_after(code: u16) -> Fault {
         content_type: "application/json",
         body: r#"{"message":"slow down"}"#,
     }
+}
+
+fn redirect(code: u16, to: Target) -> Fault {
+    Fault::Redirect { code, to }
 }
 
 fn proxy_page(code: u16) -> Fault {
@@ -742,7 +704,14 @@ async fn run_row(row: Row) {
         }
         Transport::Raw => start_raw(cloud.clone()).await,
     };
-    let w = start_worker(&rig, base_url).await;
+    let w = rig
+        .start_against(
+            base_url,
+            matrix_config(),
+            TestCreds::present(),
+            CLIENT_TIMEOUT,
+        )
+        .await;
 
     // (2) No busy loop while the fault lasts.
     eventually(&format!("{name}: first faulty request"), || async {
@@ -972,30 +941,21 @@ async fn pull_faults_back_off_and_recover() {
         row(
             "pull-301-path",
             Pull,
-            Fault::Redirect {
-                code: 301,
-                to: Target::OtherPath,
-            },
+            redirect(301, Target::OtherPath),
             Wiremock,
             BACKOFF_BOUND,
         ),
         row(
             "pull-302-host",
             Pull,
-            Fault::Redirect {
-                code: 302,
-                to: Target::OtherHost,
-            },
+            redirect(302, Target::OtherHost),
             Raw,
             BACKOFF_BOUND,
         ),
         row(
             "pull-307-host",
             Pull,
-            Fault::Redirect {
-                code: 307,
-                to: Target::OtherHost,
-            },
+            redirect(307, Target::OtherHost),
             Wiremock,
             BACKOFF_BOUND,
         ),
@@ -1030,15 +990,12 @@ async fn accept_faults_are_retried_and_the_job_is_accepted_once() {
             Raw,
             SLOW_BOUND,
         ),
-        // Any 2xx is an accept (SPEC §2): one call, no retry.
+        // Any 2xx is an accept (`docs/protocol.md`): one call, no retry.
         row("accept-malformed", Accept, Fault::MalformedJson, Raw, 1),
         row(
             "accept-307-host",
             Accept,
-            Fault::Redirect {
-                code: 307,
-                to: Target::OtherHost,
-            },
+            redirect(307, Target::OtherHost),
             Wiremock,
             BACKOFF_BOUND,
         ),
@@ -1080,7 +1037,7 @@ async fn finish_faults_are_retried_and_each_job_is_finished_once() {
             Wiremock,
             SLOW_BOUND,
         ),
-        // Any 2xx is a finish (SPEC §2): one call, no retry.
+        // Any 2xx is a finish (`docs/protocol.md`): one call, no retry.
         row(
             "finish-not-http",
             Finish,
@@ -1098,10 +1055,7 @@ async fn finish_faults_are_retried_and_each_job_is_finished_once() {
         row(
             "finish-307-host",
             Finish,
-            Fault::Redirect {
-                code: 307,
-                to: Target::OtherHost,
-            },
+            redirect(307, Target::OtherHost),
             Raw,
             BACKOFF_BOUND,
         ),

@@ -41,22 +41,17 @@ async fn pull_errors_and_malformed_answers_back_off_then_the_job_runs() {
         1,
     )
     .await;
-    rig.offer_job(job_json(
-        json!({"id": "j-after", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-after", "dag_name": "quick"}))
+        .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
     assert_eq!(w.stats.pull_errors(), 5);
-    assert_eq!(
-        rig.calls_for("j-after", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        "j-after",
+        "succeeded",
+        "Run `quick` finished with `succeeded`.",
+    )
+    .await;
     w.stop().await;
 }
 
@@ -70,12 +65,8 @@ async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
         1,
     )
     .await;
-    rig.offer_job(job_json(
-        json!({"id": "j-late", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-late", "dag_name": "quick"}))
+        .await;
     let w = rig
         .start_with_timeout(
             fast_config(),
@@ -104,12 +95,7 @@ async fn accept_failures_are_retried_until_accepted() {
         .mount(&rig.server)
         .await;
     rig.mount_defaults().await;
-    rig.offer_job(job_json(
-        json!({"id": "j-acc", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-acc", "dag_name": "quick"})).await;
     // No periodic pass to lean on: the retries are served by their own schedule.
     let config = dispatch_worker::WorkerConfig {
         report_interval: Duration::from_secs(3600),
@@ -126,13 +112,12 @@ async fn accept_failures_are_retried_until_accepted() {
         rig.calls_for("j-acc", "accept").await,
         vec![accept_body("j-acc"); 3]
     );
-    assert_eq!(
-        rig.calls_for("j-acc", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        "j-acc",
+        "succeeded",
+        "Run `quick` finished with `succeeded`.",
+    )
+    .await;
     assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
 }
 
@@ -147,23 +132,15 @@ async fn one_job_failing_to_finish_does_not_hold_up_another() {
         .mount(&rig.server)
         .await;
     rig.mount_defaults().await;
-    rig.offer_job(job_json(
-        json!({"id": "j-stuck", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-stuck", "dag_name": "quick"}))
+        .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("stuck job retried", || async {
         rig.calls_for("j-stuck", "finish").await.len() >= 3
     })
     .await;
-    rig.offer_job(job_json(
-        json!({"id": "j-free", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-free", "dag_name": "quick"}))
+        .await;
     eventually("free job finished", || async {
         !rig.calls_for("j-free", "finish").await.is_empty()
     })
@@ -187,8 +164,7 @@ async fn finish_404_or_409_drops_the_entry_without_retry() {
             .with_priority(1)
             .mount(&rig.server)
             .await;
-        rig.offer_job(job_json(json!({"id": id, "dag_name": "quick"}), None, None))
-            .await;
+        rig.offer(json!({"id": id, "dag_name": "quick"})).await;
     }
     rig.mount_defaults().await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
@@ -200,14 +176,8 @@ async fn finish_404_or_409_drops_the_entry_without_retry() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     w.stop().await;
     for id in ["j-404", "j-409"] {
-        assert_eq!(
-            rig.calls_for(id, "finish").await,
-            vec![finish_body(
-                "succeeded",
-                "Run `quick` finished with `succeeded`."
-            )],
-            "{id}"
-        );
+        rig.assert_finished_once(id, "succeeded", "Run `quick` finished with `succeeded`.")
+            .await;
     }
     assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
 }
@@ -227,12 +197,8 @@ async fn accept_409_stops_the_run_and_drops_the_job() {
         .mount(&rig.server)
         .await;
     rig.mount_defaults().await;
-    rig.offer_job(job_json(
-        json!({"id": "j-taken", "dag_name": "gated"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-taken", "dag_name": "gated"}))
+        .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     let stores = w.stores.clone();
     eventually("run aborted", || async {

@@ -46,13 +46,12 @@ async fn push_job_runs_and_finishes_succeeded_with_the_event_as_params() {
         rig.calls_for(job_id, "accept").await,
         vec![accept_body(job_id)]
     );
-    assert_eq!(
-        rig.calls_for(job_id, "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `on-push` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        job_id,
+        "succeeded",
+        "Run `on-push` finished with `succeeded`.",
+    )
+    .await;
     // The raw payload reached the step byte for byte, with the headers and the extras.
     // (The file's trailing newline is whitespace after the JSON value, not part of it.)
     let seen = std::fs::read_to_string(out.with_extension("payload")).unwrap();
@@ -107,13 +106,7 @@ async fn failing_dag_finishes_failed_with_first_error_and_failed_steps() {
     .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
-    assert_eq!(
-        rig.calls_for("job-fail", "finish").await,
-        vec![finish_body(
-            "failed",
-            "Run `fail` finished with `failed`. First error: step `explode`: exit status 3. Failed steps: `explode` (exit 3)."
-        )]
-    );
+    rig.assert_finished_once("job-fail", "failed", "Run `fail` finished with `failed`. First error: step `explode`: exit status 3. Failed steps: `explode` (exit 3).").await;
     assert_eq!(
         rig.calls_for("job-fail", "accept").await,
         vec![accept_body("job-fail")]
@@ -151,13 +144,12 @@ async fn same_job_pulled_twice_runs_once_accepts_twice_finishes_once() {
         rig.calls_for("job-dup", "accept").await,
         vec![accept_body("job-dup"), accept_body("job-dup")]
     );
-    assert_eq!(
-        rig.calls_for("job-dup", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `gated` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        "job-dup",
+        "succeeded",
+        "Run `gated` finished with `succeeded`.",
+    )
+    .await;
     // One run, one attempt: the second intake found it and left it alone.
     let runs = stores.runs.list_attempts().unwrap();
     assert_eq!(runs.len(), 1);
@@ -205,20 +197,18 @@ async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
         rig.count("/finish").await >= 2
     })
     .await;
-    assert_eq!(
-        rig.calls_for("job-cancel-1", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Cancelled 1 run(s) for Octo/Repo #7: `slow` (run `job-pr-7`)."
-        )]
-    );
-    assert_eq!(
-        rig.calls_for("job-pr-7", "finish").await,
-        vec![finish_body(
-            "aborted",
-            "Run `slow` finished with `aborted`. First error: run stopped."
-        )]
-    );
+    rig.assert_finished_once(
+        "job-cancel-1",
+        "succeeded",
+        "Cancelled 1 run(s) for Octo/Repo #7: `slow` (run `job-pr-7`).",
+    )
+    .await;
+    rig.assert_finished_once(
+        "job-pr-7",
+        "aborted",
+        "Run `slow` finished with `aborted`. First error: run stopped.",
+    )
+    .await;
     // The cancel job is never accepted or run.
     assert!(rig.calls_for("job-cancel-1", "accept").await.is_empty());
     assert_eq!(
@@ -227,23 +217,18 @@ async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
     );
 
     // A second cancel finds nothing left to stop.
-    rig.offer_job(job_json(
-        json!({"id": "job-cancel-2", "command": "cancel", "repository_name": "octo/repo", "pull_request_number": 7}),
-        None,
-        None,
-    ))
+    rig.offer(json!({"id": "job-cancel-2", "command": "cancel", "repository_name": "octo/repo", "pull_request_number": 7}))
     .await;
     eventually("second cancel finished", || async {
         !rig.calls_for("job-cancel-2", "finish").await.is_empty()
     })
     .await;
-    assert_eq!(
-        rig.calls_for("job-cancel-2", "finish").await,
-        vec![finish_body(
-            "rejected",
-            "Rejected: nothing to cancel: no active run for octo/repo #7."
-        )]
-    );
+    rig.assert_finished_once(
+        "job-cancel-2",
+        "rejected",
+        "Rejected: nothing to cancel: no active run for octo/repo #7.",
+    )
+    .await;
     w.stop().await;
 }
 
@@ -252,12 +237,8 @@ async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
     let rig = Rig::new().await;
     let gate = rig.out("gate");
     rig.write_dag("gated", &gated_dag(&gate));
-    rig.offer_job(job_json(
-        json!({"id": "job-event", "dag_name": "gated"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "job-event", "dag_name": "gated"}))
+        .await;
     let config = dispatch_worker::WorkerConfig {
         report_interval: std::time::Duration::from_secs(3600),
         ..fast_config()
@@ -266,13 +247,12 @@ async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
     eventually("accepted", || async { w.stats.jobs_accepted() == 1 }).await;
     std::fs::write(&gate, "").unwrap();
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
-    assert_eq!(
-        rig.calls_for("job-event", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `gated` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        "job-event",
+        "succeeded",
+        "Run `gated` finished with `succeeded`.",
+    )
+    .await;
     w.stop().await;
 }
 
@@ -304,14 +284,8 @@ async fn a_burst_is_pulled_by_overlapping_pullers_and_each_job_finishes_once() {
             vec![accept_body(id)],
             "{id}"
         );
-        assert_eq!(
-            rig.calls_for(id, "finish").await,
-            vec![finish_body(
-                "succeeded",
-                "Run `burst` finished with `succeeded`."
-            )],
-            "{id}"
-        );
+        rig.assert_finished_once(id, "succeeded", "Run `burst` finished with `succeeded`.")
+            .await;
     }
     assert_eq!(w.stats.jobs_pulled(), 20);
     w.stop().await;

@@ -45,19 +45,10 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
         rig.offer_job(job_json(job.clone(), Some("{}"), None)).await;
     }
     // And one that cannot be loaded (unknown key): its summary carries the loader's message.
-    rig.offer_job(job_json(
-        json!({"id": "j-broken", "dag_name": "broken"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-broken", "dag_name": "broken"}))
+        .await;
     // A good job after all of them still runs.
-    rig.offer_job(job_json(
-        json!({"id": "j-good", "dag_name": "good"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-good", "dag_name": "good"})).await;
 
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("all finished", || async {
@@ -65,11 +56,7 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
     })
     .await;
     for (_, escaped, summary) in &cases {
-        assert_eq!(
-            rig.calls_for(escaped, "finish").await,
-            vec![finish_body("rejected", summary)],
-            "{escaped}"
-        );
+        rig.assert_finished_once(escaped, "rejected", summary).await;
         assert!(
             rig.calls_for(escaped, "accept").await.is_empty(),
             "{escaped}"
@@ -83,13 +70,12 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
         text.starts_with("Rejected: DAG `broken` cannot be loaded: ") && text.contains("comand"),
         "{text}"
     );
-    assert_eq!(
-        rig.calls_for("j-good", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `good` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once(
+        "j-good",
+        "succeeded",
+        "Run `good` finished with `succeeded`.",
+    )
+    .await;
     assert_eq!(w.stats.jobs_rejected(), cases.len() as u64 + 1);
     // Counted once the finish call has returned, which may be just after the hub saw it.
     eventually("rejections counted", || async {
@@ -134,14 +120,8 @@ async fn payload_not_json_and_headers_not_an_object_still_run() {
     })
     .await;
     for id in ["j-text", "j-num"] {
-        assert_eq!(
-            rig.calls_for(id, "finish").await,
-            vec![finish_body(
-                "succeeded",
-                "Run `show` finished with `succeeded`."
-            )],
-            "{id}"
-        );
+        rig.assert_finished_once(id, "succeeded", "Run `show` finished with `succeeded`.")
+            .await;
     }
     let read = |id: &str| std::fs::read_to_string(format!("{}.{id}", out.display())).unwrap();
     assert_eq!(read("j-text"), r#""this is {not json"|{}|pull_request|5"#);

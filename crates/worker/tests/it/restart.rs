@@ -88,13 +88,8 @@ async fn stopped_after_tracker_write_the_hub_hands_the_job_out_again() {
     .await;
     run_until_finished(&rig, "j1").await;
     assert_eq!(rig.calls_for("j1", "accept").await, vec![accept_body("j1")]);
-    assert_eq!(
-        rig.calls_for("j1", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once("j1", "succeeded", "Run `quick` finished with `succeeded`.")
+        .await;
     assert_eq!(ran_with_ref(&rig, "j1"), "refs/heads/j1");
 }
 
@@ -127,13 +122,8 @@ async fn stopped_after_enqueue_accepts_then_finishes() {
     enqueue(&rig.stores(), "j2");
     run_until_finished(&rig, "j2").await;
     assert_eq!(rig.calls_for("j2", "accept").await, vec![accept_body("j2")]);
-    assert_eq!(
-        rig.calls_for("j2", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once("j2", "succeeded", "Run `quick` finished with `succeeded`.")
+        .await;
     assert_eq!(ran_with_ref(&rig, "j2"), "refs/heads/j2");
 }
 
@@ -145,13 +135,8 @@ async fn stopped_after_accept_runs_and_finishes_without_a_second_accept() {
     enqueue(&rig.stores(), "j3");
     run_until_finished(&rig, "j3").await;
     assert!(rig.calls_for("j3", "accept").await.is_empty());
-    assert_eq!(
-        rig.calls_for("j3", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once("j3", "succeeded", "Run `quick` finished with `succeeded`.")
+        .await;
     assert_eq!(ran_with_ref(&rig, "j3"), "refs/heads/j3");
 }
 
@@ -170,13 +155,7 @@ async fn killed_while_running_finishes_failed_as_recovered() {
     set_status(&stores, "j4", RunStatus::Running, vec![running_step]);
     run_until_finished(&rig, "j4").await;
     assert!(rig.calls_for("j4", "accept").await.is_empty());
-    assert_eq!(
-        rig.calls_for("j4", "finish").await,
-        vec![finish_body(
-            "failed",
-            "Run `quick` finished with `failed`. First error: process terminated unexpectedly. Failed steps: `s`."
-        )]
-    );
+    rig.assert_finished_once("j4", "failed", "Run `quick` finished with `failed`. First error: process terminated unexpectedly. Failed steps: `s`.").await;
 }
 
 #[tokio::test]
@@ -184,12 +163,7 @@ async fn graceful_stop_while_running_is_reported_by_the_next_start() {
     let rig = Rig::new().await;
     let gate = rig.out("gate");
     rig.write_dag("gated", &gated_dag(&gate));
-    rig.offer_job(job_json(
-        json!({"id": "j4b", "dag_name": "gated"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j4b", "dag_name": "gated"})).await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     let stores = w.stores.clone();
     eventually("running", || async {
@@ -221,13 +195,8 @@ async fn graceful_stop_while_running_is_reported_by_the_next_start() {
         rig.calls_for("j4b", "accept").await,
         vec![accept_body("j4b")]
     );
-    assert_eq!(
-        rig.calls_for("j4b", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `gated` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once("j4b", "succeeded", "Run `gated` finished with `succeeded`.")
+        .await;
 }
 
 #[tokio::test]
@@ -247,13 +216,7 @@ async fn stopped_after_final_status_before_finish_finishes_once() {
     set_status(&stores, "j5", RunStatus::Failed, vec![failed_step]);
     run_until_finished(&rig, "j5").await;
     assert!(rig.calls_for("j5", "accept").await.is_empty());
-    assert_eq!(
-        rig.calls_for("j5", "finish").await,
-        vec![finish_body(
-            "failed",
-            "Run `quick` finished with `failed`. First error: exit status 2. Failed steps: `s` (exit 2)."
-        )]
-    );
+    rig.assert_finished_once("j5", "failed", "Run `quick` finished with `failed`. First error: exit status 2. Failed steps: `s` (exit 2).").await;
     // The run was not started again.
     assert!(std::fs::metadata(format!("{}.j5", rig.out("ref").display())).is_err());
 }
@@ -269,8 +232,7 @@ async fn finish_failing_until_restart_is_sent_again_by_the_next_start() {
         .mount(&rig.server)
         .await;
     rig.mount_defaults().await;
-    rig.offer_job(job_json(json!({"id": "j6", "dag_name": DAG}), None, None))
-        .await;
+    rig.offer(json!({"id": "j6", "dag_name": DAG})).await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("finish retried", || async {
         rig.count("/finish").await >= 3
@@ -283,13 +245,8 @@ async fn finish_failing_until_restart_is_sent_again_by_the_next_start() {
     rig.server.reset().await;
     rig.mount_defaults().await;
     run_until_finished(&rig, "j6").await;
-    assert_eq!(
-        rig.calls_for("j6", "finish").await,
-        vec![finish_body(
-            "succeeded",
-            "Run `quick` finished with `succeeded`."
-        )]
-    );
+    rig.assert_finished_once("j6", "succeeded", "Run `quick` finished with `succeeded`.")
+        .await;
     assert!(rig.calls_for("j6", "accept").await.is_empty());
 }
 
@@ -299,13 +256,12 @@ async fn accepted_job_whose_run_is_gone_finishes_failed() {
     setup(&rig);
     track(&rig, "j7", Phase::Accepted).await;
     run_until_finished(&rig, "j7").await;
-    assert_eq!(
-        rig.calls_for("j7", "finish").await,
-        vec![finish_body(
-            "failed",
-            "Run `quick` cannot be reported: its run record (`j7`) is gone from this server."
-        )]
-    );
+    rig.assert_finished_once(
+        "j7",
+        "failed",
+        "Run `quick` cannot be reported: its run record (`j7`) is gone from this server.",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -313,12 +269,7 @@ async fn run_outliving_the_grace_period_is_stopped_and_reported_aborted_by_the_n
     let rig = Rig::new().await;
     let gate = rig.out("never");
     rig.write_dag("gated", &gated_dag(&gate));
-    rig.offer_job(job_json(
-        json!({"id": "j8", "dag_name": "gated"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j8", "dag_name": "gated"})).await;
     let config = dispatch_worker::WorkerConfig {
         shutdown_grace: std::time::Duration::from_millis(200),
         ..fast_config()
@@ -341,12 +292,11 @@ async fn run_outliving_the_grace_period_is_stopped_and_reported_aborted_by_the_n
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
     w.stop().await;
-    assert_eq!(
-        rig.calls_for("j8", "finish").await,
-        vec![finish_body(
-            "aborted",
-            "Run `gated` finished with `aborted`. First error: run stopped by scheduler shutdown."
-        )]
-    );
+    rig.assert_finished_once(
+        "j8",
+        "aborted",
+        "Run `gated` finished with `aborted`. First error: run stopped by scheduler shutdown.",
+    )
+    .await;
     assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
 }

@@ -34,18 +34,8 @@ async fn the_heartbeat_secret_never_reaches_logs_or_summaries() {
             .await;
     }
     rig.mount_defaults().await;
-    rig.offer_job(job_json(
-        json!({"id": "j-sec", "dag_name": "quick"}),
-        None,
-        None,
-    ))
-    .await;
-    rig.offer_job(job_json(
-        json!({"id": "j-bad", "dag_name": "../x"}),
-        None,
-        None,
-    ))
-    .await;
+    rig.offer(json!({"id": "j-sec", "dag_name": "quick"})).await;
+    rig.offer(json!({"id": "j-bad", "dag_name": "../x"})).await;
     let creds = TestCreds::present();
     let w = rig.start(fast_config(), creds.clone()).await;
     eventually("both finished", || async {
