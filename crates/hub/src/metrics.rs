@@ -1,8 +1,9 @@
 //! Counters exposed on `GET /metrics` in the Prometheus text format.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
+
+use dispatch_util::prometheus::{Kind, Text};
 
 use crate::store::JobState;
 
@@ -20,6 +21,8 @@ pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
 pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
 /// Finish calls by outcome (`done`, `repeated`, `not_found`, `conflict`).
 pub(crate) const FINISHES: &str = "dispatch_hub_finishes_total";
+/// Jobs in the store by state (a gauge, read from the store on each scrape).
+const JOBS: &str = "dispatch_hub_jobs";
 
 const HELP: [(&str, &str, &str); 4] = [
     (
@@ -42,34 +45,26 @@ impl Metrics {
         *map.entry((name, label)).or_default() += 1;
     }
 
-    /// Renders the counters plus the job gauge `jobs` (state → count).
+    /// Renders the counters plus the job gauge `jobs` (state → count; every state is shown, the
+    /// ones without jobs as 0).
     pub fn render(&self, jobs: &[(JobState, i64)]) -> String {
         let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::new();
+        let mut text = Text::new();
         for (name, label, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((n, value), count) in map.iter() {
-                if *n == name {
-                    let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
-                }
+            text.family(name, Kind::Counter, help);
+            for ((_, value), count) in map.iter().filter(|((n, _), _)| *n == name) {
+                text.sample(name, &[(label, value)], count);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP dispatch_hub_jobs Jobs in the store, by state.\n# TYPE dispatch_hub_jobs gauge"
-        );
+        text.family(JOBS, Kind::Gauge, "Jobs in the store, by state.");
         for state in JobState::ALL {
             let count = jobs
                 .iter()
                 .find(|(s, _)| *s == state)
                 .map_or(0, |(_, c)| *c);
-            let _ = writeln!(
-                out,
-                "dispatch_hub_jobs{{state=\"{}\"}} {count}",
-                state.as_str()
-            );
+            text.sample(JOBS, &[("state", state.as_str())], count);
         }
-        out
+        text.finish()
     }
 }
 
@@ -88,5 +83,9 @@ mod tests {
         assert!(text.contains("dispatch_hub_pulls_total{outcome=\"empty\"} 1\n"));
         assert!(text.contains("dispatch_hub_jobs{state=\"queued\"} 3\n"));
         assert!(text.contains("dispatch_hub_jobs{state=\"finished\"} 0\n"));
+        assert!(text.contains("# TYPE dispatch_hub_pulls_total counter\n"));
+        assert!(text.contains(
+            "# HELP dispatch_hub_jobs Jobs in the store, by state.\n# TYPE dispatch_hub_jobs gauge\n"
+        ));
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_protocol::{is_cancel_command, Secret};
+use dispatch_util::error_chain;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -222,17 +223,6 @@ impl Reporter {
             Err(e) => Sent::Retry(format!("request failed: {}", error_chain(&e))),
         }
     }
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
