@@ -14,7 +14,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The bytes of a hex string (either case), or `None` if it has an odd length or a non-hex digit.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
