@@ -1,4 +1,5 @@
-//! The HTTP surface: GitHub webhook intake, the cloud API of SPEC §2/§3, health and metrics.
+//! The HTTP surface: GitHub webhook intake, the cloud API (licenses and dispatch jobs, as
+//! `docs/protocol.md` describes them), health and metrics.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Bindings: which GitHub events on which repository start which DAG (SPEC §8), loaded from TOML.
+//! Bindings: which GitHub events on which repository start which DAG, loaded from TOML (the format
+//! is described in `docs/protocol.md`).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,10 +1,10 @@
-//! The hub: the server side of dispatch (SPEC §8).
+//! The hub: the server side of dispatch (its contract with schedulers is `docs/protocol.md`).
 //!
 //! It receives GitHub webhooks, matches them against [`bindings`] and turns each match into a
-//! dispatch job; schedulers pull, accept and finish jobs over the cloud API of SPEC §2 (the hub
-//! activates their licenses and signs their tokens, SPEC §3); on finish it reports the result to
-//! GitHub as a commit status and, for comment commands, a comment. State lives in SQLite under the
-//! data directory and survives restarts.
+//! dispatch job; schedulers pull, accept and finish jobs over the cloud API (the hub activates
+//! their licenses and signs their tokens; both in `docs/protocol.md`); on finish it reports the
+//! result to GitHub as a commit status and, for comment commands, a comment. State lives in SQLite
+//! under the data directory and survives restarts.
 //!
 //! Main types: [`HubConfig`], [`Hub::start`] → [`HubHandle`], [`Binding`], [`HubError`]; config
 //! files via [`load_bindings`] and [`config::load_hub_config`].
@@ -15,8 +15,13 @@
 //! first one. A scheduler whose lease ran out may still accept the job as long as no other server
 //! has claimed it. A job claimed five times without an accept is finished as `rejected`, so one
 //! job no scheduler can take cannot block the queue. A job whose pull answer would exceed the
-//! 1 MiB a scheduler reads (SPEC §2; GitHub sends events up to 25 MiB) is stored already finished
-//! as `rejected` with a summary giving the sizes, instead of being handed out and dropped.
+//! 1 MiB a scheduler reads (`docs/protocol.md`; GitHub sends events up to 25 MiB) is stored
+//! already finished as `rejected` with a summary giving the sizes, instead of being handed out and
+//! dropped.
+//!
+//! Modules import only downwards, bottom to top: `error`; `bindings`, `keys`; `matching`;
+//! `config`; `store` (inside: `state`, `writer`, `reports`, `activations`, `jobs`, then its
+//! `mod.rs`); `metrics`; `report`; `api`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).

@@ -1163,7 +1163,7 @@ mod binary {
 }
 
 /// The scheduler's own client (`dispatch_license::CloudClient`) against the hub: the two sides of
-/// SPEC §2 agree on paths, bodies, 204s and error messages.
+/// the wire contract (`docs/protocol.md`) agree on paths, bodies, 204s and error messages.
 mod cloud_client {
     use super::*;
     use dispatch_license::{ClientConfig, CloudClient};
