@@ -1,4 +1,4 @@
-//! Errors of the DAG loader and the stores.
+//! Errors of the DAG loader, the param merge and the stores.
 
 use std::path::PathBuf;
 
@@ -50,6 +50,18 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }
+}
+
+/// A param cannot be handed to a step (from [`crate::merge_params`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// The value holds a NUL byte, which no environment variable can carry. The message never
+    /// shows the value: params carry webhook payloads and may hold secrets.
+    #[error("param `{name}`: value holds a NUL byte")]
+    NulByte {
+        /// The param's name (a positional one is named by its 1-based position).
+        name: String,
+    },
 }
 
 /// A DAG file is invalid. Display names the file, the line (when known) and the key.

@@ -1,4 +1,4 @@
-//! DAGs and their runs: the YAML model and loader (SPEC §5), the merge of default and runtime
+//! DAGs and their runs: the YAML model and loader (format: `docs/dag-format.md`), the merge of default and runtime
 //! params, the run-status model, the store traits and their file-backed implementations (DAGs,
 //! runs with attempts, the queue).
 //!
@@ -9,8 +9,9 @@
 //!
 //! # DAG files
 //!
-//! [`load_dag_file`] reads the keys of SPEC §5; any other key, at any level, is an error. Every
-//! [`DagError`] names the file, the line and the key. Where SPEC §5 is silent:
+//! [`load_dag_file`] reads the keys of `docs/dag-format.md`; any other key, at any level, is an
+//! error. Every [`DagError`] names the file, the line and the key. Where the format leaves a choice
+//! open:
 //! - A step without `name` is called `step<N>` (its 1-based position); a handler without `name`
 //!   is called `on_success`, `on_failure`, `on_abort` or `on_exit`.
 //! - A DAG without steps is an error.

@@ -1,7 +1,7 @@
-//! The DAG YAML loader (SPEC §5): file → validated [`Dag`], with errors that name the file,
+//! The DAG YAML loader (format: `docs/dag-format.md`): file → validated [`Dag`], with errors that name the file,
 //! the line and the key.
 //!
-//! The choices where SPEC §5 is silent are listed in the crate docs.
+//! The choices the format leaves open are listed in the crate docs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

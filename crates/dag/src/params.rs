@@ -1,16 +1,17 @@
-//! The merge of a DAG's param defaults with a run's runtime params (SPEC §5).
+//! The merge of a DAG's param defaults with a run's runtime params (`docs/dag-format.md`; the
+//! runtime-param string itself: `docs/protocol.md`).
 
 use dispatch_webhook_params::Param;
 
-use crate::{Dag, DagError, ParamDefault};
+use crate::{Dag, DagError, ParamDefault, ParamError};
 
 /// Merges `runtime` into the defaults of `dag` and returns a copy of `dag` with
 /// [`Dag::resolved_params`] filled in (see [`merge_params`]).
 pub fn resolve_params(dag: &Dag, runtime: &[Param]) -> Result<Dag, DagError> {
-    let resolved = merge_params(&dag.params, runtime).map_err(|message| DagError {
+    let resolved = merge_params(&dag.params, runtime).map_err(|e| DagError {
         path: dag.location.clone(),
         line: None,
-        message,
+        message: e.to_string(),
     })?;
     let mut out = dag.clone();
     out.resolved_params = resolved;
@@ -26,12 +27,12 @@ pub fn resolve_params(dag: &Dag, runtime: &[Param]) -> Result<Dag, DagError> {
 ///   `i`-th default (which keeps its name), or is appended when there is none.
 /// - A positional entry is named by its 1-based position in the result (`"1"`, `"2"`, …).
 ///
-/// Fails (naming the param, never its value) when a value holds a NUL byte, which no
-/// environment variable can carry.
+/// Fails with [`ParamError::NulByte`] (naming the param, never its value) when a value holds a
+/// NUL byte, which no environment variable can carry.
 pub fn merge_params(
     defaults: &[ParamDefault],
     runtime: &[Param],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ParamError> {
     let mut merged: Vec<(Option<String>, String)> = defaults
         .iter()
         .map(|d| (d.name.clone(), d.value.clone()))
@@ -54,7 +55,7 @@ pub fn merge_params(
         .map(|(i, (name, value))| {
             let name = name.unwrap_or_else(|| (i + 1).to_string());
             if value.contains('\0') {
-                return Err(format!("param `{name}`: value holds a NUL byte"));
+                return Err(ParamError::NulByte { name });
             }
             Ok((name, value))
         })
@@ -133,6 +134,12 @@ mod tests {
     #[test]
     fn nul_is_refused_without_echoing_the_value() {
         let e = merge_params(&[], &[Param::named("SECRETISH", "a\0b")]).unwrap_err();
-        assert_eq!(e, "param `SECRETISH`: value holds a NUL byte");
+        assert_eq!(
+            e,
+            ParamError::NulByte {
+                name: "SECRETISH".to_owned()
+            }
+        );
+        assert_eq!(e.to_string(), "param `SECRETISH`: value holds a NUL byte");
     }
 }

@@ -1,8 +1,8 @@
-//! Run and step status words, and the final-status rules (SPEC §5).
+//! Run and step status words, and the final-status rules (`docs/dag-format.md`).
 
 use serde::{Deserialize, Serialize};
 
-/// Status of a run. Text and number are the contract (SPEC §5).
+/// Status of a run. Text and number are the contract (`docs/dag-format.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -45,7 +45,7 @@ pub enum StepStatus {
     Skipped,
 }
 
-/// A status word or number that is not one of the SPEC §5 values.
+/// A status word or number that is not one of the [`RunStatus`] values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown run status `{0}`")]
 pub struct UnknownStatus(pub String);
@@ -87,7 +87,7 @@ impl RunStatus {
             .ok_or_else(|| UnknownStatus(word.to_owned()))
     }
 
-    /// The status number (SPEC §5): `not_started` 0 … `rejected` 8.
+    /// The status number: `not_started` 0 … `rejected` 8.
     pub fn as_i32(self) -> i32 {
         match self {
             RunStatus::NotStarted => 0,
@@ -162,7 +162,7 @@ impl std::fmt::Display for StepStatus {
     }
 }
 
-/// Which lifecycle handler runs (SPEC §5).
+/// Which lifecycle handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandlerKind {
     /// `handler_on.success`.
@@ -197,7 +197,7 @@ impl HandlerKind {
     }
 }
 
-/// The final status of a run from its steps (SPEC §5). `steps` holds each step's status and its
+/// The final status of a run from its steps. `steps` holds each step's status and its
 /// `continue_on.failure`. A cancel (stop or DAG timeout) wins; then any failed step not covered by
 /// `continue_on` fails the run; covered failures make it partially succeeded.
 pub fn final_status(cancelled: bool, steps: &[(StepStatus, bool)]) -> RunStatus {
