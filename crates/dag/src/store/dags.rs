@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::contract::DagStore;
 use super::fsutil::{io_err, list_names};
-use crate::{load_dag_file, validate_dag_name, Dag, DagStore, StoreError};
+use crate::{load_dag_file, validate_dag_name, Dag, StoreError};
 
 /// DAG files `<dir>/<name>.yaml` or `<dir>/<name>.yml`, read on every call so edits apply to
 /// the next run (a queued run keeps its snapshot).

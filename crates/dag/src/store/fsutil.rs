@@ -188,3 +188,21 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, path: &Path) -> Result<Vec
         reason: format!("cannot encode: {e}"),
     })
 }
+
+/// Unix nanoseconds, strictly increasing within this process (also across threads and when the
+/// wall clock steps back), so names built from it sort in creation order and never repeat.
+pub(crate) fn monotonic_nanos() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}

@@ -4,12 +4,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::contract::{Priority, QueueItem, QueueStore};
 use super::fsutil::{
-    create_dir_durable, forget_durable, io_err, is_not_found, list_names, read_json, to_json,
-    write_temp,
+    create_dir_durable, forget_durable, io_err, is_not_found, list_names, monotonic_nanos,
+    read_json, to_json, write_temp,
 };
 use crate::names::validate_queue_name;
-use crate::{Priority, QueueItem, QueueStore, StoreError};
+use crate::StoreError;
 
 /// Queues under `<root>/<queue>/`, one JSON file per item named
 /// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
@@ -115,7 +116,7 @@ impl QueueStore for FileQueueStore {
         };
         let name = format!(
             "{prio}_{:020}_{:010}.json",
-            super::monotonic_nanos(),
+            monotonic_nanos(),
             std::process::id()
         );
         let path = dir.join(&name);

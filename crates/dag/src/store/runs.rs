@@ -11,11 +11,13 @@ use std::time::SystemTime;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::contract::{Attempt, RunRecord, RunStore};
 use super::fsutil::{
-    create_dir_durable, forget_durable, fsync_dir, io_err, is_not_found, list_names, write_temp,
+    create_dir_durable, forget_durable, fsync_dir, io_err, is_not_found, list_names,
+    monotonic_nanos, write_temp,
 };
 use crate::names::validate_attempt_id;
-use crate::{validate_dag_name, validate_run_id, Attempt, Dag, RunRecord, RunStore, StoreError};
+use crate::{validate_dag_name, validate_run_id, Dag, StoreError};
 
 /// Run files end in this; run ids cannot contain a dot, so the name maps back to the run id.
 const RUN_EXT: &str = ".jsonl";
@@ -450,7 +452,7 @@ impl FileRunStore {
 
 /// Attempt ids the store makes sort by creation time.
 fn new_attempt_id() -> String {
-    format!("{:020}-{}", super::monotonic_nanos(), std::process::id())
+    format!("{:020}-{}", monotonic_nanos(), std::process::id())
 }
 
 impl RunStore for FileRunStore {
