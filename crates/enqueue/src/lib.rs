@@ -1,4 +1,5 @@
-//! Idempotent enqueue of a webhook-triggered DAG run, with rollback (SPEC §5 "Enqueue").
+//! Idempotent enqueue of a webhook-triggered DAG run, with rollback (run lifecycle:
+//! `docs/dag-format.md`).
 //!
 //! Main items: [`enqueue_webhook_run`], its [`EnqueueOutcome`] and [`EnqueueError`].
 //!

@@ -1,5 +1,5 @@
-//! The runtime-param string of a webhook-triggered run (SPEC §4): building it, parsing it, and the
-//! Go-compatible quoting it relies on.
+//! The runtime-param string of a webhook-triggered run (`docs/protocol.md`): building it, parsing
+//! it, and the Go-compatible quoting it relies on.
 //!
 //! A run's parameters travel as one line of `NAME="value"` pairs separated by single spaces:
 //!

@@ -1,4 +1,4 @@
-//! Integration tests for the runtime-param string: Go-exact quoting, the SPEC §4 example, the
+//! Integration tests for the runtime-param string: Go-exact quoting, the documented example, the
 //! build/parse inverse, and typed errors for malformed input.
 
 use std::collections::BTreeMap;
@@ -97,10 +97,11 @@ fn quote_cases_parse_back() {
     }
 }
 
-const SPEC_LINE: &str = r#"WEBHOOK_PAYLOAD="{\"ref\":\"refs/heads/main\"}" WEBHOOK_HEADERS="{}" GITHUB_EVENT_NAME="push" GITHUB_REF="refs/heads/main""#;
+/// The example line of the runtime-param string in `docs/protocol.md`.
+const EXAMPLE_LINE: &str = r#"WEBHOOK_PAYLOAD="{\"ref\":\"refs/heads/main\"}" WEBHOOK_HEADERS="{}" GITHUB_EVENT_NAME="push" GITHUB_REF="refs/heads/main""#;
 
 #[test]
-fn spec_example_is_built_byte_for_byte() {
+fn documented_example_is_built_byte_for_byte() {
     let extras = BTreeMap::from([
         ("GITHUB_REF".to_string(), "refs/heads/main".to_string()),
         ("GITHUB_EVENT_NAME".to_string(), "push".to_string()),
@@ -108,13 +109,13 @@ fn spec_example_is_built_byte_for_byte() {
         ("GITHUB_SHA".to_string(), String::new()),
     ]);
     let built = build_runtime_params(r#"{"ref":"refs/heads/main"}"#, "", &extras);
-    assert_eq!(built, SPEC_LINE);
+    assert_eq!(built, EXAMPLE_LINE);
 }
 
 #[test]
-fn spec_example_parses() {
+fn documented_example_parses() {
     assert_eq!(
-        parse_runtime_params(SPEC_LINE).unwrap(),
+        parse_runtime_params(EXAMPLE_LINE).unwrap(),
         [
             Param::named("WEBHOOK_PAYLOAD", r#"{"ref":"refs/heads/main"}"#),
             Param::named("WEBHOOK_HEADERS", "{}"),
