@@ -2,6 +2,14 @@ use std::path::{Path, PathBuf};
 
 use dispatch_dag::*;
 
+/// A param default: `p(Some("A"), "1")` for `A=1`, `p(None, "x")` for a positional `x`.
+fn p(name: Option<&str>, value: &str) -> ParamDefault {
+    ParamDefault {
+        name: name.map(str::to_owned),
+        value: value.to_owned(),
+    }
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dags")
 }
@@ -100,18 +108,9 @@ fn build_fixture_has_every_key() {
     assert_eq!(
         dag.params,
         vec![
-            ParamDefault {
-                name: Some("TARGET".into()),
-                value: "debug".into()
-            },
-            ParamDefault {
-                name: Some("VERBOSE".into()),
-                value: "yes please".into()
-            },
-            ParamDefault {
-                name: None,
-                value: "extra".into()
-            },
+            p(Some("TARGET"), "debug"),
+            p(Some("VERBOSE"), "yes please"),
+            p(None, "extra"),
         ]
     );
     assert_eq!(
@@ -185,18 +184,9 @@ fn graph_fixture_and_defaults() {
     assert_eq!(
         dag.params,
         vec![
-            ParamDefault {
-                name: Some("BRANCH".into()),
-                value: "main".into()
-            },
-            ParamDefault {
-                name: Some("COUNT".into()),
-                value: "3".into()
-            },
-            ParamDefault {
-                name: None,
-                value: "positional".into()
-            },
+            p(Some("BRANCH"), "main"),
+            p(Some("COUNT"), "3"),
+            p(None, "positional"),
         ]
     );
 
@@ -401,10 +391,6 @@ fn error_table() {
 
 #[test]
 fn params_and_env_shapes() {
-    let p = |name: Option<&str>, value: &str| ParamDefault {
-        name: name.map(str::to_owned),
-        value: value.to_owned(),
-    };
     let table: Vec<(&str, Vec<ParamDefault>)> = vec![
         (
             "params: A=1 B=x",

@@ -15,6 +15,32 @@ fn write_dag(root: &Path, file: &str, text: &str) {
     std::fs::write(root.join("dags").join(file), text).unwrap();
 }
 
+/// A store root holding one DAG `d` (one `true` step): the directory, its stores, the DAG.
+fn stores_with_dag() -> (tempfile::TempDir, Stores, Dag) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = stores(tmp.path());
+    write_dag(
+        tmp.path(),
+        "d.yaml",
+        "steps:\n  - name: a\n    command: 'true'\n",
+    );
+    let dag = s.dags.load("d").unwrap();
+    (tmp, s, dag)
+}
+
+/// Creates a `queued` attempt of run `run` of `dag`.
+fn create_queued(s: &Stores, dag: &Dag, run: &str) -> Attempt {
+    s.runs
+        .create_attempt(dag, &record(&dag.name, run, RunStatus::Queued))
+        .unwrap()
+}
+
+/// Appends `bytes` to `file` as a crashed writer would have left them.
+fn append(file: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+}
+
 fn record(dag: &str, run: &str, status: RunStatus) -> RunRecord {
     RunRecord {
         dag_name: dag.into(),
@@ -58,10 +84,7 @@ fn attempt_roundtrip_snapshot_and_status_updates() {
     let err = s.runs.find_attempt("build", "r1").unwrap_err();
     assert!(err.is_not_found(), "{err}");
 
-    let created = s
-        .runs
-        .create_attempt(&dag, &record("build", "r1", RunStatus::Queued))
-        .unwrap();
+    let created = create_queued(&s, &dag, "r1");
     assert!(!created.record.attempt_id.is_empty());
     // Editing the YAML later does not change the snapshot.
     write_dag(
@@ -80,10 +103,7 @@ fn attempt_roundtrip_snapshot_and_status_updates() {
     assert_eq!(s.runs.find_attempt("build", "r1").unwrap().record, rec);
 
     // A second attempt becomes the latest.
-    let second = s
-        .runs
-        .create_attempt(&dag, &record("build", "r1", RunStatus::Queued))
-        .unwrap();
+    let second = create_queued(&s, &dag, "r1");
     assert_ne!(second.record.attempt_id, rec.attempt_id);
     assert_eq!(
         s.runs.find_attempt("build", "r1").unwrap().record,
@@ -117,18 +137,8 @@ fn attempt_roundtrip_snapshot_and_status_updates() {
 
 #[test]
 fn corrupt_status_is_corrupt_naming_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
-    let a = s
-        .runs
-        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
-        .unwrap();
+    let (tmp, s, dag) = stores_with_dag();
+    let a = create_queued(&s, &dag, "r1");
     let mut running = a.record.clone();
     running.status = RunStatus::Running;
     s.runs.write_status(&running).unwrap();
@@ -164,25 +174,10 @@ fn corrupt_status_is_corrupt_naming_the_file() {
 /// What a crash in the middle of an append leaves: the last line without its newline.
 #[test]
 fn torn_tail_is_ignored_and_cut_off_by_the_next_write() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
-    let a = s
-        .runs
-        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
-        .unwrap();
+    let (tmp, s, dag) = stores_with_dag();
+    let a = create_queued(&s, &dag, "r1");
     let file = tmp.path().join("data/runs/d/r1.jsonl");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"{\"status\":{\"dag_name\":\"d\",\"run").unwrap();
-    drop(f);
+    append(&file, b"{\"status\":{\"dag_name\":\"d\",\"run");
     assert_eq!(s.runs.find_attempt("d", "r1").unwrap(), a);
     assert_eq!(s.runs.list_attempts().unwrap(), vec![a.clone()]);
 
@@ -197,12 +192,7 @@ fn torn_tail_is_ignored_and_cut_off_by_the_next_write() {
     // Zeros where a lost append was (the size reached the disk, the data did not), with or
     // without its newline.
     for tail in [&[0u8; 64][..], b"\0\0\0\0\0\0\0\"}\n"] {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&file)
-            .unwrap();
-        std::io::Write::write_all(&mut f, tail).unwrap();
-        drop(f);
+        append(&file, tail);
         assert_eq!(s.runs.find_attempt("d", "r1").unwrap().record, rec);
         assert_eq!(s.runs.list_attempts().unwrap().len(), 1);
     }
@@ -216,14 +206,7 @@ fn torn_tail_is_ignored_and_cut_off_by_the_next_write() {
 /// that create never returned, so there is no run, and enqueueing it again works.
 #[test]
 fn run_file_without_an_attempt_is_no_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
+    let (tmp, s, dag) = stores_with_dag();
     std::fs::create_dir_all(tmp.path().join("data/runs/d")).unwrap();
     std::fs::write(tmp.path().join("data/runs/d/r1.jsonl"), b"").unwrap();
     std::fs::write(
@@ -239,31 +222,15 @@ fn run_file_without_an_attempt_is_no_run() {
         assert!(s.runs.write_status(&rec).unwrap_err().is_not_found());
     }
     assert!(s.runs.list_attempts().unwrap().is_empty());
-    let a = s
-        .runs
-        .create_attempt(&dag, &record("d", "r2", RunStatus::Queued))
-        .unwrap();
+    let a = create_queued(&s, &dag, "r2");
     assert_eq!(s.runs.find_attempt("d", "r2").unwrap(), a);
 }
 
 #[test]
 fn status_of_an_older_attempt_and_unknown_attempts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
-    let first = s
-        .runs
-        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
-        .unwrap();
-    let second = s
-        .runs
-        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
-        .unwrap();
+    let (tmp, s, dag) = stores_with_dag();
+    let first = create_queued(&s, &dag, "r1");
+    let second = create_queued(&s, &dag, "r1");
     let mut old = first.record.clone();
     old.status = RunStatus::Failed;
     s.runs.write_status(&old).unwrap();
@@ -288,24 +255,14 @@ fn status_of_an_older_attempt_and_unknown_attempts() {
 /// also with several threads writing statuses of different runs and reading meanwhile.
 #[test]
 fn many_status_writes_compact_and_stay_readable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
+    let (tmp, s, dag) = stores_with_dag();
     let mut handles = Vec::new();
     for t in 0..3 {
         let s = s.clone();
         let dag = dag.clone();
         handles.push(std::thread::spawn(move || {
             let run = format!("r{t}");
-            let a = s
-                .runs
-                .create_attempt(&dag, &record("d", &run, RunStatus::Queued))
-                .unwrap();
+            let a = create_queued(&s, &dag, &run);
             let mut rec = a.record.clone();
             // Big records, so that compaction happens within a few hundred writes.
             rec.error = Some("x".repeat(8000));
@@ -340,18 +297,8 @@ fn many_status_writes_compact_and_stay_readable() {
 /// every write lands whole, compaction included, and the file stays readable.
 #[test]
 fn concurrent_writers_of_one_run_never_tear_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
-    let a = s
-        .runs
-        .create_attempt(&dag, &record("d", "r", RunStatus::Queued))
-        .unwrap();
+    let (_tmp, s, dag) = stores_with_dag();
+    let a = create_queued(&s, &dag, "r");
     let mut handles = Vec::new();
     for t in 0..3u64 {
         let s = s.clone();
@@ -481,17 +428,8 @@ fn runs_child_side() {
 /// the lock and the re-open after a compaction keep every line whole and the file readable.
 #[test]
 fn two_processes_write_one_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
-    s.runs
-        .create_attempt(&dag, &record("d", "r", RunStatus::Queued))
-        .unwrap();
+    let (tmp, s, dag) = stores_with_dag();
+    create_queued(&s, &dag, "r");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "runs::runs_child_side", "--test-threads=1"])
         .env(CHILD_ENV, tmp.path())
@@ -516,26 +454,15 @@ fn two_processes_write_one_run() {
 /// store's back is made again rather than failing every later create or enqueue.
 #[test]
 fn store_directories_removed_behind_its_back_come_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
+    let (tmp, s, dag) = stores_with_dag();
     let it = QueueItem {
         dag_name: "d".into(),
         run_id: "r1".into(),
     };
-    s.runs
-        .create_attempt(&dag, &record("d", "r1", RunStatus::Queued))
-        .unwrap();
+    create_queued(&s, &dag, "r1");
     s.queue.enqueue("d", Priority::Low, &it).unwrap();
     std::fs::remove_dir_all(tmp.path().join("data")).unwrap();
-    s.runs
-        .create_attempt(&dag, &record("d", "r2", RunStatus::Queued))
-        .unwrap();
+    create_queued(&s, &dag, "r2");
     assert_eq!(s.runs.list_attempts().unwrap().len(), 1);
     s.queue.enqueue("d", Priority::Low, &it).unwrap();
     assert_eq!(s.queue.list("d").unwrap(), vec![it]);
