@@ -33,6 +33,14 @@ fn journal(dir: &Path) -> std::path::PathBuf {
     dir.join("journal")
 }
 
+/// A new tracker directory `name` inside `dir`, holding a copy of `dir`'s journal.
+fn copy_of(dir: &Path, name: &str) -> std::path::PathBuf {
+    let copy = dir.join(name);
+    fs::create_dir(&copy).unwrap();
+    fs::copy(journal(dir), journal(&copy)).unwrap();
+    copy
+}
+
 fn ids(t: &Tracker) -> Vec<String> {
     t.list().unwrap().into_iter().map(|j| j.job_id).collect()
 }
@@ -146,9 +154,7 @@ fn torn_tail_is_ignored_and_cut_before_the_next_append() {
         (two + full) / 2,
         full - 1,
     ] {
-        let d = tmp.path().join(format!("cut-{cut}"));
-        fs::create_dir(&d).unwrap();
-        fs::copy(journal(dir), journal(&d)).unwrap();
+        let d = copy_of(dir, &format!("cut-{cut}"));
         OpenOptions::new()
             .write(true)
             .open(journal(&d))
@@ -181,9 +187,7 @@ fn garbage_or_zero_tail_is_ignored() {
         b"\x05\x00",
     ];
     for (i, tail) in tails.into_iter().enumerate() {
-        let d = tmp.path().join(format!("tail-{i}"));
-        fs::create_dir(&d).unwrap();
-        fs::copy(journal(dir), journal(&d)).unwrap();
+        let d = copy_of(dir, &format!("tail-{i}"));
         OpenOptions::new()
             .append(true)
             .open(journal(&d))
@@ -515,6 +519,29 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Upserts `jobs`, one thread each, while batch writes are held, so that they gather into one
+/// pending batch. Once `queued` changes wait, runs `while_held`, lets the batches be written and
+/// returns each caller's result in order.
+fn upsert_together(
+    t: &Tracker,
+    jobs: Vec<TrackedJob>,
+    queued: usize,
+    while_held: impl FnOnce(),
+) -> Vec<Result<(), TrackerError>> {
+    std::thread::scope(|s| {
+        // As if a slow fsync were in progress: every caller joins the same pending batch.
+        let hold = t.hold_writes();
+        let callers: Vec<_> = jobs
+            .into_iter()
+            .map(|job| s.spawn(move || t.upsert(job)))
+            .collect();
+        wait_for("callers to queue", || t.waiting_changes() == queued);
+        while_held();
+        drop(hold);
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn many_threads_changing_at_once_leave_the_same_state_after_reopen() {
     const THREADS: usize = 16;
@@ -575,23 +602,14 @@ fn concurrent_callers_share_one_fsync() {
     let t = Tracker::open(tmp.path()).unwrap();
     t.upsert(job("before", "r")).unwrap();
     assert_eq!(t.journal_syncs(), 1, "a lone change costs one fsync");
-    std::thread::scope(|s| {
-        // As if a slow fsync were in progress: every caller below joins the same pending batch.
-        let hold = t.hold_writes();
-        let callers: Vec<_> = (0..CALLERS)
-            .map(|i| {
-                let t = &t;
-                s.spawn(move || t.upsert(job(&format!("job-{i:02}"), "r")))
-            })
-            .collect();
-        wait_for("all callers to queue", || t.waiting_changes() == CALLERS);
+    let jobs = (0..CALLERS)
+        .map(|i| job(&format!("job-{i:02}"), "r"))
+        .collect();
+    let results = upsert_together(&t, jobs, CALLERS, || {
         // Nothing is durable yet, so nothing is visible yet.
         assert_eq!(ids(&t), ["before"]);
-        drop(hold);
-        for c in callers {
-            c.join().unwrap().unwrap();
-        }
     });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
         t.journal_syncs(),
         2,
@@ -613,17 +631,11 @@ fn concurrent_callers_share_one_fsync() {
 /// Writes a batch of `callers` upserts with one fsync; returns the journal length before it.
 fn write_one_batch(t: &Tracker, dir: &Path, callers: usize) -> u64 {
     let before = fs::metadata(journal(dir)).unwrap().len();
-    std::thread::scope(|s| {
-        let hold = t.hold_writes();
-        let handles: Vec<_> = (0..callers)
-            .map(|i| s.spawn(move || t.upsert(job(&format!("batched-{i:02}"), "r"))))
-            .collect();
-        wait_for("all callers to queue", || t.waiting_changes() == callers);
-        drop(hold);
-        for h in handles {
-            h.join().unwrap().unwrap();
-        }
-    });
+    let jobs = (0..callers)
+        .map(|i| job(&format!("batched-{i:02}"), "r"))
+        .collect();
+    let results = upsert_together(t, jobs, callers, || {});
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
     before
 }
 
@@ -685,20 +697,9 @@ fn a_batch_never_outgrows_one_record() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = Tracker::open(tmp.path()).unwrap();
-    std::thread::scope(|s| {
-        let hold = t.hold_writes();
-        let handles: Vec<_> = (0..CALLERS)
-            .map(|i| {
-                let (t, job) = (&t, big(i));
-                s.spawn(move || t.upsert(job))
-            })
-            .collect();
-        wait_for("a full batch", || t.waiting_changes() == FIT);
-        drop(hold);
-        for h in handles {
-            h.join().unwrap().unwrap();
-        }
-    });
+    // Only a full batch waits; the other callers wait for room in the next one.
+    let results = upsert_together(&t, (0..CALLERS).map(big).collect(), FIT, || {});
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(t.len(), CALLERS);
     let syncs = t.journal_syncs();
     assert!(
@@ -744,32 +745,23 @@ fn a_failed_batch_fails_every_caller_and_poisons_the_tracker() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Tracker::open(tmp.path()).unwrap();
     t.upsert(job("kept", "r")).unwrap();
-    std::thread::scope(|s| {
-        let hold = t.hold_writes();
-        let callers: Vec<_> = (0..CALLERS)
-            .map(|i| {
-                let t = &t;
-                s.spawn(move || t.upsert(job(&format!("lost-{i}"), "r")))
-            })
-            .collect();
-        wait_for("all callers to queue", || t.waiting_changes() == CALLERS);
-        t.fail_next_batch();
-        drop(hold);
-        for c in callers {
-            let err = c.join().unwrap().unwrap_err();
-            assert!(
-                matches!(
-                    &err,
-                    TrackerError::Io {
-                        action: "append to",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-            assert!(err.to_string().contains("journal"), "{err}");
-        }
-    });
+    let jobs = (0..CALLERS)
+        .map(|i| job(&format!("lost-{i}"), "r"))
+        .collect();
+    for result in upsert_together(&t, jobs, CALLERS, || t.fail_next_batch()) {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TrackerError::Io {
+                    action: "append to",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("journal"), "{err}");
+    }
     assert!(matches!(
         t.upsert(job("after", "r")),
         Err(TrackerError::Poisoned { .. })
