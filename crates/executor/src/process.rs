@@ -286,19 +286,24 @@ mod tests {
         panic!("process {pid} still alive");
     }
 
-    #[tokio::test]
-    async fn stop_escalates_to_kill_when_term_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = spec(dir.path(), "trap '' TERM; touch started; sleep 60");
+    /// A stop token cancelled once the step has created `marker` (by then its trap is set).
+    fn cancel_once_created(marker: std::path::PathBuf) -> CancellationToken {
         let stop = CancellationToken::new();
         let stopper = stop.clone();
-        let marker = dir.path().join("started");
         tokio::spawn(async move {
             while !marker.exists() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             stopper.cancel();
         });
+        stop
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_kill_when_term_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "trap '' TERM; touch started; sleep 60");
+        let stop = cancel_once_created(dir.path().join("started"));
         let end = run_process(s, &stop, |_| {}).await;
         let ProcessEnd::Stopped(status) = end else {
             panic!("unexpected {end:?}")
@@ -313,15 +318,7 @@ mod tests {
             dir.path(),
             "trap 'echo bye > cleaned; exit 0' TERM; touch started; sleep 60 & wait",
         );
-        let stop = CancellationToken::new();
-        let stopper = stop.clone();
-        let marker = dir.path().join("started");
-        tokio::spawn(async move {
-            while !marker.exists() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            stopper.cancel();
-        });
+        let stop = cancel_once_created(dir.path().join("started"));
         let end = run_process(s, &stop, |_| {}).await;
         let ProcessEnd::Stopped(status) = end else {
             panic!("unexpected {end:?}")
