@@ -28,7 +28,7 @@ use crate::error::HubError;
 use crate::matching::jobs_for_delivery;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
 use crate::report;
-use crate::store::{blocking, now_ms, Caller, RawDelivery, Store, Transition};
+use crate::store::{blocking, now_ms, Activation, Caller, RawDelivery, Store, Transition};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -318,14 +318,14 @@ async fn activate(
         ));
     };
     let secret = Secret::new(hex(&rand::random::<[u8; 32]>()));
-    let (license_id, server_id, machine, hash) = (
-        license.id.clone(),
-        req.server_id.clone(),
-        req.machine_name.clone(),
-        sha256_hex(secret.expose()),
-    );
+    let activation = Activation {
+        license_id: license.id.clone(),
+        server_id: req.server_id.clone(),
+        machine_name: req.machine_name.clone(),
+        secret_sha256: sha256_hex(secret.expose()),
+    };
     blocking(&st.store, move |s| {
-        s.upsert_activation(&license_id, &server_id, &machine, &hash, now_ms())
+        s.upsert_activation(activation, now_ms())
     })
     .await?;
     tracing::info!(license_id = %license.id, server_id = %req.server_id, machine = %req.machine_name, "license activated");

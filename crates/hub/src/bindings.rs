@@ -84,6 +84,25 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// A binding of `dag` to every event of `trigger` on `repository`, with no other filter. The id
+    /// is left empty for validation to fill in.
+    pub fn new(repository: impl Into<String>, dag: impl Into<String>, trigger: Trigger) -> Binding {
+        Binding {
+            id: String::new(),
+            repository: repository.into(),
+            dag: dag.into(),
+            trigger,
+            event_name: String::new(),
+            action: String::new(),
+            branch_pattern: String::new(),
+            tag_pattern: String::new(),
+            command_alias: String::new(),
+            dispatch_event_type: String::new(),
+            check_name: String::new(),
+            license: String::new(),
+        }
+    }
+
     /// The word that starts this binding in a comment command.
     pub fn alias(&self) -> &str {
         if self.command_alias.is_empty() {

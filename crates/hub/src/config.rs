@@ -328,18 +328,8 @@ mod tests {
     #[test]
     fn validate_names_the_bad_setting() {
         let binding = |license: &str| Binding {
-            id: String::new(),
-            repository: "o/r".into(),
-            dag: "d".into(),
-            trigger: Trigger::Auto,
-            event_name: String::new(),
-            action: String::new(),
-            branch_pattern: String::new(),
-            tag_pattern: String::new(),
-            command_alias: String::new(),
-            dispatch_event_type: String::new(),
-            check_name: String::new(),
             license: license.into(),
+            ..Binding::new("o/r", "d", Trigger::Auto)
         };
         let ok = HubConfig {
             bindings: vec![binding("l1"), binding("")],

@@ -341,17 +341,7 @@ mod tests {
     fn binding(trigger: Trigger) -> Binding {
         Binding {
             id: "b".into(),
-            repository: "o/r".into(),
-            dag: "build".into(),
-            trigger,
-            event_name: String::new(),
-            action: String::new(),
-            branch_pattern: String::new(),
-            tag_pattern: String::new(),
-            command_alias: String::new(),
-            dispatch_event_type: String::new(),
-            check_name: String::new(),
-            license: String::new(),
+            ..Binding::new("o/r", "build", trigger)
         }
     }
 

@@ -246,12 +246,9 @@ pub(super) fn accept(
     dag_run_id: &str,
     now_ms: i64,
 ) -> Result<Transition, HubError> {
-    let Some(row) = JobRow::load(tx, job_id)? else {
+    let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
         return Ok(Transition::NotFound);
     };
-    if !row.visible_to(caller.license_id) {
-        return Ok(Transition::NotFound);
-    }
     let mine = row.claimed_by_caller(caller);
     let outcome = match row.state {
         // A queued job that this server claimed last: its lease ran out but nobody else took it,
@@ -291,12 +288,9 @@ pub(super) fn finish(
     now_ms: i64,
     reports_for: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
 ) -> Result<Transition, HubError> {
-    let Some(row) = JobRow::load(tx, job_id)? else {
+    let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
         return Ok(Transition::NotFound);
     };
-    if !row.visible_to(caller.license_id) {
-        return Ok(Transition::NotFound);
-    }
     let mine = row.claimed_by_caller(caller);
     let outcome = match row.state {
         JobState::Claimed | JobState::Accepted | JobState::Queued if mine => Transition::Done,
@@ -371,8 +365,14 @@ struct JobRow {
 }
 
 impl JobRow {
-    fn load(conn: &Connection, job_id: &str) -> Result<Option<JobRow>, HubError> {
-        conn.query_row(
+    /// The job, unless it is bound to another license: then it does not exist as far as this
+    /// caller is concerned.
+    fn load_visible(
+        conn: &Connection,
+        job_id: &str,
+        license_id: &str,
+    ) -> Result<Option<JobRow>, HubError> {
+        let row = conn.query_row(
             "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json
              FROM jobs WHERE id = ?1",
             [job_id],
@@ -389,12 +389,8 @@ impl JobRow {
             },
         )
         .optional()
-        .map_err(HubError::store("read a job"))
-    }
-
-    /// A job bound to another license does not exist as far as this caller is concerned.
-    fn visible_to(&self, license_id: &str) -> bool {
-        self.target_license.is_empty() || self.target_license == license_id
+        .map_err(HubError::store("read a job"))?;
+        Ok(row.filter(|r| r.target_license.is_empty() || r.target_license == license_id))
     }
 
     /// Whether this caller made the last claim (the lease may have run out since).

@@ -28,6 +28,7 @@ use crate::error::HubError;
 use crate::matching::NewJob;
 use writer::{open_connection, Durability, Writer};
 
+pub(crate) use activations::Activation;
 pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
 pub(crate) use reports::PendingReport;
 pub(crate) use state::JobState;
@@ -239,30 +240,8 @@ impl Store {
     }
 
     /// Records an activation, replacing an earlier one of the same server.
-    pub fn upsert_activation(
-        &self,
-        license_id: &str,
-        server_id: &str,
-        machine_name: &str,
-        secret_sha256: &str,
-        now_ms: i64,
-    ) -> Result<(), HubError> {
-        let (license_id, server_id, machine_name, secret_sha256) = (
-            license_id.to_owned(),
-            server_id.to_owned(),
-            machine_name.to_owned(),
-            secret_sha256.to_owned(),
-        );
-        self.write(move |conn| {
-            activations::upsert(
-                conn,
-                &license_id,
-                &server_id,
-                &machine_name,
-                &secret_sha256,
-                now_ms,
-            )
-        })
+    pub fn upsert_activation(&self, activation: Activation, now_ms: i64) -> Result<(), HubError> {
+        self.write(move |conn| activations::upsert(conn, &activation, now_ms))
     }
 
     /// The stored secret hash of an activation.
