@@ -13,25 +13,10 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &str = "webhook-secret";
 const HELLO: &str = "Codertocat/Hello-World";
 const OCTO: &str = "octo-org/octo-repo";
+/// A push creating branch `master` of `Codertocat/Hello-World`.
+const PUSH: &str = "push/with-new-branch.payload.json";
 
 use dispatch_test_support::fixture;
-
-fn binding(repo: &str, dag: &str, trigger: Trigger) -> Binding {
-    Binding {
-        id: String::new(),
-        repository: repo.into(),
-        dag: dag.into(),
-        trigger,
-        event_name: String::new(),
-        action: String::new(),
-        branch_pattern: String::new(),
-        tag_pattern: String::new(),
-        command_alias: String::new(),
-        dispatch_event_type: String::new(),
-        check_name: String::new(),
-        license: String::new(),
-    }
-}
 
 fn license(id: &str) -> LicenseKey {
     LicenseKey {
@@ -201,6 +186,30 @@ impl TestHub {
         .await
     }
 
+    /// Delivers the [`PUSH`] fixture under `delivery`.
+    async fn push(&self, delivery: &str) -> (StatusCode, Value) {
+        self.webhook("push", delivery, fixture(PUSH)).await
+    }
+
+    /// Pulls a job that must be there and returns its id.
+    async fn pull_id(&self, c: &Creds) -> String {
+        self.pull_job(c).await["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the metrics page holds `line`.
+    async fn wait_for_metric(&self, line: &str) {
+        eventually(line, || async move { self.metrics().await.contains(line) }).await;
+    }
+
+    /// The metrics page, after checking that it holds every one of `lines`.
+    async fn metrics_with(&self, lines: &[&str]) -> String {
+        let m = self.metrics().await;
+        for line in lines {
+            assert!(m.contains(line), "missing {line} in\n{m}");
+        }
+        m
+    }
+
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
@@ -224,11 +233,21 @@ fn sign(body: &[u8]) -> String {
     dispatch_protocol::webhook_signature::sign(&Secret::new(SECRET), body)
 }
 
+/// The DAG `build` bound to `trigger` on [`HELLO`], the repository of most fixtures.
+fn build(trigger: Trigger) -> Binding {
+    Binding::new(HELLO, "build", trigger)
+}
+
+/// Seconds since the Unix epoch, as tokens count time.
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    i64::try_from(dispatch_util::now_ms() / 1000).unwrap()
+}
+
+/// The `hub` binary with `args`, then `path`.
+fn hub_bin(args: &[&str], path: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hub"));
+    cmd.args(args).arg(path);
+    cmd
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -268,10 +287,10 @@ where
 
 #[tokio::test]
 async fn push_job_carries_exact_fields_payload_and_headers() {
-    let mut b = binding(HELLO, "build", Trigger::Auto);
+    let mut b = build(Trigger::Auto);
     b.branch_pattern = "master".into();
     let hub = TestHub::start(vec![b]).await;
-    let body = fixture("push/with-new-branch.payload.json");
+    let body = fixture(PUSH);
     let (status, answer) = hub.webhook("push", "del-1", body.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let job_ids = ids(&answer);
@@ -326,18 +345,18 @@ async fn push_job_carries_exact_fields_payload_and_headers() {
 
 #[tokio::test]
 async fn fixtures_map_to_job_fields() {
-    let mut pr = binding(HELLO, "pr", Trigger::Auto);
+    let mut pr = Binding::new(HELLO, "pr", Trigger::Auto);
     pr.event_name = "pull_request".into();
     pr.branch_pattern = "master".into();
-    let mut rel = binding(HELLO, "release", Trigger::Auto);
+    let mut rel = Binding::new(HELLO, "release", Trigger::Auto);
     rel.event_name = "release".into();
     rel.action = "published".into();
     rel.tag_pattern = "0.*".into();
-    let mut rd = binding(OCTO, "rd", Trigger::ManualDispatch);
+    let mut rd = Binding::new(OCTO, "rd", Trigger::ManualDispatch);
     rd.dispatch_event_type = "on-demand-test".into();
-    let mut wd = binding(OCTO, "wd", Trigger::ManualDispatch);
+    let mut wd = Binding::new(OCTO, "wd", Trigger::ManualDispatch);
     wd.event_name = "workflow_dispatch".into();
-    let mut create = binding(HELLO, "tagged", Trigger::Auto);
+    let mut create = Binding::new(HELLO, "tagged", Trigger::Auto);
     create.event_name = "create".into();
     create.tag_pattern = "simple-*".into();
     let hub = TestHub::start(vec![pr, rel, rd, wd, create]).await;
@@ -404,33 +423,23 @@ async fn fixtures_map_to_job_fields() {
 
 #[tokio::test]
 async fn comment_commands_make_run_and_cancel_jobs() {
-    let mut b = binding(HELLO, "build", Trigger::CommentCommand);
+    let mut b = build(Trigger::CommentCommand);
     b.license = "lic-b".into();
     let hub = TestHub::start(vec![b]).await;
-    let (status, answer) = hub
-        .webhook(
-            "issue_comment",
-            "c1",
-            comment_payload("@dispatch build", true),
-        )
-        .await;
-    assert_eq!((status, ids(&answer).len()), (StatusCode::ACCEPTED, 1));
-    let (_, answer) = hub
-        .webhook(
-            "issue_comment",
+    for (delivery, body, on_pr, want) in [
+        ("c1", "@dispatch build", true, (StatusCode::ACCEPTED, 1)),
+        (
             "c2",
-            comment_payload("looks good\n@dispatch cancel", false),
-        )
-        .await;
-    assert_eq!(ids(&answer).len(), 1);
-    let (status, answer) = hub
-        .webhook(
-            "issue_comment",
-            "c3",
-            comment_payload("no command here", true),
-        )
-        .await;
-    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
+            "looks good\n@dispatch cancel",
+            false,
+            (StatusCode::ACCEPTED, 1),
+        ),
+        ("c3", "no command here", true, (StatusCode::OK, 0)),
+    ] {
+        let payload = comment_payload(body, on_pr);
+        let (status, answer) = hub.webhook("issue_comment", delivery, payload).await;
+        assert_eq!((status, ids(&answer).len()), want, "{body:?}");
+    }
 
     // Bound to lic-b: a lic-a scheduler never sees these jobs.
     let a = hub.activate("lic-a", "srv-a").await;
@@ -454,8 +463,8 @@ async fn comment_commands_make_run_and_cancel_jobs() {
 
 #[tokio::test]
 async fn bad_webhooks_are_rejected_and_store_nothing() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
-    let body = fixture("push/with-new-branch.payload.json");
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let body = fixture(PUSH);
 
     let resp = hub.webhook_raw("push", "x1", body.clone(), None).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -514,20 +523,13 @@ async fn bad_webhooks_are_rejected_and_store_nothing() {
         StatusCode::NO_CONTENT,
         "no job was stored"
     );
-    let m = hub.metrics().await;
-    assert!(
-        m.contains("dispatch_hub_webhooks_received_total{outcome=\"bad_signature\"} 3"),
-        "{m}"
-    );
-    assert!(
-        m.contains("dispatch_hub_webhooks_received_total{outcome=\"too_large\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("dispatch_hub_webhooks_received_total{outcome=\"bad_request\"} 2"),
-        "{m}"
-    );
-    assert!(m.contains("dispatch_hub_jobs{state=\"queued\"} 0"), "{m}");
+    hub.metrics_with(&[
+        "dispatch_hub_webhooks_received_total{outcome=\"bad_signature\"} 3",
+        "dispatch_hub_webhooks_received_total{outcome=\"too_large\"} 1",
+        "dispatch_hub_webhooks_received_total{outcome=\"bad_request\"} 2",
+        "dispatch_hub_jobs{state=\"queued\"} 0",
+    ])
+    .await;
 
     // A signed body under the cap still works after all that.
     let (status, _) = hub.webhook("push", "ok", body).await;
@@ -536,8 +538,8 @@ async fn bad_webhooks_are_rejected_and_store_nothing() {
 
 #[tokio::test]
 async fn redelivery_creates_no_new_job() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
-    let body = fixture("push/with-new-branch.payload.json");
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let body = fixture(PUSH);
     let (s1, first) = hub.webhook("push", "same", body.clone()).await;
     let (s2, again) = hub.webhook("push", "same", body).await;
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
@@ -550,10 +552,9 @@ async fn redelivery_creates_no_new_job() {
 
 #[tokio::test]
 async fn job_too_large_for_a_pull_answer_is_rejected_at_once() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
     // A real push padded past the 1 MiB a scheduler reads of one pull answer.
-    let mut event: Value =
-        serde_json::from_slice(&fixture("push/with-new-branch.payload.json")).unwrap();
+    let mut event: Value = serde_json::from_slice(&fixture(PUSH)).unwrap();
     event["padding"] = Value::String("x".repeat(2 * 1024 * 1024));
     let (status, answer) = hub
         .webhook("push", "big", serde_json::to_vec(&event).unwrap())
@@ -563,22 +564,18 @@ async fn job_too_large_for_a_pull_answer_is_rejected_at_once() {
     let c = hub.activate("lic-a", "srv").await;
     // Never handed out (it could not be read), and not left queued either.
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
-    let m = hub.metrics().await;
-    assert!(m.contains("dispatch_hub_jobs{state=\"finished\"} 1"), "{m}");
+    let m = hub
+        .metrics_with(&["dispatch_hub_jobs{state=\"finished\"} 1"])
+        .await;
     assert!(!m.contains("dispatch_hub_jobs{state=\"queued\"} 1"), "{m}");
     // A normal-sized event still flows.
-    hub.webhook(
-        "push",
-        "small",
-        fixture("push/with-new-branch.payload.json"),
-    )
-    .await;
+    hub.webhook("push", "small", fixture(PUSH)).await;
     hub.pull_job(&c).await;
 }
 
 #[tokio::test]
 async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
     let resp = hub
         .post(
             "/api/v1/licenses/activate",
@@ -633,12 +630,11 @@ async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
 
 #[tokio::test]
 async fn accept_and_finish_rules_over_http() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
-    hub.webhook("push", "d", fixture("push/with-new-branch.payload.json"))
-        .await;
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    hub.push("d").await;
     let a = hub.activate("lic-a", "srv-a").await;
     let b = hub.activate("lic-a", "srv-b").await;
-    let id = hub.pull_job(&a).await["id"].as_str().unwrap().to_owned();
+    let id = hub.pull_id(&a).await;
     assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::CONFLICT);
     assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(
@@ -673,22 +669,20 @@ async fn accept_and_finish_rules_over_http() {
         StatusCode::CONFLICT,
         "accepting a finished job"
     );
-    let m = hub.metrics().await;
-    assert!(m.contains("dispatch_hub_jobs{state=\"finished\"} 1"), "{m}");
     // A repeated finish answers like the first, so it is counted where an operator can see it.
-    for line in [
+    hub.metrics_with(&[
+        "dispatch_hub_jobs{state=\"finished\"} 1",
         "dispatch_hub_finishes_total{outcome=\"done\"} 1",
         "dispatch_hub_finishes_total{outcome=\"repeated\"} 1",
         "dispatch_hub_finishes_total{outcome=\"conflict\"} 2",
-    ] {
-        assert!(m.contains(line), "missing {line} in\n{m}");
-    }
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn concurrent_pullers_get_each_job_exactly_once() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
-    let body = fixture("push/with-new-branch.payload.json");
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let body = fixture(PUSH);
     let mut created = Vec::new();
     for i in 0..24 {
         let (_, answer) = hub.webhook("push", &format!("d{i}"), body.clone()).await;
@@ -733,8 +727,7 @@ async fn concurrent_pullers_get_each_job_exactly_once() {
 
 #[tokio::test]
 async fn long_poll_hands_over_a_job_that_arrives_while_waiting() {
-    let hub =
-        std::sync::Arc::new(TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await);
+    let hub = std::sync::Arc::new(TestHub::start(vec![build(Trigger::Auto)]).await);
     let c = hub.activate("lic-a", "srv").await;
     let waiting = {
         let (hub, c) = (hub.clone(), c.clone());
@@ -743,9 +736,7 @@ async fn long_poll_hands_over_a_job_that_arrives_while_waiting() {
     // Give the pull a moment to start waiting; the test passes either way, but this makes the
     // wake-up path the one exercised.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, answer) = hub
-        .webhook("push", "lp", fixture("push/with-new-branch.payload.json"))
-        .await;
+    let (_, answer) = hub.push("lp").await;
     let resp = tokio::time::timeout(Duration::from_secs(25), waiting)
         .await
         .expect("the waiting pull returns once the job arrives")
@@ -759,15 +750,14 @@ async fn long_poll_hands_over_a_job_that_arrives_while_waiting() {
 
 #[tokio::test]
 async fn expired_lease_goes_to_another_scheduler() {
-    let hub = TestHub::start_with(vec![binding(HELLO, "build", Trigger::Auto)], |cfg| {
+    let hub = TestHub::start_with(vec![build(Trigger::Auto)], |cfg| {
         cfg.lease = Duration::from_millis(300);
     })
     .await;
-    hub.webhook("push", "d", fixture("push/with-new-branch.payload.json"))
-        .await;
+    hub.push("d").await;
     let a = hub.activate("lic-a", "srv-a").await;
     let b = hub.activate("lic-a", "srv-b").await;
-    let id = hub.pull_job(&a).await["id"].as_str().unwrap().to_owned();
+    let id = hub.pull_id(&a).await;
     // srv-a never accepts; a long-polling srv-b is handed the job when the lease runs out.
     let resp = hub.pull(&b, 30).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -785,11 +775,9 @@ async fn expired_lease_goes_to_another_scheduler() {
 
 #[tokio::test]
 async fn state_survives_restarts() {
-    let mut hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
     let c = hub.activate("lic-a", "srv").await;
-    let (_, answer) = hub
-        .webhook("push", "d", fixture("push/with-new-branch.payload.json"))
-        .await;
+    let (_, answer) = hub.push("d").await;
     let key_before = hub.handle().public_key;
     hub.restart().await;
     assert_eq!(
@@ -797,9 +785,7 @@ async fn state_survives_restarts() {
         key_before,
         "the signing key is kept"
     );
-    let (_, again) = hub
-        .webhook("push", "d", fixture("push/with-new-branch.payload.json"))
-        .await;
+    let (_, again) = hub.push("d").await;
     assert_eq!(ids(&again), ids(&answer), "dedupe survives a restart");
     let job = hub.pull_job(&c).await;
     let id = job["id"].as_str().unwrap().to_owned();
@@ -869,7 +855,7 @@ async fn activation_heartbeat_and_revocation() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
     let resp = hub
         .http
         .get(format!("{}/healthz", hub.base))
@@ -878,26 +864,28 @@ async fn health_and_metrics() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "ok");
-    hub.webhook("push", "m1", fixture("push/with-new-branch.payload.json"))
-        .await;
+    hub.push("m1").await;
     let c = hub.activate("lic-a", "srv").await;
     hub.pull(&c, 0).await;
     hub.pull(&c, 0).await;
-    let m = hub.metrics().await;
-    for line in [
+    hub.metrics_with(&[
         "dispatch_hub_webhooks_received_total{outcome=\"accepted\"} 1",
         "dispatch_hub_pulls_total{outcome=\"job\"} 1",
         "dispatch_hub_pulls_total{outcome=\"empty\"} 1",
         "dispatch_hub_jobs{state=\"claimed\"} 1",
-    ] {
-        assert!(m.contains(line), "missing {line} in\n{m}");
-    }
+    ])
+    .await;
 }
 
 mod reporting {
     use super::*;
     use wiremock::matchers::{body_json, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// Where the report of a job made from [`PUSH`] goes: a commit status on the pushed SHA.
+    const PUSH_STATUS: &str =
+        "/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    const ONE_SENT: &str = "dispatch_hub_reports_total{result=\"sent\"} 1";
 
     async fn hub_with_github(gh: &MockServer, bindings: Vec<Binding>) -> TestHub {
         let api = gh.uri();
@@ -921,7 +909,7 @@ mod reporting {
         let (_, answer) = hub.webhook(event, delivery, body).await;
         assert_eq!(ids(&answer).len(), 1);
         let c = hub.activate("lic-a", "srv").await;
-        let id = hub.pull_job(&c).await["id"].as_str().unwrap().to_owned();
+        let id = hub.pull_id(&c).await;
         assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
         assert_eq!(
             hub.finish(&c, &id, status, summary).await.status(),
@@ -934,9 +922,7 @@ mod reporting {
         let gh = MockServer::start().await;
         let summary = "é".repeat(150);
         Mock::given(method("POST"))
-            .and(path(
-                "/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246",
-            ))
+            .and(path(PUSH_STATUS))
             .and(header("authorization", "Bearer gh-token"))
             .and(header("accept", "application/vnd.github+json"))
             .and(body_json(json!({
@@ -948,18 +934,10 @@ mod reporting {
             .expect(1)
             .mount(&gh)
             .await;
-        let mut b = binding(HELLO, "build", Trigger::Auto);
+        let mut b = build(Trigger::Auto);
         b.check_name = "ci/build".into();
         let hub = hub_with_github(&gh, vec![b]).await;
-        run_job(
-            &hub,
-            "push",
-            "r1",
-            fixture("push/with-new-branch.payload.json"),
-            "failed",
-            &summary,
-        )
-        .await;
+        run_job(&hub, "push", "r1", fixture(PUSH), "failed", &summary).await;
         eventually("the commit status", || async {
             gh.received_requests().await.unwrap().len() == 1
         })
@@ -972,12 +950,7 @@ mod reporting {
             .to_str()
             .unwrap()
             .starts_with("dispatch-hub/"));
-        eventually("the report counter", || async {
-            hub.metrics()
-                .await
-                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
-        })
-        .await;
+        hub.wait_for_metric(ONE_SENT).await;
         gh.verify().await;
     }
 
@@ -1001,8 +974,7 @@ mod reporting {
             .with_priority(2)
             .mount(&gh)
             .await;
-        let hub =
-            hub_with_github(&gh, vec![binding(HELLO, "build", Trigger::CommentCommand)]).await;
+        let hub = hub_with_github(&gh, vec![build(Trigger::CommentCommand)]).await;
         run_job(
             &hub,
             "issue_comment",
@@ -1012,12 +984,7 @@ mod reporting {
             "all green",
         )
         .await;
-        eventually("the retried comment", || async {
-            hub.metrics()
-                .await
-                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
-        })
-        .await;
+        hub.wait_for_metric(ONE_SENT).await;
         let reqs = gh.received_requests().await.unwrap();
         assert_eq!(reqs.len(), 2, "one failure, one success");
         assert_eq!(reqs[0].body, reqs[1].body);
@@ -1030,43 +997,26 @@ mod reporting {
     #[tokio::test]
     async fn pending_reports_survive_a_restart() {
         let gh = MockServer::start().await;
-        let mut hub = hub_with_github(&gh, vec![binding(HELLO, "build", Trigger::Auto)]).await;
+        let mut hub = hub_with_github(&gh, vec![build(Trigger::Auto)]).await;
         // GitHub is down (no mock mounted answers 404, a permanent error, so use a 503 first).
         let down = Mock::given(method("POST"))
             .respond_with(ResponseTemplate::new(503))
             .mount_as_scoped(&gh)
             .await;
-        run_job(
-            &hub,
-            "push",
-            "p",
-            fixture("push/with-new-branch.payload.json"),
-            "succeeded",
-            "",
-        )
-        .await;
-        eventually("a failed attempt", || async {
-            hub.metrics()
-                .await
-                .contains("dispatch_hub_reports_total{result=\"failed\"}")
-        })
-        .await;
+        run_job(&hub, "push", "p", fixture(PUSH), "succeeded", "").await;
+        hub.wait_for_metric("dispatch_hub_reports_total{result=\"failed\"}")
+            .await;
         hub.stop().await;
         drop(down);
         Mock::given(method("POST"))
-            .and(path("/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246"))
+            .and(path(PUSH_STATUS))
             .and(body_json(json!({"state": "success", "context": "dispatch/build", "description": "build: succeeded"})))
             .respond_with(ResponseTemplate::new(201))
             .expect(1)
             .mount(&gh)
             .await;
         hub.boot().await;
-        eventually("the status after restart", || async {
-            hub.metrics()
-                .await
-                .contains("dispatch_hub_reports_total{result=\"sent\"} 1")
-        })
-        .await;
+        hub.wait_for_metric(ONE_SENT).await;
         gh.verify().await;
     }
 
@@ -1074,19 +1024,11 @@ mod reporting {
     async fn no_token_means_no_report() {
         let gh = MockServer::start().await;
         let api = gh.uri();
-        let hub = TestHub::start_with(vec![binding(HELLO, "build", Trigger::Auto)], move |cfg| {
+        let hub = TestHub::start_with(vec![build(Trigger::Auto)], move |cfg| {
             cfg.github.api_url = api;
         })
         .await;
-        run_job(
-            &hub,
-            "push",
-            "n",
-            fixture("push/with-new-branch.payload.json"),
-            "succeeded",
-            "",
-        )
-        .await;
+        run_job(&hub, "push", "n", fixture(PUSH), "succeeded", "").await;
         // The finish has returned and committed; a report would have been queued in the same
         // transaction, and there is no reporter to send one.
         assert!(gh.received_requests().await.unwrap().is_empty());
@@ -1095,15 +1037,13 @@ mod reporting {
 }
 
 mod binary {
-    use std::process::Command;
+    use super::hub_bin;
 
     #[test]
     fn print_public_key_prints_the_signing_key() {
         let dir = tempfile::tempdir().unwrap();
         let run = || {
-            let out = Command::new(env!("CARGO_BIN_EXE_hub"))
-                .args(["print-public-key", "--data-dir"])
-                .arg(dir.path())
+            let out = hub_bin(&["print-public-key", "--data-dir"], dir.path())
                 .output()
                 .unwrap();
             assert!(
@@ -1119,11 +1059,12 @@ mod binary {
         let key = dispatch_protocol::token::parse_public_key(&first).unwrap();
         let signing = dispatch_hub::keys::load_or_create_signing_key(dir.path()).unwrap();
         assert_eq!(key, signing.verifying_key());
-        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["print-public-key", "--format", "base64", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let out = hub_bin(
+            &["print-public-key", "--format", "base64", "--data-dir"],
+            dir.path(),
+        )
+        .output()
+        .unwrap();
         let b64 = String::from_utf8(out.stdout).unwrap();
         assert_eq!(
             dispatch_protocol::token::parse_public_key(&b64).unwrap(),
@@ -1136,9 +1077,7 @@ mod binary {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:0\"\n").unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["serve", "--config"])
-            .arg(&path)
+        let out = hub_bin(&["serve", "--config"], &path)
             .env_remove("DISPATCH_HUB_WEBHOOK_SECRET")
             .output()
             .unwrap();
@@ -1151,11 +1090,7 @@ mod binary {
             "[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"never\"\n",
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = hub_bin(&["serve", "--config"], &path).output().unwrap();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("hub.toml") && err.contains("trigger"), "{err}");
@@ -1173,7 +1108,7 @@ mod cloud_client {
 
     #[tokio::test]
     async fn full_job_life_through_the_real_client() {
-        let hub = TestHub::start(vec![binding(HELLO, "build", Trigger::Auto)]).await;
+        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
         let client = CloudClient::new(ClientConfig::new(hub.base.clone(), "test")).unwrap();
         let act = client
             .activate(&ActivateRequest {
@@ -1211,9 +1146,7 @@ mod cloud_client {
             wait_seconds: 0,
         };
         assert!(client.pull_dispatch(&pull).await.unwrap().is_none());
-        let (_, answer) = hub
-            .webhook("push", "cc", fixture("push/with-new-branch.payload.json"))
-            .await;
+        let (_, answer) = hub.push("cc").await;
         let job = client.pull_dispatch(&pull).await.unwrap().unwrap();
         assert_eq!(job.id, ids(&answer)[0]);
         assert_eq!(job.git_ref, "refs/heads/master");
@@ -1303,9 +1236,7 @@ mod serve_process {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["serve", "--config"])
-            .arg(&path)
+        let mut child = hub_bin(&["serve", "--config"], &path)
             .env("DISPATCH_HUB_LOG", "trace")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1345,7 +1276,7 @@ mod serve_process {
             .await
             .unwrap();
             let secret = act["heartbeat_secret"].as_str().unwrap().to_owned();
-            let body = fixture("push/with-new-branch.payload.json");
+            let body = fixture(PUSH);
             let resp = http
                 .post(format!("{base}/webhooks/github"))
                 .header("X-GitHub-Event", "push")
