@@ -1,7 +1,8 @@
 //! The hub's webhook intake, end to end: a real hub (`Hub::start`, SQLite in a temp dir) on
 //! loopback gets each input as a `POST /webhooks/github` over a plain TCP connection. The hub's
-//! signature check, JSON parse and binding match are private (`api::signature_ok`,
-//! `matching::jobs_for_delivery`), so they are fuzzed through the HTTP surface.
+//! signature check (`dispatch_protocol::webhook_signature::verify`), JSON parse and binding match
+//! (`matching::jobs_for_delivery`) run inside the handler, so they are fuzzed through the HTTP
+//! surface.
 //!
 //! Input layout: byte 0 chooses the event (low 4 bits), the signature (bits 4–5: 0/1 = valid,
 //! 2 = wrong, 3 = none), bit 6 drops `X-GitHub-Delivery`, bit 7 sends the same delivery twice.

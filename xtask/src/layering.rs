@@ -120,7 +120,7 @@ impl fmt::Display for Violation {
             Violation::Unclassified { package } => write!(
                 f,
                 "workspace package `{package}` has no layer: add it to ROLES in xtask/src/layering.rs \
-                 and to the table in SPEC §1 / docs/architecture.md"
+                 and to the table in docs/architecture.md"
             ),
             Violation::Upward {
                 package,
