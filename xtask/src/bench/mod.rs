@@ -10,6 +10,7 @@ mod build;
 mod http;
 mod idle;
 mod latency;
+mod noise;
 mod procs;
 mod report;
 mod stats;
@@ -168,6 +169,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             artifacts: artifacts.clone(),
             work: work.join(group.name),
         };
+        metrics.extend(noise::rows(group.name, &context.work));
         metrics.extend(run_group(group, &context));
     }
     eprintln!("bench: done in {:.0}s", started.elapsed().as_secs_f64());
