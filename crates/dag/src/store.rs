@@ -1,7 +1,8 @@
 //! The stores: records and traits (`contract`), the file-backed implementations (one file each),
 //! and the bundle [`Stores`] that opens one of each.
 //!
-//! Imports run one way: `fsutil` and `contract` (leaves) ← `dags`, `runs`, `queue` ← this file.
+//! Imports run one way: `fsutil` and `contract` (leaves) ← `dags`, `runs`, `queue`, `retention`
+//! (which works through the traits) ← this file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +13,13 @@ mod contract;
 mod dags;
 mod fsutil;
 mod queue;
+mod retention;
 mod runs;
 
 pub use contract::*;
 pub use dags::FileDagStore;
 pub use queue::FileQueueStore;
+pub use retention::{prune_finished_runs, PruneReport, DEFAULT_HIST_RETENTION_DAYS};
 pub use runs::FileRunStore;
 
 /// One of each store, plus the in-process wake-up for the executor and the log directory.
