@@ -68,6 +68,27 @@ pub enum HubError {
         #[source]
         source: std::sync::Arc<rusqlite::Error>,
     },
+    /// The database was written by a newer hub: its schema has steps this hub does not know.
+    #[error(
+        "hub store schema version {version} is newer than this hub knows ({known}); run the newer hub or restore a backup"
+    )]
+    StoreTooNew {
+        /// `PRAGMA user_version` of the database.
+        version: i64,
+        /// The last version this hub knows.
+        known: i64,
+    },
+    /// A schema step failed; the database stays at the version before it.
+    #[error("failed to update the hub store schema to version {version} ({step})")]
+    Migrate {
+        /// What the step does.
+        step: &'static str,
+        /// The version it leads to.
+        version: i64,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The store's writer thread has stopped.
     #[error("hub store is closed")]
     StoreClosed,
@@ -79,6 +100,12 @@ pub enum HubError {
         /// The JSON error.
         #[source]
         source: serde_json::Error,
+    },
+    /// A queued job's delivery has no stored payload (the database was edited or is corrupt).
+    #[error("stored payload of job `{job_id}` is missing")]
+    MissingPayload {
+        /// The job id.
+        job_id: String,
     },
     /// A hub task (a blocking store call or the server) panicked or was cancelled.
     #[error("a hub task ended abnormally")]

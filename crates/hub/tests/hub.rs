@@ -38,6 +38,7 @@ fn config(data_dir: &Path, bindings: Vec<Binding>) -> HubConfig {
         lease: Duration::from_secs(60),
         mention: "@dispatch".into(),
         token_ttl: Duration::from_secs(3600),
+        ..HubConfig::default()
     }
 }
 

@@ -23,7 +23,7 @@ pub(crate) const MAX_JOB_ANSWER_BYTES: usize = 1024 * 1024;
 /// The result status the hub itself gives a job no scheduler can take.
 const REJECTED: &str = "rejected";
 
-/// The raw delivery all jobs of one webhook share, stored with each job byte for byte.
+/// The raw delivery all jobs of one webhook share, stored once (in `payloads`) byte for byte.
 pub(crate) struct RawDelivery {
     /// The body (outer whitespace trimmed: a JSON value cannot carry it).
     pub payload: String,
@@ -92,6 +92,7 @@ pub(super) fn record_delivery(
         });
     }
     let mut job_ids = Vec::with_capacity(jobs.len());
+    let mut queued = 0;
     for j in jobs {
         let job_json = serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
             job_id: j.job.id.clone(),
@@ -113,20 +114,20 @@ pub(super) fn record_delivery(
                 ),
             )
         } else {
+            queued += 1;
             (JobState::Queued, "", String::new())
         };
         tx.execute(
-            "INSERT INTO jobs (id, target_license, status_context, state, job_json, payload, headers,
+            "INSERT INTO jobs (id, target_license, status_context, state, job_json, delivery_id,
                                created_ms, updated_ms, result_status, result_summary)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
             params![
                 j.job.id,
                 j.target_license,
                 j.status_context,
                 state,
                 job_json,
-                raw.payload,
-                raw.headers,
+                delivery_id,
                 now_ms,
                 result_status,
                 result_summary
@@ -134,6 +135,15 @@ pub(super) fn record_delivery(
         )
         .map_err(HubError::store("insert a job"))?;
         job_ids.push(j.job.id.clone());
+    }
+    // One copy however many bindings matched, and none when no job will ever be pulled (all were
+    // too large, or nothing matched).
+    if queued > 0 {
+        tx.execute(
+            "INSERT INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
+            params![delivery_id, raw.payload, raw.headers],
+        )
+        .map_err(HubError::store("insert a payload"))?;
     }
     let ids_json = serde_json::to_string(&job_ids).unwrap_or_else(|_| "[]".to_owned());
     tx.execute(
@@ -186,11 +196,12 @@ pub(super) fn claim_next(
     lease_ms: i64,
 ) -> Result<Option<DispatchJob>, HubError> {
     expire_claims(tx, now_ms)?;
-    let row: Option<(i64, String, String, String)> = tx
+    let row: Option<(i64, String, Option<String>, Option<String>)> = tx
         .query_row(
-            "SELECT seq, job_json, payload, headers FROM jobs
-             WHERE state = ?1 AND (target_license = '' OR target_license = ?2)
-             ORDER BY seq LIMIT 1",
+            "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
+             LEFT JOIN payloads p ON p.delivery_id = j.delivery_id
+             WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
+             ORDER BY j.seq LIMIT 1",
             params![JobState::Queued, license_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -198,6 +209,11 @@ pub(super) fn claim_next(
         .map_err(HubError::store("select a queued job"))?;
     let Some((seq, job_json, payload, headers)) = row else {
         return Ok(None);
+    };
+    let (Some(payload), Some(headers)) = (payload, headers) else {
+        return Err(HubError::MissingPayload {
+            job_id: decode_job(&job_json).map(|j| j.id).unwrap_or_default(),
+        });
     };
     tx.execute(
         "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,

@@ -8,13 +8,17 @@
 //! write is fsynced — except lease claims, committed without their own fsync (see
 //! [`Store::claim_next`]).
 //!
-//! One file per job: [`state`] (the job states), [`writer`] (the group commit thread), [`jobs`]
+//! One file per job: [`schema`] (the tables and their versioned changes: add a schema change
+//! there), [`state`] (the job states), [`writer`] (the group commit thread), [`jobs`]
 //! (deliveries, claims, accept, finish), [`activations`], [`reports`]. Each table's rules live in
 //! its file as functions over a connection; this file opens the database and gives them one face.
+//! A delivery's payload and headers are stored once (table `payloads`), whatever number of jobs
+//! it made.
 
 mod activations;
 mod jobs;
 mod reports;
+mod schema;
 mod state;
 mod writer;
 
@@ -32,52 +36,6 @@ pub(crate) use activations::Activation;
 pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
 pub(crate) use reports::PendingReport;
 pub(crate) use state::JobState;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    target_license TEXT NOT NULL,
-    status_context TEXT NOT NULL,
-    state TEXT NOT NULL,
-    claimed_license TEXT NOT NULL DEFAULT '',
-    claimed_by TEXT NOT NULL DEFAULT '',
-    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
-    claims INTEGER NOT NULL DEFAULT 0,
-    dag_run_id TEXT NOT NULL DEFAULT '',
-    result_status TEXT NOT NULL DEFAULT '',
-    result_summary TEXT NOT NULL DEFAULT '',
-    job_json TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
-CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id TEXT PRIMARY KEY,
-    event TEXT NOT NULL,
-    job_ids TEXT NOT NULL,
-    received_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS activations (
-    license_id TEXT NOT NULL,
-    server_id TEXT NOT NULL,
-    machine_name TEXT NOT NULL,
-    secret_sha256 TEXT NOT NULL,
-    activated_ms INTEGER NOT NULL,
-    PRIMARY KEY (license_id, server_id)
-);
-CREATE TABLE IF NOT EXISTS reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    body TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL,
-    last_error TEXT NOT NULL DEFAULT ''
-);
-";
 
 /// Wall-clock milliseconds since the Unix epoch, as the store keeps times (SQLite integers are
 /// signed). Leases and report times are stored in it, so they keep their meaning across restarts.
@@ -104,9 +62,8 @@ pub(crate) struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, HubError> {
-        let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA)
-            .map_err(HubError::store("create the schema"))?;
+        let mut conn = open_connection(path)?;
+        schema::migrate(&mut conn)?;
         let reader = open_connection(path)?;
         Ok(Store {
             writer: Writer::start(conn, path)?,

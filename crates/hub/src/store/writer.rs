@@ -23,6 +23,10 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, HubError> {
     let conn = Connection::open(path).map_err(HubError::store("open the database"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(HubError::store("set the busy timeout"))?;
+    // Only a database without tables takes this at once (switching WAL on first would already
+    // count as content); an older one is switched by a schema step's `VACUUM`.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(HubError::store("set incremental auto-vacuum"))?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(HubError::store("enable WAL mode"))?;
     conn.pragma_update(None, "synchronous", "FULL")

@@ -1,0 +1,297 @@
+//! The schema and its versions. `PRAGMA user_version` counts the [`STEPS`] a database has been
+//! through; [`migrate`] runs the missing ones in order when the store opens.
+//!
+//! To change the schema, append a [`Step`] to [`STEPS`] (never edit, reorder or remove one that
+//! has shipped: a database records only how many steps it took). A step runs inside a
+//! `BEGIN IMMEDIATE` transaction together with the `user_version` bump, so it happens once even
+//! when several hub processes open the file at the same time; write it so it also works on a
+//! brand-new database, which goes through every step. The previous release made its tables
+//! without a version (0): step 1 is exactly its schema, `IF NOT EXISTS`.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::HubError;
+
+/// One schema change.
+pub(super) struct Step {
+    /// What it does, for errors and logs.
+    pub name: &'static str,
+    /// The change. Runs inside the step's transaction unless [`Step::outside_transaction`].
+    pub apply: fn(&Connection) -> rusqlite::Result<()>,
+    /// For `VACUUM`, which cannot run inside a transaction. Such a step must be idempotent: two
+    /// processes may both run it before one records it.
+    pub outside_transaction: bool,
+}
+
+/// Every schema change since the first release, oldest first. Step `n` (1-based) brings a
+/// database to `user_version = n`.
+pub(super) const STEPS: &[Step] = &[
+    Step {
+        name: "create the first release's tables",
+        apply: first_release,
+        outside_transaction: false,
+    },
+    Step {
+        name: "store each delivery's payload once",
+        apply: payload_per_delivery,
+        outside_transaction: false,
+    },
+    Step {
+        name: "track when servers were last seen and which are revoked",
+        apply: server_tracking,
+        outside_transaction: false,
+    },
+    Step {
+        name: "turn on incremental auto-vacuum",
+        apply: incremental_auto_vacuum,
+        outside_transaction: true,
+    },
+];
+
+/// Brings the database up to the last step. A database from a newer hub (more steps than this
+/// one knows) is refused rather than used with a schema this code does not understand.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
+    let known = STEPS.len() as i64;
+    let found = version(conn)?;
+    if found > known {
+        return Err(HubError::StoreTooNew {
+            version: found,
+            known,
+        });
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
+        let target = i as i64 + 1;
+        let failed = |source| HubError::Migrate {
+            step: step.name,
+            version: target,
+            source,
+        };
+        if step.outside_transaction {
+            (step.apply)(conn).map_err(failed)?;
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        // Another process may have taken this step while we waited for the write lock.
+        if version(&tx)? >= target {
+            continue;
+        }
+        if !step.outside_transaction {
+            (step.apply)(&tx).map_err(failed)?;
+        }
+        tx.pragma_update(None, "user_version", target)
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        tracing::info!(version = target, step = step.name, "hub store schema updated");
+    }
+    Ok(())
+}
+
+fn version(conn: &Connection) -> Result<i64, HubError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(HubError::store("read the schema version"))
+}
+
+fn first_release(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    target_license TEXT NOT NULL,
+    status_context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    claimed_license TEXT NOT NULL DEFAULT '',
+    claimed_by TEXT NOT NULL DEFAULT '',
+    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
+    dag_run_id TEXT NOT NULL DEFAULT '',
+    result_status TEXT NOT NULL DEFAULT '',
+    result_summary TEXT NOT NULL DEFAULT '',
+    job_json TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    job_ids TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    license_id TEXT NOT NULL,
+    server_id TEXT NOT NULL,
+    machine_name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    activated_ms INTEGER NOT NULL,
+    PRIMARY KEY (license_id, server_id)
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+",
+    )
+}
+
+/// Each matching binding used to store its own copy of the payload and headers (one 20 MiB push
+/// on two bindings: two copies). Now one `payloads` row per delivery, which its jobs name by
+/// `delivery_id`. Existing jobs are moved over: all jobs of one delivery carried the same
+/// payload, and a job whose record names no delivery gets a key of its own. The indexes serve
+/// the retention pass (finished jobs by age, what still references a delivery).
+fn payload_per_delivery(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE payloads (
+    delivery_id TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN delivery_id TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET delivery_id = COALESCE(
+    NULLIF(CASE WHEN json_valid(job_json) THEN json_extract(job_json, '$.delivery_id') END, ''),
+    'job:' || id);
+INSERT OR IGNORE INTO payloads (delivery_id, payload, headers)
+    SELECT delivery_id, payload, headers FROM jobs ORDER BY seq;
+ALTER TABLE jobs DROP COLUMN payload;
+ALTER TABLE jobs DROP COLUMN headers;
+CREATE INDEX jobs_by_delivery ON jobs(delivery_id);
+CREATE INDEX jobs_by_state_age ON jobs(state, updated_ms);
+CREATE INDEX deliveries_by_age ON deliveries(received_ms);
+CREATE INDEX reports_by_job ON reports(job_id);
+",
+    )
+}
+
+/// Servers are listed and revoked by id; an activation not seen for a while expires.
+fn server_tracking(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE activations ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE activations ADD COLUMN revoked_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE activations SET last_seen_ms = activated_ms;
+CREATE INDEX activations_by_server ON activations(server_id);
+",
+    )
+}
+
+/// Freed pages go back to the file system only in `INCREMENTAL` (or `FULL`) auto-vacuum mode; a
+/// database made without it needs one `VACUUM` to switch (a new one is switched when it is
+/// opened, before it has tables, and skips the `VACUUM`).
+fn incremental_auto_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode != INCREMENTAL {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, Transition};
+
+    /// A database exactly as the previous release left it: its tables, no `user_version`, two
+    /// jobs of one delivery (each with its own copy of the payload) and one job whose record
+    /// names no delivery.
+    fn previous_release_database(path: &std::path::Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        first_release(&conn).unwrap();
+        let job = |seq: i64, id: &str, delivery: &str, payload: &str| {
+            let job_json = if delivery.is_empty() {
+                format!(r#"{{"id":"{id}","dag_name":"d"}}"#)
+            } else {
+                format!(r#"{{"id":"{id}","dag_name":"d","delivery_id":"{delivery}"}}"#)
+            };
+            conn.execute(
+                "INSERT INTO jobs (seq, id, target_license, status_context, state, job_json, payload,
+                                   headers, created_ms, updated_ms)
+                 VALUES (?1, ?2, '', 'dispatch/d', 'queued', ?3, ?4, '{\"h\":[\"1\"]}', 5, 5)",
+                rusqlite::params![seq, id, job_json, payload],
+            )
+            .unwrap();
+        };
+        job(1, "j1", "d1", "{ \"a\" :  1 }");
+        job(2, "j2", "d1", "{ \"a\" :  1 }");
+        job(3, "j3", "", "[1,  2]");
+        conn.execute(
+            "INSERT INTO activations VALUES ('lic', 'srv', 'box', 'hash', 77)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_previous_release_database_is_migrated_and_answers_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite3");
+        previous_release_database(&path);
+        let store = Store::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(one("PRAGMA user_version"), STEPS.len() as i64);
+        assert_eq!(one("PRAGMA auto_vacuum"), 2, "incremental");
+        assert_eq!(one("SELECT COUNT(*) FROM payloads"), 2, "one per delivery");
+        assert_eq!(
+            one("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name IN ('payload', 'headers')"),
+            0,
+            "the per-job copies are gone"
+        );
+        assert_eq!(
+            one("SELECT last_seen_ms FROM activations WHERE server_id = 'srv'"),
+            77
+        );
+        // The pull answer carries the stored text byte for byte, as before.
+        let mut got = Vec::new();
+        while let Some(job) = store.claim_next("lic", "srv", 10, 1000).unwrap() {
+            got.push((job.id, job.payload.unwrap().get().to_owned()));
+        }
+        assert_eq!(
+            got,
+            [
+                ("j1".to_owned(), "{ \"a\" :  1 }".to_owned()),
+                ("j2".to_owned(), "{ \"a\" :  1 }".to_owned()),
+                ("j3".to_owned(), "[1,  2]".to_owned()),
+            ]
+        );
+        let caller = crate::store::Caller {
+            license_id: "lic",
+            server_id: "srv",
+        };
+        assert_eq!(
+            store.accept("j3", caller, "r", 11).unwrap(),
+            Transition::Done
+        );
+        drop(store);
+        // Opening again runs no step twice.
+        Store::open(&path).unwrap();
+        assert_eq!(one("PRAGMA user_version"), STEPS.len() as i64);
+    }
+
+    #[test]
+    fn a_new_database_gets_every_step_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite3");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(one("PRAGMA user_version"), STEPS.len() as i64);
+        assert_eq!(one("PRAGMA auto_vacuum"), 2);
+        conn.pragma_update(None, "user_version", STEPS.len() as i64 + 1)
+            .unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, HubError::StoreTooNew { .. }), "{err}");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
