@@ -518,8 +518,26 @@ async fn finish(
     transition_response(t, &id)
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let jobs = blocking(&st.store, |s| s.job_counts()).await?;
+async fn metrics(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !crate::metrics::scrape_allowed(st.cfg.metrics_token.as_ref(), authorization) {
+        let mut answer = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "metrics need `Authorization: Bearer <metrics_token>`",
+        )
+        .into_response();
+        answer.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(answer);
+    }
+    let jobs = st.store.job_counts();
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

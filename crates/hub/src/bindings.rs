@@ -135,10 +135,8 @@ pub fn load_bindings(path: &Path) -> Result<Vec<Binding>, HubError> {
         path: path.to_owned(),
         source,
     })?;
-    let file: BindingsFile = toml::from_str(&text).map_err(|source| HubError::ParseConfig {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file: BindingsFile =
+        toml::from_str(&text).map_err(|e| HubError::parse_config(path, &text, &e))?;
     validate_bindings(file.binding, &path.display().to_string())
 }
 
@@ -320,10 +318,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Binding>, HubError> {
-        let file: BindingsFile = toml::from_str(text).map_err(|source| HubError::ParseConfig {
-            path: "t.toml".into(),
-            source,
-        })?;
+        let file: BindingsFile = toml::from_str(text)
+            .map_err(|e| HubError::parse_config(Path::new("t.toml"), text, &e))?;
         validate_bindings(file.binding, "t.toml")
     }
 
@@ -389,11 +385,11 @@ mod tests {
             "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"sometimes\"",
         ] {
             let err = parse(&format!("[[binding]]\n{body}\n")).unwrap_err();
-            let HubError::ParseConfig { source, .. } = &err else {
+            let HubError::ParseConfig { message: msg, .. } = &err else {
                 panic!("expected a parse error, got {err}")
             };
-            let msg = source.to_string();
-            assert!(msg.contains("brnch") || msg.contains("sometimes"), "{msg}");
+            assert!(msg.contains("brnch") || msg.contains("`trigger`"), "{msg}");
+            assert!(!msg.contains("sometimes"), "the value is not quoted: {msg}");
         }
     }
 

@@ -9,6 +9,9 @@
 //! lease_seconds = 60
 //! token_ttl_seconds = 604800
 //! bindings_file = "bindings.toml"    # relative to this file; added to inline [[binding]] tables
+//! retention_days = 30                # finished jobs (and their payloads) older than this are pruned
+//! activation_expiry_days = 30        # a server not seen for this long must activate again
+//! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
 //!
 //! [[license]]
 //! id = "team"
@@ -85,6 +88,14 @@ pub struct HubConfig {
     pub licenses: Vec<LicenseKey>,
     /// GitHub reporting.
     pub github: GithubConfig,
+    /// Finished jobs older than this (by finish time) are deleted with their payloads and
+    /// reports; deliveries that made no job go after as long (default 30 days, at least 1 day).
+    pub retention: Duration,
+    /// An activation whose server has not pulled or heartbeated for this long expires: the
+    /// server must activate again (default 30 days, at least 1 day).
+    pub activation_expiry: Duration,
+    /// When set, `GET /metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
     /// How long a claim may stay unaccepted before the job goes back to the queue (default 60 s).
     pub lease: Duration,
     /// The comment mention (default `@dispatch`).
@@ -102,6 +113,9 @@ impl Default for HubConfig {
             bindings: Vec::new(),
             licenses: Vec::new(),
             github: GithubConfig::default(),
+            retention: days(30),
+            activation_expiry: days(30),
+            metrics_token: None,
             lease: Duration::from_secs(60),
             mention: "@dispatch".to_owned(),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -129,6 +143,21 @@ impl HubConfig {
         }
         if self.lease.is_zero() {
             return Err(HubError::setting(ORIGIN, "lease", "must be positive"));
+        }
+        for (setting, value) in [
+            ("retention_days", self.retention),
+            ("activation_expiry_days", self.activation_expiry),
+        ] {
+            if !(days(1)..=days(MAX_DAYS)).contains(&value) {
+                return Err(HubError::setting(
+                    ORIGIN,
+                    setting,
+                    format!("must be between 1 and {MAX_DAYS} days"),
+                ));
+            }
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.is_empty()) {
+            self.metrics_token = None;
         }
         if self.token_ttl < Duration::from_secs(60) {
             return Err(HubError::setting(
@@ -191,6 +220,9 @@ struct HubFile {
     lease_seconds: Option<u64>,
     token_ttl_seconds: Option<u64>,
     bindings_file: Option<PathBuf>,
+    retention_days: Option<u64>,
+    activation_expiry_days: Option<u64>,
+    metrics_token: Option<Secret>,
     #[serde(default)]
     license: Vec<LicenseKey>,
     github: Option<GithubFile>,
@@ -205,6 +237,15 @@ struct GithubFile {
     token: Option<Secret>,
 }
 
+/// Longest retention or activation expiry: a century keeps millisecond arithmetic far from
+/// overflowing.
+pub const MAX_DAYS: u64 = 36_500;
+
+/// `n` days (saturating, so an absurd value is caught by validation, not by an overflow).
+pub fn days(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(24 * 3600))
+}
+
 /// Reads `hub.toml`. Relative paths are resolved against the file's directory. The webhook secret
 /// may be left out here and supplied by the binary (it is checked when the hub starts).
 pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
@@ -212,10 +253,8 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         path: path.to_owned(),
         source,
     })?;
-    let file: HubFile = toml::from_str(&text).map_err(|source| HubError::ParseConfig {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file: HubFile =
+        toml::from_str(&text).map_err(|e| HubError::parse_config(path, &text, &e))?;
     let origin = path.display().to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     let defaults = HubConfig::default();
@@ -247,6 +286,11 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         bindings,
         licenses: file.license,
         github,
+        retention: file.retention_days.map_or(defaults.retention, days),
+        activation_expiry: file
+            .activation_expiry_days
+            .map_or(defaults.activation_expiry, days),
+        metrics_token: file.metrics_token.filter(|t| !t.is_empty()),
         lease: file
             .lease_seconds
             .map_or(defaults.lease, Duration::from_secs),
@@ -306,10 +350,46 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let err = load_hub_config(&path).unwrap_err();
         assert!(err.is_config());
-        let HubError::ParseConfig { source, .. } = err else {
+        let HubError::ParseConfig { message, .. } = err else {
             panic!("parse error expected")
         };
-        assert!(source.to_string().contains("lisen"));
+        assert!(message.contains("lisen"), "{message}");
+    }
+
+    /// `toml`'s own messages quote the offending line; the hub's never do, whatever the shape of
+    /// the mistake next to a secret.
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        const CANARY: &str = "CANARY-5e3b1";
+        let dir = tempfile::tempdir().unwrap();
+        let hub_toml = dir.path().join("hub.toml");
+        let shapes = [
+            format!("webhook_secret = \"{CANARY}\nlisten = \"127.0.0.1:0\"\n"),
+            format!("webhook_secret = {CANARY}\n"),
+            format!("webhook_secret = \"{CANARY}\" trailing\n"),
+            format!("webhook_secret = \"{CANARY}\"\nwebhook_secret = \"{CANARY}\"\n"),
+            format!("webhook_secret = '''{CANARY}\n"),
+            format!("metrics_token = [\"{CANARY}\"]\n"),
+            format!("[[license]]\nid = \"l\"\nkey = \"{CANARY}\"\nplan = 5\n"),
+            format!("[[license]]\nid = \"l\"\nkey = \"{CANARY}\"\nkye = \"{CANARY}\"\n"),
+            format!("[github]\ntoken = {{ value = \"{CANARY}\" }}\n"),
+            format!("[github]\ntoken = \"{CANARY}\"\n[github]\n"),
+        ];
+        for (i, text) in shapes.iter().enumerate() {
+            // The same text as hub.toml, and after a binding in a bindings file.
+            std::fs::write(&hub_toml, text).unwrap();
+            let direct = load_hub_config(&hub_toml).unwrap_err();
+            let bindings = dir.path().join(format!("b{i}.toml"));
+            let binding = "[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"auto\"\n";
+            std::fs::write(&bindings, format!("{binding}{text}")).unwrap();
+            let via_bindings = crate::bindings::load_bindings(&bindings).unwrap_err();
+            for err in [direct, via_bindings] {
+                assert!(matches!(err, HubError::ParseConfig { .. }), "{text}: {err}");
+                let shown = format!("{} / {err:?}", dispatch_util::error_chain(&err));
+                assert!(!shown.contains(CANARY), "{text}: a secret leaked: {shown}");
+                assert!(shown.contains("line "), "{text}: no position in {shown}");
+            }
+        }
     }
 
     fn cfg() -> HubConfig {

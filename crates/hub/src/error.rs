@@ -19,13 +19,13 @@ pub enum HubError {
         source: std::io::Error,
     },
     /// A config or bindings file is not valid TOML or has an unknown or mistyped field.
-    #[error("invalid config file `{path}`")]
+    #[error("invalid config file `{path}`: {message}")]
     ParseConfig {
         /// The file.
         path: PathBuf,
-        /// The TOML error (names the field and line).
-        #[source]
-        source: toml::de::Error,
+        /// Line, column, key and reason, never the file's text: `toml`'s own message quotes the
+        /// offending line, which may hold the webhook secret or a license key.
+        message: String,
     },
     /// A setting has a value the hub cannot use.
     #[error("invalid setting `{setting}` in {origin}: {reason}")]
@@ -148,6 +148,14 @@ impl HubError {
             origin: origin.into(),
             setting: setting.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// A TOML error in the file at `path` whose text is `text`, without quoting the text.
+    pub(crate) fn parse_config(path: &std::path::Path, text: &str, err: &toml::de::Error) -> Self {
+        HubError::ParseConfig {
+            path: path.to_owned(),
+            message: dispatch_util::describe_parse_error(text, err.message(), err.span()),
         }
     }
 

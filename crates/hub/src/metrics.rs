@@ -1,9 +1,13 @@
-//! Counters exposed on `GET /metrics` in the Prometheus text format.
+//! Counters exposed on `GET /metrics` in the Prometheus text format, and the bearer token that
+//! may guard the page.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use dispatch_protocol::Secret;
 use dispatch_util::prometheus::{Kind, Text};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::store::JobState;
 
@@ -21,7 +25,7 @@ pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
 pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
 /// Finish calls by outcome (`done`, `repeated`, `not_found`, `conflict`).
 pub(crate) const FINISHES: &str = "dispatch_hub_finishes_total";
-/// Jobs in the store by state (a gauge, read from the store on each scrape).
+/// Jobs in the store by state (a gauge the store keeps as jobs change; no query per scrape).
 const JOBS: &str = "dispatch_hub_jobs";
 
 const HELP: [(&str, &str, &str); 4] = [
@@ -68,9 +72,42 @@ impl Metrics {
     }
 }
 
+/// Whether an `Authorization` header value lets a scraper in: anything goes without a token;
+/// with one, exactly `Bearer <token>`. The comparison runs over digests, so its time reveals
+/// neither where a guess goes wrong nor the token's length.
+pub(crate) fn scrape_allowed(token: Option<&Secret>, authorization: Option<&[u8]>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = Sha256::digest(token.expose().as_bytes());
+    Sha256::digest(presented).ct_eq(&want).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrapes_need_the_exact_bearer_token_when_one_is_set() {
+        assert!(scrape_allowed(None, None));
+        assert!(scrape_allowed(None, Some(b"Bearer whatever")));
+        let token = Secret::new("s3cret");
+        let t = Some(&token);
+        assert!(scrape_allowed(t, Some(b"Bearer s3cret")));
+        for wrong in [
+            &b""[..],
+            b"s3cret",
+            b"Bearer ",
+            b"Bearer s3cre",
+            b"Bearer s3cret ",
+            b"bearer s3cret",
+            b"Basic s3cret",
+        ] {
+            assert!(!scrape_allowed(t, Some(wrong)), "{wrong:?}");
+        }
+        assert!(!scrape_allowed(t, None));
+    }
 
     #[test]
     fn renders_counters_and_all_job_states() {

@@ -1340,3 +1340,6 @@ mod serve_process {
         assert!(dir.path().join("data/hub_ed25519.key").exists());
     }
 }
+
+#[path = "hub/storage.rs"]
+mod storage;

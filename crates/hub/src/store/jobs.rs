@@ -8,6 +8,7 @@ use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
+use super::gauges::Tally;
 use super::reports;
 use super::state::JobState;
 use crate::error::HubError;
@@ -72,6 +73,7 @@ pub(super) fn record_delivery(
     jobs: &[NewJob],
     raw: &RawDelivery,
     now_ms: i64,
+    tally: &mut Tally,
 ) -> Result<DeliveryOutcome, HubError> {
     let existing: Option<String> = tx
         .query_row(
@@ -134,6 +136,7 @@ pub(super) fn record_delivery(
             ],
         )
         .map_err(HubError::store("insert a job"))?;
+        tally.added(state, 1);
         job_ids.push(j.job.id.clone());
     }
     // One copy however many bindings matched, and none when no job will ever be pulled (all were
@@ -160,7 +163,11 @@ pub(super) fn record_delivery(
 /// Expired claims go back to the queue, keeping `claimed_by` so the last claimant can still
 /// accept if nobody else has taken the job meanwhile; after [`MAX_CLAIMS`] they are finished as
 /// `rejected` instead. Returns how many jobs changed.
-pub(super) fn expire_claims(conn: &Connection, now_ms: i64) -> Result<usize, HubError> {
+pub(super) fn expire_claims(
+    conn: &Connection,
+    now_ms: i64,
+    tally: &mut Tally,
+) -> Result<usize, HubError> {
     let rejected = conn
         .execute(
             "UPDATE jobs SET state = ?1, result_status = ?5,
@@ -170,6 +177,7 @@ pub(super) fn expire_claims(conn: &Connection, now_ms: i64) -> Result<usize, Hub
             params![JobState::Finished, now_ms, JobState::Claimed, MAX_CLAIMS, REJECTED],
         )
         .map_err(HubError::store("reject jobs nobody accepts"))?;
+    tally.moved(JobState::Claimed, JobState::Finished, rejected);
     if rejected > 0 {
         tracing::warn!(
             jobs = rejected,
@@ -184,6 +192,7 @@ pub(super) fn expire_claims(conn: &Connection, now_ms: i64) -> Result<usize, Hub
             params![JobState::Queued, now_ms, JobState::Claimed],
         )
         .map_err(HubError::store("requeue expired claims"))?;
+    tally.moved(JobState::Claimed, JobState::Queued, requeued);
     Ok(rejected + requeued)
 }
 
@@ -194,8 +203,9 @@ pub(super) fn claim_next(
     server_id: &str,
     now_ms: i64,
     lease_ms: i64,
+    tally: &mut Tally,
 ) -> Result<Option<DispatchJob>, HubError> {
-    expire_claims(tx, now_ms)?;
+    expire_claims(tx, now_ms, tally)?;
     let row: Option<(i64, String, Option<String>, Option<String>)> = tx
         .query_row(
             "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
@@ -229,6 +239,7 @@ pub(super) fn claim_next(
         ],
     )
     .map_err(HubError::store("claim a job"))?;
+    tally.moved(JobState::Queued, JobState::Claimed, 1);
     let mut job = decode_job(&job_json)?;
     job.payload = Some(raw(&job.id, payload)?);
     job.headers = Some(raw(&job.id, headers)?);
@@ -261,6 +272,7 @@ pub(super) fn accept(
     caller: Caller<'_>,
     dag_run_id: &str,
     now_ms: i64,
+    tally: &mut Tally,
 ) -> Result<Transition, HubError> {
     let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
         return Ok(Transition::NotFound);
@@ -289,12 +301,14 @@ pub(super) fn accept(
             ],
         )
         .map_err(HubError::store("accept a job"))?;
+        tally.moved(row.state, JobState::Accepted, 1);
     }
     Ok(outcome)
 }
 
 /// Finish: claimed or accepted by this server → finished, and the reports `reports_for` builds are
 /// queued in the same transaction.
+#[allow(clippy::too_many_arguments)] // Each is a different thing; a struct would only rename them.
 pub(super) fn finish(
     tx: &Connection,
     job_id: &str,
@@ -303,6 +317,7 @@ pub(super) fn finish(
     result_summary: &str,
     now_ms: i64,
     reports_for: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
+    tally: &mut Tally,
 ) -> Result<Transition, HubError> {
     let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
         return Ok(Transition::NotFound);
@@ -333,6 +348,7 @@ pub(super) fn finish(
         ],
     )
     .map_err(HubError::store("finish a job"))?;
+    tally.moved(row.state, JobState::Finished, 1);
     let finished = FinishedJob {
         job: decode_job(&row.job_json)?,
         status_context: row.status_context,
@@ -343,7 +359,7 @@ pub(super) fn finish(
     Ok(Transition::Done)
 }
 
-/// Number of jobs per state, for the metrics page.
+/// Number of jobs per state: counted once at start (see [`super::gauges`]).
 pub(super) fn counts(conn: &Connection) -> Result<Vec<(JobState, i64)>, HubError> {
     let mut stmt = conn
         .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")

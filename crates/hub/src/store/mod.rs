@@ -16,6 +16,7 @@
 //! it made.
 
 mod activations;
+mod gauges;
 mod jobs;
 mod reports;
 mod schema;
@@ -30,6 +31,7 @@ use rusqlite::Connection;
 
 use crate::error::HubError;
 use crate::matching::NewJob;
+use gauges::{JobGauges, Tally};
 use writer::{open_connection, Durability, Writer};
 
 pub(crate) use activations::Activation;
@@ -54,10 +56,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(HubError::Task)?
 }
 
-/// The store: the writer thread for every write, plus a read connection for lookups.
+/// The store: the writer thread for every write, plus a read connection for lookups, and the
+/// job gauges.
 pub(crate) struct Store {
     writer: Writer,
     reader: Mutex<Connection>,
+    gauges: JobGauges,
 }
 
 impl Store {
@@ -65,9 +69,11 @@ impl Store {
         let mut conn = open_connection(path)?;
         schema::migrate(&mut conn)?;
         let reader = open_connection(path)?;
+        let gauges = JobGauges::starting_at(&jobs::counts(&reader)?);
         Ok(Store {
             writer: Writer::start(conn, path)?,
             reader: Mutex::new(reader),
+            gauges,
         })
     }
 
@@ -77,6 +83,21 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         self.writer.write(Durability::Full, f)
+    }
+
+    /// [`Store::write`] for writes that insert, delete or move jobs: what `f` records in its
+    /// [`Tally`] reaches the gauges once the write has committed.
+    fn write_counted<T: Send + 'static>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&Connection, &mut Tally) -> Result<T, HubError> + Send + 'static,
+    ) -> Result<T, HubError> {
+        let (value, tally) = self.writer.write(durability, move |conn| {
+            let mut tally = Tally::default();
+            f(conn, &mut tally).map(|value| (value, tally))
+        })?;
+        self.gauges.apply(&tally);
+        Ok(value)
     }
 
     fn read(&self) -> MutexGuard<'_, Connection> {
@@ -96,14 +117,16 @@ impl Store {
         now_ms: i64,
     ) -> Result<DeliveryOutcome, HubError> {
         let (delivery_id, event) = (delivery_id.to_owned(), event.to_owned());
-        self.write(move |tx| jobs::record_delivery(tx, &delivery_id, &event, &jobs, &raw, now_ms))
+        self.write_counted(Durability::Full, move |tx, tally| {
+            jobs::record_delivery(tx, &delivery_id, &event, &jobs, &raw, now_ms, tally)
+        })
     }
 
     /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
     /// [`jobs::MAX_CLAIMS`]); returns how many jobs changed.
     pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
-        self.writer.write(Durability::Revocable, move |conn| {
-            jobs::expire_claims(conn, now_ms)
+        self.write_counted(Durability::Revocable, move |conn, tally| {
+            jobs::expire_claims(conn, now_ms, tally)
         })
     }
 
@@ -122,8 +145,8 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Option<DispatchJob>, HubError> {
         let (license_id, server_id) = (license_id.to_owned(), server_id.to_owned());
-        self.writer.write(Durability::Revocable, move |tx| {
-            jobs::claim_next(tx, &license_id, &server_id, now_ms, lease_ms)
+        self.write_counted(Durability::Revocable, move |tx, tally| {
+            jobs::claim_next(tx, &license_id, &server_id, now_ms, lease_ms, tally)
         })
     }
 
@@ -147,12 +170,12 @@ impl Store {
             caller.server_id.to_owned(),
             dag_run_id.to_owned(),
         );
-        self.write(move |tx| {
+        self.write_counted(Durability::Full, move |tx, tally| {
             let caller = Caller {
                 license_id: &license_id,
                 server_id: &server_id,
             };
-            jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms)
+            jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms, tally)
         })
     }
 
@@ -174,7 +197,7 @@ impl Store {
             result_status.to_owned(),
             result_summary.to_owned(),
         );
-        self.write(move |tx| {
+        self.write_counted(Durability::Full, move |tx, tally| {
             let caller = Caller {
                 license_id: &license_id,
                 server_id: &server_id,
@@ -187,13 +210,15 @@ impl Store {
                 &result_summary,
                 now_ms,
                 reports,
+                tally,
             )
         })
     }
 
-    /// Number of jobs per state (states without jobs are left out).
-    pub fn job_counts(&self) -> Result<Vec<(JobState, i64)>, HubError> {
-        jobs::counts(&self.read())
+    /// Number of jobs per state, every state in [`JobState::ALL`] order, from the gauges: no
+    /// query.
+    pub fn job_counts(&self) -> Vec<(JobState, i64)> {
+        self.gauges.snapshot()
     }
 
     /// Records an activation, replacing an earlier one of the same server.
@@ -456,10 +481,62 @@ mod tests {
         other
             .execute("UPDATE jobs SET state = 'paused' WHERE id = 'j1'", [])
             .unwrap();
-        let err = s.job_counts().unwrap_err();
-        let chain = dispatch_util::error_chain(&err);
-        assert!(chain.contains("unknown job state `paused`"), "{chain}");
         let err = s.accept("j1", who("l", "a"), "r", 1).unwrap_err();
         assert!(matches!(err, HubError::Store { .. }), "{err}");
+        drop(s);
+        // Counting the gauges at start reads every state word.
+        let err = Store::open(&dir.path().join("hub.sqlite3")).err().unwrap();
+        let chain = dispatch_util::error_chain(&err);
+        assert!(chain.contains("unknown job state `paused`"), "{chain}");
+    }
+
+    /// The gauges against a real count, after every kind of change.
+    #[test]
+    fn gauges_follow_every_transition_without_counting_rows() {
+        let (_d, s) = store();
+        let check = |s: &Store, when: &str| {
+            let mut counted = jobs::counts(&s.read()).unwrap();
+            for state in JobState::ALL {
+                if !counted.iter().any(|(st, _)| *st == state) {
+                    counted.push((state, 0));
+                }
+            }
+            counted.sort();
+            let mut kept = s.job_counts();
+            kept.sort();
+            assert_eq!(kept, counted, "after {when}");
+        };
+        let big = RawDelivery {
+            payload: format!("\"{}\"", "x".repeat(jobs::MAX_JOB_ANSWER_BYTES)),
+            headers: "{}".into(),
+        };
+        s.record_delivery("big", "push", vec![new_job("too-big", "")], big, 1)
+            .unwrap();
+        check(&s, "a job rejected at intake");
+        let four: Vec<NewJob> = (0..4).map(|i| new_job(&format!("j{i}"), "")).collect();
+        add(&s, "d1", &four);
+        add(&s, "d1", &four);
+        check(&s, "a delivery and its redelivery");
+        s.claim_next("l", "a", 0, 10).unwrap().unwrap();
+        s.claim_next("l", "a", 0, 10).unwrap().unwrap();
+        check(&s, "claims");
+        s.accept("j0", who("l", "a"), "r", 1).unwrap();
+        s.accept("j0", who("l", "a"), "r", 1).unwrap();
+        check(&s, "an accept, repeated");
+        s.requeue_expired(10).unwrap();
+        check(&s, "a requeue");
+        s.finish("j0", who("l", "a"), "failed", "", 11, |_| Vec::new())
+            .unwrap();
+        s.finish("j0", who("l", "a"), "failed", "", 11, |_| Vec::new())
+            .unwrap();
+        check(&s, "a finish, repeated");
+        for i in 0..MAX_CLAIMS {
+            s.claim_next("l", "b", 100 + i * 100, 50).unwrap();
+        }
+        s.requeue_expired(10_000).unwrap();
+        check(&s, "claims nobody accepted");
+        let failed = s.accept("no-such-job", who("l", "a"), "r", 1).unwrap();
+        assert_eq!(failed, Transition::NotFound);
+        check(&s, "an accept that changed nothing");
     }
 }

@@ -82,7 +82,11 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
         tx.pragma_update(None, "user_version", target)
             .map_err(failed)?;
         tx.commit().map_err(failed)?;
-        tracing::info!(version = target, step = step.name, "hub store schema updated");
+        tracing::info!(
+            version = target,
+            step = step.name,
+            "hub store schema updated"
+        );
     }
     Ok(())
 }
