@@ -75,3 +75,16 @@ pub struct DagError {
     /// What is wrong, naming the key (e.g. "unknown key `stpes`").
     pub message: String,
 }
+
+/// Every error of one DAG file, in the order the loader found them (the first is usually the
+/// cause of the others). Display puts one error per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct DagErrors(pub Vec<DagError>);
+
+impl DagErrors {
+    /// The first error (the one [`crate::load_dag_file`] returns).
+    pub fn into_first(self) -> Option<DagError> {
+        self.0.into_iter().next()
+    }
+}

@@ -61,12 +61,16 @@ mod loader;
 mod model;
 mod names;
 mod params;
+mod refs;
 mod status;
 mod store;
 mod yaml;
 
 pub use error::*;
-pub use loader::{load_dag_file, parse_dag, DEFAULT_MAX_CLEAN_UP_TIME_SEC};
+pub use loader::{
+    load_dag_file, load_dag_file_with, parse_dag, parse_dag_with, validate_dag_file, LoadOptions,
+    DEFAULT_MAX_CLEAN_UP_TIME_SEC,
+};
 pub use model::*;
 pub use names::{validate_dag_name, validate_run_id, MAX_DAG_NAME_LEN, MAX_RUN_ID_LEN};
 pub use params::{merge_params, resolve_params};

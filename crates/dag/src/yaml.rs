@@ -73,6 +73,8 @@ struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
+    /// Finished documents, in order; `None` for an empty one.
+    docs: Vec<Option<Node>>,
     nodes: usize,
     too_big: bool,
 }
@@ -180,11 +182,12 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.finish(node, anchor);
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::DocumentStart => self.root = None,
+            Event::DocumentEnd => {
+                let root = self.root.take();
+                self.docs.push(root);
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd => {}
         }
         if self.nodes > MAX_NODES {
             self.too_big = true;
@@ -193,10 +196,17 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// Parses the first document of `text`; `Ok(None)` for an empty file.
+#[cfg(test)]
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    Ok(parse_documents(text)?.into_iter().next().flatten())
+}
+
+/// Parses every document of `text` (separated by `---`); an empty document is `None`, an empty
+/// file gives no document.
+pub(crate) fn parse_documents(text: &str) -> Result<Vec<Option<Node>>, SyntaxError> {
     let mut builder = Builder::default();
     Parser::new_from_str(text)
-        .load(&mut builder, false)
+        .load(&mut builder, true)
         .map_err(|e| SyntaxError {
             // Errors found at the end of input point one past the last line; name a real one.
             line: Some(e.marker().line().clamp(1, text.lines().count().max(1))),
@@ -208,7 +218,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
             message: format!("invalid YAML: more than {MAX_NODES} nodes after alias expansion"),
         });
     }
-    Ok(builder.root)
+    Ok(builder.docs)
 }
 
 #[cfg(test)]
@@ -255,5 +265,14 @@ mod tests {
         assert!(e.line.is_some());
         assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
         assert_eq!(parse("").unwrap(), None);
+    }
+
+    #[test]
+    fn documents_keep_their_lines() {
+        let docs = parse_documents("a: 1\n---\nb: 2\n---\n").unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[1].as_ref().unwrap().line, 3);
+        assert!(docs[2].as_ref().is_none_or(Node::is_null));
+        assert!(parse_documents("").unwrap().is_empty());
     }
 }

@@ -34,6 +34,7 @@ fn dag(dir: &Path) -> Dag {
             env: vec![],
             timeout_sec: None,
             continue_on: ContinueOn::default(),
+            ..Default::default()
         }],
         timeout_sec: None,
         max_clean_up_time_sec: 5,
@@ -41,6 +42,7 @@ fn dag(dir: &Path) -> Dag {
         handler_on: HandlerOn::default(),
         location: dir.join("build.yaml"),
         resolved_params: vec![],
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,7 @@ fn dag(dir: &Path, name: &str, steps: usize) -> Dag {
                 env: vec![],
                 timeout_sec: None,
                 continue_on: ContinueOn::default(),
+                ..Default::default()
             })
             .collect(),
         timeout_sec: None,
@@ -56,6 +57,7 @@ fn dag(dir: &Path, name: &str, steps: usize) -> Dag {
         handler_on: HandlerOn::default(),
         location: dir.join(format!("{name}.yaml")),
         resolved_params: vec![],
+        ..Default::default()
     }
 }
 

@@ -72,6 +72,7 @@ impl Harness {
             handler_on: HandlerOn::default(),
             location: self.tmp.path().join("dags").join(format!("{name}.yaml")),
             resolved_params: vec![],
+            ..Default::default()
         }
     }
 
@@ -102,6 +103,7 @@ fn step(name: &str, command: &str) -> Step {
         env: vec![],
         timeout_sec: None,
         continue_on: ContinueOn::default(),
+        ..Default::default()
     }
 }
 
