@@ -28,6 +28,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod github;
 pub mod keys;
 pub mod matching;
 pub mod report;
