@@ -13,7 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-
 /// Generous bound for anything the tests wait for: a slow, shared 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

@@ -92,7 +92,10 @@ mod tests {
     fn every_fixture_named_in_the_readme_is_there_and_is_json() {
         let readme = std::fs::read_to_string(super::fixtures_dir().join("README.md")).unwrap();
         let mut seen = 0;
-        for name in readme.split('`').filter(|w| w.ends_with(".json") && w.contains('/')) {
+        for name in readme
+            .split('`')
+            .filter(|w| w.ends_with(".json") && w.contains('/'))
+        {
             if name.starts_with("api.github.com/") || name.starts_with("ghes-") {
                 continue;
             }
