@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,8 +24,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{self, BodyRules};
 use crate::config::{HubConfig, LicenseKey};
 use crate::error::HubError;
+use crate::intake;
+use crate::limits::API_BODY_LIMIT;
 use crate::matching::jobs_for_delivery;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
 use crate::report;
@@ -32,8 +36,7 @@ use crate::store::{blocking, now_ms, Activation, Caller, RawDelivery, Store, Tra
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
-/// GitHub's own cap on a webhook payload.
-pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+pub use crate::limits::WEBHOOK_BODY_LIMIT;
 
 /// Longest long-poll a pull may ask for.
 pub const MAX_WAIT_SECONDS: u32 = 60;
@@ -59,17 +62,32 @@ pub(crate) struct AppState {
     pub cancel: CancellationToken,
 }
 
+/// Every body is read by [`body::buffer`] before its handler runs (the webhook's only after
+/// [`intake::gate`] has looked at the headers), so handlers get bodies already in memory.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/webhooks/github",
-            post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
-        )
+    let bodies = BodyRules::new(&state.cfg.limits);
+    let api = Router::new()
         .route("/api/v1/licenses/activate", post(activate))
         .route("/api/v1/licenses/heartbeat", post(heartbeat))
         .route("/api/v1/github/dispatch/pull", post(pull))
         .route("/api/v1/github/dispatch/{id}/accept", post(accept))
         .route("/api/v1/github/dispatch/{id}/finish", post(finish))
+        .route_layer(from_fn_with_state(
+            bodies.route(API_BODY_LIMIT),
+            body::buffer,
+        ));
+    Router::new()
+        .route(
+            "/webhooks/github",
+            post(webhook)
+                .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
+                .route_layer(from_fn_with_state(
+                    bodies.route(WEBHOOK_BODY_LIMIT),
+                    body::buffer,
+                ))
+                .route_layer(from_fn_with_state(state.metrics.clone(), intake::gate)),
+        )
+        .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -215,9 +233,9 @@ async fn webhook_inner(
     if delivery_id.is_empty() {
         return Err(bad("missing x-github-delivery header"));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| bad("body is not utf-8"))?;
+    let text = intake::payload_text(headers, &body).map_err(bad)?;
     let payload: serde_json::Value =
-        serde_json::from_str(text).map_err(|_| bad("body is not valid json"))?;
+        serde_json::from_str(&text).map_err(|_| bad("body is not valid json"))?;
     let jobs = jobs_for_delivery(
         &st.cfg.bindings,
         &st.cfg.mention,

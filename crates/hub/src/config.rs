@@ -13,6 +13,12 @@
 //! activation_expiry_days = 30        # a server not seen for this long must activate again
 //! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
 //!
+//! [limits]                           # docs/security.md, "Hostile traffic"
+//! header_timeout_seconds = 10
+//! body_timeout_seconds = 30
+//! max_connections = 4096
+//! body_budget_mib = 64
+//!
 //! [[license]]
 //! id = "team"
 //! key = "..."
@@ -38,6 +44,7 @@ use serde::Deserialize;
 
 use crate::bindings::{load_bindings, validate_bindings, Binding};
 use crate::error::HubError;
+use crate::limits::{LimitsFile, ServeLimits};
 
 /// A license the hub accepts on activate.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -102,6 +109,8 @@ pub struct HubConfig {
     pub mention: String,
     /// Lifetime of issued license tokens (default 7 days; schedulers heartbeat every 24 h).
     pub token_ttl: Duration,
+    /// Timeouts, the connection cap and the body budget of the HTTP server.
+    pub limits: ServeLimits,
 }
 
 impl Default for HubConfig {
@@ -119,6 +128,7 @@ impl Default for HubConfig {
             lease: Duration::from_secs(60),
             mention: "@dispatch".to_owned(),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
+            limits: ServeLimits::default(),
         }
     }
 }
@@ -166,6 +176,7 @@ impl HubConfig {
                 "must be at least 60 seconds",
             ));
         }
+        self.limits.validate(ORIGIN)?;
         for (i, l) in self.licenses.iter().enumerate() {
             if l.id.trim().is_empty() {
                 return Err(HubError::setting(
@@ -226,6 +237,7 @@ struct HubFile {
     #[serde(default)]
     license: Vec<LicenseKey>,
     github: Option<GithubFile>,
+    limits: Option<LimitsFile>,
     #[serde(default)]
     binding: Vec<Binding>,
 }
@@ -298,6 +310,7 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         token_ttl: file
             .token_ttl_seconds
             .map_or(defaults.token_ttl, Duration::from_secs),
+        limits: file.limits.unwrap_or_default().into_limits(),
     })
 }
 

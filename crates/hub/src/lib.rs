@@ -20,8 +20,8 @@
 //! dropped.
 //!
 //! Modules import only downwards, bottom to top: `error`; `bindings`, `keys`; `matching`;
-//! `config`; `store` (inside: `state`, `writer`, `reports`, `activations`, `jobs`, then its
-//! `mod.rs`); `metrics`; `report`; `api`; this file.
+//! `limits`; `config`; `store` (inside: `state`, `writer`, `reports`, `activations`, `jobs`, then
+//! its `mod.rs`); `metrics`; `report`; `body`; `intake`; `api`; `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -30,12 +30,16 @@ pub mod bindings;
 pub mod config;
 pub mod github;
 pub mod keys;
+pub mod limits;
 pub mod matching;
 pub mod report;
 
 mod api;
+mod body;
 mod error;
+mod intake;
 mod metrics;
+mod server;
 mod store;
 
 use std::net::SocketAddr;
@@ -51,6 +55,7 @@ pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
 pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use config::{GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
+pub use limits::ServeLimits;
 
 use store::{blocking, now_ms, Store};
 
@@ -145,12 +150,7 @@ impl Hub {
         }
         tasks.spawn(lease_sweep(state.clone(), cancel.clone()));
         let app = api::router(state);
-        let shutdown = cancel.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        });
+        let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");
         Ok(HubHandle {
             addr,

@@ -8,9 +8,12 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dispatch_hub::{config::load_hub_config, keys::load_or_create_signing_key, Hub, HubError};
+use dispatch_hub::{
+    config::load_hub_config, keys::load_or_create_signing_key, Hub, HubError, ServeLimits,
+};
 use dispatch_protocol::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +47,8 @@ enum Command {
         /// GitHub token for reporting (overrides `[github] token`).
         #[arg(long, env = "DISPATCH_HUB_GITHUB_TOKEN", hide_env_values = true)]
         github_token: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
         /// Log format.
         #[arg(long, env = "DISPATCH_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -57,6 +62,40 @@ enum Command {
         #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
         format: String,
     },
+}
+
+/// Overrides of the `[limits]` table (docs/security.md, "Hostile traffic").
+#[derive(clap::Args)]
+struct LimitFlags {
+    /// Seconds a client has to send a request's headers; also the keep-alive idle time (at most 30).
+    #[arg(long, value_name = "SECONDS", env = "DISPATCH_HUB_HEADER_TIMEOUT")]
+    header_timeout: Option<u64>,
+    /// Seconds a client has to send a whole request body.
+    #[arg(long, value_name = "SECONDS", env = "DISPATCH_HUB_BODY_TIMEOUT")]
+    body_timeout: Option<u64>,
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, value_name = "N", env = "DISPATCH_HUB_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// MiB of request bodies held at once over all connections; more are answered 503.
+    #[arg(long, value_name = "MIB", env = "DISPATCH_HUB_BODY_BUDGET_MIB")]
+    body_budget_mib: Option<usize>,
+}
+
+impl LimitFlags {
+    fn apply(self, limits: &mut ServeLimits) {
+        if let Some(s) = self.header_timeout {
+            limits.header_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = self.body_timeout {
+            limits.body_timeout = Duration::from_secs(s);
+        }
+        if let Some(n) = self.max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(mib) = self.body_budget_mib {
+            limits.body_budget = mib.saturating_mul(1024 * 1024);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             webhook_secret,
             github_token,
+            limits,
             log_format,
         } => {
             init_logs(&log_format);
@@ -111,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(token) = github_token.filter(|t| !t.is_empty()) {
                 cfg.github.token = Some(Secret::new(token));
             }
+            limits.apply(&mut cfg.limits);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(cfg))
         }

@@ -1341,5 +1341,8 @@ mod serve_process {
     }
 }
 
+#[path = "hub/hostile.rs"]
+mod hostile;
+
 #[path = "hub/storage.rs"]
 mod storage;
