@@ -21,7 +21,10 @@ impl Cx<'_> {
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for (i, p) in parsed.iter().enumerate() {
             let name = &p.step.name;
+            // A name taken from a repeated `id` is reported once, as a duplicate id.
+            let name_from_id = p.name_line.is_none() && p.step.id.as_ref() == Some(name);
             match by_name.get(name) {
+                Some(_) if name_from_id && by_id.contains_key(name) => {}
                 Some(&prev) => self.report(
                     Some(p.name_line.or(p.id_line).unwrap_or(p.line)),
                     format!(

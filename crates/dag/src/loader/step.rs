@@ -435,9 +435,16 @@ impl Cx<'_> {
 
         // `with`: the sub-DAG of `action: dag.run`, or the shell of a `run` step.
         let is_action = get("action").is_some();
-        if let Some(e) = get("with") {
+        let is_dag_run = get("action")
+            .and_then(|e| match &e.value.kind {
+                Kind::Scalar { value, .. } => Some(value.as_str() == "dag.run"),
+                _ => None,
+            })
+            .unwrap_or(false);
+        // The `with` of a refused action is not read: the action's error says it all.
+        if let Some(e) = get("with").filter(|_| is_dag_run || !is_action) {
             let k = join(key, "with");
-            let allowed: &[&str] = if is_action {
+            let allowed: &[&str] = if is_dag_run {
                 &["dag", "params"]
             } else {
                 &["shell", "shell_args"]
@@ -464,13 +471,13 @@ impl Cx<'_> {
                     _ => shell_args = self.shell_args(&wk, &w),
                 }
             }
-            if is_action && call_dag.is_none() {
+            if is_dag_run && call_dag.is_none() {
                 self.report(
                     Some(e.line),
                     format!("key `{k}.dag`: `action: dag.run` needs the DAG to run"),
                 );
             }
-        } else if is_action && !key_errors {
+        } else if is_dag_run && !key_errors {
             self.report(
                 Some(line),
                 format!("key `{key}.with`: `action: dag.run` needs `with: {{dag: NAME}}`"),
