@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use crate::{Attempt, Dag, StoreError, Stores};
+use crate::{Attempt, StoreError, Stores};
 
 use super::fsutil::io_err;
 
@@ -74,7 +74,7 @@ pub fn prune_finished_runs(
             .get(&record.dag_name)
             .copied()
             .flatten()
-            .or_else(|| hist_retention_days(&attempt.dag))
+            .or(attempt.dag.hist_retention_days)
             .unwrap_or(default_days);
         if now_ms.saturating_sub(ended) <= days.saturating_mul(DAY_MS) {
             continue;
@@ -102,25 +102,13 @@ fn current_retention(stores: &Stores) -> HashMap<String, Option<u64>> {
         Ok(dags) => dags
             .into_iter()
             .flatten()
-            .map(|dag| {
-                let days = hist_retention_days(&dag);
-                (dag.name, days)
-            })
+            .map(|dag| (dag.name, dag.hist_retention_days))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the DAG files; retention follows each run's DAG snapshot");
             HashMap::new()
         }
     }
-}
-
-/// The DAG's own `hist_retention_days`. Read through the DAG's serialized form so that this
-/// file does not depend on when the model gained the key (its loader owns it).
-fn hist_retention_days(dag: &Dag) -> Option<u64> {
-    serde_json::to_value(dag)
-        .ok()?
-        .get("hist_retention_days")?
-        .as_u64()
 }
 
 fn remove_with_logs(stores: &Stores, attempt: &Attempt) -> Result<(), StoreError> {
@@ -143,7 +131,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{FileStoreConfig, RunRecord, RunStatus};
+    use crate::{Dag, FileStoreConfig, RunRecord, RunStatus};
 
     const NOW: u64 = 1_000 * DAY_MS;
 
@@ -157,9 +145,14 @@ mod tests {
     }
 
     fn dag(s: &Stores, root: &Path, name: &str) -> Dag {
+        dag_with(s, root, name, "")
+    }
+
+    /// The DAG `name` with `top` (top-level keys) before its one step.
+    fn dag_with(s: &Stores, root: &Path, name: &str, top: &str) -> Dag {
         std::fs::write(
             root.join("dags").join(format!("{name}.yaml")),
-            "steps:\n  - name: a\n    command: 'true'\n",
+            format!("{top}steps:\n  - name: a\n    command: 'true'\n"),
         )
         .unwrap();
         s.dags.load(name).unwrap()
@@ -302,5 +295,33 @@ mod tests {
         let report = prune_finished_runs(&s, 30, NOW, &never_held).unwrap();
         assert_eq!(report.removed, vec![("build".into(), "no-logs".into())]);
         assert!(s.runs.find_attempt("build", "timeless").is_ok());
+    }
+
+    #[test]
+    fn a_dag_sets_its_own_retention_and_its_current_file_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = stores(tmp.path());
+        let weekly = dag_with(&s, tmp.path(), "weekly", "hist_retention_days: 7\n");
+        let keep = dag_with(&s, tmp.path(), "keep", "hist_retention_days: 365\n");
+        let plain = dag(&s, tmp.path(), "plain");
+        assert_eq!(weekly.hist_retention_days, Some(7));
+        run(&s, &weekly, "w8", RunStatus::Succeeded, 8);
+        run(&s, &weekly, "w6", RunStatus::Succeeded, 6);
+        run(&s, &keep, "k100", RunStatus::Failed, 100);
+        run(&s, &plain, "p31", RunStatus::Succeeded, 31);
+        prune_finished_runs(&s, 30, NOW, &never_held).unwrap();
+        assert!(!exists(&s, "weekly", "w8"));
+        assert!(exists(&s, "weekly", "w6"));
+        assert!(exists(&s, "keep", "k100"));
+        assert!(!exists(&s, "plain", "p31"));
+
+        // The file now says 1 day: its old runs follow the new setting, not their snapshot.
+        dag_with(&s, tmp.path(), "weekly", "hist_retention_days: 1\n");
+        prune_finished_runs(&s, 30, NOW, &never_held).unwrap();
+        assert!(!exists(&s, "weekly", "w6"));
+        // A DAG whose file is gone keeps the retention of its snapshot.
+        std::fs::remove_file(tmp.path().join("dags/keep.yaml")).unwrap();
+        prune_finished_runs(&s, 30, NOW, &never_held).unwrap();
+        assert!(exists(&s, "keep", "k100"));
     }
 }
