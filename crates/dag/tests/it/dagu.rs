@@ -610,3 +610,17 @@ fn old_run_records_without_the_new_fields_still_load() {
     assert!(dag.steps[0].bindings.is_empty());
     assert_eq!(dag.working_dir, None);
 }
+
+#[test]
+fn the_demo_dags_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/demo/dags");
+    for name in ["build", "lint", "long", "release", "test-pr"] {
+        let dag = load_dag_file(&dir.join(format!("{name}.yaml"))).unwrap();
+        assert!(
+            dag.steps
+                .iter()
+                .all(|s| s.command.is_some() || s.script.is_some()),
+            "{name}"
+        );
+    }
+}
