@@ -9,18 +9,25 @@
 //!
 //! # DAG files
 //!
-//! [`load_dag_file`] reads the keys of `docs/dag-format.md`; any other key, at any level, is an
-//! error. Every [`DagError`] names the file, the line and the key. Where the format leaves a choice
-//! open:
-//! - A step without `name` is called `step<N>` (its 1-based position); a handler without `name`
-//!   is called `on_success`, `on_failure`, `on_abort` or `on_exit`.
+//! [`load_dag_file`] reads Dagu's DAG format as `docs/dag-format.md` describes it and returns the
+//! first error; [`validate_dag_file`] (and [`load_dag_file_with`] / [`parse_dag_with`]) return
+//! every error of a file. Every [`DagError`] names the file, the line and the key. Dagu keys we do
+//! not support are refused with the reason, never ignored. Dagu's value references
+//! (`${params.X}`, `${steps.ID.outputs.X}`, `${run.id}`, ...) are rewritten into `${VAR}` plus a
+//! [`Binding`] for the executor, so that no param or output value is ever command text;
+//! `${consts.X}` is substituted. Where the format leaves a choice open:
+//! - A step without `name` is called by its `id`, else `step<N>` (its 1-based position); a
+//!   handler without `name` is called `on_success`, `on_failure`, `on_abort` or `on_exit`.
 //! - A DAG without steps is an error.
 //! - `timeout_sec: 0` means no timeout.
-//! - A relative `working_dir` is taken relative to the DAG file's directory.
+//! - A relative `working_dir` is taken relative to the DAG file's directory (or
+//!   [`LoadOptions::base_dir`]) at the top level, and to the DAG's working directory in a step.
 //! - `null` (or an empty value) for an optional key is the same as leaving the key out; as an
 //!   env or param value it is the empty string.
 //! - Scalars keep their text as written: `A: 1.50` gives the value `1.50`.
 //! - `depends` in a handler is an error; handlers run after the steps.
+//! - In a chain DAG, [`Step::depends`] is complete (the loader fills in the chain order and the
+//!   dependencies inferred from step references): the executor uses it as is.
 //!
 //! # File layout
 //!
