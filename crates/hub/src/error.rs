@@ -78,6 +78,16 @@ pub enum HubError {
         /// The last version this hub knows.
         known: i64,
     },
+    /// The database file is damaged (found by the start-up check or by SQLite itself).
+    #[error(
+        "hub store `{path}` is damaged ({detail}); restore it from a backup, or move it away (with its -wal and -shm files) to start with an empty store"
+    )]
+    CorruptStore {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite found.
+        detail: String,
+    },
     /// A schema step failed; the database stays at the version before it.
     #[error("failed to update the hub store schema to version {version} ({step})")]
     Migrate {

@@ -1,4 +1,5 @@
-//! The hub's Ed25519 signing key, kept as a PKCS#8 PEM file (mode 0600) in the data directory.
+//! The hub's Ed25519 signing key, kept as a PKCS#8 PEM file (mode 0600) in the data directory
+//! (0700).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use crate::error::HubError;
 /// File name of the signing key under the data directory.
 pub const KEY_FILE: &str = "hub_ed25519.key";
 
-/// Loads `<data_dir>/hub_ed25519.key`, creating the directory and a new key when absent.
+/// Loads `<data_dir>/hub_ed25519.key`, creating the directory and a new key when absent. An
+/// existing key readable by others is made private first.
 ///
 /// A new key is written to a temporary file, synced and then hard-linked into place, so two
 /// processes starting at once end up using the same key and a crash never leaves a partial file.
@@ -21,7 +23,8 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey, HubErro
         let path = path.to_owned();
         move |source| HubError::Io { path, source }
     };
-    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    crate::files::private_dir(data_dir)?;
+    crate::files::tighten(&path)?;
     match std::fs::read_to_string(&path) {
         Ok(text) => return parse_key(&text, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -38,6 +41,7 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey, HubErro
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp).map_err(io(&tmp))?;
+        crate::files::make_private(&tmp)?;
         file.write_all(pem.as_bytes()).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
     }

@@ -37,6 +37,8 @@ pub mod report;
 mod api;
 mod body;
 mod error;
+mod files;
+mod housekeeping;
 mod intake;
 mod metrics;
 mod server;
@@ -94,10 +96,7 @@ impl Hub {
     /// Opens the store and key under `cfg.data_dir`, binds `cfg.listen` and serves until `cancel`.
     pub async fn start(cfg: HubConfig, cancel: CancellationToken) -> Result<HubHandle, HubError> {
         let cfg = cfg.validate()?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| HubError::Io {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        files::private_dir(&cfg.data_dir)?;
         let db_path = cfg.data_dir.join(DB_FILE);
         let data_dir = cfg.data_dir.clone();
         let (store, signing_key) = tokio::task::spawn_blocking(move || {
@@ -149,6 +148,11 @@ impl Hub {
             tasks.spawn(reporter.run(cancel.clone()));
         }
         tasks.spawn(lease_sweep(state.clone(), cancel.clone()));
+        tasks.spawn(housekeeping::retention(
+            store.clone(),
+            cfg.retention,
+            cancel.clone(),
+        ));
         let app = api::router(state);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");

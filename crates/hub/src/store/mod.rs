@@ -17,8 +17,10 @@
 
 mod activations;
 mod gauges;
+mod integrity;
 mod jobs;
 mod reports;
+mod retention;
 mod schema;
 mod state;
 mod writer;
@@ -65,11 +67,26 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// Opens (or creates, 0600) the database, checks it for damage, brings its schema up to
+    /// date and counts the jobs for the gauges.
     pub fn open(path: &Path) -> Result<Store, HubError> {
+        Store::open_checked(path).map_err(|e| integrity::name_damage(path, e))
+    }
+
+    fn open_checked(path: &Path) -> Result<Store, HubError> {
+        crate::files::create_private(path)?;
         let mut conn = open_connection(path)?;
+        integrity::check(&conn, path)?;
         schema::migrate(&mut conn)?;
         let reader = open_connection(path)?;
         let gauges = JobGauges::starting_at(&jobs::counts(&reader)?);
+        // SQLite gives the WAL and shared-memory files the database's mode; ones left by an
+        // older release may still be readable by others.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            crate::files::tighten(Path::new(&name))?;
+        }
         Ok(Store {
             writer: Writer::start(conn, path)?,
             reader: Mutex::new(reader),
