@@ -21,7 +21,8 @@ commands:
   bench [--only GROUP] [--out FILE] [--keep]
                              the README's benchmark numbers (release build, ~5 min): one table and
                              target/bench/results.json; GROUP: tracker, noop, latency, throughput,
-                             idle; --keep keeps the scratch homes and logs under target/bench/work
+                             idle, hostile; --keep keeps the scratch homes and logs under
+                             target/bench/work
   ci                         fmt check, clippy, tests, docs, the layering and tidy checks, in order
   layering                   check that every workspace crate depends only on lower layers
                              (docs/architecture.md)

@@ -7,6 +7,8 @@
 //! dies) becomes rows with `pass = false` and the reason, and the other groups still run.
 
 mod build;
+mod fleet;
+mod hostile;
 mod http;
 mod idle;
 mod latency;
@@ -74,11 +76,25 @@ const GROUPS: &[Group] = &[
         run: throughput::run,
     },
     Group {
+        name: "fleet",
+        about: "one hub holding 10,000 waiting long-polls: memory, idle CPU, hand-over latency",
+        needs: &[Artifact::Hub],
+        targets: fleet::targets,
+        run: fleet::run,
+    },
+    Group {
         name: "idle",
         about: "scheduler RSS and CPU over 30 s without jobs, embedded and remote hub",
         needs: &[Artifact::Scheduler, Artifact::Hub],
         targets: idle::targets,
         run: idle::run,
+    },
+    Group {
+        name: "hostile",
+        about: "hub under 1,000 stalled headers + 40 stalled unsigned uploads: RSS, closes, p99s",
+        needs: &[Artifact::Hub],
+        targets: hostile::targets,
+        run: hostile::run,
     },
 ];
 
@@ -252,7 +268,7 @@ mod tests {
         assert!(err.to_string().contains("unknown bench group `speed`"));
         assert!(err
             .to_string()
-            .contains("tracker, noop, latency, throughput, idle"));
+            .contains("tracker, noop, latency, throughput, fleet, idle"));
         assert!(parse_options(&args(&["--only"])).is_err());
         assert!(parse_options(&args(&["--fast"])).is_err());
     }

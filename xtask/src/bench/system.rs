@@ -160,6 +160,15 @@ pub(crate) struct StandaloneHub {
 
 impl StandaloneHub {
     pub(crate) fn start(context: &super::Context, dir: &Path) -> anyhow::Result<StandaloneHub> {
+        Self::start_with(context, dir, &[])
+    }
+
+    /// [`StandaloneHub::start`] with `extra` flags for `hub serve`.
+    pub(crate) fn start_with(
+        context: &super::Context,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<StandaloneHub> {
         let hub_bin = context.artifacts.exe(Artifact::Hub)?;
         let data = dir.join("hub-data");
         std::fs::create_dir_all(&data)
@@ -192,7 +201,11 @@ impl StandaloneHub {
         std::fs::write(&public_key_file, &key.stdout)
             .with_context(|| format!("failed to write `{}`", public_key_file.display()))?;
         let mut command = Command::new(&hub_bin);
-        command.arg("serve").arg("--config").arg(&config);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(extra);
         let mut process = Proc::spawn("hub", command, &dir.join("hub.log"))?;
         wait_healthy(addr, &mut process)?;
         Ok(StandaloneHub {
@@ -204,6 +217,40 @@ impl StandaloneHub {
 
     pub(crate) fn sender(&self) -> anyhow::Result<WebhookSender> {
         Ok(WebhookSender::new(self.addr, WEBHOOK_SECRET, payload()))
+    }
+
+    /// Activates the bench license for `server_id` (a UUID) as a scheduler does, and returns the
+    /// body of a pull (`wait_seconds` 0) with the credentials it got.
+    pub(crate) fn activate(&self, server_id: &str) -> anyhow::Result<Vec<u8>> {
+        let request = serde_json::json!({
+            "key": LICENSE_KEY,
+            "server_id": server_id,
+            "machine_name": "bench",
+        });
+        let response = http::request(
+            self.addr,
+            "POST",
+            "/api/v1/licenses/activate",
+            &[("Content-Type", "application/json")],
+            request.to_string().as_bytes(),
+        )?;
+        let text = String::from_utf8_lossy(&response.body);
+        if response.status != 200 {
+            anyhow::bail!("activation answered {}: {}", response.status, text.trim());
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("activation answer is not json: {text}"))?;
+        let secret = answer["heartbeat_secret"]
+            .as_str()
+            .context("activation answer has no heartbeat_secret")?;
+        Ok(serde_json::json!({
+            "license_id": "bench",
+            "server_id": server_id,
+            "heartbeat_secret": secret,
+            "wait_seconds": 0,
+        })
+        .to_string()
+        .into_bytes())
     }
 
     /// Starts `scheduler start --cloud-url` against this hub, activating the bench license.
