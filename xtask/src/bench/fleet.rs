@@ -1,0 +1,327 @@
+//! Fleet: what waiting schedulers cost one hub. A load client (not 10,000 scheduler processes)
+//! activates 10,000 server ids, holds one long-poll open for each, and then sends webhooks one at
+//! a time: hub memory per waiting long-poll, hub CPU while they only wait, the time from the
+//! hub's 202 to the job's bytes arriving at one waiting client, how the jobs spread over the
+//! clients, and what memory the hub gives back once they leave.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use tokio::sync::mpsc;
+
+use super::http::unix_ns;
+use super::procs::{self, cpu_ticks, rss_kib};
+use super::stats::percentile;
+use super::system::StandaloneHub;
+use super::{Context, Metric, Target};
+
+const CLIENTS: usize = 10_000;
+const HANDOVERS: usize = 50;
+/// Threads activating server ids (each activation is one durable write on the hub).
+const ACTIVATORS: usize = 8;
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+const PULL: &str = "/api/v1/github/dispatch/pull";
+
+const RSS_PER_WAIT: &str = "fleet_hub_rss_per_waiting_longpoll";
+const IDLE_CPU: &str = "fleet_hub_cpu_idle_10k_waiting";
+const HANDOVER_P99: &str = "fleet_handover_p99_10k_waiting";
+
+pub(crate) fn targets() -> Vec<Metric> {
+    vec![
+        Metric::promised(RSS_PER_WAIT, "KiB", Target::AtMost(12.0)),
+        Metric::promised(IDLE_CPU, "%", Target::AtMost(1.0)),
+        Metric::promised(HANDOVER_P99, "ms", Target::AtMost(10.0)),
+    ]
+}
+
+/// A job as a waiting client received it.
+struct Received {
+    client: usize,
+    job_id: String,
+    at_ns: u128,
+}
+
+pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
+    raise_file_limit(3 * CLIENTS as u64)?;
+    let mut hub = StandaloneHub::start_with(
+        context,
+        &context.work,
+        &["--max-connections", &(2 * CLIENTS).to_string()],
+    )?;
+    let pid = hub.process.pid();
+    let bodies = activate_all(&hub)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let base_kib = rss_kib(pid)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the load client's runtime")?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .context("failed to build the load client")?;
+    for (index, body) in bodies.into_iter().enumerate() {
+        runtime.spawn(long_poll_forever(
+            client.clone(),
+            hub.addr,
+            index,
+            body,
+            tx.clone(),
+            waiting.clone(),
+        ));
+    }
+    drop(tx);
+    procs::wait_for(
+        &format!("{CLIENTS} long-polls open on the hub"),
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || hub.process.check_alive(),
+        || (open_sockets(pid).ok()? >= CLIENTS).then_some(()),
+    )?;
+    // Let the last requests reach their wait and the allocator settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting_kib = rss_kib(pid)?;
+    let ticks_before = cpu_ticks(pid)?;
+    let idle_started = Instant::now();
+    std::thread::sleep(IDLE_WINDOW);
+    let idle_ticks = cpu_ticks(pid)?.saturating_sub(ticks_before);
+    let idle_cpu = idle_ticks as f64
+        / procs::clock_ticks_per_second() as f64
+        / idle_started.elapsed().as_secs_f64()
+        * 100.0;
+
+    let sender = hub.sender()?;
+    let mut latencies = Vec::with_capacity(HANDOVERS);
+    let mut served = HashSet::new();
+    for n in 0..HANDOVERS {
+        let delivered = sender.send(n)?;
+        let job_id = delivered.job_ids.first().cloned().unwrap_or_default();
+        let received = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(r) = rx.recv().await {
+                    if r.job_id == job_id {
+                        return Some(r);
+                    }
+                }
+                None
+            })
+            .await
+        });
+        let Ok(Some(received)) = received else {
+            bail!("job {job_id} reached no waiting client within 30 s");
+        };
+        latencies.push(received.at_ns.saturating_sub(delivered.answered_ns) as f64 / 1e6);
+        served.insert(received.client);
+        hub.process.check_alive()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let left = procs::wait_for(
+        "the clients' connections to close",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || hub.process.check_alive(),
+        || (open_sockets(pid).ok()? < 100).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after_kib = rss_kib(pid)?;
+    hub.process.stop(Duration::from_secs(10));
+    left?;
+
+    let per_wait = (waiting_kib.saturating_sub(base_kib)) as f64 / CLIENTS as f64;
+    let p50 = percentile(&latencies, 50.0).context("no hand-over samples")?;
+    let p99 = percentile(&latencies, 99.0).context("no hand-over samples")?;
+    Ok(vec![
+        Metric::info(
+            "fleet hub RSS before the long-polls",
+            base_kib as f64 / 1024.0,
+            "MiB",
+        ),
+        Metric::info(
+            format!("fleet hub RSS with {CLIENTS} waiting"),
+            waiting_kib as f64 / 1024.0,
+            "MiB",
+        ),
+        Metric::promised(RSS_PER_WAIT, "KiB", Target::AtMost(12.0)).measured(per_wait),
+        Metric::promised(IDLE_CPU, "%", Target::AtMost(1.0)).measured(idle_cpu),
+        Metric::info(
+            format!("fleet hand-over p50, webhook 202 → job at a client ({HANDOVERS} jobs)"),
+            p50,
+            "ms",
+        ),
+        Metric::promised(HANDOVER_P99, "ms", Target::AtMost(10.0)).measured(p99),
+        Metric::info(
+            format!("fleet distinct clients served by {HANDOVERS} jobs"),
+            served.len() as f64,
+            "",
+        ),
+        Metric::info(
+            "fleet hub RSS after the clients left",
+            after_kib as f64 / 1024.0,
+            "MiB",
+        )
+        .with_note(format!(
+            "{:.1} MiB above the RSS before they came",
+            after_kib.saturating_sub(base_kib) as f64 / 1024.0
+        )),
+    ])
+}
+
+/// Activates one server id per client, [`ACTIVATORS`] at a time; the pull body of each.
+fn activate_all(hub: &StandaloneHub) -> anyhow::Result<Vec<serde_json::Value>> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<anyhow::Result<Vec<(usize, serde_json::Value)>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..ACTIVATORS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= CLIENTS {
+                            return Ok(mine);
+                        }
+                        let server_id = server_id(index);
+                        let body = hub.activate(&server_id)?;
+                        let mut body: serde_json::Value = serde_json::from_slice(&body)?;
+                        body["wait_seconds"] = serde_json::json!(60);
+                        mine.push((index, body));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an activator thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(CLIENTS);
+    for part in results {
+        all.extend(part.context("activating the fleet's server ids failed")?);
+    }
+    all.sort_by_key(|(index, _)| *index);
+    Ok(all.into_iter().map(|(_, body)| body).collect())
+}
+
+/// A UUID-shaped server id unique to `index` (version 4 and variant bits set).
+fn server_id(index: usize) -> String {
+    format!("f1ee7000-0000-4000-8000-{index:012x}")
+}
+
+/// One waiting scheduler: pulls with a long wait, takes (accepts) any job it is handed, pulls
+/// again. Ends when the runtime shuts down.
+async fn long_poll_forever(
+    client: reqwest::Client,
+    hub: SocketAddr,
+    index: usize,
+    body: serde_json::Value,
+    received: mpsc::UnboundedSender<Received>,
+    waiting: Arc<AtomicUsize>,
+) {
+    let url = format!("http://{hub}{PULL}");
+    loop {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        let answer = client.post(&url).json(&body).send().await;
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(answer) = answer else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if answer.status() != reqwest::StatusCode::OK {
+            continue;
+        }
+        let Ok(bytes) = answer.bytes().await else {
+            continue;
+        };
+        let at_ns = unix_ns();
+        let job: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(job_id) = job["id"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let accept = serde_json::json!({
+            "license_id": body["license_id"],
+            "server_id": body["server_id"],
+            "secret": body["heartbeat_secret"],
+            "dag_run_id": job_id,
+        });
+        let _ = client
+            .post(format!(
+                "http://{hub}/api/v1/github/dispatch/{job_id}/accept"
+            ))
+            .json(&accept)
+            .send()
+            .await;
+        let _ = received.send(Received {
+            client: index,
+            job_id,
+            at_ns,
+        });
+    }
+}
+
+/// Sockets the process holds open (file descriptors that are sockets).
+fn open_sockets(pid: u32) -> anyhow::Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("failed to read `{dir}`"))? {
+        let Ok(entry) = entry else { continue };
+        if std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Raises this process's open-file soft limit to at least `want` (up to the hard limit).
+fn raise_file_limit(want: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit failed")?;
+    if soft >= want {
+        return Ok(());
+    }
+    if hard < want {
+        bail!(
+            "the open-file hard limit is {hard}; the fleet bench needs {want} (raise `ulimit -Hn`)"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).context("setrlimit failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_are_distinct_uuids() {
+        let a = server_id(0);
+        let b = server_id(CLIENTS - 1);
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 36);
+            assert_eq!(id.as_bytes()[14], b'4');
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        }
+    }
+
+    #[test]
+    fn counts_its_own_sockets() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = open_sockets(std::process::id()).unwrap();
+        let _conn = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(open_sockets(std::process::id()).unwrap() > before);
+    }
+}
