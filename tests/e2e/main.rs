@@ -5,5 +5,6 @@
 mod crash;
 mod embedded;
 mod hub_and_scheduler;
+mod run_by_hand;
 mod scheduler;
 mod support;

@@ -1,6 +1,6 @@
 //! Wiring of `scheduler start` (and of the demo, which starts the same system in a temporary
 //! home): embedded hub (optional) → license manager → cloud client → worker → enqueue/executor
-//! → stores, tracker at `<data>/tracker`, metrics server.
+//! → stores, tracker at `<data>/tracker`, metrics server, history retention.
 //!
 //! Shutdown order matters: the worker stops first (it finishes in-flight calls and gives running
 //! DAG runs their grace period, then the executor stops them); only then do the license manager,
@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{CloudTarget, ConfigError, Settings};
 use crate::error::AppError;
 use crate::metrics::{Histogram, Metrics, Probe, Reading};
+use crate::retention::Retention;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The license id the embedded hub gives its own scheduler.
@@ -90,28 +91,10 @@ impl System {
         after_worker: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Started, AppError> {
-        for (dir, what) in [
-            (&settings.home, "home"),
-            (&settings.data_dir, "data"),
-            (&settings.dags_dir, "DAGs"),
-            (&settings.log_dir, "log"),
-        ] {
-            std::fs::create_dir_all(dir).map_err(|err| {
-                AppError::component(
-                    format!("create the {what} directory `{}`", dir.display()),
-                    err,
-                )
-            })?;
-        }
-        // Opened first: its lock is what keeps a second scheduler off the same data directory,
-        // before anything else (the embedded hub's database) is touched.
-        let tracker_dir = settings.data_dir.join("tracker");
-        let tracker = Tracker::open(&tracker_dir).map_err(|err| {
-            AppError::component(
-                format!("open the tracker at `{}`", tracker_dir.display()),
-                err,
-            )
-        })?;
+        // First: the tracker's lock keeps a second scheduler off the same data directory, before
+        // anything else (the embedded hub's database) is touched.
+        let (tracker, stores) = open_home(settings)?;
+        let tracker = Arc::new(tracker);
 
         let (base_url, license_key, public_key, hub) = match &settings.cloud {
             CloudTarget::Remote(url) => (
@@ -170,12 +153,6 @@ impl System {
         }
         tasks.spawn(license.clone().run(after_worker.clone()));
 
-        let stores = Stores::open_files(FileStoreConfig {
-            dags_dir: settings.dags_dir.clone(),
-            data_dir: settings.data_dir.clone(),
-            log_dir: settings.log_dir.clone(),
-        })
-        .map_err(|err| AppError::component("open the DAG, run and queue stores", err))?;
         let mut executor_config = ExecutorConfig::default();
         if let Some(n) = settings.max_concurrent_runs {
             executor_config.max_concurrent_runs = n;
@@ -198,7 +175,7 @@ impl System {
             WorkerDeps {
                 client,
                 credentials: license,
-                tracker: Arc::new(tracker),
+                tracker: tracker.clone(),
                 stores: stores.clone(),
                 executor: executor.clone(),
             },
@@ -231,6 +208,13 @@ impl System {
             None => None,
         };
 
+        let retention = Retention {
+            stores: stores.clone(),
+            tracker,
+            default_days: settings.hist_retention_days,
+        };
+        tasks.spawn(retention.run(crate::retention::INTERVAL, shutdown.clone()));
+
         let worker = tasks.spawn(worker.run(shutdown.clone()));
         Ok((hub, stores, metrics_addr, worker))
     }
@@ -247,6 +231,39 @@ impl System {
             Err(err) => Err(AppError::component("run the dispatch worker", err)),
         }
     }
+}
+
+/// Creates the home's directories, takes the tracker (whose lock keeps any other scheduler,
+/// or `scheduler run --home`, off this data directory) and opens the DAG, run and queue stores.
+/// Shared by `scheduler start` and `scheduler run --home`.
+pub(crate) fn open_home(settings: &Settings) -> Result<(Tracker, Stores), AppError> {
+    for (dir, what) in [
+        (&settings.home, "home"),
+        (&settings.data_dir, "data"),
+        (&settings.dags_dir, "DAGs"),
+        (&settings.log_dir, "log"),
+    ] {
+        std::fs::create_dir_all(dir).map_err(|err| {
+            AppError::component(
+                format!("create the {what} directory `{}`", dir.display()),
+                err,
+            )
+        })?;
+    }
+    let tracker_dir = settings.data_dir.join("tracker");
+    let tracker = Tracker::open(&tracker_dir).map_err(|err| {
+        AppError::component(
+            format!("open the tracker at `{}`", tracker_dir.display()),
+            err,
+        )
+    })?;
+    let stores = Stores::open_files(FileStoreConfig {
+        dags_dir: settings.dags_dir.clone(),
+        data_dir: settings.data_dir.clone(),
+        log_dir: settings.log_dir.clone(),
+    })
+    .map_err(|err| AppError::component("open the DAG, run and queue stores", err))?;
+    Ok((tracker, stores))
 }
 
 struct StartedHub {

@@ -23,6 +23,13 @@ pub(crate) enum Command {
     Start(Box<StartArgs>),
     /// Run the whole loop on bundled real GitHub payloads in a temporary home.
     Demo(DemoArgs),
+    /// Run one DAG now, in the foreground, with each step's output prefixed by its name.
+    /// Exits 0 when the run succeeded (or partially succeeded), 1 when it failed, was aborted
+    /// (Ctrl-C stops it; a second Ctrl-C at once) or the DAG does not load.
+    Run(RunArgs),
+    /// Check DAG files without running them: every error of every file, `ok <file>` for good
+    /// ones; exits 0 when all are valid, 1 otherwise.
+    Validate(ValidateArgs),
 }
 
 /// Output format of the logs.
@@ -100,6 +107,10 @@ pub(crate) struct StartArgs {
     /// GitHub token the embedded hub reports with (commit statuses, comments).
     #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) github_token: Option<Secret>,
+    /// Days finished runs and their logs are kept, for DAGs without `hist_retention_days`
+    /// [default: 30].
+    #[arg(long, env = "DISPATCH_HIST_RETENTION_DAYS", value_name = "DAYS")]
+    pub(crate) hist_retention_days: Option<String>,
 }
 
 /// Flags of `scheduler demo`.
@@ -112,6 +123,33 @@ pub(crate) struct DemoArgs {
     /// `RUST_LOG`, default `warn`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+}
+
+/// Flags of `scheduler run`.
+#[derive(Args, Default)]
+pub(crate) struct RunArgs {
+    /// A DAG file, or the name of a DAG in `<home>/dags/` (a file is anything with a `/` or a
+    /// `.yaml`/`.yml` ending, or an existing file).
+    #[arg(value_name = "DAG")]
+    pub(crate) dag: String,
+    /// Keep the run's record and logs in this home (as `scheduler start --home` would, refused
+    /// while a scheduler runs on it) and look DAG names up in its `dags/`. Without it the run
+    /// happens in a temporary home removed at the end, and names are looked up in the default
+    /// home (`DISPATCH_HOME`, else `~/.dispatch`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// Params after `--`: `NAME=value` or positional values, merged into the DAG's defaults as
+    /// a webhook's runtime params are.
+    #[arg(last = true, value_name = "PARAMS")]
+    pub(crate) params: Vec<String>,
+}
+
+/// Flags of `scheduler validate`.
+#[derive(Args, Default)]
+pub(crate) struct ValidateArgs {
+    /// DAG files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {

@@ -78,6 +78,7 @@ pub(crate) struct FileConfig {
     hub_listen: Option<String>,
     github_api_url: Option<String>,
     github_token: Option<Secret>,
+    hist_retention_days: Option<u64>,
 }
 
 /// Where the worker pulls from.
@@ -113,6 +114,8 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace: Duration,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
+    /// Days finished runs are kept when their DAG sets no `hist_retention_days`.
+    pub(crate) hist_retention_days: u64,
 }
 
 impl Settings {
@@ -196,6 +199,13 @@ impl Settings {
             None => None,
         };
 
+        let hist_retention_days = number(
+            "hist-retention-days",
+            args.hist_retention_days,
+            file.hist_retention_days,
+        )?
+        .unwrap_or(dispatch_dag::DEFAULT_HIST_RETENTION_DAYS);
+
         let metrics_addr = args
             .metrics_addr
             .or(file.metrics_addr)
@@ -266,6 +276,7 @@ impl Settings {
             shutdown_grace,
             metrics_addr,
             log_format,
+            hist_retention_days,
         })
     }
 }
@@ -389,6 +400,7 @@ mod tests {
         assert_eq!(s.report_interval, Duration::from_secs(10));
         assert_eq!(s.long_poll, Duration::from_secs(30));
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.hist_retention_days, 30);
         assert!(
             matches!(s.cloud, CloudTarget::Embedded { listen, .. } if listen.to_string() == DEFAULT_HUB_LISTEN)
         );
@@ -446,6 +458,10 @@ mod tests {
                 Box::new(|a| a.log_format = Some("xml".into())),
             ),
             ("hub-listen", Box::new(|a| a.hub_listen = Some(":x".into()))),
+            (
+                "hist-retention-days",
+                Box::new(|a| a.hist_retention_days = Some("-3".into())),
+            ),
         ];
         for (setting, set) in cases {
             let mut a = args();
@@ -463,7 +479,7 @@ mod tests {
         let file = dir.path().join("config.toml");
         std::fs::write(
             &file,
-            "poll_interval = 3\nreport_interval = 4\nlog_format = \"json\"\n",
+            "poll_interval = 3\nreport_interval = 4\nlog_format = \"json\"\nhist_retention_days = 7\n",
         )
         .unwrap();
         let mut a = StartArgs {
@@ -477,6 +493,7 @@ mod tests {
         assert_eq!(s.report_interval, Duration::from_secs(4));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.long_poll, Duration::from_secs(30));
+        assert_eq!(s.hist_retention_days, 7);
     }
 
     #[test]

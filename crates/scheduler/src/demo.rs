@@ -132,6 +132,7 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         shutdown_grace: Duration::from_secs(5),
         metrics_addr: None,
         log_format: crate::cli::LogFormat::Text,
+        hist_retention_days: dispatch_dag::DEFAULT_HIST_RETENTION_DAYS,
     };
     let system = System::start(&settings, &shutdown).await?;
     let hub = system

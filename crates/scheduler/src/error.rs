@@ -22,6 +22,17 @@ pub(crate) enum AppError {
     /// The demo ran but at least one job did not end as expected: exit 1.
     #[error("demo: {0}")]
     Demo(String),
+    /// `scheduler run`: the DAG did not load or the run did not succeed: exit 1.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    /// `scheduler validate` found invalid DAG files (their errors are printed already): exit 1.
+    #[error("{invalid} of {total} DAG files are invalid")]
+    Invalid {
+        /// Files with at least one error.
+        invalid: usize,
+        /// Files checked.
+        total: usize,
+    },
 }
 
 impl AppError {
@@ -37,8 +48,9 @@ impl AppError {
     }
 }
 
-/// 0 clean stop, 2 bad configuration, 1 anything else (see the README). Prints the whole cause chain
-/// to stderr; no error in the chain carries a secret (they are `Secret`s or never formatted).
+/// 0 clean stop (or a run by hand that succeeded), 2 bad configuration, 1 anything else (see
+/// the README). Prints the whole cause chain to stderr; no error in the chain carries a secret
+/// (they are `Secret`s or never formatted).
 pub(crate) fn exit_code(result: Result<(), AppError>) -> ExitCode {
     let err = match result {
         Ok(()) => return ExitCode::SUCCESS,
@@ -60,7 +72,10 @@ fn code(err: &AppError) -> u8 {
             _ => 2,
         },
         AppError::Config(_) => 2,
-        AppError::Component { .. } | AppError::Demo(_) => 1,
+        AppError::Component { .. }
+        | AppError::Demo(_)
+        | AppError::Run(_)
+        | AppError::Invalid { .. } => 1,
     }
 }
 
@@ -102,6 +117,20 @@ mod tests {
         let io = std::io::Error::other("disk on fire");
         assert_eq!(code(&AppError::component("open the tracker", io)), 1);
         assert_eq!(code(&AppError::Demo("lint: expected failed".into())), 1);
+        let unsuccessful = crate::run::RunError::Unsuccessful {
+            dag: "build".into(),
+            run_id: "r1".into(),
+            status: dispatch_dag::RunStatus::Aborted,
+            error: Some("run stopped".into()),
+        };
+        assert_eq!(code(&AppError::Run(unsuccessful)), 1);
+        assert_eq!(
+            code(&AppError::Invalid {
+                invalid: 1,
+                total: 2
+            }),
+            1
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! and metrics, and wires the library crates together — license manager → cloud client →
 //! worker → enqueue/executor → stores, with the tracker under `<data>/tracker`. Without a cloud
 //! URL it embeds the hub on loopback and pulls from it over HTTP. `scheduler demo` runs the
-//! whole loop on bundled real GitHub payloads.
+//! whole loop on bundled real GitHub payloads; `scheduler run` runs one DAG by hand and
+//! `scheduler validate` checks DAG files.
 //!
 //! Not for: business logic. Anything a test of a library could cover lives in that library.
 
@@ -22,9 +23,13 @@ mod config;
 mod demo;
 mod embedded;
 mod error;
+mod follow;
 mod logging;
 mod metrics;
+mod retention;
+mod run;
 mod signals;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -51,6 +56,16 @@ fn run() -> Result<(), AppError> {
             logging::init(args.log_format, "warn");
             runtime()?.block_on(demo::run(args))
         }
+        Command::Run(args) => {
+            logging::init(cli::LogFormat::Text, "warn");
+            let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+            let env = run::Env {
+                user_home: user_home.as_deref(),
+                dispatch_home: std::env::var_os("DISPATCH_HOME").map(std::path::PathBuf::from),
+            };
+            runtime()?.block_on(run::run(args, env))
+        }
+        Command::Validate(args) => validate::validate(&args),
     }
 }
 
