@@ -12,6 +12,7 @@
 //! retention_days = 30                # finished jobs (and their payloads) older than this are pruned
 //! activation_expiry_days = 30        # a server not seen for this long must activate again
 //! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
+//! public_url = "https://hub.example.com" # or DISPATCH_HUB_PUBLIC_URL; default http://<listen>
 //!
 //! [limits]                           # docs/security.md, "Hostile traffic"
 //! header_timeout_seconds = 10
@@ -28,6 +29,8 @@
 //! [github]
 //! api_url = "https://api.github.com"
 //! token = "..."                      # or DISPATCH_HUB_GITHUB_TOKEN
+//! app_id = 123456                    # a GitHub App (docs/github-app.md); or DISPATCH_HUB_GITHUB_APP_ID
+//! app_private_key_file = "app.pem"   # relative to this file; or DISPATCH_HUB_GITHUB_APP_KEY_FILE
 //!
 //! [[binding]]
 //! repository = "octo-org/octo-repo"
@@ -67,8 +70,21 @@ pub struct LicenseKey {
 pub struct GithubConfig {
     /// API base URL (`https://api.github.com`, or `https://<host>/api/v3` for GitHub Enterprise).
     pub api_url: String,
-    /// Token for commit statuses and comments; without one the hub does not report.
+    /// Token for commit statuses and comments; without one (and without an App) the hub does not
+    /// report.
     pub token: Option<Secret>,
+    /// A GitHub App to report as, with check runs (`docs/github-app.md`); used instead of the
+    /// token when set.
+    pub app: Option<GithubApp>,
+}
+
+/// The GitHub App the hub reports as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubApp {
+    /// The App's id (GitHub shows it on the App's settings page).
+    pub app_id: u64,
+    /// The App's private key, the PEM file GitHub offers for download; read when the hub starts.
+    pub private_key_file: PathBuf,
 }
 
 impl Default for GithubConfig {
@@ -76,6 +92,7 @@ impl Default for GithubConfig {
         GithubConfig {
             api_url: "https://api.github.com".to_owned(),
             token: None,
+            app: None,
         }
     }
 }
@@ -111,6 +128,10 @@ pub struct HubConfig {
     pub token_ttl: Duration,
     /// Timeouts, the connection cap and the body budget of the HTTP server.
     pub limits: ServeLimits,
+    /// The hub's address as GitHub and browsers reach it (`https://hub.example.com`): the
+    /// webhook URL of the App manifest and the job links on GitHub. Default: `http://` + the
+    /// address the hub listens on.
+    pub public_url: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -129,6 +150,7 @@ impl Default for HubConfig {
             mention: "@dispatch".to_owned(),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             limits: ServeLimits::default(),
+            public_url: None,
         }
     }
 }
@@ -177,6 +199,25 @@ impl HubConfig {
             ));
         }
         self.limits.validate(ORIGIN)?;
+        if let Some(url) = self.public_url.take().filter(|u| !u.trim().is_empty()) {
+            let url = url.trim().trim_end_matches('/').to_owned();
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.contains(char::is_whitespace) || url.contains(['?', '#']) {
+                return Err(HubError::setting(
+                    ORIGIN,
+                    "public_url",
+                    format!("`{url}` is not a base URL like https://hub.example.com"),
+                ));
+            }
+            self.public_url = Some(url);
+        }
+        if self.github.app.as_ref().is_some_and(|app| app.app_id == 0) {
+            return Err(HubError::setting(
+                ORIGIN,
+                "github.app_id",
+                "must be the App's id (a positive number)",
+            ));
+        }
         for (i, l) in self.licenses.iter().enumerate() {
             if l.id.trim().is_empty() {
                 return Err(HubError::setting(
@@ -234,6 +275,7 @@ struct HubFile {
     retention_days: Option<u64>,
     activation_expiry_days: Option<u64>,
     metrics_token: Option<Secret>,
+    public_url: Option<String>,
     #[serde(default)]
     license: Vec<LicenseKey>,
     github: Option<GithubFile>,
@@ -247,6 +289,8 @@ struct HubFile {
 struct GithubFile {
     api_url: Option<String>,
     token: Option<Secret>,
+    app_id: Option<u64>,
+    app_private_key_file: Option<PathBuf>,
 }
 
 /// Longest retention or activation expiry: a century keeps millisecond arithmetic far from
@@ -288,6 +332,27 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         Some(g) => GithubConfig {
             api_url: g.api_url.unwrap_or(defaults.github.api_url),
             token: g.token.filter(|t| !t.is_empty()),
+            app: match (g.app_id, g.app_private_key_file) {
+                (Some(app_id), Some(key)) => Some(GithubApp {
+                    app_id,
+                    private_key_file: base.join(key),
+                }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(HubError::setting(
+                        &origin,
+                        "github.app_private_key_file",
+                        "is needed with `app_id`",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(HubError::setting(
+                        &origin,
+                        "github.app_id",
+                        "is needed with `app_private_key_file`",
+                    ))
+                }
+            },
         },
         None => defaults.github,
     };
@@ -311,6 +376,7 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
             .token_ttl_seconds
             .map_or(defaults.token_ttl, Duration::from_secs),
         limits: file.limits.unwrap_or_default().into_limits(),
+        public_url: file.public_url,
     })
 }
 
@@ -348,6 +414,48 @@ mod tests {
             !format!("{cfg:?}").contains("k1"),
             "secrets must not show in Debug"
         );
+    }
+
+    #[test]
+    fn app_settings_and_public_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://hub.example.com/\"\n\
+             [github]\napp_id = 42\napp_private_key_file = \"keys/app.pem\"\n",
+        )
+        .unwrap();
+        let cfg = load_hub_config(&path).unwrap();
+        let app = cfg.github.app.clone().unwrap();
+        assert_eq!(app.app_id, 42);
+        assert_eq!(app.private_key_file, dir.path().join("keys/app.pem"));
+        let valid = HubConfig {
+            webhook_secret: Secret::new("w"),
+            ..cfg
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(valid.public_url.as_deref(), Some("https://hub.example.com"));
+
+        for (text, setting) in [
+            ("[github]\napp_id = 42\n", "github.app_private_key_file"),
+            ("[github]\napp_private_key_file = \"k.pem\"\n", "github.app_id"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = load_hub_config(&path).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{setting}`")), "{err}");
+        }
+        for url in ["hub.example.com", "ftp://h", "https://h/?x"] {
+            let err = HubConfig {
+                webhook_secret: Secret::new("w"),
+                public_url: Some(url.into()),
+                ..HubConfig::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(err.to_string().contains("`public_url`"), "{err}");
+        }
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub enum HubError {
     /// The HTTP client for GitHub could not be built.
     #[error("failed to build the github http client")]
     HttpClient(#[source] reqwest::Error),
+    /// The GitHub App's private key file could not be read or holds no RSA key.
+    #[error("the GitHub App settings cannot be used")]
+    GithubApp(#[source] crate::github::GithubError),
 }
 
 impl HubError {
@@ -146,6 +149,7 @@ impl HubError {
                 | HubError::ParseConfig { .. }
                 | HubError::InvalidSetting { .. }
                 | HubError::KeyFormat { .. }
+                | HubError::GithubApp(_)
         )
     }
 

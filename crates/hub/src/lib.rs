@@ -55,7 +55,7 @@ use tokio_util::task::TaskTracker;
 
 pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
 pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
-pub use config::{GithubConfig, HubConfig, LicenseKey};
+pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;
 

@@ -1,7 +1,9 @@
 //! `hub`: the dispatch hub as a standalone server.
 //!
 //! `hub serve --config hub.toml` serves until SIGINT/SIGTERM; `hub print-public-key --data-dir D`
-//! prints the PEM public key that verifies the hub's license tokens (creating the key if absent).
+//! prints the PEM public key that verifies the hub's license tokens (creating the key if absent);
+//! `hub github-app manifest` and `hub github-app convert` set up the GitHub App the hub reports as
+//! (`docs/github-app.md`).
 //! Exit codes: 0 clean stop, 2 bad config (naming the setting), 1 any other failure.
 
 use std::io::Write as _;
@@ -49,6 +51,8 @@ enum Command {
         github_token: Option<String>,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        app: AppFlags,
         /// Log format.
         #[arg(long, env = "DISPATCH_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -62,7 +66,98 @@ enum Command {
         #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
         format: String,
     },
+    /// Set up the GitHub App the hub reports as (docs/github-app.md).
+    GithubApp {
+        #[command(subcommand)]
+        command: GithubAppCommand,
+    },
 }
+
+#[derive(Subcommand)]
+enum GithubAppCommand {
+    /// Print the App manifest as JSON (stderr names the GitHub page it is posted to), or with
+    /// `--html` a page whose button creates the App on GitHub.
+    Manifest {
+        /// hub.toml, for `public_url` and `[github] api_url`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The hub's address as GitHub reaches it (overrides `public_url`).
+        #[arg(long, env = "DISPATCH_HUB_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// The App's name (GitHub wants it unique; it can be changed on the form).
+        #[arg(long, default_value = "dispatch-hub")]
+        name: String,
+        /// Create the App under this organization instead of your account.
+        #[arg(long)]
+        org: Option<String>,
+        /// Print an HTML page with a button that posts the manifest to GitHub.
+        #[arg(long)]
+        html: bool,
+    },
+    /// Finish creating the App: trade the code GitHub sent your browser back with for the App's
+    /// id, private key (written to `--key-file`, 0600) and webhook secret.
+    Convert {
+        /// hub.toml, for `[github] api_url`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The `code` of the page GitHub sent you to after creating the App.
+        #[arg(long)]
+        code: String,
+        /// Where to write the private key (a new file).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+}
+
+/// Overrides of the GitHub App settings (docs/github-app.md).
+#[derive(clap::Args)]
+struct AppFlags {
+    /// The hub's address as GitHub and browsers reach it (overrides `public_url`).
+    #[arg(long, value_name = "URL", env = "DISPATCH_HUB_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// GitHub App id (overrides `[github] app_id`).
+    #[arg(long, value_name = "ID", env = "DISPATCH_HUB_GITHUB_APP_ID")]
+    github_app_id: Option<u64>,
+    /// GitHub App private key, PEM (overrides `[github] app_private_key_file`).
+    #[arg(long, value_name = "FILE", env = "DISPATCH_HUB_GITHUB_APP_KEY_FILE")]
+    github_app_key_file: Option<PathBuf>,
+}
+
+impl AppFlags {
+    fn apply(self, cfg: &mut dispatch_hub::HubConfig) -> Result<(), HubError> {
+        if let Some(url) = self.public_url.filter(|u| !u.is_empty()) {
+            cfg.public_url = Some(url);
+        }
+        let current = cfg.github.app.take();
+        let app_id = self.github_app_id.or(current.as_ref().map(|a| a.app_id));
+        let key = self
+            .github_app_key_file
+            .or(current.map(|a| a.private_key_file));
+        cfg.github.app = match (app_id, key) {
+            (Some(app_id), Some(private_key_file)) => Some(dispatch_hub::GithubApp {
+                app_id,
+                private_key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(HubError::InvalidSetting {
+                    origin: "the command line".into(),
+                    setting: "github-app-key-file".into(),
+                    reason: "is needed with `--github-app-id`".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(HubError::InvalidSetting {
+                    origin: "the command line".into(),
+                    setting: "github-app-id".into(),
+                    reason: "is needed with `--github-app-key-file`".into(),
+                })
+            }
+        };
+        Ok(())
+    }
+}
+
 
 /// Overrides of the `[limits]` table (docs/security.md, "Hostile traffic").
 #[derive(clap::Args)]
@@ -128,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::GithubApp { command } => github_app(command),
         Command::Serve {
             config,
             listen,
@@ -135,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             webhook_secret,
             github_token,
             limits,
+            app,
             log_format,
         } => {
             init_logs(&log_format);
@@ -152,8 +249,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.github.token = Some(Secret::new(token));
             }
             limits.apply(&mut cfg.limits);
+            app.apply(&mut cfg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(cfg))
+        }
+    }
+}
+
+fn github_app(command: GithubAppCommand) -> anyhow::Result<()> {
+    use dispatch_hub::github::{convert, manifest};
+    let settings = |config: Option<PathBuf>| match config {
+        Some(path) => load_hub_config(&path),
+        None => Ok(dispatch_hub::HubConfig::default()),
+    };
+    match command {
+        GithubAppCommand::Manifest {
+            config,
+            public_url,
+            name,
+            org,
+            html,
+        } => {
+            let cfg = settings(config)?;
+            let public_url = public_url
+                .or(cfg.public_url)
+                .unwrap_or_else(|| format!("http://{}", cfg.listen));
+            let app = manifest::manifest(&name, &public_url);
+            let url = manifest::creation_url(&cfg.github.api_url, org.as_deref());
+            if html {
+                print!("{}", manifest::form_html(&app, &url));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&app)?);
+                eprintln!("post this manifest as the form field `manifest` to {url}");
+            }
+            eprintln!(
+                "GitHub will deliver webhooks to {}{}: it must reach the hub there",
+                public_url.trim_end_matches('/'),
+                manifest::WEBHOOK_PATH
+            );
+            Ok(())
+        }
+        GithubAppCommand::Convert {
+            config,
+            code,
+            key_file,
+        } => {
+            let cfg = settings(config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let app = runtime.block_on(convert::convert(&cfg.github.api_url, &code))?;
+            convert::write_key_file(&key_file, &app.pem)?;
+            println!(
+                "# GitHub App `{}` (id {}) created; its key is in {}. Add to hub.toml:\n\
+                 webhook_secret = \"{}\"\n\n[github]\napp_id = {}\napp_private_key_file = \"{}\"\n\n\
+                 # Then install the App on your repositories: {}/installations/new",
+                app.slug,
+                app.id,
+                key_file.display(),
+                app.webhook_secret.expose(),
+                app.id,
+                key_file.display(),
+                app.html_url
+            );
+            Ok(())
         }
     }
 }

@@ -894,6 +894,7 @@ mod reporting {
             cfg.github = GithubConfig {
                 api_url: api,
                 token: Some(Secret::new("gh-token")),
+                app: None,
             };
         })
         .await

@@ -342,6 +342,7 @@ async fn start_embedded_hub(
             github: GithubConfig {
                 api_url: github_api_url.to_string(),
                 token: github_token.clone(),
+                app: None,
             },
             ..HubConfig::default()
         },
