@@ -17,7 +17,7 @@ pub(crate) enum Auth {
     /// A personal (or other long-lived) token: commit statuses and comments.
     Token(Secret),
     /// A GitHub App: check runs and comments, per installation.
-    App(Installations),
+    App(Box<Installations>),
 }
 
 /// One request: method, path under the API base URL, JSON body, and a name for errors and logs.
