@@ -371,10 +371,11 @@ fn validate_lists_every_bad_file_and_oks_the_good_ones() {
         "good.yaml",
         "steps:\n  - name: a\n    command: echo never run > ran.txt\n",
     );
+    // Three errors in one file: each is listed.
     let unknown = write(
         dir.path(),
         "unknown.yaml",
-        "steps:\n  - name: a\n    command: 'true'\nbogus_top: 1\n",
+        "steps:\n  - name: a\n    command: 'true'\n    bogus_one: 1\n  - name: b\n    command: 'true'\n    bogus_two: 2\nbogus_top: 1\n",
     );
     let no_steps = write(dir.path(), "nosteps.yaml", "description: nothing\n");
     let out = scheduler(
@@ -389,11 +390,15 @@ fn validate_lists_every_bad_file_and_oks_the_good_ones() {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(text(&out.stdout), "ok good.yaml\n", "{}", show(&out));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{}:4: ", unknown.display())) && stderr.contains("bogus_top"),
-        "{}",
-        show(&out)
-    );
+    for (line, key) in [(4, "bogus_one"), (7, "bogus_two"), (8, "bogus_top")] {
+        assert!(
+            stderr.lines().any(
+                |l| l.starts_with(&format!("{}:{line}: ", unknown.display())) && l.contains(key)
+            ),
+            "{}",
+            show(&out)
+        );
+    }
     assert!(
         stderr.contains(&no_steps.display().to_string()) && stderr.contains("steps"),
         "{}",
