@@ -19,11 +19,11 @@ use dispatch_protocol::{
 };
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{self, Standing};
 use crate::body::{self, BodyRules};
 use crate::config::{HubConfig, LicenseKey};
 use crate::error::HubError;
@@ -32,7 +32,9 @@ use crate::limits::API_BODY_LIMIT;
 use crate::matching::jobs_for_delivery;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
 use crate::report;
-use crate::store::{blocking, now_ms, Activation, Caller, RawDelivery, Store, Transition};
+use crate::store::{
+    blocking, now_ms, Activated, Activation, Caller, RawDelivery, Store, Transition,
+};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -139,10 +141,6 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             format!("invalid request body: {e}"),
         )
     })
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -314,12 +312,6 @@ async fn activate(
     body: Bytes,
 ) -> Result<Json<ActivateResponse>, ApiError> {
     let req: ActivateRequest = parse_body(&body)?;
-    if req.server_id.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "server_id must not be empty",
-        ));
-    }
     // Compare against every key so the time taken does not reveal which one matched.
     let presented = req.key.expose().as_bytes();
     let mut found: Option<&LicenseKey> = None;
@@ -335,41 +327,92 @@ async fn activate(
             "invalid license key",
         ));
     };
+    require_server_id(&req.server_id)?;
+    if req.machine_name.len() > activation::MAX_MACHINE_NAME_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "machine_name must be at most {} bytes",
+                activation::MAX_MACHINE_NAME_BYTES
+            ),
+        ));
+    }
     let secret = Secret::new(hex(&rand::random::<[u8; 32]>()));
-    let activation = Activation {
+    let record = Activation {
         license_id: license.id.clone(),
         server_id: req.server_id.clone(),
         machine_name: req.machine_name.clone(),
-        secret_sha256: sha256_hex(secret.expose()),
+        secret_sha256: activation::secret_hash(&secret),
     };
-    blocking(&st.store, move |s| {
-        s.upsert_activation(activation, now_ms())
-    })
-    .await?;
-    tracing::info!(license_id = %license.id, server_id = %req.server_id, machine = %req.machine_name, "license activated");
+    let expiry = st.cfg.activation_expiry;
+    let outcome = blocking(&st.store, move |s| s.activate(record, now_ms(), expiry)).await?;
+    if outcome == Activated::OtherMachine {
+        tracing::warn!(license_id = ?license.id, server_id = ?req.server_id, machine = ?req.machine_name,
+            "activation refused: the server id belongs to another machine");
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "server `{}` is activated by another machine; give this machine its own server id, \
+                 or revoke the server on the hub first (`hub servers revoke {}`)",
+                req.server_id, req.server_id
+            ),
+        ));
+    }
+    tracing::info!(license_id = ?license.id, server_id = ?req.server_id, machine = ?req.machine_name, "license activated");
     Ok(Json(ActivateResponse {
         token: issue_token(&st, license)?,
         heartbeat_secret: secret,
     }))
 }
 
-/// Checks machine credentials against the recorded activation.
+/// A 400 naming the field unless `server_id` is a server id ([`activation::is_server_id`]).
+fn require_server_id(server_id: &str) -> Result<(), ApiError> {
+    if activation::is_server_id(server_id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            activation::SERVER_ID_RULE,
+        ))
+    }
+}
+
+/// Checks machine credentials against the recorded activation, read from the store on every
+/// call (a revocation by `hub servers revoke` counts at once), and notes the server as seen.
+/// A revoked activation is answered with `revoked`: 410 for a heartbeat (the scheduler's word
+/// for "revoked"), 401 for the dispatch calls.
 async fn check_activation(
     st: &AppState,
     license_id: &str,
     server_id: &str,
     secret: &Secret,
+    revoked: StatusCode,
 ) -> Result<(), ApiError> {
+    require_server_id(server_id)?;
     let (l, s) = (license_id.to_owned(), server_id.to_owned());
-    let stored = blocking(&st.store, move |store| store.activation_secret(&l, &s)).await?;
-    let presented = sha256_hex(secret.expose());
-    match stored {
-        Some(hash) if bool::from(hash.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+    let stored = blocking(&st.store, move |store| store.activation(&l, &s)).await?;
+    let now = now_ms();
+    match activation::standing(stored.as_ref(), secret, now, st.cfg.activation_expiry) {
+        Standing::Active => {
+            st.store.note_seen(license_id, server_id, now);
+            Ok(())
+        }
+        Standing::Unknown => Err(ApiError::unauthorized()),
+        Standing::Revoked => Err(ApiError::new(
+            revoked,
+            "this server's activation was revoked on the hub; activate again",
+        )),
+        Standing::Expired => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this server's activation expired (not seen for {} days); activate again",
+                st.cfg.activation_expiry.as_secs() / 86_400
+            ),
+        )),
     }
 }
 
-/// Machine credentials for the dispatch endpoints: a recorded activation of a license that is
+/// Machine credentials for the dispatch endpoints: a live activation of a license that is
 /// still configured.
 async fn authenticate(
     st: &AppState,
@@ -377,7 +420,7 @@ async fn authenticate(
     server_id: &str,
     secret: &Secret,
 ) -> Result<(), ApiError> {
-    check_activation(st, license_id, server_id, secret).await?;
+    check_activation(st, license_id, server_id, secret, StatusCode::UNAUTHORIZED).await?;
     if find_license(&st.cfg.licenses, license_id).is_none() {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -392,7 +435,14 @@ async fn heartbeat(
     body: Bytes,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let req: HeartbeatRequest = parse_body(&body)?;
-    check_activation(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await?;
+    check_activation(
+        &st,
+        &req.license_id,
+        &req.server_id,
+        &req.heartbeat_secret,
+        StatusCode::GONE,
+    )
+    .await?;
     let Some(license) = find_license(&st.cfg.licenses, &req.license_id) else {
         return Err(ApiError::new(StatusCode::GONE, "license has been revoked"));
     };

@@ -88,6 +88,18 @@ pub enum HubError {
         /// What SQLite found.
         detail: String,
     },
+    /// A command that works on an existing store found none.
+    #[error("no hub store at `{path}` (is the data directory the hub's?)")]
+    NoStore {
+        /// Where the database was expected.
+        path: PathBuf,
+    },
+    /// No activation of this server is recorded.
+    #[error("no server `{server_id}` has activated on this hub (see `hub servers list`)")]
+    UnknownServer {
+        /// The server id asked for.
+        server_id: String,
+    },
     /// A schema step failed; the database stays at the version before it.
     #[error("failed to update the hub store schema to version {version} ({step})")]
     Migrate {

@@ -34,6 +34,7 @@ pub mod limits;
 pub mod matching;
 pub mod report;
 
+mod activation;
 mod api;
 mod body;
 mod error;
@@ -53,11 +54,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use activation::{list_servers, revoke_server};
 pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
 pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;
+pub use store::ServerInfo;
 
 use store::{blocking, now_ms, Store};
 
@@ -153,6 +156,7 @@ impl Hub {
             cfg.retention,
             cancel.clone(),
         ));
+        tasks.spawn(housekeeping::flush_seen(store.clone(), cancel.clone()));
         let app = api::router(state);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");

@@ -3,7 +3,8 @@
 //! `hub serve --config hub.toml` serves until SIGINT/SIGTERM; `hub print-public-key --data-dir D`
 //! prints the PEM public key that verifies the hub's license tokens (creating the key if absent);
 //! `hub github-app manifest` and `hub github-app convert` set up the GitHub App the hub reports as
-//! (`docs/github-app.md`).
+//! (`docs/github-app.md`); `hub servers list` and `hub servers revoke <server-id>` show and revoke
+//! the servers that activated (while the hub runs, too).
 //! Exit codes: 0 clean stop, 2 bad config (naming the setting), 1 any other failure.
 
 use std::io::Write as _;
@@ -19,6 +20,8 @@ use dispatch_hub::{
 use dispatch_protocol::Secret;
 use tokio_util::sync::CancellationToken;
 
+mod cli_servers;
+
 #[derive(Parser)]
 #[command(
     name = "hub",
@@ -31,6 +34,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once at start: boxing `Serve` would only add noise.
 enum Command {
     /// Serve webhooks and the cloud API until interrupted.
     Serve {
@@ -52,6 +56,8 @@ enum Command {
         #[command(flatten)]
         limits: LimitFlags,
         #[command(flatten)]
+        store: cli_servers::StoreFlags,
+        #[command(flatten)]
         app: AppFlags,
         /// Log format.
         #[arg(long, env = "DISPATCH_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -65,6 +71,11 @@ enum Command {
         /// `pem` (SPKI) or `base64` (the 32 raw bytes).
         #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
         format: String,
+    },
+    /// List or revoke the servers that activated licenses on this hub.
+    Servers {
+        #[command(subcommand)]
+        command: cli_servers::ServersCommand,
     },
     /// Set up the GitHub App the hub reports as (docs/github-app.md).
     GithubApp {
@@ -158,7 +169,6 @@ impl AppFlags {
     }
 }
 
-
 /// Overrides of the `[limits]` table (docs/security.md, "Hostile traffic").
 #[derive(clap::Args)]
 struct LimitFlags {
@@ -224,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::GithubApp { command } => github_app(command),
+        Command::Servers { command } => cli_servers::run(command),
         Command::Serve {
             config,
             listen,
@@ -231,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             webhook_secret,
             github_token,
             limits,
+            store,
             app,
             log_format,
         } => {
@@ -249,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.github.token = Some(Secret::new(token));
             }
             limits.apply(&mut cfg.limits);
+            store.apply(&mut cfg);
             app.apply(&mut cfg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(cfg))
@@ -382,8 +395,10 @@ impl Signals {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DISPATCH_HUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: a log file or a collector gets plain text, never escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -136,7 +136,9 @@ impl TestHub {
             .unwrap()
     }
 
+    /// Activates `license_id` for the server [`server_id`] makes of `server`.
     async fn activate(&self, license_id: &str, server: &str) -> Creds {
+        let server = server_id(server);
         let resp = self
             .post(
                 "/api/v1/licenses/activate",
@@ -151,7 +153,7 @@ impl TestHub {
         assert_eq!(verified.claims.jti, license_id);
         Creds {
             license_id: verified.claims.jti,
-            server_id: server.into(),
+            server_id: server,
             secret: body["heartbeat_secret"].as_str().unwrap().into(),
         }
     }
@@ -232,6 +234,18 @@ struct Creds {
 
 fn sign(body: &[u8]) -> String {
     dispatch_protocol::webhook_signature::sign(&Secret::new(SECRET), body)
+}
+
+/// The server id (a UUID, as the hub wants) standing for `name` in a test: the same name always
+/// gives the same id; a UUID is kept as it is.
+fn server_id(name: &str) -> String {
+    if name.len() == 36 {
+        return name.to_owned();
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("0190a000-0000-7000-8000-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
 /// The DAG `build` bound to `trigger` on [`HELLO`], the repository of most fixtures.
@@ -323,7 +337,7 @@ async fn push_job_carries_exact_fields_payload_and_headers() {
     assert_eq!(job.actor_login, "Codertocat");
     assert_eq!(
         (job.status.as_str(), job.claimed_by.as_str()),
-        ("claimed", "srv-1")
+        ("claimed", c.server_id.as_str())
     );
     let payload = job.payload.unwrap();
     assert_eq!(
@@ -580,7 +594,7 @@ async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
     let resp = hub
         .post(
             "/api/v1/licenses/activate",
-            json!({"key": "nope", "server_id": "s", "machine_name": "m"}),
+            json!({"key": "nope", "server_id": server_id("s"), "machine_name": "m"}),
         )
         .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -611,7 +625,7 @@ async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
     let hb = hub
         .post(
             "/api/v1/licenses/heartbeat",
-            json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": "wrong"}),
+            json!({"license_id": "lic-a", "server_id": server_id("srv"), "heartbeat_secret": "wrong"}),
         )
         .await;
     assert_eq!(hb.status(), StatusCode::UNAUTHORIZED);
@@ -768,7 +782,7 @@ async fn expired_lease_goes_to_another_scheduler() {
             job["id"].as_str().unwrap(),
             job["claimed_by"].as_str().unwrap()
         ),
-        (id.as_str(), "srv-b")
+        (id.as_str(), b.server_id.as_str())
     );
     assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::CONFLICT);
     assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::NO_CONTENT);
@@ -1115,7 +1129,7 @@ mod cloud_client {
         let act = client
             .activate(&ActivateRequest {
                 key: Secret::new("key-lic-a"),
-                server_id: "srv-1".into(),
+                server_id: server_id("srv-1"),
                 machine_name: "box".into(),
                 client_version: "test".into(),
             })
@@ -1128,7 +1142,7 @@ mod cloud_client {
         let hb = client
             .heartbeat(&HeartbeatRequest {
                 license_id: claims.jti.clone(),
-                server_id: "srv-1".into(),
+                server_id: server_id("srv-1"),
                 heartbeat_secret: act.heartbeat_secret.clone(),
                 client_version: String::new(),
             })
@@ -1143,7 +1157,7 @@ mod cloud_client {
 
         let pull = PullRequest {
             license_id: claims.jti.clone(),
-            server_id: "srv-1".into(),
+            server_id: server_id("srv-1"),
             heartbeat_secret: act.heartbeat_secret.clone(),
             wait_seconds: 0,
         };
@@ -1155,14 +1169,14 @@ mod cloud_client {
 
         let accept = AcceptRequest {
             license_id: claims.jti.clone(),
-            server_id: "srv-1".into(),
+            server_id: server_id("srv-1"),
             secret: act.heartbeat_secret.clone(),
             dag_run_id: job.id.clone(),
         };
         client.accept_dispatch(&job.id, &accept).await.unwrap();
         let finish = FinishRequest {
             license_id: claims.jti.clone(),
-            server_id: "srv-1".into(),
+            server_id: server_id("srv-1"),
             secret: act.heartbeat_secret.clone(),
             result_status: "succeeded".into(),
             result_summary: "all steps succeeded".into(),
@@ -1268,9 +1282,10 @@ mod serve_process {
             let http = reqwest::Client::new();
             assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
             let post = |p: &str, v: Value| http.post(format!("{base}{p}")).json(&v).send();
+            let srv = server_id("srv");
             let act: Value = post(
                 "/api/v1/licenses/activate",
-                json!({"key": "key-lic-a", "server_id": "srv", "machine_name": "box"}),
+                json!({"key": "key-lic-a", "server_id": srv, "machine_name": "box"}),
             )
             .await
             .unwrap()
@@ -1289,11 +1304,11 @@ mod serve_process {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::ACCEPTED);
-            let creds = json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": secret});
+            let creds = json!({"license_id": "lic-a", "server_id": srv, "heartbeat_secret": secret});
             let job: Value = post("/api/v1/github/dispatch/pull", creds).await.unwrap().json().await.unwrap();
             let id = job["id"].as_str().unwrap();
             let auth = |extra: Value| {
-                let mut v = json!({"license_id": "lic-a", "server_id": "srv", "secret": secret});
+                let mut v = json!({"license_id": "lic-a", "server_id": srv, "secret": secret});
                 v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
                 v
             };
@@ -1304,9 +1319,9 @@ mod serve_process {
                 auth(json!({"result_status": "succeeded"})),
             );
             assert_eq!(finish.await.unwrap().status(), StatusCode::NO_CONTENT);
-            let bad = json!({"license_id": "lic-a", "server_id": "srv", "heartbeat_secret": "wrong-secret-456"});
+            let bad = json!({"license_id": "lic-a", "server_id": srv, "heartbeat_secret": "wrong-secret-456"});
             assert_eq!(post("/api/v1/github/dispatch/pull", bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-            let bad_key = json!({"key": "bad-key-789", "server_id": "s", "machine_name": "m"});
+            let bad_key = json!({"key": "bad-key-789", "server_id": server_id("s"), "machine_name": "m"});
             assert_eq!(post("/api/v1/licenses/activate", bad_key).await.unwrap().status(), StatusCode::UNAUTHORIZED);
             secret
         });

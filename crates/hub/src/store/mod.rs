@@ -36,7 +36,8 @@ use crate::matching::NewJob;
 use gauges::{JobGauges, Tally};
 use writer::{open_connection, Durability, Writer};
 
-pub(crate) use activations::Activation;
+pub use activations::ServerInfo;
+pub(crate) use activations::{Activated, Activation, StoredActivation};
 pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
 pub(crate) use reports::PendingReport;
 pub(crate) use state::JobState;
@@ -64,6 +65,7 @@ pub(crate) struct Store {
     writer: Writer,
     reader: Mutex<Connection>,
     gauges: JobGauges,
+    seen: activations::Seen,
 }
 
 impl Store {
@@ -91,6 +93,7 @@ impl Store {
             writer: Writer::start(conn, path)?,
             reader: Mutex::new(reader),
             gauges,
+            seen: activations::Seen::default(),
         })
     }
 
@@ -236,20 +239,6 @@ impl Store {
     /// query.
     pub fn job_counts(&self) -> Vec<(JobState, i64)> {
         self.gauges.snapshot()
-    }
-
-    /// Records an activation, replacing an earlier one of the same server.
-    pub fn upsert_activation(&self, activation: Activation, now_ms: i64) -> Result<(), HubError> {
-        self.write(move |conn| activations::upsert(conn, &activation, now_ms))
-    }
-
-    /// The stored secret hash of an activation.
-    pub fn activation_secret(
-        &self,
-        license_id: &str,
-        server_id: &str,
-    ) -> Result<Option<String>, HubError> {
-        activations::secret(&self.read(), license_id, server_id)
     }
 
     /// Reports due at `now_ms`, oldest first.

@@ -327,3 +327,335 @@ mod integrity {
         assert!(err.contains("restore it from a backup"), "{err}");
     }
 }
+
+mod servers {
+    use super::*;
+
+    /// Activates `license_id` on `server` as `machine`; the raw answer.
+    async fn activate_as(hub: &TestHub, server: &str, machine: &str) -> reqwest::Response {
+        hub.post(
+            "/api/v1/licenses/activate",
+            json!({"key": "key-lic-a", "server_id": server, "machine_name": machine}),
+        )
+        .await
+    }
+
+    async fn heartbeat(hub: &TestHub, c: &Creds) -> reqwest::Response {
+        hub.post(
+            "/api/v1/licenses/heartbeat",
+            json!({"license_id": c.license_id, "server_id": c.server_id, "heartbeat_secret": c.secret}),
+        )
+        .await
+    }
+
+    /// `hub servers <args> --data-dir <the hub's>`: exit code and stdout (stderr on failure).
+    fn servers_cmd(hub: &TestHub, args: &[&str]) -> (i32, String) {
+        let mut all = vec!["servers"];
+        all.extend_from_slice(args);
+        all.push("--data-dir");
+        let out = hub_bin(&all, &hub.cfg.data_dir).output().unwrap();
+        let text = if out.status.success() {
+            out.stdout
+        } else {
+            out.stderr
+        };
+        (out.status.code().unwrap(), String::from_utf8(text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_server_id_that_is_not_a_uuid_is_refused_naming_the_field() {
+        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        let c = hub.activate("lic-a", SRV_A).await;
+        let long = "a".repeat(64 * 1024);
+        for bad in [
+            "",
+            "srv-1",
+            "0190A000-0000-7000-8000-00000000000A",
+            "{0190a000-0000-7000-8000-00000000000a}",
+            "0190a0000000700080000000000000000a",
+            "00000000-0000-0000-0000-000000000000",
+            "0190a000-0000-7000-8000-00000000000a\n",
+            long.as_str(),
+        ] {
+            let as_bad = Creds {
+                server_id: bad.to_owned(),
+                ..c.clone()
+            };
+            let answers = [
+                ("activate", activate_as(&hub, bad, "box").await),
+                ("heartbeat", heartbeat(&hub, &as_bad).await),
+                ("pull", hub.pull(&as_bad, 0).await),
+                ("accept", hub.accept(&as_bad, "j").await),
+                ("finish", hub.finish(&as_bad, "j", "failed", "").await),
+            ];
+            for (call, resp) in answers {
+                assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{call} {bad:.40?}");
+                let body: Value = resp.json().await.unwrap();
+                let message = body["message"].as_str().unwrap();
+                assert!(message.contains("server_id"), "{call}: {message}");
+            }
+        }
+        assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+        // A machine name is a host name, not a document.
+        let resp = activate_as(&hub, SRV_B, &"m".repeat(256)).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("machine_name"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_id_stays_with_its_machine_until_revoked_even_while_the_hub_runs() {
+        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        let mine = hub.activate("lic-a", SRV_A).await;
+        // The same machine again is fine (and gets a new secret).
+        let again = hub.activate("lic-a", SRV_A).await;
+        assert_ne!(again.secret, mine.secret);
+        // Another machine holding a license key cannot take the id over, under any license.
+        for key in ["key-lic-a", "key-lic-b"] {
+            let resp = hub
+                .post(
+                    "/api/v1/licenses/activate",
+                    json!({"key": key, "server_id": SRV_A, "machine_name": "intruder"}),
+                )
+                .await;
+            assert_eq!(resp.status(), StatusCode::CONFLICT);
+            let body: Value = resp.json().await.unwrap();
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains("another machine") && message.contains("hub servers revoke"),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            hub.pull(&again, 0).await.status(),
+            StatusCode::NO_CONTENT,
+            "untouched"
+        );
+        let other = hub.activate("lic-a", SRV_B).await;
+
+        let (code, list) = servers_cmd(&hub, &["list"]);
+        assert_eq!(code, 0, "{list}");
+        assert!(list.starts_with("SERVER ID"), "{list}");
+        let line_a = list.lines().find(|l| l.starts_with(SRV_A)).expect(&list);
+        for field in ["box", "lic-a", "active"] {
+            assert!(line_a.contains(field), "{field} in {line_a}");
+        }
+
+        // Revoked from the command line while the hub runs: the next calls are refused at once.
+        let (code, out) = servers_cmd(&hub, &["revoke", SRV_A]);
+        assert_eq!(code, 0, "{out}");
+        let pull = hub.pull(&again, 0).await;
+        assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = pull.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("revoked"),
+            "{body}"
+        );
+        assert_eq!(heartbeat(&hub, &again).await.status(), StatusCode::GONE);
+        assert_eq!(
+            hub.accept(&again, "j").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // Someone without the secret learns nothing more than before.
+        let guess = Creds {
+            secret: "guess".into(),
+            ..again.clone()
+        };
+        let body: Value = hub.pull(&guess, 0).await.json().await.unwrap();
+        assert_eq!(body["message"], "unknown license, server or secret");
+        assert_eq!(
+            hub.pull(&other, 0).await.status(),
+            StatusCode::NO_CONTENT,
+            "others unaffected"
+        );
+        let (_, list) = servers_cmd(&hub, &["list"]);
+        let line_a = list.lines().find(|l| l.starts_with(SRV_A)).expect(&list);
+        assert!(line_a.contains("revoked 20"), "{line_a}");
+
+        // Once revoked, the id may be activated again, by any machine.
+        assert_eq!(
+            activate_as(&hub, SRV_A, "new-box").await.status(),
+            StatusCode::OK
+        );
+        // Unknown or malformed ids are errors that say so.
+        let (code, err) = servers_cmd(&hub, &["revoke", "0190a000-0000-7000-8000-0000000000ff"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("no server") && err.contains("hub servers list"),
+            "{err}"
+        );
+        let (code, err) = servers_cmd(&hub, &["revoke", "srv-1"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("server-id"), "{err}");
+    }
+
+    #[test]
+    fn the_commands_need_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("nothing-here");
+        let out = hub_bin(&["servers", "list", "--data-dir"], &empty)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no hub store"), "{err}");
+        assert!(!empty.exists(), "no store was made there");
+    }
+
+    #[tokio::test]
+    async fn an_activation_not_seen_for_the_expiry_must_activate_again() {
+        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        let c = hub.activate("lic-a", SRV_A).await;
+        assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+        // Thirty-one days without a word from the server (the expiry is 30 days by default).
+        let long_ago = dispatch_util::now_ms() as i64 - 31 * 24 * 3600 * 1000;
+        open_db(&hub)
+            .execute(
+                "UPDATE activations SET activated_ms = ?1, last_seen_ms = ?1",
+                [long_ago],
+            )
+            .unwrap();
+        let pull = hub.pull(&c, 0).await;
+        assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = pull.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("expired"),
+            "{body}"
+        );
+        assert_eq!(heartbeat(&hub, &c).await.status(), StatusCode::UNAUTHORIZED);
+        // An expired id is free: even another machine may activate it.
+        assert_eq!(
+            activate_as(&hub, SRV_A, "new-box").await.status(),
+            StatusCode::OK
+        );
+        let fresh = hub.activate("lic-b", SRV_B).await;
+        assert_eq!(hub.pull(&fresh, 0).await.status(), StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn last_seen_is_kept_in_memory_and_written_later_not_per_pull() {
+        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        let c = hub.activate("lic-a", SRV_A).await;
+        let long_ago = dispatch_util::now_ms() as i64 - 10 * 24 * 3600 * 1000;
+        let set = |db: &rusqlite::Connection| {
+            db.execute(
+                "UPDATE activations SET activated_ms = ?1, last_seen_ms = ?1",
+                [long_ago],
+            )
+            .unwrap();
+        };
+        set(&open_db(&hub));
+        let before_pulls = dispatch_util::now_ms() as i64;
+        for _ in 0..3 {
+            assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+        }
+        assert_eq!(heartbeat(&hub, &c).await.status(), StatusCode::OK);
+        let seen = |db: &rusqlite::Connection| -> i64 {
+            db.query_row("SELECT last_seen_ms FROM activations", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(seen(&open_db(&hub)), long_ago, "no write per pull");
+        // Written at the latest when the hub stops (and once a minute while it runs).
+        hub.stop().await;
+        assert!(seen(&open_db(&hub)) >= before_pulls);
+    }
+}
+
+mod logs {
+    use super::*;
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
+
+    /// A machine name that would start a new log line and turn the terminal red.
+    const EVIL: &str = "box\nFAKE LINE\u{1b}[31mred";
+
+    #[tokio::test]
+    async fn untrusted_strings_are_logged_escaped() {
+        let logs = dispatch_test_support::capture_logs("dispatch_hub=trace");
+        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        let resp = hub
+            .post(
+                "/api/v1/licenses/activate",
+                json!({"key": "key-lic-a", "server_id": SRV_A, "machine_name": EVIL}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let refused = hub
+            .post(
+                "/api/v1/licenses/activate",
+                json!({"key": "key-lic-a", "server_id": SRV_A, "machine_name": "other\u{1b}[2J"}),
+            )
+            .await;
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        let text = logs.contents();
+        assert!(text.contains("license activated"), "{text}");
+        assert!(
+            text.contains(r"box\nFAKE LINE\u{1b}[31mred"),
+            "escaped: {text}"
+        );
+        assert!(!text.contains('\u{1b}'), "no raw escape codes: {text}");
+        assert!(!text.contains("\nFAKE LINE"), "no forged line: {text}");
+    }
+
+    /// The binary's text logs carry no colour codes when stderr is not a terminal, and an
+    /// untrusted name cannot forge a log line there either.
+    #[test]
+    fn the_binary_logs_plain_text_to_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n\
+                 [[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = hub_bin(&["serve", "--config"], &path)
+            .env("DISPATCH_HUB_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).unwrap();
+            text
+        });
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("hub listening on ")
+            .expect(&line)
+            .to_owned();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("{base}/api/v1/licenses/activate"))
+                .json(&json!({"key": "key-lic-a", "server_id": SRV_A, "machine_name": EVIL}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        });
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let logs = err_reader.join().unwrap();
+        assert!(logs.contains("license activated"), "{logs}");
+        assert!(!logs.contains('\u{1b}'), "no escape codes at all:\n{logs}");
+        assert!(!logs.contains("\nFAKE LINE"), "no forged line:\n{logs}");
+    }
+}
