@@ -96,6 +96,9 @@ pub(crate) struct Env<'a> {
 
 /// Runs the DAG of `args` to its end; see the module docs.
 pub(crate) async fn run(args: RunArgs, env: Env<'_>) -> Result<(), AppError> {
+    // Taken over first, so that an interrupt during set-up stops the run once it exists
+    // instead of killing this process with its temporary home still on disk.
+    let signals = Interrupts::install()?;
     let cwd = std::env::current_dir()
         .map_err(|err| AppError::component("read the current directory", err))?;
     // Settings are read only when they matter, so that a broken config file in the default
@@ -145,7 +148,14 @@ pub(crate) async fn run(args: RunArgs, env: Env<'_>) -> Result<(), AppError> {
     .map_err(|err| AppError::component("start the executor", err))?;
     say!("run `{}` {run_id}", dag.name);
     let temp_paths: Vec<PathBuf> = home.temp.iter().map(|t| t.path().to_owned()).collect();
-    let record = follow(&stores, &executor, &dag.name, &run_id, &temp_paths).await?;
+    let record = follow(
+        &stores,
+        &executor,
+        signals,
+        (&dag.name, &run_id),
+        &temp_paths,
+    )
+    .await?;
     consumer.cancel();
     executor.shutdown(Duration::from_secs(1)).await;
 
@@ -325,25 +335,44 @@ fn mark_manual(stores: &Stores, dag_name: &str, run_id: &str) -> Result<(), AppE
         .map_err(|err| AppError::component(action(), err))
 }
 
+/// SIGINT and SIGTERM, taken over from their default (which ends the process at once).
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> Result<Interrupts, AppError> {
+        let err = |err| AppError::component("install signal handlers", err);
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Prints the steps' output as it comes until the run's status is final; handles the signals.
 async fn follow(
     stores: &Stores,
     executor: &ExecutorHandle,
-    dag_name: &str,
-    run_id: &str,
+    mut signals: Interrupts,
+    (dag_name, run_id): (&str, &str),
     temp_paths: &[PathBuf],
 ) -> Result<RunRecord, AppError> {
-    let signal_err = |err| AppError::component("install signal handlers", err);
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut finished = executor.subscribe();
     let mut tick = tokio::time::interval(TICK);
     let mut follower = Follower::default();
     let mut stopping = false;
     loop {
         let interrupted = tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
+            () = signals.recv() => true,
             _ = finished.recv() => false,
             _ = tick.tick() => false,
         };
