@@ -20,7 +20,7 @@ pub use contract::*;
 pub use dags::FileDagStore;
 pub use queue::FileQueueStore;
 pub use retention::{prune_finished_runs, PruneReport, DEFAULT_HIST_RETENTION_DAYS};
-pub use runs::FileRunStore;
+pub use runs::{new_attempt_id, FileRunStore};
 
 /// One of each store, plus the in-process wake-up for the executor and the log directory.
 #[derive(Clone)]

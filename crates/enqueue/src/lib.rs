@@ -21,7 +21,8 @@
 //! builds the param string).
 
 use dispatch_dag::{
-    resolve_params, Dag, DagError, Priority, QueueItem, RunRecord, RunStatus, StoreError, Stores,
+    new_attempt_id, resolve_params, Dag, DagError, Priority, QueueItem, RunRecord, RunStatus,
+    StoreError, Stores,
 };
 
 /// What [`enqueue_webhook_run`] did.
@@ -216,14 +217,4 @@ fn rollback(stores: &Stores, queue: &str, item: &QueueItem, enqueued: bool) -> R
         tracing::error!(dag = %item.dag_name, run_id = %item.run_id, problems = ?problems, "enqueue rollback failed");
         Err(problems.join("; "))
     }
-}
-
-/// Attempt ids sort by creation time (the run store takes the greatest name as the latest
-/// attempt): zero-padded Unix nanoseconds, then the pid to keep processes apart.
-fn new_attempt_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:020}-{}", std::process::id())
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use dispatch_dag::{Priority, RunStatus, StoreError};
 
-use crate::run::{execute_run, RunControl};
+use crate::run::execute_run;
+use crate::run_cx::{Lineage, RunControl};
 use crate::shared::{ActiveRun, RunFinished, RunKey, Shared};
 
 /// The queue consumer: one pass per wake-up (enqueue, a run ended, or the scan timer).
@@ -133,7 +134,7 @@ async fn run_one(
         shared: shared.clone(),
         key,
     };
-    let record = execute_run(&shared.stores, attempt, &control).await;
+    let record = execute_run(shared.stores.clone(), attempt, control, Lineage::default()).await;
     drop(registration);
     tracing::info!(dag = %record.dag_name, run_id = %record.run_id, status = %record.status, "run finished");
     // Nobody listening is fine.

@@ -1,31 +1,33 @@
-//! The environment of a step process (`docs/dag-format.md`): params, DAG `env`, step `env`,
-//! `DAG_*`.
+//! The environment of a step process (`docs/dag-format.md`, "Environment of a step"): the
+//! layers it is made of, and `$VAR` expansion.
 //!
 //! Pure logic: no IO, tested without a runtime.
 
-use std::path::Path;
-
-use dispatch_dag::{Dag, Step};
-
-/// What a step needs to know about its run to build its environment.
-pub(crate) struct EnvContext<'a> {
-    pub dag: &'a Dag,
-    pub step: &'a Step,
-    pub run_id: &'a str,
-    pub log_file: &'a Path,
+/// The variables a step gets on top of the inherited scheduler environment, in layers.
+pub(crate) struct EnvLayers<'a> {
+    /// Set as they are, in order: the dotenv files, the resolved params, the values of the
+    /// bindings (the references the loader rewrote), the secrets.
+    pub(crate) literal: &'a [&'a [(String, String)]],
+    /// The DAG's `env`, expanded.
+    pub(crate) dag_env: &'a [(String, String)],
+    /// The `output:` variables of the steps that have ended.
+    pub(crate) outputs: &'a [(String, String)],
+    /// The step's `env`, expanded.
+    pub(crate) step_env: &'a [(String, String)],
+    /// The executor's own variables (`DAG_*`), which nothing may override.
+    pub(crate) builtins: &'a [(String, String)],
 }
 
-/// Builds the variables a step process gets on top of the inherited scheduler environment, in
-/// the order they must be applied (a later entry overrides an earlier one with the same name):
-/// params, DAG `env`, step `env`, then the `DAG_*` variables, which the executor owns and nothing
-/// may spoof.
+/// Builds the variables of a step in the order they must be applied (a later entry overrides
+/// an earlier one with the same name).
 ///
-/// `${VAR}` / `$VAR` in DAG and step `env` values expand to variables defined earlier (params,
-/// earlier env entries) or, failing that, to `inherited(VAR)`; unknown names expand to the empty
-/// string, as in a shell. Param values are never expanded, and nothing here ever becomes command
-/// text: params reach commands only as environment variables.
+/// `${VAR}` / `$VAR` in DAG and step `env` values expand to the executor's own variables, then
+/// to variables defined earlier (params, bindings, earlier env entries), then to
+/// `inherited(VAR)`; unknown names expand to the empty string, as in a shell. Nothing else is
+/// expanded (a param value holding `$X` stays as it is), and nothing here ever becomes command
+/// text: values reach commands only as environment variables.
 pub(crate) fn build_env(
-    ctx: &EnvContext<'_>,
+    layers: &EnvLayers<'_>,
     inherited: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -36,32 +38,38 @@ pub(crate) fn build_env(
             tracing::warn!(name, "skipping environment variable with an invalid name");
         }
     };
-
-    for (name, value) in &ctx.dag.resolved_params {
+    let expand_into = |out: &mut Vec<(String, String)>, env: &[(String, String)]| {
+        for (name, value) in env {
+            let expanded = expand(value, &|var| {
+                lookup(layers.builtins, var)
+                    .or_else(|| lookup(out, var))
+                    .or_else(|| inherited(var))
+            });
+            set(out, name, expanded);
+        }
+    };
+    for layer in layers.literal {
+        for (name, value) in layer.iter() {
+            set(&mut out, name, value.clone());
+        }
+    }
+    expand_into(&mut out, layers.dag_env);
+    for (name, value) in layers.outputs {
         set(&mut out, name, value.clone());
     }
-    for (name, value) in ctx.dag.env.iter().chain(ctx.step.env.iter()) {
-        let lookup = |var: &str| {
-            out.iter()
-                .rev()
-                .find(|(n, _)| n == var)
-                .map(|(_, v)| v.clone())
-                .or_else(|| inherited(var))
-        };
-        let expanded = expand(value, &lookup);
-        set(&mut out, name, expanded);
+    expand_into(&mut out, layers.step_env);
+    for (name, value) in layers.builtins {
+        set(&mut out, name, value.clone());
     }
-    let params_json = params_json(&ctx.dag.resolved_params);
-    set(&mut out, "DAG_NAME", ctx.dag.name.clone());
-    set(&mut out, "DAG_RUN_ID", ctx.run_id.to_owned());
-    set(
-        &mut out,
-        "DAG_RUN_LOG_FILE",
-        ctx.log_file.display().to_string(),
-    );
-    set(&mut out, "DAG_RUN_STEP_NAME", ctx.step.name.clone());
-    set(&mut out, "DAG_PARAMS_JSON", params_json);
     out
+}
+
+/// The latest value of `name` in `vars`.
+pub(crate) fn lookup(vars: &[(String, String)], name: &str) -> Option<String> {
+    vars.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// `DAG_PARAMS_JSON`: the resolved params as one JSON object (a later duplicate name wins, as
@@ -79,8 +87,12 @@ fn is_valid_env_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('=') && !name.contains('\0')
 }
 
-/// Expands `$NAME` and `${NAME}` (NAME = `[A-Za-z_][A-Za-z0-9_]*`); `$$` is a literal `$`; any
-/// other `$` is kept as is (including an unterminated `${`).
+/// Expands `$NAME` and `${NAME}` (NAME = `[A-Za-z_][A-Za-z0-9_]*`) to `lookup(NAME)`, the
+/// empty string when it has none; `$$` is a literal `$`. `${NAME.a.b}` (dotted segments of
+/// letters, digits and `_`) expands to `lookup("NAME.a.b")` and is kept as written when that has
+/// none (that is how `${ITEM.field}` reaches its item). Any other `$` is kept as is (including
+/// an unterminated `${` and shell forms like `${X:-y}`). Values are inserted as they are, never
+/// expanded again.
 pub(crate) fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     let bytes = value.as_bytes();
     let mut out = String::with_capacity(value.len());
@@ -97,10 +109,18 @@ pub(crate) fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> St
             out.push('$');
             i += 2;
         } else if let Some(inner) = rest.strip_prefix('{') {
-            match inner.find('}') {
-                Some(end) if is_var_name(&inner[..end]) => {
-                    out.push_str(&lookup(&inner[..end]).unwrap_or_default());
-                    i += 1 + 1 + end + 1;
+            let whole = inner.find('}').map(|end| &inner[..end]);
+            match whole {
+                Some(name) if is_var_name(name) => {
+                    out.push_str(&lookup(name).unwrap_or_default());
+                    i += 1 + 1 + name.len() + 1;
+                }
+                Some(path) if is_dotted_name(path) => {
+                    match lookup(path) {
+                        Some(v) => out.push_str(&v),
+                        None => out.push_str(&value[i..i + 3 + path.len()]),
+                    }
+                    i += 1 + 1 + path.len() + 1;
                 }
                 _ => {
                     out.push('$');
@@ -121,6 +141,15 @@ pub(crate) fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> St
     }
     out.push_str(&value[literal_start..]);
     out
+}
+
+/// `NAME.seg.seg`: a variable name, then one or more `.`-separated segments of letters, digits
+/// and `_`.
+fn is_dotted_name(s: &str) -> bool {
+    let mut parts = s.split('.');
+    parts.next().is_some_and(is_var_name)
+        && s.contains('.')
+        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 fn var_name_len(s: &str) -> usize {
@@ -146,6 +175,8 @@ mod tests {
             "A" => Some("1".into()),
             "HOME" => Some("/srv/x".into()),
             "EVIL" => Some("$(touch /tmp/x) $A".into()),
+            "ITEM" => Some("it".into()),
+            "ITEM.region" => Some("eu".into()),
             _ => None,
         }
     }
@@ -170,6 +201,11 @@ mod tests {
             ("${}", "${}"),
             ("$UNKNOWN-x", "-x"),
             ("é$A€", "é1€"),
+            ("${ITEM}-${ITEM.region}", "it-eu"),
+            ("${ITEM.other}", "${ITEM.other}"),
+            ("${A.}", "${A.}"),
+            ("${A.b-c}", "${A.b-c}"),
+            ("${X:-y}", "${X:-y}"),
             // A value that came from a param is inserted verbatim: never re-expanded.
             ("$EVIL", "$(touch /tmp/x) $A"),
         ];
@@ -187,5 +223,49 @@ mod tests {
         ]);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v, serde_json::json!({"A": "2", "B": "x \"y\""}));
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_env_expands_from_earlier_ones() {
+        let v = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let params = v(&[("P", "param"), ("SHARED", "param")]);
+        let bindings = v(&[("DAGU_REF_params_P", "param")]);
+        let dag_env = v(&[
+            ("SHARED", "dag"),
+            ("FROM_REF", "${DAGU_REF_params_P}-$SHARED"),
+            ("RUN", "$DAG_RUN_ID"),
+            ("HOME_COPY", "${HOME}"),
+        ]);
+        let outputs = v(&[("RESULT", "out $P")]);
+        let step_env = v(&[("USES_OUTPUT", "${RESULT}"), ("SHARED", "step")]);
+        let builtins = v(&[("DAG_RUN_ID", "r1")]);
+        let spoof = v(&[("DAG_RUN_ID", "spoofed")]);
+        let literal: [&[(String, String)]; 3] = [&params, &bindings, &spoof];
+        let env = build_env(
+            &EnvLayers {
+                literal: &literal,
+                dag_env: &dag_env,
+                outputs: &outputs,
+                step_env: &step_env,
+                builtins: &builtins,
+            },
+            &|name| (name == "HOME").then(|| "/home/x".to_owned()),
+        );
+        let get = |name: &str| super::lookup(&env, name).unwrap();
+        assert_eq!(get("SHARED"), "step");
+        assert_eq!(get("FROM_REF"), "param-dag");
+        assert_eq!(get("RUN"), "r1", "builtins win in expansion too");
+        assert_eq!(get("DAG_RUN_ID"), "r1");
+        assert_eq!(get("HOME_COPY"), "/home/x");
+        assert_eq!(
+            get("USES_OUTPUT"),
+            "out $P",
+            "values are never expanded again"
+        );
     }
 }

@@ -31,16 +31,30 @@
 //! whoever drives the executor calls [`ExecutorHandle::shutdown`] to end the runs in progress; in
 //! the scheduler that is `dispatch-worker`'s `Worker::run`, once its pull and report loops stop.
 
-// Imports run one way, from the bottom up: `error`, `env`, `process` (leaves) ← `run` (one run) ←
-// `shared` (state the handle and the consumer share) ← `recovery`, `consumer` ← this file (the
-// public face).
+// Imports run one way, from the bottom up: the leaves (`error`, `mask`, `env`, `outputs`,
+// `policy`, `params`, `invocation`, `context`, `process`) ← `conditions` ← `prepare`,
+// `run_cx` (what one run's parts share) ← `subdag` ← `step` ← `run` (one run) ← `shared` (state
+// the handle and the consumer share) ← `recovery`, `consumer` ← this file (the public face). A
+// sub-DAG call reaches `run` again through the function `run_cx::RunCx::run_child`, not an
+// import.
+mod conditions;
 mod consumer;
+mod context;
 mod env;
 mod error;
+mod invocation;
+mod mask;
+mod outputs;
+mod params;
+mod policy;
+mod prepare;
 mod process;
 mod recovery;
 mod run;
+mod run_cx;
 mod shared;
+mod step;
+mod subdag;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +68,7 @@ pub use error::ExecutorError;
 pub use recovery::TERMINATED_UNEXPECTEDLY;
 pub use shared::{ExecutorConfig, RunFinished};
 
-use run::{RunControl, StopReason};
+use run_cx::{RunControl, StopReason};
 use shared::Shared;
 
 /// Starts executors; see [`Executor::start`].

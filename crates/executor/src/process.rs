@@ -1,18 +1,66 @@
-//! One step as a real process in its own process group, with a timeout and a stop signal.
+//! One step process in its own process group, with a timeout and a stop signal; its output
+//! goes through the executor (secret masking, the `stdout`/`stderr` copies, capture for
+//! `output:`) into the step's log files.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::mask::{Masker, Secrets};
+
 /// Exit code recorded for a step that hit its timeout (as coreutils `timeout` does).
 pub(crate) const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// How long output is still read after the step's process exited. A process the step left
+/// running in the background may hold the pipe open for ever: after this, its output is still
+/// written to the log (the reader goes on in the background), but the step is done and what
+/// was captured so far is what it captured.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Where one output stream of a process goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    /// The step's log file (`<step>.out` / `<step>.err`), appended to.
+    pub log: PathBuf,
+    /// The step's `stdout` / `stderr` file, appended to.
+    pub copy: Option<PathBuf>,
+    /// Keep up to this many bytes of the stream as written (unmasked), plus one to tell that
+    /// there was more.
+    pub capture: usize,
+    /// Masked in what is written to the files.
+    pub secrets: Secrets,
+}
+
+#[cfg(test)]
+impl Sink {
+    /// Just the log file.
+    pub(crate) fn log(path: PathBuf) -> Sink {
+        Sink {
+            log: path,
+            copy: None,
+            capture: 0,
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+/// What was kept of a stream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Captured {
+    pub bytes: Vec<u8>,
+    /// The stream was longer than the capture limit.
+    pub truncated: bool,
+}
 
 /// Everything needed to start one step process.
 #[derive(Debug)]
@@ -22,8 +70,8 @@ pub(crate) struct ProcessSpec {
     pub working_dir: PathBuf,
     /// Applied in order on top of the inherited environment.
     pub env: Vec<(String, String)>,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
+    pub stdout: Sink,
+    pub stderr: Sink,
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
     pub clean_up: Duration,
@@ -42,11 +90,79 @@ pub(crate) enum ProcessEnd {
     SpawnFailed(String),
 }
 
+/// How a process ended and what it wrote.
+#[derive(Debug)]
+pub(crate) struct ProcessOutcome {
+    pub end: ProcessEnd,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+impl ProcessOutcome {
+    fn failed(message: String) -> ProcessOutcome {
+        ProcessOutcome {
+            end: ProcessEnd::SpawnFailed(message),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+        }
+    }
+}
+
 /// Exit code as recorded: the code, or 128 + signal number as a shell reports it.
 pub(crate) fn exit_code(status: &ExitStatus) -> Option<i32> {
     status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
+}
+
+fn open_append(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("failed to open `{}`: {e}", path.display()))
+}
+
+/// Reads `stream` to its end into the sink's files; what it keeps is in `captured`.
+async fn pump(
+    mut stream: impl AsyncRead + Unpin,
+    mut files: Vec<std::fs::File>,
+    sink: Sink,
+    captured: Arc<Mutex<Captured>>,
+) {
+    let mut masker = Masker::new(sink.secrets.clone());
+    let mut buf = vec![0u8; 64 * 1024];
+    let write = |files: &mut Vec<std::fs::File>, bytes: &[u8]| {
+        if bytes.is_empty() {
+            return;
+        }
+        for file in files.iter_mut() {
+            if let Err(e) = file.write_all(bytes) {
+                tracing::warn!(error = %e, log = %sink.log.display(), "failed to write step output");
+            }
+        }
+    };
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        if sink.capture > 0 {
+            if let Ok(mut c) = captured.lock() {
+                let room = (sink.capture + 1).saturating_sub(c.bytes.len());
+                c.bytes.extend_from_slice(&chunk[..room.min(n)]);
+                if c.bytes.len() > sink.capture {
+                    c.bytes.truncate(sink.capture);
+                    c.truncated = true;
+                }
+            }
+        }
+        let masked = masker.push(chunk);
+        write(&mut files, &masked);
+    }
+    let rest = masker.finish();
+    write(&mut files, &rest);
 }
 
 /// Starts the process and waits for its end, the timeout or `stop`, whichever comes first.
@@ -55,39 +171,32 @@ pub(crate) async fn run_process(
     spec: ProcessSpec,
     stop: &CancellationToken,
     started: impl FnOnce(u32),
-) -> ProcessEnd {
-    let (stdout, stderr) = match (
-        std::fs::File::create(&spec.stdout),
-        std::fs::File::create(&spec.stderr),
-    ) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) => {
-            return ProcessEnd::SpawnFailed(format!(
-                "failed to create `{}`: {e}",
-                spec.stdout.display()
-            ))
+) -> ProcessOutcome {
+    let mut outputs = Vec::new();
+    for sink in [&spec.stdout, &spec.stderr] {
+        let mut files = Vec::new();
+        for path in std::iter::once(&sink.log).chain(sink.copy.as_ref()) {
+            match open_append(path) {
+                Ok(file) => files.push(file),
+                Err(message) => return ProcessOutcome::failed(message),
+            }
         }
-        (_, Err(e)) => {
-            return ProcessEnd::SpawnFailed(format!(
-                "failed to create `{}`: {e}",
-                spec.stderr.display()
-            ))
-        }
-    };
+        outputs.push(files);
+    }
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .current_dir(&spec.working_dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         // Its own group, so that a stop reaches every process the step started.
         .process_group(0);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            return ProcessEnd::SpawnFailed(format!(
+            return ProcessOutcome::failed(format!(
                 "failed to start `{}` in `{}`: {e}",
                 spec.program,
                 spec.working_dir.display()
@@ -96,16 +205,41 @@ pub(crate) async fn run_process(
     };
     let Some(pid) = child.id() else {
         // Only possible once the child was reaped, which cannot have happened yet.
-        return ProcessEnd::SpawnFailed("process exited before its pid was known".into());
+        return ProcessOutcome::failed("process exited before its pid was known".into());
     };
     started(pid);
+    let captured = [
+        Arc::new(Mutex::new(Captured::default())),
+        Arc::new(Mutex::new(Captured::default())),
+    ];
+    let mut err_files = outputs.pop().unwrap_or_default();
+    let mut out_files = outputs.pop().unwrap_or_default();
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let files = std::mem::take(&mut out_files);
+        readers.push(tokio::spawn(pump(
+            stdout,
+            files,
+            spec.stdout.clone(),
+            captured[0].clone(),
+        )));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let files = std::mem::take(&mut err_files);
+        readers.push(tokio::spawn(pump(
+            stderr,
+            files,
+            spec.stderr.clone(),
+            captured[1].clone(),
+        )));
+    }
     let timeout = async {
         match spec.timeout {
             Some(limit) => tokio::time::sleep(limit).await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let end = tokio::select! {
         status = child.wait() => match status {
             Ok(status) => ProcessEnd::Exited(status),
             Err(e) => ProcessEnd::SpawnFailed(format!("failed to wait for the step process: {e}")),
@@ -117,6 +251,76 @@ pub(crate) async fn run_process(
         () = stop.cancelled() => {
             let status = terminate(&mut child, pid, spec.clean_up).await;
             ProcessEnd::Stopped(status.unwrap_or_else(|| ExitStatus::from_raw(Signal::SIGKILL as i32)))
+        }
+    };
+    // Dropping a reader's handle detaches it: it goes on writing the log until the pipe
+    // closes.
+    let _ = tokio::time::timeout(DRAIN, async {
+        for reader in &mut readers {
+            let _ = reader.await;
+        }
+    })
+    .await;
+    let take = |c: &Arc<Mutex<Captured>>| c.lock().map(|c| c.clone()).unwrap_or_default();
+    ProcessOutcome {
+        end,
+        stdout: take(&captured[0]),
+        stderr: take(&captured[1]),
+    }
+}
+
+/// Runs a short helper process (a condition check, a param's `eval`) in its own group and
+/// returns how it exited and its stdout (at most `limit` bytes); stderr is dropped. `stop`
+/// terminates it.
+pub(crate) async fn run_captured(
+    program: &str,
+    args: &[OsString],
+    working_dir: &Path,
+    env: &[(String, String)],
+    stop: &CancellationToken,
+    clean_up: Duration,
+    limit: usize,
+) -> Result<(ExitStatus, Vec<u8>), String> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(working_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = command.spawn().map_err(|e| {
+        format!(
+            "failed to start `{program}` in `{}`: {e}",
+            working_dir.display()
+        )
+    })?;
+    let pid = child
+        .id()
+        .ok_or("process exited before its pid was known")?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let read = async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if out.len() < limit {
+                out.extend_from_slice(&buf[..n.min(limit - out.len())]);
+            }
+        }
+        out
+    };
+    tokio::select! {
+        (out, status) = async { tokio::join!(read, child.wait()) } => {
+            let status = status.map_err(|e| format!("failed to wait for `{program}`: {e}"))?;
+            Ok((status, out))
+        }
+        () = stop.cancelled() => {
+            terminate(&mut child, pid, clean_up).await;
+            Err("stopped".to_owned())
         }
     }
 }
@@ -206,8 +410,8 @@ mod tests {
             args: vec!["-e".into(), "-c".into(), script.into()],
             working_dir: dir.to_path_buf(),
             env: vec![("STEP_VAR".into(), "v a l".into())],
-            stdout: dir.join("s.out"),
-            stderr: dir.join("s.err"),
+            stdout: Sink::log(dir.join("s.out")),
+            stderr: Sink::log(dir.join("s.err")),
             timeout: None,
             clean_up: Duration::from_secs(1),
         }
@@ -222,7 +426,8 @@ mod tests {
             &stop,
             |_| {},
         )
-        .await;
+        .await
+        .end;
         let ProcessEnd::Exited(status) = end else {
             panic!("unexpected {end:?}")
         };
@@ -241,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = spec(dir.path(), "true");
         s.program = "/nonexistent/shell".into();
-        let end = run_process(s, &CancellationToken::new(), |_| {}).await;
+        let end = run_process(s, &CancellationToken::new(), |_| {}).await.end;
         let ProcessEnd::SpawnFailed(msg) = end else {
             panic!("unexpected {end:?}")
         };
@@ -257,7 +462,7 @@ mod tests {
             "(trap '' TERM; sleep 30) & echo $! > bg.pid; sleep 30",
         );
         s.timeout = Some(Duration::from_millis(300));
-        let end = run_process(s, &CancellationToken::new(), |_| {}).await;
+        let end = run_process(s, &CancellationToken::new(), |_| {}).await.end;
         assert!(matches!(end, ProcessEnd::TimedOut), "{end:?}");
         let bg: i32 = std::fs::read_to_string(dir.path().join("bg.pid"))
             .unwrap()
@@ -304,7 +509,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(dir.path(), "trap '' TERM; touch started; sleep 60");
         let stop = cancel_once_created(dir.path().join("started"));
-        let end = run_process(s, &stop, |_| {}).await;
+        let end = run_process(s, &stop, |_| {}).await.end;
         let ProcessEnd::Stopped(status) = end else {
             panic!("unexpected {end:?}")
         };
@@ -319,7 +524,7 @@ mod tests {
             "trap 'echo bye > cleaned; exit 0' TERM; touch started; sleep 60 & wait",
         );
         let stop = cancel_once_created(dir.path().join("started"));
-        let end = run_process(s, &stop, |_| {}).await;
+        let end = run_process(s, &stop, |_| {}).await.end;
         let ProcessEnd::Stopped(status) = end else {
             panic!("unexpected {end:?}")
         };

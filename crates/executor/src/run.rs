@@ -1,67 +1,28 @@
-//! One run, start to final status: step ordering, step records, handlers, DAG timeout.
+//! One run, start to final status: preparation, DAG preconditions, step ordering and
+//! environments, step records, handlers, DAG timeout.
 
-use std::collections::HashMap;
-use std::ffi::OsString;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_dag::{
-    final_status, handlers_for, Attempt, Dag, DagType, RunRecord, RunStatus, Step, StepRecord,
+    final_status, handlers_for, Attempt, Binding, Dag, RunRecord, RunStatus, Step, StepRecord,
     StepStatus, Stores,
 };
 use dispatch_util::now_ms;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-use crate::env::{build_env, EnvContext};
-use crate::process::{exit_code, run_process, ProcessEnd, ProcessSpec, TIMEOUT_EXIT_CODE};
-
-/// Why a run was cancelled; the first reason wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    /// `ExecutorHandle::stop`.
-    Stopped,
-    /// The DAG's `timeout_sec` elapsed.
-    DagTimeout(u64),
-    /// `ExecutorHandle::shutdown` ran out of grace.
-    Shutdown,
-}
-
-impl StopReason {
-    fn message(self) -> String {
-        match self {
-            StopReason::Stopped => "run stopped".to_owned(),
-            StopReason::DagTimeout(secs) => format!("run timed out after {secs}s"),
-            StopReason::Shutdown => "run stopped by scheduler shutdown".to_owned(),
-        }
-    }
-}
-
-/// The stop controls of one active run, shared with the executor handle.
-#[derive(Debug, Default)]
-pub(crate) struct RunControl {
-    /// Stops the run's steps (SIGTERM, SIGKILL after the clean-up time); handlers still run.
-    pub stop: CancellationToken,
-    /// Also stops the handlers (shutdown cannot wait for them).
-    pub hard_stop: CancellationToken,
-    reason: Mutex<Option<StopReason>>,
-}
-
-impl RunControl {
-    /// Cancels the run's steps, remembering the first reason.
-    pub fn cancel(&self, reason: StopReason) {
-        if let Ok(mut slot) = self.reason.lock() {
-            slot.get_or_insert(reason);
-        }
-        self.stop.cancel();
-    }
-
-    fn reason(&self) -> Option<StopReason> {
-        self.reason.lock().ok().and_then(|slot| *slot)
-    }
-}
+use crate::conditions::{all_met, CheckCx};
+use crate::context::{binding_values, builtin_vars, RunFacts, StepFacts, StepView};
+use crate::env::{build_env, EnvLayers};
+use crate::invocation::Shell;
+use crate::mask::Secrets;
+use crate::prepare::prepare;
+use crate::run_cx::{
+    Lineage, RunControl, RunCx, RunFuture, RunLog, StopReason, DEFAULT_MAX_OUTPUT,
+};
+use crate::step::{run_step, StepJob, StepResult};
 
 /// The directory a run's step files go to: next to its log file.
 fn run_dir(stores: &Stores, record: &RunRecord) -> PathBuf {
@@ -108,151 +69,24 @@ fn write_status(stores: &Stores, record: &RunRecord) -> bool {
     }
 }
 
-/// Human-readable run log next to the step output files; best effort.
-struct RunLog(Option<std::fs::File>);
-
-impl RunLog {
-    fn open(path: &Path) -> RunLog {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(
-                |e| tracing::warn!(path = %path.display(), error = %e, "failed to open run log"),
-            )
-            .ok();
-        RunLog(file)
-    }
-
-    fn line(&mut self, text: &str) {
-        if let Some(file) = &mut self.0 {
-            let _ = writeln!(file, "{} {text}", now_ms());
-        }
-    }
+/// What a step that has ended left for the steps after it (beyond its record).
+#[derive(Debug, Clone, Default)]
+struct StepState {
+    outputs: BTreeMap<String, String>,
+    output_value: Option<String>,
+    /// A failure covered by `continue_on`.
+    continued: bool,
+    /// Skipped by its own preconditions.
+    by_preconditions: bool,
 }
 
-/// Builds the process for `step` (a handler passes its record name as `step.name`).
-fn process_spec(
-    dag: &Dag,
-    step: &Step,
-    record: &RunRecord,
-    dir: &Path,
-    stem: &str,
-) -> Result<ProcessSpec, String> {
-    let (program, mut args) = match step.shell.as_deref().map(str::trim) {
-        None | Some("") => ("sh".to_owned(), vec![OsString::from("-e")]),
-        Some(shell) => {
-            // A shell with options (`bash -o pipefail`) is split on whitespace.
-            let mut words = shell.split_whitespace().map(str::to_owned);
-            let program = words.next().unwrap_or_else(|| "sh".to_owned());
-            (program, words.map(OsString::from).collect())
-        }
-    };
-    match (&step.script, &step.command) {
-        (Some(script), command) => {
-            let path = dir.join(format!("{stem}.script"));
-            std::fs::write(&path, script)
-                .map_err(|e| format!("failed to write script `{}`: {e}", path.display()))?;
-            match command {
-                None => args.push(path.into_os_string()),
-                Some(command) => {
-                    // `command` is the interpreter of the script: the file path is its last
-                    // argument, passed as `$1`, never spliced into the text.
-                    args.push("-c".into());
-                    args.push(format!("{command} \"$1\"").into());
-                    args.push(program.clone().into());
-                    args.push(path.into_os_string());
-                }
-            }
-        }
-        (None, Some(command)) => {
-            args.push("-c".into());
-            args.push(command.into());
-        }
-        (None, None) => return Err("step has neither `command` nor `script`".to_owned()),
-    }
-    let dag_dir = dag
-        .location
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let working_dir = match &step.working_dir {
-        None => dag_dir,
-        Some(dir) if dir.is_absolute() => dir.clone(),
-        Some(dir) => dag_dir.join(dir),
-    };
-    let mut extra_files = Vec::new();
-    let ctx = EnvContext {
-        dag,
-        step,
-        run_id: &record.run_id,
-        log_file: &record.log_file,
-    };
-    // The step inherits the scheduler's environment; `$VAR` in env values may refer to it.
-    let mut env = build_env(&ctx, &|name| std::env::var(name).ok());
-    for (name, value) in &mut env {
-        if !fits_in_environment(name, value) {
-            let path = dir.join(format!("{stem}.{name}"));
-            std::fs::write(&path, value.as_bytes())
-                .map_err(|e| format!("failed to write `{}`: {e}", path.display()))?;
-            tracing::info!(%name, bytes = value.len(), file = %path.display(),
-                "value too long for one environment variable; passed as a file");
-            *value = String::new();
-            extra_files.push((format!("{name}_FILE"), path.display().to_string()));
-        }
-    }
-    env.append(&mut extra_files);
-    Ok(ProcessSpec {
-        program,
-        args,
-        working_dir,
-        env,
-        stdout: dir.join(format!("{stem}.out")),
-        stderr: dir.join(format!("{stem}.err")),
-        timeout: step.timeout_sec.map(Duration::from_secs),
-        clean_up: Duration::from_secs(dag.max_clean_up_time_sec),
-    })
+/// Steps whose records are final.
+fn has_ended(status: StepStatus) -> bool {
+    !matches!(status, StepStatus::NotStarted | StepStatus::Running)
 }
 
-/// Applies how a process ended to its step record.
-fn finish_step(rec: &mut StepRecord, end: ProcessEnd, step: &Step, reason: Option<StopReason>) {
-    rec.finished_at = Some(now_ms());
-    match end {
-        ProcessEnd::Exited(status) => {
-            rec.exit_code = exit_code(&status);
-            if status.success() {
-                rec.status = StepStatus::Succeeded;
-            } else {
-                rec.status = StepStatus::Failed;
-                rec.error = Some(match status.code() {
-                    Some(code) => format!("exit status {code}"),
-                    None => format!("killed by signal {}", rec.exit_code.unwrap_or(0) - 128),
-                });
-            }
-        }
-        ProcessEnd::TimedOut => {
-            rec.status = StepStatus::Failed;
-            rec.exit_code = Some(TIMEOUT_EXIT_CODE);
-            rec.error = Some(format!(
-                "step timed out after {}s",
-                step.timeout_sec.unwrap_or(0)
-            ));
-        }
-        ProcessEnd::Stopped(status) => {
-            rec.status = StepStatus::Aborted;
-            rec.exit_code = exit_code(&status);
-            rec.error = Some(reason.unwrap_or(StopReason::Stopped).message());
-        }
-        ProcessEnd::SpawnFailed(message) => {
-            rec.status = StepStatus::Failed;
-            rec.error = Some(message);
-        }
-    }
-}
-
-/// Indices each step waits for. A chain waits for the previous step even if the loader left
-/// `depends` empty.
+/// Indices each step waits for: its `depends`, which the loader made complete (chain order,
+/// explicit `depends`, producers of the references it reads).
 fn dependencies(dag: &Dag) -> Vec<Vec<usize>> {
     let index: HashMap<&str, usize> = dag
         .steps
@@ -262,11 +96,7 @@ fn dependencies(dag: &Dag) -> Vec<Vec<usize>> {
         .collect();
     dag.steps
         .iter()
-        .enumerate()
-        .map(|(i, step)| {
-            if dag.dag_type == DagType::Chain && step.depends.is_empty() && i > 0 {
-                return vec![i - 1];
-            }
+        .map(|step| {
             step.depends
                 .iter()
                 .filter_map(|d| {
@@ -282,10 +112,31 @@ fn dependencies(dag: &Dag) -> Vec<Vec<usize>> {
 }
 
 /// Runs the attempt to its final status, writing the record as it goes; returns the final
-/// record (also when its last write failed).
-pub(crate) async fn execute_run(stores: &Stores, attempt: Attempt, ctl: &RunControl) -> RunRecord {
-    let Attempt { dag, mut record } = attempt;
-    let dir = run_dir(stores, &record);
+/// record (also when its last write failed). Boxed: a sub-DAG call runs a child run through
+/// it.
+pub(crate) fn execute_run(
+    stores: Stores,
+    attempt: Attempt,
+    ctl: Arc<RunControl>,
+    lineage: Lineage,
+) -> RunFuture {
+    Box::pin(execute(stores, attempt, ctl, lineage))
+}
+
+async fn execute(
+    stores: Stores,
+    attempt: Attempt,
+    ctl: Arc<RunControl>,
+    mut lineage: Lineage,
+) -> RunRecord {
+    let Attempt {
+        mut dag,
+        mut record,
+    } = attempt;
+    if lineage.depth == 0 {
+        lineage.local_dags = Arc::new(std::mem::take(&mut dag.local_dags));
+    }
+    let dir = run_dir(&stores, &record);
     let stems: Vec<String> = dag
         .steps
         .iter()
@@ -313,42 +164,137 @@ pub(crate) async fn execute_run(stores: &Stores, attempt: Attempt, ctl: &RunCont
             "failed to create run directory `{}`: {e}",
             dir.display()
         ));
-        return finish_run(stores, record, RunStatus::Failed).await;
+        return finish_run(&stores, record, RunStatus::Failed).await;
     }
-    let mut log = RunLog::open(&record.log_file);
+    let log = RunLog::open(&record.log_file);
     log.line(&format!(
         "run `{}` of `{}` started",
         record.run_id, dag.name
     ));
-    if !run_steps(stores, &dag, &mut record, &dir, &stems, ctl, &mut log).await {
+    let mut facts = RunFacts {
+        dag_name: dag.name.clone(),
+        run_id: record.run_id.clone(),
+        attempt_id: record.attempt_id.clone(),
+        log_file: record.log_file.clone(),
+        started_at: record.started_at.unwrap_or_default(),
+        trigger: record.trigger.clone(),
+        root: lineage.root.clone(),
+        params: dag.resolved_params.clone(),
+    };
+    let max_output = dag.max_output_size.map_or(DEFAULT_MAX_OUTPUT, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX)
+    });
+
+    // Durable first: preparation and DAG preconditions may start processes.
+    let runs_processes_first =
+        dag.param_specs.iter().any(|s| s.eval.is_some()) || !dag.preconditions.is_empty();
+    if runs_processes_first && !write_status(&stores, &record) {
         record.error = Some("failed to record the run as running".to_owned());
-        for rec in &mut record.steps {
-            *rec = StepRecord {
-                name: std::mem::take(&mut rec.name),
-                stdout: std::mem::take(&mut rec.stdout),
-                stderr: std::mem::take(&mut rec.stderr),
-                ..StepRecord::default()
-            };
+        return finish_run(&stores, record, RunStatus::Failed).await;
+    }
+    let prepared = match prepare(&dag, &facts, &record.params, &ctl.stop, max_output).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            log.line(&format!("run could not start: {e}"));
+            record.error = Some(e);
+            skip_all(&mut record, "the run could not start");
+            return finish_run(&stores, record, RunStatus::Failed).await;
         }
-        return finish_run(stores, record, RunStatus::Failed).await;
+    };
+    for warning in &prepared.warnings {
+        log.line(warning);
+    }
+    facts.params = prepared.params.clone();
+    dag.resolved_params = prepared.params;
+    let secrets = Secrets::new(prepared.secrets.iter().map(|(_, v)| v.clone()));
+    let cx = Arc::new(RunCx {
+        stores: stores.clone(),
+        dag,
+        facts,
+        dir,
+        work_dir: prepared.work_dir,
+        dotenv: prepared.dotenv,
+        secret_vars: prepared.secrets,
+        secrets,
+        control: ctl.clone(),
+        log,
+        max_output,
+        lineage,
+        run_child: execute_run,
+    });
+    let mut state = vec![StepState::default(); cx.dag.steps.len()];
+
+    let mut decided = None;
+    if !cx.dag.preconditions.is_empty() {
+        let env = step_env(&cx, None, &record, &state, None);
+        let shell = Shell::select(None, cx.dag.shell.as_deref());
+        let check_cx = CheckCx {
+            shell: &shell,
+            env: &env,
+            working_dir: &cx.work_dir,
+            stop: &ctl.stop,
+            clean_up: cx.clean_up(),
+            limit: cx.max_output,
+        };
+        match all_met(&cx.dag.preconditions, &check_cx).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Dagu: a DAG whose preconditions are not met is aborted before any step.
+                cx.log.line("DAG preconditions not met");
+                record.error = Some("DAG preconditions not met".to_owned());
+                skip_all(&mut record, "DAG preconditions not met");
+                decided = Some(RunStatus::Aborted);
+            }
+            Err(_) if ctl.stop.is_cancelled() => {}
+            Err(e) => {
+                cx.log.line(&format!("DAG preconditions: {e}"));
+                record.error = Some(format!("DAG preconditions: {e}"));
+                skip_all(&mut record, "DAG preconditions could not be checked");
+                decided = Some(RunStatus::Failed);
+            }
+        }
+    }
+    if decided.is_none() {
+        if let Some(secs) = cx.dag.delay_sec {
+            cx.log.line(&format!(
+                "waiting {secs}s (delay_sec) before the first step"
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                () = ctl.stop.cancelled() => {}
+            }
+        }
+        if !run_steps(&cx, &mut record, &stems, &mut state).await {
+            record.error = Some("failed to record the run as running".to_owned());
+            for rec in &mut record.steps {
+                *rec = StepRecord {
+                    name: std::mem::take(&mut rec.name),
+                    stdout: std::mem::take(&mut rec.stdout),
+                    stderr: std::mem::take(&mut rec.stderr),
+                    ..StepRecord::default()
+                };
+            }
+            return finish_run(&stores, record, RunStatus::Failed).await;
+        }
     }
 
     let reason = ctl.reason();
-    let cancelled = reason.is_some();
-    let outcomes: Vec<(StepStatus, bool)> = record
-        .steps
-        .iter()
-        .zip(&dag.steps)
-        .map(|(rec, step)| (rec.status, step.continue_on.failure))
-        .collect();
-    let status = final_status(cancelled, &outcomes);
+    let status = decided.unwrap_or_else(|| {
+        let outcomes: Vec<(StepStatus, bool)> = record
+            .steps
+            .iter()
+            .zip(&state)
+            .map(|(rec, st)| (rec.status, st.continued))
+            .collect();
+        final_status(reason.is_some(), &outcomes)
+    });
     if record.error.is_none() {
         record.error = reason.map(StopReason::message);
     }
-    log.line(&format!("steps done: {status}"));
+    cx.log.line(&format!("steps done: {status}"));
 
     for kind in handlers_for(status) {
-        let Some(handler) = kind.step(&dag.handler_on) else {
+        let Some(handler) = kind.step(&cx.dag.handler_on) else {
             continue;
         };
         let mut step = handler.clone();
@@ -364,31 +310,130 @@ pub(crate) async fn execute_run(stores: &Stores, attempt: Attempt, ctl: &RunCont
             });
             continue;
         }
-        let mut rec = StepRecord {
+        let rec = StepRecord {
             name: step.name.clone(),
             status: StepStatus::Running,
             started_at: Some(now_ms()),
-            stdout: dir.join(format!("{stem}.out")),
-            stderr: dir.join(format!("{stem}.err")),
+            stdout: cx.dir.join(format!("{stem}.out")),
+            stderr: cx.dir.join(format!("{stem}.err")),
             ..StepRecord::default()
         };
         record.steps.push(rec.clone());
-        write_status(stores, &record);
-        log.line(&format!("handler `{stem}` started"));
-        let end = match process_spec(&dag, &step, &record, &dir, stem) {
-            Ok(spec) => run_process(spec, &ctl.hard_stop, |_| {}).await,
-            Err(message) => ProcessEnd::SpawnFailed(message),
+        write_status(&stores, &record);
+        cx.log.line(&format!("handler `{stem}` started"));
+        let job = StepJob {
+            env: step_env(
+                &cx,
+                Some((&step, &rec, stem)),
+                &record,
+                &state,
+                Some(status),
+            ),
+            output_file: cx.dir.join(format!("{stem}.outputs")),
+            step,
+            stem: stem.to_owned(),
+            stop: ctl.hard_stop.clone(),
+            handler: true,
+            stdout: rec.stdout.clone(),
+            stderr: rec.stderr.clone(),
         };
-        // A handler is only stopped by shutdown.
-        let reason = ctl.hard_stop.is_cancelled().then_some(StopReason::Shutdown);
-        finish_step(&mut rec, end, &step, reason);
-        log.line(&format!("handler `{stem}` {}", rec.status));
+        let result = run_step(cx.clone(), job).await;
         if let Some(last) = record.steps.last_mut() {
-            *last = rec;
+            apply(last, &result, &cx.secrets);
+            cx.log.line(&format!("handler `{stem}` {}", last.status));
         }
     }
-    log.line(&format!("run finished: {status}"));
-    finish_run(stores, record, status).await
+    cx.log.line(&format!("run finished: {status}"));
+    finish_run(&stores, record, status).await
+}
+
+/// Marks every step not yet ended skipped with `why`.
+fn skip_all(record: &mut RunRecord, why: &str) {
+    for rec in record.steps.iter_mut().filter(|r| !has_ended(r.status)) {
+        rec.status = StepStatus::Skipped;
+        rec.error = Some(why.to_owned());
+    }
+}
+
+/// Copies a step's result into its record; what the record keeps of outputs is masked.
+fn apply(rec: &mut StepRecord, result: &StepResult, secrets: &Secrets) {
+    rec.status = result.status;
+    rec.exit_code = result.exit_code;
+    rec.error = result.error.as_deref().map(|e| secrets.mask_str(e));
+    rec.finished_at = Some(now_ms());
+    rec.attempts = result.attempts;
+    rec.sub_runs = result.sub_runs.clone();
+    rec.outputs = result
+        .outputs
+        .iter()
+        .map(|(k, v)| (k.clone(), secrets.mask_str(v)))
+        .collect();
+    rec.output = result.output_value.as_deref().map(|v| secrets.mask_str(v));
+}
+
+/// The environment of a step (`Some((step, its record, its file stem))`) or, with `None`, of
+/// the run itself (DAG-level preconditions): dotenv, params, bindings, secrets, DAG `env`,
+/// the `output:` variables of the steps that have ended, step `env`, built-ins.
+fn step_env(
+    cx: &RunCx,
+    step: Option<(&Step, &StepRecord, &str)>,
+    record: &RunRecord,
+    state: &[StepState],
+    run_status: Option<RunStatus>,
+) -> Vec<(String, String)> {
+    let output_file = step.map(|(_, _, stem)| cx.dir.join(format!("{stem}.outputs")));
+    let facts = match step {
+        Some((step, rec, _)) => StepFacts {
+            name: &step.name,
+            id: step.id.as_deref(),
+            stdout: &rec.stdout,
+            stderr: &rec.stderr,
+            output_file: output_file.as_deref().unwrap_or(Path::new("")),
+            run_status,
+        },
+        None => StepFacts::none(),
+    };
+    let views: Vec<StepView<'_>> = cx
+        .dag
+        .steps
+        .iter()
+        .zip(&record.steps)
+        .zip(state)
+        .filter(|((_, rec), _)| has_ended(rec.status))
+        .map(|((s, rec), st)| StepView {
+            name: &s.name,
+            output_var: s.output.as_deref().filter(|_| st.output_value.is_some()),
+            output_value: st.output_value.as_deref(),
+            outputs: &st.outputs,
+            stdout: &rec.stdout,
+            stderr: &rec.stderr,
+            exit_code: rec.exit_code,
+        })
+        .collect();
+    let bindings: Vec<&Binding> = cx
+        .dag
+        .bindings
+        .iter()
+        .chain(step.iter().flat_map(|(s, _, _)| s.bindings.iter()))
+        .collect();
+    let bound = binding_values(&bindings, &cx.facts, &facts, &views);
+    let outputs: Vec<(String, String)> = views
+        .iter()
+        .filter_map(|v| Some((v.output_var?.to_owned(), v.output_value?.to_owned())))
+        .collect();
+    let builtins = builtin_vars(&cx.facts, &facts);
+    let no_env = Vec::new();
+    let literal: [&[(String, String)]; 4] = [&cx.dotenv, &cx.facts.params, &bound, &cx.secret_vars];
+    build_env(
+        &EnvLayers {
+            literal: &literal,
+            dag_env: &cx.dag.env,
+            outputs: &outputs,
+            step_env: step.map_or(&no_env, |(s, _, _)| &s.env),
+            builtins: &builtins,
+        },
+        &|name| std::env::var(name).ok(),
+    )
 }
 
 /// Writes the final status, retrying a few times: the worker reports what this write says.
@@ -404,24 +449,26 @@ async fn finish_run(stores: &Stores, mut record: RunRecord, status: RunStatus) -
     record
 }
 
-/// Runs the DAG's steps in dependency order, independent steps in parallel, until every step
-/// has ended or been skipped. Returns `false` (and starts nothing) when the run could not be
-/// recorded as running.
+/// Runs the DAG's steps in dependency order, independent steps in parallel (at most
+/// `max_active_steps` at once), until every step has ended or been skipped. Returns `false`
+/// (and starts nothing) when the run could not be recorded as running.
 ///
 /// Durable first, at one status write per transition: the records of the steps about to start
 /// (and of the one that just ended) are written before their processes start. The write after
 /// the last step ends is left to the final status write, which follows at once.
 async fn run_steps(
-    stores: &Stores,
-    dag: &Dag,
+    cx: &Arc<RunCx>,
     record: &mut RunRecord,
-    dir: &Path,
     stems: &[String],
-    ctl: &RunControl,
-    log: &mut RunLog,
+    state: &mut [StepState],
 ) -> bool {
+    let dag = &cx.dag;
+    let ctl = &cx.control;
     let deps = dependencies(dag);
-    let mut tasks: JoinSet<ProcessEnd> = JoinSet::new();
+    let limit = dag
+        .max_active_steps
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut tasks: JoinSet<StepResult> = JoinSet::new();
     let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
     let dag_timeout = async {
         match dag.timeout_sec {
@@ -431,34 +478,50 @@ async fn run_steps(
     };
     tokio::pin!(dag_timeout);
     let mut timed_out = false;
-    let mut to_start = schedule(dag, record, &deps, ctl, 0, log);
-    if !write_status(stores, record) {
+    let mut to_start = schedule(dag, record, &deps, state, ctl, 0, limit, &cx.log);
+    if !write_status(&cx.stores, record) {
         return false;
     }
     loop {
         for i in to_start.drain(..) {
-            let end = match process_spec(dag, &dag.steps[i], record, dir, &stems[i]) {
-                Ok(spec) => {
-                    let stop = ctl.stop.clone();
-                    tasks.spawn(async move { run_process(spec, &stop, |_| {}).await })
-                }
-                Err(message) => tasks.spawn(async move { ProcessEnd::SpawnFailed(message) }),
+            let step = &dag.steps[i];
+            let rec = &record.steps[i];
+            let job = StepJob {
+                env: step_env(cx, Some((step, rec, &stems[i])), record, state, None),
+                step: step.clone(),
+                stem: stems[i].clone(),
+                stop: ctl.stop.clone(),
+                handler: false,
+                stdout: rec.stdout.clone(),
+                stderr: rec.stderr.clone(),
+                output_file: cx.dir.join(format!("{}.outputs", stems[i])),
             };
-            task_step.insert(end.id(), i);
+            let handle = tasks.spawn(run_step(cx.clone(), job));
+            task_step.insert(handle.id(), i);
         }
         if tasks.is_empty() {
             return true;
         }
         tokio::select! {
             Some(joined) = tasks.join_next_with_id() => {
-                let (id, end) = match joined {
-                    Ok((id, end)) => (id, end),
-                    Err(e) => (e.id(), ProcessEnd::SpawnFailed(format!("step task failed: {e}"))),
+                let (id, result) = match joined {
+                    Ok((id, result)) => (id, result),
+                    Err(e) => (e.id(), StepResult {
+                        status: StepStatus::Failed,
+                        error: Some(format!("step task failed: {e}")),
+                        ..StepResult::default()
+                    }),
                 };
                 let Some(i) = task_step.remove(&id) else { continue };
                 let rec = &mut record.steps[i];
-                finish_step(rec, end, &dag.steps[i], ctl.reason());
-                log.line(&format!("step `{}` {}{}", rec.name, rec.status,
+                apply(rec, &result, &cx.secrets);
+                state[i] = StepState {
+                    outputs: result.outputs,
+                    output_value: result.output_value,
+                    continued: result.continued,
+                    by_preconditions: result.by_preconditions,
+                };
+                cx.log.line(&format!("step `{}` {}{}", rec.name, rec.status,
                     rec.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()));
                 if rec.status == StepStatus::Failed && record.error.is_none() {
                     record.error = Some(format!(
@@ -467,30 +530,37 @@ async fn run_steps(
                         record.steps[i].error.as_deref().unwrap_or("failed")
                     ));
                 }
-                to_start = schedule(dag, record, &deps, ctl, tasks.len(), log);
+                to_start = schedule(dag, record, &deps, state, ctl, tasks.len(), limit, &cx.log);
                 if !(tasks.is_empty() && to_start.is_empty()) {
-                    write_status(stores, record);
+                    write_status(&cx.stores, record);
                 }
             }
             () = &mut dag_timeout, if !timed_out => {
                 timed_out = true;
                 ctl.cancel(StopReason::DagTimeout(dag.timeout_sec.unwrap_or(0)));
-                log.line("run timed out");
+                cx.log.line("run timed out");
             }
         }
     }
 }
 
-/// Marks every step whose dependencies are done as running (returning their indices, to be
-/// started after the next status write) and every step that can no longer run as skipped.
-/// `in_flight` is the number of steps still running.
+/// Marks steps whose dependencies are done as running (returning their indices, to be started
+/// after the next status write), as many as `limit` allows with `in_flight` steps running, and
+/// every step that can no longer run as skipped.
+///
+/// A dependency is done when it succeeded, failed with `continue_on` covering the failure, or
+/// was skipped by its own preconditions with `continue_on.skipped`; anything else ending it
+/// skips the dependent step (and, in turn, the steps after it).
+#[allow(clippy::too_many_arguments)]
 fn schedule(
     dag: &Dag,
     record: &mut RunRecord,
     deps: &[Vec<usize>],
+    state: &[StepState],
     ctl: &RunControl,
     in_flight: usize,
-    log: &mut RunLog,
+    limit: usize,
+    log: &RunLog,
 ) -> Vec<usize> {
     let mut to_start = Vec::new();
     // Skips cascade through the graph, so repeat until nothing moves.
@@ -505,7 +575,9 @@ fn schedule(
             for &d in step_deps {
                 match record.steps[d].status {
                     StepStatus::Succeeded => {}
-                    StepStatus::Failed if dag.steps[d].continue_on.failure => {}
+                    StepStatus::Failed if state[d].continued => {}
+                    StepStatus::Skipped
+                        if state[d].by_preconditions && dag.steps[d].continue_on.skipped => {}
                     StepStatus::NotStarted | StepStatus::Running => waiting = true,
                     StepStatus::Failed | StepStatus::Skipped | StepStatus::Aborted => {
                         blocked_by = Some(d);
@@ -520,7 +592,7 @@ fn schedule(
                     None => ctl.reason().unwrap_or(StopReason::Stopped).message(),
                 });
                 log.line(&format!("step `{}` skipped", rec.name));
-            } else if waiting {
+            } else if waiting || in_flight + to_start.len() >= limit {
                 continue;
             } else {
                 rec.status = StepStatus::Running;
@@ -548,19 +620,24 @@ fn schedule(
     to_start
 }
 
-/// Linux refuses to `exec` with any one `NAME=value` string longer than `MAX_ARG_STRLEN`
-/// (32 pages: 128 KiB, counting the NUL). A GitHub payload can be larger, so such a value is
-/// written to a file next to the step's logs instead: `NAME` is set empty and `NAME_FILE` holds
-/// the path. Everything smaller travels in the environment as usual.
-pub(crate) fn fits_in_environment(name: &str, value: &str) -> bool {
-    const MAX_ARG_STRLEN: usize = 32 * 4096;
-    // `NAME=value` plus its terminating NUL.
-    name.len() + 1 + value.len() < MAX_ARG_STRLEN
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_are_used_as_given() {
+        let step = |name: &str, deps: &[&str]| Step {
+            depends: deps.iter().map(|d| d.to_string()).collect(),
+            ..Step::named(name)
+        };
+        // A chain step with `depends: []` waits for nothing: the loader already filled in the
+        // chain order where it applies.
+        let dag = Dag {
+            steps: vec![step("a", &[]), step("b", &[]), step("c", &["a", "nope"])],
+            ..Dag::default()
+        };
+        assert_eq!(dependencies(&dag), vec![vec![], vec![], vec![0]]);
+    }
 
     #[test]
     fn file_stems_are_safe_and_distinct() {

@@ -9,7 +9,7 @@ use dispatch_dag::{RunStatus, Stores};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::run::RunControl;
+use crate::run_cx::RunControl;
 
 /// Executor settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -77,7 +77,7 @@ impl Harness {
     }
 
     fn enqueue(&self, dag: &Dag, run_id: &str, params: &str) {
-        let outcome = enqueue_webhook_run(&self.stores, dag, run_id, params, 1).unwrap();
+        let outcome = enqueue_webhook_run(&self.stores, &chained(dag), run_id, params, 1).unwrap();
         assert_eq!(outcome, EnqueueOutcome::Enqueued);
     }
 
@@ -90,6 +90,20 @@ impl Drop for Harness {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// What the loader does for a chain DAG, which these hand-built DAGs skip: a step without
+/// `depends` waits for the one before it.
+fn chained(dag: &Dag) -> Dag {
+    let mut dag = dag.clone();
+    if dag.dag_type == DagType::Chain {
+        for i in 1..dag.steps.len() {
+            if dag.steps[i].depends.is_empty() {
+                dag.steps[i].depends = vec![dag.steps[i - 1].name.clone()];
+            }
+        }
+    }
+    dag
 }
 
 fn step(name: &str, command: &str) -> Step {
@@ -222,8 +236,10 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
 async fn a_step_that_cannot_start_fails_with_a_clear_error() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
+    // A working directory that is missing is created; one under a regular file cannot be.
+    std::fs::write(h.path("a-file"), "").unwrap();
     let mut nowhere = step("nowhere", "true");
-    nowhere.working_dir = Some(h.path("missing-dir"));
+    nowhere.working_dir = Some(h.path("a-file/missing-dir"));
     let mut no_shell = step("no_shell", "true");
     no_shell.shell = Some("/nonexistent/shell -x".into());
     no_shell.continue_on.failure = true;

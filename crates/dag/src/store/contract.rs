@@ -1,6 +1,7 @@
 //! What every store backend agrees on: the records a run store keeps, the queue's items and
 //! priorities, and the three store traits (a second backend must be able to slot in).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,24 @@ pub struct StepRecord {
     /// Path of the step's stderr file.
     #[serde(default)]
     pub stderr: PathBuf,
+    /// The declared outputs the step published (`outputs`), name → value, with secret values
+    /// masked. Kept so that the run record shows what later steps were given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// `output: VAR`: the captured stdout the variable was set to (secret values masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Times the step's action was started (retries and repeats included); 0 when it never
+    /// started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// Runs started by a sub-DAG call, as `<dag>/<run_id>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_runs: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The latest status of one attempt of a run, as written by enqueue and the executor.

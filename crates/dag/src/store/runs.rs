@@ -450,8 +450,9 @@ impl FileRunStore {
     }
 }
 
-/// Attempt ids the store makes sort by creation time.
-fn new_attempt_id() -> String {
+/// A fresh attempt id, as the store makes one for a record without it: ids made in one process
+/// sort by creation time (zero-padded monotonic nanoseconds, then the pid).
+pub fn new_attempt_id() -> String {
     format!("{:020}-{}", monotonic_nanos(), std::process::id())
 }
 

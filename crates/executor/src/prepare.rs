@@ -1,0 +1,315 @@
+//! What a run needs before its first step (`docs/dag-format.md`, "Env, consts, dotenv,
+//! secrets" and "Params"): the DAG's working directory, its secrets and dotenv files, the
+//! `eval` of params the caller gave no value, and the checks of the param declarations.
+
+use std::path::{Path, PathBuf};
+
+use dispatch_dag::{Dag, SecretProvider};
+use tokio_util::sync::CancellationToken;
+
+use crate::conditions::{evaluate, CheckCx};
+use crate::context::{binding_values, RunFacts, StepFacts};
+use crate::env::{expand, lookup};
+use crate::invocation::Shell;
+use crate::params::{check_param, given_by_caller};
+
+/// A run, ready to start its steps.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The DAG's working directory: expanded, absolute, created.
+    pub(crate) work_dir: PathBuf,
+    /// Variables of the dotenv files, in order (later files win).
+    pub(crate) dotenv: Vec<(String, String)>,
+    /// The secrets, `(variable, value)`; never written anywhere but step environments.
+    pub(crate) secrets: Vec<(String, String)>,
+    /// The resolved params after `eval`.
+    pub(crate) params: Vec<(String, String)>,
+    /// What the run log should say (a dotenv file that is not there).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Prepares the run of `dag` (whose `resolved_params` are the run's); `runtime` is the
+/// run's runtime-param string. The error says what failed, never a secret's value.
+pub(crate) async fn prepare(
+    dag: &Dag,
+    facts: &RunFacts,
+    runtime: &str,
+    stop: &CancellationToken,
+    limit: usize,
+) -> Result<Prepared, String> {
+    let inherited = |var: &str| std::env::var(var).ok();
+    let no_step = StepFacts::none();
+    let bindings: Vec<_> = dag.bindings.iter().collect();
+    let bound = binding_values(&bindings, facts, &no_step, &[]);
+    let base_lookup = |var: &str| {
+        lookup(&bound, var)
+            .or_else(|| lookup(&facts.params, var))
+            .or_else(|| inherited(var))
+    };
+
+    let work_dir = dag_work_dir(dag, &base_lookup)?;
+    std::fs::create_dir_all(&work_dir).map_err(|e| {
+        format!(
+            "failed to create the working directory `{}`: {e}",
+            work_dir.display()
+        )
+    })?;
+
+    let mut secrets = Vec::new();
+    for secret in &dag.secrets {
+        let value = match secret.provider {
+            SecretProvider::Env => inherited(&secret.key).ok_or_else(|| {
+                format!(
+                    "secret `{}`: the environment variable `{}` is not set",
+                    secret.name, secret.key
+                )
+            })?,
+            SecretProvider::File => {
+                let path = work_dir.join(&secret.key);
+                let mut text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "secret `{}`: failed to read `{}`: {e}",
+                        secret.name,
+                        path.display()
+                    )
+                })?;
+                if text.ends_with('\n') {
+                    text.pop();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                }
+                text
+            }
+        };
+        secrets.push((secret.name.clone(), value));
+    }
+
+    let mut dotenv = Vec::new();
+    let mut warnings = Vec::new();
+    let dag_file_dir = dag.location.parent().unwrap_or(Path::new("/"));
+    for written in &dag.dotenv {
+        let name = expand_home(&expand(written, &base_lookup));
+        // As with Dagu, a listed file that is not there is skipped, not an error.
+        let Some(path) = [work_dir.join(&name), dag_file_dir.join(&name)]
+            .into_iter()
+            .find(|p| p.is_file())
+        else {
+            warnings.push(format!(
+                "dotenv file `{}` not found in `{}` or `{}`; skipped",
+                name.display(),
+                work_dir.display(),
+                dag_file_dir.display()
+            ));
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("failed to read dotenv file `{}`: {e}", path.display()))?;
+        dotenv.extend(
+            parse_dotenv(&text).map_err(|e| format!("dotenv file `{}`: {e}", path.display()))?,
+        );
+    }
+
+    let runtime = dispatch_webhook_params::parse_runtime_params(runtime).unwrap_or_default();
+    let mut params = facts.params.clone();
+    let shell = Shell::select(None, dag.shell.as_deref());
+    for spec in &dag.param_specs {
+        let given = given_by_caller(&dag.params, &runtime, &spec.name);
+        let mut has_value = given || spec.has_default;
+        if let (Some(eval), false) = (&spec.eval, given) {
+            let bindings: Vec<_> = spec.bindings.iter().collect();
+            let mut env = dotenv.clone();
+            env.extend(params.iter().cloned());
+            env.extend(binding_values(&bindings, facts, &no_step, &[]));
+            let cx = CheckCx {
+                shell: &shell,
+                env: &env,
+                working_dir: &work_dir,
+                stop,
+                clean_up: std::time::Duration::from_secs(dag.max_clean_up_time_sec),
+                limit,
+            };
+            match evaluate(eval, &cx).await {
+                Ok(value) => {
+                    match params.iter_mut().find(|(n, _)| *n == spec.name) {
+                        Some(slot) => slot.1 = value,
+                        None => params.push((spec.name.clone(), value)),
+                    }
+                    has_value = true;
+                }
+                // The default stands in for a failed `eval`.
+                Err(_) if spec.has_default => {}
+                Err(e) => return Err(format!("param `{}`: {e}", spec.name)),
+            }
+        }
+        let value = has_value.then(|| lookup(&params, &spec.name)).flatten();
+        check_param(spec, value.as_deref())?;
+    }
+
+    Ok(Prepared {
+        work_dir,
+        dotenv,
+        secrets,
+        params,
+        warnings,
+    })
+}
+
+/// The DAG's working directory: `working_dir` with `$VAR` and `~` expanded, relative to the
+/// DAG file's directory; without one, the DAG file's directory.
+fn dag_work_dir(dag: &Dag, lookup: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, String> {
+    let file_dir = dag
+        .location
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = match &dag.working_dir {
+        None => file_dir,
+        Some(written) => {
+            let text = written.to_string_lossy();
+            let expanded = expand_home(&expand(&text, lookup));
+            if expanded.as_os_str().is_empty() {
+                return Err(format!("`working_dir` `{text}` expands to nothing"));
+            }
+            file_dir.join(expanded)
+        }
+    };
+    Ok(std::path::absolute(&dir).unwrap_or(dir))
+}
+
+/// `~` and `~/x` → the home directory.
+pub(crate) fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(rest.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        },
+        _ => PathBuf::from(path),
+    }
+}
+
+/// `KEY=VALUE` lines of a dotenv file: `#` comments and blank lines are skipped, `export `
+/// is allowed, a value in single quotes is literal, one in double quotes understands `\n`,
+/// `\"` and `\\`; an unquoted value ends at ` #`. Values are not expanded.
+pub(crate) fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line
+            .strip_prefix("export ")
+            .map(str::trim_start)
+            .unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected `KEY=VALUE`", n + 1));
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || key.as_bytes()[0].is_ascii_digit()
+        {
+            return Err(format!("line {}: invalid variable name `{key}`", n + 1));
+        }
+        let value = value.trim();
+        let value = if let Some(inner) = value.strip_prefix('\'') {
+            inner
+                .strip_suffix('\'')
+                .ok_or_else(|| format!("line {}: unterminated single quote", n + 1))?
+                .to_owned()
+        } else if let Some(inner) = value.strip_prefix('"') {
+            let inner = inner
+                .strip_suffix('"')
+                .ok_or_else(|| format!("line {}: unterminated double quote", n + 1))?;
+            let mut v = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '\\') {
+                    (_, true) => match chars.next() {
+                        Some('n') => v.push('\n'),
+                        Some(other) => v.push(other),
+                        None => v.push('\\'),
+                    },
+                    (c, false) => v.push(c),
+                }
+            }
+            v
+        } else {
+            match value.find(" #") {
+                Some(i) => value[..i].trim_end().to_owned(),
+                None => value.to_owned(),
+            }
+        };
+        out.push((key.to_owned(), value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines() {
+        let text = "# comment\n\nA=1\nexport B = two words \nC='$NOT ${EXPANDED}'\nD=\"x\\ny \\\"q\\\"\"\nE=v # note\nF=\n";
+        let got = parse_dotenv(text).unwrap();
+        let want: Vec<(String, String)> = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "$NOT ${EXPANDED}"),
+            ("D", "x\ny \"q\""),
+            ("E", "v"),
+            ("F", ""),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        for (bad, want) in [
+            ("NOVALUE\n", "line 1: expected `KEY=VALUE`"),
+            ("\n1A=x\n", "line 2: invalid variable name `1A`"),
+            ("A='x\n", "unterminated single quote"),
+        ] {
+            let e = parse_dotenv(bad).unwrap_err();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn home_expansion() {
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(expand_home("~/x"), PathBuf::from(&home).join("x"));
+        assert_eq!(expand_home("~"), PathBuf::from(&home));
+        assert_eq!(expand_home("~other/x"), PathBuf::from("~other/x"));
+        assert_eq!(expand_home("a/~"), PathBuf::from("a/~"));
+    }
+
+    #[test]
+    fn working_directory_forms() {
+        let dag = |wd: Option<&str>| Dag {
+            location: "/srv/dags/d.yaml".into(),
+            working_dir: wd.map(PathBuf::from),
+            ..Dag::default()
+        };
+        let vars = |v: &str| (v == "BASE").then(|| "/opt/base".to_owned());
+        assert_eq!(
+            dag_work_dir(&dag(None), &vars),
+            Ok(PathBuf::from("/srv/dags"))
+        );
+        assert_eq!(
+            dag_work_dir(&dag(Some("/abs")), &vars),
+            Ok(PathBuf::from("/abs"))
+        );
+        assert_eq!(
+            dag_work_dir(&dag(Some("${BASE}/w")), &vars),
+            Ok(PathBuf::from("/opt/base/w"))
+        );
+        assert_eq!(
+            dag_work_dir(&dag(Some("$UNSET_X/w")), &vars),
+            Ok(PathBuf::from("/w"))
+        );
+        assert!(dag_work_dir(&dag(Some("$UNSET_X")), &vars).is_err());
+    }
+}

@@ -1,0 +1,512 @@
+//! Sub-DAG calls (`docs/dag-format.md`, "Sub-DAGs and parallel"): `call` runs another DAG as
+//! a child run and waits for it; with `parallel`, one child per item, at most `max_concurrent`
+//! at once. The step's status comes from its children's.
+//!
+//! A child is found among the `---` documents of the top-level DAG's file, then in the DAG
+//! store, then as a path relative to the calling DAG's file. It runs at once (not through the
+//! queue, which its parent holds), recorded in the run store as its own run with the trigger
+//! `subdag`; without its own `working_dir` it runs in the calling step's working directory.
+//! Its params are data: `${ITEM}`, `${ITEM.field}` and `${VAR}` in the call's params are
+//! replaced by values, and the values reach the child's commands only through its environment.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use dispatch_dag::{
+    load_dag_file, new_attempt_id, resolve_params, validate_dag_name, Attempt, Dag, ParallelItems,
+    RunRecord, RunStatus, StepStatus, SubDagCall,
+};
+use dispatch_util::now_ms;
+use dispatch_webhook_params::{parse_runtime_params, quote, Param};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::env::{expand, lookup};
+use crate::outputs::json_text;
+use crate::run_cx::{Lineage, RunControl, RunCx};
+use crate::step::StepJob;
+
+/// Sub-DAG calls nested deeper than this fail (a DAG that calls itself).
+const MAX_DEPTH: u32 = 16;
+
+/// Most items of one `parallel` call.
+const MAX_ITEMS: usize = 1000;
+
+/// How a call ended.
+#[derive(Debug)]
+pub(crate) struct CallEnd {
+    pub(crate) status: StepStatus,
+    pub(crate) error: Option<String>,
+    /// `<dag>/<run_id>` of every child started.
+    pub(crate) sub_runs: Vec<String>,
+}
+
+impl CallEnd {
+    fn failed(error: String) -> CallEnd {
+        CallEnd {
+            status: StepStatus::Failed,
+            error: Some(error),
+            sub_runs: Vec::new(),
+        }
+    }
+}
+
+/// One child run to start: the DAG to run and its runtime params.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Child {
+    dag: String,
+    params: Vec<Param>,
+}
+
+/// Runs the call of the step in `job`; `env` is the step's environment.
+pub(crate) async fn run_call(
+    run: &Arc<RunCx>,
+    job: &StepJob,
+    call: &SubDagCall,
+    work_dir: &Path,
+    env: &[(String, String)],
+) -> CallEnd {
+    if run.lineage.depth >= MAX_DEPTH {
+        return CallEnd::failed(format!(
+            "sub-DAG calls are nested more than {MAX_DEPTH} deep (does `{}` call itself?)",
+            call.dag
+        ));
+    }
+    let children = match children(call, env) {
+        Ok(children) => children,
+        Err(e) => return CallEnd::failed(e),
+    };
+    let mut out = StepOutput(job.stdout.clone());
+    let max_concurrent = call
+        .parallel
+        .as_ref()
+        .map_or(1, |p| p.max_concurrent.max(1) as usize);
+
+    let mut set: JoinSet<(usize, Result<RunRecord, String>)> = JoinSet::new();
+    let mut records: Vec<Option<Result<RunRecord, String>>> = vec![None; children.len()];
+    let mut sub_runs = Vec::new();
+    let mut next = 0;
+    loop {
+        while set.len() < max_concurrent && next < children.len() && !job.stop.is_cancelled() {
+            let i = next;
+            next += 1;
+            match start_child(run, job, &children[i], work_dir) {
+                Ok((attempt, ctl, lineage)) => {
+                    let id = format!("{}/{}", attempt.record.dag_name, attempt.record.run_id);
+                    out.line(&format!("sub-DAG run `{id}` started"));
+                    sub_runs.push(id);
+                    let future = (run.run_child)(run.stores.clone(), attempt, ctl, lineage);
+                    set.spawn(async move { (i, Ok(future.await)) });
+                }
+                Err(e) => {
+                    out.line(&format!(
+                        "sub-DAG `{}` could not start: {e}",
+                        children[i].dag
+                    ));
+                    records[i] = Some(Err(e));
+                }
+            }
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((i, result)) => {
+                if let Ok(record) = &result {
+                    out.line(&format!(
+                        "sub-DAG run `{}/{}` ended `{}`",
+                        record.dag_name, record.run_id, record.status
+                    ));
+                }
+                records[i] = Some(result);
+            }
+            Err(e) => tracing::error!(error = %e, "sub-DAG task failed"),
+        }
+    }
+
+    let mut first_error = None;
+    let mut aborted = false;
+    for (child, record) in children.iter().zip(&records) {
+        let problem = match record {
+            None => {
+                aborted = true;
+                Some(format!("sub-DAG `{}` was not started", child.dag))
+            }
+            Some(Err(e)) => Some(format!("sub-DAG `{}`: {e}", child.dag)),
+            Some(Ok(r))
+                if matches!(
+                    r.status,
+                    RunStatus::Succeeded | RunStatus::PartiallySucceeded
+                ) =>
+            {
+                None
+            }
+            Some(Ok(r)) => {
+                aborted |= r.status == RunStatus::Aborted;
+                Some(format!(
+                    "sub-DAG run `{}/{}` ended `{}`{}",
+                    r.dag_name,
+                    r.run_id,
+                    r.status,
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))
+            }
+        };
+        if first_error.is_none() {
+            first_error = problem;
+        }
+    }
+    let status = match (&first_error, aborted && job.stop.is_cancelled()) {
+        (None, _) => StepStatus::Succeeded,
+        (Some(_), true) => StepStatus::Aborted,
+        (Some(_), false) => StepStatus::Failed,
+    };
+    CallEnd {
+        status,
+        error: first_error,
+        sub_runs,
+    }
+}
+
+/// The children of a call: one per item (duplicates coalesced), or one without `parallel`.
+fn children(call: &SubDagCall, env: &[(String, String)]) -> Result<Vec<Child>, String> {
+    let var = |name: &str| lookup(env, name).or_else(|| std::env::var(name).ok());
+    let items: Vec<Option<Value>> = match &call.parallel {
+        None => vec![None],
+        Some(parallel) => {
+            let items = match &parallel.items {
+                ParallelItems::List(items) => items.clone(),
+                ParallelItems::Expr(text) => parse_items(&expand(text, &var)),
+            };
+            if items.is_empty() {
+                return Err("`parallel` has no items".to_owned());
+            }
+            if items.len() > MAX_ITEMS {
+                return Err(format!(
+                    "`parallel` has {} items, more than {MAX_ITEMS}",
+                    items.len()
+                ));
+            }
+            items.into_iter().map(Some).collect()
+        }
+    };
+    let mut children: Vec<Child> = Vec::new();
+    for item in items {
+        let with_item = |name: &str| -> Option<String> {
+            match (&item, name.strip_prefix("ITEM")) {
+                (Some(item), Some("")) => Some(json_text(item)),
+                (Some(Value::Object(map)), Some(field)) if field.starts_with('.') => {
+                    map.get(&field[1..]).map(json_text)
+                }
+                (Some(_), Some(field)) if field.starts_with('.') => None,
+                _ => var(name),
+            }
+        };
+        let dag = expand(&call.dag, &with_item);
+        if dag.trim().is_empty() {
+            return Err(format!("`{}` names no DAG", call.dag));
+        }
+        let params = match (&item, call.params.is_empty()) {
+            (Some(item), true) => item_params(item),
+            _ => call
+                .params
+                .iter()
+                .map(|p| Param {
+                    name: p.name.clone(),
+                    value: expand(&p.value, &with_item),
+                })
+                .collect(),
+        };
+        let child = Child { dag, params };
+        if !children.contains(&child) {
+            children.push(child);
+        }
+    }
+    Ok(children)
+}
+
+/// An item as the child's params when the call gives none: a map's fields by name, a string
+/// as a runtime-param string, anything else as one positional value.
+fn item_params(item: &Value) -> Vec<Param> {
+    match item {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| Param::named(k.clone(), json_text(v)))
+            .collect(),
+        Value::String(s) => {
+            parse_runtime_params(s).unwrap_or_else(|_| vec![Param::positional(s.clone())])
+        }
+        other => vec![Param::positional(json_text(other))],
+    }
+}
+
+/// Items of a `parallel` string resolved at run time: a JSON array (its entries), a JSON
+/// object (one item), else words separated by whitespace, `,`, `;` or `|` (double quotes keep
+/// a word together).
+fn parse_items(text: &str) -> Vec<Value> {
+    let text = text.trim();
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => return items,
+        Ok(object @ Value::Object(_)) => return vec![object],
+        _ => {}
+    }
+    let mut items = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if !quoted && (c.is_whitespace() || matches!(c, ',' | ';' | '|')) => {
+                if !word.is_empty() {
+                    items.push(Value::String(std::mem::take(&mut word)));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        items.push(Value::String(word));
+    }
+    items
+}
+
+/// Finds the child's DAG, records its run and returns what starts it.
+fn start_child(
+    run: &Arc<RunCx>,
+    job: &StepJob,
+    child: &Child,
+    work_dir: &Path,
+) -> Result<(Attempt, Arc<RunControl>, Lineage), String> {
+    let (dag, local) = find_dag(run, &child.dag)?;
+    let mut snapshot = resolve_params(&dag, &child.params).map_err(|e| e.to_string())?;
+    if snapshot.working_dir.is_none() {
+        snapshot.working_dir = Some(work_dir.to_path_buf());
+    }
+    let run_id = format!("sub-{}", new_attempt_id());
+    let attempt_id = new_attempt_id();
+    let now = now_ms();
+    // Recorded `running` (not `queued`): the child never waits in a queue, and a crash leaves
+    // it to recovery as a run that was in progress.
+    let record = RunRecord {
+        dag_name: snapshot.name.clone(),
+        run_id: run_id.clone(),
+        log_file: run
+            .stores
+            .log_dir
+            .join(&snapshot.name)
+            .join(&run_id)
+            .join(&attempt_id)
+            .join("run.log"),
+        attempt_id,
+        status: RunStatus::Running,
+        trigger: "subdag".to_owned(),
+        params: params_text(&child.params),
+        queued_at: Some(now),
+        started_at: Some(now),
+        finished_at: None,
+        error: None,
+        steps: Vec::new(),
+        pid: Some(std::process::id()),
+    };
+    run.stores
+        .runs
+        .create_attempt(&snapshot, &record)
+        .map_err(|e| format!("failed to record the run: {e}"))?;
+    let lineage = Lineage {
+        root: Some(
+            run.lineage
+                .root
+                .clone()
+                .unwrap_or_else(|| (run.facts.dag_name.clone(), run.facts.run_id.clone())),
+        ),
+        depth: run.lineage.depth + 1,
+        local_dags: if local {
+            run.lineage.local_dags.clone()
+        } else {
+            Arc::new(dag.local_dags.clone())
+        },
+    };
+    let ctl = Arc::new(RunControl::child_of(&run.control, &job.stop));
+    Ok((
+        Attempt {
+            dag: snapshot,
+            record,
+        },
+        ctl,
+        lineage,
+    ))
+}
+
+/// The DAG named `name`, and whether it is a `---` document of the top-level file.
+fn find_dag(run: &RunCx, name: &str) -> Result<(Dag, bool), String> {
+    if let Some(dag) = run.lineage.local_dags.iter().find(|d| d.name == name) {
+        return Ok((dag.clone(), true));
+    }
+    if validate_dag_name(name).is_ok() {
+        match run.stores.dags.load(name) {
+            Ok(dag) => return Ok((dag, false)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("failed to load DAG `{name}`: {e}")),
+        }
+    }
+    let base = run.dag.location.parent().unwrap_or(Path::new("."));
+    let path = base.join(name);
+    if path.is_file() {
+        return load_dag_file(&path)
+            .map(|dag| (dag, false))
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "DAG `{name}` not found (not a `---` document of this file, not in the DAGs directory, no file `{}`)",
+        path.display()
+    ))
+}
+
+/// Params as a runtime-param string (for the run record).
+fn params_text(params: &[Param]) -> String {
+    params
+        .iter()
+        .map(|p| match &p.name {
+            Some(name) => format!("{name}={}", quote(&p.value)),
+            None => quote(&p.value),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Lines about the children in the calling step's stdout log (best effort).
+struct StepOutput(std::path::PathBuf);
+
+impl StepOutput {
+    fn line(&mut self, text: &str) {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.0);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_dag::{Parallel, ParamDefault};
+    use serde_json::json;
+
+    #[test]
+    fn item_strings() {
+        let words = |t: &str| -> Vec<String> { parse_items(t).iter().map(json_text).collect() };
+        assert_eq!(
+            words("a b,c;d|e\nf\tg"),
+            ["a", "b", "c", "d", "e", "f", "g"]
+        );
+        assert_eq!(words(" \"two words\", x "), ["two words", "x"]);
+        assert_eq!(
+            words("[\"a\", 1, {\"k\": \"v\"}]"),
+            ["a", "1", "{\"k\":\"v\"}"]
+        );
+        assert_eq!(words("{\"k\": 1}"), ["{\"k\":1}"]);
+        assert!(words("  ").is_empty());
+    }
+
+    fn call(params: &[(&str, &str)], items: Option<ParallelItems>) -> SubDagCall {
+        SubDagCall {
+            dag: "child-${ITEM.kind}".into(),
+            params: params
+                .iter()
+                .map(|(n, v)| ParamDefault {
+                    name: Some((*n).into()),
+                    value: (*v).into(),
+                })
+                .collect(),
+            parallel: items.map(|items| Parallel {
+                items,
+                max_concurrent: 2,
+            }),
+        }
+    }
+
+    #[test]
+    fn children_per_item_with_item_references_and_coalescing() {
+        let env = vec![("ENVIRONMENT".to_owned(), "prod".to_owned())];
+        let items = ParallelItems::List(vec![
+            json!({"kind": "a", "region": "eu"}),
+            json!({"kind": "b", "region": "$(touch x)"}),
+            json!({"kind": "a", "region": "eu"}),
+        ]);
+        let got = children(
+            &call(
+                &[
+                    ("REGION", "${ITEM.region}"),
+                    ("ENV", "${ENVIRONMENT}-${ITEM.missing}"),
+                ],
+                Some(items),
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2, "identical children are one");
+        assert_eq!(got[0].dag, "child-a");
+        assert_eq!(
+            got[0].params,
+            [
+                Param::named("REGION", "eu"),
+                Param::named("ENV", "prod-${ITEM.missing}")
+            ]
+        );
+        assert_eq!(got[1].params[0], Param::named("REGION", "$(touch x)"));
+    }
+
+    #[test]
+    fn an_item_is_the_params_when_the_call_gives_none() {
+        let env = vec![("LIST".to_owned(), "x K=v".to_owned())];
+        let mut c = call(&[], Some(ParallelItems::Expr("${LIST}".into())));
+        c.dag = "child".into();
+        let got = children(&c, &env).unwrap();
+        assert_eq!(got[0].params, [Param::positional("x")]);
+        assert_eq!(got[1].params, [Param::named("K", "v")]);
+        let got = children(
+            &call(
+                &[],
+                Some(ParallelItems::List(vec![json!({"kind": "m", "n": 1})])),
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            got[0].params,
+            [Param::named("kind", "m"), Param::named("n", "1")]
+        );
+        let e = children(
+            &call(&[], Some(ParallelItems::Expr("${NOTHING}".into()))),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("no items"), "{e}");
+    }
+
+    #[test]
+    fn without_parallel_one_child() {
+        let mut c = call(&[("A", "${ITEM}-$B")], None);
+        c.dag = "plain".into();
+        let env = vec![("B".to_owned(), "b".to_owned())];
+        let got = children(&c, &env).unwrap();
+        assert_eq!(
+            got,
+            [Child {
+                dag: "plain".into(),
+                params: vec![Param::named("A", "-b")]
+            }]
+        );
+        assert_eq!(
+            params_text(&[Param::named("A", "x y"), Param::positional("p")]),
+            "A=\"x y\" \"p\""
+        );
+    }
+}
