@@ -23,12 +23,15 @@ pub(crate) enum Command {
     Start(Box<StartArgs>),
     /// Run the whole loop on bundled real GitHub payloads in a temporary home.
     Demo(DemoArgs),
-    /// Run one DAG now, in the foreground, with each step's output prefixed by its name.
+    /// Run one DAG now, in the foreground, printing each step's output with its name.
+    ///
     /// Exits 0 when the run succeeded (or partially succeeded), 1 when it failed, was aborted
     /// (Ctrl-C stops it; a second Ctrl-C at once) or the DAG does not load.
     Run(RunArgs),
-    /// Check DAG files without running them: every error of every file, `ok <file>` for good
-    /// ones; exits 0 when all are valid, 1 otherwise.
+    /// Check DAG files without running them.
+    ///
+    /// Prints every error of every file and `ok <file>` for good ones; exits 0 when all are
+    /// valid, 1 otherwise.
     Validate(ValidateArgs),
 }
 
