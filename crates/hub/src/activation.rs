@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::HubError;
-use crate::store::{now_ms, ServerInfo, Store, StoredActivation};
+use crate::store::{now_ms, ServerInfo, Store, StoredActivation, DB_FILE};
 
 /// Longest `machine_name` accepted: a host name, not a document.
 pub(crate) const MAX_MACHINE_NAME_BYTES: usize = 255;
@@ -83,7 +83,7 @@ pub(crate) fn standing(
 /// Opens the store of the hub whose data directory is `data_dir`, which must exist (a command
 /// pointed at the wrong directory must not make an empty store there).
 fn open_existing(data_dir: &Path) -> Result<Store, HubError> {
-    let path = data_dir.join(crate::DB_FILE);
+    let path = data_dir.join(DB_FILE);
     if !path.is_file() {
         return Err(HubError::NoStore { path });
     }

@@ -257,9 +257,10 @@ async fn webhook_inner(
     if !outcome.duplicate && count > 0 {
         st.jobs_ready.notify_waiters();
     }
+    // Event and delivery id come from the request (`?`: logged escaped).
     tracing::info!(
-        event,
-        delivery = header_str(headers, "x-github-delivery"),
+        event = ?event,
+        delivery = ?header_str(headers, "x-github-delivery"),
         jobs = count,
         duplicate = outcome.duplicate,
         "webhook received"

@@ -19,9 +19,10 @@
 //! already finished as `rejected` with a summary giving the sizes, instead of being handed out and
 //! dropped.
 //!
-//! Modules import only downwards, bottom to top: `error`; `bindings`, `keys`; `matching`;
-//! `limits`; `config`; `store` (inside: `state`, `writer`, `reports`, `activations`, `jobs`, then
-//! its `mod.rs`); `metrics`; `report`; `body`; `intake`; `api`; `server`; this file.
+//! Modules import only downwards, bottom to top: `error`; `files`; `bindings`, `keys`; `matching`;
+//! `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`, `schema`, `integrity`,
+//! `reports`, `activations`, `jobs`, `retention`, then its `mod.rs`); `activation`; `metrics`;
+//! `housekeeping`; `report`; `body`; `intake`; `api`; `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -60,12 +61,9 @@ pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;
-pub use store::ServerInfo;
+pub use store::{ServerInfo, DB_FILE};
 
 use store::{blocking, now_ms, Store};
-
-/// File name of the SQLite database under the data directory.
-pub const DB_FILE: &str = "hub.sqlite3";
 
 /// The running hub.
 pub struct Hub;

@@ -107,6 +107,7 @@ impl System {
                 listen,
                 github_api_url,
                 github_token,
+                ..
             } => {
                 if settings.license_public_key.is_some() {
                     tracing::info!("--license-public-key is ignored with the embedded hub: its own key verifies its tokens");
@@ -327,9 +328,19 @@ async fn start_embedded_hub(
     if bindings.is_empty() {
         tracing::warn!(path = %bindings_path.display(), "no bindings: webhooks will not start any DAG until you add some");
     }
+    let storage = match &settings.cloud {
+        CloudTarget::Embedded { storage, .. } => Some(storage.clone()),
+        CloudTarget::Remote(_) => None,
+    };
+    let defaults = HubConfig::default();
     let hub = Hub::start(
         HubConfig {
             listen,
+            retention: storage.as_ref().map_or(defaults.retention, |s| s.retention),
+            activation_expiry: storage
+                .as_ref()
+                .map_or(defaults.activation_expiry, |s| s.activation_expiry),
+            metrics_token: storage.and_then(|s| s.metrics_token),
             data_dir: settings.data_dir.join("hub"),
             webhook_secret: webhook_secret.clone(),
             bindings,

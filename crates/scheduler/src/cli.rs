@@ -99,6 +99,15 @@ pub(crate) struct StartArgs {
     /// Listen address of the embedded hub (only without `--cloud-url`) [default: 127.0.0.1:8787].
     #[arg(long, env = "DISPATCH_HUB_LISTEN", value_name = "ADDR")]
     pub(crate) hub_listen: Option<String>,
+    /// Days the embedded hub keeps finished jobs and their payloads [default: 30].
+    #[arg(long, env = "DISPATCH_HUB_RETENTION_DAYS", value_name = "DAYS")]
+    pub(crate) hub_retention_days: Option<String>,
+    /// Days an activation on the embedded hub lasts without a pull or heartbeat [default: 30].
+    #[arg(long, env = "DISPATCH_HUB_ACTIVATION_EXPIRY_DAYS", value_name = "DAYS")]
+    pub(crate) hub_activation_expiry_days: Option<String>,
+    /// Bearer token the embedded hub's `/metrics` then requires.
+    #[arg(long, env = "DISPATCH_HUB_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
+    pub(crate) hub_metrics_token: Option<Secret>,
     /// GitHub API base URL the embedded hub reports to (GitHub Enterprise: `https://HOST/api/v3`).
     #[arg(
         long,

@@ -76,6 +76,9 @@ pub(crate) struct FileConfig {
     metrics_addr: Option<String>,
     log_format: Option<LogFormat>,
     hub_listen: Option<String>,
+    hub_retention_days: Option<u64>,
+    hub_activation_expiry_days: Option<u64>,
+    hub_metrics_token: Option<Secret>,
     github_api_url: Option<String>,
     github_token: Option<Secret>,
     hist_retention_days: Option<u64>,
@@ -90,11 +93,35 @@ pub(crate) enum CloudTarget {
     Embedded {
         /// Where it listens (loopback by default).
         listen: SocketAddr,
+        /// Retention, activation expiry and metrics token.
+        storage: HubStorage,
         /// GitHub API base URL for reporting.
         github_api_url: Url,
         /// GitHub token for reporting.
         github_token: Option<Secret>,
     },
+}
+
+/// The embedded hub's stored-data settings (`docs/security.md`, "Stored data and servers").
+#[derive(Debug, Clone)]
+pub(crate) struct HubStorage {
+    /// Finished jobs older than this are pruned.
+    pub(crate) retention: Duration,
+    /// An activation not seen for this long expires.
+    pub(crate) activation_expiry: Duration,
+    /// When set, the hub's `/metrics` needs it as a bearer token.
+    pub(crate) metrics_token: Option<Secret>,
+}
+
+impl Default for HubStorage {
+    fn default() -> Self {
+        let hub = dispatch_hub::HubConfig::default();
+        HubStorage {
+            retention: hub.retention,
+            activation_expiry: hub.activation_expiry,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Resolved settings. `Debug` is safe: secrets are [`Secret`]s.
@@ -242,6 +269,22 @@ impl Settings {
                     .unwrap_or_else(|| DEFAULT_GITHUB_API_URL.to_owned());
                 CloudTarget::Embedded {
                     listen: parse_addr(&listen).map_err(|reason| invalid("hub-listen", reason))?,
+                    storage: HubStorage {
+                        retention: hub_days(
+                            "hub-retention-days",
+                            args.hub_retention_days,
+                            file.hub_retention_days,
+                        )?,
+                        activation_expiry: hub_days(
+                            "hub-activation-expiry-days",
+                            args.hub_activation_expiry_days,
+                            file.hub_activation_expiry_days,
+                        )?,
+                        metrics_token: args
+                            .hub_metrics_token
+                            .or(file.hub_metrics_token)
+                            .filter(|t| !t.is_empty()),
+                    },
                     github_api_url: http_url("github-api-url", &github_api_url)?,
                     github_token: args
                         .github_token
@@ -278,6 +321,27 @@ impl Settings {
             log_format,
             hist_retention_days,
         })
+    }
+}
+
+/// A day count of the embedded hub (default 30, at most [`dispatch_hub::config::MAX_DAYS`]).
+fn hub_days(
+    setting: &'static str,
+    flag: Option<String>,
+    file: Option<u64>,
+) -> Result<Duration, ConfigError> {
+    match number(setting, flag, file)? {
+        None => Ok(dispatch_hub::config::days(30)),
+        Some(n) if (1..=dispatch_hub::config::MAX_DAYS).contains(&n) => {
+            Ok(dispatch_hub::config::days(n))
+        }
+        Some(n) => Err(invalid(
+            setting,
+            format!(
+                "{n} is not between 1 and {} days",
+                dispatch_hub::config::MAX_DAYS
+            ),
+        )),
     }
 }
 
@@ -469,6 +533,63 @@ mod tests {
             let err = Settings::resolve(a, None).unwrap_err();
             let text = err.to_string();
             assert!(text.contains(setting), "{text}");
+            assert_eq!(setting_of(err), setting);
+        }
+    }
+
+    #[test]
+    fn embedded_hub_storage_settings() {
+        let storage = |s: Settings| match s.cloud {
+            CloudTarget::Embedded { storage, .. } => storage,
+            CloudTarget::Remote(_) => panic!("embedded hub expected"),
+        };
+        let day = Duration::from_secs(24 * 3600);
+        let defaults = storage(Settings::resolve(args(), None).unwrap());
+        assert_eq!(defaults.retention, 30 * day);
+        assert_eq!(defaults.activation_expiry, 30 * day);
+        assert!(defaults.metrics_token.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "hub_retention_days = 7\nhub_activation_expiry_days = 3\nhub_metrics_token = \"m-1\"\n",
+        )
+        .unwrap();
+        let from_file = StartArgs {
+            config: Some(file.clone()),
+            ..args()
+        };
+        let s = storage(Settings::resolve(from_file, None).unwrap());
+        assert_eq!((s.retention, s.activation_expiry), (7 * day, 3 * day));
+        assert_eq!(s.metrics_token.unwrap().expose(), "m-1");
+        let flags = StartArgs {
+            config: Some(file),
+            hub_retention_days: Some("90".into()),
+            ..args()
+        };
+        assert_eq!(
+            storage(Settings::resolve(flags, None).unwrap()).retention,
+            90 * day
+        );
+
+        for (setting, a) in [
+            (
+                "hub-retention-days",
+                StartArgs {
+                    hub_retention_days: Some("0".into()),
+                    ..args()
+                },
+            ),
+            (
+                "hub-activation-expiry-days",
+                StartArgs {
+                    hub_activation_expiry_days: Some("a month".into()),
+                    ..args()
+                },
+            ),
+        ] {
+            let err = Settings::resolve(a, None).unwrap_err();
             assert_eq!(setting_of(err), setting);
         }
     }

@@ -119,6 +119,7 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         log_dir: home.join("logs"),
         cloud: CloudTarget::Embedded {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: crate::config::HubStorage::default(),
             github_api_url: reqwest::Url::parse(&format!("http://{github_addr}"))
                 .map_err(|err| AppError::component("build the GitHub stand-in URL", err))?,
             github_token: Some(Secret::new("demo-token")),

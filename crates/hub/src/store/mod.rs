@@ -9,9 +9,12 @@
 //! [`Store::claim_next`]).
 //!
 //! One file per job: [`schema`] (the tables and their versioned changes: add a schema change
-//! there), [`state`] (the job states), [`writer`] (the group commit thread), [`jobs`]
-//! (deliveries, claims, accept, finish), [`activations`], [`reports`]. Each table's rules live in
-//! its file as functions over a connection; this file opens the database and gives them one face.
+//! there), [`integrity`] (the start-up check), [`state`] (the job states), [`gauges`] (jobs per
+//! state, kept as they change), [`writer`] (the group commit thread), [`jobs`] (deliveries,
+//! claims, accept, finish), [`activations`], [`reports`], [`retention`] (what is pruned). Each
+//! table's rules live in its file as functions over a connection; this file opens the database
+//! and gives them one face, except that `activations` and `retention` add their own
+//! `impl Store` methods next to their SQL.
 //! A delivery's payload and headers are stored once (table `payloads`), whatever number of jobs
 //! it made.
 
@@ -41,6 +44,9 @@ pub(crate) use activations::{Activated, Activation, StoredActivation};
 pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
 pub(crate) use reports::PendingReport;
 pub(crate) use state::JobState;
+
+/// File name of the SQLite database under the data directory.
+pub const DB_FILE: &str = "hub.sqlite3";
 
 /// Wall-clock milliseconds since the Unix epoch, as the store keeps times (SQLite integers are
 /// signed). Leases and report times are stored in it, so they keep their meaning across restarts.
