@@ -270,8 +270,8 @@ pub(crate) async fn run_process(
 }
 
 /// Runs a short helper process (a condition check, a param's `eval`) in its own group and
-/// returns how it exited and its stdout (at most `limit` bytes); stderr is dropped. `stop`
-/// terminates it.
+/// returns how it exited and its stdout (at most `limit` bytes; with 0 it is not read at all);
+/// stderr is dropped. `stop` terminates it.
 pub(crate) async fn run_captured(
     program: &str,
     args: &[OsString],
@@ -287,7 +287,11 @@ pub(crate) async fn run_captured(
         .current_dir(working_dir)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(if limit == 0 {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stderr(Stdio::null())
         .process_group(0);
     let mut child = command.spawn().map_err(|e| {
@@ -299,30 +303,35 @@ pub(crate) async fn run_captured(
     let pid = child
         .id()
         .ok_or("process exited before its pid was known")?;
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let read = async {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stdout.read(&mut buf).await {
-            if n == 0 {
-                break;
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let reader = child.stdout.take().map(|mut stdout| {
+        let captured = captured.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut out) = captured.lock() {
+                    let room = limit.saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
+                }
             }
-            if out.len() < limit {
-                out.extend_from_slice(&buf[..n.min(limit - out.len())]);
-            }
-        }
-        out
-    };
-    tokio::select! {
-        (out, status) = async { tokio::join!(read, child.wait()) } => {
-            let status = status.map_err(|e| format!("failed to wait for `{program}`: {e}"))?;
-            Ok((status, out))
-        }
+        })
+    });
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| format!("failed to wait for `{program}`: {e}"))?,
         () = stop.cancelled() => {
             terminate(&mut child, pid, clean_up).await;
-            Err("stopped".to_owned())
+            return Err("stopped".to_owned());
         }
+    };
+    // As for steps: a background process may keep the pipe open.
+    if let Some(reader) = reader {
+        let _ = tokio::time::timeout(DRAIN, reader).await;
     }
+    let out = captured.lock().map(|o| o.clone()).unwrap_or_default();
+    Ok((status, out))
 }
 
 /// SIGTERM to the group, SIGKILL after `clean_up` if the leader is still there; once the leader
@@ -439,6 +448,48 @@ mod tests {
             std::fs::read_to_string(dir.path().join("s.err")).unwrap(),
             "err\n"
         );
+    }
+
+    #[tokio::test]
+    async fn output_is_masked_copied_and_captured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(
+            dir.path(),
+            "printf 'token=hunter2\\n'; printf 'e hunter2' >&2; echo more",
+        );
+        let secrets = Secrets::new(["hunter2".to_owned()]);
+        s.stdout.copy = Some(dir.path().join("copy.txt"));
+        s.stdout.capture = 10;
+        s.stdout.secrets = secrets.clone();
+        s.stderr.secrets = secrets;
+        let out = run_process(s, &CancellationToken::new(), |_| {}).await;
+        assert!(
+            matches!(out.end, ProcessEnd::Exited(s) if s.success()),
+            "{out:?}"
+        );
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("s.out"), "token=*******\nmore\n");
+        assert_eq!(read("copy.txt"), "token=*******\nmore\n");
+        assert_eq!(read("s.err"), "e *******");
+        // The capture holds what the process wrote (for `output:`), cut at the limit.
+        assert_eq!(out.stdout.bytes, b"token=hunt");
+        assert!(out.stdout.truncated);
+        assert!(out.stderr.bytes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipe_does_not_hold_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "sleep 30 & echo started");
+        let mut leader = 0;
+        let out = run_process(s, &CancellationToken::new(), |pid| leader = pid).await;
+        assert!(
+            matches!(out.end, ProcessEnd::Exited(s) if s.success()),
+            "{out:?}"
+        );
+        signal_group(Pid::from_raw(leader as i32), Signal::SIGKILL);
+        let log = std::fs::read_to_string(dir.path().join("s.out")).unwrap();
+        assert_eq!(log, "started\n");
     }
 
     #[tokio::test]

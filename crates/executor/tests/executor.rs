@@ -14,6 +14,10 @@ use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle, RunFinished};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+// A folder of its own for the Dagu-format tests, kept out of Cargo's list of test binaries.
+#[path = "executor/dagu.rs"]
+mod dagu;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Harness {
