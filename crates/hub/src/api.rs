@@ -27,14 +27,15 @@ use crate::activation::{self, Standing};
 use crate::body::{self, BodyRules};
 use crate::config::{HubConfig, LicenseKey};
 use crate::error::HubError;
+use crate::gate;
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
-use crate::matching::jobs_for_delivery;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
 use crate::report;
 use crate::store::{
     blocking, now_ms, Activated, Activation, Caller, RawDelivery, Store, Transition,
 };
+use crate::trust::Outcome;
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -234,52 +235,48 @@ async fn webhook_inner(
     let text = intake::payload_text(headers, &body).map_err(bad)?;
     let payload: serde_json::Value =
         serde_json::from_str(&text).map_err(|_| bad("body is not valid json"))?;
-    let jobs = jobs_for_delivery(
-        &st.cfg.bindings,
-        &st.cfg.mention,
-        event,
-        delivery_id,
-        &payload,
-    );
-    let headers_json = headers_json(headers);
-    let payload_text = text.trim().to_owned();
-    let (delivery_id, event_name) = (delivery_id.to_owned(), event.to_owned());
     let raw = RawDelivery {
-        payload: payload_text,
-        headers: headers_json,
+        payload: text.trim().to_owned(),
+        headers: headers_json(headers),
     };
-    let outcome = blocking(&st.store, move |s| {
-        s.record_delivery(&delivery_id, &event_name, jobs, raw, now_ms())
-    })
-    .await
-    .map_err(|e| ("error", ApiError::from(e)))?;
-    let count = outcome.job_ids.len();
-    if !outcome.duplicate && count > 0 {
+    let taken = gate::take(&st.store, &st.cfg, event, delivery_id, raw, &payload)
+        .await
+        .map_err(|e| ("error", ApiError::from(e)))?;
+    let count = taken.job_ids.len();
+    let duplicate = taken.outcome == Outcome::Duplicate;
+    if !duplicate && count > 0 {
         st.jobs_ready.notify_waiters();
     }
-    // Event and delivery id come from the request (`?`: logged escaped).
+    if taken.outcome == Outcome::Accepted {
+        // The delivery may have queued reports: a command's answer, a too-large job's status.
+        st.report_wake.notify_one();
+    }
+    // Event, delivery id and reason come from the request (`?`: logged escaped).
     tracing::info!(
         event = ?event,
-        delivery = ?header_str(headers, "x-github-delivery"),
+        delivery = ?delivery_id,
         jobs = count,
-        duplicate = outcome.duplicate,
+        outcome = taken.outcome.as_str(),
+        reason = ?taken.reason,
         "webhook received"
     );
-    let label = match (outcome.duplicate, count) {
-        (true, _) => "duplicate",
-        (false, 0) => "unmatched",
-        (false, _) => "accepted",
-    };
+    // A delivery turned away is still answered 200: GitHub must not retry it.
     let status = if count > 0 {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    let mut answer = serde_json::json!({ "job_ids": outcome.job_ids });
-    if outcome.duplicate {
+    let mut answer = serde_json::json!({
+        "job_ids": taken.job_ids,
+        "outcome": taken.outcome.as_str(),
+    });
+    if duplicate {
         answer["duplicate"] = serde_json::Value::Bool(true);
     }
-    Ok((status, label, answer))
+    if !taken.reason.is_empty() {
+        answer["reason"] = serde_json::Value::String(taken.reason);
+    }
+    Ok((status, taken.outcome.as_str(), answer))
 }
 
 fn find_license<'a>(licenses: &'a [LicenseKey], id: &str) -> Option<&'a LicenseKey> {
@@ -469,7 +466,7 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         ready.as_mut().enable();
         let (l, s) = (req.license_id.clone(), req.server_id.clone());
         let claimed = blocking(&st.store, move |store| {
-            if store.has_claimable(&l, now_ms())? {
+            if store.has_claimable(&l, &s, now_ms())? {
                 store.claim_next(&l, &s, now_ms(), lease_ms)
             } else {
                 Ok(None)
@@ -527,6 +524,10 @@ async fn accept(
         )
     })
     .await?;
+    if t == Transition::Done {
+        // The accept may have released a cancel that waited for it (targeted at this server).
+        st.jobs_ready.notify_waiters();
+    }
     transition_response(t, &id)
 }
 

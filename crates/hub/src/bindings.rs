@@ -1,5 +1,6 @@
-//! Bindings: which GitHub events on which repository start which DAG, loaded from TOML (the format
-//! is described in `docs/protocol.md`).
+//! Bindings: which GitHub events on which repository start which DAG, and who may start them,
+//! loaded from TOML (the format is described in `docs/protocol.md`, the trust rules in
+//! `docs/security.md`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,6 +40,58 @@ impl Trigger {
             Trigger::ManualDispatch => "manual_dispatch",
         }
     }
+}
+
+/// GitHub's `author_association` words, as a comment payload spells them.
+pub const AUTHOR_ASSOCIATIONS: [&str; 8] = [
+    "OWNER",
+    "MEMBER",
+    "COLLABORATOR",
+    "CONTRIBUTOR",
+    "FIRST_TIME_CONTRIBUTOR",
+    "FIRST_TIMER",
+    "MANNEQUIN",
+    "NONE",
+];
+
+/// The associations whose comment commands count when a binding names none: people with write
+/// access to the repository or members of its organization.
+pub const DEFAULT_ALLOWED_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// The comment command that lets a held fork pull request run (reserved like `cancel`).
+pub const APPROVE_COMMAND: &str = "approve";
+
+/// What a binding does with `pull_request` events whose head is in another repository (a fork),
+/// and with `check_run` events on such a head.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkPolicy {
+    /// Fork pull requests never start this binding.
+    #[default]
+    Never,
+    /// A fork pull request's head SHA starts this binding once an allowed commenter says
+    /// `<mention> approve` on the pull request; every new SHA needs a new approval.
+    Approved,
+    /// Fork pull requests start this binding like any other (their code runs unreviewed).
+    Always,
+}
+
+impl ForkPolicy {
+    /// The config word (`never`, `approved`, `always`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForkPolicy::Never => "never",
+            ForkPolicy::Approved => "approved",
+            ForkPolicy::Always => "always",
+        }
+    }
+}
+
+fn default_allowed_associations() -> Vec<String> {
+    DEFAULT_ALLOWED_ASSOCIATIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect()
 }
 
 /// One binding: repository + event filter → DAG name. Empty strings mean "no filter".
@@ -81,6 +134,16 @@ pub struct Binding {
     /// License id whose schedulers may take the jobs (empty: any license).
     #[serde(default)]
     pub license: String,
+    /// Comment authors whose commands (run, `cancel`, `approve`) count, by the comment's
+    /// `author_association` (compared case-insensitively; default [`DEFAULT_ALLOWED_ASSOCIATIONS`]).
+    #[serde(default = "default_allowed_associations")]
+    pub allowed_associations: Vec<String>,
+    /// GitHub logins whose commands count whatever their association (case-insensitive).
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Whether pull requests from forks start this binding (default [`ForkPolicy::Never`]).
+    #[serde(default)]
+    pub fork_pull_requests: ForkPolicy,
 }
 
 impl Binding {
@@ -100,7 +163,26 @@ impl Binding {
             dispatch_event_type: String::new(),
             check_name: String::new(),
             license: String::new(),
+            allowed_associations: default_allowed_associations(),
+            allowed_users: Vec::new(),
+            fork_pull_requests: ForkPolicy::Never,
         }
+    }
+
+    /// Whether a comment by `login` with GitHub `author_association` `association` counts for
+    /// this binding: the login is in `allowed_users`, or the association in
+    /// `allowed_associations`.
+    pub fn allows_commenter(&self, login: &str, association: &str) -> bool {
+        (!login.is_empty()
+            && self
+                .allowed_users
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(login)))
+            || (!association.is_empty()
+                && self
+                    .allowed_associations
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(association)))
     }
 
     /// The word that starts this binding in a comment command.
@@ -214,6 +296,45 @@ pub fn validate_bindings(
                     format!("`{CANCEL_COMMAND}` is reserved for cancelling runs"),
                 ));
             }
+            if alias.eq_ignore_ascii_case(APPROVE_COMMAND) {
+                return Err(HubError::setting(
+                    origin,
+                    field("command_alias"),
+                    format!("`{APPROVE_COMMAND}` is reserved for approving fork pull requests"),
+                ));
+            }
+        }
+        for association in &mut b.allowed_associations {
+            let word = association.trim().to_ascii_uppercase();
+            if !AUTHOR_ASSOCIATIONS.contains(&word.as_str()) {
+                return Err(HubError::setting(
+                    origin,
+                    field("allowed_associations"),
+                    format!(
+                        "`{association}` is not a GitHub author_association (one of: {})",
+                        AUTHOR_ASSOCIATIONS.join(", ")
+                    ),
+                ));
+            }
+            *association = word;
+        }
+        for user in &mut b.allowed_users {
+            let login = user.trim().trim_start_matches('@');
+            if login.is_empty() || login.chars().any(|c| c.is_whitespace() || c == '/') {
+                return Err(HubError::setting(
+                    origin,
+                    field("allowed_users"),
+                    format!("`{user}` is not a GitHub login"),
+                ));
+            }
+            *user = login.to_owned();
+        }
+        if b.fork_pull_requests != ForkPolicy::Never && b.trigger != Trigger::Auto {
+            return Err(HubError::setting(
+                origin,
+                field("fork_pull_requests"),
+                "only applies to `auto` bindings (they receive pull_request and check_run)",
+            ));
         }
         if !b.dispatch_event_type.is_empty()
             && (b.trigger != Trigger::ManualDispatch || b.event_name == "workflow_dispatch")
@@ -257,7 +378,8 @@ pub const EXAMPLE_BINDINGS_TOML: &str = r#"# dispatch bindings: which GitHub eve
 #   dag                 DAG name to run (required)
 #   trigger             "auto"            push, pull_request, create, release, check_run
 #                       "comment_command" issue_comment, pull_request_review_comment
-#                                         ("@dispatch <alias>" runs, "@dispatch cancel" cancels)
+#                                         ("@dispatch <alias>" runs, "@dispatch cancel" cancels;
+#                                         only from allowed commenters, see allowed_*)
 #                       "manual_dispatch" repository_dispatch, workflow_dispatch
 #   id                  stable id (default "<repository>/<dag>/<trigger>")
 #   event_name          only this event, e.g. "push" (must belong to the trigger)
@@ -272,6 +394,12 @@ pub const EXAMPLE_BINDINGS_TOML: &str = r#"# dispatch bindings: which GitHub eve
 #   dispatch_event_type repository_dispatch only: the event_type sent by the caller
 #   check_name          commit status context (default "dispatch/<dag>")
 #   license             license id whose schedulers may take the jobs (default: any)
+#   allowed_associations whose comment commands count, by the comment's author_association:
+#                       OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR,
+#                       FIRST_TIMER, MANNEQUIN, NONE (default ["OWNER", "MEMBER", "COLLABORATOR"])
+#   allowed_users       GitHub logins whose comment commands count whatever their association
+#   fork_pull_requests  pull requests from forks: "never" (default), "approved" (runs each head
+#                       SHA once an allowed commenter says "@dispatch approve"), "always"
 
 # Build every push to main and every pull request targeting main.
 # [[binding]]
@@ -369,6 +497,22 @@ mod tests {
                 "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\ntag_pattern = \"v*\"",
                 "binding[0].tag_pattern",
             ),
+            (
+                "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\ncommand_alias = \"Approve\"",
+                "binding[0].command_alias",
+            ),
+            (
+                "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\nallowed_associations = [\"MEMBER\", \"ADMIN\"]",
+                "binding[0].allowed_associations",
+            ),
+            (
+                "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\nallowed_users = [\"a b\"]",
+                "binding[0].allowed_users",
+            ),
+            (
+                "repository = \"o/r\"\ndag = \"d\"\ntrigger = \"comment_command\"\nfork_pull_requests = \"always\"",
+                "binding[0].fork_pull_requests",
+            ),
         ];
         for (body, want) in cases {
             let err = parse(&format!("[[binding]]\n{body}\n")).unwrap_err();
@@ -391,6 +535,59 @@ mod tests {
             assert!(msg.contains("brnch") || msg.contains("`trigger`"), "{msg}");
             assert!(!msg.contains("sometimes"), "the value is not quoted: {msg}");
         }
+    }
+
+    #[test]
+    fn trust_keys_default_and_normalize() {
+        let b = &parse("[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"auto\"\n")
+            .unwrap()[0];
+        assert_eq!(b.allowed_associations, DEFAULT_ALLOWED_ASSOCIATIONS);
+        assert!(b.allowed_users.is_empty());
+        assert_eq!(b.fork_pull_requests, ForkPolicy::Never);
+        let b = &parse(
+            "[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"auto\"\n\
+             allowed_associations = [\"member\", \" Contributor \"]\nallowed_users = [\"@Octocat\"]\n\
+             fork_pull_requests = \"approved\"\n",
+        )
+        .unwrap()[0];
+        assert_eq!(b.allowed_associations, ["MEMBER", "CONTRIBUTOR"]);
+        assert_eq!(b.allowed_users, ["Octocat"]);
+        assert_eq!(b.fork_pull_requests, ForkPolicy::Approved);
+        let err = parse(
+            "[[binding]]\nrepository = \"o/r\"\ndag = \"d\"\ntrigger = \"auto\"\nfork_pull_requests = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, HubError::ParseConfig { .. }), "{err}");
+    }
+
+    #[test]
+    fn commenters_table() {
+        let mut b = Binding::new("o/r", "d", Trigger::CommentCommand);
+        b.allowed_users = vec!["Friend".into()];
+        let cases = [
+            ("a", "OWNER", true),
+            ("a", "member", true),
+            ("a", "COLLABORATOR", true),
+            ("a", "CONTRIBUTOR", false),
+            ("a", "FIRST_TIME_CONTRIBUTOR", false),
+            ("a", "NONE", false),
+            ("a", "", false),
+            ("friend", "NONE", true),
+            ("FRIEND", "", true),
+            ("", "", false),
+        ];
+        for (login, association, want) in cases {
+            assert_eq!(
+                b.allows_commenter(login, association),
+                want,
+                "{login} {association}"
+            );
+        }
+        b.allowed_associations.clear();
+        assert!(
+            !b.allows_commenter("a", "OWNER"),
+            "an empty list allows only allowed_users"
+        );
     }
 
     #[test]

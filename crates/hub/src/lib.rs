@@ -20,9 +20,10 @@
 //! dropped.
 //!
 //! Modules import only downwards, bottom to top: `error`; `files`; `bindings`, `keys`; `matching`;
-//! `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`, `schema`, `integrity`,
-//! `reports`, `activations`, `jobs`, `retention`, then its `mod.rs`); `activation`; `metrics`;
-//! `housekeeping`; `report`; `body`; `intake`; `api`; `server`; this file.
+//! `trust`; `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`, `schema`,
+//! `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`, `retention`, then its
+//! `mod.rs`); `activation`; `metrics`; `housekeeping`; `report`; `gate`; `body`; `intake`; `api`;
+//! `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -40,11 +41,13 @@ mod api;
 mod body;
 mod error;
 mod files;
+mod gate;
 mod housekeeping;
 mod intake;
 mod metrics;
 mod server;
 mod store;
+mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +60,7 @@ use tokio_util::task::TaskTracker;
 
 pub use activation::{list_servers, revoke_server};
 pub use api::{MAX_WAIT_SECONDS, WEBHOOK_BODY_LIMIT};
-pub use bindings::{load_bindings, Binding, Trigger, EXAMPLE_BINDINGS_TOML};
+pub use bindings::{load_bindings, Binding, ForkPolicy, Trigger, EXAMPLE_BINDINGS_TOML};
 pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;

@@ -35,29 +35,32 @@ pub(crate) struct NewJob {
     pub job: DispatchJob,
     /// `binding.license`: empty = any license may take it.
     pub target_license: String,
+    /// The one server that may take it (a cancel goes where the runs are); empty = any server.
+    pub target_server_id: String,
     /// Commit status context for reporting.
     pub status_context: String,
 }
 
+/// What a delivery says, in the fields bindings and jobs need.
 #[derive(Debug, Default)]
-struct Facts {
-    repository_name: String,
-    repository_id: i64,
-    installation_id: i64,
-    action: String,
-    actor_login: String,
-    git_ref: String,
-    sha: String,
+pub(crate) struct Facts {
+    pub repository_name: String,
+    pub repository_id: i64,
+    pub installation_id: i64,
+    pub action: String,
+    pub actor_login: String,
+    pub git_ref: String,
+    pub sha: String,
     branch: Option<String>,
     tag: Option<String>,
-    pull_request_number: i64,
-    issue_number: i64,
-    comment_id: i64,
-    comment_body: Option<String>,
+    pub pull_request_number: i64,
+    pub issue_number: i64,
+    pub comment_id: i64,
+    pub comment_body: Option<String>,
     check_run_id: i64,
     dispatch_event_type: String,
     /// Set when the event must not start anything (a deleting push).
-    ignore: bool,
+    pub ignore: bool,
 }
 
 fn s(v: &Value, path: &[&str]) -> String {
@@ -96,7 +99,8 @@ fn is_full_sha(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn facts(event: &str, p: &Value) -> Facts {
+/// The facts of a delivery of `event` with payload `p`.
+pub(crate) fn facts(event: &str, p: &Value) -> Facts {
     let mut f = Facts {
         repository_name: s(p, &["repository", "full_name"]),
         repository_id: n(p, &["repository", "id"]),
@@ -251,6 +255,21 @@ pub(crate) fn new_job_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// Whether `b` takes this delivery by its event filters alone (repository, event, action,
+/// dispatch type, branch and tag); comment bindings also need a `created` comment. The command
+/// word of a comment is not looked at.
+pub(crate) fn binding_takes(b: &Binding, event: &str, f: &Facts) -> bool {
+    b.trigger.events().contains(&event)
+        && b.repository.eq_ignore_ascii_case(&f.repository_name)
+        && (b.event_name.is_empty() || b.event_name == event)
+        && action_matches(b, event, &f.action)
+        && (b.dispatch_event_type.is_empty()
+            || (event == "repository_dispatch" && b.dispatch_event_type == f.dispatch_event_type))
+        && refs_match(b, f)
+        // Edits and deletions of a comment must not run it again.
+        && (b.trigger != Trigger::CommentCommand || f.action == "created")
+}
+
 /// The jobs one delivery creates: one per matching binding (a cancel command makes one cancel job
 /// per DAG bound to comment commands on the repository).
 pub(crate) fn jobs_for_delivery(
@@ -270,22 +289,10 @@ pub(crate) fn jobs_for_delivery(
         .and_then(|body| parse_command(body, mention));
     let mut jobs: Vec<NewJob> = Vec::new();
     for b in bindings {
-        if !b.trigger.events().contains(&event)
-            || !b.repository.eq_ignore_ascii_case(&f.repository_name)
-            || (!b.event_name.is_empty() && b.event_name != event)
-            || !action_matches(b, event, &f.action)
-            || (!b.dispatch_event_type.is_empty()
-                && (event != "repository_dispatch"
-                    || b.dispatch_event_type != f.dispatch_event_type))
-            || !refs_match(b, &f)
-        {
+        if !binding_takes(b, event, &f) {
             continue;
         }
         let job_command = if b.trigger == Trigger::CommentCommand {
-            // Edits and deletions of a comment must not run it again.
-            if f.action != "created" {
-                continue;
-            }
             match command {
                 Some(word) if is_cancel_command(word) => {
                     let dup = jobs.iter().any(|j| {
@@ -327,6 +334,7 @@ pub(crate) fn jobs_for_delivery(
                 ..DispatchJob::default()
             },
             target_license: b.license.clone(),
+            target_server_id: String::new(),
             status_context: b.status_context(),
         });
     }

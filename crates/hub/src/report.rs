@@ -1,5 +1,8 @@
 //! Reporting finished jobs back to GitHub: a commit status on the job's SHA and, for comment
-//! commands, a comment with the summary.
+//! commands, a comment with the summary; and the one comment that answers a `cancel` or `approve`
+//! command. A cancel job's own finish posts nothing: the command was answered when it came.
+//! Every comment is cut to GitHub's [`COMMENT_LIMIT`] (the summary comes from a scheduler and may
+//! be anything), so GitHub never refuses it for its length.
 //!
 //! Reports are queued in SQLite in the same transaction that finishes the job, then sent by a
 //! background loop with exponential backoff, so `finish` never waits on GitHub and a restart loses
@@ -22,10 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::HubError;
 use crate::metrics::{Metrics, REPORTS};
-use crate::store::{blocking, now_ms, FinishedJob, PendingReport, Store};
+use crate::store::{blocking, now_ms, Approval, CancelOutcome, FinishedJob, PendingReport, Store};
 
 /// GitHub's limit for a commit status description, in characters.
 pub const DESCRIPTION_LIMIT: usize = 140;
+
+/// GitHub's limit for a comment body, in characters (longer bodies are refused with a 422).
+pub const COMMENT_LIMIT: usize = 65_536;
+
+/// What ends a comment cut to [`COMMENT_LIMIT`].
+pub const TRUNCATED_MARKER: &str = "\n\n... (truncated)";
 
 /// A report is dropped after this many failed attempts.
 pub const MAX_ATTEMPTS: i64 = 12;
@@ -48,6 +57,17 @@ pub fn truncate_chars(text: &str, limit: usize) -> &str {
     }
 }
 
+/// `text` cut to GitHub's [`COMMENT_LIMIT`], ending with [`TRUNCATED_MARKER`] when it was cut.
+pub fn cap_comment(text: &str) -> String {
+    if text.chars().count() <= COMMENT_LIMIT {
+        return text.to_owned();
+    }
+    let keep = COMMENT_LIMIT - TRUNCATED_MARKER.chars().count();
+    let mut out = truncate_chars(text, keep).to_owned();
+    out.push_str(TRUNCATED_MARKER);
+    out
+}
+
 /// Delay before attempt `attempts + 1`: 1 s doubling per failure, at most 10 minutes.
 pub fn backoff(attempts: i64) -> Duration {
     let exp = attempts.clamp(1, 11) as u32 - 1;
@@ -61,6 +81,29 @@ fn path_safe(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// `/repos/<owner>/<repo>`, or `None` (with a warning) for a name that is not safe in a path.
+fn repo_path(repository: &str, job_id: &str) -> Option<String> {
+    let (owner, repo) = repository.split_once('/')?;
+    if !path_safe(owner) || !path_safe(repo) {
+        tracing::warn!(job_id = %job_id, repository = %repository, "not reporting: odd repository name");
+        return None;
+    }
+    Some(format!("/repos/{owner}/{repo}"))
+}
+
+/// The GitHub call (path, JSON body) that posts `text` as a comment on issue or PR `number`,
+/// cut to [`COMMENT_LIMIT`]. `what` names the cause in a warning when the repository name is odd.
+pub(crate) fn comment_report(
+    repository: &str,
+    number: i64,
+    text: &str,
+    what: &str,
+) -> Option<(String, String)> {
+    let base = repo_path(repository, what)?;
+    let body = serde_json::json!({ "body": cap_comment(text) });
+    Some((format!("{base}/issues/{number}/comments"), body.to_string()))
+}
+
 /// The GitHub calls (path, JSON body) a finished job needs.
 pub(crate) fn reports_for(
     finished: &FinishedJob,
@@ -68,13 +111,9 @@ pub(crate) fn reports_for(
     summary: &str,
 ) -> Vec<(String, String)> {
     let job = &finished.job;
-    let Some((owner, repo)) = job.repository_name.split_once('/') else {
+    let Some(base) = repo_path(&job.repository_name, &job.id) else {
         return Vec::new();
     };
-    if !path_safe(owner) || !path_safe(repo) {
-        tracing::warn!(job_id = %job.id, repository = %job.repository_name, "not reporting: odd repository name");
-        return Vec::new();
-    }
     let mut out = Vec::new();
     let is_command = !job.command.is_empty();
     let cancel = is_cancel_command(&job.command);
@@ -89,17 +128,14 @@ pub(crate) fn reports_for(
             "context": finished.status_context,
             "description": description,
         });
-        out.push((
-            format!("/repos/{owner}/{repo}/statuses/{}", job.sha),
-            body.to_string(),
-        ));
+        out.push((format!("{base}/statuses/{}", job.sha), body.to_string()));
     }
     let number = if job.issue_number != 0 {
         job.issue_number
     } else {
         job.pull_request_number
     };
-    if is_command && number != 0 {
+    if is_command && !cancel && number != 0 {
         // The summary is quoted so that no line of our own comment can start with the mention
         // and trigger another command.
         let mut text = format!(
@@ -114,13 +150,89 @@ pub(crate) fn reports_for(
                 text.push('\n');
             }
         }
-        let body = serde_json::json!({ "body": text });
-        out.push((
-            format!("/repos/{owner}/{repo}/issues/{number}/comments"),
-            body.to_string(),
-        ));
+        out.extend(comment_report(&job.repository_name, number, &text, &job.id));
     }
     out
+}
+
+/// `text` safe inside one line of a comment: control characters (newlines included) become
+/// spaces and backticks go, so a name a scheduler chose can neither start a line of its own (with
+/// a command in it) nor break out of code formatting; at most 100 characters.
+fn inline(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .filter(|c| *c != '`')
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    truncate_chars(clean.trim(), 100).to_owned()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The comment answering a cancel command: what it stops where, what it dropped.
+pub(crate) fn cancel_answer(outcome: &CancelOutcome) -> String {
+    let mut parts = Vec::new();
+    if !outcome.stopping.is_empty() {
+        let runs: Vec<String> = outcome
+            .stopping
+            .iter()
+            .map(|(dag, machine)| format!("`{}` on {}", inline(dag), inline(machine)))
+            .collect();
+        parts.push(format!(
+            "Cancelling {} ({})",
+            plural(runs.len(), "run", "runs"),
+            runs.join(", ")
+        ));
+    }
+    if !outcome.awaiting.is_empty() {
+        parts.push(if outcome.awaiting.len() == 1 {
+            "1 job being handed to a scheduler is cancelled as soon as it is taken".to_owned()
+        } else {
+            format!(
+                "{} jobs being handed to schedulers are cancelled as soon as they are taken",
+                outcome.awaiting.len()
+            )
+        });
+    }
+    if !outcome.dropped.is_empty() {
+        parts.push(format!(
+            "{} dropped",
+            plural(outcome.dropped.len(), "queued job", "queued jobs")
+        ));
+    }
+    if parts.is_empty() {
+        return "Nothing to cancel.".to_owned();
+    }
+    let mut text = parts.join("; ");
+    if let Some(first) = text.get(..1) {
+        text = first.to_uppercase() + &text[1..];
+    }
+    text.push('.');
+    text
+}
+
+/// The comment answering an approve command on pull request `number`.
+pub(crate) fn approve_answer(approval: &Approval, number: i64) -> String {
+    let short = |sha: &str| truncate_chars(sha, 7).to_owned();
+    match approval {
+        Approval::Dispatched { sha, dags } => {
+            let dags: Vec<String> = dags.iter().map(|d| format!("`{}`", inline(d))).collect();
+            format!("Approved {}: dispatching {}.", short(sha), dags.join(", "))
+        }
+        Approval::AlreadyApproved { sha } => format!(
+            "{} is already approved; nothing is dispatched again (a new push needs a new approval).",
+            short(sha)
+        ),
+        Approval::NothingMatched { sha } => format!(
+            "Nothing to approve: the waiting event of {} matches no binding you may approve for.",
+            short(sha)
+        ),
+        Approval::NothingHeld => format!(
+            "Nothing to approve: no pull request event from a fork is waiting for #{number}."
+        ),
+    }
 }
 
 pub(crate) struct Reporter {
@@ -294,5 +406,104 @@ mod tests {
         assert_eq!(crate::matching::parse_command(text, "@dispatch"), None);
         job.repository_name = "o/../x".into();
         assert!(reports_for(&fin(&job), "succeeded", "").is_empty());
+    }
+
+    #[test]
+    fn a_cancel_jobs_finish_reports_nothing() {
+        let job = DispatchJob {
+            id: "c".into(),
+            repository_name: "o/r".into(),
+            sha: "abc123".into(),
+            command: "Cancel".into(),
+            issue_number: 4,
+            ..DispatchJob::default()
+        };
+        let fin = FinishedJob {
+            job,
+            status_context: String::new(),
+        };
+        assert!(reports_for(&fin, "succeeded", "Cancelled 1 run(s).").is_empty());
+    }
+
+    #[test]
+    fn comments_are_cut_to_githubs_limit() {
+        assert_eq!(cap_comment("short"), "short");
+        let exact = "a".repeat(COMMENT_LIMIT);
+        assert_eq!(cap_comment(&exact), exact);
+        let long = "日".repeat(COMMENT_LIMIT + 1);
+        let cut = cap_comment(&long);
+        assert_eq!(cut.chars().count(), COMMENT_LIMIT);
+        assert!(cut.starts_with("日日") && cut.ends_with("日\n\n... (truncated)"));
+        let (path, body) = comment_report("o/r", 3, &long, "t").unwrap();
+        assert_eq!(path, "/repos/o/r/issues/3/comments");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["body"].as_str().unwrap(), cut);
+        assert!(comment_report("o/r r", 3, "x", "t").is_none());
+    }
+
+    #[test]
+    fn cancel_answers() {
+        let outcome = |stopping: &[(&str, &str)], awaiting: usize, dropped: usize| CancelOutcome {
+            stopping: stopping
+                .iter()
+                .map(|(d, m)| ((*d).to_owned(), (*m).to_owned()))
+                .collect(),
+            awaiting: vec!["x".to_owned(); awaiting],
+            dropped: vec!["y".to_owned(); dropped],
+            cancel_jobs: Vec::new(),
+        };
+        let cases = [
+            (outcome(&[], 0, 0), "Nothing to cancel."),
+            (
+                outcome(&[("build", "box-1"), ("test", "box-2")], 0, 1),
+                "Cancelling 2 runs (`build` on box-1, `test` on box-2); 1 queued job dropped.",
+            ),
+            (
+                outcome(&[("long", "m")], 0, 0),
+                "Cancelling 1 run (`long` on m).",
+            ),
+            (
+                outcome(&[], 2, 3),
+                "2 jobs being handed to schedulers are cancelled as soon as they are taken; 3 queued jobs dropped.",
+            ),
+            (
+                outcome(&[("b`x", "evil\n@dispatch build")], 1, 0),
+                "Cancelling 1 run (`bx` on evil @dispatch build); 1 job being handed to a scheduler is cancelled as soon as it is taken.",
+            ),
+        ];
+        for (outcome, want) in cases {
+            let text = cancel_answer(&outcome);
+            assert_eq!(text, want);
+            assert_eq!(crate::matching::parse_command(&text, "@dispatch"), None);
+        }
+    }
+
+    #[test]
+    fn approve_answers() {
+        let sha = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".to_owned();
+        let cases = [
+            (
+                Approval::Dispatched {
+                    sha: sha.clone(),
+                    dags: vec!["test".into(), "lint".into()],
+                },
+                "Approved 0d1a26e: dispatching `test`, `lint`.",
+            ),
+            (
+                Approval::AlreadyApproved { sha: sha.clone() },
+                "0d1a26e is already approved; nothing is dispatched again (a new push needs a new approval).",
+            ),
+            (
+                Approval::NothingMatched { sha },
+                "Nothing to approve: the waiting event of 0d1a26e matches no binding you may approve for.",
+            ),
+            (
+                Approval::NothingHeld,
+                "Nothing to approve: no pull request event from a fork is waiting for #7.",
+            ),
+        ];
+        for (approval, want) in cases {
+            assert_eq!(approve_answer(&approval, 7), want);
+        }
     }
 }

@@ -441,17 +441,11 @@ async fn comment_commands_make_run_and_cancel_jobs() {
     let mut b = build(Trigger::CommentCommand);
     b.license = "lic-b".into();
     let hub = TestHub::start(vec![b]).await;
-    for (delivery, body, on_pr, want) in [
-        ("c1", "@dispatch build", true, (StatusCode::ACCEPTED, 1)),
-        (
-            "c2",
-            "looks good\n@dispatch cancel",
-            false,
-            (StatusCode::ACCEPTED, 1),
-        ),
-        ("c3", "no command here", true, (StatusCode::OK, 0)),
+    for (delivery, body, want) in [
+        ("c1", "@dispatch build", (StatusCode::ACCEPTED, 1)),
+        ("c3", "no command here", (StatusCode::OK, 0)),
     ] {
-        let payload = comment_payload(body, on_pr);
+        let payload = comment_payload(body, true);
         let (status, answer) = hub.webhook("issue_comment", delivery, payload).await;
         assert_eq!((status, ids(&answer).len()), want, "{body:?}");
     }
@@ -467,6 +461,17 @@ async fn comment_commands_make_run_and_cancel_jobs() {
     assert_eq!(run["comment_id"], 492700400);
     assert_eq!(run["ref"], "refs/pull/1/head");
     assert_eq!(run["actor_login"], "Codertocat");
+    let run_id = run["id"].as_str().unwrap();
+    assert_eq!(
+        hub.accept(&bsrv, run_id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // A cancel on issue #1 goes to the server running a job of #1.
+    let payload = comment_payload("looks good\n@dispatch cancel", false);
+    let (status, answer) = hub.webhook("issue_comment", "c2", payload).await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::ACCEPTED, 1));
+    assert_eq!(hub.pull(&a, 0).await.status(), StatusCode::NO_CONTENT);
     let cancel = hub.pull_job(&bsrv).await;
     assert_eq!(cancel["command"], "cancel");
     assert_eq!(cancel["issue_number"], 1);
@@ -1362,3 +1367,6 @@ mod hostile;
 
 #[path = "hub/storage.rs"]
 mod storage;
+
+#[path = "hub/trust.rs"]
+mod trust;

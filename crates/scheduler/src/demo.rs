@@ -7,7 +7,8 @@
 //! 0 only if every job ended as expected.
 //!
 //! Outcomes are read from the scheduler's run store (the run's status) and from the reports the
-//! hub sent to the GitHub stand-in (the cancel job has no run, only its report).
+//! hub sent to the GitHub stand-in: a cancel command has no run of its own, and the hub answers
+//! it with one comment (the cancel job it routes to the scheduler posts nothing).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -63,7 +64,7 @@ struct Tracked {
     dag: String,
     job_id: String,
     expected: &'static str,
-    /// The cancel job has no run; its outcome is the hub's report.
+    /// The cancel command has no run; its outcome is the hub's answer.
     is_cancel: bool,
     sent_at: Instant,
     sent_ms: u64,
@@ -212,7 +213,18 @@ async fn drive(
     ];
     let mut jobs = Vec::new();
     for delivery in &deliveries {
-        for job_id in send(&http, webhook_url, secret, delivery).await? {
+        let job_ids = send(&http, webhook_url, secret, delivery).await?;
+        let dags = dags_for(delivery);
+        if job_ids.len() != dags.len() {
+            return Err(AppError::Demo(format!(
+                "the {} webhook made {} job(s), expected {} ({})",
+                delivery.label,
+                job_ids.len(),
+                dags.len(),
+                dags.join(", ")
+            )));
+        }
+        for job_id in job_ids {
             jobs.push(new_tracked(delivery, job_id, false, began));
         }
     }
@@ -234,9 +246,15 @@ async fn drive(
                 event: "issue_comment",
                 body: comment_payload("@dispatch cancel")?,
             };
-            for job_id in send(&http, webhook_url, secret, &delivery).await? {
-                jobs.push(new_tracked(&delivery, job_id, true, began));
-            }
+            // The hub routes the cancel to the scheduler holding `long`: at once when it has
+            // accepted the job, else as soon as it does (then the answer names no job yet).
+            let job_ids = send(&http, webhook_url, secret, &delivery).await?;
+            let label = if job_ids.is_empty() {
+                "(on accept)".to_owned()
+            } else {
+                job_ids.join(", ")
+            };
+            jobs.push(new_tracked(&delivery, label, true, began));
             cancel_sent = true;
         }
         if cancel_sent && jobs.iter().all(|j| j.ended.is_some()) {
@@ -292,11 +310,7 @@ fn new_tracked(delivery: &Delivery, job_id: String, is_cancel: bool, began: Inst
     );
     Tracked {
         label: delivery.label,
-        expected: if is_cancel {
-            "succeeded"
-        } else {
-            expected(&dag)
-        },
+        expected: if is_cancel { ANSWERED } else { expected(&dag) },
         candidates,
         dag,
         job_id,
@@ -315,13 +329,12 @@ fn observe(stores: &Stores, jobs: &mut [Tracked], reports: &Mutex<Vec<Report>>) 
     let received = reports.lock().map(|r| r.clone()).unwrap_or_default();
     for job in jobs.iter_mut().filter(|j| j.ended.is_none()) {
         let status = if job.is_cancel {
-            // The hub comments on the issue with the cancel job's result.
-            let marker = format!("dispatch `{}` (cancel): **", job.dag);
-            received.iter().find_map(|r| {
-                let body = r.body.get("body")?.as_str()?;
-                let rest = body.strip_prefix(&marker)?;
-                Some(rest.split("**").next().unwrap_or_default().to_owned())
-            })
+            // The hub answers the command with one comment of its own; a job's report starts
+            // with "dispatch `<dag>`".
+            received
+                .iter()
+                .any(is_command_answer)
+                .then(|| ANSWERED.to_owned())
         } else {
             let mut found = None;
             for dag in &job.candidates {
@@ -365,6 +378,17 @@ fn observe(stores: &Stores, jobs: &mut [Tracked], reports: &Mutex<Vec<Report>>) 
     }
 }
 
+/// The status the demo shows for a command the hub answered.
+const ANSWERED: &str = "answered";
+
+/// Whether a report is the hub's answer to a command: a comment that is not a job's report.
+fn is_command_answer(report: &Report) -> bool {
+    report.path.contains("/issues/")
+        && report.body["body"]
+            .as_str()
+            .is_some_and(|b| !b.starts_with("dispatch `"))
+}
+
 fn elapsed_label(d: Duration) -> String {
     format!("+{:.2}s", d.as_secs_f64())
 }
@@ -380,6 +404,9 @@ fn reported(job: &Tracked, reports: &[Report]) -> String {
     let comment = format!("dispatch `{}` ({command}): ", job.dag);
     let mut seen = Vec::new();
     for r in reports {
+        if job.is_cancel && is_command_answer(r) {
+            seen.push("answer on the issue".to_owned());
+        }
         if !job.is_cancel && r.body["context"].as_str() == Some(&format!("dispatch/{}", job.dag)) {
             seen.push(format!(
                 "status {}",
@@ -493,17 +520,21 @@ fn print_context(stores: &Stores, job: &Tracked) {
     }
 }
 
-/// The issue comment payload with its body replaced by `command`.
+/// The issue comment payload with its body replaced by `command`, from the repository's owner:
+/// the hub takes comment commands only from commenters its bindings allow (by default owners,
+/// members and collaborators).
 fn comment_payload(command: &str) -> Result<Vec<u8>, AppError> {
     let mut value: serde_json::Value = serde_json::from_slice(ISSUE_COMMENT)
         .map_err(|err| AppError::component("read the bundled issue_comment payload", err))?;
-    let body = value
+    let comment = value
         .get_mut("comment")
-        .and_then(|c| c.get_mut("body"))
-        .ok_or_else(|| {
-            AppError::Demo("bundled issue_comment payload has no comment.body".into())
-        })?;
-    *body = serde_json::Value::String(command.to_owned());
+        .and_then(|c| c.as_object_mut())
+        .ok_or_else(|| AppError::Demo("bundled issue_comment payload has no comment".into()))?;
+    comment.insert("body".into(), serde_json::Value::String(command.to_owned()));
+    comment.insert(
+        "author_association".into(),
+        serde_json::Value::String("OWNER".into()),
+    );
     serde_json::to_vec(&value)
         .map_err(|err| AppError::component("write the issue_comment payload", err))
 }
@@ -545,7 +576,10 @@ async fn send(
             err,
         )
     })?;
-    if status != StatusCode::ACCEPTED {
+    // 202 with jobs; 200 for a delivery that made none (a cancel waiting for its accept), as
+    // long as the hub took it.
+    let taken = answer["outcome"].as_str() == Some("accepted");
+    if !(status == StatusCode::ACCEPTED || (status == StatusCode::OK && taken)) {
         return Err(AppError::Demo(format!(
             "hub answered {status} to the {} webhook: {answer}",
             delivery.label
@@ -559,16 +593,6 @@ async fn send(
                 .collect()
         })
         .unwrap_or_default();
-    let dags = dags_for(delivery);
-    if ids.len() != dags.len() {
-        return Err(AppError::Demo(format!(
-            "the {} webhook made {} job(s), expected {} ({})",
-            delivery.label,
-            ids.len(),
-            dags.len(),
-            dags.join(", ")
-        )));
-    }
     Ok(ids)
 }
 

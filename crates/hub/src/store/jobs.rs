@@ -4,15 +4,19 @@
 //! Every function runs inside the writer's transaction (or on the read connection, for the
 //! read-only ones); none commits.
 
+use std::sync::Arc;
+
 use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
+use super::cancels;
 use super::gauges::Tally;
 use super::reports;
 use super::state::JobState;
 use crate::error::HubError;
 use crate::matching::NewJob;
+use crate::trust::Outcome;
 
 /// A job whose claim has run out this many times is finished as `rejected`: a job no scheduler
 /// can take (say, a payload too big for its client) must not block the queue forever.
@@ -65,29 +69,32 @@ pub(crate) struct FinishedJob {
     pub status_context: String,
 }
 
+/// Builds the GitHub calls (path, JSON body) for a job the hub finishes itself, from the job, its
+/// result status and its summary (none when the hub does not report to GitHub).
+pub(crate) type Reports =
+    Arc<dyn Fn(&FinishedJob, &str, &str) -> Vec<(String, String)> + Send + Sync>;
+
+/// A delivery as the store records it: its id, event, raw body and headers, and how the trust
+/// gate took it.
+pub(crate) struct Delivery {
+    pub id: String,
+    pub event: String,
+    pub raw: RawDelivery,
+    pub outcome: Outcome,
+    /// Why it was turned away, or what a command did.
+    pub reason: String,
+}
+
 /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
 pub(super) fn record_delivery(
     tx: &Connection,
-    delivery_id: &str,
-    event: &str,
+    delivery: &Delivery,
     jobs: &[NewJob],
-    raw: &RawDelivery,
     now_ms: i64,
+    reports: &Reports,
     tally: &mut Tally,
 ) -> Result<DeliveryOutcome, HubError> {
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
-            [delivery_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a delivery"))?;
-    if let Some(ids) = existing {
-        let job_ids = serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
-            job_id: format!("delivery {delivery_id}"),
-            source,
-        })?;
+    if let Some(job_ids) = recorded_jobs(tx, &delivery.id)? {
         return Ok(DeliveryOutcome {
             job_ids,
             duplicate: true,
@@ -96,68 +103,149 @@ pub(super) fn record_delivery(
     let mut job_ids = Vec::with_capacity(jobs.len());
     let mut queued = 0;
     for j in jobs {
-        let job_json = serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
-            job_id: j.job.id.clone(),
-            source,
-        })?;
-        // A scheduler reads at most 1 MiB of a pull answer: a job that cannot fit would be claimed
-        // and dropped forever, so it is answered `rejected` at once instead.
-        let answer_len = job_json.len() + raw.payload.len() + raw.headers.len() + 64;
-        let (state, result_status, result_summary) = if answer_len > MAX_JOB_ANSWER_BYTES {
-            tracing::warn!(job_id = %j.job.id, bytes = answer_len,
-                "job too large for the dispatch protocol; finished as rejected");
-            (
-                JobState::Finished,
-                REJECTED,
-                format!(
-                    "the GitHub event is {} bytes; a dispatch job carries at most {} bytes",
-                    raw.payload.len(),
-                    MAX_JOB_ANSWER_BYTES
-                ),
-            )
-        } else {
+        if insert_job(tx, j, &delivery.id, &delivery.raw, now_ms, reports, tally)?
+            == JobState::Queued
+        {
             queued += 1;
-            (JobState::Queued, "", String::new())
-        };
-        tx.execute(
-            "INSERT INTO jobs (id, target_license, status_context, state, job_json, delivery_id,
-                               created_ms, updated_ms, result_status, result_summary)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
-            params![
-                j.job.id,
-                j.target_license,
-                j.status_context,
-                state,
-                job_json,
-                delivery_id,
-                now_ms,
-                result_status,
-                result_summary
-            ],
-        )
-        .map_err(HubError::store("insert a job"))?;
-        tally.added(state, 1);
+        }
         job_ids.push(j.job.id.clone());
     }
     // One copy however many bindings matched, and none when no job will ever be pulled (all were
     // too large, or nothing matched).
     if queued > 0 {
-        tx.execute(
-            "INSERT INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
-            params![delivery_id, raw.payload, raw.headers],
-        )
-        .map_err(HubError::store("insert a payload"))?;
+        insert_payload(tx, &delivery.id, &delivery.raw)?;
     }
-    let ids_json = serde_json::to_string(&job_ids).unwrap_or_else(|_| "[]".to_owned());
-    tx.execute(
-        "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![delivery_id, event, ids_json, now_ms],
-    )
-    .map_err(HubError::store("insert a delivery"))?;
+    insert_delivery(tx, delivery, &job_ids, now_ms)?;
     Ok(DeliveryOutcome {
         job_ids,
         duplicate: false,
     })
+}
+
+/// The job ids an earlier delivery with this id produced, if there was one.
+pub(super) fn recorded_jobs(
+    tx: &Connection,
+    delivery_id: &str,
+) -> Result<Option<Vec<String>>, HubError> {
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
+            [delivery_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(HubError::store("look up a delivery"))?;
+    existing
+        .map(|ids| {
+            serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
+                job_id: format!("delivery {delivery_id}"),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// Records a delivery and the jobs it produced.
+pub(super) fn insert_delivery(
+    tx: &Connection,
+    delivery: &Delivery,
+    job_ids: &[String],
+    now_ms: i64,
+) -> Result<(), HubError> {
+    let ids_json = serde_json::to_string(job_ids).unwrap_or_else(|_| "[]".to_owned());
+    tx.execute(
+        "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms, outcome, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            delivery.id,
+            delivery.event,
+            ids_json,
+            now_ms,
+            delivery.outcome.as_str(),
+            delivery.reason
+        ],
+    )
+    .map_err(HubError::store("insert a delivery"))?;
+    Ok(())
+}
+
+/// Stores the payload and headers jobs pulled under `key` carry (kept if already there).
+pub(super) fn insert_payload(
+    tx: &Connection,
+    key: &str,
+    raw: &RawDelivery,
+) -> Result<(), HubError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
+        params![key, raw.payload, raw.headers],
+    )
+    .map_err(HubError::store("insert a payload"))?;
+    Ok(())
+}
+
+/// Inserts one job whose pull answer carries the payload stored under `payload_key` (`raw`):
+/// queued, or finished as `rejected` at once when it cannot fit in a pull answer, its reports
+/// queued like any finish's. Returns the state it was stored in.
+pub(super) fn insert_job(
+    tx: &Connection,
+    j: &NewJob,
+    payload_key: &str,
+    raw: &RawDelivery,
+    now_ms: i64,
+    reports: &Reports,
+    tally: &mut Tally,
+) -> Result<JobState, HubError> {
+    let job_json = serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
+        job_id: j.job.id.clone(),
+        source,
+    })?;
+    // A scheduler reads at most 1 MiB of a pull answer: a job that cannot fit would be claimed
+    // and dropped forever, so it is answered `rejected` at once instead.
+    let answer_len = job_json.len() + raw.payload.len() + raw.headers.len() + 64;
+    let (state, result_status, result_summary) = if answer_len > MAX_JOB_ANSWER_BYTES {
+        tracing::warn!(job_id = %j.job.id, bytes = answer_len,
+            "job too large for the dispatch protocol; finished as rejected");
+        (
+            JobState::Finished,
+            REJECTED,
+            format!(
+                "the GitHub event is {} bytes; a dispatch job carries at most {} bytes",
+                raw.payload.len(),
+                MAX_JOB_ANSWER_BYTES
+            ),
+        )
+    } else {
+        (JobState::Queued, "", String::new())
+    };
+    tx.execute(
+        "INSERT INTO jobs (id, target_license, target_server_id, status_context, state, job_json,
+                           delivery_id, created_ms, updated_ms, result_status, result_summary)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+        params![
+            j.job.id,
+            j.target_license,
+            j.target_server_id,
+            j.status_context,
+            state,
+            job_json,
+            payload_key,
+            now_ms,
+            result_status,
+            result_summary
+        ],
+    )
+    .map_err(HubError::store("insert a job"))?;
+    tally.added(state, 1);
+    if state == JobState::Finished {
+        let finished = FinishedJob {
+            job: j.job.clone(),
+            status_context: j.status_context.clone(),
+        };
+        for (path, body) in reports(&finished, result_status, &result_summary) {
+            reports::queue(tx, &j.job.id, &path, &body, now_ms)?;
+        }
+    }
+    Ok(state)
 }
 
 /// Expired claims go back to the queue, keeping `claimed_by` so the last claimant can still
@@ -196,7 +284,8 @@ pub(super) fn expire_claims(
     Ok(rejected + requeued)
 }
 
-/// Claims the oldest queued job this license may take, for `lease_ms`.
+/// Claims the oldest queued job this license and server may take, for `lease_ms` (a job targeted
+/// at one server, a cancel, goes to that server only).
 pub(super) fn claim_next(
     tx: &Connection,
     license_id: &str,
@@ -211,8 +300,9 @@ pub(super) fn claim_next(
             "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
              LEFT JOIN payloads p ON p.delivery_id = j.delivery_id
              WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
+                   AND (j.target_server_id = '' OR j.target_server_id = ?3)
              ORDER BY j.seq LIMIT 1",
-            params![JobState::Queued, license_id],
+            params![JobState::Queued, license_id, server_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
@@ -249,17 +339,19 @@ pub(super) fn claim_next(
     Ok(Some(job))
 }
 
-/// Whether a claim attempt for this license could succeed now: a queued job it may take, or a
-/// claim whose lease has run out.
+/// Whether a claim attempt for this license and server could succeed now: a queued job it may
+/// take, or a claim whose lease has run out.
 pub(super) fn has_claimable(
     conn: &Connection,
     license_id: &str,
+    server_id: &str,
     now_ms: i64,
 ) -> Result<bool, HubError> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND (target_license = '' OR target_license = ?2))
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND (target_license = '' OR target_license = ?2)
+                                               AND (target_server_id = '' OR target_server_id = ?5))
              OR EXISTS (SELECT 1 FROM jobs WHERE state = ?3 AND lease_expires_ms <= ?4)",
-        params![JobState::Queued, license_id, JobState::Claimed, now_ms],
+        params![JobState::Queued, license_id, JobState::Claimed, now_ms, server_id],
         |r| r.get(0),
     )
     .map_err(HubError::store("look for claimable jobs"))
@@ -302,6 +394,9 @@ pub(super) fn accept(
         )
         .map_err(HubError::store("accept a job"))?;
         tally.moved(row.state, JobState::Accepted, 1);
+        // A cancel that came while the job was only claimed reaches this server now that the
+        // run is tracked there.
+        cancels::on_accept(tx, job_id, caller, now_ms, tally)?;
     }
     Ok(outcome)
 }
@@ -349,6 +444,7 @@ pub(super) fn finish(
     )
     .map_err(HubError::store("finish a job"))?;
     tally.moved(row.state, JobState::Finished, 1);
+    cancels::forget(tx, job_id)?;
     let finished = FinishedJob {
         job: decode_job(&row.job_json)?,
         status_context: row.status_context,
@@ -431,7 +527,7 @@ impl JobRow {
     }
 }
 
-fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
+pub(super) fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
     serde_json::from_str(job_json).map_err(|source| HubError::CorruptRecord {
         job_id: String::new(),
         source,

@@ -19,6 +19,8 @@
 //! it made.
 
 mod activations;
+mod approvals;
+mod cancels;
 mod gauges;
 mod integrity;
 mod jobs;
@@ -35,13 +37,18 @@ use dispatch_protocol::DispatchJob;
 use rusqlite::Connection;
 
 use crate::error::HubError;
+#[cfg(test)]
 use crate::matching::NewJob;
 use gauges::{JobGauges, Tally};
 use writer::{open_connection, Durability, Writer};
 
 pub use activations::ServerInfo;
 pub(crate) use activations::{Activated, Activation, StoredActivation};
-pub(crate) use jobs::{Caller, DeliveryOutcome, FinishedJob, RawDelivery, Transition};
+pub(crate) use approvals::{Approval, HeldEvent};
+pub(crate) use cancels::CancelOutcome;
+#[cfg(test)]
+use jobs::DeliveryOutcome;
+pub(crate) use jobs::{Caller, Delivery, FinishedJob, RawDelivery, Reports, Transition};
 pub(crate) use reports::PendingReport;
 pub(crate) use state::JobState;
 
@@ -133,7 +140,9 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
+    /// Stores the jobs of an accepted delivery, or returns the original job ids of a
+    /// redelivery; the hub itself records deliveries through [`Store::record_gated`].
+    #[cfg(test)]
     pub fn record_delivery(
         &self,
         delivery_id: &str,
@@ -142,10 +151,15 @@ impl Store {
         raw: RawDelivery,
         now_ms: i64,
     ) -> Result<DeliveryOutcome, HubError> {
-        let (delivery_id, event) = (delivery_id.to_owned(), event.to_owned());
-        self.write_counted(Durability::Full, move |tx, tally| {
-            jobs::record_delivery(tx, &delivery_id, &event, &jobs, &raw, now_ms, tally)
-        })
+        let delivery = Delivery {
+            id: delivery_id.to_owned(),
+            event: event.to_owned(),
+            raw,
+            outcome: crate::trust::Outcome::Accepted,
+            reason: String::new(),
+        };
+        let no_reports: Reports = Arc::new(|_, _, _| Vec::new());
+        self.record_gated(delivery, jobs, None, now_ms, no_reports)
     }
 
     /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
@@ -178,8 +192,13 @@ impl Store {
 
     /// Whether a claim attempt for this license could succeed now. Read-only, so idle pulls never
     /// queue behind writes.
-    pub fn has_claimable(&self, license_id: &str, now_ms: i64) -> Result<bool, HubError> {
-        jobs::has_claimable(&self.read(), license_id, now_ms)
+    pub fn has_claimable(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, HubError> {
+        jobs::has_claimable(&self.read(), license_id, server_id, now_ms)
     }
 
     /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
@@ -292,6 +311,7 @@ mod tests {
                 ..DispatchJob::default()
             },
             target_license: license.into(),
+            target_server_id: String::new(),
             status_context: "dispatch/d".into(),
         }
     }
@@ -361,16 +381,16 @@ mod tests {
     #[test]
     fn claim_respects_license_and_lease() {
         let (_d, s) = store();
-        assert!(!s.has_claimable("lic-a", 0).unwrap());
+        assert!(!s.has_claimable("lic-a", "srv", 0).unwrap());
         add(&s, "d1", &[new_job("j1", "lic-b"), new_job("j2", "")]);
-        assert!(s.has_claimable("lic-a", 1000).unwrap());
+        assert!(s.has_claimable("lic-a", "srv", 1000).unwrap());
         let job = s.claim_next("lic-a", "srv", 1000, 50).unwrap().unwrap();
         assert_eq!((job.id.as_str(), job.license_id.as_str()), ("j2", "lic-a"));
         assert_eq!(job.status, "claimed");
         assert_eq!(job.payload.unwrap().get(), "{\"a\": 1}");
         assert!(s.claim_next("lic-a", "srv2", 1049, 50).unwrap().is_none());
-        assert!(!s.has_claimable("lic-a", 1049).unwrap());
-        assert!(s.has_claimable("lic-a", 1050).unwrap());
+        assert!(!s.has_claimable("lic-a", "srv", 1049).unwrap());
+        assert!(s.has_claimable("lic-a", "srv", 1050).unwrap());
         let again = s.claim_next("lic-a", "srv2", 1050, 50).unwrap().unwrap();
         assert_eq!(
             (again.id.as_str(), again.claimed_by.as_str()),

@@ -46,6 +46,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: incremental_auto_vacuum,
         outside_transaction: true,
     },
+    Step {
+        name: "record why deliveries were turned away, hold fork pull requests, route cancels",
+        apply: trust_and_cancel_routing,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this
@@ -198,6 +203,51 @@ fn incremental_auto_vacuum(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("VACUUM")?;
     }
     Ok(())
+}
+
+/// Who may trigger (`docs/security.md`): each delivery records its outcome and reason (a delivery
+/// of the previous release either made jobs or matched nothing); a fork pull request event held
+/// back is kept, latest per pull request, until an approval dispatches it; approvals are kept per
+/// head SHA; a cancel job may be targeted at one server, and a cancel that finds a job only
+/// claimed waits in `pending_cancels` for that job's accept.
+fn trust_and_cancel_routing(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE deliveries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'accepted';
+ALTER TABLE deliveries ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+UPDATE deliveries SET outcome = 'no_binding' WHERE job_ids = '[]';
+ALTER TABLE jobs ADD COLUMN target_server_id TEXT NOT NULL DEFAULT '';
+CREATE TABLE held_forks (
+    repository TEXT NOT NULL,
+    pr_number INTEGER NOT NULL,
+    head_sha TEXT NOT NULL,
+    event TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (repository, pr_number)
+);
+CREATE INDEX held_forks_by_head ON held_forks(repository, head_sha);
+CREATE TABLE approvals (
+    repository TEXT NOT NULL,
+    pr_number INTEGER NOT NULL,
+    head_sha TEXT NOT NULL,
+    approved_by TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    approved_ms INTEGER NOT NULL,
+    PRIMARY KEY (repository, pr_number, head_sha)
+);
+CREATE TABLE pending_cancels (
+    job_id TEXT PRIMARY KEY,
+    cancel_json TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL
+);
+",
+    )
 }
 
 #[cfg(test)]

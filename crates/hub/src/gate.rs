@@ -1,0 +1,160 @@
+//! The webhook's last step: a verified, parsed delivery goes through the trust gate
+//! ([`crate::trust`]) and its verdict is carried out in the store — jobs stored (or none, with the
+//! reason recorded), a fork pull request held, a cancel routed, an approval dispatched — each in
+//! one durable write together with the delivery record and the comment that answers a command.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::HubConfig;
+use crate::error::HubError;
+use crate::report;
+use crate::store::{blocking, now_ms, Delivery, RawDelivery, Reports, Store};
+use crate::trust::{self, Action, ForkState, Outcome};
+
+/// How a delivery was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// `duplicate` for a redelivery, else the trust gate's outcome.
+    pub outcome: Outcome,
+    /// The jobs created (a redelivery: the ones created the first time).
+    pub job_ids: Vec<String>,
+    /// Why it was turned away, or what a command did (empty for a redelivery).
+    pub reason: String,
+}
+
+/// Whether the hub reports to GitHub (a token is configured).
+fn reporting(cfg: &HubConfig) -> bool {
+    cfg.github.token.as_ref().is_some_and(|t| !t.is_empty())
+}
+
+/// The reports of a job the hub finishes itself: as for a finish, when the hub reports at all.
+fn job_reports(cfg: &HubConfig) -> Reports {
+    if reporting(cfg) {
+        Arc::new(report::reports_for)
+    } else {
+        Arc::new(|_, _, _| Vec::new())
+    }
+}
+
+/// The note and the one comment answering a command on `repository` #`number`.
+fn answer(
+    reporting: bool,
+    repository: &str,
+    number: i64,
+    text: String,
+    what: &str,
+) -> (String, Vec<(String, String)>) {
+    let calls = if reporting {
+        report::comment_report(repository, number, &text, what)
+            .into_iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (text, calls)
+}
+
+/// Takes a verified delivery of `event` (its `raw` body and headers, parsed as `payload`).
+pub(crate) async fn take(
+    store: &Arc<Store>,
+    cfg: &HubConfig,
+    event: &str,
+    delivery_id: &str,
+    raw: RawDelivery,
+    payload: &Value,
+) -> Result<Taken, HubError> {
+    let fork = match trust::fork_query(event, payload) {
+        Some(query) => blocking(store, move |s| s.fork_state(&query)).await?,
+        None => ForkState::default(),
+    };
+    let verdict = trust::decide(
+        &cfg.bindings,
+        &cfg.mention,
+        event,
+        delivery_id,
+        payload,
+        fork,
+    );
+    let delivery = Delivery {
+        id: delivery_id.to_owned(),
+        event: event.to_owned(),
+        raw,
+        outcome: verdict.outcome,
+        reason: verdict.reason.clone(),
+    };
+    let reports = job_reports(cfg);
+    let reporting = reporting(cfg);
+    let (recorded, reason) = match verdict.action {
+        Action::Jobs(jobs) => {
+            let held = verdict.held;
+            let recorded = blocking(store, move |s| {
+                s.record_gated(delivery, jobs, held, now_ms(), reports)
+            })
+            .await?;
+            (recorded, verdict.reason)
+        }
+        Action::Cancel(cmd) => {
+            let cmd = *cmd;
+            let (repository, number) = (cmd.repository.clone(), cmd.number);
+            let (recorded, done) = blocking(store, move |s| {
+                s.cancel(delivery, cmd, now_ms(), reports, move |outcome| {
+                    let text = report::cancel_answer(outcome);
+                    answer(reporting, &repository, number, text, "cancel command")
+                })
+            })
+            .await?;
+            let reason = done.map(|o| report::cancel_answer(&o)).unwrap_or_default();
+            (recorded, reason)
+        }
+        Action::Approve(cmd) => {
+            let (repository, number) = (cmd.repository.clone(), cmd.number);
+            let (bindings, mention, ids) = (
+                cfg.bindings.clone(),
+                cfg.mention.clone(),
+                cmd.binding_ids.clone(),
+            );
+            let make_jobs = move |held: &crate::store::HeldEvent| {
+                trust::approved_jobs(
+                    &bindings,
+                    &mention,
+                    &ids,
+                    &held.event,
+                    &held.delivery_id,
+                    &held.raw.payload,
+                )
+            };
+            let (recorded, done) = blocking(store, move |s| {
+                s.approve(
+                    delivery,
+                    cmd,
+                    now_ms(),
+                    make_jobs,
+                    reports,
+                    move |approval| {
+                        let text = report::approve_answer(approval, number);
+                        answer(reporting, &repository, number, text, "approve command")
+                    },
+                )
+            })
+            .await?;
+            let reason = done
+                .map(|a| report::approve_answer(&a, number))
+                .unwrap_or_default();
+            (recorded, reason)
+        }
+    };
+    if recorded.duplicate {
+        return Ok(Taken {
+            outcome: Outcome::Duplicate,
+            job_ids: recorded.job_ids,
+            reason: String::new(),
+        });
+    }
+    Ok(Taken {
+        outcome: verdict.outcome,
+        job_ids: recorded.job_ids,
+        reason,
+    })
+}

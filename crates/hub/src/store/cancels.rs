@@ -1,0 +1,359 @@
+//! Cancel routing: one `<mention> cancel` reaches each server that holds an active job of the pull
+//! request or issue, exactly once, and no other (`docs/protocol.md`, "Comment commands").
+//!
+//! For the active jobs of the command's repository and number:
+//! - a queued job (no scheduler has it) is finished here as `aborted`;
+//! - an accepted job: the server that accepted it gets one cancel job, targeted at it (a queued
+//!   cancel job for the same server, repository and number already covers it);
+//! - a claimed job (handed out, not yet accepted): the cancel waits in `pending_cancels`, and the
+//!   cancel job is created when the job is accepted, in the same transaction. The scheduler thus
+//!   has the run tracked before it can pull the cancel; a cancel handed out in the same pull
+//!   batch as its target could otherwise run first and find nothing. A claim whose lease runs out
+//!   keeps its pending cancel, for whichever server accepts the job next.
+//!
+//! The scheduler stops every tracked run of the repository and number when it takes a cancel job,
+//! so one per server is enough.
+
+use std::sync::Arc;
+
+use dispatch_protocol::{is_cancel_command, DispatchJob};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::gauges::Tally;
+use super::jobs::{self, decode_job, Caller, Delivery, DeliveryOutcome, RawDelivery, Reports};
+use super::reports;
+use super::state::JobState;
+use super::writer::Durability;
+use super::Store;
+use crate::error::HubError;
+use crate::matching::{new_job_id, NewJob};
+use crate::trust::CancelCommand;
+
+/// The result status of a queued job a cancel finishes at the hub.
+const ABORTED: &str = "aborted";
+
+/// What one cancel command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CancelOutcome {
+    /// Queued jobs finished here as `aborted`, by DAG.
+    pub dropped: Vec<String>,
+    /// Accepted jobs a cancel job goes to: DAG and the machine name of the server holding it.
+    pub stopping: Vec<(String, String)>,
+    /// Claimed jobs whose cancel is sent once they are accepted, by DAG.
+    pub awaiting: Vec<String>,
+    /// The cancel jobs created now (at most one per server).
+    pub cancel_jobs: Vec<String>,
+}
+
+/// An active job of the pull request or issue being cancelled.
+struct Active {
+    id: String,
+    state: JobState,
+    claimed_license: String,
+    claimed_by: String,
+    target_license: String,
+    target_server_id: String,
+    status_context: String,
+    job: DispatchJob,
+}
+
+/// Active (not finished) jobs of `repository` whose pull request or issue number is `number`,
+/// oldest first; cancel jobs included.
+fn active_jobs(tx: &Connection, repository: &str, number: i64) -> Result<Vec<Active>, HubError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, state, claimed_license, claimed_by, target_license, target_server_id,
+                    status_context, job_json
+             FROM jobs
+             WHERE state IN (?1, ?2, ?3)
+               AND lower(json_extract(job_json, '$.repository_name')) = ?4
+               AND (json_extract(job_json, '$.pull_request_number') = ?5
+                    OR json_extract(job_json, '$.issue_number') = ?5)
+             ORDER BY seq",
+        )
+        .map_err(HubError::store("find the jobs to cancel"))?;
+    let rows = stmt
+        .query_map(
+            params![
+                JobState::Queued,
+                JobState::Claimed,
+                JobState::Accepted,
+                repository.to_lowercase(),
+                number
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, JobState>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            },
+        )
+        .map_err(HubError::store("find the jobs to cancel"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, state, claimed_license, claimed_by, target_license, target_server_id, ctx, json) =
+            row.map_err(HubError::store("read the jobs to cancel"))?;
+        out.push(Active {
+            job: decode_job(&json)?,
+            id,
+            state,
+            claimed_license,
+            claimed_by,
+            target_license,
+            target_server_id,
+            status_context: ctx,
+        });
+    }
+    Ok(out)
+}
+
+/// The number a cancel job names: the issue number, else the pull request number.
+fn cancel_number(job: &DispatchJob) -> i64 {
+    if job.issue_number != 0 {
+        job.issue_number
+    } else {
+        job.pull_request_number
+    }
+}
+
+/// Whether a cancel job for this server, repository and number waits in the queue.
+fn cancel_queued_for(
+    tx: &Connection,
+    license_id: &str,
+    server_id: &str,
+    repository: &str,
+    number: i64,
+) -> Result<bool, HubError> {
+    Ok(active_jobs(tx, repository, number)?.iter().any(|a| {
+        a.state == JobState::Queued
+            && is_cancel_command(&a.job.command)
+            && a.target_server_id == server_id
+            && a.target_license == license_id
+    }))
+}
+
+/// Stores a cancel job made from `template`, for one server only; its pull answer carries the
+/// cancel comment's delivery, stored under `delivery_id`.
+fn create_cancel_job(
+    tx: &Connection,
+    template: &DispatchJob,
+    (license_id, server_id): (&str, &str),
+    (delivery_id, raw): (&str, &RawDelivery),
+    now_ms: i64,
+    tally: &mut Tally,
+) -> Result<String, HubError> {
+    let mut job = template.clone();
+    job.id = new_job_id();
+    job.license_id = license_id.to_owned();
+    let new_job = NewJob {
+        job,
+        target_license: license_id.to_owned(),
+        target_server_id: server_id.to_owned(),
+        status_context: String::new(),
+    };
+    // A cancel job is never reported on: its command was answered when it came.
+    let no_reports: Reports = Arc::new(|_, _, _| Vec::new());
+    jobs::insert_job(tx, &new_job, delivery_id, raw, now_ms, &no_reports, tally)?;
+    jobs::insert_payload(tx, delivery_id, raw)?;
+    Ok(new_job.job.id)
+}
+
+fn machine_name(tx: &Connection, license_id: &str, server_id: &str) -> Result<String, HubError> {
+    let name: Option<String> = tx
+        .query_row(
+            "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
+            [license_id, server_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(HubError::store("look up a machine name"))?;
+    Ok(name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| server_id.to_owned()))
+}
+
+/// Carries out a cancel command (see the module docs).
+fn cancel(
+    tx: &Connection,
+    cmd: &CancelCommand,
+    delivery: &Delivery,
+    now_ms: i64,
+    reports: &Reports,
+    tally: &mut Tally,
+) -> Result<CancelOutcome, HubError> {
+    // Waiting cancels of jobs that have ended since are of no use any more.
+    tx.execute(
+        "DELETE FROM pending_cancels WHERE NOT EXISTS
+             (SELECT 1 FROM jobs WHERE jobs.id = pending_cancels.job_id AND jobs.state != ?1)",
+        [JobState::Finished],
+    )
+    .map_err(HubError::store("drop stale pending cancels"))?;
+    let mut outcome = CancelOutcome::default();
+    let mut servers: Vec<(String, String)> = Vec::new();
+    let summary = format!("cancelled by @{} before a scheduler took it", cmd.login);
+    for active in active_jobs(tx, &cmd.repository, cmd.number)? {
+        if is_cancel_command(&active.job.command) {
+            continue;
+        }
+        match active.state {
+            JobState::Queued => {
+                tx.execute(
+                    "UPDATE jobs SET state = ?1, result_status = ?2, result_summary = ?3,
+                                     lease_expires_ms = 0, updated_ms = ?4
+                     WHERE id = ?5",
+                    params![JobState::Finished, ABORTED, summary, now_ms, active.id],
+                )
+                .map_err(HubError::store("abort a queued job"))?;
+                tally.moved(JobState::Queued, JobState::Finished, 1);
+                forget(tx, &active.id)?;
+                // Its commit status as for any finish, but no comment of its own: the one
+                // comment answering the cancel names the dropped jobs.
+                let mut job = active.job.clone();
+                job.command.clear();
+                let finished = jobs::FinishedJob {
+                    job,
+                    status_context: active.status_context.clone(),
+                };
+                for (path, body) in reports(&finished, ABORTED, &summary) {
+                    reports::queue(tx, &active.id, &path, &body, now_ms)?;
+                }
+                outcome.dropped.push(active.job.dag_name);
+            }
+            JobState::Claimed => {
+                let template = serde_json::to_string(&cmd.template).map_err(|source| {
+                    HubError::CorruptRecord {
+                        job_id: active.id.clone(),
+                        source,
+                    }
+                })?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO pending_cancels
+                         (job_id, cancel_json, delivery_id, payload, headers, requested_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        active.id,
+                        template,
+                        delivery.id,
+                        delivery.raw.payload,
+                        delivery.raw.headers,
+                        now_ms
+                    ],
+                )
+                .map_err(HubError::store("record a pending cancel"))?;
+                outcome.awaiting.push(active.job.dag_name);
+            }
+            JobState::Accepted => {
+                let server = (active.claimed_license.clone(), active.claimed_by.clone());
+                let machine = machine_name(tx, &server.0, &server.1)?;
+                outcome.stopping.push((active.job.dag_name, machine));
+                if !servers.contains(&server) {
+                    servers.push(server);
+                }
+            }
+            JobState::Finished => {}
+        }
+    }
+    for (license_id, server_id) in &servers {
+        if cancel_queued_for(tx, license_id, server_id, &cmd.repository, cmd.number)? {
+            continue;
+        }
+        let id = create_cancel_job(
+            tx,
+            &cmd.template,
+            (license_id, server_id),
+            (&delivery.id, &delivery.raw),
+            now_ms,
+            tally,
+        )?;
+        outcome.cancel_jobs.push(id);
+    }
+    Ok(outcome)
+}
+
+/// On the accept of `job_id` by `caller`: creates the cancel job that waited for it, if any.
+pub(super) fn on_accept(
+    tx: &Connection,
+    job_id: &str,
+    caller: Caller<'_>,
+    now_ms: i64,
+    tally: &mut Tally,
+) -> Result<(), HubError> {
+    let pending: Option<(String, String, String, String)> = tx
+        .query_row(
+            "SELECT cancel_json, delivery_id, payload, headers FROM pending_cancels
+             WHERE job_id = ?1",
+            [job_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(HubError::store("look up a pending cancel"))?;
+    let Some((template, delivery_id, payload, headers)) = pending else {
+        return Ok(());
+    };
+    forget(tx, job_id)?;
+    let template = decode_job(&template)?;
+    let (repository, number) = (template.repository_name.clone(), cancel_number(&template));
+    if cancel_queued_for(tx, caller.license_id, caller.server_id, &repository, number)? {
+        return Ok(());
+    }
+    let raw = RawDelivery { payload, headers };
+    let id = create_cancel_job(
+        tx,
+        &template,
+        (caller.license_id, caller.server_id),
+        (&delivery_id, &raw),
+        now_ms,
+        tally,
+    )?;
+    tracing::info!(job_id, cancel_job_id = %id, "job accepted after a cancel; cancel job created");
+    Ok(())
+}
+
+/// Drops the cancel waiting for `job_id` (it has ended).
+pub(super) fn forget(tx: &Connection, job_id: &str) -> Result<(), HubError> {
+    tx.execute("DELETE FROM pending_cancels WHERE job_id = ?1", [job_id])
+        .map_err(HubError::store("drop a pending cancel"))?;
+    Ok(())
+}
+
+impl Store {
+    /// Carries out a cancel command (see the module docs). `reports` builds the GitHub calls of
+    /// the queued jobs finished here; `answer` gives the note recorded with the delivery and the
+    /// GitHub calls (the one comment) that answer the command. A redelivery changes nothing.
+    pub fn cancel(
+        &self,
+        mut delivery: Delivery,
+        cmd: CancelCommand,
+        now_ms: i64,
+        reports: Reports,
+        answer: impl FnOnce(&CancelOutcome) -> (String, Vec<(String, String)>) + Send + 'static,
+    ) -> Result<(DeliveryOutcome, Option<CancelOutcome>), HubError> {
+        self.write_counted(Durability::Full, move |tx, tally| {
+            if let Some(job_ids) = jobs::recorded_jobs(tx, &delivery.id)? {
+                let dup = DeliveryOutcome {
+                    job_ids,
+                    duplicate: true,
+                };
+                return Ok((dup, None));
+            }
+            let outcome = cancel(tx, &cmd, &delivery, now_ms, &reports, tally)?;
+            let (note, calls) = answer(&outcome);
+            for (path, body) in calls {
+                reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
+            }
+            delivery.reason = note;
+            jobs::insert_delivery(tx, &delivery, &outcome.cancel_jobs, now_ms)?;
+            let recorded = DeliveryOutcome {
+                job_ids: outcome.cancel_jobs.clone(),
+                duplicate: false,
+            };
+            Ok((recorded, Some(outcome)))
+        })
+    }
+}

@@ -1,0 +1,846 @@
+//! Who may trigger (`docs/security.md`, "Who may trigger"): comment authors, fork pull requests
+//! and their approval, the outcome recorded for every delivery; cancel routing to the servers that
+//! hold the runs; comments cut to GitHub's limit; too-large jobs reported.
+
+use super::*;
+use dispatch_hub::ForkPolicy;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Server ids are UUIDs (the scheduler makes UUIDv7s); these stand for three machines.
+const SRV_1: &str = "0190c000-0000-7000-8000-000000000001";
+const SRV_2: &str = "0190c000-0000-7000-8000-000000000002";
+const SRV_3: &str = "0190c000-0000-7000-8000-000000000003";
+/// The head repository of the fork pull requests.
+const FORK: &str = "fork-owner/Hello-World";
+/// Head SHA of the `pull_request/opened` fixture (pull request #2 of [`HELLO`]).
+const PR_SHA: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+/// A later push to that pull request.
+const NEW_SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn json_of(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+/// The issue comment fixture as `login` with `association`, saying `body`, on pull request
+/// `number` of [`HELLO`].
+fn comment_by(body: &str, login: &str, association: &str, number: i64) -> Vec<u8> {
+    let mut p = json_of("issue_comment/created.payload.json");
+    p["comment"]["body"] = json!(body);
+    p["comment"]["author_association"] = json!(association);
+    p["comment"]["user"]["login"] = json!(login);
+    p["issue"]["number"] = json!(number);
+    p["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2"});
+    serde_json::to_vec(&p).unwrap()
+}
+
+/// The owner's comment `body` on pull request `number`.
+fn owner_says(body: &str, number: i64) -> Vec<u8> {
+    comment_by(body, "Codertocat", "OWNER", number)
+}
+
+/// The `pull_request/opened` fixture (#2) with `action`, coming from [`FORK`] at `sha`.
+fn fork_pr(action: &str, sha: &str) -> Vec<u8> {
+    let mut p = json_of("pull_request/opened.payload.json");
+    p["action"] = json!(action);
+    p["pull_request"]["head"]["repo"]["full_name"] = json!(FORK);
+    p["pull_request"]["head"]["sha"] = json!(sha);
+    serde_json::to_vec(&p).unwrap()
+}
+
+/// A `check_run` re-run on `sha` of [`HELLO`]; fork heads come with no pull requests.
+fn check_rerun(sha: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "action": "rerequested",
+        "check_run": {"id": 4, "head_sha": sha, "pull_requests": [],
+                      "check_suite": {"head_branch": "changes"}},
+        "repository": {"full_name": HELLO, "id": 186853002},
+        "sender": {"login": "Codertocat"}
+    }))
+    .unwrap()
+}
+
+/// The DAG `dag` bound to `pull_request` events of [`HELLO`] with fork policy `fork`.
+fn pr_binding(dag: &str, fork: ForkPolicy) -> Binding {
+    let mut b = Binding::new(HELLO, dag, Trigger::Auto);
+    b.event_name = "pull_request".into();
+    b.fork_pull_requests = fork;
+    b
+}
+
+/// A GitHub stand-in that answers every call 201.
+async fn github() -> MockServer {
+    let gh = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&gh)
+        .await;
+    gh
+}
+
+/// A hub reporting to `gh`.
+async fn reporting_hub(gh: &MockServer, bindings: Vec<Binding>) -> TestHub {
+    let api = gh.uri();
+    TestHub::start_with(bindings, move |cfg| {
+        cfg.github = GithubConfig {
+            api_url: api,
+            token: Some(Secret::new("gh-token")),
+            ..GithubConfig::default()
+        };
+    })
+    .await
+}
+
+/// Waits until the hub has sent `n` reports in all.
+async fn reports_sent(hub: &TestHub, n: usize) {
+    hub.wait_for_metric(&format!(
+        "dispatch_hub_reports_total{{result=\"sent\"}} {n}\n"
+    ))
+    .await;
+}
+
+/// The bodies GitHub received on `path`, in order.
+async fn bodies(gh: &MockServer, path: &str) -> Vec<Value> {
+    gh.received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == path)
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+/// The comments GitHub received on pull request or issue `number` of [`HELLO`].
+async fn comments(gh: &MockServer, number: i64) -> Vec<String> {
+    let path = format!("/repos/{HELLO}/issues/{number}/comments");
+    bodies(gh, &path)
+        .await
+        .iter()
+        .map(|b| b["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The outcome and reason recorded for a delivery.
+fn recorded(hub: &TestHub, delivery: &str) -> (String, String) {
+    let conn = rusqlite::Connection::open(hub.cfg.data_dir.join(dispatch_hub::DB_FILE)).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.query_row(
+        "SELECT outcome, reason FROM deliveries WHERE delivery_id = ?1",
+        [delivery],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Delivers and checks the answer: status, number of jobs, outcome; returns the answer.
+async fn expect(
+    hub: &TestHub,
+    event: &str,
+    delivery: &str,
+    body: Vec<u8>,
+    want: (StatusCode, usize, &str),
+) -> Value {
+    let (status, answer) = hub.webhook(event, delivery, body).await;
+    assert_eq!(
+        (
+            status,
+            ids(&answer).len(),
+            answer["outcome"].as_str().unwrap()
+        ),
+        want,
+        "{delivery}: {answer}"
+    );
+    answer
+}
+
+/// Pulls, accepts and returns the id of the next job, which must be there.
+async fn take(hub: &TestHub, c: &Creds) -> String {
+    let id = hub.pull_id(c).await;
+    assert_eq!(hub.accept(c, &id).await.status(), StatusCode::NO_CONTENT);
+    id
+}
+
+#[tokio::test]
+async fn a_strangers_comment_runs_nothing_and_cancels_nothing() {
+    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    expect(
+        &hub,
+        "issue_comment",
+        "own",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    take(&hub, &c).await;
+
+    for (delivery, body) in [("run", "@dispatch build"), ("cancel", "@dispatch cancel")] {
+        let answer = expect(
+            &hub,
+            "issue_comment",
+            delivery,
+            comment_by(body, "stranger", "NONE", 1),
+            (StatusCode::OK, 0, "not_allowed"),
+        )
+        .await;
+        let reason = answer["reason"].as_str().unwrap();
+        assert!(reason.contains("@stranger (NONE)"), "{reason}");
+        assert_eq!(
+            recorded(&hub, delivery),
+            ("not_allowed".to_owned(), reason.to_owned())
+        );
+    }
+    assert_eq!(
+        hub.pull(&c, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "no run, no cancel"
+    );
+    hub.metrics_with(&[
+        "dispatch_hub_webhooks_received_total{outcome=\"not_allowed\"} 2",
+        "dispatch_hub_jobs{state=\"accepted\"} 1",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn allowed_users_and_associations_are_the_bindings_choice() {
+    let mut b = build(Trigger::CommentCommand);
+    b.allowed_users = vec!["Friendly-Stranger".into()];
+    b.allowed_associations = vec!["CONTRIBUTOR".into()];
+    let hub = TestHub::start(vec![b]).await;
+    let cases = [
+        (
+            "friendly-stranger",
+            "NONE",
+            (StatusCode::ACCEPTED, 1, "accepted"),
+        ),
+        (
+            "someone",
+            "CONTRIBUTOR",
+            (StatusCode::ACCEPTED, 1, "accepted"),
+        ),
+        ("Codertocat", "OWNER", (StatusCode::OK, 0, "not_allowed")),
+        (
+            "someone",
+            "FIRST_TIME_CONTRIBUTOR",
+            (StatusCode::OK, 0, "not_allowed"),
+        ),
+    ];
+    for (i, (login, association, want)) in cases.into_iter().enumerate() {
+        let body = comment_by("@dispatch build", login, association, 1);
+        expect(&hub, "issue_comment", &format!("c{i}"), body, want).await;
+    }
+    let c = hub.activate("lic-a", SRV_1).await;
+    let job = hub.pull_job(&c).await;
+    assert_eq!(job["command"], "build");
+}
+
+#[tokio::test]
+async fn delivery_outcomes_are_recorded_and_counted() {
+    let hub = TestHub::start(vec![
+        build(Trigger::CommentCommand),
+        pr_binding("test", ForkPolicy::Never),
+    ])
+    .await;
+    let stranger = comment_by("@dispatch build", "stranger", "NONE", 1);
+    expect(
+        &hub,
+        "issue_comment",
+        "d-allowed",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    expect(
+        &hub,
+        "issue_comment",
+        "d-allowed",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "duplicate"),
+    )
+    .await;
+    expect(
+        &hub,
+        "issue_comment",
+        "d-stranger",
+        stranger.clone(),
+        (StatusCode::OK, 0, "not_allowed"),
+    )
+    .await;
+    expect(
+        &hub,
+        "issue_comment",
+        "d-stranger",
+        stranger,
+        (StatusCode::OK, 0, "duplicate"),
+    )
+    .await;
+    expect(
+        &hub,
+        "pull_request",
+        "d-fork",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    expect(
+        &hub,
+        "issues",
+        "d-none",
+        fixture("issues/opened.payload.json"),
+        (StatusCode::OK, 0, "no_binding"),
+    )
+    .await;
+    for (delivery, outcome, reason_has) in [
+        ("d-allowed", "accepted", ""),
+        ("d-stranger", "not_allowed", "@stranger"),
+        ("d-fork", "fork_not_approved", FORK),
+        ("d-none", "no_binding", "no binding takes `issues`"),
+    ] {
+        let (got, reason) = recorded(&hub, delivery);
+        assert_eq!(got, outcome, "{delivery}");
+        assert!(reason.contains(reason_has), "{delivery}: {reason}");
+    }
+    hub.metrics_with(&[
+        "dispatch_hub_webhooks_received_total{outcome=\"accepted\"} 1",
+        "dispatch_hub_webhooks_received_total{outcome=\"duplicate\"} 2",
+        "dispatch_hub_webhooks_received_total{outcome=\"not_allowed\"} 1",
+        "dispatch_hub_webhooks_received_total{outcome=\"fork_not_approved\"} 1",
+        "dispatch_hub_webhooks_received_total{outcome=\"no_binding\"} 1",
+        "dispatch_hub_jobs{state=\"queued\"} 1",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn fork_pull_requests_run_only_where_the_binding_says_always() {
+    let hub = TestHub::start(vec![
+        pr_binding("never", ForkPolicy::Never),
+        pr_binding("always", ForkPolicy::Always),
+    ])
+    .await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    expect(
+        &hub,
+        "pull_request",
+        "fork",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let job = hub.pull_job(&c).await;
+    assert_eq!(
+        (job["dag_name"].as_str(), job["sha"].as_str()),
+        (Some("always"), Some(PR_SHA))
+    );
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    // A pull request from the repository itself is no fork.
+    let same = fixture("pull_request/opened.payload.json");
+    expect(
+        &hub,
+        "pull_request",
+        "same",
+        same,
+        (StatusCode::ACCEPTED, 2, "accepted"),
+    )
+    .await;
+    // A fork that was deleted leaves no head repository: still a fork.
+    let mut gone = json_of("pull_request/opened.payload.json");
+    gone["pull_request"]["head"]["repo"] = Value::Null;
+    let gone = serde_json::to_vec(&gone).unwrap();
+    let answer = expect(
+        &hub,
+        "pull_request",
+        "gone",
+        gone,
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let jobs = [
+        hub.pull_job(&c).await,
+        hub.pull_job(&c).await,
+        hub.pull_job(&c).await,
+    ];
+    let gone_job = jobs
+        .iter()
+        .find(|j| j["id"] == ids(&answer)[0].as_str())
+        .unwrap();
+    assert_eq!(gone_job["dag_name"], "always");
+
+    let default_only = TestHub::start(vec![pr_binding("test", ForkPolicy::default())]).await;
+    let answer = expect(
+        &default_only,
+        "pull_request",
+        "f",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pull request #2 from fork-owner/Hello-World"),
+        "{answer}"
+    );
+    let c = default_only.activate("lic-a", SRV_1).await;
+    assert_eq!(
+        default_only.pull(&c, 0).await.status(),
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
+    let gh = github().await;
+    let hub = reporting_hub(&gh, vec![pr_binding("test", ForkPolicy::Approved)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    let member = |body: &str| comment_by(body, "maintainer", "MEMBER", 2);
+
+    // Nothing held yet.
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a0",
+        member("@dispatch approve"),
+        (StatusCode::OK, 0, "accepted"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Nothing to approve"),
+        "{answer}"
+    );
+    expect(
+        &hub,
+        "pull_request",
+        "pr-1",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    // Someone the binding does not allow cannot approve.
+    let outsider = comment_by("@dispatch approve", "outsider", "CONTRIBUTOR", 2);
+    expect(
+        &hub,
+        "issue_comment",
+        "a-out",
+        outsider,
+        (StatusCode::OK, 0, "not_allowed"),
+    )
+    .await;
+
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a1",
+        member("@dispatch approve"),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert_eq!(answer["reason"], "Approved ec26c3e: dispatching `test`.");
+    let job = hub.pull_job(&c).await;
+    assert_eq!(job["id"].as_str(), Some(ids(&answer)[0].as_str()));
+    assert_eq!(
+        (
+            job["dag_name"].as_str(),
+            job["sha"].as_str(),
+            job["event_name"].as_str(),
+            job["delivery_id"].as_str()
+        ),
+        (
+            Some("test"),
+            Some(PR_SHA),
+            Some("pull_request"),
+            Some("pr-1")
+        )
+    );
+    assert_eq!(job["ref"], "refs/pull/2/head");
+    assert_eq!(
+        job["payload"]["pull_request"]["head"]["repo"]["full_name"], FORK,
+        "the held event itself"
+    );
+
+    // The same head again: nothing more.
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a2",
+        member("@dispatch approve"),
+        (StatusCode::OK, 0, "accepted"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already approved"),
+        "{answer}"
+    );
+    // A new push is held again until a new approval.
+    expect(
+        &hub,
+        "pull_request",
+        "pr-2",
+        fork_pr("synchronize", NEW_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a3",
+        member("@dispatch approve"),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert_eq!(answer["reason"], "Approved 0123456: dispatching `test`.");
+    assert_eq!(hub.pull_job(&c).await["sha"], NEW_SHA);
+    // An approved head runs again when the pull request is reopened on it.
+    expect(
+        &hub,
+        "pull_request",
+        "pr-3",
+        fork_pr("reopened", NEW_SHA),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+
+    // One answer per approve command of an allowed commenter; none for the outsider.
+    reports_sent(&hub, 4).await;
+    assert_eq!(
+        comments(&gh, 2).await,
+        [
+            "Nothing to approve: no pull request event from a fork is waiting for #2.",
+            "Approved ec26c3e: dispatching `test`.",
+            "ec26c3e is already approved; nothing is dispatched again (a new push needs a new approval).",
+            "Approved 0123456: dispatching `test`.",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn approve_needs_a_binding_that_takes_approvals() {
+    let hub = TestHub::start(vec![pr_binding("test", ForkPolicy::Never)]).await;
+    expect(
+        &hub,
+        "pull_request",
+        "pr",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    let approve = comment_by("@dispatch approve", "maintainer", "MEMBER", 2);
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a",
+        approve,
+        (StatusCode::OK, 0, "no_binding"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("takes approvals"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_check_run_rerun_on_a_held_fork_head_is_held_too() {
+    let mut checks = Binding::new(HELLO, "checks", Trigger::Auto);
+    checks.fork_pull_requests = ForkPolicy::Approved;
+    let hub = TestHub::start(vec![checks]).await;
+    expect(
+        &hub,
+        "pull_request",
+        "pr",
+        fork_pr("opened", PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    expect(
+        &hub,
+        "check_run",
+        "cr-fork",
+        check_rerun(PR_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    expect(
+        &hub,
+        "check_run",
+        "cr-own",
+        check_rerun(NEW_SHA),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let approve = comment_by("@dispatch approve", "maintainer", "MEMBER", 2);
+    expect(
+        &hub,
+        "issue_comment",
+        "a",
+        approve,
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    expect(
+        &hub,
+        "check_run",
+        "cr-approved",
+        check_rerun(PR_SHA),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_reaches_each_server_holding_a_run_once_and_answers_once() {
+    let gh = github().await;
+    let hub = reporting_hub(&gh, vec![build(Trigger::CommentCommand)]).await;
+    let (s1, s2, s3) = (
+        hub.activate("lic-a", SRV_1).await,
+        hub.activate("lic-a", SRV_2).await,
+        hub.activate("lic-a", SRV_3).await,
+    );
+    // Two runs of #1 on two servers, one of #7 on a third, one job of #1 still queued.
+    expect(
+        &hub,
+        "issue_comment",
+        "r1",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    take(&hub, &s1).await;
+    expect(
+        &hub,
+        "issue_comment",
+        "r2",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    take(&hub, &s2).await;
+    expect(
+        &hub,
+        "issue_comment",
+        "r3",
+        owner_says("@dispatch build", 7),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    take(&hub, &s3).await;
+    let queued = expect(
+        &hub,
+        "issue_comment",
+        "r4",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "x1",
+        owner_says("@dispatch cancel", 1),
+        (StatusCode::ACCEPTED, 2, "accepted"),
+    )
+    .await;
+    let said = "Cancelling 2 runs (`build` on box, `build` on box); 1 queued job dropped.";
+    assert_eq!(answer["reason"], said);
+    // Asked again before the servers pulled: no second cancel for the same server.
+    expect(
+        &hub,
+        "issue_comment",
+        "x2",
+        owner_says("@dispatch cancel", 1),
+        (StatusCode::OK, 0, "accepted"),
+    )
+    .await;
+
+    assert_eq!(
+        hub.pull(&s3, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "not the unrelated server"
+    );
+    for s in [&s1, &s2] {
+        let cancel = hub.pull_job(s).await;
+        assert_eq!(cancel["command"], "cancel");
+        assert_eq!(
+            (
+                cancel["pull_request_number"].as_i64(),
+                cancel["issue_number"].as_i64()
+            ),
+            (Some(1), Some(1))
+        );
+        assert!(ids(&answer).contains(&cancel["id"].as_str().unwrap().to_owned()));
+        assert_eq!(
+            hub.pull(s, 0).await.status(),
+            StatusCode::NO_CONTENT,
+            "one cancel per server, and the queued job is gone"
+        );
+        let id = cancel["id"].as_str().unwrap();
+        let resp = hub
+            .finish(
+                s,
+                id,
+                "succeeded",
+                "Cancelled 1 run(s) for Codertocat/Hello-World #1.",
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+    // The queued job ended at the hub (with the two cancel jobs); the three runs go on.
+    assert_eq!(ids(&queued).len(), 1);
+    hub.metrics_with(&[
+        "dispatch_hub_jobs{state=\"queued\"} 0",
+        "dispatch_hub_jobs{state=\"accepted\"} 3",
+        "dispatch_hub_jobs{state=\"finished\"} 3",
+    ])
+    .await;
+
+    // A later command's answer marks the end of the queue: everything before it has been sent.
+    expect(
+        &hub,
+        "issue_comment",
+        "x3",
+        owner_says("@dispatch cancel", 9),
+        (StatusCode::OK, 0, "accepted"),
+    )
+    .await;
+    reports_sent(&hub, 3).await;
+    assert_eq!(
+        comments(&gh, 1).await,
+        [said, "Cancelling 2 runs (`build` on box, `build` on box)."],
+        "one comment per command; none from the cancel jobs or the dropped job"
+    );
+    assert_eq!(comments(&gh, 9).await, ["Nothing to cancel."]);
+}
+
+#[tokio::test]
+async fn a_cancel_for_a_job_not_yet_accepted_is_sent_after_the_accept() {
+    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let (s1, s2) = (
+        hub.activate("lic-a", SRV_1).await,
+        hub.activate("lic-a", SRV_2).await,
+    );
+    expect(
+        &hub,
+        "issue_comment",
+        "r",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let run = hub.pull_id(&s1).await;
+    for delivery in ["x1", "x2"] {
+        let answer = expect(
+            &hub,
+            "issue_comment",
+            delivery,
+            owner_says("@dispatch cancel", 1),
+            (StatusCode::OK, 0, "accepted"),
+        )
+        .await;
+        assert!(
+            answer["reason"]
+                .as_str()
+                .unwrap()
+                .contains("1 job being handed to a scheduler"),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        hub.pull(&s1, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "nothing before the accept"
+    );
+    assert_eq!(hub.accept(&s1, &run).await.status(), StatusCode::NO_CONTENT);
+    let cancel = hub.pull_job(&s1).await;
+    assert_eq!(
+        (cancel["command"].as_str(), cancel["issue_number"].as_i64()),
+        (Some("cancel"), Some(1))
+    );
+    assert_eq!(
+        hub.pull(&s1, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "two commands, one cancel"
+    );
+    assert_eq!(hub.pull(&s2, 0).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_long_summary_is_cut_to_githubs_comment_limit() {
+    let gh = github().await;
+    let hub = reporting_hub(&gh, vec![build(Trigger::CommentCommand)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    expect(
+        &hub,
+        "issue_comment",
+        "r",
+        owner_says("@dispatch build", 1),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let id = take(&hub, &c).await;
+    let summary = "é".repeat(70_000);
+    assert_eq!(
+        hub.finish(&c, &id, "succeeded", &summary).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    reports_sent(&hub, 1).await;
+    let posted = comments(&gh, 1).await;
+    let body = &posted[0];
+    assert_eq!(body.chars().count(), 65_536);
+    let head: String = body.chars().take(60).collect();
+    assert!(
+        head.starts_with("dispatch `build` (build): **succeeded**\n\n> ééé"),
+        "{head}"
+    );
+    assert!(
+        body.ends_with("ééé\n\n... (truncated)"),
+        "{}",
+        report_tail(body)
+    );
+}
+
+#[tokio::test]
+async fn a_job_too_large_for_a_pull_gets_an_error_status_with_the_reason() {
+    let gh = github().await;
+    let hub = reporting_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let mut event = json_of(PUSH);
+    event["padding"] = Value::String("x".repeat(2 * 1024 * 1024));
+    let (status, answer) = hub
+        .webhook("push", "big", serde_json::to_vec(&event).unwrap())
+        .await;
+    assert_eq!((status, ids(&answer).len()), (StatusCode::ACCEPTED, 1));
+    reports_sent(&hub, 1).await;
+    let sent = bodies(
+        &gh,
+        "/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+    )
+    .await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["state"], "error");
+    assert_eq!(sent[0]["context"], "dispatch/build");
+    let description = sent[0]["description"].as_str().unwrap();
+    assert!(
+        description.contains("bytes; a dispatch job carries at most 1048576 bytes"),
+        "{description}"
+    );
+}
+
+/// The last characters of a comment, for a failure message.
+fn report_tail(body: &str) -> String {
+    let chars: Vec<char> = body.chars().collect();
+    chars[chars.len().saturating_sub(40)..].iter().collect()
+}
