@@ -323,6 +323,14 @@ async fn start_embedded_hub(
     {
         tracing::info!(path = %bindings_path.display(), "wrote an example bindings file (all bindings commented out)");
     }
+    let (github_app, public_url) = match &settings.cloud {
+        CloudTarget::Embedded {
+            github_app,
+            public_url,
+            ..
+        } => (github_app.clone(), public_url.clone()),
+        CloudTarget::Remote(_) => (None, None),
+    };
     let bindings = dispatch_hub::load_bindings(&bindings_path)
         .map_err(|err| hub_error(err, "load the bindings"))?;
     if bindings.is_empty() {
@@ -353,8 +361,9 @@ async fn start_embedded_hub(
             github: GithubConfig {
                 api_url: github_api_url.to_string(),
                 token: github_token.clone(),
-                app: None,
+                app: github_app,
             },
+            public_url,
             ..HubConfig::default()
         },
         cancel.clone(),

@@ -119,6 +119,17 @@ pub(crate) struct StartArgs {
     /// GitHub token the embedded hub reports with (commit statuses, comments).
     #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) github_token: Option<Secret>,
+    /// The embedded hub's address as GitHub and browsers reach it: the webhook URL of its GitHub
+    /// App manifest and the job links on GitHub [default: http://<hub-listen>].
+    #[arg(long, env = "DISPATCH_HUB_PUBLIC_URL", value_name = "URL")]
+    pub(crate) public_url: Option<String>,
+    /// GitHub App the embedded hub reports as, with check runs (docs/github-app.md); needs
+    /// `--github-app-key-file`.
+    #[arg(long, env = "DISPATCH_HUB_GITHUB_APP_ID", value_name = "ID")]
+    pub(crate) github_app_id: Option<String>,
+    /// The GitHub App's private key file (PEM).
+    #[arg(long, env = "DISPATCH_HUB_GITHUB_APP_KEY_FILE", value_name = "FILE")]
+    pub(crate) github_app_key_file: Option<PathBuf>,
     /// Days finished runs and their logs are kept, for DAGs without `hist_retention_days`
     /// [default: 30].
     #[arg(long, env = "DISPATCH_HIST_RETENTION_DAYS", value_name = "DAYS")]

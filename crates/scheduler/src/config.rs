@@ -81,6 +81,9 @@ pub(crate) struct FileConfig {
     hub_metrics_token: Option<Secret>,
     github_api_url: Option<String>,
     github_token: Option<Secret>,
+    public_url: Option<String>,
+    github_app_id: Option<u64>,
+    github_app_key_file: Option<PathBuf>,
     hist_retention_days: Option<u64>,
 }
 
@@ -99,6 +102,10 @@ pub(crate) enum CloudTarget {
         github_api_url: Url,
         /// GitHub token for reporting.
         github_token: Option<Secret>,
+        /// GitHub App for reporting with check runs (used instead of the token).
+        github_app: Option<dispatch_hub::GithubApp>,
+        /// The hub's address as GitHub and browsers reach it (default: its listen address).
+        public_url: Option<String>,
     },
 }
 
@@ -290,6 +297,32 @@ impl Settings {
                         .github_token
                         .or(file.github_token)
                         .filter(|t| !t.is_empty()),
+                    github_app: match (
+                        number("github-app-id", args.github_app_id, file.github_app_id)?,
+                        args.github_app_key_file.or(file.github_app_key_file),
+                    ) {
+                        (Some(app_id), Some(private_key_file)) => Some(dispatch_hub::GithubApp {
+                            app_id,
+                            private_key_file,
+                        }),
+                        (None, None) => None,
+                        (Some(_), None) => {
+                            return Err(invalid(
+                                "github-app-key-file",
+                                "is needed with github-app-id",
+                            ))
+                        }
+                        (None, Some(_)) => {
+                            return Err(invalid(
+                                "github-app-id",
+                                "is needed with github-app-key-file",
+                            ))
+                        }
+                    },
+                    public_url: args
+                        .public_url
+                        .or(file.public_url)
+                        .filter(|u| !u.trim().is_empty()),
                 }
             }
         };
@@ -526,6 +559,18 @@ mod tests {
                 "hist-retention-days",
                 Box::new(|a| a.hist_retention_days = Some("-3".into())),
             ),
+            (
+                "github-app-id",
+                Box::new(|a| a.github_app_id = Some("one".into())),
+            ),
+            (
+                "github-app-key-file",
+                Box::new(|a| a.github_app_id = Some("7".into())),
+            ),
+            (
+                "github-app-id",
+                Box::new(|a| a.github_app_key_file = Some("app.pem".into())),
+            ),
         ];
         for (setting, set) in cases {
             let mut a = args();
@@ -535,6 +580,34 @@ mod tests {
             assert!(text.contains(setting), "{text}");
             assert_eq!(setting_of(err), setting);
         }
+    }
+
+    #[test]
+    fn embedded_hub_github_app_and_public_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "github_app_id = 42\ngithub_app_key_file = \"app.pem\"\npublic_url = \"https://h.example\"\n",
+        )
+        .unwrap();
+        let a = StartArgs {
+            home: Some(dir.path().to_owned()),
+            config: Some(file),
+            ..StartArgs::default()
+        };
+        let s = Settings::resolve(a, None).unwrap();
+        let CloudTarget::Embedded {
+            github_app,
+            public_url,
+            ..
+        } = s.cloud
+        else {
+            panic!("embedded hub expected")
+        };
+        let app = github_app.unwrap();
+        assert_eq!((app.app_id, app.private_key_file), (42, "app.pem".into()));
+        assert_eq!(public_url.as_deref(), Some("https://h.example"));
     }
 
     #[test]

@@ -124,6 +124,8 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
             github_api_url: reqwest::Url::parse(&format!("http://{github_addr}"))
                 .map_err(|err| AppError::component("build the GitHub stand-in URL", err))?,
             github_token: Some(Secret::new("demo-token")),
+            github_app: None,
+            public_url: None,
         },
         license_key: None,
         license_public_key: None,
