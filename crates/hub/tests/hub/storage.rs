@@ -659,3 +659,91 @@ mod logs {
         assert!(!logs.contains("\nFAKE LINE"), "no forged line:\n{logs}");
     }
 }
+
+mod serve_flags {
+    use super::*;
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    fn hub_toml(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("hub.toml");
+        std::fs::write(
+            &path,
+            format!("listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n"),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn out_of_range_days_are_config_errors_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = hub_toml(dir.path());
+        for (flag, setting) in [
+            ("--retention-days=0", "retention_days"),
+            ("--activation-expiry-days=99999", "activation_expiry_days"),
+        ] {
+            let out = hub_bin(&["serve", flag, "--config"], &path)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{flag}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(setting), "{flag}: {err}");
+        }
+    }
+
+    /// The token comes from the environment and never shows in the logs.
+    #[test]
+    fn the_metrics_token_from_the_environment_guards_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = hub_toml(dir.path());
+        let mut child = hub_bin(&["serve", "--config"], &path)
+            .env("DISPATCH_HUB_METRICS_TOKEN", "env-token-93c1")
+            .env("DISPATCH_HUB_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+            text
+        });
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("hub listening on ")
+            .expect(&line)
+            .to_owned();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let http = reqwest::Client::new();
+            let open = http.get(format!("{base}/metrics")).send().await.unwrap();
+            assert_eq!(open.status(), StatusCode::UNAUTHORIZED);
+            let with = http
+                .get(format!("{base}/metrics"))
+                .bearer_auth("env-token-93c1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(with.status(), StatusCode::OK);
+        });
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let logs = err_reader.join().unwrap();
+        assert!(
+            !logs.contains("env-token-93c1"),
+            "the token leaked:\n{logs}"
+        );
+    }
+}
