@@ -150,6 +150,38 @@ fn run_uses_the_current_directory_for_relative_paths() {
 }
 
 #[test]
+fn run_shows_the_output_of_sub_dag_runs_under_the_calling_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let dag = write(
+        dir.path(),
+        "parent.yaml",
+        "steps:\n  - id: deploy\n    call: child\n    params: \"WHO=kid\"\n  - id: fan\n    call: child\n    parallel:\n      items: [a, b]\n---\nname: child\nparams:\n  - WHO: nobody\nsteps:\n  - id: hello\n    run: echo \"hello $WHO\"\n",
+    );
+    let out = scheduler(dir.path(), &["run", dag.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
+    assert!(
+        lines.contains(&"[deploy/hello] hello kid"),
+        "{}",
+        show(&out)
+    );
+    // Each item of `parallel` is one child run, its params the item; the children are told
+    // apart by their index.
+    let mut fan: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[fan["))
+        .collect();
+    fan.sort_unstable();
+    assert_eq!(
+        fan,
+        ["0]/hello] hello a", "1]/hello] hello b"],
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn run_with_a_failing_step_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let dag = write(
