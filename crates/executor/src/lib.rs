@@ -8,28 +8,49 @@
 //! How a run goes: the consumer is woken by an in-process enqueue (`Stores::enqueued`) or by a
 //! periodic scan (items enqueued by another process), and dequeues while the per-queue limit
 //! (default 1) and the global limit (default: CPUs) allow. The run is recorded `running` (with
-//! this process's pid) before any process starts; each step is `<shell> -c <command>` (default
-//! `sh -e -c`) in its own process group, with stdout/stderr in `<step>.out` / `<step>.err` next
-//! to the run log; steps whose dependencies are done run in parallel; the final status comes from
-//! `dispatch_dag::final_status`, then the handlers of `dispatch_dag::handlers_for` run.
+//! this process's pid) before any process starts. Then, before the first step: the DAG's
+//! working directory is expanded (`$VAR`, `~`) and created, secrets are read (`env` and `file`
+//! providers), dotenv files loaded, params without a caller's value get their `eval`, and every
+//! declared param is checked (type, `enum`, `required`, `pattern`, bounds); a failure there ends
+//! the run `failed` with that error and no step runs. DAG-level preconditions not met end it
+//! `aborted` (its abort handler runs); `delay_sec` waits.
 //!
-//! Step environment, highest precedence first: the `DAG_*` variables (`DAG_NAME`, `DAG_RUN_ID`,
-//! `DAG_RUN_LOG_FILE`, `DAG_RUN_STEP_NAME`, `DAG_PARAMS_JSON`, which nothing may override), step
-//! `env`, DAG `env`, the resolved params, then the scheduler's own environment. `$VAR`/`${VAR}` in
-//! env values expand to earlier variables; params reach commands only as environment variables,
-//! never as command text. A value too long for one environment string (Linux caps each at
-//! 128 KiB; GitHub payloads can be larger) is written to `<step>.<NAME>` next to the logs, `NAME`
-//! is set empty and `NAME_FILE` holds the path (e.g. `WEBHOOK_PAYLOAD_FILE`).
+//! Steps start when their `depends` (complete as the loader made them) allow, in parallel, at
+//! most `max_active_steps` at once. A step: its working directory (expanded, relative to the
+//! DAG's, created), its preconditions (not met: `skipped`), then attempts of its action, each in
+//! its own process group: one command, a `run` list (in order, the first failure ends it), a
+//! script (through its `#!` interpreter unless the step sets `shell`; else the step's shell,
+//! the DAG's, or `sh -e`), or a sub-DAG call (a child run per `parallel` item, recorded in the
+//! run store with the trigger `subdag`). Failed attempts are retried per `retry_policy`, runs
+//! repeated per `repeat_policy` (delays on `tokio::time`); `continue_on` decides whether a
+//! failure lets the run go on. Output goes through the executor into `<step>.out` /
+//! `<step>.err` next to the run log (and the `stdout` / `stderr` files), with every secret value
+//! replaced by `*******`; `output: VAR` captures stdout, `outputs` are read from a fresh
+//! `DAGU_OUTPUT_FILE` per attempt; both are kept in the step record (masked) for the steps
+//! after it. The final status comes from `dispatch_dag::final_status`, then the handlers of
+//! `dispatch_dag::handlers_for` run (with `DAG_RUN_STATUS`).
 //!
-//! A step with `script` runs `<shell> [-e] <file>` with the script written to `<step>.script`
-//! next to the logs; with both `script` and `command`, `command` is the interpreter and gets the
-//! script path as its last argument (`<shell> [-e] -c '<command> "$1"' <shell> <file>`).
+//! Step environment, later layers overriding earlier ones: the scheduler's own environment,
+//! the dotenv files, the resolved params, the variables of the references the loader rewrote
+//! (`Binding`s of the DAG and the step: params, step outputs and fields, `output:` JSON paths,
+//! the run context), the secrets, the DAG's `env`, the `output:` variables of the steps that
+//! have ended, the step's `env`, then the executor's own variables, which nothing may override
+//! (`DAG_NAME`, `DAG_RUN_ID`, `DAG_RUN_LOG_FILE`, `DAG_RUN_STEP_NAME`,
+//! `DAG_RUN_STEP_STDOUT_FILE`, `DAG_RUN_STEP_STDERR_FILE`, `DAGU_OUTPUT_FILE`, `DAG_PARAMS_JSON`
+//! and `DAGU_PARAMS_JSON`). `$VAR`/`${VAR}` in env values expand to earlier variables. Values
+//! reach commands only as environment variables, never as command text: `working_dir`,
+//! stream files, dotenv paths, compared conditions and sub-DAG params are expanded by the
+//! executor, commands by the shell. A value too long for one environment string (Linux caps
+//! each at 128 KiB; GitHub payloads can be larger) is written to `<step>.<NAME>` next to the
+//! logs, `NAME` is set empty and `NAME_FILE` holds the path (e.g. `WEBHOOK_PAYLOAD_FILE`).
 //!
 //! Not for: GitHub, HTTP, or deciding what to run (that is `dispatch-worker` and
-//! `dispatch-enqueue`). It installs no signal handlers and reads no environment: the binary owns
-//! signals and cancels the token it passes to [`Executor::start`] (which stops new runs only), and
-//! whoever drives the executor calls [`ExecutorHandle::shutdown`] to end the runs in progress; in
-//! the scheduler that is `dispatch-worker`'s `Worker::run`, once its pull and report loops stop.
+//! `dispatch-enqueue`). It installs no signal handlers and reads no configuration from the
+//! environment (it reads the variables a DAG names: `$VAR` in env values, `env` secrets): the
+//! binary owns signals and cancels the token it passes to [`Executor::start`] (which stops new
+//! runs only), and whoever drives the executor calls [`ExecutorHandle::shutdown`] to end the
+//! runs in progress; in the scheduler that is `dispatch-worker`'s `Worker::run`, once its pull
+//! and report loops stop.
 
 // Imports run one way, from the bottom up: the leaves (`error`, `mask`, `env`, `outputs`,
 // `policy`, `params`, `invocation`, `context`, `process`) ← `conditions` ← `prepare`,

@@ -20,8 +20,7 @@ pub(crate) fn given_by_caller(defaults: &[ParamDefault], runtime: &[Param], name
 }
 
 /// Checks `value` (`None`: the run has no value for the param) against its declaration. The
-/// error names the param and the rule, and the value only when it is not secret-looking
-/// (never: values are not echoed at all).
+/// error names the param and the rule, never the value.
 pub(crate) fn check_param(spec: &ParamSpec, value: Option<&str>) -> Result<(), String> {
     let name = &spec.name;
     let Some(value) = value else {

@@ -376,13 +376,38 @@ async fn attempt(cx: &AttemptCx<'_>, action: &Action<'_>) -> AttemptEnd {
     }
     let invocations = match action {
         Action::Call(call) => {
-            let end = run_call(run, job, call, cx.work_dir, cx.env).await;
-            return AttemptEnd {
+            // The step's timeout stops its children as a stop of the step would.
+            let call_stop = job.stop.child_token();
+            let calling = run_call(run, job, call, cx.work_dir, cx.env, &call_stop);
+            tokio::pin!(calling);
+            let limit = async {
+                match step.timeout_sec {
+                    Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (end, timed_out) = tokio::select! {
+                end = &mut calling => (end, false),
+                () = limit => {
+                    call_stop.cancel();
+                    (calling.await, true)
+                }
+            };
+            let mut attempt = AttemptEnd {
                 status: end.status,
                 error: end.error,
                 sub_runs: end.sub_runs,
                 ..AttemptEnd::default()
             };
+            if timed_out && !job.stop.is_cancelled() {
+                attempt.status = StepStatus::Failed;
+                attempt.exit_code = Some(TIMEOUT_EXIT_CODE);
+                attempt.error = Some(format!(
+                    "step timed out after {}s",
+                    step.timeout_sec.unwrap_or(0)
+                ));
+            }
+            return attempt;
         }
         Action::Processes(list) => list,
     };

@@ -21,6 +21,7 @@ use dispatch_util::now_ms;
 use dispatch_webhook_params::{parse_runtime_params, quote, Param};
 use serde_json::Value;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::env::{expand, lookup};
 use crate::outputs::json_text;
@@ -59,13 +60,15 @@ struct Child {
     params: Vec<Param>,
 }
 
-/// Runs the call of the step in `job`; `env` is the step's environment.
+/// Runs the call of the step in `job`; `env` is the step's environment, `stop` stops the
+/// children (the step's stop, or its timeout).
 pub(crate) async fn run_call(
     run: &Arc<RunCx>,
     job: &StepJob,
     call: &SubDagCall,
     work_dir: &Path,
     env: &[(String, String)],
+    stop: &CancellationToken,
 ) -> CallEnd {
     if run.lineage.depth >= MAX_DEPTH {
         return CallEnd::failed(format!(
@@ -88,10 +91,10 @@ pub(crate) async fn run_call(
     let mut sub_runs = Vec::new();
     let mut next = 0;
     loop {
-        while set.len() < max_concurrent && next < children.len() && !job.stop.is_cancelled() {
+        while set.len() < max_concurrent && next < children.len() && !stop.is_cancelled() {
             let i = next;
             next += 1;
-            match start_child(run, job, &children[i], work_dir) {
+            match start_child(run, stop, &children[i], work_dir) {
                 Ok((attempt, ctl, lineage)) => {
                     let id = format!("{}/{}", attempt.record.dag_name, attempt.record.run_id);
                     out.line(&format!("sub-DAG run `{id}` started"));
@@ -160,7 +163,7 @@ pub(crate) async fn run_call(
             first_error = problem;
         }
     }
-    let status = match (&first_error, aborted && job.stop.is_cancelled()) {
+    let status = match (&first_error, aborted && stop.is_cancelled()) {
         (None, _) => StepStatus::Succeeded,
         (Some(_), true) => StepStatus::Aborted,
         (Some(_), false) => StepStatus::Failed,
@@ -277,7 +280,7 @@ fn parse_items(text: &str) -> Vec<Value> {
 /// Finds the child's DAG, records its run and returns what starts it.
 fn start_child(
     run: &Arc<RunCx>,
-    job: &StepJob,
+    stop: &CancellationToken,
     child: &Child,
     work_dir: &Path,
 ) -> Result<(Attempt, Arc<RunControl>, Lineage), String> {
@@ -330,7 +333,7 @@ fn start_child(
             Arc::new(dag.local_dags.clone())
         },
     };
-    let ctl = Arc::new(RunControl::child_of(&run.control, &job.stop));
+    let ctl = Arc::new(RunControl::child_of(&run.control, stop));
     Ok((
         Attempt {
             dag: snapshot,

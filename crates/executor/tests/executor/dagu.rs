@@ -860,3 +860,20 @@ steps:
     assert_eq!(read(&rec.steps[0].stdout), "0123456789\n");
     assert_eq!(read(&step_of(&rec, "on_failure").stdout), "failed failed\n");
 }
+
+#[tokio::test]
+async fn a_step_timeout_stops_the_sub_dag_it_called() {
+    let h = Harness::new();
+    let (_handle, mut rx) = h.start();
+    let dag = h.load(
+        "slowcall",
+        "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n",
+    );
+    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    assert_eq!(rec.status, RunStatus::Failed);
+    let call = &rec.steps[0];
+    assert_eq!(call.exit_code, Some(124));
+    assert_eq!(call.error.as_deref(), Some("step timed out after 1s"));
+    let (dag_name, run_id) = call.sub_runs[0].split_once('/').unwrap();
+    assert_eq!(h.record(dag_name, run_id).status, RunStatus::Aborted);
+}
