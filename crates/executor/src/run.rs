@@ -195,10 +195,16 @@ async fn execute(
     let prepared = match prepare(&dag, &facts, &record.params, &ctl.stop, max_output).await {
         Ok(prepared) => prepared,
         Err(e) => {
-            log.line(&format!("run could not start: {e}"));
-            record.error = Some(e);
+            // A stop that cut an `eval` short is the stop, not a failure; either way no
+            // handler runs for a run that never started.
+            let (status, error) = match ctl.reason() {
+                Some(reason) => (RunStatus::Aborted, reason.message()),
+                None => (RunStatus::Failed, e),
+            };
+            log.line(&format!("run could not start: {error}"));
             skip_all(&mut record, "the run could not start");
-            return finish_run(&stores, record, RunStatus::Failed).await;
+            record.error = Some(error);
+            return finish_run(&stores, record, status).await;
         }
     };
     for warning in &prepared.warnings {
@@ -206,7 +212,13 @@ async fn execute(
     }
     facts.params = prepared.params.clone();
     dag.resolved_params = prepared.params;
-    let secrets = Secrets::new(prepared.secrets.iter().map(|(_, v)| v.clone()));
+    let secrets = Secrets::new(
+        prepared
+            .secrets
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain(lineage.secrets.iter().cloned()),
+    );
     let cx = Arc::new(RunCx {
         stores: stores.clone(),
         dag,

@@ -117,6 +117,9 @@ pub(crate) struct Lineage {
     pub(crate) depth: u32,
     /// The `---` documents of the top-level DAG's file, callable by name.
     pub(crate) local_dags: Arc<Vec<Dag>>,
+    /// The secret values of the runs above this one (a parent may pass one as a param): masked
+    /// here too.
+    pub(crate) secrets: Vec<String>,
 }
 
 /// A boxed future of a run's final record.

@@ -292,20 +292,13 @@ pub(crate) async fn run_step(run: Arc<RunCx>, job: StepJob) -> StepResult {
         attempts,
         sub_runs,
     };
-    if let Some(var) = &step.output {
+    if step.output.is_some() {
         let mut text = String::from_utf8_lossy(&last.stdout.bytes).into_owned();
         if text.ends_with('\n') {
             text.pop();
             if text.ends_with('\r') {
                 text.pop();
             }
-        }
-        if last.stdout.truncated && result.status == StepStatus::Succeeded {
-            result.status = StepStatus::Failed;
-            result.error = Some(format!(
-                "stdout is longer than max_output_size ({} bytes), so `output: {var}` cannot hold it",
-                run.max_output
-            ));
         }
         result.output_value = Some(text);
     }
@@ -482,6 +475,14 @@ async fn attempt(cx: &AttemptCx<'_>, action: &Action<'_>) -> AttemptEnd {
         if end.status != StepStatus::Succeeded {
             return end;
         }
+    }
+    if let (Some(var), true) = (&step.output, end.stdout.truncated) {
+        end.status = StepStatus::Failed;
+        end.error = Some(format!(
+            "stdout is longer than max_output_size ({} bytes), so `output: {var}` cannot hold it",
+            run.max_output
+        ));
+        return end;
     }
     if !step.outputs.is_empty() {
         let parsed = std::fs::read(&job.output_file)

@@ -307,7 +307,8 @@ fn start_child(
         attempt_id,
         status: RunStatus::Running,
         trigger: "subdag".to_owned(),
-        params: params_text(&child.params),
+        // Written with every status: a secret of the parent passed as a param is masked.
+        params: run.secrets.mask_str(&params_text(&child.params)),
         queued_at: Some(now),
         started_at: Some(now),
         finished_at: None,
@@ -315,9 +316,15 @@ fn start_child(
         steps: Vec::new(),
         pid: Some(std::process::id()),
     };
+    // A param may carry a secret of the parent: the stored snapshot has it masked (a child run
+    // is never started again from its record), the child runs with the real value.
+    let mut stored = snapshot.clone();
+    for (_, value) in &mut stored.resolved_params {
+        *value = run.secrets.mask_str(value);
+    }
     run.stores
         .runs
-        .create_attempt(&snapshot, &record)
+        .create_attempt(&stored, &record)
         .map_err(|e| format!("failed to record the run: {e}"))?;
     let lineage = Lineage {
         root: Some(
@@ -332,6 +339,13 @@ fn start_child(
         } else {
             Arc::new(dag.local_dags.clone())
         },
+        secrets: run
+            .lineage
+            .secrets
+            .iter()
+            .cloned()
+            .chain(run.secret_vars.iter().map(|(_, v)| v.clone()))
+            .collect(),
     };
     let ctl = Arc::new(RunControl::child_of(&run.control, stop));
     Ok((

@@ -877,3 +877,24 @@ async fn a_step_timeout_stops_the_sub_dag_it_called() {
     let (dag_name, run_id) = call.sub_runs[0].split_once('/').unwrap();
     assert_eq!(h.record(dag_name, run_id).status, RunStatus::Aborted);
 }
+
+#[tokio::test]
+async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
+    let h = Harness::new();
+    let (_handle, mut rx) = h.start();
+    std::fs::create_dir_all(h.path("dags")).unwrap();
+    std::fs::write(h.path("dags/token"), "t0k3n-value").unwrap();
+    let dag = h.load(
+        "passdown",
+        "secrets:\n  - name: TOKEN\n    provider: file\n    key: token\nsteps:\n  - call: child\n    params:\n      GIVEN: ${TOKEN}\n---\nname: child\nparams: GIVEN=none\nsteps:\n  - run: echo \"got $GIVEN\"; printf '%s' \"$GIVEN\" > given.txt\n",
+    );
+    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
+    assert_eq!(read(h.path("dags/given.txt")), "t0k3n-value");
+    let (dag_name, run_id) = rec.steps[0].sub_runs[0].split_once('/').unwrap();
+    let child = h.record(dag_name, run_id);
+    assert_eq!(read(&child.steps[0].stdout), "got *******\n");
+    assert_eq!(child.params, "GIVEN=\"*******\"");
+    let stored = read(h.path(&format!("data/runs/child/{run_id}.jsonl")));
+    assert!(!stored.contains("t0k3n-value"), "{stored}");
+}
