@@ -254,14 +254,14 @@ mod tests {
                 step_env: &step_env,
                 builtins: &builtins,
             },
-            &|name| (name == "HOME").then(|| "/home/x".to_owned()),
+            &|name| (name == "HOME").then(|| "/srv/x-home".to_owned()),
         );
         let get = |name: &str| super::lookup(&env, name).unwrap();
         assert_eq!(get("SHARED"), "step");
         assert_eq!(get("FROM_REF"), "param-dag");
         assert_eq!(get("RUN"), "r1", "builtins win in expansion too");
         assert_eq!(get("DAG_RUN_ID"), "r1");
-        assert_eq!(get("HOME_COPY"), "/home/x");
+        assert_eq!(get("HOME_COPY"), "/srv/x-home");
         assert_eq!(
             get("USES_OUTPUT"),
             "out $P",

@@ -8,8 +8,8 @@ use dispatch_dag::{Dag, SecretProvider};
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{evaluate, CheckCx};
-use crate::context::{binding_values, RunFacts, StepFacts};
-use crate::env::{expand, lookup};
+use crate::context::{binding_values, builtin_vars, RunFacts, StepFacts};
+use crate::env::{build_env, expand, lookup, EnvLayers};
 use crate::invocation::Shell;
 use crate::params::{check_param, given_by_caller};
 
@@ -41,11 +41,21 @@ pub(crate) async fn prepare(
     let no_step = StepFacts::none();
     let bindings: Vec<_> = dag.bindings.iter().collect();
     let bound = binding_values(&bindings, facts, &no_step, &[]);
-    let base_lookup = |var: &str| {
-        lookup(&bound, var)
-            .or_else(|| lookup(&facts.params, var))
-            .or_else(|| inherited(var))
-    };
+    // `working_dir` and the dotenv paths may use the DAG's `env` (as the params and references
+    // it is made of; the dotenv files themselves are not read yet).
+    let builtins = builtin_vars(facts, &no_step);
+    let literal: [&[(String, String)]; 2] = [&facts.params, &bound];
+    let dag_env = build_env(
+        &EnvLayers {
+            literal: &literal,
+            dag_env: &dag.env,
+            outputs: &[],
+            step_env: &[],
+            builtins: &builtins,
+        },
+        &inherited,
+    );
+    let base_lookup = |var: &str| lookup(&dag_env, var).or_else(|| inherited(var));
 
     let work_dir = dag_work_dir(dag, &base_lookup)?;
     std::fs::create_dir_all(&work_dir).map_err(|e| {

@@ -474,7 +474,9 @@ async fn working_directories_are_expanded_resolved_and_created() {
 params:
   - name: base
     default: {base}
-working_dir: ${{params.base}}/deep
+env:
+  - LEAF: deep
+working_dir: ${{params.base}}/${{LEAF}}
 steps:
   - id: top
     run: pwd
