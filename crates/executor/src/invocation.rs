@@ -47,6 +47,17 @@ impl Shell {
             args,
         }
     }
+
+    /// `<shell> <args> -c <text> <shell> <positional...>`: the values are `$1`, `$2`, ... of
+    /// the command (arguments, never command text).
+    fn command_with(&self, text: &str, positional: &[String]) -> Invocation {
+        let mut inv = self.command(text);
+        if !positional.is_empty() {
+            inv.args.push(self.program.clone().into());
+            inv.args.extend(positional.iter().map(OsString::from));
+        }
+        inv
+    }
 }
 
 /// One process to start.
@@ -67,12 +78,31 @@ pub(crate) fn shebang(script: &str) -> Option<(String, Option<String>)> {
     (!interpreter.is_empty()).then(|| (interpreter.to_owned(), arg))
 }
 
+/// The positional params of a run (the params named `1`, `2`, ...) as `$1`, `$2`, ...: the
+/// value of the param named `N` at position `N`, the empty string where there is none.
+pub(crate) fn positional(params: &[(String, String)]) -> Vec<String> {
+    let numbered: Vec<(usize, &str)> = params
+        .iter()
+        .filter(|(name, _)| !name.starts_with('0') && name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|(name, value)| Some((name.parse().ok()?, value.as_str())))
+        .collect();
+    let count = numbered.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut out = vec![String::new(); count];
+    for (n, value) in numbered {
+        out[n - 1] = value.to_owned();
+    }
+    out
+}
+
 /// The processes of a command step, run in order (the first failure ends the step). `script`
-/// is the file the step's script was written to (when it has one).
+/// is the file the step's script was written to (when it has one); `positional` are the run's
+/// positional params, given to commands and scripts as `$1`, `$2`, ... (not to a script whose
+/// `command` is its interpreter: there `$1` is the script).
 pub(crate) fn invocations(
     step: &Step,
     dag_shell: Option<&str>,
     script: Option<&Path>,
+    positional: &[String],
 ) -> Result<Vec<Invocation>, String> {
     let shell = Shell::select(step.shell.as_deref(), dag_shell);
     match (&step.script, script, &step.command) {
@@ -83,6 +113,7 @@ pub(crate) fn invocations(
             if let (Some((interpreter, arg)), None) = (shebang(text), &step.shell) {
                 let mut args: Vec<OsString> = arg.into_iter().map(OsString::from).collect();
                 args.push(path.into());
+                args.extend(positional.iter().map(OsString::from));
                 return Ok(vec![Invocation {
                     program: interpreter,
                     args,
@@ -90,6 +121,7 @@ pub(crate) fn invocations(
             }
             let mut args: Vec<OsString> = shell.args.iter().map(OsString::from).collect();
             args.push(path.into());
+            args.extend(positional.iter().map(OsString::from));
             Ok(vec![Invocation {
                 program: shell.program,
                 args,
@@ -103,10 +135,12 @@ pub(crate) fn invocations(
             inv.args.push(path.into());
             Ok(vec![inv])
         }
-        (None, _, Some(command)) => Ok(vec![shell.command(command)]),
-        (None, _, None) if !step.commands.is_empty() => {
-            Ok(step.commands.iter().map(|c| shell.command(c)).collect())
-        }
+        (None, _, Some(command)) => Ok(vec![shell.command_with(command, positional)]),
+        (None, _, None) if !step.commands.is_empty() => Ok(step
+            .commands
+            .iter()
+            .map(|c| shell.command_with(c, positional))
+            .collect()),
         (None, _, None) => {
             Err("step has nothing to run (no `run`, `command` or `script`)".to_owned())
         }
@@ -212,14 +246,40 @@ mod tests {
             ),
         ];
         for (step, dag_shell, want) in table {
-            let got: Vec<Vec<String>> = invocations(step, dag_shell, Some(path))
+            let got: Vec<Vec<String>> = invocations(step, dag_shell, Some(path), &[])
                 .unwrap()
                 .iter()
                 .map(words)
                 .collect();
             assert_eq!(got, want, "{step:?}");
         }
-        let e = invocations(&step(), None, None).unwrap_err();
+        let e = invocations(&step(), None, None, &[]).unwrap_err();
         assert!(e.contains("nothing to run"), "{e}");
+    }
+
+    #[test]
+    fn positional_params_are_arguments() {
+        let params = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            positional(&params(&[("1", "a"), ("X", "x"), ("3", "c"), ("01", "no")])),
+            ["a", "", "c"]
+        );
+        assert!(positional(&params(&[("A", "1")])).is_empty());
+        let p = vec!["a b".to_owned(), "$(x)".to_owned()];
+        let path = Path::new("/logs/s.script");
+        let mut one = step();
+        one.command = Some("echo \"$1\"".into());
+        let mut script = step();
+        script.script = Some("echo \"$1\"\n".into());
+        let got = |s: &Step| words(&invocations(s, None, Some(path), &p).unwrap()[0]);
+        assert_eq!(
+            got(&one),
+            ["sh", "-e", "-c", "echo \"$1\"", "sh", "a b", "$(x)"]
+        );
+        assert_eq!(got(&script), ["sh", "-e", "/logs/s.script", "a b", "$(x)"]);
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{all_met, check, CheckCx};
 use crate::env::{expand, lookup};
-use crate::invocation::{invocations, Invocation, Shell};
+use crate::invocation::{invocations, positional, Invocation, Shell};
 use crate::outputs::parse_output_file;
 use crate::policy::{
     continues_after_failure, repeat_delay, retry_delay, should_repeat, should_retry,
@@ -187,7 +187,13 @@ pub(crate) async fn run_step(run: Arc<RunCx>, job: StepJob) -> StepResult {
                     Some(path)
                 }
             };
-            match invocations(step, run.dag.shell.as_deref(), script.as_deref()) {
+            let positional = positional(&run.facts.params);
+            match invocations(
+                step,
+                run.dag.shell.as_deref(),
+                script.as_deref(),
+                &positional,
+            ) {
                 Ok(list) => Action::Processes(list),
                 Err(e) => return StepResult::failed(e),
             }

@@ -900,3 +900,23 @@ async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
     let stored = read(h.path(&format!("data/runs/child/{run_id}.jsonl")));
     assert!(!stored.contains("t0k3n-value"), "{stored}");
 }
+
+#[tokio::test]
+async fn positional_params_are_the_commands_arguments() {
+    let h = Harness::new();
+    let (_handle, mut rx) = h.start();
+    let dag = h.load(
+        "positional",
+        "params: first second\nsteps:\n  - run: echo \"$1 and $2\"\n  - run: |\n      echo \"script got $1\"\n      echo \"and $2\"\n",
+    );
+    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    assert_eq!(read(&rec.steps[0].stdout), "first and second\n");
+    let params = format!("one {}", dispatch_webhook_params::quote("$(touch pwned)"));
+    let rec = h.run(&mut rx, &dag, "r2", &params).await;
+    assert_eq!(read(&rec.steps[0].stdout), "one and $(touch pwned)\n");
+    assert_eq!(
+        read(&rec.steps[1].stdout),
+        "script got one\nand $(touch pwned)\n"
+    );
+    assert!(!h.path("dags/pwned").exists());
+}
