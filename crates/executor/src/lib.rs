@@ -20,8 +20,9 @@
 //! DAG's, created), its preconditions (not met: `skipped`), then attempts of its action, each in
 //! its own process group: one command, a `run` list (in order, the first failure ends it), a
 //! script (through its `#!` interpreter unless the step sets `shell`; else the step's shell,
-//! the DAG's, or `sh -e`), or a sub-DAG call (a child run per `parallel` item, recorded in the
-//! run store with the trigger `subdag`). Failed attempts are retried per `retry_policy`, runs
+//! the DAG's, or `sh -e`), with the positional params as its `$1`, `$2`, ...; or a sub-DAG
+//! call (a child run per `parallel` item, recorded in the run store with the trigger
+//! `subdag`). Failed attempts are retried per `retry_policy`, runs
 //! repeated per `repeat_policy` (delays on `tokio::time`); `continue_on` decides whether a
 //! failure lets the run go on. Output goes through the executor into `<step>.out` /
 //! `<step>.err` next to the run log (and the `stdout` / `stderr` files), with every secret value
