@@ -30,6 +30,7 @@ pub(crate) async fn retention(store: Arc<Store>, retention: Duration, cancel: Ca
                 jobs = pruned.jobs,
                 deliveries = pruned.deliveries,
                 payloads = pruned.payloads,
+                held_approvals_and_cancels = pruned.aged,
                 retention_days = retention.as_secs() / 86_400,
                 "old finished jobs pruned"
             ),

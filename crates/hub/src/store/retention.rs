@@ -2,7 +2,8 @@
 //!
 //! A pass deletes finished jobs whose finish is older than the cutoff, then the deliveries no job
 //! references any more and that are older than the cutoff too (turned-away deliveries included:
-//! they never made a job), then the payloads no job references. It never deletes an unfinished
+//! they never made a job), then the payloads no job references, then the rows of [`AGED`] older
+//! than the cutoff. It never deletes an unfinished
 //! job, nor a job with a report still waiting to be sent (sent reports are deleted when sent).
 //! Each batch is one write of its own, so webhooks and pulls get the writer between batches.
 //! After a pass that deleted anything, `PRAGMA incremental_vacuum` hands the free pages back
@@ -21,12 +22,24 @@ use crate::error::HubError;
 /// Most rows of one kind deleted by one write.
 const BATCH: usize = 500;
 
+/// Tables whose rows are kept only for a while, with the column that says when each came: fork
+/// pull request events held back (approving one later finds nothing to dispatch), approvals (a
+/// later event on an approved head needs a new one) and cancels that waited for an accept that
+/// never came. A table that grows with traffic belongs here, or in [`prune_batch`].
+const AGED: [(&str, &str); 3] = [
+    ("held_forks", "received_ms"),
+    ("approvals", "approved_ms"),
+    ("pending_cancels", "requested_ms"),
+];
+
 /// What a pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pruned {
     pub jobs: usize,
     pub deliveries: usize,
     pub payloads: usize,
+    /// Rows of the [`AGED`] tables.
+    pub aged: usize,
 }
 
 impl Pruned {
@@ -38,6 +51,7 @@ impl Pruned {
         self.jobs += other.jobs;
         self.deliveries += other.deliveries;
         self.payloads += other.payloads;
+        self.aged += other.aged;
     }
 }
 
@@ -53,7 +67,10 @@ impl Store {
                 prune_batch(tx, cutoff, tally)
             })?;
             total.add(batch);
-            if batch.jobs < BATCH && batch.deliveries < BATCH && batch.payloads < BATCH {
+            if [batch.jobs, batch.deliveries, batch.payloads, batch.aged]
+                .iter()
+                .all(|n| *n < BATCH)
+            {
                 break;
             }
         }
@@ -130,9 +147,213 @@ fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pru
             params![limit],
         )
         .map_err(HubError::store("delete unreferenced payloads"))?;
+    let mut aged = 0;
+    for (table, column) in AGED {
+        aged += tx
+            .execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid IN (
+                         SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+                ),
+                params![cutoff_ms, limit],
+            )
+            .map_err(HubError::store(
+                "delete old held events, approvals and cancels",
+            ))?;
+    }
     Ok(Pruned {
         jobs,
         deliveries,
         payloads,
+        aged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use dispatch_protocol::DispatchJob;
+
+    use super::*;
+    use crate::matching::NewJob;
+    use crate::store::{Caller, RawDelivery, Transition};
+
+    const DAY: i64 = 24 * 3600 * 1000;
+    /// When the old things happened.
+    const T0: i64 = 1_000 * DAY;
+
+    fn job(id: &str) -> NewJob {
+        NewJob {
+            job: DispatchJob {
+                id: id.into(),
+                dag_name: "d".into(),
+                ..DispatchJob::default()
+            },
+            target_license: String::new(),
+            target_server_id: String::new(),
+            status_context: "dispatch/d".into(),
+        }
+    }
+
+    fn deliver(s: &Store, delivery: &str, ids: &[&str], at: i64) {
+        let raw = RawDelivery {
+            payload: format!(
+                "{{\"delivery\":\"{delivery}\",\"pad\":\"{}\"}}",
+                "p".repeat(32 * 1024)
+            ),
+            headers: "{}".into(),
+        };
+        let jobs = ids.iter().map(|id| job(id)).collect();
+        s.record_delivery(delivery, "push", jobs, raw, at).unwrap();
+    }
+
+    const ME: Caller<'static> = Caller {
+        license_id: "l",
+        server_id: "srv",
+    };
+
+    /// Claims, accepts and (unless `finish` is false) finishes every queued job at `at`; `report`
+    /// leaves one report queued for each finished job.
+    fn run_all(s: &Store, at: i64, finish: bool, report: bool) {
+        while let Some(j) = s.claim_next("l", "srv", at, 60_000).unwrap() {
+            assert_eq!(s.accept(&j.id, ME, "r", at).unwrap(), Transition::Done);
+            if finish {
+                let reports = move |_: &crate::store::FinishedJob| {
+                    if report {
+                        vec![("/x".to_owned(), "{}".to_owned())]
+                    } else {
+                        Vec::new()
+                    }
+                };
+                s.finish(&j.id, ME, "succeeded", "", at, reports).unwrap();
+            }
+        }
+    }
+
+    fn count(path: &Path, sql: &str) -> i64 {
+        let conn = open_connection(path).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Size on disk of the database and its WAL.
+    fn disk_bytes(path: &Path) -> u64 {
+        let wal = path.with_file_name("hub.sqlite3-wal");
+        std::fs::metadata(path).unwrap().len() + std::fs::metadata(wal).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn a_pass_forgets_old_finished_work_keeps_the_rest_and_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite3");
+        let s = Store::open(&path).unwrap();
+        // Old and finished: 150 deliveries of two jobs each (one payload apiece).
+        for i in 0..150 {
+            deliver(
+                &s,
+                &format!("old-{i}"),
+                &[&format!("o{i}a"), &format!("o{i}b")],
+                T0,
+            );
+        }
+        run_all(&s, T0 + 1, true, false);
+        // Old but finished with a report not sent yet; old and still running; old and queued.
+        deliver(&s, "reported", &["rep"], T0);
+        run_all(&s, T0 + 1, true, true);
+        deliver(&s, "running", &["run"], T0);
+        run_all(&s, T0 + 1, false, false);
+        deliver(&s, "queued", &["que"], T0);
+        // Old and turned away (no job); recent and finished.
+        deliver(&s, "turned-away", &[], T0);
+        deliver(&s, "recent", &["new"], T0 + 20 * DAY);
+        let new = s.claim_next("l", "srv", T0 + 20 * DAY, 60_000).unwrap();
+        assert_eq!(new.map(|j| j.id).as_deref(), Some("que"), "oldest first");
+        let new = s
+            .claim_next("l", "srv", T0 + 20 * DAY, 60_000)
+            .unwrap()
+            .unwrap();
+        s.finish(&new.id, ME, "failed", "", T0 + 20 * DAY, |_| Vec::new())
+            .unwrap();
+        // `que` goes back to the queue when its lease runs out.
+        assert_eq!(s.requeue_expired(T0 + 21 * DAY).unwrap(), 1);
+        // Held fork events (an old and a recent one), an old approval, an old waiting cancel.
+        let conn = open_connection(&path).unwrap();
+        for (pr, at) in [(1, T0), (2, T0 + 20 * DAY)] {
+            conn.execute(
+                "INSERT INTO held_forks VALUES ('o/r', ?1, 'abc', 'pull_request', 'd', ?2, '{}', ?3)",
+                rusqlite::params![pr, "h".repeat(64 * 1024), at],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO approvals VALUES ('o/r', 1, 'abc', 'octocat', 'd', ?1)",
+            [T0],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO pending_cancels VALUES ('gone', '{}', 'd', '{}', '{}', ?1)",
+            [T0],
+        )
+        .unwrap();
+        drop(conn);
+        s.checkpoint().unwrap();
+        let before = disk_bytes(&path);
+
+        let pruned = s
+            .prune(T0 + 31 * DAY, Duration::from_millis(30 * DAY as u64))
+            .unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                jobs: 300,
+                deliveries: 151,
+                payloads: 150,
+                aged: 3,
+            }
+        );
+        let after = disk_bytes(&path);
+        assert!(
+            after < before / 2,
+            "the file shrinks: {before} bytes before, {after} after"
+        );
+        let mut left: Vec<String> = {
+            let conn = open_connection(&path).unwrap();
+            let mut stmt = conn.prepare("SELECT id || ':' || state FROM jobs").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        left.sort();
+        assert_eq!(
+            left,
+            ["new:finished", "que:queued", "rep:finished", "run:accepted"]
+        );
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM payloads"), 4);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM deliveries"), 4);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM reports"), 1, "unsent");
+        assert_eq!(
+            count(&path, "SELECT pr_number FROM held_forks"),
+            2,
+            "the recent held event stays"
+        );
+        // The gauges followed the deletions, and the queued job still has its payload.
+        let finished = s
+            .job_counts()
+            .into_iter()
+            .find(|(st, _)| *st == JobState::Finished);
+        assert_eq!(finished, Some((JobState::Finished, 2)));
+        let que = s
+            .claim_next("l", "srv", T0 + 31 * DAY, 60_000)
+            .unwrap()
+            .unwrap();
+        assert!(que
+            .payload
+            .unwrap()
+            .get()
+            .contains("\"delivery\":\"queued\""));
+        // Nothing more to do.
+        assert!(s
+            .prune(T0 + 31 * DAY, Duration::from_millis(30 * DAY as u64))
+            .unwrap()
+            .is_empty());
+    }
 }
