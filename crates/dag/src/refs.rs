@@ -1,6 +1,6 @@
 //! Dagu's value references in DAG text, rewritten at load time so that no param, payload or
 //! step-output value is ever spliced into text a shell parses (`docs/dag-format.md`,
-//! "Differences from Dagu").
+//! "References and the environment", "The difference from Dagu").
 //!
 //! - `${consts.NAME}` is replaced by the const's value: consts are written by the DAG's author,
 //!   in the same file, so they are as trusted as the command text itself.
