@@ -31,7 +31,6 @@ use crate::gate;
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
 use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
-use crate::report;
 use crate::store::{
     blocking, now_ms, Activated, Activation, Caller, RawDelivery, Store, Transition,
 };
@@ -92,6 +91,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            crate::github::manifest::CREATED_PATH,
+            get(crate::github::convert::created_page),
+        )
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -527,6 +530,8 @@ async fn accept(
     if t == Transition::Done {
         // The accept may have released a cancel that waited for it (targeted at this server).
         st.jobs_ready.notify_waiters();
+        // And it is reported ("running on <machine>").
+        st.report_wake.notify_one();
     }
     transition_response(t, &id)
 }
@@ -544,7 +549,7 @@ async fn finish(
             format!("unknown result_status `{}`", req.result_status),
         ));
     }
-    let reporting = st.cfg.github.token.as_ref().is_some_and(|t| !t.is_empty());
+    let reports = crate::gate::job_reports(&st.cfg);
     let (job_id, log_id, state) = (id.clone(), id.clone(), st.clone());
     let (status, summary) = (req.result_status.clone(), req.result_summary.clone());
     // The commit and the work that must follow it (waking the reporter, counting, logging) run in
@@ -560,14 +565,7 @@ async fn finish(
                 &req.result_status,
                 &req.result_summary,
                 now_ms(),
-                move |job| {
-                    if reporting {
-                        report::reports_for(job, &status, &summary)
-                    } else {
-                        tracing::debug!(job_id = %job.job.id, "no github token configured; not reporting");
-                        Vec::new()
-                    }
-                },
+                move |job| reports.finished(job, &status, &summary),
             )
         })
         .await?;

@@ -440,7 +440,10 @@ mod tests {
 
         for (text, setting) in [
             ("[github]\napp_id = 42\n", "github.app_private_key_file"),
-            ("[github]\napp_private_key_file = \"k.pem\"\n", "github.app_id"),
+            (
+                "[github]\napp_private_key_file = \"k.pem\"\n",
+                "github.app_id",
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = load_hub_config(&path).unwrap_err().to_string();

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::check_events;
 use crate::config::HubConfig;
 use crate::error::HubError;
+use crate::lifecycle::{Channel, Lifecycle};
 use crate::report;
 use crate::store::{blocking, now_ms, Delivery, RawDelivery, Reports, Store};
 use crate::trust::{self, Action, ForkState, Outcome};
@@ -24,18 +26,14 @@ pub(crate) struct Taken {
     pub reason: String,
 }
 
-/// Whether the hub reports to GitHub (a token is configured).
+/// Whether the hub reports to GitHub (a token or an App is configured).
 fn reporting(cfg: &HubConfig) -> bool {
-    cfg.github.token.as_ref().is_some_and(|t| !t.is_empty())
+    Lifecycle::for_config(cfg).channel != Channel::Off
 }
 
-/// The reports of a job the hub finishes itself: as for a finish, when the hub reports at all.
-fn job_reports(cfg: &HubConfig) -> Reports {
-    if reporting(cfg) {
-        Arc::new(report::reports_for)
-    } else {
-        Arc::new(|_, _, _| Vec::new())
-    }
+/// The reports of each step of a job (`lifecycle`), when the hub reports at all.
+pub(crate) fn job_reports(cfg: &HubConfig) -> Reports {
+    Arc::new(Lifecycle::for_config(cfg))
 }
 
 /// The note and the one comment answering a command on `repository` #`number`.
@@ -65,6 +63,22 @@ pub(crate) async fn take(
     raw: RawDelivery,
     payload: &Value,
 ) -> Result<Taken, HubError> {
+    // The buttons on the hub's own check runs are requests to the hub, not events for bindings.
+    if let Some(app) = &cfg.github.app {
+        if let Some(request) = check_events::request(event, payload, app.app_id) {
+            let repository = payload
+                .pointer("/repository/full_name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let delivery = (event, delivery_id, raw);
+            let done = check_events::take(store, cfg, delivery, repository, request).await?;
+            return Ok(Taken {
+                outcome: done.outcome,
+                job_ids: done.job_ids,
+                reason: done.reason,
+            });
+        }
+    }
     let fork = match trust::fork_query(event, payload) {
         Some(query) => blocking(store, move |s| s.fork_state(&query)).await?,
         None => ForkState::default(),

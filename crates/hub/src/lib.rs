@@ -2,9 +2,10 @@
 //!
 //! It receives GitHub webhooks, matches them against [`bindings`] and turns each match into a
 //! dispatch job; schedulers pull, accept and finish jobs over the cloud API (the hub activates
-//! their licenses and signs their tokens; both in `docs/protocol.md`); on finish it reports the
-//! result to GitHub as a commit status and, for comment commands, a comment. State lives in SQLite
-//! under the data directory and survives restarts.
+//! their licenses and signs their tokens; both in `docs/protocol.md`); it reports each job's life
+//! to GitHub (stored, accepted, finished) as commit statuses with a token, or as check runs when
+//! it is a GitHub App ([`github`], `docs/github-app.md`), and answers comment commands with a
+//! comment. State lives in SQLite under the data directory and survives restarts.
 //!
 //! Main types: [`HubConfig`], [`Hub::start`] → [`HubHandle`], [`Binding`], [`HubError`]; config
 //! files via [`load_bindings`] and [`config::load_hub_config`].
@@ -19,11 +20,12 @@
 //! already finished as `rejected` with a summary giving the sizes, instead of being handed out and
 //! dropped.
 //!
-//! Modules import only downwards, bottom to top: `error`; `files`; `bindings`, `keys`; `matching`;
-//! `trust`; `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`, `schema`,
-//! `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`, `retention`, then its
-//! `mod.rs`); `activation`; `metrics`; `housekeeping`; `report`; `gate`; `body`; `intake`; `api`;
-//! `server`; this file.
+//! Modules import only downwards, bottom to top: `error`; `github`; `files`; `bindings`, `keys`;
+//! `matching`; `trust`; `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`,
+//! `schema`, `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`,
+//! `check_runs`, `retention`, then its `mod.rs`); `activation`; `metrics`; `housekeeping`;
+//! `report`; `lifecycle`; `reporter`; `check_events`; `gate`; `body`; `intake`; `api`; `server`;
+//! this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -39,12 +41,15 @@ pub mod report;
 mod activation;
 mod api;
 mod body;
+mod check_events;
 mod error;
 mod files;
 mod gate;
 mod housekeeping;
 mod intake;
+mod lifecycle;
 mod metrics;
+mod reporter;
 mod server;
 mod store;
 mod trust;
@@ -99,7 +104,19 @@ impl HubHandle {
 impl Hub {
     /// Opens the store and key under `cfg.data_dir`, binds `cfg.listen` and serves until `cancel`.
     pub async fn start(cfg: HubConfig, cancel: CancellationToken) -> Result<HubHandle, HubError> {
-        let cfg = cfg.validate()?;
+        let mut cfg = cfg.validate()?;
+        let app_key = match cfg.github.app.clone() {
+            // Read now, so that a missing or wrong key stops the hub at start, naming the file.
+            Some(app) => Some(
+                tokio::task::spawn_blocking(move || {
+                    github::app_key::AppKey::load(app.app_id, &app.private_key_file)
+                })
+                .await
+                .map_err(HubError::Task)?
+                .map_err(HubError::GithubApp)?,
+            ),
+            None => None,
+        };
         files::private_dir(&cfg.data_dir)?;
         let db_path = cfg.data_dir.join(DB_FILE);
         let data_dir = cfg.data_dir.clone();
@@ -127,6 +144,11 @@ impl Hub {
             addr: cfg.listen,
             source,
         })?;
+        if cfg.public_url.is_none() {
+            cfg.public_url = Some(format!("http://{addr}"));
+        }
+        let lifecycle = lifecycle::Lifecycle::for_config(&cfg);
+        store.report_with(Arc::new(lifecycle.clone()));
         let public_key = signing_key.verifying_key();
         let metrics = Arc::new(metrics::Metrics::default());
         let report_wake = Arc::new(Notify::new());
@@ -140,12 +162,23 @@ impl Hub {
             cancel: cancel.clone(),
         });
         let tasks = TaskTracker::new();
-        if let Some(token) = cfg.github.token.clone().filter(|t| !t.is_empty()) {
-            let reporter = report::Reporter {
+        let clock: github::installations::Clock = Arc::new(now_ms);
+        let auth = match (app_key, cfg.github.token.clone().filter(|t| !t.is_empty())) {
+            (Some(key), _) => Some(github::client::Auth::App(Box::new(
+                github::installations::Installations::new(
+                    client.clone(),
+                    &cfg.github.api_url,
+                    key,
+                    clock.clone(),
+                ),
+            ))),
+            (None, Some(token)) => Some(github::client::Auth::Token(token)),
+            (None, None) => None,
+        };
+        if let Some(auth) = auth {
+            let reporter = reporter::Reporter {
                 store: store.clone(),
-                client,
-                api_url: cfg.github.api_url.clone(),
-                token,
+                github: github::client::GithubClient::new(client, &cfg.github.api_url, auth, clock),
                 wake: report_wake,
                 metrics,
             };
@@ -184,6 +217,8 @@ async fn lease_sweep(state: Arc<api::AppState>, cancel: CancellationToken) {
             Ok(n) => {
                 tracing::info!(jobs = n, "claims expired; jobs back in the queue");
                 state.jobs_ready.notify_waiters();
+                // Jobs given up on are reported.
+                state.report_wake.notify_one();
             }
             Err(e) => {
                 tracing::warn!(error = %dispatch_util::error_chain(&e), "lease sweep failed; retrying")

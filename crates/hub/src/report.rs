@@ -1,12 +1,11 @@
-//! Reporting finished jobs back to GitHub: a commit status on the job's SHA and, for comment
-//! commands, a comment with the summary; and the one comment that answers a `cancel` or `approve`
-//! command. A cancel job's own finish posts nothing: the command was answered when it came.
-//! Every comment is cut to GitHub's [`COMMENT_LIMIT`] (the summary comes from a scheduler and may
-//! be anything), so GitHub never refuses it for its length.
+//! The words of the hub's reports to GitHub: commit status states and descriptions, the comment
+//! a comment command's job gets at finish, and the one comment that answers a `cancel` or
+//! `approve` command. A cancel job's own finish posts nothing: the command was answered when it
+//! came. Every comment is cut to GitHub's [`COMMENT_LIMIT`] (the summary comes from a scheduler
+//! and may be anything), so GitHub never refuses it for its length.
 //!
-//! Reports are queued in SQLite in the same transaction that finishes the job, then sent by a
-//! background loop with exponential backoff, so `finish` never waits on GitHub and a restart loses
-//! nothing. Result status → commit status state:
+//! What is reported at which step of a job (statuses or check runs) is `lifecycle`; the loop that
+//! sends the queued reports is `reporter`. Result status → commit status state:
 //!
 //! | result status | state |
 //! | --- | --- |
@@ -15,17 +14,11 @@
 //! | `aborted`, `rejected` | `error` |
 //! | anything else (`running`, `queued`, ...) | `pending` |
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_protocol::{is_cancel_command, Secret};
-use dispatch_util::error_chain;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use dispatch_protocol::is_cancel_command;
 
-use crate::error::HubError;
-use crate::metrics::{Metrics, REPORTS};
-use crate::store::{blocking, now_ms, Approval, CancelOutcome, FinishedJob, PendingReport, Store};
+use crate::store::{Approval, CancelOutcome, FinishedJob};
 
 /// GitHub's limit for a commit status description, in characters.
 pub const DESCRIPTION_LIMIT: usize = 140;
@@ -104,55 +97,37 @@ pub(crate) fn comment_report(
     Some((format!("{base}/issues/{number}/comments"), body.to_string()))
 }
 
-/// The GitHub calls (path, JSON body) a finished job needs.
-pub(crate) fn reports_for(
+/// The comment a comment command's job gets at finish, on its issue or pull request (none for
+/// a cancel job, or a job without a number).
+pub(crate) fn command_comment(
     finished: &FinishedJob,
     result_status: &str,
     summary: &str,
-) -> Vec<(String, String)> {
+) -> Option<(String, String)> {
     let job = &finished.job;
-    let Some(base) = repo_path(&job.repository_name, &job.id) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let is_command = !job.command.is_empty();
-    let cancel = is_cancel_command(&job.command);
-    if !job.sha.is_empty() && job.sha.bytes().all(|b| b.is_ascii_hexdigit()) && !cancel {
-        let description = if summary.is_empty() {
-            format!("{}: {result_status}", job.dag_name)
-        } else {
-            truncate_chars(summary, DESCRIPTION_LIMIT).to_owned()
-        };
-        let body = serde_json::json!({
-            "state": commit_state(result_status),
-            "context": finished.status_context,
-            "description": description,
-        });
-        out.push((format!("{base}/statuses/{}", job.sha), body.to_string()));
-    }
     let number = if job.issue_number != 0 {
         job.issue_number
     } else {
         job.pull_request_number
     };
-    if is_command && !cancel && number != 0 {
-        // The summary is quoted so that no line of our own comment can start with the mention
-        // and trigger another command.
-        let mut text = format!(
-            "dispatch `{}` ({}): **{result_status}**",
-            job.dag_name, job.command
-        );
-        if !summary.is_empty() {
-            text.push_str("\n\n");
-            for line in summary.lines() {
-                text.push_str("> ");
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        out.extend(comment_report(&job.repository_name, number, &text, &job.id));
+    if job.command.is_empty() || is_cancel_command(&job.command) || number == 0 {
+        return None;
     }
-    out
+    // The summary is quoted so that no line of our own comment can start with the mention and
+    // trigger another command.
+    let mut text = format!(
+        "dispatch `{}` ({}): **{result_status}**",
+        job.dag_name, job.command
+    );
+    if !summary.is_empty() {
+        text.push_str("\n\n");
+        for line in summary.lines() {
+            text.push_str("> ");
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    comment_report(&job.repository_name, number, &text, &job.id)
 }
 
 /// `text` safe inside one line of a comment: control characters (newlines included) become
@@ -235,108 +210,6 @@ pub(crate) fn approve_answer(approval: &Approval, number: i64) -> String {
     }
 }
 
-pub(crate) struct Reporter {
-    pub store: Arc<Store>,
-    pub client: reqwest::Client,
-    pub api_url: String,
-    pub token: Secret,
-    pub wake: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
-}
-
-enum Sent {
-    Ok,
-    Retry(String),
-    Permanent(String),
-}
-
-impl Reporter {
-    pub async fn run(self, cancel: CancellationToken) {
-        loop {
-            let wake = self.wake.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %error_chain(&e), "github report pass failed; retrying later");
-            }
-            let delay = match blocking(&self.store, |s| s.next_report_due()).await {
-                Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64),
-                Ok(None) => Duration::from_secs(60),
-                Err(_) => Duration::from_secs(5),
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut wake => {}
-            }
-        }
-    }
-
-    /// Sends every due report once; returns how many were sent.
-    async fn pass(&self) -> Result<usize, HubError> {
-        let due = blocking(&self.store, |s| s.due_reports(now_ms(), 50)).await?;
-        let mut sent = 0;
-        for report in due {
-            match self.send(&report).await {
-                Sent::Ok => {
-                    self.metrics.inc(REPORTS, "sent");
-                    sent += 1;
-                    blocking(&self.store, move |s| s.delete_report(report.id)).await?;
-                }
-                Sent::Permanent(why) => {
-                    self.metrics.inc(REPORTS, "dropped");
-                    tracing::warn!(job_id = %report.job_id, path = %report.path, error = %why, "github rejected a report; dropping it");
-                    blocking(&self.store, move |s| s.delete_report(report.id)).await?;
-                }
-                Sent::Retry(why) => {
-                    self.metrics.inc(REPORTS, "failed");
-                    let attempts = report.attempts + 1;
-                    if attempts >= MAX_ATTEMPTS {
-                        tracing::warn!(job_id = %report.job_id, path = %report.path, error = %why, attempts, "giving up on a github report");
-                        blocking(&self.store, move |s| s.delete_report(report.id)).await?;
-                    } else {
-                        let next = now_ms() + backoff(attempts).as_millis() as i64;
-                        tracing::debug!(job_id = %report.job_id, error = %why, attempts, "github report failed; will retry");
-                        blocking(&self.store, move |s| {
-                            s.reschedule_report(report.id, attempts, next, &why)
-                        })
-                        .await?;
-                    }
-                }
-            }
-        }
-        Ok(sent)
-    }
-
-    async fn send(&self, report: &PendingReport) -> Sent {
-        let url = format!("{}{}", self.api_url.trim_end_matches('/'), report.path);
-        let result = self
-            .client
-            .post(&url)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(report.body.clone())
-            .send()
-            .await;
-        match result {
-            Ok(resp) if resp.status().is_success() => Sent::Ok,
-            Ok(resp) => {
-                let status = resp.status();
-                let why = format!("github answered {status}");
-                // 403 is also GitHub's rate-limit answer, so it is retried with the server errors.
-                if status.is_server_error() || matches!(status.as_u16(), 403 | 408 | 429) {
-                    Sent::Retry(why)
-                } else {
-                    Sent::Permanent(why)
-                }
-            }
-            Err(e) => Sent::Retry(format!("request failed: {}", error_chain(&e))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_for_push_and_command() {
+    fn command_jobs_get_a_quoted_comment_and_cancel_jobs_none() {
         let mut job = DispatchJob {
             id: "j".into(),
             repository_name: "o/r".into(),
@@ -384,45 +257,25 @@ mod tests {
             sha: "abc123".into(),
             ..DispatchJob::default()
         };
-        let fin = |job: &DispatchJob| FinishedJob {
-            job: job.clone(),
-            status_context: "dispatch/build".into(),
-        };
-        let r = reports_for(&fin(&job), "failed", "");
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].0, "/repos/o/r/statuses/abc123");
-        let body: serde_json::Value = serde_json::from_str(&r[0].1).unwrap();
-        assert_eq!(body["state"], "failure");
-        assert_eq!(body["description"], "build: failed");
-        job.sha.clear();
+        let fin = |job: &DispatchJob| FinishedJob::unrun(job.clone(), "dispatch/build".into(), 0);
+        assert_eq!(command_comment(&fin(&job), "failed", ""), None);
         job.command = "build".into();
         job.issue_number = 4;
-        let r = reports_for(&fin(&job), "succeeded", "@dispatch build\nall good");
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].0, "/repos/o/r/issues/4/comments");
-        let body: serde_json::Value = serde_json::from_str(&r[0].1).unwrap();
+        let (path, body) =
+            command_comment(&fin(&job), "succeeded", "@dispatch build\nall good").unwrap();
+        assert_eq!(path, "/repos/o/r/issues/4/comments");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         let text = body["body"].as_str().unwrap();
         assert!(text.contains("> @dispatch build\n> all good"), "{text}");
         assert_eq!(crate::matching::parse_command(text, "@dispatch"), None);
+        job.command = "Cancel".into();
+        assert_eq!(
+            command_comment(&fin(&job), "succeeded", "Cancelled 1 run(s)."),
+            None
+        );
+        job.command = "build".into();
         job.repository_name = "o/../x".into();
-        assert!(reports_for(&fin(&job), "succeeded", "").is_empty());
-    }
-
-    #[test]
-    fn a_cancel_jobs_finish_reports_nothing() {
-        let job = DispatchJob {
-            id: "c".into(),
-            repository_name: "o/r".into(),
-            sha: "abc123".into(),
-            command: "Cancel".into(),
-            issue_number: 4,
-            ..DispatchJob::default()
-        };
-        let fin = FinishedJob {
-            job,
-            status_context: String::new(),
-        };
-        assert!(reports_for(&fin, "succeeded", "Cancelled 1 run(s).").is_empty());
+        assert_eq!(command_comment(&fin(&job), "succeeded", ""), None);
     }
 
     #[test]

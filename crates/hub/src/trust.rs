@@ -91,6 +91,8 @@ pub(crate) struct CancelCommand {
     pub number: i64,
     /// Who asked.
     pub login: String,
+    /// Only this job of the pull request or issue (the "Cancel" button of its check run).
+    pub only_job: Option<String>,
 }
 
 /// `<mention> approve` from a commenter allowed by at least one binding that takes approvals.
@@ -360,6 +362,7 @@ fn decide_cancel(
             repository: f.repository_name.clone(),
             number,
             login: login.to_owned(),
+            only_job: None,
         })),
         held: None,
     }

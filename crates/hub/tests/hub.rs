@@ -899,7 +899,7 @@ async fn health_and_metrics() {
 
 mod reporting {
     use super::*;
-    use wiremock::matchers::{body_json, header, method, path};
+    use wiremock::matchers::{body_json, body_partial_json, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     /// Where the report of a job made from [`PUSH`] goes: a commit status on the pushed SHA.
@@ -946,7 +946,7 @@ mod reporting {
             .and(path(PUSH_STATUS))
             .and(header("authorization", "Bearer gh-token"))
             .and(header("accept", "application/vnd.github+json"))
-            .and(body_json(json!({
+            .and(body_partial_json(json!({
                 "state": "failure",
                 "context": "ci/build",
                 "description": "é".repeat(140),
@@ -955,15 +955,25 @@ mod reporting {
             .expect(1)
             .mount(&gh)
             .await;
+        // The `pending` statuses before it (tests/hub/github.rs checks those).
+        Mock::given(method("POST"))
+            .and(body_partial_json(json!({"state": "pending"})))
+            .respond_with(ResponseTemplate::new(201))
+            .mount(&gh)
+            .await;
         let mut b = build(Trigger::Auto);
         b.check_name = "ci/build".into();
         let hub = hub_with_github(&gh, vec![b]).await;
         run_job(&hub, "push", "r1", fixture(PUSH), "failed", &summary).await;
+        let is_final = |r: &wiremock::Request| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["state"] == "failure"
+        };
         eventually("the commit status", || async {
-            gh.received_requests().await.unwrap().len() == 1
+            gh.received_requests().await.unwrap().iter().any(is_final)
         })
         .await;
-        let req = &gh.received_requests().await.unwrap()[0];
+        let reqs = gh.received_requests().await.unwrap();
+        let req = reqs.iter().find(|r| is_final(r)).unwrap();
         assert!(req
             .headers
             .get("user-agent")
@@ -971,7 +981,9 @@ mod reporting {
             .to_str()
             .unwrap()
             .starts_with("dispatch-hub/"));
-        hub.wait_for_metric(ONE_SENT).await;
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert!(body["target_url"].as_str().unwrap().contains("/jobs/"));
+        assert_eq!(req.url.path(), PUSH_STATUS);
         gh.verify().await;
     }
 
@@ -1031,7 +1043,7 @@ mod reporting {
         drop(down);
         Mock::given(method("POST"))
             .and(path(PUSH_STATUS))
-            .and(body_json(json!({"state": "success", "context": "dispatch/build", "description": "build: succeeded"})))
+            .and(body_partial_json(json!({"state": "success", "context": "dispatch/build", "description": "build: succeeded"})))
             .respond_with(ResponseTemplate::new(201))
             .expect(1)
             .mount(&gh)
@@ -1370,3 +1382,6 @@ mod storage;
 
 #[path = "hub/trust.rs"]
 mod trust;
+
+#[path = "hub/github.rs"]
+mod github;

@@ -21,6 +21,7 @@ pub(crate) enum CallError {
     Permanent(String),
 }
 
+#[cfg(test)]
 impl CallError {
     /// The reason, for logs and the report's `last_error`.
     pub fn reason(&self) -> &str {

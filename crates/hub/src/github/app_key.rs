@@ -63,6 +63,7 @@ impl AppKey {
     }
 
     /// The App's id (`iss` of its tokens).
+    #[cfg(test)]
     pub fn app_id(&self) -> u64 {
         self.app_id
     }

@@ -1,5 +1,5 @@
 //! The second half of the manifest flow: GitHub sends the browser back to the hub with a one-time
-//! code ([`created_page`] says what to do with it), and `hub github-app convert` trades the code
+//! code (`created_page` says what to do with it), and `hub github-app convert` trades the code
 //! for the new App's id, private key and webhook secret ([`convert`]) and writes the key
 //! ([`write_key_file`]).
 

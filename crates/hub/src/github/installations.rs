@@ -69,11 +69,6 @@ impl Installations {
         }
     }
 
-    /// The App's id.
-    pub fn app_id(&self) -> u64 {
-        self.key.app_id()
-    }
-
     fn app_token(&self) -> Result<Secret, CallError> {
         let now = (self.clock)();
         self.key

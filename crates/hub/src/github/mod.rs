@@ -1,17 +1,14 @@
-//! Talking to GitHub as a GitHub App: the app's signed token ([`app_key`]), installation access
-//! tokens ([`installations`]), one HTTP call with either kind of credentials and GitHub's answers
-//! sorted into retry / rate limit / give up ([`client`], [`rate_limit`]), the check-run request
-//! bodies ([`checks`]) and the App manifest that creates the App in one step ([`manifest`]).
+//! Talking to GitHub as a GitHub App: the app's signed token (`app_key`), installation access
+//! tokens (`installations`), one HTTP call with either kind of credentials and GitHub's answers
+//! sorted into retry / rate limit / give up (`client`, `rate_limit`), the check-run request
+//! bodies (`checks`) and the App manifest that creates the App in one step ([`manifest`]).
 //!
-//! What is reported when, and the durable queue that sends it, live in `report`; this module knows
-//! nothing about the store. `docs/github-app.md` is the user's side of it.
+//! What is reported when is `lifecycle`, and the durable queue that sends it `reporter`; this
+//! module knows nothing about the store. `docs/github-app.md` is the user's side of it.
 //!
-//! Secrets (the private key, app tokens, installation tokens) travel as [`Secret`] or inside
-//! [`app_key::AppKey`], which shows none of them; no error here carries a response body, a token
+//! Secrets (the private key, app tokens, installation tokens) travel as `Secret` or inside
+//! `app_key::AppKey`, which shows none of them; no error here carries a response body, a token
 //! or the key file's content.
-
-// The reporter starts using these in the next step; this allow goes with it.
-#![allow(dead_code)]
 
 pub(crate) mod answer;
 pub(crate) mod app_key;
@@ -24,9 +21,6 @@ pub(crate) mod rate_limit;
 pub(crate) mod time;
 
 use std::path::PathBuf;
-
-#[cfg(doc)]
-use dispatch_protocol::Secret;
 
 /// What can go wrong with the GitHub App's own credentials.
 #[derive(Debug, thiserror::Error)]

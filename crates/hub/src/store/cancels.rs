@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
 use super::jobs::{self, decode_job, Caller, Delivery, DeliveryOutcome, RawDelivery, Reports};
-use super::reports;
+use super::reports::{self, NoReports};
 use super::state::JobState;
 use super::writer::Durability;
 use super::Store;
@@ -59,7 +59,14 @@ struct Active {
 
 /// Active (not finished) jobs of `repository` whose pull request or issue number is `number`,
 /// oldest first; cancel jobs included.
-fn active_jobs(tx: &Connection, repository: &str, number: i64) -> Result<Vec<Active>, HubError> {
+/// With `only_job`, that job alone, if it is active and of `repository` (a job without a number
+/// is cancelled by id: the numbers of its record may be left out).
+fn active_jobs(
+    tx: &Connection,
+    repository: &str,
+    number: i64,
+    only_job: Option<&str>,
+) -> Result<Vec<Active>, HubError> {
     let mut stmt = tx
         .prepare_cached(
             "SELECT id, state, claimed_license, claimed_by, target_license, target_server_id,
@@ -67,8 +74,10 @@ fn active_jobs(tx: &Connection, repository: &str, number: i64) -> Result<Vec<Act
              FROM jobs
              WHERE state IN (?1, ?2, ?3)
                AND lower(json_extract(job_json, '$.repository_name')) = ?4
-               AND (json_extract(job_json, '$.pull_request_number') = ?5
-                    OR json_extract(job_json, '$.issue_number') = ?5)
+               AND CASE WHEN ?6 IS NULL
+                        THEN json_extract(job_json, '$.pull_request_number') = ?5
+                             OR json_extract(job_json, '$.issue_number') = ?5
+                        ELSE id = ?6 END
              ORDER BY seq",
         )
         .map_err(HubError::store("find the jobs to cancel"))?;
@@ -79,7 +88,8 @@ fn active_jobs(tx: &Connection, repository: &str, number: i64) -> Result<Vec<Act
                 JobState::Claimed,
                 JobState::Accepted,
                 repository.to_lowercase(),
-                number
+                number,
+                only_job
             ],
             |r| {
                 Ok((
@@ -130,7 +140,7 @@ fn cancel_queued_for(
     repository: &str,
     number: i64,
 ) -> Result<bool, HubError> {
-    Ok(active_jobs(tx, repository, number)?.iter().any(|a| {
+    Ok(active_jobs(tx, repository, number, None)?.iter().any(|a| {
         a.state == JobState::Queued
             && is_cancel_command(&a.job.command)
             && a.target_server_id == server_id
@@ -158,13 +168,17 @@ fn create_cancel_job(
         status_context: String::new(),
     };
     // A cancel job is never reported on: its command was answered when it came.
-    let no_reports: Reports = Arc::new(|_, _, _| Vec::new());
+    let no_reports: Reports = Arc::new(NoReports);
     jobs::insert_job(tx, &new_job, delivery_id, raw, now_ms, &no_reports, tally)?;
     jobs::insert_payload(tx, delivery_id, raw)?;
     Ok(new_job.job.id)
 }
 
-fn machine_name(tx: &Connection, license_id: &str, server_id: &str) -> Result<String, HubError> {
+pub(super) fn machine_name(
+    tx: &Connection,
+    license_id: &str,
+    server_id: &str,
+) -> Result<String, HubError> {
     let name: Option<String> = tx
         .query_row(
             "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
@@ -197,7 +211,7 @@ fn cancel(
     let mut outcome = CancelOutcome::default();
     let mut servers: Vec<(String, String)> = Vec::new();
     let summary = format!("cancelled by @{} before a scheduler took it", cmd.login);
-    for active in active_jobs(tx, &cmd.repository, cmd.number)? {
+    for active in active_jobs(tx, &cmd.repository, cmd.number, cmd.only_job.as_deref())? {
         if is_cancel_command(&active.job.command) {
             continue;
         }
@@ -216,13 +230,9 @@ fn cancel(
                 // comment answering the cancel names the dropped jobs.
                 let mut job = active.job.clone();
                 job.command.clear();
-                let finished = jobs::FinishedJob {
-                    job,
-                    status_context: active.status_context.clone(),
-                };
-                for (path, body) in reports(&finished, ABORTED, &summary) {
-                    reports::queue(tx, &active.id, &path, &body, now_ms)?;
-                }
+                let finished = jobs::FinishedJob::unrun(job, active.status_context.clone(), now_ms);
+                let calls = reports.finished(&finished, ABORTED, &summary);
+                reports::queue_final(tx, &active.id, calls, now_ms)?;
                 outcome.dropped.push(active.job.dag_name);
             }
             JobState::Claimed => {

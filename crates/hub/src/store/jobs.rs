@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::cancels;
 use super::gauges::Tally;
-use super::reports;
+use super::reports::{self, AcceptedJob, ReportsFor};
 use super::state::JobState;
 use crate::error::HubError;
 use crate::matching::NewJob;
@@ -29,6 +29,7 @@ pub(crate) const MAX_JOB_ANSWER_BYTES: usize = 1024 * 1024;
 const REJECTED: &str = "rejected";
 
 /// The raw delivery all jobs of one webhook share, stored once (in `payloads`) byte for byte.
+#[derive(Clone)]
 pub(crate) struct RawDelivery {
     /// The body (outer whitespace trimmed: a JSON value cannot carry it).
     pub payload: String,
@@ -67,12 +68,28 @@ pub(crate) struct Caller<'a> {
 pub(crate) struct FinishedJob {
     pub job: DispatchJob,
     pub status_context: String,
+    /// The machine that ran it (empty when no scheduler accepted it).
+    pub machine: String,
+    /// When a scheduler accepted it, if one did.
+    pub started_ms: Option<i64>,
+    pub finished_ms: i64,
 }
 
-/// Builds the GitHub calls (path, JSON body) for a job the hub finishes itself, from the job, its
-/// result status and its summary (none when the hub does not report to GitHub).
-pub(crate) type Reports =
-    Arc<dyn Fn(&FinishedJob, &str, &str) -> Vec<(String, String)> + Send + Sync>;
+impl FinishedJob {
+    /// A job the hub finishes itself, no scheduler having run it.
+    pub fn unrun(job: DispatchJob, status_context: String, finished_ms: i64) -> FinishedJob {
+        FinishedJob {
+            job,
+            status_context,
+            machine: String::new(),
+            started_ms: None,
+            finished_ms,
+        }
+    }
+}
+
+/// Builds the GitHub reports of a job's steps (none when the hub does not report to GitHub).
+pub(crate) type Reports = Arc<dyn ReportsFor>;
 
 /// A delivery as the store records it: its id, event, raw body and headers, and how the trust
 /// gate took it.
@@ -237,13 +254,11 @@ pub(super) fn insert_job(
     .map_err(HubError::store("insert a job"))?;
     tally.added(state, 1);
     if state == JobState::Finished {
-        let finished = FinishedJob {
-            job: j.job.clone(),
-            status_context: j.status_context.clone(),
-        };
-        for (path, body) in reports(&finished, result_status, &result_summary) {
-            reports::queue(tx, &j.job.id, &path, &body, now_ms)?;
-        }
+        let finished = FinishedJob::unrun(j.job.clone(), j.status_context.clone(), now_ms);
+        let calls = reports.finished(&finished, result_status, &result_summary);
+        reports::queue_final(tx, &j.job.id, calls, now_ms)?;
+    } else {
+        reports::queue_pending(tx, &j.job.id, reports.stored(j), now_ms)?;
     }
     Ok(state)
 }
@@ -254,8 +269,22 @@ pub(super) fn insert_job(
 pub(super) fn expire_claims(
     conn: &Connection,
     now_ms: i64,
+    reports: &Reports,
     tally: &mut Tally,
 ) -> Result<usize, HubError> {
+    // Read first: each job rejected here is reported like any finish.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, status_context, job_json FROM jobs
+             WHERE state = ?1 AND lease_expires_ms <= ?2 AND claims >= ?3",
+        )
+        .map_err(HubError::store("find jobs nobody accepts"))?;
+    let giving_up: Vec<(String, String, String)> = stmt
+        .query_map(params![JobState::Claimed, now_ms, MAX_CLAIMS], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(HubError::store("find jobs nobody accepts"))?;
     let rejected = conn
         .execute(
             "UPDATE jobs SET state = ?1, result_status = ?5,
@@ -266,6 +295,12 @@ pub(super) fn expire_claims(
         )
         .map_err(HubError::store("reject jobs nobody accepts"))?;
     tally.moved(JobState::Claimed, JobState::Finished, rejected);
+    for (id, status_context, job_json) in giving_up {
+        let summary = format!("not accepted by any scheduler within its lease, {MAX_CLAIMS} times");
+        let finished = FinishedJob::unrun(decode_job(&job_json)?, status_context, now_ms);
+        let calls = reports.finished(&finished, REJECTED, &summary);
+        reports::queue_final(conn, &id, calls, now_ms)?;
+    }
     if rejected > 0 {
         tracing::warn!(
             jobs = rejected,
@@ -292,9 +327,10 @@ pub(super) fn claim_next(
     server_id: &str,
     now_ms: i64,
     lease_ms: i64,
+    reports: &Reports,
     tally: &mut Tally,
 ) -> Result<Option<DispatchJob>, HubError> {
-    expire_claims(tx, now_ms, tally)?;
+    expire_claims(tx, now_ms, reports, tally)?;
     let row: Option<(i64, String, Option<String>, Option<String>)> = tx
         .query_row(
             "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
@@ -364,6 +400,7 @@ pub(super) fn accept(
     caller: Caller<'_>,
     dag_run_id: &str,
     now_ms: i64,
+    reports: &Reports,
     tally: &mut Tally,
 ) -> Result<Transition, HubError> {
     let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
@@ -394,6 +431,13 @@ pub(super) fn accept(
         )
         .map_err(HubError::store("accept a job"))?;
         tally.moved(row.state, JobState::Accepted, 1);
+        let accepted = AcceptedJob {
+            job: decode_job(&row.job_json)?,
+            status_context: row.status_context.clone(),
+            machine: cancels::machine_name(tx, caller.license_id, caller.server_id)?,
+            accepted_ms: now_ms,
+        };
+        reports::queue_pending(tx, job_id, reports.accepted(&accepted), now_ms)?;
         // A cancel that came while the job was only claimed reaches this server now that the
         // run is tracked there.
         cancels::on_accept(tx, job_id, caller, now_ms, tally)?;
@@ -448,10 +492,11 @@ pub(super) fn finish(
     let finished = FinishedJob {
         job: decode_job(&row.job_json)?,
         status_context: row.status_context,
+        machine: cancels::machine_name(tx, caller.license_id, caller.server_id)?,
+        started_ms: (row.state == JobState::Accepted).then_some(row.updated_ms),
+        finished_ms: now_ms,
     };
-    for (path, body) in reports_for(&finished) {
-        reports::queue(tx, job_id, &path, &body, now_ms)?;
-    }
+    reports::queue_final(tx, job_id, reports_for(&finished), now_ms)?;
     Ok(Transition::Done)
 }
 
@@ -490,6 +535,7 @@ struct JobRow {
     result_status: String,
     status_context: String,
     job_json: String,
+    updated_ms: i64,
 }
 
 impl JobRow {
@@ -501,7 +547,8 @@ impl JobRow {
         license_id: &str,
     ) -> Result<Option<JobRow>, HubError> {
         let row = conn.query_row(
-            "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json
+            "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json,
+                    updated_ms
              FROM jobs WHERE id = ?1",
             [job_id],
             |r| {
@@ -513,6 +560,7 @@ impl JobRow {
                     result_status: r.get(4)?,
                     status_context: r.get(5)?,
                     job_json: r.get(6)?,
+                    updated_ms: r.get(7)?,
                 })
             },
         )

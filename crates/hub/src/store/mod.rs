@@ -21,6 +21,7 @@
 mod activations;
 mod approvals;
 mod cancels;
+mod check_runs;
 mod gauges;
 mod integrity;
 mod jobs;
@@ -46,10 +47,11 @@ pub use activations::ServerInfo;
 pub(crate) use activations::{Activated, Activation, StoredActivation};
 pub(crate) use approvals::{Approval, HeldEvent};
 pub(crate) use cancels::CancelOutcome;
+pub(crate) use check_runs::Rerun;
 #[cfg(test)]
 use jobs::DeliveryOutcome;
 pub(crate) use jobs::{Caller, Delivery, FinishedJob, RawDelivery, Reports, Transition};
-pub(crate) use reports::PendingReport;
+pub(crate) use reports::{AcceptedJob, NewReport, NoReports, PendingReport, ReportsFor};
 pub(crate) use state::JobState;
 
 /// File name of the SQLite database under the data directory.
@@ -79,6 +81,9 @@ pub(crate) struct Store {
     reader: Mutex<Connection>,
     gauges: JobGauges,
     seen: activations::Seen,
+    /// Builds the GitHub reports of the steps the store takes on its own (accept, a claim given
+    /// up after too many tries); nothing until [`Store::report_with`].
+    reports: Mutex<Reports>,
 }
 
 impl Store {
@@ -107,7 +112,20 @@ impl Store {
             reader: Mutex::new(reader),
             gauges,
             seen: activations::Seen::default(),
+            reports: Mutex::new(Arc::new(NoReports)),
         })
+    }
+
+    /// Reports the steps the store takes on its own through `reports` from now on.
+    pub fn report_with(&self, reports: Reports) {
+        *self.reports.lock().unwrap_or_else(|p| p.into_inner()) = reports;
+    }
+
+    fn reports(&self) -> Reports {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs `f` in the writer's next group commit and waits until it is durable.
@@ -158,15 +176,15 @@ impl Store {
             outcome: crate::trust::Outcome::Accepted,
             reason: String::new(),
         };
-        let no_reports: Reports = Arc::new(|_, _, _| Vec::new());
-        self.record_gated(delivery, jobs, None, now_ms, no_reports)
+        self.record_gated(delivery, jobs, None, now_ms, Arc::new(NoReports))
     }
 
     /// Puts claims whose lease ran out back in the queue (or finishes them as `rejected` after
     /// [`jobs::MAX_CLAIMS`]); returns how many jobs changed.
     pub fn requeue_expired(&self, now_ms: i64) -> Result<usize, HubError> {
+        let reports = self.reports();
         self.write_counted(Durability::Revocable, move |conn, tally| {
-            jobs::expire_claims(conn, now_ms, tally)
+            jobs::expire_claims(conn, now_ms, &reports, tally)
         })
     }
 
@@ -185,8 +203,17 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Option<DispatchJob>, HubError> {
         let (license_id, server_id) = (license_id.to_owned(), server_id.to_owned());
+        let reports = self.reports();
         self.write_counted(Durability::Revocable, move |tx, tally| {
-            jobs::claim_next(tx, &license_id, &server_id, now_ms, lease_ms, tally)
+            jobs::claim_next(
+                tx,
+                &license_id,
+                &server_id,
+                now_ms,
+                lease_ms,
+                &reports,
+                tally,
+            )
         })
     }
 
@@ -215,12 +242,13 @@ impl Store {
             caller.server_id.to_owned(),
             dag_run_id.to_owned(),
         );
+        let reports = self.reports();
         self.write_counted(Durability::Full, move |tx, tally| {
             let caller = Caller {
                 license_id: &license_id,
                 server_id: &server_id,
             };
-            jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms, tally)
+            jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms, &reports, tally)
         })
     }
 

@@ -1,8 +1,85 @@
-//! The `reports` table: GitHub API calls queued by finish and sent later by the reporter.
+//! The `reports` table: GitHub API calls queued with the change they report (a job stored,
+//! accepted or finished) and sent later by the reporter.
+//!
+//! Ordered per job: only the oldest report of a job is ever due, so a job's completion can never
+//! overtake its earlier updates. A report marked `supersedable` (a `pending` status, a check run
+//! still `queued` or `in_progress`) that is still unsent when the job finishes is dropped: the
+//! final report says everything it would have.
 
+use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection};
 
+use super::jobs::FinishedJob;
+use super::Store;
 use crate::error::HubError;
+use crate::matching::NewJob;
+
+/// A report about to be queued with the change it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewReport {
+    /// Path under the API base URL, e.g. `/repos/o/r/statuses/<sha>`.
+    pub path: String,
+    /// JSON body.
+    pub body: String,
+    /// Dropped when still unsent as the job finishes.
+    pub supersedable: bool,
+}
+
+/// A job a scheduler has just accepted, as its report sees it.
+pub(crate) struct AcceptedJob {
+    pub job: DispatchJob,
+    pub status_context: String,
+    /// The accepting server's machine name (its server id when it gave none).
+    pub machine: String,
+    pub accepted_ms: i64,
+}
+
+/// Builds the GitHub calls for each step of a job's life; the store queues them in the same
+/// transaction as the step. Statuses or check runs, or nothing, as the hub is configured.
+pub(crate) trait ReportsFor: Send + Sync {
+    /// A job stored `queued`.
+    fn stored(&self, _job: &NewJob) -> Vec<NewReport> {
+        Vec::new()
+    }
+
+    /// A job a scheduler accepted.
+    fn accepted(&self, _job: &AcceptedJob) -> Vec<NewReport> {
+        Vec::new()
+    }
+
+    /// A finished job: (path, body) calls, queued after the job's earlier reports and replacing
+    /// those still unsent that are supersedable.
+    fn finished(
+        &self,
+        job: &FinishedJob,
+        result_status: &str,
+        summary: &str,
+    ) -> Vec<(String, String)>;
+}
+
+/// Plain functions of a finished job report only the finish.
+impl<F> ReportsFor for F
+where
+    F: Fn(&FinishedJob, &str, &str) -> Vec<(String, String)> + Send + Sync,
+{
+    fn finished(
+        &self,
+        job: &FinishedJob,
+        result_status: &str,
+        summary: &str,
+    ) -> Vec<(String, String)> {
+        self(job, result_status, summary)
+    }
+}
+
+/// Reports nothing.
+pub(crate) struct NoReports;
+
+impl ReportsFor for NoReports {
+    fn finished(&self, _: &FinishedJob, _: &str, _: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
 
 /// A GitHub API call waiting to be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +91,17 @@ pub(crate) struct PendingReport {
     /// JSON body.
     pub body: String,
     pub attempts: i64,
+}
+
+/// The schema step that lets a job's final report replace its unsent pending ones (see
+/// `schema.rs`). Rows from the previous release are final reports.
+pub(super) fn supersedable_column(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE reports ADD COLUMN supersedable INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS reports_by_job ON reports(job_id);
+",
+    )
 }
 
 /// Queues one call, due at once.
@@ -32,17 +120,80 @@ pub(super) fn queue(
     Ok(())
 }
 
-/// Reports due at `now_ms`, oldest first.
+/// Queues one report, due at once (after the job's earlier ones).
+pub(super) fn queue_report(
+    conn: &Connection,
+    job_id: &str,
+    report: &NewReport,
+    now_ms: i64,
+) -> Result<(), HubError> {
+    conn.execute(
+        "INSERT INTO reports (job_id, path, body, supersedable, next_attempt_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            job_id,
+            report.path,
+            report.body,
+            report.supersedable,
+            now_ms
+        ],
+    )
+    .map_err(HubError::store("queue a report"))?;
+    Ok(())
+}
+
+/// Queues the reports of a step before the job's end (stored, accepted).
+pub(super) fn queue_pending(
+    conn: &Connection,
+    job_id: &str,
+    reports: Vec<NewReport>,
+    now_ms: i64,
+) -> Result<(), HubError> {
+    for report in reports {
+        queue_report(conn, job_id, &report, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Queues the calls that report a job's end, dropping its pending reports still unsent.
+pub(super) fn queue_final(
+    conn: &Connection,
+    job_id: &str,
+    calls: Vec<(String, String)>,
+    now_ms: i64,
+) -> Result<(), HubError> {
+    drop_superseded(conn, job_id)?;
+    for (path, body) in calls {
+        queue(conn, job_id, &path, &body, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Drops the job's unsent supersedable reports; called as its final report is queued.
+pub(super) fn drop_superseded(conn: &Connection, job_id: &str) -> Result<usize, HubError> {
+    conn.execute(
+        "DELETE FROM reports WHERE job_id = ?1 AND supersedable = 1",
+        [job_id],
+    )
+    .map_err(HubError::store("drop superseded reports"))
+}
+
+/// Only the oldest report of each job is ever due.
+const HEAD_OF_JOB: &str =
+    "NOT EXISTS (SELECT 1 FROM reports e WHERE e.job_id = r.job_id AND e.id < r.id)";
+
+/// Reports due at `now_ms`, oldest first, at most one per job.
 pub(super) fn due(
     conn: &Connection,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<PendingReport>, HubError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, job_id, path, body, attempts FROM reports
-             WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT id, job_id, path, body, attempts FROM reports r
+             WHERE next_attempt_ms <= ?1 AND {HEAD_OF_JOB}
+             ORDER BY next_attempt_ms, id LIMIT ?2"
+        ))
         .map_err(HubError::store("select due reports"))?;
     let rows = stmt
         .query_map(params![now_ms, limit], |r| {
@@ -59,10 +210,15 @@ pub(super) fn due(
         .map_err(HubError::store("read due reports"))
 }
 
-/// When the next report is due, if any.
+/// When the next report is due, if any (reports waiting behind an earlier one of their job do
+/// not count: they become due when it is gone).
 pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, HubError> {
-    conn.query_row("SELECT MIN(next_attempt_ms) FROM reports", [], |r| r.get(0))
-        .map_err(HubError::store("find the next report"))
+    conn.query_row(
+        &format!("SELECT MIN(next_attempt_ms) FROM reports r WHERE {HEAD_OF_JOB}"),
+        [],
+        |r| r.get(0),
+    )
+    .map_err(HubError::store("find the next report"))
 }
 
 pub(super) fn delete(conn: &Connection, id: i64) -> Result<(), HubError> {
@@ -84,4 +240,94 @@ pub(super) fn reschedule(
     )
     .map_err(HubError::store("reschedule a report"))?;
     Ok(())
+}
+
+/// Puts a report off until `until_ms` without counting an attempt: GitHub asked to wait (a rate
+/// limit), nothing failed.
+pub(super) fn defer(
+    conn: &Connection,
+    id: i64,
+    until_ms: i64,
+    error: &str,
+) -> Result<(), HubError> {
+    conn.execute(
+        "UPDATE reports SET next_attempt_ms = MAX(next_attempt_ms, ?1), last_error = ?2
+         WHERE id = ?3",
+        params![until_ms, error, id],
+    )
+    .map_err(HubError::store("put off a report"))?;
+    Ok(())
+}
+
+impl Store {
+    /// Puts report `id` off until `until_ms` without counting an attempt.
+    pub fn defer_report(&self, id: i64, until_ms: i64, error: &str) -> Result<(), HubError> {
+        let error = error.to_owned();
+        self.write(move |conn| defer(conn, id, until_ms, &error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reports (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, path TEXT NOT NULL,
+                body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_ms INTEGER NOT NULL, last_error TEXT NOT NULL DEFAULT '');",
+        )
+        .unwrap();
+        supersedable_column(&conn).unwrap();
+        conn
+    }
+
+    fn pending(path: &str) -> NewReport {
+        NewReport {
+            path: path.into(),
+            body: "{}".into(),
+            supersedable: true,
+        }
+    }
+
+    fn due_paths(conn: &Connection, now: i64) -> Vec<String> {
+        due(conn, now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.path)
+            .collect()
+    }
+
+    #[test]
+    fn one_report_per_job_is_due_in_order_and_finals_drop_pending_ones() {
+        let conn = table();
+        queue_report(&conn, "a", &pending("a-queued"), 0).unwrap();
+        queue_report(&conn, "a", &pending("a-running"), 0).unwrap();
+        queue_report(&conn, "b", &pending("b-queued"), 0).unwrap();
+        assert_eq!(due_paths(&conn, 0), ["a-queued", "b-queued"]);
+        // A retried head holds its job's later reports back, and the wait counts for both.
+        let head = due(&conn, 0, 10).unwrap()[0].id;
+        reschedule(&conn, head, 1, 500, "boom").unwrap();
+        assert_eq!(due_paths(&conn, 0), ["b-queued"]);
+        delete(&conn, due(&conn, 0, 10).unwrap()[0].id).unwrap();
+        assert_eq!(next_due(&conn).unwrap(), Some(500));
+        assert_eq!(drop_superseded(&conn, "a").unwrap(), 2);
+        queue(&conn, "a", "a-final", "{}", 600).unwrap();
+        assert_eq!(due_paths(&conn, 600), ["a-final"]);
+        // A final report is never dropped by a later one.
+        assert_eq!(drop_superseded(&conn, "a").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_deferred_report_counts_no_attempt() {
+        let conn = table();
+        queue_report(&conn, "a", &pending("a"), 0).unwrap();
+        let id = due(&conn, 0, 10).unwrap()[0].id;
+        defer(&conn, id, 1_000, "limited").unwrap();
+        assert!(due_paths(&conn, 999).is_empty());
+        let r = &due(&conn, 1_000, 10).unwrap()[0];
+        assert_eq!(r.attempts, 0, "a rate limit is not a failed attempt");
+    }
 }

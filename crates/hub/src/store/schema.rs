@@ -51,6 +51,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: trust_and_cancel_routing,
         outside_transaction: false,
     },
+    Step {
+        name: "report each job's life: supersedable reports, GitHub check run ids",
+        apply: job_lifecycle_reports,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this
@@ -248,6 +253,13 @@ CREATE TABLE pending_cancels (
 );
 ",
     )
+}
+
+/// Pending reports a job's final one replaces, and the check run each job has on GitHub
+/// (`docs/github-app.md`).
+fn job_lifecycle_reports(conn: &Connection) -> rusqlite::Result<()> {
+    super::reports::supersedable_column(conn)?;
+    super::check_runs::create_table(conn)
 }
 
 #[cfg(test)]

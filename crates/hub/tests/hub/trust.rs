@@ -511,8 +511,9 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
     )
     .await;
 
-    // One answer per approve command of an allowed commenter; none for the outsider.
-    reports_sent(&hub, 4).await;
+    // One answer per approve command of an allowed commenter; none for the outsider. (And the
+    // `pending` "queued" status of each of the three jobs dispatched.)
+    reports_sent(&hub, 7).await;
     assert_eq!(
         comments(&gh, 2).await,
         [
