@@ -17,7 +17,7 @@ fn demo_exits_0_with_every_job_as_expected() {
         "lint           failed     failed ok",
         "release        succeeded  succeeded ok",
         "long           aborted    aborted ok",
-        "cancel (long)  succeeded  succeeded ok",
+        "cancel (long)  answered   answered ok",
     ] {
         assert!(out.contains(row), "missing `{row}` in\n{out}");
     }

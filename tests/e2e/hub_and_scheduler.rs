@@ -129,12 +129,15 @@ license = "team"
         "{answer}"
     );
 
-    let statuses = eventually("two commit statuses", async || {
+    // Each job's `pending` statuses ("queued", "running on ...") come before its final one.
+    let statuses = eventually("two final commit statuses", async || {
         let requests = github.received_requests().await.unwrap_or_default();
         let statuses: Vec<_> = requests
             .into_iter()
             .filter(|r| {
                 r.url.path() == format!("/repos/Codertocat/Hello-World/statuses/{PUSH_SHA}")
+                    && serde_json::from_slice::<Value>(&r.body)
+                        .is_ok_and(|b| b["state"] != "pending")
             })
             .collect();
         (statuses.len() >= 2).then_some(statuses)
