@@ -75,7 +75,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/github/dispatch/{id}/accept", post(accept))
         .route("/api/v1/github/dispatch/{id}/finish", post(finish))
         .route_layer(from_fn_with_state(
-            bodies.route(API_BODY_LIMIT),
+            bodies.api(API_BODY_LIMIT),
             body::buffer,
         ));
     Router::new()
@@ -84,7 +84,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             post(webhook)
                 .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
                 .route_layer(from_fn_with_state(
-                    bodies.route(WEBHOOK_BODY_LIMIT),
+                    bodies.webhook(WEBHOOK_BODY_LIMIT),
                     body::buffer,
                 ))
                 .route_layer(from_fn_with_state(state.metrics.clone(), intake::gate)),

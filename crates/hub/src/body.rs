@@ -1,13 +1,17 @@
 //! Request bodies read in a bounded way, before a handler sees them.
 //!
-//! [`buffer`] is a route middleware: it reads the whole body within the route's size cap and the
-//! body timeout, holding a share of one [`BodyBudget`] for every byte, and hands the handler a
-//! body that is already in memory. What it refuses, it refuses with `Connection: close`: the
-//! client is cut off instead of left streaming into a connection nobody reads.
+//! [`buffer`] is a route middleware: it reads the whole body within the route's size cap, the
+//! body timeout and the minimum rate, holding a share of its route group's [`BodyBudget`] for
+//! every byte of buffer, and hands the handler a body that is already in memory. What it refuses,
+//! it refuses with `Connection: close`: the client is cut off instead of left streaming into a
+//! connection nobody reads.
 //!
-//! A declared `Content-Length` is checked (size cap, budget) before any byte of the body is read,
-//! but never trusted alone: the bytes are counted as they arrive, and a body without a length
-//! reserves its share of the budget as it grows.
+//! A declared `Content-Length` is checked before any byte of the body is read (over the cap:
+//! 413; more than the budget has left: 503), but it takes nothing from the budget: a client that
+//! declares 25 MiB and sends nothing holds nothing. The budget is charged as the buffer grows,
+//! for the buffer's exact capacity, and given back when the handler has dropped the last
+//! reference to the bytes. Webhooks and the scheduler API have separate budgets, so floods on one
+//! route group cannot turn the other away.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +23,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt as _;
+use tokio::time::Instant;
 
-use crate::limits::ServeLimits;
+use crate::limits::{ServeLimits, API_BODY_BUDGET, BODY_RATE_WINDOW, MIN_BODY_BYTES_PER_WINDOW};
 
-/// The bytes of request bodies the hub may hold at once, shared by every connection.
+/// The bytes of request bodies one route group may hold at once, shared by every connection.
 pub(crate) struct BodyBudget {
     cap: usize,
     used: Mutex<usize>,
@@ -52,9 +57,13 @@ impl BodyBudget {
     }
 
     /// Bytes held now.
-    #[cfg(test)]
     fn used(&self) -> usize {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes not held now.
+    fn free(&self) -> usize {
+        self.cap.saturating_sub(self.used())
     }
 }
 
@@ -81,33 +90,47 @@ impl Drop for Reservation {
     }
 }
 
-/// The rules every bounded route shares: one budget, one timeout.
+/// The rules bounded routes share: a budget per route group, one timeout.
 pub(crate) struct BodyRules {
-    budget: Arc<BodyBudget>,
+    webhooks: Arc<BodyBudget>,
+    api: Arc<BodyBudget>,
     timeout: Duration,
 }
 
 impl BodyRules {
     pub(crate) fn new(limits: &ServeLimits) -> Arc<BodyRules> {
         Arc::new(BodyRules {
-            budget: BodyBudget::new(limits.body_budget),
+            webhooks: BodyBudget::new(limits.body_budget),
+            api: BodyBudget::new(API_BODY_BUDGET),
             timeout: limits.body_timeout,
         })
     }
 
-    /// The state of [`buffer`] for a route whose bodies may hold at most `max` bytes.
-    pub(crate) fn route(self: &Arc<Self>, max: usize) -> Bounded {
+    /// The state of [`buffer`] for the webhook route, whose bodies may hold at most `max` bytes.
+    pub(crate) fn webhook(&self, max: usize) -> Bounded {
+        self.route(&self.webhooks, max)
+    }
+
+    /// The state of [`buffer`] for a scheduler API route, whose bodies may hold at most `max`
+    /// bytes.
+    pub(crate) fn api(&self, max: usize) -> Bounded {
+        self.route(&self.api, max)
+    }
+
+    fn route(&self, budget: &Arc<BodyBudget>, max: usize) -> Bounded {
         Bounded {
-            rules: self.clone(),
+            budget: budget.clone(),
+            timeout: self.timeout,
             max,
         }
     }
 }
 
-/// [`buffer`]'s state: the shared rules and this route's size cap.
+/// [`buffer`]'s state: the route group's budget, the timeout and this route's size cap.
 #[derive(Clone)]
 pub(crate) struct Bounded {
-    rules: Arc<BodyRules>,
+    budget: Arc<BodyBudget>,
+    timeout: Duration,
     max: usize,
 }
 
@@ -124,6 +147,8 @@ pub(crate) enum BodyRefusal {
     Busy,
     /// Not all sent within the body timeout (408).
     TimedOut,
+    /// Less than [`MIN_BODY_BYTES_PER_WINDOW`] arrived in a [`BODY_RATE_WINDOW`] (408).
+    TooSlow,
     /// The client broke the body off, or it was malformed (400).
     Broken,
 }
@@ -133,7 +158,7 @@ impl BodyRefusal {
         match self {
             BodyRefusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyRefusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            BodyRefusal::TimedOut => StatusCode::REQUEST_TIMEOUT,
+            BodyRefusal::TimedOut | BodyRefusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
             BodyRefusal::Broken => StatusCode::BAD_REQUEST,
         }
     }
@@ -147,6 +172,11 @@ impl BodyRefusal {
                 "the hub is holding as many request bodies as it may; retry shortly".to_owned()
             }
             BodyRefusal::TimedOut => "request body was not sent in time".to_owned(),
+            BodyRefusal::TooSlow => format!(
+                "request body arrived slower than {} bytes in {} seconds",
+                MIN_BODY_BYTES_PER_WINDOW,
+                BODY_RATE_WINDOW.as_secs()
+            ),
             BodyRefusal::Broken => "request body could not be read".to_owned(),
         }
     }
@@ -175,18 +205,16 @@ pub(crate) fn closing_answer(status: StatusCode, message: &str) -> Response {
     response
 }
 
-/// Route middleware: reads the body within the route's cap, the budget and the timeout, then
-/// runs the handler with the body in memory. The budget share is held until the handler is done,
-/// since the handler still holds the bytes.
+/// Route middleware: reads the body within the route's cap, the budget, the timeout and the
+/// minimum rate, then runs the handler with the body in memory. The budget share goes with the
+/// bytes: it is given back when the last reference to them is dropped (a long-poll that drops
+/// its request body does not hold its share while it waits).
 pub(crate) async fn buffer(State(route): State<Bounded>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     match read(&route, body).await {
-        Ok((bytes, reservation)) => {
-            let response = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
-            drop(reservation);
-            response
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
         Err(refusal) => {
             tracing::debug!(?refusal, path = %parts.uri.path(), "request body refused");
@@ -195,7 +223,46 @@ pub(crate) async fn buffer(State(route): State<Bounded>, request: Request, next:
     }
 }
 
-async fn read(route: &Bounded, body: Body) -> Result<(Bytes, Reservation), BodyRefusal> {
+/// The smallest buffer a body gets once its first bytes arrive (less if it declared less).
+const FIRST_CAPACITY: usize = 8 * 1024;
+
+/// A body's bytes as they arrive, in a buffer whose capacity is exactly its share of the budget.
+struct Held {
+    bytes: Vec<u8>,
+    share: Reservation,
+}
+
+impl Held {
+    /// Appends `chunk`, growing the buffer when it is full to the next power of two (so less
+    /// than twice the bytes), but never past `limit`, the declared length or the route's cap.
+    /// Growing by a factor keeps the copies few; `reserve_exact` keeps the capacity what the
+    /// budget was charged.
+    fn push(&mut self, chunk: &[u8], limit: usize) -> Result<(), BodyRefusal> {
+        let needed = self.bytes.len().saturating_add(chunk.len());
+        if needed > self.share.bytes {
+            let capacity = needed
+                .checked_next_power_of_two()
+                .unwrap_or(needed)
+                .max(FIRST_CAPACITY)
+                .min(limit)
+                .max(needed);
+            if !self.share.grow(capacity - self.share.bytes) {
+                return Err(BodyRefusal::Busy);
+            }
+            self.bytes.reserve_exact(capacity - self.bytes.len());
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+async fn read(route: &Bounded, body: Body) -> Result<Bytes, BodyRefusal> {
     let too_large = BodyRefusal::TooLarge { max: route.max };
     // hyper gives the exact size from `Content-Length` and enforces it as the framing.
     let declared = body
@@ -205,32 +272,42 @@ async fn read(route: &Bounded, body: Body) -> Result<(Bytes, Reservation), BodyR
     if declared.is_some_and(|n| n > route.max) {
         return Err(too_large);
     }
-    let mut reservation = route
-        .rules
-        .budget
-        .reserve(declared.unwrap_or(0))
-        .ok_or(BodyRefusal::Busy)?;
-    // Capacity is only address space until written, and the budget already counts it.
-    let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
-    let mut chunks = body.into_data_stream();
-    let reading = async {
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|_| BodyRefusal::Broken)?;
-            let total = bytes.len().saturating_add(chunk.len());
-            if total > route.max {
-                return Err(too_large);
-            }
-            if total > reservation.bytes && !reservation.grow(total - reservation.bytes) {
-                return Err(BodyRefusal::Busy);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(())
+    // Refused at once when it could not fit now, but nothing is taken on the client's word.
+    if declared.is_some_and(|n| n > route.budget.free()) {
+        return Err(BodyRefusal::Busy);
+    }
+    let limit = declared.unwrap_or(route.max);
+    let mut held = Held {
+        bytes: Vec::new(),
+        share: route.budget.reserve(0).ok_or(BodyRefusal::Busy)?,
     };
-    tokio::time::timeout(route.rules.timeout, reading)
-        .await
-        .map_err(|_| BodyRefusal::TimedOut)??;
-    Ok((Bytes::from(bytes), reservation))
+    let mut chunks = body.into_data_stream();
+    let started = Instant::now();
+    let give_up = started + route.timeout;
+    let mut window_ends = started + BODY_RATE_WINDOW;
+    let mut in_window = 0usize;
+    loop {
+        if Instant::now() >= window_ends {
+            if in_window < MIN_BODY_BYTES_PER_WINDOW {
+                return Err(BodyRefusal::TooSlow);
+            }
+            in_window = 0;
+            window_ends += BODY_RATE_WINDOW;
+        }
+        let next = match tokio::time::timeout_at(window_ends.min(give_up), chunks.next()).await {
+            Ok(next) => next,
+            Err(_) if Instant::now() >= give_up => return Err(BodyRefusal::TimedOut),
+            Err(_) => continue,
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|_| BodyRefusal::Broken)?;
+        if held.bytes.len().saturating_add(chunk.len()) > route.max {
+            return Err(too_large);
+        }
+        held.push(&chunk, limit)?;
+        in_window = in_window.saturating_add(chunk.len());
+    }
+    Ok(Bytes::from_owner(held))
 }
 
 #[cfg(test)]
@@ -254,13 +331,13 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
-    fn route(budget: usize, max: usize) -> Bounded {
+    fn route(budget: usize, max: usize, timeout: Duration) -> Bounded {
         BodyRules::new(&ServeLimits {
             body_budget: budget,
-            body_timeout: Duration::from_secs(5),
+            body_timeout: timeout,
             ..ServeLimits::default()
         })
-        .route(max)
+        .webhook(max)
     }
 
     fn chunked(parts: &[&'static [u8]]) -> Body {
@@ -269,21 +346,81 @@ mod tests {
         Body::from_stream(futures_util::stream::iter(chunks))
     }
 
+    /// A body that declares `len` bytes, sends `chunks`, then ends (`ends`) or stalls.
+    struct Declared {
+        len: u64,
+        chunks: std::collections::VecDeque<Bytes>,
+        ends: bool,
+    }
+
+    impl hyper::body::Body for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            match self.chunks.pop_front() {
+                Some(chunk) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk)))),
+                None if self.ends => std::task::Poll::Ready(None),
+                None => std::task::Poll::Pending,
+            }
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.len)
+        }
+    }
+
+    fn declared(len: u64, chunks: Vec<Bytes>, ends: bool) -> Body {
+        Body::new(Declared {
+            len,
+            chunks: chunks.into(),
+            ends,
+        })
+    }
+
     #[tokio::test]
-    async fn reads_what_fits_and_holds_its_share_until_dropped() {
-        let route = route(64, 10);
-        let (bytes, held) = read(&route, chunked(&[b"abc", b"defg"])).await.unwrap();
+    async fn reads_what_fits_and_holds_its_share_until_the_bytes_are_dropped() {
+        let route = route(64, 10, Duration::from_secs(30));
+        let bytes = read(&route, chunked(&[b"abc", b"defg"])).await.unwrap();
         assert_eq!(&bytes[..], b"abcdefg");
-        assert_eq!(route.rules.budget.used(), 7);
-        drop(held);
-        assert_eq!(route.rules.budget.used(), 0);
-        let (bytes, _held) = read(&route, Body::from("0123456789")).await.unwrap();
-        assert_eq!(bytes.len(), 10);
+        assert_eq!(route.budget.used(), 10, "no length: a buffer of the cap");
+        let part = bytes.slice(1..3);
+        drop(bytes);
+        assert_eq!(route.budget.used(), 10, "a slice still holds the bytes");
+        drop(part);
+        assert_eq!(route.budget.used(), 0);
+        let bytes = read(&route, Body::from("012345678")).await.unwrap();
+        assert_eq!(bytes.len(), 9);
+        assert_eq!(route.budget.used(), 9, "a declared length: exactly that");
+    }
+
+    #[tokio::test]
+    async fn the_buffer_grows_by_doubling_but_never_past_the_declared_length() {
+        let chunk = Bytes::from(vec![7u8; 5000]);
+        let route = route(1 << 20, 1 << 20, Duration::from_secs(30));
+        let bytes = read(&route, declared(50_000, vec![chunk.clone(); 10], true))
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 50_000);
+        assert_eq!(
+            route.budget.used(),
+            50_000,
+            "8, 16, 32 KiB, then exactly 50,000"
+        );
+        drop(bytes);
+        let unannounced = Body::from_stream(futures_util::stream::iter(
+            (0..10).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        ));
+        let _bytes = read(&route, unannounced).await.unwrap();
+        assert_eq!(route.budget.used(), 64 * 1024, "no length: a power of two");
     }
 
     #[tokio::test]
     async fn refuses_bodies_past_the_cap_or_the_budget() {
-        let route = route(12, 10);
+        let route = route(12, 10, Duration::from_secs(30));
         assert_eq!(
             read(&route, Body::from("01234567890")).await.err(),
             Some(BodyRefusal::TooLarge { max: 10 }),
@@ -294,7 +431,7 @@ mod tests {
             Some(BodyRefusal::TooLarge { max: 10 }),
             "counted length over the cap"
         );
-        let (_, held) = read(&route, Body::from("0123456")).await.unwrap();
+        let held = read(&route, Body::from("0123456")).await.unwrap();
         assert_eq!(
             read(&route, Body::from("01234567")).await.err(),
             Some(BodyRefusal::Busy),
@@ -303,21 +440,66 @@ mod tests {
         assert_eq!(
             read(&route, chunked(&[b"0123", b"4567"])).await.err(),
             Some(BodyRefusal::Busy),
-            "an unannounced body reserves as it grows"
+            "an unannounced body takes its share as it grows"
         );
-        assert_eq!(route.rules.budget.used(), 7, "refused reads hold nothing");
+        assert_eq!(route.budget.used(), 7, "refused reads hold nothing");
         drop(held);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_declared_length_takes_nothing_until_its_bytes_arrive() {
+        let route = route(100, 100, Duration::from_secs(30));
+        let stalled = tokio::spawn({
+            let route = route.clone();
+            async move { read(&route, declared(100, vec![], false)).await.err() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(route.budget.used(), 0);
+        let other = read(&route, Body::from(vec![b'x'; 60])).await.unwrap();
+        assert_eq!(other.len(), 60, "the whole budget was still there");
+        drop(other);
+        assert_eq!(stalled.await.unwrap(), Some(BodyRefusal::TooSlow));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out() {
-        let route = route(64, 10);
+        let route = route(64, 10, Duration::from_secs(3));
         let stalled =
             futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"ab"))])
                 .chain(futures_util::stream::pending());
         let refusal = read(&route, Body::from_stream(stalled)).await.err();
         assert_eq!(refusal, Some(BodyRefusal::TimedOut));
-        assert_eq!(route.rules.budget.used(), 0);
+        assert_eq!(route.budget.used(), 0);
+    }
+
+    /// A body of `chunks` chunks of `size` bytes, one every `every`.
+    fn dripping(size: usize, every: Duration, chunks: usize) -> Body {
+        let stream = futures_util::stream::unfold(0, move |n| async move {
+            if n == chunks {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'd'; size])),
+                n + 1,
+            ))
+        });
+        Body::from_stream(stream)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_minimum_rate_is_cut_after_a_window() {
+        let route = route(1 << 20, 1 << 20, Duration::from_secs(600));
+        let started = Instant::now();
+        let slow = read(&route, dripping(1024, Duration::from_secs(1), 100)).await;
+        assert_eq!(slow.err(), Some(BodyRefusal::TooSlow));
+        assert_eq!(started.elapsed(), BODY_RATE_WINDOW);
+        assert_eq!(route.budget.used(), 0);
+
+        // Just fast enough, for longer than several windows.
+        let per_second = MIN_BODY_BYTES_PER_WINDOW / BODY_RATE_WINDOW.as_secs() as usize;
+        let steady = read(&route, dripping(per_second, Duration::from_secs(1), 17)).await;
+        assert_eq!(steady.unwrap().len(), per_second * 17);
     }
 
     #[test]

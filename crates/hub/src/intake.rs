@@ -103,6 +103,7 @@ pub(crate) async fn gate(
             BodyRefusal::TooLarge { .. } => "too_large",
             BodyRefusal::Busy => "busy",
             BodyRefusal::TimedOut => "timeout",
+            BodyRefusal::TooSlow => "too_slow",
             BodyRefusal::Broken => "bad_request",
         };
         metrics.inc(WEBHOOKS, label);

@@ -1,5 +1,6 @@
 //! What the hub's HTTP server accepts from the network: [`ServeLimits`] (timeouts, the connection
-//! cap, the body budget) and the per-route body caps. `docs/security.md` ("Hostile traffic") says
+//! cap, the webhook body budget), the per-route body caps, the scheduler API's own budget and the
+//! minimum rate a body must arrive at. `docs/security.md` ("Hostile traffic") says
 //! why each exists and how to set it.
 
 use std::time::Duration;
@@ -16,6 +17,19 @@ pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// well under this.
 pub const API_BODY_LIMIT: usize = 1024 * 1024;
 
+/// Bytes of scheduler API bodies the hub holds at once, apart from [`ServeLimits::body_budget`]
+/// (which webhooks use), so that neither group can crowd out the other: sixteen bodies of
+/// [`API_BODY_LIMIT`], or tens of thousands of pulls.
+pub const API_BODY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Bytes a request body must bring in each [`BODY_RATE_WINDOW`], counted from when the hub starts
+/// reading it, unless it ends first: 4 KiB a second. A body that stalls is cut (408) after one
+/// window instead of holding its share of the budget for the whole body timeout.
+pub const MIN_BODY_BYTES_PER_WINDOW: usize = 5 * 4 * 1024;
+
+/// See [`MIN_BODY_BYTES_PER_WINDOW`].
+pub const BODY_RATE_WINDOW: Duration = Duration::from_secs(5);
+
 /// The header timeout may not be set above this.
 pub const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -30,7 +44,8 @@ const MIB: usize = 1024 * 1024;
 pub struct ServeLimits {
     /// Time a client has to send a request's headers, counted from when the connection opens and
     /// again from when the previous answer was written: it is also how long a keep-alive
-    /// connection may sit idle. Default 10 s, at most 30 s.
+    /// connection may sit idle, and how long an answer may wait for a client that does not read
+    /// it. Default 10 s, at most 30 s.
     pub header_timeout: Duration,
     /// Time a client has to send a whole request body, counted from when the hub starts reading
     /// it. Default 30 s, at most 10 minutes.
@@ -38,9 +53,10 @@ pub struct ServeLimits {
     /// Open connections at most. When they are all taken, a new connection is answered 503 and
     /// closed at once. Default 4,096; lowered at start when the process's file limit is smaller.
     pub max_connections: usize,
-    /// Bytes of request bodies the hub holds at once, over all connections. A request that would
-    /// go beyond it is answered 503 with `Retry-After: 1`. Default 64 MiB, at least
-    /// [`WEBHOOK_BODY_LIMIT`] so that the largest delivery GitHub sends can be taken.
+    /// Bytes of webhook bodies the hub holds at once, over all connections, counted as they
+    /// arrive. A delivery that would go beyond it is answered 503 with `Retry-After: 1`. Default
+    /// 64 MiB, at least [`WEBHOOK_BODY_LIMIT`] so that the largest delivery GitHub sends can be
+    /// taken. The scheduler API has its own budget, [`API_BODY_BUDGET`].
     pub body_budget: usize,
 }
 

@@ -2,8 +2,9 @@
 //! bounded. A connection must send its headers within the header timeout (hyper's clock also
 //! runs while a keep-alive connection waits for its next request); at most
 //! [`ServeLimits::max_connections`] are open at once, and one more is answered 503 and closed at
-//! once instead of waiting in the listen backlog. Bodies are bounded per route by
-//! [`crate::body`].
+//! once instead of waiting in the listen backlog. A connection whose peer stops reading is closed
+//! once its answer has waited the header timeout for the socket ([`write_deadline`]), and hyper's
+//! buffers for it are capped at [`BUFFER`]. Bodies are bounded per route by [`crate::body`].
 //!
 //! Shutdown is graceful: on cancellation the loop stops accepting, idle connections close, and
 //! the server ends when the requests in flight have been answered.
@@ -21,6 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::ServeLimits;
+
+mod write_deadline;
+use write_deadline::WriteDeadline;
+
+/// Cap on hyper's read and write buffers of one connection: a request head must fit (GitHub's
+/// are a few KiB), bodies stream through it. hyper's default, about 400 KiB, let a client that
+/// pipelines requests and never reads make each connection cost that much.
+const BUFFER: usize = 64 * 1024;
 
 /// File descriptors kept back from the connection cap for everything else the process opens: the
 /// store's files, the GitHub client's connections, the runtime, standard streams.
@@ -54,7 +63,8 @@ async fn serve(
 ) -> Result<(), std::io::Error> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(BUFFER);
     let http = Arc::new(http);
     let slots = Arc::new(Semaphore::new(max_connections));
     let connections = TaskTracker::new();
@@ -94,6 +104,7 @@ async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let cancel = cancel.clone();
         connections.spawn(async move {
+            let stream = WriteDeadline::new(stream, limits.header_timeout);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {

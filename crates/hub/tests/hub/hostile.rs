@@ -1,6 +1,6 @@
-//! Hostile traffic over real loopback TCP: connections that never finish their headers, more
-//! connections than the cap, unsigned uploads, bodies past the budget or sent too slowly, and the
-//! content types a delivery may come in. Waits are generous deadlines, never timed assertions.
+//! Hostile traffic over real loopback TCP: connections that never finish their headers or never
+//! read their answers, more connections than the cap, unsigned uploads, bodies past a budget,
+//! stalled or sent too slowly, and the content types a delivery may come in. Waits are generous deadlines, never timed assertions.
 
 use std::net::SocketAddr;
 
@@ -181,6 +181,63 @@ async fn connections_beyond_the_cap_are_refused_while_open_ones_still_answer() {
     .await;
 }
 
+/// A client that pipelines `GET /healthz` as fast as the hub takes them and never reads an
+/// answer, through a small receive buffer so the hub's answers back up at once. The task ends
+/// when the hub closes the connection (a write fails).
+fn pipeliner(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let requests = b"GET /healthz HTTP/1.1\r\nhost: hub\r\n\r\n".repeat(1000);
+        while stream.write_all(&requests).await.is_ok() {}
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_pipelines_and_never_reads_is_closed() {
+    let hub = TestHub::start_with(
+        vec![],
+        limits(|l| {
+            l.header_timeout = Duration::from_secs(1);
+            l.max_connections = 2;
+        }),
+    )
+    .await;
+    let addr = hub.handle().addr;
+    let stuck = [pipeliner(addr), pipeliner(addr)];
+    // Both slots are taken, then given back when the hub gives up writing to them: a fresh
+    // connection is served again while neither client has read a byte.
+    eventually("a fresh connection to be served", || async {
+        let mut fresh = Raw::connect(addr).await;
+        fresh
+            .send(b"GET /healthz HTTP/1.1\r\nhost: hub\r\nconnection: close\r\n\r\n")
+            .await;
+        fresh.closed_by_hub().await;
+        fresh.text().starts_with("HTTP/1.1 200")
+    })
+    .await;
+    for client in stuck {
+        tokio::time::timeout(PATIENCE, client)
+            .await
+            .expect("the hub closes the pipelining connection")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_long_poll_longer_than_the_header_timeout_is_answered() {
+    // The write deadline runs only while an answer waits for the socket, never while a handler
+    // is still working on one.
+    let hub = TestHub::start_with(
+        vec![],
+        limits(|l| l.header_timeout = Duration::from_secs(1)),
+    )
+    .await;
+    let c = hub.activate("lic-a", "srv").await;
+    assert_eq!(hub.pull(&c, 3).await.status(), StatusCode::NO_CONTENT);
+}
+
 #[tokio::test]
 async fn webhooks_are_refused_from_their_headers_before_the_body_is_read() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
@@ -248,8 +305,64 @@ async fn an_unknown_content_type_gets_415_with_a_clear_message() {
     );
 }
 
+/// An upload that sends `head`, then `first` bytes of body at once, then `drip` bytes every
+/// 250 ms, and never ends. Dropping it closes the connection.
+struct Dripping {
+    task: tokio::task::JoinHandle<String>,
+}
+
+impl Dripping {
+    fn start(addr: SocketAddr, head: Vec<u8>, first: usize, drip: usize) -> Dripping {
+        let task = tokio::spawn(async move {
+            let (mut from_hub, mut to_hub) = TcpStream::connect(addr).await.unwrap().into_split();
+            let sending = async move {
+                let mut bytes = head;
+                bytes.resize(bytes.len() + first, b' ');
+                let mut more = to_hub.write_all(&bytes).await.is_ok();
+                while more {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    more = to_hub.write_all(&vec![b' '; drip]).await.is_ok();
+                }
+                std::future::pending::<()>().await;
+            };
+            let mut seen = Vec::new();
+            tokio::select! {
+                () = sending => {}
+                _ = from_hub.read_to_end(&mut seen) => {}
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        Dripping { task }
+    }
+
+    /// What the hub answered before it closed the connection.
+    async fn answer(mut self) -> String {
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("the hub answers and closes")
+            .unwrap()
+    }
+}
+
+impl Drop for Dripping {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Above the hub's minimum rate (4 KiB a second): 8 KiB a second.
+const DRIP: usize = 2048;
+
+fn activate_head(length: usize) -> Vec<u8> {
+    format!(
+        "POST /api/v1/licenses/activate HTTP/1.1\r\nhost: hub\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 #[tokio::test]
-async fn bodies_beyond_the_budget_get_503_with_retry_after() {
+async fn webhook_bodies_beyond_their_budget_get_503_with_retry_after() {
     // The smallest budget allowed: one webhook of GitHub's largest size.
     let hub = TestHub::start_with(
         vec![build(Trigger::Auto)],
@@ -257,41 +370,32 @@ async fn bodies_beyond_the_budget_get_503_with_retry_after() {
     )
     .await;
     let addr = hub.handle().addr;
-    // It passes the header checks, so its declared length is reserved; then it stalls.
-    let mut holder = Raw::connect(addr).await;
-    holder
-        .send(&webhook_head(
-            25 * MIB,
-            &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE],
-        ))
-        .await;
-    holder.send(b"{\"pad\":").await;
-
-    // An activation (with a wrong key: refused when there is room, whatever the reason) is now
-    // turned away before its body is read.
-    let activate = br#"{"key":"wrong","server_id":"s","machine_name":"m"}"#;
-    let head = format!(
-        "POST /api/v1/licenses/activate HTTP/1.1\r\nhost: hub\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        activate.len()
-    )
-    .into_bytes();
-    let whole = [head.as_slice(), activate].concat();
+    let c = hub.activate("lic-a", "srv").await;
+    // It passes the header checks and sends 17 MiB, so its buffer (doubled, but never past the
+    // 25 MiB it declares) takes the whole budget; then it keeps sending a little.
+    let holder = Dripping::start(
+        addr,
+        webhook_head(25 * MIB, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]),
+        17 * MIB,
+        DRIP,
+    );
     let probe = |head: Vec<u8>| async move {
         let mut probe = Raw::connect(addr).await;
         probe.send(&head).await;
         probe.answer().await
     };
+    // A delivery's head alone is enough for the answer: the body is not waited for.
+    let head = webhook_head(1000, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]);
     eventually("the held upload to fill the budget", || async {
-        status_of(&probe(whole.clone()).await) == 503
+        status_of(&probe(head.clone()).await) == 503
     })
     .await;
-    // The head alone is enough for the answer: the body is not waited for.
     let busy = probe(head.clone()).await;
     assert_eq!(status_of(&busy), 503, "{busy}");
     assert!(has_header(&busy, "retry-after: 1"), "{busy}");
     assert!(has_header(&busy, "connection: close"), "{busy}");
 
-    // A body without a length reserves as it reads, and is refused the same way.
+    // A body without a length takes its share as it arrives, and is refused the same way.
     let mut chunked = Raw::connect(addr).await;
     chunked
         .send(
@@ -304,13 +408,133 @@ async fn bodies_beyond_the_budget_get_503_with_retry_after() {
     assert_eq!(status_of(&answer), 503, "{answer}");
     assert!(has_header(&answer, "retry-after: 1"), "{answer}");
 
+    // The scheduler API has a budget of its own.
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+
     // Once the holder goes away its share comes back.
     drop(holder);
     eventually("the budget to come back", || async {
-        status_of(&probe(whole.clone()).await) != 503
+        status_of(&probe(head.clone()).await) != 503
     })
     .await;
-    hub.metrics_with(&["dispatch_hub_webhooks_received_total{outcome=\"busy\"} 1"])
+    let (status, _) = hub.push("after").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let m = hub.metrics().await;
+    assert!(
+        m.contains("dispatch_hub_webhooks_received_total{outcome=\"busy\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn api_bodies_beyond_their_budget_do_not_turn_webhooks_away() {
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let addr = hub.handle().addr;
+    let c = hub.activate("lic-a", "srv").await;
+    // Sixteen activations of 1 MiB that have sent just over half: each buffer is 1 MiB, and the
+    // sixteen fill the 16 MiB the API may hold.
+    let holders: Vec<Dripping> = (0..16)
+        .map(|_| Dripping::start(addr, activate_head(MIB), MIB / 2 + 8 * 1024, DRIP))
+        .collect();
+    eventually("the API budget to be full", || async {
+        hub.pull(&c, 0).await.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (status, _) = hub.push("while-the-api-is-full").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    drop(holders);
+    eventually("the API budget to come back", || async {
+        hub.pull(&c, 0).await.status() == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stalled_forged_webhooks_declaring_25_mib_hold_no_budget() {
+    // The body timeout is far away: what cuts the stalled uploads is the minimum rate.
+    let hub = TestHub::start_with(
+        vec![build(Trigger::Auto)],
+        limits(|l| l.body_timeout = Duration::from_secs(600)),
+    )
+    .await;
+    let addr = hub.handle().addr;
+    let c = hub.activate("lic-a", "srv").await;
+    // Before, each reserved what it declared: 64 MiB, the whole default budget.
+    let mut stalled = Vec::new();
+    for length in [25 * MIB, 25 * MIB, 14 * MIB] {
+        let mut upload = Raw::connect(addr).await;
+        upload
+            .send(&webhook_head(
+                length,
+                &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE],
+            ))
+            .await;
+        upload.send(b"{\"pad\":").await;
+        stalled.push(upload);
+    }
+    for round in 0..10 {
+        let pull = hub.pull(&c, 0).await.status();
+        assert!(pull.is_success(), "round {round}: pull answered {pull}");
+        let (status, _) = hub.push(&format!("signed-{round}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "round {round}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut upload in stalled {
+        let answer = upload.answer().await;
+        assert_eq!(status_of(&answer), 408, "{answer}");
+        assert!(answer.contains("slower than"), "{answer}");
+        upload.closed_by_hub().await;
+    }
+    hub.metrics_with(&["dispatch_hub_webhooks_received_total{outcome=\"too_slow\"} 3"])
+        .await;
+}
+
+#[tokio::test]
+async fn stalled_activations_declaring_1_mib_do_not_block_a_webhook() {
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let addr = hub.handle().addr;
+    let c = hub.activate("lic-a", "srv").await;
+    // Before, 64 of them reserved the whole default budget of 64 MiB.
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let mut upload = Raw::connect(addr).await;
+        upload.send(&activate_head(MIB)).await;
+        upload.send(b"{").await;
+        stalled.push(upload);
+    }
+    for round in 0..10 {
+        let (status, _) = hub.push(&format!("signed-{round}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "round {round}");
+        let pull = hub.pull(&c, 0).await.status();
+        assert!(pull.is_success(), "round {round}: pull answered {pull}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_body_that_drips_slower_than_the_minimum_rate_is_cut() {
+    let hub = TestHub::start_with(
+        vec![build(Trigger::Auto)],
+        limits(|l| l.body_timeout = Duration::from_secs(600)),
+    )
+    .await;
+    let addr = hub.handle().addr;
+    // 400 bytes a second, well under 4 KiB, but never silent.
+    let slow = Dripping::start(
+        addr,
+        webhook_head(MIB, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]),
+        100,
+        100,
+    );
+    let answer = slow.answer().await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("slower than"), "{answer}");
+    assert!(has_header(&answer, "connection: close"), "{answer}");
+    // The scheduler API's bodies are held to the same rate.
+    let slow = Dripping::start(addr, activate_head(MIB), 100, 100);
+    assert_eq!(status_of(&slow.answer().await), 408);
+    hub.metrics_with(&["dispatch_hub_webhooks_received_total{outcome=\"too_slow\"} 1"])
         .await;
 }
 
