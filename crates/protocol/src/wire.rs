@@ -169,6 +169,10 @@ pub struct DispatchJob {
     /// Comment command (`cancel` or an alias).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// A cancel job's targets: the ids of the jobs (= run ids) to stop. Empty: every active run of
+    /// the repository and pull request or issue number (a hub that does not name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel_job_ids: Vec<String>,
     /// Login of the actor.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub actor_login: String,

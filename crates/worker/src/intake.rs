@@ -140,7 +140,9 @@ async fn intake(
     Intake::Tracked
 }
 
-/// Stops every active run this scheduler tracks for the cancel job's repository and PR/issue.
+/// Stops the active runs this scheduler tracks for the cancel job's repository and PR/issue: the
+/// ones the job names in `cancel_job_ids`, or all of them when it names none (a cloud that does
+/// not send the field).
 async fn cancel_runs(shared: &Shared, job: &DispatchJob) -> Intake {
     let numbers: Vec<i64> = [job.pull_request_number, job.issue_number]
         .into_iter()
@@ -168,9 +170,13 @@ async fn cancel_runs(shared: &Shared, job: &DispatchJob) -> Intake {
         }
     };
     let targets = tracked.into_iter().filter(|t| {
-        t.job_id != job.id
-            && t.repository.eq_ignore_ascii_case(repo)
-            && (numbers.contains(&t.pr_number) || numbers.contains(&t.issue_number))
+        is_cancel_target(
+            job,
+            &numbers,
+            &t.job_id,
+            &t.repository,
+            (t.pr_number, t.issue_number),
+        )
     });
     let mut stopped = Vec::new();
     for target in targets {
@@ -191,6 +197,21 @@ async fn cancel_runs(shared: &Shared, job: &DispatchJob) -> Intake {
         stopped.len(),
         stopped.join(", ")
     )))
+}
+
+/// Whether the tracked run of job `job_id` on `repository` with these (pull request, issue)
+/// numbers is one the cancel `job` stops.
+fn is_cancel_target(
+    job: &DispatchJob,
+    numbers: &[i64],
+    job_id: &str,
+    repository: &str,
+    (pr_number, issue_number): (i64, i64),
+) -> bool {
+    job_id != job.id
+        && repository.eq_ignore_ascii_case(job.repository_name.trim())
+        && (numbers.contains(&pr_number) || numbers.contains(&issue_number))
+        && (job.cancel_job_ids.is_empty() || job.cancel_job_ids.iter().any(|id| id == job_id))
 }
 
 /// The job's DAG, or the summary of a rejection naming why it cannot be had.
@@ -238,6 +259,41 @@ mod tests {
 
     fn raw(text: &str) -> Option<Box<RawValue>> {
         Some(RawValue::from_string(text.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn a_cancel_naming_jobs_stops_only_those() {
+        let cancel = |ids: &[&str]| DispatchJob {
+            id: "c".into(),
+            repository_name: "o/r".into(),
+            pull_request_number: 7,
+            command: "cancel".into(),
+            cancel_job_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            ..DispatchJob::default()
+        };
+        let numbers = [7];
+        // Job id, repository, (pull request, issue) numbers; whether a cancel naming `a` stops
+        // it, whether one naming nothing does.
+        let cases = [
+            ("a", "o/r", (7, 0), true, true),
+            ("b", "O/R", (7, 0), false, true),
+            ("a", "o/other", (7, 0), false, false),
+            ("a", "o/r", (8, 0), false, false),
+            ("a", "o/r", (0, 7), true, true),
+            ("c", "o/r", (7, 0), false, false),
+        ];
+        for (id, repo, nums, named, all) in cases {
+            assert_eq!(
+                is_cancel_target(&cancel(&["a"]), &numbers, id, repo, nums),
+                named,
+                "{id} {repo} {nums:?}"
+            );
+            assert_eq!(
+                is_cancel_target(&cancel(&[]), &numbers, id, repo, nums),
+                all,
+                "{id} {repo} {nums:?}"
+            );
+        }
     }
 
     #[test]
