@@ -30,11 +30,12 @@ use crate::error::HubError;
 use crate::gate;
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
-use crate::metrics::{Metrics, FINISHES, PULLS, WEBHOOKS};
+use crate::metrics::{Metrics, FINISHES, PULLS, WAKEUPS, WEBHOOKS};
 use crate::store::{
     blocking, now_ms, Activated, Activation, Caller, RawDelivery, Store, Transition,
 };
 use crate::trust::Outcome;
+use crate::waiters::{self, Waiters, Wake};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -58,7 +59,7 @@ pub(crate) struct AppState {
     pub cfg: HubConfig,
     pub store: Arc<Store>,
     pub signing_key: SigningKey,
-    pub jobs_ready: Notify,
+    pub waiters: Arc<Waiters>,
     pub report_wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
@@ -248,7 +249,7 @@ async fn webhook_inner(
     let count = taken.job_ids.len();
     let duplicate = taken.outcome == Outcome::Duplicate;
     if !duplicate && count > 0 {
-        st.jobs_ready.notify_waiters();
+        waiters::wake_stored(&st.store, &st.waiters, taken.job_ids.clone()).await;
     }
     if taken.outcome == Outcome::Accepted {
         // The delivery may have queued reports: a command's answer, a too-large job's status.
@@ -454,20 +455,29 @@ async fn heartbeat(
 
 async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: PullRequest = parse_body(&body)?;
+    // Thousands of pulls may wait at once: a waiting pull keeps only what it still needs.
+    drop(body);
     if let Err(e) = authenticate(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await
     {
         st.metrics.inc(PULLS, "unauthorized");
         return Err(e);
     }
-    let wait = Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS).into());
-    let deadline = tokio::time::Instant::now() + wait;
+    let PullRequest {
+        license_id,
+        server_id,
+        wait_seconds,
+        ..
+    } = req;
+    let wait = Duration::from_secs(wait_seconds.min(MAX_WAIT_SECONDS).into());
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
     let lease_ms = st.cfg.lease.as_millis() as i64;
+    // Queued before the first claim attempt, so a job stored in between still wakes this pull
+    // (or another); dropped when the pull answers, passing on a wake it did not use.
+    let mut waiter = st.waiters.join(&license_id, &server_id);
     loop {
-        // Registered before the claim attempt so a job stored in between still wakes us.
-        let ready = st.jobs_ready.notified();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
-        let (l, s) = (req.license_id.clone(), req.server_id.clone());
+        waiter.attempting();
+        let (l, s) = (license_id.clone(), server_id.clone());
         let claimed = blocking(&st.store, move |store| {
             if store.has_claimable(&l, &s, now_ms())? {
                 store.claim_next(&l, &s, now_ms(), lease_ms)
@@ -477,23 +487,30 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         })
         .await?;
         if let Some(job) = claimed {
+            if let Some(woken) = waiter.took(&job.id) {
+                st.metrics.inc(WAKEUPS, woken.as_str());
+            }
+            drop(waiter);
             st.metrics.inc(PULLS, "job");
-            tracing::info!(job_id = %job.id, server_id = %req.server_id, dag = %job.dag_name, "job claimed");
+            tracing::info!(job_id = %job.id, server_id = %server_id, dag = %job.dag_name, "job claimed");
             return Ok((StatusCode::OK, Json(job)).into_response());
         }
-        if tokio::time::Instant::now() >= deadline {
-            st.metrics.inc(PULLS, "empty");
-            return Ok(StatusCode::NO_CONTENT.into_response());
+        if let Some(woken) = waiter.found_nothing() {
+            st.metrics.inc(WAKEUPS, woken.as_str());
         }
+        if wait.is_zero() {
+            break;
+        }
+        // Nothing polls while waiting: a job that this pull may take wakes it, and a job stored
+        // before it joined was seen by its first attempt, so the deadline needs no last look.
         tokio::select! {
-            _ = &mut ready => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = st.cancel.cancelled() => {
-                st.metrics.inc(PULLS, "empty");
-                return Ok(StatusCode::NO_CONTENT.into_response());
-            }
+            _ = waiter.woken() => {}
+            _ = &mut deadline => break,
+            _ = st.cancel.cancelled() => break,
         }
     }
+    st.metrics.inc(PULLS, "empty");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn transition_response(t: Transition, job_id: &str) -> Result<StatusCode, ApiError> {
@@ -515,6 +532,7 @@ async fn accept(
     let req: AcceptRequest = parse_body(&body)?;
     authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
     let job_id = id.clone();
+    let wake = Wake::unnamed(&req.license_id, &req.server_id);
     let t = blocking(&st.store, move |s| {
         s.accept(
             &job_id,
@@ -528,8 +546,9 @@ async fn accept(
     })
     .await?;
     if t == Transition::Done {
-        // The accept may have released a cancel that waited for it (targeted at this server).
-        st.jobs_ready.notify_waiters();
+        // The accept may have released a cancel that waited for it (targeted at this server);
+        // if that server's next pull is already waiting, it looks again.
+        st.waiters.wake([wake]);
         // And it is reported ("running on <machine>").
         st.report_wake.notify_one();
     }
@@ -606,12 +625,14 @@ async fn metrics(
         return Ok(answer);
     }
     let jobs = st.store.job_counts();
+    let mut page = st.metrics.render(&jobs);
+    page.push_str(&crate::metrics::waiting_gauge(st.waiters.joined()));
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        st.metrics.render(&jobs),
+        page,
     )
         .into_response())
 }

@@ -53,6 +53,7 @@ mod reporter;
 mod server;
 mod store;
 mod trust;
+mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ pub use error::HubError;
 pub use limits::ServeLimits;
 pub use store::{ServerInfo, DB_FILE};
 
-use store::{blocking, now_ms, Store};
+use store::{now_ms, Store};
 
 /// The running hub.
 pub struct Hub;
@@ -156,7 +157,7 @@ impl Hub {
             cfg: cfg.clone(),
             store: store.clone(),
             signing_key,
-            jobs_ready: Notify::new(),
+            waiters: Arc::default(),
             report_wake: report_wake.clone(),
             metrics: metrics.clone(),
             cancel: cancel.clone(),
@@ -212,11 +213,11 @@ async fn lease_sweep(state: Arc<api::AppState>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        match blocking(&state.store, |s| s.requeue_expired(now_ms())).await {
+        // Each job put back wakes one waiting pull that may take it.
+        match waiters::sweep(&state.store, &state.waiters, period).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(jobs = n, "claims expired; jobs back in the queue");
-                state.jobs_ready.notify_waiters();
                 // Jobs given up on are reported.
                 state.report_wake.notify_one();
             }

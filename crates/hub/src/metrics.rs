@@ -25,16 +25,26 @@ pub(crate) const PULLS: &str = "dispatch_hub_pulls_total";
 pub(crate) const REPORTS: &str = "dispatch_hub_reports_total";
 /// Finish calls by outcome (`done`, `repeated`, `not_found`, `conflict`).
 pub(crate) const FINISHES: &str = "dispatch_hub_finishes_total";
+/// Wake-ups of waiting pulls by what the woken pull found (`job`, `nothing`): one per job that
+/// became claimable while pulls waited, not one per waiting pull.
+pub(crate) const WAKEUPS: &str = "dispatch_hub_pull_wakeups_total";
+/// Pulls waiting for a job now (long-polls).
+const PULLS_WAITING: &str = "dispatch_hub_pulls_waiting";
 /// Jobs in the store by state (a gauge the store keeps as jobs change; no query per scrape).
 const JOBS: &str = "dispatch_hub_jobs";
 
-const HELP: [(&str, &str, &str); 4] = [
+const HELP: [(&str, &str, &str); 5] = [
     (
         WEBHOOKS,
         "outcome",
         "Webhook deliveries received, by outcome.",
     ),
     (PULLS, "outcome", "Dispatch pull calls, by outcome."),
+    (
+        WAKEUPS,
+        "outcome",
+        "Waiting pulls woken for a job, by what they found.",
+    ),
     (REPORTS, "result", "GitHub status/comment calls, by result."),
     (
         FINISHES,
@@ -70,6 +80,18 @@ impl Metrics {
         }
         text.finish()
     }
+}
+
+/// The gauge of pulls waiting for a job, `waiting` of them, to append to [`Metrics::render`]'s page.
+pub(crate) fn waiting_gauge(waiting: usize) -> String {
+    let mut text = Text::new();
+    text.single(
+        PULLS_WAITING,
+        Kind::Gauge,
+        "Pulls waiting for a job (long-polls).",
+        waiting,
+    );
+    text.finish()
 }
 
 /// Whether an `Authorization` header value lets a scraper in: anything goes without a token;

@@ -1385,3 +1385,6 @@ mod trust;
 
 #[path = "hub/github.rs"]
 mod github;
+
+#[path = "hub/fleet.rs"]
+mod fleet;

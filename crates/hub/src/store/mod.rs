@@ -29,6 +29,7 @@ mod reports;
 mod retention;
 mod schema;
 mod state;
+mod waiting;
 mod writer;
 
 use std::path::Path;
@@ -53,6 +54,7 @@ use jobs::DeliveryOutcome;
 pub(crate) use jobs::{Caller, Delivery, FinishedJob, RawDelivery, Reports, Transition};
 pub(crate) use reports::{AcceptedJob, NewReport, NoReports, PendingReport, ReportsFor};
 pub(crate) use state::JobState;
+pub(crate) use waiting::JobTarget;
 
 /// File name of the SQLite database under the data directory.
 pub const DB_FILE: &str = "hub.sqlite3";
