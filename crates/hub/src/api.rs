@@ -19,6 +19,7 @@ use dispatch_protocol::{
 };
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -314,11 +315,14 @@ async fn activate(
     body: Bytes,
 ) -> Result<Json<ActivateResponse>, ApiError> {
     let req: ActivateRequest = parse_body(&body)?;
-    // Compare against every key so the time taken does not reveal which one matched.
-    let presented = req.key.expose().as_bytes();
+    // Compare against every key so the time taken does not reveal which one matched, and compare
+    // SHA-256 hashes (all 32 bytes) so it does not reveal a key's length either: `ct_eq` on the
+    // raw keys returns at once when the lengths differ.
+    let presented = Sha256::digest(req.key.expose().as_bytes());
     let mut found: Option<&LicenseKey> = None;
     for license in &st.cfg.licenses {
-        let equal: bool = license.key.expose().as_bytes().ct_eq(presented).into();
+        let key = Sha256::digest(license.key.expose().as_bytes());
+        let equal: bool = key.ct_eq(&presented).into();
         if equal && !license.key.is_empty() {
             found = Some(license);
         }

@@ -54,8 +54,10 @@ pub const AUTHOR_ASSOCIATIONS: [&str; 8] = [
     "NONE",
 ];
 
-/// The associations whose comment commands count when a binding names none: people with write
-/// access to the repository or members of its organization.
+/// The associations whose comment commands count when a binding names none: the repository's
+/// owner, members of the organization that owns it (any member, even one with no access to this
+/// repository) and collaborators invited to it (with any permission, read and triage included).
+/// GitHub's `author_association` does not tell write access apart.
 pub const DEFAULT_ALLOWED_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
 
 /// The comment command that lets a held fork pull request run (reserved like `cancel`).
@@ -69,10 +71,13 @@ pub enum ForkPolicy {
     /// Fork pull requests never start this binding.
     #[default]
     Never,
-    /// A fork pull request's head SHA starts this binding once an allowed commenter says
-    /// `<mention> approve` on the pull request; every new SHA needs a new approval.
+    /// A fork pull request event is held until an allowed commenter says `<mention> approve`
+    /// (or `<mention> approve <sha>`) on the pull request; the approval dispatches the held event
+    /// once. Every later event, even on the same SHA, waits for a new approval. Check runs on
+    /// fork code never start this binding.
     Approved,
-    /// Fork pull requests start this binding like any other (their code runs unreviewed).
+    /// Fork pull requests, and check runs on fork code, start this binding like any other (their
+    /// code runs unreviewed).
     Always,
 }
 
@@ -138,7 +143,8 @@ pub struct Binding {
     /// `author_association` (compared case-insensitively; default [`DEFAULT_ALLOWED_ASSOCIATIONS`]).
     #[serde(default = "default_allowed_associations")]
     pub allowed_associations: Vec<String>,
-    /// GitHub logins whose commands count whatever their association (case-insensitive).
+    /// GitHub logins whose commands count whatever their association (case-insensitive). A login
+    /// can be renamed and then claimed by someone else: keep the list current.
     #[serde(default)]
     pub allowed_users: Vec<String>,
     /// Whether pull requests from forks start this binding (default [`ForkPolicy::Never`]).
@@ -397,9 +403,14 @@ pub const EXAMPLE_BINDINGS_TOML: &str = r#"# dispatch bindings: which GitHub eve
 #   allowed_associations whose comment commands count, by the comment's author_association:
 #                       OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR,
 #                       FIRST_TIMER, MANNEQUIN, NONE (default ["OWNER", "MEMBER", "COLLABORATOR"])
+#                       (MEMBER: any member of the owning organization; COLLABORATOR: any
+#                       invited collaborator, read-only ones included)
 #   allowed_users       GitHub logins whose comment commands count whatever their association
-#   fork_pull_requests  pull requests from forks: "never" (default), "approved" (runs each head
-#                       SHA once an allowed commenter says "@dispatch approve"), "always"
+#                       (logins can be renamed and reused: keep the list current)
+#   fork_pull_requests  pull requests from forks: "never" (default), "approved" (the waiting
+#                       event runs once an allowed commenter says "@dispatch approve" or
+#                       "@dispatch approve <sha>"; each later event needs a new approval),
+#                       "always" (also check runs on fork code)
 
 # Build every push to main and every pull request targeting main.
 # [[binding]]

@@ -187,9 +187,13 @@ async fn reruns_of(
             reasons.push(format!("job `{}`: its stored event is not JSON", o.job.id));
             continue;
         };
+        // A re-run runs the commit the original job ran: the head the hub pinned for a comment
+        // then, not the pull request's head now.
         let fork = match trust::fork_query(&o.job.event_name, &payload) {
-            Some(query) => blocking(store, move |s| s.fork_state(&query)).await?,
-            None => ForkState::default(),
+            Some(query @ trust::ForkQuery::CheckRun { .. }) => {
+                blocking(store, move |s| s.fork_state(&query)).await?
+            }
+            _ => ForkState::default(),
         };
         let verdict = trust::decide(
             &cfg.bindings,
@@ -202,7 +206,13 @@ async fn reruns_of(
         let again = match verdict.action {
             Action::Jobs(jobs) => jobs
                 .into_iter()
-                .find(|j| j.job.binding_id == o.job.binding_id),
+                .find(|j| j.job.binding_id == o.job.binding_id)
+                .map(|mut j| {
+                    if j.job.sha.is_empty() {
+                        j.job.sha.clone_from(&o.job.sha);
+                    }
+                    j
+                }),
             _ => None,
         };
         match again {
@@ -276,6 +286,7 @@ async fn cancel(
         number,
         login: String::new(),
         only_job: Some(job_id.clone()),
+        only_bindings: None,
     };
     let reports = job_reports(cfg);
     let (recorded, done) = blocking(store, move |s| {

@@ -13,7 +13,7 @@ use crate::error::HubError;
 use crate::lifecycle::{Channel, Lifecycle};
 use crate::report;
 use crate::store::{blocking, now_ms, Delivery, RawDelivery, Reports, Store};
-use crate::trust::{self, Action, ForkState, Outcome};
+use crate::trust::{self, Action, ForkState, Keep, Outcome};
 
 /// How a delivery was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,16 @@ pub(crate) async fn take(
             });
         }
     }
+    if let Some(comment) = trust::command_comment(event, payload, &cfg.mention) {
+        let (id, comment_id) = (delivery_id.to_owned(), comment.comment_id);
+        let first = blocking(store, move |s| {
+            s.first_delivery_of_comment(comment, &id, now_ms())
+        })
+        .await?;
+        if first != delivery_id {
+            return replayed_comment(store, event, delivery_id, raw, comment_id, &first).await;
+        }
+    }
     let fork = match trust::fork_query(event, payload) {
         Some(query) => blocking(store, move |s| s.fork_state(&query)).await?,
         None => ForkState::default(),
@@ -102,9 +112,12 @@ pub(crate) async fn take(
     let reporting = reporting(cfg);
     let (recorded, reason) = match verdict.action {
         Action::Jobs(jobs) => {
-            let held = verdict.held;
+            let keep = Keep {
+                held: verdict.held,
+                sighting: trust::sighting(event, payload),
+            };
             let recorded = blocking(store, move |s| {
-                s.record_gated(delivery, jobs, held, now_ms(), reports)
+                s.record_gated(delivery, jobs, Some(keep), now_ms(), reports)
             })
             .await?;
             (recorded, verdict.reason)
@@ -124,16 +137,12 @@ pub(crate) async fn take(
         }
         Action::Approve(cmd) => {
             let (repository, number) = (cmd.repository.clone(), cmd.number);
-            let (bindings, mention, ids) = (
-                cfg.bindings.clone(),
-                cfg.mention.clone(),
-                cmd.binding_ids.clone(),
-            );
-            let make_jobs = move |held: &crate::store::HeldEvent| {
+            let (bindings, mention) = (cfg.bindings.clone(), cfg.mention.clone());
+            let make_jobs = move |held: &crate::store::HeldEvent, ids: &[String]| {
                 trust::approved_jobs(
                     &bindings,
                     &mention,
-                    &ids,
+                    ids,
                     &held.event,
                     &held.delivery_id,
                     &held.raw.payload,
@@ -170,5 +179,41 @@ pub(crate) async fn take(
         outcome: verdict.outcome,
         job_ids: recorded.job_ids,
         reason,
+    })
+}
+
+/// A comment command that came before under another delivery id: recorded as a duplicate, and
+/// nothing more (GitHub gives a comment one id; only a replay brings it twice).
+async fn replayed_comment(
+    store: &Arc<Store>,
+    event: &str,
+    delivery_id: &str,
+    raw: RawDelivery,
+    comment_id: i64,
+    first: &str,
+) -> Result<Taken, HubError> {
+    let reason = format!(
+        "comment {comment_id} was taken before, in delivery {first}: a comment command runs once"
+    );
+    let delivery = Delivery {
+        id: delivery_id.to_owned(),
+        event: event.to_owned(),
+        raw,
+        outcome: Outcome::Duplicate,
+        reason: reason.clone(),
+    };
+    let reports: Reports = Arc::new(crate::store::NoReports);
+    let recorded = blocking(store, move |s| {
+        s.record_gated(delivery, Vec::new(), None, now_ms(), reports)
+    })
+    .await?;
+    Ok(Taken {
+        outcome: Outcome::Duplicate,
+        job_ids: recorded.job_ids,
+        reason: if recorded.duplicate {
+            String::new()
+        } else {
+            reason
+        },
     })
 }

@@ -9,8 +9,8 @@
 //! | `pull_request` | `refs/pull/<n>/head` (fetchable for forks too) | `pull_request.head.sha` | the **base** branch the PR targets (as GitHub Actions' `branches` filter) |
 //! | `create` | `refs/heads/<ref>` or `refs/tags/<ref>` by `ref_type` | — | the created branch or tag |
 //! | `release` | `refs/tags/<tag_name>` | `target_commitish` when it is a full SHA | the tag |
-//! | `check_run` | `refs/heads/<check_suite.head_branch>` | `check_run.head_sha` | the head branch |
-//! | `issue_comment` | `refs/pull/<n>/head` on a PR, else none | — | patterns are not allowed on comment bindings |
+//! | `check_run` | `refs/heads/<check_suite.head_branch>`; on fork code `refs/pull/<n>/head` or none | `check_run.head_sha` | the head branch; none on fork code |
+//! | `issue_comment` | `refs/pull/<n>/head` on a PR, else none | the PR's latest head the hub recorded, if any | patterns are not allowed on comment bindings |
 //! | `pull_request_review_comment` | `refs/pull/<n>/head` | `pull_request.head.sha` | (same) |
 //! | `repository_dispatch` | `refs/heads/<branch>` | — | `branch` |
 //! | `workflow_dispatch` | `ref` | — | the branch or tag of `ref` |
@@ -22,6 +22,7 @@
 //!
 //! An event with no branch or tag never matches a binding that sets a pattern. When both patterns
 //! are set, either may match. Globs use `glob` syntax with `*` stopping at `/` and `**` crossing it.
+//! What counts as fork code, and the SHA a comment gets, is the trust gate's (`crate::trust`).
 
 use dispatch_protocol::{is_cancel_command, DispatchJob, CANCEL_COMMAND};
 use serde_json::Value;
@@ -61,6 +62,24 @@ pub(crate) struct Facts {
     dispatch_event_type: String,
     /// Set when the event must not start anything (a deleting push).
     pub ignore: bool,
+}
+
+impl Facts {
+    /// A `check_run` on a commit that may come from a fork (`docs/security.md`): its branch is
+    /// named by whoever pushed it, so no branch pattern may match it and the job's ref is the
+    /// pull request's (`pr`, 0 when unknown: then no ref), never `refs/heads/<their branch>`.
+    pub(crate) fn treat_as_fork_code(&mut self, pr: i64) {
+        self.branch = None;
+        self.tag = None;
+        self.git_ref = if pr == 0 {
+            String::new()
+        } else {
+            format!("refs/pull/{pr}/head")
+        };
+        if self.pull_request_number == 0 {
+            self.pull_request_number = pr;
+        }
+    }
 }
 
 fn s(v: &Value, path: &[&str]) -> String {
@@ -208,15 +227,47 @@ pub(crate) fn facts(event: &str, p: &Value) -> Facts {
 
 /// The command word after `mention` at the start of a line of `body` (the first such line wins).
 pub(crate) fn parse_command<'a>(body: &'a str, mention: &str) -> Option<&'a str> {
-    body.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        let first = words.next()?;
-        if first.eq_ignore_ascii_case(mention) {
-            words.next()
-        } else {
-            None
+    parse_command_line(body, mention).map(|(word, _)| word)
+}
+
+/// The command word after `mention` at the start of a line of `body` (the first such line wins),
+/// with the word after it on that line, if any. Lines inside a fenced code block (```` ``` ```` or
+/// `~~~`) and quoted lines (`>`) hold no command: a pasted log or a quoted comment must not run
+/// anything.
+pub(crate) fn parse_command_line<'a>(
+    body: &'a str,
+    mention: &str,
+) -> Option<(&'a str, Option<&'a str>)> {
+    // The fence that opened the code block we are in: its character and length (CommonMark: it
+    // is closed by a fence of the same character, at least as long).
+    let mut fence: Option<(char, usize)> = None;
+    for line in body.lines() {
+        let text = line.trim_start();
+        let marker = text.chars().next().filter(|c| *c == '`' || *c == '~');
+        if let Some(c) = marker {
+            let run = text.chars().take_while(|x| *x == c).count();
+            if run >= 3 {
+                match fence {
+                    None => fence = Some((c, run)),
+                    Some((open, len)) if open == c && run >= len => fence = None,
+                    Some(_) => {}
+                }
+                continue;
+            }
         }
-    })
+        if fence.is_some() || text.starts_with('>') {
+            continue;
+        }
+        let mut words = text.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if !first.eq_ignore_ascii_case(mention) {
+            continue;
+        }
+        if let Some(word) = words.next() {
+            return Some((word, words.next()));
+        }
+    }
+    None
 }
 
 fn pattern_matches(pattern: &str, name: Option<&String>) -> bool {
@@ -279,7 +330,23 @@ pub(crate) fn jobs_for_delivery(
     delivery_id: &str,
     payload: &Value,
 ) -> Vec<NewJob> {
-    let f = facts(event, payload);
+    jobs_for_facts(
+        bindings,
+        mention,
+        event,
+        delivery_id,
+        &facts(event, payload),
+    )
+}
+
+/// [`jobs_for_delivery`] for facts already read (and perhaps adjusted by the trust gate).
+pub(crate) fn jobs_for_facts(
+    bindings: &[Binding],
+    mention: &str,
+    event: &str,
+    delivery_id: &str,
+    f: &Facts,
+) -> Vec<NewJob> {
     if f.ignore || f.repository_name.is_empty() {
         return Vec::new();
     }
@@ -289,7 +356,7 @@ pub(crate) fn jobs_for_delivery(
         .and_then(|body| parse_command(body, mention));
     let mut jobs: Vec<NewJob> = Vec::new();
     for b in bindings {
-        if !binding_takes(b, event, &f) {
+        if !binding_takes(b, event, f) {
             continue;
         }
         let job_command = if b.trigger == Trigger::CommentCommand {
@@ -366,6 +433,18 @@ mod tests {
             ("@dispatch", None),
             ("@dispatcher build", None),
             ("", None),
+            ("```\n@dispatch deploy\n```", None),
+            (
+                "~~~~\n@dispatch deploy\n~~~\n@dispatch x\n~~~~\n@dispatch build",
+                Some("build"),
+            ),
+            (
+                "  ```sh\n@dispatch deploy\n  ```\n@dispatch build",
+                Some("build"),
+            ),
+            ("> @dispatch deploy", None),
+            ("  >@dispatch deploy\n@dispatch build", Some("build")),
+            ("`@dispatch deploy`", None),
         ];
         for (body, want) in cases {
             assert_eq!(parse_command(body, "@dispatch"), want, "{body:?}");

@@ -207,6 +207,29 @@ pub(crate) fn approve_answer(approval: &Approval, number: i64) -> String {
         Approval::NothingHeld => format!(
             "Nothing to approve: no pull request event from a fork is waiting for #{number}."
         ),
+        Approval::NotLatest { held, latest } => {
+            let now = latest.as_deref().map_or_else(
+                || "not known to the hub".to_owned(),
+                |l| format!("now {}", short(l)),
+            );
+            format!(
+                "Not approved: the event waiting for approval is for {h}, but the head of #{number} is {now}. To run {h}, approve it by name: `approve {h}`.",
+                h = short(held)
+            )
+        }
+        Approval::CommentOlder { sha } => format!(
+            "Not approved: #{number}'s head became {s} after this comment was written. Check {s}, then approve it by name: `approve {s}`.",
+            s = short(sha)
+        ),
+        Approval::OtherSha { given, held } => format!(
+            "Not approved: {} is not the head waiting for approval ({}).",
+            inline(given),
+            short(held)
+        ),
+        Approval::InvalidSha { given } => format!(
+            "Not approved: `{}` is not a commit SHA (7 to 40 hex digits).",
+            inline(given)
+        ),
     }
 }
 

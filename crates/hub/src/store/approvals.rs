@@ -1,19 +1,25 @@
 //! The `held_forks` and `approvals` tables: fork pull request events the trust gate held back
-//! (the latest per pull request, with its payload and headers), and the head SHAs that allowed
-//! commenters approved. Also the store's face for recording a gated delivery and an approval.
+//! (the latest per pull request by the event's own time, with its payload and headers), and which
+//! binding each held event was dispatched for, by whose approval. Also the store's face for
+//! recording a gated delivery and an approval.
+//!
+//! An approval is kept per repository, pull request, head SHA and binding, and names the held
+//! event it dispatched: approving again dispatches nothing more for that event, but a later event
+//! on the same SHA (`reopened`, say) is held again and needs a new approval.
 //!
 //! Repository names are stored lowercase: GitHub compares them case-insensitively.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
+use super::heads;
 use super::jobs::{self, Delivery, DeliveryOutcome, RawDelivery, Reports};
 use super::reports;
 use super::writer::Durability;
 use super::Store;
 use crate::error::HubError;
 use crate::matching::NewJob;
-use crate::trust::{ApproveCommand, ForkQuery, ForkState, HeldFork};
+use crate::trust::{ApproveCommand, ApproveTarget, ForkQuery, ForkState, HeldFork, Keep};
 
 /// A held fork pull request event.
 pub(crate) struct HeldEvent {
@@ -28,15 +34,28 @@ pub(crate) struct HeldEvent {
 pub(crate) enum Approval {
     /// No fork pull request event of this pull request is held.
     NothingHeld,
-    /// This head SHA was approved before; nothing is dispatched again.
+    /// The held event was already dispatched for every binding this commenter may approve for.
     AlreadyApproved { sha: String },
     /// The held event matches none of the bindings this commenter may approve for.
     NothingMatched { sha: String },
     /// The held event's jobs were created, one per DAG named.
     Dispatched { sha: String, dags: Vec<String> },
+    /// A bare approve, but the held head is not the pull request's latest head (`latest`, when
+    /// the hub recorded one).
+    NotLatest {
+        held: String,
+        latest: Option<String>,
+    },
+    /// A bare approve written before the held head arrived: the approver may not have seen it.
+    CommentOlder { sha: String },
+    /// `approve <sha>` naming another head than the held one.
+    OtherSha { given: String, held: String },
+    /// `approve <word>` where the word is no SHA.
+    InvalidSha { given: String },
 }
 
-/// Keeps `held` as the pull request's latest held event (replacing an earlier one).
+/// Keeps `held` as the pull request's latest held event (replacing an older one; an event older
+/// than the one held, by its own time, arriving late, is not kept).
 fn hold(
     tx: &Connection,
     held: &HeldFork,
@@ -45,32 +64,42 @@ fn hold(
 ) -> Result<(), HubError> {
     tx.execute(
         "INSERT INTO held_forks (repository, pr_number, head_sha, event, delivery_id, payload,
-                                 headers, received_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                 headers, received_ms, event_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (repository, pr_number) DO UPDATE SET
              head_sha = excluded.head_sha, event = excluded.event,
              delivery_id = excluded.delivery_id, payload = excluded.payload,
-             headers = excluded.headers, received_ms = excluded.received_ms",
+             headers = excluded.headers, received_ms = excluded.received_ms,
+             event_ms = excluded.event_ms
+         WHERE excluded.event_ms >= held_forks.event_ms",
         params![
             held.repository.to_lowercase(),
             held.number,
-            held.head_sha,
+            held.head_sha.to_ascii_lowercase(),
             delivery.event,
             delivery.id,
             delivery.raw.payload,
             delivery.raw.headers,
-            now_ms
+            now_ms,
+            held.event_ms.unwrap_or(now_ms)
         ],
     )
     .map_err(HubError::store("hold a fork pull request"))?;
     Ok(())
 }
 
-fn approved(conn: &Connection, repository: &str, number: i64, sha: &str) -> Result<bool, HubError> {
+/// Whether held event `event_delivery_id` (head `sha`) was dispatched for `binding_id`.
+fn dispatched_for(
+    conn: &Connection,
+    (repository, number, sha): (&str, i64, &str),
+    binding_id: &str,
+    event_delivery_id: &str,
+) -> Result<bool, HubError> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM approvals
-                        WHERE repository = ?1 AND pr_number = ?2 AND head_sha = ?3)",
-        params![repository.to_lowercase(), number, sha],
+                        WHERE repository = ?1 AND pr_number = ?2 AND head_sha = ?3
+                          AND binding_id = ?4 AND event_delivery_id = ?5)",
+        params![repository, number, sha, binding_id, event_delivery_id],
         |r| r.get(0),
     )
     .map_err(HubError::store("look up an approval"))
@@ -79,47 +108,88 @@ fn approved(conn: &Connection, repository: &str, number: i64, sha: &str) -> Resu
 /// The answer to a trust gate's [`ForkQuery`].
 fn fork_state(conn: &Connection, query: &ForkQuery) -> Result<ForkState, HubError> {
     match query {
-        ForkQuery::Pull {
-            repository,
-            number,
-            sha,
-        } => Ok(ForkState {
-            held_pr: 0,
-            approved: approved(conn, repository, *number, sha)?,
+        ForkQuery::PullHead { repository, number } => Ok(ForkState {
+            latest_head: heads::latest(conn, repository, *number)?,
+            ..ForkState::default()
         }),
         ForkQuery::CheckRun { repository, sha } => {
-            let held_pr: Option<i64> = conn
-                .query_row(
-                    "SELECT pr_number FROM held_forks WHERE repository = ?1 AND head_sha = ?2
-                     ORDER BY received_ms DESC LIMIT 1",
-                    params![repository.to_lowercase(), sha],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(HubError::store("look up a held fork head"))?;
-            let Some(held_pr) = held_pr else {
-                return Ok(ForkState::default());
-            };
+            let mut fork_pr = heads::fork_pr_with_head(conn, repository, sha)?;
+            if fork_pr == 0 {
+                // Events held before heads were recorded.
+                fork_pr = conn
+                    .query_row(
+                        "SELECT pr_number FROM held_forks WHERE repository = ?1 AND head_sha = ?2
+                         ORDER BY received_ms DESC LIMIT 1",
+                        params![repository.to_lowercase(), sha.to_ascii_lowercase()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(HubError::store("look up a held fork head"))?
+                    .unwrap_or(0);
+            }
             Ok(ForkState {
-                held_pr,
-                approved: approved(conn, repository, held_pr, sha)?,
+                own_head: heads::is_own(conn, repository, sha)?,
+                fork_pr,
+                latest_head: None,
             })
         }
     }
 }
 
-/// Dispatches the held event of the command's pull request once for its head SHA: the jobs
-/// `make_jobs` builds from it are stored and the approval recorded. Returns what happened and
-/// the job ids.
+/// Whether the command may dispatch the held head `held_sha`: `Err` says why not.
+fn check_target(
+    tx: &Connection,
+    cmd: &ApproveCommand,
+    held_sha: &str,
+) -> Result<Result<(), Approval>, HubError> {
+    let held = held_sha.to_owned();
+    match &cmd.target {
+        ApproveTarget::Invalid(given) => Ok(Err(Approval::InvalidSha {
+            given: given.clone(),
+        })),
+        ApproveTarget::Prefix(given) if !held.starts_with(given.as_str()) => {
+            Ok(Err(Approval::OtherSha {
+                given: given.clone(),
+                held,
+            }))
+        }
+        ApproveTarget::Prefix(_) => Ok(Ok(())),
+        ApproveTarget::Latest => match heads::latest(tx, &cmd.repository, cmd.number)? {
+            Some(latest) if latest.sha == held => {
+                let after = cmd
+                    .comment_ms
+                    .zip(latest.event_ms)
+                    .is_some_and(|(c, e)| c > e);
+                Ok(if after {
+                    Ok(())
+                } else {
+                    Err(Approval::CommentOlder { sha: held })
+                })
+            }
+            latest => Ok(Err(Approval::NotLatest {
+                held,
+                latest: latest.map(|h| h.sha),
+            })),
+        },
+    }
+}
+
+/// Dispatches the held event of the command's pull request, for each binding the commenter may
+/// approve for that it was not yet dispatched for: the jobs `make_jobs` builds from it for those
+/// binding ids are stored and the approvals recorded. Returns what happened and the job ids.
 fn approve(
     tx: &Connection,
     cmd: &ApproveCommand,
     delivery_id: &str,
     now_ms: i64,
-    make_jobs: impl FnOnce(&HeldEvent) -> Vec<NewJob>,
+    make_jobs: impl FnOnce(&HeldEvent, &[String]) -> Vec<NewJob>,
     reports: &Reports,
     tally: &mut Tally,
 ) -> Result<(Approval, Vec<String>), HubError> {
+    if let ApproveTarget::Invalid(given) = &cmd.target {
+        let given = given.clone();
+        return Ok((Approval::InvalidSha { given }, Vec::new()));
+    }
     let repository = cmd.repository.to_lowercase();
     let held = tx
         .query_row(
@@ -143,11 +213,21 @@ fn approve(
     let Some(held) = held else {
         return Ok((Approval::NothingHeld, Vec::new()));
     };
-    let sha = held.head_sha.clone();
-    if approved(tx, &repository, cmd.number, &sha)? {
+    let sha = held.head_sha.to_ascii_lowercase();
+    if let Err(refused) = check_target(tx, cmd, &sha)? {
+        return Ok((refused, Vec::new()));
+    }
+    let key = (repository.as_str(), cmd.number, sha.as_str());
+    let mut pending = Vec::new();
+    for id in &cmd.binding_ids {
+        if !dispatched_for(tx, key, id, &held.delivery_id)? {
+            pending.push(id.clone());
+        }
+    }
+    if pending.is_empty() {
         return Ok((Approval::AlreadyApproved { sha }, Vec::new()));
     }
-    let new_jobs = make_jobs(&held);
+    let new_jobs = make_jobs(&held, &pending);
     if new_jobs.is_empty() {
         return Ok((Approval::NothingMatched { sha }, Vec::new()));
     }
@@ -158,15 +238,50 @@ fn approve(
         jobs::insert_job(tx, j, &held.delivery_id, &held.raw, now_ms, reports, tally)?;
         job_ids.push(j.job.id.clone());
         dags.push(j.job.dag_name.clone());
+        tx.execute(
+            "INSERT OR REPLACE INTO approvals (repository, pr_number, head_sha, binding_id,
+                                               event_delivery_id, approved_by, delivery_id,
+                                               approved_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                repository,
+                cmd.number,
+                sha,
+                j.job.binding_id,
+                held.delivery_id,
+                cmd.login,
+                delivery_id,
+                now_ms
+            ],
+        )
+        .map_err(HubError::store("record an approval"))?;
     }
     jobs::insert_payload(tx, &held.delivery_id, &held.raw)?;
-    tx.execute(
-        "INSERT INTO approvals (repository, pr_number, head_sha, approved_by, delivery_id, approved_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![repository, cmd.number, sha, cmd.login, delivery_id, now_ms],
-    )
-    .map_err(HubError::store("record an approval"))?;
     Ok((Approval::Dispatched { sha, dags }, job_ids))
+}
+
+/// Approvals per binding (a schema step): the table of the first trust release kept one per head
+/// SHA, which let one binding's approver dispatch another's; its rows are dropped (each had
+/// dispatched its held event already).
+pub(super) fn approvals_per_binding(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE held_forks ADD COLUMN event_ms INTEGER NOT NULL DEFAULT 0;
+DROP TABLE approvals;
+CREATE TABLE approvals (
+    repository TEXT NOT NULL,
+    pr_number INTEGER NOT NULL,
+    head_sha TEXT NOT NULL,
+    binding_id TEXT NOT NULL,
+    event_delivery_id TEXT NOT NULL,
+    approved_by TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    approved_ms INTEGER NOT NULL,
+    PRIMARY KEY (repository, pr_number, head_sha, binding_id)
+);
+CREATE INDEX approvals_by_age ON approvals(approved_ms);
+",
+    )
 }
 
 impl Store {
@@ -175,21 +290,26 @@ impl Store {
         fork_state(&self.read(), query)
     }
 
-    /// Records a delivery the trust gate decided on: its jobs (none when turned away), and the
-    /// fork pull request event it held back, if any. A redelivery changes nothing and returns
-    /// the original job ids.
+    /// Records a delivery the trust gate decided on: its jobs (none when turned away), and what
+    /// `keep` says (the fork pull request event it held back, the heads it shows). A redelivery
+    /// changes nothing and returns the original job ids.
     pub fn record_gated(
         &self,
         delivery: Delivery,
         new_jobs: Vec<NewJob>,
-        held: Option<HeldFork>,
+        keep: Option<Keep>,
         now_ms: i64,
         reports: Reports,
     ) -> Result<DeliveryOutcome, HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
             let outcome = jobs::record_delivery(tx, &delivery, &new_jobs, now_ms, &reports, tally)?;
-            if let (false, Some(held)) = (outcome.duplicate, &held) {
-                hold(tx, held, &delivery, now_ms)?;
+            if let (false, Some(keep)) = (outcome.duplicate, &keep) {
+                if let Some(seen) = &keep.sighting {
+                    heads::record(tx, seen, now_ms)?;
+                }
+                if let Some(held) = &keep.held {
+                    hold(tx, held, &delivery, now_ms)?;
+                }
             }
             Ok(outcome)
         })
@@ -202,7 +322,7 @@ impl Store {
         mut delivery: Delivery,
         cmd: ApproveCommand,
         now_ms: i64,
-        make_jobs: impl FnOnce(&HeldEvent) -> Vec<NewJob> + Send + 'static,
+        make_jobs: impl FnOnce(&HeldEvent, &[String]) -> Vec<NewJob> + Send + 'static,
         reports: Reports,
         answer: impl FnOnce(&Approval) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<Approval>), HubError> {

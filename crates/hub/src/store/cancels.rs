@@ -1,18 +1,20 @@
 //! Cancel routing: one `<mention> cancel` reaches each server that holds an active job of the pull
 //! request or issue, exactly once, and no other (`docs/protocol.md`, "Comment commands").
 //!
-//! For the active jobs of the command's repository and number:
+//! For the active jobs of the command's repository and number whose binding allows the commenter
+//! (jobs of other bindings are left alone):
 //! - a queued job (no scheduler has it) is finished here as `aborted`;
-//! - an accepted job: the server that accepted it gets one cancel job, targeted at it (a queued
-//!   cancel job for the same server, repository and number already covers it);
+//! - an accepted job: the server that accepted it gets one cancel job, targeted at it and naming
+//!   the jobs to stop in `cancel_job_ids` (a cancel job for the same server, repository and number
+//!   still queued takes the new ids instead);
 //! - a claimed job (handed out, not yet accepted): the cancel waits in `pending_cancels`, and the
 //!   cancel job is created when the job is accepted, in the same transaction. The scheduler thus
 //!   has the run tracked before it can pull the cancel; a cancel handed out in the same pull
 //!   batch as its target could otherwise run first and find nothing. A claim whose lease runs out
 //!   keeps its pending cancel, for whichever server accepts the job next.
 //!
-//! The scheduler stops every tracked run of the repository and number when it takes a cancel job,
-//! so one per server is enough.
+//! The scheduler stops the runs a cancel job names (a scheduler that does not know the field
+//! stops every tracked run of the repository and number), so one per server is enough.
 
 use std::sync::Arc;
 
@@ -132,28 +134,52 @@ fn cancel_number(job: &DispatchJob) -> i64 {
     }
 }
 
-/// Whether a cancel job for this server, repository and number waits in the queue.
-fn cancel_queued_for(
+/// Whether a cancel job for this server, repository and number waits in the queue; if so, it is
+/// made to stop `job_ids` too (one that names no jobs stops them all already).
+fn merge_into_queued_cancel(
     tx: &Connection,
-    license_id: &str,
-    server_id: &str,
+    (license_id, server_id): (&str, &str),
     repository: &str,
     number: i64,
+    job_ids: &[String],
 ) -> Result<bool, HubError> {
-    Ok(active_jobs(tx, repository, number, None)?.iter().any(|a| {
-        a.state == JobState::Queued
-            && is_cancel_command(&a.job.command)
-            && a.target_server_id == server_id
-            && a.target_license == license_id
-    }))
+    let queued = active_jobs(tx, repository, number, None)?
+        .into_iter()
+        .find(|a| {
+            a.state == JobState::Queued
+                && is_cancel_command(&a.job.command)
+                && a.target_server_id == server_id
+                && a.target_license == license_id
+        });
+    let Some(mut queued) = queued else {
+        return Ok(false);
+    };
+    let targets = &mut queued.job.cancel_job_ids;
+    let missing: Vec<&String> = job_ids.iter().filter(|id| !targets.contains(id)).collect();
+    if targets.is_empty() || missing.is_empty() {
+        return Ok(true);
+    }
+    targets.extend(missing.into_iter().cloned());
+    let job_json =
+        serde_json::to_string(&queued.job).map_err(|source| HubError::CorruptRecord {
+            job_id: queued.id.clone(),
+            source,
+        })?;
+    tx.execute(
+        "UPDATE jobs SET job_json = ?1 WHERE id = ?2",
+        params![job_json, queued.id],
+    )
+    .map_err(HubError::store("add runs to a queued cancel"))?;
+    Ok(true)
 }
 
-/// Stores a cancel job made from `template`, for one server only; its pull answer carries the
-/// cancel comment's delivery, stored under `delivery_id`.
+/// Stores a cancel job made from `template` stopping `job_ids`, for one server only; its pull
+/// answer carries the cancel comment's delivery, stored under `delivery_id`.
 fn create_cancel_job(
     tx: &Connection,
     template: &DispatchJob,
     (license_id, server_id): (&str, &str),
+    job_ids: &[String],
     (delivery_id, raw): (&str, &RawDelivery),
     now_ms: i64,
     tally: &mut Tally,
@@ -161,6 +187,7 @@ fn create_cancel_job(
     let mut job = template.clone();
     job.id = new_job_id();
     job.license_id = license_id.to_owned();
+    job.cancel_job_ids = job_ids.to_vec();
     let new_job = NewJob {
         job,
         target_license: license_id.to_owned(),
@@ -209,10 +236,18 @@ fn cancel(
     )
     .map_err(HubError::store("drop stale pending cancels"))?;
     let mut outcome = CancelOutcome::default();
-    let mut servers: Vec<(String, String)> = Vec::new();
+    // Each server holding accepted jobs, with their ids.
+    let mut servers: Vec<((String, String), Vec<String>)> = Vec::new();
     let summary = format!("cancelled by @{} before a scheduler took it", cmd.login);
     for active in active_jobs(tx, &cmd.repository, cmd.number, cmd.only_job.as_deref())? {
         if is_cancel_command(&active.job.command) {
+            continue;
+        }
+        let allowed = cmd
+            .only_bindings
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&active.job.binding_id));
+        if !allowed {
             continue;
         }
         match active.state {
@@ -236,12 +271,13 @@ fn cancel(
                 outcome.dropped.push(active.job.dag_name);
             }
             JobState::Claimed => {
-                let template = serde_json::to_string(&cmd.template).map_err(|source| {
-                    HubError::CorruptRecord {
+                let mut template = cmd.template.clone();
+                template.cancel_job_ids = vec![active.id.clone()];
+                let template =
+                    serde_json::to_string(&template).map_err(|source| HubError::CorruptRecord {
                         job_id: active.id.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 tx.execute(
                     "INSERT OR REPLACE INTO pending_cancels
                          (job_id, cancel_json, delivery_id, payload, headers, requested_ms)
@@ -262,21 +298,24 @@ fn cancel(
                 let server = (active.claimed_license.clone(), active.claimed_by.clone());
                 let machine = machine_name(tx, &server.0, &server.1)?;
                 outcome.stopping.push((active.job.dag_name, machine));
-                if !servers.contains(&server) {
-                    servers.push(server);
+                match servers.iter_mut().find(|(s, _)| *s == server) {
+                    Some((_, ids)) => ids.push(active.id),
+                    None => servers.push((server, vec![active.id])),
                 }
             }
             JobState::Finished => {}
         }
     }
-    for (license_id, server_id) in &servers {
-        if cancel_queued_for(tx, license_id, server_id, &cmd.repository, cmd.number)? {
+    for ((license_id, server_id), job_ids) in &servers {
+        let server = (license_id.as_str(), server_id.as_str());
+        if merge_into_queued_cancel(tx, server, &cmd.repository, cmd.number, job_ids)? {
             continue;
         }
         let id = create_cancel_job(
             tx,
             &cmd.template,
-            (license_id, server_id),
+            server,
+            job_ids,
             (&delivery.id, &delivery.raw),
             now_ms,
             tally,
@@ -309,14 +348,18 @@ pub(super) fn on_accept(
     forget(tx, job_id)?;
     let template = decode_job(&template)?;
     let (repository, number) = (template.repository_name.clone(), cancel_number(&template));
-    if cancel_queued_for(tx, caller.license_id, caller.server_id, &repository, number)? {
+    // A pending cancel of the previous release names no job: it stops this one.
+    let job_ids = vec![job_id.to_owned()];
+    let server = (caller.license_id, caller.server_id);
+    if merge_into_queued_cancel(tx, server, &repository, number, &job_ids)? {
         return Ok(());
     }
     let raw = RawDelivery { payload, headers };
     let id = create_cancel_job(
         tx,
         &template,
-        (caller.license_id, caller.server_id),
+        server,
+        &job_ids,
         (&delivery_id, &raw),
         now_ms,
         tally,

@@ -25,11 +25,17 @@ const BATCH: usize = 500;
 /// Tables whose rows are kept only for a while, with the column that says when each came: fork
 /// pull request events held back (approving one later finds nothing to dispatch), approvals (a
 /// later event on an approved head needs a new one) and cancels that waited for an accept that
-/// never came. A table that grows with traffic belongs here, or in [`prune_batch`].
-const AGED: [(&str, &str); 3] = [
+/// never came; the heads deliveries showed (a pull request quiet for that long has no latest head
+/// known: a bare approve then asks for the SHA, a check run on a forgotten commit counts as fork
+/// code) and the comments commands came in. A table that grows with traffic belongs here, or in
+/// [`prune_batch`].
+const AGED: [(&str, &str); 6] = [
     ("held_forks", "received_ms"),
     ("approvals", "approved_ms"),
     ("pending_cancels", "requested_ms"),
+    ("pr_heads", "recorded_ms"),
+    ("own_heads", "seen_ms"),
+    ("command_comments", "received_ms"),
 ];
 
 /// What a pass deleted.
@@ -280,13 +286,17 @@ mod tests {
         let conn = open_connection(&path).unwrap();
         for (pr, at) in [(1, T0), (2, T0 + 20 * DAY)] {
             conn.execute(
-                "INSERT INTO held_forks VALUES ('o/r', ?1, 'abc', 'pull_request', 'd', ?2, '{}', ?3)",
+                "INSERT INTO held_forks (repository, pr_number, head_sha, event, delivery_id,
+                                         payload, headers, received_ms)
+                 VALUES ('o/r', ?1, 'abc', 'pull_request', 'd', ?2, '{}', ?3)",
                 rusqlite::params![pr, "h".repeat(64 * 1024), at],
             )
             .unwrap();
         }
         conn.execute(
-            "INSERT INTO approvals VALUES ('o/r', 1, 'abc', 'octocat', 'd', ?1)",
+            "INSERT INTO approvals (repository, pr_number, head_sha, binding_id,
+                                    event_delivery_id, approved_by, delivery_id, approved_ms)
+             VALUES ('o/r', 1, 'abc', 'b', 'd', 'octocat', 'd', ?1)",
             [T0],
         )
         .unwrap();

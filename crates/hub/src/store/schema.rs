@@ -56,6 +56,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: job_lifecycle_reports,
         outside_transaction: false,
     },
+    Step {
+        name: "record pull request heads and own commits, approvals per binding, command comments",
+        apply: trust_heads_and_approvals,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this
@@ -260,6 +265,15 @@ CREATE TABLE pending_cancels (
 fn job_lifecycle_reports(conn: &Connection) -> rusqlite::Result<()> {
     super::reports::supersedable_column(conn)?;
     super::check_runs::create_table(conn)
+}
+
+/// Who may trigger, tightened (`docs/security.md`): the latest head of each pull request and the
+/// repository's own commits, held events ordered by their own time, approvals per binding, and
+/// the first delivery of each comment that holds a command.
+fn trust_heads_and_approvals(conn: &Connection) -> rusqlite::Result<()> {
+    super::heads::create_tables(conn)?;
+    super::approvals::approvals_per_binding(conn)?;
+    super::commands::create_table(conn)
 }
 
 #[cfg(test)]

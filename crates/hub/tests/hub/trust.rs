@@ -22,10 +22,34 @@ fn json_of(name: &str) -> Value {
     serde_json::from_slice(&fixture(name)).unwrap()
 }
 
+/// When the comments of [`comment_by`] are written: after every event of these tests.
+const LATER: &str = "2030-01-01T00:00:00Z";
+
+/// The time of the `n`th event of a test, as GitHub writes it: a minute apart.
+fn at(n: u32) -> String {
+    format!("2024-05-01T10:{n:02}:00Z")
+}
+
 /// The issue comment fixture as `login` with `association`, saying `body`, on pull request
-/// `number` of [`HELLO`].
+/// `number` of [`HELLO`], written [`LATER`].
 fn comment_by(body: &str, login: &str, association: &str, number: i64) -> Vec<u8> {
+    comment_at(body, login, association, number, LATER)
+}
+
+/// [`comment_by`], written at `created_at`, with its own comment id (a comment command runs once
+/// per comment id).
+fn comment_at(
+    body: &str,
+    login: &str,
+    association: &str,
+    number: i64,
+    created_at: &str,
+) -> Vec<u8> {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT_ID: AtomicI64 = AtomicI64::new(1);
     let mut p = json_of("issue_comment/created.payload.json");
+    p["comment"]["id"] = json!(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    p["comment"]["created_at"] = json!(created_at);
     p["comment"]["body"] = json!(body);
     p["comment"]["author_association"] = json!(association);
     p["comment"]["user"]["login"] = json!(login);
@@ -46,6 +70,13 @@ fn fork_pr(action: &str, sha: &str) -> Vec<u8> {
     p["action"] = json!(action);
     p["pull_request"]["head"]["repo"]["full_name"] = json!(FORK);
     p["pull_request"]["head"]["sha"] = json!(sha);
+    serde_json::to_vec(&p).unwrap()
+}
+
+/// [`fork_pr`] of an event that happened at `updated_at`.
+fn fork_pr_at(action: &str, sha: &str, updated_at: &str) -> Vec<u8> {
+    let mut p: Value = serde_json::from_slice(&fork_pr(action, sha)).unwrap();
+    p["pull_request"]["updated_at"] = json!(updated_at);
     serde_json::to_vec(&p).unwrap()
 }
 
@@ -501,25 +532,42 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
     .await;
     assert_eq!(answer["reason"], "Approved 0123456: dispatching `test`.");
     assert_eq!(hub.pull_job(&c).await["sha"], NEW_SHA);
-    // An approved head runs again when the pull request is reopened on it.
+    // An approval dispatches once: the fork's author reopening the pull request on the approved
+    // head does not run it again without a new approval.
     expect(
         &hub,
         "pull_request",
         "pr-3",
         fork_pr("reopened", NEW_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "a4",
+        member("@dispatch approve"),
         (StatusCode::ACCEPTED, 1, "accepted"),
     )
     .await;
+    assert_eq!(answer["reason"], "Approved 0123456: dispatching `test`.");
+    let job = hub.pull_job(&c).await;
+    assert_eq!(
+        (job["sha"].as_str(), job["delivery_id"].as_str()),
+        (Some(NEW_SHA), Some("pr-3"))
+    );
 
     // One answer per approve command of an allowed commenter; none for the outsider. (And the
     // `pending` "queued" status of each of the three jobs dispatched.)
-    reports_sent(&hub, 7).await;
+    reports_sent(&hub, 8).await;
     assert_eq!(
         comments(&gh, 2).await,
         [
             "Nothing to approve: no pull request event from a fork is waiting for #2.",
             "Approved ec26c3e: dispatching `test`.",
             "ec26c3e is already approved; nothing is dispatched again (a new push needs a new approval).",
+            "Approved 0123456: dispatching `test`.",
             "Approved 0123456: dispatching `test`.",
         ]
     );
@@ -555,10 +603,14 @@ async fn approve_needs_a_binding_that_takes_approvals() {
 }
 
 #[tokio::test]
-async fn a_check_run_rerun_on_a_held_fork_head_is_held_too() {
+async fn a_check_run_is_fork_code_unless_the_repository_is_known_to_hold_its_commit() {
     let mut checks = Binding::new(HELLO, "checks", Trigger::Auto);
     checks.fork_pull_requests = ForkPolicy::Approved;
-    let hub = TestHub::start(vec![checks]).await;
+    let mut on_main = Binding::new(HELLO, "main-checks", Trigger::Auto);
+    on_main.event_name = "check_run".into();
+    on_main.branch_pattern = "main".into();
+    on_main.fork_pull_requests = ForkPolicy::Always;
+    let hub = TestHub::start(vec![checks, on_main]).await;
     expect(
         &hub,
         "pull_request",
@@ -567,12 +619,57 @@ async fn a_check_run_rerun_on_a_held_fork_head_is_held_too() {
         (StatusCode::OK, 0, "fork_not_approved"),
     )
     .await;
-    expect(
+    let answer = expect(
         &hub,
         "check_run",
         "cr-fork",
         check_rerun(PR_SHA),
         (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the head of fork pull request #2"),
+        "{answer}"
+    );
+    // A commit the hub never saw, listing no pull request: fork code too (it fails closed).
+    let answer = expect(
+        &hub,
+        "check_run",
+        "cr-unknown",
+        check_rerun(NEW_SHA),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not seen pushed"),
+        "{answer}"
+    );
+    // A fork's branch named `main` does not match `branch_pattern = "main"`.
+    let mut fork_main: Value = serde_json::from_slice(&check_rerun(NEW_SHA)).unwrap();
+    fork_main["check_run"]["check_suite"]["head_branch"] = json!("main");
+    expect(
+        &hub,
+        "check_run",
+        "cr-fork-main",
+        serde_json::to_vec(&fork_main).unwrap(),
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    // Once pushed to the repository, the commit is its own.
+    let mut push = json_of(PUSH);
+    push["after"] = json!(NEW_SHA);
+    expect(
+        &hub,
+        "push",
+        "push",
+        serde_json::to_vec(&push).unwrap(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
     )
     .await;
     expect(
@@ -583,6 +680,32 @@ async fn a_check_run_rerun_on_a_held_fork_head_is_held_too() {
         (StatusCode::ACCEPTED, 1, "accepted"),
     )
     .await;
+    let answer = expect(
+        &hub,
+        "check_run",
+        "cr-own-main",
+        serde_json::to_vec(&fork_main).unwrap(),
+        (StatusCode::ACCEPTED, 2, "accepted"),
+    )
+    .await;
+    assert_eq!(ids(&answer).len(), 2, "the repository's own `main`");
+    // A check run listing a pull request of the repository itself with its head.
+    let own_pr_sha = "1111111111111111111111111111111111111111";
+    let mut listed: Value = serde_json::from_slice(&check_rerun(own_pr_sha)).unwrap();
+    listed["check_run"]["pull_requests"] = json!([{
+        "number": 3,
+        "head": {"ref": "feature", "sha": own_pr_sha, "repo": {"id": 186853002}},
+        "base": {"ref": "master", "repo": {"id": 186853002}}
+    }]);
+    expect(
+        &hub,
+        "check_run",
+        "cr-listed",
+        serde_json::to_vec(&listed).unwrap(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    // An approval dispatches the held pull request event, not check runs on its head.
     let approve = comment_by("@dispatch approve", "maintainer", "MEMBER", 2);
     expect(
         &hub,
@@ -597,7 +720,7 @@ async fn a_check_run_rerun_on_a_held_fork_head_is_held_too() {
         "check_run",
         "cr-approved",
         check_rerun(PR_SHA),
-        (StatusCode::ACCEPTED, 1, "accepted"),
+        (StatusCode::OK, 0, "fork_not_approved"),
     )
     .await;
 }
@@ -844,4 +967,431 @@ async fn a_job_too_large_for_a_pull_gets_an_error_status_with_the_reason() {
 fn report_tail(body: &str) -> String {
     let chars: Vec<char> = body.chars().collect();
     chars[chars.len().saturating_sub(40)..].iter().collect()
+}
+
+/// The answer to a command: its reason, which must hold `has`.
+fn reason_of(answer: &Value, has: &str) -> String {
+    let reason = answer["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains(has), "{has:?} not in {answer}");
+    reason
+}
+
+#[tokio::test]
+async fn approve_dispatches_only_the_latest_head_the_approver_could_have_seen() {
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddddddddddd";
+    let hub = TestHub::start(vec![pr_binding("test", ForkPolicy::Approved)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    let owner_at = |body: &str, t: u32| comment_at(body, "Codertocat", "OWNER", 2, &at(t));
+    let held = (StatusCode::OK, 0, "fork_not_approved");
+    let dispatched = (StatusCode::ACCEPTED, 1, "accepted");
+    let refused = (StatusCode::OK, 0, "accepted");
+
+    // Opened at A (minute 1), approved (2): A runs.
+    expect(
+        &hub,
+        "pull_request",
+        "a",
+        fork_pr_at("opened", PR_SHA, &at(1)),
+        held,
+    )
+    .await;
+    expect(
+        &hub,
+        "issue_comment",
+        "ok-a",
+        owner_at("@dispatch approve", 2),
+        dispatched,
+    )
+    .await;
+    assert_eq!(hub.pull_job(&c).await["sha"], PR_SHA);
+    // The fork's author pushes B (3), then force-pushes A back (4); GitHub delivers the two out
+    // of order. The held event is A, the latest by the events' own times, not B.
+    expect(
+        &hub,
+        "pull_request",
+        "back-to-a",
+        fork_pr_at("synchronize", PR_SHA, &at(4)),
+        held,
+    )
+    .await;
+    expect(
+        &hub,
+        "pull_request",
+        "b",
+        fork_pr_at("synchronize", B, &at(3)),
+        held,
+    )
+    .await;
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "ok-2",
+        owner_at("@dispatch approve", 5),
+        dispatched,
+    )
+    .await;
+    reason_of(&answer, "Approved ec26c3e");
+    let job = hub.pull_job(&c).await;
+    assert_eq!(
+        (job["sha"].as_str(), job["delivery_id"].as_str()),
+        (Some(PR_SHA), Some("back-to-a"))
+    );
+
+    // C is pushed (7); a bare approve written before it (6) arrives after: the approver saw
+    // something else. Naming C runs it.
+    expect(
+        &hub,
+        "pull_request",
+        "c",
+        fork_pr_at("synchronize", C, &at(7)),
+        held,
+    )
+    .await;
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "old",
+        owner_at("@dispatch approve", 6),
+        refused,
+    )
+    .await;
+    reason_of(
+        &answer,
+        "#2's head became ccccccc after this comment was written",
+    );
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "other",
+        owner_at("@dispatch approve bbbbbbb", 8),
+        refused,
+    )
+    .await;
+    reason_of(
+        &answer,
+        "Not approved: bbbbbbb is not the head waiting for approval (ccccccc)",
+    );
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "word",
+        owner_at("@dispatch approve it", 8),
+        refused,
+    )
+    .await;
+    reason_of(&answer, "`it` is not a commit SHA");
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "named",
+        owner_at("@dispatch approve CCCCCCC", 6),
+        dispatched,
+    )
+    .await;
+    reason_of(&answer, "Approved ccccccc");
+    assert_eq!(hub.pull_job(&c).await["sha"], C);
+
+    // An event no binding takes moves the head to D (9): the held C is no longer the head.
+    expect(
+        &hub,
+        "pull_request",
+        "d",
+        fork_pr_at("labeled", D, &at(9)),
+        (StatusCode::OK, 0, "no_binding"),
+    )
+    .await;
+    expect(
+        &hub,
+        "pull_request",
+        "c-again",
+        fork_pr_at("reopened", C, &at(8)),
+        held,
+    )
+    .await;
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "stale",
+        owner_at("@dispatch approve", 10),
+        refused,
+    )
+    .await;
+    reason_of(
+        &answer,
+        "the event waiting for approval is for ccccccc, but the head of #2 is now ddddddd",
+    );
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn approvals_are_per_binding_and_each_dispatches_once() {
+    let mut lint = pr_binding("lint", ForkPolicy::Approved);
+    lint.allowed_users = vec!["pal".into()];
+    let mut deploy = pr_binding("deploy", ForkPolicy::Approved);
+    deploy.allowed_associations = vec!["OWNER".into()];
+    let hub = TestHub::start(vec![lint, deploy]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    let pal = || comment_by("@dispatch approve", "pal", "NONE", 2);
+    let owner = || comment_by("@dispatch approve", "Codertocat", "OWNER", 2);
+    let held = (StatusCode::OK, 0, "fork_not_approved");
+    expect(&hub, "pull_request", "pr", fork_pr("opened", PR_SHA), held).await;
+
+    // `pal` may approve for `lint` only: `deploy` does not run on that approval.
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "pal",
+        pal(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    reason_of(&answer, "dispatching `lint`.");
+    assert_eq!(hub.pull_job(&c).await["dag_name"], "lint");
+    // The owner's approval of the same head still dispatches `deploy` (and not `lint` again).
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "owner",
+        owner(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert_eq!(answer["reason"], "Approved ec26c3e: dispatching `deploy`.");
+    assert_eq!(hub.pull_job(&c).await["dag_name"], "deploy");
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "owner-2",
+        owner(),
+        (StatusCode::OK, 0, "accepted"),
+    )
+    .await;
+    reason_of(&answer, "already approved");
+
+    // The author closes and reopens on the same head: held again, nothing runs.
+    expect(
+        &hub,
+        "pull_request",
+        "reopen",
+        fork_pr("reopened", PR_SHA),
+        held,
+    )
+    .await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    // `pal`'s new approval runs `lint` again, and only `lint`.
+    expect(
+        &hub,
+        "issue_comment",
+        "pal-2",
+        pal(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert_eq!(hub.pull_job(&c).await["dag_name"], "lint");
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_comment_command_runs_the_head_the_hub_recorded_for_the_pull_request() {
+    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    // No head recorded for #2 yet: no SHA, as before.
+    expect(
+        &hub,
+        "issue_comment",
+        "c1",
+        owner_says("@dispatch build", 2),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert!(hub.pull_job(&c).await.get("sha").is_none());
+    // The pull request's events tell the hub its head, whatever their bindings.
+    expect(
+        &hub,
+        "pull_request",
+        "pr",
+        fixture("pull_request/opened.payload.json"),
+        (StatusCode::OK, 0, "no_binding"),
+    )
+    .await;
+    expect(
+        &hub,
+        "issue_comment",
+        "c2",
+        owner_says("@dispatch build", 2),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    let job = hub.pull_job(&c).await;
+    assert_eq!(
+        (job["sha"].as_str(), job["ref"].as_str()),
+        (Some(PR_SHA), Some("refs/pull/2/head"))
+    );
+    // A fork's head pushed after the comment was written is not run.
+    expect(
+        &hub,
+        "pull_request",
+        "fork-push",
+        fork_pr_at("synchronize", NEW_SHA, &at(5)),
+        (StatusCode::OK, 0, "no_binding"),
+    )
+    .await;
+    let late = comment_at("@dispatch build", "Codertocat", "OWNER", 2, &at(4));
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "c3",
+        late,
+        (StatusCode::OK, 0, "fork_not_approved"),
+    )
+    .await;
+    reason_of(&answer, "changed to 0123456 after this comment was written");
+    expect(
+        &hub,
+        "issue_comment",
+        "c4",
+        owner_says("@dispatch build", 2),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    assert_eq!(hub.pull_job(&c).await["sha"], NEW_SHA);
+}
+
+#[tokio::test]
+async fn a_comment_command_runs_once_whatever_its_delivery_id() {
+    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let c = hub.activate("lic-a", SRV_1).await;
+    let comment = owner_says("@dispatch build", 1);
+    expect(
+        &hub,
+        "issue_comment",
+        "first",
+        comment.clone(),
+        (StatusCode::ACCEPTED, 1, "accepted"),
+    )
+    .await;
+    // GitHub's redelivery (same id) and a replay under a new id: neither runs it again.
+    expect(
+        &hub,
+        "issue_comment",
+        "first",
+        comment.clone(),
+        (StatusCode::ACCEPTED, 1, "duplicate"),
+    )
+    .await;
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "replayed",
+        comment,
+        (StatusCode::OK, 0, "duplicate"),
+    )
+    .await;
+    reason_of(&answer, "was taken before, in delivery first");
+    assert_eq!(
+        recorded(&hub, "replayed").0,
+        "duplicate",
+        "the replay is recorded"
+    );
+    hub.pull_job(&c).await;
+    assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
+    hub.metrics_with(&["dispatch_hub_webhooks_received_total{outcome=\"duplicate\"} 2"])
+        .await;
+}
+
+#[tokio::test]
+async fn a_cancel_stops_only_jobs_of_bindings_that_allow_the_commenter() {
+    let mut docs = Binding::new(HELLO, "docs", Trigger::CommentCommand);
+    docs.allowed_associations = vec!["OWNER".into(), "NONE".into()];
+    let hub = TestHub::start(vec![build(Trigger::CommentCommand), docs]).await;
+    let (s1, s2) = (
+        hub.activate("lic-a", SRV_1).await,
+        hub.activate("lic-a", SRV_2).await,
+    );
+    let accepted = (StatusCode::ACCEPTED, 1, "accepted");
+    // The owner's `build` and a stranger's `docs` run on server 1; another `build` on server 2.
+    expect(
+        &hub,
+        "issue_comment",
+        "b1",
+        owner_says("@dispatch build", 1),
+        accepted,
+    )
+    .await;
+    let build_1 = take(&hub, &s1).await;
+    let docs_answer = expect(
+        &hub,
+        "issue_comment",
+        "d1",
+        comment_by("@dispatch docs", "stranger", "NONE", 1),
+        accepted,
+    )
+    .await;
+    let docs_1 = take(&hub, &s1).await;
+    assert_eq!(ids(&docs_answer), std::slice::from_ref(&docs_1));
+    expect(
+        &hub,
+        "issue_comment",
+        "b2",
+        owner_says("@dispatch build", 1),
+        accepted,
+    )
+    .await;
+    take(&hub, &s2).await;
+
+    // The stranger may cancel: `docs` allows them. Their cancel reaches `docs` only.
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "x",
+        comment_by("@dispatch cancel", "stranger", "NONE", 1),
+        accepted,
+    )
+    .await;
+    assert_eq!(answer["reason"], "Cancelling 1 run (`docs` on box).");
+    assert_eq!(
+        hub.pull(&s2, 0).await.status(),
+        StatusCode::NO_CONTENT,
+        "server 2 holds only the owner's run"
+    );
+    let cancel = hub.pull_job(&s1).await;
+    assert_eq!(cancel["command"], "cancel");
+    assert_eq!(cancel["cancel_job_ids"], json!([docs_1]));
+    assert!(!cancel["cancel_job_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(build_1)));
+
+    // The owner's cancel (both bindings allow the owner) names every run of the pull request on
+    // each server.
+    let answer = expect(
+        &hub,
+        "issue_comment",
+        "y",
+        owner_says("@dispatch cancel", 1),
+        (StatusCode::ACCEPTED, 2, "accepted"),
+    )
+    .await;
+    reason_of(&answer, "Cancelling 3 runs");
+    let one = hub.pull_job(&s1).await;
+    let mut named: Vec<&str> = one["cancel_job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    named.sort_unstable();
+    let mut want = vec![build_1.as_str(), docs_1.as_str()];
+    want.sort_unstable();
+    assert_eq!(named, want);
+    assert_eq!(
+        hub.pull_job(&s2).await["cancel_job_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

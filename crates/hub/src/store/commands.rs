@@ -1,0 +1,64 @@
+//! The `command_comments` table: which delivery first brought each comment that holds a command.
+//! A comment command runs once per comment (`docs/security.md`, "Who may trigger"): the
+//! delivery id, by which redeliveries are recognised, is not covered by the signature, so a
+//! captured delivery sent again under a new id would otherwise run its command (an old
+//! `approve`, say) again. A comment is known by its id and the hash of its text: GitHub creates
+//! it once with both, and a replayed delivery carries both unchanged.
+
+use rusqlite::{params, Connection};
+
+use super::Store;
+use crate::error::HubError;
+use crate::trust::CommandComment;
+
+impl Store {
+    /// The delivery that first brought `comment`: `delivery_id` itself when none did before (it
+    /// is recorded as the first), or the earlier one.
+    pub fn first_delivery_of_comment(
+        &self,
+        comment: CommandComment,
+        delivery_id: &str,
+        now_ms: i64,
+    ) -> Result<String, HubError> {
+        let delivery_id = delivery_id.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO command_comments
+                     (event, comment_id, body_sha256, delivery_id, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    comment.event,
+                    comment.comment_id,
+                    comment.body_sha256,
+                    delivery_id,
+                    now_ms
+                ],
+            )
+            .map_err(HubError::store("record a command's comment"))?;
+            tx.query_row(
+                "SELECT delivery_id FROM command_comments
+                 WHERE event = ?1 AND comment_id = ?2 AND body_sha256 = ?3",
+                params![comment.event, comment.comment_id, comment.body_sha256],
+                |r| r.get(0),
+            )
+            .map_err(HubError::store("look up a command's comment"))
+        })
+    }
+}
+
+/// The table definition (a schema step).
+pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE command_comments (
+    event TEXT NOT NULL,
+    comment_id INTEGER NOT NULL,
+    body_sha256 TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (event, comment_id, body_sha256)
+);
+CREATE INDEX command_comments_by_age ON command_comments(received_ms);
+",
+    )
+}
