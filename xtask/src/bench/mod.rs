@@ -44,6 +44,8 @@ pub(crate) struct Context {
     pub(crate) root: PathBuf,
     pub(crate) artifacts: Artifacts,
     pub(crate) work: PathBuf,
+    /// `--profile`: the profiler run around the scheduler under measurement.
+    pub(crate) profile: Option<procs::Profile>,
 }
 
 const GROUPS: &[Group] = &[
@@ -105,6 +107,8 @@ struct Options {
     out: Option<PathBuf>,
     /// Keep the scratch homes (logs, run records) after the run.
     keep: bool,
+    /// `--profile '<command>'`: see [`procs::Profile`].
+    profile: Option<String>,
 }
 
 fn parse_options(args: &[String]) -> anyhow::Result<Options> {
@@ -112,6 +116,7 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
         only: None,
         out: None,
         keep: false,
+        profile: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -128,8 +133,15 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
                 options.out = Some(PathBuf::from(path));
             }
             "--keep" => options.keep = true,
+            "--profile" => {
+                let command = args.next().context("`--profile` needs a command")?;
+                options.profile = Some(command.clone());
+            }
             other => {
-                bail!("unknown bench flag `{other}` (flags: --only <group>, --out <file>, --keep)")
+                bail!(
+                    "unknown bench flag `{other}` (flags: --only <group>, --out <file>, --keep, \
+                     --profile <command>)"
+                )
             }
         }
     }
@@ -184,6 +196,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             root: root.to_path_buf(),
             artifacts: artifacts.clone(),
             work: work.join(group.name),
+            profile: options.profile.clone().map(procs::Profile),
         };
         metrics.extend(noise::rows(group.name, &context.work));
         metrics.extend(run_group(group, &context));
@@ -245,11 +258,21 @@ mod tests {
     #[test]
     fn options_take_a_known_group_and_an_output_file() {
         assert_eq!(
-            parse_options(&args(&["--only", "idle", "--out", "x.json", "--keep"])).unwrap(),
+            parse_options(&args(&[
+                "--only",
+                "idle",
+                "--out",
+                "x.json",
+                "--keep",
+                "--profile",
+                "strace -c -f -p {pid}"
+            ]))
+            .unwrap(),
             Options {
                 only: Some("idle".into()),
                 out: Some(PathBuf::from("x.json")),
                 keep: true,
+                profile: Some("strace -c -f -p {pid}".into()),
             }
         );
         assert_eq!(
@@ -258,6 +281,7 @@ mod tests {
                 only: None,
                 out: None,
                 keep: false,
+                profile: None,
             }
         );
     }
@@ -299,6 +323,7 @@ mod tests {
             root: PathBuf::from("."),
             artifacts: Artifacts::failed_for_tests(Artifact::Hub, "hub did not build"),
             work: std::env::temp_dir().join("xtask-bench-unused"),
+            profile: None,
         };
         let group = GROUPS.iter().find(|g| g.name == "idle").unwrap();
         let rows = run_group(group, &context);

@@ -115,6 +115,9 @@ impl Embedded {
             .arg(polling.long_poll_s.to_string())
             .arg("--poll-interval")
             .arg(polling.idle_delay_s.to_string());
+        if let Some(profile) = &context.profile {
+            command = profile.wrap(command);
+        }
         let mut scheduler = Proc::spawn("scheduler", command, &home.log())?;
         wait_healthy(hub, &mut scheduler)?;
         Ok(Embedded {
@@ -275,6 +278,9 @@ impl StandaloneHub {
             .arg(polling.long_poll_s.to_string())
             .arg("--poll-interval")
             .arg(polling.idle_delay_s.to_string());
+        if let Some(profile) = &context.profile {
+            command = profile.wrap(command);
+        }
         Proc::spawn("scheduler", command, &home.log())
     }
 }
