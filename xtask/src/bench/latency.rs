@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::http::{unix_ns, WebhookSender};
+use super::procs::{self, Profile};
 use super::stats::{mean, percentile, Jitter};
 use super::system::{Embedded, Polling};
-use super::procs::{self, Profile};
 use super::{Context, Metric, Target};
 
 const P50: &str = "dispatch_latency_p50_ms";
