@@ -133,6 +133,14 @@ pub trait RunStore: Send + Sync {
     fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError>;
     /// Creates a new attempt for the run with the DAG snapshot and the first status record.
     fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError>;
+    /// [`RunStore::create_attempt`] for several runs, with one result per run in order. An
+    /// implementation may make them durable together (fewer syncs); each `Ok` is as durable as
+    /// one of `create_attempt`.
+    fn create_attempts(&self, runs: &[(&Dag, &RunRecord)]) -> Vec<Result<Attempt, StoreError>> {
+        runs.iter()
+            .map(|(dag, record)| self.create_attempt(dag, record))
+            .collect()
+    }
     /// Replaces the status of the attempt named by `record` (atomic and durable).
     fn write_status(&self, record: &RunRecord) -> Result<(), StoreError>;
     /// Removes the run and all its attempts; Ok when it did not exist.

@@ -1,8 +1,11 @@
-//! File-backed [`QueueStore`]: one file per queued item.
+//! File-backed [`QueueStore`]: one file per queued item, and an in-memory index of the names.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::contract::{Priority, QueueItem, QueueStore};
 use super::fsutil::{
@@ -12,6 +15,11 @@ use super::fsutil::{
 use crate::names::validate_queue_name;
 use crate::StoreError;
 
+/// How long a listing of a queue directory is trusted for the items of other processes: an item
+/// another process enqueues is seen within this time, or at once when this process's own view
+/// of the queue is empty.
+const RELIST_AFTER: Duration = Duration::from_secs(1);
+
 /// Queues under `<root>/<queue>/`, one JSON file per item named
 /// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
 /// the names is the service order: priority, then FIFO.
@@ -20,6 +28,14 @@ use crate::StoreError;
 /// (or link) of a complete temp file; a dequeue claims the first name by unlinking it, and the
 /// filesystem lets exactly one unlink of a name succeed, so no item is served twice or lost
 /// among running processes.
+///
+/// The store keeps the names of each queue in memory, with the item of every name it has
+/// written or read (a name's file never changes once placed), so that a dequeue is one unlink
+/// instead of a directory listing and a read: listing a queue of `n` items for each of `n`
+/// dequeues was quadratic. The directory is listed again when this view is empty, and at the
+/// latest a second after the last listing, which is how items other processes enqueue
+/// are found; between listings they wait behind the ones this process knows. Names another
+/// process claimed are found out by their failing unlink.
 ///
 /// Durability: none of these calls fsync (each would cost milliseconds on the dispatch path).
 /// The run record in the [`crate::RunStore`] is the durable truth and the queue is an index of
@@ -34,6 +50,35 @@ use crate::StoreError;
 #[derive(Debug, Clone)]
 pub struct FileQueueStore {
     root: PathBuf,
+    /// Shared by clones, so that every handle of one store sees the same view.
+    index: Arc<Mutex<Index>>,
+    /// [`RELIST_AFTER`], except in tests.
+    relist_after: Duration,
+}
+
+/// What this process knows of the queue directories.
+#[derive(Debug, Default)]
+struct Index {
+    queues: HashMap<String, Known>,
+    /// When the root was last listed for queue directories.
+    root_listed: Option<Instant>,
+}
+
+/// The names of one queue, in service order, each with its item when known.
+#[derive(Debug, Default)]
+struct Known {
+    names: BTreeMap<String, Option<QueueItem>>,
+    /// When the directory was last listed; `None`: never.
+    listed: Option<Instant>,
+}
+
+impl Known {
+    fn stale(&self, now: Instant, relist_after: Duration) -> bool {
+        self.names.is_empty()
+            || self
+                .listed
+                .is_none_or(|at| now.duration_since(at) >= relist_after)
+    }
 }
 
 impl FileQueueStore {
@@ -41,7 +86,54 @@ impl FileQueueStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<FileQueueStore, StoreError> {
         let root = root.into();
         create_dir_durable(&root)?;
-        Ok(FileQueueStore { root })
+        Ok(FileQueueStore {
+            root,
+            index: Arc::default(),
+            relist_after: RELIST_AFTER,
+        })
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // The view is checked against the directory at every claim and replaced at every
+        // listing, so a panic halfway through an update cannot make the queue lose an item.
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the view of a queue with a listing of `dir`, keeping the items already known.
+    /// Called with the index locked, so an enqueue of this process that placed its file before
+    /// the listing is in it, and one that placed it after adds its name once the listing is in.
+    fn relist(dir: &Path, known: &mut Known, now: Instant) -> Result<(), StoreError> {
+        let names = item_names(dir)?;
+        let mut old = std::mem::take(&mut known.names);
+        known.names = names
+            .into_iter()
+            .map(|name| {
+                let item = old.remove(&name).flatten();
+                (name, item)
+            })
+            .collect();
+        known.listed = Some(now);
+        Ok(())
+    }
+
+    /// The item behind `name`, read (and remembered) when not known yet; `None` when its file
+    /// is gone or was set aside as corrupt.
+    fn item_of(dir: &Path, known: &mut Known, name: &str) -> Result<Option<QueueItem>, StoreError> {
+        if let Some(Some(item)) = known.names.get(name) {
+            return Ok(Some(item.clone()));
+        }
+        match Self::read_item(dir, name)? {
+            Some(item) => {
+                known.names.insert(name.to_owned(), Some(item.clone()));
+                Ok(Some(item))
+            }
+            None => {
+                known.names.remove(name);
+                Ok(None)
+            }
+        }
     }
 
     fn queue_dir(&self, queue: &str) -> Result<PathBuf, StoreError> {
@@ -134,28 +226,72 @@ impl QueueStore for FileQueueStore {
         if placed.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        placed.map_err(io_err("link", &path))
+        placed.map_err(io_err("link", &path))?;
+        self.index()
+            .queues
+            .entry(queue.to_owned())
+            .or_default()
+            .names
+            .insert(name, Some(item.clone()));
+        Ok(())
     }
 
     fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {
         let dir = self.queue_dir(queue)?;
-        for name in item_names(&dir)? {
-            let Some(item) = Self::read_item(&dir, &name)? else {
+        let now = Instant::now();
+        let mut index = self.index();
+        let known = index.queues.entry(queue.to_owned()).or_default();
+        let mut relisted = false;
+        if known.stale(now, self.relist_after) {
+            Self::relist(&dir, known, now)?;
+            relisted = true;
+        }
+        loop {
+            let Some((name, item)) = known.names.pop_first() else {
+                if relisted {
+                    return Ok(None);
+                }
+                // Every name this process knew was claimed by another: look again.
+                Self::relist(&dir, known, now)?;
+                relisted = true;
                 continue;
             };
-            if Self::claim(&dir, &name)? {
-                return Ok(Some(item));
+            let item = match item {
+                Some(item) => item,
+                None => match Self::read_item(&dir, &name) {
+                    Ok(Some(item)) => item,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        known.names.insert(name, None);
+                        return Err(e);
+                    }
+                },
+            };
+            match Self::claim(&dir, &name) {
+                Ok(true) => return Ok(Some(item)),
+                Ok(false) => {}
+                Err(e) => {
+                    known.names.insert(name, Some(item));
+                    return Err(e);
+                }
             }
         }
-        Ok(None)
     }
 
     fn remove(&self, queue: &str, item: &QueueItem) -> Result<bool, StoreError> {
         let dir = self.queue_dir(queue)?;
+        let now = Instant::now();
+        let mut index = self.index();
+        let known = index.queues.entry(queue.to_owned()).or_default();
+        Self::relist(&dir, known, now)?;
+        let names: Vec<String> = known.names.keys().cloned().collect();
         let mut removed = false;
-        for name in item_names(&dir)? {
-            if Self::read_item(&dir, &name)?.as_ref() == Some(item) && Self::claim(&dir, &name)? {
-                removed = true;
+        for name in names {
+            if Self::item_of(&dir, known, &name)?.as_ref() == Some(item) {
+                if Self::claim(&dir, &name)? {
+                    removed = true;
+                }
+                known.names.remove(&name);
             }
         }
         Ok(removed)
@@ -163,9 +299,14 @@ impl QueueStore for FileQueueStore {
 
     fn list(&self, queue: &str) -> Result<Vec<QueueItem>, StoreError> {
         let dir = self.queue_dir(queue)?;
+        let now = Instant::now();
+        let mut index = self.index();
+        let known = index.queues.entry(queue.to_owned()).or_default();
+        Self::relist(&dir, known, now)?;
+        let names: Vec<String> = known.names.keys().cloned().collect();
         let mut items = Vec::new();
-        for name in item_names(&dir)? {
-            if let Some(item) = Self::read_item(&dir, &name)? {
+        for name in names {
+            if let Some(item) = Self::item_of(&dir, known, &name)? {
                 items.push(item);
             }
         }
@@ -173,12 +314,28 @@ impl QueueStore for FileQueueStore {
     }
 
     fn queues(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for queue in list_names(&self.root)? {
-            if !item_names(&self.root.join(&queue))?.is_empty() {
-                out.push(queue);
+        let now = Instant::now();
+        let mut index = self.index();
+        let listed = index
+            .root_listed
+            .is_some_and(|at| now.duration_since(at) < self.relist_after);
+        if !listed {
+            for queue in list_names(&self.root)? {
+                let dir = self.root.join(&queue);
+                let known = index.queues.entry(queue).or_default();
+                if known.stale(now, self.relist_after) {
+                    Self::relist(&dir, known, now)?;
+                }
             }
+            index.root_listed = Some(now);
         }
+        let mut out: Vec<String> = index
+            .queues
+            .iter()
+            .filter(|(_, known)| !known.names.is_empty())
+            .map(|(queue, _)| queue.clone())
+            .collect();
+        out.sort();
         Ok(out)
     }
 }
@@ -186,6 +343,35 @@ impl QueueStore for FileQueueStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(run: &str) -> QueueItem {
+        QueueItem {
+            dag_name: "d".into(),
+            run_id: run.into(),
+        }
+    }
+
+    #[test]
+    fn items_of_another_store_wait_for_the_next_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = FileQueueStore::open(tmp.path()).unwrap();
+        a.relist_after = Duration::from_secs(3600);
+        let b = FileQueueStore::open(tmp.path()).unwrap();
+        assert_eq!(a.dequeue("q").unwrap(), None);
+        a.enqueue("q", Priority::Low, &item("a1")).unwrap();
+        a.enqueue("q", Priority::Low, &item("a2")).unwrap();
+        b.enqueue("q", Priority::High, &item("b1")).unwrap();
+        // `a` knows its own two names and has listed the queue recently: it does not look.
+        assert_eq!(a.queues().unwrap(), vec!["q".to_owned()]);
+        assert_eq!(a.dequeue("q").unwrap(), Some(item("a1")));
+        // `b` lists (it never has), and serves the high-priority item first.
+        assert_eq!(b.dequeue("q").unwrap(), Some(item("b1")));
+        assert_eq!(b.dequeue("q").unwrap(), Some(item("a2")));
+        assert_eq!(a.dequeue("q").unwrap(), None);
+        // Once its view is empty, `a` looks at once.
+        b.enqueue("q", Priority::Low, &item("b2")).unwrap();
+        assert_eq!(a.dequeue("q").unwrap(), Some(item("b2")));
+    }
 
     #[test]
     fn placing_never_replaces_an_existing_item() {

@@ -33,8 +33,10 @@ const COMPACT_AT: u64 = 256 * 1024;
 ///
 /// Durability at the fewest fsyncs: a status write is one append and one `fdatasync` (the size
 /// change that makes the line readable is data-sync metadata; no name changes); creating a run
-/// is one append, one `fdatasync` and one fsync of the DAG directory (its new name). The DAG
-/// directory itself is made durable once per process.
+/// is one append, one `fdatasync` and one fsync of the DAG directory (its new name). Runs
+/// created together ([`RunStore::create_attempts`]) are all written before any is synced and
+/// share the fsync of their directory. The DAG directory itself is made durable once per
+/// process.
 ///
 /// Atomicity: a line counts only once its closing newline is there, so readers never see half a
 /// status. What a crash in the middle of an append can leave at the end of the file (a line
@@ -336,15 +338,28 @@ impl Locked {
     /// Appends one encoded line and makes it durable. A failed write is cut off again so the
     /// file never keeps half a line.
     fn append(&mut self, line: &[u8], attempt_id: Option<&str>) -> Result<(), StoreError> {
-        let result = self
-            .file
-            .write_all(line)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = result {
+        let unsynced = self.write(line)?;
+        self.sync(unsynced, attempt_id)
+    }
+
+    /// The first half of [`Locked::append`]: writes the line, not yet durable; returns its
+    /// length for [`Locked::sync`].
+    fn write(&mut self, line: &[u8]) -> Result<u64, StoreError> {
+        if let Err(e) = self.file.write_all(line) {
             let _ = self.file.set_len(self.len);
             return Err(io_err("write", &self.path)(e));
         }
-        self.len += line.len() as u64;
+        Ok(line.len() as u64)
+    }
+
+    /// The second half of [`Locked::append`]: makes the `written` bytes durable, or cuts them
+    /// off again.
+    fn sync(&mut self, written: u64, attempt_id: Option<&str>) -> Result<(), StoreError> {
+        if let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.len);
+            return Err(io_err("write", &self.path)(e));
+        }
+        self.len += written;
         self.ids.extend(attempt_id.map(str::to_owned));
         Ok(())
     }
@@ -450,21 +465,18 @@ impl FileRunStore {
     }
 }
 
-/// A fresh attempt id, as the store makes one for a record without it: ids made in one process
-/// sort by creation time (zero-padded monotonic nanoseconds, then the pid).
-pub fn new_attempt_id() -> String {
-    format!("{:020}-{}", monotonic_nanos(), std::process::id())
+/// A run file with its attempt line written but not yet durable (see `create_attempts`).
+struct Creating {
+    file: Locked,
+    written: u64,
+    record: RunRecord,
+    dir: PathBuf,
 }
 
-impl RunStore for FileRunStore {
-    fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError> {
-        let path = self.run_path(dag_name, run_id)?;
-        Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
-            what: format!("run `{dag_name}/{run_id}`"),
-        })
-    }
-
-    fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError> {
+impl FileRunStore {
+    /// The first half of creating an attempt: checks, the directory, and the attempt line
+    /// written to the locked run file.
+    fn write_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Creating, StoreError> {
         let path = self.run_path(&record.dag_name, &record.run_id)?;
         let mut record = record.clone();
         if record.attempt_id.is_empty() {
@@ -499,16 +511,91 @@ impl RunStore for FileRunStore {
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "attempt exists"),
             });
         }
-        let appended = file.append(&line, Some(&record.attempt_id));
-        file.remember(&self.known, appended.is_ok());
-        appended?;
-        // The file may be new (its name needs the directory fsync) or left by a process that
-        // died before making its name durable; creating attempts is rare enough to always pay.
-        fsync_dir(&dir)?;
-        Ok(Attempt {
-            dag: dag.clone(),
+        let written = match file.write(&line) {
+            Ok(written) => written,
+            Err(e) => {
+                file.remember(&self.known, false);
+                return Err(e);
+            }
+        };
+        Ok(Creating {
+            file,
+            written,
             record,
+            dir,
         })
+    }
+}
+
+/// A fresh attempt id, as the store makes one for a record without it: ids made in one process
+/// sort by creation time (zero-padded monotonic nanoseconds, then the pid).
+pub fn new_attempt_id() -> String {
+    format!("{:020}-{}", monotonic_nanos(), std::process::id())
+}
+
+impl RunStore for FileRunStore {
+    fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError> {
+        let path = self.run_path(dag_name, run_id)?;
+        Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
+            what: format!("run `{dag_name}/{run_id}`"),
+        })
+    }
+
+    fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError> {
+        self.create_attempts(&[(dag, record)])
+            .pop()
+            .unwrap_or_else(|| {
+                Err(StoreError::NotFound {
+                    what: format!("run `{}/{}`", record.dag_name, record.run_id),
+                })
+            })
+    }
+
+    /// Each run's attempt line is written first, then every file is synced and every DAG
+    /// directory fsynced once: on a journaling filesystem the first sync commits the others'
+    /// data with it, so the syncs after it find little to do.
+    fn create_attempts(&self, runs: &[(&Dag, &RunRecord)]) -> Vec<Result<Attempt, StoreError>> {
+        let mut written: Vec<Result<Creating, StoreError>> = runs
+            .iter()
+            .map(|(dag, record)| self.write_attempt(dag, record))
+            .collect();
+        for creating in written.iter_mut() {
+            if let Ok(c) = creating {
+                let synced = c.file.sync(c.written, Some(&c.record.attempt_id));
+                c.file.remember(&self.known, synced.is_ok());
+                if let Err(e) = synced {
+                    *creating = Err(e);
+                }
+            }
+        }
+        // The files may be new (their names need the directory fsync) or left by a process that
+        // died before making their names durable; creating attempts is rare enough to always
+        // pay, once per directory.
+        let mut dirs: Vec<PathBuf> = written
+            .iter()
+            .filter_map(|c| c.as_ref().ok().map(|c| c.dir.clone()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let failed_dirs: Vec<PathBuf> = dirs
+            .into_iter()
+            .filter(|dir| fsync_dir(dir).is_err())
+            .collect();
+        written
+            .into_iter()
+            .zip(runs)
+            .map(|(creating, (dag, _))| {
+                let creating = creating?;
+                if failed_dirs.contains(&creating.dir) {
+                    // Each run of the directory gets the error of its own try.
+                    fsync_dir(&creating.dir)?;
+                }
+                Ok(Attempt {
+                    dag: (*dag).clone(),
+                    record: creating.record,
+                })
+            })
+            .collect()
     }
 
     fn write_status(&self, record: &RunRecord) -> Result<(), StoreError> {

@@ -60,6 +60,39 @@ fn corrupt_item_is_set_aside_not_blocking() {
 }
 
 #[test]
+fn two_stores_on_one_directory_serve_each_item_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = FileQueueStore::open(tmp.path()).unwrap();
+    let b = FileQueueStore::open(tmp.path()).unwrap();
+    a.enqueue("q", Priority::Low, &item("d", "x")).unwrap();
+    // `b` has never listed the queue, so it finds `a`'s item.
+    assert_eq!(b.queues().unwrap(), vec!["q".to_owned()]);
+    assert_eq!(b.dequeue("q").unwrap(), Some(item("d", "x")));
+    // `a` still knows the name; its claim fails and it looks at the directory again.
+    assert_eq!(a.dequeue("q").unwrap(), None);
+    assert!(a.queues().unwrap().is_empty());
+    assert!(b.list("q").unwrap().is_empty());
+}
+
+#[test]
+fn list_and_remove_see_items_of_other_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = FileQueueStore::open(tmp.path()).unwrap();
+    let b = FileQueueStore::open(tmp.path()).unwrap();
+    a.enqueue("q", Priority::Low, &item("d", "a1")).unwrap();
+    b.enqueue("q", Priority::Low, &item("d", "b1")).unwrap();
+    let runs = |q: &FileQueueStore| -> Vec<String> {
+        q.list("q").unwrap().into_iter().map(|i| i.run_id).collect()
+    };
+    assert_eq!(runs(&a), ["a1", "b1"]);
+    assert!(a.remove("q", &item("d", "b1")).unwrap());
+    assert_eq!(runs(&b), ["a1"]);
+    assert_eq!(b.dequeue("q").unwrap(), Some(item("d", "a1")));
+    assert!(!a.remove("q", &item("d", "a1")).unwrap());
+    assert!(runs(&a).is_empty());
+}
+
+#[test]
 fn bad_queue_names_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let q = FileQueueStore::open(tmp.path()).unwrap();

@@ -467,3 +467,52 @@ fn store_directories_removed_behind_its_back_come_back() {
     s.queue.enqueue("d", Priority::Low, &it).unwrap();
     assert_eq!(s.queue.list("d").unwrap(), vec![it]);
 }
+
+#[test]
+fn create_attempts_gives_each_run_its_own_result_and_all_are_durable() {
+    let (tmp, s, dag) = stores_with_dag();
+    write_dag(
+        tmp.path(),
+        "e.yaml",
+        "steps:\n  - name: b\n    command: 'true'\n",
+    );
+    let other = s.dags.load("e").unwrap();
+    let existing = create_queued(&s, &dag, "r0");
+    let r1 = record("d", "r1", RunStatus::Queued);
+    let r2 = record("e", "r2", RunStatus::Queued);
+    let bad = record("d", "bad.id", RunStatus::Queued);
+    let results = s.runs.create_attempts(&[
+        (&dag, &r1),
+        (&dag, &existing.record),
+        (&other, &r2),
+        (&dag, &bad),
+    ]);
+    assert_eq!(results.len(), 4);
+    let created = results[0].as_ref().unwrap();
+    assert_eq!(created.record.run_id, "r1");
+    assert!(!created.record.attempt_id.is_empty());
+    assert!(
+        matches!(
+            &results[1],
+            Err(StoreError::Io {
+                action: "create attempt",
+                ..
+            })
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().unwrap().dag.name, "e");
+    assert!(matches!(&results[3], Err(StoreError::InvalidName { .. })));
+    assert!(s.runs.create_attempts(&[]).is_empty());
+
+    let reopened = stores(tmp.path());
+    for (dag_name, run) in [("d", "r0"), ("d", "r1"), ("e", "r2")] {
+        let attempt = reopened.runs.find_attempt(dag_name, run).unwrap();
+        assert_eq!(attempt.record.status, RunStatus::Queued, "{dag_name}/{run}");
+    }
+    assert_eq!(
+        reopened.runs.find_attempt("d", "r1").unwrap().record,
+        created.record
+    );
+}
