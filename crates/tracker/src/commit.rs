@@ -178,6 +178,21 @@ impl GroupCommit {
         self.commit(self.lock(), &entry, Change::Upsert(job))
     }
 
+    /// See `Tracker::upsert_all`.
+    pub(crate) fn upsert_all(&self, jobs: Vec<TrackedJob>) -> Result<(), TrackerError> {
+        let changes = jobs
+            .into_iter()
+            .map(|job| {
+                let entry = journal::encode_entry(&EntryRef::Upsert { job: &job })?;
+                Ok((entry, Change::Upsert(job)))
+            })
+            .collect::<Result<Vec<_>, TrackerError>>()?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.commit_many(self.lock(), changes)
+    }
+
     /// See `Tracker::delete`.
     pub(crate) fn delete(&self, job_id: &str) -> Result<bool, TrackerError> {
         let mut inner = self.lock();
@@ -259,6 +274,47 @@ impl GroupCommit {
         }
         inner.gathering.push(entry, change);
         let batch = inner.next_batch;
+        self.await_batch(inner, batch).map(drop)
+    }
+
+    /// [`GroupCommit::commit`] for several changes at once: they join the gathering batch
+    /// together (several batches in order, in the rare case that they do not fit in one record),
+    /// so a caller with many changes pays one write and one fsync, as many concurrent callers do.
+    fn commit_many<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        changes: Vec<(Vec<u8>, Change)>,
+    ) -> Result<(), TrackerError> {
+        let mut changes = changes.into_iter().peekable();
+        while let Some((first, _)) = changes.peek() {
+            let first_len = first.len();
+            loop {
+                if inner.poisoned {
+                    return Err(self.poisoned_error());
+                }
+                if inner.gathering.fits(first_len) {
+                    break;
+                }
+                inner = self.wait(inner);
+            }
+            while let Some((entry, change)) =
+                changes.next_if(|(entry, _)| inner.gathering.fits(entry.len()))
+            {
+                inner.gathering.push(&entry, change);
+            }
+            let batch = inner.next_batch;
+            inner = self.await_batch(inner, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Returns once batch number `batch` (holding the caller's changes) is durable and applied,
+    /// writing it when the journal is idle; its error if it failed.
+    fn await_batch<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        batch: u64,
+    ) -> Result<MutexGuard<'a, Inner>, TrackerError> {
         loop {
             if inner.finished >= batch {
                 return match &inner.failed {
@@ -267,7 +323,7 @@ impl GroupCommit {
                         path: self.journal_path.clone(),
                         source: copy_io_error(source),
                     }),
-                    _ => Ok(()),
+                    _ => Ok(inner),
                 };
             }
             if inner.poisoned {

@@ -153,6 +153,14 @@ impl Tracker {
         self.journal.upsert(job)
     }
 
+    /// Inserts or replaces every job of `jobs` (in order); all durable when this returns `Ok`.
+    ///
+    /// The changes join one batch (one write, one fsync), as concurrent [`Tracker::upsert`]s do;
+    /// on `Err` any of them may or may not have been recorded.
+    pub fn upsert_all(&self, jobs: Vec<TrackedJob>) -> Result<(), TrackerError> {
+        self.journal.upsert_all(jobs)
+    }
+
     /// Removes the job with `job_id`; returns whether it was tracked. Durable when this returns `Ok`.
     /// Deleting an unknown id writes nothing.
     ///

@@ -628,6 +628,34 @@ fn concurrent_callers_share_one_fsync() {
     assert_eq!(t.journal_records(), CALLERS + 1);
 }
 
+#[test]
+fn upsert_all_is_one_write_and_one_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    let jobs: Vec<TrackedJob> = (0..50).map(|i| job(&format!("all-{i:02}"), "r")).collect();
+    t.upsert_all(jobs.clone()).unwrap();
+    assert_eq!(t.journal_syncs(), 1);
+    assert_eq!(t.journal_records(), 50);
+    t.upsert_all(Vec::new()).unwrap();
+    assert_eq!(t.journal_syncs(), 1, "nothing to write, nothing written");
+    // A later change of the same job in one call wins, as with two upserts in a row.
+    let mut accepted = job("all-00", "r");
+    accepted.phase = Phase::Accepted;
+    t.upsert_all(vec![job("all-00", "r"), accepted.clone()])
+        .unwrap();
+    assert_eq!(t.get("all-00").unwrap(), Some(accepted.clone()));
+    drop(t);
+    let t = Tracker::open(tmp.path()).unwrap();
+    assert_eq!(t.len(), 50);
+    assert_eq!(t.get("all-00").unwrap(), Some(accepted));
+    t.fail_next_batch();
+    assert!(t.upsert_all(vec![job("lost", "r")]).is_err());
+    assert!(matches!(
+        t.upsert_all(vec![job("later", "r")]),
+        Err(TrackerError::Poisoned { .. })
+    ));
+}
+
 /// Writes a batch of `callers` upserts with one fsync; returns the journal length before it.
 fn write_one_batch(t: &Tracker, dir: &Path, callers: usize) -> u64 {
     let before = fs::metadata(journal(dir)).unwrap().len();
