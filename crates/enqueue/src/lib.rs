@@ -1,7 +1,8 @@
 //! Idempotent enqueue of a webhook-triggered DAG run, with rollback (run lifecycle:
 //! `docs/dag-format.md`).
 //!
-//! Main items: [`enqueue_webhook_run`], its [`EnqueueOutcome`] and [`EnqueueError`].
+//! Main items: [`enqueue_webhook_run`] (and [`enqueue_webhook_runs`] for a burst of
+//! [`WebhookRun`]s that shares its syncs), its [`EnqueueOutcome`] and [`EnqueueError`].
 //!
 //! For a run id that already exists it does nothing ([`EnqueueOutcome::AlreadyExists`]), so a
 //! caller that is unsure whether an earlier call got through simply calls again. Otherwise it
@@ -115,12 +116,112 @@ pub fn enqueue_webhook_run(
     params: &str,
     now_ms: u64,
 ) -> Result<EnqueueOutcome, EnqueueError> {
+    let run = WebhookRun {
+        dag,
+        run_id,
+        params,
+    };
+    match enqueue_webhook_runs(stores, &[run], now_ms).pop() {
+        Some(outcome) => outcome,
+        // One run in, one outcome out.
+        None => Ok(EnqueueOutcome::AlreadyExists),
+    }
+}
+
+/// One run for [`enqueue_webhook_runs`].
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRun<'a> {
+    /// The DAG to run.
+    pub dag: &'a Dag,
+    /// The run id (the job id).
+    pub run_id: &'a str,
+    /// The runtime-param string.
+    pub params: &'a str,
+}
+
+/// [`enqueue_webhook_run`] for several runs, one outcome per run in order, each with the same
+/// meaning and the same rollback. The new runs' attempts are created together
+/// ([`dispatch_dag::RunStore::create_attempts`]: written, then made durable), so a burst of
+/// jobs shares its syncs; the executor is woken once.
+pub fn enqueue_webhook_runs(
+    stores: &Stores,
+    runs: &[WebhookRun<'_>],
+    now_ms: u64,
+) -> Vec<Result<EnqueueOutcome, EnqueueError>> {
+    let mut outcomes: Vec<Option<Result<EnqueueOutcome, EnqueueError>>> = Vec::new();
+    let mut new: Vec<(usize, Dag, RunRecord)> = Vec::new();
+    for (n, run) in runs.iter().enumerate() {
+        match prepare(stores, run, now_ms) {
+            Ok(Some((snapshot, record))) => {
+                new.push((n, snapshot, record));
+                outcomes.push(None);
+            }
+            Ok(None) => outcomes.push(Some(Ok(EnqueueOutcome::AlreadyExists))),
+            Err(e) => outcomes.push(Some(Err(e))),
+        }
+    }
+    let pairs: Vec<(&Dag, &RunRecord)> = new.iter().map(|(_, dag, rec)| (dag, rec)).collect();
+    let created = stores.runs.create_attempts(&pairs);
+    let mut enqueued = false;
+    for ((n, snapshot, record), created) in new.iter().zip(created) {
+        let item = QueueItem {
+            dag_name: record.dag_name.clone(),
+            run_id: record.run_id.clone(),
+        };
+        let queue = snapshot.queue.as_str();
+        let outcome = match created {
+            // A failed create may still have left a partial run behind (e.g. it failed after
+            // writing), so even this step is rolled back.
+            Err(source) => Err(failed(
+                stores,
+                queue,
+                &item,
+                "create the attempt",
+                source,
+                false,
+            )),
+            Ok(_) => match stores.queue.enqueue(queue, Priority::Low, &item) {
+                Err(source) => Err(failed(stores, queue, &item, "enqueue", source, true)),
+                Ok(()) => {
+                    tracing::info!(
+                        dag = item.dag_name.as_str(),
+                        run_id = item.run_id.as_str(),
+                        queue,
+                        "run enqueued"
+                    );
+                    enqueued = true;
+                    Ok(EnqueueOutcome::Enqueued)
+                }
+            },
+        };
+        outcomes[*n] = Some(outcome);
+    }
+    if enqueued {
+        stores.enqueued.notify_one();
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Ok(EnqueueOutcome::AlreadyExists)))
+        .collect()
+}
+
+/// Checks one run and builds its snapshot and first status; `None` when the run exists.
+fn prepare(
+    stores: &Stores,
+    run: &WebhookRun<'_>,
+    now_ms: u64,
+) -> Result<Option<(Dag, RunRecord)>, EnqueueError> {
+    let WebhookRun {
+        dag,
+        run_id,
+        params,
+    } = *run;
     let dag_name = dag.name.as_str();
     match stores.runs.find_attempt(dag_name, run_id) {
         Ok(existing) => {
             tracing::info!(dag = dag_name, run_id, status = %existing.record.status,
                 "run already exists; not enqueueing it again");
-            return Ok(EnqueueOutcome::AlreadyExists);
+            return Ok(None);
         }
         Err(e) if e.is_not_found() => {}
         Err(source) => {
@@ -164,39 +265,34 @@ pub fn enqueue_webhook_run(
         steps: Vec::new(),
         pid: None,
     };
-    let item = QueueItem {
-        dag_name: dag_name.to_owned(),
-        run_id: run_id.to_owned(),
-    };
-    let queue = snapshot.queue.as_str();
-    let failed = |action: &'static str, source: StoreError, enqueued: bool| match rollback(
-        stores, queue, &item, enqueued,
-    ) {
+    Ok(Some((snapshot, record)))
+}
+
+/// The error of a failed step, after rolling back what it may have left.
+fn failed(
+    stores: &Stores,
+    queue: &str,
+    item: &QueueItem,
+    action: &'static str,
+    source: StoreError,
+    enqueued: bool,
+) -> EnqueueError {
+    let (dag_name, run_id) = (item.dag_name.clone(), item.run_id.clone());
+    match rollback(stores, queue, item, enqueued) {
         Ok(()) => EnqueueError::Store {
             action,
-            dag_name: dag_name.to_owned(),
-            run_id: run_id.to_owned(),
+            dag_name,
+            run_id,
             source: Box::new(source),
         },
         Err(rollback) => EnqueueError::RollbackFailed {
             action,
-            dag_name: dag_name.to_owned(),
-            run_id: run_id.to_owned(),
+            dag_name,
+            run_id,
             rollback,
             source: Box::new(source),
         },
-    };
-    // A failed create may still have left a partial run behind (e.g. it failed after writing),
-    // so even this step is rolled back.
-    if let Err(source) = stores.runs.create_attempt(&snapshot, &record) {
-        return Err(failed("create the attempt", source, false));
     }
-    if let Err(source) = stores.queue.enqueue(queue, Priority::Low, &item) {
-        return Err(failed("enqueue", source, true));
-    }
-    stores.enqueued.notify_one();
-    tracing::info!(dag = dag_name, run_id, queue, "run enqueued");
-    Ok(EnqueueOutcome::Enqueued)
 }
 
 /// Removes the queue item (when the enqueue may have written it) and the run. Both are

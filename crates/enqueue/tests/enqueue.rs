@@ -9,7 +9,9 @@ use dispatch_dag::{
     Attempt, ContinueOn, Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, Priority,
     QueueItem, QueueStore, RunRecord, RunStatus, RunStore, Step, StoreError, Stores,
 };
-use dispatch_enqueue::{enqueue_webhook_run, EnqueueError, EnqueueOutcome};
+use dispatch_enqueue::{
+    enqueue_webhook_run, enqueue_webhook_runs, EnqueueError, EnqueueOutcome, WebhookRun,
+};
 
 const PARAMS: &str =
     r#"WEBHOOK_PAYLOAD="{\"ref\":\"main\"}" WEBHOOK_HEADERS="{}" GITHUB_REF="refs/heads/main""#;
@@ -367,4 +369,83 @@ fn lookup_errors_other_than_not_found_are_errors() {
         "{source:?}"
     );
     assert!(real.runs.list_attempts().unwrap().is_empty());
+}
+
+#[test]
+fn a_burst_gives_each_run_the_outcome_it_would_have_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = open(tmp.path());
+    let dag = dag(tmp.path());
+    enqueue_webhook_run(&real, &dag, "old", PARAMS, 1).unwrap();
+    // The second new run's queue item fails: that run alone is rolled back.
+    let stores = faulty(
+        &real,
+        Some(Fault {
+            method: "enqueue",
+            nth: 2,
+            when: When::After,
+        }),
+        false,
+    );
+    let run = |run_id, params| WebhookRun {
+        dag: &dag,
+        run_id,
+        params,
+    };
+    let outcomes = enqueue_webhook_runs(
+        &stores,
+        &[
+            run("a", PARAMS),
+            run("old", PARAMS),
+            run("b", PARAMS),
+            run("bad", "X=\"unterminated"),
+            run("c", PARAMS),
+        ],
+        5,
+    );
+    assert_eq!(outcomes.len(), 5);
+    assert_eq!(*outcomes[0].as_ref().unwrap(), EnqueueOutcome::Enqueued);
+    assert_eq!(
+        *outcomes[1].as_ref().unwrap(),
+        EnqueueOutcome::AlreadyExists
+    );
+    assert!(
+        matches!(&outcomes[2], Err(EnqueueError::Store { action: "enqueue", run_id, .. }) if run_id == "b"),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(&outcomes[3], Err(EnqueueError::InvalidParams { .. })),
+        "{:?}",
+        outcomes[3]
+    );
+    assert_eq!(*outcomes[4].as_ref().unwrap(), EnqueueOutcome::Enqueued);
+    let mut queued: Vec<String> = real
+        .queue
+        .list("builds")
+        .unwrap()
+        .into_iter()
+        .map(|item| item.run_id)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["a", "c", "old"]);
+    assert!(real
+        .runs
+        .find_attempt("build", "b")
+        .unwrap_err()
+        .is_not_found());
+    assert!(real
+        .runs
+        .find_attempt("build", "bad")
+        .unwrap_err()
+        .is_not_found());
+    assert_eq!(
+        real.runs
+            .find_attempt("build", "c")
+            .unwrap()
+            .record
+            .queued_at,
+        Some(5)
+    );
+    assert!(enqueue_webhook_runs(&real, &[], 6).is_empty());
 }
