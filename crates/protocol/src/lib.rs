@@ -2,17 +2,20 @@
 //! the result status words and the cancel command word, license tokens (EdDSA JWTs), GitHub's
 //! webhook signature, and [`Secret`]. The contract itself is written down in `docs/protocol.md`.
 //!
-//! Main items: [`DispatchJob`] and the other [`wire`] types, [`RESULT_STATUS_WORDS`],
+//! Main items: [`DispatchJob`] and the other [`wire`] types, the `pull-batch` extension's types
+//! ([`PullBatchRequest`], [`AcceptBatchRequest`], [`EXTENSIONS_HEADER`]), [`RESULT_STATUS_WORDS`],
 //! [`CANCEL_COMMAND`], [`token::Claims`] with [`token::sign`] / [`token::verify`],
 //! [`webhook_signature::sign`] / [`webhook_signature::verify`].
 //!
 //! Not for: HTTP (the scheduler's client lives in `dispatch-license`, the server in `dispatch-hub`),
 //! files, or anything about DAGs and runs.
 
+mod batch;
 mod secret;
 pub mod token;
 pub mod webhook_signature;
 pub mod wire;
 
+pub use batch::*;
 pub use secret::Secret;
 pub use wire::*;
