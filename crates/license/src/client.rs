@@ -1,5 +1,7 @@
 //! The HTTP client for the cloud contract (`docs/protocol.md`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -9,8 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use dispatch_protocol::{
-    AcceptRequest, ActivateRequest, ActivateResponse, DispatchJob, FinishRequest, HeartbeatRequest,
-    HeartbeatResponse, PullRequest,
+    lists_extension, AcceptBatchRequest, AcceptBatchResponse, AcceptBatchResult, AcceptRequest,
+    ActivateRequest, ActivateResponse, DispatchJob, FinishRequest, HeartbeatRequest,
+    HeartbeatResponse, PullBatchRequest, PullBatchResponse, PullRequest, ACCEPT_BATCH_PATH,
+    EXTENSIONS_HEADER, PULL_BATCH, PULL_BATCH_PATH,
 };
 
 /// Request timeout used when none is configured.
@@ -18,6 +22,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most bytes of a response body the client reads.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The most bytes of a batched pull answer the client reads (it asks the hub for at most half of
+/// this, see [`CloudClient::pull_dispatch_batch`]).
+pub const MAX_BATCH_RESPONSE_BYTES: usize = 8 * MAX_RESPONSE_BYTES;
 
 /// The longest error message taken from a response body, in characters.
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 512;
@@ -149,6 +157,9 @@ pub struct CloudClient {
     http: reqwest::Client,
     base_url: String,
     request_timeout: Duration,
+    /// Whether the last answer of the cloud advertised the `pull-batch` extension (shared by
+    /// clones).
+    pull_batch: Arc<AtomicBool>,
 }
 
 impl CloudClient {
@@ -188,7 +199,32 @@ impl CloudClient {
             http,
             base_url: base,
             request_timeout: config.request_timeout,
+            pull_batch: Arc::default(),
         })
+    }
+
+    /// Whether the cloud serves the `pull-batch` extension: its last answer (to any call)
+    /// listed it in the `X-Dispatch-Extensions` header. False until the first answer, and again
+    /// after an answer without it or a batched call the cloud did not know.
+    pub fn supports_pull_batch(&self) -> bool {
+        self.pull_batch.load(Ordering::Relaxed)
+    }
+
+    fn note_extensions(&self, headers: &HeaderMap) {
+        let advertised = headers
+            .get_all(EXTENSIONS_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| lists_extension(v, PULL_BATCH));
+        self.pull_batch.store(advertised, Ordering::Relaxed);
+    }
+
+    /// A batched call answered as unknown: the cloud no longer serves the extension.
+    fn forget_batch_on(&self, error: CloudError) -> CloudError {
+        if matches!(error.status, Some(404 | 405)) {
+            self.pull_batch.store(false, Ordering::Relaxed);
+        }
+        error
     }
 
     /// The base URL in use (without trailing `/`).
@@ -239,8 +275,72 @@ impl CloudClient {
             return Ok(None);
         }
         let status = resp.status().as_u16();
-        let body = read_capped(resp).await?;
+        let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
         pulled_job(status, &body).map(Some)
+    }
+
+    /// `POST /api/v1/github/dispatch/pull-batch` (the `pull-batch` extension): up to
+    /// `req.max_jobs` jobs at once, never waiting; empty for 204. Call it only when
+    /// [`CloudClient::supports_pull_batch`]. `req.max_bytes` above half of
+    /// [`MAX_BATCH_RESPONSE_BYTES`] is lowered to it, so that an answer the hub filled up to the
+    /// limit plus one job of up to [`MAX_RESPONSE_BYTES`] can still be read.
+    pub async fn pull_dispatch_batch(
+        &self,
+        req: &PullBatchRequest,
+    ) -> Result<Vec<DispatchJob>, CloudError> {
+        let secrets = [req.heartbeat_secret.expose()];
+        let mut req = req.clone();
+        req.max_bytes = req.max_bytes.min(MAX_BATCH_RESPONSE_BYTES as u64 / 2);
+        let resp = self
+            .post(PULL_BATCH_PATH, &req, self.request_timeout, &secrets)
+            .await
+            .map_err(|e| self.forget_batch_on(e))?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(Vec::new());
+        }
+        let status = resp.status().as_u16();
+        let body = read_capped(resp, MAX_BATCH_RESPONSE_BYTES).await?;
+        let answer: PullBatchResponse = decode_body(status, &body)?;
+        if answer.jobs.iter().any(|job| job.id.is_empty()) {
+            return Err(CloudError::new(
+                CloudErrorKind::Decode,
+                "a job of the batch has no id",
+            ));
+        }
+        Ok(answer.jobs)
+    }
+
+    /// `POST /api/v1/github/dispatch/accept-batch` (the `pull-batch` extension): the outcome of
+    /// each job's accept, in the request's order, as [`CloudClient::accept_dispatch`] would have
+    /// returned it (a refused job is an [`CloudErrorKind::Http`] error with its status and
+    /// message). `Err` when the call itself failed.
+    pub async fn accept_dispatch_batch(
+        &self,
+        req: &AcceptBatchRequest,
+    ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+        let secrets = [req.secret.expose()];
+        let resp = self
+            .post(ACCEPT_BATCH_PATH, req, self.request_timeout, &secrets)
+            .await
+            .map_err(|e| self.forget_batch_on(e))?;
+        let answer: AcceptBatchResponse = decode_json(resp).await?;
+        let same_jobs = answer.results.len() == req.jobs.len()
+            && answer
+                .results
+                .iter()
+                .zip(&req.jobs)
+                .all(|(result, job)| result.job_id == job.job_id);
+        if !same_jobs {
+            return Err(CloudError::new(
+                CloudErrorKind::Decode,
+                format!(
+                    "the batched accept answered {} results for {} jobs, or in another order",
+                    answer.results.len(),
+                    req.jobs.len()
+                ),
+            ));
+        }
+        Ok(answer.results.into_iter().map(job_outcome).collect())
     }
 
     /// `POST /api/v1/github/dispatch/{id}/accept`; any 2xx is success.
@@ -293,6 +393,7 @@ impl CloudClient {
             .send()
             .await
             .map_err(|e| transport_error(path, &e))?;
+        self.note_extensions(resp.headers());
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -313,6 +414,28 @@ impl ClassifyStr for serde_json::Error {
             serde_json::error::Category::Eof => "unexpected end of input",
         }
     }
+}
+
+/// One job's result in a batched accept, as its single accept would have ended.
+fn job_outcome(result: AcceptBatchResult) -> Result<(), CloudError> {
+    if (200..300).contains(&result.status) {
+        return Ok(());
+    }
+    let mut message = result.message;
+    if message.is_empty() {
+        message = StatusCode::from_u16(result.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("no message")
+            .to_ascii_lowercase();
+    }
+    message = message.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
+    Err(CloudError {
+        status: Some(result.status),
+        message,
+        retry_after: None,
+        kind: CloudErrorKind::Http,
+    })
 }
 
 fn job_path(job_id: &str, action: &str) -> Result<String, CloudError> {
@@ -366,20 +489,20 @@ fn describe_request_error(e: &reqwest::Error) -> String {
     out
 }
 
-/// Reads at most [`MAX_RESPONSE_BYTES`] of the body. `Err(BodyTooLarge)` past the cap; a body
-/// is never silently cut.
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, CloudError> {
+/// Reads at most `cap` bytes of the body. `Err(BodyTooLarge)` past the cap; a body is never
+/// silently cut.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, CloudError> {
     if let Some(len) = declared_length(resp.headers()) {
-        if len > MAX_RESPONSE_BYTES as u64 {
-            return Err(too_large());
+        if len > cap as u64 {
+            return Err(too_large(cap));
         }
     }
     let mut buf = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(too_large());
+                if buf.len() + chunk.len() > cap {
+                    return Err(too_large(cap));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -389,10 +512,10 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, CloudError>
     }
 }
 
-fn too_large() -> CloudError {
+fn too_large(cap: usize) -> CloudError {
     CloudError::new(
         CloudErrorKind::BodyTooLarge,
-        format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
+        format!("response body exceeds {cap} bytes"),
     )
 }
 
@@ -408,7 +531,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 async fn decode_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, CloudError> {
     let status = resp.status().as_u16();
-    let body = read_capped(resp).await?;
+    let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
     decode_body(status, &body)
 }
 
@@ -461,7 +584,9 @@ async fn http_error(resp: reqwest::Response, secrets: &[&str]) -> CloudError {
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
     // An error body is only read for its message: past the cap, the status still counts and the
     // message falls back to the reason phrase.
-    let body = read_capped(resp).await.unwrap_or_default();
+    let body = read_capped(resp, MAX_RESPONSE_BYTES)
+        .await
+        .unwrap_or_default();
     let mut message = error_message(&body);
     if message.is_empty() {
         message = status

@@ -3,7 +3,7 @@
 //!
 //! Main types: [`CloudClient`] (configured by [`ClientConfig`], failing with [`CloudError`]),
 //! [`LicenseManager`] (configured by [`LicenseConfig`]) which implements [`CredentialSource`] and
-//! hands out [`MachineCredentials`]. The wire types, tokens and [`Secret`](dispatch_protocol::Secret)
+//! hands out [`MachineCredentials`]. The wire types, tokens and [`Secret`]
 //! come from `dispatch-protocol`.
 //!
 //! Not for: DAGs, queues or runs, nor reading env vars or flags (the binary builds the configs),
@@ -15,7 +15,7 @@ mod manager;
 
 pub use client::{
     decode_pulled_job, ClientConfig, CloudClient, CloudError, CloudErrorKind,
-    DEFAULT_REQUEST_TIMEOUT, MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT, MAX_BATCH_RESPONSE_BYTES, MAX_ERROR_MESSAGE_CHARS, MAX_RESPONSE_BYTES,
 };
 use dispatch_protocol::Secret;
 pub use files::FileError;

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use dispatch_license::{ClientConfig, CloudClient, CloudError, CloudErrorKind, MAX_RESPONSE_BYTES};
+use dispatch_license::{
+    ClientConfig, CloudClient, CloudError, CloudErrorKind, MAX_BATCH_RESPONSE_BYTES,
+    MAX_RESPONSE_BYTES,
+};
 use dispatch_protocol::{
-    AcceptRequest, ActivateRequest, FinishRequest, HeartbeatRequest, PullRequest, Secret,
+    AcceptBatchItem, AcceptBatchRequest, AcceptRequest, ActivateRequest, FinishRequest,
+    HeartbeatRequest, PullBatchRequest, PullRequest, Secret,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -713,4 +717,180 @@ async fn redirects_are_not_followed() {
         .unwrap_err();
     assert_eq!(e.status, Some(307));
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+fn pull_batch_req(max_jobs: u32, max_bytes: u64) -> PullBatchRequest {
+    PullBatchRequest {
+        license_id: "lic-1".into(),
+        server_id: "0190-server".into(),
+        heartbeat_secret: Secret::new(HB),
+        max_jobs,
+        max_bytes,
+    }
+}
+
+#[tokio::test]
+async fn the_extension_is_known_from_the_last_answer() {
+    let server = MockServer::start().await;
+    let c = client(&server);
+    assert!(!c.supports_pull_batch(), "nothing answered yet");
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/pull"))
+        .respond_with(
+            ResponseTemplate::new(204).insert_header("X-Dispatch-Extensions", "other, pull-batch"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount(
+        &server,
+        "/api/v1/github/dispatch/pull",
+        ResponseTemplate::new(204),
+    )
+    .await;
+    assert!(c.pull_dispatch(&pull_req(0)).await.unwrap().is_none());
+    assert!(c.supports_pull_batch());
+    assert!(
+        c.clone().supports_pull_batch(),
+        "clones share what they learned"
+    );
+    // An answer without the header (a cloud rolled back, a proxy) turns it off again.
+    assert!(c.pull_dispatch(&pull_req(0)).await.unwrap().is_none());
+    assert!(!c.supports_pull_batch());
+}
+
+#[tokio::test]
+async fn batched_pull_sends_the_limits_and_reads_every_job() {
+    let server = MockServer::start().await;
+    let second = JOB_JSON.replace("job-42", "job-43");
+    mount(
+        &server,
+        "/api/v1/github/dispatch/pull-batch",
+        ResponseTemplate::new(200)
+            .insert_header("X-Dispatch-Extensions", "pull-batch")
+            .set_body_raw(
+                format!("{{\"jobs\":[{JOB_JSON},{second}]}}"),
+                "application/json",
+            ),
+    )
+    .await;
+    let c = client(&server);
+    let jobs = c
+        .pull_dispatch_batch(&pull_batch_req(16, u64::MAX))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["job-42", "job-43"]);
+    assert_eq!(
+        jobs[1].payload.as_ref().unwrap().get(),
+        r#"{"ref":"refs/heads/main",  "n": 1.50, "u":"\u00e9\n", "big": 12345678901234567890}"#
+    );
+    assert!(c.supports_pull_batch());
+    // The byte limit asked for is what the client can read back with one more job.
+    assert_request(
+        &only_request(&server).await,
+        "/api/v1/github/dispatch/pull-batch",
+        json!({"license_id": "lic-1", "server_id": "0190-server", "heartbeat_secret": HB,
+               "max_jobs": 16, "max_bytes": MAX_BATCH_RESPONSE_BYTES / 2}),
+    );
+}
+
+#[tokio::test]
+async fn batched_pull_answers_empty_bad_and_unknown() {
+    let server = MockServer::start().await;
+    let c = client(&server);
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/pull-batch"))
+        .respond_with(
+            ResponseTemplate::new(204).insert_header("X-Dispatch-Extensions", "pull-batch"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/pull-batch"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("X-Dispatch-Extensions", "pull-batch")
+                .set_body_raw(r#"{"jobs":[{"id":""}]}"#, "application/json"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount(
+        &server,
+        "/api/v1/github/dispatch/pull-batch",
+        ResponseTemplate::new(404).set_body_json(json!({"message": "no route"})),
+    )
+    .await;
+    assert!(c
+        .pull_dispatch_batch(&pull_batch_req(4, 1024))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(c.supports_pull_batch());
+    let err = c
+        .pull_dispatch_batch(&pull_batch_req(4, 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, CloudErrorKind::Decode, "{err}");
+    let err = c
+        .pull_dispatch_batch(&pull_batch_req(4, 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, Some(404));
+    assert!(
+        !c.supports_pull_batch(),
+        "a cloud that does not know the call is not asked again"
+    );
+}
+
+#[tokio::test]
+async fn batched_accept_sends_every_job_and_checks_the_answer() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/github/dispatch/accept-batch"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
+            {"job_id": "a", "status": 204},
+            {"job_id": "b", "status": 409, "message": "taken by another server"}
+        ]})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount(
+        &server,
+        "/api/v1/github/dispatch/accept-batch",
+        ResponseTemplate::new(200).set_body_json(
+            json!({"results": [{"job_id": "b", "status": 204}, {"job_id": "a", "status": 204}]}),
+        ),
+    )
+    .await;
+    let c = client(&server);
+    let req = AcceptBatchRequest {
+        license_id: "lic-1".into(),
+        server_id: "0190-server".into(),
+        secret: Secret::new(HB),
+        jobs: ["a", "b"]
+            .map(|id| AcceptBatchItem {
+                job_id: id.into(),
+                dag_run_id: id.into(),
+            })
+            .to_vec(),
+    };
+    let results = c.accept_dispatch_batch(&req).await.unwrap();
+    assert_eq!(results[0], Ok(()));
+    let refused = results[1].clone().unwrap_err();
+    assert_eq!(refused.status, Some(409));
+    assert_eq!(refused.kind, CloudErrorKind::Http);
+    assert_eq!(refused.message, "taken by another server");
+    let first = server.received_requests().await.unwrap().remove(0);
+    assert_request(
+        &first,
+        "/api/v1/github/dispatch/accept-batch",
+        json!({"license_id": "lic-1", "server_id": "0190-server", "secret": HB,
+               "jobs": [{"job_id": "a", "dag_run_id": "a"}, {"job_id": "b", "dag_run_id": "b"}]}),
+    );
+    // Results in another order than the jobs are not trusted.
+    let err = c.accept_dispatch_batch(&req).await.unwrap_err();
+    assert_eq!(err.kind, CloudErrorKind::Decode, "{err}");
 }
