@@ -8,14 +8,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dispatch_protocol::token::Claims;
 use dispatch_protocol::{
     AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest,
-    HeartbeatResponse, PullRequest, Secret,
+    HeartbeatResponse, PullRequest, Secret, ACCEPT_BATCH_PATH, PULL_BATCH_PATH,
 };
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::{self, Standing};
+use crate::batch_pull;
 use crate::body::{self, BodyRules};
 use crate::config::{HubConfig, LicenseKey};
 use crate::error::HubError;
@@ -76,10 +77,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/github/dispatch/pull", post(pull))
         .route("/api/v1/github/dispatch/{id}/accept", post(accept))
         .route("/api/v1/github/dispatch/{id}/finish", post(finish))
-        .route_layer(from_fn_with_state(
-            bodies.api(API_BODY_LIMIT),
-            body::buffer,
-        ));
+        .route(PULL_BATCH_PATH, post(batch_pull::pull_batch))
+        .route(ACCEPT_BATCH_PATH, post(batch_pull::accept_batch))
+        .route_layer(from_fn_with_state(bodies.api(API_BODY_LIMIT), body::buffer))
+        .layer(map_response(batch_pull::advertise));
     Router::new()
         .route(
             "/webhooks/github",
@@ -102,13 +103,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 }
 
 /// An error answer: status plus a JSON `{"message": ...}` body safe to show the caller.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -140,7 +141,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -420,7 +421,7 @@ async fn check_activation(
 
 /// Machine credentials for the dispatch endpoints: a live activation of a license that is
 /// still configured.
-async fn authenticate(
+pub(crate) async fn authenticate(
     st: &AppState,
     license_id: &str,
     server_id: &str,

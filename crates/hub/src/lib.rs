@@ -40,6 +40,7 @@ pub mod report;
 
 mod activation;
 mod api;
+mod batch_pull;
 mod body;
 mod check_events;
 mod error;

@@ -1388,3 +1388,6 @@ mod github;
 
 #[path = "hub/fleet.rs"]
 mod fleet;
+
+#[path = "hub/batch.rs"]
+mod batch;
