@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     /// empty, so they cost nothing while the queue is idle; they let one pull's round trip overlap
     /// the next when a burst is waiting.
     pub pull_concurrency: usize,
+    /// Jobs asked for in one pull by the burst pullers when the cloud serves the `pull-batch`
+    /// extension (default 32, at most 64; 0 or 1 keeps one-job pulls). The jobs of one answer are
+    /// taken in together: their tracker records, run files and accepts share writes, fsyncs and
+    /// calls. The intake slots are raised to twice this when the first batch is pulled.
+    pub pull_batch_size: usize,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +58,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             intake_concurrency: 16,
             pull_concurrency: 1,
+            pull_batch_size: 32,
         }
     }
 }

@@ -9,7 +9,7 @@ use dispatch_tracker::{Phase, TrackedJob};
 use dispatch_util::{error_chain, now_ms};
 use tokio::time::Instant;
 
-use crate::calls::{accept, send_untracked_finish};
+use crate::calls::{accept, send_untracked_finish, Accepted};
 use crate::extras::github_extras;
 use crate::local::{delete_quietly, list_tracked, stop_run, upsert};
 use crate::shared::{Shared, UntrackedFinish};
@@ -18,7 +18,10 @@ use crate::summary::truncate;
 /// What the intake of one job came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Intake {
-    /// Tracked and enqueued (accepted, or left for the report loop to accept).
+    /// Enqueued just now and accepted.
+    Accepted,
+    /// Tracked and enqueued (or perhaps enqueued), left for the report loop to accept or to
+    /// report: its run existed already, or the accept or the enqueue did not complete.
     Tracked,
     /// Turned down: finish `rejected` with this summary.
     Rejected(String),
@@ -40,8 +43,12 @@ pub(crate) async fn process_job(
     let guard = shared.busy_wait(&job_id).await;
     let intake = intake(shared, &job, creds, pulled_at).await;
     drop(guard);
+    // A job accepted just now has a run that has only begun; if it ends while the job is still
+    // held here, the report loop comes back for it (`Shared::try_busy_or_revisit`). Anything
+    // else may need the report loop at once.
+    let look_now = intake != Intake::Accepted;
     let finish = match intake {
-        Intake::Tracked | Intake::Dropped => None,
+        Intake::Accepted | Intake::Tracked | Intake::Dropped => None,
         Intake::Rejected(summary) => {
             shared.stats.record_rejected();
             tracing::info!(job_id = %job_id, dag = %job.dag_name, %summary, "dispatch job rejected");
@@ -60,8 +67,10 @@ pub(crate) async fn process_job(
         };
         send_untracked_finish(shared, &job_id, pending, creds).await;
     }
-    // The run may already be final: report it without waiting for the next full pass.
-    shared.wake_report(&job_id);
+    if look_now {
+        // The run may already be final: report it without waiting for the next full pass.
+        shared.wake_report(&job_id);
+    }
 }
 
 async fn intake(
@@ -136,8 +145,10 @@ async fn intake(
         }
     }
 
-    accept(shared, tracked, creds, Some(pulled_at)).await;
-    Intake::Tracked
+    match accept(shared, tracked, creds, Some(pulled_at)).await {
+        Accepted::Yes => Intake::Accepted,
+        Accepted::Refused | Accepted::Failed => Intake::Tracked,
+    }
 }
 
 /// Stops the active runs this scheduler tracks for the cancel job's repository and PR/issue: the
@@ -215,7 +226,7 @@ fn is_cancel_target(
 }
 
 /// The job's DAG, or the summary of a rejection naming why it cannot be had.
-async fn load_dag(shared: &Shared, name: &str) -> Result<Dag, String> {
+pub(crate) async fn load_dag(shared: &Shared, name: &str) -> Result<Dag, String> {
     let dags = shared.stores.dags.clone();
     let owned = name.to_owned();
     match Shared::blocking("load DAG", move || dags.load(&owned)).await {
@@ -239,7 +250,7 @@ async fn load_dag(shared: &Shared, name: &str) -> Result<Dag, String> {
 /// Headers that are not a JSON object (the contract says they are) are replaced by `{}` rather
 /// than rejecting the job: they are a convenience copy of the delivery headers, while the event
 /// itself (payload and `GITHUB_*` extras) is intact and worth running.
-fn runtime_params(job: &DispatchJob) -> String {
+pub(crate) fn runtime_params(job: &DispatchJob) -> String {
     let payload = job.payload.as_deref().map_or("", |raw| raw.get());
     let headers = match job.headers.as_deref().map(|raw| raw.get()) {
         Some(text) if text.trim_start().starts_with('{') => text,

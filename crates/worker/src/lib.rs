@@ -13,7 +13,9 @@
 //! job id), accepts it and records `accepted`. The report loop, every report interval and at once
 //! when the executor reports a final status, accepts what is still pending and finishes what is
 //! final (then forgets it). Failed calls are retried per job with exponential backoff and full
-//! jitter, honouring `Retry-After`.
+//! jitter, honouring `Retry-After`. With a cloud that advertises the `pull-batch` extension, a
+//! burst is pulled and taken in by batches (`docs/protocol.md`): the same steps, each done for the
+//! whole batch at once (one tracker write, the runs created together, one accept call).
 //!
 //! Decisions the wire contract leaves open: job headers that are not a JSON object are replaced
 //! by `{}` and the job runs (the event is in the payload and the `GITHUB_*` extras); a payload
@@ -35,7 +37,8 @@
 //! | --- | --- |
 //! | `worker.rs` | [`Worker`]: owns the shared state; `run` drives both loops, then shuts down |
 //! | `report.rs` | the report loop: accept what is pending, finish what is final |
-//! | `pull.rs` | the pull loop and the burst pullers, sharing one `pull_once` |
+//! | `pull.rs` | the pull loop and the burst pullers, sharing one `pull_once` (and `pull_batch_once`) |
+//! | `batch.rs` | the jobs of one batched pull, taken in together (shared writes and calls) |
 //! | `intake.rs` | what happens to a pulled job: checks, cancel, tracking, enqueue, accept |
 //! | `calls.rs` | the cloud calls about one job: accept, finish, untracked finish |
 //! | `local.rs` | this server's side of a job: tracker records, run lookup, stopping a run |
@@ -48,6 +51,7 @@
 //! | `error.rs` | [`WorkerError`]: what failed, for the logs |
 
 mod backoff;
+mod batch;
 mod calls;
 mod config;
 mod error;

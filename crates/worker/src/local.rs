@@ -56,6 +56,15 @@ pub(crate) async fn upsert(shared: &Shared, job: TrackedJob) -> Result<(), Worke
     .await
 }
 
+/// Records every job of `jobs` durably, with one write and one fsync.
+pub(crate) async fn upsert_all(shared: &Shared, jobs: Vec<TrackedJob>) -> Result<(), WorkerError> {
+    let first = jobs.first().map(|j| j.job_id.clone()).unwrap_or_default();
+    tracker_call(shared, "record tracked jobs", "record", &first, move |t| {
+        t.upsert_all(jobs)
+    })
+    .await
+}
+
 /// Deletes a tracked entry; a failure is logged (the report loop meets the entry again).
 pub(crate) async fn delete_quietly(shared: &Shared, job_id: &str) {
     let id = job_id.to_owned();

@@ -1,13 +1,17 @@
 //! The pull loop and its burst pullers: each pull goes through one [`Puller::pull_once`], which
 //! takes an intake slot, asks the cloud for a job and hands a job to the intake on its own task.
 //! The main loop long-polls and owns the backoff; the burst pullers only overlap pulls while jobs
-//! keep coming.
+//! keep coming. When the cloud serves the `pull-batch` extension, the burst pullers, and the main
+//! loop right after a job, ask for as many jobs as there are free slots
+//! ([`Puller::pull_batch_once`]) and hand each answer to the batch intake; long-polls stay one-job
+//! pulls, and a cloud that does not advertise the extension gets only one-job pulls.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_license::{CloudError, MachineCredentials};
-use dispatch_protocol::PullRequest;
+use dispatch_protocol::{PullBatchRequest, PullRequest, MAX_BATCH_JOBS};
 use dispatch_util::now_ms;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -15,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::batch::process_batch;
 use crate::intake::process_job;
 use crate::shared::Shared;
 
@@ -105,6 +110,86 @@ impl Puller {
         }
     }
 
+    /// One batched pull (wait 0): waits for a free intake slot, takes every other free one up to
+    /// [`WorkerConfig::pull_batch_size`](crate::WorkerConfig::pull_batch_size), asks for that
+    /// many jobs, gives back the slots the answer did not fill and takes the jobs in together.
+    async fn pull_batch_once(
+        &mut self,
+        creds: MachineCredentials,
+        cancel: &CancellationToken,
+    ) -> Pulled {
+        while let Some(done) = self.intakes.try_join_next() {
+            log_intake_panic(done);
+        }
+        let want = self
+            .shared
+            .config
+            .pull_batch_size
+            .clamp(1, MAX_BATCH_JOBS as usize);
+        if !self.shared.batch_slots_added.swap(true, Ordering::Relaxed) {
+            // Two batches in flight: one being taken in while the next is pulled.
+            let extra = (2 * want).saturating_sub(self.shared.config.intake_concurrency.max(1));
+            self.slots.add_permits(extra);
+        }
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Pulled::Cancelled,
+            permit = self.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => return Pulled::Cancelled,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < want {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let request = PullBatchRequest {
+            license_id: creds.license_id.clone(),
+            server_id: creds.server_id.clone(),
+            heartbeat_secret: creds.heartbeat_secret.clone(),
+            max_jobs: permits.len() as u32,
+            // The client lowers it to what it reads.
+            max_bytes: u64::MAX,
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Pulled::Cancelled,
+            result = self.shared.client.pull_dispatch_batch(&request) => result,
+        };
+        let stats = &self.shared.stats;
+        match result {
+            Ok(jobs) if jobs.is_empty() => {
+                stats.record_pull_ok(now_ms());
+                Pulled::Empty {
+                    held: started.elapsed(),
+                }
+            }
+            Ok(jobs) => {
+                for _ in &jobs {
+                    stats.record_pulled(now_ms());
+                }
+                permits.truncate(jobs.len());
+                let pulled_at = Instant::now();
+                let shared = self.shared.clone();
+                self.intakes.spawn(async move {
+                    process_batch(&shared, jobs, &creds, pulled_at).await;
+                    // The slots are free once the jobs are taken in.
+                    drop(permits);
+                });
+                Pulled::Job
+            }
+            Err(error) => {
+                stats.record_pull_error();
+                Pulled::Failed(error)
+            }
+        }
+    }
+
     /// Waits for the intakes in progress (their accept call included): stopping one halfway
     /// would only leave work for the next start.
     async fn finish_intakes(mut self) {
@@ -130,6 +215,7 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let mut idle_for_credentials = false;
     let wait_seconds = config.wait_seconds();
+    let mut after_job = false;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -151,7 +237,17 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
             tracing::info!("machine credentials available: pulling dispatch jobs");
             idle_for_credentials = false;
         }
-        let delay = match puller.pull_once(creds, wait_seconds, cancel).await {
+        // Right after a job, more are likely waiting: with the extension, ask for a batch
+        // first (it answers at once) and long-poll only once one comes back empty.
+        let batched =
+            after_job && config.pull_batch_size > 1 && shared.client.supports_pull_batch();
+        let pulled = if batched {
+            puller.pull_batch_once(creds, cancel).await
+        } else {
+            puller.pull_once(creds, wait_seconds, cancel).await
+        };
+        after_job = matches!(pulled, Pulled::Job);
+        let delay = match pulled {
             Pulled::Cancelled => break,
             Pulled::Job => {
                 backoff.reset();
@@ -159,6 +255,7 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
                 flowing.notify_waiters();
                 Duration::ZERO
             }
+            Pulled::Empty { .. } if batched => Duration::ZERO,
             Pulled::Empty { held } => {
                 backoff.reset();
                 // A server that honoured `wait_seconds` held the call for about that long; one
@@ -204,7 +301,14 @@ async fn burst_puller(mut puller: Puller, flowing: Arc<Notify>, cancel: Cancella
             let Some(creds) = puller.shared.credentials.cloud_machine_credentials() else {
                 continue 'wait;
             };
-            match puller.pull_once(creds, 0, &cancel).await {
+            let batched = puller.shared.config.pull_batch_size > 1
+                && puller.shared.client.supports_pull_batch();
+            let pulled = if batched {
+                puller.pull_batch_once(creds, &cancel).await
+            } else {
+                puller.pull_once(creds, 0, &cancel).await
+            };
+            match pulled {
                 Pulled::Job => {}
                 Pulled::Empty { .. } => continue 'wait,
                 Pulled::Failed(error) => {

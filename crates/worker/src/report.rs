@@ -193,7 +193,7 @@ pub(crate) async fn report_pass(
 }
 
 async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials) -> JobOutcome {
-    let Some(_guard) = shared.try_busy(&job_id) else {
+    let Some(_guard) = shared.try_busy_or_revisit(&job_id) else {
         return JobOutcome::Waiting;
     };
     // Read the entry only now that the job is ours: the pull loop may have accepted it (or the

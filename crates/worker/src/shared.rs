@@ -4,6 +4,7 @@
 //! async threads. Imports nothing else of this crate but its config, stats, error and backoff.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,8 +29,10 @@ pub(crate) struct Shared {
     pub(crate) stores: Stores,
     pub(crate) executor: ExecutorHandle,
     pub(crate) stats: Arc<WorkerStats>,
-    /// Jobs one loop is working on right now; the other keeps its hands off them.
-    busy: Mutex<HashSet<String>>,
+    /// Jobs one loop is working on right now; the other keeps its hands off them. The flag
+    /// says the report loop came for the job meanwhile and must come back (see
+    /// [`Shared::try_busy_or_revisit`]).
+    busy: Mutex<BusyMarks>,
     /// Per-job retry schedule of accept/finish calls, so one failing job waits alone.
     retries: Mutex<HashMap<String, Retry>>,
     /// Finish calls for jobs that are not tracked (rejections, cancel results) still to send.
@@ -38,6 +41,8 @@ pub(crate) struct Shared {
     report_targets: Mutex<HashSet<String>>,
     /// Asks the report loop for a pass now.
     pub(crate) report_wake: Notify,
+    /// Set once the intake slots have been raised for batched pulls.
+    pub(crate) batch_slots_added: AtomicBool,
 }
 
 struct Retry {
@@ -61,7 +66,31 @@ pub(crate) struct BusyGuard<'a> {
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        self.shared.busy().remove(&self.job_id);
+        let revisit = self.shared.busy().release(&self.job_id);
+        if revisit {
+            self.shared.wake_report(&self.job_id);
+        }
+    }
+}
+
+/// The busy jobs, each with whether the report loop came for it meanwhile.
+#[derive(Debug, Default)]
+struct BusyMarks(HashMap<String, bool>);
+
+impl BusyMarks {
+    /// Marks `job_id` busy; false when it already was (then `revisit` is remembered).
+    fn mark(&mut self, job_id: &str, revisit: bool) -> bool {
+        if let Some(flag) = self.0.get_mut(job_id) {
+            *flag |= revisit;
+            return false;
+        }
+        self.0.insert(job_id.to_owned(), false);
+        true
+    }
+
+    /// Lets go of `job_id`; true when the report loop is to come back for it.
+    fn release(&mut self, job_id: &str) -> bool {
+        self.0.remove(job_id).unwrap_or(false)
     }
 }
 
@@ -83,21 +112,33 @@ impl Shared {
             stores,
             executor,
             stats: Arc::new(WorkerStats::default()),
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::new(BusyMarks::default()),
             retries: Mutex::new(HashMap::new()),
             untracked_finishes: Mutex::new(HashMap::new()),
             report_targets: Mutex::new(HashSet::new()),
             report_wake: Notify::new(),
+            batch_slots_added: AtomicBool::new(false),
         }
     }
 
-    fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn busy(&self) -> MutexGuard<'_, BusyMarks> {
         lock(&self.busy)
     }
 
     /// Marks `job_id` busy unless it already is.
     pub(crate) fn try_busy(&self, job_id: &str) -> Option<BusyGuard<'_>> {
-        self.busy().insert(job_id.to_owned()).then(|| BusyGuard {
+        self.mark_busy(job_id, false)
+    }
+
+    /// [`Shared::try_busy`] for the report loop: when the job is busy, its holder points the
+    /// report loop at it again as it lets go. A run that ends while its job is still being taken
+    /// in is then reported at once, without the intake waking the report loop for every job.
+    pub(crate) fn try_busy_or_revisit(&self, job_id: &str) -> Option<BusyGuard<'_>> {
+        self.mark_busy(job_id, true)
+    }
+
+    fn mark_busy(&self, job_id: &str, revisit: bool) -> Option<BusyGuard<'_>> {
+        self.busy().mark(job_id, revisit).then(|| BusyGuard {
             shared: self,
             job_id: job_id.to_owned(),
         })
@@ -193,4 +234,30 @@ impl Shared {
 /// (each update is a single insert or remove).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_loop_coming_for_a_busy_job_is_remembered_until_it_is_let_go() {
+        let mut marks = BusyMarks::default();
+        assert!(marks.mark("a", false));
+        assert!(!marks.mark("a", false), "busy already");
+        assert!(!marks.release("a"), "nobody came for it");
+        assert!(marks.mark("a", false));
+        assert!(!marks.mark("a", true));
+        assert!(
+            !marks.mark("a", false),
+            "a later plain try keeps the request"
+        );
+        assert!(marks.release("a"));
+        assert!(!marks.release("a"), "once");
+        assert!(
+            marks.mark("a", true),
+            "free again: marked, nothing to remember"
+        );
+        assert!(!marks.release("a"));
+    }
 }

@@ -82,6 +82,7 @@ pub fn fast_config() -> WorkerConfig {
         shutdown_grace: Duration::from_secs(10),
         intake_concurrency: 4,
         pull_concurrency: 1,
+        pull_batch_size: 32,
     }
 }
 

@@ -62,6 +62,7 @@ fn matrix_config() -> WorkerConfig {
         shutdown_grace: Duration::from_secs(5),
         intake_concurrency: 4,
         pull_concurrency: 1,
+        pull_batch_size: 32,
     }
 }
 

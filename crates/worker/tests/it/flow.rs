@@ -288,5 +288,8 @@ async fn a_burst_is_pulled_by_overlapping_pullers_and_each_job_finishes_once() {
             .await;
     }
     assert_eq!(w.stats.jobs_pulled(), 20);
+    // The cloud never advertised the `pull-batch` extension: no batched call was made.
+    assert_eq!(rig.count("/pull-batch").await, 0);
+    assert_eq!(rig.count("/accept-batch").await, 0);
     w.stop().await;
 }

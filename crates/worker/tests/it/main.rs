@@ -1,6 +1,7 @@
 //! Integration tests of the worker: a wiremock cloud, and the real tracker, stores and executor
 //! in temp dirs.
 
+mod batch;
 mod common;
 mod fault_matrix;
 mod faults;
