@@ -16,6 +16,7 @@ enum Action {
     },
     Layering,
     Tidy,
+    Imports,
 }
 
 struct Step {
@@ -71,6 +72,10 @@ fn steps(nextest: bool) -> Vec<Step> {
         name: "tidy",
         action: Action::Tidy,
     });
+    steps.push(Step {
+        name: "imports",
+        action: Action::Imports,
+    });
     steps
 }
 
@@ -98,6 +103,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             Action::Cargo { args, env } => run_cargo(root, args, env),
             Action::Layering => crate::layering::run(root),
             Action::Tidy => crate::tidy::run(root),
+            Action::Imports => crate::imports::run(root),
         };
         let elapsed = step_started.elapsed();
         if let Err(err) = result {
@@ -148,7 +154,7 @@ mod tests {
     fn step_order_matches_the_documented_suite() {
         assert_eq!(
             names(false),
-            ["fmt", "clippy", "test", "doc", "layering", "tidy"]
+            ["fmt", "clippy", "test", "doc", "layering", "tidy", "imports"]
         );
         assert_eq!(
             names(true),
@@ -159,7 +165,8 @@ mod tests {
                 "test (nextest)",
                 "doc",
                 "layering",
-                "tidy"
+                "tidy",
+                "imports"
             ]
         );
     }
@@ -170,7 +177,9 @@ mod tests {
         let doc = steps.iter().find(|step| step.name == "doc").unwrap();
         match &doc.action {
             Action::Cargo { env, .. } => assert_eq!(*env, [("RUSTDOCFLAGS", "-D warnings")]),
-            Action::Layering | Action::Tidy => panic!("doc step must run cargo doc"),
+            Action::Layering | Action::Tidy | Action::Imports => {
+                panic!("doc step must run cargo doc")
+            }
         }
     }
 }

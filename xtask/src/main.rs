@@ -7,6 +7,7 @@
 
 mod bench;
 mod ci;
+mod imports;
 mod layering;
 mod tidy;
 mod unicode_table;
@@ -21,9 +22,10 @@ commands:
   bench [--only GROUP] [--out FILE] [--keep]
                              the README's benchmark numbers (release build, ~5 min): one table and
                              target/bench/results.json; GROUP: tracker, noop, latency, throughput,
-                             idle, hostile; --keep keeps the scratch homes and logs under
+                             fleet, idle, hostile; --keep keeps the scratch homes and logs under
                              target/bench/work
-  ci                         fmt check, clippy, tests, docs, the layering and tidy checks, in order
+  ci                         fmt check, clippy, tests, docs, the layering, tidy and imports checks
+  imports                    check that inside each crate files import only downwards (no loops)
   layering                   check that every workspace crate depends only on lower layers
                              (docs/architecture.md)
   tidy                       check that no tracked file refers to a path outside the repository
@@ -49,6 +51,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         Some("ci") => ci::run(&root),
         Some("layering") => layering::run(&root),
         Some("tidy") => tidy::run(&root),
+        Some("imports") => imports::run(&root),
         Some("unicode-table") => {
             let data = args
                 .get(1)
