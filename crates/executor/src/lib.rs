@@ -53,12 +53,12 @@
 //! runs in progress; in the scheduler that is `dispatch-worker`'s `Worker::run`, once its pull
 //! and report loops stop.
 
-// Imports run one way, from the bottom up: the leaves (`error`, `mask`, `env`, `outputs`,
-// `policy`, `params`, `invocation`, `context`, `process`) ← `conditions` ← `prepare`,
-// `run_cx` (what one run's parts share) ← `subdag` ← `step` ← `run` (one run) ← `shared` (state
-// the handle and the consumer share) ← `recovery`, `consumer` ← this file (the public face). A
-// sub-DAG call reaches `run` again through the function `run_cx::RunCx::run_child`, not an
-// import.
+// Imports run one way, from the bottom up: the leaves (`error`, `mask`, `env`, `outputs`, `policy`,
+// `params`, `invocation`, `context`, `process`) ← `conditions` ← `prepare`, `run_cx` (what one
+// run's parts share), `step_job` (what a step is handed) ← `subdag` ← `step` ← `run` (one run) ←
+// `shared` (state the handle and the consumer share) ← `recovery`, `consumer` ← this file (the
+// public face). A sub-DAG call reaches `run` again through the function `run_cx::RunCx::run_child`,
+// not an import.
 mod conditions;
 mod consumer;
 mod context;
@@ -76,6 +76,7 @@ mod run;
 mod run_cx;
 mod shared;
 mod step;
+mod step_job;
 mod subdag;
 
 use std::sync::Arc;

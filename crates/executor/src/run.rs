@@ -22,7 +22,8 @@ use crate::prepare::prepare;
 use crate::run_cx::{
     Lineage, RunControl, RunCx, RunFuture, RunLog, StopReason, DEFAULT_MAX_OUTPUT,
 };
-use crate::step::{run_step, StepJob, StepResult};
+use crate::step::{run_step, StepResult};
+use crate::step_job::StepJob;
 
 /// The directory a run's step files go to: next to its log file.
 fn run_dir(stores: &Stores, record: &RunRecord) -> PathBuf {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_dag::{Step, StepStatus, SubDagCall};
+use dispatch_dag::{StepStatus, SubDagCall};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,23 +22,8 @@ use crate::process::{
     exit_code, run_process, Captured, ProcessEnd, ProcessSpec, Sink, TIMEOUT_EXIT_CODE,
 };
 use crate::run_cx::{RunCx, StopReason};
+use crate::step_job::StepJob;
 use crate::subdag::run_call;
-
-/// A step to run, with what the run knew when it started it.
-pub(crate) struct StepJob {
-    /// The step (a handler carries its record name, `on_exit` etc.).
-    pub(crate) step: Step,
-    /// File stem of its files next to the run log.
-    pub(crate) stem: String,
-    /// Its environment, applied on top of the inherited one.
-    pub(crate) env: Vec<(String, String)>,
-    /// The run's stop (the hard stop for a handler).
-    pub(crate) stop: CancellationToken,
-    pub(crate) handler: bool,
-    pub(crate) stdout: PathBuf,
-    pub(crate) stderr: PathBuf,
-    pub(crate) output_file: PathBuf,
-}
 
 /// How a step ended and what it left for the steps after it.
 #[derive(Debug, Default)]

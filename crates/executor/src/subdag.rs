@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{expand, lookup};
 use crate::outputs::json_text;
 use crate::run_cx::{Lineage, RunControl, RunCx};
-use crate::step::StepJob;
+use crate::step_job::StepJob;
 
 /// Sub-DAG calls nested deeper than this fail (a DAG that calls itself).
 const MAX_DEPTH: u32 = 16;
