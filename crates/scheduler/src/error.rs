@@ -24,7 +24,7 @@ pub(crate) enum AppError {
     Demo(String),
     /// `scheduler run`: the DAG did not load or the run did not succeed: exit 1.
     #[error(transparent)]
-    Run(#[from] crate::run::RunError),
+    Run(#[from] crate::run_error::RunError),
     /// `scheduler validate` found invalid DAG files (their errors are printed already): exit 1.
     #[error("{invalid} of {total} DAG files are invalid")]
     Invalid {
@@ -117,7 +117,7 @@ mod tests {
         let io = std::io::Error::other("disk on fire");
         assert_eq!(code(&AppError::component("open the tracker", io)), 1);
         assert_eq!(code(&AppError::Demo("lint: expected failed".into())), 1);
-        let unsuccessful = crate::run::RunError::Unsuccessful {
+        let unsuccessful = crate::run_error::RunError::Unsuccessful {
             dag: "build".into(),
             run_id: "r1".into(),
             status: dispatch_dag::RunStatus::Aborted,

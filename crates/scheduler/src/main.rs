@@ -28,6 +28,7 @@ mod logging;
 mod metrics;
 mod retention;
 mod run;
+mod run_error;
 mod signals;
 mod validate;
 

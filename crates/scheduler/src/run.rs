@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_dag::{
-    load_dag_file_with, Attempt, Dag, DagErrors, DagStore as _, FileDagStore, FileQueueStore,
-    LoadOptions, RunRecord, RunStatus, RunStore, StepRecord, StoreError, Stores,
+    load_dag_file_with, Attempt, Dag, DagStore as _, FileDagStore, FileQueueStore, LoadOptions,
+    RunRecord, RunStatus, RunStore, StepRecord, StoreError, Stores,
 };
-use dispatch_enqueue::{enqueue_webhook_run, EnqueueError};
+use dispatch_enqueue::enqueue_webhook_run;
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle};
 use dispatch_tracker::TrackerError;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,53 +38,12 @@ use crate::cli::{RunArgs, StartArgs};
 use crate::config::Settings;
 use crate::error::AppError;
 use crate::follow::{Follower, Stream};
+use crate::run_error::RunError;
 
 /// How often the run record and the step output files are looked at.
 const TICK: Duration = Duration::from_millis(100);
 /// The trigger recorded for a run started by hand (Dagu's word for it).
 const TRIGGER: &str = "manual";
-
-/// Why `scheduler run` did not end with a successful run. Every variant exits 1.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RunError {
-    /// The DAG file does not load; each error names the file, the line and the key.
-    #[error(transparent)]
-    Load(#[from] DagErrors),
-    /// No DAG file in the DAGs directory has this name.
-    #[error("no DAG named `{name}` in `{}`", dir.display())]
-    NotFound {
-        /// The name given.
-        name: String,
-        /// The DAGs directory searched.
-        dir: PathBuf,
-    },
-    /// Looking the name up failed for another reason (an invalid name, an unreadable directory).
-    #[error("failed to look up DAG `{name}` in `{}`", dir.display())]
-    Lookup {
-        /// The name given.
-        name: String,
-        /// The DAGs directory searched.
-        dir: PathBuf,
-        /// Cause.
-        #[source]
-        source: StoreError,
-    },
-    /// The run could not be created (the error names the run).
-    #[error(transparent)]
-    Enqueue(#[from] EnqueueError),
-    /// The run ended `failed` or `aborted`.
-    #[error("run `{dag}/{run_id}` {status}{}", error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
-    Unsuccessful {
-        /// DAG name.
-        dag: String,
-        /// Run id.
-        run_id: String,
-        /// Its final status.
-        status: RunStatus,
-        /// Its first error.
-        error: Option<String>,
-    },
-}
 
 /// Where `scheduler run` finds what the environment says (read by `main`).
 pub(crate) struct Env<'a> {
