@@ -5,6 +5,9 @@ use reqwest::header::HeaderMap;
 
 use super::rate_limit::limited_until;
 
+/// The REST API version the hub's requests are written for.
+pub(crate) const API_VERSION: &str = "2022-11-28";
+
 /// Why a GitHub call did not succeed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CallError {

@@ -6,11 +6,8 @@ use dispatch_util::error_chain;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::answer::{classify, CallError};
+use super::answer::{classify, CallError, API_VERSION};
 use super::installations::{Clock, Installations};
-
-/// The REST API version the hub's requests are written for.
-pub(crate) const API_VERSION: &str = "2022-11-28";
 
 /// The hub's GitHub credentials.
 pub(crate) enum Auth {

@@ -76,7 +76,7 @@ pub async fn convert(api_url: &str, code: &str) -> Result<NewApp, ConvertError> 
         .post(url)
         .header(reqwest::header::ACCEPT, "application/vnd.github+json")
         .header(reqwest::header::USER_AGENT, "dispatch-hub")
-        .header("X-GitHub-Api-Version", super::client::API_VERSION)
+        .header("X-GitHub-Api-Version", super::answer::API_VERSION)
         .send()
         .await
         .map_err(|e| failed(error_chain(&e)))?;

@@ -95,7 +95,7 @@ impl Installations {
             ))
             .bearer_auth(self.app_token()?.expose())
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", super::client::API_VERSION)
+            .header("X-GitHub-Api-Version", super::answer::API_VERSION)
             .send()
             .await
             .map_err(|e| CallError::Retry(format!("`{what}` failed: {}", error_chain(&e))))?;
@@ -145,7 +145,7 @@ impl Installations {
             .get(format!("{}/repos/{repository}/installation", self.api_url))
             .bearer_auth(self.app_token()?.expose())
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", super::client::API_VERSION)
+            .header("X-GitHub-Api-Version", super::answer::API_VERSION)
             .send()
             .await
             .map_err(|e| CallError::Retry(format!("`{what}` failed: {}", error_chain(&e))))?;
