@@ -100,6 +100,7 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        write_deadline::cap_send_buffer(&stream);
         let http = http.clone();
         let service = TowerToHyperService::new(app.clone());
         let cancel = cancel.clone();

@@ -7,6 +7,10 @@
 //! the socket full, and stops when the peer has taken everything the hub had to write, or at
 //! least [`PROGRESS`] bytes of it. A handler that is still working on its answer (a long-poll
 //! waits up to a minute) writes nothing, so no deadline runs for it.
+//!
+//! The deadline can only start once the socket is full, so [`cap_send_buffer`] keeps the kernel
+//! from growing a connection's send buffer to megabytes first: a client that never reads would
+//! otherwise take that much memory, and seconds of answers, before the clock even started.
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};
@@ -20,6 +24,24 @@ use tokio::time::{Instant, Sleep};
 /// Bytes the peer must take within one deadline when it does not take all the output at once: a
 /// peer that reads a byte now and then does not keep its connection open for ever.
 pub(crate) const PROGRESS: usize = 16 * 1024;
+
+/// The send buffer each connection asks the kernel for (Linux doubles it, for its own
+/// bookkeeping). Hub answers are small: a pull is at most 1 MiB, which leaves in four round trips;
+/// a pull batch, as large as its caller allows, takes more, at the same pace.
+const SEND_BUFFER: usize = 128 * 1024;
+
+/// Caps `stream`'s kernel send buffer at [`SEND_BUFFER`]; left as it is when the system refuses.
+#[cfg(unix)]
+pub(crate) fn cap_send_buffer(stream: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt::SndBuf};
+
+    if let Err(e) = setsockopt(stream, SndBuf, &SEND_BUFFER) {
+        tracing::debug!(error = %e, "cannot cap the send buffer of a connection");
+    }
+}
+
+#[cfg(not(unix))]
+pub(crate) fn cap_send_buffer(_: &tokio::net::TcpStream) {}
 
 /// `S`, whose writes fail with [`io::ErrorKind::TimedOut`] once output has waited `limit`
 /// without the peer taking it.
