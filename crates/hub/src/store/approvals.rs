@@ -13,8 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
 use super::heads;
-use super::jobs::{self, Delivery, DeliveryOutcome, RawDelivery, Reports};
-use super::reports;
+use super::jobs;
+use super::reports::{self, Reports};
+use super::rows::{self, Delivery, DeliveryOutcome, RawDelivery};
 use super::writer::Durability;
 use super::Store;
 use crate::error::HubError;
@@ -235,7 +236,7 @@ fn approve(
     let mut dags = Vec::with_capacity(new_jobs.len());
     for j in &new_jobs {
         // The jobs carry the held event, stored under its own delivery id.
-        jobs::insert_job(tx, j, &held.delivery_id, &held.raw, now_ms, reports, tally)?;
+        rows::insert_job(tx, j, &held.delivery_id, &held.raw, now_ms, reports, tally)?;
         job_ids.push(j.job.id.clone());
         dags.push(j.job.dag_name.clone());
         tx.execute(
@@ -256,7 +257,7 @@ fn approve(
         )
         .map_err(HubError::store("record an approval"))?;
     }
-    jobs::insert_payload(tx, &held.delivery_id, &held.raw)?;
+    rows::insert_payload(tx, &held.delivery_id, &held.raw)?;
     Ok((Approval::Dispatched { sha, dags }, job_ids))
 }
 
@@ -327,7 +328,7 @@ impl Store {
         answer: impl FnOnce(&Approval) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<Approval>), HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = jobs::recorded_jobs(tx, &delivery.id)? {
+            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
                 let dup = DeliveryOutcome {
                     job_ids,
                     duplicate: true,
@@ -341,7 +342,7 @@ impl Store {
                 reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
             }
             delivery.reason = note;
-            jobs::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
+            rows::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
             let outcome = DeliveryOutcome {
                 job_ids,
                 duplicate: false,

@@ -22,8 +22,8 @@ use dispatch_protocol::{is_cancel_command, DispatchJob};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
-use super::jobs::{self, decode_job, Caller, Delivery, DeliveryOutcome, RawDelivery, Reports};
-use super::reports::{self, NoReports};
+use super::reports::{self, FinishedJob, NoReports, Reports};
+use super::rows::{self, decode_job, machine_name, Caller, Delivery, DeliveryOutcome, RawDelivery};
 use super::state::JobState;
 use super::writer::Durability;
 use super::Store;
@@ -196,27 +196,9 @@ fn create_cancel_job(
     };
     // A cancel job is never reported on: its command was answered when it came.
     let no_reports: Reports = Arc::new(NoReports);
-    jobs::insert_job(tx, &new_job, delivery_id, raw, now_ms, &no_reports, tally)?;
-    jobs::insert_payload(tx, delivery_id, raw)?;
+    rows::insert_job(tx, &new_job, delivery_id, raw, now_ms, &no_reports, tally)?;
+    rows::insert_payload(tx, delivery_id, raw)?;
     Ok(new_job.job.id)
-}
-
-pub(super) fn machine_name(
-    tx: &Connection,
-    license_id: &str,
-    server_id: &str,
-) -> Result<String, HubError> {
-    let name: Option<String> = tx
-        .query_row(
-            "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
-            [license_id, server_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a machine name"))?;
-    Ok(name
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| server_id.to_owned()))
 }
 
 /// Carries out a cancel command (see the module docs).
@@ -265,7 +247,7 @@ fn cancel(
                 // comment answering the cancel names the dropped jobs.
                 let mut job = active.job.clone();
                 job.command.clear();
-                let finished = jobs::FinishedJob::unrun(job, active.status_context.clone(), now_ms);
+                let finished = FinishedJob::unrun(job, active.status_context.clone(), now_ms);
                 let calls = reports.finished(&finished, ABORTED, &summary);
                 reports::queue_final(tx, &active.id, calls, now_ms)?;
                 outcome.dropped.push(active.job.dag_name);
@@ -388,7 +370,7 @@ impl Store {
         answer: impl FnOnce(&CancelOutcome) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<CancelOutcome>), HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = jobs::recorded_jobs(tx, &delivery.id)? {
+            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
                 let dup = DeliveryOutcome {
                     job_ids,
                     duplicate: true,
@@ -401,7 +383,7 @@ impl Store {
                 reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
             }
             delivery.reason = note;
-            jobs::insert_delivery(tx, &delivery, &outcome.cancel_jobs, now_ms)?;
+            rows::insert_delivery(tx, &delivery, &outcome.cancel_jobs, now_ms)?;
             let recorded = DeliveryOutcome {
                 job_ids: outcome.cancel_jobs.clone(),
                 duplicate: false,

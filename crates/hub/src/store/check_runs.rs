@@ -9,7 +9,8 @@
 use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::jobs::{self, decode_job, Delivery, DeliveryOutcome, RawDelivery, Reports};
+use super::reports::Reports;
+use super::rows::{self, decode_job, Delivery, DeliveryOutcome, RawDelivery};
 use super::writer::Durability;
 use super::Store;
 use crate::error::HubError;
@@ -243,7 +244,7 @@ impl Store {
         reports: Reports,
     ) -> Result<DeliveryOutcome, HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = jobs::recorded_jobs(tx, &delivery.id)? {
+            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
                 return Ok(DeliveryOutcome {
                     job_ids,
                     duplicate: true,
@@ -251,11 +252,11 @@ impl Store {
             }
             let mut job_ids = Vec::with_capacity(reruns.len());
             for r in &reruns {
-                jobs::insert_payload(tx, &r.payload_key, &r.raw)?;
-                jobs::insert_job(tx, &r.job, &r.payload_key, &r.raw, now_ms, &reports, tally)?;
+                rows::insert_payload(tx, &r.payload_key, &r.raw)?;
+                rows::insert_job(tx, &r.job, &r.payload_key, &r.raw, now_ms, &reports, tally)?;
                 job_ids.push(r.job.job.id.clone());
             }
-            jobs::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
+            rows::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
             Ok(DeliveryOutcome {
                 job_ids,
                 duplicate: false,

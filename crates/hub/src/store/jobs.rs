@@ -4,45 +4,24 @@
 //! Every function runs inside the writer's transaction (or on the read connection, for the
 //! read-only ones); none commits.
 
-use std::sync::Arc;
-
 use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
 use super::cancels;
 use super::gauges::Tally;
-use super::reports::{self, AcceptedJob, ReportsFor};
+use super::reports::{self, AcceptedJob, FinishedJob, Reports};
+use super::rows::{
+    self, decode_job, insert_delivery, insert_job, insert_payload, recorded_jobs, Caller, Delivery,
+    DeliveryOutcome, REJECTED,
+};
 use super::state::JobState;
 use crate::error::HubError;
 use crate::matching::NewJob;
-use crate::trust::Outcome;
 
 /// A job whose claim has run out this many times is finished as `rejected`: a job no scheduler
 /// can take (say, a payload too big for its client) must not block the queue forever.
 pub(crate) const MAX_CLAIMS: i64 = 5;
-
-/// Largest pull answer a scheduler reads (`docs/protocol.md`: at most 1 MiB of a response body).
-pub(crate) const MAX_JOB_ANSWER_BYTES: usize = 1024 * 1024;
-
-/// The result status the hub itself gives a job no scheduler can take.
-const REJECTED: &str = "rejected";
-
-/// The raw delivery all jobs of one webhook share, stored once (in `payloads`) byte for byte.
-#[derive(Clone)]
-pub(crate) struct RawDelivery {
-    /// The body (outer whitespace trimmed: a JSON value cannot carry it).
-    pub payload: String,
-    /// The kept headers as a JSON object.
-    pub headers: String,
-}
-
-/// The job ids a delivery produced, and whether this call was a redelivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeliveryOutcome {
-    pub job_ids: Vec<String>,
-    pub duplicate: bool,
-}
 
 /// What accept or finish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,51 +34,6 @@ pub(crate) enum Transition {
     NotFound,
     /// The job is not in a state this caller may change; the reason is safe to show.
     Conflict(String),
-}
-
-/// Who is calling accept or finish: the machine credentials' license and server.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Caller<'a> {
-    pub license_id: &'a str,
-    pub server_id: &'a str,
-}
-
-/// A job as finish sees it, for building reports.
-pub(crate) struct FinishedJob {
-    pub job: DispatchJob,
-    pub status_context: String,
-    /// The machine that ran it (empty when no scheduler accepted it).
-    pub machine: String,
-    /// When a scheduler accepted it, if one did.
-    pub started_ms: Option<i64>,
-    pub finished_ms: i64,
-}
-
-impl FinishedJob {
-    /// A job the hub finishes itself, no scheduler having run it.
-    pub fn unrun(job: DispatchJob, status_context: String, finished_ms: i64) -> FinishedJob {
-        FinishedJob {
-            job,
-            status_context,
-            machine: String::new(),
-            started_ms: None,
-            finished_ms,
-        }
-    }
-}
-
-/// Builds the GitHub reports of a job's steps (none when the hub does not report to GitHub).
-pub(crate) type Reports = Arc<dyn ReportsFor>;
-
-/// A delivery as the store records it: its id, event, raw body and headers, and how the trust
-/// gate took it.
-pub(crate) struct Delivery {
-    pub id: String,
-    pub event: String,
-    pub raw: RawDelivery,
-    pub outcome: Outcome,
-    /// Why it was turned away, or what a command did.
-    pub reason: String,
 }
 
 /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
@@ -137,130 +71,6 @@ pub(super) fn record_delivery(
         job_ids,
         duplicate: false,
     })
-}
-
-/// The job ids an earlier delivery with this id produced, if there was one.
-pub(super) fn recorded_jobs(
-    tx: &Connection,
-    delivery_id: &str,
-) -> Result<Option<Vec<String>>, HubError> {
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
-            [delivery_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a delivery"))?;
-    existing
-        .map(|ids| {
-            serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
-                job_id: format!("delivery {delivery_id}"),
-                source,
-            })
-        })
-        .transpose()
-}
-
-/// Records a delivery and the jobs it produced.
-pub(super) fn insert_delivery(
-    tx: &Connection,
-    delivery: &Delivery,
-    job_ids: &[String],
-    now_ms: i64,
-) -> Result<(), HubError> {
-    let ids_json = serde_json::to_string(job_ids).unwrap_or_else(|_| "[]".to_owned());
-    tx.execute(
-        "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms, outcome, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            delivery.id,
-            delivery.event,
-            ids_json,
-            now_ms,
-            delivery.outcome.as_str(),
-            delivery.reason
-        ],
-    )
-    .map_err(HubError::store("insert a delivery"))?;
-    Ok(())
-}
-
-/// Stores the payload and headers jobs pulled under `key` carry (kept if already there).
-pub(super) fn insert_payload(
-    tx: &Connection,
-    key: &str,
-    raw: &RawDelivery,
-) -> Result<(), HubError> {
-    tx.execute(
-        "INSERT OR IGNORE INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
-        params![key, raw.payload, raw.headers],
-    )
-    .map_err(HubError::store("insert a payload"))?;
-    Ok(())
-}
-
-/// Inserts one job whose pull answer carries the payload stored under `payload_key` (`raw`):
-/// queued, or finished as `rejected` at once when it cannot fit in a pull answer, its reports
-/// queued like any finish's. Returns the state it was stored in.
-pub(super) fn insert_job(
-    tx: &Connection,
-    j: &NewJob,
-    payload_key: &str,
-    raw: &RawDelivery,
-    now_ms: i64,
-    reports: &Reports,
-    tally: &mut Tally,
-) -> Result<JobState, HubError> {
-    let job_json = serde_json::to_string(&j.job).map_err(|source| HubError::CorruptRecord {
-        job_id: j.job.id.clone(),
-        source,
-    })?;
-    // A scheduler reads at most 1 MiB of a pull answer: a job that cannot fit would be claimed
-    // and dropped forever, so it is answered `rejected` at once instead.
-    let answer_len = job_json.len() + raw.payload.len() + raw.headers.len() + 64;
-    let (state, result_status, result_summary) = if answer_len > MAX_JOB_ANSWER_BYTES {
-        tracing::warn!(job_id = %j.job.id, bytes = answer_len,
-            "job too large for the dispatch protocol; finished as rejected");
-        (
-            JobState::Finished,
-            REJECTED,
-            format!(
-                "the GitHub event is {} bytes; a dispatch job carries at most {} bytes",
-                raw.payload.len(),
-                MAX_JOB_ANSWER_BYTES
-            ),
-        )
-    } else {
-        (JobState::Queued, "", String::new())
-    };
-    tx.execute(
-        "INSERT INTO jobs (id, target_license, target_server_id, status_context, state, job_json,
-                           delivery_id, created_ms, updated_ms, result_status, result_summary)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
-        params![
-            j.job.id,
-            j.target_license,
-            j.target_server_id,
-            j.status_context,
-            state,
-            job_json,
-            payload_key,
-            now_ms,
-            result_status,
-            result_summary
-        ],
-    )
-    .map_err(HubError::store("insert a job"))?;
-    tally.added(state, 1);
-    if state == JobState::Finished {
-        let finished = FinishedJob::unrun(j.job.clone(), j.status_context.clone(), now_ms);
-        let calls = reports.finished(&finished, result_status, &result_summary);
-        reports::queue_final(tx, &j.job.id, calls, now_ms)?;
-    } else {
-        reports::queue_pending(tx, &j.job.id, reports.stored(j), now_ms)?;
-    }
-    Ok(state)
 }
 
 /// Expired claims go back to the queue, keeping `claimed_by` so the last claimant can still
@@ -434,7 +244,7 @@ pub(super) fn accept(
         let accepted = AcceptedJob {
             job: decode_job(&row.job_json)?,
             status_context: row.status_context.clone(),
-            machine: cancels::machine_name(tx, caller.license_id, caller.server_id)?,
+            machine: rows::machine_name(tx, caller.license_id, caller.server_id)?,
             accepted_ms: now_ms,
         };
         reports::queue_pending(tx, job_id, reports.accepted(&accepted), now_ms)?;
@@ -492,7 +302,7 @@ pub(super) fn finish(
     let finished = FinishedJob {
         job: decode_job(&row.job_json)?,
         status_context: row.status_context,
-        machine: cancels::machine_name(tx, caller.license_id, caller.server_id)?,
+        machine: rows::machine_name(tx, caller.license_id, caller.server_id)?,
         started_ms: (row.state == JobState::Accepted).then_some(row.updated_ms),
         finished_ms: now_ms,
     };
@@ -575,26 +385,9 @@ impl JobRow {
     }
 }
 
-pub(super) fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
-    serde_json::from_str(job_json).map_err(|source| HubError::CorruptRecord {
-        job_id: String::new(),
-        source,
-    })
-}
-
 fn raw(job_id: &str, text: String) -> Result<Box<RawValue>, HubError> {
     RawValue::from_string(text).map_err(|source| HubError::CorruptRecord {
         job_id: job_id.to_owned(),
         source,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejected_is_a_result_status_word() {
-        assert!(dispatch_protocol::RESULT_STATUS_WORDS.contains(&REJECTED));
-    }
 }

@@ -10,11 +10,13 @@
 //!
 //! One file per job: [`schema`] (the tables and their versioned changes: add a schema change
 //! there), [`integrity`] (the start-up check), [`state`] (the job states), [`gauges`] (jobs per
-//! state, kept as they change), [`writer`] (the group commit thread), [`jobs`] (deliveries,
-//! claims, accept, finish), [`activations`], [`reports`], [`retention`] (what is pruned). Each
-//! table's rules live in its file as functions over a connection; this file opens the database
-//! and gives them one face, except that `activations` and `retention` add their own
-//! `impl Store` methods next to their SQL.
+//! state, kept as they change), [`writer`] (the group commit thread), [`reports`] (GitHub calls
+//! queued with the step they report), [`rows`] (the delivery and job rows every writer stores),
+//! [`cancels`], [`jobs`] (claims, accept, finish), [`activations`], [`retention`] (what is
+//! pruned). The table files import only downwards: `reports` ← `rows` ← `cancels` ← `jobs`
+//! (`approvals` and `check_runs` build on `rows` and `reports` too). Each table's rules live in
+//! its file as functions over a connection; this file opens the database and gives them one face,
+//! though most table files add their own `impl Store` methods next to their SQL.
 //! A delivery's payload and headers are stored once (table `payloads`), whatever number of jobs
 //! it made.
 
@@ -29,6 +31,7 @@ mod integrity;
 mod jobs;
 mod reports;
 mod retention;
+mod rows;
 mod schema;
 mod state;
 mod waiting;
@@ -51,10 +54,13 @@ pub(crate) use activations::{Activated, Activation, StoredActivation};
 pub(crate) use approvals::{Approval, HeldEvent};
 pub(crate) use cancels::CancelOutcome;
 pub(crate) use check_runs::Rerun;
+pub(crate) use jobs::Transition;
+pub(crate) use reports::{
+    AcceptedJob, FinishedJob, NewReport, NoReports, PendingReport, Reports, ReportsFor,
+};
 #[cfg(test)]
-use jobs::DeliveryOutcome;
-pub(crate) use jobs::{Caller, Delivery, FinishedJob, RawDelivery, Reports, Transition};
-pub(crate) use reports::{AcceptedJob, NewReport, NoReports, PendingReport, ReportsFor};
+use rows::DeliveryOutcome;
+pub(crate) use rows::{Caller, Delivery, RawDelivery};
 pub(crate) use state::JobState;
 pub(crate) use waiting::JobTarget;
 
@@ -571,7 +577,7 @@ mod tests {
             assert_eq!(kept, counted, "after {when}");
         };
         let big = RawDelivery {
-            payload: format!("\"{}\"", "x".repeat(jobs::MAX_JOB_ANSWER_BYTES)),
+            payload: format!("\"{}\"", "x".repeat(rows::MAX_JOB_ANSWER_BYTES)),
             headers: "{}".into(),
         };
         s.record_delivery("big", "push", vec![new_job("too-big", "")], big, 1)

@@ -6,10 +6,11 @@
 //! still `queued` or `in_progress`) that is still unsent when the job finishes is dropped: the
 //! final report says everything it would have.
 
+use std::sync::Arc;
+
 use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection};
 
-use super::jobs::FinishedJob;
 use super::Store;
 use crate::error::HubError;
 use crate::matching::NewJob;
@@ -32,6 +33,30 @@ pub(crate) struct AcceptedJob {
     /// The accepting server's machine name (its server id when it gave none).
     pub machine: String,
     pub accepted_ms: i64,
+}
+
+/// A job as finish sees it, for building reports.
+pub(crate) struct FinishedJob {
+    pub job: DispatchJob,
+    pub status_context: String,
+    /// The machine that ran it (empty when no scheduler accepted it).
+    pub machine: String,
+    /// When a scheduler accepted it, if one did.
+    pub started_ms: Option<i64>,
+    pub finished_ms: i64,
+}
+
+impl FinishedJob {
+    /// A job the hub finishes itself, no scheduler having run it.
+    pub fn unrun(job: DispatchJob, status_context: String, finished_ms: i64) -> FinishedJob {
+        FinishedJob {
+            job,
+            status_context,
+            machine: String::new(),
+            started_ms: None,
+            finished_ms,
+        }
+    }
 }
 
 /// Builds the GitHub calls for each step of a job's life; the store queues them in the same
@@ -71,6 +96,9 @@ where
         self(job, result_status, summary)
     }
 }
+
+/// Builds the GitHub reports of a job's steps (none when the hub does not report to GitHub).
+pub(crate) type Reports = Arc<dyn ReportsFor>;
 
 /// Reports nothing.
 pub(crate) struct NoReports;
