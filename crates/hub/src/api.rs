@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dispatch_protocol::token::Claims;
 use dispatch_protocol::{
-    AcceptRequest, ActivateRequest, ActivateResponse, FinishRequest, HeartbeatRequest,
-    HeartbeatResponse, PullRequest, Secret, ACCEPT_BATCH_PATH, PULL_BATCH_PATH,
+    AcceptRequest, ActivateRequest, ActivateResponse, DispatchJob, FinishRequest,
+    HeartbeatRequest, HeartbeatResponse, PullRequest, Secret, ACCEPT_BATCH_PATH, PULL_BATCH_PATH,
 };
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
@@ -459,39 +459,29 @@ async fn heartbeat(
 }
 
 async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: PullRequest = parse_body(&body)?;
-    // Thousands of pulls may wait at once: a waiting pull keeps only what it still needs.
-    drop(body);
-    if let Err(e) = authenticate(&st, &req.license_id, &req.server_id, &req.heartbeat_secret).await
-    {
-        st.metrics.inc(PULLS, "unauthorized");
-        return Err(e);
-    }
     let PullRequest {
         license_id,
         server_id,
+        heartbeat_secret,
         wait_seconds,
-        ..
-    } = req;
+    } = parse_body(&body)?;
+    // Thousands of pulls may wait at once: a waiting pull keeps only what it still needs (the
+    // future's layout too: no value lives across the wait that the wait does not use).
+    drop(body);
+    if let Err(e) = authenticate(&st, &license_id, &server_id, &heartbeat_secret).await {
+        st.metrics.inc(PULLS, "unauthorized");
+        return Err(e);
+    }
+    drop(heartbeat_secret);
     let wait = Duration::from_secs(wait_seconds.min(MAX_WAIT_SECONDS).into());
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
-    let lease_ms = st.cfg.lease.as_millis() as i64;
     // Queued before the first claim attempt, so a job stored in between still wakes this pull
     // (or another); dropped when the pull answers, passing on a wake it did not use.
     let mut waiter = st.waiters.join(&license_id, &server_id);
     loop {
         waiter.attempting();
-        let (l, s) = (license_id.clone(), server_id.clone());
-        let claimed = blocking(&st.store, move |store| {
-            if store.has_claimable(&l, &s, now_ms())? {
-                store.claim_next(&l, &s, now_ms(), lease_ms)
-            } else {
-                Ok(None)
-            }
-        })
-        .await?;
-        if let Some(job) = claimed {
+        if let Some(job) = claim(&st, &license_id, &server_id).await? {
             if let Some(woken) = waiter.took(&job.id) {
                 st.metrics.inc(WAKEUPS, woken.as_str());
             }
@@ -516,6 +506,25 @@ async fn pull(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
     }
     st.metrics.inc(PULLS, "empty");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// One claim attempt of a pull: the oldest job this license and server may take, if any. Looks
+/// first on the read connection, so a fruitless attempt never queues behind writes.
+async fn claim(
+    st: &AppState,
+    license_id: &str,
+    server_id: &str,
+) -> Result<Option<DispatchJob>, HubError> {
+    let (l, s) = (license_id.to_owned(), server_id.to_owned());
+    let lease_ms = st.cfg.lease.as_millis() as i64;
+    blocking(&st.store, move |store| {
+        if store.has_claimable(&l, &s, now_ms())? {
+            store.claim_next(&l, &s, now_ms(), lease_ms)
+        } else {
+            Ok(None)
+        }
+    })
+    .await
 }
 
 fn transition_response(t: Transition, job_id: &str) -> Result<StatusCode, ApiError> {
