@@ -21,6 +21,8 @@ use dispatch_protocol::Secret;
 use tokio_util::sync::CancellationToken;
 
 mod cli_servers;
+#[cfg(not(target_env = "msvc"))]
+mod memory;
 
 #[derive(Parser)]
 #[command(
