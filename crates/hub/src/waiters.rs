@@ -145,13 +145,16 @@ struct Inner {
     next: u64,
     /// Queued pulls per license, by queue position: the first entry has waited longest.
     queues: HashMap<Arc<str>, BTreeMap<u64, Arc<Slot>>>,
+    /// License and queue position of each server's queued pulls (as a rule one), so that a job
+    /// for one server finds its pull without a walk over thousands.
+    servers: HashMap<Arc<str>, Vec<(Arc<str>, u64)>>,
     /// Pulls joined and not yet gone, queued or woken.
     joined: usize,
 }
 
 /// One waiting pull as the queues hold it.
 struct Slot {
-    server: Box<str>,
+    server: Arc<str>,
     state: Mutex<SlotState>,
 }
 
@@ -229,26 +232,33 @@ impl Inner {
             .entry(license.clone())
             .or_default()
             .insert(position, slot.clone());
+        self.servers
+            .entry(slot.server.clone())
+            .or_default()
+            .push((license.clone(), position));
     }
 
-    fn dequeue(&mut self, license: &str, position: u64) {
-        if let Some(queue) = self.queues.get_mut(license) {
-            queue.remove(&position);
-            if queue.is_empty() {
-                self.queues.remove(license);
+    /// Takes the pull at `position` out of `license`'s queue and the server index.
+    fn dequeue(&mut self, license: &str, position: u64) -> Option<Arc<Slot>> {
+        let queue = self.queues.get_mut(license)?;
+        let slot = queue.remove(&position)?;
+        if queue.is_empty() {
+            self.queues.remove(license);
+        }
+        if let Some(positions) = self.servers.get_mut(&slot.server) {
+            positions.retain(|(_, p)| *p != position);
+            if positions.is_empty() {
+                self.servers.remove(&slot.server);
             }
         }
+        Some(slot)
     }
 
     /// Gives `wake` to the longest-waiting queued pull that may take its job, taking that pull
     /// out of its queue; returns the waker to call. `None` when no such pull waits.
     fn hand_over(&mut self, wake: Wake) -> Option<Waker> {
         let (license, position) = self.pick(&wake)?;
-        let queue = self.queues.get_mut(&*license)?;
-        let slot = queue.remove(&position)?;
-        if queue.is_empty() {
-            self.queues.remove(&*license);
-        }
+        let slot = self.dequeue(&license, position)?;
         let mut state = slot.state();
         state.position = None;
         state.wake = Some(wake);
@@ -257,25 +267,23 @@ impl Inner {
 
     /// The license queue and position of the pull [`Inner::hand_over`] gives `wake` to.
     fn pick(&self, wake: &Wake) -> Option<(Arc<str>, u64)> {
-        let eligible = self
-            .queues
-            .iter()
-            .filter(|(license, _)| wake.license.is_empty() || ***license == *wake.license);
+        let may_take = |license: &str| wake.license.is_empty() || license == &*wake.license;
         if wake.server.is_empty() {
-            eligible
+            self.queues
+                .iter()
+                .filter(|(license, _)| may_take(license))
                 .filter_map(|(license, queue)| {
                     let (&position, _) = queue.first_key_value()?;
                     Some((license.clone(), position))
                 })
                 .min_by_key(|(_, position)| *position)
         } else {
-            // A job for one server (a cancel): rare, so a walk over the queue is fine.
-            eligible
-                .filter_map(|(license, queue)| {
-                    let (&position, _) = queue.iter().find(|(_, s)| s.server == wake.server)?;
-                    Some((license.clone(), position))
-                })
+            self.servers
+                .get(&*wake.server)?
+                .iter()
+                .filter(|(license, _)| may_take(license))
                 .min_by_key(|(_, position)| *position)
+                .cloned()
         }
     }
 }
@@ -497,7 +505,8 @@ mod tests {
         let v = asleep(&waiters, "b", "s2");
         drop((w, v));
         assert_eq!(waiters.joined(), 0);
-        assert!(waiters.lock().queues.is_empty());
+        let inner = waiters.lock();
+        assert!(inner.queues.is_empty() && inner.servers.is_empty());
     }
 
     #[tokio::test]
