@@ -1,8 +1,9 @@
 //! `cargo xtask tidy`: every tracked file stays inside the repository.
 //!
-//! A test or a doc that reads `../shared/...` or an absolute path into someone's home or work
-//! directory passes on the machine that wrote it and fails on every other one. This check reads
-//! every file git tracks and fails naming each such reference (file, line, the path).
+//! A test or a doc that reads a sibling directory of the checkout, or an absolute path into
+//! someone's home or work directory passes on the machine that wrote it and fails on every other
+//! one. This check reads every file git tracks and fails naming each such reference (file, line,
+//! the path).
 
 use std::path::Path;
 use std::process::Command;
@@ -95,7 +96,7 @@ pub(crate) fn scan(file: &str, text: &str) -> Vec<Finding> {
 }
 
 /// True when the `/` at `at` begins an absolute path rather than continuing a word or a URL
-/// (`https://host/home/...` is a URL, `"/home/me/x"` is a path).
+/// (a slash inside a URL continues the URL; one after a quote or a blank starts a path).
 fn starts_a_path(line: &str, at: usize) -> bool {
     match line[..at].chars().next_back() {
         None => true,

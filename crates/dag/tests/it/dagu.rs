@@ -468,7 +468,7 @@ fn secrets_and_working_dirs() {
 
     // A base directory given to the loader (a DAG run by hand) replaces the file's directory.
     let options = LoadOptions {
-        base_dir: Some(PathBuf::from("/home/me/project")),
+        base_dir: Some(PathBuf::from("/srv/project")),
     };
     let dag = parse_dag_with(
         Path::new("/elsewhere/t.yaml"),
@@ -476,14 +476,14 @@ fn secrets_and_working_dirs() {
         &options,
     )
     .unwrap();
-    assert_eq!(dag.working_dir, Some(PathBuf::from("/home/me/project/sub")));
+    assert_eq!(dag.working_dir, Some(PathBuf::from("/srv/project/sub")));
     let dag = parse_dag_with(
         Path::new("/elsewhere/t.yaml"),
         "steps:\n  - run: x\n",
         &options,
     )
     .unwrap();
-    assert_eq!(dag.working_dir, Some(PathBuf::from("/home/me/project")));
+    assert_eq!(dag.working_dir, Some(PathBuf::from("/srv/project")));
 }
 
 #[test]
