@@ -163,11 +163,19 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| bench_dir.join("results.json"));
+    std::fs::create_dir_all(&bench_dir)
+        .with_context(|| format!("failed to create `{}`", bench_dir.display()))?;
+    // Two benches at once would share the scratch directory and each other's cores.
+    let _lock = lock_bench(&bench_dir)?;
     let work = bench_dir.join("work");
-    // A previous run may have been interrupted; its scratch files are of no use.
+    // A previous run may have been interrupted or kept; its scratch files are of no use. They
+    // are moved aside and removed only after measuring: on ext4 without a journal, creating
+    // files right after tens of thousands were removed costs several times more (the allocator
+    // steps over recently freed inodes), which the throughput group would measure.
     if work.exists() {
-        std::fs::remove_dir_all(&work)
-            .with_context(|| format!("failed to clear `{}`", work.display()))?;
+        let aside = bench_dir.join(format!("{STALE_PREFIX}{}", std::process::id()));
+        std::fs::rename(&work, &aside)
+            .with_context(|| format!("failed to move `{}` aside", work.display()))?;
     }
     std::fs::create_dir_all(&work)
         .with_context(|| format!("failed to create `{}`", work.display()))?;
@@ -220,7 +228,51 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     } else {
         let _ = std::fs::remove_dir_all(&work);
     }
+    remove_stale(&bench_dir);
     Ok(())
+}
+
+/// Holds `<bench_dir>/lock` for the whole run, waiting for another `cargo xtask bench` (of any
+/// engineer sharing this tree) to finish first.
+fn lock_bench(bench_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = bench_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open `{}`", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((file, _)) => {
+            eprintln!(
+                "bench: another `cargo xtask bench` is running; waiting for it (`{}`)",
+                path.display()
+            );
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+                anyhow::anyhow!("failed to lock `{}`: {errno}", path.display())
+            })
+        }
+    }
+}
+
+/// Scratch directories of earlier runs, moved aside at the start of this one.
+const STALE_PREFIX: &str = "stale-work-";
+
+fn remove_stale(bench_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(bench_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STALE_PREFIX)
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Runs one group; an error, or a target row the group did not produce, becomes a failed row.

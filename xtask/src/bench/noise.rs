@@ -1,5 +1,6 @@
-//! The state of the machine when a group starts, printed beside its figures: the load average and
-//! what one `fdatasync` costs right now. A slow disk or a busy machine then reads as such, not as a
+//! The state of the machine when a group starts, printed beside its figures: the load average,
+//! what one `fdatasync` costs right now and what creating a file costs. A slow disk, a busy machine
+//! or a file system still stepping over many freshly removed files then reads as such, not as a
 //! regression.
 
 use std::io::Write as _;
@@ -34,7 +35,39 @@ pub(crate) fn rows(group: &str, work: &Path) -> Vec<Metric> {
         )),
         Err(e) => eprintln!("bench: {group}: no fdatasync figure: {e:#}"),
     }
+    match create_cost(work) {
+        Ok(us) => rows.push(Metric::info(
+            format!("{group}: file create cost at start (median of {CREATES})"),
+            us,
+            "µs",
+        )),
+        Err(e) => eprintln!("bench: {group}: no file create figure: {e:#}"),
+    }
     rows
+}
+
+/// Files created for the create cost.
+const CREATES: usize = 200;
+
+/// Median microseconds of creating (and closing) one small file in a fresh directory in `dir`.
+/// On ext4 without a journal this grows several times after many files were removed nearby
+/// (recently freed inodes are stepped over), which slows every store that creates files.
+fn create_cost(dir: &Path) -> anyhow::Result<f64> {
+    let probe = dir.join("create-probe");
+    std::fs::create_dir_all(&probe)
+        .with_context(|| format!("failed to create `{}`", probe.display()))?;
+    let mut samples = Vec::with_capacity(CREATES);
+    for n in 0..CREATES {
+        let path = probe.join(n.to_string());
+        let started = Instant::now();
+        let mut file = std::fs::File::create(&path)
+            .with_context(|| format!("failed to create `{}`", path.display()))?;
+        file.write_all(b"{}")?;
+        drop(file);
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    percentile(&samples, 50.0).context("no samples")
 }
 
 fn load_average() -> anyhow::Result<f64> {
@@ -83,11 +116,13 @@ mod tests {
         let rows = rows("g", dir.path());
         assert_eq!(
             rows.len(),
-            2,
+            3,
             "{:?}",
             rows.iter().map(|r| &r.name).collect::<Vec<_>>()
         );
         assert!(rows[1].value.unwrap() > 0.0);
+        assert!(rows[2].value.unwrap() > 0.0);
         assert!(!dir.path().join("fdatasync-probe").exists());
+        assert!(!dir.path().join("create-probe").exists());
     }
 }
