@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::StoreError;
 
@@ -48,13 +49,34 @@ pub struct FileStoreConfig {
     pub log_dir: PathBuf,
 }
 
+/// Choices of the file-backed stores besides where they live; `Default` is what
+/// [`Stores::open_files`] uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStoreOptions {
+    /// How long a queue item this process enqueues is kept in memory only before its file is
+    /// written ([`FileQueueStore::open_with_write_delay`]); zero writes it at once. Only for a
+    /// process that consumes the queues it fills and has the data directory to itself.
+    pub queue_write_delay: Duration,
+}
+
 impl Stores {
     /// File-backed stores (layout in the crate docs); creates the directories that are missing.
     pub fn open_files(config: FileStoreConfig) -> Result<Stores, StoreError> {
+        Self::open_files_with(config, FileStoreOptions::default())
+    }
+
+    /// [`Stores::open_files`] with `options`.
+    pub fn open_files_with(
+        config: FileStoreConfig,
+        options: FileStoreOptions,
+    ) -> Result<Stores, StoreError> {
         fsutil::create_dir_durable(&config.dags_dir)?;
         fsutil::create_dir_durable(&config.log_dir)?;
         let runs = FileRunStore::open(config.data_dir.join("runs"))?;
-        let queue = FileQueueStore::open(config.data_dir.join("queue"))?;
+        let queue = FileQueueStore::open_with_write_delay(
+            config.data_dir.join("queue"),
+            options.queue_write_delay,
+        )?;
         Ok(Stores {
             dags: Arc::new(FileDagStore::new(config.dags_dir)),
             runs: Arc::new(runs),

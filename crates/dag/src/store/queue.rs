@@ -1,4 +1,5 @@
-//! File-backed [`QueueStore`]: one file per queued item, and an in-memory index of the names.
+//! File-backed [`QueueStore`]: one file per queued item, and an in-memory index of the names;
+//! optionally, the items of this process stay in memory until they have waited a while.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -16,60 +17,85 @@ use crate::names::validate_queue_name;
 use crate::StoreError;
 
 /// How long a listing of a queue directory is trusted for the items of other processes: an item
-/// another process enqueues is seen within this time, or at once when this process's own view
-/// of the queue is empty.
+/// another process wrote is seen within this time, or at once when this process's own view of
+/// the queue is empty.
 const RELIST_AFTER: Duration = Duration::from_secs(1);
 
 /// Queues under `<root>/<queue>/`, one JSON file per item named
 /// `{prio}_{unix_nanos:020}_{pid:010}.json` (`prio` 0 = high, 1 = low), so the lexical order of
 /// the names is the service order: priority, then FIFO.
 ///
-/// Several processes may share the directory. An item appears by an atomic no-replace rename
-/// (or link) of a complete temp file; a dequeue claims the first name by unlinking it, and the
-/// filesystem lets exactly one unlink of a name succeed, so no item is served twice or lost
-/// among running processes.
+/// Several processes may share the directory. An item file appears by an atomic no-replace
+/// rename (or link) of a complete temp file; a dequeue claims the first name by unlinking it,
+/// and the filesystem lets exactly one unlink of a name succeed, so no item is served twice or
+/// lost among running processes.
 ///
 /// The store keeps the names of each queue in memory, with the item of every name it has
-/// written or read (a name's file never changes once placed), so that a dequeue is one unlink
-/// instead of a directory listing and a read: listing a queue of `n` items for each of `n`
-/// dequeues was quadratic. The directory is listed again when this view is empty, and at the
-/// latest a second after the last listing, which is how items other processes enqueue
-/// are found; between listings they wait behind the ones this process knows. Names another
-/// process claimed are found out by their failing unlink.
+/// written or read (a name's file never changes once placed), so that a dequeue is at most one
+/// unlink instead of a directory listing and a read: listing a queue of `n` items for each of
+/// `n` dequeues was quadratic. The directory is listed again when this view is empty, and at the
+/// latest a second after the last listing, which is how items other processes wrote are found;
+/// between listings they wait behind the ones this process knows. Names another process claimed
+/// are found out by their failing unlink.
+///
+/// Opened with [`FileQueueStore::open_with_write_delay`], the store keeps an item this process
+/// enqueues in memory only, under the name its file will have, and serves it from there: its
+/// file is written once it has waited the delay (checked whenever the store is used) or when the
+/// last handle of the store is dropped. A queue that keeps up with its runs then never creates
+/// and removes a file per run, which was most of the store's cost (and on ext4 without a
+/// journal, every file created after many were removed is slower). Other processes see such an
+/// item only once it is written, and a crash loses it (see below): for a process that consumes
+/// the queue it fills, such as the scheduler, which holds its home for itself.
 ///
 /// Durability: none of these calls fsync (each would cost milliseconds on the dispatch path).
 /// The run record in the [`crate::RunStore`] is the durable truth and the queue is an index of
-/// it that recovery repairs: after a power cut an enqueued item may be missing (its run is still
-/// `queued`, and recovery enqueues it again), an item may come back after its dequeue (its run is
-/// then `running` or final, and the consumer drops items whose run is not `queued`), or an item
-/// file may be empty (it is set aside as corrupt, and recovery enqueues its run again). A caller
-/// that needs an item to survive a crash on its own must not use this store that way. Items of one process keep
-/// their order even if the clock steps back (the timestamp is made monotonic per process).
-/// Undecodable item files are moved to `<root>/<queue>/.corrupt/` and skipped, so one bad file
-/// cannot block a queue.
+/// it that recovery repairs: after a power cut (or, with a write delay, a crash) an enqueued
+/// item may be missing (its run is still `queued`, and recovery enqueues it again), an item may
+/// come back after its
+/// dequeue (its run is then `running` or final, and the consumer drops items whose run is not
+/// `queued`), or an item file may be empty (it is set aside as corrupt, and recovery enqueues its
+/// run again). A caller that needs an item to survive a crash on its own must not use this store
+/// that way. Items of one process keep their order even if the clock steps back (the timestamp
+/// is made monotonic per process). Undecodable item files are moved to
+/// `<root>/<queue>/.corrupt/` and skipped, so one bad file cannot block a queue.
 #[derive(Debug, Clone)]
 pub struct FileQueueStore {
     root: PathBuf,
-    /// Shared by clones, so that every handle of one store sees the same view.
+    /// Shared by clones, so that every handle of one store sees the same view; dropping the last
+    /// one writes the items still in memory.
     index: Arc<Mutex<Index>>,
     /// [`RELIST_AFTER`], except in tests.
     relist_after: Duration,
 }
 
 /// What this process knows of the queue directories.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Index {
+    root: PathBuf,
     queues: HashMap<String, Known>,
     /// When the root was last listed for queue directories.
     root_listed: Option<Instant>,
+    /// When the oldest item in memory only is due to be written.
+    next_write: Option<Instant>,
+    /// How long an item this process enqueues stays in memory only; zero: written at once.
+    write_after: Duration,
 }
 
-/// The names of one queue, in service order, each with its item when known.
+/// The names of one queue, in service order.
 #[derive(Debug, Default)]
 struct Known {
-    names: BTreeMap<String, Option<QueueItem>>,
+    names: BTreeMap<String, Entry>,
     /// When the directory was last listed; `None`: never.
     listed: Option<Instant>,
+}
+
+/// One name of a queue.
+#[derive(Debug)]
+enum Entry {
+    /// A file in the directory, with its item once read.
+    File(Option<QueueItem>),
+    /// Enqueued by this process and not written yet (since the instant given).
+    Memory(QueueItem, Instant),
 }
 
 impl Known {
@@ -81,39 +107,110 @@ impl Known {
     }
 }
 
+impl Index {
+    /// Writes the items that have waited in memory long enough (all of them with `all`). A
+    /// failed write is logged and tried again after another wait: the item stays served from
+    /// memory meanwhile.
+    fn write_due(&mut self, now: Instant, all: bool) {
+        if !all && self.next_write.is_none_or(|due| now < due) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for (queue, known) in &mut self.queues {
+            let dir = self.root.join(queue);
+            for (name, entry) in known.names.iter_mut() {
+                let Entry::Memory(item, since) = entry else {
+                    continue;
+                };
+                if all || now.duration_since(*since) >= self.write_after {
+                    match write_item(&dir, name, item) {
+                        Ok(()) => {
+                            *entry = Entry::File(Some(item.clone()));
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, queue = %queue, "cannot write a queue item; keeping it in memory");
+                            *since = now;
+                        }
+                    }
+                }
+                let due = *since + self.write_after;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.next_write = next;
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.write_due(Instant::now(), true);
+    }
+}
+
 impl FileQueueStore {
-    /// A store rooted at `root` (created when missing).
+    /// A store rooted at `root` (created when missing) whose enqueues write their item's file at
+    /// once.
     pub fn open(root: impl Into<PathBuf>) -> Result<FileQueueStore, StoreError> {
+        Self::open_with_write_delay(root, Duration::ZERO)
+    }
+
+    /// A store rooted at `root` (created when missing) that keeps the items this process
+    /// enqueues in memory only until they have waited `delay` (see the type's docs).
+    pub fn open_with_write_delay(
+        root: impl Into<PathBuf>,
+        delay: Duration,
+    ) -> Result<FileQueueStore, StoreError> {
         let root = root.into();
         create_dir_durable(&root)?;
         Ok(FileQueueStore {
+            index: Arc::new(Mutex::new(Index {
+                root: root.clone(),
+                queues: HashMap::new(),
+                root_listed: None,
+                next_write: None,
+                write_after: delay,
+            })),
             root,
-            index: Arc::default(),
             relist_after: RELIST_AFTER,
         })
     }
 
+    /// The index, with the items due by now written.
     fn index(&self) -> MutexGuard<'_, Index> {
         // The view is checked against the directory at every claim and replaced at every
-        // listing, so a panic halfway through an update cannot make the queue lose an item.
-        self.index
+        // listing (items in memory only are kept apart), so a panic halfway through an update
+        // cannot make the queue serve an item twice.
+        let mut index = self
+            .index
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.write_due(Instant::now(), false);
+        index
     }
 
-    /// Replaces the view of a queue with a listing of `dir`, keeping the items already known.
-    /// Called with the index locked, so an enqueue of this process that placed its file before
-    /// the listing is in it, and one that placed it after adds its name once the listing is in.
+    /// Replaces the view of a queue with a listing of `dir`, keeping the items already known
+    /// and the ones in memory only. Called with the index locked, so a file this process writes
+    /// is in the view before or after, never lost in between.
     fn relist(dir: &Path, known: &mut Known, now: Instant) -> Result<(), StoreError> {
         let names = item_names(dir)?;
         let mut old = std::mem::take(&mut known.names);
         known.names = names
             .into_iter()
             .map(|name| {
-                let item = old.remove(&name).flatten();
-                (name, item)
+                let item = match old.remove(&name) {
+                    Some(Entry::File(item)) => item,
+                    Some(Entry::Memory(item, _)) => Some(item),
+                    None => None,
+                };
+                (name, Entry::File(item))
             })
             .collect();
+        for (name, entry) in old {
+            if matches!(entry, Entry::Memory(..)) {
+                known.names.insert(name, entry);
+            }
+        }
         known.listed = Some(now);
         Ok(())
     }
@@ -121,12 +218,18 @@ impl FileQueueStore {
     /// The item behind `name`, read (and remembered) when not known yet; `None` when its file
     /// is gone or was set aside as corrupt.
     fn item_of(dir: &Path, known: &mut Known, name: &str) -> Result<Option<QueueItem>, StoreError> {
-        if let Some(Some(item)) = known.names.get(name) {
-            return Ok(Some(item.clone()));
+        match known.names.get(name) {
+            Some(Entry::File(Some(item)) | Entry::Memory(item, _)) => {
+                return Ok(Some(item.clone()))
+            }
+            Some(Entry::File(None)) => {}
+            None => return Ok(None),
         }
         match Self::read_item(dir, name)? {
             Some(item) => {
-                known.names.insert(name.to_owned(), Some(item.clone()));
+                known
+                    .names
+                    .insert(name.to_owned(), Entry::File(Some(item.clone())));
                 Ok(Some(item))
             }
             None => {
@@ -211,28 +314,22 @@ impl QueueStore for FileQueueStore {
             monotonic_nanos(),
             std::process::id()
         );
-        let path = dir.join(&name);
-        let bytes = to_json(item, &path)?;
-        let tmp = match write_temp(&dir, "item", &bytes, false) {
-            // The directory was removed since this process made it: make it again.
-            Err(e) if is_not_found(&e) => {
-                forget_durable(&dir);
-                create_dir_durable(&dir)?;
-                write_temp(&dir, "item", &bytes, false)?
-            }
-            other => other?,
+        let now = Instant::now();
+        let mut index = self.index();
+        let entry = if index.write_after.is_zero() {
+            write_item(&dir, &name, item)?;
+            Entry::File(Some(item.clone()))
+        } else {
+            let due = now + index.write_after;
+            index.next_write = Some(index.next_write.map_or(due, |n| n.min(due)));
+            Entry::Memory(item.clone(), now)
         };
-        let placed = place_no_replace(&tmp, &path);
-        if placed.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        placed.map_err(io_err("link", &path))?;
-        self.index()
+        index
             .queues
             .entry(queue.to_owned())
             .or_default()
             .names
-            .insert(name, Some(item.clone()));
+            .insert(name, entry);
         Ok(())
     }
 
@@ -247,7 +344,7 @@ impl QueueStore for FileQueueStore {
             relisted = true;
         }
         loop {
-            let Some((name, item)) = known.names.pop_first() else {
+            let Some((name, entry)) = known.names.pop_first() else {
                 if relisted {
                     return Ok(None);
                 }
@@ -256,13 +353,15 @@ impl QueueStore for FileQueueStore {
                 relisted = true;
                 continue;
             };
-            let item = match item {
-                Some(item) => item,
-                None => match Self::read_item(&dir, &name) {
+            let item = match entry {
+                // Never written: nobody else can have it.
+                Entry::Memory(item, _) => return Ok(Some(item)),
+                Entry::File(Some(item)) => item,
+                Entry::File(None) => match Self::read_item(&dir, &name) {
                     Ok(Some(item)) => item,
                     Ok(None) => continue,
                     Err(e) => {
-                        known.names.insert(name, None);
+                        known.names.insert(name, Entry::File(None));
                         return Err(e);
                     }
                 },
@@ -271,7 +370,7 @@ impl QueueStore for FileQueueStore {
                 Ok(true) => return Ok(Some(item)),
                 Ok(false) => {}
                 Err(e) => {
-                    known.names.insert(name, Some(item));
+                    known.names.insert(name, Entry::File(Some(item)));
                     return Err(e);
                 }
             }
@@ -287,11 +386,16 @@ impl QueueStore for FileQueueStore {
         let names: Vec<String> = known.names.keys().cloned().collect();
         let mut removed = false;
         for name in names {
-            if Self::item_of(&dir, known, &name)?.as_ref() == Some(item) {
-                if Self::claim(&dir, &name)? {
-                    removed = true;
+            if Self::item_of(&dir, known, &name)?.as_ref() != Some(item) {
+                continue;
+            }
+            match known.names.remove(&name) {
+                Some(Entry::Memory(..)) => removed = true,
+                _ => {
+                    if Self::claim(&dir, &name)? {
+                        removed = true;
+                    }
                 }
-                known.names.remove(&name);
             }
         }
         Ok(removed)
@@ -340,6 +444,27 @@ impl QueueStore for FileQueueStore {
     }
 }
 
+/// Writes the file of item `name` into the queue directory `dir`: a complete temp file, placed
+/// under its name without replacing anything. Makes the directory again when it was removed.
+fn write_item(dir: &Path, name: &str, item: &QueueItem) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let bytes = to_json(item, &path)?;
+    let tmp = match write_temp(dir, "item", &bytes, false) {
+        // The directory was removed since this process made it: make it again.
+        Err(e) if is_not_found(&e) => {
+            forget_durable(dir);
+            create_dir_durable(dir)?;
+            write_temp(dir, "item", &bytes, false)?
+        }
+        other => other?,
+    };
+    let placed = place_no_replace(&tmp, &path);
+    if placed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    placed.map_err(io_err("link", &path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,12 +476,20 @@ mod tests {
         }
     }
 
+    /// A store whose items are written at once and whose listings are trusted for an hour.
+    fn eager(dir: &Path) -> FileQueueStore {
+        let mut store = FileQueueStore::open(dir).unwrap();
+        store.relist_after = Duration::from_secs(3600);
+        store
+    }
+
+    const DELAY: Duration = Duration::from_secs(3600);
+
     #[test]
     fn items_of_another_store_wait_for_the_next_listing() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut a = FileQueueStore::open(tmp.path()).unwrap();
-        a.relist_after = Duration::from_secs(3600);
-        let b = FileQueueStore::open(tmp.path()).unwrap();
+        let a = eager(tmp.path());
+        let b = eager(tmp.path());
         assert_eq!(a.dequeue("q").unwrap(), None);
         a.enqueue("q", Priority::Low, &item("a1")).unwrap();
         a.enqueue("q", Priority::Low, &item("a2")).unwrap();
@@ -371,6 +504,54 @@ mod tests {
         // Once its view is empty, `a` looks at once.
         b.enqueue("q", Priority::Low, &item("b2")).unwrap();
         assert_eq!(a.dequeue("q").unwrap(), Some(item("b2")));
+    }
+
+    #[test]
+    fn items_stay_in_memory_until_they_have_waited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = FileQueueStore::open_with_write_delay(tmp.path(), DELAY).unwrap();
+        a.enqueue("q", Priority::Low, &item("a1")).unwrap();
+        a.enqueue("q", Priority::Low, &item("a2")).unwrap();
+        let files = || item_names(&tmp.path().join("q")).unwrap().len();
+        // Served from memory: no file is written or removed.
+        assert_eq!(a.dequeue("q").unwrap(), Some(item("a1")));
+        assert_eq!(files(), 0);
+        assert_eq!(a.list("q").unwrap(), vec![item("a2")]);
+        // Once due, the next use of the store writes it, under the name it had.
+        {
+            let mut index = a.index();
+            index.write_after = Duration::ZERO;
+            index.next_write = Some(Instant::now());
+        }
+        assert_eq!(a.queues().unwrap(), vec!["q".to_owned()]);
+        assert_eq!(files(), 1);
+        let other = FileQueueStore::open(tmp.path()).unwrap();
+        assert_eq!(other.list("q").unwrap(), vec![item("a2")]);
+        assert_eq!(a.dequeue("q").unwrap(), Some(item("a2")));
+        assert_eq!(other.dequeue("q").unwrap(), None);
+        a.index().write_after = DELAY;
+        // Dropping the last handle writes what is still in memory.
+        a.enqueue("q", Priority::High, &item("a3")).unwrap();
+        let clone = a.clone();
+        drop(a);
+        assert_eq!(files(), 0);
+        drop(clone);
+        assert_eq!(other.dequeue("q").unwrap(), Some(item("a3")));
+        assert_eq!(files(), 0);
+    }
+
+    #[test]
+    fn remove_takes_an_item_still_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = FileQueueStore::open_with_write_delay(tmp.path(), DELAY).unwrap();
+        a.enqueue("q", Priority::Low, &item("a1")).unwrap();
+        a.enqueue("q", Priority::Low, &item("a2")).unwrap();
+        assert!(a.remove("q", &item("a1")).unwrap());
+        assert!(!a.remove("q", &item("a1")).unwrap());
+        assert_eq!(a.dequeue("q").unwrap(), Some(item("a2")));
+        assert_eq!(a.dequeue("q").unwrap(), None);
+        drop(a);
+        assert!(item_names(&tmp.path().join("q")).unwrap().is_empty());
     }
 
     #[test]

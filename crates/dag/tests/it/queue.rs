@@ -199,3 +199,24 @@ fn two_processes_never_lose_or_duplicate() {
         }
     }
 }
+
+#[test]
+fn stores_with_a_write_delay_keep_their_own_items_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = FileStoreConfig {
+        dags_dir: tmp.path().join("dags"),
+        data_dir: tmp.path().join("data"),
+        log_dir: tmp.path().join("logs"),
+    };
+    let delayed = FileStoreOptions {
+        queue_write_delay: std::time::Duration::from_secs(3600),
+    };
+    let s = Stores::open_files_with(config.clone(), delayed).unwrap();
+    let other = Stores::open_files(config).unwrap();
+    s.queue.enqueue("q", Priority::Low, &item("d", "r1")).unwrap();
+    s.queue.enqueue("q", Priority::Low, &item("d", "r2")).unwrap();
+    assert!(other.queue.list("q").unwrap().is_empty());
+    assert_eq!(s.queue.dequeue("q").unwrap(), Some(item("d", "r1")));
+    drop(s);
+    assert_eq!(other.queue.list("q").unwrap(), vec![item("d", "r2")]);
+}
