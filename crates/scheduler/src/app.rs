@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dispatch_dag::{FileStoreConfig, Stores};
+use dispatch_dag::{FileStoreConfig, FileStoreOptions, Stores};
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle};
 use dispatch_hub::{GithubConfig, Hub, HubConfig, HubError, LicenseKey};
 use dispatch_license::{ClientConfig, CloudClient, LicenseConfig, LicenseManager};
@@ -234,6 +234,9 @@ impl System {
     }
 }
 
+/// How long a queue item stays in memory only (see `open_home`).
+const QUEUE_WRITE_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Creates the home's directories, takes the tracker (whose lock keeps any other scheduler,
 /// or `scheduler run --home`, off this data directory) and opens the DAG, run and queue stores.
 /// Shared by `scheduler start` and `scheduler run --home`.
@@ -258,11 +261,20 @@ pub(crate) fn open_home(settings: &Settings) -> Result<(Tracker, Stores), AppErr
             err,
         )
     })?;
-    let stores = Stores::open_files(FileStoreConfig {
-        dags_dir: settings.dags_dir.clone(),
-        data_dir: settings.data_dir.clone(),
-        log_dir: settings.log_dir.clone(),
-    })
+    // The tracker's lock gives this process the home to itself, and its executor consumes the
+    // queues it fills: queue items can stay in memory while they wait (a run that starts within
+    // the delay never has a queue file to create and remove; after a crash, recovery enqueues
+    // the queued runs again).
+    let stores = Stores::open_files_with(
+        FileStoreConfig {
+            dags_dir: settings.dags_dir.clone(),
+            data_dir: settings.data_dir.clone(),
+            log_dir: settings.log_dir.clone(),
+        },
+        FileStoreOptions {
+            queue_write_delay: QUEUE_WRITE_DELAY,
+        },
+    )
     .map_err(|err| AppError::component("open the DAG, run and queue stores", err))?;
     Ok((tracker, stores))
 }
