@@ -213,8 +213,12 @@ fn stores_with_a_write_delay_keep_their_own_items_in_memory() {
     };
     let s = Stores::open_files_with(config.clone(), delayed).unwrap();
     let other = Stores::open_files(config).unwrap();
-    s.queue.enqueue("q", Priority::Low, &item("d", "r1")).unwrap();
-    s.queue.enqueue("q", Priority::Low, &item("d", "r2")).unwrap();
+    s.queue
+        .enqueue("q", Priority::Low, &item("d", "r1"))
+        .unwrap();
+    s.queue
+        .enqueue("q", Priority::Low, &item("d", "r2"))
+        .unwrap();
     assert!(other.queue.list("q").unwrap().is_empty());
     assert_eq!(s.queue.dequeue("q").unwrap(), Some(item("d", "r1")));
     drop(s);
