@@ -165,6 +165,34 @@ async fn pump(
     write(&mut files, &rest);
 }
 
+/// The program to start: a bare name is looked up in the `PATH` the process will have (the last
+/// one `env` sets, else ours), as `execvp` would. With a path, the standard library starts the
+/// process with `posix_spawn` (a vfork); with a bare name and a `PATH` in the environment it
+/// forks the scheduler, copying its page tables, for every step. A name not found is left bare,
+/// to fail as it did.
+fn program_path(program: &str, env: &[(String, String)], working_dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let search = env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "PATH")
+        .map(|(_, value)| OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"));
+    for dir in search.iter().flat_map(std::env::split_paths) {
+        // An empty or relative entry is relative to where the process starts.
+        let candidate = working_dir.join(dir).join(program);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
+}
+
 /// Starts the process and waits for its end, the timeout or `stop`, whichever comes first.
 /// `started` is called with the pid once the process runs.
 pub(crate) async fn run_process(
@@ -183,7 +211,7 @@ pub(crate) async fn run_process(
         }
         outputs.push(files);
     }
-    let mut command = Command::new(&spec.program);
+    let mut command = Command::new(program_path(&spec.program, &spec.env, &spec.working_dir));
     command
         .args(&spec.args)
         .current_dir(&spec.working_dir)
@@ -281,7 +309,7 @@ pub(crate) async fn run_captured(
     clean_up: Duration,
     limit: usize,
 ) -> Result<(ExitStatus, Vec<u8>), String> {
-    let mut command = Command::new(program);
+    let mut command = Command::new(program_path(program, env, working_dir));
     command
         .args(args)
         .current_dir(working_dir)
@@ -412,6 +440,42 @@ pub(crate) fn kill_orphans(dag_name: &str, run_id: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_program_is_found_in_the_path_the_process_gets() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+        for (dir, mode) in [(&first, 0o644), (&second, 0o755)] {
+            std::fs::create_dir(dir).unwrap();
+            let tool = dir.join("tool");
+            std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = format!("{}:{}", first.display(), second.display());
+        let env = vec![
+            ("PATH".to_owned(), "/nowhere".to_owned()),
+            ("PATH".to_owned(), path),
+        ];
+        // The last PATH counts; a file that is not executable is passed over, as execvp does.
+        assert_eq!(program_path("tool", &env, tmp.path()), second.join("tool"));
+        // A relative entry is taken from where the process starts.
+        let relative = vec![("PATH".to_owned(), "second".to_owned())];
+        assert_eq!(
+            program_path("tool", &relative, tmp.path()),
+            tmp.path().join("second").join("tool")
+        );
+        assert_eq!(
+            program_path("missing", &env, tmp.path()),
+            PathBuf::from("missing")
+        );
+        assert_eq!(
+            program_path("./tool", &env, tmp.path()),
+            PathBuf::from("./tool")
+        );
+        // Without a PATH of its own the process gets ours.
+        assert!(program_path("sh", &[], tmp.path()).is_absolute());
+    }
 
     fn spec(dir: &std::path::Path, script: &str) -> ProcessSpec {
         ProcessSpec {
