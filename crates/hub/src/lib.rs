@@ -23,9 +23,9 @@
 //! Modules import only downwards, bottom to top: `error`; `github`; `files`; `bindings`, `keys`;
 //! `matching`; `trust`; `limits`; `config`; `store` (inside: `state`, `gauges`, `writer`,
 //! `schema`, `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`,
-//! `check_runs`, `retention`, then its `mod.rs`); `activation`; `metrics`; `housekeeping`;
-//! `report`; `lifecycle`; `reporter`; `check_events`; `gate`; `body`; `intake`; `api`; `server`;
-//! this file.
+//! `check_runs`, `retention`, `waiting`, then its `mod.rs`); `activation`; `waiters`; `metrics`;
+//! `housekeeping`; `report`; `lifecycle`; `reporter`; `check_events`; `gate`; `body`; `intake`;
+//! `api`; `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).

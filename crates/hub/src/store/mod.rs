@@ -13,7 +13,8 @@
 //! state, kept as they change), [`writer`] (the group commit thread), [`reports`] (GitHub calls
 //! queued with the step they report), [`rows`] (the delivery and job rows every writer stores),
 //! [`cancels`], [`jobs`] (claims, accept, finish), [`activations`], [`retention`] (what is
-//! pruned). The table files import only downwards: `reports` ← `rows` ← `cancels` ← `jobs`
+//! pruned), [`waiting`] (who may take the jobs that became claimable, read-only, for waking
+//! waiting pulls). The table files import only downwards: `reports` ← `rows` ← `cancels` ← `jobs`
 //! (`approvals` and `check_runs` build on `rows` and `reports` too). Each table's rules live in
 //! its file as functions over a connection; this file opens the database and gives them one face,
 //! though most table files add their own `impl Store` methods next to their SQL.
