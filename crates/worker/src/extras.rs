@@ -1,9 +1,10 @@
 //! GitHub extras: the `GITHUB_*` runtime params derived from a dispatch job (the runtime
 //! params in `docs/protocol.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use dispatch_protocol::DispatchJob;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The `GITHUB_*` runtime params of a job (their list is in `docs/protocol.md`).
@@ -47,10 +48,7 @@ pub(crate) fn extras_with_payload(
 
     // A payload that does not parse, or is not an object, carries nothing we can read; the
     // job fields above are still worth running with.
-    let payload = payload
-        .and_then(|text| serde_json::from_str::<Value>(text).ok())
-        .filter(Value::is_object)
-        .unwrap_or(Value::Null);
+    let payload = payload.map_or(Value::Null, picked_members);
 
     let release_tag = payload
         .pointer("/release/tag_name")
@@ -80,6 +78,23 @@ pub(crate) fn extras_with_payload(
     out
 }
 
+/// The three top-level members of a payload the extras read (`release`, `workflow`,
+/// `event_type`), as an object holding only them; `Null` when the payload does not parse or is
+/// not an object. The other members are only scanned as raw text, never built: a push payload is
+/// kilobytes of commits, and building it whole was a large share of a job's CPU in the worker.
+/// The last of repeated keys wins, as when the whole payload is parsed.
+fn picked_members(text: &str) -> Value {
+    let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+        return Value::Null;
+    };
+    let picked: serde_json::Map<String, Value> = members
+        .into_iter()
+        .filter(|(key, _)| matches!(key.as_str(), "release" | "workflow" | "event_type"))
+        .filter_map(|(key, raw)| Some((key, serde_json::from_str(raw.get()).ok()?)))
+        .collect();
+    Value::Object(picked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +115,38 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn only_the_members_read_are_built_and_the_last_repeat_wins() {
+        let job = DispatchJob {
+            id: "j".into(),
+            git_ref: "refs/tags/v2".into(),
+            ..DispatchJob::default()
+        };
+        let extras = |payload: &str| extras_with_payload(&job, Some(payload));
+        assert_eq!(
+            extras(
+                r#"{"event_type": "a", "commits": [{"x": [1, {"y": null}]}], "event_type": "b"}"#
+            ),
+            map(&[
+                ("GITHUB_DISPATCH_EVENT_TYPE", "b"),
+                ("GITHUB_REF", "refs/tags/v2"),
+                ("GITHUB_RELEASE_TAG", "v2"),
+            ])
+        );
+        // `release` that is not an object, a payload that is not an object or not JSON: only
+        // what the job fields give.
+        let plain = map(&[("GITHUB_REF", "refs/tags/v2"), ("GITHUB_RELEASE_TAG", "v2")]);
+        for payload in [
+            r#"{"release": "v9"}"#,
+            "[1, 2]",
+            r#""text""#,
+            "{",
+            r#"{"a": 1} x"#,
+        ] {
+            assert_eq!(extras(payload), plain, "{payload}");
+        }
     }
 
     #[test]

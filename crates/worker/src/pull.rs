@@ -23,6 +23,10 @@ use crate::batch::process_batch;
 use crate::intake::process_job;
 use crate::shared::Shared;
 
+/// Batches of the `pull-batch` extension taken in (or pulled) at once; the intake slots are
+/// raised to this many batches.
+const BATCHES_IN_FLIGHT: usize = 3;
+
 /// What one pull came to.
 enum Pulled {
     /// A job, now being taken in on its own task.
@@ -110,8 +114,8 @@ impl Puller {
         }
     }
 
-    /// One batched pull (wait 0): waits for a free intake slot, takes every other free one up to
-    /// [`WorkerConfig::pull_batch_size`](crate::WorkerConfig::pull_batch_size), asks for that
+    /// One batched pull (wait 0): waits for the intake slots of a whole batch
+    /// ([`WorkerConfig::pull_batch_size`](crate::WorkerConfig::pull_batch_size)), asks for that
     /// many jobs, gives back the slots the answer did not fill and takes the jobs in together.
     async fn pull_batch_once(
         &mut self,
@@ -127,31 +131,27 @@ impl Puller {
             .pull_batch_size
             .clamp(1, MAX_BATCH_JOBS as usize);
         if !self.shared.batch_slots_added.swap(true, Ordering::Relaxed) {
-            // Two batches in flight: one being taken in while the next is pulled.
-            let extra = (2 * want).saturating_sub(self.shared.config.intake_concurrency.max(1));
+            // Three batches in flight: one pulled while the others are taken in.
+            let extra = (BATCHES_IN_FLIGHT * want)
+                .saturating_sub(self.shared.config.intake_concurrency.max(1));
             self.slots.add_permits(extra);
         }
-        let first = tokio::select! {
+        // A whole batch's slots at once: pullers that each took the slots free at the moment
+        // split every freed batch into small ones.
+        let permits = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Pulled::Cancelled,
-            permit = self.slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+            permits = self.slots.clone().acquire_many_owned(want as u32) => match permits {
+                Ok(permits) => permits,
                 // The semaphore is never closed.
                 Err(_) => return Pulled::Cancelled,
             },
         };
-        let mut permits = vec![first];
-        while permits.len() < want {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
         let request = PullBatchRequest {
             license_id: creds.license_id.clone(),
             server_id: creds.server_id.clone(),
             heartbeat_secret: creds.heartbeat_secret.clone(),
-            max_jobs: permits.len() as u32,
+            max_jobs: permits.num_permits() as u32,
             // The client lowers it to what it reads.
             max_bytes: u64::MAX,
         };
@@ -173,7 +173,10 @@ impl Puller {
                 for _ in &jobs {
                     stats.record_pulled(now_ms());
                 }
-                permits.truncate(jobs.len());
+                let mut permits = permits;
+                if let Some(unused) = permits.num_permits().checked_sub(jobs.len()) {
+                    drop(permits.split(unused));
+                }
                 let pulled_at = Instant::now();
                 let shared = self.shared.clone();
                 self.intakes.spawn(async move {
