@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dispatch_protocol::{
-    AcceptBatchRequest, AcceptBatchResponse, AcceptBatchResult, PullBatchRequest,
+    AcceptBatchRequest, AcceptBatchResponse, AcceptBatchResult, DispatchJob, PullBatchRequest,
     EXTENSIONS_HEADER, MAX_BATCH_JOBS, PULL_BATCH,
 };
 
@@ -33,6 +33,15 @@ pub(crate) async fn advertise(mut response: Response) -> Response {
     response
 }
 
+/// A claimed job and its encoding in the answer.
+fn encode(job: DispatchJob) -> Result<(String, Vec<u8>), HubError> {
+    let encoded = serde_json::to_vec(&job).map_err(|source| HubError::CorruptRecord {
+        job_id: job.id.clone(),
+        source,
+    })?;
+    Ok((job.id, encoded))
+}
+
 fn check_count(count: usize) -> Result<(), ApiError> {
     if count == 0 || count > MAX_BATCH_JOBS as usize {
         return Err(ApiError::new(
@@ -43,9 +52,9 @@ fn check_count(count: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /api/v1/github/dispatch/pull-batch`: claims queued jobs one after another, as a pull
-/// would, until `max_jobs` are claimed, none is left, or the next one would take the answer past
-/// `max_bytes`. That last job stays claimed without being sent: its lease runs out and it is
+/// `POST /api/v1/github/dispatch/pull-batch`: claims up to `max_jobs` queued jobs, each as a pull
+/// would, and answers them oldest first within `max_bytes` (a first job larger than that alone).
+/// A claimed job that does not fit stays claimed without being sent: its lease runs out and it is
 /// handed out again, first in line, as any claim whose answer was lost. Never waits.
 pub(crate) async fn pull_batch(
     State(st): State<Arc<AppState>>,
@@ -68,38 +77,59 @@ pub(crate) async fn pull_batch(
         ..
     } = req;
     let (l, s) = (license_id.clone(), server_id.clone());
-    let (jobs, left_over) = blocking(&st.store, move |store| {
-        let mut jobs: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut bytes = 0u64;
+    // The first claim alone: an idle queue ends here, and a first job as large as the limit is
+    // sent alone without claiming others that could not go with it.
+    let first = blocking(&st.store, move |store| {
         if !store.has_claimable(&l, &s, now_ms())? {
-            return Ok((jobs, None));
+            return Ok(None);
         }
-        while jobs.len() < max_jobs as usize {
-            let Some(job) = store.claim_next(&l, &s, now_ms(), lease_ms)? else {
-                break;
-            };
-            let encoded = serde_json::to_vec(&job).map_err(|source| HubError::CorruptRecord {
-                job_id: job.id.clone(),
-                source,
-            })?;
-            // Brackets and commas of the answer.
-            let size = encoded.len() as u64 + 1;
-            if !jobs.is_empty() && bytes + size > max_bytes {
-                return Ok((jobs, Some(job.id)));
-            }
-            bytes += size;
-            jobs.push((job.id, encoded));
-        }
-        Ok((jobs, None))
+        store
+            .claim_next(&l, &s, now_ms(), lease_ms)?
+            .map(encode)
+            .transpose()
     })
     .await?;
-    if let Some(job_id) = left_over {
-        tracing::info!(job_id = %job_id, server_id = %server_id,
-            "job claimed but left out of a batch answer that would pass max_bytes; handed out again when its lease runs out");
-    }
-    if jobs.is_empty() {
+    let Some(first) = first else {
         st.metrics.inc(PULLS, "batch_empty");
         return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let mut bytes = first.1.len() as u64 + 1;
+    let mut jobs = vec![first];
+    if bytes < max_bytes && max_jobs > 1 {
+        // The others issued at once: the store's group commit runs them in one transaction,
+        // where one after another each would wait for a commit of its own.
+        let claims = (1..max_jobs).map(|_| {
+            let (l, s) = (license_id.clone(), server_id.clone());
+            blocking(&st.store, move |store| {
+                store
+                    .claim_next(&l, &s, now_ms(), lease_ms)?
+                    .map(encode)
+                    .transpose()
+            })
+        });
+        let mut claimed: Vec<(String, Vec<u8>)> = Vec::new();
+        for outcome in futures_util::future::join_all(claims).await {
+            match outcome {
+                Ok(Some(job)) => claimed.push(job),
+                Ok(None) => {}
+                // A failed claim is rolled back; the jobs claimed beside it are still sent.
+                Err(e) => {
+                    tracing::error!(error = %dispatch_util::error_chain(&e), "a claim of a batch failed")
+                }
+            }
+        }
+        // Job ids grow with time: the answer lists the oldest first.
+        claimed.sort_by(|a, b| a.0.cmp(&b.0));
+        for (job_id, encoded) in claimed {
+            let size = encoded.len() as u64 + 1;
+            if bytes + size > max_bytes {
+                tracing::info!(job_id = %job_id, server_id = %server_id,
+                    "job claimed but left out of a batch answer that would pass max_bytes; handed out again when its lease runs out");
+                continue;
+            }
+            bytes += size;
+            jobs.push((job_id, encoded));
+        }
     }
     st.metrics.inc(PULLS, "batch");
     let mut answer = Vec::with_capacity(jobs.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 10);
