@@ -465,6 +465,10 @@ impl FileRunStore {
     }
 }
 
+/// Most threads `create_attempts` syncs files with, and the fewest files each one takes.
+const SYNC_THREADS: usize = 8;
+const SYNCS_PER_THREAD: usize = 4;
+
 /// A run file with its attempt line written but not yet durable (see `create_attempts`).
 struct Creating {
     file: Locked,
@@ -551,15 +555,15 @@ impl RunStore for FileRunStore {
             })
     }
 
-    /// Each run's attempt line is written first, then every file is synced and every DAG
-    /// directory fsynced once: on a journaling filesystem the first sync commits the others'
-    /// data with it, so the syncs after it find little to do.
+    /// Each run's attempt line is written first, then the files are synced, several side by side,
+    /// and every DAG directory is fsynced once: the syncs wait for their IOs together (on a
+    /// journaling filesystem the first one commits the others' data with it).
     fn create_attempts(&self, runs: &[(&Dag, &RunRecord)]) -> Vec<Result<Attempt, StoreError>> {
         let mut written: Vec<Result<Creating, StoreError>> = runs
             .iter()
             .map(|(dag, record)| self.write_attempt(dag, record))
             .collect();
-        for creating in written.iter_mut() {
+        let sync = |creating: &mut Result<Creating, StoreError>| {
             if let Ok(c) = creating {
                 let synced = c.file.sync(c.written, Some(&c.record.attempt_id));
                 c.file.remember(&self.known, synced.is_ok());
@@ -567,6 +571,18 @@ impl RunStore for FileRunStore {
                     *creating = Err(e);
                 }
             }
+        };
+        // Each file's sync is an IO of its own to wait for (without a journal to share, as on
+        // ext4 without one, even more so): a few threads wait for them side by side.
+        let per_thread = written.len().div_ceil(SYNC_THREADS).max(SYNCS_PER_THREAD);
+        if written.len() <= per_thread {
+            written.iter_mut().for_each(sync);
+        } else {
+            std::thread::scope(|scope| {
+                for chunk in written.chunks_mut(per_thread) {
+                    scope.spawn(move || chunk.iter_mut().for_each(sync));
+                }
+            });
         }
         // The files may be new (their names need the directory fsync) or left by a process that
         // died before making their names durable; creating attempts is rare enough to always
