@@ -42,7 +42,7 @@ pub struct WorkerConfig {
     /// Jobs asked for in one pull by the burst pullers when the cloud serves the `pull-batch`
     /// extension (default 32, at most 64; 0 or 1 keeps one-job pulls). The jobs of one answer are
     /// taken in together: their tracker records, run files and accepts share writes, fsyncs and
-    /// calls. The intake slots are raised to three times this when the first batch is pulled.
+    /// calls. The intake slots are raised to four times this when the first batch is pulled.
     pub pull_batch_size: usize,
 }
 

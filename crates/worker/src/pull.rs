@@ -25,7 +25,7 @@ use crate::shared::Shared;
 
 /// Batches of the `pull-batch` extension taken in (or pulled) at once; the intake slots are
 /// raised to this many batches.
-const BATCHES_IN_FLIGHT: usize = 3;
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// What one pull came to.
 enum Pulled {
@@ -131,7 +131,7 @@ impl Puller {
             .pull_batch_size
             .clamp(1, MAX_BATCH_JOBS as usize);
         if !self.shared.batch_slots_added.swap(true, Ordering::Relaxed) {
-            // Three batches in flight: one pulled while the others are taken in.
+            // Several batches in flight: pulled while the others are taken in.
             let extra = (BATCHES_IN_FLIGHT * want)
                 .saturating_sub(self.shared.config.intake_concurrency.max(1));
             self.slots.add_permits(extra);
