@@ -14,30 +14,27 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dispatch_protocol::token::Claims;
 use dispatch_protocol::{
-    AcceptRequest, ActivateRequest, ActivateResponse, DispatchJob, FinishRequest,
-    HeartbeatRequest, HeartbeatResponse, PullRequest, Secret, ACCEPT_BATCH_PATH, PULL_BATCH_PATH,
+    AcceptRequest, ActivateRequest, ActivateResponse, DispatchJob, FinishRequest, HeartbeatRequest,
+    HeartbeatResponse, PullRequest, Secret, ACCEPT_BATCH_PATH, PULL_BATCH_PATH,
 };
-use ed25519_dalek::SigningKey;
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::activation::{self, Standing};
+use crate::activation;
 use crate::batch_pull;
 use crate::body::{self, BodyRules};
-use crate::config::{HubConfig, LicenseKey};
+use crate::config::LicenseKey;
 use crate::error::HubError;
 use crate::gate;
+use crate::handler::{
+    authenticate, check_activation, find_license, parse_body, require_server_id, ApiError, AppState,
+};
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
-use crate::metrics::{Metrics, FINISHES, PULLS, WAKEUPS, WEBHOOKS};
-use crate::store::{
-    blocking, now_ms, Activated, Activation, Caller, RawDelivery, Store, Transition,
-};
+use crate::metrics::{FINISHES, PULLS, WAKEUPS, WEBHOOKS};
+use crate::store::{blocking, now_ms, Activated, Activation, Caller, RawDelivery, Transition};
 use crate::trust::Outcome;
-use crate::waiters::{self, Waiters, Wake};
+use crate::waiters::{self, Wake};
 use dispatch_protocol::webhook_signature as signature;
 use dispatch_util::hex;
 
@@ -56,16 +53,6 @@ const KEPT_HEADERS: [&str; 7] = [
     "content-type",
     "user-agent",
 ];
-
-pub(crate) struct AppState {
-    pub cfg: HubConfig,
-    pub store: Arc<Store>,
-    pub signing_key: SigningKey,
-    pub waiters: Arc<Waiters>,
-    pub report_wake: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
-    pub cancel: CancellationToken,
-}
 
 /// Every body is read by [`body::buffer`] before its handler runs (the webhook's only after
 /// [`intake::gate`] has looked at the headers), so handlers get bodies already in memory.
@@ -100,54 +87,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// An error answer: status plus a JSON `{"message": ...}` body safe to show the caller.
-pub(crate) struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn unauthorized() -> Self {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown license, server or secret",
-        )
-    }
-}
-
-impl From<HubError> for ApiError {
-    fn from(e: HubError) -> Self {
-        tracing::error!(error = %dispatch_util::error_chain(&e), "request failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal hub error")
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "message": self.message })),
-        )
-            .into_response()
-    }
-}
-
-pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -285,10 +224,6 @@ async fn webhook_inner(
     Ok((status, taken.outcome.as_str(), answer))
 }
 
-fn find_license<'a>(licenses: &'a [LicenseKey], id: &str) -> Option<&'a LicenseKey> {
-    licenses.iter().find(|l| l.id == id)
-}
-
 fn issue_token(st: &AppState, license: &LicenseKey) -> Result<Secret, ApiError> {
     let now = now_ms() / 1000;
     let claims = Claims {
@@ -370,71 +305,6 @@ async fn activate(
         token: issue_token(&st, license)?,
         heartbeat_secret: secret,
     }))
-}
-
-/// A 400 naming the field unless `server_id` is a server id ([`activation::is_server_id`]).
-fn require_server_id(server_id: &str) -> Result<(), ApiError> {
-    if activation::is_server_id(server_id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            activation::SERVER_ID_RULE,
-        ))
-    }
-}
-
-/// Checks machine credentials against the recorded activation, read from the store on every
-/// call (a revocation by `hub servers revoke` counts at once), and notes the server as seen.
-/// A revoked activation is answered with `revoked`: 410 for a heartbeat (the scheduler's word
-/// for "revoked"), 401 for the dispatch calls.
-async fn check_activation(
-    st: &AppState,
-    license_id: &str,
-    server_id: &str,
-    secret: &Secret,
-    revoked: StatusCode,
-) -> Result<(), ApiError> {
-    require_server_id(server_id)?;
-    let (l, s) = (license_id.to_owned(), server_id.to_owned());
-    let stored = blocking(&st.store, move |store| store.activation(&l, &s)).await?;
-    let now = now_ms();
-    match activation::standing(stored.as_ref(), secret, now, st.cfg.activation_expiry) {
-        Standing::Active => {
-            st.store.note_seen(license_id, server_id, now);
-            Ok(())
-        }
-        Standing::Unknown => Err(ApiError::unauthorized()),
-        Standing::Revoked => Err(ApiError::new(
-            revoked,
-            "this server's activation was revoked on the hub; activate again",
-        )),
-        Standing::Expired => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "this server's activation expired (not seen for {} days); activate again",
-                st.cfg.activation_expiry.as_secs() / 86_400
-            ),
-        )),
-    }
-}
-
-/// Machine credentials for the dispatch endpoints: a live activation of a license that is
-/// still configured.
-pub(crate) async fn authenticate(
-    st: &AppState,
-    license_id: &str,
-    server_id: &str,
-    secret: &Secret,
-) -> Result<(), ApiError> {
-    check_activation(st, license_id, server_id, secret, StatusCode::UNAUTHORIZED).await?;
-    if find_license(&st.cfg.licenses, license_id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "license is no longer valid",
-        ));
-    }
-    Ok(())
 }
 
 async fn heartbeat(

@@ -19,8 +19,8 @@ use dispatch_protocol::{
     EXTENSIONS_HEADER, MAX_BATCH_JOBS, PULL_BATCH,
 };
 
-use crate::api::{authenticate, parse_body, ApiError, AppState};
 use crate::error::HubError;
+use crate::handler::{authenticate, parse_body, ApiError, AppState};
 use crate::metrics::PULLS;
 use crate::store::{blocking, now_ms, Caller, Transition};
 use crate::waiters::Wake;

@@ -46,6 +46,7 @@ mod check_events;
 mod error;
 mod files;
 mod gate;
+mod handler;
 mod housekeeping;
 mod intake;
 mod lifecycle;
@@ -154,7 +155,7 @@ impl Hub {
         let public_key = signing_key.verifying_key();
         let metrics = Arc::new(metrics::Metrics::default());
         let report_wake = Arc::new(Notify::new());
-        let state = Arc::new(api::AppState {
+        let state = Arc::new(handler::AppState {
             cfg: cfg.clone(),
             store: store.clone(),
             signing_key,
@@ -207,7 +208,7 @@ impl Hub {
 
 /// Puts expired claims back in the queue and wakes waiting pulls. Pulls requeue too; the sweep
 /// makes sure a long-polling scheduler hears about a requeued job without polling again.
-async fn lease_sweep(state: Arc<api::AppState>, cancel: CancellationToken) {
+async fn lease_sweep(state: Arc<handler::AppState>, cancel: CancellationToken) {
     let period = (state.cfg.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
     loop {
         tokio::select! {
