@@ -24,6 +24,13 @@ mod cli_servers;
 #[cfg(not(target_env = "msvc"))]
 mod memory;
 
+/// Threads for the store's calls (`spawn_blocking`). Its reads take turns on one connection and
+/// its writes on one writer thread, so more threads do not make it faster: with tokio's default
+/// of 512, 10,000 schedulers pulling at once left ~170 threads behind (their stacks and allocator
+/// caches counted against each waiting pull) that all ended together ten seconds later. 64 still
+/// lets that many writes share one group commit.
+const BLOCKING_THREADS: usize = 64;
+
 #[derive(Parser)]
 #[command(
     name = "hub",
@@ -265,7 +272,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limits.apply(&mut cfg.limits);
             store.apply(&mut cfg);
             app.apply(&mut cfg)?;
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS)
+                .build()?;
             runtime.block_on(serve(cfg))
         }
     }

@@ -78,7 +78,7 @@ fn path_safe(text: &str) -> bool {
 fn repo_path(repository: &str, job_id: &str) -> Option<String> {
     let (owner, repo) = repository.split_once('/')?;
     if !path_safe(owner) || !path_safe(repo) {
-        tracing::warn!(job_id = %job_id, repository = %repository, "not reporting: odd repository name");
+        tracing::warn!(job_id = ?job_id, repository = ?repository, "not reporting: odd repository name");
         return None;
     }
     Some(format!("/repos/{owner}/{repo}"))

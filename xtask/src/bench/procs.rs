@@ -109,7 +109,11 @@ impl Drop for Proc {
 fn added_by_cargo(dir: &Path) -> bool {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     let target = target.canonicalize().unwrap_or(target);
     dir.starts_with(&target)
         || dir.canonicalize().is_ok_and(|d| d.starts_with(&target))
@@ -257,9 +261,10 @@ impl Profile {
             return Ok(None);
         }
         let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("exec {}", self.0.replace("{pid}", &pid.to_string())));
+        command.arg("-c").arg(format!(
+            "exec {}",
+            self.0.replace("{pid}", &pid.to_string())
+        ));
         let proc = Proc::spawn("profiler", command, log)?;
         // Let it attach before the measured work starts.
         std::thread::sleep(Duration::from_millis(500));
@@ -320,7 +325,7 @@ mod tests {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/deps");
         assert!(added_by_cargo(&target));
         assert!(added_by_cargo(Path::new(
-            "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib"
+            "/opt/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib"
         )));
         assert!(!added_by_cargo(Path::new("/usr/local/lib")));
     }
