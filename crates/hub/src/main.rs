@@ -26,9 +26,8 @@ mod memory;
 
 /// Threads for the store's calls (`spawn_blocking`). Its reads take turns on one connection and
 /// its writes on one writer thread, so more threads do not make it faster: with tokio's default
-/// of 512, 10,000 schedulers pulling at once left ~170 threads behind (their stacks and allocator
-/// caches counted against each waiting pull) that all ended together ten seconds later. 64 still
-/// lets that many writes share one group commit.
+/// of 512, 10,000 schedulers pulling at once started ~170 threads, idle ten seconds later and
+/// then ended. 64 still lets that many writes share one group commit.
 const BLOCKING_THREADS: usize = 64;
 
 #[derive(Parser)]
