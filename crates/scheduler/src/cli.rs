@@ -120,7 +120,7 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) github_token: Option<Secret>,
     /// The embedded hub's address as GitHub and browsers reach it: the webhook URL of its GitHub
-    /// App manifest and the job links on GitHub [default: http://<hub-listen>].
+    /// App manifest and the job links on GitHub (default: `http://` and the `--hub-listen` address).
     #[arg(long, env = "DISPATCH_HUB_PUBLIC_URL", value_name = "URL")]
     pub(crate) public_url: Option<String>,
     /// GitHub App the embedded hub reports as, with check runs (docs/github-app.md); needs
