@@ -1,7 +1,7 @@
 //! What happens to a pulled job, durable first: checks (run id, cancel command, DAG name, DAG
 //! present), the tracker record, the enqueue, the accept; a job turned down gets its finish.
 
-use dispatch_dag::{validate_dag_name, validate_run_id, Dag};
+use dispatch_dag::{validate_dag_name, validate_run_id, Dag, StoreError};
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
 use dispatch_license::MachineCredentials;
 use dispatch_protocol::{is_cancel_command, DispatchJob};
@@ -10,8 +10,9 @@ use dispatch_util::{error_chain, now_ms};
 use tokio::time::Instant;
 
 use crate::calls::{accept, send_untracked_finish, Accepted};
+use crate::error::WorkerError;
 use crate::extras::github_extras;
-use crate::local::{delete_quietly, list_tracked, stop_run, upsert};
+use crate::local::{delete_quietly, list_tracked, stop_run};
 use crate::shared::{Shared, UntrackedFinish};
 use crate::summary::truncate;
 
@@ -92,56 +93,69 @@ async fn intake(
     if let Err(e) = validate_dag_name(&job.dag_name) {
         return Intake::Rejected(truncate(format!("Rejected: {e}.")));
     }
-    let dag = match load_dag(shared, &job.dag_name).await {
-        Ok(dag) => dag,
-        Err(summary) => return Intake::Rejected(summary),
-    };
-
-    let tracked = TrackedJob {
-        job_id: job.id.clone(),
-        dag_name: dag.name.clone(),
-        dag_run_id: job.id.clone(),
-        phase: Phase::PendingAccept,
-        repository: job.repository_name.clone(),
-        pr_number: job.pull_request_number,
-        issue_number: job.issue_number,
-        updated_at_ms: now_ms(),
-    };
-    if let Err(error) = upsert(shared, tracked.clone()).await {
-        // Without a durable record we must not accept; the hub hands the job out again when
-        // its claim lapses.
-        tracing::error!(job_id = %job.id, error = %error_chain(&error), "cannot record dispatch job; leaving it to the hub");
-        return Intake::Dropped;
-    }
-
+    // The DAG, the tracker record and the run in one trip to the blocking threads: each trip
+    // is a thread hand-off on the way from the pull to the run's first step.
     let params = runtime_params(job);
-    let stores = shared.stores.clone();
-    let run_id = job.id.clone();
-    let enqueue_dag = dag.clone();
-    let enqueued = Shared::blocking("enqueue", move || {
-        enqueue_webhook_run(&stores, &enqueue_dag, &run_id, &params, now_ms())
+    let (tracker, stores) = (shared.tracker.clone(), shared.stores.clone());
+    let (name, run_id) = (job.dag_name.clone(), job.id.clone());
+    let (repository, pr_number, issue_number) = (
+        job.repository_name.clone(),
+        job.pull_request_number,
+        job.issue_number,
+    );
+    let taken = Shared::blocking("take in", move || {
+        let dag = dag_or_rejection(&name, stores.dags.load(&name)).map_err(Stop::Rejected)?;
+        let tracked = TrackedJob {
+            job_id: run_id.clone(),
+            dag_name: dag.name.clone(),
+            dag_run_id: run_id.clone(),
+            phase: Phase::PendingAccept,
+            repository,
+            pr_number,
+            issue_number,
+            updated_at_ms: now_ms(),
+        };
+        tracker.upsert(tracked.clone()).map_err(|source| {
+            Stop::NotRecorded(WorkerError::Tracker {
+                action: "record",
+                job_id: run_id.clone(),
+                source: Box::new(source),
+            })
+        })?;
+        let enqueued = enqueue_webhook_run(&stores, &dag, &run_id, &params, now_ms());
+        Ok((dag, tracked, enqueued))
     })
     .await;
+    let (dag, tracked, enqueued) = match taken {
+        Ok(Ok(taken)) => taken,
+        Ok(Err(Stop::Rejected(summary))) => return Intake::Rejected(summary),
+        Ok(Err(Stop::NotRecorded(error))) => {
+            // Without a durable record we must not accept; the hub hands the job out again when
+            // its claim lapses.
+            tracing::error!(job_id = %job.id, error = %error_chain(&error), "cannot record dispatch job; leaving it to the hub");
+            return Intake::Dropped;
+        }
+        Err(error) => {
+            // The task died: the job may or may not be tracked, its run may or may not exist.
+            // The report loop accepts a pending entry only with its run, and drops it without.
+            tracing::error!(job_id = %job.id, error = %error_chain(&error), "taking the job in did not complete");
+            return Intake::Tracked;
+        }
+    };
     match enqueued {
-        Ok(Ok(EnqueueOutcome::Enqueued)) => {
+        Ok(EnqueueOutcome::Enqueued) => {
             tracing::info!(job_id = %job.id, dag = %dag.name, repository = %job.repository_name, event = %job.event_name, "dispatch job enqueued");
         }
-        Ok(Ok(EnqueueOutcome::AlreadyExists)) => {
+        Ok(EnqueueOutcome::AlreadyExists) => {
             tracing::info!(job_id = %job.id, dag = %dag.name, "dispatch job pulled again; its run already exists");
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             delete_quietly(shared, &job.id).await;
             return Intake::Rejected(truncate(format!(
                 "Rejected: the run of DAG `{}` could not be enqueued: {}.",
                 dag.name,
                 error_chain(&error)
             )));
-        }
-        Err(error) => {
-            // The enqueue task died: the run may or may not exist. Leave the pending entry to the
-            // report loop, which accepts only a run that exists.
-            tracing::error!(job_id = %job.id, error = %error_chain(&error), "enqueue did not complete");
-            return Intake::Tracked;
         }
     }
 
@@ -230,19 +244,34 @@ pub(crate) async fn load_dag(shared: &Shared, name: &str) -> Result<Dag, String>
     let dags = shared.stores.dags.clone();
     let owned = name.to_owned();
     match Shared::blocking("load DAG", move || dags.load(&owned)).await {
-        Ok(Ok(dag)) => Ok(dag),
-        Ok(Err(e)) if e.is_not_found() => {
-            Err(format!("Rejected: DAG `{name}` not found on this server."))
-        }
-        Ok(Err(e)) => Err(truncate(format!(
-            "Rejected: DAG `{name}` cannot be loaded: {}.",
-            error_chain(&e)
-        ))),
+        Ok(loaded) => dag_or_rejection(name, loaded),
         Err(e) => Err(format!(
             "Rejected: DAG `{name}` cannot be loaded: {}.",
             error_chain(&e)
         )),
     }
+}
+
+/// The DAG `name`, or the summary of a rejection naming why it cannot be had.
+fn dag_or_rejection(name: &str, loaded: Result<Dag, StoreError>) -> Result<Dag, String> {
+    match loaded {
+        Ok(dag) => Ok(dag),
+        Err(e) if e.is_not_found() => {
+            Err(format!("Rejected: DAG `{name}` not found on this server."))
+        }
+        Err(e) => Err(truncate(format!(
+            "Rejected: DAG `{name}` cannot be loaded: {}.",
+            error_chain(&e)
+        ))),
+    }
+}
+
+/// Why taking a job in stopped before its enqueue.
+enum Stop {
+    /// Its DAG cannot be had: finish `rejected` with this summary.
+    Rejected(String),
+    /// Its tracker record could not be written.
+    NotRecorded(WorkerError),
 }
 
 /// The run's param string: the raw payload and headers plus the GitHub extras.

@@ -254,8 +254,15 @@ pub(crate) async fn pull_loop(shared: Arc<Shared>, cancel: &CancellationToken) {
             Pulled::Cancelled => break,
             Pulled::Job => {
                 backoff.reset();
-                // More may be waiting: let the burst pullers overlap their pulls with ours.
-                flowing.notify_waiters();
+                // More may be waiting: let the burst pullers overlap their pulls with ours. With
+                // the extension, a lone long-polled job only leads to one batched pull of ours:
+                // a burst is what a batch that comes back with jobs shows (a job's dispatch
+                // latency should not pay for four pulls that find nothing).
+                let lone =
+                    !batched && config.pull_batch_size > 1 && shared.client.supports_pull_batch();
+                if !lone {
+                    flowing.notify_waiters();
+                }
                 Duration::ZERO
             }
             Pulled::Empty { .. } if batched => Duration::ZERO,
