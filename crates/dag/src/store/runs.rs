@@ -1,6 +1,6 @@
 //! File-backed [`RunStore`]: one append-only file per run holding its attempts and statuses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -52,6 +52,7 @@ const COMPACT_AT: u64 = 256 * 1024;
 pub struct FileRunStore {
     root: PathBuf,
     known: KnownFiles,
+    latest: LatestAttempts,
 }
 
 impl std::fmt::Debug for FileRunStore {
@@ -254,6 +255,105 @@ struct Known {
 type KnownFiles = Arc<Mutex<HashMap<PathBuf, Known>>>;
 const MAX_KNOWN: usize = 4096;
 
+/// What a run file looked like: identity, length and modification time. Any write changes the
+/// length (the file only grows, and a compaction replaces it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    id: FileId,
+    len: u64,
+    modified: SystemTime,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Option<Stamp> {
+        Some(Stamp {
+            id: FileId::of(meta)?,
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
+/// The latest attempt of the run files this process created or wrote last, each with the stamp
+/// of the file it was read from, so that reading a run right after writing it (the executor
+/// takes a run it was just handed; the report loop reads a run that just ended) costs a `stat`
+/// instead of reading and parsing the whole file, DAG snapshot included. Bounded to
+/// [`MAX_LATEST`] runs, the oldest entries going first.
+#[derive(Debug, Default)]
+struct Latest {
+    runs: HashMap<PathBuf, (Stamp, Arc<Attempt>, u64)>,
+    /// Paths in the order they were put in, with the entry's number then.
+    order: VecDeque<(PathBuf, u64)>,
+    next: u64,
+}
+type LatestAttempts = Arc<Mutex<Latest>>;
+const MAX_LATEST: usize = 128;
+
+impl Latest {
+    fn put(&mut self, path: PathBuf, stamp: Stamp, attempt: Arc<Attempt>) {
+        let number = self.next;
+        self.next += 1;
+        self.order.push_back((path.clone(), number));
+        self.runs.insert(path, (stamp, attempt, number));
+        while self.runs.len() > MAX_LATEST {
+            let Some((old, number)) = self.order.pop_front() else {
+                break;
+            };
+            if self.runs.get(&old).is_some_and(|(_, _, n)| *n == number) {
+                self.runs.remove(&old);
+            }
+        }
+        // Entries put in again leave stale order entries behind; keep them bounded too.
+        if self.order.len() > 4 * MAX_LATEST {
+            let runs = &self.runs;
+            self.order
+                .retain(|(path, number)| runs.get(path).is_some_and(|(_, _, n)| n == number));
+        }
+    }
+
+    /// The run's latest attempt if the file still has `stamp`.
+    fn get(&self, path: &Path, stamp: Stamp) -> Option<Attempt> {
+        let (cached, attempt, _) = self.runs.get(path)?;
+        (*cached == stamp).then(|| Attempt::clone(attempt))
+    }
+
+    /// After a status write to the file at `path`, which had stamp `before` and now has `after`:
+    /// the cached attempt takes the new status if it is that attempt's (a status of an older
+    /// attempt leaves the latest as it is). An entry that no longer matched the file before the
+    /// write (someone else wrote it) is dropped.
+    fn written(
+        &mut self,
+        path: &Path,
+        before: Option<Stamp>,
+        after: Option<Stamp>,
+        record: &RunRecord,
+    ) {
+        let current = self
+            .runs
+            .get(path)
+            .is_some_and(|(cached, _, _)| Some(*cached) == before);
+        let Some(stamp) = after.filter(|_| current) else {
+            self.runs.remove(path);
+            return;
+        };
+        if let Some((cached, attempt, _)) = self.runs.get_mut(path) {
+            if attempt.record.attempt_id == record.attempt_id {
+                let mut updated = Attempt::clone(attempt);
+                updated.record = record.clone();
+                *attempt = Arc::new(updated);
+            }
+            *cached = stamp;
+        }
+    }
+}
+
+fn lock_latest(latest: &LatestAttempts) -> MutexGuard<'_, Latest> {
+    // A cache: every entry is checked against the file's stamp before use.
+    latest
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A run file opened for appending, locked, and known to still be the file at its path.
 struct Locked {
     file: Flock<File>,
@@ -263,6 +363,8 @@ struct Locked {
     len: u64,
     /// Attempt ids in the file.
     ids: Vec<String>,
+    /// The file's stamp when it was locked, before any write of this writer.
+    opened: Option<Stamp>,
 }
 
 impl Locked {
@@ -302,6 +404,7 @@ impl Locked {
                 id,
                 len: 0,
                 ids: Vec::new(),
+                opened: Stamp::of(&held),
             };
             match seen {
                 Some(k) => {
@@ -362,6 +465,11 @@ impl Locked {
         self.len += written;
         self.ids.extend(attempt_id.map(str::to_owned));
         Ok(())
+    }
+
+    /// The file's stamp now (after a write of this writer).
+    fn stamp(&self) -> Option<Stamp> {
+        Stamp::of(&self.file.metadata().ok()?)
     }
 
     /// Records what this writer now knows of the file (or forgets it, after a failure).
@@ -434,6 +542,7 @@ impl FileRunStore {
         Ok(FileRunStore {
             root,
             known: KnownFiles::default(),
+            latest: LatestAttempts::default(),
         })
     }
 
@@ -475,6 +584,8 @@ struct Creating {
     written: u64,
     record: RunRecord,
     dir: PathBuf,
+    /// The file's stamp once synced.
+    stamp: Option<Stamp>,
 }
 
 impl FileRunStore {
@@ -527,6 +638,7 @@ impl FileRunStore {
             written,
             record,
             dir,
+            stamp: None,
         })
     }
 }
@@ -540,6 +652,10 @@ pub fn new_attempt_id() -> String {
 impl RunStore for FileRunStore {
     fn find_attempt(&self, dag_name: &str, run_id: &str) -> Result<Attempt, StoreError> {
         let path = self.run_path(dag_name, run_id)?;
+        let stamp = fs::metadata(&path).ok().and_then(|m| Stamp::of(&m));
+        if let Some(attempt) = stamp.and_then(|stamp| lock_latest(&self.latest).get(&path, stamp)) {
+            return Ok(attempt);
+        }
         Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
             what: format!("run `{dag_name}/{run_id}`"),
         })
@@ -567,6 +683,7 @@ impl RunStore for FileRunStore {
             if let Ok(c) = creating {
                 let synced = c.file.sync(c.written, Some(&c.record.attempt_id));
                 c.file.remember(&self.known, synced.is_ok());
+                c.stamp = c.file.stamp();
                 if let Err(e) = synced {
                     *creating = Err(e);
                 }
@@ -606,10 +723,18 @@ impl RunStore for FileRunStore {
                     // Each run of the directory gets the error of its own try.
                     fsync_dir(&creating.dir)?;
                 }
-                Ok(Attempt {
+                let attempt = Attempt {
                     dag: (*dag).clone(),
                     record: creating.record,
-                })
+                };
+                if let Some(stamp) = creating.stamp {
+                    lock_latest(&self.latest).put(
+                        creating.file.path.clone(),
+                        stamp,
+                        Arc::new(attempt.clone()),
+                    );
+                }
+                Ok(attempt)
             })
             .collect()
     }
@@ -634,16 +759,21 @@ impl RunStore for FileRunStore {
         if file.len + line.len() as u64 > COMPACT_AT {
             // The file is replaced: what is known of the old one no longer applies.
             file.remember(&self.known, false);
+            lock_latest(&self.latest).runs.remove(&path);
             return file.compact(&self.root.join(&record.dag_name), &line);
         }
         let appended = file.append(&line, None);
         file.remember(&self.known, appended.is_ok());
+        // Still holding the file's lock, so the cache follows the file's order of writes.
+        let stamp = appended.is_ok().then(|| file.stamp()).flatten();
+        lock_latest(&self.latest).written(&path, file.opened, stamp, record);
         appended
     }
 
     fn remove_run(&self, dag_name: &str, run_id: &str) -> Result<(), StoreError> {
         let path = self.run_path(dag_name, run_id)?;
         lock_known(&self.known).remove(&path);
+        lock_latest(&self.latest).runs.remove(&path);
         match fs::remove_file(&path) {
             Ok(()) => fsync_dir(&self.root.join(dag_name)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -516,3 +516,32 @@ fn create_attempts_gives_each_run_its_own_result_and_all_are_durable() {
         created.record
     );
 }
+
+#[test]
+fn a_run_read_back_after_writing_it_follows_every_writer() {
+    let (tmp, a, dag) = stores_with_dag();
+    let b = stores(tmp.path());
+    let created = create_queued(&a, &dag, "r1");
+    // Read back as written, also from memory.
+    assert_eq!(a.runs.find_attempt("d", "r1").unwrap(), created);
+    let mut running = created.record.clone();
+    running.status = RunStatus::Running;
+    a.runs.write_status(&running).unwrap();
+    assert_eq!(a.runs.find_attempt("d", "r1").unwrap().record, running);
+    // Another writer (another process) is seen at once.
+    let mut done = running.clone();
+    done.status = RunStatus::Succeeded;
+    b.runs.write_status(&done).unwrap();
+    assert_eq!(a.runs.find_attempt("d", "r1").unwrap().record, done);
+    // A newer attempt created elsewhere is the latest; a status of the older one changes
+    // nothing.
+    let mut second = record("d", "r1", RunStatus::Queued);
+    second.attempt_id = "01999999999999999999-1".into();
+    b.runs.create_attempt(&dag, &second).unwrap();
+    a.runs.write_status(&done).unwrap();
+    let latest = a.runs.find_attempt("d", "r1").unwrap();
+    assert_eq!(latest.record.attempt_id, second.attempt_id);
+    assert_eq!(latest.record.status, RunStatus::Queued);
+    a.runs.remove_run("d", "r1").unwrap();
+    assert!(a.runs.find_attempt("d", "r1").unwrap_err().is_not_found());
+}
