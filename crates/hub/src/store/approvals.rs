@@ -328,11 +328,7 @@ impl Store {
         answer: impl FnOnce(&Approval) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<Approval>), HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
-                let dup = DeliveryOutcome {
-                    job_ids,
-                    duplicate: true,
-                };
+            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
                 return Ok((dup, None));
             }
             let (approval, job_ids) =

@@ -370,11 +370,7 @@ impl Store {
         answer: impl FnOnce(&CancelOutcome) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<CancelOutcome>), HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
-                let dup = DeliveryOutcome {
-                    job_ids,
-                    duplicate: true,
-                };
+            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
                 return Ok((dup, None));
             }
             let outcome = cancel(tx, &cmd, &delivery, now_ms, &reports, tally)?;

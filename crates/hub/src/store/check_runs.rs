@@ -74,26 +74,9 @@ pub(super) fn get(conn: &Connection, job_id: &str) -> Result<Option<CheckRunRow>
     .map_err(HubError::store("read a check run"))
 }
 
-/// Marks that a create for `job_id` is about to be sent.
-pub(super) fn mark_create_started(
-    conn: &Connection,
-    job_id: &str,
-    repository: &str,
-    head_sha: &str,
-    now_ms: i64,
-) -> Result<(), HubError> {
-    conn.execute(
-        "INSERT INTO check_runs (job_id, repository, head_sha, create_started, updated_ms)
-         VALUES (?1, ?2, ?3, 1, ?4)
-         ON CONFLICT (job_id) DO UPDATE SET create_started = 1, updated_ms = ?4",
-        params![job_id, repository.to_ascii_lowercase(), head_sha, now_ms],
-    )
-    .map_err(HubError::store("mark a check run create"))?;
-    Ok(())
-}
-
-/// Records GitHub's id for the check run of `job_id`.
-pub(super) fn record_id(
+/// Records that a create for `job_id` is about to be sent (`check_run_id` 0), or GitHub's id for
+/// its check run. A create is marked started either way; a later 0 keeps an id already recorded.
+pub(super) fn upsert(
     conn: &Connection,
     job_id: &str,
     repository: &str,
@@ -104,10 +87,12 @@ pub(super) fn record_id(
     conn.execute(
         "INSERT INTO check_runs (job_id, repository, head_sha, check_run_id, create_started, updated_ms)
          VALUES (?1, ?2, ?3, ?4, 1, ?5)
-         ON CONFLICT (job_id) DO UPDATE SET check_run_id = ?4, updated_ms = ?5",
+         ON CONFLICT (job_id) DO UPDATE SET
+             check_run_id = CASE ?4 WHEN 0 THEN check_run_id ELSE ?4 END,
+             create_started = 1, updated_ms = ?5",
         params![job_id, repository.to_ascii_lowercase(), head_sha, check_run_id, now_ms],
     )
-    .map_err(HubError::store("record a check run id"))?;
+    .map_err(HubError::store("record a check run"))?;
     Ok(())
 }
 
@@ -192,16 +177,22 @@ impl Store {
         head_sha: &str,
         now_ms: i64,
     ) -> Result<(), HubError> {
-        let (job_id, repository, head_sha) = (
-            job_id.to_owned(),
-            repository.to_owned(),
-            head_sha.to_owned(),
-        );
-        self.write(move |conn| mark_create_started(conn, &job_id, &repository, &head_sha, now_ms))
+        self.write_check_run(job_id, repository, head_sha, 0, now_ms)
     }
 
     /// Records GitHub's id of `job_id`'s check run.
     pub fn check_run_created(
+        &self,
+        job_id: &str,
+        repository: &str,
+        head_sha: &str,
+        check_run_id: i64,
+        now_ms: i64,
+    ) -> Result<(), HubError> {
+        self.write_check_run(job_id, repository, head_sha, check_run_id, now_ms)
+    }
+
+    fn write_check_run(
         &self,
         job_id: &str,
         repository: &str,
@@ -214,9 +205,7 @@ impl Store {
             repository.to_owned(),
             head_sha.to_owned(),
         );
-        self.write(move |conn| {
-            record_id(conn, &job_id, &repository, &head_sha, check_run_id, now_ms)
-        })
+        self.write(move |conn| upsert(conn, &job_id, &repository, &head_sha, check_run_id, now_ms))
     }
 
     /// The jobs with a check run on `head_sha` of `repository`, oldest first.
@@ -244,11 +233,8 @@ impl Store {
         reports: Reports,
     ) -> Result<DeliveryOutcome, HubError> {
         self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(job_ids) = rows::recorded_jobs(tx, &delivery.id)? {
-                return Ok(DeliveryOutcome {
-                    job_ids,
-                    duplicate: true,
-                });
+            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
+                return Ok(dup);
             }
             let mut job_ids = Vec::with_capacity(reruns.len());
             for r in &reruns {
@@ -280,7 +266,7 @@ mod tests {
         create_table(&conn).unwrap();
         create_table(&conn).unwrap();
         assert_eq!(get(&conn, "j1").unwrap(), None);
-        mark_create_started(&conn, "j1", "O/R", "abc", 1).unwrap();
+        upsert(&conn, "j1", "O/R", "abc", 0, 1).unwrap();
         assert_eq!(
             get(&conn, "j1").unwrap(),
             Some(CheckRunRow {
@@ -288,10 +274,13 @@ mod tests {
                 create_started: true
             })
         );
-        record_id(&conn, "j1", "O/R", "abc", 99, 2).unwrap();
-        record_id(&conn, "j2", "o/r", "abc", 100, 3).unwrap();
-        record_id(&conn, "j3", "o/r", "def", 101, 4).unwrap();
+        upsert(&conn, "j1", "O/R", "abc", 99, 2).unwrap();
+        upsert(&conn, "j2", "o/r", "abc", 100, 3).unwrap();
+        upsert(&conn, "j3", "o/r", "def", 101, 4).unwrap();
         assert_eq!(get(&conn, "j1").unwrap().unwrap().check_run_id, 99);
         assert_eq!(jobs_on_sha(&conn, "o/R", "abc").unwrap(), vec!["j1", "j2"]);
+        // A create started again (a retry after a crash) keeps the id GitHub gave.
+        upsert(&conn, "j1", "O/R", "abc", 0, 5).unwrap();
+        assert_eq!(get(&conn, "j1").unwrap().unwrap().check_run_id, 99);
     }
 }

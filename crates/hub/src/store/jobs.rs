@@ -12,7 +12,7 @@ use super::cancels;
 use super::gauges::Tally;
 use super::reports::{self, AcceptedJob, FinishedJob, Reports};
 use super::rows::{
-    self, decode_job, insert_delivery, insert_job, insert_payload, recorded_jobs, Caller, Delivery,
+    self, decode_job, insert_delivery, insert_job, insert_payload, redelivery, Caller, Delivery,
     DeliveryOutcome, REJECTED,
 };
 use super::state::JobState;
@@ -45,11 +45,8 @@ pub(super) fn record_delivery(
     reports: &Reports,
     tally: &mut Tally,
 ) -> Result<DeliveryOutcome, HubError> {
-    if let Some(job_ids) = recorded_jobs(tx, &delivery.id)? {
-        return Ok(DeliveryOutcome {
-            job_ids,
-            duplicate: true,
-        });
+    if let Some(dup) = redelivery(tx, &delivery.id)? {
+        return Ok(dup);
     }
     let mut job_ids = Vec::with_capacity(jobs.len());
     let mut queued = 0;

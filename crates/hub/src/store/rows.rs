@@ -55,11 +55,12 @@ pub(crate) struct Delivery {
     pub reason: String,
 }
 
-/// The job ids an earlier delivery with this id produced, if there was one.
-pub(super) fn recorded_jobs(
+/// The outcome of an earlier delivery with this id, if there was one: its job ids, marked as a
+/// duplicate.
+pub(super) fn redelivery(
     tx: &Connection,
     delivery_id: &str,
-) -> Result<Option<Vec<String>>, HubError> {
+) -> Result<Option<DeliveryOutcome>, HubError> {
     let existing: Option<String> = tx
         .query_row(
             "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
@@ -70,9 +71,13 @@ pub(super) fn recorded_jobs(
         .map_err(HubError::store("look up a delivery"))?;
     existing
         .map(|ids| {
-            serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
+            let job_ids = serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
                 job_id: format!("delivery {delivery_id}"),
                 source,
+            })?;
+            Ok(DeliveryOutcome {
+                job_ids,
+                duplicate: true,
             })
         })
         .transpose()
