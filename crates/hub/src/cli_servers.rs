@@ -179,26 +179,10 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ`.
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ`: GitHub's form with a space for the
+/// `T`, which reads more easily in a table.
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar, in 400-year eras).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    dispatch_hub::github::time::format_utc(ms).replacen('T', " ", 1)
 }
 
 #[cfg(test)]

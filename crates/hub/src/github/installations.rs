@@ -76,6 +76,21 @@ impl Installations {
             .map_err(|e| CallError::Retry(error_chain(&e)))
     }
 
+    /// Sends `request` with the App's own token; `what` names the call in errors.
+    async fn send_as_app(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, CallError> {
+        request
+            .bearer_auth(self.app_token()?.expose())
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", super::answer::API_VERSION)
+            .send()
+            .await
+            .map_err(|e| CallError::Retry(format!("`{what}` failed: {}", error_chain(&e))))
+    }
+
     /// A token for `installation_id`: the cached one while it is fresh, else a new exchange.
     pub async fn token(&self, installation_id: i64) -> Result<Secret, CallError> {
         // Held across the exchange, so two reports for one installation make one exchange.
@@ -87,18 +102,11 @@ impl Installations {
             }
         }
         let what = "create an installation access token";
-        let resp = self
-            .http
-            .post(format!(
-                "{}/app/installations/{installation_id}/access_tokens",
-                self.api_url
-            ))
-            .bearer_auth(self.app_token()?.expose())
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", super::answer::API_VERSION)
-            .send()
-            .await
-            .map_err(|e| CallError::Retry(format!("`{what}` failed: {}", error_chain(&e))))?;
+        let url = format!(
+            "{}/app/installations/{installation_id}/access_tokens",
+            self.api_url
+        );
+        let resp = self.send_as_app(self.http.post(url), what).await?;
         let status = resp.status();
         if !status.is_success() {
             // A token request for an installation that is gone stays gone; everything else about
@@ -108,10 +116,7 @@ impl Installations {
                 other => other,
             });
         }
-        let body: AccessToken = resp
-            .json()
-            .await
-            .map_err(|_| CallError::Retry(format!("unreadable answer to `{what}`")))?;
+        let body: AccessToken = read_answer(resp, what).await?;
         let refresh_at_ms = match parse_utc(&body.expires_at) {
             Some(expires) => expires - REFRESH_MARGIN_MS,
             None => now + UNKNOWN_EXPIRY_KEEP_MS,
@@ -140,26 +145,27 @@ impl Installations {
         }
         let what = "find the repository's installation";
         let now = (self.clock)();
-        let resp = self
-            .http
-            .get(format!("{}/repos/{repository}/installation", self.api_url))
-            .bearer_auth(self.app_token()?.expose())
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", super::answer::API_VERSION)
-            .send()
-            .await
-            .map_err(|e| CallError::Retry(format!("`{what}` failed: {}", error_chain(&e))))?;
+        let url = format!("{}/repos/{repository}/installation", self.api_url);
+        let resp = self.send_as_app(self.http.get(url), what).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(classify(status.as_u16(), resp.headers(), now, what));
         }
-        let found: Installation = resp
-            .json()
-            .await
-            .map_err(|_| CallError::Retry(format!("unreadable answer to `{what}`")))?;
+        let found: Installation = read_answer(resp, what).await?;
         self.by_repository.lock().await.insert(key, found.id);
         Ok(found.id)
     }
+}
+
+/// The JSON body of a successful answer to `what`. An answer that does not read is retried: it is
+/// GitHub's side having a bad moment, not a refusal.
+async fn read_answer<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<T, CallError> {
+    resp.json()
+        .await
+        .map_err(|_| CallError::Retry(format!("unreadable answer to `{what}`")))
 }
 
 #[cfg(test)]
@@ -171,6 +177,12 @@ mod tests {
     use crate::github::time::format_utc;
     use wiremock::matchers::{header_exists, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// The test App (id 9) talking to `github`, reading `clock`.
+    fn app_of(github: &MockServer, clock: Clock) -> Installations {
+        let key = AppKey::from_pem(9, TEST_KEY.as_bytes()).unwrap();
+        Installations::new(reqwest::Client::new(), &github.uri(), key, clock)
+    }
 
     #[tokio::test]
     async fn tokens_are_cached_until_shortly_before_expiry_and_refetched_when_forgotten() {
@@ -187,12 +199,7 @@ mod tests {
             .mount(&github)
             .await;
         let clock = now.clone();
-        let installations = Installations::new(
-            reqwest::Client::new(),
-            &github.uri(),
-            AppKey::from_pem(9, TEST_KEY.as_bytes()).unwrap(),
-            Arc::new(move || clock.load(Ordering::SeqCst)),
-        );
+        let installations = app_of(&github, Arc::new(move || clock.load(Ordering::SeqCst)));
         assert_eq!(installations.token(77).await.unwrap().expose(), "ghs_one");
         now.store(expires - REFRESH_MARGIN_MS - 1, Ordering::SeqCst);
         installations.token(77).await.unwrap();
@@ -218,12 +225,7 @@ mod tests {
             .respond_with(ResponseTemplate::new(401).set_body_string("ghs_secret_echo"))
             .mount(&github)
             .await;
-        let installations = Installations::new(
-            reqwest::Client::new(),
-            &github.uri(),
-            AppKey::from_pem(9, TEST_KEY.as_bytes()).unwrap(),
-            Arc::new(|| 1_700_000_000_000),
-        );
+        let installations = app_of(&github, Arc::new(|| 1_700_000_000_000));
         assert!(matches!(
             installations.token(1).await,
             Err(CallError::Permanent(_))

@@ -18,7 +18,7 @@ pub mod convert;
 pub(crate) mod installations;
 pub mod manifest;
 pub(crate) mod rate_limit;
-pub(crate) mod time;
+pub mod time;
 
 use std::path::PathBuf;
 

@@ -29,7 +29,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (the milliseconds are dropped).
-pub(crate) fn format_utc(ms: i64) -> String {
+pub fn format_utc(ms: i64) -> String {
     let days = ms.div_euclid(MS_PER_DAY);
     let secs = ms.rem_euclid(MS_PER_DAY) / 1000;
     let (y, mo, d) = civil_from_days(days);
