@@ -32,6 +32,7 @@ use crate::handler::{
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
 use crate::metrics::{FINISHES, PULLS, WAKEUPS, WEBHOOKS};
+use crate::progress;
 use crate::store::{blocking, now_ms, Activated, Activation, Caller, RawDelivery, Transition};
 use crate::trust::Outcome;
 use crate::waiters::{self, Wake};
@@ -66,6 +67,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/github/dispatch/{id}/finish", post(finish))
         .route(PULL_BATCH_PATH, post(batch_pull::pull_batch))
         .route(ACCEPT_BATCH_PATH, post(batch_pull::accept_batch))
+        .route(
+            "/api/v1/github/dispatch/{id}/progress",
+            post(progress::progress),
+        )
         .route_layer(from_fn_with_state(bodies.api(API_BODY_LIMIT), body::buffer))
         .layer(map_response(batch_pull::advertise));
     Router::new()

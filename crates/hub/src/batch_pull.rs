@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dispatch_protocol::{
     AcceptBatchRequest, AcceptBatchResponse, AcceptBatchResult, DispatchJob, PullBatchRequest,
-    EXTENSIONS_HEADER, MAX_BATCH_JOBS, PULL_BATCH,
+    EXTENSIONS_HEADER, HUB_EXTENSIONS, MAX_BATCH_JOBS,
 };
 
 use crate::error::HubError;
@@ -25,11 +25,12 @@ use crate::metrics::PULLS;
 use crate::store::{blocking, now_ms, Caller, Transition};
 use crate::waiters::Wake;
 
-/// Adds the [`EXTENSIONS_HEADER`] to an API answer.
+/// Adds the [`EXTENSIONS_HEADER`] to an API answer: every extension the hub serves (this one
+/// and `progress`).
 pub(crate) async fn advertise(mut response: Response) -> Response {
     response
         .headers_mut()
-        .insert(EXTENSIONS_HEADER, HeaderValue::from_static(PULL_BATCH));
+        .insert(EXTENSIONS_HEADER, HeaderValue::from_static(HUB_EXTENSIONS));
     response
 }
 

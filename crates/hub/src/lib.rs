@@ -25,7 +25,7 @@
 //! `schema`, `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`,
 //! `check_runs`, `retention`, `waiting`, then its `mod.rs`); `activation`; `waiters`; `metrics`;
 //! `housekeeping`; `report`; `lifecycle`; `reporter`; `check_events`; `gate`; `body`; `intake`;
-//! `api`; `server`; this file.
+//! `handler`; `batch_pull`, `progress`; `api`; `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -51,6 +51,7 @@ mod housekeeping;
 mod intake;
 mod lifecycle;
 mod metrics;
+mod progress;
 mod reporter;
 mod server;
 mod store;
@@ -72,7 +73,7 @@ pub use bindings::{load_bindings, Binding, ForkPolicy, Trigger, EXAMPLE_BINDINGS
 pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;
-pub use store::{ServerInfo, DB_FILE};
+pub use store::{JobProgress, LogSlice, ProgressChanges, ServerInfo, StepRow, DB_FILE};
 
 use store::{now_ms, Store};
 

@@ -14,7 +14,9 @@
 //! queued with the step they report), [`rows`] (the delivery and job rows every writer stores),
 //! [`cancels`], [`jobs`] (claims, accept, finish), [`activations`], [`retention`] (what is
 //! pruned), [`waiting`] (who may take the jobs that became claimable, read-only, for waking
-//! waiting pulls). The table files import only downwards: `reports` ← `rows` ← `cancels` ← `jobs`
+//! waiting pulls), [`progress`] (steps and logs of the `progress` extension, and the watch
+//! that wakes a job's readers). The table files import only downwards: `reports` ← `rows` ←
+//! `cancels` ← `jobs`
 //! (`approvals` and `check_runs` build on `rows` and `reports` too). Each table's rules live in
 //! its file as functions over a connection; this file opens the database and gives them one face,
 //! though most table files add their own `impl Store` methods next to their SQL.
@@ -30,6 +32,7 @@ mod gauges;
 mod heads;
 mod integrity;
 mod jobs;
+mod progress;
 mod reports;
 mod retention;
 mod rows;
@@ -56,6 +59,8 @@ pub(crate) use approvals::{Approval, HeldEvent};
 pub(crate) use cancels::CancelOutcome;
 pub(crate) use check_runs::Rerun;
 pub(crate) use jobs::Transition;
+pub(crate) use progress::{Progress, Recorded};
+pub use progress::{JobProgress, LogSlice, ProgressChanges, StepRow};
 pub(crate) use reports::{
     AcceptedJob, FinishedJob, NewReport, NoReports, PendingReport, Reports, ReportsFor,
 };
@@ -95,6 +100,8 @@ pub(crate) struct Store {
     /// Builds the GitHub reports of the steps the store takes on its own (accept, a claim given
     /// up after too many tries); nothing until [`Store::report_with`].
     reports: Mutex<Reports>,
+    /// Wakes the watchers of a job's progress ([`Store::progress_changes`]).
+    progress: progress::Watch,
 }
 
 impl Store {
@@ -124,6 +131,7 @@ impl Store {
             gauges,
             seen: activations::Seen::default(),
             reports: Mutex::new(Arc::new(NoReports)),
+            progress: progress::Watch::default(),
         })
     }
 
@@ -254,13 +262,16 @@ impl Store {
             dag_run_id.to_owned(),
         );
         let reports = self.reports();
-        self.write_counted(Durability::Full, move |tx, tally| {
+        let watched = job_id.clone();
+        let transition = self.write_counted(Durability::Full, move |tx, tally| {
             let caller = Caller {
                 license_id: &license_id,
                 server_id: &server_id,
             };
             jobs::accept(tx, &job_id, caller, &dag_run_id, now_ms, &reports, tally)
-        })
+        })?;
+        self.progress.changed(&watched);
+        Ok(transition)
     }
 
     /// Finish: claimed or accepted by this server → finished, and the reports `reports` builds are
@@ -281,7 +292,8 @@ impl Store {
             result_status.to_owned(),
             result_summary.to_owned(),
         );
-        self.write_counted(Durability::Full, move |tx, tally| {
+        let watched = job_id.clone();
+        let transition = self.write_counted(Durability::Full, move |tx, tally| {
             let caller = Caller {
                 license_id: &license_id,
                 server_id: &server_id,
@@ -296,7 +308,9 @@ impl Store {
                 reports,
                 tally,
             )
-        })
+        })?;
+        self.progress.changed(&watched);
+        Ok(transition)
     }
 
     /// Number of jobs per state, every state in [`JobState::ALL`] order, from the gauges: no

@@ -61,6 +61,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: trust_heads_and_approvals,
         outside_transaction: false,
     },
+    Step {
+        name: "keep the steps and logs schedulers send with the progress extension",
+        apply: super::progress::create_tables,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this

@@ -1,0 +1,83 @@
+//! The `progress` extension (`docs/protocol.md`, "Extension: progress and logs"):
+//! `POST /api/v1/github/dispatch/{id}/progress`, by which the scheduler running a job sends
+//! when its run started, its steps' states and their logs. Authenticated like accept and finish:
+//! machine credentials, and the job must be claimed or accepted by (or finished by) that
+//! server. The store keeps it ([`crate::store`]'s `progress` file), cuts each job's log at the
+//! cap, and wakes whoever watches the job.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dispatch_protocol::{ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES};
+
+use crate::handler::{authenticate, parse_body, ApiError, AppState};
+use crate::store::{blocking, now_ms, Progress, Recorded};
+
+/// Longest step name taken, in bytes.
+const MAX_STEP_NAME_BYTES: usize = 255;
+
+/// Most steps one call may name.
+const MAX_STEPS_PER_CALL: usize = 1000;
+
+/// A 400 naming what is wrong with the request's content.
+fn check(req: &ProgressRequest) -> Result<(), ApiError> {
+    let bad = |message: String| Err(ApiError::new(StatusCode::BAD_REQUEST, message));
+    if req.steps.len() > MAX_STEPS_PER_CALL || req.logs.len() > MAX_STEPS_PER_CALL {
+        return bad(format!(
+            "a progress call names at most {MAX_STEPS_PER_CALL} steps and {MAX_STEPS_PER_CALL} log chunks"
+        ));
+    }
+    let names = req
+        .steps
+        .iter()
+        .map(|s| &s.name)
+        .chain(req.logs.iter().map(|c| &c.step));
+    for name in names {
+        if name.is_empty() || name.len() > MAX_STEP_NAME_BYTES {
+            return bad(format!(
+                "a step name is 1 to {MAX_STEP_NAME_BYTES} bytes long"
+            ));
+        }
+    }
+    let data: usize = req.logs.iter().map(|c| c.data.len()).sum();
+    if data > MAX_PROGRESS_DATA_BYTES {
+        return bad(format!(
+            "a progress call carries at most {MAX_PROGRESS_DATA_BYTES} bytes of log text, not {data}"
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/github/dispatch/{id}/progress`: stores the call's steps and log chunks and
+/// answers `200` with an acknowledgement per chunk; `404` for a job that is not there (or bound
+/// to another license), `409` for one this server does not hold.
+pub(crate) async fn progress(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ProgressRequest = parse_body(&body)?;
+    drop(body);
+    authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
+    check(&req)?;
+    let progress = Progress {
+        license_id: req.license_id,
+        server_id: req.server_id,
+        run_started_ms: req.run_started_ms,
+        steps: req.steps,
+        logs: req.logs,
+    };
+    let recorded = blocking(&st.store, move |store| {
+        store.record_progress(&id, progress, DEFAULT_JOB_LOG_CAP, now_ms())
+    })
+    .await?;
+    match recorded {
+        Recorded::Stored(answer) => Ok(Json(answer).into_response()),
+        Recorded::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such job")),
+        Recorded::Conflict(message) => Err(ApiError::new(StatusCode::CONFLICT, message)),
+    }
+}

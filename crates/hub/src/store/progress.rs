@@ -1,0 +1,744 @@
+//! The `progress` extension's tables (`docs/protocol.md`, "Extension: progress and logs"): per
+//! job, when its run started and how much log it holds (`job_progress`); its steps with their
+//! state (`job_steps`); and each step stream's log text in the chunks it arrived in
+//! (`log_chunks`). Rows go with their job: a trigger deletes them when retention deletes it.
+//!
+//! The reads here are what the hub's pages show: [`Store::job_steps`], [`Store::job_progress`],
+//! [`Store::job_log`], and [`Store::progress_changes`] to be woken when a job moves on.
+
+use dispatch_protocol::{LogAck, LogChunk, LogStream, ProgressResponse, StepProgress};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::broadcast;
+
+use super::Store;
+use crate::error::HubError;
+
+/// Creates the tables (a schema step).
+pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE job_progress (
+    job_id TEXT PRIMARY KEY,
+    run_started_ms INTEGER NOT NULL DEFAULT 0,
+    log_bytes INTEGER NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE job_steps (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_ms INTEGER NOT NULL DEFAULT 0,
+    finished_ms INTEGER NOT NULL DEFAULT 0,
+    stdout_bytes INTEGER NOT NULL DEFAULT 0,
+    stderr_bytes INTEGER NOT NULL DEFAULT 0,
+    stdout_complete INTEGER NOT NULL DEFAULT 0,
+    stderr_complete INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;
+CREATE TABLE log_chunks (
+    job_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    end_offset INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, step, stream, end_offset)
+) WITHOUT ROWID;
+CREATE TRIGGER jobs_progress_gone AFTER DELETE ON jobs BEGIN
+    DELETE FROM job_progress WHERE job_id = old.id;
+    DELETE FROM job_steps WHERE job_id = old.id;
+    DELETE FROM log_chunks WHERE job_id = old.id;
+END;
+",
+    )
+}
+
+/// One step of a job as the scheduler last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    /// The step's name.
+    pub name: String,
+    /// Its place in the DAG's order of steps (0 first), as first reported.
+    pub position: i64,
+    /// Its status word (`not_started`, `running`, `failed`, `aborted`, `succeeded`,
+    /// `skipped`).
+    pub status: String,
+    /// Its process's exit code, once it has one.
+    pub exit_code: Option<i32>,
+    /// When it started, ms since the Unix epoch; 0 when it has not.
+    pub started_ms: i64,
+    /// When it ended, ms since the Unix epoch; 0 while it has not.
+    pub finished_ms: i64,
+    /// Bytes of stdout text the hub holds.
+    pub stdout_bytes: u64,
+    /// Bytes of stderr text the hub holds.
+    pub stderr_bytes: u64,
+    /// The scheduler said stdout is complete (the step ended and all of it was sent).
+    pub stdout_complete: bool,
+    /// The same for stderr.
+    pub stderr_complete: bool,
+}
+
+impl StepRow {
+    /// Bytes the hub holds of `stream`.
+    pub fn log_bytes(&self, stream: LogStream) -> u64 {
+        match stream {
+            LogStream::Stdout => self.stdout_bytes,
+            LogStream::Stderr => self.stderr_bytes,
+        }
+    }
+
+    /// Whether `stream` is complete.
+    pub fn log_complete(&self, stream: LogStream) -> bool {
+        match stream {
+            LogStream::Stdout => self.stdout_complete,
+            LogStream::Stderr => self.stderr_complete,
+        }
+    }
+}
+
+/// Where a job's run stands as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobProgress {
+    /// When the run started on the scheduler, ms since the Unix epoch; 0 when not reported.
+    pub run_started_ms: i64,
+    /// Log bytes the hub holds for the job, every step and stream.
+    pub log_bytes: u64,
+    /// The log was cut at the cap: what the hub holds is all it will hold.
+    pub truncated: bool,
+    /// When progress last arrived, ms since the Unix epoch.
+    pub updated_ms: i64,
+}
+
+/// A piece of one step stream's log, as [`Store::job_log`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSlice {
+    /// The text from the offset asked for (or the next character boundary after it), at most
+    /// the bytes asked for, cut at a character boundary.
+    pub text: String,
+    /// The offset after `text`: ask from there for what follows.
+    pub next_offset: u64,
+    /// The job's log was cut at the cap; nothing more will come for any stream.
+    pub truncated: bool,
+    /// The stream is complete and `text` reaches its end: nothing more will come for it.
+    pub complete: bool,
+}
+
+/// Wakes whoever watches a job when its progress, accept or finish is stored. Lossy by design:
+/// a watcher that fell behind is woken once and reads the store again.
+pub(super) struct Watch(broadcast::Sender<String>);
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch(broadcast::channel(1024).0)
+    }
+}
+
+impl Watch {
+    /// Tells the watchers of `job_id` (none is fine).
+    pub(super) fn changed(&self, job_id: &str) {
+        if self.0.receiver_count() > 0 {
+            let _ = self.0.send(job_id.to_owned());
+        }
+    }
+}
+
+/// A watch on one job, from [`Store::progress_changes`].
+pub struct ProgressChanges {
+    job_id: String,
+    receiver: broadcast::Receiver<String>,
+}
+
+impl ProgressChanges {
+    /// Returns once something about the job was stored after the watch began or since the
+    /// last return (progress, a log chunk, the accept, the finish); then read the store again.
+    /// Never returns if the store is gone.
+    pub async fn changed(&mut self) {
+        loop {
+            match self.receiver.recv().await {
+                Ok(id) if id == self.job_id => return,
+                Ok(_) => {}
+                // Missed some: one of them may have been ours.
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Why the job refuses progress from this caller, if it does: it takes progress only from the
+/// server that claimed it (accepted or finished it since).
+fn refusal(
+    tx: &Connection,
+    job_id: &str,
+    license_id: &str,
+    server_id: &str,
+) -> Result<Option<Recorded>, HubError> {
+    let row: Option<(String, String, String)> = tx
+        .query_row(
+            "SELECT target_license, claimed_license, claimed_by FROM jobs WHERE id = ?1",
+            params![job_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(HubError::store("look up a job for its progress"))?;
+    Ok(match row {
+        None => Some(Recorded::NotFound),
+        Some((target, _, _)) if !target.is_empty() && target != license_id => {
+            Some(Recorded::NotFound)
+        }
+        Some((_, license, server)) if license == license_id && server == server_id => None,
+        Some(_) => Some(Recorded::Conflict(format!(
+            "job `{job_id}` is not claimed by this server"
+        ))),
+    })
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn floor_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn stream_columns(stream: LogStream) -> (&'static str, &'static str) {
+    match stream {
+        LogStream::Stdout => ("stdout_bytes", "stdout_complete"),
+        LogStream::Stderr => ("stderr_bytes", "stderr_complete"),
+    }
+}
+
+/// A step row for `name`, made if the job has none yet (a chunk that came before its step).
+fn ensure_step(tx: &Connection, job_id: &str, name: &str) -> Result<(), HubError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO job_steps (job_id, name, position, status)
+         VALUES (?1, ?2, (SELECT COUNT(*) FROM job_steps WHERE job_id = ?1), 'running')",
+        params![job_id, name],
+    )
+    .map_err(HubError::store("add a step"))?;
+    Ok(())
+}
+
+fn save_step(tx: &Connection, job_id: &str, step: &StepProgress) -> Result<(), HubError> {
+    ensure_step(tx, job_id, &step.name)?;
+    // A final state stays: a late copy of an earlier one is left out.
+    tx.execute(
+        "UPDATE job_steps SET status = ?3, exit_code = COALESCE(?4, exit_code),
+                started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END, finished_ms = ?6
+         WHERE job_id = ?1 AND name = ?2 AND (finished_ms = 0 OR ?6 > 0)",
+        params![
+            job_id,
+            step.name,
+            step.status,
+            step.exit_code,
+            step.started_ms as i64,
+            step.finished_ms as i64
+        ],
+    )
+    .map_err(HubError::store("update a step"))?;
+    Ok(())
+}
+
+/// Stores what `chunk` adds; returns its acknowledgement. `room` is what the cap still allows
+/// and shrinks by what was stored; `truncated` is set when the chunk hit the cap or says so.
+fn save_chunk(
+    tx: &Connection,
+    job_id: &str,
+    chunk: &LogChunk,
+    room: &mut u64,
+    truncated: &mut bool,
+) -> Result<LogAck, HubError> {
+    ensure_step(tx, job_id, &chunk.step)?;
+    let (bytes_col, complete_col) = stream_columns(chunk.stream);
+    let held: i64 = tx
+        .query_row(
+            &format!("SELECT {bytes_col} FROM job_steps WHERE job_id = ?1 AND name = ?2"),
+            params![job_id, chunk.step],
+            |r| r.get(0),
+        )
+        .map_err(HubError::store("read a step's log length"))?;
+    let held = held as u64;
+    let ack = |next_offset, accepted| LogAck {
+        step: chunk.step.clone(),
+        stream: chunk.stream,
+        next_offset,
+        accepted,
+    };
+    if chunk.offset > held {
+        return Ok(ack(held, false));
+    }
+    let skip = (held - chunk.offset) as usize;
+    if skip < chunk.data.len() && !chunk.data.is_char_boundary(skip) {
+        // Not the text the hub has: the same stream cut differently would not split here.
+        return Ok(ack(held, false));
+    }
+    let mut end = held;
+    if skip < chunk.data.len() && !*truncated {
+        let new = &chunk.data[skip..];
+        let fits = floor_boundary(new, usize::try_from(*room).unwrap_or(usize::MAX));
+        let stored = &new[..fits];
+        if fits < new.len() {
+            *truncated = true;
+        }
+        if !stored.is_empty() {
+            end = held + stored.len() as u64;
+            tx.execute(
+                "INSERT INTO log_chunks (job_id, step, stream, end_offset, start_offset, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    job_id,
+                    chunk.step,
+                    chunk.stream.as_str(),
+                    end as i64,
+                    held as i64,
+                    stored
+                ],
+            )
+            .map_err(HubError::store("store a log chunk"))?;
+            *room -= stored.len() as u64;
+        }
+    }
+    let complete = chunk.eof && end == chunk.offset + chunk.data.len() as u64;
+    tx.execute(
+        &format!(
+            "UPDATE job_steps SET {bytes_col} = ?3, {complete_col} = {complete_col} OR ?4
+             WHERE job_id = ?1 AND name = ?2"
+        ),
+        params![job_id, chunk.step, end as i64, complete],
+    )
+    .map_err(HubError::store("update a step's log length"))?;
+    *truncated |= chunk.truncated;
+    Ok(ack(end, true))
+}
+
+/// What [`Store::record_progress`] came to.
+pub(crate) enum Recorded {
+    /// Stored; the answer for the scheduler.
+    Stored(ProgressResponse),
+    /// Nothing stored: no such job, or it is bound to another license.
+    NotFound,
+    /// Nothing stored: another server holds the job; the reason is safe to show.
+    Conflict(String),
+}
+
+/// A progress call's content, as [`Store::record_progress`] takes it.
+pub(crate) struct Progress {
+    pub license_id: String,
+    pub server_id: String,
+    pub run_started_ms: u64,
+    pub steps: Vec<StepProgress>,
+    pub logs: Vec<LogChunk>,
+}
+
+fn record(
+    tx: &Connection,
+    job_id: &str,
+    progress: &Progress,
+    cap: u64,
+    now_ms: i64,
+) -> Result<Recorded, HubError> {
+    if let Some(refused) = refusal(tx, job_id, &progress.license_id, &progress.server_id)? {
+        return Ok(refused);
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO job_progress (job_id, updated_ms) VALUES (?1, ?2)",
+        params![job_id, now_ms],
+    )
+    .map_err(HubError::store("add a job's progress"))?;
+    let (log_bytes, truncated): (i64, bool) = tx
+        .query_row(
+            "SELECT log_bytes, truncated FROM job_progress WHERE job_id = ?1",
+            params![job_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(HubError::store("read a job's progress"))?;
+    for step in &progress.steps {
+        save_step(tx, job_id, step)?;
+    }
+    let mut room = cap.saturating_sub(log_bytes as u64);
+    let mut truncated = truncated;
+    let mut logs = Vec::with_capacity(progress.logs.len());
+    for chunk in &progress.logs {
+        logs.push(save_chunk(tx, job_id, chunk, &mut room, &mut truncated)?);
+    }
+    let log_bytes = cap.saturating_sub(room).max(log_bytes as u64);
+    tx.execute(
+        "UPDATE job_progress SET run_started_ms = CASE WHEN ?2 > 0 THEN ?2 ELSE run_started_ms END,
+                log_bytes = ?3, truncated = ?4, updated_ms = ?5
+         WHERE job_id = ?1",
+        params![
+            job_id,
+            progress.run_started_ms as i64,
+            log_bytes as i64,
+            truncated,
+            now_ms
+        ],
+    )
+    .map_err(HubError::store("update a job's progress"))?;
+    Ok(Recorded::Stored(ProgressResponse {
+        logs,
+        log_bytes,
+        log_cap: cap,
+        truncated,
+    }))
+}
+
+// The reads are for the hub's web pages; until those call them, only the tests do.
+#[allow(dead_code)]
+impl Store {
+    /// Stores a progress call of the job's owner (steps, then chunks in order; the job's log is
+    /// cut at `cap` bytes) and wakes the job's watchers.
+    pub(crate) fn record_progress(
+        &self,
+        job_id: &str,
+        progress: Progress,
+        cap: u64,
+        now_ms: i64,
+    ) -> Result<Recorded, HubError> {
+        let id = job_id.to_owned();
+        let recorded = self.write(move |tx| record(tx, &id, &progress, cap, now_ms))?;
+        if matches!(recorded, Recorded::Stored(_)) {
+            self.progress.changed(job_id);
+        }
+        Ok(recorded)
+    }
+
+    /// The steps of `job_id` as its scheduler last reported them, in the DAG's order; empty
+    /// when none were reported (no such job, a scheduler without the extension, not started).
+    pub fn job_steps(&self, job_id: &str) -> Result<Vec<StepRow>, HubError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT name, position, status, exit_code, started_ms, finished_ms, stdout_bytes,
+                        stderr_bytes, stdout_complete, stderr_complete
+                 FROM job_steps WHERE job_id = ?1 ORDER BY position, name",
+            )
+            .map_err(HubError::store("read a job's steps"))?;
+        let rows = stmt
+            .query_map(params![job_id], |r| {
+                Ok(StepRow {
+                    name: r.get(0)?,
+                    position: r.get(1)?,
+                    status: r.get(2)?,
+                    exit_code: r.get(3)?,
+                    started_ms: r.get(4)?,
+                    finished_ms: r.get(5)?,
+                    stdout_bytes: r.get::<_, i64>(6)? as u64,
+                    stderr_bytes: r.get::<_, i64>(7)? as u64,
+                    stdout_complete: r.get(8)?,
+                    stderr_complete: r.get(9)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(HubError::store("read a job's steps"))?;
+        Ok(rows)
+    }
+
+    /// When `job_id`'s run started, how much log the hub holds for it and whether it was cut at
+    /// the cap; `None` when its scheduler sent no progress (yet, or without the extension).
+    pub fn job_progress(&self, job_id: &str) -> Result<Option<JobProgress>, HubError> {
+        self.read()
+            .query_row(
+                "SELECT run_started_ms, log_bytes, truncated, updated_ms
+                 FROM job_progress WHERE job_id = ?1",
+                params![job_id],
+                |r| {
+                    Ok(JobProgress {
+                        run_started_ms: r.get(0)?,
+                        log_bytes: r.get::<_, i64>(1)? as u64,
+                        truncated: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(HubError::store("read a job's progress"))
+    }
+
+    /// Up to `max_bytes` of the log text of `step`'s `stream` from `from_offset`. An unknown
+    /// job, step or offset past the end reads as empty text with `next_offset` where the stream
+    /// ends (or `from_offset`, if larger). For a live tail: read until `text` is empty, wait
+    /// for [`Store::progress_changes`], read again from `next_offset`; stop once `complete` or
+    /// `truncated`.
+    pub fn job_log(
+        &self,
+        job_id: &str,
+        step: &str,
+        stream: LogStream,
+        from_offset: u64,
+        max_bytes: usize,
+    ) -> Result<LogSlice, HubError> {
+        let conn = self.read();
+        let (bytes_col, complete_col) = stream_columns(stream);
+        let state: Option<(i64, bool)> = conn
+            .query_row(
+                &format!(
+                    "SELECT {bytes_col}, {complete_col} FROM job_steps
+                     WHERE job_id = ?1 AND name = ?2"
+                ),
+                params![job_id, step],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(HubError::store("read a step's log length"))?;
+        let truncated = conn
+            .query_row(
+                "SELECT truncated FROM job_progress WHERE job_id = ?1",
+                params![job_id],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map_err(HubError::store("read a job's progress"))?
+            .unwrap_or(false);
+        let (held, stream_complete) = state.map_or((0, false), |(b, c)| (b as u64, c));
+        let mut slice = LogSlice {
+            text: String::new(),
+            next_offset: from_offset.max(held),
+            truncated,
+            complete: false,
+        };
+        if from_offset < held {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT start_offset, data FROM log_chunks
+                     WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset > ?4
+                     ORDER BY end_offset",
+                )
+                .map_err(HubError::store("read a step's log"))?;
+            let mut rows = stmt
+                .query(params![job_id, step, stream.as_str(), from_offset as i64])
+                .map_err(HubError::store("read a step's log"))?;
+            let mut at = from_offset;
+            while let Some(row) = rows.next().map_err(HubError::store("read a step's log"))? {
+                let start: i64 = row.get(0).map_err(HubError::store("read a step's log"))?;
+                let data: String = row.get(1).map_err(HubError::store("read a step's log"))?;
+                let mut skip = (at.saturating_sub(start as u64) as usize).min(data.len());
+                while !data.is_char_boundary(skip) {
+                    skip += 1;
+                }
+                let rest = &data[skip..];
+                let room = max_bytes - slice.text.len();
+                let take = floor_boundary(rest, room);
+                slice.text.push_str(&rest[..take]);
+                at = start as u64 + (skip + take) as u64;
+                if take < rest.len() {
+                    break;
+                }
+            }
+            slice.next_offset = at;
+        }
+        slice.complete = stream_complete && slice.next_offset >= held;
+        Ok(slice)
+    }
+
+    /// A watch on `job_id`: its [`ProgressChanges::changed`] returns when progress, a log
+    /// chunk, the accept or the finish of the job is stored. Cheap; drop it when done.
+    pub fn progress_changes(&self, job_id: &str) -> ProgressChanges {
+        ProgressChanges {
+            job_id: job_id.to_owned(),
+            receiver: self.progress.0.subscribe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dispatch_protocol::DispatchJob;
+
+    use super::*;
+    use crate::matching::NewJob;
+    use crate::store::RawDelivery;
+
+    const CAP: u64 = 1000;
+
+    /// A store with job `j` claimed by server `srv` of license `lic`.
+    fn store_with_claimed_job() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let job = NewJob {
+            job: DispatchJob {
+                id: "j".into(),
+                dag_name: "d".into(),
+                ..DispatchJob::default()
+            },
+            target_license: String::new(),
+            target_server_id: String::new(),
+            status_context: "dispatch/d".into(),
+        };
+        let raw = RawDelivery {
+            payload: "{}".into(),
+            headers: "{}".into(),
+        };
+        store
+            .record_delivery("d1", "push", vec![job], raw, 1)
+            .unwrap();
+        store.claim_next("lic", "srv", 1, 60_000).unwrap().unwrap();
+        (dir, store)
+    }
+
+    fn progress(steps: Vec<StepProgress>, logs: Vec<LogChunk>) -> Progress {
+        Progress {
+            license_id: "lic".into(),
+            server_id: "srv".into(),
+            run_started_ms: 0,
+            steps,
+            logs,
+        }
+    }
+
+    fn chunk(step: &str, offset: u64, data: &str) -> LogChunk {
+        LogChunk {
+            step: step.into(),
+            stream: LogStream::Stdout,
+            offset,
+            data: data.into(),
+            eof: false,
+            truncated: false,
+        }
+    }
+
+    fn send(store: &Store, p: Progress) -> ProgressResponse {
+        match store.record_progress("j", p, CAP, 5).unwrap() {
+            Recorded::Stored(answer) => answer,
+            _ => panic!("refused"),
+        }
+    }
+
+    fn whole_log(store: &Store, step: &str) -> LogSlice {
+        store
+            .job_log("j", step, LogStream::Stdout, 0, usize::MAX)
+            .unwrap()
+    }
+
+    #[test]
+    fn chunks_are_idempotent_by_offset_and_a_gap_names_the_expected_offset() {
+        let (_d, s) = store_with_claimed_job();
+        let a = send(&s, progress(vec![], vec![chunk("build", 0, "hello ")]));
+        assert_eq!((a.logs[0].next_offset, a.logs[0].accepted), (6, true));
+        // The same chunk again, and one overlapping what the hub has.
+        send(&s, progress(vec![], vec![chunk("build", 0, "hello ")]));
+        let b = send(&s, progress(vec![], vec![chunk("build", 3, "lo world")]));
+        assert_eq!(b.logs[0].next_offset, 11);
+        let gap = send(&s, progress(vec![], vec![chunk("build", 20, "later")]));
+        assert_eq!((gap.logs[0].next_offset, gap.logs[0].accepted), (11, false));
+        // An empty chunk at 0 only asks where the stream ends.
+        let probe = send(&s, progress(vec![], vec![chunk("build", 0, "")]));
+        assert_eq!(probe.logs[0].next_offset, 11);
+        assert_eq!(whole_log(&s, "build").text, "hello world");
+        assert_eq!(probe.log_bytes, 11);
+    }
+
+    #[test]
+    fn reads_are_cut_at_character_boundaries_and_say_when_a_stream_is_complete() {
+        let (_d, s) = store_with_claimed_job();
+        let mut last = chunk("build", 5, "é!\n");
+        last.eof = true;
+        send(&s, progress(vec![], vec![chunk("build", 0, "abcde"), last]));
+        let first = s.job_log("j", "build", LogStream::Stdout, 0, 6).unwrap();
+        assert_eq!((first.text.as_str(), first.next_offset), ("abcde", 5));
+        assert!(!first.complete);
+        let rest = s
+            .job_log("j", "build", LogStream::Stdout, first.next_offset, 100)
+            .unwrap();
+        assert_eq!((rest.text.as_str(), rest.next_offset), ("é!\n", 9));
+        assert!(rest.complete && !rest.truncated);
+        let none = s.job_log("j", "other", LogStream::Stderr, 0, 100).unwrap();
+        assert_eq!(none, LogSlice::default());
+    }
+
+    #[test]
+    fn the_cap_cuts_the_log_and_nothing_is_stored_after_it() {
+        let (_d, s) = store_with_claimed_job();
+        let big = "x".repeat(CAP as usize - 10);
+        send(&s, progress(vec![], vec![chunk("a", 0, &big)]));
+        let answer = send(
+            &s,
+            progress(vec![], vec![chunk("b", 0, "0123456789ABCDEF")]),
+        );
+        assert!(answer.truncated);
+        assert_eq!((answer.log_bytes, answer.logs[0].next_offset), (CAP, 10));
+        let more = send(&s, progress(vec![], vec![chunk("b", 10, "more")]));
+        assert_eq!(more.logs[0].next_offset, 10);
+        let log = whole_log(&s, "b");
+        assert_eq!(log.text, "0123456789");
+        assert!(log.truncated);
+        assert!(s.job_progress("j").unwrap().unwrap().truncated);
+    }
+
+    #[test]
+    fn steps_keep_their_order_and_a_final_state_is_not_overtaken() {
+        let (_d, s) = store_with_claimed_job();
+        let step = |name: &str, status: &str, finished_ms: u64| StepProgress {
+            name: name.into(),
+            status: status.into(),
+            exit_code: (finished_ms > 0).then_some(0),
+            started_ms: 2,
+            finished_ms,
+        };
+        let mut p = progress(
+            vec![step("build", "running", 0), step("test", "not_started", 0)],
+            vec![],
+        );
+        p.run_started_ms = 1;
+        send(&s, p);
+        send(&s, progress(vec![step("build", "succeeded", 3)], vec![]));
+        send(&s, progress(vec![step("build", "running", 0)], vec![]));
+        let steps = s.job_steps("j").unwrap();
+        let got: Vec<_> = steps
+            .iter()
+            .map(|r| (r.name.as_str(), r.status.as_str(), r.finished_ms))
+            .collect();
+        assert_eq!(got, [("build", "succeeded", 3), ("test", "not_started", 0)]);
+        assert_eq!(steps[0].exit_code, Some(0));
+        assert_eq!(s.job_progress("j").unwrap().unwrap().run_started_ms, 1);
+    }
+
+    #[test]
+    fn only_the_server_holding_the_job_may_send_and_rows_go_with_the_job() {
+        let (dir, s) = store_with_claimed_job();
+        let mut other = progress(vec![], vec![chunk("a", 0, "x")]);
+        other.server_id = "other".into();
+        assert!(matches!(
+            s.record_progress("j", other, CAP, 5).unwrap(),
+            Recorded::Conflict(_)
+        ));
+        assert!(matches!(
+            s.record_progress("nope", progress(vec![], vec![]), CAP, 5)
+                .unwrap(),
+            Recorded::NotFound
+        ));
+        send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
+        let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
+        conn.execute("DELETE FROM jobs WHERE id = 'j'", []).unwrap();
+        assert!(s.job_steps("j").unwrap().is_empty());
+        assert_eq!(s.job_progress("j").unwrap(), None);
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM log_chunks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn a_watch_wakes_for_its_job_only() {
+        let (_d, s) = store_with_claimed_job();
+        let mut watch = s.progress_changes("j");
+        s.progress.changed("another");
+        send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
+        tokio::time::timeout(std::time::Duration::from_secs(60), watch.changed())
+            .await
+            .unwrap();
+        let caller = crate::store::Caller {
+            license_id: "lic",
+            server_id: "srv",
+        };
+        s.accept("j", caller, "j", 6).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), watch.changed())
+            .await
+            .unwrap();
+    }
+}
