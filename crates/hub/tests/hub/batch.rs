@@ -30,7 +30,10 @@ async fn api_answers_advertise_the_extension() {
     let c = hub.activate("lic-a", "srv-1").await;
     let resp = hub.pull(&c, 0).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(resp.headers()["x-dispatch-extensions"], "pull-batch");
+    assert_eq!(
+        resp.headers()["x-dispatch-extensions"],
+        "pull-batch, progress"
+    );
     // A refusal carries it too; the webhook endpoint does not.
     let resp = hub.post("/api/v1/licenses/heartbeat", json!({})).await;
     assert!(resp.status().is_client_error());
