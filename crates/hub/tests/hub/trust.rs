@@ -22,6 +22,53 @@ fn json_of(name: &str) -> Value {
     serde_json::from_slice(&fixture(name)).unwrap()
 }
 
+/// A webhook delivery's event: its name (`X-GitHub-Event`) and its body.
+#[derive(Clone)]
+struct Event {
+    name: &'static str,
+    body: Vec<u8>,
+}
+
+impl Event {
+    fn new(name: &'static str, body: Vec<u8>) -> Event {
+        Event { name, body }
+    }
+
+    fn json(name: &'static str, payload: &Value) -> Event {
+        Event::new(name, serde_json::to_vec(payload).unwrap())
+    }
+
+    /// This event with the field at the JSON `pointer` set to `value`.
+    fn with(self, pointer: &str, value: Value) -> Event {
+        let mut payload: Value = serde_json::from_slice(&self.body).unwrap();
+        *payload.pointer_mut(pointer).expect(pointer) = value;
+        Event::json(self.name, &payload)
+    }
+}
+
+/// What the answer to a delivery must say: its status, how many jobs it made, its outcome.
+type Want<'a> = (StatusCode, usize, &'a str);
+
+/// The answer to a delivery that dispatched `n` jobs.
+fn dispatched(n: usize) -> Want<'static> {
+    (StatusCode::ACCEPTED, n, "accepted")
+}
+
+/// The answer to a fork's event held until someone approves it.
+fn held() -> Want<'static> {
+    no_job("fork_not_approved")
+}
+
+/// The answer to a command taken but with nothing to dispatch (its comment says why).
+fn answered() -> Want<'static> {
+    no_job("accepted")
+}
+
+/// The answer to a delivery that dispatched nothing, recorded as `outcome`.
+fn no_job(outcome: &str) -> Want<'_> {
+    (StatusCode::OK, 0, outcome)
+}
+
 /// When the comments of [`comment_by`] are written: after every event of these tests.
 const LATER: &str = "2030-01-01T00:00:00Z";
 
@@ -32,19 +79,13 @@ fn at(n: u32) -> String {
 
 /// The issue comment fixture as `login` with `association`, saying `body`, on pull request
 /// `number` of [`HELLO`], written [`LATER`].
-fn comment_by(body: &str, login: &str, association: &str, number: i64) -> Vec<u8> {
+fn comment_by(body: &str, login: &str, association: &str, number: i64) -> Event {
     comment_at(body, login, association, number, LATER)
 }
 
 /// [`comment_by`], written at `created_at`, with its own comment id (a comment command runs once
 /// per comment id).
-fn comment_at(
-    body: &str,
-    login: &str,
-    association: &str,
-    number: i64,
-    created_at: &str,
-) -> Vec<u8> {
+fn comment_at(body: &str, login: &str, association: &str, number: i64, created_at: &str) -> Event {
     use std::sync::atomic::{AtomicI64, Ordering};
     static NEXT_ID: AtomicI64 = AtomicI64::new(1);
     let mut p = json_of("issue_comment/created.payload.json");
@@ -56,40 +97,43 @@ fn comment_at(
     p["issue"]["number"] = json!(number);
     p["issue"]["pull_request"] =
         json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2"});
-    serde_json::to_vec(&p).unwrap()
+    Event::json("issue_comment", &p)
 }
 
 /// The owner's comment `body` on pull request `number`.
-fn owner_says(body: &str, number: i64) -> Vec<u8> {
+fn owner_says(body: &str, number: i64) -> Event {
     comment_by(body, "Codertocat", "OWNER", number)
 }
 
 /// The `pull_request/opened` fixture (#2) with `action`, coming from [`FORK`] at `sha`.
-fn fork_pr(action: &str, sha: &str) -> Vec<u8> {
+fn fork_pr(action: &str, sha: &str) -> Event {
     let mut p = json_of("pull_request/opened.payload.json");
     p["action"] = json!(action);
     p["pull_request"]["head"]["repo"]["full_name"] = json!(FORK);
     p["pull_request"]["head"]["sha"] = json!(sha);
-    serde_json::to_vec(&p).unwrap()
+    Event::json("pull_request", &p)
 }
 
 /// [`fork_pr`] of an event that happened at `updated_at`.
-fn fork_pr_at(action: &str, sha: &str, updated_at: &str) -> Vec<u8> {
-    let mut p: Value = serde_json::from_slice(&fork_pr(action, sha)).unwrap();
-    p["pull_request"]["updated_at"] = json!(updated_at);
-    serde_json::to_vec(&p).unwrap()
+fn fork_pr_at(action: &str, sha: &str, updated_at: &str) -> Event {
+    fork_pr(action, sha).with("/pull_request/updated_at", json!(updated_at))
+}
+
+/// The `pull_request/opened` fixture: #2 of [`HELLO`], from a branch of the repository itself.
+fn opened_pr() -> Event {
+    Event::new("pull_request", fixture("pull_request/opened.payload.json"))
 }
 
 /// A `check_run` re-run on `sha` of [`HELLO`]; fork heads come with no pull requests.
-fn check_rerun(sha: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+fn check_rerun(sha: &str) -> Event {
+    let run = json!({
         "action": "rerequested",
         "check_run": {"id": 4, "head_sha": sha, "pull_requests": [],
                       "check_suite": {"head_branch": "changes"}},
         "repository": {"full_name": HELLO, "id": 186853002},
         "sender": {"login": "Codertocat"}
-    }))
-    .unwrap()
+    });
+    Event::json("check_run", &run)
 }
 
 /// The DAG `dag` bound to `pull_request` events of [`HELLO`] with fork policy `fork`.
@@ -164,15 +208,9 @@ fn recorded(hub: &TestHub, delivery: &str) -> (String, String) {
     .unwrap()
 }
 
-/// Delivers and checks the answer: status, number of jobs, outcome; returns the answer.
-async fn expect(
-    hub: &TestHub,
-    event: &str,
-    delivery: &str,
-    body: Vec<u8>,
-    want: (StatusCode, usize, &str),
-) -> Value {
-    let (status, answer) = hub.webhook(event, delivery, body).await;
+/// Delivers `event` as `delivery` and checks the answer against `want`; returns the answer.
+async fn expect(hub: &TestHub, delivery: &str, event: Event, want: Want<'_>) -> Value {
+    let (status, answer) = hub.webhook(event.name, delivery, event.body).await;
     assert_eq!(
         (
             status,
@@ -183,6 +221,13 @@ async fn expect(
         "{delivery}: {answer}"
     );
     answer
+}
+
+/// The answer to a command: its reason, which must hold `has`.
+fn reason_of(answer: &Value, has: &str) -> String {
+    let reason = answer["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains(has), "{has:?} not in {answer}");
+    reason
 }
 
 /// Pulls, accepts and returns the id of the next job, which must be there.
@@ -196,23 +241,15 @@ async fn take(hub: &TestHub, c: &Creds) -> String {
 async fn a_strangers_comment_runs_nothing_and_cancels_nothing() {
     let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
-    expect(
-        &hub,
-        "issue_comment",
-        "own",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "own", owner_says("@dispatch build", 1), dispatched(1)).await;
     take(&hub, &c).await;
 
     for (delivery, body) in [("run", "@dispatch build"), ("cancel", "@dispatch cancel")] {
         let answer = expect(
             &hub,
-            "issue_comment",
             delivery,
             comment_by(body, "stranger", "NONE", 1),
-            (StatusCode::OK, 0, "not_allowed"),
+            no_job("not_allowed"),
         )
         .await;
         let reason = answer["reason"].as_str().unwrap();
@@ -241,26 +278,14 @@ async fn allowed_users_and_associations_are_the_bindings_choice() {
     b.allowed_associations = vec!["CONTRIBUTOR".into()];
     let hub = TestHub::start(vec![b]).await;
     let cases = [
-        (
-            "friendly-stranger",
-            "NONE",
-            (StatusCode::ACCEPTED, 1, "accepted"),
-        ),
-        (
-            "someone",
-            "CONTRIBUTOR",
-            (StatusCode::ACCEPTED, 1, "accepted"),
-        ),
-        ("Codertocat", "OWNER", (StatusCode::OK, 0, "not_allowed")),
-        (
-            "someone",
-            "FIRST_TIME_CONTRIBUTOR",
-            (StatusCode::OK, 0, "not_allowed"),
-        ),
+        ("friendly-stranger", "NONE", dispatched(1)),
+        ("someone", "CONTRIBUTOR", dispatched(1)),
+        ("Codertocat", "OWNER", no_job("not_allowed")),
+        ("someone", "FIRST_TIME_CONTRIBUTOR", no_job("not_allowed")),
     ];
     for (i, (login, association, want)) in cases.into_iter().enumerate() {
         let body = comment_by("@dispatch build", login, association, 1);
-        expect(&hub, "issue_comment", &format!("c{i}"), body, want).await;
+        expect(&hub, &format!("c{i}"), body, want).await;
     }
     let c = hub.activate("lic-a", SRV_1).await;
     let job = hub.pull_job(&c).await;
@@ -277,52 +302,23 @@ async fn delivery_outcomes_are_recorded_and_counted() {
     let stranger = comment_by("@dispatch build", "stranger", "NONE", 1);
     expect(
         &hub,
-        "issue_comment",
         "d-allowed",
         owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
+        dispatched(1),
     )
     .await;
     expect(
         &hub,
-        "issue_comment",
         "d-allowed",
         owner_says("@dispatch build", 1),
         (StatusCode::ACCEPTED, 1, "duplicate"),
     )
     .await;
-    expect(
-        &hub,
-        "issue_comment",
-        "d-stranger",
-        stranger.clone(),
-        (StatusCode::OK, 0, "not_allowed"),
-    )
-    .await;
-    expect(
-        &hub,
-        "issue_comment",
-        "d-stranger",
-        stranger,
-        (StatusCode::OK, 0, "duplicate"),
-    )
-    .await;
-    expect(
-        &hub,
-        "pull_request",
-        "d-fork",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
-    expect(
-        &hub,
-        "issues",
-        "d-none",
-        fixture("issues/opened.payload.json"),
-        (StatusCode::OK, 0, "no_binding"),
-    )
-    .await;
+    expect(&hub, "d-stranger", stranger.clone(), no_job("not_allowed")).await;
+    expect(&hub, "d-stranger", stranger, no_job("duplicate")).await;
+    expect(&hub, "d-fork", fork_pr("opened", PR_SHA), held()).await;
+    let issue = Event::new("issues", fixture("issues/opened.payload.json"));
+    expect(&hub, "d-none", issue, no_job("no_binding")).await;
     for (delivery, outcome, reason_has) in [
         ("d-allowed", "accepted", ""),
         ("d-stranger", "not_allowed", "@stranger"),
@@ -352,14 +348,7 @@ async fn fork_pull_requests_run_only_where_the_binding_says_always() {
     ])
     .await;
     let c = hub.activate("lic-a", SRV_1).await;
-    expect(
-        &hub,
-        "pull_request",
-        "fork",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "fork", fork_pr("opened", PR_SHA), dispatched(1)).await;
     let job = hub.pull_job(&c).await;
     assert_eq!(
         (job["dag_name"].as_str(), job["sha"].as_str()),
@@ -367,27 +356,11 @@ async fn fork_pull_requests_run_only_where_the_binding_says_always() {
     );
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
     // A pull request from the repository itself is no fork.
-    let same = fixture("pull_request/opened.payload.json");
-    expect(
-        &hub,
-        "pull_request",
-        "same",
-        same,
-        (StatusCode::ACCEPTED, 2, "accepted"),
-    )
-    .await;
+    let same = opened_pr();
+    expect(&hub, "same", same, dispatched(2)).await;
     // A fork that was deleted leaves no head repository: still a fork.
-    let mut gone = json_of("pull_request/opened.payload.json");
-    gone["pull_request"]["head"]["repo"] = Value::Null;
-    let gone = serde_json::to_vec(&gone).unwrap();
-    let answer = expect(
-        &hub,
-        "pull_request",
-        "gone",
-        gone,
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let gone = opened_pr().with("/pull_request/head/repo", Value::Null);
+    let answer = expect(&hub, "gone", gone, dispatched(1)).await;
     let jobs = [
         hub.pull_job(&c).await,
         hub.pull_job(&c).await,
@@ -400,21 +373,8 @@ async fn fork_pull_requests_run_only_where_the_binding_says_always() {
     assert_eq!(gone_job["dag_name"], "always");
 
     let default_only = TestHub::start(vec![pr_binding("test", ForkPolicy::default())]).await;
-    let answer = expect(
-        &default_only,
-        "pull_request",
-        "f",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("pull request #2 from fork-owner/Hello-World"),
-        "{answer}"
-    );
+    let answer = expect(&default_only, "f", fork_pr("opened", PR_SHA), held()).await;
+    reason_of(&answer, "pull request #2 from fork-owner/Hello-World");
     let c = default_only.activate("lic-a", SRV_1).await;
     assert_eq!(
         default_only.pull(&c, 0).await.status(),
@@ -430,14 +390,7 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
     let member = |body: &str| comment_by(body, "maintainer", "MEMBER", 2);
 
     // Nothing held yet.
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a0",
-        member("@dispatch approve"),
-        (StatusCode::OK, 0, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "a0", member("@dispatch approve"), answered()).await;
     assert!(
         answer["reason"]
             .as_str()
@@ -445,34 +398,13 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
             .starts_with("Nothing to approve"),
         "{answer}"
     );
-    expect(
-        &hub,
-        "pull_request",
-        "pr-1",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    expect(&hub, "pr-1", fork_pr("opened", PR_SHA), held()).await;
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
     // Someone the binding does not allow cannot approve.
     let outsider = comment_by("@dispatch approve", "outsider", "CONTRIBUTOR", 2);
-    expect(
-        &hub,
-        "issue_comment",
-        "a-out",
-        outsider,
-        (StatusCode::OK, 0, "not_allowed"),
-    )
-    .await;
+    expect(&hub, "a-out", outsider, no_job("not_allowed")).await;
 
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a1",
-        member("@dispatch approve"),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "a1", member("@dispatch approve"), dispatched(1)).await;
     assert_eq!(answer["reason"], "Approved ec26c3e: dispatching `test`.");
     let job = hub.pull_job(&c).await;
     assert_eq!(job["id"].as_str(), Some(ids(&answer)[0].as_str()));
@@ -497,60 +429,19 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
     );
 
     // The same head again: nothing more.
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a2",
-        member("@dispatch approve"),
-        (StatusCode::OK, 0, "accepted"),
-    )
-    .await;
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("already approved"),
-        "{answer}"
-    );
+    let answer = expect(&hub, "a2", member("@dispatch approve"), answered()).await;
+    reason_of(&answer, "already approved");
     // A new push is held again until a new approval.
-    expect(
-        &hub,
-        "pull_request",
-        "pr-2",
-        fork_pr("synchronize", NEW_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    expect(&hub, "pr-2", fork_pr("synchronize", NEW_SHA), held()).await;
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a3",
-        member("@dispatch approve"),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "a3", member("@dispatch approve"), dispatched(1)).await;
     assert_eq!(answer["reason"], "Approved 0123456: dispatching `test`.");
     assert_eq!(hub.pull_job(&c).await["sha"], NEW_SHA);
     // An approval dispatches once: the fork's author reopening the pull request on the approved
     // head does not run it again without a new approval.
-    expect(
-        &hub,
-        "pull_request",
-        "pr-3",
-        fork_pr("reopened", NEW_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    expect(&hub, "pr-3", fork_pr("reopened", NEW_SHA), held()).await;
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a4",
-        member("@dispatch approve"),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "a4", member("@dispatch approve"), dispatched(1)).await;
     assert_eq!(answer["reason"], "Approved 0123456: dispatching `test`.");
     let job = hub.pull_job(&c).await;
     assert_eq!(
@@ -576,30 +467,10 @@ async fn approve_dispatches_a_fork_head_once_and_each_new_head_needs_its_own() {
 #[tokio::test]
 async fn approve_needs_a_binding_that_takes_approvals() {
     let hub = TestHub::start(vec![pr_binding("test", ForkPolicy::Never)]).await;
-    expect(
-        &hub,
-        "pull_request",
-        "pr",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    expect(&hub, "pr", fork_pr("opened", PR_SHA), held()).await;
     let approve = comment_by("@dispatch approve", "maintainer", "MEMBER", 2);
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "a",
-        approve,
-        (StatusCode::OK, 0, "no_binding"),
-    )
-    .await;
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("takes approvals"),
-        "{answer}"
-    );
+    let answer = expect(&hub, "a", approve, no_job("no_binding")).await;
+    reason_of(&answer, "takes approvals");
 }
 
 #[tokio::test]
@@ -611,118 +482,34 @@ async fn a_check_run_is_fork_code_unless_the_repository_is_known_to_hold_its_com
     on_main.branch_pattern = "main".into();
     on_main.fork_pull_requests = ForkPolicy::Always;
     let hub = TestHub::start(vec![checks, on_main]).await;
-    expect(
-        &hub,
-        "pull_request",
-        "pr",
-        fork_pr("opened", PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
-    let answer = expect(
-        &hub,
-        "check_run",
-        "cr-fork",
-        check_rerun(PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("the head of fork pull request #2"),
-        "{answer}"
-    );
+    expect(&hub, "pr", fork_pr("opened", PR_SHA), held()).await;
+    let answer = expect(&hub, "cr-fork", check_rerun(PR_SHA), held()).await;
+    reason_of(&answer, "the head of fork pull request #2");
     // A commit the hub never saw, listing no pull request: fork code too (it fails closed).
-    let answer = expect(
-        &hub,
-        "check_run",
-        "cr-unknown",
-        check_rerun(NEW_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not seen pushed"),
-        "{answer}"
-    );
+    let answer = expect(&hub, "cr-unknown", check_rerun(NEW_SHA), held()).await;
+    reason_of(&answer, "not seen pushed");
     // A fork's branch named `main` does not match `branch_pattern = "main"`.
-    let mut fork_main: Value = serde_json::from_slice(&check_rerun(NEW_SHA)).unwrap();
-    fork_main["check_run"]["check_suite"]["head_branch"] = json!("main");
-    expect(
-        &hub,
-        "check_run",
-        "cr-fork-main",
-        serde_json::to_vec(&fork_main).unwrap(),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    let fork_main = check_rerun(NEW_SHA).with("/check_run/check_suite/head_branch", json!("main"));
+    expect(&hub, "cr-fork-main", fork_main.clone(), held()).await;
     // Once pushed to the repository, the commit is its own.
-    let mut push = json_of(PUSH);
-    push["after"] = json!(NEW_SHA);
-    expect(
-        &hub,
-        "push",
-        "push",
-        serde_json::to_vec(&push).unwrap(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
-    expect(
-        &hub,
-        "check_run",
-        "cr-own",
-        check_rerun(NEW_SHA),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
-    let answer = expect(
-        &hub,
-        "check_run",
-        "cr-own-main",
-        serde_json::to_vec(&fork_main).unwrap(),
-        (StatusCode::ACCEPTED, 2, "accepted"),
-    )
-    .await;
+    let push = Event::new("push", fixture(PUSH)).with("/after", json!(NEW_SHA));
+    expect(&hub, "push", push, dispatched(1)).await;
+    expect(&hub, "cr-own", check_rerun(NEW_SHA), dispatched(1)).await;
+    let answer = expect(&hub, "cr-own-main", fork_main, dispatched(2)).await;
     assert_eq!(ids(&answer).len(), 2, "the repository's own `main`");
     // A check run listing a pull request of the repository itself with its head.
     let own_pr_sha = "1111111111111111111111111111111111111111";
-    let mut listed: Value = serde_json::from_slice(&check_rerun(own_pr_sha)).unwrap();
-    listed["check_run"]["pull_requests"] = json!([{
+    let pull_request = json!({
         "number": 3,
         "head": {"ref": "feature", "sha": own_pr_sha, "repo": {"id": 186853002}},
         "base": {"ref": "master", "repo": {"id": 186853002}}
-    }]);
-    expect(
-        &hub,
-        "check_run",
-        "cr-listed",
-        serde_json::to_vec(&listed).unwrap(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    });
+    let listed = check_rerun(own_pr_sha).with("/check_run/pull_requests", json!([pull_request]));
+    expect(&hub, "cr-listed", listed, dispatched(1)).await;
     // An approval dispatches the held pull request event, not check runs on its head.
     let approve = comment_by("@dispatch approve", "maintainer", "MEMBER", 2);
-    expect(
-        &hub,
-        "issue_comment",
-        "a",
-        approve,
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
-    expect(
-        &hub,
-        "check_run",
-        "cr-approved",
-        check_rerun(PR_SHA),
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    expect(&hub, "a", approve, dispatched(1)).await;
+    expect(&hub, "cr-approved", check_rerun(PR_SHA), held()).await;
 }
 
 #[tokio::test]
@@ -735,61 +522,19 @@ async fn cancel_reaches_each_server_holding_a_run_once_and_answers_once() {
         hub.activate("lic-a", SRV_3).await,
     );
     // Two runs of #1 on two servers, one of #7 on a third, one job of #1 still queued.
-    expect(
-        &hub,
-        "issue_comment",
-        "r1",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "r1", owner_says("@dispatch build", 1), dispatched(1)).await;
     take(&hub, &s1).await;
-    expect(
-        &hub,
-        "issue_comment",
-        "r2",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "r2", owner_says("@dispatch build", 1), dispatched(1)).await;
     take(&hub, &s2).await;
-    expect(
-        &hub,
-        "issue_comment",
-        "r3",
-        owner_says("@dispatch build", 7),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "r3", owner_says("@dispatch build", 7), dispatched(1)).await;
     take(&hub, &s3).await;
-    let queued = expect(
-        &hub,
-        "issue_comment",
-        "r4",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let queued = expect(&hub, "r4", owner_says("@dispatch build", 1), dispatched(1)).await;
 
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "x1",
-        owner_says("@dispatch cancel", 1),
-        (StatusCode::ACCEPTED, 2, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "x1", owner_says("@dispatch cancel", 1), dispatched(2)).await;
     let said = "Cancelling 2 runs (`build` on box, `build` on box); 1 queued job dropped.";
     assert_eq!(answer["reason"], said);
     // Asked again before the servers pulled: no second cancel for the same server.
-    expect(
-        &hub,
-        "issue_comment",
-        "x2",
-        owner_says("@dispatch cancel", 1),
-        (StatusCode::OK, 0, "accepted"),
-    )
-    .await;
+    expect(&hub, "x2", owner_says("@dispatch cancel", 1), answered()).await;
 
     assert_eq!(
         hub.pull(&s3, 0).await.status(),
@@ -833,14 +578,7 @@ async fn cancel_reaches_each_server_holding_a_run_once_and_answers_once() {
     .await;
 
     // A later command's answer marks the end of the queue: everything before it has been sent.
-    expect(
-        &hub,
-        "issue_comment",
-        "x3",
-        owner_says("@dispatch cancel", 9),
-        (StatusCode::OK, 0, "accepted"),
-    )
-    .await;
+    expect(&hub, "x3", owner_says("@dispatch cancel", 9), answered()).await;
     reports_sent(&hub, 3).await;
     assert_eq!(
         comments(&gh, 1).await,
@@ -857,31 +595,17 @@ async fn a_cancel_for_a_job_not_yet_accepted_is_sent_after_the_accept() {
         hub.activate("lic-a", SRV_1).await,
         hub.activate("lic-a", SRV_2).await,
     );
-    expect(
-        &hub,
-        "issue_comment",
-        "r",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "r", owner_says("@dispatch build", 1), dispatched(1)).await;
     let run = hub.pull_id(&s1).await;
     for delivery in ["x1", "x2"] {
         let answer = expect(
             &hub,
-            "issue_comment",
             delivery,
             owner_says("@dispatch cancel", 1),
-            (StatusCode::OK, 0, "accepted"),
+            answered(),
         )
         .await;
-        assert!(
-            answer["reason"]
-                .as_str()
-                .unwrap()
-                .contains("1 job being handed to a scheduler"),
-            "{answer}"
-        );
+        reason_of(&answer, "1 job being handed to a scheduler");
     }
     assert_eq!(
         hub.pull(&s1, 0).await.status(),
@@ -907,14 +631,7 @@ async fn a_long_summary_is_cut_to_githubs_comment_limit() {
     let gh = github().await;
     let hub = reporting_hub(&gh, vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
-    expect(
-        &hub,
-        "issue_comment",
-        "r",
-        owner_says("@dispatch build", 1),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "r", owner_says("@dispatch build", 1), dispatched(1)).await;
     let id = take(&hub, &c).await;
     let summary = "é".repeat(70_000);
     assert_eq!(
@@ -969,13 +686,6 @@ fn report_tail(body: &str) -> String {
     chars[chars.len().saturating_sub(40)..].iter().collect()
 }
 
-/// The answer to a command: its reason, which must hold `has`.
-fn reason_of(answer: &Value, has: &str) -> String {
-    let reason = answer["reason"].as_str().unwrap_or_default().to_owned();
-    assert!(reason.contains(has), "{has:?} not in {answer}");
-    reason
-}
-
 #[tokio::test]
 async fn approve_dispatches_only_the_latest_head_the_approver_could_have_seen() {
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -983,55 +693,27 @@ async fn approve_dispatches_only_the_latest_head_the_approver_could_have_seen() 
     const D: &str = "dddddddddddddddddddddddddddddddddddddddd";
     let hub = TestHub::start(vec![pr_binding("test", ForkPolicy::Approved)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
-    let owner_at = |body: &str, t: u32| comment_at(body, "Codertocat", "OWNER", 2, &at(t));
-    let held = (StatusCode::OK, 0, "fork_not_approved");
-    let dispatched = (StatusCode::ACCEPTED, 1, "accepted");
-    let refused = (StatusCode::OK, 0, "accepted");
+    // The owner's `@dispatch approve [sha]`, written at minute `t`.
+    let approve_at = |sha: &str, t: u32| {
+        let body = format!("@dispatch approve {sha}");
+        comment_at(body.trim_end(), "Codertocat", "OWNER", 2, &at(t))
+    };
 
     // Opened at A (minute 1), approved (2): A runs.
-    expect(
-        &hub,
-        "pull_request",
-        "a",
-        fork_pr_at("opened", PR_SHA, &at(1)),
-        held,
-    )
-    .await;
-    expect(
-        &hub,
-        "issue_comment",
-        "ok-a",
-        owner_at("@dispatch approve", 2),
-        dispatched,
-    )
-    .await;
+    expect(&hub, "a", fork_pr_at("opened", PR_SHA, &at(1)), held()).await;
+    expect(&hub, "ok-a", approve_at("", 2), dispatched(1)).await;
     assert_eq!(hub.pull_job(&c).await["sha"], PR_SHA);
     // The fork's author pushes B (3), then force-pushes A back (4); GitHub delivers the two out
     // of order. The held event is A, the latest by the events' own times, not B.
     expect(
         &hub,
-        "pull_request",
         "back-to-a",
         fork_pr_at("synchronize", PR_SHA, &at(4)),
-        held,
+        held(),
     )
     .await;
-    expect(
-        &hub,
-        "pull_request",
-        "b",
-        fork_pr_at("synchronize", B, &at(3)),
-        held,
-    )
-    .await;
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "ok-2",
-        owner_at("@dispatch approve", 5),
-        dispatched,
-    )
-    .await;
+    expect(&hub, "b", fork_pr_at("synchronize", B, &at(3)), held()).await;
+    let answer = expect(&hub, "ok-2", approve_at("", 5), dispatched(1)).await;
     reason_of(&answer, "Approved ec26c3e");
     let job = hub.pull_job(&c).await;
     assert_eq!(
@@ -1041,84 +723,39 @@ async fn approve_dispatches_only_the_latest_head_the_approver_could_have_seen() 
 
     // C is pushed (7); a bare approve written before it (6) arrives after: the approver saw
     // something else. Naming C runs it.
-    expect(
-        &hub,
-        "pull_request",
-        "c",
-        fork_pr_at("synchronize", C, &at(7)),
-        held,
-    )
-    .await;
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "old",
-        owner_at("@dispatch approve", 6),
-        refused,
-    )
-    .await;
-    reason_of(
-        &answer,
-        "#2's head became ccccccc after this comment was written",
-    );
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "other",
-        owner_at("@dispatch approve bbbbbbb", 8),
-        refused,
-    )
-    .await;
-    reason_of(
-        &answer,
-        "Not approved: bbbbbbb is not the head waiting for approval (ccccccc)",
-    );
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "word",
-        owner_at("@dispatch approve it", 8),
-        refused,
-    )
-    .await;
-    reason_of(&answer, "`it` is not a commit SHA");
+    expect(&hub, "c", fork_pr_at("synchronize", C, &at(7)), held()).await;
+    let refusals = [
+        (
+            "old",
+            "",
+            6,
+            "#2's head became ccccccc after this comment was written",
+        ),
+        (
+            "other",
+            "bbbbbbb",
+            8,
+            "Not approved: bbbbbbb is not the head waiting for approval (ccccccc)",
+        ),
+        ("word", "it", 8, "`it` is not a commit SHA"),
+    ];
+    for (delivery, sha, minute, why) in refusals {
+        let answer = expect(&hub, delivery, approve_at(sha, minute), answered()).await;
+        assert!(
+            reason_of(&answer, why).starts_with("Not approved: "),
+            "{answer}"
+        );
+    }
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "named",
-        owner_at("@dispatch approve CCCCCCC", 6),
-        dispatched,
-    )
-    .await;
+    let answer = expect(&hub, "named", approve_at("CCCCCCC", 6), dispatched(1)).await;
     reason_of(&answer, "Approved ccccccc");
     assert_eq!(hub.pull_job(&c).await["sha"], C);
 
     // An event no binding takes moves the head to D (9): the held C is no longer the head.
-    expect(
-        &hub,
-        "pull_request",
-        "d",
-        fork_pr_at("labeled", D, &at(9)),
-        (StatusCode::OK, 0, "no_binding"),
-    )
-    .await;
-    expect(
-        &hub,
-        "pull_request",
-        "c-again",
-        fork_pr_at("reopened", C, &at(8)),
-        held,
-    )
-    .await;
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "stale",
-        owner_at("@dispatch approve", 10),
-        refused,
-    )
-    .await;
+    let labeled = fork_pr_at("labeled", D, &at(9));
+    expect(&hub, "d", labeled, no_job("no_binding")).await;
+    expect(&hub, "c-again", fork_pr_at("reopened", C, &at(8)), held()).await;
+    let answer = expect(&hub, "stale", approve_at("", 10), answered()).await;
     reason_of(
         &answer,
         "the event waiting for approval is for ccccccc, but the head of #2 is now ddddddd",
@@ -1136,60 +773,24 @@ async fn approvals_are_per_binding_and_each_dispatches_once() {
     let c = hub.activate("lic-a", SRV_1).await;
     let pal = || comment_by("@dispatch approve", "pal", "NONE", 2);
     let owner = || comment_by("@dispatch approve", "Codertocat", "OWNER", 2);
-    let held = (StatusCode::OK, 0, "fork_not_approved");
-    expect(&hub, "pull_request", "pr", fork_pr("opened", PR_SHA), held).await;
+    expect(&hub, "pr", fork_pr("opened", PR_SHA), held()).await;
 
     // `pal` may approve for `lint` only: `deploy` does not run on that approval.
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "pal",
-        pal(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "pal", pal(), dispatched(1)).await;
     reason_of(&answer, "dispatching `lint`.");
     assert_eq!(hub.pull_job(&c).await["dag_name"], "lint");
     // The owner's approval of the same head still dispatches `deploy` (and not `lint` again).
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "owner",
-        owner(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "owner", owner(), dispatched(1)).await;
     assert_eq!(answer["reason"], "Approved ec26c3e: dispatching `deploy`.");
     assert_eq!(hub.pull_job(&c).await["dag_name"], "deploy");
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "owner-2",
-        owner(),
-        (StatusCode::OK, 0, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "owner-2", owner(), answered()).await;
     reason_of(&answer, "already approved");
 
     // The author closes and reopens on the same head: held again, nothing runs.
-    expect(
-        &hub,
-        "pull_request",
-        "reopen",
-        fork_pr("reopened", PR_SHA),
-        held,
-    )
-    .await;
+    expect(&hub, "reopen", fork_pr("reopened", PR_SHA), held()).await;
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
     // `pal`'s new approval runs `lint` again, and only `lint`.
-    expect(
-        &hub,
-        "issue_comment",
-        "pal-2",
-        pal(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "pal-2", pal(), dispatched(1)).await;
     assert_eq!(hub.pull_job(&c).await["dag_name"], "lint");
     assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
 }
@@ -1199,64 +800,23 @@ async fn a_comment_command_runs_the_head_the_hub_recorded_for_the_pull_request()
     let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
     // No head recorded for #2 yet: no SHA, as before.
-    expect(
-        &hub,
-        "issue_comment",
-        "c1",
-        owner_says("@dispatch build", 2),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "c1", owner_says("@dispatch build", 2), dispatched(1)).await;
     assert!(hub.pull_job(&c).await.get("sha").is_none());
     // The pull request's events tell the hub its head, whatever their bindings.
-    expect(
-        &hub,
-        "pull_request",
-        "pr",
-        fixture("pull_request/opened.payload.json"),
-        (StatusCode::OK, 0, "no_binding"),
-    )
-    .await;
-    expect(
-        &hub,
-        "issue_comment",
-        "c2",
-        owner_says("@dispatch build", 2),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "pr", opened_pr(), no_job("no_binding")).await;
+    expect(&hub, "c2", owner_says("@dispatch build", 2), dispatched(1)).await;
     let job = hub.pull_job(&c).await;
     assert_eq!(
         (job["sha"].as_str(), job["ref"].as_str()),
         (Some(PR_SHA), Some("refs/pull/2/head"))
     );
     // A fork's head pushed after the comment was written is not run.
-    expect(
-        &hub,
-        "pull_request",
-        "fork-push",
-        fork_pr_at("synchronize", NEW_SHA, &at(5)),
-        (StatusCode::OK, 0, "no_binding"),
-    )
-    .await;
+    let fork_push = fork_pr_at("synchronize", NEW_SHA, &at(5));
+    expect(&hub, "fork-push", fork_push, no_job("no_binding")).await;
     let late = comment_at("@dispatch build", "Codertocat", "OWNER", 2, &at(4));
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "c3",
-        late,
-        (StatusCode::OK, 0, "fork_not_approved"),
-    )
-    .await;
+    let answer = expect(&hub, "c3", late, held()).await;
     reason_of(&answer, "changed to 0123456 after this comment was written");
-    expect(
-        &hub,
-        "issue_comment",
-        "c4",
-        owner_says("@dispatch build", 2),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "c4", owner_says("@dispatch build", 2), dispatched(1)).await;
     assert_eq!(hub.pull_job(&c).await["sha"], NEW_SHA);
 }
 
@@ -1265,31 +825,16 @@ async fn a_comment_command_runs_once_whatever_its_delivery_id() {
     let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
     let comment = owner_says("@dispatch build", 1);
-    expect(
-        &hub,
-        "issue_comment",
-        "first",
-        comment.clone(),
-        (StatusCode::ACCEPTED, 1, "accepted"),
-    )
-    .await;
+    expect(&hub, "first", comment.clone(), dispatched(1)).await;
     // GitHub's redelivery (same id) and a replay under a new id: neither runs it again.
     expect(
         &hub,
-        "issue_comment",
         "first",
         comment.clone(),
         (StatusCode::ACCEPTED, 1, "duplicate"),
     )
     .await;
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "replayed",
-        comment,
-        (StatusCode::OK, 0, "duplicate"),
-    )
-    .await;
+    let answer = expect(&hub, "replayed", comment, no_job("duplicate")).await;
     reason_of(&answer, "was taken before, in delivery first");
     assert_eq!(
         recorded(&hub, "replayed").0,
@@ -1311,46 +856,18 @@ async fn a_cancel_stops_only_jobs_of_bindings_that_allow_the_commenter() {
         hub.activate("lic-a", SRV_1).await,
         hub.activate("lic-a", SRV_2).await,
     );
-    let accepted = (StatusCode::ACCEPTED, 1, "accepted");
+    let stranger_says = |body: &str| comment_by(body, "stranger", "NONE", 1);
     // The owner's `build` and a stranger's `docs` run on server 1; another `build` on server 2.
-    expect(
-        &hub,
-        "issue_comment",
-        "b1",
-        owner_says("@dispatch build", 1),
-        accepted,
-    )
-    .await;
+    expect(&hub, "b1", owner_says("@dispatch build", 1), dispatched(1)).await;
     let build_1 = take(&hub, &s1).await;
-    let docs_answer = expect(
-        &hub,
-        "issue_comment",
-        "d1",
-        comment_by("@dispatch docs", "stranger", "NONE", 1),
-        accepted,
-    )
-    .await;
+    let docs_answer = expect(&hub, "d1", stranger_says("@dispatch docs"), dispatched(1)).await;
     let docs_1 = take(&hub, &s1).await;
     assert_eq!(ids(&docs_answer), std::slice::from_ref(&docs_1));
-    expect(
-        &hub,
-        "issue_comment",
-        "b2",
-        owner_says("@dispatch build", 1),
-        accepted,
-    )
-    .await;
+    expect(&hub, "b2", owner_says("@dispatch build", 1), dispatched(1)).await;
     take(&hub, &s2).await;
 
     // The stranger may cancel: `docs` allows them. Their cancel reaches `docs` only.
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "x",
-        comment_by("@dispatch cancel", "stranger", "NONE", 1),
-        accepted,
-    )
-    .await;
+    let answer = expect(&hub, "x", stranger_says("@dispatch cancel"), dispatched(1)).await;
     assert_eq!(answer["reason"], "Cancelling 1 run (`docs` on box).");
     assert_eq!(
         hub.pull(&s2, 0).await.status(),
@@ -1367,14 +884,7 @@ async fn a_cancel_stops_only_jobs_of_bindings_that_allow_the_commenter() {
 
     // The owner's cancel (both bindings allow the owner) names every run of the pull request on
     // each server.
-    let answer = expect(
-        &hub,
-        "issue_comment",
-        "y",
-        owner_says("@dispatch cancel", 1),
-        (StatusCode::ACCEPTED, 2, "accepted"),
-    )
-    .await;
+    let answer = expect(&hub, "y", owner_says("@dispatch cancel", 1), dispatched(2)).await;
     reason_of(&answer, "Cancelling 3 runs");
     let one = hub.pull_job(&s1).await;
     let mut named: Vec<&str> = one["cancel_job_ids"]
