@@ -13,6 +13,7 @@
 //! activation_expiry_days = 30        # a server not seen for this long must activate again
 //! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
 //! public_url = "https://hub.example.com" # or DISPATCH_HUB_PUBLIC_URL; default http://<listen>
+//! ui_token = "..."                   # or DISPATCH_HUB_UI_TOKEN; the web pages' login (unset: no pages)
 //!
 //! [limits]                           # docs/security.md, "Hostile traffic"
 //! header_timeout_seconds = 10
@@ -132,6 +133,10 @@ pub struct HubConfig {
     /// webhook URL of the App manifest and the job links on GitHub. Default: `http://` + the
     /// address the hub listens on.
     pub public_url: Option<String>,
+    /// The admin token of the web pages (`docs/security.md`, "Web pages"): `GET /login?token=…`
+    /// starts a browser session, `Authorization: Bearer …` works on every page. None: the pages
+    /// answer that the web UI is disabled.
+    pub ui_token: Option<Secret>,
 }
 
 impl Default for HubConfig {
@@ -151,6 +156,7 @@ impl Default for HubConfig {
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             limits: ServeLimits::default(),
             public_url: None,
+            ui_token: None,
         }
     }
 }
@@ -190,6 +196,9 @@ impl HubConfig {
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.is_empty()) {
             self.metrics_token = None;
+        }
+        if self.ui_token.as_ref().is_some_and(|t| t.is_empty()) {
+            self.ui_token = None;
         }
         if self.token_ttl < Duration::from_secs(60) {
             return Err(HubError::setting(
@@ -276,6 +285,7 @@ struct HubFile {
     activation_expiry_days: Option<u64>,
     metrics_token: Option<Secret>,
     public_url: Option<String>,
+    ui_token: Option<Secret>,
     #[serde(default)]
     license: Vec<LicenseKey>,
     github: Option<GithubFile>,
@@ -377,6 +387,7 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
             .map_or(defaults.token_ttl, Duration::from_secs),
         limits: file.limits.unwrap_or_default().into_limits(),
         public_url: file.public_url,
+        ui_token: file.ui_token.filter(|t| !t.is_empty()),
     })
 }
 
@@ -414,6 +425,27 @@ mod tests {
             !format!("{cfg:?}").contains("k1"),
             "secrets must not show in Debug"
         );
+    }
+
+    #[test]
+    fn ui_token_is_read_and_an_empty_one_means_no_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "ui_token = \"let-me-see\"\n").unwrap();
+        let cfg = load_hub_config(&path).unwrap();
+        assert_eq!(
+            cfg.ui_token.as_ref().map(Secret::expose),
+            Some("let-me-see")
+        );
+        assert!(!format!("{cfg:?}").contains("let-me-see"));
+        std::fs::write(&path, "ui_token = \"\"\n").unwrap();
+        assert!(load_hub_config(&path).unwrap().ui_token.is_none());
+        let given_empty = HubConfig {
+            webhook_secret: Secret::new("w"),
+            ui_token: Some(Secret::new("")),
+            ..HubConfig::default()
+        };
+        assert!(given_empty.validate().unwrap().ui_token.is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! `schema`, `integrity`, `reports`, `activations`, `jobs`, `approvals`, `cancels`,
 //! `check_runs`, `retention`, `waiting`, then its `mod.rs`); `activation`; `waiters`; `metrics`;
 //! `housekeeping`; `report`; `lifecycle`; `reporter`; `check_events`; `gate`; `body`; `intake`;
-//! `handler`; `batch_pull`, `progress`; `api`; `server`; this file.
+//! `handler`; `batch_pull`, `progress`; `api`; `web` (the pages for people); `server`; this file.
 //!
 //! Not for: running DAGs, talking to a scheduler's tracker, reading env vars or flags (the `hub`
 //! binary and the scheduler do that).
@@ -57,6 +57,7 @@ mod server;
 mod store;
 mod trust;
 mod waiters;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,7 +196,8 @@ impl Hub {
             cancel.clone(),
         ));
         tasks.spawn(housekeeping::flush_seen(store.clone(), cancel.clone()));
-        let app = api::router(state);
+        let pages = web::router(state.clone(), &cfg.data_dir.join(DB_FILE))?;
+        let app = api::router(state).merge(pages);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");
         Ok(HubHandle {

@@ -134,6 +134,15 @@ struct AppFlags {
     /// The hub's address as GitHub and browsers reach it (overrides `public_url`).
     #[arg(long, value_name = "URL", env = "DISPATCH_HUB_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Admin token of the web pages: open `<public_url>/login?token=<token>` (overrides
+    /// `ui_token`; none set: the pages answer that the web UI is disabled).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DISPATCH_HUB_UI_TOKEN",
+        hide_env_values = true
+    )]
+    ui_token: Option<String>,
     /// GitHub App id (overrides `[github] app_id`).
     #[arg(long, value_name = "ID", env = "DISPATCH_HUB_GITHUB_APP_ID")]
     github_app_id: Option<u64>,
@@ -146,6 +155,9 @@ impl AppFlags {
     fn apply(self, cfg: &mut dispatch_hub::HubConfig) -> Result<(), HubError> {
         if let Some(url) = self.public_url.filter(|u| !u.is_empty()) {
             cfg.public_url = Some(url);
+        }
+        if let Some(token) = self.ui_token.filter(|t| !t.is_empty()) {
+            cfg.ui_token = Some(Secret::new(token));
         }
         let current = cfg.github.app.take();
         let app_id = self.github_app_id.or(current.as_ref().map(|a| a.app_id));

@@ -59,6 +59,15 @@ impl Metrics {
         *map.entry((name, label)).or_default() += 1;
     }
 
+    /// The counts of the counter `name`, by label (the deliveries page shows the webhooks').
+    pub fn counts(&self, name: &str) -> Vec<(&'static str, u64)> {
+        let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|((_, label), count)| (*label, *count))
+            .collect()
+    }
+
     /// Renders the counters plus the job gauge `jobs` (state → count; every state is shown, the
     /// ones without jobs as 0).
     pub fn render(&self, jobs: &[(JobState, i64)]) -> String {

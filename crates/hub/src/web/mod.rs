@@ -1,0 +1,70 @@
+//! The hub's web pages (`docs/security.md`, "Web pages"): server-rendered HTML for people, behind
+//! a login with the hub's `ui_token`. Jobs (`/jobs`, `/jobs/{id}`: the address GitHub statuses
+//! link to), deliveries, servers and bindings; plain links and GET forms, no script but the
+//! live log tail.
+//!
+//! Files, bottom to top: `sessions`, `links`, `queries` (the SQL, over the pages' own read-only
+//! connection), `state`, `layout`, `auth`, then the pages `jobs`, `job`, `admin`, and this file,
+//! which mounts them.
+//!
+//! Not for: anything a scheduler calls (the cloud API is `api`), writing to the store.
+
+mod admin;
+mod auth;
+mod job;
+mod jobs;
+mod layout;
+mod links;
+mod queries;
+mod sessions;
+mod state;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::HubError;
+use crate::handler::AppState;
+use state::Web;
+
+/// The page routes over the hub's state; `db` is the store's file, which the pages read through a
+/// connection of their own.
+pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router, HubError> {
+    let web = Arc::new(Web::open(app, db)?);
+    let pages = Router::new()
+        .route("/", get(|| async { Redirect::to("/jobs") }))
+        .route("/jobs", get(jobs::jobs_page))
+        .route("/jobs/{id}", get(job::job_page))
+        .route("/deliveries", get(admin::deliveries_page))
+        .route("/servers", get(admin::servers_page))
+        .route("/bindings", get(admin::bindings_page))
+        .route_layer(from_fn_with_state(web.clone(), auth::require_login));
+    Ok(Router::new()
+        .merge(pages)
+        .route("/login", get(auth::login))
+        .route("/logout", post(auth::logout))
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css; charset=utf-8", layout::STYLE) }),
+        )
+        .route(
+            "/assets/tail.js",
+            get(|| async { asset("text/javascript; charset=utf-8", layout::TAIL_JS) }),
+        )
+        .with_state(web))
+}
+
+fn asset(content_type: &'static str, text: &'static str) -> Response {
+    let mut response = text.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
