@@ -88,6 +88,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ExecutorError;
+pub use mask::{Masker, Secrets, MASK};
+pub use prepare::secret_values;
 pub use recovery::TERMINATED_UNEXPECTEDLY;
 pub use shared::{ExecutorConfig, RunFinished};
 

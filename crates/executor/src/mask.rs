@@ -6,16 +6,16 @@
 use std::sync::Arc;
 
 /// What a secret value is replaced with.
-pub(crate) const MASK: &str = "*******";
+pub const MASK: &str = "*******";
 
 /// The secret values of one run, longest first (so that a secret that contains another is
 /// masked whole). Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Secrets(Arc<Vec<Vec<u8>>>);
+pub struct Secrets(Arc<Vec<Vec<u8>>>);
 
 impl Secrets {
     /// Empty values are left out: there is nothing to hide in them.
-    pub(crate) fn new(values: impl IntoIterator<Item = String>) -> Secrets {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Secrets {
         let mut values: Vec<Vec<u8>> = values
             .into_iter()
             .filter(|v| !v.is_empty())
@@ -26,7 +26,8 @@ impl Secrets {
         Secrets(Arc::new(values))
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// True when there is no value to mask.
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -43,7 +44,7 @@ impl Secrets {
     }
 
     /// `text` with every secret value replaced.
-    pub(crate) fn mask_str(&self, text: &str) -> String {
+    pub fn mask_str(&self, text: &str) -> String {
         if self.is_empty() {
             return text.to_owned();
         }
@@ -79,13 +80,14 @@ impl Secrets {
 /// masked (the longest one, as in one piece), because the last `longest - 1` bytes are held
 /// back until the next chunk (or the end) shows whether a secret starts there.
 #[derive(Debug)]
-pub(crate) struct Masker {
+pub struct Masker {
     secrets: Secrets,
     pending: Vec<u8>,
 }
 
 impl Masker {
-    pub(crate) fn new(secrets: Secrets) -> Masker {
+    /// A masker of `secrets` at the start of a stream.
+    pub fn new(secrets: Secrets) -> Masker {
         Masker {
             secrets,
             pending: Vec::new(),
@@ -93,7 +95,7 @@ impl Masker {
     }
 
     /// The bytes that can be written now.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         if self.secrets.is_empty() {
             return chunk.to_vec();
         }
@@ -109,7 +111,7 @@ impl Masker {
     }
 
     /// What is left at the end of the stream.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
+    pub fn finish(&mut self) -> Vec<u8> {
         let pending = std::mem::take(&mut self.pending);
         let (mut out, rest) = self.secrets.mask_from(&pending, pending.len());
         out.extend_from_slice(rest);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dispatch_dag::{Dag, SecretProvider};
+use dispatch_dag::{Dag, SecretProvider, SecretRef};
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{evaluate, CheckCx};
@@ -67,31 +67,7 @@ pub(crate) async fn prepare(
 
     let mut secrets = Vec::new();
     for secret in &dag.secrets {
-        let value = match secret.provider {
-            SecretProvider::Env => inherited(&secret.key).ok_or_else(|| {
-                format!(
-                    "secret `{}`: the environment variable `{}` is not set",
-                    secret.name, secret.key
-                )
-            })?,
-            SecretProvider::File => {
-                let path = work_dir.join(&secret.key);
-                let mut text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!(
-                        "secret `{}`: failed to read `{}`: {e}",
-                        secret.name,
-                        path.display()
-                    )
-                })?;
-                if text.ends_with('\n') {
-                    text.pop();
-                    if text.ends_with('\r') {
-                        text.pop();
-                    }
-                }
-                text
-            }
-        };
+        let value = resolve_secret(secret, &work_dir, &inherited)?;
         secrets.push((secret.name.clone(), value));
     }
 
@@ -163,6 +139,69 @@ pub(crate) async fn prepare(
         params,
         warnings,
     })
+}
+
+/// The value of one of the DAG's `secrets:`, read as a run reads it: an `env` secret from
+/// `inherited`, a `file` secret from the file `key` under `work_dir` (one line end at its end
+/// dropped). The error names the secret, never a value.
+fn resolve_secret(
+    secret: &SecretRef,
+    work_dir: &Path,
+    inherited: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    match secret.provider {
+        SecretProvider::Env => inherited(&secret.key).ok_or_else(|| {
+            format!(
+                "secret `{}`: the environment variable `{}` is not set",
+                secret.name, secret.key
+            )
+        }),
+        SecretProvider::File => {
+            let path = work_dir.join(&secret.key);
+            let mut text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "secret `{}`: failed to read `{}`: {e}",
+                    secret.name,
+                    path.display()
+                )
+            })?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// The values of `dag`'s `secrets:` as a run of it would read them now, for masking them in
+/// what leaves the machine (the scheduler's log uploads). `env` secrets come from this
+/// process's environment; `file` secrets from the DAG's working directory, with `$VAR` in
+/// `working_dir` taken from the DAG's `env` and this process's environment (a run's params
+/// and references are not known here). A secret that cannot be read is left out: a run of the
+/// DAG fails before its first step then, so its value is in no log.
+pub fn secret_values(dag: &Dag) -> Vec<String> {
+    let inherited = |var: &str| std::env::var(var).ok();
+    let dag_env = build_env(
+        &EnvLayers {
+            literal: &[],
+            dag_env: &dag.env,
+            outputs: &[],
+            step_env: &[],
+            builtins: &[],
+        },
+        &inherited,
+    );
+    let lookup = |var: &str| lookup(&dag_env, var).or_else(|| inherited(var));
+    let Ok(work_dir) = dag_work_dir(dag, &lookup) else {
+        return Vec::new();
+    };
+    dag.secrets
+        .iter()
+        .filter_map(|secret| resolve_secret(secret, &work_dir, &inherited).ok())
+        .collect()
 }
 
 /// The DAG's working directory: `working_dir` with `$VAR` and `~` expanded, relative to the
