@@ -13,8 +13,9 @@ use serde::Serialize;
 use dispatch_protocol::{
     lists_extension, AcceptBatchRequest, AcceptBatchResponse, AcceptBatchResult, AcceptRequest,
     ActivateRequest, ActivateResponse, DispatchJob, FinishRequest, HeartbeatRequest,
-    HeartbeatResponse, PullBatchRequest, PullBatchResponse, PullRequest, ACCEPT_BATCH_PATH,
-    EXTENSIONS_HEADER, PULL_BATCH, PULL_BATCH_PATH,
+    HeartbeatResponse, ProgressRequest, ProgressResponse, PullBatchRequest, PullBatchResponse,
+    PullRequest, ACCEPT_BATCH_PATH, EXTENSIONS_HEADER, PROGRESS, PROGRESS_ACTION, PULL_BATCH,
+    PULL_BATCH_PATH,
 };
 
 /// Request timeout used when none is configured.
@@ -160,6 +161,8 @@ pub struct CloudClient {
     /// Whether the last answer of the cloud advertised the `pull-batch` extension (shared by
     /// clones).
     pull_batch: Arc<AtomicBool>,
+    /// The same for the `progress` extension.
+    progress: Arc<AtomicBool>,
 }
 
 impl CloudClient {
@@ -200,6 +203,7 @@ impl CloudClient {
             base_url: base,
             request_timeout: config.request_timeout,
             pull_batch: Arc::default(),
+            progress: Arc::default(),
         })
     }
 
@@ -210,13 +214,23 @@ impl CloudClient {
         self.pull_batch.load(Ordering::Relaxed)
     }
 
+    /// Whether the cloud serves the `progress` extension, as [`CloudClient::supports_pull_batch`]
+    /// tells it for `pull-batch`.
+    pub fn supports_progress(&self) -> bool {
+        self.progress.load(Ordering::Relaxed)
+    }
+
     fn note_extensions(&self, headers: &HeaderMap) {
-        let advertised = headers
-            .get_all(EXTENSIONS_HEADER)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| lists_extension(v, PULL_BATCH));
-        self.pull_batch.store(advertised, Ordering::Relaxed);
+        let advertised = |word: &str| {
+            headers
+                .get_all(EXTENSIONS_HEADER)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| lists_extension(v, word))
+        };
+        self.pull_batch
+            .store(advertised(PULL_BATCH), Ordering::Relaxed);
+        self.progress.store(advertised(PROGRESS), Ordering::Relaxed);
     }
 
     /// A batched call answered as unknown: the cloud no longer serves the extension.
@@ -349,11 +363,34 @@ impl CloudClient {
         job_id: &str,
         req: &AcceptRequest,
     ) -> Result<(), CloudError> {
-        let path = job_path(job_id, "accept")?;
-        let secrets = [req.secret.expose()];
-        self.post(&path, req, self.request_timeout, &secrets)
+        self.post_job(job_id, "accept", req, req.secret.expose())
             .await?;
         Ok(())
+    }
+
+    /// `POST /api/v1/github/dispatch/{id}/progress` (the `progress` extension): a job's run
+    /// start, step states and log chunks; the answer acknowledges each chunk. Call it only when
+    /// [`CloudClient::supports_progress`].
+    pub async fn send_progress(
+        &self,
+        job_id: &str,
+        req: &ProgressRequest,
+    ) -> Result<ProgressResponse, CloudError> {
+        let resp = self
+            .post_job(job_id, PROGRESS_ACTION, req, req.secret.expose())
+            .await?;
+        let answer: ProgressResponse = decode_json(resp).await?;
+        if answer.logs.len() != req.logs.len() {
+            return Err(CloudError::new(
+                CloudErrorKind::Decode,
+                format!(
+                    "the progress call answered {} acknowledgements for {} log chunks",
+                    answer.logs.len(),
+                    req.logs.len()
+                ),
+            ));
+        }
+        Ok(answer)
     }
 
     /// `POST /api/v1/github/dispatch/{id}/finish`; any 2xx is success.
@@ -362,11 +399,22 @@ impl CloudClient {
         job_id: &str,
         req: &FinishRequest,
     ) -> Result<(), CloudError> {
-        let path = job_path(job_id, "finish")?;
-        let secrets = [req.secret.expose()];
-        self.post(&path, req, self.request_timeout, &secrets)
+        self.post_job(job_id, "finish", req, req.secret.expose())
             .await?;
         Ok(())
+    }
+
+    /// Sends `req` to `/api/v1/github/dispatch/{job_id}/{action}`, with the job's secret
+    /// redacted from any error.
+    async fn post_job<B: Serialize>(
+        &self,
+        job_id: &str,
+        action: &str,
+        req: &B,
+        secret: &str,
+    ) -> Result<reqwest::Response, CloudError> {
+        let path = job_path(job_id, action)?;
+        self.post(&path, req, self.request_timeout, &[secret]).await
     }
 
     /// Sends the request; returns the response when it is 2xx, else the HTTP error.

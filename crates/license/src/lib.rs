@@ -42,4 +42,13 @@ pub struct MachineCredentials {
 pub trait CredentialSource: Send + Sync + 'static {
     /// The current credentials, or `None` when there is no key-activated license.
     fn cloud_machine_credentials(&self) -> Option<MachineCredentials>;
+
+    /// Every credential value this source holds (license key, heartbeat secret), for masking
+    /// in anything that leaves the machine, such as uploaded step logs. By default the
+    /// heartbeat secret of [`CredentialSource::cloud_machine_credentials`].
+    fn credential_values(&self) -> Vec<Secret> {
+        self.cloud_machine_credentials()
+            .map(|c| vec![c.heartbeat_secret])
+            .unwrap_or_default()
+    }
 }

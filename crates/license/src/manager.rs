@@ -562,6 +562,14 @@ impl CredentialSource for LicenseManager {
             heartbeat_secret: active.heartbeat_secret.clone(),
         })
     }
+
+    fn credential_values(&self) -> Vec<Secret> {
+        let mut values: Vec<Secret> = self.cfg.license_key.iter().cloned().collect();
+        if let Some(active) = &self.lock().active {
+            values.push(active.heartbeat_secret.clone());
+        }
+        values
+    }
 }
 
 /// Reads the server id, creating it (exclusive create) when absent and replacing it atomically
