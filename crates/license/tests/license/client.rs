@@ -18,6 +18,8 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 const VERSION: &str = "1.2.3-test";
 const KEY: &str = "lk_SECRET_KEY_4f1e";
 const HB: &str = "hb_SECRET_VALUE_9a7c";
+const PULL: &str = "/api/v1/github/dispatch/pull";
+const PULL_BATCH: &str = "/api/v1/github/dispatch/pull-batch";
 
 fn client(server: &MockServer) -> CloudClient {
     client_with_timeout(&server.uri(), Duration::from_secs(10))
@@ -82,6 +84,17 @@ async fn mount(server: &MockServer, p: &str, resp: ResponseTemplate) {
     Mock::given(method("POST"))
         .and(path(p))
         .respond_with(resp)
+        .mount(server)
+        .await;
+}
+
+/// Like [`mount`], for the first request only: later requests fall through to the mocks
+/// mounted after it.
+async fn mount_once(server: &MockServer, p: &str, resp: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(p))
+        .respond_with(resp)
+        .up_to_n_times(1)
         .mount(server)
         .await;
 }
@@ -233,12 +246,7 @@ const JOB_JSON: &str = r#"{
 #[tokio::test]
 async fn pull_parses_job_and_keeps_raw_bytes() {
     let server = MockServer::start().await;
-    mount(
-        &server,
-        "/api/v1/github/dispatch/pull",
-        ResponseTemplate::new(200).set_body_raw(JOB_JSON, "application/json"),
-    )
-    .await;
+    mount(&server, PULL, json_answer(JOB_JSON)).await;
     let job = client(&server)
         .pull_dispatch(&pull_req(25))
         .await
@@ -261,7 +269,7 @@ async fn pull_parses_job_and_keeps_raw_bytes() {
     );
     assert_request(
         &only_request(&server).await,
-        "/api/v1/github/dispatch/pull",
+        PULL,
         json!({"license_id": "lic-1", "server_id": "0190-server", "heartbeat_secret": HB, "wait_seconds": 25}),
     );
 }
@@ -269,18 +277,13 @@ async fn pull_parses_job_and_keeps_raw_bytes() {
 #[tokio::test]
 async fn pull_204_is_none_and_omits_zero_wait() {
     let server = MockServer::start().await;
-    mount(
-        &server,
-        "/api/v1/github/dispatch/pull",
-        ResponseTemplate::new(204),
-    )
-    .await;
+    mount(&server, PULL, ResponseTemplate::new(204)).await;
     let got = client(&server).pull_dispatch(&pull_req(0)).await.unwrap();
     assert!(got.is_none());
     let req = only_request(&server).await;
     assert_request(
         &req,
-        "/api/v1/github/dispatch/pull",
+        PULL,
         json!({"license_id": "lic-1", "server_id": "0190-server", "heartbeat_secret": HB}),
     );
     assert!(!String::from_utf8(req.body)
@@ -296,26 +299,13 @@ async fn pull_malformed_answers_are_errors_not_empty_queue() {
             "whitespace 200",
             ResponseTemplate::new(200).set_body_string(" \n"),
         ),
-        (
-            "no id",
-            ResponseTemplate::new(200).set_body_raw(r#"{"dag_name":"x"}"#, "application/json"),
-        ),
-        (
-            "empty id",
-            ResponseTemplate::new(200).set_body_raw(r#"{"id":""}"#, "application/json"),
-        ),
-        (
-            "invalid json",
-            ResponseTemplate::new(200).set_body_raw(r#"{"id":"j","#, "application/json"),
-        ),
-        (
-            "not an object",
-            ResponseTemplate::new(200).set_body_raw("[1,2]", "application/json"),
-        ),
+        ("no id", json_answer(r#"{"dag_name":"x"}"#)),
+        ("empty id", json_answer(r#"{"id":""}"#)),
+        ("invalid json", json_answer(r#"{"id":"j","#)),
+        ("not an object", json_answer("[1,2]")),
         (
             "wrong type",
-            ResponseTemplate::new(200)
-                .set_body_raw(r#"{"id":"j","installation_id":"x"}"#, "application/json"),
+            json_answer(r#"{"id":"j","installation_id":"x"}"#),
         ),
     ];
     for (name, resp) in cases {
@@ -550,7 +540,7 @@ async fn long_error_bodies_are_capped_and_echoed_secrets_redacted() {
     .await;
     mount(
         &server,
-        "/api/v1/github/dispatch/pull",
+        PULL,
         ResponseTemplate::new(500).set_body_string("y".repeat(10_000)),
     )
     .await;
@@ -573,11 +563,7 @@ fn oversized_job_body() -> Vec<u8> {
 #[tokio::test]
 async fn body_over_one_mib_is_an_error_not_a_truncated_parse() {
     let server = MockServer::start().await;
-    mount_any(
-        &server,
-        ResponseTemplate::new(200).set_body_raw(oversized_job_body(), "application/json"),
-    )
-    .await;
+    mount_any(&server, json_answer(oversized_job_body())).await;
     let e = client(&server)
         .pull_dispatch(&pull_req(0))
         .await
@@ -589,11 +575,7 @@ async fn body_over_one_mib_is_an_error_not_a_truncated_parse() {
     let server = MockServer::start().await;
     let mut body = br#"{"id":"job-cap"}"#.to_vec();
     body.resize(MAX_RESPONSE_BYTES, b' ');
-    mount_any(
-        &server,
-        ResponseTemplate::new(200).set_body_raw(body, "application/json"),
-    )
-    .await;
+    mount_any(&server, json_answer(body)).await;
     let job = client(&server)
         .pull_dispatch(&pull_req(0))
         .await
@@ -729,25 +711,23 @@ fn pull_batch_req(max_jobs: u32, max_bytes: u64) -> PullBatchRequest {
     }
 }
 
+/// A 200 answer with this JSON body, byte for byte.
+fn json_answer(body: impl Into<Vec<u8>>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body, "application/json")
+}
+
+/// An answer that names the protocol extensions the cloud offers.
+fn offering(status: u16, extensions: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).insert_header("X-Dispatch-Extensions", extensions)
+}
+
 #[tokio::test]
 async fn the_extension_is_known_from_the_last_answer() {
     let server = MockServer::start().await;
     let c = client(&server);
     assert!(!c.supports_pull_batch(), "nothing answered yet");
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull"))
-        .respond_with(
-            ResponseTemplate::new(204).insert_header("X-Dispatch-Extensions", "other, pull-batch"),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    mount(
-        &server,
-        "/api/v1/github/dispatch/pull",
-        ResponseTemplate::new(204),
-    )
-    .await;
+    mount_once(&server, PULL, offering(204, "other, pull-batch")).await;
+    mount(&server, PULL, ResponseTemplate::new(204)).await;
     assert!(c.pull_dispatch(&pull_req(0)).await.unwrap().is_none());
     assert!(c.supports_pull_batch());
     assert!(
@@ -765,13 +745,11 @@ async fn batched_pull_sends_the_limits_and_reads_every_job() {
     let second = JOB_JSON.replace("job-42", "job-43");
     mount(
         &server,
-        "/api/v1/github/dispatch/pull-batch",
-        ResponseTemplate::new(200)
-            .insert_header("X-Dispatch-Extensions", "pull-batch")
-            .set_body_raw(
-                format!("{{\"jobs\":[{JOB_JSON},{second}]}}"),
-                "application/json",
-            ),
+        PULL_BATCH,
+        offering(200, "pull-batch").set_body_raw(
+            format!("{{\"jobs\":[{JOB_JSON},{second}]}}"),
+            "application/json",
+        ),
     )
     .await;
     let c = client(&server);
@@ -789,7 +767,7 @@ async fn batched_pull_sends_the_limits_and_reads_every_job() {
     // The byte limit asked for is what the client can read back with one more job.
     assert_request(
         &only_request(&server).await,
-        "/api/v1/github/dispatch/pull-batch",
+        PULL_BATCH,
         json!({"license_id": "lic-1", "server_id": "0190-server", "heartbeat_secret": HB,
                "max_jobs": 16, "max_bytes": MAX_BATCH_RESPONSE_BYTES / 2}),
     );
@@ -799,27 +777,16 @@ async fn batched_pull_sends_the_limits_and_reads_every_job() {
 async fn batched_pull_answers_empty_bad_and_unknown() {
     let server = MockServer::start().await;
     let c = client(&server);
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull-batch"))
-        .respond_with(
-            ResponseTemplate::new(204).insert_header("X-Dispatch-Extensions", "pull-batch"),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull-batch"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("X-Dispatch-Extensions", "pull-batch")
-                .set_body_raw(r#"{"jobs":[{"id":""}]}"#, "application/json"),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+    mount_once(&server, PULL_BATCH, offering(204, "pull-batch")).await;
+    mount_once(
+        &server,
+        PULL_BATCH,
+        offering(200, "pull-batch").set_body_raw(r#"{"jobs":[{"id":""}]}"#, "application/json"),
+    )
+    .await;
     mount(
         &server,
-        "/api/v1/github/dispatch/pull-batch",
+        PULL_BATCH,
         ResponseTemplate::new(404).set_body_json(json!({"message": "no route"})),
     )
     .await;
@@ -848,15 +815,15 @@ async fn batched_pull_answers_empty_bad_and_unknown() {
 #[tokio::test]
 async fn batched_accept_sends_every_job_and_checks_the_answer() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/accept-batch"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
+    mount_once(
+        &server,
+        "/api/v1/github/dispatch/accept-batch",
+        ResponseTemplate::new(200).set_body_json(json!({"results": [
             {"job_id": "a", "status": 204},
             {"job_id": "b", "status": 409, "message": "taken by another server"}
-        ]})))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+        ]})),
+    )
+    .await;
     mount(
         &server,
         "/api/v1/github/dispatch/accept-batch",

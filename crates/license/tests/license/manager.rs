@@ -103,26 +103,140 @@ fn read_record(data: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(record_path(data)).unwrap()).unwrap()
 }
 
-/// Starts an activated manager (strict verification) and returns it with its token.
-async fn activated(
-    server: &MockServer,
+/// Starts a manager on `data` with this license key and token-verifying key, talking to `base`.
+async fn start(
     data: &Path,
-    key: &SigningKey,
-) -> (Arc<LicenseManager>, String) {
-    let tok = good_token(key);
-    mount_activate(server, &tok).await;
-    let m = LicenseManager::start(
-        config(data, Some(KEY), Some(key)),
-        client_for(&server.uri()),
-    )
-    .await
-    .unwrap();
-    assert!(
-        m.cloud_machine_credentials().is_some(),
-        "{}",
-        m.status_summary()
-    );
-    (m, tok)
+    key: Option<&str>,
+    public: Option<&SigningKey>,
+    base: &str,
+) -> Arc<LicenseManager> {
+    start_with(config(data, key, public), base).await
+}
+
+async fn start_with(config: LicenseConfig, base: &str) -> Arc<LicenseManager> {
+    LicenseManager::start(config, client_for(base))
+        .await
+        .unwrap()
+}
+
+/// A heartbeat (or activation) answer carrying only a new token.
+fn token_answer(token: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"token": token}))
+}
+
+/// Answers the next `times` POSTs to `endpoint` with `resp`, ahead of the mocks mounted later.
+async fn mount_times(server: &MockServer, endpoint: &str, resp: ResponseTemplate, times: u64) {
+    Mock::given(method("POST"))
+        .and(path(endpoint))
+        .respond_with(resp)
+        .up_to_n_times(times)
+        .mount(server)
+        .await;
+}
+
+async fn requests_to(server: &MockServer, endpoint: &str) -> usize {
+    let reqs = server.received_requests().await.unwrap();
+    reqs.iter().filter(|r| r.url.path() == endpoint).count()
+}
+
+fn assert_summary_says(m: &LicenseManager, words: &str) {
+    let summary = m.status_summary();
+    assert!(summary.contains(words), "`{words}` missing in: {summary}");
+}
+
+/// The activation record holds secrets: only its owner may read it.
+fn assert_record_private(data: &Path) {
+    let mode = std::fs::metadata(record_path(data))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+fn spawn_run(m: &Arc<LicenseManager>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(m.clone().run(cancel.clone()));
+    (cancel, task)
+}
+
+/// Cancels the manager's `run` task and expects it to end promptly and cleanly.
+async fn stop(cancel: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A mock cloud, the key it signs license tokens with and a good token for `lic-1`.
+struct Cloud {
+    server: MockServer,
+    key: SigningKey,
+    tok: String,
+}
+
+impl Cloud {
+    async fn new() -> Self {
+        let key = signing_key();
+        Cloud {
+            server: MockServer::start().await,
+            tok: good_token(&key),
+            key,
+        }
+    }
+}
+
+/// A manager activated (strict verification) against its own mock cloud, in its own data
+/// directory, with the token the cloud handed it.
+struct Activated {
+    server: MockServer,
+    dir: tempfile::TempDir,
+    key: SigningKey,
+    m: Arc<LicenseManager>,
+    tok: String,
+}
+
+impl Activated {
+    async fn new() -> Self {
+        let Cloud { server, key, tok } = Cloud::new().await;
+        mount_activate(&server, &tok).await;
+        let dir = tempfile::tempdir().unwrap();
+        let m = start(dir.path(), Some(KEY), Some(&key), &server.uri()).await;
+        assert!(
+            m.cloud_machine_credentials().is_some(),
+            "{}",
+            m.status_summary()
+        );
+        Activated {
+            server,
+            dir,
+            key,
+            m,
+            tok,
+        }
+    }
+
+    /// Starts a second manager with the same data directory, license key and verifying key,
+    /// as the scheduler does on its next start.
+    async fn restart(&self, base: &str) -> Arc<LicenseManager> {
+        start(self.data(), Some(KEY), Some(&self.key), base).await
+    }
+
+    fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The manager still holds the token of its activation, in memory and on disk.
+    fn assert_kept_its_token(&self) {
+        let creds = self.m.cloud_machine_credentials();
+        assert_eq!(
+            creds.unwrap().license_id,
+            "lic-1",
+            "{}",
+            self.m.status_summary()
+        );
+        assert_eq!(read_record(self.data())["token"], self.tok);
+    }
 }
 
 #[tokio::test]
@@ -131,9 +245,7 @@ async fn server_id_is_created_persisted_and_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let id_path = dir.path().join("license").join("server_id");
 
-    let m = LicenseManager::start(config(dir.path(), None, None), client_for(&server.uri()))
-        .await
-        .unwrap();
+    let m = start(dir.path(), None, None, &server.uri()).await;
     let id = m.server_id().to_owned();
     let parsed = uuid::Uuid::parse_str(&id).unwrap();
     assert_eq!(parsed.get_version_num(), 7);
@@ -145,16 +257,10 @@ async fn server_id_is_created_persisted_and_repaired() {
     assert!(m.cloud_machine_credentials().is_none());
     assert!(m.claims().is_none());
     assert!(server.received_requests().await.unwrap().is_empty());
-    assert!(
-        m.status_summary().contains("no license key"),
-        "{}",
-        m.status_summary()
-    );
+    assert_summary_says(&m, "no license key");
 
     // Restart keeps it.
-    let m2 = LicenseManager::start(config(dir.path(), None, None), client_for(&server.uri()))
-        .await
-        .unwrap();
+    let m2 = start(dir.path(), None, None, &server.uri()).await;
     assert_eq!(m2.server_id(), id);
 
     // Empty and invalid files are replaced by a fresh valid id.
@@ -165,9 +271,7 @@ async fn server_id_is_created_persisted_and_repaired() {
         "00000000-0000-0000-0000-000000000000",
     ] {
         std::fs::write(&id_path, junk).unwrap();
-        let m3 = LicenseManager::start(config(dir.path(), None, None), client_for(&server.uri()))
-            .await
-            .unwrap();
+        let m3 = start(dir.path(), None, None, &server.uri()).await;
         let new_id = m3.server_id().to_owned();
         assert_ne!(new_id, id);
         assert_eq!(uuid::Uuid::parse_str(&new_id).unwrap().get_version_num(), 7);
@@ -201,60 +305,41 @@ async fn unusable_data_dir_is_an_error() {
 
 #[tokio::test]
 async fn activation_persists_record_0600_and_yields_credentials() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let (m, tok) = activated(&server, dir.path(), &key).await;
+    let a = Activated::new().await;
 
-    let creds = m.cloud_machine_credentials().unwrap();
+    let creds = a.m.cloud_machine_credentials().unwrap();
     assert_eq!(creds.license_id, "lic-1");
-    assert_eq!(creds.server_id, m.server_id());
+    assert_eq!(creds.server_id, a.m.server_id());
     assert_eq!(creds.heartbeat_secret.expose(), HB);
-    assert_eq!(m.claims().unwrap().plan, "pro");
+    assert_eq!(a.m.claims().unwrap().plan, "pro");
 
-    let reqs = server.received_requests().await.unwrap();
+    let reqs = a.server.received_requests().await.unwrap();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].url.path(), ACTIVATE);
     let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
     assert_eq!(
         body,
-        json!({"key": KEY, "server_id": m.server_id(), "machine_name": "box-1", "client_version": "0.0.1"})
+        json!({"key": KEY, "server_id": a.m.server_id(), "machine_name": "box-1", "client_version": "0.0.1"})
     );
 
     assert_eq!(
-        read_record(dir.path()),
-        json!({"token": tok, "heartbeat_secret": HB, "license_key": KEY, "server_id": m.server_id()})
+        read_record(a.data()),
+        json!({"token": a.tok, "heartbeat_secret": HB, "license_key": KEY, "server_id": a.m.server_id()})
     );
-    let mode = std::fs::metadata(record_path(dir.path()))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_record_private(a.data());
 }
 
 #[tokio::test]
 async fn offline_start_uses_cached_activation_of_the_same_key_only() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let (first, _) = activated(&server, dir.path(), &key).await;
-    let id = first.server_id().to_owned();
+    let a = Activated::new().await;
+    let id = a.m.server_id().to_owned();
 
     // Cloud unreachable: same key → cached activation.
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), Some(&key)),
-        client_for(&refused_base()),
-    )
-    .await
-    .unwrap();
+    let m = a.restart(&refused_base()).await;
     let creds = m.cloud_machine_credentials().expect("cached credentials");
     assert_eq!(creds.license_id, "lic-1");
     assert_eq!(creds.server_id, id);
-    assert!(
-        m.status_summary().contains("cached"),
-        "{}",
-        m.status_summary()
-    );
+    assert_summary_says(&m, "cached");
 
     // Cloud failing with 500: same key → cached too.
     let failing = MockServer::start().await;
@@ -262,75 +347,49 @@ async fn offline_start_uses_cached_activation_of_the_same_key_only() {
         .respond_with(ResponseTemplate::new(500))
         .mount(&failing)
         .await;
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), Some(&key)),
-        client_for(&failing.uri()),
-    )
-    .await
-    .unwrap();
+    let m = a.restart(&failing.uri()).await;
     assert!(m.cloud_machine_credentials().is_some());
 
     // A different key never uses another key's activation.
-    let m = LicenseManager::start(
-        config(dir.path(), Some("lk_OTHER_KEY"), Some(&key)),
-        client_for(&refused_base()),
+    let m = start(
+        a.data(),
+        Some("lk_OTHER_KEY"),
+        Some(&a.key),
+        &refused_base(),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(m.cloud_machine_credentials().is_none());
     assert!(m.claims().is_none());
     // ... and leaves the record of the first key alone.
-    assert_eq!(read_record(dir.path())["license_key"], KEY);
+    assert_eq!(read_record(a.data())["license_key"], KEY);
 
     // A corrupt record is ignored, not fatal.
-    let saved = std::fs::read(record_path(dir.path())).unwrap();
-    std::fs::write(record_path(dir.path()), b"{\"token\": 5").unwrap();
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), Some(&key)),
-        client_for(&refused_base()),
-    )
-    .await
-    .unwrap();
+    let saved = std::fs::read(record_path(a.data())).unwrap();
+    std::fs::write(record_path(a.data()), b"{\"token\": 5").unwrap();
+    let m = a.restart(&refused_base()).await;
     assert!(m.cloud_machine_credentials().is_none());
-    std::fs::write(record_path(dir.path()), saved).unwrap();
+    std::fs::write(record_path(a.data()), saved).unwrap();
 
     // A record made for another server id is not used either.
-    std::fs::remove_file(dir.path().join("license").join("server_id")).unwrap();
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), Some(&key)),
-        client_for(&refused_base()),
-    )
-    .await
-    .unwrap();
+    std::fs::remove_file(a.data().join("license").join("server_id")).unwrap();
+    let m = a.restart(&refused_base()).await;
     assert_ne!(m.server_id(), id);
     assert!(m.cloud_machine_credentials().is_none());
 }
 
 #[tokio::test]
 async fn activation_refused_with_410_ignores_and_removes_cache() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    activated(&server, dir.path(), &key).await;
+    let a = Activated::new().await;
 
     let refusing = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(410).set_body_json(json!({"message": "key revoked"})))
         .mount(&refusing)
         .await;
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), Some(&key)),
-        client_for(&refusing.uri()),
-    )
-    .await
-    .unwrap();
+    let m = a.restart(&refusing.uri()).await;
     assert!(m.cloud_machine_credentials().is_none());
-    assert!(!record_path(dir.path()).exists());
-    assert!(
-        m.status_summary().contains("key revoked"),
-        "{}",
-        m.status_summary()
-    );
+    assert!(!record_path(a.data()).exists());
+    assert_summary_says(&m, "key revoked");
 }
 
 #[tokio::test]
@@ -346,35 +405,21 @@ async fn strict_verification_rejects_foreign_key_and_alg_none() {
         let server = MockServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         mount_activate(&server, &bad).await;
-        let m = LicenseManager::start(
-            config(dir.path(), Some(KEY), Some(&key)),
-            client_for(&server.uri()),
-        )
-        .await
-        .unwrap();
+        let m = start(dir.path(), Some(KEY), Some(&key), &server.uri()).await;
         assert!(m.cloud_machine_credentials().is_none());
         assert!(m.claims().is_none());
         assert!(
             !record_path(dir.path()).exists(),
             "a rejected token is not stored"
         );
-        assert!(
-            m.status_summary().contains("rejected"),
-            "{}",
-            m.status_summary()
-        );
+        assert_summary_says(&m, "rejected");
     }
 
     // Without a public key the same foreign token is read unverified.
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     mount_activate(&server, &foreign).await;
-    let m = LicenseManager::start(
-        config(dir.path(), Some(KEY), None),
-        client_for(&server.uri()),
-    )
-    .await
-    .unwrap();
+    let m = start(dir.path(), Some(KEY), None, &server.uri()).await;
     assert_eq!(m.cloud_machine_credentials().unwrap().license_id, "lic-1");
 }
 
@@ -418,12 +463,7 @@ async fn expired_token_is_accepted_within_grace_only() {
         let server = MockServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         mount_activate(&server, &token::sign(&c, &key).unwrap()).await;
-        let m = LicenseManager::start(
-            config(dir.path(), Some(KEY), Some(&key)),
-            client_for(&server.uri()),
-        )
-        .await
-        .unwrap();
+        let m = start(dir.path(), Some(KEY), Some(&key), &server.uri()).await;
         assert_eq!(
             m.cloud_machine_credentials().is_some(),
             ok,
@@ -431,11 +471,7 @@ async fn expired_token_is_accepted_within_grace_only() {
             m.status_summary()
         );
         if ok {
-            assert!(
-                m.status_summary().contains("in grace"),
-                "{}",
-                m.status_summary()
-            );
+            assert_summary_says(&m, "in grace");
         }
     }
 }
@@ -443,16 +479,13 @@ async fn expired_token_is_accepted_within_grace_only() {
 #[tokio::test]
 async fn heartbeat_410_and_401_clear_the_license() {
     for code in [410u16, 401] {
-        let server = MockServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let key = signing_key();
-        let (m, _) = activated(&server, dir.path(), &key).await;
+        let a = Activated::new().await;
         mount_heartbeat(
-            &server,
+            &a.server,
             ResponseTemplate::new(code).set_body_json(json!({"message": "license gone"})),
         )
         .await;
-        let outcome = m.heartbeat_now().await;
+        let outcome = a.m.heartbeat_now().await;
         assert_eq!(
             outcome,
             HeartbeatOutcome::Cleared {
@@ -460,24 +493,20 @@ async fn heartbeat_410_and_401_clear_the_license() {
                 reason: "license gone".into()
             }
         );
-        assert!(m.cloud_machine_credentials().is_none());
-        assert!(m.claims().is_none());
-        assert!(!record_path(dir.path()).exists());
-        assert!(
-            m.status_summary().contains("license gone"),
-            "{}",
-            m.status_summary()
-        );
+        assert!(a.m.cloud_machine_credentials().is_none());
+        assert!(a.m.claims().is_none());
+        assert!(!record_path(a.data()).exists());
+        assert_summary_says(&a.m, "license gone");
         // Heartbeat body was exact.
-        let reqs = server.received_requests().await.unwrap();
+        let reqs = a.server.received_requests().await.unwrap();
         let hb = reqs.iter().find(|r| r.url.path() == HEARTBEAT).unwrap();
         let body: Value = serde_json::from_slice(&hb.body).unwrap();
         assert_eq!(
             body,
-            json!({"license_id": "lic-1", "server_id": m.server_id(), "heartbeat_secret": HB, "client_version": "0.0.1"})
+            json!({"license_id": "lic-1", "server_id": a.m.server_id(), "heartbeat_secret": HB, "client_version": "0.0.1"})
         );
         // Nothing to heartbeat any more.
-        assert_eq!(m.heartbeat_now().await, HeartbeatOutcome::Skipped);
+        assert_eq!(a.m.heartbeat_now().await, HeartbeatOutcome::Skipped);
     }
 }
 
@@ -489,90 +518,64 @@ async fn heartbeat_400_500_and_bad_token_keep_the_cached_token() {
         ResponseTemplate::new(200).set_body_string("{not json"),
     ];
     for resp in cases {
-        let server = MockServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let key = signing_key();
-        let (m, tok) = activated(&server, dir.path(), &key).await;
-        mount_heartbeat(&server, resp).await;
-        let outcome = m.heartbeat_now().await;
+        let a = Activated::new().await;
+        mount_heartbeat(&a.server, resp).await;
+        let outcome = a.m.heartbeat_now().await;
         assert!(
             matches!(outcome, HeartbeatOutcome::Kept { .. }),
             "{outcome:?}"
         );
-        assert!(m.cloud_machine_credentials().is_some());
-        assert_eq!(read_record(dir.path())["token"], tok);
+        a.assert_kept_its_token();
     }
     // A 200 with a token signed by someone else is not taken either.
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let (m, tok) = activated(&server, dir.path(), &key).await;
+    let a = Activated::new().await;
     let forged = token::sign(&claims("lic-evil", now() + 3600, None), &signing_key()).unwrap();
-    mount_heartbeat(
-        &server,
-        ResponseTemplate::new(200).set_body_json(json!({"token": forged})),
-    )
-    .await;
-    assert!(matches!(
-        m.heartbeat_now().await,
-        HeartbeatOutcome::Kept { .. }
-    ));
-    assert_eq!(m.cloud_machine_credentials().unwrap().license_id, "lic-1");
-    assert_eq!(read_record(dir.path())["token"], tok);
+    mount_heartbeat(&a.server, token_answer(&forged)).await;
+    let outcome = a.m.heartbeat_now().await;
+    assert!(
+        matches!(outcome, HeartbeatOutcome::Kept { .. }),
+        "{outcome:?}"
+    );
+    a.assert_kept_its_token();
 }
 
 #[tokio::test]
 async fn heartbeat_token_for_another_license_is_refused_even_when_signed_by_the_hub() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let (m, tok) = activated(&server, dir.path(), &key).await;
+    let a = Activated::new().await;
     // Signed with the right key, but its `jti` names another license.
-    let other = token::sign(&claims("lic-2", now() + 7200, None), &key).unwrap();
-    mount_heartbeat(
-        &server,
-        ResponseTemplate::new(200).set_body_json(json!({"token": other})),
-    )
-    .await;
-    let outcome = m.heartbeat_now().await;
+    let other = token::sign(&claims("lic-2", now() + 7200, None), &a.key).unwrap();
+    mount_heartbeat(&a.server, token_answer(&other)).await;
+    let outcome = a.m.heartbeat_now().await;
     match &outcome {
         HeartbeatOutcome::Kept { reason } => assert!(reason.contains("lic-2"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(m.cloud_machine_credentials().unwrap().license_id, "lic-1");
-    assert_eq!(read_record(dir.path())["token"], tok);
+    a.assert_kept_its_token();
 }
 
 #[tokio::test]
 async fn heartbeat_200_replaces_and_persists_the_token() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let (m, _) = activated(&server, dir.path(), &key).await;
+    let a = Activated::new().await;
     let mut c = claims("lic-1", now() + 7200, None);
     c.plan = "enterprise".into();
-    let new_tok = token::sign(&c, &key).unwrap();
-    mount_heartbeat(
-        &server,
-        ResponseTemplate::new(200).set_body_json(json!({"token": new_tok})),
-    )
-    .await;
-    assert_eq!(m.heartbeat_now().await, HeartbeatOutcome::Refreshed);
-    assert_eq!(m.claims().unwrap().plan, "enterprise");
+    let new_tok = token::sign(&c, &a.key).unwrap();
+    mount_heartbeat(&a.server, token_answer(&new_tok)).await;
+    assert_eq!(a.m.heartbeat_now().await, HeartbeatOutcome::Refreshed);
+    assert_eq!(a.m.claims().unwrap().plan, "enterprise");
     assert_eq!(
-        read_record(dir.path()),
-        json!({"token": new_tok, "heartbeat_secret": HB, "license_key": KEY, "server_id": m.server_id()})
+        read_record(a.data()),
+        json!({"token": new_tok, "heartbeat_secret": HB, "license_key": KEY, "server_id": a.m.server_id()})
     );
-    let mode = std::fs::metadata(record_path(dir.path()))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_record_private(a.data());
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every 10 ms for up to 30 s.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
     for _ in 0..3000 {
-        if cond() {
+        if cond().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -582,121 +585,66 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn run_heartbeats_at_start_and_on_interval_then_stops_on_cancel() {
-    let server = MockServer::start().await;
+    let Cloud { server, key, tok } = Cloud::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let tok = good_token(&key);
     mount_activate(&server, &tok).await;
-    mount_heartbeat(
-        &server,
-        ResponseTemplate::new(200).set_body_json(json!({"token": tok})),
-    )
-    .await;
+    mount_heartbeat(&server, token_answer(&tok)).await;
     let mut cfg = config(dir.path(), Some(KEY), Some(&key));
     cfg.heartbeat_interval = Duration::from_millis(30);
-    let m = LicenseManager::start(cfg, client_for(&server.uri()))
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(m.clone().run(cancel.clone()));
-    let mut count = 0;
-    for _ in 0..3000 {
-        count = server
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.url.path() == HEARTBEAT)
-            .count();
-        if count >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(count >= 3, "heartbeats seen: {count}");
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = start_with(cfg, &server.uri()).await;
+    let (cancel, task) = spawn_run(&m);
+    eventually("three heartbeats", || async {
+        requests_to(&server, HEARTBEAT).await >= 3
+    })
+    .await;
+    stop(cancel, task).await;
 }
 
 #[tokio::test]
 async fn run_retries_activation_until_credentials_appear_and_after_revocation() {
-    let server = MockServer::start().await;
+    let Cloud { server, key, tok } = Cloud::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = signing_key();
-    let tok = good_token(&key);
     // The first two activations fail; later ones succeed.
-    Mock::given(method("POST"))
-        .and(path(ACTIVATE))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .mount(&server)
-        .await;
+    mount_times(&server, ACTIVATE, ResponseTemplate::new(503), 2).await;
     mount_activate(&server, &tok).await;
     // The first heartbeat revokes; later ones succeed.
-    Mock::given(method("POST"))
-        .and(path(HEARTBEAT))
-        .respond_with(ResponseTemplate::new(410).set_body_json(json!({"message": "revoked"})))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    mount_heartbeat(
+    mount_times(
         &server,
-        ResponseTemplate::new(200).set_body_json(json!({"token": tok})),
+        HEARTBEAT,
+        ResponseTemplate::new(410).set_body_json(json!({"message": "revoked"})),
+        1,
     )
     .await;
+    mount_heartbeat(&server, token_answer(&tok)).await;
 
     let mut cfg = config(dir.path(), Some(KEY), Some(&key));
     cfg.activation_retry = Duration::from_millis(20);
     cfg.heartbeat_interval = Duration::from_millis(20);
-    let m = LicenseManager::start(cfg, client_for(&server.uri()))
-        .await
-        .unwrap();
+    let m = start_with(cfg, &server.uri()).await;
     assert!(m.cloud_machine_credentials().is_none());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(m.clone().run(cancel.clone()));
-    wait_for("credentials after activation retry", || {
+    let (cancel, task) = spawn_run(&m);
+    eventually("credentials after activation retry", || async {
         m.cloud_machine_credentials().is_some()
     })
     .await;
     // After the 410 heartbeat clears it, activation retries bring it back without a restart.
-    let srv = &server;
-    let mut saw_410_then_active = false;
-    for _ in 0..3000 {
-        let reqs = srv.received_requests().await.unwrap();
-        let heartbeats = reqs.iter().filter(|r| r.url.path() == HEARTBEAT).count();
-        let activations = reqs.iter().filter(|r| r.url.path() == ACTIVATE).count();
-        if heartbeats >= 2 && activations >= 4 && m.cloud_machine_credentials().is_some() {
-            saw_410_then_active = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(saw_410_then_active, "{}", m.status_summary());
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    eventually("credentials again after the revoking heartbeat", || async {
+        requests_to(&server, HEARTBEAT).await >= 2
+            && requests_to(&server, ACTIVATE).await >= 4
+            && m.cloud_machine_credentials().is_some()
+    })
+    .await;
+    stop(cancel, task).await;
 }
 
 #[tokio::test]
 async fn run_without_key_waits_for_cancel() {
     let dir = tempfile::tempdir().unwrap();
-    let m = LicenseManager::start(config(dir.path(), None, None), client_for(&refused_base()))
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(m.clone().run(cancel.clone()));
+    let m = start(dir.path(), None, None, &refused_base()).await;
+    let (cancel, task) = spawn_run(&m);
     tokio::task::yield_now().await;
     assert!(!task.is_finished());
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop(cancel, task).await;
     assert!(m.cloud_machine_credentials().is_none());
 }
 
@@ -707,62 +655,43 @@ fn capture_logs() -> dispatch_test_support::LogBuffer {
 #[tokio::test]
 async fn secrets_never_appear_in_logs_debug_display_or_errors() {
     let buffer = capture_logs();
-    let key = signing_key();
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (m, tok) = activated(&server, dir.path(), &key).await;
-    let new_tok = token::sign(&claims("lic-1", now() + 9000, None), &key).unwrap();
+    let a = Activated::new().await;
+    let new_tok = token::sign(&claims("lic-1", now() + 9000, None), &a.key).unwrap();
     let mut outputs: Vec<String> = Vec::new();
 
     // Heartbeat: 200, 500 echoing the secret, bad token, then 410.
-    server.reset().await;
-    Mock::given(method("POST"))
-        .and(path(HEARTBEAT))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"token": new_tok})))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(HEARTBEAT))
-        .respond_with(ResponseTemplate::new(500).set_body_string(format!("bad secret {HB}")))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(HEARTBEAT))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"token": "x.y.z"})))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+    a.server.reset().await;
+    mount_times(&a.server, HEARTBEAT, token_answer(&new_tok), 1).await;
+    mount_times(
+        &a.server,
+        HEARTBEAT,
+        ResponseTemplate::new(500).set_body_string(format!("bad secret {HB}")),
+        1,
+    )
+    .await;
+    mount_times(&a.server, HEARTBEAT, token_answer("x.y.z"), 1).await;
     mount_heartbeat(
-        &server,
+        &a.server,
         ResponseTemplate::new(410).set_body_json(json!({"message": format!("revoked {HB}")})),
     )
     .await;
-    let creds = m.cloud_machine_credentials().unwrap();
+    let creds = a.m.cloud_machine_credentials().unwrap();
     outputs.push(format!("{creds:?}"));
-    outputs.push(format!("{m:?} {}", m.status_summary()));
+    outputs.push(format!("{:?} {}", a.m, a.m.status_summary()));
     for _ in 0..4 {
-        let outcome = m.heartbeat_now().await;
+        let outcome = a.m.heartbeat_now().await;
         outputs.push(format!("{outcome:?}"));
-        outputs.push(m.status_summary());
+        outputs.push(a.m.status_summary());
     }
-    assert!(m.cloud_machine_credentials().is_none());
+    assert!(a.m.cloud_machine_credentials().is_none());
 
     // Offline start without a cache, foreign token, unverified mode.
     let dir2 = tempfile::tempdir().unwrap();
-    let cfg = config(dir2.path(), Some(KEY), Some(&key));
+    let cfg = config(dir2.path(), Some(KEY), Some(&a.key));
     outputs.push(format!("{cfg:?}"));
-    let m2 = LicenseManager::start(cfg, client_for(&refused_base()))
-        .await
-        .unwrap();
+    let m2 = start_with(cfg, &refused_base()).await;
     outputs.push(format!("{m2:?} {}", m2.status_summary()));
-    let m3 = LicenseManager::start(
-        config(dir2.path(), Some(KEY), None),
-        client_for(&server.uri()),
-    )
-    .await
-    .unwrap();
+    let m3 = start(dir2.path(), Some(KEY), None, &a.server.uri()).await;
     outputs.push(m3.status_summary());
 
     // Errors of every layer.
@@ -776,19 +705,19 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
     outputs.push(format!("{req:?}"));
     let e = client.activate(&req).await.unwrap_err();
     outputs.push(format!("{e} {e:?}"));
-    let e = token::verify(&tok, &signing_key().verifying_key(), now()).unwrap_err();
+    let e = token::verify(&a.tok, &signing_key().verifying_key(), now()).unwrap_err();
     outputs.push(format!("{e} {e:?}"));
-    let e = token::decode_unverified(&format!("{tok}.{tok}")).unwrap_err();
+    let e = token::decode_unverified(&format!("{0}.{0}", a.tok)).unwrap_err();
     outputs.push(format!("{e} {e:?}"));
     let record = dispatch_license::ActivationRecord {
-        token: Secret::new(tok.clone()),
+        token: Secret::new(a.tok.clone()),
         heartbeat_secret: Secret::new(HB),
         license_key: Secret::new(KEY),
         server_id: "s".into(),
     };
     outputs.push(format!("{record:?}"));
     let resp = dispatch_protocol::ActivateResponse {
-        token: Secret::new(tok.clone()),
+        token: Secret::new(a.tok.clone()),
         heartbeat_secret: Secret::new(HB),
     };
     outputs.push(format!("{resp:?}"));
@@ -798,7 +727,7 @@ async fn secrets_never_appear_in_logs_debug_display_or_errors() {
     assert!(logs.contains("read without verifying"), "{logs}");
     assert!(logs.contains("revoked"), "{logs}");
     outputs.push(logs);
-    for secret in [KEY, HB, tok.as_str(), new_tok.as_str()] {
+    for secret in [KEY, HB, a.tok.as_str(), new_tok.as_str()] {
         // Token parts too: a leaked signature or claims segment is a leak.
         let mut needles = vec![secret.to_owned()];
         if secret.contains('.') {
