@@ -189,6 +189,18 @@ impl TestHub {
         .await
     }
 
+    /// Accepts job `id` as `c`; the hub must take it (204).
+    async fn accept_ok(&self, c: &Creds, id: &str) {
+        let status = self.accept(c, id).await.status();
+        assert_eq!(status, StatusCode::NO_CONTENT, "accept {id}");
+    }
+
+    /// Finishes job `id` as `c` with `status`; the hub must take it (204).
+    async fn finish_ok(&self, c: &Creds, id: &str, status: &str, summary: &str) {
+        let answer = self.finish(c, id, status, summary).await.status();
+        assert_eq!(answer, StatusCode::NO_CONTENT, "finish {id} as {status}");
+    }
+
     /// Delivers the [`PUSH`] fixture under `delivery`.
     async fn push(&self, delivery: &str) -> (StatusCode, Value) {
         self.webhook("push", delivery, fixture(PUSH)).await
@@ -263,6 +275,83 @@ fn hub_bin(args: &[&str], path: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hub"));
     cmd.args(args).arg(path);
     cmd
+}
+
+/// Writes `hub.toml` into `dir`: a loopback listener on any port and [`SECRET`], then `more`.
+fn hub_toml(dir: &Path, more: &str) -> std::path::PathBuf {
+    let path = dir.join("hub.toml");
+    let text = format!("listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n{more}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `hub serve` process, as a service manager runs it.
+struct Served {
+    child: std::process::Child,
+    /// `http://` and the address it says it listens on.
+    base: String,
+    /// Its stderr (the logs), read to the end on a thread of its own so the hub never blocks on
+    /// a full pipe.
+    logs: std::thread::JoinHandle<String>,
+    // Kept open until the end so the hub's prints always have somewhere to go.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Served {
+    /// Starts `hub serve --config <config>` with `env` set, and waits for the line that says
+    /// where it listens.
+    fn start(config: &Path, env: &[(&str, &str)]) -> Served {
+        use std::io::{BufRead, Read};
+        use std::process::Stdio;
+        let mut child = hub_bin(&["serve", "--config"], config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = std::thread::spawn(move || {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).unwrap();
+            text
+        });
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("hub listening on ")
+            .expect(&line)
+            .to_owned();
+        Served {
+            child,
+            base,
+            logs,
+            _stdout: stdout,
+        }
+    }
+
+    /// Sends SIGTERM, checks that the hub exits 0, and returns everything it logged.
+    fn stop(mut self) -> String {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let logs = self.logs.join().unwrap();
+        assert_eq!(status.code(), Some(0), "hub stderr:\n{logs}");
+        logs
+    }
+}
+
+/// Runs `work` on a runtime of its own: the tests that drive the binary are not async.
+fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -462,10 +551,7 @@ async fn comment_commands_make_run_and_cancel_jobs() {
     assert_eq!(run["ref"], "refs/pull/1/head");
     assert_eq!(run["actor_login"], "Codertocat");
     let run_id = run["id"].as_str().unwrap();
-    assert_eq!(
-        hub.accept(&bsrv, run_id).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    hub.accept_ok(&bsrv, run_id).await;
 
     // A cancel on issue #1 goes to the server running a job of #1.
     let payload = comment_payload("looks good\n@dispatch cancel", false);
@@ -656,7 +742,7 @@ async fn accept_and_finish_rules_over_http() {
     let b = hub.activate("lic-a", "srv-b").await;
     let id = hub.pull_id(&a).await;
     assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::CONFLICT);
-    assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(&a, &id).await;
     assert_eq!(
         hub.accept(&a, &id).await.status(),
         StatusCode::NO_CONTENT,
@@ -670,10 +756,7 @@ async fn accept_and_finish_rules_over_http() {
         hub.finish(&a, &id, "bogus", "").await.status(),
         StatusCode::BAD_REQUEST
     );
-    assert_eq!(
-        hub.finish(&a, &id, "succeeded", "done").await.status(),
-        StatusCode::NO_CONTENT
-    );
+    hub.finish_ok(&a, &id, "succeeded", "done").await;
     assert_eq!(
         hub.finish(&a, &id, "succeeded", "done").await.status(),
         StatusCode::NO_CONTENT,
@@ -731,7 +814,7 @@ async fn concurrent_pullers_get_each_job_exactly_once() {
                 }
                 let job: Value = resp.json().await.unwrap();
                 let id = job["id"].as_str().unwrap().to_owned();
-                assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+                hub.accept_ok(&c, &id).await;
                 got.push(id);
             }
         }));
@@ -790,7 +873,7 @@ async fn expired_lease_goes_to_another_scheduler() {
         (id.as_str(), b.server_id.as_str())
     );
     assert_eq!(hub.accept(&a, &id).await.status(), StatusCode::CONFLICT);
-    assert_eq!(hub.accept(&b, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(&b, &id).await;
 }
 
 #[tokio::test]
@@ -810,17 +893,14 @@ async fn state_survives_restarts() {
     let job = hub.pull_job(&c).await;
     let id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(id, ids(&answer)[0]);
-    assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(&c, &id).await;
     hub.restart().await;
     assert_eq!(
         hub.pull(&c, 0).await.status(),
         StatusCode::NO_CONTENT,
         "an accepted job is not handed out again"
     );
-    assert_eq!(
-        hub.finish(&c, &id, "succeeded", "ok").await.status(),
-        StatusCode::NO_CONTENT
-    );
+    hub.finish_ok(&c, &id, "succeeded", "ok").await;
     hub.restart().await;
     assert!(hub
         .metrics()
@@ -931,11 +1011,8 @@ mod reporting {
         assert_eq!(ids(&answer).len(), 1);
         let c = hub.activate("lic-a", "srv").await;
         let id = hub.pull_id(&c).await;
-        assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
-        assert_eq!(
-            hub.finish(&c, &id, status, summary).await.status(),
-            StatusCode::NO_CONTENT
-        );
+        hub.accept_ok(&c, &id).await;
+        hub.finish_ok(&c, &id, status, summary).await;
     }
 
     #[tokio::test]
@@ -1251,53 +1328,33 @@ mod cloud_client {
 
 mod serve_process {
     use super::*;
-    use std::io::{BufRead, Read};
-    use std::process::{Command, Stdio};
 
     /// The real binary: serves, logs without secrets, and stops with exit code 0 on SIGTERM.
     #[test]
     fn serve_logs_no_secrets_and_stops_cleanly_on_sigterm() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n\
-                 [[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n\
+        let path = hub_toml(
+            dir.path(),
+            &format!(
+                "[[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n\
                  [github]\napi_url = \"http://127.0.0.1:9\"\ntoken = \"gh-token-123\"\n\
                  [[binding]]\nrepository = \"{HELLO}\"\ndag = \"build\"\ntrigger = \"auto\"\n"
             ),
-        )
-        .unwrap();
-        let mut child = hub_bin(&["serve", "--config"], &path)
-            .env("DISPATCH_HUB_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Readers stay alive until the end so the hub's prints always have somewhere to go.
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut stderr = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            stderr.read_to_string(&mut text).unwrap();
-            text
-        });
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("hub listening on ")
-            .expect(&line)
-            .to_owned();
-
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let wrong = rt.block_on(async {
+        );
+        let hub = Served::start(&path, &[("DISPATCH_HUB_LOG", "trace")]);
+        let base = &hub.base;
+        let wrong = block_on(async {
             let http = reqwest::Client::new();
-            assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+            assert_eq!(
+                http.get(format!("{base}/healthz"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap(),
+                "ok"
+            );
             let post = |p: &str, v: Value| http.post(format!("{base}{p}")).json(&v).send();
             let srv = server_id("srv");
             let act: Value = post(
@@ -1321,15 +1378,26 @@ mod serve_process {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::ACCEPTED);
-            let creds = json!({"license_id": "lic-a", "server_id": srv, "heartbeat_secret": secret});
-            let job: Value = post("/api/v1/github/dispatch/pull", creds).await.unwrap().json().await.unwrap();
+            let creds =
+                json!({"license_id": "lic-a", "server_id": srv, "heartbeat_secret": secret});
+            let job: Value = post("/api/v1/github/dispatch/pull", creds)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let id = job["id"].as_str().unwrap();
             let auth = |extra: Value| {
                 let mut v = json!({"license_id": "lic-a", "server_id": srv, "secret": secret});
-                v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+                v.as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
                 v
             };
-            let accept = post(&format!("/api/v1/github/dispatch/{id}/accept"), auth(json!({"dag_run_id": id})));
+            let accept = post(
+                &format!("/api/v1/github/dispatch/{id}/accept"),
+                auth(json!({"dag_run_id": id})),
+            );
             assert_eq!(accept.await.unwrap().status(), StatusCode::NO_CONTENT);
             let finish = post(
                 &format!("/api/v1/github/dispatch/{id}/finish"),
@@ -1337,20 +1405,26 @@ mod serve_process {
             );
             assert_eq!(finish.await.unwrap().status(), StatusCode::NO_CONTENT);
             let bad = json!({"license_id": "lic-a", "server_id": srv, "heartbeat_secret": "wrong-secret-456"});
-            assert_eq!(post("/api/v1/github/dispatch/pull", bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-            let bad_key = json!({"key": "bad-key-789", "server_id": server_id("s"), "machine_name": "m"});
-            assert_eq!(post("/api/v1/licenses/activate", bad_key).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                post("/api/v1/github/dispatch/pull", bad)
+                    .await
+                    .unwrap()
+                    .status(),
+                StatusCode::UNAUTHORIZED
+            );
+            let bad_key =
+                json!({"key": "bad-key-789", "server_id": server_id("s"), "machine_name": "m"});
+            assert_eq!(
+                post("/api/v1/licenses/activate", bad_key)
+                    .await
+                    .unwrap()
+                    .status(),
+                StatusCode::UNAUTHORIZED
+            );
             secret
         });
 
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = child.wait().unwrap();
-        let logs = err_reader.join().unwrap();
-        assert_eq!(status.code(), Some(0), "hub stderr:\n{logs}");
+        let logs = hub.stop();
         assert!(
             logs.contains("job claimed") && logs.contains("shutting down"),
             "{logs}"

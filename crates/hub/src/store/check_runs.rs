@@ -177,22 +177,12 @@ impl Store {
         head_sha: &str,
         now_ms: i64,
     ) -> Result<(), HubError> {
-        self.write_check_run(job_id, repository, head_sha, 0, now_ms)
+        // GitHub has given no id yet: 0 stands for none.
+        self.check_run_created(job_id, repository, head_sha, 0, now_ms)
     }
 
     /// Records GitHub's id of `job_id`'s check run.
     pub fn check_run_created(
-        &self,
-        job_id: &str,
-        repository: &str,
-        head_sha: &str,
-        check_run_id: i64,
-        now_ms: i64,
-    ) -> Result<(), HubError> {
-        self.write_check_run(job_id, repository, head_sha, check_run_id, now_ms)
-    }
-
-    fn write_check_run(
         &self,
         job_id: &str,
         repository: &str,

@@ -194,7 +194,7 @@ async fn a_check_run_goes_queued_in_progress_completed_with_exact_bodies() {
     );
     let c = hub.activate("lic-a", "srv").await;
     assert_eq!(hub.pull_id(&c).await, id);
-    assert_eq!(hub.accept(&c, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(&c, &id).await;
     let update = format!("{CHECK_RUNS}/700");
     let updates = wait_for(&gh, "PATCH", &update, 1).await;
     let running = &updates[0];
@@ -209,10 +209,7 @@ async fn a_check_run_goes_queued_in_progress_completed_with_exact_bodies() {
         json!([{"label": "Cancel", "description": "Stop this run", "identifier": "cancel"}])
     );
     let summary = "Run `build` finished with `failed`. Failed steps: `compile` (exit 2).";
-    assert_eq!(
-        hub.finish(&c, &id, "failed", summary).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    hub.finish_ok(&c, &id, "failed", summary).await;
     let updates = wait_for(&gh, "PATCH", &update, 2).await;
     let done = &updates[1];
     assert_eq!(done["status"], "completed");

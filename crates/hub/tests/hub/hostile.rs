@@ -654,8 +654,6 @@ async fn a_form_encoded_delivery_makes_the_same_job_as_a_json_one() {
 #[test]
 fn limits_are_set_by_file_flag_and_env() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.toml");
-    let base = format!("listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n");
     let refused = |mut cmd: std::process::Command, setting: &str| {
         for key in [
             "DISPATCH_HUB_HEADER_TIMEOUT",
@@ -672,10 +670,10 @@ fn limits_are_set_by_file_flag_and_env() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(&format!("`{setting}`")), "{err}");
     };
-    std::fs::write(&path, format!("{base}[limits]\nbody_budget_mib = 1\n")).unwrap();
+    let path = hub_toml(dir.path(), "[limits]\nbody_budget_mib = 1\n");
     refused(hub_bin(&["serve", "--config"], &path), "limits.body_budget");
 
-    std::fs::write(&path, &base).unwrap();
+    let path = hub_toml(dir.path(), "");
     let mut flag = hub_bin(&["serve", "--config"], &path);
     flag.args(["--header-timeout", "31"]);
     refused(flag, "limits.header_timeout");

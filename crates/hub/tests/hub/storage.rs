@@ -57,14 +57,8 @@ mod metrics {
         let first = hub.pull_id(&a).await;
         let second = hub.pull_id(&a).await;
         assert_eq!(gauges(&hub).await, [0, 2, 0, 0]);
-        assert_eq!(
-            hub.accept(&a, &first).await.status(),
-            StatusCode::NO_CONTENT
-        );
-        assert_eq!(
-            hub.accept(&a, &first).await.status(),
-            StatusCode::NO_CONTENT
-        );
+        hub.accept_ok(&a, &first).await;
+        hub.accept_ok(&a, &first).await;
         assert_eq!(
             gauges(&hub).await,
             [0, 1, 1, 0],
@@ -77,18 +71,9 @@ mod metrics {
         .await;
         let again = hub.pull_id(&b).await;
         assert_eq!(again, second);
-        assert_eq!(
-            hub.finish(&b, &again, "failed", "").await.status(),
-            StatusCode::NO_CONTENT
-        );
-        assert_eq!(
-            hub.finish(&a, &first, "succeeded", "").await.status(),
-            StatusCode::NO_CONTENT
-        );
-        assert_eq!(
-            hub.finish(&a, &first, "succeeded", "").await.status(),
-            StatusCode::NO_CONTENT
-        );
+        hub.finish_ok(&b, &again, "failed", "").await;
+        hub.finish_ok(&a, &first, "succeeded", "").await;
+        hub.finish_ok(&a, &first, "succeeded", "").await;
         assert_eq!(gauges(&hub).await, [0, 0, 0, 2]);
         hub.push("g2").await;
         hub.restart().await;
@@ -161,11 +146,8 @@ mod retention {
         let c = hub.activate("lic-a", SRV_A).await;
         hub.push("old").await;
         let old = hub.pull_id(&c).await;
-        assert_eq!(hub.accept(&c, &old).await.status(), StatusCode::NO_CONTENT);
-        assert_eq!(
-            hub.finish(&c, &old, "succeeded", "").await.status(),
-            StatusCode::NO_CONTENT
-        );
+        hub.accept_ok(&c, &old).await;
+        hub.finish_ok(&c, &old, "succeeded", "").await;
         hub.push("recent").await;
         let recent = hub.pull_id(&c).await;
         hub.finish(&c, &recent, "failed", "").await;
@@ -309,14 +291,7 @@ mod integrity {
     async fn the_binary_exits_1_with_the_message() {
         let hub = damaged_store().await;
         let dir = hub.cfg.data_dir.parent().unwrap();
-        let config = dir.join("hub.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\ndata_dir = \"data\"\n"
-            ),
-        )
-        .unwrap();
+        let config = hub_toml(dir, "data_dir = \"data\"\n");
         let out = hub_bin(&["serve", "--config"], &config).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -566,8 +541,6 @@ mod servers {
 
 mod logs {
     use super::*;
-    use std::io::{BufRead, Read};
-    use std::process::Stdio;
 
     /// A machine name that would start a new log line and turn the terminal red.
     const EVIL: &str = "box\nFAKE LINE\u{1b}[31mred";
@@ -605,55 +578,21 @@ mod logs {
     #[test]
     fn the_binary_logs_plain_text_to_a_pipe() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n\
-                 [[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n"
-            ),
-        )
-        .unwrap();
-        let mut child = hub_bin(&["serve", "--config"], &path)
-            .env("DISPATCH_HUB_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut stderr = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            stderr.read_to_string(&mut text).unwrap();
-            text
-        });
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("hub listening on ")
-            .expect(&line)
-            .to_owned();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        let licensed = "[[license]]\nid = \"lic-a\"\nkey = \"key-lic-a\"\n";
+        let hub = Served::start(
+            &hub_toml(dir.path(), licensed),
+            &[("DISPATCH_HUB_LOG", "debug")],
+        );
+        block_on(async {
             let resp = reqwest::Client::new()
-                .post(format!("{base}/api/v1/licenses/activate"))
+                .post(format!("{}/api/v1/licenses/activate", hub.base))
                 .json(&json!({"key": "key-lic-a", "server_id": SRV_A, "machine_name": EVIL}))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
         });
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        assert_eq!(child.wait().unwrap().code(), Some(0));
-        let logs = err_reader.join().unwrap();
+        let logs = hub.stop();
         assert!(logs.contains("license activated"), "{logs}");
         assert!(!logs.contains('\u{1b}'), "no escape codes at all:\n{logs}");
         assert!(!logs.contains("\nFAKE LINE"), "no forged line:\n{logs}");
@@ -662,23 +601,11 @@ mod logs {
 
 mod serve_flags {
     use super::*;
-    use std::io::BufRead;
-    use std::process::Stdio;
-
-    fn hub_toml(dir: &Path) -> std::path::PathBuf {
-        let path = dir.join("hub.toml");
-        std::fs::write(
-            &path,
-            format!("listen = \"127.0.0.1:0\"\nwebhook_secret = \"{SECRET}\"\n"),
-        )
-        .unwrap();
-        path
-    }
 
     #[test]
     fn out_of_range_days_are_config_errors_naming_the_setting() {
         let dir = tempfile::tempdir().unwrap();
-        let path = hub_toml(dir.path());
+        let path = hub_toml(dir.path(), "");
         for (flag, setting) in [
             ("--retention-days=0", "retention_days"),
             ("--activation-expiry-days=99999", "activation_expiry_days"),
@@ -696,33 +623,13 @@ mod serve_flags {
     #[test]
     fn the_metrics_token_from_the_environment_guards_metrics() {
         let dir = tempfile::tempdir().unwrap();
-        let path = hub_toml(dir.path());
-        let mut child = hub_bin(&["serve", "--config"], &path)
-            .env("DISPATCH_HUB_METRICS_TOKEN", "env-token-93c1")
-            .env("DISPATCH_HUB_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut stderr = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
-            text
-        });
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("hub listening on ")
-            .expect(&line)
-            .to_owned();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        let env = [
+            ("DISPATCH_HUB_METRICS_TOKEN", "env-token-93c1"),
+            ("DISPATCH_HUB_LOG", "trace"),
+        ];
+        let hub = Served::start(&hub_toml(dir.path(), ""), &env);
+        let base = &hub.base;
+        block_on(async {
             let http = reqwest::Client::new();
             let open = http.get(format!("{base}/metrics")).send().await.unwrap();
             assert_eq!(open.status(), StatusCode::UNAUTHORIZED);
@@ -734,13 +641,7 @@ mod serve_flags {
                 .unwrap();
             assert_eq!(with.status(), StatusCode::OK);
         });
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        assert_eq!(child.wait().unwrap().code(), Some(0));
-        let logs = err_reader.join().unwrap();
+        let logs = hub.stop();
         assert!(
             !logs.contains("env-token-93c1"),
             "the token leaked:\n{logs}"

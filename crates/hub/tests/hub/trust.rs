@@ -18,10 +18,6 @@ const PR_SHA: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
 /// A later push to that pull request.
 const NEW_SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn json_of(name: &str) -> Value {
-    serde_json::from_slice(&fixture(name)).unwrap()
-}
-
 /// A webhook delivery's event: its name (`X-GitHub-Event`) and its body.
 #[derive(Clone)]
 struct Event {
@@ -44,6 +40,10 @@ impl Event {
         *payload.pointer_mut(pointer).expect(pointer) = value;
         Event::json(self.name, &payload)
     }
+}
+
+fn json_of(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
 }
 
 /// What the answer to a delivery must say: its status, how many jobs it made, its outcome.
@@ -233,7 +233,7 @@ fn reason_of(answer: &Value, has: &str) -> String {
 /// Pulls, accepts and returns the id of the next job, which must be there.
 async fn take(hub: &TestHub, c: &Creds) -> String {
     let id = hub.pull_id(c).await;
-    assert_eq!(hub.accept(c, &id).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(c, &id).await;
     id
 }
 
@@ -612,7 +612,7 @@ async fn a_cancel_for_a_job_not_yet_accepted_is_sent_after_the_accept() {
         StatusCode::NO_CONTENT,
         "nothing before the accept"
     );
-    assert_eq!(hub.accept(&s1, &run).await.status(), StatusCode::NO_CONTENT);
+    hub.accept_ok(&s1, &run).await;
     let cancel = hub.pull_job(&s1).await;
     assert_eq!(
         (cancel["command"].as_str(), cancel["issue_number"].as_i64()),
@@ -634,10 +634,7 @@ async fn a_long_summary_is_cut_to_githubs_comment_limit() {
     expect(&hub, "r", owner_says("@dispatch build", 1), dispatched(1)).await;
     let id = take(&hub, &c).await;
     let summary = "é".repeat(70_000);
-    assert_eq!(
-        hub.finish(&c, &id, "succeeded", &summary).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    hub.finish_ok(&c, &id, "succeeded", &summary).await;
     reports_sent(&hub, 1).await;
     let posted = comments(&gh, 1).await;
     let body = &posted[0];
