@@ -165,6 +165,23 @@ impl TestHub {
         id
     }
 
+    /// Sends a progress call for job `id` as [`SERVER`]: `steps` and `logs` as the wire has them.
+    async fn progress(&self, secret: &str, id: &str, steps: Value, logs: Value) {
+        let resp = self
+            .api(
+                &format!("/api/v1/github/dispatch/{id}/progress"),
+                json!({"license_id": "lic", "server_id": SERVER, "secret": secret,
+                       "run_started_ms": 1_700_000_000_000_u64, "steps": steps, "logs": logs}),
+            )
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+
     async fn finish(&self, secret: &str, id: &str, status: &str, summary: &str) {
         let resp = self
             .api(
@@ -201,6 +218,8 @@ fn every_page(id: &str) -> Vec<String> {
         format!("/jobs?repository={HELLO}&status=queued"),
         "/jobs?before=99999".into(),
         format!("/jobs/{id}"),
+        format!("/jobs/{id}/log?step=build&stream=stdout"),
+        format!("/jobs/{id}/events"),
         "/jobs/no-such-job".into(),
         "/deliveries".into(),
         "/deliveries?before_ms=99999999999999&before_id=x".into(),
@@ -251,6 +270,7 @@ async fn the_bearer_token_and_a_session_open_every_page() {
             let resp = hub.get(&path, auth).await;
             let expected = match path.as_str() {
                 "/" => StatusCode::SEE_OTHER,
+                p if p.ends_with("/events") => StatusCode::OK,
                 "/jobs/no-such-job" => StatusCode::NOT_FOUND,
                 _ => StatusCode::OK,
             };
@@ -550,5 +570,136 @@ async fn deliveries_show_outcomes_and_refused_requests_are_counted() {
     }
     let bindings = hub.page("/bindings", Auth::Bearer(TOKEN)).await;
     assert!(bindings.contains("Codertocat/Hello-World/lint/auto") && bindings.contains(">lint<"));
+    hub.stop().await;
+}
+
+/// Reads server-sent events from `resp` until one named `name` whose data contains `needle`;
+/// returns every event read, as text.
+async fn events_until(resp: &mut reqwest::Response, seen: &mut String, name: &str, needle: &str) {
+    let want = |seen: &str| {
+        seen.split("\n\n")
+            .any(|e| e.contains(&format!("event: {name}\n")) && e.contains(needle))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want(seen) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} event with {needle} in time; got:\n{seen}"))
+            .unwrap();
+        match chunk {
+            Some(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            None => panic!("the stream ended before a {name} event with {needle}; got:\n{seen}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_job_page_shows_steps_and_logs_and_the_tail_follows_the_run() {
+    let hub = TestHub::start(|_| {}).await;
+    hub.push("d-1").await;
+    let secret = hub.activate().await;
+    let id = hub.take(&secret).await;
+    hub.progress(
+        &secret,
+        &id,
+        json!([{"name": "build", "status": "running", "started_ms": 1_700_000_001_000_u64}]),
+        json!([{"step": "build", "stream": "stdout", "offset": 0, "data": "compiling <b>\n"}]),
+    )
+    .await;
+    let page = hub.page(&format!("/jobs/{id}"), Auth::Bearer(TOKEN)).await;
+    for want in [
+        "data-step=\"build\"",
+        "status status-running",
+        "compiling &lt;b&gt;\n",
+        "data-offset=\"14\"",
+        &format!("data-events=\"/jobs/{id}/events\""),
+        "src=\"/assets/tail.js\"",
+        "step build started",
+        "run started on box",
+    ] {
+        assert!(page.contains(want), "missing {want}: {page}");
+    }
+    // The tail starts where the page's log ends: the first line is not sent again.
+    let mut tail = hub
+        .get(
+            &format!("/jobs/{id}/events?s=stdout:14:build"),
+            Auth::Bearer(TOKEN),
+        )
+        .await;
+    assert_eq!(tail.status(), StatusCode::OK);
+    assert_eq!(tail.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    events_until(&mut tail, &mut seen, "job", "\"state\":\"accepted\"").await;
+    assert!(seen.contains("event: step\n"), "{seen}");
+    hub.progress(
+        &secret,
+        &id,
+        json!([]),
+        json!([{"step": "build", "stream": "stdout", "offset": 14, "data": "linking\n"}]),
+    )
+    .await;
+    events_until(&mut tail, &mut seen, "log", "linking").await;
+    assert!(!seen.contains("compiling"), "{seen}");
+    assert!(
+        seen.contains("\"offset\":14") && seen.contains("\"next\":22"),
+        "{seen}"
+    );
+    hub.progress(
+        &secret,
+        &id,
+        json!([{"name": "build", "status": "failed", "exit_code": 2,
+                "started_ms": 1_700_000_001_000_u64, "finished_ms": 1_700_000_004_500_u64}]),
+        json!([{"step": "build", "stream": "stderr", "offset": 0, "data": "error: boom\n", "eof": true}]),
+    )
+    .await;
+    events_until(&mut tail, &mut seen, "log", "error: boom").await;
+    events_until(&mut tail, &mut seen, "step", "\"exit_code\":2").await;
+    hub.finish(&secret, &id, "failed", "build failed").await;
+    events_until(&mut tail, &mut seen, "job", "\"status\":\"failed\"").await;
+    events_until(&mut tail, &mut seen, "end", "").await;
+    let rest = tokio::time::timeout(Duration::from_secs(60), tail.chunk()).await;
+    assert!(
+        matches!(rest, Ok(Ok(None))),
+        "the stream ends after `end`: {rest:?}"
+    );
+    // The finished page: no tail, the table and the whole log.
+    let done = hub.page(&format!("/jobs/{id}"), Auth::Bearer(TOKEN)).await;
+    assert!(
+        !done.contains("data-events") && !done.contains("tail.js"),
+        "{done}"
+    );
+    assert!(done.contains("3.5 s") && done.contains(">2<"), "{done}");
+    assert!(done.contains("step build failed, exit code 2"), "{done}");
+    let log = hub
+        .get(
+            &format!("/jobs/{id}/log?step=build&stream=stdout"),
+            Auth::Bearer(TOKEN),
+        )
+        .await;
+    assert_eq!(log.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(log.text().await.unwrap(), "compiling <b>\nlinking\n");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_without_progress_says_so_and_the_assets_are_public() {
+    let hub = TestHub::start(|_| {}).await;
+    let ids = hub.push("d-1").await;
+    let page = hub
+        .page(&format!("/jobs/{}", ids[0]), Auth::Bearer(TOKEN))
+        .await;
+    assert!(page.contains("No steps reported (yet)"), "{page}");
+    for (path, kind) in [
+        ("/assets/tail.js", "text/javascript; charset=utf-8"),
+        ("/assets/style.css", "text/css; charset=utf-8"),
+    ] {
+        let resp = hub.get(path, Auth::None).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(resp.headers()["content-type"], kind, "{path}");
+    }
+    assert_eq!(
+        hub.get("/favicon.ico", Auth::None).await.status(),
+        StatusCode::NO_CONTENT
+    );
     hub.stop().await;
 }

@@ -14,7 +14,8 @@ use super::layout::{self, Nav};
 use super::links;
 use super::queries::{self, JobDetail};
 use super::state::Web;
-use crate::store::JobState;
+use super::steps::{self, StepsView};
+use crate::store::{blocking, now_ms, JobState};
 
 pub(crate) async fn job_page(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response {
     let key = id.clone();
@@ -29,7 +30,11 @@ pub(crate) async fn job_page(State(web): State<Arc<Web>>, Path(id): Path<String>
         }
         Err(e) => return layout::internal(&e),
     };
-    layout::answer(StatusCode::OK, render(&web, &detail))
+    let view = match blocking(&web.app.store, move |store| steps::read(store, &id)).await {
+        Ok(view) => view,
+        Err(e) => return layout::internal(&e),
+    };
+    layout::answer(StatusCode::OK, render(&web, &detail, &view, now_ms()))
 }
 
 /// One line of the timeline: when, what.
@@ -38,7 +43,7 @@ struct Moment {
     what: String,
 }
 
-fn timeline(d: &JobDetail) -> Vec<Moment> {
+fn timeline(d: &JobDetail, view: &StepsView) -> Vec<Moment> {
     let row = &d.row;
     let mut moments = Vec::new();
     if d.received_ms > 0 {
@@ -63,6 +68,30 @@ fn timeline(d: &JobDetail) -> Vec<Moment> {
             what: format!("accepted by {}", server_name(d)),
         });
     }
+    if let Some(started) = view.progress.map(|p| p.run_started_ms).filter(|ms| *ms > 0) {
+        moments.push(Moment {
+            at_ms: started,
+            what: format!("run started on {}", server_name(d)),
+        });
+    }
+    for step in &view.steps {
+        if step.started_ms > 0 {
+            moments.push(Moment {
+                at_ms: step.started_ms,
+                what: format!("step {} started", step.name),
+            });
+        }
+        if step.finished_ms > 0 {
+            let exit = step
+                .exit_code
+                .map(|c| format!(", exit code {c}"))
+                .unwrap_or_default();
+            moments.push(Moment {
+                at_ms: step.finished_ms,
+                what: format!("step {} {}{exit}", step.name, step.status),
+            });
+        }
+    }
     if row.state == JobState::Finished.as_str() {
         moments.push(Moment {
             at_ms: row.updated_ms,
@@ -81,7 +110,7 @@ fn server_name(d: &JobDetail) -> String {
     }
 }
 
-pub(crate) fn render(web: &Web, d: &JobDetail) -> Markup {
+pub(crate) fn render(web: &Web, d: &JobDetail, view: &StepsView, now_ms: i64) -> Markup {
     let row = &d.row;
     let job = &row.job;
     let repo = links::Repo::new(&web.github_web, &job.repository_name);
@@ -92,7 +121,8 @@ pub(crate) fn render(web: &Web, d: &JobDetail) -> Markup {
         .iter()
         .find(|b| !job.binding_id.is_empty() && b.id == job.binding_id);
     let shown = shown_status(row);
-    let moments = timeline(d);
+    let moments = timeline(d, view);
+    let running = row.state != JobState::Finished.as_str();
     let body = html! {
         p {
             "Status: " span #job-status class={ "status status-" (shown) } { (shown) }
@@ -179,14 +209,26 @@ pub(crate) fn render(web: &Web, d: &JobDetail) -> Markup {
                 }
             }
         }
+        h2 { "Steps" }
+        @if view.steps.is_empty() {
+            p.muted { "No steps reported (yet): the scheduler reports them once the run starts, if it speaks the progress extension." }
+        }
+        (steps::table(view, now_ms))
+        h2 { "Logs" }
+        (steps::logs(&row.id, view))
+        @if running {
+            div #live data-events={ "/jobs/" (row.id) "/events" } {
+                p.muted { "This page follows the run as it goes (with JavaScript; without, reload it)." }
+            }
+        }
         h2 { "Summary" }
         @if row.state == JobState::Finished.as_str() {
             p { span class={ "status status-" (shown) } { (shown) } " after " (links::duration(row.updated_ms - row.created_ms)) }
-            @if !row.result_summary.is_empty() { pre #job-summary { (row.result_summary) } }
         } @else {
-            p #job-summary.muted { "Not finished yet." }
+            p #job-pending.muted { "Not finished yet." }
         }
+        pre #job-summary hidden[row.result_summary.is_empty()] { (row.result_summary) }
     };
     let title = format!("{} · {}", job.dag_name, short(&row.id, 13));
-    layout::page(&title, Nav::Jobs, body, false)
+    layout::page(&title, Nav::Jobs, body, running)
 }

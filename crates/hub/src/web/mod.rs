@@ -4,8 +4,8 @@
 //! live log tail.
 //!
 //! Files, bottom to top: `sessions`, `links`, `queries` (the SQL, over the pages' own read-only
-//! connection), `state`, `layout`, `auth`, then the pages `jobs`, `job`, `admin`, and this file,
-//! which mounts them.
+//! connection), `state`, `layout`, `auth`, then the pages: `jobs`, `steps` (a job's steps and
+//! logs), `job`, `tail` (the live tail), `admin`; and this file, which mounts them.
 //!
 //! Not for: anything a scheduler calls (the cloud API is `api`), writing to the store.
 
@@ -18,10 +18,12 @@ mod links;
 mod queries;
 mod sessions;
 mod state;
+mod steps;
+mod tail;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -39,6 +41,8 @@ pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router,
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs::jobs_page))
         .route("/jobs/{id}", get(job::job_page))
+        .route("/jobs/{id}/log", get(steps::whole_log))
+        .route("/jobs/{id}/events", get(tail::events))
         .route("/deliveries", get(admin::deliveries_page))
         .route("/servers", get(admin::servers_page))
         .route("/bindings", get(admin::bindings_page))
@@ -47,6 +51,8 @@ pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router,
         .merge(pages)
         .route("/login", get(auth::login))
         .route("/logout", post(auth::logout))
+        // Browsers ask for it on their own; an empty answer keeps a 404 out of their console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/assets/style.css",
             get(|| async { asset("text/css; charset=utf-8", layout::STYLE) }),

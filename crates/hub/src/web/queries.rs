@@ -211,3 +211,16 @@ pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<ActiveJob>, HubError>
     .and_then(|rows| rows.collect())
     .map_err(HubError::store("list active jobs"))
 }
+
+/// The state, result status and summary of the job `id`, or None.
+pub(crate) fn job_state(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(String, String, String)>, HubError> {
+    conn.prepare_cached("SELECT state, result_status, result_summary FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(HubError::store("read a job's state"))
+}

@@ -6,10 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use dispatch_protocol::Secret;
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
 
 use super::sessions::Sessions;
 use crate::error::HubError;
 use crate::handler::AppState;
+
+/// Live tails open at once, over every browser; one more is answered 503. Each holds a task and a
+/// watch on the store, so their number is bounded like the hub's connections are.
+pub(crate) const MAX_TAILS: usize = 256;
 
 /// The state of the page routes.
 pub(crate) struct Web {
@@ -26,6 +31,8 @@ pub(crate) struct Web {
     pub github_web: String,
     /// Session cookies carry `Secure` when the hub is reached over https.
     pub secure_cookies: bool,
+    /// One permit per live tail open ([`MAX_TAILS`]).
+    pub tails: Arc<Semaphore>,
 }
 
 impl Web {
@@ -53,6 +60,7 @@ impl Web {
             token,
             github_web,
             secure_cookies,
+            tails: Arc::new(Semaphore::new(MAX_TAILS)),
         })
     }
 
