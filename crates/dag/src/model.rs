@@ -271,6 +271,25 @@ pub enum RefSource {
     },
     /// A built-in run context value, e.g. `run.id`, `step.name`, `paths.log_file`.
     Context(String),
+    /// `${ID.outputs}` of a `parallel` or `foreach` step: the JSON array of the outputs its
+    /// successful children left (`path` empty), or `${ID.outputs[N].NAME}`: one value of it
+    /// (`path` = `["N", "NAME"]`).
+    StepCollected {
+        /// The producer's `id`.
+        step_id: String,
+        /// The producer's runtime name.
+        step_name: String,
+        /// JSON path into the array.
+        path: Vec<String>,
+    },
+    /// `${foreach.<as>.field}` in a `foreach` body: a field of the item, which the body run
+    /// holds as the JSON text of the param named here.
+    ParamPath {
+        /// The param holding JSON.
+        param: String,
+        /// JSON path segments.
+        path: Vec<String>,
+    },
 }
 
 /// An environment variable the executor sets (before `env` is expanded) from a reference the
@@ -316,6 +335,35 @@ pub enum ParallelItems {
     /// on whitespace, commas, semicolons, pipes and newlines.
     Expr(String),
 }
+
+/// `foreach` of a step: its inline body runs once per item, each time as a child run of the
+/// body (a DAG of its own), at most `max_concurrent` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Foreach {
+    /// The items: a YAML list, or a string that must resolve to a JSON array at run time.
+    pub items: ParallelItems,
+    /// `as`: the item's name in `${foreach.<as>}` (default `item`).
+    pub as_name: String,
+    /// `key`: the item key, resolved per item (`${foreach.<as>.field}` in it is the item's);
+    /// `None` = the item's index.
+    pub key: Option<String>,
+    /// At most this many bodies at once (1..=1000, default 10).
+    pub max_concurrent: u32,
+    /// The body: a graph of the `foreach.steps`, with the calling DAG's env, dotenv, secrets,
+    /// shell and params. Item references in it read the params [`FOREACH_ITEM`],
+    /// [`FOREACH_INDEX`] and [`FOREACH_KEY`].
+    pub body: Box<Dag>,
+    /// `collect`: output name → text resolved after a body succeeded, from the item and the
+    /// body's step outputs (`${steps.ID.outputs.NAME}`, `${foreach.<as>.field}`, ...).
+    pub collect: Vec<(String, String)>,
+}
+
+/// The param of a `foreach` body run holding the item (its text, or compact JSON).
+pub const FOREACH_ITEM: &str = "DAGU_FOREACH_ITEM";
+/// The param of a `foreach` body run holding the item's zero-based index.
+pub const FOREACH_INDEX: &str = "DAGU_FOREACH_INDEX";
+/// The param of a `foreach` body run holding the item's key.
+pub const FOREACH_KEY: &str = "DAGU_FOREACH_KEY";
 
 /// Default `max_concurrent` of `parallel`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 10;
@@ -386,6 +434,9 @@ pub struct Step {
     /// A sub-DAG call instead of a command.
     #[serde(default)]
     pub call: Option<SubDagCall>,
+    /// `foreach`: an inline body run per item instead of a command.
+    #[serde(default)]
+    pub foreach: Option<Foreach>,
     /// Variables to set from the references the loader rewrote, for every text field of the
     /// step (command, script, env, conditions, paths, call params).
     #[serde(default)]
@@ -534,6 +585,7 @@ impl Step {
             stdout: None,
             stderr: None,
             call: None,
+            foreach: None,
             bindings: Vec::new(),
         }
     }

@@ -33,6 +33,10 @@ pub(crate) struct Scope<'a> {
     pub(crate) output_vars: &'a HashSet<String>,
     /// Only `${consts.*}` may appear (the values of `consts` themselves).
     pub(crate) consts_only: bool,
+    /// Inside a `foreach` body: the item's name (`as`), for `${foreach.<as>}`,
+    /// `${foreach.index}` and `${foreach.key}`, and the top-level steps (id → name), whose
+    /// outputs a body cannot read.
+    pub(crate) foreach: Option<(&'a str, &'a HashMap<String, String>)>,
 }
 
 /// What the rewrites of one owner (a step, or the DAG level) need from the executor.
@@ -58,7 +62,6 @@ const CONTEXT_FIELDS: &[(&str, Option<&str>)] = &[
     ("run.id", Some("DAG_RUN_ID")),
     ("run.status", Some("DAG_RUN_STATUS")),
     ("run.started_at", None),
-    ("run.scheduled_at", None),
     ("run.root_name", None),
     ("run.root_id", None),
     ("attempt.id", None),
@@ -68,11 +71,36 @@ const CONTEXT_FIELDS: &[(&str, Option<&str>)] = &[
     ("trigger.actor", None),
     ("paths.log_file", Some("DAG_RUN_LOG_FILE")),
     ("paths.work_dir", Some("DAG_RUN_WORK_DIR")),
-    ("paths.artifacts_dir", Some("DAG_RUN_ARTIFACTS_DIR")),
-    ("paths.docs_dir", Some("DAG_DOCS_DIR")),
     ("paths.step_stdout_file", Some("DAG_RUN_STEP_STDOUT_FILE")),
     ("paths.step_stderr_file", Some("DAG_RUN_STEP_STDERR_FILE")),
     ("paths.step_output_file", Some("DAGU_OUTPUT_FILE")),
+];
+
+/// Run context fields of Dagu that never have a value here, refused at load time with the
+/// reason (Dagu would keep the reference's text, which a shell then rejects).
+const REFUSED_CONTEXT: &[(&str, &str)] = &[
+    (
+        "run.scheduled_at",
+        "dispatch starts runs from GitHub events and by hand, never on a schedule",
+    ),
+    (
+        "paths.artifacts_dir",
+        "artifact storage is not supported (`artifacts` is refused)",
+    ),
+    (
+        "paths.docs_dir",
+        "per-DAG docs directories are not supported",
+    ),
+    ("profile.name", "runtime profiles are not supported"),
+    ("profile.resolved_at", "runtime profiles are not supported"),
+    (
+        "pushback.iteration",
+        "approvals and push-back are not supported",
+    ),
+    (
+        "pushback.previous_stdout_file",
+        "approvals and push-back are not supported",
+    ),
 ];
 
 /// Step fields readable as `${ID.<field>}`.
@@ -129,7 +157,8 @@ pub(crate) fn rewrite(text: &str, scope: &Scope<'_>, refs: &mut Refs) -> Result<
             }
             Reference::Bound(var, source) => {
                 if let RefSource::StepOutput { step_id, .. }
-                | RefSource::StepField { step_id, .. } = &source
+                | RefSource::StepField { step_id, .. }
+                | RefSource::StepCollected { step_id, .. } = &source
                 {
                     if !refs.producers.contains(step_id) {
                         refs.producers.push(step_id.clone());
@@ -176,9 +205,41 @@ fn ref_var(segments: &[&str]) -> String {
 }
 
 fn classify<'t>(inner: &'t str, scope: &Scope<'t>) -> Result<Option<Reference<'t>>, String> {
+    if !scope.consts_only {
+        if let Some(collected) = collected_ref(inner, scope) {
+            return Ok(Some(collected));
+        }
+    }
     let segments: Vec<&str> = inner.split('.').collect();
     if segments.len() < 2 || !segments.iter().all(|s| is_identifier(s)) {
         return Ok(None);
+    }
+    if let (Some((item, outer)), false) = (scope.foreach, scope.consts_only) {
+        let producer = match segments.as_slice() {
+            ["steps", id, ..] => Some(*id),
+            [id, "outputs" | "stdout" | "stderr" | "exit_code", ..] => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = producer.filter(|id| outer.contains_key(*id)) {
+            return Err(format!("`${{{inner}}}`: a `foreach` body step cannot read top-level step `{id}` (not supported yet); pass the value through `foreach.items`"));
+        }
+        match segments.as_slice() {
+            ["foreach", "index"] => return Ok(Some(Reference::Env(crate::FOREACH_INDEX))),
+            ["foreach", "key"] => return Ok(Some(Reference::Env(crate::FOREACH_KEY))),
+            ["foreach", name] if *name == item => {
+                return Ok(Some(Reference::Env(crate::FOREACH_ITEM)))
+            }
+            ["foreach", name, path @ ..] if *name == item => {
+                return Ok(Some(Reference::Bound(
+                    ref_var(&segments),
+                    RefSource::ParamPath {
+                        param: crate::FOREACH_ITEM.to_owned(),
+                        path: path.iter().map(|s| (*s).to_owned()).collect(),
+                    },
+                )))
+            }
+            _ => {}
+        }
     }
     let only_consts = |what: &str| -> Result<Option<Reference<'t>>, String> {
         if scope.consts_only {
@@ -235,6 +296,9 @@ fn classify<'t>(inner: &'t str, scope: &Scope<'t>) -> Result<Option<Reference<'t
                 ["context", rest @ ..] => rest.join("."),
                 _ => inner.to_owned(),
             };
+            if let Some((_, why)) = REFUSED_CONTEXT.iter().find(|(f, _)| *f == path) {
+                return Err(format!("`${{{inner}}}`: not supported: {why}"));
+            }
             if let Some((field, projection)) = CONTEXT_FIELDS.iter().find(|(f, _)| *f == path) {
                 let var = projection
                     .map(str::to_owned)
@@ -256,6 +320,53 @@ fn classify<'t>(inner: &'t str, scope: &Scope<'t>) -> Result<Option<Reference<'t
             Ok(None)
         }
     }
+}
+
+/// `${ID.outputs}` / `${steps.ID.outputs}` (the collected outputs of a `parallel` or
+/// `foreach` step) and `${ID.outputs[N].NAME}` (one of their values), for a known step other
+/// than the owner.
+fn collected_ref<'t>(inner: &str, scope: &Scope<'t>) -> Option<Reference<'t>> {
+    if !inner.contains(".outputs") {
+        return None;
+    }
+    let rest = inner.strip_prefix("steps.").unwrap_or(inner);
+    let (id, after) = rest.split_once(".outputs")?;
+    let name = scope.steps.get(id)?;
+    if scope.own_id == Some(id) {
+        return None;
+    }
+    let mut path = Vec::new();
+    let mut tail = after;
+    if let Some(indexed) = tail.strip_prefix('[') {
+        let (n, more) = indexed.split_once(']')?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        path.push(n.to_owned());
+        tail = more;
+    } else if !tail.is_empty() {
+        // `${ID.outputs.NAME}`: a declared output, not the collected array.
+        return None;
+    }
+    for field in tail.split('.').skip(1) {
+        if !is_identifier(field) {
+            return None;
+        }
+        path.push(field.to_owned());
+    }
+    if !tail.is_empty() && !tail.starts_with('.') {
+        return None;
+    }
+    let mut var_segments = vec![id, "outputs"];
+    var_segments.extend(path.iter().map(String::as_str));
+    Some(Reference::Bound(
+        ref_var(&var_segments),
+        RefSource::StepCollected {
+            step_id: id.to_owned(),
+            step_name: name.clone(),
+            path,
+        },
+    ))
 }
 
 /// A reference to step `id`; `None` (kept as text, as Dagu keeps an unresolvable reference)
@@ -324,6 +435,7 @@ mod tests {
             own_id: Some("me"),
             output_vars: &f.outputs,
             consts_only: false,
+            foreach: None,
         };
         let mut refs = Refs::default();
         rewrite(text, &scope, &mut refs).map(|t| (t, refs))
@@ -376,6 +488,15 @@ mod tests {
                 "unterminated ${params.region",
                 "unterminated ${params.region",
             ),
+            // Collected outputs of a parallel / foreach step.
+            (
+                "echo ${build.outputs} ${steps.build.outputs[1].url}",
+                "echo ${DAGU_REF_build_outputs} ${DAGU_REF_build_outputs_1_url}",
+            ),
+            ("echo ${build.outputs[x]}", "echo ${build.outputs[x]}"),
+            ("echo ${me.outputs[0].x}", "echo ${me.outputs[0].x}"),
+            // Outside a foreach body, `foreach.*` is not ours.
+            ("echo ${foreach.item}", "echo ${foreach.item}"),
         ];
         for (input, want) in cases {
             let (got, _) = run(input).unwrap();
@@ -412,10 +533,68 @@ mod tests {
 
     #[test]
     fn errors_name_the_reference() {
-        let e = run("echo ${consts.missing}").unwrap_err();
-        assert!(e.contains("unknown const `missing`"), "{e}");
-        let e = run("echo ${params.other}").unwrap_err();
-        assert!(e.contains("param `other` is not declared"), "{e}");
+        let cases = [
+            ("echo ${consts.missing}", "unknown const `missing`"),
+            ("echo ${params.other}", "param `other` is not declared"),
+            ("echo ${run.scheduled_at}", "never on a schedule"),
+            ("echo ${context.paths.artifacts_dir}", "artifact storage"),
+            ("echo ${paths.docs_dir}", "docs directories"),
+            ("echo ${profile.name}", "runtime profiles"),
+            ("echo ${pushback.iteration}", "push-back"),
+        ];
+        for (text, want) in cases {
+            let e = run(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn collected_outputs_and_foreach_items() {
+        let (_, refs) = run("${steps.build.outputs[0].url}").unwrap();
+        assert_eq!(
+            refs.bindings[0].source,
+            RefSource::StepCollected {
+                step_id: "build".into(),
+                step_name: "Build image".into(),
+                path: vec!["0".into(), "url".into()],
+            }
+        );
+        assert_eq!(refs.producers, ["build"]);
+
+        let f = fixture();
+        let outer = HashMap::from([("top".to_owned(), "Top".to_owned())]);
+        let scope = Scope {
+            consts: &f.consts,
+            params: &f.params,
+            steps: &f.steps,
+            own_id: None,
+            output_vars: &f.outputs,
+            consts_only: false,
+            foreach: Some(("episode", &outer)),
+        };
+        let mut refs = Refs::default();
+        let got = rewrite(
+            "${foreach.episode} ${foreach.index} ${foreach.key} ${foreach.episode.url} ${foreach.item}",
+            &scope,
+            &mut refs,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            "${DAGU_FOREACH_ITEM} ${DAGU_FOREACH_INDEX} ${DAGU_FOREACH_KEY} \
+             ${DAGU_REF_foreach_episode_url} ${foreach.item}"
+        );
+        assert_eq!(
+            refs.bindings[0].source,
+            RefSource::ParamPath {
+                param: "DAGU_FOREACH_ITEM".into(),
+                path: vec!["url".into()],
+            }
+        );
+        for text in ["${steps.top.outputs.x}", "${top.stdout}"] {
+            let e = rewrite(text, &scope, &mut refs).unwrap_err();
+            assert!(e.contains("top-level step `top`"), "{e}");
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum StepStatus {
     Succeeded,
     /// Not run because a dependency failed or the run was stopped.
     Skipped,
+    /// A sub-DAG call or `foreach` whose children all ended well, at least one of them only
+    /// partially: the step counts as done, and the run ends `partially_succeeded` at best.
+    PartiallySucceeded,
 }
 
 /// A status word or number that is not one of the [`RunStatus`] values.
@@ -152,6 +155,7 @@ impl StepStatus {
             StepStatus::Aborted => "aborted",
             StepStatus::Succeeded => "succeeded",
             StepStatus::Skipped => "skipped",
+            StepStatus::PartiallySucceeded => "partially_succeeded",
         }
     }
 }
@@ -206,6 +210,7 @@ pub fn final_status(cancelled: bool, steps: &[(StepStatus, bool)]) -> RunStatus 
     }
     let mut covered_failure = false;
     for &(status, continue_on_failure) in steps {
+        covered_failure |= status == StepStatus::PartiallySucceeded;
         if status == StepStatus::Failed {
             if !continue_on_failure {
                 return RunStatus::Failed;
@@ -274,6 +279,7 @@ mod tests {
             StepStatus::Aborted,
             StepStatus::Succeeded,
             StepStatus::Skipped,
+            StepStatus::PartiallySucceeded,
         ] {
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),
@@ -318,6 +324,16 @@ mod tests {
                 false,
                 &[(Succeeded, true), (Skipped, false)],
                 RunStatus::Succeeded,
+            ),
+            (
+                false,
+                &[(PartiallySucceeded, false), (Succeeded, false)],
+                RunStatus::PartiallySucceeded,
+            ),
+            (
+                false,
+                &[(PartiallySucceeded, false), (Failed, false)],
+                RunStatus::Failed,
             ),
             (true, &[(Succeeded, false)], RunStatus::Aborted),
             (true, &[(Failed, false)], RunStatus::Aborted),

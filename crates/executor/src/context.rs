@@ -27,6 +27,12 @@ pub(crate) struct RunFacts {
     pub(crate) root: Option<(String, String)>,
     /// The resolved params.
     pub(crate) params: Vec<(String, String)>,
+    /// The run's own empty directory (`<attempt log dir>/work`), for scratch files; removed
+    /// with the run's logs.
+    pub(crate) run_work_dir: PathBuf,
+    /// Who started the run, when known: the GitHub login of a webhook run's sender, the local
+    /// user of a run by hand; a sub-DAG run has its parent's.
+    pub(crate) actor: Option<String>,
 }
 
 /// What is known about the step (or handler) the environment is for.
@@ -70,10 +76,12 @@ pub(crate) struct StepView<'a> {
     pub(crate) stdout: &'a Path,
     pub(crate) stderr: &'a Path,
     pub(crate) exit_code: Option<i32>,
+    /// What a `parallel` or `foreach` step collected from its children (a JSON array).
+    pub(crate) collected: Option<&'a str>,
 }
 
 /// The built-in variables of a step, which nothing may override: `DAG_NAME`, `DAG_RUN_ID`,
-/// `DAG_RUN_LOG_FILE`, `DAG_RUN_STEP_NAME`, `DAG_RUN_STEP_STDOUT_FILE`,
+/// `DAG_RUN_LOG_FILE`, `DAG_RUN_WORK_DIR`, `DAG_RUN_STEP_NAME`, `DAG_RUN_STEP_STDOUT_FILE`,
 /// `DAG_RUN_STEP_STDERR_FILE`, `DAGU_OUTPUT_FILE`, `DAG_PARAMS_JSON` (and Dagu's alias
 /// `DAGU_PARAMS_JSON`), and `DAG_RUN_STATUS` in handlers. Without a step
 /// ([`StepFacts::none`]) only the run's.
@@ -83,6 +91,7 @@ pub(crate) fn builtin_vars(run: &RunFacts, step: &StepFacts<'_>) -> Vec<(String,
         ("DAG_NAME".to_owned(), run.dag_name.clone()),
         ("DAG_RUN_ID".to_owned(), run.run_id.clone()),
         ("DAG_RUN_LOG_FILE".to_owned(), path_text(&run.log_file)),
+        ("DAG_RUN_WORK_DIR".to_owned(), path_text(&run.run_work_dir)),
         ("DAG_PARAMS_JSON".to_owned(), params.clone()),
         ("DAGU_PARAMS_JSON".to_owned(), params),
     ];
@@ -123,13 +132,16 @@ pub(crate) fn context_value(field: &str, run: &RunFacts, step: &StepFacts<'_>) -
         "attempt.id" => run.attempt_id.clone(),
         "step.id" => step.id?.to_owned(),
         "trigger.type" => run.trigger.clone(),
+        "trigger.actor" => run.actor.clone()?,
         "paths.log_file" => path_text(&run.log_file),
+        "paths.work_dir" => path_text(&run.run_work_dir),
         _ if !step.is_step() => return None,
         "step.name" => step.name.to_owned(),
         "paths.step_stdout_file" => path_text(step.stdout),
         "paths.step_stderr_file" => path_text(step.stderr),
         "paths.step_output_file" => path_text(step.output_file),
-        // No schedules, actors, per-run work, artifacts or docs directories here.
+        // The loader refuses the fields that never have a value here (schedules, artifacts,
+        // docs directories, profiles, push-back).
         _ => return None,
     })
 }
@@ -172,6 +184,17 @@ pub(crate) fn binding_values(
                     .and_then(|s| s.output_value)
                     .and_then(|json| json_path(json, path)),
                 RefSource::Context(field) => context_value(field, run, step),
+                RefSource::StepCollected {
+                    step_name, path, ..
+                } => by_name(step_name)
+                    .and_then(|s| s.collected)
+                    .and_then(|json| json_path(json, path)),
+                RefSource::ParamPath { param, path } => run
+                    .params
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == param)
+                    .and_then(|(_, json)| json_path(json, path)),
             }?;
             Some((b.var.clone(), value))
         })
@@ -224,7 +247,13 @@ mod tests {
             started_at: 0,
             trigger: "webhook".into(),
             root: None,
-            params: vec![("A".into(), "1".into()), ("A".into(), "2".into())],
+            params: vec![
+                ("A".into(), "1".into()),
+                ("A".into(), "2".into()),
+                ("ITEM".into(), r#"{"url":"u1"}"#.into()),
+            ],
+            run_work_dir: "/logs/work".into(),
+            actor: Some("octocat".into()),
         }
     }
 
@@ -259,6 +288,7 @@ mod tests {
                 stdout: Path::new("/logs/Build.out"),
                 stderr: Path::new("/logs/Build.err"),
                 exit_code: Some(0),
+                collected: Some(r#"[{"url":"a"},{"url":"b"}]"#),
             },
             StepView {
                 name: "json",
@@ -268,6 +298,7 @@ mod tests {
                 stdout: Path::new("/logs/json.out"),
                 stderr: Path::new("/logs/json.err"),
                 exit_code: Some(3),
+                collected: None,
             },
         ];
         let out = |step_name: &str, output: &str| RefSource::StepOutput {
@@ -298,6 +329,39 @@ mod tests {
             bind("DAG_RUN_ID", RefSource::Context("run.id".into())),
             bind("STATUS", RefSource::Context("run.status".into())),
             bind("SID", RefSource::Context("step.id".into())),
+            bind(
+                "ALL",
+                RefSource::StepCollected {
+                    step_id: "x".into(),
+                    step_name: "Build".into(),
+                    path: vec![],
+                },
+            ),
+            bind(
+                "SECOND",
+                RefSource::StepCollected {
+                    step_id: "x".into(),
+                    step_name: "Build".into(),
+                    path: vec!["1".into(), "url".into()],
+                },
+            ),
+            bind(
+                "NONE",
+                RefSource::StepCollected {
+                    step_id: "x".into(),
+                    step_name: "json".into(),
+                    path: vec![],
+                },
+            ),
+            bind(
+                "URL",
+                RefSource::ParamPath {
+                    param: "ITEM".into(),
+                    path: vec!["url".into()],
+                },
+            ),
+            bind("WORK", RefSource::Context("paths.work_dir".into())),
+            bind("WHO", RefSource::Context("trigger.actor".into())),
         ];
         let refs: Vec<&Binding> = bindings.iter().collect();
         let got = binding_values(&refs, &run(), &step(), &steps);
@@ -309,6 +373,11 @@ mod tests {
             ("ID", "7"),
             ("DAG_RUN_ID", "r1"),
             ("SID", "me_id"),
+            ("ALL", r#"[{"url":"a"},{"url":"b"}]"#),
+            ("SECOND", "b"),
+            ("URL", "u1"),
+            ("WORK", "/logs/work"),
+            ("WHO", "octocat"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -64,6 +64,7 @@ mod consumer;
 mod context;
 mod env;
 mod error;
+mod foreach;
 mod invocation;
 mod mask;
 mod outputs;

@@ -75,10 +75,29 @@ fn write_status(stores: &Stores, record: &RunRecord) -> bool {
 struct StepState {
     outputs: BTreeMap<String, String>,
     output_value: Option<String>,
+    /// What a `parallel` or `foreach` step collected (a JSON array).
+    collected: Option<String>,
     /// A failure covered by `continue_on`.
     continued: bool,
     /// Skipped by its own preconditions.
     by_preconditions: bool,
+}
+
+/// Who started a top-level run: a webhook run's `GITHUB_ACTOR` (the sender's login), the
+/// local user of a run by hand.
+fn actor(trigger: &str, params: &[(String, String)]) -> Option<String> {
+    match trigger {
+        "webhook" => params
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "GITHUB_ACTOR")
+            .map(|(_, v)| v.clone()),
+        "manual" => ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()),
+        _ => None,
+    }
+    .filter(|a| !a.is_empty())
 }
 
 /// Steps whose records are final.
@@ -160,10 +179,11 @@ async fn execute(
             ..StepRecord::default()
         })
         .collect();
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    let run_work_dir = dir.join("work");
+    if let Err(e) = std::fs::create_dir_all(&run_work_dir) {
         record.error = Some(format!(
             "failed to create run directory `{}`: {e}",
-            dir.display()
+            run_work_dir.display()
         ));
         return finish_run(&stores, record, RunStatus::Failed).await;
     }
@@ -181,6 +201,11 @@ async fn execute(
         trigger: record.trigger.clone(),
         root: lineage.root.clone(),
         params: dag.resolved_params.clone(),
+        run_work_dir,
+        actor: lineage
+            .actor
+            .clone()
+            .or_else(|| actor(&record.trigger, &dag.resolved_params)),
     };
     let max_output = dag.max_output_size.map_or(DEFAULT_MAX_OUTPUT, |n| {
         usize::try_from(n).unwrap_or(usize::MAX)
@@ -421,6 +446,7 @@ fn step_env(
             stdout: &rec.stdout,
             stderr: &rec.stderr,
             exit_code: rec.exit_code,
+            collected: st.collected.as_deref(),
         })
         .collect();
     let bindings: Vec<&Binding> = cx
@@ -531,6 +557,7 @@ async fn run_steps(
                 state[i] = StepState {
                     outputs: result.outputs,
                     output_value: result.output_value,
+                    collected: result.collected,
                     continued: result.continued,
                     by_preconditions: result.by_preconditions,
                 };
@@ -587,7 +614,7 @@ fn schedule(
             let mut waiting = false;
             for &d in step_deps {
                 match record.steps[d].status {
-                    StepStatus::Succeeded => {}
+                    StepStatus::Succeeded | StepStatus::PartiallySucceeded => {}
                     StepStatus::Failed if state[d].continued => {}
                     StepStatus::Skipped
                         if state[d].by_preconditions && dag.steps[d].continue_on.skipped => {}

@@ -120,6 +120,8 @@ pub(crate) struct Lineage {
     /// The secret values of the runs above this one (a parent may pass one as a param): masked
     /// here too.
     pub(crate) secrets: Vec<String>,
+    /// Who started the top-level run (`${trigger.actor}`), when known.
+    pub(crate) actor: Option<String>,
 }
 
 /// A boxed future of a run's final record.

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_dag::{StepStatus, SubDagCall};
+use dispatch_dag::{Foreach, StepStatus, SubDagCall};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{all_met, check, CheckCx};
 use crate::env::{expand, lookup};
+use crate::foreach::run_foreach;
 use crate::invocation::{invocations, positional, Invocation, Shell};
 use crate::outputs::parse_output_file;
 use crate::policy::{
@@ -23,7 +24,7 @@ use crate::process::{
 };
 use crate::run_cx::{RunCx, StopReason};
 use crate::step_job::StepJob;
-use crate::subdag::run_call;
+use crate::subdag::{run_call, CallEnd};
 
 /// How a step ended and what it left for the steps after it.
 #[derive(Debug, Default)]
@@ -35,6 +36,8 @@ pub(crate) struct StepResult {
     pub(crate) outputs: BTreeMap<String, String>,
     /// The value of its `output:` variable.
     pub(crate) output_value: Option<String>,
+    /// What a `parallel` or `foreach` step collected (a JSON array).
+    pub(crate) collected: Option<String>,
     /// It failed, but `continue_on` lets the run go on (and counts it as a covered failure).
     pub(crate) continued: bool,
     /// It was skipped because its preconditions were not met.
@@ -63,12 +66,16 @@ struct AttemptEnd {
     stderr: Captured,
     outputs: BTreeMap<String, String>,
     sub_runs: Vec<String>,
+    /// A call's or `foreach`'s value for the `output:` variable (instead of stdout).
+    output: Option<String>,
+    collected: Option<String>,
 }
 
 /// What the step runs.
 enum Action<'a> {
     Processes(Vec<Invocation>),
     Call(&'a SubDagCall),
+    Foreach(&'a Foreach),
 }
 
 /// Everything an attempt needs besides the action.
@@ -156,9 +163,10 @@ pub(crate) async fn run_step(run: Arc<RunCx>, job: StepJob) -> StepResult {
         Ok(env) => env,
         Err(e) => return StepResult::failed(e),
     };
-    let action = match &step.call {
-        Some(call) => Action::Call(call),
-        None => {
+    let action = match (&step.call, &step.foreach) {
+        (Some(call), _) => Action::Call(call),
+        (None, Some(foreach)) => Action::Foreach(foreach),
+        (None, None) => {
             let script = match &step.script {
                 None => None,
                 Some(text) => {
@@ -278,12 +286,15 @@ pub(crate) async fn run_step(run: Arc<RunCx>, job: StepJob) -> StepResult {
         error: last.error,
         outputs: last.outputs,
         output_value: None,
+        collected: last.collected,
         continued: false,
         by_preconditions: false,
         attempts,
         sub_runs,
     };
-    if step.output.is_some() {
+    if step.output.is_some() && (step.call.is_some() || step.foreach.is_some()) {
+        result.output_value = last.output;
+    } else if step.output.is_some() {
         let mut text = String::from_utf8_lossy(&last.stdout.bytes).into_owned();
         if text.ends_with('\n') {
             text.pop();
@@ -359,10 +370,20 @@ async fn attempt(cx: &AttemptCx<'_>, action: &Action<'_>) -> AttemptEnd {
         };
     }
     let invocations = match action {
-        Action::Call(call) => {
+        Action::Call(_) | Action::Foreach(_) => {
             // The step's timeout stops its children as a stop of the step would.
             let call_stop = job.stop.child_token();
-            let calling = run_call(run, job, call, cx.work_dir, cx.env, &call_stop);
+            let calling = async {
+                match action {
+                    Action::Call(call) => {
+                        run_call(run, job, call, cx.work_dir, cx.env, &call_stop).await
+                    }
+                    Action::Foreach(foreach) => {
+                        run_foreach(run, job, foreach, cx.work_dir, cx.env, &call_stop).await
+                    }
+                    Action::Processes(_) => CallEnd::default(),
+                }
+            };
             tokio::pin!(calling);
             let limit = async {
                 match step.timeout_sec {
@@ -381,8 +402,31 @@ async fn attempt(cx: &AttemptCx<'_>, action: &Action<'_>) -> AttemptEnd {
                 status: end.status,
                 error: end.error,
                 sub_runs: end.sub_runs,
+                output: end.output,
+                collected: end.collected,
                 ..AttemptEnd::default()
             };
+            if attempt.status == StepStatus::Succeeded
+                || attempt.status == StepStatus::PartiallySucceeded
+            {
+                // A call publishes the declared outputs its one child left.
+                for decl in &step.outputs {
+                    match end.outputs.get(&decl.name) {
+                        Some(value) => {
+                            attempt.outputs.insert(decl.name.clone(), value.clone());
+                        }
+                        None => {
+                            attempt.status = StepStatus::Failed;
+                            attempt.error = Some(format!(
+                                "outputs: the sub-DAG run published no output `{}`",
+                                decl.name
+                            ));
+                            attempt.outputs.clear();
+                            break;
+                        }
+                    }
+                }
+            }
             if timed_out && !job.stop.is_cancelled() {
                 attempt.status = StepStatus::Failed;
                 attempt.exit_code = Some(TIMEOUT_EXIT_CODE);

@@ -9,6 +9,7 @@
 //! Its params are data: `${ITEM}`, `${ITEM.field}` and `${VAR}` in the call's params are
 //! replaced by values, and the values reach the child's commands only through its environment.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,24 +32,31 @@ use crate::step_job::StepJob;
 /// Sub-DAG calls nested deeper than this fail (a DAG that calls itself).
 const MAX_DEPTH: u32 = 16;
 
-/// Most items of one `parallel` call.
-const MAX_ITEMS: usize = 1000;
+/// Most items of one `parallel` call or `foreach`.
+pub(crate) const MAX_ITEMS: usize = 1000;
 
-/// How a call ended.
-#[derive(Debug)]
+/// How a call (or a `foreach`) ended.
+#[derive(Debug, Default)]
 pub(crate) struct CallEnd {
     pub(crate) status: StepStatus,
     pub(crate) error: Option<String>,
     /// `<dag>/<run_id>` of every child started.
     pub(crate) sub_runs: Vec<String>,
+    /// The value of the step's `output:` variable: one child's result, or the aggregate of a
+    /// `parallel` or `foreach` step (JSON).
+    pub(crate) output: Option<String>,
+    /// The step's declared `outputs`, taken from its one child's outputs.
+    pub(crate) outputs: BTreeMap<String, String>,
+    /// What a `parallel` or `foreach` step publishes as `${ID.outputs}` (a JSON array).
+    pub(crate) collected: Option<String>,
 }
 
 impl CallEnd {
-    fn failed(error: String) -> CallEnd {
+    pub(crate) fn failed(error: String) -> CallEnd {
         CallEnd {
             status: StepStatus::Failed,
             error: Some(error),
-            sub_runs: Vec::new(),
+            ..CallEnd::default()
         }
     }
 }
@@ -58,6 +66,55 @@ impl CallEnd {
 struct Child {
     dag: String,
     params: Vec<Param>,
+}
+
+/// A started child's run, prepared: what starts it.
+pub(crate) type Start = (Attempt, Arc<RunControl>, Lineage);
+
+/// How one child ended: its final record (or why it could not start, or `None` when it was
+/// never started because the step was stopped), and the `output:` variables of its DAG's steps
+/// (step name → variable).
+#[derive(Debug, Default)]
+pub(crate) struct ChildEnd {
+    pub(crate) record: Option<Result<RunRecord, String>>,
+    pub(crate) vars: Vec<(String, String)>,
+}
+
+impl ChildEnd {
+    /// It ended `succeeded` or `partially_succeeded`.
+    pub(crate) fn ended_well(&self) -> bool {
+        matches!(&self.record, Some(Ok(r)) if ended_well(r.status))
+    }
+
+    /// The `output:` variables its steps left, name → value.
+    pub(crate) fn output_vars(&self) -> BTreeMap<String, String> {
+        let Some(Ok(record)) = &self.record else {
+            return BTreeMap::new();
+        };
+        record
+            .steps
+            .iter()
+            .filter_map(|s| {
+                let (_, var) = self.vars.iter().find(|(name, _)| *name == s.name)?;
+                Some((var.clone(), s.output.clone()?))
+            })
+            .collect()
+    }
+
+    /// Its `output:` variables merged with its steps' declared outputs.
+    pub(crate) fn all_outputs(&self) -> BTreeMap<String, String> {
+        let mut all = self.output_vars();
+        if let Some(Ok(record)) = &self.record {
+            for step in &record.steps {
+                all.extend(step.outputs.clone());
+            }
+        }
+        all
+    }
+}
+
+fn ended_well(status: RunStatus) -> bool {
+    matches!(status, RunStatus::Succeeded | RunStatus::PartiallySucceeded)
 }
 
 /// Runs the call of the step in `job`; `env` is the step's environment, `stop` stops the
@@ -70,44 +127,106 @@ pub(crate) async fn run_call(
     env: &[(String, String)],
     stop: &CancellationToken,
 ) -> CallEnd {
-    if run.lineage.depth >= MAX_DEPTH {
-        return CallEnd::failed(format!(
-            "sub-DAG calls are nested more than {MAX_DEPTH} deep (does `{}` call itself?)",
-            call.dag
-        ));
+    if let Err(e) = check_depth(run, &call.dag) {
+        return CallEnd::failed(e);
     }
     let children = match children(call, env) {
         Ok(children) => children,
         Err(e) => return CallEnd::failed(e),
     };
-    let mut out = StepOutput(job.stdout.clone());
     let max_concurrent = call
         .parallel
         .as_ref()
         .map_or(1, |p| p.max_concurrent.max(1) as usize);
+    let what = |i: usize| format!("sub-DAG `{}`", children[i].dag);
+    let (ends, sub_runs) = run_children(
+        run,
+        job,
+        (children.len(), max_concurrent),
+        stop,
+        &what,
+        |i| {
+            let (dag, local) = find_dag(run, &children[i].dag)?;
+            start_run(run, stop, dag, local, &children[i].params, work_dir)
+        },
+    )
+    .await;
+    let mut end = step_end(&ends, stop, &what);
+    end.sub_runs = sub_runs;
+    if call.parallel.is_some() {
+        end.output = Some(parallel_aggregate(&children, &ends).to_string());
+        end.collected = collected(
+            ends.iter()
+                .filter(|c| c.ended_well())
+                .map(|c| c.all_outputs()),
+        );
+    } else if let Some(child) = ends.first() {
+        let outputs = child.all_outputs();
+        if let Some(Ok(record)) = &child.record {
+            end.output = Some(
+                serde_json::json!({
+                    "name": record.dag_name,
+                    "dag_run_id": record.run_id,
+                    "params": record.params,
+                    "status": record.status.as_str(),
+                    "outputs": outputs,
+                })
+                .to_string(),
+            );
+        }
+        end.outputs = outputs;
+    }
+    end
+}
 
-    let mut set: JoinSet<(usize, Result<RunRecord, String>)> = JoinSet::new();
-    let mut records: Vec<Option<Result<RunRecord, String>>> = vec![None; children.len()];
+/// Fails a call nested too deep (a DAG that calls itself).
+pub(crate) fn check_depth(run: &RunCx, what: &str) -> Result<(), String> {
+    if run.lineage.depth >= MAX_DEPTH {
+        return Err(format!(
+            "sub-DAG calls are nested more than {MAX_DEPTH} deep (does `{what}` call itself?)"
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `count` children, at most `max_concurrent` at once, each prepared by `start(i)`,
+/// and waits for all of them (a failed child does not stop the others); a stop starts no more.
+/// `what(i)` names child `i` in the step's log. Returns how each ended and the
+/// `<dag>/<run_id>` of those started.
+pub(crate) async fn run_children(
+    run: &Arc<RunCx>,
+    job: &StepJob,
+    (count, max_concurrent): (usize, usize),
+    stop: &CancellationToken,
+    what: &(dyn Fn(usize) -> String + Sync),
+    start: impl Fn(usize) -> Result<Start, String> + Sync,
+) -> (Vec<ChildEnd>, Vec<String>) {
+    let mut out = StepOutput(job.stdout.clone());
+    let mut set: JoinSet<(usize, RunRecord)> = JoinSet::new();
+    let mut ends: Vec<ChildEnd> = (0..count).map(|_| ChildEnd::default()).collect();
     let mut sub_runs = Vec::new();
     let mut next = 0;
     loop {
-        while set.len() < max_concurrent && next < children.len() && !stop.is_cancelled() {
+        while set.len() < max_concurrent && next < count && !stop.is_cancelled() {
             let i = next;
             next += 1;
-            match start_child(run, stop, &children[i], work_dir) {
+            match start(i) {
                 Ok((attempt, ctl, lineage)) => {
                     let id = format!("{}/{}", attempt.record.dag_name, attempt.record.run_id);
                     out.line(&format!("sub-DAG run `{id}` started"));
                     sub_runs.push(id);
+                    ends[i].vars = attempt
+                        .dag
+                        .steps
+                        .iter()
+                        .filter_map(|s| Some((s.name.clone(), s.output.clone()?)))
+                        .collect();
                     let future = (run.run_child)(run.stores.clone(), attempt, ctl, lineage);
-                    set.spawn(async move { (i, Ok(future.await)) });
+                    set.spawn(async move { (i, future.await) });
                 }
                 Err(e) => {
-                    out.line(&format!(
-                        "sub-DAG `{}` could not start: {e}",
-                        children[i].dag
-                    ));
-                    records[i] = Some(Err(e));
+                    out.line(&format!("{} could not start: {e}", what(i)));
+                    ends[i].record = Some(Err(e));
                 }
             }
         }
@@ -115,34 +234,39 @@ pub(crate) async fn run_call(
             break;
         };
         match joined {
-            Ok((i, result)) => {
-                if let Ok(record) = &result {
-                    out.line(&format!(
-                        "sub-DAG run `{}/{}` ended `{}`",
-                        record.dag_name, record.run_id, record.status
-                    ));
-                }
-                records[i] = Some(result);
+            Ok((i, record)) => {
+                out.line(&format!(
+                    "sub-DAG run `{}/{}` ended `{}`",
+                    record.dag_name, record.run_id, record.status
+                ));
+                ends[i].record = Some(Ok(record));
             }
             Err(e) => tracing::error!(error = %e, "sub-DAG task failed"),
         }
     }
+    (ends, sub_runs)
+}
 
+/// The step's status from its children's: `succeeded` when all ended `succeeded`,
+/// `partially_succeeded` when all ended well and one only partially, else `failed` with the
+/// first child's problem (`aborted` when the step was stopped). `what(i)` names child `i`.
+pub(crate) fn step_end(
+    ends: &[ChildEnd],
+    stop: &CancellationToken,
+    what: &(dyn Fn(usize) -> String + Sync),
+) -> CallEnd {
     let mut first_error = None;
     let mut aborted = false;
-    for (child, record) in children.iter().zip(&records) {
-        let problem = match record {
+    let mut partial = false;
+    for (i, end) in ends.iter().enumerate() {
+        let problem = match &end.record {
             None => {
                 aborted = true;
-                Some(format!("sub-DAG `{}` was not started", child.dag))
+                Some(format!("{} was not started", what(i)))
             }
-            Some(Err(e)) => Some(format!("sub-DAG `{}`: {e}", child.dag)),
-            Some(Ok(r))
-                if matches!(
-                    r.status,
-                    RunStatus::Succeeded | RunStatus::PartiallySucceeded
-                ) =>
-            {
+            Some(Err(e)) => Some(format!("{}: {e}", what(i))),
+            Some(Ok(r)) if ended_well(r.status) => {
+                partial |= r.status == RunStatus::PartiallySucceeded;
                 None
             }
             Some(Ok(r)) => {
@@ -164,6 +288,7 @@ pub(crate) async fn run_call(
         }
     }
     let status = match (&first_error, aborted && stop.is_cancelled()) {
+        (None, _) if partial => StepStatus::PartiallySucceeded,
         (None, _) => StepStatus::Succeeded,
         (Some(_), true) => StepStatus::Aborted,
         (Some(_), false) => StepStatus::Failed,
@@ -171,8 +296,67 @@ pub(crate) async fn run_call(
     CallEnd {
         status,
         error: first_error,
-        sub_runs,
+        ..CallEnd::default()
     }
+}
+
+/// The `output:` of a `parallel` call: counts, one result per child (in item order) and the
+/// `output:` variables of the children that ended well.
+fn parallel_aggregate(children: &[Child], ends: &[ChildEnd]) -> Value {
+    let succeeded = ends.iter().filter(|c| c.ended_well()).count();
+    let results: Vec<Value> = children
+        .iter()
+        .zip(ends)
+        .map(|(child, end)| {
+            let mut result = serde_json::Map::new();
+            result.insert("name".into(), child.dag.clone().into());
+            result.insert("params".into(), params_text(&child.params).into());
+            match &end.record {
+                Some(Ok(r)) => {
+                    result.insert("dag_run_id".into(), r.run_id.clone().into());
+                    result.insert("status".into(), r.status.as_str().into());
+                    if let Some(e) = &r.error {
+                        result.insert("error".into(), e.clone().into());
+                    }
+                }
+                Some(Err(e)) => {
+                    result.insert("status".into(), "failed".into());
+                    result.insert("error".into(), e.clone().into());
+                }
+                None => {
+                    result.insert("status".into(), RunStatus::NotStarted.as_str().into());
+                }
+            }
+            if end.ended_well() {
+                result.insert("outputs".into(), json_map(end.output_vars()));
+            }
+            Value::Object(result)
+        })
+        .collect();
+    serde_json::json!({
+        "summary": {
+            "total": ends.len(),
+            "succeeded": succeeded,
+            "failed": ends.len() - succeeded,
+        },
+        "results": results,
+        "outputs": ends
+            .iter()
+            .filter(|c| c.ended_well())
+            .map(|c| json_map(c.output_vars()))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The array a `parallel` or `foreach` step publishes as `${ID.outputs}`: one map per child
+/// that ended well; nothing when none did.
+pub(crate) fn collected(maps: impl Iterator<Item = BTreeMap<String, String>>) -> Option<String> {
+    let list: Vec<Value> = maps.map(json_map).collect();
+    (!list.is_empty()).then(|| Value::Array(list).to_string())
+}
+
+pub(crate) fn json_map(map: BTreeMap<String, String>) -> Value {
+    Value::Object(map.into_iter().map(|(k, v)| (k, v.into())).collect())
 }
 
 /// The children of a call: one per item (duplicates coalesced), or one without `parallel`.
@@ -250,7 +434,7 @@ fn item_params(item: &Value) -> Vec<Param> {
 /// Items of a `parallel` string resolved at run time: a JSON array (its entries), a JSON
 /// object (one item), else words separated by whitespace, `,`, `;` or `|` (double quotes keep
 /// a word together).
-fn parse_items(text: &str) -> Vec<Value> {
+pub(crate) fn parse_items(text: &str) -> Vec<Value> {
     let text = text.trim();
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(items)) => return items,
@@ -277,15 +461,18 @@ fn parse_items(text: &str) -> Vec<Value> {
     items
 }
 
-/// Finds the child's DAG, records its run and returns what starts it.
-fn start_child(
+/// Records a child run of `dag` with `params` and returns what starts it; `local` says
+/// whether `dag` is a `---` document of the top-level file (or a `foreach` body), whose
+/// siblings it may call by name.
+pub(crate) fn start_run(
     run: &Arc<RunCx>,
     stop: &CancellationToken,
-    child: &Child,
+    dag: Dag,
+    local: bool,
+    params: &[Param],
     work_dir: &Path,
-) -> Result<(Attempt, Arc<RunControl>, Lineage), String> {
-    let (dag, local) = find_dag(run, &child.dag)?;
-    let mut snapshot = resolve_params(&dag, &child.params).map_err(|e| e.to_string())?;
+) -> Result<Start, String> {
+    let mut snapshot = resolve_params(&dag, params).map_err(|e| e.to_string())?;
     if snapshot.working_dir.is_none() {
         snapshot.working_dir = Some(work_dir.to_path_buf());
     }
@@ -308,7 +495,7 @@ fn start_child(
         status: RunStatus::Running,
         trigger: "subdag".to_owned(),
         // Written with every status: a secret of the parent passed as a param is masked.
-        params: run.secrets.mask_str(&params_text(&child.params)),
+        params: run.secrets.mask_str(&params_text(params)),
         queued_at: Some(now),
         started_at: Some(now),
         finished_at: None,
@@ -346,6 +533,7 @@ fn start_child(
             .cloned()
             .chain(run.secret_vars.iter().map(|(_, v)| v.clone()))
             .collect(),
+        actor: run.facts.actor.clone(),
     };
     let ctl = Arc::new(RunControl::child_of(&run.control, stop));
     Ok((
@@ -359,7 +547,7 @@ fn start_child(
 }
 
 /// The DAG named `name`, and whether it is a `---` document of the top-level file.
-fn find_dag(run: &RunCx, name: &str) -> Result<(Dag, bool), String> {
+pub(crate) fn find_dag(run: &RunCx, name: &str) -> Result<(Dag, bool), String> {
     if let Some(dag) = run.lineage.local_dags.iter().find(|d| d.name == name) {
         return Ok((dag.clone(), true));
     }
@@ -384,7 +572,7 @@ fn find_dag(run: &RunCx, name: &str) -> Result<(Dag, bool), String> {
 }
 
 /// Params as a runtime-param string (for the run record).
-fn params_text(params: &[Param]) -> String {
+pub(crate) fn params_text(params: &[Param]) -> String {
     params
         .iter()
         .map(|p| match &p.name {

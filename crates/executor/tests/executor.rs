@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 // A folder of its own for the Dagu-format tests, kept out of Cargo's list of test binaries.
 #[path = "executor/dagu.rs"]
 mod dagu;
+#[path = "executor/fanout.rs"]
+mod fanout;
 
 const WAIT: Duration = Duration::from_secs(60);
 

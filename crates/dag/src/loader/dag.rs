@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::step::{resolve_dir, StepCx};
+use super::steps::ListCx;
 use super::{join, key_text, Cx, Entry, KeySet, LoadOptions, DEFAULT_MAX_CLEAN_UP_TIME_SEC};
 use crate::refs::{Refs, Scope};
 use crate::yaml::{self, Kind, Node};
@@ -213,6 +214,7 @@ impl Cx<'_> {
             own_id: None,
             output_vars: &no_vars,
             consts_only: false,
+            foreach: None,
         };
         let mut dag_refs = Refs::default();
         for (spec, line) in dag.param_specs.iter_mut().zip(param_eval_lines) {
@@ -373,93 +375,31 @@ impl Cx<'_> {
             _ => Vec::new(),
         };
 
-        // Steps: a list (items may be strings, or nested lists run side by side), or a map of
-        // name → step.
-        let mut items: Vec<(&Node, String, usize, Option<String>)> = Vec::new();
         let steps_entry = get("steps");
-        match steps_entry.map(|e| (&e.value.kind, e)) {
-            None => {}
-            Some((_, e)) if e.value.is_null() => {}
-            Some((Kind::Seq(list), _)) => {
-                for (i, item) in list.iter().enumerate() {
-                    match &item.kind {
-                        Kind::Seq(group) => {
-                            for (j, member) in group.iter().enumerate() {
-                                items.push((member, format!("steps[{i}][{j}]"), i, None));
-                            }
-                        }
-                        _ => items.push((item, format!("steps[{i}]"), i, None)),
-                    }
-                }
-            }
-            Some((Kind::Map(pairs), _)) => {
-                for (i, (k, v)) in pairs.iter().enumerate() {
-                    let name = key_text(k).to_owned();
-                    items.push((v, format!("steps.{name}"), i, Some(name)));
-                }
-            }
-            Some((_, e)) => self.push(self.type_err(e.line, "steps", "a list of steps", e.value)),
-        }
-        if items.is_empty() {
-            let line = steps_entry.map(|e| e.line);
-            self.report(line, "key `steps`: at least one step is required");
-        }
-
-        // Names, ids and `output:` variables of all steps, so that any step's text can refer
-        // to any other step.
-        let mut ids: HashMap<String, String> = HashMap::new();
-        let mut output_vars: HashSet<String> = HashSet::new();
-        let mut default_names = Vec::with_capacity(items.len());
-        for (i, (node, _, _, map_name)) in items.iter().enumerate() {
-            let field = |k: &str| match &node.kind {
-                Kind::Map(pairs) => {
-                    pairs
-                        .iter()
-                        .find(|(pk, _)| key_text(pk) == k)
-                        .and_then(|(_, v)| match &v.kind {
-                            Kind::Scalar { value, .. } if !v.is_null() => {
-                                Some(value.trim().to_owned())
-                            }
-                            _ => None,
-                        })
-                }
-                _ => None,
-            };
-            let default_name = map_name.clone().unwrap_or_else(|| format!("step{}", i + 1));
-            let id = field("id").filter(|id| crate::refs::is_identifier(id));
-            let name = field("name")
-                .filter(|n| !n.is_empty())
-                .or_else(|| id.clone())
-                .unwrap_or_else(|| default_name.clone());
-            if let Some(id) = id {
-                ids.entry(id).or_insert(name);
-            }
-            if let Some(var) = field("output") {
-                output_vars.insert(var.trim_start_matches('$').to_owned());
-            }
-            default_names.push(default_name);
-        }
-        let sx = StepCx {
-            consts: &dag.consts,
-            params: &declared,
-            steps: &ids,
-            output_vars: &output_vars,
-            dir_base: dir_base.as_deref(),
-            defaults: &defaults,
-        };
-        let steps_line = steps_entry.map(|e| e.line).unwrap_or(root.line);
-        let mut parsed = Vec::with_capacity(items.len());
-        for (i, (node, key, _, _)) in items.iter().enumerate() {
-            parsed.push(self.step(node, key, steps_line, &default_names[i], &sx));
-        }
-        let keys: Vec<String> = items.iter().map(|(_, k, _, _)| k.clone()).collect();
-        let groups: Vec<usize> = items.iter().map(|(_, _, g, _)| *g).collect();
-        dag.steps = self.graph(parsed, &keys, &groups, dag.dag_type);
+        let list = self.step_list(
+            steps_entry,
+            "steps",
+            steps_entry.map(|e| e.line).unwrap_or(root.line),
+            &ListCx {
+                consts: &dag.consts,
+                params: &declared,
+                dir_base: dir_base.as_deref(),
+                defaults: &defaults,
+                dag_type: dag.dag_type,
+                foreach: None,
+            },
+        );
+        dag.steps = list.steps;
 
         if let Some(e) = get("handler_on") {
             let hx = StepCx {
+                consts: &dag.consts,
+                params: &declared,
                 steps: &no_steps,
-                ..sx
+                output_vars: &list.output_vars,
+                dir_base: dir_base.as_deref(),
+                defaults: &defaults,
+                foreach: None,
             };
             dag.handler_on = self.handlers(e, &hx);
         }

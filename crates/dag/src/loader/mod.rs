@@ -11,7 +11,9 @@
 mod dag;
 mod graph;
 mod policy;
+mod foreach;
 mod step;
+mod steps;
 mod values;
 
 use std::cell::RefCell;

@@ -47,6 +47,7 @@ pub(super) const STEP_KEYS: KeySet<'static> = KeySet {
         "call",
         "params",
         "parallel",
+        "foreach",
         "action",
         "with",
     ],
@@ -69,10 +70,6 @@ pub(super) const STEP_KEYS: KeySet<'static> = KeySet {
         ("approval", "human approval gates are not supported"),
         ("value", "router steps are not supported"),
         ("routes", "router steps are not supported"),
-        (
-            "foreach",
-            "`foreach` is not supported yet; use `parallel` with a sub-DAG `call`",
-        ),
         ("mail_on_error", "mail is not supported"),
         (
             "signal_on_stop",
@@ -107,6 +104,8 @@ pub(super) struct StepCx<'a> {
     pub(super) dir_base: Option<&'a Path>,
     /// `defaults` entries, applied to keys the step does not set.
     pub(super) defaults: &'a [Entry<'a>],
+    /// In a `foreach` body: the item's name and the top-level steps (id → name).
+    pub(super) foreach: Option<(&'a str, &'a HashMap<String, String>)>,
 }
 
 /// A step as parsed, with what the graph checks need.
@@ -134,7 +133,7 @@ pub(super) fn resolve_dir(dir: &str, base: Option<&Path>) -> PathBuf {
 }
 
 /// A plain scalar as JSON (number, boolean) or text.
-fn scalar_json(value: &str, plain: bool) -> serde_json::Value {
+pub(super) fn scalar_json(value: &str, plain: bool) -> serde_json::Value {
     if plain {
         if let Ok(n) = value.parse::<i64>() {
             return n.into();
@@ -416,6 +415,7 @@ impl Cx<'_> {
                 }
                 "params" => call_params = self.call_params(&k, e, &scope, &mut refs),
                 "parallel" => parallel = self.parallel(&k, e, &scope, &mut refs),
+                "foreach" => parsed.step.foreach = self.foreach(&k, e, &scope, &mut refs, sx),
                 "action" => match self.ok(self.string(&k, e)).flatten().as_deref() {
                     Some("dag.run") => {}
                     Some("dag.enqueue") => self.report(
@@ -501,6 +501,29 @@ impl Cx<'_> {
 
         let step = &mut parsed.step;
         let runs = step.command.is_some() || step.script.is_some() || !step.commands.is_empty();
+        if get("foreach").is_some() {
+            let others: Vec<&str> = ["run", "command", "script", "call", "parallel", "action"]
+                .into_iter()
+                .filter(|o| get(o).is_some())
+                .collect();
+            if !others.is_empty() {
+                self.report(
+                    Some(line),
+                    format!(
+                        "key `{key}.foreach`: a `foreach` step cannot also have `{}`",
+                        others.join("`, `")
+                    ),
+                );
+            }
+            if !step.outputs.is_empty() {
+                self.report(Some(line), format!("key `{key}.outputs`: a `foreach` step publishes its collected outputs as `${{ID.outputs}}`; declare none"));
+            }
+            self.finish_refs(&mut parsed, refs);
+            return parsed;
+        }
+        if parallel.is_some() && !step.outputs.is_empty() {
+            self.report(Some(line), format!("key `{key}.outputs`: a `parallel` step publishes its children's outputs as `${{ID.outputs}}`; declare none"));
+        }
         match call_dag {
             Some(dag) => {
                 if runs || has_run {
@@ -562,6 +585,7 @@ impl Cx<'_> {
             own_id,
             output_vars: sx.output_vars,
             consts_only: false,
+            foreach: sx.foreach,
         }
     }
 

@@ -421,6 +421,7 @@ impl Cx<'_> {
                 own_id: None,
                 output_vars: &empty_set,
                 consts_only: true,
+                foreach: None,
             };
             match refs::rewrite(&value, &scope, &mut Refs::default()) {
                 Ok(resolved) => out.push((name, resolved)),

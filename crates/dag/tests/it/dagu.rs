@@ -381,6 +381,86 @@ fn parallel_and_sub_dag_calls() {
 }
 
 #[test]
+fn foreach_bodies_and_collected_outputs() {
+    let dag = ok(r#"
+params:
+  - name: region
+    default: eu
+steps:
+  - id: list
+    run: echo '[{"slug":"a"}]'
+    output: EPISODES
+  - id: each
+    foreach:
+      items: ${EPISODES}
+      as: episode
+      key: ${foreach.episode.slug}
+      max_concurrent: 3
+      steps:
+        - id: fetch
+          run: ./fetch.sh ${foreach.episode.url} ${foreach.index} ${params.region}
+          outputs: [{name: path}]
+        - id: summarize
+          run: ./summarize.sh ${steps.fetch.outputs.path}
+      collect:
+        markdown: ${steps.summarize.outputs.md}
+    output: SUMMARIES
+  - run: echo ${each.outputs[0].markdown}
+"#);
+    let each = &dag.steps[1];
+    let foreach = each.foreach.as_ref().unwrap();
+    assert_eq!(foreach.items, ParallelItems::Expr("${EPISODES}".into()));
+    assert_eq!(foreach.as_name, "episode");
+    assert_eq!(foreach.key.as_deref(), Some("${foreach.episode.slug}"));
+    assert_eq!(foreach.max_concurrent, 3);
+    assert_eq!(
+        foreach.collect,
+        kv(&[("markdown", "${steps.summarize.outputs.md}")])
+    );
+    let body = &foreach.body.steps;
+    assert_eq!(
+        body[0].command.as_deref(),
+        Some("./fetch.sh ${DAGU_REF_foreach_episode_url} ${DAGU_FOREACH_INDEX} ${DAGU_REF_params_region}")
+    );
+    assert_eq!(
+        body[0].bindings[0],
+        bind(
+            "DAGU_REF_foreach_episode_url",
+            RefSource::ParamPath {
+                param: FOREACH_ITEM.into(),
+                path: vec!["url".into()]
+            }
+        )
+    );
+    // Body steps depend on each other (chain order, references), never on top-level steps.
+    assert_eq!(body[1].depends, ["fetch"]);
+    assert_eq!(each.depends, ["list"]);
+    assert_eq!(
+        dag.steps[2].bindings[0],
+        bind(
+            "DAGU_REF_each_outputs_0_markdown",
+            RefSource::StepCollected {
+                step_id: "each".into(),
+                step_name: "each".into(),
+                path: vec!["0".into(), "markdown".into()]
+            }
+        )
+    );
+    // A YAML list of any values; an empty one is valid.
+    let dag = ok("steps:\n  - foreach:\n      items: [{a: {b: [1]}}, x]\n      steps: [\"echo ${foreach.item}\"]\n  - foreach:\n      items: []\n      steps: [echo]\n");
+    let foreach = dag.steps[0].foreach.as_ref().unwrap();
+    assert_eq!(
+        foreach.items,
+        ParallelItems::List(vec![serde_json::json!({"a": {"b": [1]}}), "x".into()])
+    );
+    assert_eq!(foreach.as_name, "item");
+    assert_eq!(
+        foreach.body.steps[0].command.as_deref(),
+        Some("echo ${DAGU_FOREACH_ITEM}")
+    );
+}
+
+#[test]
 fn preconditions_forms() {
     let dag = ok("preconditions: test -f ready.flag\nsteps:\n  - run: x\n    preconditions:\n      - condition: \"`date +%d`\"\n        expected: \"01\"\n      - condition: test -f maintenance.lock\n        negate: true\n      - command: test -d /tmp\n      - eval: $(date +%u)\n        expected: re:[1-5]\n");
     assert_eq!(
@@ -523,6 +603,21 @@ fn validation_errors_name_line_and_key() {
         ("secrets:\n  - name: T\n    provider: env\nsteps:\n  - run: x\n", 2, &["`secrets[0]`", "needs `key`"]),
         ("steps:\n  - run: x\n---\nsteps:\n  - run: y\n", 4, &["key `name` is required"]),
         ("steps:\n  - run: x\n    continueOn:\n      failure: true\n", 3, &["unknown key `continueOn`", "write `continue_on`"]),
+        // Spec 018: foreach shapes, item names, body identities and references.
+        ("steps:\n  - foreach:\n      steps: [echo]\n", 2, &["`steps[0].foreach`", "needs `items`"]),
+        ("steps:\n  - foreach:\n      items: [a]\n", 2, &["`steps[0].foreach.steps`", "at least one step"]),
+        ("steps:\n  - foreach:\n      items: [a]\n      as: index\n      steps: [echo]\n", 4, &["`steps[0].foreach.as`", "invalid item name `index`"]),
+        ("steps:\n  - foreach:\n      items: [a]\n      max_concurrent: 1001\n      steps: [echo]\n", 4, &["max_concurrent", "1 to 1000"]),
+        ("steps:\n  - foreach:\n      items: [a]\n      steps: [echo]\n      collect:\n        1x: y\n", 6, &["`steps[0].foreach.collect.1x`", "invalid output name"]),
+        ("steps:\n  - foreach:\n      items: [a]\n      steps: [echo]\n      unknown: 1\n", 5, &["unknown key `unknown`"]),
+        ("steps:\n  - run: x\n    foreach:\n      items: [a]\n      steps: [echo]\n", 2, &["`steps[0].foreach`", "cannot also have `run`"]),
+        ("steps:\n  - id: top\n    run: x\n  - foreach:\n      items: [a]\n      steps:\n        - id: top\n          run: y\n", 7, &["`steps[1].foreach.steps[0]`", "`top` is already a top-level step"]),
+        ("steps:\n  - id: top\n    run: x\n  - foreach:\n      items: [a]\n      steps:\n        - run: echo ${top.stdout}\n", 7, &["`${top.stdout}`", "cannot read top-level step `top`"]),
+        ("steps:\n  - foreach:\n      items: [a]\n      steps:\n        - id: a\n          run: x\n          depends: nope\n", 7, &["`steps[0].foreach.steps[0].depends`", "unknown step `nope`"]),
+        ("steps:\n  - id: f\n    call: c\n    parallel: [a]\n    outputs: [{name: x}]\n", 2, &["`steps[0].outputs`", "`${ID.outputs}`"]),
+        // Spec 017: context values that never have a source here.
+        ("steps:\n  - run: echo ${run.scheduled_at}\n", 2, &["`steps[0].run`", "not supported", "schedule"]),
+        ("steps:\n  - run: echo ${paths.artifacts_dir}\n", 2, &["not supported: artifact storage"]),
     ];
     for (yaml, line, fragments) in table {
         let errors = parse(yaml).expect_err(yaml).0;

@@ -9,7 +9,7 @@ use dispatch_dag::load_dag_file;
 
 impl Harness {
     /// Writes `yaml` as `dags/<name>.yaml` and loads it as `scheduler start` would.
-    fn load(&self, name: &str, yaml: &str) -> Dag {
+    pub(crate) fn load(&self, name: &str, yaml: &str) -> Dag {
         let dir = self.path("dags");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.yaml"));
@@ -18,7 +18,7 @@ impl Harness {
     }
 
     /// Enqueues a loaded DAG as it is and waits for its final record.
-    async fn run(
+    pub(crate) async fn run(
         &self,
         rx: &mut broadcast::Receiver<RunFinished>,
         dag: &Dag,
@@ -34,7 +34,7 @@ impl Harness {
     }
 }
 
-fn step_of<'a>(rec: &'a RunRecord, name: &str) -> &'a dispatch_dag::StepRecord {
+pub(crate) fn step_of<'a>(rec: &'a RunRecord, name: &str) -> &'a dispatch_dag::StepRecord {
     rec.steps
         .iter()
         .find(|s| s.name == name)
