@@ -15,7 +15,10 @@
 //! final (then forgets it). Failed calls are retried per job with exponential backoff and full
 //! jitter, honouring `Retry-After`. With a cloud that advertises the `pull-batch` extension, a
 //! burst is pulled and taken in by batches (`docs/protocol.md`): the same steps, each done for the
-//! whole batch at once (one tracker write, the runs created together, one accept call).
+//! whole batch at once (one tracker write, the runs created together, one accept call). With a
+//! cloud that advertises the `progress` extension, the progress uploader sends each accepted
+//! job's run start, step states and step logs (masked, capped, resumed from the hub's offsets
+//! after a restart or an outage) while it runs, and its finish waits until they are sent.
 //!
 //! Decisions the wire contract leaves open: job headers that are not a JSON object are replaced
 //! by `{}` and the job runs (the event is in the payload and the `GITHUB_*` extras); a payload
@@ -36,12 +39,14 @@
 //! | file | its one job |
 //! | --- | --- |
 //! | `worker.rs` | [`Worker`]: owns the shared state; `run` drives both loops, then shuts down |
-//! | `report.rs` | the report loop: accept what is pending, finish what is final |
+//! | `progress.rs` | the `progress` extension's uploader: run start, step states, step logs |
+//! | `report.rs` | the report loop: accept what is pending, finish what is final (after the logs) |
 //! | `pull.rs` | the pull loop and the burst pullers, sharing one `pull_once` (and `pull_batch_once`) |
 //! | `batch.rs` | the jobs of one batched pull, taken in together (shared writes and calls) |
 //! | `intake.rs` | what happens to a pulled job: checks, cancel, tracking, enqueue, accept |
 //! | `calls.rs` | the cloud calls about one job: accept, finish, untracked finish |
 //! | `local.rs` | this server's side of a job: tracker records, run lookup, stopping a run |
+//! | `logtext.rs` | a step log file as the masked text the hub gets, the same on every read |
 //! | `shared.rs` | the state both loops share (busy marks, retries, report targets), `lock` |
 //! | `backoff.rs` | exponential backoff with full jitter, honouring `Retry-After` |
 //! | `summary.rs` | the finish summary of a run, and the cap on summary length |
@@ -58,6 +63,8 @@ mod error;
 mod extras;
 mod intake;
 mod local;
+mod logtext;
+mod progress;
 mod pull;
 mod report;
 mod shared;

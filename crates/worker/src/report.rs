@@ -250,6 +250,15 @@ async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials)
             };
         }
     };
+    if attempt.is_some() && !shared.upload_settled(&job_id) {
+        // The rest of the logs go first; the uploader points the report loop back here.
+        shared.upload_wake.notify_one();
+        return if accepted_now {
+            JobOutcome::Accepted
+        } else {
+            JobOutcome::Waiting
+        };
+    }
     match finish(shared, &job_id, status, &summary, creds).await {
         Ok(()) => {
             shared.clear_retry(&job_id);

@@ -43,6 +43,10 @@ pub(crate) struct Shared {
     pub(crate) report_wake: Notify,
     /// Set once the intake slots have been raised for batched pulls.
     pub(crate) batch_slots_added: AtomicBool,
+    /// Jobs whose log upload has settled (see [`Shared::upload_settled`]).
+    uploads_settled: Mutex<HashSet<String>>,
+    /// Asks the progress uploader for a pass now.
+    pub(crate) upload_wake: Notify,
 }
 
 struct Retry {
@@ -118,6 +122,8 @@ impl Shared {
             report_targets: Mutex::new(HashSet::new()),
             report_wake: Notify::new(),
             batch_slots_added: AtomicBool::new(false),
+            uploads_settled: Mutex::new(HashSet::new()),
+            upload_wake: Notify::new(),
         }
     }
 
@@ -216,6 +222,26 @@ impl Shared {
     /// The earliest scheduled retry, if any.
     pub(crate) fn next_retry(&self) -> Option<Instant> {
         lock(&self.retries).values().map(|r| r.not_before).min()
+    }
+
+    /// Whether the finish of `job_id` may be sent as far as its logs go: the cloud takes no
+    /// progress, or the uploader has settled the job's upload (everything acknowledged, refused
+    /// by the hub, or given up). With the extension the logs reach the hub before the final
+    /// status, and the tracker entry, by which the uploader finds the job after a restart,
+    /// stays until they have.
+    pub(crate) fn upload_settled(&self, job_id: &str) -> bool {
+        !self.client.supports_progress() || lock(&self.uploads_settled).contains(job_id)
+    }
+
+    /// Records that the upload of `job_id` has settled and points the report loop at it.
+    pub(crate) fn settle_upload(&self, job_id: &str) {
+        lock(&self.uploads_settled).insert(job_id.to_owned());
+        self.wake_report(job_id);
+    }
+
+    /// Keeps only the settled uploads whose job id passes `keep`.
+    pub(crate) fn retain_settled_uploads(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.uploads_settled).retain(|id| keep(id));
     }
 
     /// Runs file IO off the async threads.

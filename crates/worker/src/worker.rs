@@ -1,5 +1,6 @@
 //! The top: [`Worker`], which owns the shared state and whose [`Worker::run`] drives the pull
-//! loop ([`crate::pull`]) and the report loop ([`crate::report`]) side by side, then shuts down.
+//! loop ([`crate::pull`]), the report loop ([`crate::report`]) and the progress uploader
+//! ([`crate::progress`]) side by side, then shuts down.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{WorkerConfig, WorkerDeps};
 use crate::error::WorkerError;
+use crate::progress::progress_loop;
 use crate::pull::pull_loop;
 use crate::report::report_loop;
 use crate::shared::Shared;
@@ -40,7 +42,7 @@ impl Worker {
         self.shared.stats.clone()
     }
 
-    /// Runs the pull loop and the report loop until `cancel` fires, then shuts down: no new
+    /// Runs the pull loop, the report loop and the progress uploader until `cancel` fires, then shuts down: no new
     /// pull starts (a pull waiting on the server is abandoned: the hub's claim on any job it
     /// handed out in that instant lapses and the job is handed out again), accept and finish
     /// calls in progress complete or time out, and running DAG runs get
@@ -52,6 +54,7 @@ impl Worker {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let shared = self.shared;
         let events = shared.executor.subscribe();
+        let progress_events = shared.executor.subscribe();
         tracing::info!(
             long_poll_seconds = shared.config.wait_seconds(),
             idle_delay = ?shared.config.idle_delay,
@@ -61,6 +64,7 @@ impl Worker {
         tokio::join!(
             pull_loop(shared.clone(), &cancel),
             report_loop(&shared, events, &cancel),
+            progress_loop(&shared, progress_events, &cancel),
         );
         tracing::info!(
             grace = ?shared.config.shutdown_grace,

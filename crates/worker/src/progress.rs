@@ -1,0 +1,691 @@
+//! The uploader of the `progress` extension (`docs/protocol.md`, "Extension: progress and
+//! logs"): for every accepted job, it follows the run record and the step log files the
+//! executor writes and sends the hub when the run started, each step's state and each step's
+//! stdout and stderr, in ordered chunks. Only while the cloud advertises the extension: against
+//! a cloud without it, it sends nothing.
+//!
+//! It never slows a run: the run writes its files as it always does, and the uploader reads
+//! behind it, at most [`MAX_PROGRESS_DATA_BYTES`] (plus one read) per job and call in memory.
+//! It keeps no state on disk: the hub's offsets are the state. After a restart (or when the hub
+//! answers that it holds less than was sent) it asks the hub where each stream ends (an empty
+//! chunk at offset 0) and reads the local file again from its start, skipping the text the hub
+//! has; the text is the same every time (`logtext`). Everything is masked before it leaves: the
+//! values of the DAG's `secrets:` (read as the executor reads them) and every credential the
+//! license manager holds. A job's log stops at its cap ([`DEFAULT_JOB_LOG_CAP`], or the hub's if
+//! lower) with one chunk marked `truncated`.
+//!
+//! The finish of a job waits until its upload has settled ([`Shared::upload_settled`]): the
+//! logs are complete on the hub before its final status, and the tracker entry by which the
+//! uploader finds the job after a restart stays until then. An upload settles when everything
+//! is acknowledged, the hub refuses the job (404, 409), or calls kept failing after the run
+//! ended (the finish is not held back for ever by a hub that takes the finish but not logs).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dispatch_dag::{RunRecord, StepRecord, StepStatus};
+use dispatch_executor::{secret_values, RunFinished, Secrets};
+use dispatch_license::{CloudError, MachineCredentials};
+use dispatch_protocol::{
+    LogChunk, LogStream, ProgressRequest, ProgressResponse, StepProgress, DEFAULT_JOB_LOG_CAP,
+    MAX_PROGRESS_DATA_BYTES,
+};
+use dispatch_tracker::{Phase, TrackedJob};
+use dispatch_util::error_chain;
+use futures_util::stream::{self, StreamExt as _};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::local::{find_attempt, list_tracked};
+use crate::logtext::{floor_boundary, StreamText};
+use crate::shared::Shared;
+
+/// Time between passes while runs go on; a run that ends wakes the uploader at once.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Jobs uploaded at once.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// Calls one job may make in one pass, so that a job with a large backlog lets the others have
+/// their turn.
+const CALLS_PER_PASS: usize = 8;
+
+/// Bytes read from a log file at a time.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Failed calls after its run ended before a job's upload is given up (its finish goes then).
+const MAX_FAILURES_AFTER_END: u32 = 8;
+
+/// Runs upload passes until `cancel` fires: every [`PROGRESS_INTERVAL`], when a run ends and
+/// when the report loop waits for a job's logs.
+pub(crate) async fn progress_loop(
+    shared: &Shared,
+    mut events: broadcast::Receiver<RunFinished>,
+    cancel: &CancellationToken,
+) {
+    let mut uploads: HashMap<String, JobUpload> = HashMap::new();
+    let mut events_open = true;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        if shared.client.supports_progress() {
+            if let Some(creds) = shared.credentials.cloud_machine_credentials() {
+                upload_pass(shared, &mut uploads, &creds, cancel).await;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = shared.upload_wake.notified() => {}
+            event = events.recv(), if events_open => {
+                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
+                    events_open = false;
+                }
+            }
+            _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+        }
+    }
+    tracing::debug!("progress uploader stopped");
+}
+
+/// One pass over the accepted jobs.
+async fn upload_pass(
+    shared: &Shared,
+    uploads: &mut HashMap<String, JobUpload>,
+    creds: &MachineCredentials,
+    cancel: &CancellationToken,
+) {
+    let tracked = match list_tracked(shared).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot list tracked jobs for uploads");
+            return;
+        }
+    };
+    let accepted: Vec<TrackedJob> = tracked
+        .into_iter()
+        .filter(|t| t.phase == Phase::Accepted)
+        .collect();
+    let ids: HashSet<&str> = accepted.iter().map(|t| t.job_id.as_str()).collect();
+    uploads.retain(|id, _| ids.contains(id.as_str()));
+    shared.retain_settled_uploads(|id| ids.contains(id));
+    let now = Instant::now();
+    let mut due = Vec::new();
+    let mut waiting = Vec::new();
+    for tracked in accepted {
+        let upload = uploads.remove(&tracked.job_id).unwrap_or_default();
+        if upload.settled || upload.not_before.is_some_and(|t| t > now) {
+            waiting.push((tracked.job_id, upload));
+        } else {
+            due.push((tracked, upload));
+        }
+    }
+    uploads.extend(waiting);
+    let done: Vec<(String, JobUpload)> = stream::iter(due)
+        .map(|(tracked, upload)| async move {
+            let upload = if cancel.is_cancelled() {
+                upload
+            } else {
+                upload_job(shared, &tracked, upload, creds).await
+            };
+            (tracked.job_id, upload)
+        })
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .collect()
+        .await;
+    uploads.extend(done);
+}
+
+/// Sends what is new for one job, a few calls at most.
+async fn upload_job(
+    shared: &Shared,
+    tracked: &TrackedJob,
+    mut upload: JobUpload,
+    creds: &MachineCredentials,
+) -> JobUpload {
+    let job_id = &tracked.job_id;
+    for _ in 0..CALLS_PER_PASS {
+        let attempt = match find_attempt(shared, tracked).await {
+            Ok(Some(attempt)) => attempt,
+            Ok(None) => {
+                settle(shared, &mut upload, job_id, "its run record is gone");
+                return upload;
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %job_id, error = %error_chain(&error), "cannot read the run to upload");
+                return upload;
+            }
+        };
+        if upload.secrets.is_none() {
+            let dag = attempt.dag.clone();
+            let credentials = shared.credentials.credential_values();
+            let secrets = Shared::blocking("read DAG secrets", move || {
+                let mut values = secret_values(&dag);
+                values.extend(credentials.iter().map(|c| c.expose().to_owned()));
+                Secrets::new(values)
+            })
+            .await;
+            match secrets {
+                Ok(secrets) => upload.secrets = Some(secrets),
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error_chain(&error), "cannot read secrets to mask");
+                    return upload;
+                }
+            }
+        }
+        let record = attempt.record;
+        let run_ended = record.status.is_final();
+        let read = Shared::blocking("read step logs", move || {
+            let call = upload.next_call(&record);
+            (upload, call)
+        })
+        .await;
+        let (back, call) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                // The state went with the failed thread; the next pass asks the hub again.
+                tracing::error!(job_id = %job_id, error = %error_chain(&error), "cannot read step logs");
+                return JobUpload::default();
+            }
+        };
+        upload = back;
+        let Some(call) = call else {
+            if run_ended {
+                settle(shared, &mut upload, job_id, "complete");
+            }
+            return upload;
+        };
+        let request = ProgressRequest {
+            license_id: creds.license_id.clone(),
+            server_id: creds.server_id.clone(),
+            secret: creds.heartbeat_secret.clone(),
+            run_started_ms: call.run_started_ms,
+            steps: call.steps,
+            logs: call.logs,
+        };
+        match shared.client.send_progress(job_id, &request).await {
+            Ok(answer) => {
+                upload.apply(&request, &answer);
+                upload.backoff = None;
+                upload.not_before = None;
+            }
+            Err(error) if matches!(error.status, Some(404 | 409)) => {
+                tracing::warn!(job_id = %job_id, %error, "hub refused the job's progress; not uploading it");
+                settle(shared, &mut upload, job_id, "refused by the hub");
+                return upload;
+            }
+            Err(error) => {
+                failed(shared, &mut upload, job_id, run_ended, &error);
+                return upload;
+            }
+        }
+    }
+    upload
+}
+
+/// Marks the upload settled and lets the report loop finish the job.
+fn settle(shared: &Shared, upload: &mut JobUpload, job_id: &str, why: &'static str) {
+    upload.settled = true;
+    tracing::debug!(job_id = %job_id, why, "log upload settled");
+    shared.settle_upload(job_id);
+}
+
+/// Schedules the next try after a failed call, or gives up once the run has ended and calls
+/// kept failing.
+fn failed(
+    shared: &Shared,
+    upload: &mut JobUpload,
+    job_id: &str,
+    run_ended: bool,
+    error: &CloudError,
+) {
+    let backoff = upload
+        .backoff
+        .get_or_insert_with(|| Backoff::new(shared.config.backoff_min, shared.config.backoff_max));
+    let delay = backoff.next_delay(error.retry_after);
+    upload.not_before = Some(Instant::now() + delay);
+    if run_ended {
+        upload.failures_after_end += 1;
+        if upload.failures_after_end >= MAX_FAILURES_AFTER_END {
+            tracing::warn!(job_id = %job_id, %error, "giving up uploading the job's logs; finishing it without them");
+            settle(shared, upload, job_id, "gave up");
+            return;
+        }
+    }
+    tracing::debug!(job_id = %job_id, %error, retry_in = ?delay, "progress upload failed; will retry");
+}
+
+/// What one call sends.
+#[derive(Debug, Default)]
+struct Call {
+    run_started_ms: u64,
+    steps: Vec<StepProgress>,
+    logs: Vec<LogChunk>,
+}
+
+/// One job's upload: what the hub has acknowledged and the streams being read.
+#[derive(Default)]
+struct JobUpload {
+    /// Everything is sent, or the hub does not want it: nothing more to do.
+    settled: bool,
+    /// The values masked in every stream; read once per job.
+    secrets: Option<Secrets>,
+    run_started_sent: bool,
+    /// Each step's state as the hub last acknowledged it.
+    sent_steps: HashMap<String, StepProgress>,
+    streams: HashMap<(String, LogStream), StreamUpload>,
+    /// Log bytes the hub holds for the job, all streams.
+    log_bytes: u64,
+    /// The hub's cap, once it has said it (else the default).
+    cap: Option<u64>,
+    /// The cap was reached: no log text is sent any more.
+    truncated: bool,
+    backoff: Option<Backoff>,
+    not_before: Option<Instant>,
+    failures_after_end: u32,
+}
+
+impl JobUpload {
+    fn cap(&self) -> u64 {
+        self.cap
+            .map_or(DEFAULT_JOB_LOG_CAP, |c| c.min(DEFAULT_JOB_LOG_CAP))
+    }
+
+    /// What to send next, reading the log files as far as needed; `None` when there is
+    /// nothing new. Blocking IO.
+    fn next_call(&mut self, record: &RunRecord) -> Option<Call> {
+        let mut call = Call::default();
+        if !self.run_started_sent {
+            call.run_started_ms = record.started_at.unwrap_or(0);
+        }
+        for step in &record.steps {
+            let state = step_progress(step);
+            if self.sent_steps.get(&step.name) != Some(&state) {
+                call.steps.push(state);
+            }
+        }
+        let run_ended = record.status.is_final();
+        let secrets = self.secrets.clone().unwrap_or_default();
+        let cap = self.cap();
+        let mut budget = MAX_PROGRESS_DATA_BYTES;
+        'steps: for step in &record.steps {
+            if step.started_at.is_none() {
+                continue;
+            }
+            let step_ended = run_ended || step.finished_at.is_some();
+            for stream in LogStream::ALL {
+                let path = match stream {
+                    LogStream::Stdout => &step.stdout,
+                    LogStream::Stderr => &step.stderr,
+                };
+                if path.as_os_str().is_empty() {
+                    continue;
+                }
+                let upload = self
+                    .streams
+                    .entry((step.name.clone(), stream))
+                    .or_insert_with(|| StreamUpload::new(path.clone(), secrets.clone()));
+                let chunk = |offset, data: String, eof, truncated| LogChunk {
+                    step: step.name.clone(),
+                    stream,
+                    offset,
+                    data,
+                    eof,
+                    truncated,
+                };
+                let Some(acked) = upload.acked else {
+                    // Where the hub's copy ends is not known yet (a first pass, a restart).
+                    call.logs.push(chunk(0, String::new(), false, false));
+                    continue;
+                };
+                if upload.eof_acked || self.truncated || budget == 0 {
+                    continue;
+                }
+                upload.fill(step_ended, budget);
+                let sent_now = (MAX_PROGRESS_DATA_BYTES - budget) as u64;
+                let room = cap.saturating_sub(self.log_bytes + sent_now);
+                let available = upload.unacked();
+                let over_cap = available.len() as u64 > room && room <= budget as u64;
+                let limit = if over_cap { room as usize } else { budget };
+                let take = floor_boundary(available, limit);
+                let data = available[..take].to_owned();
+                let eof = upload.ended && take == available.len();
+                if data.is_empty() && !eof && !over_cap {
+                    continue;
+                }
+                budget -= data.len();
+                call.logs
+                    .push(chunk(acked, data, eof && !over_cap, over_cap));
+                if over_cap {
+                    break 'steps;
+                }
+            }
+        }
+        let empty = call.run_started_ms == 0 && call.steps.is_empty() && call.logs.is_empty();
+        (!empty).then_some(call)
+    }
+
+    /// Takes in the hub's answer to `sent`.
+    fn apply(&mut self, sent: &ProgressRequest, answer: &ProgressResponse) {
+        if sent.run_started_ms > 0 {
+            self.run_started_sent = true;
+        }
+        for step in &sent.steps {
+            self.sent_steps.insert(step.name.clone(), step.clone());
+        }
+        self.log_bytes = answer.log_bytes;
+        if answer.log_cap > 0 {
+            self.cap = Some(answer.log_cap);
+        }
+        self.truncated |= answer.truncated;
+        for (chunk, ack) in sent.logs.iter().zip(&answer.logs) {
+            let Some(upload) = self.streams.get_mut(&(chunk.step.clone(), chunk.stream)) else {
+                continue;
+            };
+            if ack.accepted {
+                upload.acked = Some(ack.next_offset);
+                let end = chunk.offset + chunk.data.len() as u64;
+                upload.eof_acked |= chunk.eof && ack.next_offset >= end;
+                self.truncated |= chunk.truncated;
+            } else {
+                // A gap: the hub holds less than this chunk assumed (it lost a write, say).
+                // Read the stream again from its start up to what the hub has.
+                upload.restart();
+                upload.acked = Some(ack.next_offset);
+            }
+        }
+    }
+}
+
+/// A step's state as the wire has it.
+fn step_progress(step: &StepRecord) -> StepProgress {
+    let ended = !matches!(step.status, StepStatus::NotStarted | StepStatus::Running);
+    StepProgress {
+        name: step.name.clone(),
+        status: step.status.as_str().to_owned(),
+        exit_code: step.exit_code,
+        started_ms: step.started_at.unwrap_or(0),
+        // A final state carries an end time, so that the hub keeps it over a late copy of an
+        // earlier one.
+        finished_ms: if ended {
+            step.finished_at.or(step.started_at).unwrap_or(1).max(1)
+        } else {
+            0
+        },
+    }
+}
+
+/// One step stream: how far its file was read, its text not yet acknowledged, and the hub's end.
+#[derive(Debug)]
+struct StreamUpload {
+    path: PathBuf,
+    secrets: Secrets,
+    text: StreamText,
+    /// Bytes of the file turned into text.
+    read_pos: u64,
+    /// Text bytes made so far; `pending` ends there.
+    produced: u64,
+    /// Text made and not yet acknowledged (it may start before `acked` until trimmed).
+    pending: String,
+    /// The end of the hub's copy, once known.
+    acked: Option<u64>,
+    /// The file was read to its end after the step ended: `pending` holds the rest.
+    ended: bool,
+    /// The hub has the whole stream.
+    eof_acked: bool,
+}
+
+impl StreamUpload {
+    fn new(path: PathBuf, secrets: Secrets) -> StreamUpload {
+        StreamUpload {
+            path,
+            text: StreamText::new(secrets.clone()),
+            secrets,
+            read_pos: 0,
+            produced: 0,
+            pending: String::new(),
+            acked: None,
+            ended: false,
+            eof_acked: false,
+        }
+    }
+
+    fn restart(&mut self) {
+        *self = StreamUpload::new(self.path.clone(), self.secrets.clone());
+    }
+
+    /// Drops the text the hub has acknowledged.
+    fn trim(&mut self) {
+        let start = self.produced - self.pending.len() as u64;
+        let acked = self.acked.unwrap_or(0);
+        if acked > start {
+            let cut = floor_boundary(
+                &self.pending,
+                usize::try_from(acked - start).unwrap_or(usize::MAX),
+            );
+            self.pending.drain(..cut);
+        }
+    }
+
+    /// The text after the hub's end.
+    fn unacked(&self) -> &str {
+        &self.pending
+    }
+
+    /// Reads the file on until `want` bytes of text past the hub's end are ready or the file
+    /// ends (then, if the step has ended, the stream is complete). A file that is not there
+    /// reads as empty.
+    fn fill(&mut self, step_ended: bool, want: usize) {
+        let mut buf = vec![0u8; READ_SIZE];
+        let mut file = None;
+        loop {
+            self.trim();
+            if self.ended || self.pending.len() >= want {
+                return;
+            }
+            if file.is_none() {
+                match std::fs::File::open(&self.path) {
+                    Ok(mut opened) => {
+                        if opened.seek(SeekFrom::Start(self.read_pos)).is_err() {
+                            return;
+                        }
+                        file = Some(opened);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cannot read a step log to upload");
+                        return;
+                    }
+                }
+            }
+            let n = match file.as_mut().map(|f| f.read(&mut buf)) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read a step log to upload");
+                    return;
+                }
+                None => 0,
+            };
+            if n == 0 {
+                if step_ended {
+                    let rest = self.text.finish();
+                    self.produced += rest.len() as u64;
+                    self.pending.push_str(&rest);
+                    self.ended = true;
+                    self.trim();
+                }
+                return;
+            }
+            self.read_pos += n as u64;
+            let text = self.text.push(&buf[..n]);
+            self.produced += text.len() as u64;
+            self.pending.push_str(&text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_protocol::{LogAck, Secret};
+
+    fn record(dir: &std::path::Path, status: dispatch_dag::RunStatus) -> RunRecord {
+        RunRecord {
+            dag_name: "d".into(),
+            run_id: "r".into(),
+            attempt_id: "a".into(),
+            status,
+            trigger: "webhook".into(),
+            params: String::new(),
+            queued_at: Some(1),
+            started_at: Some(2),
+            finished_at: None,
+            log_file: dir.join("run.log"),
+            error: None,
+            steps: vec![StepRecord {
+                name: "s".into(),
+                status: StepStatus::Running,
+                started_at: Some(3),
+                stdout: dir.join("s.out"),
+                stderr: dir.join("s.err"),
+                ..StepRecord::default()
+            }],
+            pid: None,
+        }
+    }
+
+    /// A hub in memory: takes the chunks as the real one does (no cap).
+    fn answer(hub: &mut HashMap<(String, LogStream), String>, sent: &Call) -> ProgressResponse {
+        let logs = sent
+            .logs
+            .iter()
+            .map(|c| {
+                let held = hub.entry((c.step.clone(), c.stream)).or_default();
+                let accepted = c.offset <= held.len() as u64;
+                if accepted {
+                    let skip = held.len() - c.offset as usize;
+                    if skip < c.data.len() {
+                        held.push_str(&c.data[skip..]);
+                    }
+                }
+                LogAck {
+                    step: c.step.clone(),
+                    stream: c.stream,
+                    next_offset: held.len() as u64,
+                    accepted,
+                }
+            })
+            .collect();
+        ProgressResponse {
+            logs,
+            log_bytes: hub.values().map(|t| t.len() as u64).sum(),
+            log_cap: DEFAULT_JOB_LOG_CAP,
+            truncated: false,
+        }
+    }
+
+    fn request(call: Call) -> ProgressRequest {
+        ProgressRequest {
+            license_id: "l".into(),
+            server_id: "s".into(),
+            secret: Secret::new("x"),
+            run_started_ms: call.run_started_ms,
+            steps: call.steps,
+            logs: call.logs,
+        }
+    }
+
+    /// Runs calls until there is nothing new; returns how many were made.
+    fn drain(
+        upload: &mut JobUpload,
+        rec: &RunRecord,
+        hub: &mut HashMap<(String, LogStream), String>,
+    ) -> usize {
+        let mut calls = 0;
+        while let Some(call) = upload.next_call(rec) {
+            let ack = answer(hub, &call);
+            upload.apply(&request(call), &ack);
+            calls += 1;
+            assert!(calls < 100, "no end");
+        }
+        calls
+    }
+
+    #[test]
+    fn a_new_uploader_resumes_from_the_hubs_end_and_the_hub_gets_the_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = record(dir.path(), dispatch_dag::RunStatus::Running);
+        let mut hub = HashMap::new();
+        std::fs::write(dir.path().join("s.out"), "one hunter2\ntwo\n").unwrap();
+        let mut first = JobUpload {
+            secrets: Some(Secrets::new(["hunter2".to_owned()])),
+            ..JobUpload::default()
+        };
+        drain(&mut first, &rec, &mut hub);
+        // The process goes away; the step writes on; a new one starts from nothing.
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("s.out"))
+            .unwrap();
+        std::io::Write::write_all(&mut out, "three\n".as_bytes()).unwrap();
+        rec.status = dispatch_dag::RunStatus::Succeeded;
+        rec.steps[0].status = StepStatus::Succeeded;
+        rec.steps[0].finished_at = Some(9);
+        let mut second = JobUpload {
+            secrets: Some(Secrets::new(["hunter2".to_owned()])),
+            ..JobUpload::default()
+        };
+        drain(&mut second, &rec, &mut hub);
+        let stdout = &hub[&("s".to_owned(), LogStream::Stdout)];
+        assert_eq!(stdout, "one *******\ntwo\nthree\n");
+        assert_eq!(hub[&("s".to_owned(), LogStream::Stderr)], "");
+        assert!(second.streams.values().all(|s| s.eof_acked));
+        assert_eq!(second.next_call(&rec).map(|c| c.logs.len()), None);
+    }
+
+    #[test]
+    fn a_gap_sends_the_stream_again_from_what_the_hub_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record(dir.path(), dispatch_dag::RunStatus::Running);
+        std::fs::write(dir.path().join("s.out"), "abcdef").unwrap();
+        let mut hub = HashMap::new();
+        let mut upload = JobUpload::default();
+        drain(&mut upload, &rec, &mut hub);
+        // The hub lost the end of what it had acknowledged.
+        hub.insert(("s".to_owned(), LogStream::Stdout), "abc".to_owned());
+        std::fs::write(dir.path().join("s.out"), "abcdefgh").unwrap();
+        drain(&mut upload, &rec, &mut hub);
+        assert_eq!(hub[&("s".to_owned(), LogStream::Stdout)], "abcdefgh");
+    }
+
+    #[test]
+    fn past_the_cap_one_truncated_chunk_goes_and_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record(dir.path(), dispatch_dag::RunStatus::Running);
+        std::fs::write(dir.path().join("s.out"), "x".repeat(100)).unwrap();
+        let mut hub = HashMap::new();
+        let mut upload = JobUpload {
+            cap: Some(40),
+            ..JobUpload::default()
+        };
+        let probe = upload.next_call(&rec).unwrap();
+        let ack = answer(&mut hub, &probe);
+        upload.apply(&request(probe), &ProgressResponse { log_cap: 40, ..ack });
+        let call = upload.next_call(&rec).unwrap();
+        let chunk = &call.logs[0];
+        assert_eq!(
+            (chunk.data.len(), chunk.truncated, chunk.eof),
+            (40, true, false)
+        );
+        let ack = answer(&mut hub, &call);
+        upload.apply(&request(call), &ProgressResponse { log_cap: 40, ..ack });
+        assert!(upload.truncated);
+        std::fs::write(dir.path().join("s.out"), "x".repeat(200)).unwrap();
+        assert!(upload.next_call(&rec).is_none(), "nothing after the cap");
+    }
+}
