@@ -41,6 +41,23 @@ pub(crate) struct EmbeddedHub {
     pub(crate) webhook_secret: Secret,
     /// The file holding the secret.
     pub(crate) secret_path: PathBuf,
+    /// Where its web pages are (`public_url`, else `http://<addr>`), without a trailing `/`.
+    pub(crate) pages_url: String,
+    /// The web pages' admin token.
+    pub(crate) ui_token: Secret,
+}
+
+impl EmbeddedHub {
+    /// The page of job `id`.
+    pub(crate) fn job_url(&self, id: &str) -> String {
+        format!("{}/jobs/{id}", self.pages_url)
+    }
+
+    /// The link that logs a browser in to the web pages. It holds the token: print it only to
+    /// the terminal, never to a log.
+    pub(crate) fn login_url(&self) -> String {
+        format!("{}/login?token={}", self.pages_url, self.ui_token.expose())
+    }
 }
 
 type WorkerTask = tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>;
@@ -352,6 +369,19 @@ async fn start_embedded_hub(
         CloudTarget::Embedded { storage, .. } => Some(storage.clone()),
         CloudTarget::Remote(_) => None,
     };
+    let ui_token = match storage.as_ref().and_then(|s| s.ui_token.clone()) {
+        Some(token) => token,
+        None => {
+            let path = home.join("ui_token");
+            crate::embedded::load_or_create_secret(&path, "", 32).map_err(|err| {
+                AppError::component(
+                    format!("load or create the web pages' token `{}`", path.display()),
+                    err,
+                )
+            })?
+        }
+    };
+    let pages_base = public_url.clone();
     let defaults = HubConfig::default();
     let hub = Hub::start(
         HubConfig {
@@ -376,6 +406,7 @@ async fn start_embedded_hub(
                 app: github_app,
             },
             public_url,
+            ui_token: Some(ui_token.clone()),
             ..HubConfig::default()
         },
         cancel.clone(),
@@ -395,11 +426,16 @@ async fn start_embedded_hub(
     } else {
         addr
     };
+    let pages_url = pages_base
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("http://{connect_addr}"));
     let info = EmbeddedHub {
         addr,
         webhook_url: format!("http://{connect_addr}/webhooks/github"),
         webhook_secret,
         secret_path,
+        pages_url,
+        ui_token,
     };
     tracing::info!(
         webhook_url = %info.webhook_url,
@@ -491,6 +527,8 @@ pub(crate) fn print_banner(system: &System, settings: &Settings) {
             say!("  embedded hub on {}", hub.addr);
             say!("  webhook URL:    {}", hub.webhook_url);
             say!("  webhook secret: stored in {}", hub.secret_path.display());
+            // The one place the token is shown, as Jupyter prints its login link.
+            say!("  web pages:      {}", hub.login_url());
             say!(
                 "  bindings:       {}",
                 bindings_path(&settings.home).display()

@@ -108,6 +108,10 @@ pub(crate) struct StartArgs {
     /// Bearer token the embedded hub's `/metrics` then requires.
     #[arg(long, env = "DISPATCH_HUB_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) hub_metrics_token: Option<Secret>,
+    /// Admin token of the embedded hub's web pages (default: a random one kept in
+    /// `<home>/ui_token`, 0600; the banner prints the login link).
+    #[arg(long, env = "DISPATCH_HUB_UI_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
+    pub(crate) hub_ui_token: Option<Secret>,
     /// GitHub API base URL the embedded hub reports to (GitHub Enterprise: `https://HOST/api/v3`).
     #[arg(
         long,
@@ -142,6 +146,10 @@ pub(crate) struct DemoArgs {
     /// Keep the temporary home after the demo (its path is printed) instead of deleting it.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Keep the embedded hub up after the table, so its web pages can be browsed (the login
+    /// link is printed), until Ctrl-C.
+    #[arg(long)]
+    pub(crate) serve: bool,
     /// Log format of the scheduler logs shown during the demo (they go to stderr, filtered by
     /// `RUST_LOG`, default `warn`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

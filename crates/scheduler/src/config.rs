@@ -79,6 +79,7 @@ pub(crate) struct FileConfig {
     hub_retention_days: Option<u64>,
     hub_activation_expiry_days: Option<u64>,
     hub_metrics_token: Option<Secret>,
+    hub_ui_token: Option<Secret>,
     github_api_url: Option<String>,
     github_token: Option<Secret>,
     public_url: Option<String>,
@@ -118,6 +119,8 @@ pub(crate) struct HubStorage {
     pub(crate) activation_expiry: Duration,
     /// When set, the hub's `/metrics` needs it as a bearer token.
     pub(crate) metrics_token: Option<Secret>,
+    /// The web pages' admin token; None: a random one kept under the home.
+    pub(crate) ui_token: Option<Secret>,
 }
 
 impl Default for HubStorage {
@@ -127,6 +130,7 @@ impl Default for HubStorage {
             retention: hub.retention,
             activation_expiry: hub.activation_expiry,
             metrics_token: None,
+            ui_token: None,
         }
     }
 }
@@ -290,6 +294,10 @@ impl Settings {
                         metrics_token: args
                             .hub_metrics_token
                             .or(file.hub_metrics_token)
+                            .filter(|t| !t.is_empty()),
+                        ui_token: args
+                            .hub_ui_token
+                            .or(file.hub_ui_token)
                             .filter(|t| !t.is_empty()),
                     },
                     github_api_url: http_url("github-api-url", &github_api_url)?,
@@ -621,12 +629,14 @@ mod tests {
         assert_eq!(defaults.retention, 30 * day);
         assert_eq!(defaults.activation_expiry, 30 * day);
         assert!(defaults.metrics_token.is_none());
+        assert!(defaults.ui_token.is_none());
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
         std::fs::write(
             &file,
-            "hub_retention_days = 7\nhub_activation_expiry_days = 3\nhub_metrics_token = \"m-1\"\n",
+            "hub_retention_days = 7\nhub_activation_expiry_days = 3\nhub_metrics_token = \"m-1\"\n\
+             hub_ui_token = \"u-1\"\n",
         )
         .unwrap();
         let from_file = StartArgs {
@@ -636,6 +646,7 @@ mod tests {
         let s = storage(Settings::resolve(from_file, None).unwrap());
         assert_eq!((s.retention, s.activation_expiry), (7 * day, 3 * day));
         assert_eq!(s.metrics_token.unwrap().expose(), "m-1");
+        assert_eq!(s.ui_token.unwrap().expose(), "u-1");
         let flags = StartArgs {
             config: Some(file),
             hub_retention_days: Some("90".into()),

@@ -87,7 +87,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), AppError> {
         .prefix("dispatch-demo-")
         .tempdir()
         .map_err(|err| AppError::component("create a temporary home", err))?;
-    let result = run_in(home.path(), args.keep).await;
+    let result = run_in(home.path(), args.keep, args.serve).await;
     if args.keep {
         let kept = home.keep();
         say!("home kept at {}", kept.display());
@@ -95,7 +95,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), AppError> {
     result
 }
 
-async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppError> {
+async fn run_in(home: &std::path::Path, verbose_paths: bool, serve: bool) -> Result<(), AppError> {
     let began = Instant::now();
     let dags_dir = home.join("dags");
     std::fs::create_dir_all(&dags_dir)
@@ -159,16 +159,54 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
         &shutdown,
     )
     .await;
+    // With --serve the table comes while the hub still runs, which then waits for Ctrl-C.
+    if serve {
+        if let Ok((jobs, failures)) = &outcome {
+            print_outcome(jobs, failures, &reports, &hub, began, true);
+            say!("\nThe embedded hub stays up for its web pages; log in with");
+            say!("  {}", hub.login_url());
+            say!("Ctrl-C to stop.");
+            shutdown.cancelled().await;
+        }
+    }
     shutdown.cancel();
     let stopped = system.wait().await;
     let (jobs, failures) = outcome?;
     stopped?;
-    print_table(
-        &jobs,
-        &reports.lock().map(|r| r.clone()).unwrap_or_default(),
-    );
+    if !serve {
+        print_outcome(&jobs, &failures, &reports, &hub, began, false);
+    }
     if verbose_paths {
         say!("logs under {}", home.join("logs").display());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Demo(failures.join("; ")))
+    }
+}
+
+/// The table, each job's page on the hub and the verdict.
+fn print_outcome(
+    jobs: &[Tracked],
+    failures: &[String],
+    reports: &Mutex<Vec<Report>>,
+    hub: &crate::app::EmbeddedHub,
+    began: Instant,
+    serving: bool,
+) {
+    print_table(jobs, &reports.lock().map(|r| r.clone()).unwrap_or_default());
+    if serving {
+        say!("\njob pages on the hub (log in with the link below first):");
+    } else {
+        say!("\njob pages on the hub (it stops with the demo: `scheduler demo --serve` keeps it up):");
+    }
+    for job in jobs.iter().filter(|j| !j.is_cancel) {
+        say!(
+            "  {:<34} {}",
+            format!("{} → {}", job.label, job.dag),
+            hub.job_url(&job.job_id)
+        );
     }
     if failures.is_empty() {
         say!(
@@ -176,9 +214,6 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool) -> Result<(), AppEr
             jobs.len(),
             began.elapsed().as_secs_f64()
         );
-        Ok(())
-    } else {
-        Err(AppError::Demo(failures.join("; ")))
     }
 }
 
