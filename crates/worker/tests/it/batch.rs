@@ -70,17 +70,10 @@ async fn a_burst_from_an_advertising_cloud_is_pulled_and_accepted_in_batches() {
     };
     // The first job comes from the long-poll, with the advertisement; the rest wait for
     // batched pulls.
-    Mock::given(method("POST"))
-        .and(path(PULL))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header(EXTENSIONS, "pull-batch")
-                .set_body_raw(job(&ids[0]).into_bytes(), "application/json"),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
+    let first = ResponseTemplate::new(200)
+        .insert_header(EXTENSIONS, "pull-batch")
+        .set_body_raw(job(&ids[0]).into_bytes(), "application/json");
+    rig.answer_pulls(first, 1).await;
     Mock::given(method("POST"))
         .and(path(PULL))
         .respond_with(ResponseTemplate::new(204).insert_header(EXTENSIONS, "pull-batch"))
@@ -149,8 +142,7 @@ async fn a_burst_from_an_advertising_cloud_is_pulled_and_accepted_in_batches() {
         "accepts were batched"
     );
     for id in &ids {
-        rig.assert_finished_once(id, "succeeded", "Run `burst` finished with `succeeded`.")
-            .await;
+        rig.assert_succeeded_once(id, "burst").await;
     }
     assert_eq!(w.stats.jobs_pulled(), ids.len() as u64);
     assert!(queue.lock().unwrap().is_empty());

@@ -1,7 +1,7 @@
 //! Shared test rig: a wiremock cloud, real stores, tracker and executor in a temp dir, and a
 //! worker running over them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,6 +148,23 @@ impl Rig {
         std::fs::write(self.path("dags").join(format!("{name}.yaml")), yaml).unwrap();
     }
 
+    /// Writes the DAG `name`, whose one step waits for the file `out/<gate>` to exist; returns
+    /// the gate's path.
+    pub fn write_gated_dag(&self, name: &str, gate: &str) -> PathBuf {
+        let gate = self.out(gate);
+        let yaml = format!(
+            "steps:\n  - name: wait\n    command: while [ ! -f '{}' ]; do sleep 0.02; done\n",
+            gate.display()
+        );
+        self.write_dag(name, &yaml);
+        gate
+    }
+
+    /// The DAG `quick`: one step that succeeds at once.
+    pub fn write_quick_dag(&self) {
+        self.write_dag("quick", "steps:\n  - name: s\n    command: \"true\"\n");
+    }
+
     pub fn stores(&self) -> Stores {
         Stores::open_files(FileStoreConfig {
             dags_dir: self.path("dags"),
@@ -289,21 +306,70 @@ impl Rig {
         );
     }
 
+    /// Asserts that the hub received exactly one finish of `job_id_escaped`: its run of `dag`
+    /// succeeded.
+    pub async fn assert_succeeded_once(&self, job_id_escaped: &str, dag: &str) {
+        let summary = format!("Run `{dag}` finished with `succeeded`.");
+        self.assert_finished_once(job_id_escaped, "succeeded", &summary)
+            .await;
+    }
+
+    /// Asserts that no job is left in the tracker (only while no worker runs).
+    pub async fn assert_tracker_empty(&self) {
+        let left = self.with_tracker(|t| t.list().unwrap()).await;
+        assert!(left.is_empty(), "left in the tracker: {left:?}");
+    }
+
     /// Makes the next pull (one time) answer with `job_json`.
     pub async fn offer_job(&self, job_json: String) {
-        Mock::given(method("POST"))
-            .and(path(PULL))
-            .respond_with(
-                ResponseTemplate::new(200).set_body_raw(job_json.into_bytes(), "application/json"),
-            )
-            .up_to_n_times(1)
-            .with_priority(1)
+        self.answer_pulls(json_answer(job_json), 1).await;
+    }
+
+    /// Answers the next `times` pulls with `answer`.
+    pub async fn answer_pulls(&self, answer: ResponseTemplate, times: u64) {
+        self.answer_first(path(PULL), answer, times).await;
+    }
+
+    /// Answers the first `times` POSTs that `matcher` matches with `answer`, ahead of the
+    /// defaults and of the mocks mounted later.
+    pub async fn answer_first(
+        &self,
+        matcher: impl wiremock::Match + 'static,
+        answer: ResponseTemplate,
+        times: u64,
+    ) {
+        ahead_of_defaults(matcher, answer)
+            .up_to_n_times(times)
             .mount(&self.server)
             .await;
     }
+
+    /// Answers every POST that `matcher` matches with `answer`, ahead of the defaults.
+    pub async fn answer_all(
+        &self,
+        matcher: impl wiremock::Match + 'static,
+        answer: ResponseTemplate,
+    ) {
+        ahead_of_defaults(matcher, answer).mount(&self.server).await;
+    }
+}
+
+fn ahead_of_defaults(matcher: impl wiremock::Match + 'static, answer: ResponseTemplate) -> Mock {
+    Mock::given(method("POST"))
+        .and(matcher)
+        .respond_with(answer)
+        .with_priority(1)
 }
 
 impl Running {
+    /// Waits until the run `run_id` of `dag` has the status `status`.
+    pub async fn wait_for_run(&self, dag: &str, run_id: &str, status: &str) {
+        eventually(&format!("run `{run_id}` {status}"), || async {
+            run_status(&self.stores, dag, run_id).as_deref() == Some(status)
+        })
+        .await;
+    }
+
     /// Cancels and waits for the worker (and its executor shutdown).
     pub async fn stop(self) {
         self.cancel.cancel();
@@ -313,6 +379,11 @@ impl Running {
             .expect("worker task panicked")
             .expect("worker returned an error");
     }
+}
+
+/// A 200 answer with this JSON body, byte for byte.
+pub fn json_answer(body: impl Into<Vec<u8>>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body, "application/json")
 }
 
 pub fn accept_body(job_id: &str) -> Value {
@@ -386,12 +457,4 @@ pub fn run_status(stores: &Stores, dag: &str, run_id: &str) -> Option<String> {
         Err(e) if e.is_not_found() => None,
         Err(e) => panic!("find_attempt: {e}"),
     }
-}
-
-/// A DAG whose single step waits for `gate` to exist, then writes `done`.
-pub fn gated_dag(gate: &Path) -> String {
-    format!(
-        "steps:\n  - name: wait\n    command: while [ ! -f '{}' ]; do sleep 0.02; done\n",
-        gate.display()
-    )
 }

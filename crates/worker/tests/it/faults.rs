@@ -4,63 +4,39 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::matchers::{path, path_regex};
+use wiremock::ResponseTemplate;
 
 use crate::common::*;
-
-fn quick_dag(rig: &Rig) {
-    rig.write_dag("quick", "steps:\n  - name: s\n    command: \"true\"\n");
-}
-
-async fn pull_answers(rig: &Rig, template: ResponseTemplate, times: u64) {
-    Mock::given(method("POST"))
-        .and(path(PULL))
-        .respond_with(template)
-        .up_to_n_times(times)
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
-}
 
 #[tokio::test]
 async fn pull_errors_and_malformed_answers_back_off_then_the_job_runs() {
     let rig = Rig::new().await;
-    quick_dag(&rig);
-    pull_answers(&rig, ResponseTemplate::new(500).set_body_string("boom"), 2).await;
-    pull_answers(&rig, ResponseTemplate::new(200), 1).await;
-    pull_answers(
-        &rig,
-        ResponseTemplate::new(200).set_body_raw(r#"{"dag_name":"quick"}"#, "application/json"),
-        1,
-    )
-    .await;
-    pull_answers(
-        &rig,
-        ResponseTemplate::new(200).set_body_raw("{not json", "application/json"),
-        1,
-    )
-    .await;
+    rig.write_quick_dag();
+    // Two server errors, then three answers that hold no job: empty, without an id, not JSON.
+    let failures = [
+        (ResponseTemplate::new(500).set_body_string("boom"), 2),
+        (ResponseTemplate::new(200), 1),
+        (json_answer(r#"{"dag_name":"quick"}"#), 1),
+        (json_answer("{not json"), 1),
+    ];
+    for (answer, times) in failures {
+        rig.answer_pulls(answer, times).await;
+    }
     rig.offer(json!({"id": "j-after", "dag_name": "quick"}))
         .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
     assert_eq!(w.stats.pull_errors(), 5);
-    rig.assert_finished_once(
-        "j-after",
-        "succeeded",
-        "Run `quick` finished with `succeeded`.",
-    )
-    .await;
+    rig.assert_succeeded_once("j-after", "quick").await;
     w.stop().await;
 }
 
 #[tokio::test]
 async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
     let rig = Rig::new().await;
-    quick_dag(&rig);
-    pull_answers(
-        &rig,
+    rig.write_quick_dag();
+    rig.answer_pulls(
         ResponseTemplate::new(204).set_delay(Duration::from_secs(1)),
         1,
     )
@@ -86,14 +62,13 @@ async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
 #[tokio::test]
 async fn accept_failures_are_retried_until_accepted() {
     let rig = Rig::bare().await;
-    quick_dag(&rig);
-    Mock::given(method("POST"))
-        .and(path_regex(r"/accept$"))
-        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"message": "busy"})))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
+    rig.write_quick_dag();
+    rig.answer_first(
+        path_regex(r"/accept$"),
+        ResponseTemplate::new(503).set_body_json(json!({"message": "busy"})),
+        2,
+    )
+    .await;
     rig.mount_defaults().await;
     rig.offer(json!({"id": "j-acc", "dag_name": "quick"})).await;
     // No periodic pass to lean on: the retries are served by their own schedule.
@@ -112,25 +87,19 @@ async fn accept_failures_are_retried_until_accepted() {
         rig.calls_for("j-acc", "accept").await,
         vec![accept_body("j-acc"); 3]
     );
-    rig.assert_finished_once(
-        "j-acc",
-        "succeeded",
-        "Run `quick` finished with `succeeded`.",
-    )
-    .await;
-    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+    rig.assert_succeeded_once("j-acc", "quick").await;
+    rig.assert_tracker_empty().await;
 }
 
 #[tokio::test]
 async fn one_job_failing_to_finish_does_not_hold_up_another() {
     let rig = Rig::bare().await;
-    quick_dag(&rig);
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/j-stuck/finish"))
-        .respond_with(ResponseTemplate::new(500))
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
+    rig.write_quick_dag();
+    rig.answer_all(
+        path("/api/v1/github/dispatch/j-stuck/finish"),
+        ResponseTemplate::new(500),
+    )
+    .await;
     rig.mount_defaults().await;
     rig.offer(json!({"id": "j-stuck", "dag_name": "quick"}))
         .await;
@@ -154,16 +123,14 @@ async fn one_job_failing_to_finish_does_not_hold_up_another() {
 #[tokio::test]
 async fn finish_404_or_409_drops_the_entry_without_retry() {
     let rig = Rig::bare().await;
-    quick_dag(&rig);
+    rig.write_quick_dag();
     for (id, code) in [("j-404", 404), ("j-409", 409)] {
-        Mock::given(method("POST"))
-            .and(path(format!("/api/v1/github/dispatch/{id}/finish")))
-            .respond_with(
-                ResponseTemplate::new(code).set_body_json(json!({"message": "no such job"})),
-            )
-            .with_priority(1)
-            .mount(&rig.server)
-            .await;
+        let refusal = ResponseTemplate::new(code).set_body_json(json!({"message": "no such job"}));
+        rig.answer_all(
+            path(format!("/api/v1/github/dispatch/{id}/finish")),
+            refusal,
+        )
+        .await;
         rig.offer(json!({"id": id, "dag_name": "quick"})).await;
     }
     rig.mount_defaults().await;
@@ -176,40 +143,30 @@ async fn finish_404_or_409_drops_the_entry_without_retry() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     w.stop().await;
     for id in ["j-404", "j-409"] {
-        rig.assert_finished_once(id, "succeeded", "Run `quick` finished with `succeeded`.")
-            .await;
+        rig.assert_succeeded_once(id, "quick").await;
     }
-    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+    rig.assert_tracker_empty().await;
 }
 
 #[tokio::test]
 async fn accept_409_stops_the_run_and_drops_the_job() {
     let rig = Rig::bare().await;
-    let gate = rig.out("never");
-    rig.write_dag("gated", &gated_dag(&gate));
-    Mock::given(method("POST"))
-        .and(path_regex(r"/accept$"))
-        .respond_with(
-            ResponseTemplate::new(409)
-                .set_body_json(json!({"message": "claimed by another server"})),
-        )
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
+    rig.write_gated_dag("gated", "never");
+    rig.answer_all(
+        path_regex(r"/accept$"),
+        ResponseTemplate::new(409).set_body_json(json!({"message": "claimed by another server"})),
+    )
+    .await;
     rig.mount_defaults().await;
     rig.offer(json!({"id": "j-taken", "dag_name": "gated"}))
         .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
-    let stores = w.stores.clone();
-    eventually("run aborted", || async {
-        run_status(&stores, "gated", "j-taken").as_deref() == Some("aborted")
-    })
-    .await;
+    w.wait_for_run("gated", "j-taken", "aborted").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.stop().await;
     assert_eq!(rig.calls_for("j-taken", "accept").await.len(), 1);
     assert_eq!(rig.count("/finish").await, 0);
-    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+    rig.assert_tracker_empty().await;
 }
 
 #[tokio::test]
@@ -247,8 +204,7 @@ async fn credentials_appearing_later_start_the_pulls_without_restart() {
 async fn long_poll_sends_wait_seconds_and_pulls_again_when_the_server_held_it() {
     let rig = Rig::bare().await;
     // The server holds each empty pull for 600 ms (as a long-poll server would for 1 s).
-    pull_answers(
-        &rig,
+    rig.answer_pulls(
         ResponseTemplate::new(204).set_delay(Duration::from_millis(600)),
         100,
     )
@@ -313,9 +269,14 @@ async fn wait_frozen(what: &str, cond: impl Fn() -> bool) {
 /// Paused time proves the wait after a failed pull: the loop asks for credentials again (its
 /// first act on waking) only once `expected` has passed. The clock is paused before the worker
 /// starts, so the worker computes its deadline on the paused clock and no real time slips in.
-async fn assert_pull_waits(template: ResponseTemplate, backoff_min: Duration, expected: Duration) {
+async fn assert_pull_waits(
+    case: &str,
+    template: ResponseTemplate,
+    backoff_min: Duration,
+    expected: Duration,
+) {
     let rig = Rig::bare().await;
-    pull_answers(&rig, template, 1).await;
+    rig.answer_pulls(template, 1).await;
     rig.mount_defaults().await;
     let config = dispatch_worker::WorkerConfig {
         idle_delay: Duration::from_secs(3600),
@@ -333,51 +294,49 @@ async fn assert_pull_waits(template: ResponseTemplate, backoff_min: Duration, ex
     // One credentials call by the pull loop, one by the report loop's first pass; after the
     // error is counted, the pull loop sleeps (this runtime has one thread, so it has yielded).
     let stats = w.stats.clone();
-    wait_frozen("pull failed", || {
+    wait_frozen(&format!("{case}: pull failed"), || {
         stats.pull_errors() == 1 && creds.calls() == 2
     })
     .await;
     tokio::time::advance(expected - Duration::from_millis(1)).await;
     settle().await;
-    assert_eq!(creds.calls(), 2, "woke before {expected:?}");
+    assert_eq!(creds.calls(), 2, "{case}: woke before {expected:?}");
     tokio::time::advance(Duration::from_millis(2)).await;
     settle().await;
-    assert_eq!(creds.calls(), 3, "did not wake after {expected:?}");
+    assert_eq!(creds.calls(), 3, "{case}: did not wake after {expected:?}");
     tokio::time::resume();
-    eventually("second pull reached the server", || async {
-        rig.count(PULL).await >= 2
-    })
+    eventually(
+        &format!("{case}: second pull reached the server"),
+        || async { rig.count(PULL).await >= 2 },
+    )
     .await;
     w.stop().await;
 }
 
 #[tokio::test]
-async fn retry_after_on_429_is_waited_out() {
-    assert_pull_waits(
-        ResponseTemplate::new(429).insert_header("Retry-After", "2"),
-        Duration::from_millis(10),
-        Duration::from_secs(2),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn retry_after_on_503_is_waited_out() {
-    assert_pull_waits(
-        ResponseTemplate::new(503).insert_header("Retry-After", "3"),
-        Duration::from_millis(10),
-        Duration::from_secs(3),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn first_server_error_waits_backoff_min() {
-    // The first failure's window is exactly [min, min]: no jitter to account for.
-    assert_pull_waits(
-        ResponseTemplate::new(500),
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    )
-    .await;
+async fn a_failed_pull_waits_out_retry_after_or_else_backoff_min() {
+    let fast = Duration::from_millis(10);
+    let second = Duration::from_secs(1);
+    let retry_after =
+        |status, seconds| ResponseTemplate::new(status).insert_header("Retry-After", seconds);
+    // (case, the failed pull's answer, backoff_min, the wait expected)
+    let cases = [
+        (
+            "429 with Retry-After: 2",
+            retry_after(429, "2"),
+            fast,
+            2 * second,
+        ),
+        (
+            "503 with Retry-After: 3",
+            retry_after(503, "3"),
+            fast,
+            3 * second,
+        ),
+        // The first failure's window is exactly [min, min]: no jitter to account for.
+        ("a first 500", ResponseTemplate::new(500), second, second),
+    ];
+    for (case, answer, backoff_min, expected) in cases {
+        assert_pull_waits(case, answer, backoff_min, expected).await;
+    }
 }

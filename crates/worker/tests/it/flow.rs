@@ -46,12 +46,7 @@ async fn push_job_runs_and_finishes_succeeded_with_the_event_as_params() {
         rig.calls_for(job_id, "accept").await,
         vec![accept_body(job_id)]
     );
-    rig.assert_finished_once(
-        job_id,
-        "succeeded",
-        "Run `on-push` finished with `succeeded`.",
-    )
-    .await;
+    rig.assert_succeeded_once(job_id, "on-push").await;
     // The raw payload reached the step byte for byte, with the headers and the extras.
     // (The file's trailing newline is whitespace after the JSON value, not part of it.)
     let seen = std::fs::read_to_string(out.with_extension("payload")).unwrap();
@@ -87,7 +82,7 @@ async fn push_job_runs_and_finishes_succeeded_with_the_event_as_params() {
         run_status(&stores, "on-push", job_id).as_deref(),
         Some("succeeded")
     );
-    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+    rig.assert_tracker_empty().await;
     assert_eq!(rig.count("/finish").await, 1);
 }
 
@@ -117,8 +112,7 @@ async fn failing_dag_finishes_failed_with_first_error_and_failed_steps() {
 #[tokio::test]
 async fn same_job_pulled_twice_runs_once_accepts_twice_finishes_once() {
     let rig = Rig::new().await;
-    let gate = rig.out("gate");
-    rig.write_dag("gated", &gated_dag(&gate));
+    let gate = rig.write_gated_dag("gated", "gate");
     let job = job_json(
         json!({"id": "job-dup", "dag_name": "gated"}),
         Some("{}"),
@@ -144,12 +138,7 @@ async fn same_job_pulled_twice_runs_once_accepts_twice_finishes_once() {
         rig.calls_for("job-dup", "accept").await,
         vec![accept_body("job-dup"), accept_body("job-dup")]
     );
-    rig.assert_finished_once(
-        "job-dup",
-        "succeeded",
-        "Run `gated` finished with `succeeded`.",
-    )
-    .await;
+    rig.assert_succeeded_once("job-dup", "gated").await;
     // One run, one attempt: the second intake found it and left it alone.
     let runs = stores.runs.list_attempts().unwrap();
     assert_eq!(runs.len(), 1);
@@ -159,8 +148,7 @@ async fn same_job_pulled_twice_runs_once_accepts_twice_finishes_once() {
 #[tokio::test]
 async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
     let rig = Rig::new().await;
-    let gate = rig.out("never-created");
-    rig.write_dag("slow", &gated_dag(&gate));
+    rig.write_gated_dag("slow", "never-created");
     rig.offer_job(job_json(
         json!({
             "id": "job-pr-7",
@@ -175,10 +163,7 @@ async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
     .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     let stores = w.stores.clone();
-    eventually("run running", || async {
-        run_status(&stores, "slow", "job-pr-7").as_deref() == Some("running")
-    })
-    .await;
+    w.wait_for_run("slow", "job-pr-7", "running").await;
     // A comment "@dispatch cancel" on the PR: an issue_comment job naming the same number.
     rig.offer_job(job_json(
         json!({
@@ -235,8 +220,7 @@ async fn cancel_command_stops_the_pr_run_and_both_jobs_are_finished() {
 #[tokio::test]
 async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
     let rig = Rig::new().await;
-    let gate = rig.out("gate");
-    rig.write_dag("gated", &gated_dag(&gate));
+    let gate = rig.write_gated_dag("gated", "gate");
     rig.offer(json!({"id": "job-event", "dag_name": "gated"}))
         .await;
     let config = dispatch_worker::WorkerConfig {
@@ -247,12 +231,7 @@ async fn finish_is_sent_when_the_run_ends_not_at_the_next_report_interval() {
     eventually("accepted", || async { w.stats.jobs_accepted() == 1 }).await;
     std::fs::write(&gate, "").unwrap();
     eventually("finish", || async { rig.count("/finish").await >= 1 }).await;
-    rig.assert_finished_once(
-        "job-event",
-        "succeeded",
-        "Run `gated` finished with `succeeded`.",
-    )
-    .await;
+    rig.assert_succeeded_once("job-event", "gated").await;
     w.stop().await;
 }
 
@@ -284,8 +263,7 @@ async fn a_burst_is_pulled_by_overlapping_pullers_and_each_job_finishes_once() {
             vec![accept_body(id)],
             "{id}"
         );
-        rig.assert_finished_once(id, "succeeded", "Run `burst` finished with `succeeded`.")
-            .await;
+        rig.assert_succeeded_once(id, "burst").await;
     }
     assert_eq!(w.stats.jobs_pulled(), 20);
     // The cloud never advertised the `pull-batch` extension: no batched call was made.

@@ -70,12 +70,7 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
         text.starts_with("Rejected: DAG `broken` cannot be loaded: ") && text.contains("comand"),
         "{text}"
     );
-    rig.assert_finished_once(
-        "j-good",
-        "succeeded",
-        "Run `good` finished with `succeeded`.",
-    )
-    .await;
+    rig.assert_succeeded_once("j-good", "good").await;
     assert_eq!(w.stats.jobs_rejected(), cases.len() as u64 + 1);
     // Counted once the finish call has returned, which may be just after the hub saw it.
     eventually("rejections counted", || async {
@@ -86,7 +81,7 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
     let attempts = w.stores.runs.list_attempts().unwrap();
     assert_eq!(attempts.len(), 1, "only the good job ran");
     w.stop().await;
-    assert!(rig.with_tracker(|t| t.list().unwrap()).await.is_empty());
+    rig.assert_tracker_empty().await;
 }
 
 #[tokio::test]
@@ -120,8 +115,7 @@ async fn payload_not_json_and_headers_not_an_object_still_run() {
     })
     .await;
     for id in ["j-text", "j-num"] {
-        rig.assert_finished_once(id, "succeeded", "Run `show` finished with `succeeded`.")
-            .await;
+        rig.assert_succeeded_once(id, "show").await;
     }
     let read = |id: &str| std::fs::read_to_string(format!("{}.{id}", out.display())).unwrap();
     assert_eq!(read("j-text"), r#""this is {not json"|{}|pull_request|5"#);

@@ -1,36 +1,24 @@
 //! No secret in logs, `Debug` output or finish summaries, even when calls fail.
 
 use serde_json::json;
-use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::matchers::path_regex;
+use wiremock::ResponseTemplate;
 
 use crate::common::*;
 
-fn capture_logs() -> dispatch_test_support::LogBuffer {
-    dispatch_test_support::capture_logs("dispatch_worker=trace,dispatch_license=trace,info")
-}
-
 #[tokio::test]
 async fn the_heartbeat_secret_never_reaches_logs_or_summaries() {
-    let logs = capture_logs();
+    let logs =
+        dispatch_test_support::capture_logs("dispatch_worker=trace,dispatch_license=trace,info");
     let rig = Rig::bare().await;
-    rig.write_dag("quick", "steps:\n  - name: s\n    command: \"true\"\n");
+    rig.write_quick_dag();
     // Failures whose bodies echo the secret, on every endpoint.
     let echo = json!({"message": format!("bad secret {SECRET}")});
-    Mock::given(method("POST"))
-        .and(path(PULL))
-        .respond_with(ResponseTemplate::new(401).set_body_json(echo.clone()))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&rig.server)
+    rig.answer_pulls(ResponseTemplate::new(401).set_body_json(echo.clone()), 1)
         .await;
     for what in ["accept", "finish"] {
-        Mock::given(method("POST"))
-            .and(path_regex(format!("/{what}$")))
-            .respond_with(ResponseTemplate::new(500).set_body_json(echo.clone()))
-            .up_to_n_times(1)
-            .with_priority(1)
-            .mount(&rig.server)
+        let failure = ResponseTemplate::new(500).set_body_json(echo.clone());
+        rig.answer_first(path_regex(format!("/{what}$")), failure, 1)
             .await;
     }
     rig.mount_defaults().await;
