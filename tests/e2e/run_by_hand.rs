@@ -182,6 +182,52 @@ fn run_shows_the_output_of_sub_dag_runs_under_the_calling_step() {
 }
 
 #[test]
+fn run_a_foreach_step_shows_each_body_and_passes_what_it_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let dag = write(
+        dir.path(),
+        "each.yaml",
+        r#"steps:
+  - id: each
+    foreach:
+      items: [{name: ann}, {name: bob}]
+      key: ${foreach.item.name}
+      steps:
+        - id: greet
+          run: |
+            echo "hi ${foreach.item.name}"
+            printf 'line=hi %s\n' "${foreach.item.name}" >> "$DAGU_OUTPUT_FILE"
+          outputs: [{name: line}]
+      collect:
+        line: ${steps.greet.outputs.line}
+    output: ALL
+  - id: report
+    run: echo "${ALL.summary.succeeded} done, last ${each.outputs[1].line}"
+"#,
+    );
+    let out = scheduler(dir.path(), &["run", dag.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
+    let mut bodies: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[each["))
+        .collect();
+    bodies.sort_unstable();
+    assert_eq!(
+        bodies,
+        ["0]/greet] hi ann", "1]/greet] hi bob"],
+        "{}",
+        show(&out)
+    );
+    assert!(
+        lines.contains(&"[report] 2 done, last hi bob"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn run_with_a_failing_step_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let dag = write(
