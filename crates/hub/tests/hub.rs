@@ -226,12 +226,13 @@ impl TestHub {
     }
 
     async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
         self.http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}{path}", self.base))
             .send()
-            .await
-            .unwrap()
-            .text()
             .await
             .unwrap()
     }
@@ -265,6 +266,38 @@ fn build(trigger: Trigger) -> Binding {
     Binding::new(HELLO, "build", trigger)
 }
 
+/// A hub reporting to the GitHub stand-in `gh` with the token `gh-token`.
+async fn reporting_hub(gh: &wiremock::MockServer, bindings: Vec<Binding>) -> TestHub {
+    reporting_hub_with(gh, bindings, |_| {}).await
+}
+
+/// [`reporting_hub`], with `tweak` applied to its config.
+async fn reporting_hub_with(
+    gh: &wiremock::MockServer,
+    bindings: Vec<Binding>,
+    tweak: impl FnOnce(&mut HubConfig),
+) -> TestHub {
+    let api = gh.uri();
+    TestHub::start_with(bindings, move |cfg| {
+        cfg.github.api_url = api;
+        cfg.github.token = Some(Secret::new("gh-token"));
+        tweak(cfg);
+    })
+    .await
+}
+
+/// Makes the GitHub stand-in `gh` answer the first POST to `path` with `status`, ahead of the
+/// mocks that answer the ones after it.
+async fn fail_first_post(gh: &wiremock::MockServer, path: &str, status: u16) {
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(path))
+        .respond_with(wiremock::ResponseTemplate::new(status))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(gh)
+        .await;
+}
+
 /// Seconds since the Unix epoch, as tokens count time.
 fn now() -> i64 {
     i64::try_from(dispatch_util::now_ms() / 1000).unwrap()
@@ -275,6 +308,14 @@ fn hub_bin(args: &[&str], path: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hub"));
     cmd.args(args).arg(path);
     cmd
+}
+
+/// Runs `cmd` to its end, which must be a success, and returns what it printed.
+fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Writes `hub.toml` into `dir`: a loopback listener on any port and [`SECRET`], then `more`.
@@ -505,24 +546,23 @@ async fn fixtures_map_to_job_fields() {
         }
         assert_eq!(job["event_name"], event);
     }
-    // A closed PR is not built by default.
-    let (status, answer) = hub
-        .webhook(
+    for (event, delivery, payload) in [
+        // A closed PR is not built by default.
+        (
             "pull_request",
             "d-closed",
-            fixture("pull_request/closed.payload.json"),
-        )
-        .await;
-    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
-    // The release binding wants `published`; the `created` fixture matches nothing.
-    let (status, answer) = hub
-        .webhook(
-            "release",
-            "d-created",
-            fixture("release/created.payload.json"),
-        )
-        .await;
-    assert_eq!((status, ids(&answer).len()), (StatusCode::OK, 0));
+            "pull_request/closed.payload.json",
+        ),
+        // The release binding wants `published`; the `created` fixture matches nothing.
+        ("release", "d-created", "release/created.payload.json"),
+    ] {
+        let (status, answer) = hub.webhook(event, delivery, fixture(payload)).await;
+        assert_eq!(
+            (status, ids(&answer).len()),
+            (StatusCode::OK, 0),
+            "{delivery}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -682,14 +722,20 @@ async fn job_too_large_for_a_pull_answer_is_rejected_at_once() {
 #[tokio::test]
 async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
-    let resp = hub
-        .post(
+    let c = hub.activate("lic-a", "srv").await;
+    for (path, body) in [
+        (
             "/api/v1/licenses/activate",
             json!({"key": "nope", "server_id": server_id("s"), "machine_name": "m"}),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let c = hub.activate("lic-a", "srv").await;
+        ),
+        (
+            "/api/v1/licenses/heartbeat",
+            json!({"license_id": "lic-a", "server_id": server_id("srv"), "heartbeat_secret": "wrong"}),
+        ),
+    ] {
+        let status = hub.post(path, body).await.status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
     let bad = Creds {
         secret: "wrong".into(),
         ..c.clone()
@@ -713,13 +759,6 @@ async fn cloud_api_rejects_wrong_credentials_and_unknown_jobs() {
             );
         }
     }
-    let hb = hub
-        .post(
-            "/api/v1/licenses/heartbeat",
-            json!({"license_id": "lic-a", "server_id": server_id("srv"), "heartbeat_secret": "wrong"}),
-        )
-        .await;
-    assert_eq!(hb.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         hub.accept(&c, "no-such-job").await.status(),
         StatusCode::NOT_FOUND
@@ -902,10 +941,8 @@ async fn state_survives_restarts() {
     );
     hub.finish_ok(&c, &id, "succeeded", "ok").await;
     hub.restart().await;
-    assert!(hub
-        .metrics()
-        .await
-        .contains("dispatch_hub_jobs{state=\"finished\"} 1"));
+    hub.metrics_with(&["dispatch_hub_jobs{state=\"finished\"} 1"])
+        .await;
 }
 
 #[tokio::test]
@@ -956,12 +993,7 @@ async fn activation_heartbeat_and_revocation() {
 #[tokio::test]
 async fn health_and_metrics() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
-    let resp = hub
-        .http
-        .get(format!("{}/healthz", hub.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = hub.get("/healthz").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "ok");
     hub.push("m1").await;
@@ -986,18 +1018,6 @@ mod reporting {
     const PUSH_STATUS: &str =
         "/repos/Codertocat/Hello-World/statuses/6113728f27ae82c7b1a177c8d03f9e96e0adf246";
     const ONE_SENT: &str = "dispatch_hub_reports_total{result=\"sent\"} 1";
-
-    async fn hub_with_github(gh: &MockServer, bindings: Vec<Binding>) -> TestHub {
-        let api = gh.uri();
-        TestHub::start_with(bindings, move |cfg| {
-            cfg.github = GithubConfig {
-                api_url: api,
-                token: Some(Secret::new("gh-token")),
-                app: None,
-            };
-        })
-        .await
-    }
 
     async fn run_job(
         hub: &TestHub,
@@ -1040,7 +1060,7 @@ mod reporting {
             .await;
         let mut b = build(Trigger::Auto);
         b.check_name = "ci/build".into();
-        let hub = hub_with_github(&gh, vec![b]).await;
+        let hub = reporting_hub(&gh, vec![b]).await;
         run_job(&hub, "push", "r1", fixture(PUSH), "failed", &summary).await;
         let is_final = |r: &wiremock::Request| {
             serde_json::from_slice::<Value>(&r.body).unwrap()["state"] == "failure"
@@ -1067,13 +1087,7 @@ mod reporting {
     #[tokio::test]
     async fn comment_command_gets_a_comment_and_failures_are_retried() {
         let gh = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/repos/Codertocat/Hello-World/issues/1/comments"))
-            .respond_with(ResponseTemplate::new(502))
-            .up_to_n_times(1)
-            .with_priority(1)
-            .mount(&gh)
-            .await;
+        fail_first_post(&gh, "/repos/Codertocat/Hello-World/issues/1/comments", 502).await;
         Mock::given(method("POST"))
             .and(path("/repos/Codertocat/Hello-World/issues/1/comments"))
             .and(header("authorization", "Bearer gh-token"))
@@ -1084,7 +1098,7 @@ mod reporting {
             .with_priority(2)
             .mount(&gh)
             .await;
-        let hub = hub_with_github(&gh, vec![build(Trigger::CommentCommand)]).await;
+        let hub = reporting_hub(&gh, vec![build(Trigger::CommentCommand)]).await;
         run_job(
             &hub,
             "issue_comment",
@@ -1098,16 +1112,14 @@ mod reporting {
         let reqs = gh.received_requests().await.unwrap();
         assert_eq!(reqs.len(), 2, "one failure, one success");
         assert_eq!(reqs[0].body, reqs[1].body);
-        assert!(hub
-            .metrics()
-            .await
-            .contains("dispatch_hub_reports_total{result=\"failed\"} 1"));
+        hub.metrics_with(&["dispatch_hub_reports_total{result=\"failed\"} 1"])
+            .await;
     }
 
     #[tokio::test]
     async fn pending_reports_survive_a_restart() {
         let gh = MockServer::start().await;
-        let mut hub = hub_with_github(&gh, vec![build(Trigger::Auto)]).await;
+        let mut hub = reporting_hub(&gh, vec![build(Trigger::Auto)]).await;
         // GitHub is down (no mock mounted answers 404, a permanent error, so use a 503 first).
         let down = Mock::given(method("POST"))
             .respond_with(ResponseTemplate::new(503))
@@ -1147,21 +1159,16 @@ mod reporting {
 }
 
 mod binary {
-    use super::hub_bin;
+    use super::{hub_bin, stdout_of};
 
     #[test]
     fn print_public_key_prints_the_signing_key() {
         let dir = tempfile::tempdir().unwrap();
         let run = || {
-            let out = hub_bin(&["print-public-key", "--data-dir"], dir.path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
+            stdout_of(&mut hub_bin(
+                &["print-public-key", "--data-dir"],
+                dir.path(),
+            ))
         };
         let first = run();
         assert!(first.starts_with("-----BEGIN PUBLIC KEY-----"), "{first}");
@@ -1169,13 +1176,10 @@ mod binary {
         let key = dispatch_protocol::token::parse_public_key(&first).unwrap();
         let signing = dispatch_hub::keys::load_or_create_signing_key(dir.path()).unwrap();
         assert_eq!(key, signing.verifying_key());
-        let out = hub_bin(
+        let b64 = stdout_of(&mut hub_bin(
             &["print-public-key", "--format", "base64", "--data-dir"],
             dir.path(),
-        )
-        .output()
-        .unwrap();
-        let b64 = String::from_utf8(out.stdout).unwrap();
+        ));
         assert_eq!(
             dispatch_protocol::token::parse_public_key(&b64).unwrap(),
             key

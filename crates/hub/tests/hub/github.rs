@@ -68,6 +68,21 @@ async fn mount_check_runs(gh: &MockServer, repo: &str, id: i64) {
         .await;
 }
 
+/// GitHub with a token for installation 1 (`ghs_one`) and check runs of [`HELLO`] (id 700).
+async fn github_with_check_runs() -> MockServer {
+    let gh = MockServer::start().await;
+    mount_token(&gh, 1, "ghs_one", None).await;
+    mount_check_runs(&gh, HELLO, 700).await;
+    gh
+}
+
+/// [`github_with_check_runs`], and a hub reporting to it as the App that builds every push.
+async fn app_building() -> (MockServer, TestHub) {
+    let gh = github_with_check_runs().await;
+    let hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    (gh, hub)
+}
+
 /// The requests GitHub received with this method and path, in order.
 async fn requests(gh: &MockServer, verb: &str, p: &str) -> Vec<Request> {
     gh.received_requests()
@@ -132,9 +147,7 @@ fn check_run_event(action: &str, job_id: &str, extra: Value) -> Vec<u8> {
 
 #[tokio::test]
 async fn app_token_is_rs256_and_one_exchange_serves_two_reports() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
+    let gh = github_with_check_runs().await;
     let mut test = build(Trigger::Auto);
     test.dag = "test".into();
     let hub = app_hub(&gh, vec![build(Trigger::Auto), test]).await;
@@ -178,10 +191,7 @@ async fn app_token_is_rs256_and_one_exchange_serves_two_reports() {
 
 #[tokio::test]
 async fn a_check_run_goes_queued_in_progress_completed_with_exact_bodies() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
-    let hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let (gh, hub) = app_building().await;
     let (_, answer) = hub.push("d1").await;
     let id = ids(&answer).remove(0);
     let created = wait_for(&gh, "POST", CHECK_RUNS, 1).await;
@@ -230,10 +240,7 @@ async fn a_check_run_goes_queued_in_progress_completed_with_exact_bodies() {
 
 #[tokio::test]
 async fn conclusions_per_result_status() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
-    let hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let (gh, hub) = app_building().await;
     let c = hub.activate("lic-a", "srv").await;
     let cases = [
         ("succeeded", "success"),
@@ -322,18 +329,13 @@ async fn a_rate_limited_installation_waits_while_another_goes_on() {
     wait_for(&gh, "POST", "/repos/octo-org/octo-repo/check-runs", 3).await;
     // Installation 1 was asked once: its reports wait for the reset, untried.
     assert_eq!(requests(&gh, "POST", CHECK_RUNS).await.len(), 1);
-    assert!(hub
-        .metrics()
-        .await
-        .contains("dispatch_hub_reports_total{result=\"rate_limited\"}"));
+    hub.metrics_with(&["dispatch_hub_reports_total{result=\"rate_limited\"}"])
+        .await;
 }
 
 #[tokio::test]
 async fn a_restart_between_queued_and_completed_completes_the_same_check_run_once() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
-    let mut hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let (gh, mut hub) = app_building().await;
     let c = hub.activate("lic-a", "srv").await;
     let (_, answer) = hub.push("d1").await;
     let id = ids(&answer).remove(0);
@@ -411,23 +413,15 @@ async fn a_create_whose_answer_was_lost_is_found_by_external_id_not_made_twice()
 
 #[tokio::test]
 async fn rerequested_check_run_and_suite_dispatch_the_dag_again_for_the_same_event() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
-    let hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let (gh, hub) = app_building().await;
     let c = hub.activate("lic-a", "srv").await;
     let (_, answer) = hub.push("d1").await;
     let first = ids(&answer).remove(0);
     assert_eq!(hub.pull_id(&c).await, first);
     hub.finish(&c, &first, "failed", "").await;
 
-    let (status, answer) = hub
-        .webhook(
-            "check_run",
-            "r1",
-            check_run_event("rerequested", &first, json!({})),
-        )
-        .await;
+    let rerun = check_run_event("rerequested", &first, json!({}));
+    let (status, answer) = hub.webhook("check_run", "r1", rerun.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let again = ids(&answer);
     assert_eq!(again.len(), 1);
@@ -447,13 +441,7 @@ async fn rerequested_check_run_and_suite_dispatch_the_dag_again_for_the_same_eve
     })
     .await;
     // A redelivery of the re-run request dispatches nothing more.
-    let (_, dup) = hub
-        .webhook(
-            "check_run",
-            "r1",
-            check_run_event("rerequested", &first, json!({})),
-        )
-        .await;
+    let (_, dup) = hub.webhook("check_run", "r1", rerun).await;
     assert_eq!(ids(&dup), again);
 
     // "Re-run all checks": the latest job of each binding on the suite's head.
@@ -493,10 +481,7 @@ async fn rerequested_check_run_and_suite_dispatch_the_dag_again_for_the_same_eve
 
 #[tokio::test]
 async fn the_cancel_button_cancels_that_job() {
-    let gh = MockServer::start().await;
-    mount_token(&gh, 1, "ghs_one", None).await;
-    mount_check_runs(&gh, HELLO, 700).await;
-    let hub = app_hub(&gh, vec![build(Trigger::Auto)]).await;
+    let (gh, hub) = app_building().await;
     let cancel = |id: &str| {
         check_run_event(
             "requested_action",
@@ -544,10 +529,7 @@ async fn commit_statuses_follow_the_lifecycle_with_target_url() {
         .respond_with(ResponseTemplate::new(201))
         .mount(&gh)
         .await;
-    let api = gh.uri();
-    let hub = TestHub::start_with(vec![build(Trigger::Auto)], move |cfg| {
-        cfg.github.api_url = api;
-        cfg.github.token = Some(Secret::new("gh-token"));
+    let hub = reporting_hub_with(&gh, vec![build(Trigger::Auto)], |cfg| {
         cfg.public_url = Some(format!("{PUBLIC_URL}/"));
     })
     .await;
@@ -581,25 +563,14 @@ async fn a_final_status_is_never_followed_by_a_pending_one() {
     let gh = MockServer::start().await;
     // GitHub is slow to take the first status: it is retried after a second, by which time the
     // job has finished.
-    Mock::given(method("POST"))
-        .and(path(STATUSES))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&gh)
-        .await;
+    fail_first_post(&gh, STATUSES, 503).await;
     Mock::given(method("POST"))
         .and(path(STATUSES))
         .respond_with(ResponseTemplate::new(201))
         .with_priority(2)
         .mount(&gh)
         .await;
-    let api = gh.uri();
-    let hub = TestHub::start_with(vec![build(Trigger::Auto)], move |cfg| {
-        cfg.github.api_url = api;
-        cfg.github.token = Some(Secret::new("gh-token"));
-    })
-    .await;
+    let hub = reporting_hub(&gh, vec![build(Trigger::Auto)]).await;
     let (_, answer) = hub.push("d1").await;
     let id = ids(&answer).remove(0);
     wait_for(&gh, "POST", STATUSES, 1).await;

@@ -130,8 +130,7 @@ mod metrics {
             .unwrap()
             .contains("dispatch_hub_jobs{state=\"queued\"} 0"));
         // Everything else stays open.
-        let health = hub.http.get(format!("{}/healthz", hub.base)).send().await;
-        assert_eq!(health.unwrap().status(), StatusCode::OK);
+        assert_eq!(hub.get("/healthz").await.status(), StatusCode::OK);
     }
 }
 

@@ -154,19 +154,6 @@ async fn github() -> MockServer {
     gh
 }
 
-/// A hub reporting to `gh`.
-async fn reporting_hub(gh: &MockServer, bindings: Vec<Binding>) -> TestHub {
-    let api = gh.uri();
-    TestHub::start_with(bindings, move |cfg| {
-        cfg.github = GithubConfig {
-            api_url: api,
-            token: Some(Secret::new("gh-token")),
-            ..GithubConfig::default()
-        };
-    })
-    .await
-}
-
 /// Waits until the hub has sent `n` reports in all.
 async fn reports_sent(hub: &TestHub, n: usize) {
     hub.wait_for_metric(&format!(
