@@ -618,25 +618,35 @@ async fn seed_failed_run(rig: &Rig, job_id: &str) {
 
 struct Row {
     name: &'static str,
-    endpoint: Endpoint,
     fault: Fault,
     transport: Transport,
     max_in_window: usize,
 }
 
-fn row(
-    name: &'static str,
-    endpoint: Endpoint,
-    fault: Fault,
-    transport: Transport,
-    max_in_window: usize,
-) -> Row {
+/// A fault retried on the plain backoff: at most [`BACKOFF_BOUND`] requests in the window.
+fn backoff(name: &'static str, fault: Fault, transport: Transport) -> Row {
     Row {
         name,
-        endpoint,
         fault,
         transport,
-        max_in_window,
+        max_in_window: BACKOFF_BOUND,
+    }
+}
+
+/// A fault that costs at least a second per attempt: at most [`SLOW_BOUND`] requests in the
+/// window.
+fn slow(name: &'static str, fault: Fault, transport: Transport) -> Row {
+    Row {
+        max_in_window: SLOW_BOUND,
+        ..backoff(name, fault, transport)
+    }
+}
+
+/// An answer the worker takes as done: one call, no retry.
+fn once(name: &'static str, fault: Fault, transport: Transport) -> Row {
+    Row {
+        max_in_window: 1,
+        ..backoff(name, fault, transport)
     }
 }
 
@@ -671,7 +681,7 @@ fn proxy_page(code: u16) -> Fault {
     }
 }
 
-async fn run_row(row: Row) {
+async fn run_row(endpoint: Endpoint, row: Row) {
     let name = row.name;
     assert!(
         row.transport == Transport::Raw || row.fault.wiremock_can(),
@@ -687,11 +697,10 @@ async fn run_row(row: Row) {
     let (trap_url, trap_connections) = start_trap().await;
     let cloud = Cloud::default();
     cloud.state().trap_url = trap_url;
-    cloud.set_fault(row.endpoint, row.fault.clone());
+    cloud.set_fault(endpoint, row.fault.clone());
     // An accept fault needs a job to accept; a job with the wrong content type is the fault
     // itself.
-    let offered_early =
-        row.endpoint == Endpoint::Accept || matches!(row.fault, Fault::JobLabelled(_));
+    let offered_early = endpoint == Endpoint::Accept || matches!(row.fault, Fault::JobLabelled(_));
     if offered_early {
         cloud.offer(&fresh);
     }
@@ -716,16 +725,16 @@ async fn run_row(row: Row) {
 
     // (2) No busy loop while the fault lasts.
     eventually(&format!("{name}: first faulty request"), || async {
-        cloud.hits_in_window(row.endpoint).is_some()
+        cloud.hits_in_window(endpoint).is_some()
     })
     .await;
-    let (first, _) = cloud.hits_in_window(row.endpoint).unwrap();
+    let (first, _) = cloud.hits_in_window(endpoint).unwrap();
     tokio::time::sleep((first + WINDOW).saturating_duration_since(Instant::now())).await;
-    let (_, in_window) = cloud.hits_in_window(row.endpoint).unwrap();
+    let (_, in_window) = cloud.hits_in_window(endpoint).unwrap();
     assert!(
         in_window <= row.max_in_window,
         "{name}: {in_window} requests to {:?} within {WINDOW:?} (at most {} expected)",
-        row.endpoint,
+        endpoint,
         row.max_in_window
     );
     // (1) Still running.
@@ -822,9 +831,9 @@ async fn run_row(row: Row) {
     );
 }
 
-async fn run_rows(rows: Vec<Row>) {
+async fn run_rows(endpoint: Endpoint, rows: Vec<Row>) {
     let panics_before = runtime_panics();
-    join_all(rows.into_iter().map(run_row)).await;
+    join_all(rows.into_iter().map(|row| run_row(endpoint, row))).await;
     assert_eq!(
         runtime_panics(),
         panics_before,
@@ -834,232 +843,81 @@ async fn run_rows(rows: Vec<Row>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_faults_back_off_and_recover() {
-    use Endpoint::Pull;
+    use Target::{OtherHost, OtherPath};
     use Transport::{Raw, Wiremock};
-    run_rows(vec![
-        row("pull-500", Pull, status(500), Wiremock, BACKOFF_BOUND),
-        row(
-            "pull-502-html",
-            Pull,
-            proxy_page(502),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row("pull-503", Pull, status(503), Raw, BACKOFF_BOUND),
-        row(
-            "pull-429-ra",
-            Pull,
-            status_retry_after(429),
-            Wiremock,
-            SLOW_BOUND,
-        ),
-        row(
-            "pull-503-ra",
-            Pull,
-            status_retry_after(503),
-            Raw,
-            SLOW_BOUND,
-        ),
-        row(
-            "pull-slow-headers",
-            Pull,
-            Fault::SlowHeaders,
-            Wiremock,
-            SLOW_BOUND,
-        ),
-        row("pull-slow-body", Pull, Fault::SlowBody, Raw, SLOW_BOUND),
-        row(
-            "pull-reset-before",
-            Pull,
-            Fault::ResetBeforeAnswer,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row("pull-not-http", Pull, Fault::NotHttp, Raw, BACKOFF_BOUND),
-        row(
-            "pull-reset-mid-body",
-            Pull,
-            Fault::ResetMidBody,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-malformed",
-            Pull,
-            Fault::MalformedJson,
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-no-id",
-            Pull,
-            Fault::JobWithoutId,
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-empty-200",
-            Pull,
-            Fault::Empty200,
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-oversized",
-            Pull,
-            Fault::OversizedJob,
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-oversized-stream",
-            Pull,
-            Fault::OversizedJobStreamed,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-html-200",
-            Pull,
-            Fault::HtmlPage,
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-json-as-text",
-            Pull,
-            Fault::JobLabelled("text/plain; charset=utf-8"),
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-json-as-html",
-            Pull,
-            Fault::JobLabelled("text/html"),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-301-path",
-            Pull,
-            redirect(301, Target::OtherPath),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-302-host",
-            Pull,
-            redirect(302, Target::OtherHost),
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "pull-307-host",
-            Pull,
-            redirect(307, Target::OtherHost),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-    ])
+    run_rows(
+        Endpoint::Pull,
+        vec![
+            backoff("pull-500", status(500), Wiremock),
+            backoff("pull-502-html", proxy_page(502), Wiremock),
+            backoff("pull-503", status(503), Raw),
+            slow("pull-429-ra", status_retry_after(429), Wiremock),
+            slow("pull-503-ra", status_retry_after(503), Raw),
+            slow("pull-slow-headers", Fault::SlowHeaders, Wiremock),
+            slow("pull-slow-body", Fault::SlowBody, Raw),
+            backoff("pull-reset-before", Fault::ResetBeforeAnswer, Raw),
+            backoff("pull-not-http", Fault::NotHttp, Raw),
+            backoff("pull-reset-mid-body", Fault::ResetMidBody, Raw),
+            backoff("pull-malformed", Fault::MalformedJson, Wiremock),
+            backoff("pull-no-id", Fault::JobWithoutId, Wiremock),
+            backoff("pull-empty-200", Fault::Empty200, Wiremock),
+            backoff("pull-oversized", Fault::OversizedJob, Wiremock),
+            backoff("pull-oversized-stream", Fault::OversizedJobStreamed, Raw),
+            backoff("pull-html-200", Fault::HtmlPage, Wiremock),
+            backoff(
+                "pull-json-as-text",
+                Fault::JobLabelled("text/plain; charset=utf-8"),
+                Raw,
+            ),
+            backoff(
+                "pull-json-as-html",
+                Fault::JobLabelled("text/html"),
+                Wiremock,
+            ),
+            backoff("pull-301-path", redirect(301, OtherPath), Wiremock),
+            backoff("pull-302-host", redirect(302, OtherHost), Raw),
+            backoff("pull-307-host", redirect(307, OtherHost), Wiremock),
+        ],
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_faults_are_retried_and_the_job_is_accepted_once() {
-    use Endpoint::Accept;
+    use Target::OtherHost;
     use Transport::{Raw, Wiremock};
-    run_rows(vec![
-        row("accept-500", Accept, status(500), Wiremock, BACKOFF_BOUND),
-        row(
-            "accept-503-ra",
-            Accept,
-            status_retry_after(503),
-            Raw,
-            SLOW_BOUND,
-        ),
-        row(
-            "accept-reset",
-            Accept,
-            Fault::ResetBeforeAnswer,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "accept-timeout",
-            Accept,
-            Fault::SlowHeaders,
-            Raw,
-            SLOW_BOUND,
-        ),
-        // Any 2xx is an accept (`docs/protocol.md`): one call, no retry.
-        row("accept-malformed", Accept, Fault::MalformedJson, Raw, 1),
-        row(
-            "accept-307-host",
-            Accept,
-            redirect(307, Target::OtherHost),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-    ])
+    run_rows(
+        Endpoint::Accept,
+        vec![
+            backoff("accept-500", status(500), Wiremock),
+            slow("accept-503-ra", status_retry_after(503), Raw),
+            backoff("accept-reset", Fault::ResetBeforeAnswer, Raw),
+            slow("accept-timeout", Fault::SlowHeaders, Raw),
+            // Any 2xx is an accept (`docs/protocol.md`): one call, no retry.
+            once("accept-malformed", Fault::MalformedJson, Raw),
+            backoff("accept-307-host", redirect(307, OtherHost), Wiremock),
+        ],
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finish_faults_are_retried_and_each_job_is_finished_once() {
-    use Endpoint::Finish;
+    use Target::OtherHost;
     use Transport::{Raw, Wiremock};
-    run_rows(vec![
-        row("finish-500", Finish, status(500), Raw, BACKOFF_BOUND),
-        row(
-            "finish-502-html",
-            Finish,
-            proxy_page(502),
-            Wiremock,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "finish-429-ra",
-            Finish,
-            status_retry_after(429),
-            Wiremock,
-            SLOW_BOUND,
-        ),
-        row(
-            "finish-reset",
-            Finish,
-            Fault::ResetBeforeAnswer,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "finish-timeout",
-            Finish,
-            Fault::SlowHeaders,
-            Wiremock,
-            SLOW_BOUND,
-        ),
-        // Any 2xx is a finish (`docs/protocol.md`): one call, no retry.
-        row(
-            "finish-not-http",
-            Finish,
-            Fault::NotHttp,
-            Raw,
-            BACKOFF_BOUND,
-        ),
-        row(
-            "finish-malformed",
-            Finish,
-            Fault::MalformedJson,
-            Wiremock,
-            1,
-        ),
-        row(
-            "finish-307-host",
-            Finish,
-            redirect(307, Target::OtherHost),
-            Raw,
-            BACKOFF_BOUND,
-        ),
-    ])
+    run_rows(
+        Endpoint::Finish,
+        vec![
+            backoff("finish-500", status(500), Raw),
+            backoff("finish-502-html", proxy_page(502), Wiremock),
+            slow("finish-429-ra", status_retry_after(429), Wiremock),
+            backoff("finish-reset", Fault::ResetBeforeAnswer, Raw),
+            slow("finish-timeout", Fault::SlowHeaders, Wiremock),
+            backoff("finish-not-http", Fault::NotHttp, Raw),
+            // Any 2xx is a finish (`docs/protocol.md`): one call, no retry.
+            once("finish-malformed", Fault::MalformedJson, Wiremock),
+            backoff("finish-307-host", redirect(307, OtherHost), Raw),
+        ],
+    )
     .await;
 }
