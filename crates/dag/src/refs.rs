@@ -48,6 +48,21 @@ pub(crate) struct Refs {
     pub(crate) producers: Vec<String>,
 }
 
+/// The references of one owner's text fields (a step's, or the DAG level's): what they may
+/// refer to, and what the rewrites so far have bound. Every loader function that rewrites a
+/// field takes one.
+pub(crate) struct Rewriter<'s, 'r> {
+    pub(crate) scope: &'s Scope<'s>,
+    pub(crate) refs: &'r mut Refs,
+}
+
+impl Rewriter<'_, '_> {
+    /// [`rewrite`] in this owner's scope.
+    pub(crate) fn rewrite(&mut self, text: &str) -> Result<String, String> {
+        rewrite(text, self.scope, self.refs)
+    }
+}
+
 /// A supported reference, classified.
 enum Reference<'t> {
     Const(&'t str),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::step::{resolve_dir, StepCx};
 use super::steps::ListCx;
 use super::{join, key_text, Cx, Entry, KeySet, LoadOptions, DEFAULT_MAX_CLEAN_UP_TIME_SEC};
-use crate::refs::{Refs, Scope};
+use crate::refs::{Refs, Rewriter, Scope};
 use crate::yaml::{self, Kind, Node};
 use crate::{Dag, DagType, HandlerOn};
 
@@ -217,11 +217,23 @@ impl Cx<'_> {
             foreach: None,
         };
         let mut dag_refs = Refs::default();
+        let mut dag_rw = Rewriter {
+            scope: &dag_scope,
+            refs: &mut dag_refs,
+        };
         for (spec, line) in dag.param_specs.iter_mut().zip(param_eval_lines) {
             if let Some(eval) = &spec.eval {
                 let mut refs = Refs::default();
                 let k = format!("params.{}.eval", spec.name);
-                spec.eval = self.rewrite_field(&k, line, eval, &dag_scope, &mut refs);
+                spec.eval = self.rewrite_field(
+                    &k,
+                    line,
+                    eval,
+                    &mut Rewriter {
+                        scope: &dag_scope,
+                        refs: &mut refs,
+                    },
+                );
                 spec.bindings = refs.bindings;
             }
         }
@@ -258,7 +270,7 @@ impl Cx<'_> {
                         }
                     }
                 }
-                "env" => dag.env = self.env("env", e.line, e.value, &dag_scope, &mut dag_refs),
+                "env" => dag.env = self.env("env", e.line, e.value, &mut dag_rw),
                 "timeout_sec" => {
                     dag.timeout_sec = self.ok(self.uint(k, e)).flatten().filter(|&t| t > 0)
                 }
@@ -274,16 +286,14 @@ impl Cx<'_> {
                         .ok(self.strings(k, e))
                         .unwrap_or_default()
                         .iter()
-                        .filter_map(|p| self.rewrite_field(k, e.line, p, &dag_scope, &mut dag_refs))
+                        .filter_map(|p| self.rewrite_field(k, e.line, p, &mut dag_rw))
                         .collect()
                 }
                 "secrets" => dag.secrets = self.secrets(e),
                 "hist_retention_days" => {
                     dag.hist_retention_days = self.ok(self.uint(k, e)).flatten()
                 }
-                "preconditions" => {
-                    dag.preconditions = self.preconditions(k, e, &dag_scope, &mut dag_refs)
-                }
+                "preconditions" => dag.preconditions = self.preconditions(k, e, &mut dag_rw),
                 "shell" => {
                     let words = match &e.value.kind {
                         Kind::Seq(_) => self.ok(self.strings(k, e)).unwrap_or_default(),
@@ -355,9 +365,7 @@ impl Cx<'_> {
                 .ok(self.string("working_dir", e))
                 .flatten()
                 .filter(|d| !d.trim().is_empty())
-                .and_then(|d| {
-                    self.rewrite_field("working_dir", e.line, &d, &dag_scope, &mut dag_refs)
-                })
+                .and_then(|d| self.rewrite_field("working_dir", e.line, &d, &mut dag_rw))
                 .map(|d| resolve_dir(&d, Some(&base))),
             None => options.base_dir.clone(),
         };

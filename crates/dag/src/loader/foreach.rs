@@ -5,9 +5,9 @@
 use super::step::StepCx;
 use super::steps::ListCx;
 use super::{join, key_text, Cx, Entry, KeySet};
-use crate::refs::{is_identifier, Refs, Scope};
+use crate::refs::{is_identifier, Rewriter};
 use crate::yaml::{Kind, Node};
-use crate::{Dag, DagType, Foreach, ParallelItems, DEFAULT_MAX_CONCURRENT};
+use crate::{Dag, DagType, Foreach, ParallelItems};
 
 const FOREACH_KEYS: KeySet<'static> = KeySet {
     known: &["items", "as", "key", "max_concurrent", "steps", "collect"],
@@ -28,8 +28,7 @@ impl Cx<'_> {
         &self,
         k: &str,
         e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
         sx: &StepCx<'_>,
     ) -> Option<Foreach> {
         let fields = self.entries(e.value, k, e.line, &FOREACH_KEYS)?;
@@ -52,25 +51,14 @@ impl Cx<'_> {
                 self.report(Some(e.line), format!("key `{k}`: needs `items`"));
                 None
             }
-            Some(f) => self.foreach_items(&join(k, "items"), f, scope, refs),
+            Some(f) => self.foreach_items(&join(k, "items"), f, rw),
         };
         let key = get("key").and_then(|f| {
             let fk = join(k, "key");
             let text = self.ok(self.string(&fk, f)).flatten()?;
-            self.rewrite_field(&fk, f.line, &text, scope, refs)
+            self.rewrite_field(&fk, f.line, &text, rw)
         });
-        let mut max_concurrent = DEFAULT_MAX_CONCURRENT;
-        if let Some(f) = get("max_concurrent") {
-            let fk = join(k, "max_concurrent");
-            match self.ok(self.uint(&fk, f)).flatten() {
-                Some(n @ 1..=1000) => max_concurrent = n as u32,
-                Some(n) => self.report(
-                    Some(f.line),
-                    format!("key `{fk}`: expected 1 to 1000, found `{n}`"),
-                ),
-                None => {}
-            }
-        }
+        let max_concurrent = self.max_concurrent(k, get("max_concurrent"));
         let steps_key = join(k, "steps");
         let body = self.step_list(
             get("steps"),
@@ -107,12 +95,11 @@ impl Cx<'_> {
         &self,
         k: &str,
         f: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
     ) -> Option<ParallelItems> {
         match &f.value.kind {
             Kind::Scalar { value, .. } if !f.value.is_null() && !value.trim().is_empty() => Some(
-                ParallelItems::Expr(self.rewrite_field(k, f.line, value, scope, refs)?),
+                ParallelItems::Expr(self.rewrite_field(k, f.line, value, rw)?),
             ),
             Kind::Seq(list) => {
                 if list.len() > MAX_ITEMS {

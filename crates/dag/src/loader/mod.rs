@@ -9,9 +9,9 @@
 //! The choices the format leaves open are listed in the crate docs.
 
 mod dag;
+mod foreach;
 mod graph;
 mod policy;
-mod foreach;
 mod step;
 mod steps;
 mod values;
@@ -19,6 +19,7 @@ mod values;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use crate::refs::Rewriter;
 use crate::yaml::{Kind, Node};
 use crate::{Dag, DagError, DagErrors};
 
@@ -184,6 +185,44 @@ impl<'a> Cx<'a> {
                 found.describe()
             ),
         )
+    }
+
+    /// `text` of the field `key` at `line` with its references rewritten (`refs`); `None`,
+    /// with the error reported, when a reference can never resolve.
+    pub(crate) fn rewrite_field(
+        &self,
+        key: &str,
+        line: usize,
+        text: &str,
+        rw: &mut Rewriter<'_, '_>,
+    ) -> Option<String> {
+        match rw.rewrite(text) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                self.report(Some(line), format!("key `{key}`: {msg}"));
+                None
+            }
+        }
+    }
+
+    /// `max_concurrent` of `parallel` or `foreach` (the entry under `key`, if any): 1 to 1000,
+    /// default [`crate::DEFAULT_MAX_CONCURRENT`].
+    pub(crate) fn max_concurrent(&self, key: &str, e: Option<&Entry<'_>>) -> u32 {
+        let Some(e) = e else {
+            return crate::DEFAULT_MAX_CONCURRENT;
+        };
+        let k = join(key, "max_concurrent");
+        match self.ok(self.uint(&k, e)).flatten() {
+            Some(n @ 1..=1000) => n as u32,
+            Some(n) => {
+                self.report(
+                    Some(e.line),
+                    format!("key `{k}`: expected 1 to 1000, found `{n}`"),
+                );
+                crate::DEFAULT_MAX_CONCURRENT
+            }
+            None => crate::DEFAULT_MAX_CONCURRENT,
+        }
     }
 
     /// The entries of a map at `key` (empty for the top level). Unknown, refused and repeated

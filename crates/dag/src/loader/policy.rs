@@ -1,7 +1,7 @@
 //! `preconditions`, `continue_on`, `retry_policy` and `repeat_policy`.
 
 use super::{join, Cx, Entry, KeySet};
-use crate::refs::{self, Refs, Scope};
+use crate::refs::Rewriter;
 use crate::yaml::{Kind, Node};
 use crate::{
     Backoff, ConditionCheck, ContinueOn, DagError, Expected, Precondition, RepeatMode,
@@ -59,31 +59,13 @@ impl Cx<'_> {
         }
     }
 
-    fn rewrite_at(
-        &self,
-        key: &str,
-        line: usize,
-        text: &str,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
-    ) -> Option<String> {
-        match refs::rewrite(text, scope, refs) {
-            Ok(t) => Some(t),
-            Err(msg) => {
-                self.report(Some(line), format!("key `{key}`: {msg}"));
-                None
-            }
-        }
-    }
-
     /// `preconditions`: a command string, or a list of command strings and maps with
     /// `condition` (or the legacy `command`), `expected`, `negate`, or `eval` with `expected`.
     pub(super) fn preconditions(
         &self,
         key: &str,
         e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
     ) -> Vec<Precondition> {
         let items: Vec<&Node> = match &e.value.kind {
             _ if e.value.is_null() => return Vec::new(),
@@ -104,7 +86,7 @@ impl Cx<'_> {
             let line = item.line.max(e.line);
             match &item.kind {
                 Kind::Scalar { value, .. } if !item.is_null() && !value.trim().is_empty() => {
-                    if let Some(text) = self.rewrite_at(&item_key, line, value, scope, refs) {
+                    if let Some(text) = self.rewrite_field(&item_key, line, value, rw) {
                         out.push(Precondition {
                             check: ConditionCheck::Command(text),
                             negate: false,
@@ -112,7 +94,7 @@ impl Cx<'_> {
                     }
                 }
                 Kind::Map(_) => {
-                    if let Some(p) = self.condition_entry(&item_key, item, line, scope, refs) {
+                    if let Some(p) = self.condition_entry(&item_key, item, line, rw) {
                         out.push(p);
                     }
                 }
@@ -133,8 +115,7 @@ impl Cx<'_> {
         key: &str,
         node: &Node,
         line: usize,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
     ) -> Option<Precondition> {
         let entries = self.entries(node, key, line, &CONDITION_KEYS)?;
         let mut condition = None;
@@ -156,12 +137,12 @@ impl Cx<'_> {
                     }
                     condition = self
                         .ok(self.nonblank(&k, f))
-                        .and_then(|t| self.rewrite_at(&k, f.line, &t, scope, refs));
+                        .and_then(|t| self.rewrite_field(&k, f.line, &t, rw));
                 }
                 "eval" => {
                     eval = self
                         .ok(self.nonblank(&k, f))
-                        .and_then(|t| self.rewrite_at(&k, f.line, &t, scope, refs));
+                        .and_then(|t| self.rewrite_field(&k, f.line, &t, rw));
                 }
                 "expected" => expected_text = self.ok(self.nonblank(&k, f)),
                 _ => negate = self.ok(self.boolean(&k, f)).unwrap_or(false),
@@ -318,8 +299,7 @@ impl Cx<'_> {
         &self,
         key: &str,
         e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
     ) -> Option<RepeatPolicy> {
         if e.value.is_null() {
             return None;
@@ -358,7 +338,7 @@ impl Cx<'_> {
                 "condition" => {
                     condition = self
                         .ok(self.nonblank(&k, f))
-                        .and_then(|t| self.rewrite_at(&k, f.line, &t, scope, refs))
+                        .and_then(|t| self.rewrite_field(&k, f.line, &t, rw))
                 }
                 "expected" => expected_text = self.ok(self.nonblank(&k, f)),
                 "exit_code" => {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{join, key_text, Cx, Entry, KeySet};
-use crate::refs::{self, is_identifier, Refs, Scope};
+use crate::refs::{is_identifier, Refs, Rewriter, Scope};
 use crate::yaml::{Kind, Node};
 use crate::{
     OutputDecl, OutputType, Parallel, ParallelItems, ParamDefault, Step, SubDagCall,
@@ -180,7 +180,16 @@ impl Cx<'_> {
             if !node.is_null() {
                 let own = self.scope(sx, None);
                 let mut refs = Refs::default();
-                self.run_text(key, line, value, &own, &mut refs, &mut parsed.step);
+                self.run_text(
+                    key,
+                    line,
+                    value,
+                    &mut Rewriter {
+                        scope: &own,
+                        refs: &mut refs,
+                    },
+                    &mut parsed.step,
+                );
                 self.finish_refs(&mut parsed, refs);
                 return parsed;
             }
@@ -247,6 +256,10 @@ impl Cx<'_> {
         let own_id = parsed.step.id.clone();
         let scope = self.scope(sx, own_id.as_deref());
         let mut refs = Refs::default();
+        let mut rw = Rewriter {
+            scope: &scope,
+            refs: &mut refs,
+        };
 
         // Keys the step leaves out come from `defaults`; `env` and `preconditions` add up.
         let from_defaults = |k: &str| sx.defaults.iter().find(|d| d.key == k);
@@ -254,11 +267,11 @@ impl Cx<'_> {
             let k = join("defaults", d.key);
             match d.key {
                 "env" => {
-                    let env = self.env(&k, d.line, d.value, &scope, &mut refs);
+                    let env = self.env(&k, d.line, d.value, &mut rw);
                     parsed.step.env.extend(env);
                 }
                 "preconditions" => {
-                    let p = self.preconditions(&k, d, &scope, &mut refs);
+                    let p = self.preconditions(&k, d, &mut rw);
                     parsed.step.preconditions.extend(p);
                 }
                 _ => {}
@@ -272,13 +285,7 @@ impl Cx<'_> {
         ] {
             if get(name).is_none() {
                 if let Some(d) = from_defaults(name) {
-                    self.policy_key(
-                        &join("defaults", name),
-                        d,
-                        &scope,
-                        &mut refs,
-                        &mut parsed.step,
-                    );
+                    self.policy_key(&join("defaults", name), d, &mut rw, &mut parsed.step);
                 }
             }
         }
@@ -297,7 +304,7 @@ impl Cx<'_> {
                 }
                 "run" => {
                     has_run = true;
-                    self.run_key(&k, e, &scope, &mut refs, &mut parsed.step);
+                    self.run_key(&k, e, &mut rw, &mut parsed.step);
                 }
                 "command" => {
                     let text = match &e.value.kind {
@@ -315,14 +322,14 @@ impl Cx<'_> {
                         .ok(text)
                         .flatten()
                         .filter(|c| !c.trim().is_empty())
-                        .and_then(|c| self.rewrite_field(&k, e.line, &c, &scope, &mut refs));
+                        .and_then(|c| self.rewrite_field(&k, e.line, &c, &mut rw));
                 }
                 "script" => {
                     parsed.step.script = self
                         .ok(self.string(&k, e))
                         .flatten()
                         .filter(|s| !s.trim().is_empty())
-                        .and_then(|s| self.rewrite_field(&k, e.line, &s, &scope, &mut refs));
+                        .and_then(|s| self.rewrite_field(&k, e.line, &s, &mut rw));
                 }
                 "shell" => parsed.step.shell = self.shell(&k, e),
                 "shell_args" => shell_args = self.shell_args(&k, e),
@@ -330,7 +337,7 @@ impl Cx<'_> {
                     parsed.step.working_dir = self
                         .ok(self.string(&k, e))
                         .flatten()
-                        .and_then(|d| self.rewrite_field(&k, e.line, &d, &scope, &mut refs))
+                        .and_then(|d| self.rewrite_field(&k, e.line, &d, &mut rw))
                         .map(|d| resolve_dir(&d, sx.dir_base));
                 }
                 "depends" => {
@@ -354,15 +361,15 @@ impl Cx<'_> {
                     parsed.depends = list.map(|l| (e.line, l));
                 }
                 "env" => {
-                    let env = self.env(&k, e.line, e.value, &scope, &mut refs);
+                    let env = self.env(&k, e.line, e.value, &mut rw);
                     parsed.step.env.extend(env);
                 }
                 "preconditions" => {
-                    let p = self.preconditions(&k, e, &scope, &mut refs);
+                    let p = self.preconditions(&k, e, &mut rw);
                     parsed.step.preconditions.extend(p);
                 }
                 "continue_on" | "retry_policy" | "repeat_policy" | "timeout_sec" => {
-                    self.policy_key(&k, e, &scope, &mut refs, &mut parsed.step)
+                    self.policy_key(&k, e, &mut rw, &mut parsed.step)
                 }
                 "output" => match &e.value.kind {
                     Kind::Map(_) => self.report(
@@ -395,7 +402,7 @@ impl Cx<'_> {
                             .ok(self.string(&k, e))
                             .flatten()
                             .filter(|p| !p.trim().is_empty())
-                            .and_then(|p| self.rewrite_field(&k, e.line, &p, &scope, &mut refs)),
+                            .and_then(|p| self.rewrite_field(&k, e.line, &p, &mut rw)),
                     };
                     if e.key == "stdout" {
                         parsed.step.stdout = path;
@@ -408,14 +415,14 @@ impl Cx<'_> {
                         .ok(self.string(&k, e))
                         .flatten()
                         .filter(|d| !d.trim().is_empty())
-                        .and_then(|d| self.rewrite_field(&k, e.line, &d, &scope, &mut refs));
+                        .and_then(|d| self.rewrite_field(&k, e.line, &d, &mut rw));
                     if call_dag.is_none() {
                         self.report(Some(e.line), format!("key `{k}`: must name a DAG"));
                     }
                 }
-                "params" => call_params = self.call_params(&k, e, &scope, &mut refs),
-                "parallel" => parallel = self.parallel(&k, e, &scope, &mut refs),
-                "foreach" => parsed.step.foreach = self.foreach(&k, e, &scope, &mut refs, sx),
+                "params" => call_params = self.call_params(&k, e, &mut rw),
+                "parallel" => parallel = self.parallel(&k, e, &mut rw),
+                "foreach" => parsed.step.foreach = self.foreach(&k, e, &mut rw, sx),
                 "action" => match self.ok(self.string(&k, e)).flatten().as_deref() {
                     Some("dag.run") => {}
                     Some("dag.enqueue") => self.report(
@@ -464,9 +471,9 @@ impl Cx<'_> {
                             .ok(self.string(&wk, &w))
                             .flatten()
                             .filter(|d| !d.trim().is_empty())
-                            .and_then(|d| self.rewrite_field(&wk, w.line, &d, &scope, &mut refs))
+                            .and_then(|d| self.rewrite_field(&wk, w.line, &d, &mut rw))
                     }
-                    "params" => call_params = self.call_params(&wk, &w, &scope, &mut refs),
+                    "params" => call_params = self.call_params(&wk, &w, &mut rw),
                     "shell" => parsed.step.shell = self.shell(&wk, &w),
                     _ => shell_args = self.shell_args(&wk, &w),
                 }
@@ -594,35 +601,11 @@ impl Cx<'_> {
         parsed.producers = refs.producers;
     }
 
-    pub(super) fn rewrite_field(
-        &self,
-        key: &str,
-        line: usize,
-        text: &str,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
-    ) -> Option<String> {
-        match refs::rewrite(text, scope, refs) {
-            Ok(t) => Some(t),
-            Err(msg) => {
-                self.report(Some(line), format!("key `{key}`: {msg}"));
-                None
-            }
-        }
-    }
-
-    fn policy_key(
-        &self,
-        k: &str,
-        e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
-        step: &mut Step,
-    ) {
+    fn policy_key(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>, step: &mut Step) {
         match e.key {
             "continue_on" => step.continue_on = self.continue_on(k, e),
             "retry_policy" => step.retry_policy = self.retry_policy(k, e),
-            "repeat_policy" => step.repeat_policy = self.repeat_policy(k, e, scope, refs),
+            "repeat_policy" => step.repeat_policy = self.repeat_policy(k, e, rw),
             _ => step.timeout_sec = self.ok(self.uint(k, e)).flatten().filter(|&t| t > 0),
         }
     }
@@ -633,15 +616,14 @@ impl Cx<'_> {
         key: &str,
         line: usize,
         text: &str,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
         step: &mut Step,
     ) {
         if text.trim().is_empty() {
             self.report(Some(line), format!("key `{key}`: must not be empty"));
             return;
         }
-        let Some(text) = self.rewrite_field(key, line, text, scope, refs) else {
+        let Some(text) = self.rewrite_field(key, line, text, rw) else {
             return;
         };
         if text.contains('\n') {
@@ -652,10 +634,10 @@ impl Cx<'_> {
     }
 
     /// `run`: a string (command or script), or a list of one-line commands.
-    fn run_key(&self, k: &str, e: &Entry<'_>, scope: &Scope<'_>, refs: &mut Refs, step: &mut Step) {
+    fn run_key(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>, step: &mut Step) {
         match &e.value.kind {
             Kind::Scalar { value, .. } if !e.value.is_null() => {
-                self.run_text(k, e.line, value, scope, refs, step)
+                self.run_text(k, e.line, value, rw, step)
             }
             Kind::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -688,7 +670,7 @@ impl Cx<'_> {
                         );
                         continue;
                     }
-                    if let Some(t) = self.rewrite_field(&ik, il, &text, scope, refs) {
+                    if let Some(t) = self.rewrite_field(&ik, il, &text, rw) {
                         step.commands.push(t);
                     }
                 }
@@ -808,13 +790,7 @@ impl Cx<'_> {
 
     /// Params of a sub-DAG call: a runtime-param string, a map, or a list of `NAME=value`
     /// strings and one-key maps. Values are rewritten like other text.
-    fn call_params(
-        &self,
-        k: &str,
-        e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
-    ) -> Vec<ParamDefault> {
+    fn call_params(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>) -> Vec<ParamDefault> {
         let mut raw: Vec<(Option<String>, String, usize)> = Vec::new();
         match &e.value.kind {
             _ if e.value.is_null() => {}
@@ -869,20 +845,14 @@ impl Cx<'_> {
                         return None;
                     }
                 }
-                let value = self.rewrite_field(k, line, &value, scope, refs)?;
+                let value = self.rewrite_field(k, line, &value, rw)?;
                 Some(ParamDefault { name, value })
             })
             .collect()
     }
 
     /// `parallel`: a string, a list of items, or `{items, max_concurrent}`.
-    fn parallel(
-        &self,
-        k: &str,
-        e: &Entry<'_>,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
-    ) -> Option<Parallel> {
+    fn parallel(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>) -> Option<Parallel> {
         let mut max_concurrent = DEFAULT_MAX_CONCURRENT;
         let items_node = match &e.value.kind {
             Kind::Map(_) => {
@@ -891,19 +861,8 @@ impl Cx<'_> {
                     refused: &[],
                 };
                 let fields = self.entries(e.value, k, e.line, &keys)?;
-                for f in &fields {
-                    if f.key == "max_concurrent" {
-                        let fk = join(k, "max_concurrent");
-                        match self.ok(self.uint(&fk, f)).flatten() {
-                            Some(n @ 1..=1000) => max_concurrent = n as u32,
-                            Some(n) => self.report(
-                                Some(f.line),
-                                format!("key `{fk}`: expected 1 to 1000, found `{n}`"),
-                            ),
-                            None => {}
-                        }
-                    }
-                }
+                max_concurrent =
+                    self.max_concurrent(k, fields.iter().find(|f| f.key == "max_concurrent"));
                 match fields.iter().find(|f| f.key == "items") {
                     Some(f) => (f.value, f.line, join(k, "items")),
                     None => {
@@ -917,7 +876,7 @@ impl Cx<'_> {
         let (node, line, ik) = items_node;
         let items = match &node.kind {
             Kind::Scalar { value, .. } if !node.is_null() && !value.trim().is_empty() => {
-                ParallelItems::Expr(self.rewrite_field(&ik, line, value, scope, refs)?)
+                ParallelItems::Expr(self.rewrite_field(&ik, line, value, rw)?)
             }
             Kind::Seq(list) if !list.is_empty() => {
                 let mut out = Vec::with_capacity(list.len());

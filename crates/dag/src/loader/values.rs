@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::{join, key_text, Cx, Entry};
-use crate::refs::{self, is_identifier, Refs, Scope};
+use crate::refs::{self, is_identifier, Refs, Rewriter, Scope};
 use crate::yaml::{Kind, Node};
 use crate::{DagError, ParamDefault, ParamSpec, ParamType, SecretProvider, SecretRef};
 
@@ -250,8 +250,7 @@ impl Cx<'_> {
         key: &str,
         line: usize,
         node: &Node,
-        scope: &Scope<'_>,
-        refs: &mut Refs,
+        rw: &mut Rewriter<'_, '_>,
     ) -> Vec<(String, String)> {
         let check = |name: &str, line: usize| -> Result<(), DagError> {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
@@ -324,7 +323,7 @@ impl Cx<'_> {
                 self.report(Some(line), format!("key `{key}`: a value holds a NUL byte"));
                 continue;
             }
-            match refs::rewrite(&value, scope, refs) {
+            match rw.rewrite(&value) {
                 Ok(v) => out.push((name, v)),
                 Err(msg) => self.report(Some(line), format!("key `{key}.{name}`: {msg}")),
             }
