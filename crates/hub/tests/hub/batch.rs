@@ -24,6 +24,16 @@ async fn batch_ids(resp: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// Delivers `n` pushes (deliveries `d0`, `d1`, …); the ids of the jobs they made, in order.
+async fn pushes(hub: &TestHub, n: usize) -> Vec<String> {
+    let mut created = Vec::new();
+    for i in 0..n {
+        let (_, answer) = hub.push(&format!("d{i}")).await;
+        created.extend(ids(&answer));
+    }
+    created
+}
+
 #[tokio::test]
 async fn api_answers_advertise_the_extension() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
@@ -47,11 +57,7 @@ async fn api_answers_advertise_the_extension() {
 #[tokio::test]
 async fn batched_pulls_hand_each_job_out_once_within_the_limits() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
-    let mut created = Vec::new();
-    for i in 0..7 {
-        let (_, answer) = hub.push(&format!("d{i}")).await;
-        created.extend(ids(&answer));
-    }
+    let created = pushes(&hub, 7).await;
     let c = hub.activate("lic-a", "srv-1").await;
     let first = batch_ids(pull_batch(&hub, &c, 3, 1 << 20).await).await;
     assert_eq!(first, created[..3]);
@@ -86,11 +92,7 @@ async fn a_job_past_max_bytes_is_handed_out_again_after_its_lease() {
         cfg.lease = Duration::from_secs(1);
     })
     .await;
-    let mut created = Vec::new();
-    for i in 0..3 {
-        let (_, answer) = hub.push(&format!("d{i}")).await;
-        created.extend(ids(&answer));
-    }
+    let created = pushes(&hub, 3).await;
     let c = hub.activate("lic-a", "srv-1").await;
     // The size of one job's answer; the jobs differ only in their ids.
     let answer = pull_batch(&hub, &c, 1, 1 << 20).await.text().await.unwrap();
@@ -115,11 +117,7 @@ async fn a_job_past_max_bytes_is_handed_out_again_after_its_lease() {
 #[tokio::test]
 async fn batched_accepts_answer_each_job_as_its_single_accept() {
     let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
-    let mut created = Vec::new();
-    for i in 0..3 {
-        let (_, answer) = hub.push(&format!("d{i}")).await;
-        created.extend(ids(&answer));
-    }
+    pushes(&hub, 3).await;
     let a = hub.activate("lic-a", "srv-1").await;
     let b = hub.activate("lic-a", "srv-2").await;
     let mine = batch_ids(pull_batch(&hub, &a, 2, 1 << 20).await).await;

@@ -36,6 +36,14 @@ async fn job_of(task: JoinHandle<Value>) -> String {
     answer["job"]["id"].as_str().unwrap().to_owned()
 }
 
+/// Checks that the hub woke one pull, and that it found its job: no pull was woken for nothing.
+async fn one_wake_up_that_found_its_job(hub: &TestHub) {
+    let m = hub
+        .metrics_with(&["dispatch_hub_pull_wakeups_total{outcome=\"job\"} 1\n"])
+        .await;
+    assert!(!m.contains("outcome=\"nothing\""), "{m}");
+}
+
 /// The binding of [`build`] for `license`'s schedulers only.
 fn build_for(license: &str) -> Binding {
     let mut b = build(Trigger::Auto);
@@ -60,10 +68,7 @@ async fn a_stored_job_wakes_the_longest_waiting_pull_only() {
     assert_eq!(job_of(first).await, ids(&answer)[0]);
     waiting(&hub, 2).await;
     // One wake-up, and it found its job: the other pulls were never woken.
-    let m = hub
-        .metrics_with(&["dispatch_hub_pull_wakeups_total{outcome=\"job\"} 1\n"])
-        .await;
-    assert!(!m.contains("outcome=\"nothing\""), "{m}");
+    one_wake_up_that_found_its_job(&hub).await;
     assert!(polls.iter().all(|p| !p.is_finished()));
     // The next job goes to the next in line.
     let (_, answer) = hub.push("two").await;
@@ -85,10 +90,7 @@ async fn a_job_for_license_b_reaches_a_b_pull_waiting_behind_a_pulls() {
     let (_, answer) = hub.push("for-b").await;
     assert_eq!(job_of(pb).await, ids(&answer)[0]);
     waiting(&hub, 2).await;
-    let m = hub
-        .metrics_with(&["dispatch_hub_pull_wakeups_total{outcome=\"job\"} 1\n"])
-        .await;
-    assert!(!m.contains("outcome=\"nothing\""), "{m}");
+    one_wake_up_that_found_its_job(&hub).await;
     assert!(!pa1.is_finished() && !pa2.is_finished());
 }
 

@@ -54,18 +54,16 @@ async fn mount_token(gh: &MockServer, id: i64, token: &str, times: Option<u64>) 
 
 /// Check runs are created in `repo` with id `id`, and updated.
 async fn mount_check_runs(gh: &MockServer, repo: &str, id: i64) {
-    Mock::given(method("POST"))
-        .and(path(format!("/repos/{repo}/check-runs")))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": id})))
-        .with_priority(5)
-        .mount(gh)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/repos/{repo}/check-runs/{id}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": id})))
-        .with_priority(5)
-        .mount(gh)
-        .await;
+    let create = format!("/repos/{repo}/check-runs");
+    let update = format!("{create}/{id}");
+    for (verb, at, status) in [("POST", create, 201), ("PATCH", update, 200)] {
+        Mock::given(method(verb))
+            .and(path(at))
+            .respond_with(ResponseTemplate::new(status).set_body_json(json!({"id": id})))
+            .with_priority(5)
+            .mount(gh)
+            .await;
+    }
 }
 
 /// GitHub with a token for installation 1 (`ghs_one`) and check runs of [`HELLO`] (id 700).

@@ -116,17 +116,33 @@ const JSON_TYPE: &str = "content-type: application/json";
 const FAKE_SIGNATURE: &str =
     "x-hub-signature-256: sha256=0000000000000000000000000000000000000000000000000000000000000000";
 
-fn limits(change: impl FnOnce(&mut ServeLimits)) -> impl FnOnce(&mut HubConfig) {
-    move |cfg| change(&mut cfg.limits)
+/// A forged delivery's headers: all a webhook needs, with a signature that cannot match.
+const FORGED: &[&str] = &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE];
+
+/// A hub building every push, serving with the limits `change` sets.
+async fn limited_hub(change: impl FnOnce(&mut ServeLimits)) -> TestHub {
+    TestHub::start_with(vec![build(Trigger::Auto)], move |cfg| {
+        change(&mut cfg.limits)
+    })
+    .await
+}
+
+/// Waits until a fresh connection to `addr` gets `/healthz` answered (`what` names the wait).
+async fn a_fresh_connection_is_served(addr: SocketAddr, what: &str) {
+    eventually(what, || async {
+        let mut fresh = Raw::connect(addr).await;
+        fresh
+            .send(b"GET /healthz HTTP/1.1\r\nhost: hub\r\nconnection: close\r\n\r\n")
+            .await;
+        fresh.closed_by_hub().await;
+        fresh.text().starts_with("HTTP/1.1 200")
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
-    let hub = TestHub::start_with(
-        vec![],
-        limits(|l| l.header_timeout = Duration::from_secs(1)),
-    )
-    .await;
+    let hub = limited_hub(|l| l.header_timeout = Duration::from_secs(1)).await;
     let mut slow = Raw::connect(hub.handle().addr).await;
     slow.send(b"GET /healthz HTTP/1.1\r\nhost: hub\r\n").await;
     slow.closed_by_hub().await;
@@ -142,7 +158,7 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_refused_while_open_ones_still_answer() {
-    let hub = TestHub::start_with(vec![], limits(|l| l.max_connections = 2)).await;
+    let hub = limited_hub(|l| l.max_connections = 2).await;
     let addr = hub.handle().addr;
     let healthz = b"GET /healthz HTTP/1.1\r\nhost: hub\r\n\r\n";
 
@@ -164,15 +180,7 @@ async fn connections_beyond_the_cap_are_refused_while_open_ones_still_answer() {
 
     // A slot given back takes a new connection again.
     drop(quiet);
-    eventually("a new connection to be served", || async {
-        let mut fresh = Raw::connect(addr).await;
-        fresh
-            .send(b"GET /healthz HTTP/1.1\r\nhost: hub\r\nconnection: close\r\n\r\n")
-            .await;
-        fresh.closed_by_hub().await;
-        fresh.text().starts_with("HTTP/1.1 200")
-    })
-    .await;
+    a_fresh_connection_is_served(addr, "a new connection to be served").await;
 }
 
 /// A client that pipelines `GET /healthz` as fast as the hub takes them and never reads an
@@ -190,27 +198,16 @@ fn pipeliner(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn a_client_that_pipelines_and_never_reads_is_closed() {
-    let hub = TestHub::start_with(
-        vec![],
-        limits(|l| {
-            l.header_timeout = Duration::from_secs(1);
-            l.max_connections = 2;
-        }),
-    )
+    let hub = limited_hub(|l| {
+        l.header_timeout = Duration::from_secs(1);
+        l.max_connections = 2;
+    })
     .await;
     let addr = hub.handle().addr;
     let stuck = [pipeliner(addr), pipeliner(addr)];
     // Both slots are taken, then given back when the hub gives up writing to them: a fresh
     // connection is served again while neither client has read a byte.
-    eventually("a fresh connection to be served", || async {
-        let mut fresh = Raw::connect(addr).await;
-        fresh
-            .send(b"GET /healthz HTTP/1.1\r\nhost: hub\r\nconnection: close\r\n\r\n")
-            .await;
-        fresh.closed_by_hub().await;
-        fresh.text().starts_with("HTTP/1.1 200")
-    })
-    .await;
+    a_fresh_connection_is_served(addr, "a fresh connection to be served").await;
     for client in stuck {
         tokio::time::timeout(PATIENCE, client)
             .await
@@ -223,11 +220,7 @@ async fn a_client_that_pipelines_and_never_reads_is_closed() {
 async fn a_long_poll_longer_than_the_header_timeout_is_answered() {
     // The write deadline runs only while an answer waits for the socket, never while a handler
     // is still working on one.
-    let hub = TestHub::start_with(
-        vec![],
-        limits(|l| l.header_timeout = Duration::from_secs(1)),
-    )
-    .await;
+    let hub = limited_hub(|l| l.header_timeout = Duration::from_secs(1)).await;
     let c = hub.activate("lic-a", "srv").await;
     assert_eq!(hub.pull(&c, 3).await.status(), StatusCode::NO_CONTENT);
 }
@@ -245,11 +238,7 @@ async fn webhooks_are_refused_from_their_headers_before_the_body_is_read() {
             415,
             25 * MIB,
         ),
-        (
-            &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE],
-            413,
-            25 * MIB + 1,
-        ),
+        (FORGED, 413, 25 * MIB + 1),
     ];
     for (headers, status, length) in cases {
         // Only the head is sent: an answer can only come from a hub that did not wait for the body.
@@ -358,28 +347,19 @@ fn activate_head(length: usize) -> Vec<u8> {
 #[tokio::test]
 async fn webhook_bodies_beyond_their_budget_get_503_with_retry_after() {
     // The smallest budget allowed: one webhook of GitHub's largest size.
-    let hub = TestHub::start_with(
-        vec![build(Trigger::Auto)],
-        limits(|l| l.body_budget = 25 * MIB),
-    )
-    .await;
+    let hub = limited_hub(|l| l.body_budget = 25 * MIB).await;
     let addr = hub.handle().addr;
     let c = hub.activate("lic-a", "srv").await;
     // It passes the header checks and sends 17 MiB, so its buffer (doubled, but never past the
     // 25 MiB it declares) takes the whole budget; then it keeps sending a little.
-    let holder = Dripping::start(
-        addr,
-        webhook_head(25 * MIB, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]),
-        17 * MIB,
-        DRIP,
-    );
+    let holder = Dripping::start(addr, webhook_head(25 * MIB, FORGED), 17 * MIB, DRIP);
     let probe = |head: Vec<u8>| async move {
         let mut probe = Raw::connect(addr).await;
         probe.send(&head).await;
         probe.answer().await
     };
     // A delivery's head alone is enough for the answer: the body is not waited for.
-    let head = webhook_head(1000, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]);
+    let head = webhook_head(1000, FORGED);
     eventually("the held upload to fill the budget", || async {
         status_of(&probe(head.clone()).await) == 503
     })
@@ -446,23 +426,14 @@ async fn api_bodies_beyond_their_budget_do_not_turn_webhooks_away() {
 #[tokio::test]
 async fn stalled_forged_webhooks_declaring_25_mib_hold_no_budget() {
     // The body timeout is far away: what cuts the stalled uploads is the minimum rate.
-    let hub = TestHub::start_with(
-        vec![build(Trigger::Auto)],
-        limits(|l| l.body_timeout = Duration::from_secs(600)),
-    )
-    .await;
+    let hub = limited_hub(|l| l.body_timeout = Duration::from_secs(600)).await;
     let addr = hub.handle().addr;
     let c = hub.activate("lic-a", "srv").await;
     // Before, each reserved what it declared: 64 MiB, the whole default budget.
     let mut stalled = Vec::new();
     for length in [25 * MIB, 25 * MIB, 14 * MIB] {
         let mut upload = Raw::connect(addr).await;
-        upload
-            .send(&webhook_head(
-                length,
-                &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE],
-            ))
-            .await;
+        upload.send(&webhook_head(length, FORGED)).await;
         upload.send(b"{\"pad\":").await;
         stalled.push(upload);
     }
@@ -508,19 +479,10 @@ async fn stalled_activations_declaring_1_mib_do_not_block_a_webhook() {
 
 #[tokio::test]
 async fn a_body_that_drips_slower_than_the_minimum_rate_is_cut() {
-    let hub = TestHub::start_with(
-        vec![build(Trigger::Auto)],
-        limits(|l| l.body_timeout = Duration::from_secs(600)),
-    )
-    .await;
+    let hub = limited_hub(|l| l.body_timeout = Duration::from_secs(600)).await;
     let addr = hub.handle().addr;
     // 400 bytes a second, well under 4 KiB, but never silent.
-    let slow = Dripping::start(
-        addr,
-        webhook_head(MIB, &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE]),
-        100,
-        100,
-    );
+    let slow = Dripping::start(addr, webhook_head(MIB, FORGED), 100, 100);
     let answer = slow.answer().await;
     assert_eq!(status_of(&answer), 408, "{answer}");
     assert!(answer.contains("slower than"), "{answer}");
@@ -534,17 +496,9 @@ async fn a_body_that_drips_slower_than_the_minimum_rate_is_cut() {
 
 #[tokio::test]
 async fn a_stalled_body_is_cut_by_the_body_timeout() {
-    let hub = TestHub::start_with(
-        vec![build(Trigger::Auto)],
-        limits(|l| l.body_timeout = Duration::from_secs(1)),
-    )
-    .await;
+    let hub = limited_hub(|l| l.body_timeout = Duration::from_secs(1)).await;
     let mut slow = Raw::connect(hub.handle().addr).await;
-    slow.send(&webhook_head(
-        1000,
-        &[FAKE_SIGNATURE, EVENT, DELIVERY, JSON_TYPE],
-    ))
-    .await;
+    slow.send(&webhook_head(1000, FORGED)).await;
     slow.send(b"{\"a\":").await;
     let answer = slow.answer().await;
     assert_eq!(status_of(&answer), 408, "{answer}");

@@ -323,6 +323,15 @@ mod servers {
     }
 
     /// `hub servers <args> --data-dir <the hub's>`: exit code and stdout (stderr on failure).
+    /// Checks that a pull as `c` is refused (401) with a message that holds `why`.
+    async fn pull_refused(hub: &TestHub, c: &Creds, why: &str) {
+        let pull = hub.pull(c, 0).await;
+        assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = pull.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(why), "{body}");
+    }
+
     fn servers_cmd(hub: &TestHub, args: &[&str]) -> (i32, String) {
         let mut all = vec!["servers"];
         all.extend_from_slice(args);
@@ -421,13 +430,7 @@ mod servers {
         // Revoked from the command line while the hub runs: the next calls are refused at once.
         let (code, out) = servers_cmd(&hub, &["revoke", SRV_A]);
         assert_eq!(code, 0, "{out}");
-        let pull = hub.pull(&again, 0).await;
-        assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
-        let body: Value = pull.json().await.unwrap();
-        assert!(
-            body["message"].as_str().unwrap().contains("revoked"),
-            "{body}"
-        );
+        pull_refused(&hub, &again, "revoked").await;
         assert_eq!(heartbeat(&hub, &again).await.status(), StatusCode::GONE);
         assert_eq!(
             hub.accept(&again, "j").await.status(),
@@ -492,13 +495,7 @@ mod servers {
                 [long_ago],
             )
             .unwrap();
-        let pull = hub.pull(&c, 0).await;
-        assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
-        let body: Value = pull.json().await.unwrap();
-        assert!(
-            body["message"].as_str().unwrap().contains("expired"),
-            "{body}"
-        );
+        pull_refused(&hub, &c, "expired").await;
         assert_eq!(heartbeat(&hub, &c).await.status(), StatusCode::UNAUTHORIZED);
         // An expired id is free: even another machine may activate it.
         assert_eq!(
