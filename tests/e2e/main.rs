@@ -2,6 +2,7 @@
 //! HTTP peers (cloud, GitHub) faked with wiremock on loopback. See `support.rs` for how the
 //! binaries are found.
 
+mod browser;
 mod crash;
 mod embedded;
 mod hub_and_scheduler;
