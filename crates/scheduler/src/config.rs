@@ -488,6 +488,25 @@ mod tests {
         }
     }
 
+    /// A home holding `config.toml` with `text`, and the arguments that name both.
+    fn config_file(text: &str) -> (tempfile::TempDir, StartArgs) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, text).unwrap();
+        let args = StartArgs {
+            home: Some(dir.path().to_owned()),
+            config: Some(file),
+            ..StartArgs::default()
+        };
+        (dir, args)
+    }
+
+    /// The error of resolving with a config file that holds `text`.
+    fn file_error(text: &str) -> ConfigError {
+        let (_dir, a) = config_file(text);
+        Settings::resolve(a, None).unwrap_err()
+    }
+
     fn setting_of(err: ConfigError) -> &'static str {
         match err {
             ConfigError::Invalid { setting, .. } => setting,
@@ -519,66 +538,32 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_setting() {
-        type Edit = Box<dyn Fn(&mut StartArgs)>;
-        let cases: Vec<(&str, Edit)> = vec![
-            (
-                "poll-interval",
-                Box::new(|a| a.poll_interval = Some("ten".into())),
-            ),
-            (
-                "poll-interval",
-                Box::new(|a| a.poll_interval = Some("0".into())),
-            ),
-            (
-                "report-interval",
-                Box::new(|a| a.report_interval = Some("-1".into())),
-            ),
-            ("long-poll", Box::new(|a| a.long_poll = Some("61".into()))),
-            (
-                "max-concurrent-runs",
-                Box::new(|a| a.max_concurrent_runs = Some("0".into())),
-            ),
-            (
-                "shutdown-grace",
-                Box::new(|a| a.shutdown_grace = Some("1m".into())),
-            ),
-            (
-                "cloud-url",
-                Box::new(|a| a.cloud_url = Some("not a url".into())),
-            ),
-            (
-                "cloud-url",
-                Box::new(|a| a.cloud_url = Some("ftp://example.com".into())),
-            ),
-            (
-                "license-public-key",
-                Box::new(|a| a.license_public_key = Some("bm90IGEga2V5".into())),
-            ),
-            (
-                "metrics-addr",
-                Box::new(|a| a.metrics_addr = Some("localhost".into())),
-            ),
-            (
-                "log-format",
-                Box::new(|a| a.log_format = Some("xml".into())),
-            ),
-            ("hub-listen", Box::new(|a| a.hub_listen = Some(":x".into()))),
-            (
-                "hist-retention-days",
-                Box::new(|a| a.hist_retention_days = Some("-3".into())),
-            ),
-            (
-                "github-app-id",
-                Box::new(|a| a.github_app_id = Some("one".into())),
-            ),
-            (
-                "github-app-key-file",
-                Box::new(|a| a.github_app_id = Some("7".into())),
-            ),
-            (
-                "github-app-id",
-                Box::new(|a| a.github_app_key_file = Some("app.pem".into())),
-            ),
+        fn some<T: From<&'static str>>(value: &'static str) -> Option<T> {
+            Some(value.into())
+        }
+        /// Sets one argument to a value it must refuse.
+        type Edit = fn(&mut StartArgs);
+        let cases: [(&str, Edit); 16] = [
+            ("poll-interval", |a| a.poll_interval = some("ten")),
+            ("poll-interval", |a| a.poll_interval = some("0")),
+            ("report-interval", |a| a.report_interval = some("-1")),
+            ("long-poll", |a| a.long_poll = some("61")),
+            ("max-concurrent-runs", |a| a.max_concurrent_runs = some("0")),
+            ("shutdown-grace", |a| a.shutdown_grace = some("1m")),
+            ("cloud-url", |a| a.cloud_url = some("not a url")),
+            ("cloud-url", |a| a.cloud_url = some("ftp://example.com")),
+            ("license-public-key", |a| {
+                a.license_public_key = some("bm90")
+            }),
+            ("metrics-addr", |a| a.metrics_addr = some("localhost")),
+            ("log-format", |a| a.log_format = some("xml")),
+            ("hub-listen", |a| a.hub_listen = some(":x")),
+            ("hist-retention-days", |a| {
+                a.hist_retention_days = some("-3")
+            }),
+            ("github-app-id", |a| a.github_app_id = some("one")),
+            ("github-app-key-file", |a| a.github_app_id = some("7")),
+            ("github-app-id", |a| a.github_app_key_file = some("app.pem")),
         ];
         for (setting, set) in cases {
             let mut a = args();
@@ -586,24 +571,15 @@ mod tests {
             let err = Settings::resolve(a, None).unwrap_err();
             let text = err.to_string();
             assert!(text.contains(setting), "{text}");
-            assert_eq!(setting_of(err), setting);
+            assert_eq!(setting_of(err), setting, "{text}");
         }
     }
 
     #[test]
     fn embedded_hub_github_app_and_public_url() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.toml");
-        std::fs::write(
-            &file,
+        let (_dir, a) = config_file(
             "github_app_id = 42\ngithub_app_key_file = \"app.pem\"\npublic_url = \"https://h.example\"\n",
-        )
-        .unwrap();
-        let a = StartArgs {
-            home: Some(dir.path().to_owned()),
-            config: Some(file),
-            ..StartArgs::default()
-        };
+        );
         let s = Settings::resolve(a, None).unwrap();
         let CloudTarget::Embedded {
             github_app,
@@ -631,27 +607,15 @@ mod tests {
         assert!(defaults.metrics_token.is_none());
         assert!(defaults.ui_token.is_none());
 
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.toml");
-        std::fs::write(
-            &file,
-            "hub_retention_days = 7\nhub_activation_expiry_days = 3\nhub_metrics_token = \"m-1\"\n\
-             hub_ui_token = \"u-1\"\n",
-        )
-        .unwrap();
-        let from_file = StartArgs {
-            config: Some(file.clone()),
-            ..args()
-        };
+        let text = "hub_retention_days = 7\nhub_activation_expiry_days = 3\n\
+                    hub_metrics_token = \"m-1\"\nhub_ui_token = \"u-1\"\n";
+        let (_dir, from_file) = config_file(text);
         let s = storage(Settings::resolve(from_file, None).unwrap());
         assert_eq!((s.retention, s.activation_expiry), (7 * day, 3 * day));
         assert_eq!(s.metrics_token.unwrap().expose(), "m-1");
         assert_eq!(s.ui_token.unwrap().expose(), "u-1");
-        let flags = StartArgs {
-            config: Some(file),
-            hub_retention_days: Some("90".into()),
-            ..args()
-        };
+        let (_dir, mut flags) = config_file(text);
+        flags.hub_retention_days = Some("90".into());
         assert_eq!(
             storage(Settings::resolve(flags, None).unwrap()).retention,
             90 * day
@@ -680,19 +644,12 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beat_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.toml");
-        std::fs::write(
-            &file,
+        let (_dir, mut a) = config_file(
             "poll_interval = 3\nreport_interval = 4\nlog_format = \"json\"\nhist_retention_days = 7\n",
-        )
-        .unwrap();
-        let mut a = StartArgs {
-            home: Some(dir.path().to_owned()),
-            ..StartArgs::default()
-        };
+        );
         a.poll_interval = Some("7".into());
         // The default `<home>/config.toml` is read when present.
+        a.config = None;
         let s = Settings::resolve(a, None).unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(7));
         assert_eq!(s.report_interval, Duration::from_secs(4));
@@ -703,27 +660,16 @@ mod tests {
 
     #[test]
     fn file_errors_name_the_file_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(&file, "poll_intervall = 3\n").unwrap();
-        let a = StartArgs {
-            config: Some(file.clone()),
-            ..args()
-        };
-        let text = Settings::resolve(a, None).unwrap_err().to_string();
+        let text = file_error("poll_intervall = 3\n").to_string();
         assert!(
-            text.contains("c.toml") && text.contains("poll_intervall"),
+            text.contains("config.toml") && text.contains("poll_intervall"),
             "{text}"
         );
 
-        std::fs::write(&file, "poll_interval = \"abc\"\n").unwrap();
-        let a = StartArgs {
-            config: Some(file.clone()),
-            ..args()
-        };
-        let text = Settings::resolve(a, None).unwrap_err().to_string();
+        let text = file_error("poll_interval = \"abc\"\n").to_string();
         assert!(text.contains("poll_interval"), "{text}");
 
+        let dir = tempfile::tempdir().unwrap();
         let a = StartArgs {
             config: Some(dir.path().join("missing.toml")),
             ..args()
@@ -734,8 +680,6 @@ mod tests {
 
     #[test]
     fn file_errors_never_print_a_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
         // Unquoted (a TOML syntax error), a wrong type, and a valid secret beside a bad key: the
         // parser's own text would quote each line.
         for text in [
@@ -744,12 +688,7 @@ mod tests {
             "github_token = \"CANARY-7f3a9\"\npoll_interval = CANARY-7f3a9\n",
             "license_key = \"CANARY-7f3a9\"\nbogus_key = 1\n",
         ] {
-            std::fs::write(&file, text).unwrap();
-            let a = StartArgs {
-                config: Some(file.clone()),
-                ..args()
-            };
-            let err = Settings::resolve(a, None).unwrap_err();
+            let err = file_error(text);
             let shown = format!("{err} {err:?}");
             assert!(matches!(err, ConfigError::FileParse { .. }), "{shown}");
             assert!(
