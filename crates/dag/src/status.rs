@@ -290,54 +290,24 @@ mod tests {
 
     #[test]
     fn final_status_table() {
-        use StepStatus::*;
+        use RunStatus as R;
+        // Step statuses: S succeeded, F failed, K skipped, P partially succeeded.
+        use StepStatus::{Failed as F, PartiallySucceeded as P, Skipped as K, Succeeded as S};
         type Row<'a> = (bool, &'a [(StepStatus, bool)], RunStatus);
         let table: &[Row] = &[
-            (false, &[], RunStatus::Succeeded),
-            (
-                false,
-                &[(Succeeded, false), (Succeeded, false)],
-                RunStatus::Succeeded,
-            ),
-            (
-                false,
-                &[(Succeeded, false), (Failed, false)],
-                RunStatus::Failed,
-            ),
-            (
-                false,
-                &[(Failed, true), (Succeeded, false)],
-                RunStatus::PartiallySucceeded,
-            ),
-            (false, &[(Failed, true), (Failed, false)], RunStatus::Failed),
-            (
-                false,
-                &[(Failed, false), (Skipped, false)],
-                RunStatus::Failed,
-            ),
-            (
-                false,
-                &[(Failed, true), (Failed, true)],
-                RunStatus::PartiallySucceeded,
-            ),
-            (
-                false,
-                &[(Succeeded, true), (Skipped, false)],
-                RunStatus::Succeeded,
-            ),
-            (
-                false,
-                &[(PartiallySucceeded, false), (Succeeded, false)],
-                RunStatus::PartiallySucceeded,
-            ),
-            (
-                false,
-                &[(PartiallySucceeded, false), (Failed, false)],
-                RunStatus::Failed,
-            ),
-            (true, &[(Succeeded, false)], RunStatus::Aborted),
-            (true, &[(Failed, false)], RunStatus::Aborted),
-            (true, &[], RunStatus::Aborted),
+            (false, &[], R::Succeeded),
+            (false, &[(S, false), (S, false)], R::Succeeded),
+            (false, &[(S, false), (F, false)], R::Failed),
+            (false, &[(F, true), (S, false)], R::PartiallySucceeded),
+            (false, &[(F, true), (F, false)], R::Failed),
+            (false, &[(F, false), (K, false)], R::Failed),
+            (false, &[(F, true), (F, true)], R::PartiallySucceeded),
+            (false, &[(S, true), (K, false)], R::Succeeded),
+            (false, &[(P, false), (S, false)], R::PartiallySucceeded),
+            (false, &[(P, false), (F, false)], R::Failed),
+            (true, &[(S, false)], R::Aborted),
+            (true, &[(F, false)], R::Aborted),
+            (true, &[], R::Aborted),
         ];
         for (cancelled, steps, want) in table {
             assert_eq!(

@@ -49,6 +49,18 @@ pub struct FileStoreConfig {
     pub log_dir: PathBuf,
 }
 
+impl FileStoreConfig {
+    /// The layout of a home directory: `<home>/dags`, `<home>/data` and `<home>/logs` (the
+    /// scheduler's defaults).
+    pub fn in_home(home: &std::path::Path) -> FileStoreConfig {
+        FileStoreConfig {
+            dags_dir: home.join("dags"),
+            data_dir: home.join("data"),
+            log_dir: home.join("logs"),
+        }
+    }
+}
+
 /// Choices of the file-backed stores besides where they live; `Default` is what
 /// [`Stores::open_files`] uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

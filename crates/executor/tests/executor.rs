@@ -31,12 +31,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let tmp = tempfile::tempdir().unwrap();
-        let stores = Stores::open_files(FileStoreConfig {
-            dags_dir: tmp.path().join("dags"),
-            data_dir: tmp.path().join("data"),
-            log_dir: tmp.path().join("logs"),
-        })
-        .unwrap();
+        let stores = Stores::open_files(FileStoreConfig::in_home(tmp.path())).unwrap();
         Harness {
             tmp,
             stores,

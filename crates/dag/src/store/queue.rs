@@ -239,6 +239,28 @@ impl FileQueueStore {
         }
     }
 
+    /// Lists `queue` afresh and calls `visit` with each item it holds now (in file-name order),
+    /// under the index lock: `remove` and `list` must see the directory as it is, not the view
+    /// a claim may still be working from.
+    fn each_item(
+        &self,
+        queue: &str,
+        mut visit: impl FnMut(&Path, &mut Known, &str, QueueItem) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let dir = self.queue_dir(queue)?;
+        let now = Instant::now();
+        let mut index = self.index();
+        let known = index.queues.entry(queue.to_owned()).or_default();
+        Self::relist(&dir, known, now)?;
+        let names: Vec<String> = known.names.keys().cloned().collect();
+        for name in names {
+            if let Some(item) = Self::item_of(&dir, known, &name)? {
+                visit(&dir, known, &name, item)?;
+            }
+        }
+        Ok(())
+    }
+
     fn queue_dir(&self, queue: &str) -> Result<PathBuf, StoreError> {
         validate_queue_name(queue)?;
         Ok(self.root.join(queue))
@@ -378,42 +400,26 @@ impl QueueStore for FileQueueStore {
     }
 
     fn remove(&self, queue: &str, item: &QueueItem) -> Result<bool, StoreError> {
-        let dir = self.queue_dir(queue)?;
-        let now = Instant::now();
-        let mut index = self.index();
-        let known = index.queues.entry(queue.to_owned()).or_default();
-        Self::relist(&dir, known, now)?;
-        let names: Vec<String> = known.names.keys().cloned().collect();
         let mut removed = false;
-        for name in names {
-            if Self::item_of(&dir, known, &name)?.as_ref() != Some(item) {
-                continue;
+        self.each_item(queue, |dir, known, name, found| {
+            if &found != item {
+                return Ok(());
             }
-            match known.names.remove(&name) {
+            match known.names.remove(name) {
                 Some(Entry::Memory(..)) => removed = true,
-                _ => {
-                    if Self::claim(&dir, &name)? {
-                        removed = true;
-                    }
-                }
+                _ => removed |= Self::claim(dir, name)?,
             }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 
     fn list(&self, queue: &str) -> Result<Vec<QueueItem>, StoreError> {
-        let dir = self.queue_dir(queue)?;
-        let now = Instant::now();
-        let mut index = self.index();
-        let known = index.queues.entry(queue.to_owned()).or_default();
-        Self::relist(&dir, known, now)?;
-        let names: Vec<String> = known.names.keys().cloned().collect();
         let mut items = Vec::new();
-        for name in names {
-            if let Some(item) = Self::item_of(&dir, known, &name)? {
-                items.push(item);
-            }
-        }
+        self.each_item(queue, |_, _, _, item| {
+            items.push(item);
+            Ok(())
+        })?;
         Ok(items)
     }
 

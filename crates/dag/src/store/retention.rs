@@ -136,12 +136,7 @@ mod tests {
     const NOW: u64 = 1_000 * DAY_MS;
 
     fn stores(root: &Path) -> Stores {
-        Stores::open_files(FileStoreConfig {
-            dags_dir: root.join("dags"),
-            data_dir: root.join("data"),
-            log_dir: root.join("logs"),
-        })
-        .unwrap()
+        Stores::open_files(FileStoreConfig::in_home(root)).unwrap()
     }
 
     fn dag(s: &Stores, root: &Path, name: &str) -> Dag {

@@ -203,11 +203,7 @@ fn two_processes_never_lose_or_duplicate() {
 #[test]
 fn stores_with_a_write_delay_keep_their_own_items_in_memory() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = FileStoreConfig {
-        dags_dir: tmp.path().join("dags"),
-        data_dir: tmp.path().join("data"),
-        log_dir: tmp.path().join("logs"),
-    };
+    let config = FileStoreConfig::in_home(tmp.path());
     let delayed = FileStoreOptions {
         queue_write_delay: std::time::Duration::from_secs(3600),
     };

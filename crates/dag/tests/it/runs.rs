@@ -3,12 +3,7 @@ use std::path::Path;
 use dispatch_dag::*;
 
 fn stores(root: &Path) -> Stores {
-    Stores::open_files(FileStoreConfig {
-        dags_dir: root.join("dags"),
-        data_dir: root.join("data"),
-        log_dir: root.join("logs"),
-    })
-    .unwrap()
+    Stores::open_files(FileStoreConfig::in_home(root)).unwrap()
 }
 
 fn write_dag(root: &Path, file: &str, text: &str) {
