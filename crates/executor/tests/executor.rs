@@ -156,11 +156,15 @@ fn read(path: impl AsRef<Path>) -> String {
         .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
 }
 
-fn statuses(rec: &RunRecord) -> Vec<(&str, StepStatus)> {
-    rec.steps
+/// A run's outcome as one line: its status, then each step's `name=status` in order
+/// (`failed: one=failed two=skipped`).
+fn outcome(rec: &RunRecord) -> String {
+    let steps: Vec<String> = rec
+        .steps
         .iter()
-        .map(|s| (s.name.as_str(), s.status))
-        .collect()
+        .map(|s| format!("{}={}", s.name, s.status))
+        .collect();
+    format!("{}: {}", rec.status, steps.join(" "))
 }
 
 #[tokio::test]
@@ -182,13 +186,7 @@ async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
     assert_eq!(rec.pid, Some(std::process::id()));
     assert!(rec.started_at.is_some() && rec.finished_at.is_some());
     assert_eq!(rec.error, None);
-    assert_eq!(
-        statuses(&rec),
-        [
-            ("one", StepStatus::Succeeded),
-            ("two", StepStatus::Succeeded)
-        ]
-    );
+    assert_eq!(outcome(&rec), "succeeded: one=succeeded two=succeeded");
     let one = &rec.steps[0];
     assert_eq!(one.exit_code, Some(0));
     let dir = rec.log_file.parent().unwrap();
@@ -225,10 +223,7 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("bad", "r1");
     assert_eq!(rec.error.as_deref(), Some("step `one`: exit status 3"));
-    assert_eq!(
-        statuses(&rec),
-        [("one", StepStatus::Failed), ("two", StepStatus::Skipped)]
-    );
+    assert_eq!(outcome(&rec), "failed: one=failed two=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(3));
     assert_eq!(read(&rec.steps[0].stderr), "boom\n");
 }
@@ -249,13 +244,7 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
     h.enqueue(&dag, "r1", "");
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("nostart", "r1");
-    assert_eq!(
-        statuses(&rec),
-        [
-            ("no_shell", StepStatus::Failed),
-            ("nowhere", StepStatus::Failed)
-        ]
-    );
+    assert_eq!(outcome(&rec), "failed: no_shell=failed nowhere=failed");
     let shell_err = rec.steps[0].error.as_deref().unwrap();
     assert!(shell_err.contains("/nonexistent/shell"), "{shell_err}");
     let dir_err = rec.steps[1].error.as_deref().unwrap();
@@ -283,13 +272,7 @@ async fn sh_runs_with_dash_e_by_default_only() {
     h.enqueue(&dag, "r1", "");
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("shells", "r1");
-    assert_eq!(
-        statuses(&rec),
-        [
-            ("explicit", StepStatus::Succeeded),
-            ("default", StepStatus::Failed)
-        ]
-    );
+    assert_eq!(outcome(&rec), "failed: explicit=succeeded default=failed");
     assert!(h.path("dags/explicit").exists(), "explicit `sh` has no -e");
     assert!(
         !h.path("default").exists(),
@@ -308,11 +291,8 @@ async fn continue_on_failure_makes_a_partial_success() {
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::PartiallySucceeded);
     let rec = h.record("partial", "r1");
     assert_eq!(
-        statuses(&rec),
-        [
-            ("flaky", StepStatus::Failed),
-            ("after", StepStatus::Succeeded)
-        ]
+        outcome(&rec),
+        "partially_succeeded: flaky=failed after=succeeded"
     );
     assert_eq!(read(&rec.steps[1].stdout), "ran\n");
 }
@@ -381,13 +361,8 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("deps", "r1");
     assert_eq!(
-        statuses(&rec),
-        [
-            ("a", StepStatus::Failed),
-            ("b", StepStatus::Skipped),
-            ("c", StepStatus::Skipped),
-            ("independent", StepStatus::Succeeded)
-        ]
+        outcome(&rec),
+        "failed: a=failed b=skipped c=skipped independent=succeeded"
     );
 
     dag.steps[0].continue_on.failure = true;
@@ -395,13 +370,8 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
     assert_eq!(finished(&mut rx, "r2").await, RunStatus::PartiallySucceeded);
     let rec = h.record("deps", "r2");
     assert_eq!(
-        statuses(&rec),
-        [
-            ("a", StepStatus::Failed),
-            ("b", StepStatus::Succeeded),
-            ("c", StepStatus::Succeeded),
-            ("independent", StepStatus::Succeeded)
-        ]
+        outcome(&rec),
+        "partially_succeeded: a=failed b=succeeded c=succeeded independent=succeeded"
     );
 }
 
@@ -658,10 +628,7 @@ async fn a_step_timeout_fails_the_step_with_124() {
     h.enqueue(&dag, "r1", "");
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("steptimeout", "r1");
-    assert_eq!(
-        statuses(&rec),
-        [("slow", StepStatus::Failed), ("next", StepStatus::Skipped)]
-    );
+    assert_eq!(outcome(&rec), "failed: slow=failed next=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(124));
     assert!(
         rec.steps[0].error.as_deref().unwrap().contains("timed out"),
@@ -683,10 +650,7 @@ async fn a_dag_timeout_aborts_the_run() {
     h.enqueue(&dag, "r1", "");
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
     let rec = h.record("dagtimeout", "r1");
-    assert_eq!(
-        statuses(&rec),
-        [("slow", StepStatus::Aborted), ("next", StepStatus::Skipped)]
-    );
+    assert_eq!(outcome(&rec), "aborted: slow=aborted next=skipped");
     assert_eq!(rec.error.as_deref(), Some("run timed out after 1s"));
 }
 
@@ -728,13 +692,7 @@ async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
     assert_eq!(read(h.path("got_term")), "term\n");
     assert!(!h.path("never").exists());
     let rec = h.record("graceful", "r1");
-    assert_eq!(
-        statuses(&rec),
-        [
-            ("wait", StepStatus::Aborted),
-            ("never", StepStatus::Skipped)
-        ]
-    );
+    assert_eq!(outcome(&rec), "aborted: wait=aborted never=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(0));
     assert_eq!(rec.error.as_deref(), Some("run stopped"));
     // Not active any more.
