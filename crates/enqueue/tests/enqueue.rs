@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_dag::{
-    Attempt, ContinueOn, Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, Priority,
-    QueueItem, QueueStore, RunRecord, RunStatus, RunStore, Step, StoreError, Stores,
+    Attempt, Dag, FileStoreConfig, ParamDefault, Priority, QueueItem, QueueStore, RunRecord,
+    RunStatus, RunStore, Step, StoreError, Stores,
 };
 use dispatch_enqueue::{
     enqueue_webhook_run, enqueue_webhook_runs, EnqueueError, EnqueueOutcome, WebhookRun,
@@ -19,33 +19,27 @@ const PARAMS: &str =
 fn dag(dir: &Path) -> Dag {
     Dag {
         name: "build".into(),
-        description: String::new(),
-        dag_type: DagType::Chain,
         params: vec![ParamDefault {
             name: Some("GITHUB_REF".into()),
             value: "default".into(),
         }],
-        env: vec![],
         steps: vec![Step {
-            name: "one".into(),
             command: Some("true".into()),
-            script: None,
-            shell: None,
-            working_dir: None,
-            depends: vec![],
-            env: vec![],
-            timeout_sec: None,
-            continue_on: ContinueOn::default(),
-            ..Default::default()
+            ..Step::named("one")
         }],
-        timeout_sec: None,
         max_clean_up_time_sec: 5,
         queue: "builds".into(),
-        handler_on: HandlerOn::default(),
         location: dir.join("build.yaml"),
-        resolved_params: vec![],
         ..Default::default()
     }
+}
+
+/// A temp dir with real file stores in it and the DAG `build`.
+fn home() -> (tempfile::TempDir, Stores, Dag) {
+    let tmp = tempfile::tempdir().unwrap();
+    let stores = open(tmp.path());
+    let dag = dag(tmp.path());
+    (tmp, stores, dag)
 }
 
 fn open(dir: &Path) -> Stores {
@@ -80,14 +74,31 @@ struct Fault {
     when: When,
 }
 
-struct FaultyRuns {
-    inner: Arc<dyn RunStore>,
-    fault: Option<Fault>,
-    calls: AtomicUsize,
-    fail_remove: bool,
+impl Fault {
+    /// Fails the first call of `method`.
+    fn first(method: &'static str, when: When) -> Option<Fault> {
+        Some(Fault {
+            method,
+            nth: 1,
+            when,
+        })
+    }
 }
 
-impl FaultyRuns {
+/// Counts the calls of the faulty method and fails the nth one.
+struct Injector {
+    fault: Option<Fault>,
+    calls: AtomicUsize,
+}
+
+impl Injector {
+    fn new(fault: Option<Fault>) -> Injector {
+        Injector {
+            fault,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
     /// Runs `op`, failing per the fault when `method` is the faulty one and this is its nth call.
     fn call<T>(
         &self,
@@ -105,6 +116,22 @@ impl FaultyRuns {
             op()?;
         }
         Err(io_error())
+    }
+}
+
+struct FaultyRuns {
+    inner: Arc<dyn RunStore>,
+    injector: Injector,
+    fail_remove: bool,
+}
+
+impl FaultyRuns {
+    fn call<T>(
+        &self,
+        method: &str,
+        op: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.injector.call(method, op)
     }
 }
 
@@ -131,25 +158,13 @@ impl RunStore for FaultyRuns {
 
 struct FaultyQueue {
     inner: Arc<dyn QueueStore>,
-    fault: Option<Fault>,
-    calls: AtomicUsize,
+    injector: Injector,
 }
 
 impl QueueStore for FaultyQueue {
     fn enqueue(&self, queue: &str, priority: Priority, item: &QueueItem) -> Result<(), StoreError> {
-        match self.fault {
-            Some(fault) if fault.method == "enqueue" => {
-                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == fault.nth {
-                    if fault.when == When::After {
-                        self.inner.enqueue(queue, priority, item)?;
-                    }
-                    return Err(io_error());
-                }
-                self.inner.enqueue(queue, priority, item)
-            }
-            _ => self.inner.enqueue(queue, priority, item),
-        }
+        self.injector
+            .call("enqueue", || self.inner.enqueue(queue, priority, item))
     }
     fn dequeue(&self, queue: &str) -> Result<Option<QueueItem>, StoreError> {
         self.inner.dequeue(queue)
@@ -169,16 +184,37 @@ fn faulty(real: &Stores, fault: Option<Fault>, fail_remove: bool) -> Stores {
     Stores {
         runs: Arc::new(FaultyRuns {
             inner: real.runs.clone(),
-            fault,
-            calls: AtomicUsize::new(0),
+            injector: Injector::new(fault),
             fail_remove,
         }),
         queue: Arc::new(FaultyQueue {
             inner: real.queue.clone(),
-            fault,
-            calls: AtomicUsize::new(0),
+            injector: Injector::new(fault),
         }),
         ..real.clone()
+    }
+}
+
+/// A home whose stores fail as `fault` says (and at removing a run when `fail_remove`), with the
+/// error of enqueueing `run-1` through them.
+struct Failed {
+    _tmp: tempfile::TempDir,
+    real: Stores,
+    faulty: Stores,
+    dag: Dag,
+    err: EnqueueError,
+}
+
+fn enqueue_failing(fault: Option<Fault>, fail_remove: bool) -> Failed {
+    let (_tmp, real, dag) = home();
+    let faulty = faulty(&real, fault, fail_remove);
+    let err = enqueue_webhook_run(&faulty, &dag, "run-1", PARAMS, 1).unwrap_err();
+    Failed {
+        _tmp,
+        real,
+        faulty,
+        dag,
+        err,
     }
 }
 
@@ -191,9 +227,7 @@ fn assert_nothing_left(stores: &Stores) {
 
 #[tokio::test]
 async fn happy_path_creates_a_queued_run_and_wakes_the_executor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let stores = open(tmp.path());
-    let dag = dag(tmp.path());
+    let (tmp, stores, dag) = home();
     let outcome = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1_700_000_000_123).unwrap();
     assert_eq!(outcome, EnqueueOutcome::Enqueued);
 
@@ -232,9 +266,7 @@ async fn happy_path_creates_a_queued_run_and_wakes_the_executor() {
 
 #[test]
 fn second_enqueue_of_the_same_run_is_a_no_op() {
-    let tmp = tempfile::tempdir().unwrap();
-    let stores = open(tmp.path());
-    let dag = dag(tmp.path());
+    let (_tmp, stores, dag) = home();
     assert_eq!(
         enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap(),
         EnqueueOutcome::Enqueued
@@ -261,16 +293,14 @@ fn a_fault_at_any_step_leaves_nothing_behind_and_a_retry_succeeds() {
         ("enqueue", When::After),
     ];
     for (method, when) in faults {
-        let tmp = tempfile::tempdir().unwrap();
-        let real = open(tmp.path());
-        let dag = dag(tmp.path());
-        let fault = Fault {
-            method,
-            nth: 1,
-            when,
-        };
-        let stores = faulty(&real, Some(fault), false);
-        let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+        let fault = Fault::first(method, when);
+        let Failed {
+            real,
+            faulty: stores,
+            dag,
+            err,
+            ..
+        } = enqueue_failing(fault, false);
         let EnqueueError::Store { action, .. } = &err else {
             panic!("{fault:?}: unexpected error {err:?}");
         };
@@ -303,16 +333,7 @@ fn a_fault_at_any_step_leaves_nothing_behind_and_a_retry_succeeds() {
 
 #[test]
 fn a_failed_rollback_is_reported() {
-    let tmp = tempfile::tempdir().unwrap();
-    let real = open(tmp.path());
-    let dag = dag(tmp.path());
-    let fault = Fault {
-        method: "enqueue",
-        nth: 1,
-        when: When::Before,
-    };
-    let stores = faulty(&real, Some(fault), true);
-    let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+    let err = enqueue_failing(Fault::first("enqueue", When::Before), true).err;
     assert!(
         matches!(err, EnqueueError::RollbackFailed { .. }),
         "{err:?}"
@@ -323,9 +344,7 @@ fn a_failed_rollback_is_reported() {
 
 #[test]
 fn invalid_params_are_a_clear_error_and_create_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let stores = open(tmp.path());
-    let dag = dag(tmp.path());
+    let (_tmp, stores, dag) = home();
     let err = enqueue_webhook_run(
         &stores,
         &dag,
@@ -346,16 +365,8 @@ fn invalid_params_are_a_clear_error_and_create_nothing() {
 
 #[test]
 fn lookup_errors_other_than_not_found_are_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let real = open(tmp.path());
-    let dag = dag(tmp.path());
-    let fault = Fault {
-        method: "find_attempt",
-        nth: 1,
-        when: When::Before,
-    };
-    let stores = faulty(&real, Some(fault), false);
-    let err = enqueue_webhook_run(&stores, &dag, "run-1", PARAMS, 1).unwrap_err();
+    let Failed { real, dag, err, .. } =
+        enqueue_failing(Fault::first("find_attempt", When::Before), false);
     assert!(matches!(err, EnqueueError::Lookup { .. }), "{err:?}");
     assert_nothing_left(&real);
 
@@ -373,9 +384,7 @@ fn lookup_errors_other_than_not_found_are_errors() {
 
 #[test]
 fn a_burst_gives_each_run_the_outcome_it_would_have_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let real = open(tmp.path());
-    let dag = dag(tmp.path());
+    let (_tmp, real, dag) = home();
     enqueue_webhook_run(&real, &dag, "old", PARAMS, 1).unwrap();
     // The second new run's queue item fails: that run alone is rolled back.
     let stores = faulty(
