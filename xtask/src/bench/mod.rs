@@ -13,6 +13,7 @@ mod http;
 mod idle;
 mod latency;
 mod noise;
+mod pages;
 mod procs;
 mod report;
 mod stats;
@@ -90,6 +91,13 @@ const GROUPS: &[Group] = &[
         needs: &[Artifact::Scheduler, Artifact::Hub],
         targets: idle::targets,
         run: idle::run,
+    },
+    Group {
+        name: "pages",
+        about: "hub web pages with 100,000 jobs stored: first jobs page and a job page",
+        needs: &[Artifact::Hub],
+        targets: pages::targets,
+        run: pages::run,
     },
     Group {
         name: "hostile",

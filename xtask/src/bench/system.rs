@@ -172,6 +172,17 @@ impl StandaloneHub {
         dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<StandaloneHub> {
+        Self::start_with_bindings(context, dir, extra, &bindings_toml())
+    }
+
+    /// [`StandaloneHub::start_with`] with `bindings` (`[[binding]]` tables) instead of the one
+    /// binding of every other group.
+    pub(crate) fn start_with_bindings(
+        context: &super::Context,
+        dir: &Path,
+        extra: &[&str],
+        bindings: &str,
+    ) -> anyhow::Result<StandaloneHub> {
         let hub_bin = context.artifacts.exe(Artifact::Hub)?;
         let data = dir.join("hub-data");
         std::fs::create_dir_all(&data)
@@ -184,7 +195,7 @@ impl StandaloneHub {
                 "listen = \"{addr}\"\ndata_dir = \"{}\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n\n\
                  [[license]]\nid = \"bench\"\nkey = \"{LICENSE_KEY}\"\nplan = \"bench\"\n\n{}",
                 data.display(),
-                bindings_toml()
+                bindings
             ),
         )?;
         let key = Command::new(&hub_bin)
