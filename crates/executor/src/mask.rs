@@ -105,8 +105,32 @@ impl Masker {
             .pending
             .len()
             .saturating_sub(self.secrets.longest() - 1);
-        let (out, rest) = self.secrets.mask_from(&self.pending, scan_end);
-        self.pending = rest.to_vec();
+        let (mut out, rest) = self.secrets.mask_from(&self.pending, scan_end);
+        // Of the rest, only what may still become a secret waits for the next chunk: a line
+        // that ends a chunk (a step that prints and then waits) is written at once.
+        let mut i = 0;
+        while i < rest.len() {
+            let tail = &rest[i..];
+            if self
+                .secrets
+                .0
+                .iter()
+                .any(|s| s.len() > tail.len() && s.starts_with(tail))
+            {
+                break;
+            }
+            match self.secrets.at(rest, i) {
+                Some(len) => {
+                    out.extend_from_slice(MASK.as_bytes());
+                    i += len;
+                }
+                None => {
+                    out.push(rest[i]);
+                    i += 1;
+                }
+            }
+        }
+        self.pending = rest[i..].to_vec();
         out
     }
 
@@ -166,6 +190,17 @@ mod tests {
         }
         out.extend(m.finish());
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn only_what_may_become_a_secret_waits_for_the_next_chunk() {
+        let mut m = Masker::new(secrets());
+        assert_eq!(m.push(b"line\n"), b"line\n");
+        assert_eq!(m.push(b"x hunt"), b"x ");
+        assert_eq!(m.push(b"er2"), b"");
+        assert_eq!(m.push(b"-lo"), b"");
+        assert_eq!(m.push(b"w\n"), b"*******-low\n");
+        assert_eq!(m.finish(), b"");
     }
 
     #[test]
