@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dispatch_dag::{
     ContinueOn, Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, QueueItem, RunRecord,
-    RunStatus, Step, StepStatus, Stores,
+    RunStatus, Step, StepRecord, StepStatus, Stores,
 };
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle, RunFinished};
@@ -156,6 +156,17 @@ fn read(path: impl AsRef<Path>) -> String {
         .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
 }
 
+/// Asserts that `step` failed with an error holding `fragment`.
+#[track_caller]
+fn assert_step_error(step: &StepRecord, fragment: &str) {
+    let error = step.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(fragment),
+        "step `{}`: {error:?} lacks {fragment:?}",
+        step.name
+    );
+}
+
 /// A run's outcome as one line: its status, then each step's `name=status` in order
 /// (`failed: one=failed two=skipped`).
 fn outcome(rec: &RunRecord) -> String {
@@ -245,10 +256,8 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
     let rec = h.record("nostart", "r1");
     assert_eq!(outcome(&rec), "failed: no_shell=failed nowhere=failed");
-    let shell_err = rec.steps[0].error.as_deref().unwrap();
-    assert!(shell_err.contains("/nonexistent/shell"), "{shell_err}");
-    let dir_err = rec.steps[1].error.as_deref().unwrap();
-    assert!(dir_err.contains("missing-dir"), "{dir_err}");
+    assert_step_error(&rec.steps[0], "/nonexistent/shell");
+    assert_step_error(&rec.steps[1], "missing-dir");
     assert_eq!(rec.steps[1].exit_code, None);
 }
 

@@ -17,6 +17,18 @@ impl Harness {
         load_dag_file(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Loads `yaml` as `dags/<name>.yaml`, runs it as run `r1` without params and returns its
+    /// final record.
+    pub(crate) async fn run_yaml(
+        &self,
+        rx: &mut broadcast::Receiver<RunFinished>,
+        name: &str,
+        yaml: &str,
+    ) -> RunRecord {
+        let dag = self.load(name, yaml);
+        self.run(rx, &dag, "r1", "").await
+    }
+
     /// Enqueues a loaded DAG as it is and waits for its final record.
     pub(crate) async fn run(
         &self,
@@ -98,9 +110,11 @@ steps:
 async fn an_output_file_that_breaks_the_rules_fails_the_step() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "badoutputs",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "badoutputs",
+            r#"
 type: graph
 steps:
   - id: undeclared
@@ -119,8 +133,8 @@ steps:
     run: echo 'a=1' >> "$DAGU_OUTPUT_FILE"; exit 4
     outputs: [{name: a}]
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Failed);
     for (name, want) in [
         ("undeclared", "`other` is not declared"),
@@ -140,9 +154,11 @@ steps:
 async fn step_preconditions_skip_and_continue_on_skipped_lets_dependents_run() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "gates",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "gates",
+            r#"
 env:
   - FEATURE: "off"
 steps:
@@ -168,8 +184,8 @@ steps:
         negate: true
     run: touch negated-ran
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(outcome(&rec), "succeeded: optional=skipped after_optional=skipped tolerant=skipped after_tolerant=succeeded negated=succeeded");
     assert_eq!(
         step_of(&rec, "optional").error.as_deref(),
@@ -216,9 +232,11 @@ steps:
 async fn retry_and_repeat_policies() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "policies",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "policies",
+            r#"
 type: graph
 steps:
   - id: flaky
@@ -250,8 +268,8 @@ steps:
     run: echo x >> limited.txt
     repeat_policy: {repeat: while, limit: 3}
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Failed, "{rec:?}");
     let summary: Vec<(&str, StepStatus, u32)> = rec
         .steps
@@ -277,9 +295,11 @@ steps:
 async fn continue_on_exit_codes_output_and_mark_success() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "goon",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "goon",
+            r#"
 steps:
   - id: known_code
     run: exit 3
@@ -294,8 +314,8 @@ steps:
   - id: last
     run: touch last-ran
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(
         outcome(&rec),
         "partially_succeeded: known_code=failed warned=failed marked=succeeded last=succeeded"
@@ -303,11 +323,13 @@ steps:
     assert_eq!(step_of(&rec, "marked").exit_code, Some(5));
     assert!(h.path("dags/last-ran").exists());
 
-    let dag = h.load(
-        "stop",
-        "steps:\n  - run: exit 4\n    continue_on: {exit_code: [3]}\n  - run: touch never\n",
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "stop",
+            "steps:\n  - run: exit 4\n    continue_on: {exit_code: [3]}\n  - run: touch never\n",
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(rec.steps[1].status, StepStatus::Skipped);
 }
@@ -319,9 +341,11 @@ async fn stream_copies_and_secrets_masked_in_every_log() {
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/db-password"), "s3cr3t-pw\n").unwrap();
     let home = std::env::var("HOME").unwrap();
-    let dag = h.load(
-        "secrets",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "secrets",
+            r#"
 secrets:
   - name: DB_PASSWORD
     provider: file
@@ -339,8 +363,8 @@ steps:
     stderr: logs/talk.err
     output: SAID
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     let said = "password is ******* and token *******\n";
     let talk = step_of(&rec, "talk");
@@ -354,11 +378,7 @@ steps:
     let stored = read(h.path("data/runs/secrets/r1.jsonl"));
     assert!(!stored.contains("s3cr3t-pw") && !stored.contains(&format!("token {home}")));
 
-    let dag = h.load(
-        "nosecret",
-        "secrets:\n  - name: TOKEN\n    provider: env\n    key: DISPATCH_TEST_CERTAINLY_UNSET\nsteps:\n  - run: touch ran\n",
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run_yaml(&mut rx, "nosecret", "secrets:\n  - name: TOKEN\n    provider: env\n    key: DISPATCH_TEST_CERTAINLY_UNSET\nsteps:\n  - run: touch ran\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         rec.error.as_deref(),
@@ -372,9 +392,11 @@ steps:
 async fn run_lists_scripts_and_shebang_lines() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "forms",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "forms",
+            r#"
 shell: bash
 type: graph
 steps:
@@ -395,8 +417,8 @@ steps:
   - id: dag_shell
     run: test -n "$BASH_VERSION" && echo bash
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(
         outcome(&rec),
         "failed: list=failed shebang=succeeded forced=succeeded dag_shell=succeeded"
@@ -528,16 +550,12 @@ steps:
 async fn the_built_in_run_context_reaches_every_step() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "context",
-        r#"
+    let rec = h.run_yaml(&mut rx, "context", r#"
 params: A=1
 steps:
   - id: show
     run: printf '%s\n' "$DAG_RUN_STEP_NAME" "$DAG_RUN_STEP_STDOUT_FILE" "$DAG_RUN_STEP_STDERR_FILE" "$DAGU_OUTPUT_FILE" "${run.id}" "${dag.name}" "${step.id}" "$DAGU_PARAMS_JSON" "${trigger.type}"
-"#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+"#).await;
     let show = step_of(&rec, "show");
     let dir = rec.log_file.parent().unwrap();
     let want = format!(
@@ -559,9 +577,11 @@ async fn sub_dag_calls_run_children_per_item_in_the_steps_directory() {
         "params: WHO=nobody\nsteps:\n  - run: echo \"helped $WHO\" > helped.txt\n",
     )
     .unwrap();
-    let dag = h.load(
-        "fanout",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "fanout",
+            r#"
 steps:
   - id: prepare
     run: mkdir -p area && echo '["eu","us"]'
@@ -587,8 +607,8 @@ params:
 steps:
   - run: test "$REGION" != fail && echo "$REGION" > "deployed-$REGION"
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(h.path("dags/area/deployed-eu")), "eu\n");
     assert_eq!(read(h.path("dags/area/deployed-us")), "us\n");
@@ -606,14 +626,9 @@ steps:
         );
     }
 
-    let dag = h.load(
-        "fanfail",
-        "steps:\n  - call: deploy\n    parallel: [ok, fail]\n    params: {REGION: \"${ITEM}\"}\n  - run: touch after\n---\nname: deploy\nparams: REGION=x\nsteps:\n  - run: test \"$REGION\" != fail\n",
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run_yaml(&mut rx, "fanfail", "steps:\n  - call: deploy\n    parallel: [ok, fail]\n    params: {REGION: \"${ITEM}\"}\n  - run: touch after\n---\nname: deploy\nparams: REGION=x\nsteps:\n  - run: test \"$REGION\" != fail\n").await;
     assert_eq!(outcome(&rec), "failed: step1=failed step2=skipped");
-    let error = rec.steps[0].error.as_deref().unwrap();
-    assert!(error.contains("ended `failed`"), "{error}");
+    assert_step_error(&rec.steps[0], "ended `failed`");
 }
 
 /// A Dagu user's typical DAG: params with a declaration, env, consts, a working directory,
@@ -804,9 +819,11 @@ async fn a_stop_during_delay_sec_starts_no_step() {
 async fn max_output_size_bounds_captured_output_and_handlers_see_the_status() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "big",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "big",
+            r#"
 max_output_size: 8
 handler_on:
   failure:
@@ -815,8 +832,8 @@ steps:
   - run: echo 0123456789
     output: TOO_LONG
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(rec.status, RunStatus::Failed);
     let error = rec.steps[0].error.as_deref().unwrap();
     assert!(
@@ -833,11 +850,7 @@ steps:
 async fn a_step_timeout_stops_the_sub_dag_it_called() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "slowcall",
-        "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n",
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run_yaml(&mut rx, "slowcall", "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     let call = &rec.steps[0];
     assert_eq!(call.exit_code, Some(124));
@@ -852,10 +865,7 @@ async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
     let (_handle, mut rx) = h.start();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/token"), "t0k3n-value").unwrap();
-    let dag = h.load(
-        "passdown",
-        "secrets:\n  - name: TOKEN\n    provider: file\n    key: token\nsteps:\n  - call: child\n    params:\n      GIVEN: ${TOKEN}\n---\nname: child\nparams: GIVEN=none\nsteps:\n  - run: echo \"got $GIVEN\"; printf '%s' \"$GIVEN\" > given.txt\n",
-    );
+    let dag = h.load("passdown", "secrets:\n  - name: TOKEN\n    provider: file\n    key: token\nsteps:\n  - call: child\n    params:\n      GIVEN: ${TOKEN}\n---\nname: child\nparams: GIVEN=none\nsteps:\n  - run: echo \"got $GIVEN\"; printf '%s' \"$GIVEN\" > given.txt\n");
     let rec = h.run(&mut rx, &dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(h.path("dags/given.txt")), "t0k3n-value");
@@ -871,10 +881,7 @@ async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
 async fn positional_params_are_the_commands_arguments() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "positional",
-        "params: first second\nsteps:\n  - run: echo \"$1 and $2\"\n  - run: |\n      echo \"script got $1\"\n      echo \"and $2\"\n",
-    );
+    let dag = h.load("positional", "params: first second\nsteps:\n  - run: echo \"$1 and $2\"\n  - run: |\n      echo \"script got $1\"\n      echo \"and $2\"\n");
     let rec = h.run(&mut rx, &dag, "r1", "").await;
     assert_eq!(read(&rec.steps[0].stdout), "first and second\n");
     let params = format!("one {}", dispatch_webhook_params::quote("$(touch pwned)"));

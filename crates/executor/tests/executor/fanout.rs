@@ -9,9 +9,7 @@ use super::*;
 async fn parallel_outputs_are_collected_and_a_call_passes_its_childs_outputs() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "collect",
-        r#"
+    let rec = h.run_yaml(&mut rx, "collect", r#"
 steps:
   - id: fan
     call: child
@@ -37,9 +35,7 @@ steps:
       printf 'region=%s\n' "$R" >> "$DAGU_OUTPUT_FILE"
     output: RESULT
     outputs: [{name: region}]
-"#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+"#).await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(h.path("dags/used.txt")), "us\n2\nresult-solo\nsolo\n");
     assert_eq!(
@@ -61,14 +57,9 @@ steps:
     assert_eq!(step_of(&rec, "single").outputs["region"], "solo");
 
     // A declared output the child did not publish fails the call step.
-    let dag = h.load(
-        "missing",
-        "steps:\n  - id: c\n    call: child\n    outputs: [{name: nope}]\n---\nname: child\nsteps:\n  - run: \"true\"\n",
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run_yaml(&mut rx, "missing", "steps:\n  - id: c\n    call: child\n    outputs: [{name: nope}]\n---\nname: child\nsteps:\n  - run: \"true\"\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
-    let error = rec.steps[0].error.as_deref().unwrap();
-    assert!(error.contains("published no output `nope`"), "{error}");
+    assert_step_error(&rec.steps[0], "published no output `nope`");
 }
 
 #[tokio::test]
@@ -76,9 +67,11 @@ async fn partial_children_make_the_step_partially_succeeded() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
     // Every child ends `partially_succeeded`: so does the step, and the run; the next step runs.
-    let dag = h.load(
-        "partial",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "partial",
+            r#"
 steps:
   - call: child
     parallel: [a, b]
@@ -90,17 +83,19 @@ steps:
     continue_on: {failure: true}
   - run: "true"
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(
         outcome(&rec),
         "partially_succeeded: step1=partially_succeeded step2=succeeded"
     );
 
     // One child fails: the step fails; `continue_on` covers it and the run goes on.
-    let dag = h.load(
-        "covered",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "covered",
+            r#"
 steps:
   - call: child
     params: {V: "${ITEM}"}
@@ -113,8 +108,8 @@ params: V=x
 steps:
   - run: test "$V" != fail
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(
         outcome(&rec),
         "partially_succeeded: step1=failed step2=succeeded"
@@ -126,9 +121,7 @@ steps:
 async fn foreach_runs_its_body_per_item_and_collects_what_each_left() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "episodes",
-        r#"
+    let rec = h.run_yaml(&mut rx, "episodes", r#"
 env:
   - GREETING: hi
 steps:
@@ -153,9 +146,7 @@ steps:
         slug: ${foreach.ep.slug}
     output: SUMMARIES
   - run: printf '%s\n' "${SUMMARIES.summary.total}" "${each.outputs[1].markdown}" "${each.outputs[0].slug}" > done.txt
-"#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+"#).await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(h.path("dags/done.txt")), "2\nb-1-b:hi\na\n");
     let each = step_of(&rec, "each");
@@ -178,9 +169,11 @@ steps:
 async fn foreach_items_stay_data_and_a_failed_body_fails_the_step() {
     let h = Harness::new();
     let (_handle, mut rx) = h.start();
-    let dag = h.load(
-        "each_fail",
-        r#"
+    let rec = h
+        .run_yaml(
+            &mut rx,
+            "each_fail",
+            r#"
 steps:
   - id: empty
     foreach:
@@ -197,8 +190,8 @@ steps:
     output: ALL
   - run: touch not-reached
 "#,
-    );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+        )
+        .await;
     assert_eq!(
         outcome(&rec),
         "failed: empty=succeeded each=failed step3=skipped"
