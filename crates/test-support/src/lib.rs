@@ -6,8 +6,12 @@
 //!
 //! [`fixture`] reads one of the real GitHub webhook payloads the repository carries under
 //! `tests/fixtures/github-webhooks/` (see the README there for their source and license).
+//!
+//! [`bench_main`] is the `main` of a crate's `harness = false` bench: a scratch directory, a
+//! table on stdout and the results as JSON for `cargo xtask bench`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Everything the capturing subscriber wrote.
@@ -84,6 +88,46 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// [`fixture`] as text.
 pub fn fixture_str(name: &str) -> String {
     String::from_utf8(fixture(name)).unwrap_or_else(|e| panic!("fixture {name}: not UTF-8: {e}"))
+}
+
+/// Runs a `harness = false` bench: `measure` works in a fresh scratch directory, `print` shows
+/// its results, and with `--json <path>` among the arguments they are also written to `path` as
+/// a JSON array. Cargo's own `--bench` and other harness flags are ignored. A failure is printed
+/// and ends the bench with a failing exit code.
+pub fn bench_main<R: serde::Serialize, E: std::fmt::Display>(
+    measure: impl FnOnce(&Path) -> Result<Vec<R>, E>,
+    print: impl FnOnce(&[R]),
+) -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut json_path = None;
+    while let Some(arg) = args.next() {
+        if arg == "--json" {
+            json_path = args.next();
+        }
+    }
+    let scratch = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: failed to create scratch directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = match measure(scratch.path()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print(&results);
+    if let Some(path) = json_path {
+        let json = serde_json::to_vec_pretty(&results).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, json) {
+            eprintln!("error: failed to write `{path}`: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

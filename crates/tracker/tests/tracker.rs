@@ -1,8 +1,7 @@
 //! Integration tests of `dispatch-tracker` against real files, fsync and a second process.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -34,10 +33,14 @@ fn journal(dir: &Path) -> std::path::PathBuf {
 }
 
 /// A new tracker directory `name` inside `dir`, holding a copy of `dir`'s journal.
-fn copy_of(dir: &Path, name: &str) -> std::path::PathBuf {
+/// A copy of the tracker in `dir`, in its subdirectory `name`, with the journal's bytes as
+/// `damage` leaves them.
+fn damaged_copy(dir: &Path, name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> std::path::PathBuf {
     let copy = dir.join(name);
     fs::create_dir(&copy).unwrap();
-    fs::copy(journal(dir), journal(&copy)).unwrap();
+    let mut bytes = fs::read(journal(dir)).unwrap();
+    damage(&mut bytes);
+    fs::write(journal(&copy), bytes).unwrap();
     copy
 }
 
@@ -154,13 +157,9 @@ fn torn_tail_is_ignored_and_cut_before_the_next_append() {
         (two + full) / 2,
         full - 1,
     ] {
-        let d = copy_of(dir, &format!("cut-{cut}"));
-        OpenOptions::new()
-            .write(true)
-            .open(journal(&d))
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        let d = damaged_copy(dir, &format!("cut-{cut}"), |bytes| {
+            bytes.truncate(cut as usize)
+        });
         let t = Tracker::open(&d).unwrap();
         assert_eq!(ids(&t), ["one", "two"], "cut at {cut}");
         assert_eq!(
@@ -187,13 +186,7 @@ fn garbage_or_zero_tail_is_ignored() {
         b"\x05\x00",
     ];
     for (i, tail) in tails.into_iter().enumerate() {
-        let d = copy_of(dir, &format!("tail-{i}"));
-        OpenOptions::new()
-            .append(true)
-            .open(journal(&d))
-            .unwrap()
-            .write_all(tail)
-            .unwrap();
+        let d = damaged_copy(dir, &format!("tail-{i}"), |bytes| bytes.extend(tail));
         let t = Tracker::open(&d).unwrap();
         assert_eq!(ids(&t), ["one", "three", "two"], "tail {i}");
         assert_eq!(fs::metadata(journal(&d)).unwrap().len(), full);
