@@ -648,13 +648,9 @@ async fn run_without_key_waits_for_cancel() {
     assert!(m.cloud_machine_credentials().is_none());
 }
 
-fn capture_logs() -> dispatch_test_support::LogBuffer {
-    dispatch_test_support::capture_logs("dispatch_license=trace,reqwest=trace,info")
-}
-
 #[tokio::test]
 async fn secrets_never_appear_in_logs_debug_display_or_errors() {
-    let buffer = capture_logs();
+    let buffer = dispatch_test_support::capture_logs("dispatch_license=trace,reqwest=trace,info");
     let a = Activated::new().await;
     let new_tok = token::sign(&claims("lic-1", now() + 9000, None), &a.key).unwrap();
     let mut outputs: Vec<String> = Vec::new();
