@@ -389,43 +389,42 @@ mod tests {
         w.woken().now_or_never().is_some()
     }
 
-    /// A waiter that has made its first attempt and found nothing: asleep in its queue.
-    fn asleep(waiters: &Arc<Waiters>, license: &str, server: &str) -> Waiter {
-        let mut w = waiters.join(license, server);
-        w.attempting();
-        assert_eq!(w.found_nothing(), None);
-        assert!(!is_woken(&w));
-        w
+    /// Which of `ws` are woken, in order.
+    fn woken<const N: usize>(ws: [&Waiter; N]) -> [bool; N] {
+        ws.map(is_woken)
+    }
+
+    /// Waiters for `who` (license, server), joined in that order, each having made its first
+    /// attempt and found nothing: asleep in their queues.
+    fn asleep<const N: usize>(who: [(&str, &str); N]) -> (Arc<Waiters>, [Waiter; N]) {
+        let waiters = Arc::new(Waiters::default());
+        let asleep = who.map(|(license, server)| {
+            let mut w = waiters.join(license, server);
+            w.attempting();
+            assert_eq!(w.found_nothing(), None);
+            assert!(!is_woken(&w));
+            w
+        });
+        (waiters, asleep)
     }
 
     #[test]
     fn one_job_wakes_the_longest_waiting_pull_only() {
-        let waiters = Arc::new(Waiters::default());
-        let first = asleep(&waiters, "a", "s1");
-        let second = asleep(&waiters, "a", "s2");
-        let third = asleep(&waiters, "a", "s3");
+        let (waiters, [first, second, third]) = asleep([("a", "s1"), ("a", "s2"), ("a", "s3")]);
         waiters.wake([Wake::job("j1", "a", "")]);
-        assert!(is_woken(&first));
-        assert!(!is_woken(&second));
-        assert!(!is_woken(&third));
+        assert_eq!(woken([&first, &second, &third]), [true, false, false]);
         waiters.wake([Wake::job("j2", "a", ""), Wake::job("j3", "", "")]);
-        assert!(is_woken(&second));
-        assert!(is_woken(&third));
+        assert_eq!(woken([&second, &third]), [true, true]);
     }
 
     #[test]
     fn a_job_reaches_only_pulls_that_may_take_it() {
-        let waiters = Arc::new(Waiters::default());
-        let a1 = asleep(&waiters, "a", "s1");
-        let a2 = asleep(&waiters, "a", "s2");
-        let b = asleep(&waiters, "b", "s3");
+        let (waiters, [a1, a2, b]) = asleep([("a", "s1"), ("a", "s2"), ("b", "s3")]);
         waiters.wake([Wake::job("for-b", "b", "")]);
-        assert!(is_woken(&b));
-        assert!(!is_woken(&a1) && !is_woken(&a2));
+        assert_eq!(woken([&a1, &a2, &b]), [false, false, true]);
         // A job for one server skips the pulls of the license's other servers.
         waiters.wake([Wake::job("cancel", "a", "s2")]);
-        assert!(is_woken(&a2));
-        assert!(!is_woken(&a1));
+        assert_eq!(woken([&a1, &a2]), [false, true]);
         // No pull of license c waits: the wake is dropped, the job waits in the store.
         waiters.wake([Wake::job("for-c", "c", "")]);
         assert!(!is_woken(&a1));
@@ -433,19 +432,14 @@ mod tests {
 
     #[test]
     fn any_license_goes_to_the_longest_waiting_of_all() {
-        let waiters = Arc::new(Waiters::default());
-        let b = asleep(&waiters, "b", "s1");
-        let a = asleep(&waiters, "a", "s2");
+        let (waiters, [b, a]) = asleep([("b", "s1"), ("a", "s2")]);
         waiters.wake([Wake::job("j", "", "")]);
-        assert!(is_woken(&b));
-        assert!(!is_woken(&a));
+        assert_eq!(woken([&b, &a]), [true, false]);
     }
 
     #[test]
     fn a_pull_that_leaves_with_an_untried_wake_passes_it_on() {
-        let waiters = Arc::new(Waiters::default());
-        let first = asleep(&waiters, "a", "s1");
-        let second = asleep(&waiters, "a", "s2");
+        let (waiters, [first, second]) = asleep([("a", "s1"), ("a", "s2")]);
         waiters.wake([Wake::job("j", "a", "")]);
         assert!(is_woken(&first));
         drop(first);
@@ -455,10 +449,8 @@ mod tests {
 
     #[test]
     fn taking_another_job_passes_the_wake_on_and_taking_its_job_uses_it_up() {
-        let waiters = Arc::new(Waiters::default());
-        let mut first = asleep(&waiters, "a", "s1");
-        let mut second = asleep(&waiters, "a", "s2");
-        let third = asleep(&waiters, "a", "s3");
+        let (waiters, [mut first, mut second, third]) =
+            asleep([("a", "s1"), ("a", "s2"), ("a", "s3")]);
         waiters.wake([Wake::job("new", "a", "")]);
         first.attempting();
         // It took an older job, not the one it was woken for.
@@ -486,24 +478,19 @@ mod tests {
 
     #[test]
     fn a_pull_that_found_nothing_queues_again_at_the_back() {
-        let waiters = Arc::new(Waiters::default());
-        let mut first = asleep(&waiters, "a", "s1");
-        let second = asleep(&waiters, "a", "s2");
+        let (waiters, [mut first, second]) = asleep([("a", "s1"), ("a", "s2")]);
         waiters.wake([Wake::job("j", "a", "")]);
         first.attempting();
         assert_eq!(first.found_nothing(), Some(WakeOutcome::Nothing));
         assert!(!is_woken(&first));
         waiters.wake([Wake::job("k", "a", "")]);
-        assert!(is_woken(&second));
-        assert!(!is_woken(&first));
+        assert_eq!(woken([&first, &second]), [false, true]);
     }
 
     #[test]
     fn leaving_empties_the_queues() {
-        let waiters = Arc::new(Waiters::default());
-        let w = asleep(&waiters, "a", "s1");
-        let v = asleep(&waiters, "b", "s2");
-        drop((w, v));
+        let (waiters, pulls) = asleep([("a", "s1"), ("b", "s2")]);
+        drop(pulls);
         assert_eq!(waiters.joined(), 0);
         let inner = waiters.lock();
         assert!(inner.queues.is_empty() && inner.servers.is_empty());
@@ -511,8 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sleeping_pull_is_woken_by_a_wake_from_another_task() {
-        let waiters = Arc::new(Waiters::default());
-        let w = asleep(&waiters, "a", "s1");
+        let (waiters, [w]) = asleep([("a", "s1")]);
         let waker = {
             let waiters = waiters.clone();
             tokio::spawn(async move {

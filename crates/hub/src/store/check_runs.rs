@@ -74,16 +74,24 @@ pub(super) fn get(conn: &Connection, job_id: &str) -> Result<Option<CheckRunRow>
     .map_err(HubError::store("read a check run"))
 }
 
-/// Records that a create for `job_id` is about to be sent (`check_run_id` 0), or GitHub's id for
+/// What a report records of a job's check run.
+pub(super) struct Mark {
+    pub job_id: String,
+    pub repository: String,
+    pub head_sha: String,
+    /// GitHub's id; 0 while the create is only about to be sent.
+    pub check_run_id: i64,
+}
+
+/// Records that a create for the job is about to be sent (`check_run_id` 0), or GitHub's id for
 /// its check run. A create is marked started either way; a later 0 keeps an id already recorded.
-pub(super) fn upsert(
-    conn: &Connection,
-    job_id: &str,
-    repository: &str,
-    head_sha: &str,
-    check_run_id: i64,
-    now_ms: i64,
-) -> Result<(), HubError> {
+pub(super) fn upsert(conn: &Connection, mark: &Mark, now_ms: i64) -> Result<(), HubError> {
+    let Mark {
+        job_id,
+        repository,
+        head_sha,
+        check_run_id,
+    } = mark;
     conn.execute(
         "INSERT INTO check_runs (job_id, repository, head_sha, check_run_id, create_started, updated_ms)
          VALUES (?1, ?2, ?3, ?4, 1, ?5)
@@ -190,12 +198,13 @@ impl Store {
         check_run_id: i64,
         now_ms: i64,
     ) -> Result<(), HubError> {
-        let (job_id, repository, head_sha) = (
-            job_id.to_owned(),
-            repository.to_owned(),
-            head_sha.to_owned(),
-        );
-        self.write(move |conn| upsert(conn, &job_id, &repository, &head_sha, check_run_id, now_ms))
+        let mark = Mark {
+            job_id: job_id.to_owned(),
+            repository: repository.to_owned(),
+            head_sha: head_sha.to_owned(),
+            check_run_id,
+        };
+        self.write(move |conn| upsert(conn, &mark, now_ms))
     }
 
     /// The jobs with a check run on `head_sha` of `repository`, oldest first.
@@ -250,13 +259,22 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn mark(job_id: &str, repository: &str, head_sha: &str, check_run_id: i64) -> Mark {
+        Mark {
+            job_id: job_id.into(),
+            repository: repository.into(),
+            head_sha: head_sha.into(),
+            check_run_id,
+        }
+    }
+
     #[test]
     fn create_marks_then_ids_survive_and_suites_list_their_jobs() {
         let conn = Connection::open_in_memory().unwrap();
         create_table(&conn).unwrap();
         create_table(&conn).unwrap();
         assert_eq!(get(&conn, "j1").unwrap(), None);
-        upsert(&conn, "j1", "O/R", "abc", 0, 1).unwrap();
+        upsert(&conn, &mark("j1", "O/R", "abc", 0), 1).unwrap();
         assert_eq!(
             get(&conn, "j1").unwrap(),
             Some(CheckRunRow {
@@ -264,13 +282,13 @@ mod tests {
                 create_started: true
             })
         );
-        upsert(&conn, "j1", "O/R", "abc", 99, 2).unwrap();
-        upsert(&conn, "j2", "o/r", "abc", 100, 3).unwrap();
-        upsert(&conn, "j3", "o/r", "def", 101, 4).unwrap();
+        upsert(&conn, &mark("j1", "O/R", "abc", 99), 2).unwrap();
+        upsert(&conn, &mark("j2", "o/r", "abc", 100), 3).unwrap();
+        upsert(&conn, &mark("j3", "o/r", "def", 101), 4).unwrap();
         assert_eq!(get(&conn, "j1").unwrap().unwrap().check_run_id, 99);
         assert_eq!(jobs_on_sha(&conn, "o/R", "abc").unwrap(), vec!["j1", "j2"]);
         // A create started again (a retry after a crash) keeps the id GitHub gave.
-        upsert(&conn, "j1", "O/R", "abc", 0, 5).unwrap();
+        upsert(&conn, &mark("j1", "O/R", "abc", 0), 5).unwrap();
         assert_eq!(get(&conn, "j1").unwrap().unwrap().check_run_id, 99);
     }
 }

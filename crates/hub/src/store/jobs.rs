@@ -210,10 +210,9 @@ pub(super) fn accept(
     reports: &Reports,
     tally: &mut Tally,
 ) -> Result<Transition, HubError> {
-    let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
+    let Some((row, mine)) = JobRow::load_for(tx, job_id, caller)? else {
         return Ok(Transition::NotFound);
     };
-    let mine = row.claimed_by_caller(caller);
     let outcome = match row.state {
         // A queued job that this server claimed last: its lease ran out but nobody else took it,
         // so the server may still have it.
@@ -265,10 +264,9 @@ pub(super) fn finish(
     reports_for: impl FnOnce(&FinishedJob) -> Vec<(String, String)>,
     tally: &mut Tally,
 ) -> Result<Transition, HubError> {
-    let Some(row) = JobRow::load_visible(tx, job_id, caller.license_id)? else {
+    let Some((row, mine)) = JobRow::load_for(tx, job_id, caller)? else {
         return Ok(Transition::NotFound);
     };
-    let mine = row.claimed_by_caller(caller);
     let outcome = match row.state {
         JobState::Claimed | JobState::Accepted | JobState::Queued if mine => Transition::Done,
         JobState::Finished if mine && row.result_status == result_status => Transition::Repeated,
@@ -346,13 +344,14 @@ struct JobRow {
 }
 
 impl JobRow {
-    /// The job, unless it is bound to another license: then it does not exist as far as this
-    /// caller is concerned.
-    fn load_visible(
+    /// The job, unless it is bound to another license: then it does not exist as far as
+    /// `caller` is concerned; and whether `caller` made the last claim (the lease may have run
+    /// out since).
+    fn load_for(
         conn: &Connection,
         job_id: &str,
-        license_id: &str,
-    ) -> Result<Option<JobRow>, HubError> {
+        caller: Caller<'_>,
+    ) -> Result<Option<(JobRow, bool)>, HubError> {
         let row = conn.query_row(
             "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json,
                     updated_ms
@@ -373,12 +372,13 @@ impl JobRow {
         )
         .optional()
         .map_err(HubError::store("read a job"))?;
-        Ok(row.filter(|r| r.target_license.is_empty() || r.target_license == license_id))
-    }
-
-    /// Whether this caller made the last claim (the lease may have run out since).
-    fn claimed_by_caller(&self, caller: Caller<'_>) -> bool {
-        self.claimed_by == caller.server_id && self.claimed_license == caller.license_id
+        let visible =
+            |r: &JobRow| r.target_license.is_empty() || r.target_license == caller.license_id;
+        Ok(row.filter(visible).map(|row| {
+            let mine =
+                row.claimed_by == caller.server_id && row.claimed_license == caller.license_id;
+            (row, mine)
+        }))
     }
 }
 
