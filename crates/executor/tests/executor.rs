@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dispatch_dag::{
-    ContinueOn, Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, QueueItem, RunRecord,
-    RunStatus, Step, StepRecord, StepStatus, Stores,
+    Dag, DagType, FileStoreConfig, HandlerOn, ParamDefault, QueueItem, RunRecord, RunStatus, Step,
+    StepRecord, StepStatus, Stores,
 };
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle, RunFinished};
@@ -26,6 +26,8 @@ struct Harness {
     tmp: tempfile::TempDir,
     stores: Stores,
     cancel: CancellationToken,
+    /// The executor [`Harness::started`] started, kept for the test's length.
+    running: Option<ExecutorHandle>,
 }
 
 impl Harness {
@@ -36,7 +38,16 @@ impl Harness {
             tmp,
             stores,
             cancel: CancellationToken::new(),
+            running: None,
         }
+    }
+
+    /// A harness with an executor running on it, and the executor's notifications.
+    fn started() -> (Harness, broadcast::Receiver<RunFinished>) {
+        let mut h = Harness::new();
+        let (handle, rx) = h.start();
+        h.running = Some(handle);
+        (h, rx)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -62,17 +73,9 @@ impl Harness {
     fn dag(&self, name: &str, steps: Vec<Step>) -> Dag {
         Dag {
             name: name.into(),
-            description: String::new(),
-            dag_type: DagType::Chain,
-            params: vec![],
-            env: vec![],
             steps,
-            timeout_sec: None,
-            max_clean_up_time_sec: 5,
             queue: name.into(),
-            handler_on: HandlerOn::default(),
             location: self.tmp.path().join("dags").join(format!("{name}.yaml")),
-            resolved_params: vec![],
             ..Default::default()
         }
     }
@@ -109,16 +112,8 @@ fn chained(dag: &Dag) -> Dag {
 
 fn step(name: &str, command: &str) -> Step {
     Step {
-        name: name.into(),
         command: Some(command.into()),
-        script: None,
-        shell: None,
-        working_dir: None,
-        depends: vec![],
-        env: vec![],
-        timeout_sec: None,
-        continue_on: ContinueOn::default(),
-        ..Default::default()
+        ..Step::named(name)
     }
 }
 
@@ -221,8 +216,7 @@ async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
 
 #[tokio::test]
 async fn a_failure_records_the_first_error_and_skips_the_rest() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.dag(
         "bad",
         vec![
@@ -241,8 +235,7 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
 
 #[tokio::test]
 async fn a_step_that_cannot_start_fails_with_a_clear_error() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     // A working directory that is missing is created; one under a regular file cannot be.
     std::fs::write(h.path("a-file"), "").unwrap();
     let mut nowhere = step("nowhere", "true");
@@ -263,8 +256,7 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
 
 #[tokio::test]
 async fn sh_runs_with_dash_e_by_default_only() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut plain_sh = step("explicit", "false; echo reached > explicit");
     plain_sh.shell = Some("sh".into());
     let dag = h.dag(
@@ -291,8 +283,7 @@ async fn sh_runs_with_dash_e_by_default_only() {
 
 #[tokio::test]
 async fn continue_on_failure_makes_a_partial_success() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut flaky = step("flaky", "exit 1");
     flaky.continue_on.failure = true;
     let dag = h.dag("partial", vec![flaky, step("after", "echo ran")]);
@@ -308,8 +299,7 @@ async fn continue_on_failure_makes_a_partial_success() {
 
 #[tokio::test]
 async fn a_graph_runs_independent_steps_in_parallel_and_joins() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let m = |name: &str| h.path(name).display().to_string();
     // `a` and `b` each wait for the other's marker: they can only both finish if they run at the
     // same time. The timeouts turn a serial executor into a failure instead of a hang.
@@ -354,8 +344,7 @@ async fn a_graph_runs_independent_steps_in_parallel_and_joins() {
 
 #[tokio::test]
 async fn a_failed_dependency_skips_dependents_unless_continue_on() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut dag = h.dag(
         "deps",
         vec![
@@ -386,8 +375,7 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
 
 #[tokio::test]
 async fn handlers_run_per_final_status_then_exit() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let log = h.path("handlers.txt");
     let record = format!(
         "echo \"$DAG_RUN_ID $DAG_RUN_STEP_NAME\" >> {}",
@@ -458,8 +446,7 @@ async fn handlers_run_per_final_status_then_exit() {
 
 #[tokio::test]
 async fn environment_precedence_and_dag_variables() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     let mut dag = h.dag("envs", vec![]);
     dag.params = vec![ParamDefault {
@@ -537,8 +524,7 @@ async fn environment_precedence_and_dag_variables() {
 
 #[tokio::test]
 async fn params_reach_commands_only_as_environment_variables() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let tmp = h.tmp.path().display().to_string();
     let values: BTreeMap<String, String> = [
         ("EVIL_SUBST", format!("$(touch {tmp}/pwned)")),
@@ -583,8 +569,7 @@ async fn params_reach_commands_only_as_environment_variables() {
 
 #[tokio::test]
 async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let tmp = h.tmp.path().display().to_string();
     // 300 KiB: over Linux's 128 KiB limit for one environment string, under the hub's 1 MiB.
     let payload = format!("{{\"blob\":\"{}\"}}", "p".repeat(300 * 1024));
@@ -610,8 +595,7 @@ async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
 
 #[tokio::test]
 async fn scripts_run_from_a_file_next_to_the_logs() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut plain = step("plain", "");
     plain.command = None;
     plain.script = Some("echo one\necho \"$DAG_RUN_STEP_NAME\"\n".into());
@@ -628,8 +612,7 @@ async fn scripts_run_from_a_file_next_to_the_logs() {
 
 #[tokio::test]
 async fn a_step_timeout_fails_the_step_with_124() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut slow = step("slow", "sleep 30");
     slow.timeout_sec = Some(1);
     let mut dag = h.dag("steptimeout", vec![slow, step("next", "true")]);
@@ -648,8 +631,7 @@ async fn a_step_timeout_fails_the_step_with_124() {
 
 #[tokio::test]
 async fn a_dag_timeout_aborts_the_run() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let mut dag = h.dag(
         "dagtimeout",
         vec![step("slow", "sleep 30"), step("next", "true")],
@@ -906,8 +888,7 @@ fn item(dag: &str, run_id: &str) -> QueueItem {
 
 #[tokio::test]
 async fn runs_enqueued_by_another_process_are_found_by_the_scan() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.dag("scan", vec![step("one", "true")]);
     // A second `Stores` over the same directories has its own wake-up, like another process.
     let other = Stores::open_files(FileStoreConfig {

@@ -55,8 +55,7 @@ pub(crate) fn step_of<'a>(rec: &'a RunRecord, name: &str) -> &'a dispatch_dag::S
 
 #[tokio::test]
 async fn outputs_and_references_pass_values_between_steps_as_data() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.load(
         "outputs",
         r#"
@@ -108,8 +107,7 @@ steps:
 
 #[tokio::test]
 async fn an_output_file_that_breaks_the_rules_fails_the_step() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -152,8 +150,7 @@ steps:
 
 #[tokio::test]
 async fn step_preconditions_skip_and_continue_on_skipped_lets_dependents_run() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -198,8 +195,7 @@ steps:
 
 #[tokio::test]
 async fn dag_preconditions_not_met_abort_the_run_before_any_step() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.load(
         "gated",
         r#"
@@ -230,8 +226,7 @@ steps:
 
 #[tokio::test]
 async fn retry_and_repeat_policies() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -293,8 +288,7 @@ steps:
 
 #[tokio::test]
 async fn continue_on_exit_codes_output_and_mark_success() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -336,8 +330,7 @@ steps:
 
 #[tokio::test]
 async fn stream_copies_and_secrets_masked_in_every_log() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/db-password"), "s3cr3t-pw\n").unwrap();
     let home = std::env::var("HOME").unwrap();
@@ -390,8 +383,7 @@ steps:
 
 #[tokio::test]
 async fn run_lists_scripts_and_shebang_lines() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -432,8 +424,7 @@ steps:
 
 #[tokio::test]
 async fn depends_as_given_and_max_active_steps() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let m = |n: &str| h.path(n).display().to_string();
     // `b` says `depends: []`: it must run beside `a`, not after it (each waits for the other).
     let dag = h.load(
@@ -465,8 +456,7 @@ async fn depends_as_given_and_max_active_steps() {
 
 #[tokio::test]
 async fn working_directories_are_expanded_resolved_and_created() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let base = h.path("wd");
     let dag = h.load(
         "dirs",
@@ -507,8 +497,7 @@ steps:
 
 #[tokio::test]
 async fn dotenv_files_param_eval_and_param_checks() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/.env.base"), "A=base\nB=base\n").unwrap();
     std::fs::write(h.path("dags/.env.local"), "export B=\"local\"\n").unwrap();
@@ -548,8 +537,7 @@ steps:
 
 #[tokio::test]
 async fn the_built_in_run_context_reaches_every_step() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h.run_yaml(&mut rx, "context", r#"
 params: A=1
 steps:
@@ -569,8 +557,7 @@ steps:
 
 #[tokio::test]
 async fn sub_dag_calls_run_children_per_item_in_the_steps_directory() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(
         h.path("dags/helper.yaml"),
@@ -636,8 +623,7 @@ steps:
 /// precondition, `continue_on`, a stdout file, a parallel sub-DAG call and a handler.
 #[tokio::test]
 async fn a_typical_dagu_dag_runs_to_the_documented_result() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let work = h.path("dags/work");
     std::fs::create_dir_all(&work).unwrap();
     // Fails with 75 (a retryable code) once, then publishes its row count.
@@ -817,8 +803,7 @@ async fn a_stop_during_delay_sec_starts_no_step() {
 
 #[tokio::test]
 async fn max_output_size_bounds_captured_output_and_handlers_see_the_status() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -848,8 +833,7 @@ steps:
 
 #[tokio::test]
 async fn a_step_timeout_stops_the_sub_dag_it_called() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h.run_yaml(&mut rx, "slowcall", "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     let call = &rec.steps[0];
@@ -861,8 +845,7 @@ async fn a_step_timeout_stops_the_sub_dag_it_called() {
 
 #[tokio::test]
 async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/token"), "t0k3n-value").unwrap();
     let dag = h.load("passdown", "secrets:\n  - name: TOKEN\n    provider: file\n    key: token\nsteps:\n  - call: child\n    params:\n      GIVEN: ${TOKEN}\n---\nname: child\nparams: GIVEN=none\nsteps:\n  - run: echo \"got $GIVEN\"; printf '%s' \"$GIVEN\" > given.txt\n");
@@ -879,8 +862,7 @@ async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
 
 #[tokio::test]
 async fn positional_params_are_the_commands_arguments() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.load("positional", "params: first second\nsteps:\n  - run: echo \"$1 and $2\"\n  - run: |\n      echo \"script got $1\"\n      echo \"and $2\"\n");
     let rec = h.run(&mut rx, &dag, "r1", "").await;
     assert_eq!(read(&rec.steps[0].stdout), "first and second\n");

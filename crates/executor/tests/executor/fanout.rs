@@ -7,8 +7,7 @@ use super::*;
 
 #[tokio::test]
 async fn parallel_outputs_are_collected_and_a_call_passes_its_childs_outputs() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h.run_yaml(&mut rx, "collect", r#"
 steps:
   - id: fan
@@ -64,8 +63,7 @@ steps:
 
 #[tokio::test]
 async fn partial_children_make_the_step_partially_succeeded() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     // Every child ends `partially_succeeded`: so does the step, and the run; the next step runs.
     let rec = h
         .run_yaml(
@@ -119,8 +117,7 @@ steps:
 
 #[tokio::test]
 async fn foreach_runs_its_body_per_item_and_collects_what_each_left() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h.run_yaml(&mut rx, "episodes", r#"
 env:
   - GREETING: hi
@@ -167,8 +164,7 @@ steps:
 
 #[tokio::test]
 async fn foreach_items_stay_data_and_a_failed_body_fails_the_step() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let rec = h
         .run_yaml(
             &mut rx,
@@ -219,8 +215,7 @@ steps:
 
 #[tokio::test]
 async fn the_run_has_a_work_directory_and_an_actor() {
-    let h = Harness::new();
-    let (_handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
     let dag = h.load(
         "ctx",
         r#"
