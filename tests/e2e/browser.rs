@@ -426,3 +426,56 @@ async fn a_browser_logs_in_and_follows_a_running_job_live() {
     scheduler.signal(Signal::SIGTERM);
     assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
 }
+
+/// `scheduler demo` names each job's page; with `--serve` the hub stays up after the table, its
+/// login link works, and Ctrl-C ends the demo with its verdict's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serve_keeps_the_hub_up_with_a_login_link_until_interrupted() {
+    let mut demo = Proc::spawn("scheduler", &["demo", "--serve"], &[]);
+    demo.wait_for("/login?token=");
+    let login_url = demo
+        .stdout()
+        .lines()
+        .find(|l| l.contains("/login?token="))
+        .expect("the login link")
+        .trim()
+        .to_owned();
+    let out = demo.stdout();
+    assert!(out.contains("all 6 jobs ended as expected"), "{out}");
+    let job_url = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|w| w.starts_with("http://") && w.contains("/jobs/"))
+        .unwrap_or_else(|| panic!("no job page in\n{out}"))
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Without the login: sent to it. With it: the job's page.
+    let anonymous = http.get(&job_url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 303);
+    let login = http.get(&login_url).send().await.unwrap();
+    assert_eq!(login.status(), 303, "{login_url}");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http
+        .get(&job_url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("Timeline") && page.contains("Codertocat/Hello-World"),
+        "{page}"
+    );
+    demo.signal(Signal::SIGINT);
+    assert_eq!(demo.wait().code(), Some(0), "{}", demo.output());
+}
