@@ -163,6 +163,8 @@ pub struct CloudClient {
     pull_batch: Arc<AtomicBool>,
     /// The same for the `progress` extension.
     progress: Arc<AtomicBool>,
+    /// Whether any answer has come yet (until then, what the cloud serves is not known).
+    answered: Arc<AtomicBool>,
 }
 
 impl CloudClient {
@@ -204,6 +206,7 @@ impl CloudClient {
             request_timeout: config.request_timeout,
             pull_batch: Arc::default(),
             progress: Arc::default(),
+            answered: Arc::default(),
         })
     }
 
@@ -220,6 +223,12 @@ impl CloudClient {
         self.progress.load(Ordering::Relaxed)
     }
 
+    /// Whether the cloud has answered any call yet: until it has, [`CloudClient::supports_progress`]
+    /// and [`CloudClient::supports_pull_batch`] say false for want of knowing.
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
     fn note_extensions(&self, headers: &HeaderMap) {
         let advertised = |word: &str| {
             headers
@@ -231,6 +240,7 @@ impl CloudClient {
         self.pull_batch
             .store(advertised(PULL_BATCH), Ordering::Relaxed);
         self.progress.store(advertised(PROGRESS), Ordering::Relaxed);
+        self.answered.store(true, Ordering::Relaxed);
     }
 
     /// A batched call answered as unknown: the cloud no longer serves the extension.

@@ -228,9 +228,11 @@ impl Shared {
     /// progress, or the uploader has settled the job's upload (everything acknowledged, refused
     /// by the hub, or given up). With the extension the logs reach the hub before the final
     /// status, and the tracker entry, by which the uploader finds the job after a restart,
-    /// stays until they have.
+    /// stays until they have. Before the cloud's first answer it is not known whether it takes
+    /// progress, so nothing is settled (the finish could not go then anyway).
     pub(crate) fn upload_settled(&self, job_id: &str) -> bool {
-        !self.client.supports_progress() || lock(&self.uploads_settled).contains(job_id)
+        self.client.has_answered()
+            && (!self.client.supports_progress() || lock(&self.uploads_settled).contains(job_id))
     }
 
     /// Records that the upload of `job_id` has settled and points the report loop at it.
