@@ -7,6 +7,7 @@
 //! environment: the texts are the DAG author's, with references rewritten into variables.
 
 use std::path::Path;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use dispatch_dag::{ConditionCheck, Precondition};
@@ -30,6 +31,24 @@ pub(crate) struct CheckCx<'a> {
     pub(crate) limit: usize,
 }
 
+impl CheckCx<'_> {
+    /// Runs `text` through the shell, with the environment and working directory of what is
+    /// checked; returns how it exited and up to `limit` bytes of its stdout.
+    async fn run(&self, text: &str, limit: usize) -> Result<(ExitStatus, Vec<u8>), String> {
+        let inv = self.shell.command(text);
+        run_captured(
+            &inv.program,
+            &inv.args,
+            self.working_dir,
+            self.env,
+            self.stop,
+            self.clean_up,
+            limit,
+        )
+        .await
+    }
+}
+
 /// Whether every precondition passes (all are checked, in order); an evaluation error (a bad
 /// regular expression, a failed `eval`, a stop) is an `Err`.
 pub(crate) async fn all_met(
@@ -50,18 +69,7 @@ pub(crate) async fn all_met(
 pub(crate) async fn check(condition: &ConditionCheck, cx: &CheckCx<'_>) -> Result<bool, String> {
     match condition {
         ConditionCheck::Command(text) => {
-            let inv = cx.shell.command(text);
-            match run_captured(
-                &inv.program,
-                &inv.args,
-                cx.working_dir,
-                cx.env,
-                cx.stop,
-                cx.clean_up,
-                0,
-            )
-            .await
-            {
+            match cx.run(text, 0).await {
                 Ok((status, _)) => Ok(status.success()),
                 Err(_) if cx.stop.is_cancelled() => Err("stopped".to_owned()),
                 // A command that cannot start is a condition not met, not an error.
@@ -93,17 +101,7 @@ pub(crate) async fn evaluate(text: &str, cx: &CheckCx<'_>) -> Result<String, Str
         delimiter.push('_');
     }
     let script = format!("cat <<{delimiter}\n{text}\n{delimiter}\n");
-    let inv = cx.shell.command(&script);
-    let (status, out) = run_captured(
-        &inv.program,
-        &inv.args,
-        cx.working_dir,
-        cx.env,
-        cx.stop,
-        cx.clean_up,
-        cx.limit,
-    )
-    .await?;
+    let (status, out) = cx.run(&script, cx.limit).await?;
     if !status.success() {
         return Err(format!("`eval` exited with {status}"));
     }

@@ -6,22 +6,17 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
 
 use dispatch_dag::{
     Dag, Foreach, ParallelItems, RunStatus, StepStatus, FOREACH_INDEX, FOREACH_ITEM, FOREACH_KEY,
 };
 use dispatch_webhook_params::Param;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::env::{expand, lookup};
 use crate::outputs::{json_path, json_text};
-use crate::run_cx::RunCx;
-use crate::step_job::StepJob;
 use crate::subdag::{
-    check_depth, collected, json_map, run_children, start_run, step_end, CallEnd, ChildEnd,
+    check_depth, collected, json_map, run_children, start_run, step_end, CallEnd, Caller, ChildEnd,
     MAX_ITEMS,
 };
 
@@ -35,16 +30,15 @@ struct Item {
     key: String,
 }
 
-/// Runs the `foreach` of the step in `job`; `env` is the step's environment, `stop` stops the
-/// bodies (the step's stop, or its timeout).
-pub(crate) async fn run_foreach(
-    run: &Arc<RunCx>,
-    job: &StepJob,
-    foreach: &Foreach,
-    work_dir: &Path,
-    env: &[(String, String)],
-    stop: &CancellationToken,
-) -> CallEnd {
+/// Runs the step's `foreach`.
+pub(crate) async fn run_foreach(caller: &Caller<'_>, foreach: &Foreach) -> CallEnd {
+    let Caller {
+        run,
+        job,
+        env,
+        stop,
+        ..
+    } = *caller;
     if let Err(e) = check_depth(run, &job.step.name) {
         return CallEnd::failed(e);
     }
@@ -55,7 +49,7 @@ pub(crate) async fn run_foreach(
     let body = body_dag(&run.dag, foreach, &job.stem);
     let what = |i: usize| format!("item {i} (key `{}`)", items[i].key);
     let count = (items.len(), foreach.max_concurrent.max(1) as usize);
-    let (ends, sub_runs) = run_children(run, job, count, stop, &what, |i| {
+    let (ends, sub_runs) = run_children(caller, count, &what, |i| {
         let mut params: Vec<Param> = run
             .facts
             .params
@@ -67,7 +61,7 @@ pub(crate) async fn run_foreach(
             Param::named(FOREACH_INDEX, i.to_string()),
             Param::named(FOREACH_KEY, items[i].key.clone()),
         ]);
-        start_run(run, stop, body.clone(), true, &params, work_dir)
+        start_run(caller, body.clone(), true, &params)
     })
     .await;
 

@@ -243,23 +243,30 @@ pub(crate) async fn run_process(
     let mut err_files = outputs.pop().unwrap_or_default();
     let mut out_files = outputs.pop().unwrap_or_default();
     let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let files = std::mem::take(&mut out_files);
-        readers.push(tokio::spawn(pump(
-            stdout,
-            files,
-            spec.stdout.clone(),
-            captured[0].clone(),
-        )));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        let files = std::mem::take(&mut err_files);
-        readers.push(tokio::spawn(pump(
-            stderr,
-            files,
-            spec.stderr.clone(),
-            captured[1].clone(),
-        )));
+    // Boxed so that both streams go through one loop (one allocation per process).
+    type Stream = Box<dyn AsyncRead + Unpin + Send>;
+    let streams = [
+        (
+            child.stdout.take().map(|s| Box::new(s) as Stream),
+            &mut out_files,
+            &spec.stdout,
+        ),
+        (
+            child.stderr.take().map(|s| Box::new(s) as Stream),
+            &mut err_files,
+            &spec.stderr,
+        ),
+    ];
+    for ((stream, files, sink), captured) in streams.into_iter().zip(&captured) {
+        if let Some(stream) = stream {
+            let files = std::mem::take(files);
+            readers.push(tokio::spawn(pump(
+                stream,
+                files,
+                sink.clone(),
+                captured.clone(),
+            )));
+        }
     }
     let timeout = async {
         match spec.timeout {

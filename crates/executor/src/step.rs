@@ -24,7 +24,7 @@ use crate::process::{
 };
 use crate::run_cx::{RunCx, StopReason};
 use crate::step_job::StepJob;
-use crate::subdag::{run_call, CallEnd};
+use crate::subdag::{run_call, CallEnd, Caller};
 
 /// How a step ended and what it left for the steps after it.
 #[derive(Debug, Default)]
@@ -373,14 +373,17 @@ async fn attempt(cx: &AttemptCx<'_>, action: &Action<'_>) -> AttemptEnd {
         Action::Call(_) | Action::Foreach(_) => {
             // The step's timeout stops its children as a stop of the step would.
             let call_stop = job.stop.child_token();
+            let caller = Caller {
+                run,
+                job,
+                work_dir: cx.work_dir,
+                env: cx.env,
+                stop: &call_stop,
+            };
             let calling = async {
                 match action {
-                    Action::Call(call) => {
-                        run_call(run, job, call, cx.work_dir, cx.env, &call_stop).await
-                    }
-                    Action::Foreach(foreach) => {
-                        run_foreach(run, job, foreach, cx.work_dir, cx.env, &call_stop).await
-                    }
+                    Action::Call(call) => run_call(&caller, call).await,
+                    Action::Foreach(foreach) => run_foreach(&caller, foreach).await,
                     Action::Processes(_) => CallEnd::default(),
                 }
             };

@@ -117,16 +117,21 @@ fn ended_well(status: RunStatus) -> bool {
     matches!(status, RunStatus::Succeeded | RunStatus::PartiallySucceeded)
 }
 
-/// Runs the call of the step in `job`; `env` is the step's environment, `stop` stops the
-/// children (the step's stop, or its timeout).
-pub(crate) async fn run_call(
-    run: &Arc<RunCx>,
-    job: &StepJob,
-    call: &SubDagCall,
-    work_dir: &Path,
-    env: &[(String, String)],
-    stop: &CancellationToken,
-) -> CallEnd {
+/// The step that starts child runs (a call, a `foreach`), as its children see it.
+pub(crate) struct Caller<'a> {
+    pub(crate) run: &'a Arc<RunCx>,
+    pub(crate) job: &'a StepJob,
+    /// The step's working directory: a child without its own runs there.
+    pub(crate) work_dir: &'a Path,
+    /// The step's environment (for `${VAR}` in the call's params and items).
+    pub(crate) env: &'a [(String, String)],
+    /// Stops the children: the step's stop, or its timeout.
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// Runs the step's sub-DAG `call`.
+pub(crate) async fn run_call(caller: &Caller<'_>, call: &SubDagCall) -> CallEnd {
+    let Caller { run, env, stop, .. } = *caller;
     if let Err(e) = check_depth(run, &call.dag) {
         return CallEnd::failed(e);
     }
@@ -139,17 +144,11 @@ pub(crate) async fn run_call(
         .as_ref()
         .map_or(1, |p| p.max_concurrent.max(1) as usize);
     let what = |i: usize| format!("sub-DAG `{}`", children[i].dag);
-    let (ends, sub_runs) = run_children(
-        run,
-        job,
-        (children.len(), max_concurrent),
-        stop,
-        &what,
-        |i| {
-            let (dag, local) = find_dag(run, &children[i].dag)?;
-            start_run(run, stop, dag, local, &children[i].params, work_dir)
-        },
-    )
+    let count = (children.len(), max_concurrent);
+    let (ends, sub_runs) = run_children(caller, count, &what, |i| {
+        let (dag, local) = find_dag(run, &children[i].dag)?;
+        start_run(caller, dag, local, &children[i].params)
+    })
     .await;
     let mut end = step_end(&ends, stop, &what);
     end.sub_runs = sub_runs;
@@ -194,13 +193,12 @@ pub(crate) fn check_depth(run: &RunCx, what: &str) -> Result<(), String> {
 /// `what(i)` names child `i` in the step's log. Returns how each ended and the
 /// `<dag>/<run_id>` of those started.
 pub(crate) async fn run_children(
-    run: &Arc<RunCx>,
-    job: &StepJob,
+    caller: &Caller<'_>,
     (count, max_concurrent): (usize, usize),
-    stop: &CancellationToken,
     what: &(dyn Fn(usize) -> String + Sync),
     start: impl Fn(usize) -> Result<Start, String> + Sync,
 ) -> (Vec<ChildEnd>, Vec<String>) {
+    let Caller { run, job, stop, .. } = *caller;
     let mut out = StepOutput(job.stdout.clone());
     let mut set: JoinSet<(usize, RunRecord)> = JoinSet::new();
     let mut ends: Vec<ChildEnd> = (0..count).map(|_| ChildEnd::default()).collect();
@@ -465,13 +463,17 @@ pub(crate) fn parse_items(text: &str) -> Vec<Value> {
 /// whether `dag` is a `---` document of the top-level file (or a `foreach` body), whose
 /// siblings it may call by name.
 pub(crate) fn start_run(
-    run: &Arc<RunCx>,
-    stop: &CancellationToken,
+    caller: &Caller<'_>,
     dag: Dag,
     local: bool,
     params: &[Param],
-    work_dir: &Path,
 ) -> Result<Start, String> {
+    let Caller {
+        run,
+        work_dir,
+        stop,
+        ..
+    } = *caller;
     let mut snapshot = resolve_params(&dag, params).map_err(|e| e.to_string())?;
     if snapshot.working_dir.is_none() {
         snapshot.working_dir = Some(work_dir.to_path_buf());
