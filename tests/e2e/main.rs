@@ -6,6 +6,7 @@ mod browser;
 mod crash;
 mod embedded;
 mod hub_and_scheduler;
+mod progress;
 mod run_by_hand;
 mod scheduler;
 mod support;
