@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::gauges::Tally;
 use super::heads;
 use super::jobs;
-use super::reports::{self, Reports};
+use super::reports::Reports;
 use super::rows::{self, Delivery, DeliveryOutcome, RawDelivery};
 use super::writer::Durability;
 use super::Store;
@@ -320,30 +320,16 @@ impl Store {
     /// the delivery and the GitHub calls (the one comment) that answer the command.
     pub fn approve(
         &self,
-        mut delivery: Delivery,
+        delivery: Delivery,
         cmd: ApproveCommand,
         now_ms: i64,
         make_jobs: impl FnOnce(&HeldEvent, &[String]) -> Vec<NewJob> + Send + 'static,
         reports: Reports,
         answer: impl FnOnce(&Approval) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<Approval>), HubError> {
-        self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
-                return Ok((dup, None));
-            }
-            let (approval, job_ids) =
-                approve(tx, &cmd, &delivery.id, now_ms, make_jobs, &reports, tally)?;
-            let (note, calls) = answer(&approval);
-            for (path, body) in calls {
-                reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
-            }
-            delivery.reason = note;
-            rows::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
-            let outcome = DeliveryOutcome {
-                job_ids,
-                duplicate: false,
-            };
-            Ok((outcome, Some(approval)))
-        })
+        let run = move |tx: &Connection, delivery: &Delivery, tally: &mut Tally| {
+            approve(tx, &cmd, &delivery.id, now_ms, make_jobs, &reports, tally)
+        };
+        self.run_command(delivery, now_ms, run, answer)
     }
 }

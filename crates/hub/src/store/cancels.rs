@@ -25,7 +25,6 @@ use super::gauges::Tally;
 use super::reports::{self, FinishedJob, NoReports, Reports};
 use super::rows::{self, decode_job, machine_name, Caller, Delivery, DeliveryOutcome, RawDelivery};
 use super::state::JobState;
-use super::writer::Durability;
 use super::Store;
 use crate::error::HubError;
 use crate::matching::{new_job_id, NewJob};
@@ -363,28 +362,17 @@ impl Store {
     /// GitHub calls (the one comment) that answer the command. A redelivery changes nothing.
     pub fn cancel(
         &self,
-        mut delivery: Delivery,
+        delivery: Delivery,
         cmd: CancelCommand,
         now_ms: i64,
         reports: Reports,
         answer: impl FnOnce(&CancelOutcome) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<CancelOutcome>), HubError> {
-        self.write_counted(Durability::Full, move |tx, tally| {
-            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
-                return Ok((dup, None));
-            }
-            let outcome = cancel(tx, &cmd, &delivery, now_ms, &reports, tally)?;
-            let (note, calls) = answer(&outcome);
-            for (path, body) in calls {
-                reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
-            }
-            delivery.reason = note;
-            rows::insert_delivery(tx, &delivery, &outcome.cancel_jobs, now_ms)?;
-            let recorded = DeliveryOutcome {
-                job_ids: outcome.cancel_jobs.clone(),
-                duplicate: false,
-            };
-            Ok((recorded, Some(outcome)))
-        })
+        let run = move |tx: &Connection, delivery: &Delivery, tally: &mut Tally| {
+            let outcome = cancel(tx, &cmd, delivery, now_ms, &reports, tally)?;
+            let jobs = outcome.cancel_jobs.clone();
+            Ok((outcome, jobs))
+        };
+        self.run_command(delivery, now_ms, run, answer)
     }
 }

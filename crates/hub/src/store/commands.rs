@@ -7,11 +7,50 @@
 
 use rusqlite::{params, Connection};
 
+use super::gauges::Tally;
+use super::reports;
+use super::rows::{self, Delivery, DeliveryOutcome};
+use super::writer::Durability;
 use super::Store;
 use crate::error::HubError;
 use crate::trust::CommandComment;
 
+/// The note recorded with a command's delivery, and the GitHub calls (path, body) that answer
+/// the command.
+type Answer = (String, Vec<(String, String)>);
+
 impl Store {
+    /// Carries out a comment command in one transaction: `run` does what the command asks and
+    /// returns its result with the ids of the jobs it made; `answer` gives what is recorded and
+    /// sent back for that result. A redelivery changes nothing and gives no result.
+    pub(super) fn run_command<T: Send + 'static>(
+        &self,
+        mut delivery: Delivery,
+        now_ms: i64,
+        run: impl FnOnce(&Connection, &Delivery, &mut Tally) -> Result<(T, Vec<String>), HubError>
+            + Send
+            + 'static,
+        answer: impl FnOnce(&T) -> Answer + Send + 'static,
+    ) -> Result<(DeliveryOutcome, Option<T>), HubError> {
+        self.write_counted(Durability::Full, move |tx, tally| {
+            if let Some(dup) = rows::redelivery(tx, &delivery.id)? {
+                return Ok((dup, None));
+            }
+            let (result, job_ids) = run(tx, &delivery, tally)?;
+            let (note, calls) = answer(&result);
+            for (path, body) in calls {
+                reports::queue(tx, &delivery.id, &path, &body, now_ms)?;
+            }
+            delivery.reason = note;
+            rows::insert_delivery(tx, &delivery, &job_ids, now_ms)?;
+            let outcome = DeliveryOutcome {
+                job_ids,
+                duplicate: false,
+            };
+            Ok((outcome, Some(result)))
+        })
+    }
+
     /// The delivery that first brought `comment`: `delivery_id` itself when none did before (it
     /// is recorded as the first), or the earlier one.
     pub fn first_delivery_of_comment(

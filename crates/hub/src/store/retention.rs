@@ -183,6 +183,7 @@ mod tests {
 
     use super::*;
     use crate::matching::NewJob;
+    use crate::store::writer::temp_database;
     use crate::store::{Caller, RawDelivery, Transition};
 
     const DAY: i64 = 24 * 3600 * 1000;
@@ -250,8 +251,7 @@ mod tests {
 
     #[test]
     fn a_pass_forgets_old_finished_work_keeps_the_rest_and_shrinks_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.sqlite3");
+        let (_dir, path) = temp_database();
         let s = Store::open(&path).unwrap();
         // Old and finished: 150 deliveries of two jobs each (one payload apiece).
         for i in 0..150 {

@@ -284,6 +284,7 @@ fn trust_heads_and_approvals(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::writer::temp_database;
     use crate::store::{Store, Transition};
 
     /// A database exactly as the previous release left it: its tables, no `user_version`, two
@@ -319,8 +320,7 @@ mod tests {
 
     #[test]
     fn a_previous_release_database_is_migrated_and_answers_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.sqlite3");
+        let (_dir, path) = temp_database();
         previous_release_database(&path);
         let store = Store::open(&path).unwrap();
         let conn = Connection::open(&path).unwrap();
@@ -366,8 +366,7 @@ mod tests {
 
     #[test]
     fn a_new_database_gets_every_step_and_a_newer_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.sqlite3");
+        let (_dir, path) = temp_database();
         drop(Store::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
         let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };

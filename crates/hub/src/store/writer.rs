@@ -163,14 +163,22 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<()
     tx.commit()
 }
 
+/// A database file, not yet made, in a fresh temporary directory that goes when the `TempDir`
+/// is dropped.
+#[cfg(test)]
+pub(super) fn temp_database() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sqlite3");
+    (dir, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_failed_write_rolls_back_alone_within_its_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.sqlite3");
+        let (_dir, path) = temp_database();
         let mut conn = open_connection(&path).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
         let op = |v: i64, fail: bool| {
