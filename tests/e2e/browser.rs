@@ -251,14 +251,11 @@ impl Browser {
             .unwrap();
         resp["value"]
             .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter(|e| e["level"] == "SEVERE")
-                    .map(|e| e["message"].to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("chromedriver gave no browser log: {resp}"))
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].to_string())
+            .collect()
     }
 
     async fn close(&self) {

@@ -37,6 +37,13 @@ use state::Web;
 /// connection of their own.
 pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router, HubError> {
     let web = Arc::new(Web::open(app, db)?);
+    let base = web.app.cfg.public_url.as_deref().unwrap_or_default();
+    if web.token.is_some() {
+        // The token itself is never logged.
+        tracing::info!(login = %format!("{base}/login"), "web pages on; log in with the ui_token");
+    } else {
+        tracing::info!("web pages off: no ui_token set");
+    }
     let pages = Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/jobs", get(jobs::jobs_page))
