@@ -703,3 +703,21 @@ async fn a_job_without_progress_says_so_and_the_assets_are_public() {
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn an_open_tail_does_not_hold_up_the_hubs_stop() {
+    let hub = TestHub::start(|_| {}).await;
+    let ids = hub.push("d-1").await;
+    let mut tail = hub
+        .get(&format!("/jobs/{}/events", ids[0]), Auth::Bearer(TOKEN))
+        .await;
+    let mut seen = String::new();
+    events_until(&mut tail, &mut seen, "job", "\"state\":\"queued\"").await;
+    // `stop` waits (at most a minute) for the server to end, which waits for the open tail.
+    hub.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(_)) = tail.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the tail ended with the hub");
+}
