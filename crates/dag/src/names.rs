@@ -11,29 +11,67 @@ pub const MAX_RUN_ID_LEN: usize = 64;
 
 /// Accepts `[A-Za-z0-9._-]{1,128}` except `.`-only names and names holding `..`.
 pub fn validate_dag_name(name: &str) -> Result<(), StoreError> {
-    validate_name("DAG name", name)
+    check("DAG name", name, &NAME)
 }
 
 /// Same rules as [`validate_dag_name`]; a queue is a directory name too.
 pub(crate) fn validate_queue_name(name: &str) -> Result<(), StoreError> {
-    validate_name("queue name", name)
+    check("queue name", name, &NAME)
 }
 
-fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
-    let reason = if name.is_empty() {
+/// Accepts `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_run_id(run_id: &str) -> Result<(), StoreError> {
+    check("run id", run_id, &ID)
+}
+
+/// Attempt ids follow the run-id rules.
+pub(crate) fn validate_attempt_id(id: &str) -> Result<(), StoreError> {
+    check("attempt id", id, &ID)
+}
+
+/// What one kind of name may hold.
+struct Rules {
+    max_len: usize,
+    too_long: &'static str,
+    /// Bytes allowed besides ASCII letters and digits.
+    extra: &'static [u8],
+    allowed: &'static str,
+    /// Names that may hold `.` are checked for separators, `..` and `.` first, with their own
+    /// reasons.
+    dots: bool,
+}
+
+const NAME: Rules = Rules {
+    max_len: MAX_DAG_NAME_LEN,
+    too_long: "longer than 128 bytes",
+    extra: b"._-",
+    allowed: "may only hold A-Z, a-z, 0-9, `.`, `_` and `-`",
+    dots: true,
+};
+
+const ID: Rules = Rules {
+    max_len: MAX_RUN_ID_LEN,
+    too_long: "longer than 64 bytes",
+    extra: b"_-",
+    allowed: "may only hold A-Z, a-z, 0-9, `_` and `-`",
+    dots: false,
+};
+
+fn check(kind: &'static str, value: &str, rules: &Rules) -> Result<(), StoreError> {
+    let reason = if value.is_empty() {
         Some("must not be empty")
-    } else if name.len() > MAX_DAG_NAME_LEN {
-        Some("longer than 128 bytes")
-    } else if name.contains('/') || name.contains('\\') {
+    } else if value.len() > rules.max_len {
+        Some(rules.too_long)
+    } else if rules.dots && (value.contains('/') || value.contains('\\')) {
         Some("must not hold a path separator")
-    } else if name.contains("..") {
+    } else if rules.dots && value.contains("..") {
         Some("must not hold `..`")
-    } else if !name
+    } else if !value
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        .all(|b| b.is_ascii_alphanumeric() || rules.extra.contains(&b))
     {
-        Some("may only hold A-Z, a-z, 0-9, `.`, `_` and `-`")
-    } else if name == "." {
+        Some(rules.allowed)
+    } else if rules.dots && value == "." {
         Some("must not be `.`")
     } else {
         None
@@ -41,40 +79,7 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
     match reason {
         Some(reason) => Err(StoreError::InvalidName {
             kind,
-            value: name.to_owned(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Accepts `[A-Za-z0-9_-]{1,64}`.
-pub fn validate_run_id(run_id: &str) -> Result<(), StoreError> {
-    validate_id("run id", run_id)
-}
-
-/// Attempt ids follow the run-id rules.
-pub(crate) fn validate_attempt_id(id: &str) -> Result<(), StoreError> {
-    validate_id("attempt id", id)
-}
-
-fn validate_id(kind: &'static str, id: &str) -> Result<(), StoreError> {
-    let reason = if id.is_empty() {
-        Some("must not be empty")
-    } else if id.len() > MAX_RUN_ID_LEN {
-        Some("longer than 64 bytes")
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-    {
-        Some("may only hold A-Z, a-z, 0-9, `_` and `-`")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(StoreError::InvalidName {
-            kind,
-            value: id.to_owned(),
+            value: value.to_owned(),
             reason,
         }),
         None => Ok(()),

@@ -153,6 +153,14 @@ mod tests {
         s.dags.load(name).unwrap()
     }
 
+    /// Stores in a fresh directory with the DAG `build` (keep the directory for the test).
+    fn build() -> (tempfile::TempDir, Stores, Dag) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = stores(tmp.path());
+        let d = dag(&s, tmp.path(), "build");
+        (tmp, s, d)
+    }
+
     /// A run of `dag` with `status` that finished `age_days` before [`NOW`], with a log file.
     fn run(s: &Stores, dag: &Dag, run_id: &str, status: RunStatus, age_days: u64) {
         let logs = s.log_dir.join(&dag.name).join(run_id).join("a1");
@@ -190,9 +198,7 @@ mod tests {
 
     #[test]
     fn removes_old_finished_runs_with_their_logs_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = stores(tmp.path());
-        let d = dag(&s, tmp.path(), "build");
+        let (_tmp, s, d) = build();
         let cases = [
             ("old-ok", RunStatus::Succeeded, 31, false),
             ("old-failed", RunStatus::Failed, 45, false),
@@ -220,9 +226,7 @@ mod tests {
 
     #[test]
     fn held_runs_are_kept_whatever_their_age() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = stores(tmp.path());
-        let d = dag(&s, tmp.path(), "build");
+        let (_tmp, s, d) = build();
         run(&s, &d, "tracked", RunStatus::Succeeded, 100);
         run(&s, &d, "reported", RunStatus::Succeeded, 100);
         let held = |dag: &str, run_id: &str| dag == "build" && run_id == "tracked";
@@ -237,9 +241,7 @@ mod tests {
 
     #[test]
     fn the_clock_decides_when_a_run_is_old_enough() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = stores(tmp.path());
-        let d = dag(&s, tmp.path(), "build");
+        let (_tmp, s, d) = build();
         run(&s, &d, "r", RunStatus::Succeeded, 0);
         let day = |n: u64| NOW + n * DAY_MS;
         prune_finished_runs(&s, 7, day(7), &never_held).unwrap();
@@ -253,9 +255,7 @@ mod tests {
 
     #[test]
     fn zero_days_keeps_no_finished_run() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = stores(tmp.path());
-        let d = dag(&s, tmp.path(), "build");
+        let (_tmp, s, d) = build();
         run(&s, &d, "done", RunStatus::Succeeded, 0);
         run(&s, &d, "going", RunStatus::Running, 0);
         prune_finished_runs(&s, 0, NOW + 1, &never_held).unwrap();
@@ -265,9 +265,7 @@ mod tests {
 
     #[test]
     fn a_run_without_times_is_kept_and_a_missing_log_dir_is_fine() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = stores(tmp.path());
-        let d = dag(&s, tmp.path(), "build");
+        let (_tmp, s, d) = build();
         let mut record = RunRecord {
             dag_name: "build".into(),
             run_id: "timeless".into(),
