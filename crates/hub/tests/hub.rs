@@ -1469,3 +1469,6 @@ mod fleet;
 
 #[path = "hub/batch.rs"]
 mod batch;
+
+#[path = "hub/progress.rs"]
+mod progress;

@@ -1,0 +1,169 @@
+//! The `progress` extension over HTTP: the server holding a job sends its run start, step
+//! states and log chunks; chunks are idempotent by offset, a gap is answered with the offset the
+//! hub expects, the job's log is cut at the cap, and nobody else may send.
+
+use super::*;
+
+const CAP: u64 = dispatch_protocol::DEFAULT_JOB_LOG_CAP;
+
+async fn progress(hub: &TestHub, c: &Creds, id: &str, body: Value) -> reqwest::Response {
+    let mut body = body;
+    body["license_id"] = json!(c.license_id);
+    body["server_id"] = json!(c.server_id);
+    body["secret"] = json!(c.secret);
+    hub.post(&format!("/api/v1/github/dispatch/{id}/progress"), body)
+        .await
+}
+
+/// Sends one chunk of `build`'s stdout; the hub must take the call (200). Its answer.
+async fn chunk(hub: &TestHub, c: &Creds, id: &str, offset: u64, data: &str) -> Value {
+    let resp = progress(
+        hub,
+        c,
+        id,
+        json!({"logs": [{"step": "build", "stream": "stdout", "offset": offset, "data": data}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+/// A hub with one job, pulled and accepted by `srv-1` of `lic-a`.
+async fn accepted_job() -> (TestHub, Creds, String) {
+    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    let c = hub.activate("lic-a", "srv-1").await;
+    hub.push("d1").await;
+    let id = hub.pull_id(&c).await;
+    hub.accept_ok(&c, &id).await;
+    (hub, c, id)
+}
+
+#[tokio::test]
+async fn chunks_are_acknowledged_by_offset_and_a_gap_names_the_offset_expected() {
+    let (mut hub, c, id) = accepted_job().await;
+    let resp = progress(
+        &hub,
+        &c,
+        &id,
+        json!({"run_started_ms": 5,
+               "steps": [{"name": "build", "status": "running", "started_ms": 6}],
+               "logs": [{"step": "build", "stream": "stdout", "offset": 0, "data": "hello\n"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["x-dispatch-extensions"],
+        "pull-batch, progress"
+    );
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"logs": [{"step": "build", "stream": "stdout", "next_offset": 6, "accepted": true}],
+               "log_bytes": 6, "log_cap": CAP, "truncated": false})
+    );
+    // The same chunk again changes nothing; one that overlaps adds only what is new.
+    assert_eq!(chunk(&hub, &c, &id, 0, "hello\n").await["log_bytes"], 6);
+    assert_eq!(
+        chunk(&hub, &c, &id, 3, "lo\nworld\n").await["log_bytes"],
+        12
+    );
+    let gap = chunk(&hub, &c, &id, 40, "later\n").await;
+    assert_eq!(
+        gap["logs"][0],
+        json!({"step": "build", "stream": "stdout", "next_offset": 12, "accepted": false})
+    );
+    // After a restart of the hub, an empty chunk at 0 tells the scheduler where to go on.
+    hub.restart().await;
+    let probe = chunk(&hub, &c, &id, 0, "").await;
+    assert_eq!(probe["logs"][0]["next_offset"], 12);
+    // Logs that trail the finish are still taken.
+    hub.finish_ok(&c, &id, "succeeded", "").await;
+    let resp = progress(
+        &hub,
+        &c,
+        &id,
+        json!({"steps": [{"name": "build", "status": "succeeded", "exit_code": 0,
+                          "started_ms": 6, "finished_ms": 9}],
+               "logs": [{"step": "build", "stream": "stdout", "offset": 12, "data": "bye\n",
+                         "eof": true}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["log_bytes"], 16);
+}
+
+#[tokio::test]
+async fn only_the_server_holding_the_job_may_send_its_progress() {
+    let (hub, c, id) = accepted_job().await;
+    let other = hub.activate("lic-a", "srv-2").await;
+    let other_license = hub.activate("lic-b", "srv-3").await;
+    let body = json!({"logs": [{"step": "build", "stream": "stdout", "offset": 0, "data": "x"}]});
+    let wrong_secret = Creds {
+        license_id: c.license_id.clone(),
+        server_id: c.server_id.clone(),
+        secret: "nope".into(),
+    };
+    for (who, job, want) in [
+        (&wrong_secret, id.as_str(), StatusCode::UNAUTHORIZED),
+        (&other, id.as_str(), StatusCode::CONFLICT),
+        (&other_license, id.as_str(), StatusCode::CONFLICT),
+        (&c, "no-such-job", StatusCode::NOT_FOUND),
+    ] {
+        let resp = progress(&hub, who, job, body.clone()).await;
+        assert_eq!(resp.status(), want, "{}", resp.text().await.unwrap());
+    }
+    // A job still queued is nobody's.
+    let (status, answer) = hub.push("d2").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let waiting = ids(&answer).remove(0);
+    let resp = progress(&hub, &c, &waiting, body.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    // Nothing of these reached the job's log.
+    let probe = chunk(&hub, &c, &id, 0, "").await;
+    assert_eq!(probe["log_bytes"], 0);
+}
+
+#[tokio::test]
+async fn malformed_progress_is_a_400_naming_the_rule() {
+    let (hub, c, id) = accepted_job().await;
+    let too_much = "x".repeat(dispatch_protocol::MAX_PROGRESS_DATA_BYTES + 1);
+    for (body, word) in [
+        (
+            json!({"logs": [{"step": "", "stream": "stdout", "offset": 0, "data": "x"}]}),
+            "step name",
+        ),
+        (
+            json!({"logs": [{"step": "s", "stream": "stdout", "offset": 0, "data": too_much}]}),
+            "bytes of log text",
+        ),
+        (
+            json!({"logs": [{"step": "s", "stream": "stdin", "offset": 0}]}),
+            "invalid request body",
+        ),
+    ] {
+        let resp = progress(&hub, &c, &id, body).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let message = resp.text().await.unwrap();
+        assert!(message.contains(word), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_job_log_is_cut_at_the_cap() {
+    let (hub, c, id) = accepted_job().await;
+    let piece = "y".repeat(dispatch_protocol::MAX_PROGRESS_DATA_BYTES);
+    let mut offset = 0;
+    let last = loop {
+        let answer = chunk(&hub, &c, &id, offset, &piece).await;
+        offset = answer["logs"][0]["next_offset"].as_u64().unwrap();
+        if answer["truncated"] == true {
+            break answer;
+        }
+        assert!(offset <= CAP, "past the cap without being cut");
+    };
+    assert_eq!((offset, last["log_bytes"].as_u64().unwrap()), (CAP, CAP));
+    let more = chunk(&hub, &c, &id, offset, "z").await;
+    assert_eq!(more["logs"][0]["next_offset"], CAP, "nothing after the cap");
+    assert_eq!(more["truncated"], true);
+}
