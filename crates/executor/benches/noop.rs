@@ -393,50 +393,22 @@ async fn bench(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut json_path = None;
-    while let Some(arg) = args.next() {
-        // Cargo passes `--bench`; other harness flags are ignored the same way.
-        if arg == "--json" {
-            json_path = args.next();
-        }
-    }
-    let scratch = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: failed to create scratch directory: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: failed to start tokio: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let results = match runtime.block_on(bench(scratch.path())) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{:<56} {:>10} unit", "measurement", "value");
-    for r in &results {
-        println!(
-            "{:<56} {:>10.3} {}",
-            r["name"].as_str().unwrap_or(""),
-            r["value"].as_f64().unwrap_or(f64::NAN),
-            r["unit"].as_str().unwrap_or("")
-        );
-    }
-    if let Some(path) = json_path {
-        let json = serde_json::to_vec_pretty(&results).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, json) {
-            eprintln!("error: failed to write `{path}`: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    ExitCode::SUCCESS
+    dispatch_test_support::bench_main(
+        |scratch| {
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| format!("failed to start tokio: {e}"))?;
+            runtime.block_on(bench(scratch))
+        },
+        |results| {
+            println!("{:<56} {:>10} unit", "measurement", "value");
+            for r in results {
+                println!(
+                    "{:<56} {:>10.3} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["value"].as_f64().unwrap_or(f64::NAN),
+                    r["unit"].as_str().unwrap_or("")
+                );
+            }
+        },
+    )
 }
