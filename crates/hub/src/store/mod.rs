@@ -473,65 +473,62 @@ mod tests {
         );
     }
 
+    /// A store holding job `j1`, claimed by server `a` of license `l` at 0 for `lease_ms`.
+    fn claimed(lease_ms: i64) -> (tempfile::TempDir, Store) {
+        let (d, s) = store();
+        add(&s, "d1", &[new_job("j1", "")]);
+        s.claim_next("l", "a", 0, lease_ms).unwrap().unwrap();
+        (d, s)
+    }
+
+    /// Any conflict, whatever its reason.
+    const CONFLICT: Transition = Transition::Conflict(String::new());
+
+    /// `t`, with a conflict's reason left out so that outcomes compare alone.
+    fn outcome(t: Transition) -> Transition {
+        match t {
+            Transition::Conflict(_) => CONFLICT,
+            other => other,
+        }
+    }
+
     #[test]
     fn last_claimant_may_accept_after_its_lease_ran_out_but_nobody_else() {
-        let (_d, s) = store();
-        add(&s, "d1", &[new_job("j1", "")]);
-        s.claim_next("l", "a", 0, 10).unwrap().unwrap();
+        let (_d, s) = claimed(10);
         assert_eq!(s.requeue_expired(10).unwrap(), 1);
-        assert!(matches!(
-            s.accept("j1", who("l", "b"), "r", 11).unwrap(),
-            Transition::Conflict(_)
-        ));
-        assert_eq!(
-            s.accept("j1", who("l", "a"), "r", 11).unwrap(),
-            Transition::Done
-        );
+        for (server, want) in [("b", CONFLICT), ("a", Transition::Done)] {
+            let got = s.accept("j1", who("l", server), "r", 11).unwrap();
+            assert_eq!(outcome(got), want, "accept by {server}");
+        }
         assert!(s.claim_next("l", "b", 20, 10).unwrap().is_none());
     }
 
     #[test]
     fn accept_and_finish_rules() {
-        let (_d, s) = store();
-        add(&s, "d1", &[new_job("j1", "")]);
-        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
-        assert_eq!(
-            s.accept("nope", who("l", "a"), "r", 1).unwrap(),
-            Transition::NotFound
-        );
-        assert!(matches!(
-            s.accept("j1", who("l", "b"), "r", 1).unwrap(),
-            Transition::Conflict(_)
-        ));
-        assert_eq!(
-            s.accept("j1", who("l", "a"), "j1", 1).unwrap(),
-            Transition::Done
-        );
-        assert_eq!(
-            s.accept("j1", who("l", "a"), "j1", 2).unwrap(),
-            Transition::Repeated
-        );
-        let no_reports = |_: &FinishedJob| Vec::new();
-        assert!(matches!(
-            s.finish("j1", who("l", "b"), "succeeded", "", 3, no_reports)
-                .unwrap(),
-            Transition::Conflict(_)
-        ));
-        assert_eq!(
-            s.finish("j1", who("l", "a"), "succeeded", "ok", 3, no_reports)
-                .unwrap(),
-            Transition::Done
-        );
-        assert_eq!(
-            s.finish("j1", who("l", "a"), "succeeded", "ok", 4, no_reports)
-                .unwrap(),
-            Transition::Repeated
-        );
-        assert!(matches!(
-            s.finish("j1", who("l", "a"), "failed", "", 5, no_reports)
-                .unwrap(),
-            Transition::Conflict(_)
-        ));
+        let (_d, s) = claimed(60_000);
+        let accepts = [
+            ("nope", "a", "r", 1, Transition::NotFound),
+            ("j1", "b", "r", 1, CONFLICT),
+            ("j1", "a", "j1", 1, Transition::Done),
+            ("j1", "a", "j1", 2, Transition::Repeated),
+        ];
+        for (n, (job, server, run, at, want)) in accepts.into_iter().enumerate() {
+            let got = s.accept(job, who("l", server), run, at).unwrap();
+            assert_eq!(outcome(got), want, "accept {n}");
+        }
+        let finishes = [
+            ("b", "succeeded", "", 3, CONFLICT),
+            ("a", "succeeded", "ok", 3, Transition::Done),
+            ("a", "succeeded", "ok", 4, Transition::Repeated),
+            ("a", "failed", "", 5, CONFLICT),
+        ];
+        for (n, (server, status, summary, at, want)) in finishes.into_iter().enumerate() {
+            let no_reports = |_: &FinishedJob| Vec::new();
+            let got = s
+                .finish("j1", who("l", server), status, summary, at, no_reports)
+                .unwrap();
+            assert_eq!(outcome(got), want, "finish {n}");
+        }
         assert_eq!(
             s.job_state("j1").unwrap(),
             Some((JobState::Finished, "succeeded".into()))
@@ -540,9 +537,7 @@ mod tests {
 
     #[test]
     fn reports_are_queued_with_finish() {
-        let (_d, s) = store();
-        add(&s, "d1", &[new_job("j1", "")]);
-        s.claim_next("l", "a", 0, 60_000).unwrap().unwrap();
+        let (_d, s) = claimed(60_000);
         s.finish("j1", who("l", "a"), "failed", "", 10, |j| {
             vec![(format!("/x/{}", j.job.dag_name), "{}".into())]
         })
