@@ -242,126 +242,31 @@ mod tests {
     fn repeat_decisions() {
         use RepeatMode::*;
         // (policy, runs so far, condition met, exit code, succeeded) → repeat?
+        let while_limit_3 = repeat(While, false, &[], Some(3));
+        let while_unlimited = repeat(While, false, &[], None);
+        let while_condition = repeat(While, true, &[], None);
+        let until_condition = repeat(Until, true, &[], None);
+        let while_codes_1 = repeat(While, false, &[1], None);
+        let until_codes_0 = repeat(Until, false, &[0], None);
+        let until_limit_2 = repeat(Until, false, &[], Some(2));
         let cases = [
-            (
-                repeat(While, false, &[], Some(3)),
-                1,
-                None,
-                Some(0),
-                true,
-                true,
-            ),
-            (
-                repeat(While, false, &[], Some(3)),
-                3,
-                None,
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(While, false, &[], None),
-                1,
-                None,
-                Some(1),
-                false,
-                false,
-            ),
-            (
-                repeat(While, true, &[], None),
-                1,
-                Some(true),
-                Some(0),
-                true,
-                true,
-            ),
-            (
-                repeat(While, true, &[], None),
-                1,
-                Some(false),
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(Until, true, &[], None),
-                1,
-                Some(false),
-                Some(0),
-                true,
-                true,
-            ),
-            (
-                repeat(Until, true, &[], None),
-                1,
-                Some(true),
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(While, false, &[1], None),
-                1,
-                None,
-                Some(1),
-                false,
-                true,
-            ),
-            (
-                repeat(While, false, &[1], None),
-                2,
-                None,
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(Until, false, &[0], None),
-                1,
-                None,
-                Some(2),
-                false,
-                true,
-            ),
-            (
-                repeat(Until, false, &[0], None),
-                2,
-                None,
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(Until, false, &[], Some(2)),
-                1,
-                None,
-                Some(0),
-                true,
-                true,
-            ),
-            (
-                repeat(Until, false, &[], Some(2)),
-                2,
-                None,
-                Some(0),
-                true,
-                false,
-            ),
-            (
-                repeat(Until, true, &[], None),
-                1,
-                Some(false),
-                Some(1),
-                false,
-                false,
-            ),
+            (&while_limit_3, 1, None, Some(0), true, true),
+            (&while_limit_3, 3, None, Some(0), true, false),
+            (&while_unlimited, 1, None, Some(1), false, false),
+            (&while_condition, 1, Some(true), Some(0), true, true),
+            (&while_condition, 1, Some(false), Some(0), true, false),
+            (&until_condition, 1, Some(false), Some(0), true, true),
+            (&until_condition, 1, Some(true), Some(0), true, false),
+            (&while_codes_1, 1, None, Some(1), false, true),
+            (&while_codes_1, 2, None, Some(0), true, false),
+            (&until_codes_0, 1, None, Some(2), false, true),
+            (&until_codes_0, 2, None, Some(0), true, false),
+            (&until_limit_2, 1, None, Some(0), true, true),
+            (&until_limit_2, 2, None, Some(0), true, false),
+            (&until_condition, 1, Some(false), Some(1), false, false),
         ];
         for (i, (policy, runs, met, code, ok, want)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                should_repeat(&policy, runs, met, code, ok),
-                want,
-                "case {i}"
-            );
+            assert_eq!(should_repeat(policy, runs, met, code, ok), want, "case {i}");
         }
     }
 }

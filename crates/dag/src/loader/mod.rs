@@ -302,6 +302,13 @@ impl<'a> Cx<'a> {
 
     /// A non-negative integer; a quoted number is accepted when `quoted_ok` (Dagu accepts
     /// numeric strings for retry counts and intervals).
+    /// A string value without surrounding whitespace (errors reported).
+    pub(crate) fn trimmed(&self, key: &str, e: &Entry<'_>) -> Option<String> {
+        self.ok(self.string(key, e))
+            .flatten()
+            .map(|s| s.trim().to_owned())
+    }
+
     pub(crate) fn uint_at(
         &self,
         key: &str,

@@ -205,11 +205,7 @@ impl Cx<'_> {
         if let Some(e) = get("id") {
             parsed.id_line = Some(e.line);
             let k = join(key, "id");
-            if let Some(id) = self
-                .ok(self.string(&k, e))
-                .flatten()
-                .map(|s| s.trim().to_owned())
-            {
+            if let Some(id) = self.trimmed(&k, e) {
                 if !(id.starts_with(|c: char| c.is_ascii_alphabetic()) && is_identifier(&id)) {
                     self.report(
                         Some(e.line),
@@ -236,11 +232,7 @@ impl Cx<'_> {
         if let Some(e) = get("name") {
             parsed.name_line = Some(e.line);
             let k = join(key, "name");
-            if let Some(name) = self
-                .ok(self.string(&k, e))
-                .flatten()
-                .map(|s| s.trim().to_owned())
-            {
+            if let Some(name) = self.trimmed(&k, e) {
                 if name.contains(['/', '\\', '\0']) {
                     self.report(Some(e.line), format!("key `{k}`: step name `{name}` must not be blank or hold `/`, `\\` or NUL"));
                 } else if name.len() > MAX_STEP_NAME_LEN {
