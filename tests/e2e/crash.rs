@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::{bin, fixture, github_signature, write, Proc};
+use crate::support::{bin, deliver_push, hub_public_key, write, Proc};
 
 const WEBHOOK_SECRET: &str = "crash-webhook-secret";
 const LICENSE_KEY: &str = "crash-license-key";
@@ -263,20 +263,13 @@ async fn send_push(
     delivery: usize,
     tag: &str,
 ) -> Vec<String> {
-    let body = fixture("push/with-new-branch.payload.json");
-    let response = client
-        .post(format!("{hub_url}/webhooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", format!("crash-delivery-{delivery}"))
-        .header(
-            "x-hub-signature-256",
-            github_signature(WEBHOOK_SECRET, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = deliver_push(
+        client,
+        &format!("{hub_url}/webhooks/github"),
+        WEBHOOK_SECRET,
+        &format!("crash-delivery-{delivery}"),
+    )
+    .await;
     assert_eq!(response.status(), 202, "{tag} webhook {delivery}");
     let answer: Value = response.json().await.unwrap();
     let ids: Vec<String> = answer["job_ids"]
@@ -442,19 +435,9 @@ event_name = "push"
             data = hub_data.display(),
         ),
     );
-    let mut print_key = Proc::spawn(
-        "hub",
-        &[
-            "print-public-key",
-            "--data-dir",
-            &hub_data.display().to_string(),
-            "--format",
-            "base64",
-        ],
-        &[],
-    );
-    assert_eq!(print_key.wait().code(), Some(0), "{}", print_key.output());
-    let public_key = print_key.stdout().trim().to_owned();
+    let public_key = hub_public_key(&hub_data, &["--format", "base64"])
+        .trim()
+        .to_owned();
     let mut hub = Proc::spawn(
         "hub",
         &[

@@ -3,7 +3,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::support::{eventually, fixture, github_signature, write, Proc};
+use crate::support::{deliver_push, eventually, write, Proc};
 
 #[test]
 fn demo_exits_0_with_every_job_as_expected() {
@@ -67,20 +67,13 @@ async fn start_with_a_running_job(
     let url = scheduler.wait_for("webhook URL:");
     let secret = std::fs::read_to_string(home.join("webhook_secret")).unwrap();
 
-    let body = fixture("push/with-new-branch.payload.json");
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "e2e-embedded-1")
-        .header(
-            "x-hub-signature-256",
-            github_signature(secret.trim(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = deliver_push(
+        &reqwest::Client::new(),
+        &url,
+        secret.trim(),
+        "e2e-embedded-1",
+    )
+    .await;
     assert_eq!(response.status(), 202);
     let answer: serde_json::Value = response.json().await.unwrap();
     let job_id = answer["job_ids"][0].as_str().unwrap().to_owned();
@@ -88,14 +81,26 @@ async fn start_with_a_running_job(
     (scheduler, args, job_id)
 }
 
+/// Starts the scheduler again with `args` and waits until it has finished `job_id` with the
+/// status word `status`.
+fn restart_finishes(args: &[String], job_id: &str, status: &str) -> Proc {
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut again = Proc::spawn("scheduler", &arg_refs, &[]);
+    let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
+    assert!(
+        finished.contains(&format!("status=\"{status}\"")),
+        "{finished}\n{}",
+        again.output()
+    );
+    again
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_signal_stops_runs_after_the_grace_and_exits_0() {
     let home = tempfile::tempdir().unwrap();
     let (mut scheduler, args, job_id) =
         start_with_a_running_job(home.path(), &["--shutdown-grace", "1"]).await;
-    scheduler.signal(Signal::SIGINT);
-    let status = scheduler.wait();
-    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    scheduler.stop_with(Signal::SIGINT);
     assert!(
         scheduler.stderr().contains(&format!(
             "run finished dag=sleepy run_id={job_id} status=aborted"
@@ -104,16 +109,8 @@ async fn first_signal_stops_runs_after_the_grace_and_exits_0() {
         scheduler.output()
     );
     // The job was not finished before the exit; the next start reports the aborted run.
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut again = Proc::spawn("scheduler", &arg_refs, &[]);
-    let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
-    assert!(
-        finished.contains("status=\"aborted\""),
-        "{finished}\n{}",
-        again.output()
-    );
-    again.signal(Signal::SIGTERM);
-    assert_eq!(again.wait().code(), Some(0), "{}", again.output());
+    let mut again = restart_finishes(&args, &job_id, "aborted");
+    again.stop_with(Signal::SIGTERM);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,16 +127,8 @@ async fn second_signal_stops_at_once_and_restart_finishes_the_job() {
 
     // The tracker kept the job: the next start finishes it with the run's real outcome (the
     // run was cut off, so recovery marks it failed) and reports it to the hub exactly once.
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut again = Proc::spawn("scheduler", &arg_refs, &[]);
-    let finished = again.wait_for(&format!("dispatch job finished job_id={job_id}"));
-    assert!(
-        finished.contains("status=\"failed\""),
-        "{finished}\n{}",
-        again.output()
-    );
-    again.signal(Signal::SIGINT);
-    assert_eq!(again.wait().code(), Some(0), "{}", again.output());
+    let mut again = restart_finishes(&args, &job_id, "failed");
+    again.stop_with(Signal::SIGINT);
     let runs = again
         .stderr()
         .matches(&format!("dispatch job finished job_id={job_id}"))

@@ -7,7 +7,7 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{eventually, fixture, github_signature, write, Proc};
+use crate::support::{deliver_push, eventually, hub_public_key, write, Proc};
 
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
 const LICENSE_KEY: &str = "team-key-e2e";
@@ -60,17 +60,7 @@ license = "team"
         ),
     );
     // The scheduler verifies the hub's tokens with the hub's public key, read from a file.
-    let mut print_key = Proc::spawn(
-        "hub",
-        &[
-            "print-public-key",
-            "--data-dir",
-            &hub_data.display().to_string(),
-        ],
-        &[],
-    );
-    assert_eq!(print_key.wait().code(), Some(0), "{}", print_key.output());
-    let key_file = write(dir.path(), "hub.pub", &print_key.stdout());
+    let key_file = write(dir.path(), "hub.pub", &hub_public_key(&hub_data, &[]));
     let mut hub = Proc::spawn(
         "hub",
         &["serve", "--config", &config.display().to_string()],
@@ -107,20 +97,13 @@ license = "team"
         &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
     );
 
-    let body = fixture("push/with-new-branch.payload.json");
-    let response = reqwest::Client::new()
-        .post(format!("{hub_url}/webhooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "e2e-delivery-1")
-        .header(
-            "x-hub-signature-256",
-            github_signature(WEBHOOK_SECRET, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = deliver_push(
+        &reqwest::Client::new(),
+        &format!("{hub_url}/webhooks/github"),
+        WEBHOOK_SECRET,
+        "e2e-delivery-1",
+    )
+    .await;
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(
@@ -173,10 +156,8 @@ license = "team"
         scheduler.output()
     );
 
-    scheduler.signal(Signal::SIGTERM);
-    assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
-    hub.signal(Signal::SIGTERM);
-    assert_eq!(hub.wait().code(), Some(0), "{}", hub.output());
+    scheduler.stop_with(Signal::SIGTERM);
+    hub.stop_with(Signal::SIGTERM);
     let output = scheduler.output() + &hub.output();
     for secret in [WEBHOOK_SECRET, LICENSE_KEY, GITHUB_TOKEN] {
         assert!(

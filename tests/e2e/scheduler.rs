@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::support::{eventually, fixture, write, Proc};
+use crate::support::{eventually, fixture, get_text, write, Proc};
 
 const LICENSE_ID: &str = "lic-e2e";
 const HEARTBEAT_SECRET: &str = "hb-secret-e2e";
@@ -53,6 +53,20 @@ fn write_env_dag(dags: &Path, out: &Path) {
             out = out.display()
         ),
     );
+}
+
+/// The `/metrics` URL the scheduler's banner names.
+fn metrics_url(scheduler: &mut Proc) -> String {
+    let banner = scheduler.wait_for("metrics:");
+    banner.split_whitespace().next().unwrap().to_owned()
+}
+
+/// `scheduler start --home <home>`, then `args`.
+fn start_scheduler(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let home = home.display().to_string();
+    let mut all = vec!["start", "--home", &home];
+    all.extend(args);
+    Proc::spawn("scheduler", &all, envs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,13 +125,9 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
             .await;
     }
 
-    let home_arg = home.path().display().to_string();
-    let mut scheduler = Proc::spawn(
-        "scheduler",
+    let mut scheduler = start_scheduler(
+        home.path(),
         &[
-            "start",
-            "--home",
-            &home_arg,
             "--cloud-url",
             &cloud.uri(),
             "--license-public-key",
@@ -133,12 +143,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
         ],
         &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
     );
-    let metrics_url = scheduler
-        .wait_for("metrics:")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let metrics_url = metrics_url(&mut scheduler);
 
     let finish = eventually("the finish call", async || {
         let requests = cloud.received_requests().await.unwrap_or_default();
@@ -208,12 +213,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
     );
 
     // The counters behind /metrics saw the same job.
-    let metrics = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&metrics_url).await;
     for line in [
         "dispatch_jobs_pulled_total 1",
         "dispatch_jobs_accepted_total 1",
@@ -230,9 +230,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
-    scheduler.signal(Signal::SIGTERM);
-    let status = scheduler.wait();
-    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    scheduler.stop_with(Signal::SIGTERM);
     let output = scheduler.output();
     assert!(
         !output.contains(LICENSE_KEY) && !output.contains(HEARTBEAT_SECRET),
@@ -243,7 +241,6 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
 #[test]
 fn config_errors_exit_2_and_name_the_setting() {
     let home = tempfile::tempdir().unwrap();
-    let home_arg = home.path().display().to_string();
     let bad_file = write(home.path(), "bad.toml", "poll_interval = \"soon\"\n");
     let bad_file = bad_file.display().to_string();
     let missing = home.path().join("missing.toml").display().to_string();
@@ -270,9 +267,9 @@ fn config_errors_exit_2_and_name_the_setting() {
         (vec!["--no-such-flag"], vec![], "--no-such-flag"),
     ];
     for (args, envs, setting) in cases {
-        let mut all = vec!["start", "--home", &home_arg, "--license-key", LICENSE_KEY];
+        let mut all = vec!["--license-key", LICENSE_KEY];
         all.extend(&args);
-        let mut proc = Proc::spawn("scheduler", &all, &envs);
+        let mut proc = start_scheduler(home.path(), &all, &envs);
         let status = proc.wait();
         let stderr = proc.stderr();
         assert_eq!(
@@ -298,12 +295,7 @@ fn config_errors_exit_2_and_name_the_setting() {
 #[test]
 fn sigterm_stops_cleanly_with_exit_0() {
     let home = tempfile::tempdir().unwrap();
-    let home_arg = home.path().display().to_string();
-    let mut scheduler = Proc::spawn(
-        "scheduler",
-        &["start", "--home", &home_arg, "--hub-listen", "127.0.0.1:0"],
-        &[],
-    );
+    let mut scheduler = start_scheduler(home.path(), &["--hub-listen", "127.0.0.1:0"], &[]);
     // Embedded hub mode: the banner names the webhook URL and the secret's file, not the secret.
     let url = scheduler.wait_for("webhook URL:");
     assert!(
@@ -323,9 +315,7 @@ fn sigterm_stops_cleanly_with_exit_0() {
     );
     assert!(home.path().join("bindings.toml").is_file());
     scheduler.wait_for("dispatch worker started");
-    scheduler.signal(Signal::SIGTERM);
-    let status = scheduler.wait();
-    assert_eq!(status.code(), Some(0), "{}", scheduler.output());
+    scheduler.stop_with(Signal::SIGTERM);
     assert!(
         scheduler.stderr().contains("scheduler stopped"),
         "{}",
@@ -338,13 +328,9 @@ async fn healthz_turns_503_when_no_pull_succeeds() {
     // No license key: the worker never pulls, so after three poll intervals counted from the
     // start the scheduler reports itself unhealthy.
     let home = tempfile::tempdir().unwrap();
-    let home_arg = home.path().display().to_string();
-    let mut scheduler = Proc::spawn(
-        "scheduler",
+    let mut scheduler = start_scheduler(
+        home.path(),
         &[
-            "start",
-            "--home",
-            &home_arg,
             "--cloud-url",
             "http://127.0.0.1:9",
             "--poll-interval",
@@ -356,12 +342,7 @@ async fn healthz_turns_503_when_no_pull_succeeds() {
         ],
         &[],
     );
-    let metrics_url = scheduler
-        .wait_for("metrics:")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let metrics_url = metrics_url(&mut scheduler);
     let health_url = metrics_url.replace("/metrics", "/healthz");
     let body = eventually("/healthz to answer 503", async || {
         let response = reqwest::get(&health_url).await.ok()?;
@@ -369,30 +350,23 @@ async fn healthz_turns_503_when_no_pull_succeeds() {
     })
     .await;
     assert!(body.contains("no successful pull"), "{body}");
-    let metrics = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&metrics_url).await;
     assert!(
         metrics
             .lines()
             .any(|l| l == "dispatch_last_pull_age_seconds -1"),
         "{metrics}"
     );
-    scheduler.signal(Signal::SIGTERM);
-    assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
+    scheduler.stop_with(Signal::SIGTERM);
 }
 
 #[test]
 fn a_second_scheduler_on_the_same_data_dir_exits_1() {
     let home = tempfile::tempdir().unwrap();
-    let home_arg = home.path().display().to_string();
-    let args = ["start", "--home", &home_arg, "--hub-listen", "127.0.0.1:0"];
-    let mut first = Proc::spawn("scheduler", &args, &[]);
+    let args = ["--hub-listen", "127.0.0.1:0"];
+    let mut first = start_scheduler(home.path(), &args, &[]);
     first.wait_for("dispatch worker started");
-    let mut second = Proc::spawn("scheduler", &args, &[]);
+    let mut second = start_scheduler(home.path(), &args, &[]);
     assert_eq!(second.wait().code(), Some(1), "{}", second.output());
     assert!(
         second.stderr().contains("already in use"),
@@ -405,6 +379,5 @@ fn a_second_scheduler_on_the_same_data_dir_exits_1() {
         "{}",
         second.output()
     );
-    first.signal(Signal::SIGTERM);
-    assert_eq!(first.wait().code(), Some(0), "{}", first.output());
+    first.stop_with(Signal::SIGTERM);
 }

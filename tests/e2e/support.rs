@@ -132,12 +132,7 @@ impl Proc {
                     self.output()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print `{marker}`\n{}",
-                self.name,
-                self.output()
-            );
+            self.check_deadline(deadline, &format!("print `{marker}`"));
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -156,14 +151,26 @@ impl Proc {
                 std::thread::sleep(Duration::from_millis(100));
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit\n{}",
-                self.name,
-                self.output()
-            );
+            self.check_deadline(deadline, "exit");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` and expects the process to exit cleanly (code 0).
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) {
+        self.signal(signal);
+        let status = self.wait();
+        assert_eq!(status.code(), Some(0), "{}", self.output());
+    }
+
+    /// Panics with the output so far once `deadline` has passed: the process did not `what`.
+    fn check_deadline(&self, deadline: Instant, what: &str) {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not {what}\n{}",
+            self.name,
+            self.output()
+        );
     }
 
     pub fn output(&self) -> String {
@@ -212,12 +219,52 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
     }
 }
 
+/// Delivers the `push/with-new-branch` fixture to the webhook URL `url` as GitHub would: a
+/// `push` event under the delivery id `delivery`, signed with `secret`.
+pub async fn deliver_push(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    delivery: &str,
+) -> reqwest::Response {
+    let body = fixture("push/with-new-branch.payload.json");
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", github_signature(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("delivery {delivery} to {url}: {e}"))
+}
+
 /// `sha256=<hex>` of `body` keyed with `secret`, as GitHub's `X-Hub-Signature-256`.
 pub fn github_signature(secret: &str, body: &[u8]) -> String {
     dispatch_protocol::webhook_signature::sign(&dispatch_protocol::Secret::new(secret), body)
 }
 
 pub use dispatch_test_support::fixture;
+
+/// What `hub print-public-key` prints for the hub whose data directory is `data_dir`, with
+/// `extra` arguments (such as `--format base64`).
+pub fn hub_public_key(data_dir: &Path, extra: &[&str]) -> String {
+    let data_dir = data_dir.display().to_string();
+    let mut args = vec!["print-public-key", "--data-dir", &data_dir];
+    args.extend(extra);
+    let mut print_key = Proc::spawn("hub", &args, &[]);
+    assert_eq!(print_key.wait().code(), Some(0), "{}", print_key.output());
+    print_key.stdout()
+}
+
+/// The body of a GET of `url`, which must answer.
+pub async fn get_text(url: &str) -> String {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response.text().await.unwrap()
+}
 
 /// Writes `text` to `dir/name`, creating `dir`.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
