@@ -26,42 +26,33 @@ pub(crate) fn load_or_create_secret(
         }
         let mut raw = vec![0u8; bytes];
         rand::rngs::OsRng.fill_bytes(&mut raw);
-        let value = format!(
-            "{prefix}{}",
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
-        let mut file = match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(err) => return Err(err),
-        };
-        file.write_all(value.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        sync_parent(path)?;
-        return Ok(Secret::new(value));
+        let value = format!("{prefix}{}", dispatch_util::hex(&raw));
+        if create_synced(path, format!("{value}\n").as_bytes(), 0o600)? {
+            return Ok(Secret::new(value));
+        }
     }
     Err(std::io::Error::other("secret file keeps changing under us"))
 }
 
 /// Writes `contents` to `path` unless it exists; returns whether it wrote.
 pub(crate) fn write_if_absent(path: &Path, contents: &str) -> std::io::Result<bool> {
+    create_synced(path, contents.as_bytes(), 0o644)
+}
+
+/// Creates `path` with `contents` and `mode`, synced to disk with its directory entry; `false`
+/// when the file already exists, which it leaves alone.
+fn create_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<bool> {
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .open(path)
     {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(err) => return Err(err),
     };
-    file.write_all(contents.as_bytes())?;
+    file.write_all(contents)?;
     file.sync_all()?;
     sync_parent(path)?;
     Ok(true)
@@ -80,10 +71,16 @@ mod tests {
 
     use super::*;
 
+    /// A path named `name` in a fresh temporary directory (kept while the guard lives).
+    fn scratch_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        (dir, path)
+    }
+
     #[test]
     fn secret_is_created_once_with_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("webhook_secret");
+        let (_dir, path) = scratch_file("webhook_secret");
         let first = load_or_create_secret(&path, "", 32).unwrap();
         assert_eq!(first.expose().len(), 64);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -93,8 +90,7 @@ mod tests {
 
     #[test]
     fn empty_secret_file_is_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k");
+        let (_dir, path) = scratch_file("k");
         std::fs::write(&path, "").unwrap();
         let key = load_or_create_secret(&path, "dsp_", 8).unwrap();
         assert!(key.expose().starts_with("dsp_") && key.expose().len() == 20);
@@ -102,8 +98,7 @@ mod tests {
 
     #[test]
     fn write_if_absent_keeps_user_edits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bindings.toml");
+        let (_dir, path) = scratch_file("bindings.toml");
         assert!(write_if_absent(&path, "a").unwrap());
         std::fs::write(&path, "mine").unwrap();
         assert!(!write_if_absent(&path, "a").unwrap());

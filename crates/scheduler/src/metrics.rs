@@ -245,7 +245,7 @@ mod tests {
             Duration::from_secs(0),
         );
         let text = m.render();
-        for line in [
+        let expected = [
             "dispatch_jobs_pulled_total 3",
             "dispatch_jobs_accepted_total 2",
             "dispatch_jobs_finished_total{status=\"succeeded\"} 1",
@@ -259,12 +259,12 @@ mod tests {
             "dispatch_latency_seconds_bucket{le=\"+Inf\"} 2",
             "dispatch_latency_seconds_count 2",
             "dispatch_latency_seconds_sum 3.02",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing `{line}` in:\n{text}"
-            );
-        }
+        ];
+        let missing: Vec<&str> = expected
+            .into_iter()
+            .filter(|line| !text.lines().any(|l| l == *line))
+            .collect();
+        assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
     }
 
     #[test]

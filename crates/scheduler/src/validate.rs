@@ -38,11 +38,22 @@ mod tests {
     #[test]
     fn counts_the_invalid_files() {
         let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("good.yaml");
-        std::fs::write(&good, "steps:\n  - name: a\n    command: 'true'\n").unwrap();
-        let bad = dir.path().join("bad.yaml");
-        std::fs::write(&bad, "steps:\n  - name: a\n    comand: 'true'\n").unwrap();
-        let missing = dir.path().join("missing.yaml");
+        let dag_file = |name: &str, yaml: Option<&str>| {
+            let path = dir.path().join(name);
+            if let Some(yaml) = yaml {
+                std::fs::write(&path, yaml).unwrap();
+            }
+            path
+        };
+        let good = dag_file(
+            "good.yaml",
+            Some("steps:\n  - name: a\n    command: 'true'\n"),
+        );
+        let bad = dag_file(
+            "bad.yaml",
+            Some("steps:\n  - name: a\n    comand: 'true'\n"),
+        );
+        let missing = dag_file("missing.yaml", None);
 
         let all = ValidateArgs {
             files: vec![good.clone(), bad, missing],
