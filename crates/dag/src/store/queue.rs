@@ -512,12 +512,18 @@ mod tests {
         assert_eq!(a.dequeue("q").unwrap(), Some(item("b2")));
     }
 
-    #[test]
-    fn items_stay_in_memory_until_they_have_waited() {
+    /// A store with a write delay on a fresh directory, holding `a1` then `a2` in memory.
+    fn delayed_with_a1_a2() -> (tempfile::TempDir, FileQueueStore) {
         let tmp = tempfile::tempdir().unwrap();
         let a = FileQueueStore::open_with_write_delay(tmp.path(), DELAY).unwrap();
         a.enqueue("q", Priority::Low, &item("a1")).unwrap();
         a.enqueue("q", Priority::Low, &item("a2")).unwrap();
+        (tmp, a)
+    }
+
+    #[test]
+    fn items_stay_in_memory_until_they_have_waited() {
+        let (tmp, a) = delayed_with_a1_a2();
         let files = || item_names(&tmp.path().join("q")).unwrap().len();
         // Served from memory: no file is written or removed.
         assert_eq!(a.dequeue("q").unwrap(), Some(item("a1")));
@@ -548,10 +554,7 @@ mod tests {
 
     #[test]
     fn remove_takes_an_item_still_in_memory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = FileQueueStore::open_with_write_delay(tmp.path(), DELAY).unwrap();
-        a.enqueue("q", Priority::Low, &item("a1")).unwrap();
-        a.enqueue("q", Priority::Low, &item("a2")).unwrap();
+        let (tmp, a) = delayed_with_a1_a2();
         assert!(a.remove("q", &item("a1")).unwrap());
         assert!(!a.remove("q", &item("a1")).unwrap());
         assert_eq!(a.dequeue("q").unwrap(), Some(item("a2")));

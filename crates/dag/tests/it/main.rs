@@ -4,3 +4,8 @@ mod dagu;
 mod loader;
 mod queue;
 mod runs;
+
+/// How many entries the directory `dir` holds.
+fn entries(dir: impl AsRef<std::path::Path>) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}

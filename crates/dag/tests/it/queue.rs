@@ -51,19 +51,20 @@ fn corrupt_item_is_set_aside_not_blocking() {
     .unwrap();
     assert_eq!(q.dequeue("q").unwrap(), Some(item("d", "r1")));
     assert_eq!(q.dequeue("q").unwrap(), None);
-    assert_eq!(
-        std::fs::read_dir(tmp.path().join("q/.corrupt"))
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(crate::entries(tmp.path().join("q/.corrupt")), 1);
+}
+
+/// Two stores on one fresh queue directory (keep the directory for the test).
+fn two_stores() -> (tempfile::TempDir, FileQueueStore, FileQueueStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = FileQueueStore::open(tmp.path()).unwrap();
+    let b = FileQueueStore::open(tmp.path()).unwrap();
+    (tmp, a, b)
 }
 
 #[test]
 fn two_stores_on_one_directory_serve_each_item_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = FileQueueStore::open(tmp.path()).unwrap();
-    let b = FileQueueStore::open(tmp.path()).unwrap();
+    let (_tmp, a, b) = two_stores();
     a.enqueue("q", Priority::Low, &item("d", "x")).unwrap();
     // `b` has never listed the queue, so it finds `a`'s item.
     assert_eq!(b.queues().unwrap(), vec!["q".to_owned()]);
@@ -76,9 +77,7 @@ fn two_stores_on_one_directory_serve_each_item_once() {
 
 #[test]
 fn list_and_remove_see_items_of_other_stores() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = FileQueueStore::open(tmp.path()).unwrap();
-    let b = FileQueueStore::open(tmp.path()).unwrap();
+    let (_tmp, a, b) = two_stores();
     a.enqueue("q", Priority::Low, &item("d", "a1")).unwrap();
     b.enqueue("q", Priority::Low, &item("d", "b1")).unwrap();
     let runs = |q: &FileQueueStore| -> Vec<String> {

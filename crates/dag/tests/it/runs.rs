@@ -12,14 +12,15 @@ fn write_dag(root: &Path, file: &str, text: &str) {
 
 /// A store root holding one DAG `d` (one `true` step): the directory, its stores, the DAG.
 fn stores_with_dag() -> (tempfile::TempDir, Stores, Dag) {
+    stores_with("d", "steps:\n  - name: a\n    command: 'true'\n")
+}
+
+/// A store root holding the DAG `name` written as `text`.
+fn stores_with(name: &str, text: &str) -> (tempfile::TempDir, Stores, Dag) {
     let tmp = tempfile::tempdir().unwrap();
     let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "d.yaml",
-        "steps:\n  - name: a\n    command: 'true'\n",
-    );
-    let dag = s.dags.load("d").unwrap();
+    write_dag(tmp.path(), &format!("{name}.yaml"), text);
+    let dag = s.dags.load(name).unwrap();
     (tmp, s, dag)
 }
 
@@ -66,14 +67,7 @@ fn open_files_creates_dirs_and_keeps_log_dir() {
 
 #[test]
 fn attempt_roundtrip_snapshot_and_status_updates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = stores(tmp.path());
-    write_dag(
-        tmp.path(),
-        "build.yaml",
-        "steps:\n  - name: a\n    command: echo a\n",
-    );
-    let dag = s.dags.load("build").unwrap();
+    let (tmp, s, dag) = stores_with("build", "steps:\n  - name: a\n    command: echo a\n");
     assert_eq!(dag.name, "build");
 
     let err = s.runs.find_attempt("build", "r1").unwrap_err();
@@ -351,12 +345,7 @@ fn bad_names_are_rejected_before_touching_files() {
         );
         s.runs.remove_run("d", id).unwrap_err();
     }
-    assert_eq!(
-        std::fs::read_dir(tmp.path().join("data/runs"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(crate::entries(tmp.path().join("data/runs")), 0);
 }
 
 #[test]
