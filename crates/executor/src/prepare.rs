@@ -327,6 +327,18 @@ mod tests {
     }
 
     #[test]
+    fn secret_values_are_read_as_a_run_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        std::fs::write(dir.path().join("work/token.txt"), "from-file\n").unwrap();
+        // The variable is this test's own: no other test reads or sets it.
+        std::env::set_var("DISPATCH_EXECUTOR_TEST_SECRET_VALUE", "from-env");
+        let text = "working_dir: $SUB\nenv:\n  - SUB: work\nsecrets:\n  - name: A\n    provider: env\n    key: DISPATCH_EXECUTOR_TEST_SECRET_VALUE\n  - name: B\n    provider: file\n    key: token.txt\n  - name: C\n    provider: env\n    key: DISPATCH_EXECUTOR_TEST_NOT_SET\nsteps:\n  - name: s\n    command: \"true\"\n";
+        let dag = dispatch_dag::parse_dag(&dir.path().join("d.yaml"), text).unwrap();
+        assert_eq!(secret_values(&dag), ["from-env", "from-file"]);
+    }
+
+    #[test]
     fn home_expansion() {
         let home = std::env::var("HOME").unwrap();
         assert_eq!(expand_home("~/x"), PathBuf::from(&home).join("x"));
