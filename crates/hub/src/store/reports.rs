@@ -132,7 +132,7 @@ CREATE INDEX IF NOT EXISTS reports_by_job ON reports(job_id);
     )
 }
 
-/// Queues one call, due at once.
+/// Queues one call that no later report supersedes, due at once.
 pub(super) fn queue(
     conn: &Connection,
     job_id: &str,
@@ -140,12 +140,12 @@ pub(super) fn queue(
     body: &str,
     now_ms: i64,
 ) -> Result<(), HubError> {
-    conn.execute(
-        "INSERT INTO reports (job_id, path, body, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![job_id, path, body, now_ms],
-    )
-    .map_err(HubError::store("queue a report"))?;
-    Ok(())
+    let call = NewReport {
+        path: path.to_owned(),
+        body: body.to_owned(),
+        supersedable: false,
+    };
+    queue_report(conn, job_id, &call, now_ms)
 }
 
 /// Queues one report, due at once (after the job's earlier ones).
