@@ -113,7 +113,7 @@ pub struct JobProgress {
     pub updated_ms: i64,
 }
 
-/// A piece of one step stream's log, as [`Store::job_log`] reads it.
+/// A piece of one step stream's log, as the store's `job_log` reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogSlice {
     /// The text from the offset asked for (or the next character boundary after it), at most
@@ -146,7 +146,7 @@ impl Watch {
     }
 }
 
-/// A watch on one job, from [`Store::progress_changes`].
+/// A watch on one job, from the store's `progress_changes`.
 pub struct ProgressChanges {
     job_id: String,
     receiver: broadcast::Receiver<String>,
