@@ -353,6 +353,13 @@ mod tests {
         check(&packages, ROLES)
     }
 
+    /// The one violation a dependency of `name` on `dep` (as `kind`) adds to the workspace.
+    fn sole_violation(name: &str, dep: &str, kind: DepKind) -> Violation {
+        let mut violations = with_dep(name, dep, kind);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        violations.remove(0)
+    }
+
     #[test]
     fn well_layered_workspace_passes() {
         assert_eq!(check(&well_layered(), ROLES), []);
@@ -413,8 +420,7 @@ mod tests {
 
     #[test]
     fn same_layer_crates_may_not_use_each_other() {
-        let violations = with_dep("dispatch-protocol", "dispatch-tracker", DepKind::Normal);
-        assert_eq!(violations.len(), 1, "{violations:?}");
+        sole_violation("dispatch-protocol", "dispatch-tracker", DepKind::Normal);
     }
 
     #[test]
@@ -439,20 +445,14 @@ mod tests {
 
     #[test]
     fn test_support_only_as_dev_dependency() {
-        let violations = with_dep("dispatch-hub", "dispatch-test-support", DepKind::Normal);
-        assert!(
-            matches!(&violations[..], [Violation::TestSupportAsNormal { .. }]),
-            "{violations:?}"
-        );
+        let v = sole_violation("dispatch-hub", "dispatch-test-support", DepKind::Normal);
+        assert!(matches!(v, Violation::TestSupportAsNormal { .. }), "{v:?}");
     }
 
     #[test]
     fn nothing_depends_on_xtask() {
-        let violations = with_dep("dispatch-scheduler", "xtask", DepKind::Dev);
-        assert!(
-            matches!(&violations[..], [Violation::DependsOnTooling { .. }]),
-            "{violations:?}"
-        );
+        let v = sole_violation("dispatch-scheduler", "xtask", DepKind::Dev);
+        assert!(matches!(v, Violation::DependsOnTooling { .. }), "{v:?}");
     }
 
     #[test]

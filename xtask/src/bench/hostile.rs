@@ -514,17 +514,7 @@ mod tests {
             .write_all(b"HTTP/1.1 401 Unauthorized\r\n\r\n")
             .unwrap();
         drop(server_side);
-        procs::wait_for(
-            "the close to be seen",
-            Duration::from_secs(20),
-            Duration::from_millis(10),
-            || Ok(()),
-            || {
-                watch(std::slice::from_mut(&mut stalled));
-                stalled.closed_after
-            },
-        )
-        .unwrap();
+        wait_until_closed(&mut stalled, |s| watch(std::slice::from_mut(s)));
         assert!(stalled.answer.starts_with(b"HTTP/1.1 401"));
     }
 
@@ -550,13 +540,18 @@ mod tests {
         assert!(s.closed_after.is_none(), "the socket is full, not closed");
         // Closed with requests unread: the peer resets the connection.
         drop(server_side);
+        wait_until_closed(&mut s, pipeline);
+    }
+
+    /// Runs `step` on `s` until it has seen the connection close (20 s at most).
+    fn wait_until_closed(s: &mut Stalled, mut step: impl FnMut(&mut Stalled)) {
         procs::wait_for(
             "the close to be seen",
             Duration::from_secs(20),
             Duration::from_millis(10),
             || Ok(()),
             || {
-                pipeline(&mut s);
+                step(s);
                 s.closed_after
             },
         )

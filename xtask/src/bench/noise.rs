@@ -18,30 +18,34 @@ const SYNCS: usize = 30;
 /// Context rows for `group`: 1-minute load average and the median cost of a 4 KiB write +
 /// `fdatasync` in the group's scratch directory (the disk its homes live on).
 pub(crate) fn rows(group: &str, work: &Path) -> Vec<Metric> {
-    let mut rows = Vec::new();
-    match load_average() {
-        Ok(load) => rows.push(Metric::info(
-            format!("{group}: load average (1 min) at start"),
-            load,
+    // (row name, what is missing when it fails, unit, figure): a figure that cannot be had is
+    // said and left out.
+    let figures = [
+        (
+            "load average (1 min) at start".to_owned(),
+            "load average",
             "",
-        )),
-        Err(e) => eprintln!("bench: {group}: no load average: {e:#}"),
-    }
-    match fdatasync_cost(work) {
-        Ok(us) => rows.push(Metric::info(
-            format!("{group}: fdatasync cost at start (median of {SYNCS})"),
-            us,
+            load_average(),
+        ),
+        (
+            format!("fdatasync cost at start (median of {SYNCS})"),
+            "fdatasync figure",
             "µs",
-        )),
-        Err(e) => eprintln!("bench: {group}: no fdatasync figure: {e:#}"),
-    }
-    match create_cost(work) {
-        Ok(us) => rows.push(Metric::info(
-            format!("{group}: file create cost at start (median of {CREATES})"),
-            us,
+            fdatasync_cost(work),
+        ),
+        (
+            format!("file create cost at start (median of {CREATES})"),
+            "file create figure",
             "µs",
-        )),
-        Err(e) => eprintln!("bench: {group}: no file create figure: {e:#}"),
+            create_cost(work),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, missing, unit, figure) in figures {
+        match figure {
+            Ok(value) => rows.push(Metric::info(format!("{group}: {name}"), value, unit)),
+            Err(e) => eprintln!("bench: {group}: no {missing}: {e:#}"),
+        }
     }
     rows
 }

@@ -153,10 +153,15 @@ pub(crate) fn wait_for<T>(
 
 /// `VmRSS` of a process in KiB.
 pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
+    read_proc(pid, "status", parse_vm_rss)
+}
+
+/// Reads `/proc/<pid>/<file>` and parses it with `parse`.
+fn read_proc<T>(pid: u32, file: &str, parse: fn(&str) -> Option<T>) -> anyhow::Result<T> {
+    let path = format!("/proc/{pid}/{file}");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("failed to read `{path}`"))?;
-    parse_vm_rss(&text).with_context(|| format!("no VmRSS line in `{path}`"))
+    parse(&text).with_context(|| format!("unexpected format of `{path}`"))
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
@@ -197,10 +202,7 @@ impl CpuUsage {
 }
 
 pub(crate) fn cpu_usage(pid: u32) -> anyhow::Result<CpuUsage> {
-    let path = format!("/proc/{pid}/stat");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("failed to read `{path}`"))?;
-    parse_stat(&text).with_context(|| format!("unexpected format of `{path}`"))
+    read_proc(pid, "stat", parse_stat)
 }
 
 fn parse_stat(stat: &str) -> Option<CpuUsage> {

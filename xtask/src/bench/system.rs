@@ -104,21 +104,9 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         let home = Home::create(dir)?;
         let hub = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-        let mut command = Command::new(context.artifacts.exe(Artifact::Scheduler)?);
-        command
-            .arg("start")
-            .arg("--home")
-            .arg(&home.home)
-            .arg("--hub-listen")
-            .arg(hub.to_string())
-            .arg("--long-poll")
-            .arg(polling.long_poll_s.to_string())
-            .arg("--poll-interval")
-            .arg(polling.idle_delay_s.to_string());
-        if let Some(profile) = &context.profile {
-            command = profile.wrap(command);
-        }
-        let mut scheduler = Proc::spawn("scheduler", command, &home.log())?;
+        let mut scheduler = spawn_scheduler(context, &home, polling, |command| {
+            command.arg("--hub-listen").arg(hub.to_string())
+        })?;
         wait_healthy(hub, &mut scheduler)?;
         Ok(Embedded {
             scheduler,
@@ -274,26 +262,40 @@ impl StandaloneHub {
         home: &Home,
         polling: &Polling,
     ) -> anyhow::Result<Proc> {
-        let mut command = Command::new(context.artifacts.exe(Artifact::Scheduler)?);
-        command
-            .arg("start")
-            .arg("--home")
-            .arg(&home.home)
-            .arg("--cloud-url")
-            .arg(format!("http://{}", self.addr))
-            .arg("--license-key")
-            .arg(LICENSE_KEY)
-            .arg("--license-public-key")
-            .arg(&self.public_key_file)
-            .arg("--long-poll")
-            .arg(polling.long_poll_s.to_string())
-            .arg("--poll-interval")
-            .arg(polling.idle_delay_s.to_string());
-        if let Some(profile) = &context.profile {
-            command = profile.wrap(command);
-        }
-        Proc::spawn("scheduler", command, &home.log())
+        spawn_scheduler(context, home, polling, |command| {
+            command
+                .arg("--cloud-url")
+                .arg(format!("http://{}", self.addr))
+                .arg("--license-key")
+                .arg(LICENSE_KEY)
+                .arg("--license-public-key")
+                .arg(&self.public_key_file)
+        })
     }
+}
+
+/// `scheduler start` in `home` with the bench's polling and the arguments `cloud` adds (where
+/// its cloud is), under the profiler when one is asked for; it logs into the home.
+fn spawn_scheduler(
+    context: &super::Context,
+    home: &Home,
+    polling: &Polling,
+    cloud: impl FnOnce(&mut Command) -> &mut Command,
+) -> anyhow::Result<Proc> {
+    let mut command = Command::new(context.artifacts.exe(Artifact::Scheduler)?);
+    command
+        .arg("start")
+        .arg("--home")
+        .arg(&home.home)
+        .arg("--long-poll")
+        .arg(polling.long_poll_s.to_string())
+        .arg("--poll-interval")
+        .arg(polling.idle_delay_s.to_string());
+    cloud(&mut command);
+    if let Some(profile) = &context.profile {
+        command = profile.wrap(command);
+    }
+    Proc::spawn("scheduler", command, &home.log())
 }
 
 #[cfg(test)]
