@@ -388,8 +388,6 @@ fn record(
     }))
 }
 
-// The reads are for the hub's web pages; until those call them, only the tests do.
-#[allow(dead_code)]
 impl Store {
     /// Stores a progress call of the job's owner (steps, then chunks in order; the job's log is
     /// cut at `cap` bytes) and wakes the job's watchers.
