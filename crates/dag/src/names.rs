@@ -91,52 +91,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dag_names() {
-        let long = "a".repeat(129);
-        let max = "a".repeat(128);
-        let cases: &[(&str, bool)] = &[
-            ("build", true),
-            ("build.v2_x-1", true),
-            (max.as_str(), true),
-            ("", false),
-            (long.as_str(), false),
-            ("../etc", false),
-            ("a..b", false),
-            ("..", false),
-            (".", false),
-            ("/etc/passwd", false),
-            ("a/b", false),
-            ("a\\b", false),
-            ("a b", false),
-            ("dé", false),
-            ("a\0", false),
+    fn dag_names_and_run_ids() {
+        let (max_name, long_name) = ("a".repeat(128), "a".repeat(129));
+        let (max_id, long_id) = ("a".repeat(64), "a".repeat(65));
+        // What is checked: the kind the error names, and its check.
+        type Kind = (&'static str, fn(&str) -> Result<(), StoreError>);
+        let name: Kind = ("DAG name", validate_dag_name);
+        let id: Kind = ("run id", validate_run_id);
+        let cases: &[(Kind, &str, bool)] = &[
+            (name, "build", true),
+            (name, "build.v2_x-1", true),
+            (name, &max_name, true),
+            (name, "", false),
+            (name, &long_name, false),
+            (name, "../etc", false),
+            (name, "a..b", false),
+            (name, "..", false),
+            (name, ".", false),
+            (name, "/etc/passwd", false),
+            (name, "a/b", false),
+            (name, "a\\b", false),
+            (name, "a b", false),
+            (name, "dé", false),
+            (name, "a\0", false),
+            (id, "abc-123_X", true),
+            (id, &max_id, true),
+            (id, "", false),
+            (id, &long_id, false),
+            (id, "a.b", false),
+            (id, "../x", false),
+            (id, "a/b", false),
+            (id, "a%2F", false),
         ];
-        for (name, ok) in cases {
-            let got = validate_dag_name(name);
-            assert_eq!(got.is_ok(), *ok, "{name:?}: {got:?}");
+        for ((kind, check), value, ok) in cases {
+            let got = check(value);
+            assert_eq!(got.is_ok(), *ok, "{value:?}: {got:?}");
             if let Err(e) = got {
-                assert!(e.to_string().starts_with("invalid DAG name"), "{e}");
+                assert!(e.to_string().starts_with(&format!("invalid {kind}")), "{e}");
             }
-        }
-    }
-
-    #[test]
-    fn run_ids() {
-        let long = "a".repeat(65);
-        let max = "a".repeat(64);
-        let cases: &[(&str, bool)] = &[
-            ("abc-123_X", true),
-            (max.as_str(), true),
-            ("", false),
-            (long.as_str(), false),
-            ("a.b", false),
-            ("../x", false),
-            ("a/b", false),
-            ("a%2F", false),
-        ];
-        for (id, ok) in cases {
-            let got = validate_run_id(id);
-            assert_eq!(got.is_ok(), *ok, "{id:?}: {got:?}");
         }
     }
 

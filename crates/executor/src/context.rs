@@ -365,7 +365,7 @@ mod tests {
         ];
         let refs: Vec<&Binding> = bindings.iter().collect();
         let got = binding_values(&refs, &run(), &step(), &steps);
-        let want: Vec<(String, String)> = [
+        let want = crate::env::vars(&[
             ("P", "2"),
             ("IMG", "api:v1"),
             ("OUT", "/logs/Build.out"),
@@ -378,10 +378,7 @@ mod tests {
             ("URL", "u1"),
             ("WORK", "/logs/work"),
             ("WHO", "octocat"),
-        ]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+        ]);
         assert_eq!(got, want);
     }
 

@@ -166,6 +166,15 @@ fn is_var_name(s: &str) -> bool {
     !s.is_empty() && var_name_len(s) == s.len()
 }
 
+/// `(name, value)` pairs as owned variables, for tests.
+#[cfg(test)]
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,12 +236,7 @@ mod tests {
 
     #[test]
     fn layers_apply_in_order_and_env_expands_from_earlier_ones() {
-        let v = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
+        let v = vars;
         let params = v(&[("P", "param"), ("SHARED", "param")]);
         let bindings = v(&[("DAGU_REF_params_P", "param")]);
         let dag_env = v(&[

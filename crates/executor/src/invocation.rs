@@ -259,11 +259,7 @@ mod tests {
 
     #[test]
     fn positional_params_are_arguments() {
-        let params = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
+        let params = crate::env::vars;
         assert_eq!(
             positional(&params(&[("1", "a"), ("X", "x"), ("3", "c"), ("01", "no")])),
             ["a", "", "c"]

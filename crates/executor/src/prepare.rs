@@ -304,17 +304,14 @@ mod tests {
     fn dotenv_lines() {
         let text = "# comment\n\nA=1\nexport B = two words \nC='$NOT ${EXPANDED}'\nD=\"x\\ny \\\"q\\\"\"\nE=v # note\nF=\n";
         let got = parse_dotenv(text).unwrap();
-        let want: Vec<(String, String)> = [
+        let want = crate::env::vars(&[
             ("A", "1"),
             ("B", "two words"),
             ("C", "$NOT ${EXPANDED}"),
             ("D", "x\ny \"q\""),
             ("E", "v"),
             ("F", ""),
-        ]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+        ]);
         assert_eq!(got, want);
         for (bad, want) in [
             ("NOVALUE\n", "line 1: expected `KEY=VALUE`"),
