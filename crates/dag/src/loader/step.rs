@@ -256,17 +256,8 @@ impl Cx<'_> {
         // Keys the step leaves out come from `defaults`; `env` and `preconditions` add up.
         let from_defaults = |k: &str| sx.defaults.iter().find(|d| d.key == k);
         for d in sx.defaults {
-            let k = join("defaults", d.key);
-            match d.key {
-                "env" => {
-                    let env = self.env(&k, d.line, d.value, &mut rw);
-                    parsed.step.env.extend(env);
-                }
-                "preconditions" => {
-                    let p = self.preconditions(&k, d, &mut rw);
-                    parsed.step.preconditions.extend(p);
-                }
-                _ => {}
+            if matches!(d.key, "env" | "preconditions") {
+                self.add_key(&join("defaults", d.key), d, &mut rw, &mut parsed.step);
             }
         }
         for name in [
@@ -352,14 +343,7 @@ impl Cx<'_> {
                     };
                     parsed.depends = list.map(|l| (e.line, l));
                 }
-                "env" => {
-                    let env = self.env(&k, e.line, e.value, &mut rw);
-                    parsed.step.env.extend(env);
-                }
-                "preconditions" => {
-                    let p = self.preconditions(&k, e, &mut rw);
-                    parsed.step.preconditions.extend(p);
-                }
+                "env" | "preconditions" => self.add_key(&k, e, &mut rw, &mut parsed.step),
                 "continue_on" | "retry_policy" | "repeat_policy" | "timeout_sec" => {
                     self.policy_key(&k, e, &mut rw, &mut parsed.step)
                 }
@@ -591,6 +575,17 @@ impl Cx<'_> {
     fn finish_refs(&self, parsed: &mut ParsedStep, refs: Refs) {
         parsed.step.bindings = refs.bindings;
         parsed.producers = refs.producers;
+    }
+
+    /// `env` or `preconditions` (of the step or of `defaults`), added to what the step has.
+    fn add_key(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>, step: &mut Step) {
+        if e.key == "env" {
+            let env = self.env(k, e.line, e.value, rw);
+            step.env.extend(env);
+        } else {
+            let p = self.preconditions(k, e, rw);
+            step.preconditions.extend(p);
+        }
     }
 
     fn policy_key(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>, step: &mut Step) {
