@@ -127,12 +127,8 @@ pub(super) fn jobs_on_sha(
 
 /// The installation named by the delivery of `job_id` (0 when none was, or the job is gone).
 fn installation_of(conn: &Connection, job_id: &str) -> Result<i64, HubError> {
-    let job_json: Option<String> = conn
-        .query_row("SELECT job_json FROM jobs WHERE id = ?1", [job_id], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(HubError::store("read a job"))?;
+    let sql = "SELECT job_json FROM jobs WHERE id = ?1";
+    let job_json: Option<String> = rows::lookup(conn, sql, [job_id], "read a job")?;
     match job_json {
         Some(text) => Ok(decode_job(&text)?.installation_id),
         None => Ok(0),

@@ -13,6 +13,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rows::lookup;
 use crate::error::HubError;
 use crate::trust::{PrHead, Sighting};
 
@@ -88,15 +89,13 @@ pub(super) fn fork_pr_with_head(
     repository: &str,
     sha: &str,
 ) -> Result<i64, HubError> {
-    let pr: Option<i64> = conn
-        .query_row(
-            "SELECT pr_number FROM pr_heads WHERE repository = ?1 AND head_sha = ?2 AND fork
-             ORDER BY event_ms DESC LIMIT 1",
-            params![repository.to_lowercase(), sha.to_ascii_lowercase()],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a fork head"))?;
+    let pr: Option<i64> = lookup(
+        conn,
+        "SELECT pr_number FROM pr_heads WHERE repository = ?1 AND head_sha = ?2 AND fork
+         ORDER BY event_ms DESC LIMIT 1",
+        params![repository.to_lowercase(), sha.to_ascii_lowercase()],
+        "look up a fork head",
+    )?;
     Ok(pr.unwrap_or(0))
 }
 

@@ -61,14 +61,12 @@ pub(super) fn redelivery(
     tx: &Connection,
     delivery_id: &str,
 ) -> Result<Option<DeliveryOutcome>, HubError> {
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
-            [delivery_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a delivery"))?;
+    let existing: Option<String> = lookup(
+        tx,
+        "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
+        [delivery_id],
+        "look up a delivery",
+    )?;
     existing
         .map(|ids| {
             let job_ids = serde_json::from_str(&ids).map_err(|source| HubError::CorruptRecord {
@@ -184,6 +182,19 @@ pub(super) fn insert_job(
     Ok(state)
 }
 
+/// The first column of the row `sql` finds with `params`, if it finds one; `what` names the
+/// lookup in errors.
+pub(super) fn lookup<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+) -> Result<Option<T>, HubError> {
+    conn.query_row(sql, params, |r| r.get(0))
+        .optional()
+        .map_err(HubError::store(what))
+}
+
 /// A job as stored in `jobs.job_json`.
 pub(super) fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
     serde_json::from_str(job_json).map_err(|source| HubError::CorruptRecord {
@@ -199,14 +210,12 @@ pub(super) fn machine_name(
     license_id: &str,
     server_id: &str,
 ) -> Result<String, HubError> {
-    let name: Option<String> = tx
-        .query_row(
-            "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
-            [license_id, server_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(HubError::store("look up a machine name"))?;
+    let name: Option<String> = lookup(
+        tx,
+        "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
+        [license_id, server_id],
+        "look up a machine name",
+    )?;
     Ok(name
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| server_id.to_owned()))
