@@ -94,39 +94,41 @@ mod tests {
     fn dag_names_and_run_ids() {
         let (max_name, long_name) = ("a".repeat(128), "a".repeat(129));
         let (max_id, long_id) = ("a".repeat(64), "a".repeat(65));
-        // What is checked: the kind the error names, and its check.
-        type Kind = (&'static str, fn(&str) -> Result<(), StoreError>);
-        let name: Kind = ("DAG name", validate_dag_name);
-        let id: Kind = ("run id", validate_run_id);
-        let cases: &[(Kind, &str, bool)] = &[
-            (name, "build", true),
-            (name, "build.v2_x-1", true),
-            (name, &max_name, true),
-            (name, "", false),
-            (name, &long_name, false),
-            (name, "../etc", false),
-            (name, "a..b", false),
-            (name, "..", false),
-            (name, ".", false),
-            (name, "/etc/passwd", false),
-            (name, "a/b", false),
-            (name, "a\\b", false),
-            (name, "a b", false),
-            (name, "dé", false),
-            (name, "a\0", false),
-            (id, "abc-123_X", true),
-            (id, &max_id, true),
-            (id, "", false),
-            (id, &long_id, false),
-            (id, "a.b", false),
-            (id, "../x", false),
-            (id, "a/b", false),
-            (id, "a%2F", false),
+        // Each check, the kind its errors name, the values it accepts and those it refuses.
+        type Check = fn(&str) -> Result<(), StoreError>;
+        let table: [(Check, &str, Vec<&str>, Vec<&str>); 2] = [
+            (
+                validate_dag_name,
+                "DAG name",
+                vec!["build", "build.v2_x-1", &max_name],
+                vec![
+                    "",
+                    &long_name,
+                    "../etc",
+                    "a..b",
+                    "..",
+                    ".",
+                    "/etc/passwd",
+                    "a/b",
+                    "a\\b",
+                    "a b",
+                    "dé",
+                    "a\0",
+                ],
+            ),
+            (
+                validate_run_id,
+                "run id",
+                vec!["abc-123_X", &max_id],
+                vec!["", &long_id, "a.b", "../x", "a/b", "a%2F"],
+            ),
         ];
-        for ((kind, check), value, ok) in cases {
-            let got = check(value);
-            assert_eq!(got.is_ok(), *ok, "{value:?}: {got:?}");
-            if let Err(e) = got {
+        for (check, kind, good, bad) in table {
+            for value in good {
+                assert!(check(value).is_ok(), "{value:?}: {:?}", check(value));
+            }
+            for value in bad {
+                let e = check(value).expect_err(value);
                 assert!(e.to_string().starts_with(&format!("invalid {kind}")), "{e}");
             }
         }
