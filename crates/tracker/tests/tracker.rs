@@ -44,6 +44,13 @@ fn damaged_copy(dir: &Path, name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> st
     copy
 }
 
+/// A tracker in a fresh temporary directory (kept while the guard lives).
+fn fresh() -> (tempfile::TempDir, Tracker) {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tracker::open(tmp.path()).unwrap();
+    (tmp, t)
+}
+
 fn ids(t: &Tracker) -> Vec<String> {
     t.list().unwrap().into_iter().map(|j| j.job_id).collect()
 }
@@ -114,8 +121,7 @@ fn every_operation_survives_reopen() {
 
 #[test]
 fn list_is_sorted_by_job_id() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (_tmp, t) = fresh();
     for id in ["zeta", "alpha", "Mid", "beta-2", "beta-10"] {
         t.upsert(job(id, "r")).unwrap();
     }
@@ -591,8 +597,7 @@ fn many_threads_changing_at_once_leave_the_same_state_after_reopen() {
 #[test]
 fn concurrent_callers_share_one_fsync() {
     const CALLERS: usize = 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     t.upsert(job("before", "r")).unwrap();
     assert_eq!(t.journal_syncs(), 1, "a lone change costs one fsync");
     let jobs = (0..CALLERS)
@@ -623,8 +628,7 @@ fn concurrent_callers_share_one_fsync() {
 
 #[test]
 fn upsert_all_is_one_write_and_one_fsync() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     let jobs: Vec<TrackedJob> = (0..50).map(|i| job(&format!("all-{i:02}"), "r")).collect();
     t.upsert_all(jobs.clone()).unwrap();
     assert_eq!(t.journal_syncs(), 1);
@@ -662,8 +666,7 @@ fn write_one_batch(t: &Tracker, dir: &Path, callers: usize) -> u64 {
 
 #[test]
 fn a_torn_batch_is_a_torn_tail_wherever_it_tears() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     t.upsert(job("kept", "r")).unwrap();
     // Enough callers that the batch spans several 4 KiB pages.
     let start = write_one_batch(&t, tmp.path(), 80);
@@ -716,8 +719,7 @@ fn a_batch_never_outgrows_one_record() {
         j.dag_name = "d".repeat(1_000_000);
         j
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     // Only a full batch waits; the other callers wait for room in the next one.
     let results = upsert_together(&t, (0..CALLERS).map(big).collect(), FIT, || {});
     assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -735,8 +737,7 @@ fn a_batch_never_outgrows_one_record() {
 
 #[test]
 fn delete_counts_a_change_still_waiting_for_its_fsync() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     std::thread::scope(|s| {
         let hold = t.hold_writes();
         let upsert = s.spawn(|| t.upsert(job("x", "r")));
@@ -763,8 +764,7 @@ fn delete_counts_a_change_still_waiting_for_its_fsync() {
 #[test]
 fn a_failed_batch_fails_every_caller_and_poisons_the_tracker() {
     const CALLERS: usize = 5;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tracker::open(tmp.path()).unwrap();
+    let (tmp, t) = fresh();
     t.upsert(job("kept", "r")).unwrap();
     let jobs = (0..CALLERS)
         .map(|i| job(&format!("lost-{i}"), "r"))
