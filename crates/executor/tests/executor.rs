@@ -85,6 +85,16 @@ impl Harness {
         assert_eq!(outcome, EnqueueOutcome::Enqueued);
     }
 
+    /// Enqueues a hand-built DAG as run `r1` and returns its final record (whose status the
+    /// executor announced).
+    async fn run_steps(&self, rx: &mut broadcast::Receiver<RunFinished>, dag: &Dag) -> RunRecord {
+        self.enqueue(dag, "r1", "");
+        let status = finished(rx, "r1").await;
+        let rec = self.record(&dag.name, "r1");
+        assert_eq!(rec.status, status);
+        rec
+    }
+
     fn record(&self, dag: &str, run_id: &str) -> RunRecord {
         self.stores.runs.find_attempt(dag, run_id).unwrap().record
     }
@@ -224,9 +234,8 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
             step("two", "touch ../../never"),
         ],
     );
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
-    let rec = h.record("bad", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(rec.error.as_deref(), Some("step `one`: exit status 3"));
     assert_eq!(outcome(&rec), "failed: one=failed two=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(3));
@@ -245,9 +254,8 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
     no_shell.continue_on.failure = true;
     let mut dag = h.dag("nostart", vec![no_shell, nowhere]);
     dag.dag_type = DagType::Graph;
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
-    let rec = h.record("nostart", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: no_shell=failed nowhere=failed");
     assert_step_error(&rec.steps[0], "/nonexistent/shell");
     assert_step_error(&rec.steps[1], "missing-dir");
@@ -270,9 +278,8 @@ async fn sh_runs_with_dash_e_by_default_only() {
         ],
     );
     std::fs::create_dir_all(h.path("dags")).unwrap();
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
-    let rec = h.record("shells", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: explicit=succeeded default=failed");
     assert!(h.path("dags/explicit").exists(), "explicit `sh` has no -e");
     assert!(
@@ -287,9 +294,8 @@ async fn continue_on_failure_makes_a_partial_success() {
     let mut flaky = step("flaky", "exit 1");
     flaky.continue_on.failure = true;
     let dag = h.dag("partial", vec![flaky, step("after", "echo ran")]);
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::PartiallySucceeded);
-    let rec = h.record("partial", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::PartiallySucceeded);
     assert_eq!(
         outcome(&rec),
         "partially_succeeded: flaky=failed after=succeeded"
@@ -355,9 +361,8 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
         ],
     );
     dag.dag_type = DagType::Graph;
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
-    let rec = h.record("deps", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         outcome(&rec),
         "failed: a=failed b=skipped c=skipped independent=succeeded"
@@ -602,9 +607,8 @@ async fn scripts_run_from_a_file_next_to_the_logs() {
     let mut interpreted = step("interp", "cat");
     interpreted.script = Some("not run, just printed\n".into());
     let dag = h.dag("scripts", vec![plain, interpreted]);
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
-    let rec = h.record("scripts", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Succeeded);
     assert_eq!(read(&rec.steps[0].stdout), "one\nplain\n");
     assert_eq!(read(&rec.steps[1].stdout), "not run, just printed\n");
     assert!(rec.log_file.parent().unwrap().join("plain.script").exists());
@@ -617,9 +621,8 @@ async fn a_step_timeout_fails_the_step_with_124() {
     slow.timeout_sec = Some(1);
     let mut dag = h.dag("steptimeout", vec![slow, step("next", "true")]);
     dag.max_clean_up_time_sec = 1;
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Failed);
-    let rec = h.record("steptimeout", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: slow=failed next=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(124));
     assert!(
@@ -638,9 +641,8 @@ async fn a_dag_timeout_aborts_the_run() {
     );
     dag.timeout_sec = Some(1);
     dag.max_clean_up_time_sec = 1;
-    h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
-    let rec = h.record("dagtimeout", "r1");
+    let rec = h.run_steps(&mut rx, &dag).await;
+    assert_eq!(rec.status, RunStatus::Aborted);
     assert_eq!(outcome(&rec), "aborted: slow=aborted next=skipped");
     assert_eq!(rec.error.as_deref(), Some("run timed out after 1s"));
 }
