@@ -57,6 +57,10 @@ const CALLS_PER_PASS: usize = 8;
 /// Bytes read from a log file at a time.
 const READ_SIZE: usize = 64 * 1024;
 
+/// How long a job whose run has not started waits before it is looked at again: a long queue
+/// of runs costs a read of each record per second, not per pass, and no call.
+const NOT_STARTED_RECHECK: Duration = Duration::from_secs(1);
+
 /// Failed calls after its run ended before a job's upload is given up (its finish goes then).
 const MAX_FAILURES_AFTER_END: u32 = 8;
 
@@ -82,11 +86,20 @@ pub(crate) async fn progress_loop(
             biased;
             _ = cancel.cancelled() => break,
             _ = shared.upload_wake.notified() => {}
-            event = events.recv(), if events_open => {
-                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
-                    events_open = false;
+            event = events.recv(), if events_open => match event {
+                // A run that ended is looked at now, whatever its wait.
+                Ok(finished) => {
+                    // A burst of ended runs needs one pass, not one per run.
+                    let more = std::iter::from_fn(|| events.try_recv().ok());
+                    for run_id in std::iter::once(finished.run_id).chain(more.map(|f| f.run_id)) {
+                        if let Some(upload) = uploads.get_mut(&run_id) {
+                            upload.not_before = None;
+                        }
+                    }
                 }
-            }
+                Err(broadcast::error::RecvError::Closed) => events_open = false,
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+            },
             _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
         }
     }
@@ -161,6 +174,10 @@ async fn upload_job(
                 return upload;
             }
         };
+        if attempt.record.started_at.is_none() && !attempt.record.status.is_final() {
+            upload.not_before = Some(Instant::now() + NOT_STARTED_RECHECK);
+            return upload;
+        }
         if upload.secrets.is_none() {
             let dag = attempt.dag.clone();
             let credentials = shared.credentials.credential_values();
