@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::{bin, deliver_push, hub_public_key, write, Proc};
+use crate::support::{bin, deliver_push, hub_public_key, serve_hub, write};
 
 const WEBHOOK_SECRET: &str = "crash-webhook-secret";
 const LICENSE_KEY: &str = "crash-license-key";
@@ -438,18 +438,7 @@ event_name = "push"
     let public_key = hub_public_key(&hub_data, &["--format", "base64"])
         .trim()
         .to_owned();
-    let mut hub = Proc::spawn(
-        "hub",
-        &[
-            "serve",
-            "--config",
-            &config.display().to_string(),
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
-    let hub_url = hub.wait_for("hub listening on").to_owned();
+    let (mut hub, hub_url) = serve_hub(&config, &["--log-format", "json"], &[]);
     let (proxy, proxy_url) = Proxy::start(hub_url.clone()).await;
     let client = reqwest::Client::new();
     // Timed from here: building the binaries is not the test's time.

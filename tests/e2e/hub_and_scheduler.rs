@@ -7,7 +7,7 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{deliver_push, eventually, hub_public_key, write, Proc};
+use crate::support::{deliver_push, eventually, hub_public_key, serve_hub, write, Proc};
 
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
 const LICENSE_KEY: &str = "team-key-e2e";
@@ -61,12 +61,8 @@ license = "team"
     );
     // The scheduler verifies the hub's tokens with the hub's public key, read from a file.
     let key_file = write(dir.path(), "hub.pub", &hub_public_key(&hub_data, &[]));
-    let mut hub = Proc::spawn(
-        "hub",
-        &["serve", "--config", &config.display().to_string()],
-        &[("DISPATCH_HUB_GITHUB_TOKEN", GITHUB_TOKEN)],
-    );
-    let hub_url = hub.wait_for("hub listening on").to_owned();
+    let (mut hub, hub_url) =
+        serve_hub(&config, &[], &[("DISPATCH_HUB_GITHUB_TOKEN", GITHUB_TOKEN)]);
 
     let dags = home.join("dags");
     write(

@@ -258,6 +258,17 @@ pub fn hub_public_key(data_dir: &Path, extra: &[&str]) -> String {
     print_key.stdout()
 }
 
+/// `hub serve --config <config>` with `extra` arguments and `envs`, once it listens; returns it
+/// with its base URL.
+pub fn serve_hub(config: &Path, extra: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+    let config = config.display().to_string();
+    let mut args = vec!["serve", "--config", &config];
+    args.extend(extra);
+    let mut hub = Proc::spawn("hub", &args, envs);
+    let url = hub.wait_for("hub listening on");
+    (hub, url)
+}
+
 /// The body of a GET of `url`, which must answer.
 pub async fn get_text(url: &str) -> String {
     let response = reqwest::get(url)

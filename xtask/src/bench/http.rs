@@ -8,6 +8,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The part of the hub's 202 answer to a delivery the bench reads: the jobs it made.
+#[derive(Deserialize)]
+struct JobsMade {
+    #[serde(default)]
+    job_ids: Vec<String>,
+}
 
 /// An answer, with the wall-clock time its head was read.
 pub(crate) struct Response {
@@ -131,16 +139,8 @@ impl WebhookSender {
                 text.trim()
             );
         }
-        let answer: serde_json::Value = serde_json::from_str(&text)
+        let JobsMade { job_ids } = serde_json::from_str(&text)
             .with_context(|| format!("hub answer to `{delivery}` is not json: {text}"))?;
-        let job_ids: Vec<String> = answer["job_ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| id.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
         if job_ids.is_empty() {
             bail!("hub accepted delivery `{delivery}` without a job: {text}");
         }

@@ -49,17 +49,14 @@ async fn push_job_runs_and_finishes_succeeded_with_the_event_as_params() {
     rig.assert_succeeded_once(job_id, "on-push").await;
     // The raw payload reached the step byte for byte, with the headers and the extras.
     // (The file's trailing newline is whitespace after the JSON value, not part of it.)
-    let seen = std::fs::read_to_string(out.with_extension("payload")).unwrap();
+    let seen = |what| std::fs::read_to_string(out.with_extension(what)).unwrap();
     assert!(
-        seen == payload.trim_end(),
+        seen("payload") == payload.trim_end(),
         "payload bytes changed on the way"
     );
+    assert_eq!(seen("headers"), PUSH_HEADERS);
     assert_eq!(
-        std::fs::read_to_string(out.with_extension("headers")).unwrap(),
-        PUSH_HEADERS
-    );
-    assert_eq!(
-        std::fs::read_to_string(out.with_extension("extras")).unwrap(),
+        seen("extras"),
         "push refs/heads/master Codertocat/Hello-World Codertocat job-push-1"
     );
     // Pull bodies carry the credentials and no wait_seconds when long-poll is off.

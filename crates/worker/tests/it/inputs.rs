@@ -9,38 +9,28 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
     let rig = Rig::new().await;
     rig.write_dag("good", "steps:\n  - name: s\n    command: \"true\"\n");
     rig.write_dag("broken", "steps:\n  - name: s\n    comand: typo\n");
-    let cases = [
-        (
-            json!({"id": "j-dotdot", "dag_name": "../etc"}),
-            "j-dotdot",
-            "Rejected: invalid DAG name `../etc`: must not hold a path separator.",
-        ),
-        (
-            json!({"id": "j-abs", "dag_name": "/etc/passwd"}),
-            "j-abs",
-            "Rejected: invalid DAG name `/etc/passwd`: must not hold a path separator.",
-        ),
-        (
-            json!({"id": "j-empty", "dag_name": ""}),
-            "j-empty",
-            "Rejected: invalid DAG name ``: must not be empty.",
-        ),
-        (
-            json!({"id": "j-unknown", "dag_name": "nope"}),
-            "j-unknown",
-            "Rejected: DAG `nope` not found on this server.",
-        ),
-        (
-            json!({"id": "a/b", "dag_name": "good"}),
-            "a%2Fb",
-            "Rejected: the job id is not a usable run id: invalid run id `a/b`: may only hold A-Z, a-z, 0-9, `_` and `-`.",
-        ),
-        (
-            json!({"id": "x?y%z", "dag_name": "good"}),
-            "x%3Fy%25z",
-            "Rejected: the job id is not a usable run id: invalid run id `x?y%z`: may only hold A-Z, a-z, 0-9, `_` and `-`.",
-        ),
-    ];
+    // (the job's fields, its id as escaped in the finish path, the summary)
+    let mut cases = Vec::new();
+    for (id, dag, why) in [
+        ("j-dotdot", "../etc", "must not hold a path separator"),
+        ("j-abs", "/etc/passwd", "must not hold a path separator"),
+        ("j-empty", "", "must not be empty"),
+    ] {
+        let summary = format!("Rejected: invalid DAG name `{dag}`: {why}.");
+        cases.push((json!({"id": id, "dag_name": dag}), id, summary));
+    }
+    cases.push((
+        json!({"id": "j-unknown", "dag_name": "nope"}),
+        "j-unknown",
+        "Rejected: DAG `nope` not found on this server.".to_owned(),
+    ));
+    for (id, escaped) in [("a/b", "a%2Fb"), ("x?y%z", "x%3Fy%25z")] {
+        let summary = format!(
+            "Rejected: the job id is not a usable run id: invalid run id `{id}`: may only hold \
+             A-Z, a-z, 0-9, `_` and `-`."
+        );
+        cases.push((json!({"id": id, "dag_name": "good"}), escaped, summary));
+    }
     for (job, _, _) in &cases {
         rig.offer_job(job_json(job.clone(), Some("{}"), None)).await;
     }
