@@ -43,7 +43,7 @@ pub trait CredentialSource: Send + Sync + 'static {
     /// The current credentials, or `None` when there is no key-activated license.
     fn cloud_machine_credentials(&self) -> Option<MachineCredentials>;
 
-    /// Every credential value this source holds (license key, heartbeat secret), for masking
+    /// Every credential value this source holds (license key, heartbeat secret, token), for masking
     /// in anything that leaves the machine, such as uploaded step logs. By default the
     /// heartbeat secret of [`CredentialSource::cloud_machine_credentials`].
     fn credential_values(&self) -> Vec<Secret> {

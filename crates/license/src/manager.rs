@@ -127,6 +127,8 @@ pub enum ActivationOutcome {
 #[derive(Debug, Clone)]
 struct Active {
     heartbeat_secret: Secret,
+    /// The token text, for [`CredentialSource::credential_values`] only.
+    token: Secret,
     claims: Claims,
     /// Where it came from, for the summary.
     source: &'static str,
@@ -316,6 +318,7 @@ impl LicenseManager {
                 tracing::info!(license_id = %claims.jti, exp = claims.exp, "license heartbeat ok");
                 self.lock().active = Some(Active {
                     heartbeat_secret: active.heartbeat_secret,
+                    token: resp.token,
                     claims,
                     source: "heartbeat",
                 });
@@ -376,6 +379,7 @@ impl LicenseManager {
                             exp = claims.exp, server_id = %self.server_id, "license activated");
                         self.set_active(Active {
                             heartbeat_secret: resp.heartbeat_secret,
+                            token: resp.token,
                             claims,
                             source: "activated",
                         });
@@ -434,6 +438,7 @@ impl LicenseManager {
                     "license activation failed; using the cached activation (offline start)");
                 self.set_active(Active {
                     heartbeat_secret: record.heartbeat_secret,
+                    token: record.token,
                     claims,
                     source: "cached",
                 });
@@ -567,6 +572,7 @@ impl CredentialSource for LicenseManager {
         let mut values: Vec<Secret> = self.cfg.license_key.iter().cloned().collect();
         if let Some(active) = &self.lock().active {
             values.push(active.heartbeat_secret.clone());
+            values.push(active.token.clone());
         }
         values
     }
