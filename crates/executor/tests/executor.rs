@@ -42,6 +42,11 @@ impl Harness {
         }
     }
 
+    /// The executor [`Harness::started`] started.
+    fn handle(&self) -> &ExecutorHandle {
+        self.running.as_ref().expect("Harness::started")
+    }
+
     /// A harness with an executor running on it, and the executor's notifications.
     fn started() -> (Harness, broadcast::Receiver<RunFinished>) {
         let mut h = Harness::new();
@@ -185,8 +190,8 @@ fn outcome(rec: &RunRecord) -> String {
 
 #[tokio::test]
 async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let dag = h.dag(
         "ok",
         vec![
@@ -661,8 +666,8 @@ fn pid_alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let m = |n: &str| h.path(n).display().to_string();
     let dag = h.dag(
         "graceful",
@@ -695,8 +700,8 @@ async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
 
 #[tokio::test]
 async fn stop_kills_a_step_that_ignores_term_after_the_clean_up_time() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let pid_file = h.path("pid");
     let mut dag = h.dag(
         "stubborn",
@@ -723,8 +728,8 @@ fn read_pid(path: &Path) -> Option<i32> {
 
 #[tokio::test]
 async fn stop_of_a_queued_run_removes_it_and_marks_it_aborted() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let blocker = h.dag(
         "q",
         vec![step(
@@ -759,8 +764,8 @@ async fn stop_of_a_queued_run_removes_it_and_marks_it_aborted() {
 
 #[tokio::test]
 async fn one_run_per_queue_at_a_time() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let m = |n: &str| h.path(n).display().to_string();
     // Each run notes overlap with another, then waits for its own release file.
     let body = format!(
@@ -905,8 +910,8 @@ async fn runs_enqueued_by_another_process_are_found_by_the_scan() {
 
 #[tokio::test]
 async fn shutdown_waits_for_grace_then_aborts_and_leaves_the_queue() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let mut dag = h.dag(
         "shut",
         vec![step(

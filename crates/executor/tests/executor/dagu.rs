@@ -754,8 +754,8 @@ fn write_script(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn stopping_a_run_stops_its_sub_dag_children() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let started = h.path("child_started");
     let dag = h.load(
         "parent",
@@ -779,8 +779,8 @@ async fn stopping_a_run_stops_its_sub_dag_children() {
 
 #[tokio::test]
 async fn a_stop_during_delay_sec_starts_no_step() {
-    let h = Harness::new();
-    let (handle, mut rx) = h.start();
+    let (h, mut rx) = Harness::started();
+    let handle = h.handle();
     let dag = h.load("delayed", "delay_sec: 600\nsteps:\n  - run: touch ran\n");
     enqueue_webhook_run(&h.stores, &dag, "r1", "", 1).unwrap();
     let log = h.path("logs/delayed/r1");
