@@ -127,7 +127,8 @@ pub(super) fn expire_claims(
 }
 
 /// Claims the oldest queued job this license and server may take, for `lease_ms` (a job targeted
-/// at one server, a cancel, goes to that server only).
+/// at one server, a cancel, goes to that server only). `claimed_ms` keeps the latest claim: a job
+/// whose lease ran out and that is claimed again shows the new one on its page.
 pub(super) fn claim_next(
     tx: &Connection,
     license_id: &str,
@@ -160,7 +161,7 @@ pub(super) fn claim_next(
     };
     tx.execute(
         "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
-                         updated_ms = ?5, claims = claims + 1
+                         updated_ms = ?5, claims = claims + 1, claimed_ms = ?5
          WHERE seq = ?6",
         params![
             JobState::Claimed,
@@ -224,7 +225,7 @@ pub(super) fn accept(
     if outcome == Transition::Done {
         tx.execute(
             "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, dag_run_id = ?4,
-                             lease_expires_ms = 0, updated_ms = ?5
+                             lease_expires_ms = 0, updated_ms = ?5, accepted_ms = ?5
              WHERE id = ?6",
             params![
                 JobState::Accepted,
@@ -387,4 +388,60 @@ fn raw(job_id: &str, text: String) -> Result<Box<RawValue>, HubError> {
         job_id: job_id.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use dispatch_protocol::DispatchJob;
+
+    use crate::matching::NewJob;
+    use crate::store::{Caller, RawDelivery, Store};
+
+    /// `(claimed_ms, accepted_ms)` of the job `id`.
+    fn times(store: &Store, id: &str) -> (i64, i64) {
+        store
+            .read()
+            .query_row(
+                "SELECT claimed_ms, accepted_ms FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn claim_and_accept_times_are_kept_past_the_finish_and_the_latest_claim_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let job = NewJob {
+            job: DispatchJob {
+                id: "j1".into(),
+                dag_name: "d".into(),
+                ..DispatchJob::default()
+            },
+            target_license: String::new(),
+            target_server_id: String::new(),
+            status_context: "dispatch/d".into(),
+        };
+        let raw = RawDelivery {
+            payload: "{}".into(),
+            headers: "{}".into(),
+        };
+        s.record_delivery("d1", "push", vec![job], raw, 1).unwrap();
+        assert_eq!(times(&s, "j1"), (0, 0), "queued");
+        s.claim_next("l", "a", 100, 50).unwrap().unwrap();
+        assert_eq!(times(&s, "j1"), (100, 0));
+        // The lease runs out and another server claims the job: its claim is the one kept.
+        s.claim_next("l", "b", 200, 50).unwrap().unwrap();
+        assert_eq!(times(&s, "j1"), (200, 0));
+        let b = Caller {
+            license_id: "l",
+            server_id: "b",
+        };
+        s.accept("j1", b, "run", 230).unwrap();
+        assert_eq!(times(&s, "j1"), (200, 230));
+        s.finish("j1", b, "succeeded", "", 300, |_| Vec::new())
+            .unwrap();
+        assert_eq!(times(&s, "j1"), (200, 230), "kept once finished");
+    }
 }

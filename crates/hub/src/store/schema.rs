@@ -66,6 +66,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: super::progress::create_tables,
         outside_transaction: false,
     },
+    Step {
+        name: "record when each job was last claimed and accepted, and each server's version",
+        apply: claim_accept_times_and_versions,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this
@@ -281,6 +286,23 @@ fn trust_heads_and_approvals(conn: &Connection) -> rusqlite::Result<()> {
     super::commands::create_table(conn)
 }
 
+/// The job page's timeline shows when a job was claimed and accepted, which `updated_ms` forgets
+/// at the next change; the servers page shows the version each scheduler runs. A job claimed or
+/// accepted now took that step at its last change, so that time is carried over; a finished job
+/// of an earlier release keeps 0 (not known). The state words are written out, not taken from
+/// `JobState`: a step must do the same thing for as long as it exists.
+fn claim_accept_times_and_versions(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE jobs ADD COLUMN claimed_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN accepted_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET claimed_ms = updated_ms WHERE state = 'claimed';
+UPDATE jobs SET accepted_ms = updated_ms WHERE state = 'accepted';
+ALTER TABLE activations ADD COLUMN client_version TEXT NOT NULL DEFAULT '';
+",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +384,56 @@ mod tests {
         // Opening again runs no step twice.
         Store::open(&path).unwrap();
         assert_eq!(one("PRAGMA user_version"), STEPS.len() as i64);
+    }
+
+    #[test]
+    fn jobs_claimed_or_accepted_before_the_times_were_stored_keep_their_last_change() {
+        let (_dir, path) = temp_database();
+        let conn = Connection::open(&path).unwrap();
+        let before = STEPS
+            .iter()
+            .position(|s| s.name.starts_with("record when each job was last claimed"))
+            .unwrap();
+        for step in &STEPS[..before] {
+            (step.apply)(&conn).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        for (id, state, updated_ms) in [
+            ("jc", "claimed", 40),
+            ("ja", "accepted", 50),
+            ("jf", "finished", 60),
+        ] {
+            conn.execute(
+                "INSERT INTO jobs (id, target_license, status_context, state, job_json, created_ms,
+                                   updated_ms)
+                 VALUES (?1, '', 'dispatch/d', ?2, '{}', 5, ?3)",
+                rusqlite::params![id, state, updated_ms],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO activations (license_id, server_id, machine_name, secret_sha256, activated_ms)
+             VALUES ('lic', 'srv', 'box', 'hash', 77)",
+            [],
+        )
+        .unwrap();
+        drop(Store::open(&path).unwrap());
+        let times = |id: &str| -> (i64, i64) {
+            conn.query_row(
+                "SELECT claimed_ms, accepted_ms FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(times("jc"), (40, 0));
+        assert_eq!(times("ja"), (0, 50));
+        assert_eq!(times("jf"), (0, 0), "not known");
+        let version: String = conn
+            .query_row("SELECT client_version FROM activations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, "");
     }
 
     #[test]
