@@ -7,5 +7,6 @@ mod fault_matrix;
 mod faults;
 mod flow;
 mod inputs;
+mod progress;
 mod restart;
 mod secrets;
