@@ -79,7 +79,12 @@ pub(crate) async fn progress_loop(
         }
         if shared.client.supports_progress() {
             if let Some(creds) = shared.credentials.cloud_machine_credentials() {
-                upload_pass(shared, &mut uploads, &creds, cancel).await;
+                // Shutdown does not wait for a call to a hub that does not answer: what was not
+                // acknowledged is sent again after the next start.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    () = upload_pass(shared, &mut uploads, &creds, cancel) => {}
+                }
             }
         }
         tokio::select! {
