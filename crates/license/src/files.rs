@@ -124,12 +124,12 @@ fn sync_parent(path: &Path) -> Result<(), FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dispatch_test_support::temp_path;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn atomic_write_replaces_with_mode_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f.json");
+        let (dir, p) = temp_path("f.json");
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
@@ -146,8 +146,7 @@ mod tests {
 
     #[test]
     fn exclusive_create_does_not_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("id");
+        let (_dir, p) = temp_path("id");
         assert!(create_exclusive(&p, b"a", 0o644).unwrap());
         assert!(!create_exclusive(&p, b"b", 0o644).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"a");
@@ -158,8 +157,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("missing-dir").join("f");
+        let (_dir, missing) = temp_path("missing-dir");
+        let p = missing.join("f");
         let e = write_atomic(&p, b"x", 0o600).unwrap_err();
         assert!(e.to_string().contains("missing-dir"), "{e}");
         assert!(std::error::Error::source(&e).is_some());

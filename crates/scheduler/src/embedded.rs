@@ -69,18 +69,13 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
-    use super::*;
+    use dispatch_test_support::temp_path;
 
-    /// A path named `name` in a fresh temporary directory (kept while the guard lives).
-    fn scratch_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        (dir, path)
-    }
+    use super::*;
 
     #[test]
     fn secret_is_created_once_with_0600() {
-        let (_dir, path) = scratch_file("webhook_secret");
+        let (_dir, path) = temp_path("webhook_secret");
         let first = load_or_create_secret(&path, "", 32).unwrap();
         assert_eq!(first.expose().len(), 64);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -90,7 +85,7 @@ mod tests {
 
     #[test]
     fn empty_secret_file_is_replaced() {
-        let (_dir, path) = scratch_file("k");
+        let (_dir, path) = temp_path("k");
         std::fs::write(&path, "").unwrap();
         let key = load_or_create_secret(&path, "dsp_", 8).unwrap();
         assert!(key.expose().starts_with("dsp_") && key.expose().len() == 20);
@@ -98,7 +93,7 @@ mod tests {
 
     #[test]
     fn write_if_absent_keeps_user_edits() {
-        let (_dir, path) = scratch_file("bindings.toml");
+        let (_dir, path) = temp_path("bindings.toml");
         assert!(write_if_absent(&path, "a").unwrap());
         std::fs::write(&path, "mine").unwrap();
         assert!(!write_if_absent(&path, "a").unwrap());

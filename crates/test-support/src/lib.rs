@@ -90,6 +90,14 @@ pub fn fixture_str(name: &str) -> String {
     String::from_utf8(fixture(name)).unwrap_or_else(|e| panic!("fixture {name}: not UTF-8: {e}"))
 }
 
+/// A path named `name` in a fresh temporary directory, with the directory's guard: the directory
+/// and what the test wrote there go when the guard drops.
+pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
 /// Runs a `harness = false` bench: `measure` works in a fresh scratch directory, `print` shows
 /// its results, and with `--json <path>` among the arguments they are also written to `path` as
 /// a JSON array. Cargo's own `--bench` and other harness flags are ignored. A failure is printed

@@ -292,10 +292,14 @@ samples                    200  count";
 
     #[test]
     fn numbers_keep_meaningful_decimals() {
-        assert_eq!(number(0.01234), "0.012");
-        assert_eq!(number(4.256), "4.26");
-        assert_eq!(number(412.7), "413");
-        assert_eq!(number(2.0), "2");
-        assert_eq!(number(-0.5), "-0.500");
+        for (value, shown) in [
+            (0.01234, "0.012"),
+            (4.256, "4.26"),
+            (412.7, "413"),
+            (2.0, "2"),
+            (-0.5, "-0.500"),
+        ] {
+            assert_eq!(number(value), shown, "{value}");
+        }
     }
 }
