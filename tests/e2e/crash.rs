@@ -334,26 +334,19 @@ fn run_record(runs: &dispatch_dag::FileRunStore, dag: &str, run_id: &str) -> Val
 /// its own process group, with its `sleep` in it), wherever their scheduler is.
 fn step_processes(ledger: &Path) -> Vec<Pid> {
     let marker = format!("LEDGER={}", ledger.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == marker.as_bytes())
-        {
-            found.push(Pid::from_raw(pid));
-        }
-    }
-    found
+    // Entries that are not processes, or that ended meanwhile, are passed over.
+    let ours = |entry: std::fs::DirEntry| {
+        let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let mut vars = environ.split(|&b| b == 0);
+        vars.any(|var| var == marker.as_bytes())
+            .then(|| Pid::from_raw(pid))
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(ours)
+        .collect()
 }
 
 /// Steps (process groups) among `processes`.
