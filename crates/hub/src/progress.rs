@@ -12,7 +12,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dispatch_protocol::{ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES};
+use dispatch_protocol::{
+    ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES, STEP_STATUS_WORDS,
+};
 
 use crate::handler::{authenticate, parse_body, ApiError, AppState};
 use crate::store::{blocking, now_ms, Progress, Recorded};
@@ -42,6 +44,17 @@ fn check(req: &ProgressRequest) -> Result<(), ApiError> {
                 "a step name is 1 to {MAX_STEP_NAME_BYTES} bytes long"
             ));
         }
+    }
+    if let Some(step) = req
+        .steps
+        .iter()
+        .find(|s| !STEP_STATUS_WORDS.contains(&s.status.as_str()))
+    {
+        return bad(format!(
+            "unknown step status `{}` (expected one of {})",
+            step.status,
+            STEP_STATUS_WORDS.join(", ")
+        ));
     }
     let data: usize = req.logs.iter().map(|c| c.data.len()).sum();
     if data > MAX_PROGRESS_DATA_BYTES {

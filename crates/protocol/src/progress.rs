@@ -23,6 +23,17 @@ pub const HUB_EXTENSIONS: &str = "pull-batch, progress";
 /// The last path segment of the progress call, after the job id.
 pub const PROGRESS_ACTION: &str = "progress";
 
+/// The step status words a progress call may carry (a DAG step's states).
+pub const STEP_STATUS_WORDS: [&str; 7] = [
+    "not_started",
+    "running",
+    "failed",
+    "aborted",
+    "succeeded",
+    "skipped",
+    "partially_succeeded",
+];
+
 /// Log bytes one job may upload in all (every step, both streams), unless configured otherwise.
 /// Past it, the scheduler sends one chunk marked [`LogChunk::truncated`] and nothing more.
 pub const DEFAULT_JOB_LOG_CAP: u64 = 10 * 1024 * 1024;
@@ -82,8 +93,7 @@ pub struct ProgressRequest {
 pub struct StepProgress {
     /// The step's name, unique in its DAG.
     pub name: String,
-    /// A step status word: `not_started`, `running`, `failed`, `aborted`, `succeeded`,
-    /// `skipped`.
+    /// One of the [`STEP_STATUS_WORDS`].
     pub status: String,
     /// The exit code of its process, when it has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]

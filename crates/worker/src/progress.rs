@@ -671,6 +671,35 @@ mod tests {
     }
 
     #[test]
+    fn every_step_status_is_a_word_of_the_protocol() {
+        let all = [
+            StepStatus::NotStarted,
+            StepStatus::Running,
+            StepStatus::Failed,
+            StepStatus::Aborted,
+            StepStatus::Succeeded,
+            StepStatus::Skipped,
+            StepStatus::PartiallySucceeded,
+        ];
+        for status in all {
+            // A new status must be added here and to the protocol's words.
+            match status {
+                StepStatus::NotStarted
+                | StepStatus::Running
+                | StepStatus::Failed
+                | StepStatus::Aborted
+                | StepStatus::Succeeded
+                | StepStatus::Skipped
+                | StepStatus::PartiallySucceeded => {}
+            }
+            assert!(
+                dispatch_protocol::STEP_STATUS_WORDS.contains(&status.as_str()),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
     fn a_gap_sends_the_stream_again_from_what_the_hub_has() {
         let dir = tempfile::tempdir().unwrap();
         let rec = record(dir.path(), dispatch_dag::RunStatus::Running);

@@ -141,6 +141,10 @@ async fn malformed_progress_is_a_400_naming_the_rule() {
             json!({"logs": [{"step": "s", "stream": "stdin", "offset": 0}]}),
             "invalid request body",
         ),
+        (
+            json!({"steps": [{"name": "s", "status": "done"}]}),
+            "unknown step status `done`",
+        ),
     ] {
         let resp = progress(&hub, &c, &id, body).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
