@@ -732,18 +732,15 @@ mod tests {
 
     #[test]
     fn job_path_escapes_to_one_segment() {
-        assert_eq!(
-            job_path("a/b?c%d#e f", "accept").unwrap(),
-            "/api/v1/github/dispatch/a%2Fb%3Fc%25d%23e%20f/accept"
-        );
-        assert_eq!(
-            job_path("job-1_x.y~z", "finish").unwrap(),
-            "/api/v1/github/dispatch/job-1_x.y~z/finish"
-        );
-        assert_eq!(
-            job_path("é", "accept").unwrap(),
-            "/api/v1/github/dispatch/%C3%A9/accept"
-        );
+        // (job id, action, the path below `/api/v1/github/dispatch/`)
+        for (id, action, path) in [
+            ("a/b?c%d#e f", "accept", "a%2Fb%3Fc%25d%23e%20f/accept"),
+            ("job-1_x.y~z", "finish", "job-1_x.y~z/finish"),
+            ("é", "accept", "%C3%A9/accept"),
+        ] {
+            let want = format!("/api/v1/github/dispatch/{path}");
+            assert_eq!(job_path(id, action).unwrap(), want, "{id}");
+        }
         for bad in ["", ".", ".."] {
             assert_eq!(
                 job_path(bad, "accept").unwrap_err().kind,
