@@ -59,8 +59,8 @@ pub(crate) use approvals::{Approval, HeldEvent};
 pub(crate) use cancels::CancelOutcome;
 pub(crate) use check_runs::Rerun;
 pub(crate) use jobs::Transition;
-pub(crate) use progress::{Progress, Recorded};
 pub use progress::{JobProgress, LogSlice, ProgressChanges, StepRow};
+pub(crate) use progress::{Progress, Recorded};
 pub(crate) use reports::{
     AcceptedJob, FinishedJob, NewReport, NoReports, PendingReport, Reports, ReportsFor,
 };
