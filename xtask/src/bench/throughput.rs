@@ -80,30 +80,46 @@ pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
         scheduler.check_alive()?;
         hub.process.check_alive()
     };
-    let accepted = procs::wait_for(
-        &format!("the hub to count {JOBS} jobs accepted"),
-        Duration::from_secs(180 * patience),
-        Duration::from_millis(20),
-        &mut alive,
-        || {
-            let done = hub_metric(hub_addr, &DONE).ok()?;
-            let now = started.elapsed();
+    // Polls the hub's count of the jobs in `series` every `every` until it reaches JOBS (for at
+    // most `limit`); `counted` sees each count with the time since the start. Returns the time
+    // it was reached.
+    let mut count_all = |what: &str,
+                         series: &[&str],
+                         limit: Duration,
+                         every: Duration,
+                         counted: &mut dyn FnMut(f64, Duration)| {
+        procs::wait_for(
+            &format!("the hub to count {JOBS} jobs {what}"),
+            limit,
+            every,
+            &mut alive,
+            || {
+                let count = hub_metric(hub_addr, series).ok()?;
+                let now = started.elapsed();
+                counted(count, now);
+                (count as usize >= JOBS).then_some(now)
+            },
+        )
+    };
+    let (minute, ms) = (Duration::from_secs(60), Duration::from_millis(1));
+    let accepted = count_all(
+        "accepted",
+        &DONE,
+        3 * minute * patience,
+        20 * ms,
+        &mut |done, now| {
             if done >= 1.0 {
                 first_accept.get_or_insert(now);
             }
-            (done as usize >= JOBS).then_some(now)
         },
     )?;
     let at_accepted = Usage::now(scheduler_pid, hub_pid, hub_cpu_start)?;
-    let finished = procs::wait_for(
-        &format!("the hub to count {JOBS} jobs finished"),
-        Duration::from_secs(600 * patience),
-        Duration::from_millis(50),
-        &mut alive,
-        || {
-            let finished = hub_metric(hub_addr, &[FINISHED]).ok()?;
-            (finished as usize >= JOBS).then(|| started.elapsed())
-        },
+    let finished = count_all(
+        "finished",
+        &[FINISHED],
+        10 * minute * patience,
+        50 * ms,
+        &mut |_, _| {},
     )?;
     let at_finished = Usage::now(scheduler_pid, hub_pid, hub_cpu_start)?;
     if let Some(profiler) = profiler {
