@@ -108,6 +108,13 @@ impl Rig {
         rig
     }
 
+    /// A rig with the default answers (see [`Rig::new`]) and the DAG `quick`.
+    pub async fn with_quick_dag() -> Rig {
+        let rig = Rig::new().await;
+        rig.write_quick_dag();
+        rig
+    }
+
     /// A rig with no mocks at all.
     pub async fn bare() -> Rig {
         let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn pull_errors_and_malformed_answers_back_off_then_the_job_runs() {
-    let rig = Rig::new().await;
-    rig.write_quick_dag();
+    let rig = Rig::with_quick_dag().await;
     // Two server errors, then three answers that hold no job: empty, without an id, not JSON.
     let failures = [
         (ResponseTemplate::new(500).set_body_string("boom"), 2),
@@ -34,8 +33,7 @@ async fn pull_errors_and_malformed_answers_back_off_then_the_job_runs() {
 
 #[tokio::test]
 async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
-    let rig = Rig::new().await;
-    rig.write_quick_dag();
+    let rig = Rig::with_quick_dag().await;
     rig.answer_pulls(
         ResponseTemplate::new(204).set_delay(Duration::from_secs(1)),
         1,
@@ -61,15 +59,13 @@ async fn pull_timeout_is_an_error_and_the_loop_goes_on() {
 
 #[tokio::test]
 async fn accept_failures_are_retried_until_accepted() {
-    let rig = Rig::bare().await;
-    rig.write_quick_dag();
+    let rig = Rig::with_quick_dag().await;
     rig.answer_first(
         path_regex(r"/accept$"),
         ResponseTemplate::new(503).set_body_json(json!({"message": "busy"})),
         2,
     )
     .await;
-    rig.mount_defaults().await;
     rig.offer(json!({"id": "j-acc", "dag_name": "quick"})).await;
     // No periodic pass to lean on: the retries are served by their own schedule.
     let config = dispatch_worker::WorkerConfig {
@@ -93,14 +89,12 @@ async fn accept_failures_are_retried_until_accepted() {
 
 #[tokio::test]
 async fn one_job_failing_to_finish_does_not_hold_up_another() {
-    let rig = Rig::bare().await;
-    rig.write_quick_dag();
+    let rig = Rig::with_quick_dag().await;
     rig.answer_all(
         path("/api/v1/github/dispatch/j-stuck/finish"),
         ResponseTemplate::new(500),
     )
     .await;
-    rig.mount_defaults().await;
     rig.offer(json!({"id": "j-stuck", "dag_name": "quick"}))
         .await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
@@ -122,8 +116,7 @@ async fn one_job_failing_to_finish_does_not_hold_up_another() {
 
 #[tokio::test]
 async fn finish_404_or_409_drops_the_entry_without_retry() {
-    let rig = Rig::bare().await;
-    rig.write_quick_dag();
+    let rig = Rig::with_quick_dag().await;
     for (id, code) in [("j-404", 404), ("j-409", 409)] {
         let refusal = ResponseTemplate::new(code).set_body_json(json!({"message": "no such job"}));
         rig.answer_all(
@@ -133,7 +126,6 @@ async fn finish_404_or_409_drops_the_entry_without_retry() {
         .await;
         rig.offer(json!({"id": id, "dag_name": "quick"})).await;
     }
-    rig.mount_defaults().await;
     let w = rig.start(fast_config(), TestCreds::present()).await;
     eventually("both finish calls", || async {
         rig.count("/finish").await >= 2
