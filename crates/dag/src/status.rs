@@ -146,6 +146,18 @@ impl std::str::FromStr for RunStatus {
 }
 
 impl StepStatus {
+    /// Every step status, in declaration order (for checks that must cover each word, such as
+    /// the progress protocol's list of step status words).
+    pub const ALL: [StepStatus; 7] = [
+        StepStatus::NotStarted,
+        StepStatus::Running,
+        StepStatus::Failed,
+        StepStatus::Aborted,
+        StepStatus::Succeeded,
+        StepStatus::Skipped,
+        StepStatus::PartiallySucceeded,
+    ];
+
     /// The exact status word, e.g. `not_started`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -272,15 +284,7 @@ mod tests {
 
     #[test]
     fn step_words_match_serde() {
-        for s in [
-            StepStatus::NotStarted,
-            StepStatus::Running,
-            StepStatus::Failed,
-            StepStatus::Aborted,
-            StepStatus::Succeeded,
-            StepStatus::Skipped,
-            StepStatus::PartiallySucceeded,
-        ] {
+        for s in StepStatus::ALL {
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),
                 format!("\"{}\"", s.as_str())
