@@ -290,6 +290,7 @@ async fn activate(
         server_id: req.server_id.clone(),
         machine_name: req.machine_name.clone(),
         secret_sha256: activation::secret_hash(&secret),
+        client_version: req.client_version.clone(),
     };
     let expiry = st.cfg.activation_expiry;
     let outcome = blocking(&st.store, move |s| s.activate(record, now_ms(), expiry)).await?;
@@ -328,6 +329,19 @@ async fn heartbeat(
     let Some(license) = find_license(&st.cfg.licenses, &req.license_id) else {
         return Err(ApiError::new(StatusCode::GONE, "license has been revoked"));
     };
+    if !req.client_version.is_empty() {
+        // The version is only shown to operators: failing to store it must not cost the
+        // scheduler its token.
+        let (l, s, v) = (
+            req.license_id.clone(),
+            req.server_id.clone(),
+            req.client_version,
+        );
+        if let Err(e) = blocking(&st.store, move |store| store.note_version(&l, &s, &v)).await {
+            tracing::warn!(server_id = ?req.server_id, error = %dispatch_util::error_chain(&e),
+                "could not record the server's version");
+        }
+    }
     Ok(Json(HeartbeatResponse {
         token: issue_token(&st, license)?,
     }))

@@ -721,3 +721,140 @@ async fn an_open_tail_does_not_hold_up_the_hubs_stop() {
     .await;
     assert!(rest.is_ok(), "the tail ended with the hub");
 }
+
+/// Where `text` first appears in `page`; fails when it does not.
+fn place_of(page: &str, text: &str) -> usize {
+    page.find(text)
+        .unwrap_or_else(|| panic!("missing {text}: {page}"))
+}
+
+#[tokio::test]
+async fn the_timeline_keeps_the_latest_claim_and_the_accept_once_finished() {
+    // A lease this short runs out before the second pull, so the job is claimed twice.
+    let hub = TestHub::start(|cfg| cfg.lease = Duration::from_millis(1)).await;
+    let ids = hub.push("d-1").await;
+    let secret = hub.activate().await;
+    let pull = || {
+        hub.api(
+            "/api/v1/github/dispatch/pull",
+            json!({"license_id": "lic", "server_id": SERVER, "heartbeat_secret": secret}),
+        )
+    };
+    let first: Value = pull().await.json().await.unwrap();
+    assert_eq!(first["id"], ids[0].as_str());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again: Value = pull().await.json().await.unwrap();
+    assert_eq!(
+        again["id"],
+        ids[0].as_str(),
+        "claimed again once its lease ran out"
+    );
+    let id = ids[0].clone();
+    let accepted = hub
+        .api(
+            &format!("/api/v1/github/dispatch/{id}/accept"),
+            json!({"license_id": "lic", "server_id": SERVER, "secret": secret, "dag_run_id": id}),
+        )
+        .await;
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    hub.finish(&secret, &id, "succeeded", "all good").await;
+    let page = hub.page(&format!("/jobs/{id}"), Auth::Bearer(TOKEN)).await;
+    let received = place_of(&page, "webhook received (push)");
+    let claimed = place_of(
+        &page,
+        &format!("claimed by box ({SERVER}) (claim 2: the earlier claims"),
+    );
+    let accepted = place_of(&page, &format!("accepted by box ({SERVER})"));
+    let finished = place_of(&page, "finished: succeeded");
+    assert!(
+        received < claimed && claimed < accepted && accepted < finished,
+        "in order: {page}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn the_servers_page_shows_the_version_each_scheduler_gave() {
+    let hub = TestHub::start(|_| {}).await;
+    let resp = hub
+        .api(
+            "/api/v1/licenses/activate",
+            json!({"key": "key-lic", "server_id": SERVER, "machine_name": "box",
+                   "client_version": "1.2.3"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let secret = resp.json::<Value>().await.unwrap()["heartbeat_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let servers = hub.page("/servers", Auth::Bearer(TOKEN)).await;
+    assert!(
+        servers.contains("<td class=\"version\">1.2.3</td>"),
+        "{servers}"
+    );
+    // The job page names the version of the server that took the job.
+    hub.push("d-1").await;
+    let id = hub.take(&secret).await;
+    let job = hub.page(&format!("/jobs/{id}"), Auth::Bearer(TOKEN)).await;
+    assert!(job.contains("<dt>Version</dt><dd>1.2.3</dd>"), "{job}");
+    // A scheduler upgraded in place says so on its next heartbeat.
+    let resp = hub
+        .api(
+            "/api/v1/licenses/heartbeat",
+            json!({"license_id": "lic", "server_id": SERVER, "heartbeat_secret": secret,
+                   "client_version": "1.3.0"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let servers = hub.page("/servers", Auth::Bearer(TOKEN)).await;
+    assert!(
+        servers.contains("<td class=\"version\">1.3.0</td>"),
+        "{servers}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn live_tails_stop_at_their_cap_and_a_finished_job_frees_its_tails() {
+    // The hub's cap (`docs/security.md`, "Live tail").
+    const MAX_TAILS: usize = 256;
+    let hub = TestHub::start(|_| {}).await;
+    let ids = hub.push("d-1").await;
+    let events = format!("/jobs/{}/events", ids[0]);
+    let mut open = Vec::with_capacity(MAX_TAILS);
+    for n in 0..MAX_TAILS {
+        let tail = hub.get(&events, Auth::Bearer(TOKEN)).await;
+        assert_eq!(tail.status(), StatusCode::OK, "tail {n}");
+        open.push(tail);
+    }
+    let refused = hub.get(&events, Auth::Bearer(TOKEN)).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many live tails"));
+    // Once the job is finished every tail ends and gives its place back.
+    let secret = hub.activate().await;
+    let id = hub.take(&secret).await;
+    assert_eq!(id, ids[0]);
+    hub.finish(&secret, &id, "succeeded", "").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut tail = loop {
+        let tail = hub.get(&events, Auth::Bearer(TOKEN)).await;
+        if tail.status() == StatusCode::OK {
+            break tail;
+        }
+        assert_eq!(tail.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tail freed within a minute of the finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut seen = String::new();
+    events_until(&mut tail, &mut seen, "end", "").await;
+    drop(open);
+    hub.stop().await;
+}

@@ -1,6 +1,6 @@
 //! The `activations` table: one row per license and server, holding the hash of the machine secret
-//! handed out on activate, when the server activated and was last seen, and whether it was
-//! revoked. The rules that read these rows (expiry, revocation, one machine per server id) are in
+//! handed out on activate, when the server activated and was last seen, whether it was revoked,
+//! and the version the scheduler last said it runs. The rules that read these rows (expiry, revocation, one machine per server id) are in
 //! `crate::activation`; this file stores and finds them.
 
 use std::collections::HashMap;
@@ -21,6 +21,21 @@ pub(crate) struct Activation {
     pub machine_name: String,
     /// Hex SHA-256 of the machine secret handed out; the secret itself is never stored.
     pub secret_sha256: String,
+    /// The `client_version` of the request (untrusted text; empty when not given).
+    pub client_version: String,
+}
+
+/// Bytes of a `client_version` kept: a version, not a document. A longer one is cut (at a
+/// character boundary) rather than refused, since the version is only shown to operators and a
+/// scheduler must not fail to activate over it.
+pub(crate) const MAX_CLIENT_VERSION_BYTES: usize = 64;
+
+fn kept_version(version: &str) -> &str {
+    let mut end = version.len().min(MAX_CLIENT_VERSION_BYTES);
+    while !version.is_char_boundary(end) {
+        end -= 1;
+    }
+    &version[..end]
 }
 
 /// What an authentication needs to know of a stored activation.
@@ -115,6 +130,36 @@ impl Store {
             )
             .optional()
             .map_err(HubError::store("look up an activation"))
+    }
+
+    /// Records the version a server gave on heartbeat, if it gave one and it differs from the
+    /// stored one (a scheduler upgraded in place heartbeats with its new version). Returns whether
+    /// it changed.
+    pub fn note_version(
+        &self,
+        license_id: &str,
+        server_id: &str,
+        version: &str,
+    ) -> Result<bool, HubError> {
+        let version = kept_version(version);
+        if version.is_empty() {
+            return Ok(false);
+        }
+        let (license_id, server_id, version) = (
+            license_id.to_owned(),
+            server_id.to_owned(),
+            version.to_owned(),
+        );
+        // Like "last seen", only shown to operators: no fsync of its own.
+        self.writer.write(Durability::Revocable, move |tx| {
+            tx.execute(
+                "UPDATE activations SET client_version = ?3
+                 WHERE license_id = ?1 AND server_id = ?2 AND client_version <> ?3",
+                params![license_id, server_id, version],
+            )
+            .map(|changed| changed > 0)
+            .map_err(HubError::store("record a server's version"))
+        })
     }
 
     /// Notes that a server was seen now (in memory; see [`Seen`]).
@@ -216,18 +261,19 @@ fn activate(
     }
     tx.execute(
         "INSERT INTO activations (license_id, server_id, machine_name, secret_sha256, activated_ms,
-                                  last_seen_ms, revoked_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)
+                                  last_seen_ms, revoked_ms, client_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, ?6)
          ON CONFLICT (license_id, server_id) DO UPDATE SET
              machine_name = excluded.machine_name, secret_sha256 = excluded.secret_sha256,
              activated_ms = excluded.activated_ms, last_seen_ms = excluded.last_seen_ms,
-             revoked_ms = 0",
+             revoked_ms = 0, client_version = excluded.client_version",
         params![
             a.license_id,
             a.server_id,
             a.machine_name,
             a.secret_sha256,
-            now_ms
+            now_ms,
+            kept_version(&a.client_version)
         ],
     )
     .map_err(HubError::store("record an activation"))?;
@@ -247,7 +293,45 @@ mod tests {
             server_id: server.into(),
             machine_name: machine.into(),
             secret_sha256: secret.into(),
+            client_version: String::new(),
         }
+    }
+
+    fn version(s: &Store, server: &str) -> String {
+        s.read()
+            .query_row(
+                "SELECT client_version FROM activations WHERE server_id = ?1",
+                [server],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn the_version_is_kept_at_activation_and_refreshed_by_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let with_version = |v: &str| Activation {
+            client_version: v.into(),
+            ..act("l", "s1", "box", "h")
+        };
+        s.activate(with_version("1.0.0"), 100, EXPIRY).unwrap();
+        assert_eq!(version(&s, "s1"), "1.0.0");
+        assert!(s.note_version("l", "s1", "1.1.0").unwrap());
+        assert_eq!(version(&s, "s1"), "1.1.0");
+        assert!(!s.note_version("l", "s1", "1.1.0").unwrap(), "the same");
+        assert!(!s.note_version("l", "s1", "").unwrap(), "none given");
+        assert_eq!(version(&s, "s1"), "1.1.0");
+        assert!(!s.note_version("l", "unknown", "2.0.0").unwrap());
+        // Activating again replaces it, even with none.
+        s.activate(with_version(""), 200, EXPIRY).unwrap();
+        assert_eq!(version(&s, "s1"), "");
+        // A long one is cut at a character boundary.
+        let long = format!("1{}", "é".repeat(40));
+        s.activate(with_version(&long), 300, EXPIRY).unwrap();
+        let kept = version(&s, "s1");
+        assert!(long.starts_with(&kept), "{kept}");
+        assert_eq!(kept.len(), MAX_CLIENT_VERSION_BYTES - 1, "{kept}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::links;
 use super::queries::{self, DeliveryKey};
 use super::state::Web;
 use crate::metrics::WEBHOOKS;
-use crate::store::{blocking, now_ms};
+use crate::store::{blocking, now_ms, ServerInfo};
 
 /// Query of the deliveries page: the key of the last row of the page before.
 #[derive(Debug, Default, Deserialize)]
@@ -118,19 +118,34 @@ pub(crate) async fn servers_page(State(web): State<Arc<Web>>) -> Response {
         Ok(active) => active,
         Err(e) => return layout::internal(&e),
     };
+    let versions = match web.read(queries::server_versions).await {
+        Ok(versions) => versions,
+        Err(e) => return layout::internal(&e),
+    };
+    let version_of = |s: &ServerInfo| {
+        versions
+            .get(&(s.license_id.clone(), s.server_id.clone()))
+            .map(String::as_str)
+    };
     let now = now_ms();
     let body = html! {
-        p.muted { "Every scheduler that activated a license on this hub, most recently seen first. The version a scheduler runs is not recorded by the hub." }
+        p.muted { "Every scheduler that activated a license on this hub, most recently seen first, with the version it gave when it activated or last heartbeated." }
         @if servers.is_empty() {
             p { "No scheduler has activated a license yet." }
         } @else {
             table {
-                thead { tr { th { "Server" } th { "Machine" } th { "License" } th { "Activated" } th { "Last seen" } th { "Active jobs" } } }
+                thead { tr { th { "Server" } th { "Machine" } th { "Version" } th { "License" } th { "Activated" } th { "Last seen" } th { "Active jobs" } } }
                 tbody {
                     @for s in &servers {
                         tr {
                             td { code { (s.server_id) } @if let Some(ms) = s.revoked_ms { br; span.status.status-failed { "revoked " (links::time(ms)) } } }
                             td { (s.machine_name) }
+                            td.version {
+                                @match version_of(s) {
+                                    Some(v) => (v),
+                                    None => span.muted { "not given" },
+                                }
+                            }
                             td { (s.license_id) }
                             td { (links::time(s.activated_ms)) }
                             td { (links::time(s.last_seen_ms)) " " span.muted { "(" (links::duration(now - s.last_seen_ms)) " ago)" } }

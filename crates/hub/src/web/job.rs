@@ -1,6 +1,9 @@
 //! `GET /jobs/{id}`: one job, at the address its GitHub statuses link to (`target_url`): the
 //! event, the binding, the DAG, the server, the timeline, the steps with their logs and the
-//! final summary.
+//! final summary. The timeline is built from stored times: the webhook's arrival, the job's
+//! creation, its latest claim (a claim whose lease ran out is replaced by the next one), its
+//! accept, the run's and each step's start and end as the progress extension reported them, and
+//! the finish.
 
 use std::sync::Arc;
 
@@ -56,15 +59,26 @@ fn timeline(d: &JobDetail, view: &StepsView) -> Vec<Moment> {
         at_ms: row.created_ms,
         what: "job stored, queued".to_owned(),
     });
-    if row.state == JobState::Claimed.as_str() {
+    // Only the latest claim is kept: one whose lease ran out is replaced by the next.
+    if d.claimed_ms > 0 {
+        let mut what = format!("claimed by {}", server_name(d));
+        if d.claims > 1 {
+            what.push_str(&format!(
+                " (claim {}: the earlier claims' leases ran out)",
+                d.claims
+            ));
+        }
+        if row.state == JobState::Queued.as_str() {
+            what.push_str("; its lease ran out, queued again");
+        }
         moments.push(Moment {
-            at_ms: row.updated_ms,
-            what: format!("claimed by {}", server_name(d)),
+            at_ms: d.claimed_ms,
+            what,
         });
     }
-    if row.state == JobState::Accepted.as_str() {
+    if d.accepted_ms > 0 {
         moments.push(Moment {
-            at_ms: row.updated_ms,
+            at_ms: d.accepted_ms,
             what: format!("accepted by {}", server_name(d)),
         });
     }
@@ -193,6 +207,7 @@ pub(crate) fn render(web: &Web, d: &JobDetail, view: &StepsView, now_ms: i64) ->
         } @else {
             dl.facts {
                 dt { "Server" } dd { (server_name(d)) }
+                @if !d.client_version.is_empty() { dt { "Version" } dd { (d.client_version) } }
                 dt { "License" } dd { (row.claimed_license) }
             }
         }

@@ -2,6 +2,8 @@
 //! Lists are paged by keyset (the last row's key names the next page), never by `OFFSET`, so
 //! page 1,000 costs what page 1 does; the first jobs page walks the jobs' primary key backwards.
 
+use std::collections::HashMap;
+
 use dispatch_protocol::DispatchJob;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -101,6 +103,15 @@ pub(crate) struct JobDetail {
     pub title: String,
     /// The machine name the claiming server gave at activation.
     pub machine_name: String,
+    /// The version the claiming server runs, as it last said (empty: not given).
+    pub client_version: String,
+    /// When the job was last claimed (0: never, or before the hub kept it). A claim whose lease
+    /// ran out and that was claimed again shows the latest claim.
+    pub claimed_ms: i64,
+    /// How many times it was claimed.
+    pub claims: i64,
+    /// When the job was accepted (0: not yet, or before the hub kept it).
+    pub accepted_ms: i64,
 }
 
 /// The job `id`, or None.
@@ -113,7 +124,10 @@ pub(crate) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>, HubE
                       FROM payloads p WHERE p.delivery_id = jobs.delivery_id
                       AND json_valid(p.payload)), ''),
             COALESCE((SELECT machine_name FROM activations a
-                      WHERE a.license_id = jobs.claimed_license AND a.server_id = jobs.claimed_by), '')
+                      WHERE a.license_id = jobs.claimed_license AND a.server_id = jobs.claimed_by), ''),
+            COALESCE((SELECT client_version FROM activations a
+                      WHERE a.license_id = jobs.claimed_license AND a.server_id = jobs.claimed_by), ''),
+            claimed_ms, claims, accepted_ms
          FROM jobs WHERE id = ?1"
     );
     conn.query_row(&sql, [id], |r| {
@@ -122,6 +136,10 @@ pub(crate) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>, HubE
             received_ms: r.get(10)?,
             title: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
             machine_name: r.get(12)?,
+            client_version: r.get(13)?,
+            claimed_ms: r.get(14)?,
+            claims: r.get(15)?,
+            accepted_ms: r.get(16)?,
         })
     })
     .optional()
@@ -177,6 +195,22 @@ pub(crate) fn deliveries(
         (last.received_ms, last.delivery_id.clone())
     });
     Ok((rows, next))
+}
+
+/// The version each server last said it runs, by (license, server id); servers that gave none
+/// are left out.
+pub(crate) fn server_versions(
+    conn: &Connection,
+) -> Result<HashMap<(String, String), String>, HubError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT license_id, server_id, client_version FROM activations
+             WHERE client_version <> ''",
+        )
+        .map_err(HubError::store("read the servers' versions"))?;
+    stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(HubError::store("read the servers' versions"))
 }
 
 /// A job a server holds now (claimed or accepted).
