@@ -52,6 +52,42 @@ impl StoreError {
     }
 }
 
+/// A store operation on one run failed: what was being done, to which run, and why. The
+/// crates that drive the stores (enqueue, executor, worker) wrap it, so the run is named the same
+/// way wherever a store call fails.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action} run `{dag_name}/{run_id}`")]
+pub struct RunStoreFailure {
+    /// What was being done, read before "run `dag/run`": e.g. "look up", "dequeue",
+    /// "create the attempt for".
+    pub action: &'static str,
+    /// DAG name.
+    pub dag_name: String,
+    /// Run id.
+    pub run_id: String,
+    /// Cause.
+    #[source]
+    pub source: StoreError,
+}
+
+impl RunStoreFailure {
+    /// The failure of `action` on run `dag_name/run_id`, boxed: the error enums that wrap it
+    /// hold it behind a box to stay small.
+    pub fn boxed(
+        action: &'static str,
+        dag_name: &str,
+        run_id: &str,
+        source: StoreError,
+    ) -> Box<Self> {
+        Box::new(RunStoreFailure {
+            action,
+            dag_name: dag_name.to_owned(),
+            run_id: run_id.to_owned(),
+            source,
+        })
+    }
+}
+
 /// A param cannot be handed to a step (from [`crate::merge_params`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
@@ -86,5 +122,29 @@ impl DagErrors {
     /// The first error (the one [`crate::load_dag_file`] returns).
     pub fn into_first(self) -> Option<DagError> {
         self.0.into_iter().next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_run_store_failure_names_the_action_and_the_run_and_keeps_the_cause_apart() {
+        let failure = RunStoreFailure::boxed(
+            "write the status of",
+            "build",
+            "r1",
+            StoreError::NotFound {
+                what: "run `build/r1`".to_owned(),
+            },
+        );
+        assert_eq!(
+            failure.to_string(),
+            "failed to write the status of run `build/r1`"
+        );
+        let cause = failure.source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("run `build/r1` not found"));
     }
 }
