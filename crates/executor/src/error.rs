@@ -1,6 +1,6 @@
 //! The executor's error type.
 
-use dispatch_dag::StoreError;
+use dispatch_dag::{RunStoreFailure, StoreError};
 
 /// An executor operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -11,19 +11,9 @@ pub enum ExecutorError {
     /// `Executor::start` was called outside a Tokio runtime.
     #[error("the executor must be started from within a tokio runtime")]
     NoRuntime,
-    /// A store operation failed.
-    #[error("failed to {action} run `{dag_name}/{run_id}`")]
-    Store {
-        /// e.g. "look up", "dequeue", "write the status of".
-        action: &'static str,
-        /// DAG name.
-        dag_name: String,
-        /// Run id.
-        run_id: String,
-        /// Cause (boxed to keep the error small).
-        #[source]
-        source: Box<StoreError>,
-    },
+    /// A store operation on one run failed.
+    #[error(transparent)]
+    Store(#[from] Box<RunStoreFailure>),
     /// Recovery could not list the runs.
     #[error("failed to list runs for recovery")]
     Recovery(#[source] Box<StoreError>),

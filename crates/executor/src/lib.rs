@@ -83,7 +83,7 @@ mod subdag;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_dag::{QueueItem, RunStatus, Stores};
+use dispatch_dag::{QueueItem, RunStatus, RunStoreFailure, Stores};
 use dispatch_util::now_ms;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -169,16 +169,11 @@ impl ExecutorHandle {
             run.control.cancel(StopReason::Stopped);
             return Ok(true);
         }
-        let store_err = |action, source| ExecutorError::Store {
-            action,
-            dag_name: dag_name.to_owned(),
-            run_id: run_id.to_owned(),
-            source: Box::new(source),
-        };
+        let store_err = |action, source| RunStoreFailure::boxed(action, dag_name, run_id, source);
         let attempt = match stores.runs.find_attempt(dag_name, run_id) {
             Ok(attempt) => attempt,
             Err(e) if e.is_not_found() => return Ok(false),
-            Err(e) => return Err(store_err("look up", e)),
+            Err(e) => return Err(store_err("look up", e).into()),
         };
         if attempt.record.status != RunStatus::Queued {
             return Ok(false);

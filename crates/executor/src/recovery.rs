@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use dispatch_dag::{Priority, QueueItem, RunStatus, StepStatus, Stores};
+use dispatch_dag::{Priority, QueueItem, RunStatus, RunStoreFailure, StepStatus, Stores};
 use dispatch_util::now_ms;
 
 use crate::error::ExecutorError;
@@ -54,32 +54,33 @@ pub(crate) fn recover(stores: &Stores) -> Result<(), ExecutorError> {
                     dag_name: record.dag_name.clone(),
                     run_id: record.run_id.clone(),
                 };
-                let listed =
-                    match queue_lists.get(&queue) {
-                        Some(items) => items,
-                        None => {
-                            let items = stores.queue.list(&queue).map_err(|source| {
-                                ExecutorError::Store {
-                                    action: "list the queue of",
-                                    dag_name: item.dag_name.clone(),
-                                    run_id: item.run_id.clone(),
-                                    source: Box::new(source),
-                                }
-                            })?;
-                            queue_lists.entry(queue.clone()).or_insert(items)
-                        }
-                    };
+                let listed = match queue_lists.get(&queue) {
+                    Some(items) => items,
+                    None => {
+                        let items = stores.queue.list(&queue).map_err(|source| {
+                            RunStoreFailure::boxed(
+                                "list the queue of",
+                                &item.dag_name,
+                                &item.run_id,
+                                source,
+                            )
+                        })?;
+                        queue_lists.entry(queue.clone()).or_insert(items)
+                    }
+                };
                 if !listed.contains(&item) {
                     tracing::warn!(dag = %item.dag_name, run_id = %item.run_id, %queue,
                         "queued run is missing from its queue; enqueueing it again");
                     stores
                         .queue
                         .enqueue(&queue, Priority::Low, &item)
-                        .map_err(|source| ExecutorError::Store {
-                            action: "re-enqueue",
-                            dag_name: item.dag_name.clone(),
-                            run_id: item.run_id.clone(),
-                            source: Box::new(source),
+                        .map_err(|source| {
+                            RunStoreFailure::boxed(
+                                "re-enqueue",
+                                &item.dag_name,
+                                &item.run_id,
+                                source,
+                            )
                         })?;
                 }
             }
