@@ -1,7 +1,7 @@
 //! The worker's error type. Most failures inside the loops are logged and retried, never
 //! returned; this type names them for the logs and is the error `Worker::run` returns.
 
-use dispatch_dag::StoreError;
+use dispatch_dag::RunStoreFailure;
 use dispatch_executor::ExecutorError;
 use dispatch_tracker::TrackerError;
 
@@ -19,19 +19,9 @@ pub enum WorkerError {
         #[source]
         source: Box<TrackerError>,
     },
-    /// A DAG or run store operation failed.
-    #[error("failed to {action} run `{dag_name}/{run_id}`")]
-    Store {
-        /// e.g. "look up".
-        action: &'static str,
-        /// DAG name.
-        dag_name: String,
-        /// Run id.
-        run_id: String,
-        /// Cause (boxed to keep the error small).
-        #[source]
-        source: Box<StoreError>,
-    },
+    /// A DAG or run store operation on one run failed.
+    #[error(transparent)]
+    Store(#[from] Box<RunStoreFailure>),
     /// Stopping a run failed.
     #[error("failed to stop run `{dag_name}/{run_id}`")]
     Stop {

@@ -1,7 +1,7 @@
 //! This server's side of a job: its record in the tracker, its run in the stores, its process in
 //! the executor. Each call runs off the async threads and names what failed in a [`WorkerError`].
 
-use dispatch_dag::Attempt;
+use dispatch_dag::{Attempt, RunStoreFailure};
 use dispatch_tracker::{TrackedJob, Tracker, TrackerError};
 use dispatch_util::error_chain;
 
@@ -87,12 +87,7 @@ pub(crate) async fn find_attempt(
     Shared::blocking("look up run", move || match runs.find_attempt(&dag, &run) {
         Ok(attempt) => Ok(Some(attempt)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(source) => Err(WorkerError::Store {
-            action: "look up",
-            dag_name: dag,
-            run_id: run,
-            source: Box::new(source),
-        }),
+        Err(source) => Err(RunStoreFailure::boxed("look up", &dag, &run, source).into()),
     })
     .await?
 }
