@@ -23,7 +23,7 @@
 
 use dispatch_dag::{
     new_attempt_id, resolve_params, Dag, DagError, Priority, QueueItem, RunRecord, RunStatus,
-    StoreError, Stores,
+    RunStoreFailure, StoreError, Stores,
 };
 
 /// What [`enqueue_webhook_run`] did.
@@ -73,23 +73,14 @@ pub enum EnqueueError {
         #[source]
         source: DagError,
     },
-    /// A store write failed; what had been created was removed again.
-    #[error("failed to {action} for run `{dag_name}/{run_id}`")]
-    Store {
-        /// "create the attempt" or "enqueue".
-        action: &'static str,
-        /// DAG name.
-        dag_name: String,
-        /// Run id.
-        run_id: String,
-        /// Cause (boxed to keep the error small).
-        #[source]
-        source: Box<StoreError>,
-    },
+    /// A store write failed; what had been created was removed again. Its action is
+    /// "create the attempt for" or "enqueue for".
+    #[error(transparent)]
+    Store(Box<RunStoreFailure>),
     /// A store write failed and removing what had been created failed too: the run may be left
     /// half-created (executor recovery re-enqueues a `queued` run missing from its queue).
     #[error(
-        "failed to {action} for run `{dag_name}/{run_id}`, and the rollback failed too: {rollback}"
+        "failed to {action} run `{dag_name}/{run_id}`, and the rollback failed too: {rollback}"
     )]
     RollbackFailed {
         /// The step that failed first.
@@ -176,12 +167,12 @@ pub fn enqueue_webhook_runs(
                 stores,
                 queue,
                 &item,
-                "create the attempt",
+                "create the attempt for",
                 source,
                 false,
             )),
             Ok(_) => match stores.queue.enqueue(queue, Priority::Low, &item) {
-                Err(source) => Err(failed(stores, queue, &item, "enqueue", source, true)),
+                Err(source) => Err(failed(stores, queue, &item, "enqueue for", source, true)),
                 Ok(()) => {
                     tracing::info!(
                         dag = item.dag_name.as_str(),
@@ -277,18 +268,13 @@ fn failed(
     source: StoreError,
     enqueued: bool,
 ) -> EnqueueError {
-    let (dag_name, run_id) = (item.dag_name.clone(), item.run_id.clone());
+    let (dag_name, run_id) = (&item.dag_name, &item.run_id);
     match rollback(stores, queue, item, enqueued) {
-        Ok(()) => EnqueueError::Store {
-            action,
-            dag_name,
-            run_id,
-            source: Box::new(source),
-        },
+        Ok(()) => EnqueueError::Store(RunStoreFailure::boxed(action, dag_name, run_id, source)),
         Err(rollback) => EnqueueError::RollbackFailed {
             action,
-            dag_name,
-            run_id,
+            dag_name: dag_name.to_owned(),
+            run_id: run_id.to_owned(),
             rollback,
             source: Box::new(source),
         },

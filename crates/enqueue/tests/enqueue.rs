@@ -301,16 +301,20 @@ fn a_fault_at_any_step_leaves_nothing_behind_and_a_retry_succeeds() {
             err,
             ..
         } = enqueue_failing(fault, false);
-        let EnqueueError::Store { action, .. } = &err else {
+        let EnqueueError::Store(failure) = &err else {
             panic!("{fault:?}: unexpected error {err:?}");
         };
         let expected = if method == "enqueue" {
-            "enqueue"
+            "enqueue for"
         } else {
-            "create the attempt"
+            "create the attempt for"
         };
-        assert_eq!(*action, expected, "{fault:?}");
-        assert!(err.to_string().contains("build/run-1"), "{err}");
+        assert_eq!(failure.action, expected, "{fault:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("failed to {expected} run `build/run-1`"),
+            "{fault:?}"
+        );
         assert_nothing_left(&real);
 
         // The same wrapper fails only its first call: the retry goes through.
@@ -338,7 +342,11 @@ fn a_failed_rollback_is_reported() {
         matches!(err, EnqueueError::RollbackFailed { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("rollback failed"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("failed to enqueue for run `build/run-1`, and the rollback failed too: "),
+        "{err}"
+    );
     assert!(err.to_string().contains("removing the run"), "{err}");
 }
 
@@ -419,7 +427,7 @@ fn a_burst_gives_each_run_the_outcome_it_would_have_alone() {
         EnqueueOutcome::AlreadyExists
     );
     assert!(
-        matches!(&outcomes[2], Err(EnqueueError::Store { action: "enqueue", run_id, .. }) if run_id == "b"),
+        matches!(&outcomes[2], Err(EnqueueError::Store(failure)) if failure.action == "enqueue for" && failure.run_id == "b"),
         "{:?}",
         outcomes[2]
     );
