@@ -471,7 +471,7 @@ async fn finish(
             format!("unknown result_status `{}`", req.result_status),
         ));
     }
-    let reports = crate::gate::job_reports(&st.cfg);
+    let reports = crate::lifecycle::job_reports(&st.cfg);
     let (job_id, log_id, state) = (id.clone(), id.clone(), st.clone());
     let (status, summary) = (req.result_status.clone(), req.result_summary.clone());
     // The commit and the work that must follow it (waking the reporter, counting, logging) run in

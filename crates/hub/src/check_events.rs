@@ -22,10 +22,10 @@ use serde_json::Value;
 use crate::config::HubConfig;
 use crate::error::HubError;
 use crate::github::checks::CANCEL_ACTION;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::job_reports;
 use crate::matching::new_job_id;
-use crate::store::{blocking, now_ms, Delivery, RawDelivery, Reports, Rerun, Store};
-use crate::trust::{self, Action, CancelCommand, ForkState, Outcome};
+use crate::store::{blocking, now_ms, Delivery, RawDelivery, Rerun, Store};
+use crate::trust::{self, Action, CancelCommand, ForkState, Outcome, Taken};
 
 /// What a delivery asks of the hub's own check runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,20 +87,6 @@ pub(crate) fn request(event: &str, payload: &Value, app_id: u64) -> Option<Reque
     }
 }
 
-/// How a request was taken: recorded with its delivery like any other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Handled {
-    pub outcome: Outcome,
-    /// The jobs created (a redelivery: the ones created the first time).
-    pub job_ids: Vec<String>,
-    /// Why nothing was done, or what was.
-    pub reason: String,
-}
-
-fn job_reports(cfg: &HubConfig) -> Reports {
-    Arc::new(Lifecycle::for_config(cfg))
-}
-
 /// Carries out `request` for a delivery of `event` (its body `raw`) on `repository`; the
 /// delivery is recorded with what came of it, as any other.
 pub(crate) async fn take(
@@ -109,7 +95,7 @@ pub(crate) async fn take(
     (event, delivery_id, raw): (&str, &str, RawDelivery),
     repository: &str,
     request: Request,
-) -> Result<Handled, HubError> {
+) -> Result<Taken, HubError> {
     let delivery = |outcome: Outcome, reason: String| Delivery {
         id: delivery_id.to_owned(),
         event: event.to_owned(),
@@ -141,7 +127,7 @@ pub(crate) async fn take(
     let d = delivery(outcome, reason.clone());
     let reports = job_reports(cfg);
     let recorded = blocking(store, move |s| s.rerun(d, reruns, now_ms(), reports)).await?;
-    Ok(Handled {
+    Ok(Taken {
         outcome: if recorded.duplicate {
             Outcome::Duplicate
         } else {
@@ -238,7 +224,7 @@ async fn cancel(
     delivery: impl Fn(Outcome, String) -> Delivery,
     repository: &str,
     job_id: String,
-) -> Result<Handled, HubError> {
+) -> Result<Taken, HubError> {
     let id = job_id.clone();
     let original = blocking(store, move |s| s.original_event(&id)).await?;
     let Some(original) =
@@ -248,7 +234,7 @@ async fn cancel(
         let d = delivery(Outcome::NoBinding, reason.clone());
         let reports = job_reports(cfg);
         let recorded = blocking(store, move |s| s.rerun(d, Vec::new(), now_ms(), reports)).await?;
-        return Ok(Handled {
+        return Ok(Taken {
             outcome: if recorded.duplicate {
                 Outcome::Duplicate
             } else {
@@ -295,7 +281,7 @@ async fn cancel(
         })
     })
     .await?;
-    Ok(Handled {
+    Ok(Taken {
         outcome: if recorded.duplicate {
             Outcome::Duplicate
         } else {

@@ -10,30 +10,14 @@ use serde_json::Value;
 use crate::check_events;
 use crate::config::HubConfig;
 use crate::error::HubError;
-use crate::lifecycle::{Channel, Lifecycle};
+use crate::lifecycle::{job_reports, Channel, Lifecycle};
 use crate::report;
 use crate::store::{blocking, now_ms, Delivery, RawDelivery, Reports, Store};
-use crate::trust::{self, Action, ForkState, Keep, Outcome};
-
-/// How a delivery was taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Taken {
-    /// `duplicate` for a redelivery, else the trust gate's outcome.
-    pub outcome: Outcome,
-    /// The jobs created (a redelivery: the ones created the first time).
-    pub job_ids: Vec<String>,
-    /// Why it was turned away, or what a command did (empty for a redelivery).
-    pub reason: String,
-}
+use crate::trust::{self, Action, ForkState, Keep, Outcome, Taken};
 
 /// Whether the hub reports to GitHub (a token or an App is configured).
 fn reporting(cfg: &HubConfig) -> bool {
     Lifecycle::for_config(cfg).channel != Channel::Off
-}
-
-/// The reports of each step of a job (`lifecycle`), when the hub reports at all.
-pub(crate) fn job_reports(cfg: &HubConfig) -> Reports {
-    Arc::new(Lifecycle::for_config(cfg))
 }
 
 /// The note and the one comment answering a command on `repository` #`number`.
@@ -71,12 +55,7 @@ pub(crate) async fn take(
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let delivery = (event, delivery_id, raw);
-            let done = check_events::take(store, cfg, delivery, repository, request).await?;
-            return Ok(Taken {
-                outcome: done.outcome,
-                job_ids: done.job_ids,
-                reason: done.reason,
-            });
+            return check_events::take(store, cfg, delivery, repository, request).await;
         }
     }
     if let Some(comment) = trust::command_comment(event, payload, &cfg.mention) {

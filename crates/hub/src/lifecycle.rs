@@ -14,6 +14,8 @@
 //! `pending`. Only jobs with a commit SHA are reported this way (not cancel jobs); a comment
 //! command's comment is sent at finish either way.
 
+use std::sync::Arc;
+
 use dispatch_protocol::{is_cancel_command, DispatchJob};
 use serde_json::json;
 
@@ -21,7 +23,7 @@ use crate::config::HubConfig;
 use crate::github::checks::{CheckRun, Completion};
 use crate::matching::NewJob;
 use crate::report::{command_comment, commit_state, truncate_chars, DESCRIPTION_LIMIT};
-use crate::store::{AcceptedJob, FinishedJob, NewReport, ReportsFor};
+use crate::store::{AcceptedJob, FinishedJob, NewReport, Reports, ReportsFor};
 
 /// How the hub reports to GitHub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,12 @@ fn repo_base(repository: &str) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
     (safe(owner) && safe(repo)).then(|| format!("/repos/{owner}/{repo}"))
+}
+
+/// The reports of each step of a job, when the hub reports at all: what the store is handed
+/// wherever it stores, accepts or finishes jobs.
+pub(crate) fn job_reports(cfg: &HubConfig) -> Reports {
+    Arc::new(Lifecycle::for_config(cfg))
 }
 
 impl Lifecycle {

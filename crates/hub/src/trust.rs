@@ -59,6 +59,18 @@ impl Outcome {
     }
 }
 
+/// What came of a delivery, by the gate or by a button on the hub's own check runs: recorded
+/// with the delivery like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// `duplicate` for a redelivery, else what the delivery asked for came to.
+    pub outcome: Outcome,
+    /// The jobs created (a redelivery: the ones created the first time).
+    pub job_ids: Vec<String>,
+    /// Why it was turned away, or what was done (empty for a redelivery).
+    pub reason: String,
+}
+
 /// Milliseconds since the Unix epoch of a GitHub timestamp: `2019-05-15T15:20:33Z`, or with an
 /// offset (`2019-05-15T08:20:33-07:00`); fractions of a second are dropped. `None` when `text` is
 /// not one.
