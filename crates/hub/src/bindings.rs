@@ -9,6 +9,7 @@ use dispatch_protocol::{is_cancel_command, CANCEL_COMMAND};
 use serde::{Deserialize, Serialize};
 
 use crate::error::HubError;
+use crate::toml_file;
 
 /// The kind of GitHub activity a binding reacts to; each kind covers a fixed set of events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -219,12 +220,7 @@ struct BindingsFile {
 
 /// Reads and validates a bindings file (`[[binding]]` tables). Errors name the file and the field.
 pub fn load_bindings(path: &Path) -> Result<Vec<Binding>, HubError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HubError::ReadConfig {
-        path: path.to_owned(),
-        source,
-    })?;
-    let file: BindingsFile =
-        toml::from_str(&text).map_err(|e| HubError::parse_config(path, &text, &e))?;
+    let file: BindingsFile = toml_file::read(path)?;
     validate_bindings(file.binding, &path.display().to_string())
 }
 

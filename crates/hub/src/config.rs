@@ -49,6 +49,7 @@ use serde::Deserialize;
 use crate::bindings::{load_bindings, validate_bindings, Binding};
 use crate::error::HubError;
 use crate::limits::{LimitsFile, ServeLimits};
+use crate::toml_file;
 
 /// A license the hub accepts on activate.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -315,12 +316,7 @@ pub fn days(n: u64) -> Duration {
 /// Reads `hub.toml`. Relative paths are resolved against the file's directory. The webhook secret
 /// may be left out here and supplied by the binary (it is checked when the hub starts).
 pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HubError::ReadConfig {
-        path: path.to_owned(),
-        source,
-    })?;
-    let file: HubFile =
-        toml::from_str(&text).map_err(|e| HubError::parse_config(path, &text, &e))?;
+    let file: HubFile = toml_file::read(path)?;
     let origin = path.display().to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     let defaults = HubConfig::default();

@@ -55,6 +55,7 @@ mod progress;
 mod reporter;
 mod server;
 mod store;
+mod toml_file;
 mod trust;
 mod waiters;
 mod web;

@@ -74,25 +74,22 @@ impl Default for ServeLimits {
 impl ServeLimits {
     /// Checks the ranges; `origin` names where the settings came from.
     pub(crate) fn validate(&self, origin: &str) -> Result<(), HubError> {
-        if self.header_timeout.is_zero() || self.header_timeout > MAX_HEADER_TIMEOUT {
-            return Err(HubError::setting(
-                origin,
+        let timeouts = [
+            (
                 "limits.header_timeout",
-                format!(
-                    "must be positive and at most {} seconds",
-                    MAX_HEADER_TIMEOUT.as_secs()
-                ),
-            ));
-        }
-        if self.body_timeout.is_zero() || self.body_timeout > MAX_BODY_TIMEOUT {
-            return Err(HubError::setting(
-                origin,
-                "limits.body_timeout",
-                format!(
-                    "must be positive and at most {} seconds",
-                    MAX_BODY_TIMEOUT.as_secs()
-                ),
-            ));
+                self.header_timeout,
+                MAX_HEADER_TIMEOUT,
+            ),
+            ("limits.body_timeout", self.body_timeout, MAX_BODY_TIMEOUT),
+        ];
+        for (setting, timeout, max) in timeouts {
+            if timeout.is_zero() || timeout > max {
+                return Err(HubError::setting(
+                    origin,
+                    setting,
+                    format!("must be positive and at most {} seconds", max.as_secs()),
+                ));
+            }
         }
         if self.max_connections == 0 {
             return Err(HubError::setting(
