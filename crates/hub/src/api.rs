@@ -27,7 +27,8 @@ use crate::config::LicenseKey;
 use crate::error::HubError;
 use crate::gate;
 use crate::handler::{
-    authenticate, check_activation, find_license, parse_body, require_server_id, ApiError, AppState,
+    authenticate, check_activation, find_license, parse_body, require_server_id, ApiError,
+    AppState, Authenticated,
 };
 use crate::intake;
 use crate::limits::API_BODY_LIMIT;
@@ -430,10 +431,8 @@ fn transition_response(t: Transition, job_id: &str) -> Result<StatusCode, ApiErr
 async fn accept(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Bytes,
+    Authenticated(req): Authenticated<AcceptRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let req: AcceptRequest = parse_body(&body)?;
-    authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
     let job_id = id.clone();
     let wake = Wake::unnamed(&req.license_id, &req.server_id);
     let t = blocking(&st.store, move |s| {
@@ -461,10 +460,8 @@ async fn accept(
 async fn finish(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Bytes,
+    Authenticated(req): Authenticated<FinishRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let req: FinishRequest = parse_body(&body)?;
-    authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
     if !dispatch_protocol::RESULT_STATUS_WORDS.contains(&req.result_status.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dispatch_protocol::Secret;
+use dispatch_protocol::{AcceptRequest, FinishRequest, Secret};
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -147,4 +148,45 @@ pub(crate) async fn authenticate(
         ));
     }
     Ok(())
+}
+
+/// A call that carries machine credentials in its body.
+pub(crate) trait MachineCall {
+    /// The license id, server id and secret the call presents.
+    fn credentials(&self) -> (&str, &str, &Secret);
+}
+
+impl MachineCall for AcceptRequest {
+    fn credentials(&self) -> (&str, &str, &Secret) {
+        (&self.license_id, &self.server_id, &self.secret)
+    }
+}
+
+impl MachineCall for FinishRequest {
+    fn credentials(&self) -> (&str, &str, &Secret) {
+        (&self.license_id, &self.server_id, &self.secret)
+    }
+}
+
+/// The body of a call about one job, parsed (a 400 when it does not), from a server whose
+/// machine credentials pass [`authenticate`] (checked after the parse, as the body carries them).
+pub(crate) struct Authenticated<T>(pub T);
+
+impl<T> FromRequest<Arc<AppState>> for Authenticated<T>
+where
+    T: DeserializeOwned + MachineCall + Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Response> {
+        let body = Bytes::from_request(req, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let call: T = parse_body(&body).map_err(IntoResponse::into_response)?;
+        let (license_id, server_id, secret) = call.credentials();
+        authenticate(st, license_id, server_id, secret)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Authenticated(call))
+    }
 }
