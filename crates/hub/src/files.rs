@@ -131,23 +131,24 @@ mod tests {
         private_dir(&fresh).unwrap();
         assert_eq!(mode(&fresh).unwrap(), 0o700);
 
-        let old = root.path().join("old");
-        std::fs::create_dir(&old).unwrap();
-        std::fs::write(old.join("hub.sqlite3"), "").unwrap();
-        set_mode(&old, 0o755).unwrap();
-        private_dir(&old).unwrap();
-        assert_eq!(mode(&old).unwrap(), 0o700, "the hub's own directory");
-
-        let shared = root.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::write(shared.join("notes.txt"), "").unwrap();
-        set_mode(&shared, 0o755).unwrap();
-        private_dir(&shared).unwrap();
-        assert_eq!(
-            mode(&shared).unwrap(),
-            0o755,
-            "someone else's files live here"
-        );
+        // An existing 0755 directory holding one file: (its name, the file, the mode after).
+        let existing = [
+            ("old", "hub.sqlite3", 0o700, "the hub's own directory"),
+            (
+                "shared",
+                "notes.txt",
+                0o755,
+                "someone else's files live here",
+            ),
+        ];
+        for (name, file, after, why) in existing {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(file), "").unwrap();
+            set_mode(&dir, 0o755).unwrap();
+            private_dir(&dir).unwrap();
+            assert_eq!(mode(&dir).unwrap(), after, "{name}: {why}");
+        }
     }
 
     #[test]

@@ -420,6 +420,11 @@ mod tests {
         }
     }
 
+    /// The jobs the one binding `b` makes of a delivery `d` of `event` (mention `@d`).
+    fn jobs_of(b: &Binding, event: &str, payload: &Value) -> Vec<NewJob> {
+        jobs_for_delivery(std::slice::from_ref(b), "@d", event, "d", payload)
+    }
+
     fn push(git_ref: &str) -> Value {
         json!({"ref": git_ref, "after": "abc", "repository": {"full_name": "O/R", "id": 7}, "sender": {"login": "me"}})
     }
@@ -478,25 +483,14 @@ mod tests {
         let b = binding(Trigger::Auto);
         let mut other_repo = push("refs/heads/x");
         other_repo["repository"]["full_name"] = json!("o/other");
-        assert!(
-            jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &other_repo).is_empty()
-        );
-        assert!(jobs_for_delivery(
-            std::slice::from_ref(&b),
-            "@d",
-            "issues",
-            "d",
-            &push("refs/heads/x")
-        )
-        .is_empty());
+        assert!(jobs_of(&b, "push", &other_repo).is_empty());
+        assert!(jobs_of(&b, "issues", &push("refs/heads/x")).is_empty());
         let mut deleted = push("refs/heads/x");
         deleted["deleted"] = json!(true);
-        assert!(
-            jobs_for_delivery(std::slice::from_ref(&b), "@d", "push", "d", &deleted).is_empty()
-        );
+        assert!(jobs_of(&b, "push", &deleted).is_empty());
         let mut only_pr = b.clone();
         only_pr.event_name = "pull_request".into();
-        assert!(jobs_for_delivery(&[only_pr], "@d", "push", "d", &push("refs/heads/x")).is_empty());
+        assert!(jobs_of(&only_pr, "push", &push("refs/heads/x")).is_empty());
         let jobs = jobs_for_delivery(&[b], "@d", "push", "d1", &push("refs/heads/x"));
         let j = &jobs[0].job;
         assert_eq!(
@@ -517,9 +511,7 @@ mod tests {
         let b = binding(Trigger::Auto);
         let pr = |action: &str| json!({"action": action, "number": 3, "repository": {"full_name": "o/r"}});
         let cr = |action: &str| json!({"action": action, "check_run": {"id": 4}, "repository": {"full_name": "o/r"}});
-        let count = |b: &Binding, event: &str, p: Value| {
-            jobs_for_delivery(std::slice::from_ref(b), "@d", event, "d", &p).len()
-        };
+        let count = |b: &Binding, event: &str, p: Value| jobs_of(b, event, &p).len();
         for (action, want) in [
             ("opened", 1),
             ("synchronize", 1),
@@ -578,24 +570,11 @@ mod tests {
         b.dispatch_event_type = "nightly".into();
         let p =
             |t: &str| json!({"action": t, "branch": "main", "repository": {"full_name": "o/r"}});
-        let jobs = jobs_for_delivery(
-            std::slice::from_ref(&b),
-            "@d",
-            "repository_dispatch",
-            "d",
-            &p("nightly"),
-        );
+        let jobs = jobs_of(&b, "repository_dispatch", &p("nightly"));
         assert_eq!(jobs[0].job.git_ref, "refs/heads/main");
-        assert!(jobs_for_delivery(
-            std::slice::from_ref(&b),
-            "@d",
-            "repository_dispatch",
-            "d",
-            &p("other")
-        )
-        .is_empty());
+        assert!(jobs_of(&b, "repository_dispatch", &p("other")).is_empty());
         let wd = json!({"ref": "refs/heads/main", "repository": {"full_name": "o/r"}});
-        assert!(jobs_for_delivery(&[b], "@d", "workflow_dispatch", "d", &wd).is_empty());
+        assert!(jobs_of(&b, "workflow_dispatch", &wd).is_empty());
     }
 
     #[test]

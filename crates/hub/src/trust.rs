@@ -778,6 +778,14 @@ mod tests {
         decide(bindings, "@dispatch", event, "d", payload, fork)
     }
 
+    /// Asserts that `v` turns fork code away with a reason that says each of `words`.
+    fn assert_fork_refused(v: &Verdict, words: &[&str]) {
+        assert_eq!(v.outcome, Outcome::ForkNotApproved, "{}", v.reason);
+        for word in words {
+            assert!(v.reason.contains(word), "{word:?} not in {:?}", v.reason);
+        }
+    }
+
     fn job_dags(v: &Verdict) -> Vec<String> {
         match &v.action {
             Action::Jobs(jobs) => jobs.iter().map(|j| j.job.dag_name.clone()).collect(),
@@ -939,12 +947,7 @@ mod tests {
             &pull(Some("fork/r")),
             ForkState::default(),
         );
-        assert_eq!(v.outcome, Outcome::ForkNotApproved);
-        assert!(
-            v.reason.contains("fork/r") && v.reason.contains("@dispatch approve"),
-            "{}",
-            v.reason
-        );
+        assert_fork_refused(&v, &["fork/r", "@dispatch approve"]);
         assert_eq!(
             v.held,
             Some(HeldFork {
@@ -1085,12 +1088,7 @@ mod tests {
             &check_run(&sha, json!([])),
             ForkState::default(),
         );
-        assert_eq!(v.outcome, Outcome::ForkNotApproved);
-        assert!(
-            v.reason.contains("bbbbbbb is fork code") && v.reason.contains("not seen pushed"),
-            "{}",
-            v.reason
-        );
+        assert_fork_refused(&v, &["bbbbbbb is fork code", "not seen pushed"]);
         let own_run = run(&plain, "check_run", &check_run(&sha, json!([])), own);
         let Action::Jobs(jobs) = &own_run.action else {
             panic!("{own_run:?}")
@@ -1210,12 +1208,7 @@ mod tests {
             &c,
             head(true, "2024-01-02T03:04:05Z"),
         );
-        assert_eq!(v.outcome, Outcome::ForkNotApproved);
-        assert!(
-            v.reason.contains("changed to ddddddd after this comment"),
-            "{}",
-            v.reason
-        );
+        assert_fork_refused(&v, &["changed to ddddddd after this comment"]);
         let v = run(
             &[b],
             "issue_comment",
