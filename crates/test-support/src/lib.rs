@@ -7,6 +7,8 @@
 //! [`fixture`] reads one of the real GitHub webhook payloads the repository carries under
 //! `tests/fixtures/github-webhooks/` (see the README there for their source and license).
 //!
+//! [`process_gone`] tells whether a process a test killed has ended.
+//!
 //! [`bench_main`] is the `main` of a crate's `harness = false` bench: a scratch directory, a
 //! table on stdout and the results as JSON for `cargo xtask bench`.
 
@@ -96,6 +98,24 @@ pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
     let path = dir.path().join(name);
     (dir, path)
+}
+
+/// True when the process `pid` has ended: it no longer exists, or it is a zombie (or dying)
+/// that only waits for its parent to reap it, which a test that killed it cannot hurry. Reads
+/// Linux's `/proc/<pid>/stat`.
+pub fn process_gone(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name in parentheses, which may itself hold `)`.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .chars()
+        .next();
+    stat.is_empty() || matches!(state, Some('Z' | 'X'))
 }
 
 /// Runs a `harness = false` bench: `measure` works in a fresh scratch directory, `print` shows
