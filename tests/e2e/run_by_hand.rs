@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use dispatch_test_support::process_gone;
 use nix::sys::signal::Signal;
 
 use crate::support::{bin, write, Proc, PATIENCE};
@@ -172,14 +173,13 @@ fn assert_empty(dir: &Path, what: &str) {
 /// Waits until the process whose pid a step wrote to `pid_file` no longer exists (or is a
 /// zombie), at most a few seconds.
 fn assert_gone(pid_file: &Path) {
-    let pid = std::fs::read_to_string(pid_file).unwrap();
-    let stat = format!("/proc/{}/stat", pid.trim());
+    let text = std::fs::read_to_string(pid_file).unwrap();
+    let pid: i32 = text.trim().parse().unwrap();
     for _ in 0..500 {
-        match std::fs::read_to_string(&stat) {
-            Err(_) => return,
-            Ok(s) if s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z') => return,
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        if process_gone(pid) {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
     panic!("step process {pid} is still running");
 }

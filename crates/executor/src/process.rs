@@ -597,15 +597,7 @@ mod tests {
     /// A killed process lingers as a zombie until its parent (here: init) reaps it, so poll.
     async fn wait_until_gone(pid: i32) {
         for _ in 0..200 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .chars()
-                .next();
-            if stat.is_empty() || state == Some('Z') || state == Some('X') {
+            if dispatch_test_support::process_gone(pid) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

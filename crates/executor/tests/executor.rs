@@ -11,6 +11,7 @@ use dispatch_dag::{
 };
 use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle, RunFinished};
+use dispatch_test_support::process_gone;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -652,18 +653,6 @@ async fn a_dag_timeout_aborts_the_run() {
     assert_eq!(rec.error.as_deref(), Some("run timed out after 1s"));
 }
 
-fn pid_alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .trim_start()
-        .chars()
-        .next();
-    !stat.is_empty() && !matches!(state, Some('Z') | Some('X'))
-}
-
 #[tokio::test]
 async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
     let (h, mut rx) = Harness::started();
@@ -716,7 +705,7 @@ async fn stop_kills_a_step_that_ignores_term_after_the_clean_up_time() {
     let pid = read_pid(&pid_file).unwrap();
     assert!(handle.stop("stubborn", "r1").unwrap());
     assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
-    wait_for("the killed step to be gone", || !pid_alive(pid)).await;
+    wait_for("the killed step to be gone", || process_gone(pid)).await;
     let rec = h.record("stubborn", "r1");
     assert_eq!(rec.steps[0].status, StepStatus::Aborted);
     assert_eq!(rec.steps[0].exit_code, Some(128 + 9), "killed by SIGKILL");
