@@ -13,24 +13,44 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dispatch_protocol::{
-    ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES, STEP_STATUS_WORDS,
+    ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_CHUNKS_PER_CALL, MAX_PROGRESS_DATA_BYTES,
+    MAX_STEPS_PER_CALL, MAX_STEP_NAME_BYTES, STEP_STATUS_WORDS,
 };
 
 use crate::handler::{authenticate, parse_body, ApiError, AppState};
 use crate::store::{blocking, now_ms, Progress, Recorded};
 
-/// Longest step name taken, in bytes.
-const MAX_STEP_NAME_BYTES: usize = 255;
+/// How far past the hub's clock a reported time may lie: schedulers' clocks drift, but a time
+/// further ahead is not a time (and the pages could not show it).
+const MAX_CLOCK_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Most steps one call may name.
-const MAX_STEPS_PER_CALL: usize = 1000;
-
-/// A 400 naming what is wrong with the request's content.
-fn check(req: &ProgressRequest) -> Result<(), ApiError> {
+/// A 400 naming what is wrong with the request's content; `now_ms` bounds its times.
+fn check(req: &ProgressRequest, now_ms: u64) -> Result<(), ApiError> {
     let bad = |message: String| Err(ApiError::new(StatusCode::BAD_REQUEST, message));
-    if req.steps.len() > MAX_STEPS_PER_CALL || req.logs.len() > MAX_STEPS_PER_CALL {
+    if req.steps.len() > MAX_STEPS_PER_CALL || req.logs.len() > MAX_CHUNKS_PER_CALL {
         return bad(format!(
-            "a progress call names at most {MAX_STEPS_PER_CALL} steps and {MAX_STEPS_PER_CALL} log chunks"
+            "a progress call names at most {MAX_STEPS_PER_CALL} steps and {MAX_CHUNKS_PER_CALL} log chunks"
+        ));
+    }
+    let latest = now_ms.saturating_add(MAX_CLOCK_AHEAD_MS);
+    let times = req
+        .steps
+        .iter()
+        .flat_map(|s| [s.started_ms, s.finished_ms])
+        .chain([req.run_started_ms]);
+    if let Some(t) = times.into_iter().find(|&t| t > latest) {
+        return bad(format!(
+            "time {t} lies more than a day past the hub's clock ({now_ms} ms since the epoch)"
+        ));
+    }
+    if let Some(step) = req
+        .steps
+        .iter()
+        .find(|s| s.finished_ms > 0 && s.finished_ms < s.started_ms)
+    {
+        return bad(format!(
+            "step `{}` finished ({}) before it started ({})",
+            step.name, step.finished_ms, step.started_ms
         ));
     }
     let names = req
@@ -76,7 +96,8 @@ pub(crate) async fn progress(
     let req: ProgressRequest = parse_body(&body)?;
     drop(body);
     authenticate(&st, &req.license_id, &req.server_id, &req.secret).await?;
-    check(&req)?;
+    let now = now_ms();
+    check(&req, u64::try_from(now).unwrap_or(0))?;
     let progress = Progress {
         license_id: req.license_id,
         server_id: req.server_id,
@@ -85,12 +106,13 @@ pub(crate) async fn progress(
         logs: req.logs,
     };
     let recorded = blocking(&st.store, move |store| {
-        store.record_progress(&id, progress, DEFAULT_JOB_LOG_CAP, now_ms())
+        store.record_progress(&id, progress, DEFAULT_JOB_LOG_CAP, now)
     })
     .await?;
     match recorded {
         Recorded::Stored(answer) => Ok(Json(answer).into_response()),
         Recorded::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such job")),
         Recorded::Conflict(message) => Err(ApiError::new(StatusCode::CONFLICT, message)),
+        Recorded::Refused(message) => Err(ApiError::new(StatusCode::BAD_REQUEST, message)),
     }
 }

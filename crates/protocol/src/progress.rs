@@ -42,6 +42,19 @@ pub const DEFAULT_JOB_LOG_CAP: u64 = 10 * 1024 * 1024;
 /// may make a control character six bytes long, and the hub takes request bodies of 1 MiB.
 pub const MAX_PROGRESS_DATA_BYTES: usize = 128 * 1024;
 
+/// Most steps one progress call may name; a scheduler with more changes sends several calls.
+pub const MAX_STEPS_PER_CALL: usize = 1000;
+
+/// Most log chunks one progress call may carry; a scheduler with more sends several calls.
+pub const MAX_CHUNKS_PER_CALL: usize = 1000;
+
+/// Most steps the hub keeps for one job: a call that would add more is refused (`400`). A
+/// scheduler leaves the steps past it out.
+pub const MAX_STEPS_PER_JOB: usize = 1000;
+
+/// Longest step name a progress call may carry, in bytes.
+pub const MAX_STEP_NAME_BYTES: usize = 255;
+
 /// Which output stream of a step a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -193,29 +193,7 @@ impl Store {
 
     /// Every activation, most recently seen first.
     pub fn servers(&self) -> Result<Vec<ServerInfo>, HubError> {
-        let conn = self.read();
-        let mut stmt = conn
-            .prepare(
-                "SELECT server_id, machine_name, license_id, activated_ms,
-                        MAX(activated_ms, last_seen_ms), revoked_ms
-                 FROM activations ORDER BY MAX(activated_ms, last_seen_ms) DESC, server_id",
-            )
-            .map_err(HubError::store("list servers"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                let revoked_ms: i64 = r.get(5)?;
-                Ok(ServerInfo {
-                    server_id: r.get(0)?,
-                    machine_name: r.get(1)?,
-                    license_id: r.get(2)?,
-                    activated_ms: r.get(3)?,
-                    last_seen_ms: r.get(4)?,
-                    revoked_ms: (revoked_ms != 0).then_some(revoked_ms),
-                })
-            })
-            .map_err(HubError::store("list servers"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(HubError::store("list servers"))
+        servers(&self.read())
     }
 
     /// Revokes every activation of `server_id` not revoked yet; returns how many activations the
@@ -278,6 +256,33 @@ fn activate(
     )
     .map_err(HubError::store("record an activation"))?;
     Ok(Activated::Done)
+}
+
+/// Every activated server, most recently seen first (the `servers` list of [`Store::servers`]),
+/// over any connection: the web pages read through their own.
+pub(crate) fn servers(conn: &rusqlite::Connection) -> Result<Vec<ServerInfo>, HubError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT server_id, machine_name, license_id, activated_ms,
+                    MAX(activated_ms, last_seen_ms), revoked_ms
+             FROM activations ORDER BY MAX(activated_ms, last_seen_ms) DESC, server_id",
+        )
+        .map_err(HubError::store("list servers"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let revoked_ms: i64 = r.get(5)?;
+            Ok(ServerInfo {
+                server_id: r.get(0)?,
+                machine_name: r.get(1)?,
+                license_id: r.get(2)?,
+                activated_ms: r.get(3)?,
+                last_seen_ms: r.get(4)?,
+                revoked_ms: (revoked_ms != 0).then_some(revoked_ms),
+            })
+        })
+        .map_err(HubError::store("list servers"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(HubError::store("list servers"))
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ pub(super) fn claim_next(
             job_id: decode_job(&job_json).map(|j| j.id).unwrap_or_default(),
         });
     };
+    super::progress::forget_other_claimant(tx, seq, license_id, server_id)?;
     tx.execute(
         "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
                          updated_ms = ?5, claims = claims + 1, claimed_ms = ?5

@@ -53,14 +53,15 @@ use crate::matching::NewJob;
 use gauges::{JobGauges, Tally};
 use writer::{open_connection, Durability, Writer};
 
+pub(crate) use activations::servers;
 pub use activations::ServerInfo;
 pub(crate) use activations::{Activated, Activation, StoredActivation};
 pub(crate) use approvals::{Approval, HeldEvent};
 pub(crate) use cancels::CancelOutcome;
 pub(crate) use check_runs::Rerun;
 pub(crate) use jobs::Transition;
+pub(crate) use progress::{job_log, job_progress, job_steps, Progress, Recorded};
 pub use progress::{JobProgress, LogSlice, ProgressChanges, StepRow};
-pub(crate) use progress::{Progress, Recorded};
 pub(crate) use reports::{
     AcceptedJob, FinishedJob, NewReport, NoReports, PendingReport, Reports, ReportsFor,
 };

@@ -3,15 +3,35 @@
 //! state (`job_steps`); and each step stream's log text in the chunks it arrived in
 //! (`log_chunks`). Rows go with their job: a trigger deletes them when retention deletes it.
 //!
-//! The reads here are what the hub's pages show: [`Store::job_steps`], [`Store::job_progress`],
-//! [`Store::job_log`], and [`Store::progress_changes`] to be woken when a job moves on.
+//! The reads here are what the hub's pages show, over any connection (the pages read through
+//! their own): [`job_steps`], [`job_progress`], [`job_log`]; and [`Store::progress_changes`] to
+//! be woken when a job moves on.
 
-use dispatch_protocol::{LogAck, LogChunk, LogStream, ProgressResponse, StepProgress};
+use std::collections::BTreeSet;
+
+use dispatch_protocol::{
+    LogAck, LogChunk, LogStream, ProgressResponse, StepProgress, MAX_STEPS_PER_JOB,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
+use super::state::JobState;
 use super::Store;
 use crate::error::HubError;
+
+/// How long after its finish a job still takes progress from the server that finished it: the
+/// last chunks of a run may arrive just after the finish call.
+pub(crate) const FINISH_GRACE_MS: i64 = 5 * 60 * 1000;
+
+/// A stream's newest row takes a chunk that arrives after it while both together stay within
+/// this many bytes: a scheduler that sends many tiny chunks fills few rows, and appending
+/// rewrites at most this much.
+const ROW_BYTES: u64 = 4096;
+
+/// A u64 from the wire as SQLite's i64; the hub's checks keep real values far below the top.
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// Creates the tables (a schema step).
 pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
@@ -170,31 +190,109 @@ impl ProgressChanges {
 }
 
 /// Why the job refuses progress from this caller, if it does: it takes progress only from the
-/// server that claimed it (accepted or finished it since).
+/// server holding its current claim or accept, and from the server that finished it for
+/// [`FINISH_GRACE_MS`] after the finish. A job queued again after its lease ran out is held by
+/// nobody, though it still names its last claimant.
 fn refusal(
     tx: &Connection,
     job_id: &str,
     license_id: &str,
     server_id: &str,
+    now_ms: i64,
 ) -> Result<Option<Recorded>, HubError> {
-    let row: Option<(String, String, String)> = tx
+    let row: Option<(String, String, String, String, i64)> = tx
         .query_row(
-            "SELECT target_license, claimed_license, claimed_by FROM jobs WHERE id = ?1",
+            "SELECT target_license, claimed_license, claimed_by, state, updated_ms
+             FROM jobs WHERE id = ?1",
             params![job_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()
         .map_err(HubError::store("look up a job for its progress"))?;
-    Ok(match row {
-        None => Some(Recorded::NotFound),
-        Some((target, _, _)) if !target.is_empty() && target != license_id => {
-            Some(Recorded::NotFound)
-        }
-        Some((_, license, server)) if license == license_id && server == server_id => None,
-        Some(_) => Some(Recorded::Conflict(format!(
+    let Some((target, license, server, state, updated_ms)) = row else {
+        return Ok(Some(Recorded::NotFound));
+    };
+    if !target.is_empty() && target != license_id {
+        return Ok(Some(Recorded::NotFound));
+    }
+    if license != license_id || server != server_id {
+        return Ok(Some(Recorded::Conflict(format!(
             "job `{job_id}` is not claimed by this server"
-        ))),
-    })
+        ))));
+    }
+    let held = match state.parse::<JobState>() {
+        Ok(JobState::Claimed | JobState::Accepted) => true,
+        Ok(JobState::Finished) => now_ms.saturating_sub(updated_ms) <= FINISH_GRACE_MS,
+        Ok(JobState::Queued) | Err(_) => false,
+    };
+    Ok((!held).then(|| {
+        Recorded::Conflict(format!(
+            "job `{job_id}` is not held by this server now ({state})"
+        ))
+    }))
+}
+
+/// Before the job at `seq` is claimed by this license and server: the progress its previous
+/// claimant sent goes, so that one server's steps and text never mix with another's.
+pub(super) fn forget_other_claimant(
+    tx: &Connection,
+    seq: i64,
+    license_id: &str,
+    server_id: &str,
+) -> Result<(), HubError> {
+    for table in ["job_progress", "job_steps", "log_chunks"] {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE job_id = (SELECT id FROM jobs WHERE seq = ?1
+                    AND claimed_by != '' AND (claimed_license != ?2 OR claimed_by != ?3))"
+            ),
+            params![seq, license_id, server_id],
+        )
+        .map_err(HubError::store(
+            "clear a job's progress for its new claimant",
+        ))?;
+    }
+    Ok(())
+}
+
+/// Why the call is refused as a whole, if it is: it would give the job more than
+/// [`MAX_STEPS_PER_JOB`] steps.
+fn too_many_steps(
+    tx: &Connection,
+    job_id: &str,
+    progress: &Progress,
+) -> Result<Option<Recorded>, HubError> {
+    let names: BTreeSet<&str> = progress
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(progress.logs.iter().map(|c| c.step.as_str()))
+        .collect();
+    let held: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM job_steps WHERE job_id = ?1",
+            params![job_id],
+            |r| r.get(0),
+        )
+        .map_err(HubError::store("count a job's steps"))?;
+    let mut known = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM job_steps WHERE job_id = ?1 AND name = ?2)")
+        .map_err(HubError::store("look up a step"))?;
+    let mut new = 0;
+    for name in names {
+        let exists: bool = known
+            .query_row(params![job_id, name], |r| r.get(0))
+            .map_err(HubError::store("look up a step"))?;
+        new += usize::from(!exists);
+    }
+    let total = usize::try_from(held)
+        .unwrap_or(usize::MAX)
+        .saturating_add(new);
+    Ok((total > MAX_STEPS_PER_JOB).then(|| {
+        Recorded::Refused(format!(
+            "job `{job_id}` would have {total} steps; the hub keeps at most {MAX_STEPS_PER_JOB}"
+        ))
+    }))
 }
 
 /// The largest character boundary of `text` at or below `at`.
@@ -226,18 +324,19 @@ fn ensure_step(tx: &Connection, job_id: &str, name: &str) -> Result<(), HubError
 
 fn save_step(tx: &Connection, job_id: &str, step: &StepProgress) -> Result<(), HubError> {
     ensure_step(tx, job_id, &step.name)?;
-    // A final state stays: a late copy of an earlier one is left out.
+    // A final state stays: neither a late copy of an earlier state nor another final state
+    // replaces it.
     tx.execute(
         "UPDATE job_steps SET status = ?3, exit_code = COALESCE(?4, exit_code),
                 started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END, finished_ms = ?6
-         WHERE job_id = ?1 AND name = ?2 AND (finished_ms = 0 OR ?6 > 0)",
+         WHERE job_id = ?1 AND name = ?2 AND status IN ('not_started', 'running')",
         params![
             job_id,
             step.name,
             step.status,
             step.exit_code,
-            step.started_ms as i64,
-            step.finished_ms as i64
+            as_i64(step.started_ms),
+            as_i64(step.finished_ms)
         ],
     )
     .map_err(HubError::store("update a step"))?;
@@ -272,10 +371,19 @@ fn save_chunk(
     if chunk.offset > held {
         return Ok(ack(held, false));
     }
-    let skip = (held - chunk.offset) as usize;
+    let skip = usize::try_from(held - chunk.offset).unwrap_or(usize::MAX);
     if skip < chunk.data.len() && !chunk.data.is_char_boundary(skip) {
         // Not the text the hub has: the same stream cut differently would not split here.
         return Ok(ack(held, false));
+    }
+    // The part the hub already holds must be the same text: a chunk that differs is not a copy
+    // of what was sent before, and is refused rather than taken as stored.
+    let overlap = skip.min(chunk.data.len());
+    if overlap > 0 {
+        let stored = job_log(tx, job_id, &chunk.step, chunk.stream, chunk.offset, overlap)?;
+        if stored.text.as_bytes() != &chunk.data.as_bytes()[..overlap] {
+            return Ok(ack(held, false));
+        }
     }
     let mut end = held;
     if skip < chunk.data.len() && !*truncated {
@@ -287,23 +395,12 @@ fn save_chunk(
         }
         if !stored.is_empty() {
             end = held + stored.len() as u64;
-            tx.execute(
-                "INSERT INTO log_chunks (job_id, step, stream, end_offset, start_offset, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    job_id,
-                    chunk.step,
-                    chunk.stream.as_str(),
-                    end as i64,
-                    held as i64,
-                    stored
-                ],
-            )
-            .map_err(HubError::store("store a log chunk"))?;
+            append_text(tx, job_id, chunk, held, stored)?;
             *room -= stored.len() as u64;
         }
     }
-    let complete = chunk.eof && end == chunk.offset + chunk.data.len() as u64;
+    let sent_end = chunk.offset.saturating_add(chunk.data.len() as u64);
+    let complete = chunk.eof && end == sent_end;
     tx.execute(
         &format!(
             "UPDATE job_steps SET {bytes_col} = ?3, {complete_col} = {complete_col} OR ?4
@@ -316,14 +413,69 @@ fn save_chunk(
     Ok(ack(end, true))
 }
 
+/// Stores `text` of `chunk`'s stream at `held` (where the stream ends): appended to the
+/// stream's newest row while that stays within [`ROW_BYTES`], else as a row of its own.
+fn append_text(
+    tx: &Connection,
+    job_id: &str,
+    chunk: &LogChunk,
+    held: u64,
+    text: &str,
+) -> Result<(), HubError> {
+    let end = as_i64(held + text.len() as u64);
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT end_offset - start_offset FROM log_chunks
+             WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset = ?4",
+            params![job_id, chunk.step, chunk.stream.as_str(), as_i64(held)],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(HubError::store("read a stream's last log row"))?;
+    let fits = last.is_some_and(|len| (len as u64).saturating_add(text.len() as u64) <= ROW_BYTES);
+    if fits {
+        tx.execute(
+            "UPDATE log_chunks SET data = data || ?5, end_offset = ?6
+             WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset = ?4",
+            params![
+                job_id,
+                chunk.step,
+                chunk.stream.as_str(),
+                as_i64(held),
+                text,
+                end
+            ],
+        )
+        .map_err(HubError::store("append to a log chunk"))?;
+    } else {
+        tx.execute(
+            "INSERT INTO log_chunks (job_id, step, stream, end_offset, start_offset, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                job_id,
+                chunk.step,
+                chunk.stream.as_str(),
+                end,
+                as_i64(held),
+                text
+            ],
+        )
+        .map_err(HubError::store("store a log chunk"))?;
+    }
+    Ok(())
+}
+
 /// What [`Store::record_progress`] came to.
 pub(crate) enum Recorded {
     /// Stored; the answer for the scheduler.
     Stored(ProgressResponse),
     /// Nothing stored: no such job, or it is bound to another license.
     NotFound,
-    /// Nothing stored: another server holds the job; the reason is safe to show.
+    /// Nothing stored: another server holds the job, or nobody does; the reason is safe to show.
     Conflict(String),
+    /// Nothing stored: the call would break a limit of the job's rows; the reason is safe to
+    /// show.
+    Refused(String),
 }
 
 /// A progress call's content, as [`Store::record_progress`] takes it.
@@ -342,7 +494,16 @@ fn record(
     cap: u64,
     now_ms: i64,
 ) -> Result<Recorded, HubError> {
-    if let Some(refused) = refusal(tx, job_id, &progress.license_id, &progress.server_id)? {
+    if let Some(refused) = refusal(
+        tx,
+        job_id,
+        &progress.license_id,
+        &progress.server_id,
+        now_ms,
+    )? {
+        return Ok(refused);
+    }
+    if let Some(refused) = too_many_steps(tx, job_id, progress)? {
         return Ok(refused);
     }
     tx.execute(
@@ -373,8 +534,8 @@ fn record(
          WHERE job_id = ?1",
         params![
             job_id,
-            progress.run_started_ms as i64,
-            log_bytes as i64,
+            as_i64(progress.run_started_ms),
+            as_i64(log_bytes),
             truncated,
             now_ms
         ],
@@ -406,134 +567,6 @@ impl Store {
         Ok(recorded)
     }
 
-    /// The steps of `job_id` as its scheduler last reported them, in the DAG's order; empty
-    /// when none were reported (no such job, a scheduler without the extension, not started).
-    pub fn job_steps(&self, job_id: &str) -> Result<Vec<StepRow>, HubError> {
-        let conn = self.read();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT name, position, status, exit_code, started_ms, finished_ms, stdout_bytes,
-                        stderr_bytes, stdout_complete, stderr_complete
-                 FROM job_steps WHERE job_id = ?1 ORDER BY position, name",
-            )
-            .map_err(HubError::store("read a job's steps"))?;
-        let rows = stmt
-            .query_map(params![job_id], |r| {
-                Ok(StepRow {
-                    name: r.get(0)?,
-                    position: r.get(1)?,
-                    status: r.get(2)?,
-                    exit_code: r.get(3)?,
-                    started_ms: r.get(4)?,
-                    finished_ms: r.get(5)?,
-                    stdout_bytes: r.get::<_, i64>(6)? as u64,
-                    stderr_bytes: r.get::<_, i64>(7)? as u64,
-                    stdout_complete: r.get(8)?,
-                    stderr_complete: r.get(9)?,
-                })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(HubError::store("read a job's steps"))?;
-        Ok(rows)
-    }
-
-    /// When `job_id`'s run started, how much log the hub holds for it and whether it was cut at
-    /// the cap; `None` when its scheduler sent no progress (yet, or without the extension).
-    pub fn job_progress(&self, job_id: &str) -> Result<Option<JobProgress>, HubError> {
-        self.read()
-            .query_row(
-                "SELECT run_started_ms, log_bytes, truncated, updated_ms
-                 FROM job_progress WHERE job_id = ?1",
-                params![job_id],
-                |r| {
-                    Ok(JobProgress {
-                        run_started_ms: r.get(0)?,
-                        log_bytes: r.get::<_, i64>(1)? as u64,
-                        truncated: r.get(2)?,
-                        updated_ms: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(HubError::store("read a job's progress"))
-    }
-
-    /// Up to `max_bytes` of the log text of `step`'s `stream` from `from_offset`. An unknown
-    /// job, step or offset past the end reads as empty text with `next_offset` where the stream
-    /// ends (or `from_offset`, if larger). For a live tail: read until `text` is empty, wait
-    /// for [`Store::progress_changes`], read again from `next_offset`; stop once `complete` or
-    /// `truncated`.
-    pub fn job_log(
-        &self,
-        job_id: &str,
-        step: &str,
-        stream: LogStream,
-        from_offset: u64,
-        max_bytes: usize,
-    ) -> Result<LogSlice, HubError> {
-        let conn = self.read();
-        let (bytes_col, complete_col) = stream_columns(stream);
-        let state: Option<(i64, bool)> = conn
-            .query_row(
-                &format!(
-                    "SELECT {bytes_col}, {complete_col} FROM job_steps
-                     WHERE job_id = ?1 AND name = ?2"
-                ),
-                params![job_id, step],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(HubError::store("read a step's log length"))?;
-        let truncated = conn
-            .query_row(
-                "SELECT truncated FROM job_progress WHERE job_id = ?1",
-                params![job_id],
-                |r| r.get::<_, bool>(0),
-            )
-            .optional()
-            .map_err(HubError::store("read a job's progress"))?
-            .unwrap_or(false);
-        let (held, stream_complete) = state.map_or((0, false), |(b, c)| (b as u64, c));
-        let mut slice = LogSlice {
-            text: String::new(),
-            next_offset: from_offset.max(held),
-            truncated,
-            complete: false,
-        };
-        if from_offset < held {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT start_offset, data FROM log_chunks
-                     WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset > ?4
-                     ORDER BY end_offset",
-                )
-                .map_err(HubError::store("read a step's log"))?;
-            let mut rows = stmt
-                .query(params![job_id, step, stream.as_str(), from_offset as i64])
-                .map_err(HubError::store("read a step's log"))?;
-            let mut at = from_offset;
-            while let Some(row) = rows.next().map_err(HubError::store("read a step's log"))? {
-                let start: i64 = row.get(0).map_err(HubError::store("read a step's log"))?;
-                let data: String = row.get(1).map_err(HubError::store("read a step's log"))?;
-                let mut skip = (at.saturating_sub(start as u64) as usize).min(data.len());
-                while !data.is_char_boundary(skip) {
-                    skip += 1;
-                }
-                let rest = &data[skip..];
-                let room = max_bytes - slice.text.len();
-                let take = floor_boundary(rest, room);
-                slice.text.push_str(&rest[..take]);
-                at = start as u64 + (skip + take) as u64;
-                if take < rest.len() {
-                    break;
-                }
-            }
-            slice.next_offset = at;
-        }
-        slice.complete = stream_complete && slice.next_offset >= held;
-        Ok(slice)
-    }
-
     /// A watch on `job_id`: its [`ProgressChanges::changed`] returns when progress, a log
     /// chunk, the accept or the finish of the job is stored. Cheap; drop it when done.
     pub fn progress_changes(&self, job_id: &str) -> ProgressChanges {
@@ -542,6 +575,135 @@ impl Store {
             receiver: self.progress.0.subscribe(),
         }
     }
+}
+
+/// The steps of `job_id` as its scheduler last reported them, in the DAG's order; empty
+/// when none were reported (no such job, a scheduler without the extension, not started).
+/// Over any connection: the pages read through their own.
+pub(crate) fn job_steps(conn: &Connection, job_id: &str) -> Result<Vec<StepRow>, HubError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, position, status, exit_code, started_ms, finished_ms, stdout_bytes,
+                        stderr_bytes, stdout_complete, stderr_complete
+                 FROM job_steps WHERE job_id = ?1 ORDER BY position, name",
+        )
+        .map_err(HubError::store("read a job's steps"))?;
+    let rows = stmt
+        .query_map(params![job_id], |r| {
+            Ok(StepRow {
+                name: r.get(0)?,
+                position: r.get(1)?,
+                status: r.get(2)?,
+                exit_code: r.get(3)?,
+                started_ms: r.get(4)?,
+                finished_ms: r.get(5)?,
+                stdout_bytes: r.get::<_, i64>(6)? as u64,
+                stderr_bytes: r.get::<_, i64>(7)? as u64,
+                stdout_complete: r.get(8)?,
+                stderr_complete: r.get(9)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(HubError::store("read a job's steps"))?;
+    Ok(rows)
+}
+
+/// When `job_id`'s run started, how much log the hub holds for it and whether it was cut at
+/// the cap; `None` when its scheduler sent no progress (yet, or without the extension).
+pub(crate) fn job_progress(
+    conn: &Connection,
+    job_id: &str,
+) -> Result<Option<JobProgress>, HubError> {
+    conn.query_row(
+        "SELECT run_started_ms, log_bytes, truncated, updated_ms
+                 FROM job_progress WHERE job_id = ?1",
+        params![job_id],
+        |r| {
+            Ok(JobProgress {
+                run_started_ms: r.get(0)?,
+                log_bytes: r.get::<_, i64>(1)? as u64,
+                truncated: r.get(2)?,
+                updated_ms: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(HubError::store("read a job's progress"))
+}
+
+/// Up to `max_bytes` of the log text of `step`'s `stream` from `from_offset`. An unknown
+/// job, step or offset past the end reads as empty text with `next_offset` where the stream
+/// ends (or `from_offset`, if larger). For a live tail: read until `text` is empty, wait
+/// for [`Store::progress_changes`], read again from `next_offset`; stop once `complete` or
+/// `truncated`.
+pub(crate) fn job_log(
+    conn: &Connection,
+    job_id: &str,
+    step: &str,
+    stream: LogStream,
+    from_offset: u64,
+    max_bytes: usize,
+) -> Result<LogSlice, HubError> {
+    let (bytes_col, complete_col) = stream_columns(stream);
+    let state: Option<(i64, bool)> = conn
+        .query_row(
+            &format!(
+                "SELECT {bytes_col}, {complete_col} FROM job_steps
+                     WHERE job_id = ?1 AND name = ?2"
+            ),
+            params![job_id, step],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(HubError::store("read a step's log length"))?;
+    let truncated = conn
+        .query_row(
+            "SELECT truncated FROM job_progress WHERE job_id = ?1",
+            params![job_id],
+            |r| r.get::<_, bool>(0),
+        )
+        .optional()
+        .map_err(HubError::store("read a job's progress"))?
+        .unwrap_or(false);
+    let (held, stream_complete) = state.map_or((0, false), |(b, c)| (b as u64, c));
+    let mut slice = LogSlice {
+        text: String::new(),
+        next_offset: from_offset.max(held),
+        truncated,
+        complete: false,
+    };
+    if from_offset < held {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT start_offset, data FROM log_chunks
+                     WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset > ?4
+                     ORDER BY end_offset",
+            )
+            .map_err(HubError::store("read a step's log"))?;
+        let mut rows = stmt
+            .query(params![job_id, step, stream.as_str(), as_i64(from_offset)])
+            .map_err(HubError::store("read a step's log"))?;
+        let mut at = from_offset;
+        while let Some(row) = rows.next().map_err(HubError::store("read a step's log"))? {
+            let start: i64 = row.get(0).map_err(HubError::store("read a step's log"))?;
+            let data: String = row.get(1).map_err(HubError::store("read a step's log"))?;
+            let mut skip = (at.saturating_sub(start as u64) as usize).min(data.len());
+            while !data.is_char_boundary(skip) {
+                skip += 1;
+            }
+            let rest = &data[skip..];
+            let room = max_bytes - slice.text.len();
+            let take = floor_boundary(rest, room);
+            slice.text.push_str(&rest[..take]);
+            at = start as u64 + (skip + take) as u64;
+            if take < rest.len() {
+                break;
+            }
+        }
+        slice.next_offset = at;
+    }
+    slice.complete = stream_complete && slice.next_offset >= held;
+    Ok(slice)
 }
 
 #[cfg(test)]
@@ -608,9 +770,7 @@ mod tests {
     }
 
     fn whole_log(store: &Store, step: &str) -> LogSlice {
-        store
-            .job_log("j", step, LogStream::Stdout, 0, usize::MAX)
-            .unwrap()
+        job_log(&store.read(), "j", step, LogStream::Stdout, 0, usize::MAX).unwrap()
     }
 
     #[test]
@@ -637,15 +797,21 @@ mod tests {
         let mut last = chunk("build", 5, "é!\n");
         last.eof = true;
         send(&s, progress(vec![], vec![chunk("build", 0, "abcde"), last]));
-        let first = s.job_log("j", "build", LogStream::Stdout, 0, 6).unwrap();
+        let first = job_log(&s.read(), "j", "build", LogStream::Stdout, 0, 6).unwrap();
         assert_eq!((first.text.as_str(), first.next_offset), ("abcde", 5));
         assert!(!first.complete);
-        let rest = s
-            .job_log("j", "build", LogStream::Stdout, first.next_offset, 100)
-            .unwrap();
+        let rest = job_log(
+            &s.read(),
+            "j",
+            "build",
+            LogStream::Stdout,
+            first.next_offset,
+            100,
+        )
+        .unwrap();
         assert_eq!((rest.text.as_str(), rest.next_offset), ("é!\n", 9));
         assert!(rest.complete && !rest.truncated);
-        let none = s.job_log("j", "other", LogStream::Stderr, 0, 100).unwrap();
+        let none = job_log(&s.read(), "j", "other", LogStream::Stderr, 0, 100).unwrap();
         assert_eq!(none, LogSlice::default());
     }
 
@@ -665,7 +831,7 @@ mod tests {
         let log = whole_log(&s, "b");
         assert_eq!(log.text, "0123456789");
         assert!(log.truncated);
-        assert!(s.job_progress("j").unwrap().unwrap().truncated);
+        assert!(job_progress(&s.read(), "j").unwrap().unwrap().truncated);
     }
 
     #[test]
@@ -686,14 +852,20 @@ mod tests {
         send(&s, p);
         send(&s, progress(vec![step("build", "succeeded", 3)], vec![]));
         send(&s, progress(vec![step("build", "running", 0)], vec![]));
-        let steps = s.job_steps("j").unwrap();
+        let steps = job_steps(&s.read(), "j").unwrap();
         let got: Vec<_> = steps
             .iter()
             .map(|r| (r.name.as_str(), r.status.as_str(), r.finished_ms))
             .collect();
         assert_eq!(got, [("build", "succeeded", 3), ("test", "not_started", 0)]);
         assert_eq!(steps[0].exit_code, Some(0));
-        assert_eq!(s.job_progress("j").unwrap().unwrap().run_started_ms, 1);
+        assert_eq!(
+            job_progress(&s.read(), "j")
+                .unwrap()
+                .unwrap()
+                .run_started_ms,
+            1
+        );
     }
 
     #[test]
@@ -713,12 +885,154 @@ mod tests {
         send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
         let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
         conn.execute("DELETE FROM jobs WHERE id = 'j'", []).unwrap();
-        assert!(s.job_steps("j").unwrap().is_empty());
-        assert_eq!(s.job_progress("j").unwrap(), None);
+        assert!(job_steps(&s.read(), "j").unwrap().is_empty());
+        assert_eq!(job_progress(&s.read(), "j").unwrap(), None);
         let left: i64 = conn
             .query_row("SELECT COUNT(*) FROM log_chunks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// Runs `sql` on the store's file, as another writer would.
+    fn edit(dir: &tempfile::TempDir, sql: &str) {
+        let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    fn count(s: &Store, table: &str) -> i64 {
+        s.read()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_takes_at_most_its_step_limit_and_tiny_chunks_share_rows() {
+        let (_d, s) = store_with_claimed_job();
+        let step = |i: usize| StepProgress {
+            name: format!("s{i}"),
+            status: "not_started".into(),
+            ..StepProgress::default()
+        };
+        send(
+            &s,
+            progress((0..MAX_STEPS_PER_JOB).map(step).collect(), vec![]),
+        );
+        // One more step, named by a step state or by a chunk, is refused as a whole.
+        let one_more = progress(vec![step(0), step(MAX_STEPS_PER_JOB)], vec![]);
+        let chunk_of_new = progress(vec![], vec![chunk("new", 0, "x")]);
+        for p in [one_more, chunk_of_new] {
+            match s.record_progress("j", p, CAP, 5).unwrap() {
+                Recorded::Refused(why) => assert!(why.contains("at most 1000"), "{why}"),
+                _ => panic!("a step past the limit was taken"),
+            }
+        }
+        assert_eq!(count(&s, "job_steps"), MAX_STEPS_PER_JOB as i64);
+        // Known steps still move on.
+        send(&s, progress(vec![], vec![chunk("s1", 0, "x")]));
+        // A thousand one-byte chunks fill one row, not a thousand.
+        let tiny: Vec<_> = (1..1000).map(|i| chunk("s1", i, "y")).collect();
+        let answer = send(&s, progress(vec![], tiny));
+        assert!(answer.logs.iter().all(|a| a.accepted));
+        assert_eq!(count(&s, "log_chunks"), 1);
+        assert_eq!(whole_log(&s, "s1").text, format!("x{}", "y".repeat(999)));
+        // Past a row's size the next chunk starts a row of its own, and reads cross rows.
+        let big = "z".repeat(ROW_BYTES as usize);
+        for (offset, text) in [(1000, big.as_str()), (1000 + ROW_BYTES, "!")] {
+            let p = progress(vec![], vec![chunk("s1", offset, text)]);
+            s.record_progress("j", p, 1 << 20, 5).unwrap();
+        }
+        assert_eq!(count(&s, "log_chunks"), 3);
+        let log = whole_log(&s, "s1").text;
+        assert_eq!(
+            (log.len(), log.ends_with("z!")),
+            (1001 + ROW_BYTES as usize, true)
+        );
+    }
+
+    #[test]
+    fn a_chunk_that_differs_from_the_text_held_is_refused() {
+        let (_d, s) = store_with_claimed_job();
+        send(&s, progress(vec![], vec![chunk("build", 0, "hello ")]));
+        let other = send(&s, progress(vec![], vec![chunk("build", 0, "HELLO world")]));
+        assert_eq!(
+            (other.logs[0].next_offset, other.logs[0].accepted),
+            (6, false)
+        );
+        let overlap = send(&s, progress(vec![], vec![chunk("build", 4, "oX world")]));
+        assert!(!overlap.logs[0].accepted);
+        let same = send(&s, progress(vec![], vec![chunk("build", 4, "o world")]));
+        assert_eq!(
+            (same.logs[0].next_offset, same.logs[0].accepted),
+            (11, true)
+        );
+        assert_eq!(whole_log(&s, "build").text, "hello world");
+    }
+
+    #[test]
+    fn a_final_step_state_is_never_replaced() {
+        let (_d, s) = store_with_claimed_job();
+        let step = |status: &str, exit_code| StepProgress {
+            name: "build".into(),
+            status: status.into(),
+            exit_code,
+            started_ms: 2,
+            finished_ms: 3,
+        };
+        send(&s, progress(vec![step("failed", Some(1))], vec![]));
+        send(&s, progress(vec![step("succeeded", Some(0))], vec![]));
+        let steps = job_steps(&s.read(), "j").unwrap();
+        assert_eq!(
+            (steps[0].status.as_str(), steps[0].exit_code),
+            ("failed", Some(1))
+        );
+    }
+
+    #[test]
+    fn progress_is_taken_only_while_the_server_holds_the_job_and_shortly_after_its_finish() {
+        let (dir, s) = store_with_claimed_job();
+        send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
+        // Its lease ran out and it is queued again: it still names srv, but nobody holds it.
+        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        let queued = s.record_progress("j", progress(vec![], vec![]), CAP, 5);
+        assert!(matches!(queued.unwrap(), Recorded::Conflict(_)));
+        edit(
+            &dir,
+            "UPDATE jobs SET state = 'finished', updated_ms = 10 WHERE id = 'j'",
+        );
+        let late = |now| s.record_progress("j", progress(vec![], vec![]), CAP, now);
+        assert!(matches!(
+            late(10 + FINISH_GRACE_MS).unwrap(),
+            Recorded::Stored(_)
+        ));
+        assert!(matches!(
+            late(11 + FINISH_GRACE_MS).unwrap(),
+            Recorded::Conflict(_)
+        ));
+    }
+
+    #[test]
+    fn another_servers_claim_clears_the_progress_of_the_one_before() {
+        let (dir, s) = store_with_claimed_job();
+        send(&s, progress(vec![], vec![chunk("a", 0, "old text")]));
+        // The same server claiming again keeps what it sent.
+        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        s.claim_next("lic", "srv", 2, 60_000).unwrap().unwrap();
+        assert_eq!(whole_log(&s, "a").text, "old text");
+        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        s.claim_next("lic", "srv-2", 3, 60_000).unwrap().unwrap();
+        for table in ["job_progress", "job_steps", "log_chunks"] {
+            assert_eq!(count(&s, table), 0, "{table}");
+        }
+        let mut mine = progress(vec![], vec![chunk("a", 0, "new")]);
+        mine.server_id = "srv-2".into();
+        assert!(matches!(
+            s.record_progress("j", mine, CAP, 5).unwrap(),
+            Recorded::Stored(_)
+        ));
+        assert_eq!(whole_log(&s, "a").text, "new");
+        // The one before cannot send any more.
+        let old = s.record_progress("j", progress(vec![], vec![chunk("a", 3, "!")]), CAP, 5);
+        assert!(matches!(old.unwrap(), Recorded::Conflict(_)));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use super::links;
 use super::queries::{self, DeliveryKey};
 use super::state::Web;
 use crate::metrics::WEBHOOKS;
-use crate::store::{blocking, now_ms, ServerInfo};
+use crate::store::{now_ms, servers, ServerInfo};
 
 /// Query of the deliveries page: the key of the last row of the page before.
 #[derive(Debug, Default, Deserialize)]
@@ -110,7 +110,7 @@ pub(crate) async fn deliveries_page(
 }
 
 pub(crate) async fn servers_page(State(web): State<Arc<Web>>) -> Response {
-    let servers = match blocking(&web.app.store, |store| store.servers()).await {
+    let servers = match web.read(servers).await {
         Ok(servers) => servers,
         Err(e) => return layout::internal(&e),
     };

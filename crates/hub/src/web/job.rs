@@ -18,7 +18,7 @@ use super::links;
 use super::queries::{self, JobDetail};
 use super::state::Web;
 use super::steps::{self, StepsView};
-use crate::store::{blocking, now_ms, JobState};
+use crate::store::{now_ms, JobState};
 
 pub(crate) async fn job_page(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response {
     let key = id.clone();
@@ -33,7 +33,7 @@ pub(crate) async fn job_page(State(web): State<Arc<Web>>, Path(id): Path<String>
         }
         Err(e) => return layout::internal(&e),
     };
-    let view = match blocking(&web.app.store, move |store| steps::read(store, &id)).await {
+    let view = match web.read(move |conn| steps::read(conn, &id)).await {
         Ok(view) => view,
         Err(e) => return layout::internal(&e),
     };
@@ -219,7 +219,7 @@ pub(crate) fn render(web: &Web, d: &JobDetail, view: &StepsView, now_ms: i64) ->
                     tr {
                         td { (links::time(m.at_ms)) }
                         td { (m.what) }
-                        td { @if i > 0 { (links::duration(m.at_ms - moments[i - 1].at_ms)) } }
+                        td { @if i > 0 { (links::duration(m.at_ms.saturating_sub(moments[i - 1].at_ms))) } }
                     }
                 }
             }
@@ -238,7 +238,7 @@ pub(crate) fn render(web: &Web, d: &JobDetail, view: &StepsView, now_ms: i64) ->
         }
         h2 { "Summary" }
         @if row.state == JobState::Finished.as_str() {
-            p { span class={ "status status-" (shown) } { (shown) } " after " (links::duration(row.updated_ms - row.created_ms)) }
+            p { span class={ "status status-" (shown) } { (shown) } " after " (links::duration(row.updated_ms.saturating_sub(row.created_ms))) }
         } @else {
             p #job-pending.muted { "Not finished yet." }
         }

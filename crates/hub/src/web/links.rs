@@ -83,10 +83,16 @@ pub(crate) fn user(github_web: &str, login: &str) -> Option<String> {
 /// A stored time (ms since the Unix epoch) as an HTTP date in UTC; `-` for none.
 pub(crate) fn time(ms: i64) -> String {
     match u64::try_from(ms) {
-        Ok(ms) if ms > 0 => httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms)),
+        // The date format stops at the end of year 9999 (and panics past it).
+        Ok(ms) if ms > 0 && ms < TIME_END_MS => {
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
+        }
         _ => "-".to_owned(),
     }
 }
+
+/// 10000-01-01T00:00:00Z in ms since the Unix epoch: the first time [`time`] cannot show.
+const TIME_END_MS: u64 = 253_402_300_800_000;
 
 /// A duration in ms, to the unit that reads best: `850 ms`, `12.4 s`, `3 min 05 s`, `2 h 01 min`.
 pub(crate) fn duration(ms: i64) -> String {
@@ -163,6 +169,9 @@ mod tests {
     fn times_and_durations_read_well() {
         assert_eq!(time(0), "-");
         assert_eq!(time(1_000), "Thu, 01 Jan 1970 00:00:01 GMT");
+        assert_eq!(time(253_402_300_799_000), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(time(253_402_300_800_000), "-");
+        assert_eq!(time(i64::MAX), "-");
         assert_eq!(duration(-1), "-");
         assert_eq!(duration(850), "850 ms");
         assert_eq!(duration(12_400), "12.4 s");

@@ -33,6 +33,8 @@ pub(crate) struct Web {
     pub secure_cookies: bool,
     /// One permit per live tail open ([`MAX_TAILS`]).
     pub tails: Arc<Semaphore>,
+    /// One permit per whole-log answer being built ([`super::steps::MAX_WHOLE_LOGS`]).
+    pub whole_logs: Arc<Semaphore>,
 }
 
 impl Web {
@@ -61,6 +63,7 @@ impl Web {
             github_web,
             secure_cookies,
             tails: Arc::new(Semaphore::new(MAX_TAILS)),
+            whole_logs: Arc::new(Semaphore::new(super::steps::MAX_WHOLE_LOGS)),
         })
     }
 

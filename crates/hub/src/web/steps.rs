@@ -16,10 +16,15 @@ use super::layout;
 use super::links;
 use super::state::Web;
 use crate::error::HubError;
-use crate::store::{blocking, JobProgress, LogSlice, StepRow, Store};
+use rusqlite::Connection;
+
+use crate::store::{job_log, job_progress, job_steps, JobProgress, LogSlice, StepRow};
 
 /// Bytes of each step stream the job page shows (its end); the whole text is one link away.
 pub(crate) const SHOWN_BYTES: u64 = 256 * 1024;
+
+/// Whole-log answers built at once, over every browser.
+pub(crate) const MAX_WHOLE_LOGS: usize = 4;
 
 /// Bytes of a stream read in one go by the whole-log answer and the live tail.
 pub(crate) const READ_BYTES: usize = 64 * 1024;
@@ -41,9 +46,9 @@ pub(crate) struct StepsView {
 }
 
 /// Reads the run of `job_id`: its progress, steps and the end of every stream that has text.
-pub(crate) fn read(store: &Store, job_id: &str) -> Result<StepsView, HubError> {
-    let progress = store.job_progress(job_id)?;
-    let steps = store.job_steps(job_id)?;
+pub(crate) fn read(conn: &Connection, job_id: &str) -> Result<StepsView, HubError> {
+    let progress = job_progress(conn, job_id)?;
+    let steps = job_steps(conn, job_id)?;
     let mut logs = Vec::new();
     for step in &steps {
         for stream in LogStream::ALL {
@@ -52,7 +57,7 @@ pub(crate) fn read(store: &Store, job_id: &str) -> Result<StepsView, HubError> {
                 continue;
             }
             let from = held.saturating_sub(SHOWN_BYTES);
-            let slice = store.job_log(job_id, &step.name, stream, from, SHOWN_BYTES as usize)?;
+            let slice = job_log(conn, job_id, &step.name, stream, from, SHOWN_BYTES as usize)?;
             logs.push(LogView {
                 step: step.name.clone(),
                 stream,
@@ -72,8 +77,8 @@ pub(crate) fn read(store: &Store, job_id: &str) -> Result<StepsView, HubError> {
 pub(crate) fn step_duration(step: &StepRow, now_ms: i64) -> String {
     match (step.started_ms, step.finished_ms) {
         (0, _) => String::new(),
-        (start, 0) => links::duration(now_ms - start),
-        (start, end) => links::duration(end - start),
+        (start, 0) => links::duration(now_ms.saturating_sub(start)),
+        (start, end) => links::duration(end.saturating_sub(start)),
     }
 }
 
@@ -133,25 +138,34 @@ pub(crate) struct LogQuery {
 }
 
 /// `GET /jobs/{id}/log?step=…&stream=…`: the whole text the hub holds of one step stream, as
-/// plain text.
+/// plain text. At most [`MAX_WHOLE_LOGS`] are built at once (each may hold the job's whole
+/// log cap in memory); one more is answered 503.
 pub(crate) async fn whole_log(
     State(web): State<Arc<Web>>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let read = blocking(&web.app.store, move |store| {
-        let mut text = String::new();
-        let mut at = 0;
-        loop {
-            let slice = store.job_log(&id, &q.step, q.stream, at, READ_BYTES)?;
-            if slice.text.is_empty() {
-                return Ok(text);
+    let Ok(_permit) = web.whole_logs.clone().try_acquire_owned() else {
+        return layout::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many log downloads",
+            "Too many whole logs are being read right now; try again in a moment.",
+        );
+    };
+    let read = web
+        .read(move |conn| {
+            let mut text = String::new();
+            let mut at = 0;
+            loop {
+                let slice = job_log(conn, &id, &q.step, q.stream, at, READ_BYTES)?;
+                if slice.text.is_empty() {
+                    return Ok(text);
+                }
+                text.push_str(&slice.text);
+                at = slice.next_offset;
             }
-            text.push_str(&slice.text);
-            at = slice.next_offset;
-        }
-    })
-    .await;
+        })
+        .await;
     match read {
         Ok(text) => {
             let mut response = (StatusCode::OK, text).into_response();

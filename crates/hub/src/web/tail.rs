@@ -31,7 +31,7 @@ use super::queries;
 use super::state::Web;
 use super::steps::{step_duration, READ_BYTES};
 use crate::error::HubError;
-use crate::store::{blocking, now_ms, JobState};
+use crate::store::{job_log, job_steps, now_ms, JobState};
 
 /// Without a change for this long the store is read again anyway (a missed wake-up costs at
 /// most this), and a comment line finds out whether the browser is still there.
@@ -112,7 +112,7 @@ async fn follow(
             return Ok(());
         };
         let key = id.to_owned();
-        let steps = blocking(&web.app.store, move |store| store.job_steps(&key)).await?;
+        let steps = web.read(move |conn| job_steps(conn, &key)).await?;
         let now = now_ms();
         for s in &steps {
             let sent = (s.status.clone(), s.exit_code, s.started_ms, s.finished_ms);
@@ -132,10 +132,9 @@ async fn follow(
                 let at = offsets.entry((s.name.clone(), stream)).or_insert(0);
                 while *at < s.log_bytes(stream) {
                     let (key, step, from) = (id.to_owned(), s.name.clone(), *at);
-                    let slice = blocking(&web.app.store, move |store| {
-                        store.job_log(&key, &step, stream, from, READ_BYTES)
-                    })
-                    .await?;
+                    let slice = web
+                        .read(move |conn| job_log(conn, &key, &step, stream, from, READ_BYTES))
+                        .await?;
                     if slice.text.is_empty() {
                         break;
                     }

@@ -145,6 +145,20 @@ async fn malformed_progress_is_a_400_naming_the_rule() {
             json!({"steps": [{"name": "s", "status": "done"}]}),
             "unknown step status `done`",
         ),
+        // Times the pages could not show, or that would overflow a duration.
+        (
+            json!({"run_started_ms": 253_402_300_800_000u64}),
+            "more than a day past the hub's clock",
+        ),
+        (
+            json!({"steps": [{"name": "s", "status": "failed", "started_ms": 5,
+                              "finished_ms": 9_223_372_036_854_775_808u64}]}),
+            "more than a day past the hub's clock",
+        ),
+        (
+            json!({"steps": [{"name": "s", "status": "failed", "started_ms": 5, "finished_ms": 4}]}),
+            "step `s` finished (4) before it started (5)",
+        ),
     ] {
         let resp = progress(&hub, &c, &id, body).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
