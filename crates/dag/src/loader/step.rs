@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::values::{named_entries, NamedEntry};
 use super::{join, key_text, Cx, Entry, KeySet};
 use crate::refs::{is_identifier, Refs, Rewriter, Scope};
 use crate::yaml::{Kind, Node};
@@ -779,49 +780,36 @@ impl Cx<'_> {
     /// strings and one-key maps. Values are rewritten like other text.
     fn call_params(&self, k: &str, e: &Entry<'_>, rw: &mut Rewriter<'_, '_>) -> Vec<ParamDefault> {
         let mut raw: Vec<(Option<String>, String, usize)> = Vec::new();
-        match &e.value.kind {
-            _ if e.value.is_null() => {}
-            Kind::Scalar { value, .. } => {
-                match dispatch_webhook_params::parse_runtime_params(value) {
-                    Ok(parsed) => raw.extend(parsed.into_iter().map(|p| (p.name, p.value, e.line))),
-                    Err(err) => self.report(Some(e.line), format!("key `{k}`: {err}")),
-                }
-            }
-            Kind::Map(pairs) => {
-                for (pk, pv) in pairs {
-                    if let Some(v) =
-                        self.ok(self.value_text(&format!("{k}.{}", key_text(pk)), pk.line, pv))
-                    {
-                        raw.push((Some(key_text(pk).to_owned()), v, pk.line));
+        for entry in named_entries(k, e.value) {
+            match entry {
+                NamedEntry::Whole { text } => {
+                    match dispatch_webhook_params::parse_runtime_params(text) {
+                        Ok(parsed) => {
+                            raw.extend(parsed.into_iter().map(|p| (p.name, p.value, e.line)))
+                        }
+                        Err(err) => self.report(Some(e.line), format!("key `{k}`: {err}")),
                     }
                 }
-            }
-            Kind::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let ik = format!("{k}[{i}]");
-                    match &item.kind {
-                        Kind::Map(pairs) if pairs.len() == 1 => {
-                            let (pk, pv) = &pairs[0];
-                            if let Some(v) = self.ok(self.value_text(&ik, pk.line, pv)) {
-                                raw.push((Some(key_text(pk).to_owned()), v, pk.line));
-                            }
-                        }
-                        Kind::Scalar { value, .. } if !item.is_null() => {
-                            match value.split_once('=') {
-                                Some((n, v)) => {
-                                    raw.push((Some(n.to_owned()), v.to_owned(), item.line))
-                                }
-                                None => raw.push((None, value.clone(), item.line)),
-                            }
-                        }
-                        _ => self.push(self.type_err(
-                            item.line.max(e.line),
-                            &ik,
-                            "`NAME=value` or a one-key map",
-                            item,
-                        )),
+                NamedEntry::Pair {
+                    name,
+                    value,
+                    key,
+                    line,
+                } => {
+                    if let Some(v) = self.ok(self.value_text(&key, line, value)) {
+                        raw.push((Some(name.to_owned()), v, line));
                     }
                 }
+                NamedEntry::Text { text, line, .. } => match text.split_once('=') {
+                    Some((n, v)) => raw.push((Some(n.to_owned()), v.to_owned(), line)),
+                    None => raw.push((None, text.to_owned(), line)),
+                },
+                NamedEntry::Other { item, key } => self.push(self.type_err(
+                    item.line.max(e.line),
+                    &key,
+                    "`NAME=value` or a one-key map",
+                    item,
+                )),
             }
         }
         raw.into_iter()

@@ -263,59 +263,50 @@ impl Cx<'_> {
             }
         };
         let mut raw: Vec<(String, String, usize)> = Vec::new();
-        match &node.kind {
-            _ if node.is_null() => {}
-            Kind::Map(pairs) => {
-                for (k, v) in pairs {
-                    let name = key_text(k).to_owned();
-                    if self.ok(check(&name, k.line)).is_none() {
+        for entry in named_entries(key, node) {
+            match entry {
+                NamedEntry::Pair {
+                    name,
+                    value,
+                    key: value_key,
+                    line,
+                } => {
+                    if self.ok(check(name, line)).is_none() {
                         continue;
                     }
-                    if let Some(value) =
-                        self.ok(self.value_text(&format!("{key}.{name}"), k.line, v))
-                    {
-                        raw.push((name, value, k.line));
+                    if let Some(value) = self.ok(self.value_text(&value_key, line, value)) {
+                        raw.push((name.to_owned(), value, line));
                     }
                 }
-            }
-            Kind::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let item_key = format!("{key}[{i}]");
-                    match &item.kind {
-                        Kind::Map(pairs) if pairs.len() == 1 => {
-                            let (k, v) = &pairs[0];
-                            let name = key_text(k).to_owned();
-                            if self.ok(check(&name, k.line)).is_none() {
-                                continue;
-                            }
-                            if let Some(value) = self.ok(self.value_text(&item_key, k.line, v)) {
-                                raw.push((name, value, k.line));
-                            }
-                        }
-                        Kind::Scalar { value, .. } if !item.is_null() => {
-                            let Some((name, v)) = value.split_once('=') else {
-                                self.report(
-                                    Some(item.line),
-                                    format!(
-                                        "key `{item_key}`: expected `KEY=VALUE`, found `{value}`"
-                                    ),
-                                );
-                                continue;
-                            };
-                            if self.ok(check(name, item.line)).is_some() {
-                                raw.push((name.to_owned(), v.to_owned(), item.line));
-                            }
-                        }
-                        _ => self.push(self.type_err(
-                            item.line,
-                            &item_key,
-                            "a one-key map `KEY: value` or a string `KEY=VALUE`",
-                            item,
-                        )),
+                NamedEntry::Text {
+                    text,
+                    key: item_key,
+                    line,
+                } => {
+                    let Some((name, v)) = text.split_once('=') else {
+                        self.report(
+                            Some(line),
+                            format!("key `{item_key}`: expected `KEY=VALUE`, found `{text}`"),
+                        );
+                        continue;
+                    };
+                    if self.ok(check(name, line)).is_some() {
+                        raw.push((name.to_owned(), v.to_owned(), line));
                     }
                 }
+                NamedEntry::Other {
+                    item,
+                    key: item_key,
+                } => self.push(self.type_err(
+                    item.line,
+                    &item_key,
+                    "a one-key map `KEY: value` or a string `KEY=VALUE`",
+                    item,
+                )),
+                NamedEntry::Whole { .. } => {
+                    self.push(self.type_err(line, key, "a map or a list", node))
+                }
             }
-            Kind::Scalar { .. } => self.push(self.type_err(line, key, "a map or a list", node)),
         }
         let mut out = Vec::with_capacity(raw.len());
         for (name, value, line) in raw {
@@ -507,5 +498,73 @@ impl Cx<'_> {
             }
         }
         out
+    }
+}
+
+/// One entry of a value written as a map, or as a list of one-key maps and strings (`env`, the
+/// params of a sub-DAG call), in file order. The callers differ in what a string means and in
+/// their error texts, so they read the entries themselves.
+pub(super) enum NamedEntry<'n> {
+    /// `NAME: value`, from the map or from a one-key map in the list; `key` names the value in
+    /// errors.
+    Pair {
+        name: &'n str,
+        value: &'n Node,
+        key: String,
+        line: usize,
+    },
+    /// A string in the list, such as `NAME=value`; `key` names the item.
+    Text {
+        text: &'n str,
+        key: String,
+        line: usize,
+    },
+    /// Any other list item (a list, a map of more than one key, null); `key` names the item.
+    Other { item: &'n Node, key: String },
+    /// The value is one string rather than a map or a list.
+    Whole { text: &'n str },
+}
+
+/// The entries of `node` (named `key` in errors); none for null.
+pub(super) fn named_entries<'n>(key: &str, node: &'n Node) -> Vec<NamedEntry<'n>> {
+    match &node.kind {
+        _ if node.is_null() => Vec::new(),
+        Kind::Scalar { value, .. } => vec![NamedEntry::Whole { text: value }],
+        Kind::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| NamedEntry::Pair {
+                name: key_text(k),
+                value: v,
+                key: format!("{key}.{}", key_text(k)),
+                line: k.line,
+            })
+            .collect(),
+        Kind::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let item_key = format!("{key}[{i}]");
+                match &item.kind {
+                    Kind::Map(pairs) if pairs.len() == 1 => {
+                        let (k, v) = &pairs[0];
+                        NamedEntry::Pair {
+                            name: key_text(k),
+                            value: v,
+                            key: item_key,
+                            line: k.line,
+                        }
+                    }
+                    Kind::Scalar { value, .. } if !item.is_null() => NamedEntry::Text {
+                        text: value,
+                        key: item_key,
+                        line: item.line,
+                    },
+                    _ => NamedEntry::Other {
+                        item,
+                        key: item_key,
+                    },
+                }
+            })
+            .collect(),
     }
 }
