@@ -754,6 +754,15 @@ mod tests {
         }
     }
 
+    /// One `auto` binding per fork policy, its DAG named after the policy.
+    fn each_fork_policy() -> [Binding; 3] {
+        [
+            binding("never", Trigger::Auto, ForkPolicy::Never),
+            binding("approved", Trigger::Auto, ForkPolicy::Approved),
+            binding("always", Trigger::Auto, ForkPolicy::Always),
+        ]
+    }
+
     fn comment(body: &str, login: &str, association: &str, on_pr: bool) -> Value {
         let mut issue = json!({"number": 7});
         if on_pr {
@@ -912,11 +921,7 @@ mod tests {
 
     #[test]
     fn fork_pull_requests_follow_the_binding_policy() {
-        let bindings = [
-            binding("never", Trigger::Auto, ForkPolicy::Never),
-            binding("approved", Trigger::Auto, ForkPolicy::Approved),
-            binding("always", Trigger::Auto, ForkPolicy::Always),
-        ];
+        let bindings = each_fork_policy();
         // Head repository, outcome, DAGs run, whether the event is held.
         type Case<'a> = (Option<&'a str>, Outcome, &'a [&'a str], bool);
         let cases: [Case; 4] = [
@@ -990,11 +995,7 @@ mod tests {
                 sha: sha.clone()
             })
         );
-        let mut bindings = [
-            binding("never", Trigger::Auto, ForkPolicy::Never),
-            binding("approved", Trigger::Auto, ForkPolicy::Approved),
-            binding("always", Trigger::Auto, ForkPolicy::Always),
-        ];
+        let mut bindings = each_fork_policy();
         for b in &mut bindings {
             b.branch_pattern = "main".into();
         }
