@@ -27,8 +27,12 @@ struct Harness {
     tmp: tempfile::TempDir,
     stores: Stores,
     cancel: CancellationToken,
-    /// The executor [`Harness::started`] started, kept for the test's length.
-    running: Option<ExecutorHandle>,
+    /// The executor [`Harness::started`] started, kept for the test's length, and its
+    /// notifications of finished runs (subscribed at the start, so none is missed).
+    running: Option<(
+        ExecutorHandle,
+        tokio::sync::Mutex<broadcast::Receiver<RunFinished>>,
+    )>,
 }
 
 impl Harness {
@@ -45,15 +49,22 @@ impl Harness {
 
     /// The executor [`Harness::started`] started.
     fn handle(&self) -> &ExecutorHandle {
-        self.running.as_ref().expect("Harness::started")
+        &self.running.as_ref().expect("Harness::started").0
     }
 
-    /// A harness with an executor running on it, and the executor's notifications.
-    fn started() -> (Harness, broadcast::Receiver<RunFinished>) {
+    /// Waits until the executor [`Harness::started`] started announces that `run_id` finished;
+    /// its final status.
+    async fn finished(&self, run_id: &str) -> RunStatus {
+        let notices = &self.running.as_ref().expect("Harness::started").1;
+        finished(&mut *notices.lock().await, run_id).await
+    }
+
+    /// A harness with an executor running on it.
+    fn started() -> Harness {
         let mut h = Harness::new();
         let (handle, rx) = h.start();
-        h.running = Some(handle);
-        (h, rx)
+        h.running = Some((handle, tokio::sync::Mutex::new(rx)));
+        h
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -93,9 +104,9 @@ impl Harness {
 
     /// Enqueues a hand-built DAG as run `r1` and returns its final record (whose status the
     /// executor announced).
-    async fn run_steps(&self, rx: &mut broadcast::Receiver<RunFinished>, dag: &Dag) -> RunRecord {
+    async fn run_steps(&self, dag: &Dag) -> RunRecord {
         self.enqueue(dag, "r1", "");
-        let status = finished(rx, "r1").await;
+        let status = self.finished("r1").await;
         let rec = self.record(&dag.name, "r1");
         assert_eq!(rec.status, status);
         rec
@@ -191,7 +202,7 @@ fn outcome(rec: &RunRecord) -> String {
 
 #[tokio::test]
 async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let dag = h.dag(
         "ok",
@@ -201,7 +212,7 @@ async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
         ],
     );
     h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
 
     let rec = h.record("ok", "r1");
     assert_eq!(rec.status, RunStatus::Succeeded);
@@ -232,7 +243,7 @@ async fn a_chain_succeeds_with_records_output_files_and_a_notification() {
 
 #[tokio::test]
 async fn a_failure_records_the_first_error_and_skips_the_rest() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.dag(
         "bad",
         vec![
@@ -240,7 +251,7 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
             step("two", "touch ../../never"),
         ],
     );
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(rec.error.as_deref(), Some("step `one`: exit status 3"));
     assert_eq!(outcome(&rec), "failed: one=failed two=skipped");
@@ -250,7 +261,7 @@ async fn a_failure_records_the_first_error_and_skips_the_rest() {
 
 #[tokio::test]
 async fn a_step_that_cannot_start_fails_with_a_clear_error() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     // A working directory that is missing is created; one under a regular file cannot be.
     std::fs::write(h.path("a-file"), "").unwrap();
     let mut nowhere = step("nowhere", "true");
@@ -260,7 +271,7 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
     no_shell.continue_on.failure = true;
     let mut dag = h.dag("nostart", vec![no_shell, nowhere]);
     dag.dag_type = DagType::Graph;
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: no_shell=failed nowhere=failed");
     assert_step_error(&rec.steps[0], "/nonexistent/shell");
@@ -270,7 +281,7 @@ async fn a_step_that_cannot_start_fails_with_a_clear_error() {
 
 #[tokio::test]
 async fn sh_runs_with_dash_e_by_default_only() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut plain_sh = step("explicit", "false; echo reached > explicit");
     plain_sh.shell = Some("sh".into());
     let dag = h.dag(
@@ -284,7 +295,7 @@ async fn sh_runs_with_dash_e_by_default_only() {
         ],
     );
     std::fs::create_dir_all(h.path("dags")).unwrap();
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: explicit=succeeded default=failed");
     assert!(h.path("dags/explicit").exists(), "explicit `sh` has no -e");
@@ -296,11 +307,11 @@ async fn sh_runs_with_dash_e_by_default_only() {
 
 #[tokio::test]
 async fn continue_on_failure_makes_a_partial_success() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut flaky = step("flaky", "exit 1");
     flaky.continue_on.failure = true;
     let dag = h.dag("partial", vec![flaky, step("after", "echo ran")]);
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::PartiallySucceeded);
     assert_eq!(
         outcome(&rec),
@@ -311,7 +322,7 @@ async fn continue_on_failure_makes_a_partial_success() {
 
 #[tokio::test]
 async fn a_graph_runs_independent_steps_in_parallel_and_joins() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let m = |name: &str| h.path(name).display().to_string();
     // `a` and `b` each wait for the other's marker: they can only both finish if they run at the
     // same time. The timeouts turn a serial executor into a failure instead of a hang.
@@ -347,7 +358,7 @@ async fn a_graph_runs_independent_steps_in_parallel_and_joins() {
     );
     dag.dag_type = DagType::Graph;
     h.enqueue(&dag, "r1", "");
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     assert_eq!(read(h.path("c_saw_both")), "both\n");
     let rec = h.record("graph", "r1");
     assert!(rec.steps[2].started_at >= rec.steps[0].finished_at);
@@ -356,7 +367,7 @@ async fn a_graph_runs_independent_steps_in_parallel_and_joins() {
 
 #[tokio::test]
 async fn a_failed_dependency_skips_dependents_unless_continue_on() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut dag = h.dag(
         "deps",
         vec![
@@ -367,7 +378,7 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
         ],
     );
     dag.dag_type = DagType::Graph;
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         outcome(&rec),
@@ -376,7 +387,7 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
 
     dag.steps[0].continue_on.failure = true;
     h.enqueue(&dag, "r2", "");
-    assert_eq!(finished(&mut rx, "r2").await, RunStatus::PartiallySucceeded);
+    assert_eq!(h.finished("r2").await, RunStatus::PartiallySucceeded);
     let rec = h.record("deps", "r2");
     assert_eq!(
         outcome(&rec),
@@ -386,7 +397,7 @@ async fn a_failed_dependency_skips_dependents_unless_continue_on() {
 
 #[tokio::test]
 async fn handlers_run_per_final_status_then_exit() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let log = h.path("handlers.txt");
     let record = format!(
         "echo \"$DAG_RUN_ID $DAG_RUN_STEP_NAME\" >> {}",
@@ -436,7 +447,7 @@ async fn handlers_run_per_final_status_then_exit() {
         dag.timeout_sec = timeout;
         dag.max_clean_up_time_sec = 1;
         h.enqueue(&dag, run_id, "");
-        assert_eq!(finished(&mut rx, run_id).await, want, "{run_id}");
+        assert_eq!(h.finished(run_id).await, want, "{run_id}");
         let rec = h.record("handlers", run_id);
         let names: Vec<&str> = rec.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["main", handler, "on_exit"], "{run_id}");
@@ -457,7 +468,7 @@ async fn handlers_run_per_final_status_then_exit() {
 
 #[tokio::test]
 async fn environment_precedence_and_dag_variables() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     let mut dag = h.dag("envs", vec![]);
     dag.params = vec![ParamDefault {
@@ -498,7 +509,7 @@ async fn environment_precedence_and_dag_variables() {
     let params =
         "ONLY_PARAM=param IN_DAG_AND_PARAM=param IN_ALL=param HOME=/param-home DAG_RUN_ID=spoofed";
     h.enqueue(&dag, "r1", params);
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     let rec = h.record("envs", "r1");
     let out = read(&rec.steps[0].stdout);
     let vars: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
@@ -535,7 +546,7 @@ async fn environment_precedence_and_dag_variables() {
 
 #[tokio::test]
 async fn params_reach_commands_only_as_environment_variables() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let tmp = h.tmp.path().display().to_string();
     let values: BTreeMap<String, String> = [
         ("EVIL_SUBST", format!("$(touch {tmp}/pwned)")),
@@ -564,7 +575,7 @@ async fn params_reach_commands_only_as_environment_variables() {
     // An env value that refers to a param gets the value as data, never as code.
     dag.env = vec![("VIA_ENV".into(), "${EVIL_SUBST}".into())];
     h.enqueue(&dag, "r1", &params);
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     for pwned in ["pwned", "pwned2", "pwned3", "pwned4", "pwned5"] {
         assert!(
             !h.path(pwned).exists(),
@@ -580,7 +591,7 @@ async fn params_reach_commands_only_as_environment_variables() {
 
 #[tokio::test]
 async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let tmp = h.tmp.path().display().to_string();
     // 300 KiB: over Linux's 128 KiB limit for one environment string, under the hub's 1 MiB.
     let payload = format!("{{\"blob\":\"{}\"}}", "p".repeat(300 * 1024));
@@ -591,7 +602,7 @@ async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
     );
     let dag = h.dag("big", vec![step("show", &command)]);
     h.enqueue(&dag, "r1", &params);
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     assert_eq!(read(h.path("file.txt")), payload);
     assert_eq!(
         read(h.path("inline.txt")),
@@ -606,14 +617,14 @@ async fn a_payload_too_long_for_the_environment_arrives_as_a_file() {
 
 #[tokio::test]
 async fn scripts_run_from_a_file_next_to_the_logs() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut plain = step("plain", "");
     plain.command = None;
     plain.script = Some("echo one\necho \"$DAG_RUN_STEP_NAME\"\n".into());
     let mut interpreted = step("interp", "cat");
     interpreted.script = Some("not run, just printed\n".into());
     let dag = h.dag("scripts", vec![plain, interpreted]);
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Succeeded);
     assert_eq!(read(&rec.steps[0].stdout), "one\nplain\n");
     assert_eq!(read(&rec.steps[1].stdout), "not run, just printed\n");
@@ -622,12 +633,12 @@ async fn scripts_run_from_a_file_next_to_the_logs() {
 
 #[tokio::test]
 async fn a_step_timeout_fails_the_step_with_124() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut slow = step("slow", "sleep 30");
     slow.timeout_sec = Some(1);
     let mut dag = h.dag("steptimeout", vec![slow, step("next", "true")]);
     dag.max_clean_up_time_sec = 1;
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(outcome(&rec), "failed: slow=failed next=skipped");
     assert_eq!(rec.steps[0].exit_code, Some(124));
@@ -640,14 +651,14 @@ async fn a_step_timeout_fails_the_step_with_124() {
 
 #[tokio::test]
 async fn a_dag_timeout_aborts_the_run() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let mut dag = h.dag(
         "dagtimeout",
         vec![step("slow", "sleep 30"), step("next", "true")],
     );
     dag.timeout_sec = Some(1);
     dag.max_clean_up_time_sec = 1;
-    let rec = h.run_steps(&mut rx, &dag).await;
+    let rec = h.run_steps(&dag).await;
     assert_eq!(rec.status, RunStatus::Aborted);
     assert_eq!(outcome(&rec), "aborted: slow=aborted next=skipped");
     assert_eq!(rec.error.as_deref(), Some("run timed out after 1s"));
@@ -655,7 +666,7 @@ async fn a_dag_timeout_aborts_the_run() {
 
 #[tokio::test]
 async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let m = |n: &str| h.path(n).display().to_string();
     let dag = h.dag(
@@ -675,7 +686,7 @@ async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
     h.enqueue(&dag, "r1", "");
     wait_for("step start", || h.path("started").exists()).await;
     assert!(handle.stop("graceful", "r1").unwrap());
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
+    assert_eq!(h.finished("r1").await, RunStatus::Aborted);
     assert_eq!(read(h.path("got_term")), "term\n");
     assert!(!h.path("never").exists());
     let rec = h.record("graceful", "r1");
@@ -689,7 +700,7 @@ async fn stop_lets_a_step_that_traps_term_exit_gracefully() {
 
 #[tokio::test]
 async fn stop_kills_a_step_that_ignores_term_after_the_clean_up_time() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let pid_file = h.path("pid");
     let mut dag = h.dag(
@@ -704,7 +715,7 @@ async fn stop_kills_a_step_that_ignores_term_after_the_clean_up_time() {
     wait_for("pid file", || read_pid(&pid_file).is_some()).await;
     let pid = read_pid(&pid_file).unwrap();
     assert!(handle.stop("stubborn", "r1").unwrap());
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
+    assert_eq!(h.finished("r1").await, RunStatus::Aborted);
     wait_for("the killed step to be gone", || process_gone(pid)).await;
     let rec = h.record("stubborn", "r1");
     assert_eq!(rec.steps[0].status, StepStatus::Aborted);
@@ -717,7 +728,7 @@ fn read_pid(path: &Path) -> Option<i32> {
 
 #[tokio::test]
 async fn stop_of_a_queued_run_removes_it_and_marks_it_aborted() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let blocker = h.dag(
         "q",
@@ -736,14 +747,14 @@ async fn stop_of_a_queued_run_removes_it_and_marks_it_aborted() {
     h.enqueue(&second, "b", "");
     assert_eq!(h.record("q", "b").status, RunStatus::Queued);
     assert!(handle.stop("q", "b").unwrap());
-    assert_eq!(finished(&mut rx, "b").await, RunStatus::Aborted);
+    assert_eq!(h.finished("b").await, RunStatus::Aborted);
     let rec = h.record("q", "b");
     assert_eq!(rec.status, RunStatus::Aborted);
     assert!(rec.finished_at.is_some());
     assert!(h.stores.queue.list("q").unwrap().is_empty());
 
     assert!(handle.stop("q", "a").unwrap());
-    assert_eq!(finished(&mut rx, "a").await, RunStatus::Aborted);
+    assert_eq!(h.finished("a").await, RunStatus::Aborted);
     wait_for("idle", || handle.active_runs() == 0).await;
     assert!(
         !h.path("b_ran").exists(),
@@ -753,7 +764,7 @@ async fn stop_of_a_queued_run_removes_it_and_marks_it_aborted() {
 
 #[tokio::test]
 async fn one_run_per_queue_at_a_time() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let m = |n: &str| h.path(n).display().to_string();
     // Each run notes overlap with another, then waits for its own release file.
@@ -777,10 +788,10 @@ async fn one_run_per_queue_at_a_time() {
         assert_eq!(handle.active_runs(), 1);
     }
     std::fs::write(h.path("release_r1"), "").unwrap();
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     wait_for("r2 to start", || h.path("started_r2").exists()).await;
     std::fs::write(h.path("release_r2"), "").unwrap();
-    assert_eq!(finished(&mut rx, "r2").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r2").await, RunStatus::Succeeded);
     assert!(!h.path("overlap").exists(), "runs of one queue overlapped");
 }
 
@@ -884,7 +895,7 @@ fn item(dag: &str, run_id: &str) -> QueueItem {
 
 #[tokio::test]
 async fn runs_enqueued_by_another_process_are_found_by_the_scan() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.dag("scan", vec![step("one", "true")]);
     // A second `Stores` over the same directories has its own wake-up, like another process.
     let other = Stores::open_files(FileStoreConfig {
@@ -894,12 +905,12 @@ async fn runs_enqueued_by_another_process_are_found_by_the_scan() {
     })
     .unwrap();
     enqueue_webhook_run(&other, &dag, "r1", "", 1).unwrap();
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Succeeded);
+    assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
 }
 
 #[tokio::test]
 async fn shutdown_waits_for_grace_then_aborts_and_leaves_the_queue() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let mut dag = h.dag(
         "shut",
@@ -913,7 +924,7 @@ async fn shutdown_waits_for_grace_then_aborts_and_leaves_the_queue() {
     wait_for("start", || h.path("started").exists()).await;
     h.enqueue(&dag, "r2", "");
     handle.shutdown(Duration::from_millis(100)).await;
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
+    assert_eq!(h.finished("r1").await, RunStatus::Aborted);
     assert_eq!(handle.active_runs(), 0);
     assert_eq!(
         h.record("shut", "r1").error.as_deref(),

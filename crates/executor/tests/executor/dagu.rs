@@ -19,27 +19,16 @@ impl Harness {
 
     /// Loads `yaml` as `dags/<name>.yaml`, runs it as run `r1` without params and returns its
     /// final record.
-    pub(crate) async fn run_yaml(
-        &self,
-        rx: &mut broadcast::Receiver<RunFinished>,
-        name: &str,
-        yaml: &str,
-    ) -> RunRecord {
+    pub(crate) async fn run_yaml(&self, name: &str, yaml: &str) -> RunRecord {
         let dag = self.load(name, yaml);
-        self.run(rx, &dag, "r1", "").await
+        self.run(&dag, "r1", "").await
     }
 
     /// Enqueues a loaded DAG as it is and waits for its final record.
-    pub(crate) async fn run(
-        &self,
-        rx: &mut broadcast::Receiver<RunFinished>,
-        dag: &Dag,
-        run_id: &str,
-        params: &str,
-    ) -> RunRecord {
+    pub(crate) async fn run(&self, dag: &Dag, run_id: &str, params: &str) -> RunRecord {
         let outcome = enqueue_webhook_run(&self.stores, dag, run_id, params, 1).unwrap();
         assert_eq!(outcome, EnqueueOutcome::Enqueued);
-        let status = finished(rx, run_id).await;
+        let status = self.finished(run_id).await;
         let rec = self.record(&dag.name, run_id);
         assert_eq!(rec.status, status);
         rec
@@ -55,7 +44,7 @@ pub(crate) fn step_of<'a>(rec: &'a RunRecord, name: &str) -> &'a dispatch_dag::S
 
 #[tokio::test]
 async fn outputs_and_references_pass_values_between_steps_as_data() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.load(
         "outputs",
         r#"
@@ -84,7 +73,7 @@ steps:
         "greeting={}",
         dispatch_webhook_params::quote("$(touch pwned2)")
     );
-    let rec = h.run(&mut rx, &dag, "r1", &params).await;
+    let rec = h.run(&dag, "r1", &params).await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(
         read(h.path("dags/consumed.txt")),
@@ -107,10 +96,9 @@ steps:
 
 #[tokio::test]
 async fn an_output_file_that_breaks_the_rules_fails_the_step() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "badoutputs",
             r#"
 type: graph
@@ -150,10 +138,9 @@ steps:
 
 #[tokio::test]
 async fn step_preconditions_skip_and_continue_on_skipped_lets_dependents_run() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "gates",
             r#"
 env:
@@ -195,7 +182,7 @@ steps:
 
 #[tokio::test]
 async fn dag_preconditions_not_met_abort_the_run_before_any_step() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.load(
         "gated",
         r#"
@@ -212,24 +199,23 @@ steps:
   - run: touch main-ran
 "#,
     );
-    let rec = h.run(&mut rx, &dag, "off", "").await;
+    let rec = h.run(&dag, "off", "").await;
     assert_eq!(rec.status, RunStatus::Aborted);
     assert_eq!(rec.error.as_deref(), Some("DAG preconditions not met"));
     assert_eq!(rec.steps[0].status, StepStatus::Skipped);
     assert!(!h.path("dags/main-ran").exists());
     assert!(h.path("dags/abort-handler-ran").exists(), "{rec:?}");
 
-    let rec = h.run(&mut rx, &dag, "on", "enabled=true").await;
+    let rec = h.run(&dag, "on", "enabled=true").await;
     assert_eq!(rec.status, RunStatus::Succeeded);
     assert!(h.path("dags/main-ran").exists());
 }
 
 #[tokio::test]
 async fn retry_and_repeat_policies() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "policies",
             r#"
 type: graph
@@ -288,10 +274,9 @@ steps:
 
 #[tokio::test]
 async fn continue_on_exit_codes_output_and_mark_success() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "goon",
             r#"
 steps:
@@ -319,7 +304,6 @@ steps:
 
     let rec = h
         .run_yaml(
-            &mut rx,
             "stop",
             "steps:\n  - run: exit 4\n    continue_on: {exit_code: [3]}\n  - run: touch never\n",
         )
@@ -330,13 +314,12 @@ steps:
 
 #[tokio::test]
 async fn stream_copies_and_secrets_masked_in_every_log() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/db-password"), "s3cr3t-pw\n").unwrap();
     let home = std::env::var("HOME").unwrap();
     let rec = h
         .run_yaml(
-            &mut rx,
             "secrets",
             r#"
 secrets:
@@ -371,7 +354,7 @@ steps:
     let stored = read(h.path("data/runs/secrets/r1.jsonl"));
     assert!(!stored.contains("s3cr3t-pw") && !stored.contains(&format!("token {home}")));
 
-    let rec = h.run_yaml(&mut rx, "nosecret", "secrets:\n  - name: TOKEN\n    provider: env\n    key: DISPATCH_TEST_CERTAINLY_UNSET\nsteps:\n  - run: touch ran\n").await;
+    let rec = h.run_yaml("nosecret", "secrets:\n  - name: TOKEN\n    provider: env\n    key: DISPATCH_TEST_CERTAINLY_UNSET\nsteps:\n  - run: touch ran\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         rec.error.as_deref(),
@@ -383,10 +366,9 @@ steps:
 
 #[tokio::test]
 async fn run_lists_scripts_and_shebang_lines() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "forms",
             r#"
 shell: bash
@@ -424,7 +406,7 @@ steps:
 
 #[tokio::test]
 async fn depends_as_given_and_max_active_steps() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let m = |n: &str| h.path(n).display().to_string();
     // `b` says `depends: []`: it must run beside `a`, not after it (each waits for the other).
     let dag = h.load(
@@ -435,7 +417,7 @@ async fn depends_as_given_and_max_active_steps() {
             b = m("b_started")
         ),
     );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
 
     let body = format!(
@@ -449,14 +431,14 @@ async fn depends_as_given_and_max_active_steps() {
             "type: graph\nmax_active_steps: 1\nsteps:\n  - run: {body}\n  - run: {body}\n  - run: {body}\n"
         ),
     );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded);
     assert!(!h.path("overlap").exists(), "steps overlapped");
 }
 
 #[tokio::test]
 async fn working_directories_are_expanded_resolved_and_created() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let base = h.path("wd");
     let dag = h.load(
         "dirs",
@@ -481,7 +463,7 @@ steps:
             base = base.display()
         ),
     );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     let pwd = |name: &str| PathBuf::from(read(&step_of(&rec, name).stdout).trim_end());
     let deep = base.join("deep").canonicalize().unwrap();
@@ -497,7 +479,7 @@ steps:
 
 #[tokio::test]
 async fn dotenv_files_param_eval_and_param_checks() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/.env.base"), "A=base\nB=base\n").unwrap();
     std::fs::write(h.path("dags/.env.local"), "export B=\"local\"\n").unwrap();
@@ -518,15 +500,15 @@ steps:
   - run: printf '%s|%s|%s|%s\n' "$A" "$B" "$count" "$branch"
 "#,
     );
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(&rec.steps[0].stdout), "base|local|2|main\n");
     assert!(read(&rec.log_file).contains("dotenv file `.env.absent` not found"));
 
     // A caller's value wins over `eval`; a value of the wrong type stops the run.
-    let rec = h.run(&mut rx, &dag, "r2", "branch=dev").await;
+    let rec = h.run(&dag, "r2", "branch=dev").await;
     assert_eq!(read(&rec.steps[0].stdout), "base|local|2|dev\n");
-    let rec = h.run(&mut rx, &dag, "r3", "count=many").await;
+    let rec = h.run(&dag, "r3", "count=many").await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         rec.error.as_deref(),
@@ -537,8 +519,8 @@ steps:
 
 #[tokio::test]
 async fn the_built_in_run_context_reaches_every_step() {
-    let (h, mut rx) = Harness::started();
-    let rec = h.run_yaml(&mut rx, "context", r#"
+    let h = Harness::started();
+    let rec = h.run_yaml("context", r#"
 params: A=1
 steps:
   - id: show
@@ -557,7 +539,7 @@ steps:
 
 #[tokio::test]
 async fn sub_dag_calls_run_children_per_item_in_the_steps_directory() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(
         h.path("dags/helper.yaml"),
@@ -566,7 +548,6 @@ async fn sub_dag_calls_run_children_per_item_in_the_steps_directory() {
     .unwrap();
     let rec = h
         .run_yaml(
-            &mut rx,
             "fanout",
             r#"
 steps:
@@ -613,7 +594,7 @@ steps:
         );
     }
 
-    let rec = h.run_yaml(&mut rx, "fanfail", "steps:\n  - call: deploy\n    parallel: [ok, fail]\n    params: {REGION: \"${ITEM}\"}\n  - run: touch after\n---\nname: deploy\nparams: REGION=x\nsteps:\n  - run: test \"$REGION\" != fail\n").await;
+    let rec = h.run_yaml("fanfail", "steps:\n  - call: deploy\n    parallel: [ok, fail]\n    params: {REGION: \"${ITEM}\"}\n  - run: touch after\n---\nname: deploy\nparams: REGION=x\nsteps:\n  - run: test \"$REGION\" != fail\n").await;
     assert_eq!(outcome(&rec), "failed: step1=failed step2=skipped");
     assert_step_error(&rec.steps[0], "ended `failed`");
 }
@@ -623,7 +604,7 @@ steps:
 /// precondition, `continue_on`, a stdout file, a parallel sub-DAG call and a handler.
 #[tokio::test]
 async fn a_typical_dagu_dag_runs_to_the_documented_result() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let work = h.path("dags/work");
     std::fs::create_dir_all(&work).unwrap();
     // Fails with 75 (a retryable code) once, then publishes its row count.
@@ -698,7 +679,7 @@ steps:
   - run: echo "notify $CHANNEL in $ENV" > "notified-$CHANNEL.txt"
 "#,
     );
-    let rec = h.run(&mut rx, &dag, "r1", "environment=production").await;
+    let rec = h.run(&dag, "r1", "environment=production").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     let names: Vec<&str> = rec.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
@@ -737,7 +718,7 @@ steps:
     assert_eq!(read(work.join("done.txt")), "run r1 done\n");
 
     // A value outside the declared `enum` stops the run before any step.
-    let rec = h.run(&mut rx, &dag, "r2", "environment=dev").await;
+    let rec = h.run(&dag, "r2", "environment=dev").await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_eq!(
         rec.error.as_deref(),
@@ -754,7 +735,7 @@ fn write_script(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn stopping_a_run_stops_its_sub_dag_children() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let started = h.path("child_started");
     let dag = h.load(
@@ -767,7 +748,7 @@ async fn stopping_a_run_stops_its_sub_dag_children() {
     enqueue_webhook_run(&h.stores, &dag, "r1", "", 1).unwrap();
     wait_for("the child step to start", || started.exists()).await;
     assert!(handle.stop("parent", "r1").unwrap());
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
+    assert_eq!(h.finished("r1").await, RunStatus::Aborted);
     let rec = h.record("parent", "r1");
     assert_eq!(outcome(&rec), "aborted: step1=aborted step2=skipped");
     let (dag_name, run_id) = rec.steps[0].sub_runs[0].split_once('/').unwrap();
@@ -779,7 +760,7 @@ async fn stopping_a_run_stops_its_sub_dag_children() {
 
 #[tokio::test]
 async fn a_stop_during_delay_sec_starts_no_step() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let handle = h.handle();
     let dag = h.load("delayed", "delay_sec: 600\nsteps:\n  - run: touch ran\n");
     enqueue_webhook_run(&h.stores, &dag, "r1", "", 1).unwrap();
@@ -793,7 +774,7 @@ async fn a_stop_during_delay_sec_starts_no_step() {
     })
     .await;
     assert!(handle.stop("delayed", "r1").unwrap());
-    assert_eq!(finished(&mut rx, "r1").await, RunStatus::Aborted);
+    assert_eq!(h.finished("r1").await, RunStatus::Aborted);
     assert_eq!(
         h.record("delayed", "r1").steps[0].status,
         StepStatus::Skipped
@@ -803,10 +784,9 @@ async fn a_stop_during_delay_sec_starts_no_step() {
 
 #[tokio::test]
 async fn max_output_size_bounds_captured_output_and_handlers_see_the_status() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "big",
             r#"
 max_output_size: 8
@@ -833,8 +813,8 @@ steps:
 
 #[tokio::test]
 async fn a_step_timeout_stops_the_sub_dag_it_called() {
-    let (h, mut rx) = Harness::started();
-    let rec = h.run_yaml(&mut rx, "slowcall", "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n").await;
+    let h = Harness::started();
+    let rec = h.run_yaml("slowcall", "max_clean_up_time_sec: 1\nsteps:\n  - call: child\n    timeout_sec: 1\n---\nname: child\nsteps:\n  - run: sleep 60\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     let call = &rec.steps[0];
     assert_eq!(call.exit_code, Some(124));
@@ -845,11 +825,11 @@ async fn a_step_timeout_stops_the_sub_dag_it_called() {
 
 #[tokio::test]
 async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     std::fs::create_dir_all(h.path("dags")).unwrap();
     std::fs::write(h.path("dags/token"), "t0k3n-value").unwrap();
     let dag = h.load("passdown", "secrets:\n  - name: TOKEN\n    provider: file\n    key: token\nsteps:\n  - call: child\n    params:\n      GIVEN: ${TOKEN}\n---\nname: child\nparams: GIVEN=none\nsteps:\n  - run: echo \"got $GIVEN\"; printf '%s' \"$GIVEN\" > given.txt\n");
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     assert_eq!(read(h.path("dags/given.txt")), "t0k3n-value");
     let (dag_name, run_id) = rec.steps[0].sub_runs[0].split_once('/').unwrap();
@@ -862,12 +842,12 @@ async fn a_secret_passed_to_a_sub_dag_stays_masked_in_its_record_and_logs() {
 
 #[tokio::test]
 async fn positional_params_are_the_commands_arguments() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.load("positional", "params: first second\nsteps:\n  - run: echo \"$1 and $2\"\n  - run: |\n      echo \"script got $1\"\n      echo \"and $2\"\n");
-    let rec = h.run(&mut rx, &dag, "r1", "").await;
+    let rec = h.run(&dag, "r1", "").await;
     assert_eq!(read(&rec.steps[0].stdout), "first and second\n");
     let params = format!("one {}", dispatch_webhook_params::quote("$(touch pwned)"));
-    let rec = h.run(&mut rx, &dag, "r2", &params).await;
+    let rec = h.run(&dag, "r2", &params).await;
     assert_eq!(read(&rec.steps[0].stdout), "one and $(touch pwned)\n");
     assert_eq!(
         read(&rec.steps[1].stdout),

@@ -7,8 +7,8 @@ use super::*;
 
 #[tokio::test]
 async fn parallel_outputs_are_collected_and_a_call_passes_its_childs_outputs() {
-    let (h, mut rx) = Harness::started();
-    let rec = h.run_yaml(&mut rx, "collect", r#"
+    let h = Harness::started();
+    let rec = h.run_yaml("collect", r#"
 steps:
   - id: fan
     call: child
@@ -56,18 +56,17 @@ steps:
     assert_eq!(step_of(&rec, "single").outputs["region"], "solo");
 
     // A declared output the child did not publish fails the call step.
-    let rec = h.run_yaml(&mut rx, "missing", "steps:\n  - id: c\n    call: child\n    outputs: [{name: nope}]\n---\nname: child\nsteps:\n  - run: \"true\"\n").await;
+    let rec = h.run_yaml("missing", "steps:\n  - id: c\n    call: child\n    outputs: [{name: nope}]\n---\nname: child\nsteps:\n  - run: \"true\"\n").await;
     assert_eq!(rec.status, RunStatus::Failed);
     assert_step_error(&rec.steps[0], "published no output `nope`");
 }
 
 #[tokio::test]
 async fn partial_children_make_the_step_partially_succeeded() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     // Every child ends `partially_succeeded`: so does the step, and the run; the next step runs.
     let rec = h
         .run_yaml(
-            &mut rx,
             "partial",
             r#"
 steps:
@@ -91,7 +90,6 @@ steps:
     // One child fails: the step fails; `continue_on` covers it and the run goes on.
     let rec = h
         .run_yaml(
-            &mut rx,
             "covered",
             r#"
 steps:
@@ -117,8 +115,8 @@ steps:
 
 #[tokio::test]
 async fn foreach_runs_its_body_per_item_and_collects_what_each_left() {
-    let (h, mut rx) = Harness::started();
-    let rec = h.run_yaml(&mut rx, "episodes", r#"
+    let h = Harness::started();
+    let rec = h.run_yaml("episodes", r#"
 env:
   - GREETING: hi
 steps:
@@ -164,10 +162,9 @@ steps:
 
 #[tokio::test]
 async fn foreach_items_stay_data_and_a_failed_body_fails_the_step() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let rec = h
         .run_yaml(
-            &mut rx,
             "each_fail",
             r#"
 steps:
@@ -215,7 +212,7 @@ steps:
 
 #[tokio::test]
 async fn the_run_has_a_work_directory_and_an_actor() {
-    let (h, mut rx) = Harness::started();
+    let h = Harness::started();
     let dag = h.load(
         "ctx",
         r#"
@@ -227,7 +224,7 @@ steps:
       printf '%s\n' "${trigger.actor}" "$DAG_RUN_WORK_DIR"
 "#,
     );
-    let rec = h.run(&mut rx, &dag, "r1", "GITHUB_ACTOR=octocat").await;
+    let rec = h.run(&dag, "r1", "GITHUB_ACTOR=octocat").await;
     assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
     let work = rec.log_file.parent().unwrap().join("work");
     assert_eq!(
