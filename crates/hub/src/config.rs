@@ -201,6 +201,20 @@ impl HubConfig {
         if self.ui_token.as_ref().is_some_and(|t| t.is_empty()) {
             self.ui_token = None;
         }
+        // The token is the pages' only lock: a short one could be guessed.
+        if self
+            .ui_token
+            .as_ref()
+            .is_some_and(|t| t.expose().chars().count() < MIN_UI_TOKEN_CHARS)
+        {
+            return Err(HubError::setting(
+                ORIGIN,
+                "ui_token",
+                format!(
+                    "must be at least {MIN_UI_TOKEN_CHARS} characters long (or empty: no pages)"
+                ),
+            ));
+        }
         if self.token_ttl < Duration::from_secs(60) {
             return Err(HubError::setting(
                 ORIGIN,
@@ -303,6 +317,9 @@ struct GithubFile {
     app_id: Option<u64>,
     app_private_key_file: Option<PathBuf>,
 }
+
+/// Fewest characters a `ui_token` may have: the pages' only lock must not be guessable.
+pub const MIN_UI_TOKEN_CHARS: usize = 16;
 
 /// Longest retention or activation expiry: a century keeps millisecond arithmetic far from
 /// overflowing.
@@ -427,11 +444,11 @@ mod tests {
     fn ui_token_is_read_and_an_empty_one_means_no_pages() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");
-        std::fs::write(&path, "ui_token = \"let-me-see\"\n").unwrap();
+        std::fs::write(&path, "ui_token = \"let-me-see-the-pages\"\n").unwrap();
         let cfg = load_hub_config(&path).unwrap();
         assert_eq!(
             cfg.ui_token.as_ref().map(Secret::expose),
-            Some("let-me-see")
+            Some("let-me-see-the-pages")
         );
         assert!(!format!("{cfg:?}").contains("let-me-see"));
         std::fs::write(&path, "ui_token = \"\"\n").unwrap();
@@ -442,6 +459,20 @@ mod tests {
             ..HubConfig::default()
         };
         assert!(given_empty.validate().unwrap().ui_token.is_none());
+    }
+
+    #[test]
+    fn a_short_ui_token_is_refused_by_name() {
+        let short = HubConfig {
+            webhook_secret: Secret::new("w"),
+            ui_token: Some(Secret::new("fifteen-chars-x")),
+            ..HubConfig::default()
+        };
+        let message = short.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("ui_token") && message.contains("at least 16 characters"),
+            "{message}"
+        );
     }
 
     #[test]

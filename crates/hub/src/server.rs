@@ -75,8 +75,8 @@ async fn serve(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors, most likely: pause so the loop does not spin, and let
@@ -102,7 +102,14 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         write_deadline::cap_send_buffer(&stream);
         let http = http.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = TowerToHyperService::new(app.clone());
+        // The pages' brake on token guessing counts per client address.
+        let service = hyper::service::service_fn(move |mut request| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&app, request)
+        });
         let cancel = cancel.clone();
         connections.spawn(async move {
             let stream = WriteDeadline::new(stream, limits.header_timeout);

@@ -17,6 +17,8 @@ const HELLO: &str = "Codertocat/Hello-World";
 const PUSH: &str = "push/with-new-branch.payload.json";
 const PR_OPENED: &str = "pull_request/opened.payload.json";
 const SERVER: &str = "0190a000-0000-7000-8000-00000000beef";
+/// Wrong tokens one address may send before the hub stops it for a minute.
+const WRONG_TOKENS_PER_MINUTE: usize = 10;
 
 struct TestHub {
     _dir: tempfile::TempDir,
@@ -232,7 +234,7 @@ fn every_page(id: &str) -> Vec<String> {
 async fn without_a_session_every_page_sends_to_the_login_and_shows_nothing() {
     let hub = TestHub::start(|_| {}).await;
     let ids = hub.push("d-1").await;
-    for path in every_page(&ids[0]) {
+    for (i, path) in every_page(&ids[0]).into_iter().enumerate() {
         for auth in [
             Auth::None,
             Auth::Cookie(
@@ -250,7 +252,13 @@ async fn without_a_session_every_page_sends_to_the_login_and_shows_nothing() {
             );
         }
         let resp = hub.get(&path, Auth::Bearer("not-the-token")).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        // Past ten wrong tokens from one address, it is stopped for a minute.
+        let want = if i < WRONG_TOKENS_PER_MINUTE {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(resp.status(), want, "{path}");
         let body = resp.text().await.unwrap();
         assert!(
             !body.contains(HELLO) && !body.contains(&ids[0]),
@@ -336,6 +344,51 @@ async fn login_takes_only_the_token_and_sets_a_private_cookie() {
         StatusCode::SEE_OTHER
     );
     hub.page("/jobs", Auth::Cookie(&other)).await;
+    hub.stop().await;
+}
+
+/// `POST /login` with the form's body.
+async fn post_login(hub: &TestHub, token: &str) -> reqwest::Response {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .finish();
+    hub.http
+        .post(format!("{}/login", hub.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_typed_token_is_posted_and_an_address_guessing_it_is_stopped() {
+    let hub = TestHub::start(|_| {}).await;
+    let form = hub.get("/login", Auth::None).await.text().await.unwrap();
+    assert!(
+        form.contains(r#"<form method="post" action="/login">"#),
+        "the typed token stays out of the address: {form}"
+    );
+    let resp = post_login(&hub, TOKEN).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    hub.page("/jobs", Auth::Cookie(&cookie)).await;
+    for i in 0..WRONG_TOKENS_PER_MINUTE {
+        let resp = post_login(&hub, &format!("guess-{i}")).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right token, by any route, waits for the window to end.
+    let post = post_login(&hub, TOKEN).await;
+    assert_eq!(post.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(post.headers()["retry-after"], "60");
+    assert!(post.headers().get(SET_COOKIE).is_none());
+    let link = hub.get(&format!("/login?token={TOKEN}"), Auth::None).await;
+    assert_eq!(link.status(), StatusCode::TOO_MANY_REQUESTS);
+    let bearer = hub.get("/jobs", Auth::Bearer(TOKEN)).await;
+    assert_eq!(bearer.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A session already open is not a guess, and goes on.
+    hub.page("/jobs", Auth::Cookie(&cookie)).await;
     hub.stop().await;
 }
 

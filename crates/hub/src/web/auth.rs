@@ -1,10 +1,15 @@
-//! Who may see the pages: a browser with a session (from `GET /login?token=<ui_token>`), or a
-//! script sending `Authorization: Bearer <ui_token>`. Anything else is sent to the login page
-//! before any data is read.
+//! Who may see the pages: a browser with a session (from the login form, `POST /login`, or the
+//! scheduler's login link, `GET /login?token=<ui_token>`), or a script sending
+//! `Authorization: Bearer <ui_token>`. Anything else is sent to the login page before any data
+//! is read. An address that sends too many wrong tokens is stopped for a while
+//! ([`super::guard`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,6 +39,10 @@ pub(crate) async fn require_login(
     };
     let headers = request.headers();
     let bearer = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let peer = peer(&request);
+    if bearer.is_some() && !web.guard.allows(peer, now_ms()) {
+        return too_many_failures();
+    }
     let allowed = match bearer {
         Some(value) => crate::metrics::scrape_allowed(Some(token), Some(value)),
         None => session_id(headers).is_some_and(|id| web.sessions.valid(id, now_ms())),
@@ -44,6 +53,7 @@ pub(crate) async fn require_login(
         return response;
     }
     if bearer.is_some() {
+        web.guard.failed(peer, now_ms());
         return layout::message(
             StatusCode::UNAUTHORIZED,
             "Wrong token",
@@ -56,6 +66,28 @@ pub(crate) async fn require_login(
     )
         .into_response();
     layout::secure_headers(response.headers_mut());
+    response
+}
+
+/// The client's address (the hub's server records it on each connection; unspecified where
+/// none was recorded).
+fn peer<B>(request: &axum::http::Request<B>) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// The answer to an address past its wrong tokens ([`super::guard`]).
+fn too_many_failures() -> Response {
+    let mut response = layout::message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many wrong tokens",
+        "This address sent too many wrong tokens; wait a minute before trying again.",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     response
 }
 
@@ -84,13 +116,42 @@ pub(crate) struct LoginQuery {
     token: Option<String>,
 }
 
-/// `GET /login`: without a token, a form asking for it; with the right one, a new session and a
-/// redirect to `/`; with a wrong one, the form again, answered 401.
-pub(crate) async fn login(State(web): State<Arc<Web>>, Query(q): Query<LoginQuery>) -> Response {
+/// `GET /login`: without a token, a form asking for it; with the right one (the scheduler's
+/// login link), a new session and a redirect to `/`; with a wrong one, the form again, answered
+/// 401.
+pub(crate) async fn login(
+    State(web): State<Arc<Web>>,
+    Query(q): Query<LoginQuery>,
+    request: Request,
+) -> Response {
+    let peer = peer(&request);
+    log_in(&web, peer, q.token.unwrap_or_default())
+}
+
+/// `POST /login`: the form's typed token, in the body (`token=…`, form-encoded) so that it never
+/// lands in an address, a history or a log; answered like `GET /login`.
+pub(crate) async fn login_form(State(web): State<Arc<Web>>, request: Request) -> Response {
+    let peer = peer(&request);
+    let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+        Ok(body) => body,
+        Err(_) => Bytes::new(),
+    };
+    let given = form_urlencoded::parse(&body)
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    log_in(&web, peer, given)
+}
+
+/// Starts a session when `given` is the token; else the form (401 after a wrong token, 429 once
+/// `peer` sent too many).
+fn log_in(web: &Web, peer: IpAddr, given: String) -> Response {
     let Some(token) = &web.token else {
         return layout::disabled();
     };
-    let given = q.token.unwrap_or_default();
+    if !given.is_empty() && !web.guard.allows(peer, now_ms()) {
+        return too_many_failures();
+    }
     if !given.is_empty() && is_token(token, &given) {
         let id = web.sessions.start(now_ms());
         let secure = if web.secure_cookies { "; Secure" } else { "" };
@@ -112,12 +173,13 @@ pub(crate) async fn login(State(web): State<Arc<Web>>, Query(q): Query<LoginQuer
     let (status, note) = if given.is_empty() {
         (StatusCode::OK, "")
     } else {
+        web.guard.failed(peer, now_ms());
         (StatusCode::UNAUTHORIZED, "That is not this hub's token.")
     };
     let body = html! {
         @if !note.is_empty() { p.status.status-failed { (note) } }
         p { "The hub's pages need its UI token (" code { "ui_token" } "; the scheduler with an embedded hub prints a ready login link when it starts)." }
-        form method="get" action="/login" {
+        form method="post" action="/login" {
             label { "Token " input type="password" name="token" autocomplete="current-password" required; }
             " "
             button type="submit" { "Log in" }

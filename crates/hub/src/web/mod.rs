@@ -3,7 +3,7 @@
 //! link to), deliveries, servers and bindings; plain links and GET forms, no script but the
 //! live log tail.
 //!
-//! Files, bottom to top: `sessions`, `links`, `queries` (the SQL, over the pages' own read-only
+//! Files, bottom to top: `sessions`, `guard` (the brake on token guessing), `links`, `queries` (the SQL, over the pages' own read-only
 //! connection), `state`, `layout`, `auth`, then the pages: `jobs`, `steps` (a job's steps and
 //! logs), `job`, `tail` (the live tail), `admin`; and this file, which mounts them.
 //!
@@ -11,6 +11,7 @@
 
 mod admin;
 mod auth;
+mod guard;
 mod job;
 mod jobs;
 mod layout;
@@ -56,7 +57,7 @@ pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router,
         .route_layer(from_fn_with_state(web.clone(), auth::require_login));
     Ok(Router::new()
         .merge(pages)
-        .route("/login", get(auth::login))
+        .route("/login", get(auth::login).post(auth::login_form))
         .route("/logout", post(auth::logout))
         // Browsers ask for it on their own; an empty answer keeps a 404 out of their console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

@@ -8,6 +8,7 @@ use dispatch_protocol::Secret;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
+use super::guard::LoginGuard;
 use super::sessions::Sessions;
 use crate::error::HubError;
 use crate::handler::AppState;
@@ -25,6 +26,8 @@ pub(crate) struct Web {
     reader: Mutex<Connection>,
     /// Logged-in browsers.
     pub sessions: Sessions,
+    /// Wrong tokens per client address.
+    pub guard: LoginGuard,
     /// `ui_token`; None: the pages are disabled.
     pub token: Option<Secret>,
     /// GitHub's web address (`links::github_web` of the API address).
@@ -59,6 +62,7 @@ impl Web {
             app,
             reader: Mutex::new(reader),
             sessions: Sessions::default(),
+            guard: LoginGuard::default(),
             token,
             github_web,
             secure_cookies,

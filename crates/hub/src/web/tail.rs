@@ -116,7 +116,10 @@ async fn follow(
         let now = now_ms();
         for s in &steps {
             let sent = (s.status.clone(), s.exit_code, s.started_ms, s.finished_ms);
-            if steps_sent.get(&s.name) != Some(&sent) || s.finished_ms == 0 {
+            // A running step's duration grows, so it goes again; a step not started yet only
+            // when it changes.
+            let running = s.started_ms > 0 && s.finished_ms == 0;
+            if steps_sent.get(&s.name) != Some(&sent) || running {
                 let data = json!({
                     "name": s.name, "status": s.status, "exit_code": s.exit_code,
                     "duration": step_duration(s, now),
