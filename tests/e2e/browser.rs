@@ -263,6 +263,21 @@ impl Browser {
     }
 }
 
+/// The login link and the token, from the banner's line for a stdout that is not a terminal:
+/// `<pages>/login (the token is in <file>)`, never the token itself (it would reach logs).
+fn login_link(hint: &str) -> (String, String) {
+    assert!(
+        !hint.contains("token="),
+        "the token went to a non-terminal stdout: {hint}"
+    );
+    let (page, rest) = hint
+        .split_once(" (the token is in ")
+        .unwrap_or_else(|| panic!("no token file named in {hint:?}"));
+    let file = rest.trim_end_matches(')');
+    let token = std::fs::read_to_string(file).unwrap().trim().to_owned();
+    (format!("{page}?token={token}"), token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_logs_in_and_follows_a_running_job_live() {
     let chromium = find_program(&["chromium", "chromium-browser"]);
@@ -306,11 +321,10 @@ async fn a_browser_logs_in_and_follows_a_running_job_live() {
         &[],
     );
     let webhook_url = scheduler.wait_for("webhook URL:");
-    let login_url = scheduler.wait_for("web pages:");
-    assert!(login_url.contains("/login?token="), "{login_url}");
-    let token = login_url.split("token=").nth(1).unwrap().to_owned();
+    let hint = scheduler.wait_for("web pages:");
+    let (login_url, token) = login_link(&hint);
     let token_file = home.path().join("ui_token");
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    assert!(hint.contains(&token_file.display().to_string()), "{hint}");
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
@@ -415,10 +429,10 @@ async fn a_browser_logs_in_and_follows_a_running_job_live() {
     assert!(severe.is_empty(), "console errors: {severe:?}");
     browser.close().await;
 
-    // The token is shown once, on the banner line: never in the logs.
+    // Stdout is not a terminal here: the token is in neither the banner nor the logs.
     assert!(
-        !scheduler.stderr().contains(&token),
-        "the token leaked into the logs"
+        !scheduler.output().contains(&token),
+        "the token leaked into the output"
     );
     scheduler.signal(Signal::SIGTERM);
     assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
@@ -429,14 +443,13 @@ async fn a_browser_logs_in_and_follows_a_running_job_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serve_keeps_the_hub_up_with_a_login_link_until_interrupted() {
     let mut demo = Proc::spawn("scheduler", &["demo", "--serve"], &[]);
-    demo.wait_for("/login?token=");
-    let login_url = demo
-        .stdout()
+    demo.wait_for("(the token is in");
+    let out = demo.stdout();
+    let hint = out
         .lines()
-        .find(|l| l.contains("/login?token="))
-        .expect("the login link")
-        .trim()
-        .to_owned();
+        .find(|l| l.contains("(the token is in"))
+        .expect("the login line");
+    let (login_url, _) = login_link(hint.trim());
     let out = demo.stdout();
     assert!(out.contains("all 6 jobs ended as expected"), "{out}");
     let job_url = out

@@ -645,7 +645,7 @@ async fn http_error(resp: reqwest::Response, secrets: &[&str]) -> CloudError {
     let body = read_capped(resp, MAX_RESPONSE_BYTES)
         .await
         .unwrap_or_default();
-    let mut message = error_message(&body);
+    let mut message = error_message(&body, secrets);
     if message.is_empty() {
         message = status
             .canonical_reason()
@@ -654,14 +654,15 @@ async fn http_error(resp: reqwest::Response, secrets: &[&str]) -> CloudError {
     }
     CloudError {
         status: Some(status.as_u16()),
-        message: scrub(message, secrets),
+        message,
         retry_after,
         kind: CloudErrorKind::Http,
     }
 }
 
-/// The body's JSON `message` when non-empty, else the raw text; trimmed and capped.
-fn error_message(body: &[u8]) -> String {
+/// The body's JSON `message` when non-empty, else the raw text; our `secrets` removed, then
+/// trimmed and capped (in that order: a cut through a secret would leave a piece of it).
+fn error_message(body: &[u8], secrets: &[&str]) -> String {
     #[derive(serde::Deserialize)]
     struct WithMessage {
         #[serde(default)]
@@ -674,6 +675,7 @@ fn error_message(body: &[u8]) -> String {
             _ => None,
         });
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let text = scrub(text, secrets);
     let trimmed = text.trim();
     let mut out: String = trimmed.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
     if out.len() < trimmed.len() {
@@ -769,20 +771,25 @@ mod tests {
 
     #[test]
     fn error_message_prefers_json_message() {
-        assert_eq!(error_message(br#"{"message":"revoked"}"#), "revoked");
+        assert_eq!(error_message(br#"{"message":"revoked"}"#, &[]), "revoked");
         assert_eq!(
-            error_message(br#"{"message":"","error":"x"}"#),
+            error_message(br#"{"message":"","error":"x"}"#, &[]),
             r#"{"message":"","error":"x"}"#
         );
-        assert_eq!(error_message(b"  plain text\n"), "plain text");
-        assert_eq!(error_message(br#"{"message":5}"#), r#"{"message":5}"#);
+        assert_eq!(error_message(b"  plain text\n", &[]), "plain text");
+        assert_eq!(error_message(br#"{"message":5}"#, &[]), r#"{"message":5}"#);
         let long = "x".repeat(2000);
-        let m = error_message(long.as_bytes());
+        let m = error_message(long.as_bytes(), &[]);
         assert_eq!(m.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
         assert_eq!(
             scrub("key k-123 echoed".into(), &["k-123", ""]),
             "key <redacted> echoed"
         );
+        // A secret where the cap cuts is removed whole, not cut to a piece that stays.
+        let secret = "k-secret-0123456789";
+        let straddling = format!("{}{secret}", "x".repeat(MAX_ERROR_MESSAGE_CHARS - 5));
+        let m = error_message(straddling.as_bytes(), &[secret]);
+        assert!(!m.contains("k-sec"), "{m}");
     }
 
     #[test]

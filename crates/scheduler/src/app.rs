@@ -7,6 +7,7 @@
 //! the metrics server and the embedded hub stop, because the worker's last accept/finish calls
 //! may still go to that hub.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub(crate) struct EmbeddedHub {
     pub(crate) pages_url: String,
     /// The web pages' admin token.
     pub(crate) ui_token: Secret,
+    /// The file holding it, when the scheduler made it (None: the configured `hub_ui_token`).
+    pub(crate) ui_token_path: Option<PathBuf>,
 }
 
 impl EmbeddedHub {
@@ -56,7 +59,29 @@ impl EmbeddedHub {
     /// The link that logs a browser in to the web pages. It holds the token: print it only to
     /// the terminal, never to a log.
     pub(crate) fn login_url(&self) -> String {
-        format!("{}/login?token={}", self.pages_url, self.ui_token.expose())
+        let page = format!("{}/login", self.pages_url);
+        // The token is a query value: whatever its characters, they are percent-encoded.
+        match reqwest::Url::parse_with_params(&page, [("token", self.ui_token.expose())]) {
+            Ok(url) => url.into(),
+            Err(_) => page,
+        }
+    }
+
+    /// How to log in to the web pages, for the banner: the login link when stdout is a
+    /// terminal (a person reads it there, as Jupyter prints its link); else the login page and
+    /// where the token is, so that a journal or a container's log never holds it.
+    pub(crate) fn login_hint(&self, terminal: bool) -> String {
+        if terminal {
+            return self.login_url();
+        }
+        match &self.ui_token_path {
+            Some(path) => format!(
+                "{}/login (the token is in {})",
+                self.pages_url,
+                path.display()
+            ),
+            None => format!("{}/login (the token is hub_ui_token)", self.pages_url),
+        }
     }
 }
 
@@ -369,16 +394,17 @@ async fn start_embedded_hub(
         CloudTarget::Embedded { storage, .. } => Some(storage.clone()),
         CloudTarget::Remote(_) => None,
     };
-    let ui_token = match storage.as_ref().and_then(|s| s.ui_token.clone()) {
-        Some(token) => token,
+    let (ui_token, ui_token_path) = match storage.as_ref().and_then(|s| s.ui_token.clone()) {
+        Some(token) => (token, None),
         None => {
             let path = home.join("ui_token");
-            crate::embedded::load_or_create_secret(&path, "", 32).map_err(|err| {
+            let token = crate::embedded::load_or_create_secret(&path, "", 32).map_err(|err| {
                 AppError::component(
                     format!("load or create the web pages' token `{}`", path.display()),
                     err,
                 )
-            })?
+            })?;
+            (token, Some(path))
         }
     };
     let pages_base = public_url.clone();
@@ -436,6 +462,7 @@ async fn start_embedded_hub(
         secret_path,
         pages_url,
         ui_token,
+        ui_token_path,
     };
     tracing::info!(
         webhook_url = %info.webhook_url,
@@ -527,8 +554,9 @@ pub(crate) fn print_banner(system: &System, settings: &Settings) {
             say!("  embedded hub on {}", hub.addr);
             say!("  webhook URL:    {}", hub.webhook_url);
             say!("  webhook secret: stored in {}", hub.secret_path.display());
-            // The one place the token is shown, as Jupyter prints its login link.
-            say!("  web pages:      {}", hub.login_url());
+            // The one place the token may be shown, and only to a terminal.
+            let terminal = std::io::stdout().is_terminal();
+            say!("  web pages:      {}", hub.login_hint(terminal));
             say!(
                 "  bindings:       {}",
                 bindings_path(&settings.home).display()
@@ -548,4 +576,39 @@ pub(crate) fn print_banner(system: &System, settings: &Settings) {
 /// `<home>/bindings.toml`, read by the embedded hub.
 fn bindings_path(home: &Path) -> PathBuf {
     home.join("bindings.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(token: &str, token_path: Option<&str>) -> EmbeddedHub {
+        EmbeddedHub {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            webhook_url: "http://127.0.0.1:8080/webhooks/github".into(),
+            webhook_secret: Secret::new("w"),
+            secret_path: PathBuf::from("/home/s/webhook_secret"),
+            pages_url: "http://127.0.0.1:8080".into(),
+            ui_token: Secret::new(token),
+            ui_token_path: token_path.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_login_link_encodes_the_token_and_goes_only_to_a_terminal() {
+        let made = hub("a b&c=d+é#", Some("/home/s/ui_token"));
+        assert_eq!(
+            made.login_url(),
+            "http://127.0.0.1:8080/login?token=a+b%26c%3Dd%2B%C3%A9%23"
+        );
+        assert_eq!(made.login_hint(true), made.login_url());
+        assert_eq!(
+            made.login_hint(false),
+            "http://127.0.0.1:8080/login (the token is in /home/s/ui_token)"
+        );
+        let configured = hub("configured-token-123", None);
+        let hint = configured.login_hint(false);
+        assert!(!hint.contains("configured-token-123"), "{hint}");
+        assert!(hint.contains("hub_ui_token"), "{hint}");
+    }
 }

@@ -10,6 +10,7 @@
 //! hub sent to the GitHub stand-in: a cancel command has no run of its own, and the hub answers
 //! it with one comment (the cancel job it routes to the scheduler posts nothing).
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -164,7 +165,7 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool, serve: bool) -> Res
         if let Ok((jobs, failures)) = &outcome {
             print_outcome(jobs, failures, &reports, &hub, began, true);
             say!("\nThe embedded hub stays up for its web pages; log in with");
-            say!("  {}", hub.login_url());
+            say!("  {}", hub.login_hint(std::io::stdout().is_terminal()));
             say!("Ctrl-C to stop.");
             shutdown.cancelled().await;
         }
@@ -197,7 +198,7 @@ fn print_outcome(
 ) {
     print_table(jobs, &reports.lock().map(|r| r.clone()).unwrap_or_default());
     if serving {
-        say!("\njob pages on the hub (log in with the link below first):");
+        say!("\njob pages on the hub (log in first, as said below):");
     } else {
         say!("\njob pages on the hub (it stops with the demo: `scheduler demo --serve` keeps it up):");
     }

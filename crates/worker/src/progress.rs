@@ -30,7 +30,7 @@ use dispatch_executor::{secret_values, RunFinished, Secrets};
 use dispatch_license::{CloudError, MachineCredentials};
 use dispatch_protocol::{
     LogChunk, LogStream, ProgressRequest, ProgressResponse, StepProgress, DEFAULT_JOB_LOG_CAP,
-    MAX_PROGRESS_DATA_BYTES,
+    MAX_CHUNKS_PER_CALL, MAX_PROGRESS_DATA_BYTES, MAX_STEPS_PER_CALL, MAX_STEPS_PER_JOB,
 };
 use dispatch_tracker::{Phase, TrackedJob};
 use dispatch_util::error_chain;
@@ -319,23 +319,28 @@ impl JobUpload {
     }
 
     /// What to send next, reading the log files as far as needed; `None` when there is
-    /// nothing new. Blocking IO.
+    /// nothing new. A call stays within the hub's per-call limits (what does not fit goes in
+    /// the next), and the steps past the hub's per-job limit are left out. Blocking IO.
     fn next_call(&mut self, record: &RunRecord) -> Option<Call> {
         let mut call = Call::default();
         if !self.run_started_sent {
             call.run_started_ms = record.started_at.unwrap_or(0);
         }
-        for step in &record.steps {
+        let steps = &record.steps[..record.steps.len().min(MAX_STEPS_PER_JOB)];
+        for step in steps {
             let state = step_progress(step);
             if self.sent_steps.get(&step.name) != Some(&state) {
                 call.steps.push(state);
+                if call.steps.len() == MAX_STEPS_PER_CALL {
+                    break;
+                }
             }
         }
         let run_ended = record.status.is_final();
         let secrets = self.secrets.clone().unwrap_or_default();
         let cap = self.cap();
         let mut budget = MAX_PROGRESS_DATA_BYTES;
-        'steps: for step in &record.steps {
+        'steps: for step in steps {
             if step.started_at.is_none() {
                 continue;
             }
@@ -360,6 +365,9 @@ impl JobUpload {
                     eof,
                     truncated,
                 };
+                if call.logs.len() == MAX_CHUNKS_PER_CALL {
+                    break 'steps;
+                }
                 let Some(acked) = upload.acked else {
                     // Where the hub's copy ends is not known yet (a first pass, a restart).
                     call.logs.push(chunk(0, String::new(), false, false));
@@ -370,7 +378,7 @@ impl JobUpload {
                 }
                 upload.fill(step_ended, budget);
                 let sent_now = (MAX_PROGRESS_DATA_BYTES - budget) as u64;
-                let room = cap.saturating_sub(self.log_bytes + sent_now);
+                let room = cap.saturating_sub(self.log_bytes.saturating_add(sent_now));
                 let available = upload.unacked();
                 let over_cap = available.len() as u64 > room && room <= budget as u64;
                 let limit = if over_cap { room as usize } else { budget };
@@ -411,7 +419,7 @@ impl JobUpload {
             };
             if ack.accepted {
                 upload.acked = Some(ack.next_offset);
-                let end = chunk.offset + chunk.data.len() as u64;
+                let end = chunk.offset.saturating_add(chunk.data.len() as u64);
                 upload.eof_acked |= chunk.eof && ack.next_offset >= end;
                 self.truncated |= chunk.truncated;
             } else {
@@ -712,6 +720,74 @@ mod tests {
         std::fs::write(dir.path().join("s.out"), "abcdefgh").unwrap();
         drain(&mut upload, &rec, &mut hub);
         assert_eq!(hub[&("s".to_owned(), LogStream::Stdout)], "abcdefgh");
+    }
+
+    #[test]
+    fn calls_keep_to_the_hubs_limits_and_steps_past_the_job_limit_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = record(dir.path(), dispatch_dag::RunStatus::Running);
+        rec.steps = (0..MAX_STEPS_PER_JOB + 200)
+            .map(|i| StepRecord {
+                name: format!("s{i}"),
+                status: StepStatus::Running,
+                started_at: Some(3),
+                stdout: dir.path().join(format!("{i}.out")),
+                stderr: dir.path().join(format!("{i}.err")),
+                ..StepRecord::default()
+            })
+            .collect();
+        std::fs::write(dir.path().join("0.out"), "first\n").unwrap();
+        let mut hub = HashMap::new();
+        let mut upload = JobUpload::default();
+        let mut named = HashSet::new();
+        let mut calls = 0;
+        while let Some(call) = upload.next_call(&rec) {
+            assert!(call.steps.len() <= MAX_STEPS_PER_CALL);
+            assert!(
+                call.logs.len() <= MAX_CHUNKS_PER_CALL,
+                "{}",
+                call.logs.len()
+            );
+            named.extend(call.steps.iter().map(|s| s.name.clone()));
+            named.extend(call.logs.iter().map(|c| c.step.clone()));
+            let ack = answer(&mut hub, &call);
+            upload.apply(&request(call), &ack);
+            calls += 1;
+            assert!(calls < 100, "no end");
+        }
+        // Two streams a step: the probes alone take two calls.
+        assert!(calls >= 2, "{calls}");
+        assert_eq!(named.len(), MAX_STEPS_PER_JOB);
+        assert!(!named.contains(&format!("s{MAX_STEPS_PER_JOB}")));
+        assert_eq!(hub[&("s0".to_owned(), LogStream::Stdout)], "first\n");
+    }
+
+    #[test]
+    fn numbers_from_the_hub_never_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = record(dir.path(), dispatch_dag::RunStatus::Running);
+        std::fs::write(dir.path().join("s.out"), "out").unwrap();
+        std::fs::write(dir.path().join("s.err"), "err").unwrap();
+        let mut upload = JobUpload::default();
+        let probe = upload.next_call(&rec).unwrap();
+        let mut ack = answer(&mut HashMap::new(), &probe);
+        ack.log_bytes = u64::MAX;
+        upload.apply(&request(probe), &ack);
+        // The hub claims to hold more than any cap: the next call says the log is full.
+        let call = upload.next_call(&rec).unwrap();
+        assert!(call.logs[0].truncated && call.logs[0].data.is_empty());
+        // An end offset at the top of the range, with text after it, is taken without a panic.
+        let mut upload = JobUpload::default();
+        let probe = upload.next_call(&rec).unwrap();
+        let mut ack = answer(&mut HashMap::new(), &probe);
+        for a in &mut ack.logs {
+            a.next_offset = u64::MAX - 1;
+        }
+        upload.apply(&request(probe), &ack);
+        rec.status = dispatch_dag::RunStatus::Succeeded;
+        let mut call = upload.next_call(&rec).unwrap();
+        call.logs[0].data = "more".into();
+        upload.apply(&request(call), &ack);
     }
 
     #[test]
