@@ -17,6 +17,10 @@ use crate::handler::AppState;
 /// watch on the store, so their number is bounded like the hub's connections are.
 pub(crate) const MAX_TAILS: usize = 256;
 
+/// Whole-log answers built at once, over every browser; one more is answered 503. Each may hold
+/// a job's whole log cap in memory.
+pub(crate) const MAX_WHOLE_LOGS: usize = 4;
+
 /// The state of the page routes.
 pub(crate) struct Web {
     /// The hub's handler state (its config, store, metrics).
@@ -36,7 +40,7 @@ pub(crate) struct Web {
     pub secure_cookies: bool,
     /// One permit per live tail open ([`MAX_TAILS`]).
     pub tails: Arc<Semaphore>,
-    /// One permit per whole-log answer being built ([`super::steps::MAX_WHOLE_LOGS`]).
+    /// One permit per whole-log answer being built ([`MAX_WHOLE_LOGS`]).
     pub whole_logs: Arc<Semaphore>,
 }
 
@@ -67,7 +71,7 @@ impl Web {
             github_web,
             secure_cookies,
             tails: Arc::new(Semaphore::new(MAX_TAILS)),
-            whole_logs: Arc::new(Semaphore::new(super::steps::MAX_WHOLE_LOGS)),
+            whole_logs: Arc::new(Semaphore::new(MAX_WHOLE_LOGS)),
         })
     }
 

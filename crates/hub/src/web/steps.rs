@@ -23,9 +23,6 @@ use crate::store::{job_log, job_progress, job_steps, JobProgress, LogSlice, Step
 /// Bytes of each step stream the job page shows (its end); the whole text is one link away.
 pub(crate) const SHOWN_BYTES: u64 = 256 * 1024;
 
-/// Whole-log answers built at once, over every browser.
-pub(crate) const MAX_WHOLE_LOGS: usize = 4;
-
 /// Bytes of a stream read in one go by the whole-log answer and the live tail.
 pub(crate) const READ_BYTES: usize = 64 * 1024;
 
@@ -138,8 +135,8 @@ pub(crate) struct LogQuery {
 }
 
 /// `GET /jobs/{id}/log?step=…&stream=…`: the whole text the hub holds of one step stream, as
-/// plain text. At most [`MAX_WHOLE_LOGS`] are built at once (each may hold the job's whole
-/// log cap in memory); one more is answered 503.
+/// plain text, read through the pages' connection; at most
+/// [`MAX_WHOLE_LOGS`](super::state::MAX_WHOLE_LOGS) at once.
 pub(crate) async fn whole_log(
     State(web): State<Arc<Web>>,
     Path(id): Path<String>,
