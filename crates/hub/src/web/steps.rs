@@ -175,3 +175,30 @@ pub(crate) async fn whole_log(
         Err(e) => layout::internal(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_from_times_far_apart_does_not_overflow() {
+        let step = |started_ms, finished_ms| StepRow {
+            name: "s".into(),
+            position: 0,
+            status: "failed".into(),
+            exit_code: None,
+            started_ms,
+            finished_ms,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_complete: false,
+            stderr_complete: false,
+        };
+        assert_eq!(step_duration(&step(5, i64::MIN), 0), "-");
+        assert_eq!(
+            step_duration(&step(i64::MIN + 1, 0), i64::MAX),
+            links::duration(i64::MAX)
+        );
+        assert_eq!(step_duration(&step(1_000, 2_000), 0), "1.0 s");
+    }
+}

@@ -168,6 +168,29 @@ async fn malformed_progress_is_a_400_naming_the_rule() {
 }
 
 #[tokio::test]
+async fn a_job_keeps_at_most_its_step_limit() {
+    let (hub, c, id) = accepted_job().await;
+    let limit = dispatch_protocol::MAX_STEPS_PER_JOB;
+    let steps: Vec<Value> = (0..limit)
+        .map(|i| json!({"name": format!("s{i}"), "status": "not_started"}))
+        .collect();
+    let resp = progress(&hub, &c, &id, json!({ "steps": steps })).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let one_more =
+        json!({"logs": [{"step": "extra", "stream": "stdout", "offset": 0, "data": "x"}]});
+    let resp = progress(&hub, &c, &id, one_more).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let message = resp.text().await.unwrap();
+    assert!(message.contains("at most 1000"), "{message}");
+    // The steps it has still take their logs.
+    let known = json!({"logs": [{"step": "s7", "stream": "stdout", "offset": 0, "data": "x"}]});
+    assert_eq!(
+        progress(&hub, &c, &id, known).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn a_job_log_is_cut_at_the_cap() {
     let (hub, c, id) = accepted_job().await;
     let piece = "y".repeat(dispatch_protocol::MAX_PROGRESS_DATA_BYTES);
