@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::store::SqlError;
+
 /// Everything that can go wrong while configuring or running the hub.
 ///
 /// Config variants (`ReadConfig`, `ParseConfig`, `InvalidSetting`) name the file and the setting so a
@@ -57,16 +59,16 @@ pub enum HubError {
     Store {
         /// What the hub was doing.
         action: &'static str,
-        /// The SQLite error.
+        /// The database's error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
     /// The group commit that held this write failed; nothing of it was stored.
     #[error("hub store commit failed")]
     Commit {
-        /// The SQLite error, shared by every write of the group.
+        /// The database's error, shared by every write of the group.
         #[source]
-        source: std::sync::Arc<rusqlite::Error>,
+        source: std::sync::Arc<SqlError>,
     },
     /// The database was written by a newer hub: its schema has steps this hub does not know.
     #[error(
@@ -107,9 +109,9 @@ pub enum HubError {
         step: &'static str,
         /// The version it leads to.
         version: i64,
-        /// The SQLite error.
+        /// The database's error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
     /// The store's writer thread has stopped.
     #[error("hub store is closed")]
@@ -185,7 +187,10 @@ impl HubError {
         }
     }
 
-    pub(crate) fn store(action: &'static str) -> impl FnOnce(rusqlite::Error) -> HubError {
-        move |source| HubError::Store { action, source }
+    pub(crate) fn store<E: Into<SqlError>>(action: &'static str) -> impl FnOnce(E) -> HubError {
+        move |source| HubError::Store {
+            action,
+            source: source.into(),
+        }
     }
 }

@@ -75,7 +75,9 @@ pub use bindings::{load_bindings, Binding, ForkPolicy, Trigger, EXAMPLE_BINDINGS
 pub use config::{GithubApp, GithubConfig, HubConfig, LicenseKey};
 pub use error::HubError;
 pub use limits::ServeLimits;
-pub use store::{JobProgress, LogSlice, ProgressChanges, ServerInfo, StepRow, DB_FILE};
+pub use store::{
+    JobProgress, LogSlice, ProgressChanges, ServerInfo, SqlError, StepRow, UnknownJobState, DB_FILE,
+};
 
 use store::{now_ms, Store};
 
@@ -197,7 +199,7 @@ impl Hub {
             cancel.clone(),
         ));
         tasks.spawn(housekeeping::flush_seen(store.clone(), cancel.clone()));
-        let pages = web::router(state.clone(), &cfg.data_dir.join(DB_FILE))?;
+        let pages = web::router(state.clone())?;
         let app = api::router(state).merge(pages);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{args, Optional, Sql};
 
 use super::writer::Durability;
 use super::Store;
@@ -115,11 +115,13 @@ impl Store {
         license_id: &str,
         server_id: &str,
     ) -> Result<Option<StoredActivation>, HubError> {
-        self.read()
-            .query_row(
-                "SELECT secret_sha256, MAX(activated_ms, last_seen_ms), revoked_ms FROM activations
-                 WHERE license_id = ?1 AND server_id = ?2",
-                [license_id, server_id],
+        self.read(|db| {
+            db.query_row(
+                "SELECT secret_sha256,
+                        CASE WHEN activated_ms > last_seen_ms THEN activated_ms ELSE last_seen_ms END,
+                        revoked_ms
+                 FROM activations WHERE license_id = ?1 AND server_id = ?2",
+                args![license_id, server_id],
                 |r| {
                     Ok(StoredActivation {
                         secret_sha256: r.get(0)?,
@@ -130,6 +132,7 @@ impl Store {
             )
             .optional()
             .map_err(HubError::store("look up an activation"))
+        })
     }
 
     /// Records the version a server gave on heartbeat, if it gave one and it differs from the
@@ -155,7 +158,7 @@ impl Store {
             tx.execute(
                 "UPDATE activations SET client_version = ?3
                  WHERE license_id = ?1 AND server_id = ?2 AND client_version <> ?3",
-                params![license_id, server_id, version],
+                args![license_id, server_id, version],
             )
             .map(|changed| changed > 0)
             .map_err(HubError::store("record a server's version"))
@@ -184,7 +187,7 @@ impl Store {
             let mut touched = 0;
             for ((license_id, server_id), at) in &seen {
                 touched += stmt
-                    .execute(params![license_id, server_id, at])
+                    .execute(args![license_id, server_id, at])
                     .map_err(HubError::store("note when servers were seen"))?;
             }
             Ok(touched)
@@ -193,7 +196,7 @@ impl Store {
 
     /// Every activation, most recently seen first.
     pub fn servers(&self) -> Result<Vec<ServerInfo>, HubError> {
-        servers(&self.read())
+        self.read(|db| servers(db))
     }
 
     /// Revokes every activation of `server_id` not revoked yet; returns how many activations the
@@ -204,14 +207,14 @@ impl Store {
             let known: i64 = tx
                 .query_row(
                     "SELECT COUNT(*) FROM activations WHERE server_id = ?1",
-                    [&server_id],
+                    args![&server_id],
                     |r| r.get(0),
                 )
                 .map_err(HubError::store("look up a server"))?;
             let revoked = tx
                 .execute(
                     "UPDATE activations SET revoked_ms = ?2 WHERE server_id = ?1 AND revoked_ms = 0",
-                    params![server_id, now_ms.max(1)],
+                    args![server_id, now_ms.max(1)],
                 )
                 .map_err(HubError::store("revoke a server"))?;
             Ok((usize::try_from(known).unwrap_or(0), revoked))
@@ -220,7 +223,7 @@ impl Store {
 }
 
 fn activate(
-    tx: &Connection,
+    tx: &dyn Sql,
     a: &Activation,
     now_ms: i64,
     expiry_ms: i64,
@@ -230,7 +233,7 @@ fn activate(
             "SELECT EXISTS (SELECT 1 FROM activations
                  WHERE server_id = ?1 AND machine_name <> ?2 AND revoked_ms = 0
                    AND MAX(activated_ms, last_seen_ms) > ?3 - ?4)",
-            params![a.server_id, a.machine_name, now_ms, expiry_ms],
+            args![a.server_id, a.machine_name, now_ms, expiry_ms],
             |r| r.get(0),
         )
         .map_err(HubError::store("look up a server's activations"))?;
@@ -245,7 +248,7 @@ fn activate(
              machine_name = excluded.machine_name, secret_sha256 = excluded.secret_sha256,
              activated_ms = excluded.activated_ms, last_seen_ms = excluded.last_seen_ms,
              revoked_ms = 0, client_version = excluded.client_version",
-        params![
+        args![
             a.license_id,
             a.server_id,
             a.machine_name,
@@ -260,7 +263,7 @@ fn activate(
 
 /// Every activated server, most recently seen first (the `servers` list of [`Store::servers`]),
 /// over any connection: the web pages read through their own.
-pub(crate) fn servers(conn: &rusqlite::Connection) -> Result<Vec<ServerInfo>, HubError> {
+pub(crate) fn servers(conn: &dyn Sql) -> Result<Vec<ServerInfo>, HubError> {
     let mut stmt = conn
         .prepare(
             "SELECT server_id, machine_name, license_id, activated_ms,
@@ -269,7 +272,7 @@ pub(crate) fn servers(conn: &rusqlite::Connection) -> Result<Vec<ServerInfo>, Hu
         )
         .map_err(HubError::store("list servers"))?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(args![], |r| {
             let revoked_ms: i64 = r.get(5)?;
             Ok(ServerInfo {
                 server_id: r.get(0)?,
@@ -303,13 +306,14 @@ mod tests {
     }
 
     fn version(s: &Store, server: &str) -> String {
-        s.read()
-            .query_row(
+        s.db(|db| {
+            db.query_row(
                 "SELECT client_version FROM activations WHERE server_id = ?1",
-                [server],
+                args![server],
                 |r| r.get(0),
             )
-            .unwrap()
+        })
+        .unwrap()
     }
 
     #[test]

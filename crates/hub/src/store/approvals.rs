@@ -9,7 +9,7 @@
 //!
 //! Repository names are stored lowercase: GitHub compares them case-insensitively.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{args, Optional, Sql};
 
 use super::gauges::Tally;
 use super::heads;
@@ -57,12 +57,7 @@ pub(crate) enum Approval {
 
 /// Keeps `held` as the pull request's latest held event (replacing an older one; an event older
 /// than the one held, by its own time, arriving late, is not kept).
-fn hold(
-    tx: &Connection,
-    held: &HeldFork,
-    delivery: &Delivery,
-    now_ms: i64,
-) -> Result<(), HubError> {
+fn hold(tx: &dyn Sql, held: &HeldFork, delivery: &Delivery, now_ms: i64) -> Result<(), HubError> {
     tx.execute(
         "INSERT INTO held_forks (repository, pr_number, head_sha, event, delivery_id, payload,
                                  headers, received_ms, event_ms)
@@ -73,7 +68,7 @@ fn hold(
              headers = excluded.headers, received_ms = excluded.received_ms,
              event_ms = excluded.event_ms
          WHERE excluded.event_ms >= held_forks.event_ms",
-        params![
+        args![
             held.repository.to_lowercase(),
             held.number,
             held.head_sha.to_ascii_lowercase(),
@@ -91,7 +86,7 @@ fn hold(
 
 /// Whether held event `event_delivery_id` (head `sha`) was dispatched for `binding_id`.
 fn dispatched_for(
-    conn: &Connection,
+    conn: &dyn Sql,
     (repository, number, sha): (&str, i64, &str),
     binding_id: &str,
     event_delivery_id: &str,
@@ -100,14 +95,14 @@ fn dispatched_for(
         "SELECT EXISTS (SELECT 1 FROM approvals
                         WHERE repository = ?1 AND pr_number = ?2 AND head_sha = ?3
                           AND binding_id = ?4 AND event_delivery_id = ?5)",
-        params![repository, number, sha, binding_id, event_delivery_id],
+        args![repository, number, sha, binding_id, event_delivery_id],
         |r| r.get(0),
     )
     .map_err(HubError::store("look up an approval"))
 }
 
 /// The answer to a trust gate's [`ForkQuery`].
-fn fork_state(conn: &Connection, query: &ForkQuery) -> Result<ForkState, HubError> {
+fn fork_state(conn: &dyn Sql, query: &ForkQuery) -> Result<ForkState, HubError> {
     match query {
         ForkQuery::PullHead { repository, number } => Ok(ForkState {
             latest_head: heads::latest(conn, repository, *number)?,
@@ -121,7 +116,7 @@ fn fork_state(conn: &Connection, query: &ForkQuery) -> Result<ForkState, HubErro
                     .query_row(
                         "SELECT pr_number FROM held_forks WHERE repository = ?1 AND head_sha = ?2
                          ORDER BY received_ms DESC LIMIT 1",
-                        params![repository.to_lowercase(), sha.to_ascii_lowercase()],
+                        args![repository.to_lowercase(), sha.to_ascii_lowercase()],
                         |r| r.get(0),
                     )
                     .optional()
@@ -139,7 +134,7 @@ fn fork_state(conn: &Connection, query: &ForkQuery) -> Result<ForkState, HubErro
 
 /// Whether the command may dispatch the held head `held_sha`: `Err` says why not.
 fn check_target(
-    tx: &Connection,
+    tx: &dyn Sql,
     cmd: &ApproveCommand,
     held_sha: &str,
 ) -> Result<Result<(), Approval>, HubError> {
@@ -179,7 +174,7 @@ fn check_target(
 /// approve for that it was not yet dispatched for: the jobs `make_jobs` builds from it for those
 /// binding ids are stored and the approvals recorded. Returns what happened and the job ids.
 fn approve(
-    tx: &Connection,
+    tx: &dyn Sql,
     cmd: &ApproveCommand,
     delivery_id: &str,
     now_ms: i64,
@@ -196,7 +191,7 @@ fn approve(
         .query_row(
             "SELECT event, delivery_id, head_sha, payload, headers FROM held_forks
              WHERE repository = ?1 AND pr_number = ?2",
-            params![repository, cmd.number],
+            args![repository, cmd.number],
             |r| {
                 Ok(HeldEvent {
                     event: r.get(0)?,
@@ -244,7 +239,7 @@ fn approve(
                                                event_delivery_id, approved_by, delivery_id,
                                                approved_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+            args![
                 repository,
                 cmd.number,
                 sha,
@@ -264,7 +259,7 @@ fn approve(
 /// Approvals per binding (a schema step): the table of the first trust release kept one per head
 /// SHA, which let one binding's approver dispatch another's; its rows are dropped (each had
 /// dispatched its held event already).
-pub(super) fn approvals_per_binding(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn approvals_per_binding(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 ALTER TABLE held_forks ADD COLUMN event_ms INTEGER NOT NULL DEFAULT 0;
@@ -288,7 +283,7 @@ CREATE INDEX approvals_by_age ON approvals(approved_ms);
 impl Store {
     /// What the store knows about a fork head, for the trust gate.
     pub fn fork_state(&self, query: &ForkQuery) -> Result<ForkState, HubError> {
-        fork_state(&self.read(), query)
+        self.read(|db| fork_state(db, query))
     }
 
     /// Records a delivery the trust gate decided on: its jobs (none when turned away), and what
@@ -327,7 +322,7 @@ impl Store {
         reports: Reports,
         answer: impl FnOnce(&Approval) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<Approval>), HubError> {
-        let run = move |tx: &Connection, delivery: &Delivery, tally: &mut Tally| {
+        let run = move |tx: &dyn Sql, delivery: &Delivery, tally: &mut Tally| {
             approve(tx, &cmd, &delivery.id, now_ms, make_jobs, &reports, tally)
         };
         self.run_command(delivery, now_ms, run, answer)

@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
+use super::sql::{args, Optional, Sql};
 use dispatch_protocol::{is_cancel_command, DispatchJob};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
 use super::reports::{self, FinishedJob, NoReports, Reports};
@@ -63,7 +63,7 @@ struct Active {
 /// With `only_job`, that job alone, if it is active and of `repository` (a job without a number
 /// is cancelled by id: the numbers of its record may be left out).
 fn active_jobs(
-    tx: &Connection,
+    tx: &dyn Sql,
     repository: &str,
     number: i64,
     only_job: Option<&str>,
@@ -84,7 +84,7 @@ fn active_jobs(
         .map_err(HubError::store("find the jobs to cancel"))?;
     let rows = stmt
         .query_map(
-            params![
+            args![
                 JobState::Queued,
                 JobState::Claimed,
                 JobState::Accepted,
@@ -94,14 +94,14 @@ fn active_jobs(
             ],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, JobState>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
+                    r.get::<String>(0)?,
+                    r.get::<JobState>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<String>(5)?,
+                    r.get::<String>(6)?,
+                    r.get::<String>(7)?,
                 ))
             },
         )
@@ -136,7 +136,7 @@ fn cancel_number(job: &DispatchJob) -> i64 {
 /// Whether a cancel job for this server, repository and number waits in the queue; if so, it is
 /// made to stop `job_ids` too (one that names no jobs stops them all already).
 fn merge_into_queued_cancel(
-    tx: &Connection,
+    tx: &dyn Sql,
     (license_id, server_id): (&str, &str),
     repository: &str,
     number: i64,
@@ -166,7 +166,7 @@ fn merge_into_queued_cancel(
         })?;
     tx.execute(
         "UPDATE jobs SET job_json = ?1 WHERE id = ?2",
-        params![job_json, queued.id],
+        args![job_json, queued.id],
     )
     .map_err(HubError::store("add runs to a queued cancel"))?;
     Ok(true)
@@ -175,7 +175,7 @@ fn merge_into_queued_cancel(
 /// Stores a cancel job made from `template` stopping `job_ids`, for one server only; its pull
 /// answer carries the cancel comment's delivery, stored under `delivery_id`.
 fn create_cancel_job(
-    tx: &Connection,
+    tx: &dyn Sql,
     template: &DispatchJob,
     (license_id, server_id): (&str, &str),
     job_ids: &[String],
@@ -202,7 +202,7 @@ fn create_cancel_job(
 
 /// Carries out a cancel command (see the module docs).
 fn cancel(
-    tx: &Connection,
+    tx: &dyn Sql,
     cmd: &CancelCommand,
     delivery: &Delivery,
     now_ms: i64,
@@ -213,7 +213,7 @@ fn cancel(
     tx.execute(
         "DELETE FROM pending_cancels WHERE NOT EXISTS
              (SELECT 1 FROM jobs WHERE jobs.id = pending_cancels.job_id AND jobs.state != ?1)",
-        [JobState::Finished],
+        args![JobState::Finished],
     )
     .map_err(HubError::store("drop stale pending cancels"))?;
     let mut outcome = CancelOutcome::default();
@@ -237,7 +237,7 @@ fn cancel(
                     "UPDATE jobs SET state = ?1, result_status = ?2, result_summary = ?3,
                                      lease_expires_ms = 0, updated_ms = ?4
                      WHERE id = ?5",
-                    params![JobState::Finished, ABORTED, summary, now_ms, active.id],
+                    args![JobState::Finished, ABORTED, summary, now_ms, active.id],
                 )
                 .map_err(HubError::store("abort a queued job"))?;
                 tally.moved(JobState::Queued, JobState::Finished, 1);
@@ -263,7 +263,7 @@ fn cancel(
                     "INSERT OR REPLACE INTO pending_cancels
                          (job_id, cancel_json, delivery_id, payload, headers, requested_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
+                    args![
                         active.id,
                         template,
                         delivery.id,
@@ -308,7 +308,7 @@ fn cancel(
 
 /// On the accept of `job_id` by `caller`: creates the cancel job that waited for it, if any.
 pub(super) fn on_accept(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     caller: Caller<'_>,
     now_ms: i64,
@@ -318,7 +318,7 @@ pub(super) fn on_accept(
         .query_row(
             "SELECT cancel_json, delivery_id, payload, headers FROM pending_cancels
              WHERE job_id = ?1",
-            [job_id],
+            args![job_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
@@ -350,9 +350,12 @@ pub(super) fn on_accept(
 }
 
 /// Drops the cancel waiting for `job_id` (it has ended).
-pub(super) fn forget(tx: &Connection, job_id: &str) -> Result<(), HubError> {
-    tx.execute("DELETE FROM pending_cancels WHERE job_id = ?1", [job_id])
-        .map_err(HubError::store("drop a pending cancel"))?;
+pub(super) fn forget(tx: &dyn Sql, job_id: &str) -> Result<(), HubError> {
+    tx.execute(
+        "DELETE FROM pending_cancels WHERE job_id = ?1",
+        args![job_id],
+    )
+    .map_err(HubError::store("drop a pending cancel"))?;
     Ok(())
 }
 
@@ -368,7 +371,7 @@ impl Store {
         reports: Reports,
         answer: impl FnOnce(&CancelOutcome) -> (String, Vec<(String, String)>) + Send + 'static,
     ) -> Result<(DeliveryOutcome, Option<CancelOutcome>), HubError> {
-        let run = move |tx: &Connection, delivery: &Delivery, tally: &mut Tally| {
+        let run = move |tx: &dyn Sql, delivery: &Delivery, tally: &mut Tally| {
             let outcome = cancel(tx, &cmd, delivery, now_ms, &reports, tally)?;
             let jobs = outcome.cancel_jobs.clone();
             Ok((outcome, jobs))

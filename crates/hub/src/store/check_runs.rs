@@ -6,8 +6,8 @@
 //! the hub stopped (or the answer was lost) in between: the reporter then looks the check run up
 //! by its `external_id` before creating one, so a job never gets two.
 
+use super::sql::{args, Optional, Sql};
 use dispatch_protocol::DispatchJob;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::reports::Reports;
 use super::rows::{self, decode_job, Delivery, DeliveryOutcome, RawDelivery};
@@ -42,7 +42,7 @@ pub(crate) struct CheckRunRow {
 }
 
 /// The schema step that adds the table (see `schema.rs`).
-pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn create_table(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 CREATE TABLE IF NOT EXISTS check_runs (
@@ -59,10 +59,10 @@ CREATE INDEX IF NOT EXISTS check_runs_by_sha ON check_runs(repository, head_sha)
 }
 
 /// The row of `job_id`, if a report ever touched it.
-pub(super) fn get(conn: &Connection, job_id: &str) -> Result<Option<CheckRunRow>, HubError> {
+pub(super) fn get(conn: &dyn Sql, job_id: &str) -> Result<Option<CheckRunRow>, HubError> {
     conn.query_row(
         "SELECT check_run_id, create_started FROM check_runs WHERE job_id = ?1",
-        [job_id],
+        args![job_id],
         |r| {
             Ok(CheckRunRow {
                 check_run_id: r.get(0)?,
@@ -85,7 +85,7 @@ pub(super) struct Mark {
 
 /// Records that a create for the job is about to be sent (`check_run_id` 0), or GitHub's id for
 /// its check run. A create is marked started either way; a later 0 keeps an id already recorded.
-pub(super) fn upsert(conn: &Connection, mark: &Mark, now_ms: i64) -> Result<(), HubError> {
+pub(super) fn upsert(conn: &dyn Sql, mark: &Mark, now_ms: i64) -> Result<(), HubError> {
     let Mark {
         job_id,
         repository,
@@ -98,7 +98,7 @@ pub(super) fn upsert(conn: &Connection, mark: &Mark, now_ms: i64) -> Result<(), 
          ON CONFLICT (job_id) DO UPDATE SET
              check_run_id = CASE ?4 WHEN 0 THEN check_run_id ELSE ?4 END,
              create_started = 1, updated_ms = ?5",
-        params![job_id, repository.to_ascii_lowercase(), head_sha, check_run_id, now_ms],
+        args![job_id, repository.to_ascii_lowercase(), head_sha, check_run_id, now_ms],
     )
     .map_err(HubError::store("record a check run"))?;
     Ok(())
@@ -106,7 +106,7 @@ pub(super) fn upsert(conn: &Connection, mark: &Mark, now_ms: i64) -> Result<(), 
 
 /// The jobs with a check run on `head_sha` of `repository` (a check suite), oldest first.
 pub(super) fn jobs_on_sha(
-    conn: &Connection,
+    conn: &dyn Sql,
     repository: &str,
     head_sha: &str,
 ) -> Result<Vec<String>, HubError> {
@@ -117,7 +117,7 @@ pub(super) fn jobs_on_sha(
         )
         .map_err(HubError::store("list a suite's check runs"))?;
     let rows = stmt
-        .query_map(params![repository.to_ascii_lowercase(), head_sha], |r| {
+        .query_map(args![repository.to_ascii_lowercase(), head_sha], |r| {
             r.get(0)
         })
         .map_err(HubError::store("list a suite's check runs"))?;
@@ -126,20 +126,20 @@ pub(super) fn jobs_on_sha(
 }
 
 /// The installation named by the delivery of `job_id` (0 when none was, or the job is gone).
-fn installation_of(conn: &Connection, job_id: &str) -> Result<i64, HubError> {
+fn installation_of(conn: &dyn Sql, job_id: &str) -> Result<i64, HubError> {
     let sql = "SELECT job_json FROM jobs WHERE id = ?1";
-    let job_json: Option<String> = rows::lookup(conn, sql, [job_id], "read a job")?;
+    let job_json: Option<String> = rows::lookup(conn, sql, args![job_id], "read a job")?;
     match job_json {
         Some(text) => Ok(decode_job(&text)?.installation_id),
         None => Ok(0),
     }
 }
 
-fn original(conn: &Connection, job_id: &str) -> Result<Option<Original>, HubError> {
+fn original(conn: &dyn Sql, job_id: &str) -> Result<Option<Original>, HubError> {
     let row: Option<(String, String)> = conn
         .query_row(
             "SELECT job_json, delivery_id FROM jobs WHERE id = ?1",
-            [job_id],
+            args![job_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
@@ -150,7 +150,7 @@ fn original(conn: &Connection, job_id: &str) -> Result<Option<Original>, HubErro
     let raw = conn
         .query_row(
             "SELECT payload, headers FROM payloads WHERE delivery_id = ?1",
-            [&payload_key],
+            args![&payload_key],
             |r| {
                 Ok(RawDelivery {
                     payload: r.get(0)?,
@@ -170,7 +170,7 @@ fn original(conn: &Connection, job_id: &str) -> Result<Option<Original>, HubErro
 impl Store {
     /// The check run of `job_id`, if a report ever touched it.
     pub fn check_run(&self, job_id: &str) -> Result<Option<CheckRunRow>, HubError> {
-        get(&self.read(), job_id)
+        self.read(|db| get(db, job_id))
     }
 
     /// Marks (durably) that a create of `job_id`'s check run is about to be sent.
@@ -209,12 +209,12 @@ impl Store {
         repository: &str,
         head_sha: &str,
     ) -> Result<Vec<String>, HubError> {
-        jobs_on_sha(&self.read(), repository, head_sha)
+        self.read(|db| jobs_on_sha(db, repository, head_sha))
     }
 
     /// The job `job_id` and its delivery, to run it again.
     pub fn original_event(&self, job_id: &str) -> Result<Option<Original>, HubError> {
-        original(&self.read(), job_id)
+        self.read(|db| original(db, job_id))
     }
 
     /// Stores the jobs of a re-run requested by `delivery` (a `check_run` or `check_suite`
@@ -247,7 +247,7 @@ impl Store {
 
     /// The installation the delivery of `job_id` named (0: none, or the job is gone).
     pub fn job_installation(&self, job_id: &str) -> Result<i64, HubError> {
-        installation_of(&self.read(), job_id)
+        self.read(|db| installation_of(db, job_id))
     }
 }
 
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn create_marks_then_ids_survive_and_suites_list_their_jobs() {
-        let conn = Connection::open_in_memory().unwrap();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
         create_table(&conn).unwrap();
         create_table(&conn).unwrap();
         assert_eq!(get(&conn, "j1").unwrap(), None);

@@ -5,7 +5,7 @@
 //! `approve`, say) again. A comment is known by its id and the hash of its text: GitHub creates
 //! it once with both, and a replayed delivery carries both unchanged.
 
-use rusqlite::{params, Connection};
+use super::sql::{args, Sql};
 
 use super::gauges::Tally;
 use super::reports;
@@ -27,7 +27,7 @@ impl Store {
         &self,
         mut delivery: Delivery,
         now_ms: i64,
-        run: impl FnOnce(&Connection, &Delivery, &mut Tally) -> Result<(T, Vec<String>), HubError>
+        run: impl FnOnce(&dyn Sql, &Delivery, &mut Tally) -> Result<(T, Vec<String>), HubError>
             + Send
             + 'static,
         answer: impl FnOnce(&T) -> Answer + Send + 'static,
@@ -65,7 +65,7 @@ impl Store {
                 "INSERT OR IGNORE INTO command_comments
                      (event, comment_id, body_sha256, delivery_id, received_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
+                args![
                     comment.event,
                     comment.comment_id,
                     comment.body_sha256,
@@ -77,7 +77,7 @@ impl Store {
             tx.query_row(
                 "SELECT delivery_id FROM command_comments
                  WHERE event = ?1 AND comment_id = ?2 AND body_sha256 = ?3",
-                params![comment.event, comment.comment_id, comment.body_sha256],
+                args![comment.event, comment.comment_id, comment.body_sha256],
                 |r| r.get(0),
             )
             .map_err(HubError::store("look up a command's comment"))
@@ -86,7 +86,7 @@ impl Store {
 }
 
 /// The table definition (a schema step).
-pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn create_table(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 CREATE TABLE command_comments (

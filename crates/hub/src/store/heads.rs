@@ -11,14 +11,14 @@
 //!
 //! Repository names are stored lowercase: GitHub compares them case-insensitively.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{args, Optional, Sql};
 
 use super::rows::lookup;
 use crate::error::HubError;
 use crate::trust::{PrHead, Sighting};
 
 /// Records what `seen` shows, at `now_ms` (also the event time of a head whose event gave none).
-pub(super) fn record(tx: &Connection, seen: &Sighting, now_ms: i64) -> Result<(), HubError> {
+pub(super) fn record(tx: &dyn Sql, seen: &Sighting, now_ms: i64) -> Result<(), HubError> {
     let repository = seen.repository.to_lowercase();
     if let Some(head) = &seen.pr_head {
         // Equal times: the later arrival wins (GitHub's times are whole seconds).
@@ -29,7 +29,7 @@ pub(super) fn record(tx: &Connection, seen: &Sighting, now_ms: i64) -> Result<()
                  head_sha = excluded.head_sha, fork = excluded.fork,
                  event_ms = excluded.event_ms, recorded_ms = excluded.recorded_ms
              WHERE excluded.event_ms >= pr_heads.event_ms",
-            params![
+            args![
                 repository,
                 head.number,
                 head.sha.to_ascii_lowercase(),
@@ -44,7 +44,7 @@ pub(super) fn record(tx: &Connection, seen: &Sighting, now_ms: i64) -> Result<()
         tx.execute(
             "INSERT INTO own_heads (repository, head_sha, seen_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (repository, head_sha) DO UPDATE SET seen_ms = excluded.seen_ms",
-            params![repository, sha.to_ascii_lowercase(), now_ms],
+            args![repository, sha.to_ascii_lowercase(), now_ms],
         )
         .map_err(HubError::store("record a commit of the repository"))?;
     }
@@ -53,13 +53,13 @@ pub(super) fn record(tx: &Connection, seen: &Sighting, now_ms: i64) -> Result<()
 
 /// The latest head recorded for pull request `number` of `repository`.
 pub(super) fn latest(
-    conn: &Connection,
+    conn: &dyn Sql,
     repository: &str,
     number: i64,
 ) -> Result<Option<PrHead>, HubError> {
     conn.query_row(
         "SELECT head_sha, fork, event_ms FROM pr_heads WHERE repository = ?1 AND pr_number = ?2",
-        params![repository.to_lowercase(), number],
+        args![repository.to_lowercase(), number],
         |r| {
             Ok(PrHead {
                 number,
@@ -74,10 +74,10 @@ pub(super) fn latest(
 }
 
 /// Whether `sha` is known as a commit of `repository` itself.
-pub(super) fn is_own(conn: &Connection, repository: &str, sha: &str) -> Result<bool, HubError> {
+pub(super) fn is_own(conn: &dyn Sql, repository: &str, sha: &str) -> Result<bool, HubError> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM own_heads WHERE repository = ?1 AND head_sha = ?2)",
-        params![repository.to_lowercase(), sha.to_ascii_lowercase()],
+        args![repository.to_lowercase(), sha.to_ascii_lowercase()],
         |r| r.get(0),
     )
     .map_err(HubError::store("look up a commit of the repository"))
@@ -85,7 +85,7 @@ pub(super) fn is_own(conn: &Connection, repository: &str, sha: &str) -> Result<b
 
 /// The fork pull request whose latest recorded head is `sha` (0: none).
 pub(super) fn fork_pr_with_head(
-    conn: &Connection,
+    conn: &dyn Sql,
     repository: &str,
     sha: &str,
 ) -> Result<i64, HubError> {
@@ -93,14 +93,14 @@ pub(super) fn fork_pr_with_head(
         conn,
         "SELECT pr_number FROM pr_heads WHERE repository = ?1 AND head_sha = ?2 AND fork
          ORDER BY event_ms DESC LIMIT 1",
-        params![repository.to_lowercase(), sha.to_ascii_lowercase()],
+        args![repository.to_lowercase(), sha.to_ascii_lowercase()],
         "look up a fork head",
     )?;
     Ok(pr.unwrap_or(0))
 }
 
 /// The table definitions (a schema step).
-pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 CREATE TABLE pr_heads (

@@ -41,9 +41,11 @@ pub(super) fn check(conn: &Connection, path: &Path) -> Result<(), HubError> {
 pub(super) fn name_damage(path: &Path, err: HubError) -> HubError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = cause {
-        if let Some(rusqlite::Error::SqliteFailure(failure, _)) =
-            e.downcast_ref::<rusqlite::Error>()
-        {
+        let sqlite = e.downcast_ref::<rusqlite::Error>().or_else(|| {
+            e.downcast_ref::<super::SqlError>()
+                .and_then(super::SqlError::sqlite)
+        });
+        if let Some(rusqlite::Error::SqliteFailure(failure, _)) = sqlite {
             if matches!(
                 failure.code,
                 ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase

@@ -4,8 +4,8 @@
 //! Every function runs inside the writer's transaction (or on the read connection, for the
 //! read-only ones); none commits.
 
+use super::sql::{args, Optional, Sql};
 use dispatch_protocol::DispatchJob;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
 use super::cancels;
@@ -38,7 +38,7 @@ pub(crate) enum Transition {
 
 /// Stores the jobs of a delivery, or returns the original job ids of a redelivery.
 pub(super) fn record_delivery(
-    tx: &Connection,
+    tx: &dyn Sql,
     delivery: &Delivery,
     jobs: &[NewJob],
     now_ms: i64,
@@ -74,7 +74,7 @@ pub(super) fn record_delivery(
 /// accept if nobody else has taken the job meanwhile; after [`MAX_CLAIMS`] they are finished as
 /// `rejected` instead. Returns how many jobs changed.
 pub(super) fn expire_claims(
-    conn: &Connection,
+    conn: &dyn Sql,
     now_ms: i64,
     reports: &Reports,
     tally: &mut Tally,
@@ -87,7 +87,7 @@ pub(super) fn expire_claims(
         )
         .map_err(HubError::store("find jobs nobody accepts"))?;
     let giving_up: Vec<(String, String, String)> = stmt
-        .query_map(params![JobState::Claimed, now_ms, MAX_CLAIMS], |r| {
+        .query_map(args![JobState::Claimed, now_ms, MAX_CLAIMS], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .and_then(|rows| rows.collect())
@@ -98,7 +98,7 @@ pub(super) fn expire_claims(
                              result_summary = 'not accepted by any scheduler within its lease, ' || claims || ' times',
                              lease_expires_ms = 0, updated_ms = ?2
              WHERE state = ?3 AND lease_expires_ms <= ?2 AND claims >= ?4",
-            params![JobState::Finished, now_ms, JobState::Claimed, MAX_CLAIMS, REJECTED],
+            args![JobState::Finished, now_ms, JobState::Claimed, MAX_CLAIMS, REJECTED],
         )
         .map_err(HubError::store("reject jobs nobody accepts"))?;
     tally.moved(JobState::Claimed, JobState::Finished, rejected);
@@ -119,7 +119,7 @@ pub(super) fn expire_claims(
         .execute(
             "UPDATE jobs SET state = ?1, lease_expires_ms = 0, updated_ms = ?2
              WHERE state = ?3 AND lease_expires_ms <= ?2",
-            params![JobState::Queued, now_ms, JobState::Claimed],
+            args![JobState::Queued, now_ms, JobState::Claimed],
         )
         .map_err(HubError::store("requeue expired claims"))?;
     tally.moved(JobState::Claimed, JobState::Queued, requeued);
@@ -130,7 +130,7 @@ pub(super) fn expire_claims(
 /// at one server, a cancel, goes to that server only). `claimed_ms` keeps the latest claim: a job
 /// whose lease ran out and that is claimed again shows the new one on its page.
 pub(super) fn claim_next(
-    tx: &Connection,
+    tx: &dyn Sql,
     license_id: &str,
     server_id: &str,
     now_ms: i64,
@@ -146,7 +146,7 @@ pub(super) fn claim_next(
              WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
                    AND (j.target_server_id = '' OR j.target_server_id = ?3)
              ORDER BY j.seq LIMIT 1",
-            params![JobState::Queued, license_id, server_id],
+            args![JobState::Queued, license_id, server_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
@@ -164,7 +164,7 @@ pub(super) fn claim_next(
         "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
                          updated_ms = ?5, claims = claims + 1, claimed_ms = ?5
          WHERE seq = ?6",
-        params![
+        args![
             JobState::Claimed,
             license_id,
             server_id,
@@ -187,7 +187,7 @@ pub(super) fn claim_next(
 /// Whether a claim attempt for this license and server could succeed now: a queued job it may
 /// take, or a claim whose lease has run out.
 pub(super) fn has_claimable(
-    conn: &Connection,
+    conn: &dyn Sql,
     license_id: &str,
     server_id: &str,
     now_ms: i64,
@@ -196,7 +196,7 @@ pub(super) fn has_claimable(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = ?1 AND (target_license = '' OR target_license = ?2)
                                                AND (target_server_id = '' OR target_server_id = ?5))
              OR EXISTS (SELECT 1 FROM jobs WHERE state = ?3 AND lease_expires_ms <= ?4)",
-        params![JobState::Queued, license_id, JobState::Claimed, now_ms, server_id],
+        args![JobState::Queued, license_id, JobState::Claimed, now_ms, server_id],
         |r| r.get(0),
     )
     .map_err(HubError::store("look for claimable jobs"))
@@ -204,7 +204,7 @@ pub(super) fn has_claimable(
 
 /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
 pub(super) fn accept(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     caller: Caller<'_>,
     dag_run_id: &str,
@@ -228,7 +228,7 @@ pub(super) fn accept(
             "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, dag_run_id = ?4,
                              lease_expires_ms = 0, updated_ms = ?5, accepted_ms = ?5
              WHERE id = ?6",
-            params![
+            args![
                 JobState::Accepted,
                 caller.license_id,
                 caller.server_id,
@@ -257,7 +257,7 @@ pub(super) fn accept(
 /// queued in the same transaction.
 #[allow(clippy::too_many_arguments)] // Each is a different thing; a struct would only rename them.
 pub(super) fn finish(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     caller: Caller<'_>,
     result_status: &str,
@@ -285,7 +285,7 @@ pub(super) fn finish(
         "UPDATE jobs SET state = ?1, result_status = ?2, result_summary = ?3, lease_expires_ms = 0,
                          updated_ms = ?4
          WHERE id = ?5",
-        params![
+        args![
             JobState::Finished,
             result_status,
             result_summary,
@@ -308,12 +308,12 @@ pub(super) fn finish(
 }
 
 /// Number of jobs per state: counted once at start (see [`super::gauges`]).
-pub(super) fn counts(conn: &Connection) -> Result<Vec<(JobState, i64)>, HubError> {
+pub(super) fn counts(conn: &dyn Sql) -> Result<Vec<(JobState, i64)>, HubError> {
     let mut stmt = conn
         .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
         .map_err(HubError::store("count jobs"))?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map(args![], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(HubError::store("count jobs"))?;
     rows.collect::<Result<_, _>>()
         .map_err(HubError::store("count jobs"))
@@ -322,12 +322,12 @@ pub(super) fn counts(conn: &Connection) -> Result<Vec<(JobState, i64)>, HubError
 /// A job's state and result status.
 #[cfg(test)]
 pub(super) fn state_of(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
 ) -> Result<Option<(JobState, String)>, HubError> {
     conn.query_row(
         "SELECT state, result_status FROM jobs WHERE id = ?1",
-        [job_id],
+        args![job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()
@@ -350,7 +350,7 @@ impl JobRow {
     /// `caller` is concerned; and whether `caller` made the last claim (the lease may have run
     /// out since).
     fn load_for(
-        conn: &Connection,
+        conn: &dyn Sql,
         job_id: &str,
         caller: Caller<'_>,
     ) -> Result<Option<(JobRow, bool)>, HubError> {
@@ -358,7 +358,7 @@ impl JobRow {
             "SELECT state, target_license, claimed_license, claimed_by, result_status, status_context, job_json,
                     updated_ms
              FROM jobs WHERE id = ?1",
-            [job_id],
+            args![job_id],
             |r| {
                 Ok(JobRow {
                     state: r.get(0)?,
@@ -396,17 +396,19 @@ mod tests {
     use dispatch_protocol::DispatchJob;
 
     use crate::matching::NewJob;
+    use crate::store::sql::args;
     use crate::store::{Caller, RawDelivery, Store};
 
     /// `(claimed_ms, accepted_ms)` of the job `id`.
     fn times(store: &Store, id: &str) -> (i64, i64) {
         store
-            .read()
-            .query_row(
-                "SELECT claimed_ms, accepted_ms FROM jobs WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .db(|db| {
+                db.query_row(
+                    "SELECT claimed_ms, accepted_ms FROM jobs WHERE id = ?1",
+                    args![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
             .unwrap()
     }
 

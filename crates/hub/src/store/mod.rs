@@ -25,6 +25,7 @@
 
 mod activations;
 mod approvals;
+mod backend;
 mod cancels;
 mod check_runs;
 mod commands;
@@ -37,20 +38,22 @@ mod reports;
 mod retention;
 mod rows;
 mod schema;
+pub(crate) mod sql;
 mod state;
 mod waiting;
 mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use dispatch_protocol::DispatchJob;
-use rusqlite::Connection;
 
 use crate::error::HubError;
 #[cfg(test)]
 use crate::matching::NewJob;
+pub(crate) use backend::{Location, Reader};
 use gauges::{JobGauges, Tally};
+use sql::Sql;
 use writer::{open_connection, Durability, Writer};
 
 pub(crate) use activations::servers;
@@ -68,7 +71,9 @@ pub(crate) use reports::{
 #[cfg(test)]
 use rows::DeliveryOutcome;
 pub(crate) use rows::{Caller, Delivery, RawDelivery};
+pub use sql::SqlError;
 pub(crate) use state::JobState;
+pub use state::UnknownJobState;
 pub(crate) use waiting::JobTarget;
 
 /// File name of the SQLite database under the data directory.
@@ -95,7 +100,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// job gauges.
 pub(crate) struct Store {
     writer: Writer,
-    reader: Mutex<Connection>,
+    reader: Reader,
+    /// Where the data is, for readers of their own ([`Store::open_reader`]).
+    location: Location,
     gauges: JobGauges,
     seen: activations::Seen,
     /// Builds the GitHub reports of the steps the store takes on its own (accept, a claim given
@@ -128,7 +135,8 @@ impl Store {
         }
         Ok(Store {
             writer: Writer::start(conn, path)?,
-            reader: Mutex::new(reader),
+            reader: Reader::sqlite(reader),
+            location: Location::Sqlite(path.to_owned()),
             gauges,
             seen: activations::Seen::default(),
             reports: Mutex::new(Arc::new(NoReports)),
@@ -151,7 +159,7 @@ impl Store {
     /// Runs `f` in the writer's next group commit and waits until it is durable.
     fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         self.writer.write(Durability::Full, f)
     }
@@ -161,7 +169,7 @@ impl Store {
     fn write_counted<T: Send + 'static>(
         &self,
         durability: Durability,
-        f: impl FnOnce(&Connection, &mut Tally) -> Result<T, HubError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql, &mut Tally) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         let (value, tally) = self.writer.write(durability, move |conn| {
             let mut tally = Tally::default();
@@ -171,11 +179,25 @@ impl Store {
         Ok(value)
     }
 
-    fn read(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave the read connection in a bad state.
-        self.reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `f` over the store's read connection.
+    fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T, HubError>) -> Result<T, HubError> {
+        self.reader.read(f)
+    }
+
+    /// Runs `f` over the store's read connection, for tests that look at rows directly.
+    #[cfg(test)]
+    pub(crate) fn db<T>(&self, f: impl FnOnce(&dyn Sql) -> T) -> T {
+        let mut out = None;
+        let _ = self.reader.read(|db| {
+            out = Some(f(db));
+            Ok(())
+        });
+        out.expect("the read connection ran the test's closure")
+    }
+
+    /// A read connection of its own (the web pages'), opened read-only where the database can.
+    pub fn open_reader(&self) -> Result<Reader, HubError> {
+        Reader::open(&self.location)
     }
 
     /// Stores the jobs of an accepted delivery, or returns the original job ids of a
@@ -245,7 +267,7 @@ impl Store {
         server_id: &str,
         now_ms: i64,
     ) -> Result<bool, HubError> {
-        jobs::has_claimable(&self.read(), license_id, server_id, now_ms)
+        self.read(|db| jobs::has_claimable(db, license_id, server_id, now_ms))
     }
 
     /// Accept: claimed (or queued again after its lease ran out) → accepted by this server.
@@ -322,12 +344,12 @@ impl Store {
 
     /// Reports due at `now_ms`, oldest first.
     pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
-        reports::due(&self.read(), now_ms, limit)
+        self.read(|db| reports::due(db, now_ms, limit))
     }
 
     /// When the next report is due, if any.
     pub fn next_report_due(&self) -> Result<Option<i64>, HubError> {
-        reports::next_due(&self.read())
+        self.read(|db| reports::next_due(db))
     }
 
     pub fn delete_report(&self, id: i64) -> Result<(), HubError> {
@@ -348,7 +370,7 @@ impl Store {
     /// A job's state and result, for tests.
     #[cfg(test)]
     fn job_state(&self, job_id: &str) -> Result<Option<(JobState, String)>, HubError> {
-        jobs::state_of(&self.read(), job_id)
+        self.read(|db| jobs::state_of(db, job_id))
     }
 }
 
@@ -576,7 +598,7 @@ mod tests {
     fn gauges_follow_every_transition_without_counting_rows() {
         let (_d, s) = store();
         let check = |s: &Store, when: &str| {
-            let mut counted = jobs::counts(&s.read()).unwrap();
+            let mut counted = s.db(|db| jobs::counts(db)).unwrap();
             for state in JobState::ALL {
                 if !counted.iter().any(|(st, _)| *st == state) {
                     counted.push((state, 0));

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
+use super::sql::{args, Optional, Sql};
 use dispatch_protocol::{
     LogAck, LogChunk, LogStream, ProgressResponse, StepProgress, MAX_STEPS_PER_JOB,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::state::JobState;
@@ -34,7 +34,7 @@ fn as_i64(v: u64) -> i64 {
 }
 
 /// Creates the tables (a schema step).
-pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 CREATE TABLE job_progress (
@@ -194,7 +194,7 @@ impl ProgressChanges {
 /// [`FINISH_GRACE_MS`] after the finish. A job queued again after its lease ran out is held by
 /// nobody, though it still names its last claimant.
 fn refusal(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     license_id: &str,
     server_id: &str,
@@ -204,7 +204,7 @@ fn refusal(
         .query_row(
             "SELECT target_license, claimed_license, claimed_by, state, updated_ms
              FROM jobs WHERE id = ?1",
-            params![job_id],
+            args![job_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()
@@ -235,7 +235,7 @@ fn refusal(
 /// Before the job at `seq` is claimed by this license and server: the progress its previous
 /// claimant sent goes, so that one server's steps and text never mix with another's.
 pub(super) fn forget_other_claimant(
-    tx: &Connection,
+    tx: &dyn Sql,
     seq: i64,
     license_id: &str,
     server_id: &str,
@@ -246,7 +246,7 @@ pub(super) fn forget_other_claimant(
                 "DELETE FROM {table} WHERE job_id = (SELECT id FROM jobs WHERE seq = ?1
                     AND claimed_by != '' AND (claimed_license != ?2 OR claimed_by != ?3))"
             ),
-            params![seq, license_id, server_id],
+            args![seq, license_id, server_id],
         )
         .map_err(HubError::store(
             "clear a job's progress for its new claimant",
@@ -258,7 +258,7 @@ pub(super) fn forget_other_claimant(
 /// Why the call is refused as a whole, if it is: it would give the job more than
 /// [`MAX_STEPS_PER_JOB`] steps.
 fn too_many_steps(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     progress: &Progress,
 ) -> Result<Option<Recorded>, HubError> {
@@ -271,7 +271,7 @@ fn too_many_steps(
     let held: i64 = tx
         .query_row(
             "SELECT COUNT(*) FROM job_steps WHERE job_id = ?1",
-            params![job_id],
+            args![job_id],
             |r| r.get(0),
         )
         .map_err(HubError::store("count a job's steps"))?;
@@ -281,7 +281,7 @@ fn too_many_steps(
     let mut new = 0;
     for name in names {
         let exists: bool = known
-            .query_row(params![job_id, name], |r| r.get(0))
+            .query_row(args![job_id, name], |r| r.get(0))
             .map_err(HubError::store("look up a step"))?;
         new += usize::from(!exists);
     }
@@ -312,17 +312,17 @@ fn stream_columns(stream: LogStream) -> (&'static str, &'static str) {
 }
 
 /// A step row for `name`, made if the job has none yet (a chunk that came before its step).
-fn ensure_step(tx: &Connection, job_id: &str, name: &str) -> Result<(), HubError> {
+fn ensure_step(tx: &dyn Sql, job_id: &str, name: &str) -> Result<(), HubError> {
     tx.execute(
         "INSERT OR IGNORE INTO job_steps (job_id, name, position, status)
          VALUES (?1, ?2, (SELECT COUNT(*) FROM job_steps WHERE job_id = ?1), 'running')",
-        params![job_id, name],
+        args![job_id, name],
     )
     .map_err(HubError::store("add a step"))?;
     Ok(())
 }
 
-fn save_step(tx: &Connection, job_id: &str, step: &StepProgress) -> Result<(), HubError> {
+fn save_step(tx: &dyn Sql, job_id: &str, step: &StepProgress) -> Result<(), HubError> {
     ensure_step(tx, job_id, &step.name)?;
     // A final state stays: neither a late copy of an earlier state nor another final state
     // replaces it.
@@ -330,7 +330,7 @@ fn save_step(tx: &Connection, job_id: &str, step: &StepProgress) -> Result<(), H
         "UPDATE job_steps SET status = ?3, exit_code = COALESCE(?4, exit_code),
                 started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END, finished_ms = ?6
          WHERE job_id = ?1 AND name = ?2 AND status IN ('not_started', 'running')",
-        params![
+        args![
             job_id,
             step.name,
             step.status,
@@ -346,7 +346,7 @@ fn save_step(tx: &Connection, job_id: &str, step: &StepProgress) -> Result<(), H
 /// Stores what `chunk` adds; returns its acknowledgement. `room` is what the cap still allows
 /// and shrinks by what was stored; `truncated` is set when the chunk hit the cap or says so.
 fn save_chunk(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     chunk: &LogChunk,
     room: &mut u64,
@@ -357,7 +357,7 @@ fn save_chunk(
     let held: i64 = tx
         .query_row(
             &format!("SELECT {bytes_col} FROM job_steps WHERE job_id = ?1 AND name = ?2"),
-            params![job_id, chunk.step],
+            args![job_id, chunk.step],
             |r| r.get(0),
         )
         .map_err(HubError::store("read a step's log length"))?;
@@ -406,7 +406,7 @@ fn save_chunk(
             "UPDATE job_steps SET {bytes_col} = ?3, {complete_col} = {complete_col} OR ?4
              WHERE job_id = ?1 AND name = ?2"
         ),
-        params![job_id, chunk.step, end as i64, complete],
+        args![job_id, chunk.step, end as i64, complete],
     )
     .map_err(HubError::store("update a step's log length"))?;
     *truncated |= chunk.truncated;
@@ -416,7 +416,7 @@ fn save_chunk(
 /// Stores `text` of `chunk`'s stream at `held` (where the stream ends): appended to the
 /// stream's newest row while that stays within [`ROW_BYTES`], else as a row of its own.
 fn append_text(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     chunk: &LogChunk,
     held: u64,
@@ -427,7 +427,7 @@ fn append_text(
         .query_row(
             "SELECT end_offset - start_offset FROM log_chunks
              WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset = ?4",
-            params![job_id, chunk.step, chunk.stream.as_str(), as_i64(held)],
+            args![job_id, chunk.step, chunk.stream.as_str(), as_i64(held)],
             |r| r.get(0),
         )
         .optional()
@@ -437,7 +437,7 @@ fn append_text(
         tx.execute(
             "UPDATE log_chunks SET data = data || ?5, end_offset = ?6
              WHERE job_id = ?1 AND step = ?2 AND stream = ?3 AND end_offset = ?4",
-            params![
+            args![
                 job_id,
                 chunk.step,
                 chunk.stream.as_str(),
@@ -451,7 +451,7 @@ fn append_text(
         tx.execute(
             "INSERT INTO log_chunks (job_id, step, stream, end_offset, start_offset, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            args![
                 job_id,
                 chunk.step,
                 chunk.stream.as_str(),
@@ -488,7 +488,7 @@ pub(crate) struct Progress {
 }
 
 fn record(
-    tx: &Connection,
+    tx: &dyn Sql,
     job_id: &str,
     progress: &Progress,
     cap: u64,
@@ -508,13 +508,13 @@ fn record(
     }
     tx.execute(
         "INSERT OR IGNORE INTO job_progress (job_id, updated_ms) VALUES (?1, ?2)",
-        params![job_id, now_ms],
+        args![job_id, now_ms],
     )
     .map_err(HubError::store("add a job's progress"))?;
     let (log_bytes, truncated): (i64, bool) = tx
         .query_row(
             "SELECT log_bytes, truncated FROM job_progress WHERE job_id = ?1",
-            params![job_id],
+            args![job_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(HubError::store("read a job's progress"))?;
@@ -532,7 +532,7 @@ fn record(
         "UPDATE job_progress SET run_started_ms = CASE WHEN ?2 > 0 THEN ?2 ELSE run_started_ms END,
                 log_bytes = ?3, truncated = ?4, updated_ms = ?5
          WHERE job_id = ?1",
-        params![
+        args![
             job_id,
             as_i64(progress.run_started_ms),
             as_i64(log_bytes),
@@ -580,7 +580,7 @@ impl Store {
 /// The steps of `job_id` as its scheduler last reported them, in the DAG's order; empty
 /// when none were reported (no such job, a scheduler without the extension, not started).
 /// Over any connection: the pages read through their own.
-pub(crate) fn job_steps(conn: &Connection, job_id: &str) -> Result<Vec<StepRow>, HubError> {
+pub(crate) fn job_steps(conn: &dyn Sql, job_id: &str) -> Result<Vec<StepRow>, HubError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT name, position, status, exit_code, started_ms, finished_ms, stdout_bytes,
@@ -589,7 +589,7 @@ pub(crate) fn job_steps(conn: &Connection, job_id: &str) -> Result<Vec<StepRow>,
         )
         .map_err(HubError::store("read a job's steps"))?;
     let rows = stmt
-        .query_map(params![job_id], |r| {
+        .query_map(args![job_id], |r| {
             Ok(StepRow {
                 name: r.get(0)?,
                 position: r.get(1)?,
@@ -597,8 +597,8 @@ pub(crate) fn job_steps(conn: &Connection, job_id: &str) -> Result<Vec<StepRow>,
                 exit_code: r.get(3)?,
                 started_ms: r.get(4)?,
                 finished_ms: r.get(5)?,
-                stdout_bytes: r.get::<_, i64>(6)? as u64,
-                stderr_bytes: r.get::<_, i64>(7)? as u64,
+                stdout_bytes: r.get::<i64>(6)? as u64,
+                stderr_bytes: r.get::<i64>(7)? as u64,
                 stdout_complete: r.get(8)?,
                 stderr_complete: r.get(9)?,
             })
@@ -610,18 +610,15 @@ pub(crate) fn job_steps(conn: &Connection, job_id: &str) -> Result<Vec<StepRow>,
 
 /// When `job_id`'s run started, how much log the hub holds for it and whether it was cut at
 /// the cap; `None` when its scheduler sent no progress (yet, or without the extension).
-pub(crate) fn job_progress(
-    conn: &Connection,
-    job_id: &str,
-) -> Result<Option<JobProgress>, HubError> {
+pub(crate) fn job_progress(conn: &dyn Sql, job_id: &str) -> Result<Option<JobProgress>, HubError> {
     conn.query_row(
         "SELECT run_started_ms, log_bytes, truncated, updated_ms
                  FROM job_progress WHERE job_id = ?1",
-        params![job_id],
+        args![job_id],
         |r| {
             Ok(JobProgress {
                 run_started_ms: r.get(0)?,
-                log_bytes: r.get::<_, i64>(1)? as u64,
+                log_bytes: r.get::<i64>(1)? as u64,
                 truncated: r.get(2)?,
                 updated_ms: r.get(3)?,
             })
@@ -637,7 +634,7 @@ pub(crate) fn job_progress(
 /// for [`Store::progress_changes`], read again from `next_offset`; stop once `complete` or
 /// `truncated`.
 pub(crate) fn job_log(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
     step: &str,
     stream: LogStream,
@@ -651,7 +648,7 @@ pub(crate) fn job_log(
                 "SELECT {bytes_col}, {complete_col} FROM job_steps
                      WHERE job_id = ?1 AND name = ?2"
             ),
-            params![job_id, step],
+            args![job_id, step],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
@@ -659,8 +656,8 @@ pub(crate) fn job_log(
     let truncated = conn
         .query_row(
             "SELECT truncated FROM job_progress WHERE job_id = ?1",
-            params![job_id],
-            |r| r.get::<_, bool>(0),
+            args![job_id],
+            |r| r.get::<bool>(0),
         )
         .optional()
         .map_err(HubError::store("read a job's progress"))?
@@ -681,7 +678,7 @@ pub(crate) fn job_log(
             )
             .map_err(HubError::store("read a step's log"))?;
         let mut rows = stmt
-            .query(params![job_id, step, stream.as_str(), as_i64(from_offset)])
+            .query(args![job_id, step, stream.as_str(), as_i64(from_offset)])
             .map_err(HubError::store("read a step's log"))?;
         let mut at = from_offset;
         while let Some(row) = rows.next().map_err(HubError::store("read a step's log"))? {
@@ -770,7 +767,9 @@ mod tests {
     }
 
     fn whole_log(store: &Store, step: &str) -> LogSlice {
-        job_log(&store.read(), "j", step, LogStream::Stdout, 0, usize::MAX).unwrap()
+        store
+            .db(|db| job_log(db, "j", step, LogStream::Stdout, 0, usize::MAX))
+            .unwrap()
     }
 
     #[test]
@@ -797,21 +796,19 @@ mod tests {
         let mut last = chunk("build", 5, "é!\n");
         last.eof = true;
         send(&s, progress(vec![], vec![chunk("build", 0, "abcde"), last]));
-        let first = job_log(&s.read(), "j", "build", LogStream::Stdout, 0, 6).unwrap();
+        let first = s
+            .db(|db| job_log(db, "j", "build", LogStream::Stdout, 0, 6))
+            .unwrap();
         assert_eq!((first.text.as_str(), first.next_offset), ("abcde", 5));
         assert!(!first.complete);
-        let rest = job_log(
-            &s.read(),
-            "j",
-            "build",
-            LogStream::Stdout,
-            first.next_offset,
-            100,
-        )
-        .unwrap();
+        let rest = s
+            .db(|db| job_log(db, "j", "build", LogStream::Stdout, first.next_offset, 100))
+            .unwrap();
         assert_eq!((rest.text.as_str(), rest.next_offset), ("é!\n", 9));
         assert!(rest.complete && !rest.truncated);
-        let none = job_log(&s.read(), "j", "other", LogStream::Stderr, 0, 100).unwrap();
+        let none = s
+            .db(|db| job_log(db, "j", "other", LogStream::Stderr, 0, 100))
+            .unwrap();
         assert_eq!(none, LogSlice::default());
     }
 
@@ -831,7 +828,7 @@ mod tests {
         let log = whole_log(&s, "b");
         assert_eq!(log.text, "0123456789");
         assert!(log.truncated);
-        assert!(job_progress(&s.read(), "j").unwrap().unwrap().truncated);
+        assert!(s.db(|db| job_progress(db, "j")).unwrap().unwrap().truncated);
     }
 
     #[test]
@@ -852,7 +849,7 @@ mod tests {
         send(&s, p);
         send(&s, progress(vec![step("build", "succeeded", 3)], vec![]));
         send(&s, progress(vec![step("build", "running", 0)], vec![]));
-        let steps = job_steps(&s.read(), "j").unwrap();
+        let steps = s.db(|db| job_steps(db, "j")).unwrap();
         let got: Vec<_> = steps
             .iter()
             .map(|r| (r.name.as_str(), r.status.as_str(), r.finished_ms))
@@ -860,7 +857,7 @@ mod tests {
         assert_eq!(got, [("build", "succeeded", 3), ("test", "not_started", 0)]);
         assert_eq!(steps[0].exit_code, Some(0));
         assert_eq!(
-            job_progress(&s.read(), "j")
+            s.db(|db| job_progress(db, "j"))
                 .unwrap()
                 .unwrap()
                 .run_started_ms,
@@ -884,11 +881,16 @@ mod tests {
         ));
         send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
         let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
-        conn.execute("DELETE FROM jobs WHERE id = 'j'", []).unwrap();
-        assert!(job_steps(&s.read(), "j").unwrap().is_empty());
-        assert_eq!(job_progress(&s.read(), "j").unwrap(), None);
+        conn.execute("DELETE FROM jobs WHERE id = 'j'", rusqlite::params![])
+            .unwrap();
+        assert!(s.db(|db| job_steps(db, "j")).unwrap().is_empty());
+        assert_eq!(s.db(|db| job_progress(db, "j")).unwrap(), None);
         let left: i64 = conn
-            .query_row("SELECT COUNT(*) FROM log_chunks", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM log_chunks",
+                rusqlite::params![],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(left, 0);
     }
@@ -900,9 +902,12 @@ mod tests {
     }
 
     fn count(s: &Store, table: &str) -> i64 {
-        s.read()
-            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
+        s.db(|db| {
+            db.query_row(&format!("SELECT COUNT(*) FROM {table}"), args![], |r| {
+                r.get(0)
+            })
+        })
+        .unwrap()
     }
 
     #[test]
@@ -980,7 +985,7 @@ mod tests {
         };
         send(&s, progress(vec![step("failed", Some(1))], vec![]));
         send(&s, progress(vec![step("succeeded", Some(0))], vec![]));
-        let steps = job_steps(&s.read(), "j").unwrap();
+        let steps = s.db(|db| job_steps(db, "j")).unwrap();
         assert_eq!(
             (steps[0].status.as_str(), steps[0].exit_code),
             ("failed", Some(1))

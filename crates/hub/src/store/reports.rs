@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use super::sql::{args, Sql};
 use dispatch_protocol::DispatchJob;
-use rusqlite::{params, Connection};
 
 use super::Store;
 use crate::error::HubError;
@@ -123,7 +123,7 @@ pub(crate) struct PendingReport {
 
 /// The schema step that lets a job's final report replace its unsent pending ones (see
 /// `schema.rs`). Rows from the previous release are final reports.
-pub(super) fn supersedable_column(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn supersedable_column(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
 ALTER TABLE reports ADD COLUMN supersedable INTEGER NOT NULL DEFAULT 0;
@@ -134,7 +134,7 @@ CREATE INDEX IF NOT EXISTS reports_by_job ON reports(job_id);
 
 /// Queues one call that no later report supersedes, due at once.
 pub(super) fn queue(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
     path: &str,
     body: &str,
@@ -150,7 +150,7 @@ pub(super) fn queue(
 
 /// Queues one report, due at once (after the job's earlier ones).
 pub(super) fn queue_report(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
     report: &NewReport,
     now_ms: i64,
@@ -158,7 +158,7 @@ pub(super) fn queue_report(
     conn.execute(
         "INSERT INTO reports (job_id, path, body, supersedable, next_attempt_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
+        args![
             job_id,
             report.path,
             report.body,
@@ -172,7 +172,7 @@ pub(super) fn queue_report(
 
 /// Queues the reports of a step before the job's end (stored, accepted).
 pub(super) fn queue_pending(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
     reports: Vec<NewReport>,
     now_ms: i64,
@@ -185,7 +185,7 @@ pub(super) fn queue_pending(
 
 /// Queues the calls that report a job's end, dropping its pending reports still unsent.
 pub(super) fn queue_final(
-    conn: &Connection,
+    conn: &dyn Sql,
     job_id: &str,
     calls: Vec<(String, String)>,
     now_ms: i64,
@@ -198,10 +198,10 @@ pub(super) fn queue_final(
 }
 
 /// Drops the job's unsent supersedable reports; called as its final report is queued.
-pub(super) fn drop_superseded(conn: &Connection, job_id: &str) -> Result<usize, HubError> {
+pub(super) fn drop_superseded(conn: &dyn Sql, job_id: &str) -> Result<usize, HubError> {
     conn.execute(
         "DELETE FROM reports WHERE job_id = ?1 AND supersedable = 1",
-        [job_id],
+        args![job_id],
     )
     .map_err(HubError::store("drop superseded reports"))
 }
@@ -211,11 +211,7 @@ const HEAD_OF_JOB: &str =
     "NOT EXISTS (SELECT 1 FROM reports e WHERE e.job_id = r.job_id AND e.id < r.id)";
 
 /// Reports due at `now_ms`, oldest first, at most one per job.
-pub(super) fn due(
-    conn: &Connection,
-    now_ms: i64,
-    limit: i64,
-) -> Result<Vec<PendingReport>, HubError> {
+pub(super) fn due(conn: &dyn Sql, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT id, job_id, path, body, attempts FROM reports r
@@ -224,7 +220,7 @@ pub(super) fn due(
         ))
         .map_err(HubError::store("select due reports"))?;
     let rows = stmt
-        .query_map(params![now_ms, limit], |r| {
+        .query_map(args![now_ms, limit], |r| {
             Ok(PendingReport {
                 id: r.get(0)?,
                 job_id: r.get(1)?,
@@ -240,23 +236,23 @@ pub(super) fn due(
 
 /// When the next report is due, if any (reports waiting behind an earlier one of their job do
 /// not count: they become due when it is gone).
-pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, HubError> {
+pub(super) fn next_due(conn: &dyn Sql) -> Result<Option<i64>, HubError> {
     conn.query_row(
         &format!("SELECT MIN(next_attempt_ms) FROM reports r WHERE {HEAD_OF_JOB}"),
-        [],
+        args![],
         |r| r.get(0),
     )
     .map_err(HubError::store("find the next report"))
 }
 
-pub(super) fn delete(conn: &Connection, id: i64) -> Result<(), HubError> {
-    conn.execute("DELETE FROM reports WHERE id = ?1", [id])
+pub(super) fn delete(conn: &dyn Sql, id: i64) -> Result<(), HubError> {
+    conn.execute("DELETE FROM reports WHERE id = ?1", args![id])
         .map_err(HubError::store("delete a report"))?;
     Ok(())
 }
 
 pub(super) fn reschedule(
-    conn: &Connection,
+    conn: &dyn Sql,
     id: i64,
     attempts: i64,
     next_ms: i64,
@@ -264,7 +260,7 @@ pub(super) fn reschedule(
 ) -> Result<(), HubError> {
     conn.execute(
         "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?4",
-        params![attempts, next_ms, error, id],
+        args![attempts, next_ms, error, id],
     )
     .map_err(HubError::store("reschedule a report"))?;
     Ok(())
@@ -272,16 +268,11 @@ pub(super) fn reschedule(
 
 /// Puts a report off until `until_ms` without counting an attempt: GitHub asked to wait (a rate
 /// limit), nothing failed.
-pub(super) fn defer(
-    conn: &Connection,
-    id: i64,
-    until_ms: i64,
-    error: &str,
-) -> Result<(), HubError> {
+pub(super) fn defer(conn: &dyn Sql, id: i64, until_ms: i64, error: &str) -> Result<(), HubError> {
     conn.execute(
         "UPDATE reports SET next_attempt_ms = MAX(next_attempt_ms, ?1), last_error = ?2
          WHERE id = ?3",
-        params![until_ms, error, id],
+        args![until_ms, error, id],
     )
     .map_err(HubError::store("put off a report"))?;
     Ok(())
@@ -299,8 +290,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn table() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
+    fn table() -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE reports (
                 id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, path TEXT NOT NULL,
@@ -320,7 +311,7 @@ mod tests {
         }
     }
 
-    fn due_paths(conn: &Connection, now: i64) -> Vec<String> {
+    fn due_paths(conn: &dyn Sql, now: i64) -> Vec<String> {
         due(conn, now, 10)
             .unwrap()
             .into_iter()

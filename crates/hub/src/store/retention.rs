@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use super::sql::{args, Sql};
+use super::Location;
 
 use super::gauges::Tally;
 use super::state::JobState;
@@ -87,7 +88,7 @@ impl Store {
                     .prepare("PRAGMA incremental_vacuum")
                     .map_err(HubError::store("vacuum freed pages"))?;
                 let mut rows = stmt
-                    .query([])
+                    .query(args![])
                     .map_err(HubError::store("vacuum freed pages"))?;
                 while rows
                     .next()
@@ -105,8 +106,9 @@ impl Store {
     /// a connection of its own: a checkpoint cannot run inside the writer's transaction. Readers
     /// still busy after the busy timeout leave it partial; the next one finishes the job.
     fn checkpoint(&self) -> Result<(), HubError> {
-        let path = self.read().path().map(std::path::PathBuf::from);
-        let Some(path) = path else { return Ok(()) };
+        let Location::Sqlite(path) = &self.location else {
+            return Ok(());
+        };
         let conn = open_connection(&path)?;
         let (busy, _, _): (i64, i64, i64) = conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -121,7 +123,7 @@ impl Store {
 }
 
 /// One batch of each kind of deletion.
-fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pruned, HubError> {
+fn prune_batch(tx: &dyn Sql, cutoff_ms: i64, tally: &mut Tally) -> Result<Pruned, HubError> {
     let limit = BATCH as i64;
     let jobs = tx
         .execute(
@@ -130,7 +132,7 @@ fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pru
                  WHERE state = ?1 AND updated_ms < ?2
                    AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.job_id = jobs.id)
                  ORDER BY updated_ms LIMIT ?3)",
-            params![JobState::Finished, cutoff_ms, limit],
+            args![JobState::Finished, cutoff_ms, limit],
         )
         .map_err(HubError::store("delete old finished jobs"))?;
     tally.removed(JobState::Finished, jobs);
@@ -141,7 +143,7 @@ fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pru
                  WHERE d.received_ms < ?1
                    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.delivery_id)
                  LIMIT ?2)",
-            params![cutoff_ms, limit],
+            args![cutoff_ms, limit],
         )
         .map_err(HubError::store("delete old deliveries"))?;
     let payloads = tx
@@ -150,7 +152,7 @@ fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pru
                  SELECT rowid FROM payloads p
                  WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = p.delivery_id)
                  LIMIT ?1)",
-            params![limit],
+            args![limit],
         )
         .map_err(HubError::store("delete unreferenced payloads"))?;
     let mut aged = 0;
@@ -161,7 +163,7 @@ fn prune_batch(tx: &Connection, cutoff_ms: i64, tally: &mut Tally) -> Result<Pru
                     "DELETE FROM {table} WHERE rowid IN (
                          SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
                 ),
-                params![cutoff_ms, limit],
+                args![cutoff_ms, limit],
             )
             .map_err(HubError::store(
                 "delete old held events, approvals and cancels",
@@ -297,12 +299,12 @@ mod tests {
             "INSERT INTO approvals (repository, pr_number, head_sha, binding_id,
                                     event_delivery_id, approved_by, delivery_id, approved_ms)
              VALUES ('o/r', 1, 'abc', 'b', 'd', 'octocat', 'd', ?1)",
-            [T0],
+            rusqlite::params![T0],
         )
         .unwrap();
         conn.execute(
             "INSERT INTO pending_cancels VALUES ('gone', '{}', 'd', '{}', '{}', ?1)",
-            [T0],
+            rusqlite::params![T0],
         )
         .unwrap();
         drop(conn);
@@ -329,7 +331,7 @@ mod tests {
         let mut left: Vec<String> = {
             let conn = open_connection(&path).unwrap();
             let mut stmt = conn.prepare("SELECT id || ':' || state FROM jobs").unwrap();
-            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            let rows = stmt.query_map(rusqlite::params![], |r| r.get(0)).unwrap();
             rows.collect::<Result<_, _>>().unwrap()
         };
         left.sort();

@@ -5,8 +5,8 @@
 //! Below `jobs` and `cancels`, above `reports` (a job stored already finished is reported at
 //! once). Every function runs inside the writer's transaction; none commits.
 
+use super::sql::{args, Arg, FromValue, Optional, Sql};
 use dispatch_protocol::DispatchJob;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::gauges::Tally;
 use super::reports::{self, FinishedJob, Reports};
@@ -58,13 +58,13 @@ pub(crate) struct Delivery {
 /// The outcome of an earlier delivery with this id, if there was one: its job ids, marked as a
 /// duplicate.
 pub(super) fn redelivery(
-    tx: &Connection,
+    tx: &dyn Sql,
     delivery_id: &str,
 ) -> Result<Option<DeliveryOutcome>, HubError> {
     let existing: Option<String> = lookup(
         tx,
         "SELECT job_ids FROM deliveries WHERE delivery_id = ?1",
-        [delivery_id],
+        args![delivery_id],
         "look up a delivery",
     )?;
     existing
@@ -83,7 +83,7 @@ pub(super) fn redelivery(
 
 /// Records a delivery and the jobs it produced.
 pub(super) fn insert_delivery(
-    tx: &Connection,
+    tx: &dyn Sql,
     delivery: &Delivery,
     job_ids: &[String],
     now_ms: i64,
@@ -92,7 +92,7 @@ pub(super) fn insert_delivery(
     tx.execute(
         "INSERT INTO deliveries (delivery_id, event, job_ids, received_ms, outcome, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+        args![
             delivery.id,
             delivery.event,
             ids_json,
@@ -106,14 +106,10 @@ pub(super) fn insert_delivery(
 }
 
 /// Stores the payload and headers jobs pulled under `key` carry (kept if already there).
-pub(super) fn insert_payload(
-    tx: &Connection,
-    key: &str,
-    raw: &RawDelivery,
-) -> Result<(), HubError> {
+pub(super) fn insert_payload(tx: &dyn Sql, key: &str, raw: &RawDelivery) -> Result<(), HubError> {
     tx.execute(
         "INSERT OR IGNORE INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
-        params![key, raw.payload, raw.headers],
+        args![key, raw.payload, raw.headers],
     )
     .map_err(HubError::store("insert a payload"))?;
     Ok(())
@@ -123,7 +119,7 @@ pub(super) fn insert_payload(
 /// queued, or finished as `rejected` at once when it cannot fit in a pull answer, its reports
 /// queued like any finish's. Returns the state it was stored in.
 pub(super) fn insert_job(
-    tx: &Connection,
+    tx: &dyn Sql,
     j: &NewJob,
     payload_key: &str,
     raw: &RawDelivery,
@@ -157,7 +153,7 @@ pub(super) fn insert_job(
         "INSERT INTO jobs (id, target_license, target_server_id, status_context, state, job_json,
                            delivery_id, created_ms, updated_ms, result_status, result_summary)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
-        params![
+        args![
             j.job.id,
             j.target_license,
             j.target_server_id,
@@ -184,10 +180,10 @@ pub(super) fn insert_job(
 
 /// The first column of the row `sql` finds with `params`, if it finds one; `what` names the
 /// lookup in errors.
-pub(super) fn lookup<T: rusqlite::types::FromSql>(
-    conn: &Connection,
+pub(super) fn lookup<T: FromValue>(
+    conn: &dyn Sql,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[Arg<'_>],
     what: &'static str,
 ) -> Result<Option<T>, HubError> {
     conn.query_row(sql, params, |r| r.get(0))
@@ -206,14 +202,14 @@ pub(super) fn decode_job(job_json: &str) -> Result<DispatchJob, HubError> {
 /// The machine name the server `server_id` of `license_id` gave at activation (its server id
 /// when it gave none).
 pub(super) fn machine_name(
-    tx: &Connection,
+    tx: &dyn Sql,
     license_id: &str,
     server_id: &str,
 ) -> Result<String, HubError> {
     let name: Option<String> = lookup(
         tx,
         "SELECT machine_name FROM activations WHERE license_id = ?1 AND server_id = ?2",
-        [license_id, server_id],
+        args![license_id, server_id],
         "look up a machine name",
     )?;
     Ok(name

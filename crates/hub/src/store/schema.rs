@@ -86,10 +86,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
     }
     for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
         let target = i as i64 + 1;
-        let failed = |source| HubError::Migrate {
+        let failed = |source: rusqlite::Error| HubError::Migrate {
             step: step.name,
             version: target,
-            source,
+            source: source.into(),
         };
         if step.outside_transaction {
             (step.apply)(conn).map_err(failed)?;

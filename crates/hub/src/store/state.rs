@@ -40,7 +40,7 @@ impl JobState {
 /// newer hub.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job state `{word}` (expected queued, claimed, accepted or finished)")]
-pub(crate) struct UnknownJobState {
+pub struct UnknownJobState {
     /// The word found.
     pub word: String,
 }

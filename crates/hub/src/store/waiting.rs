@@ -2,7 +2,7 @@
 //! the jobs that just became claimable. Read-only, on the read connection: looking never queues
 //! behind writes.
 
-use rusqlite::{params, Connection};
+use super::sql::{args, Row, Sql, SqlError};
 
 use super::jobs::MAX_CLAIMS;
 use super::state::JobState;
@@ -26,7 +26,7 @@ pub(crate) struct Lapsed {
     pub requeued: Vec<JobTarget>,
 }
 
-fn target(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobTarget> {
+fn target(r: &Row) -> Result<JobTarget, SqlError> {
     Ok(JobTarget {
         job_id: r.get(0)?,
         license: r.get(1)?,
@@ -35,7 +35,7 @@ fn target(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobTarget> {
 }
 
 /// The targets of those of `job_ids` that are queued.
-fn queued_targets(conn: &Connection, job_ids: &[String]) -> Result<Vec<JobTarget>, HubError> {
+fn queued_targets(conn: &dyn Sql, job_ids: &[String]) -> Result<Vec<JobTarget>, HubError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, target_license, target_server_id FROM jobs WHERE id = ?1 AND state = ?2",
@@ -44,7 +44,7 @@ fn queued_targets(conn: &Connection, job_ids: &[String]) -> Result<Vec<JobTarget
     let mut out = Vec::with_capacity(job_ids.len());
     for id in job_ids {
         let mut rows = stmt
-            .query_map(params![id, JobState::Queued], target)
+            .query_map(args![id, JobState::Queued], target)
             .map_err(HubError::store("look up the targets of stored jobs"))?;
         if let Some(row) = rows.next() {
             out.push(row.map_err(HubError::store("read the target of a stored job"))?);
@@ -53,7 +53,7 @@ fn queued_targets(conn: &Connection, job_ids: &[String]) -> Result<Vec<JobTarget
     Ok(out)
 }
 
-fn lapsed(conn: &Connection, now_ms: i64) -> Result<Lapsed, HubError> {
+fn lapsed(conn: &dyn Sql, now_ms: i64) -> Result<Lapsed, HubError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, target_license, target_server_id, claims FROM jobs
@@ -61,8 +61,8 @@ fn lapsed(conn: &Connection, now_ms: i64) -> Result<Lapsed, HubError> {
         )
         .map_err(HubError::store("look for claims whose lease ran out"))?;
     let rows = stmt
-        .query_map(params![JobState::Claimed, now_ms], |r| {
-            Ok((target(r)?, r.get::<_, i64>(3)?))
+        .query_map(args![JobState::Claimed, now_ms], |r| {
+            Ok((target(r)?, r.get::<i64>(3)?))
         })
         .map_err(HubError::store("look for claims whose lease ran out"))?;
     let mut out = Lapsed::default();
@@ -77,11 +77,7 @@ fn lapsed(conn: &Connection, now_ms: i64) -> Result<Lapsed, HubError> {
 }
 
 /// Up to `limit` distinct targets of queued jobs unchanged since before `before_ms`.
-fn stale_targets(
-    conn: &Connection,
-    before_ms: i64,
-    limit: i64,
-) -> Result<Vec<JobTarget>, HubError> {
+fn stale_targets(conn: &dyn Sql, before_ms: i64, limit: i64) -> Result<Vec<JobTarget>, HubError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT DISTINCT '', target_license, target_server_id FROM jobs
@@ -89,7 +85,7 @@ fn stale_targets(
         )
         .map_err(HubError::store("look for queued jobs nobody took"))?;
     let rows = stmt
-        .query_map(params![JobState::Queued, before_ms, limit], target)
+        .query_map(args![JobState::Queued, before_ms, limit], target)
         .map_err(HubError::store("look for queued jobs nobody took"))?;
     rows.collect::<Result<_, _>>()
         .map_err(HubError::store("read queued jobs nobody took"))
@@ -98,19 +94,19 @@ fn stale_targets(
 impl Store {
     /// Who may take each of `job_ids` that is queued (the others are left out).
     pub fn queued_targets(&self, job_ids: &[String]) -> Result<Vec<JobTarget>, HubError> {
-        queued_targets(&self.read(), job_ids)
+        self.read(|db| queued_targets(db, job_ids))
     }
 
     /// The claims whose lease has run out at `now_ms`, and who may take those that go back to the
     /// queue.
     pub fn lapsed_claims(&self, now_ms: i64) -> Result<Lapsed, HubError> {
-        lapsed(&self.read(), now_ms)
+        self.read(|db| lapsed(db, now_ms))
     }
 
     /// Who may take the queued jobs that have waited since before `before_ms` (at most `limit`
     /// distinct targets; the job ids are left empty).
     pub fn stale_targets(&self, before_ms: i64, limit: i64) -> Result<Vec<JobTarget>, HubError> {
-        stale_targets(&self.read(), before_ms, limit)
+        self.read(|db| stale_targets(db, before_ms, limit))
     }
 }
 

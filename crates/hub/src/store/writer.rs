@@ -12,7 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::backend::PgConn;
+use super::sql::{Pg, PgSession, Sql, SqlError};
 use crate::error::HubError;
+
+/// The key of the PostgreSQL advisory lock every write group holds (any fixed number; this one
+/// spells "dispatch" in ASCII).
+pub(super) const WRITE_LOCK: i64 = 0x6469_7370_6174_6368;
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 64;
@@ -53,12 +59,24 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`; it ends when the [`Writer`] is dropped.
     pub fn start(conn: Connection, path: &Path) -> Result<Writer, HubError> {
+        Writer::spawn(WriteConn::Sqlite(conn), path)
+    }
+
+    /// Starts the writer thread on a PostgreSQL connection; `cfg` opens a new one when it breaks.
+    pub fn start_postgres(conn: PgConn, cfg: postgres::Config) -> Result<Writer, HubError> {
+        Writer::spawn(
+            WriteConn::Postgres(Some(conn), Box::new(cfg)),
+            Path::new("postgres"),
+        )
+    }
+
+    fn spawn(conn: WriteConn, name: &Path) -> Result<Writer, HubError> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("hub-store-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|source| HubError::Io {
-                path: path.to_owned(),
+                path: name.to_owned(),
                 source,
             })?;
         Ok(Writer {
@@ -70,7 +88,7 @@ impl Writer {
     pub fn write<T: Send + 'static>(
         &self,
         durability: Durability,
-        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let op: Box<dyn WriteOp> = Box::new(Op {
@@ -91,8 +109,8 @@ impl Writer {
 /// One queued write: run inside a savepoint (true = keep it), then hear how the commit went.
 trait WriteOp: Send {
     fn durability(&self) -> Durability;
-    fn run(&mut self, conn: &Connection) -> bool;
-    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>);
+    fn run(&mut self, conn: &dyn Sql) -> bool;
+    fn complete(self: Box<Self>, commit: Result<(), Arc<SqlError>>);
 }
 
 struct Op<T, F> {
@@ -102,12 +120,12 @@ struct Op<T, F> {
     reply: SyncSender<Result<T, HubError>>,
 }
 
-impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for Op<T, F> {
+impl<T: Send, F: FnOnce(&dyn Sql) -> Result<T, HubError> + Send> WriteOp for Op<T, F> {
     fn durability(&self) -> Durability {
         self.durability
     }
 
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &dyn Sql) -> bool {
         let Some(f) = self.f.take() else { return false };
         let result = f(conn);
         let ok = result.is_ok();
@@ -115,7 +133,7 @@ impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for 
         ok
     }
 
-    fn complete(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>) {
+    fn complete(self: Box<Self>, commit: Result<(), Arc<SqlError>>) {
         let answer = match (self.result, commit) {
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(_)), Err(source)) | (None, Err(source)) => Err(HubError::Commit { source }),
@@ -127,7 +145,14 @@ impl<T: Send, F: FnOnce(&Connection) -> Result<T, HubError> + Send> WriteOp for 
     }
 }
 
-fn writer_loop(mut conn: Connection, ops: Receiver<Box<dyn WriteOp>>) {
+/// The writer's connection.
+enum WriteConn {
+    Sqlite(Connection),
+    /// None after the connection broke, until it is opened again.
+    Postgres(Option<PgConn>, Box<postgres::Config>),
+}
+
+fn writer_loop(mut conn: WriteConn, ops: Receiver<Box<dyn WriteOp>>) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -136,7 +161,11 @@ fn writer_loop(mut conn: Connection, ops: Receiver<Box<dyn WriteOp>>) {
                 Err(_) => break,
             }
         }
-        let commit = run_batch(&mut conn, &mut batch).map_err(Arc::new);
+        let commit = match &mut conn {
+            WriteConn::Sqlite(c) => run_batch(c, &mut batch).map_err(SqlError::from),
+            WriteConn::Postgres(c, cfg) => run_pg_batch(c, cfg, &mut batch),
+        }
+        .map_err(Arc::new);
         if let Err(e) = &commit {
             tracing::error!(error = %e, writes = batch.len(), "hub store commit failed");
         }
@@ -155,12 +184,52 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<()
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for op in batch.iter_mut() {
         let sp = tx.savepoint()?;
-        if op.run(&sp) {
+        if op.run(&*sp) {
             sp.commit()?;
         }
         // A failed write's savepoint is rolled back when dropped.
     }
     tx.commit()
+}
+
+/// One group on PostgreSQL: a connection that broke is opened again first; the writes run in
+/// savepoints inside one transaction holding [`WRITE_LOCK`]. A group of lease claims only commits
+/// with `synchronous_commit = off` (durable at the next flush, as SQLite's `NORMAL`).
+fn run_pg_batch(
+    conn: &mut Option<PgConn>,
+    cfg: &postgres::Config,
+    batch: &mut [Box<dyn WriteOp>],
+) -> Result<(), SqlError> {
+    if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+        *conn = None;
+        let fresh = PgConn::connect(cfg).map_err(|e| match e {
+            HubError::Store { source, .. } => source,
+            other => SqlError::Lost(other.to_string()),
+        })?;
+        *conn = Some(fresh);
+    }
+    let Some(pg) = conn.as_mut() else {
+        return Err(SqlError::Lost("no connection".into()));
+    };
+    let durable = batch.iter().any(|op| op.durability() == Durability::Full);
+    let mut tx = pg.client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+    if !durable {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    }
+    for op in batch.iter_mut() {
+        let mut sp = tx.savepoint("write")?;
+        let keep = {
+            let db = Pg::new(PgSession::Tx(&mut sp), &pg.prepared);
+            op.run(&db)
+        };
+        if keep {
+            sp.commit()?;
+        }
+        // A failed write's savepoint is rolled back when dropped.
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// A database file, not yet made, in a fresh temporary directory that goes when the `TempDir`
@@ -183,8 +252,8 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
         let op = |v: i64, fail: bool| {
             let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            let f = move |c: &Connection| {
-                c.execute("INSERT INTO t (v) VALUES (?1)", [v])
+            let f = move |c: &dyn Sql| {
+                c.execute("INSERT INTO t (v) VALUES (?1)", crate::store::sql::args![v])
                     .map_err(HubError::store("insert"))?;
                 if fail {
                     return Err(HubError::StoreClosed);

@@ -34,10 +34,10 @@ use crate::error::HubError;
 use crate::handler::AppState;
 use state::Web;
 
-/// The page routes over the hub's state; `db` is the store's file, which the pages read through a
-/// connection of their own.
-pub(crate) fn router(app: Arc<AppState>, db: &std::path::Path) -> Result<Router, HubError> {
-    let web = Arc::new(Web::open(app, db)?);
+/// The page routes over the hub's state; the pages read the store through a connection of their
+/// own.
+pub(crate) fn router(app: Arc<AppState>) -> Result<Router, HubError> {
+    let web = Arc::new(Web::open(app)?);
     let base = web.app.cfg.public_url.as_deref().unwrap_or_default();
     if web.token.is_some() {
         // The token itself is never logged.

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::store::sql::{args, Optional, Row, Sql, SqlError};
 use dispatch_protocol::DispatchJob;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::HubError;
 use crate::store::JobState;
@@ -46,7 +46,7 @@ pub(crate) struct JobRow {
 const JOB_COLUMNS: &str = "seq, id, state, result_status, result_summary, job_json, created_ms, \
                            updated_ms, claimed_by, claimed_license";
 
-fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+fn job_row(r: &Row) -> Result<JobRow, SqlError> {
     let job_json: String = r.get(5)?;
     Ok(JobRow {
         seq: r.get(0)?,
@@ -63,7 +63,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
 }
 
 /// One page of jobs, newest first, and whether there are more after it.
-pub(crate) fn jobs(conn: &Connection, f: &JobFilter) -> Result<(Vec<JobRow>, bool), HubError> {
+pub(crate) fn jobs(conn: &dyn Sql, f: &JobFilter) -> Result<(Vec<JobRow>, bool), HubError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs
          WHERE seq < ?1
@@ -77,7 +77,7 @@ pub(crate) fn jobs(conn: &Connection, f: &JobFilter) -> Result<(Vec<JobRow>, boo
         .map_err(HubError::store("list jobs"))?;
     let mut rows: Vec<JobRow> = stmt
         .query_map(
-            params![
+            args![
                 f.before.unwrap_or(i64::MAX),
                 f.repository,
                 f.dag,
@@ -115,7 +115,7 @@ pub(crate) struct JobDetail {
 }
 
 /// The job `id`, or None.
-pub(crate) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>, HubError> {
+pub(crate) fn job(conn: &dyn Sql, id: &str) -> Result<Option<JobDetail>, HubError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS},
             COALESCE((SELECT received_ms FROM deliveries d WHERE d.delivery_id = jobs.delivery_id), 0),
@@ -130,11 +130,11 @@ pub(crate) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>, HubE
             claimed_ms, claims, accepted_ms
          FROM jobs WHERE id = ?1"
     );
-    conn.query_row(&sql, [id], |r| {
+    conn.query_row(&sql, args![id], |r| {
         Ok(JobDetail {
             row: job_row(r)?,
             received_ms: r.get(10)?,
-            title: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
+            title: r.get::<Option<String>>(11)?.unwrap_or_default(),
             machine_name: r.get(12)?,
             client_version: r.get(13)?,
             claimed_ms: r.get(14)?,
@@ -164,7 +164,7 @@ pub(crate) type DeliveryKey = (i64, String);
 
 /// One page of deliveries, newest first, and the key of the next page if there is one.
 pub(crate) fn deliveries(
-    conn: &Connection,
+    conn: &dyn Sql,
     before: Option<DeliveryKey>,
 ) -> Result<(Vec<DeliveryRow>, Option<DeliveryKey>), HubError> {
     let (before_ms, before_id) = before.unwrap_or((i64::MAX, String::new()));
@@ -176,7 +176,7 @@ pub(crate) fn deliveries(
         )
         .map_err(HubError::store("list deliveries"))?;
     let mut rows: Vec<DeliveryRow> = stmt
-        .query_map(params![before_ms, before_id, PAGE as i64 + 1], |r| {
+        .query_map(args![before_ms, before_id, PAGE as i64 + 1], |r| {
             let job_ids: String = r.get(2)?;
             Ok(DeliveryRow {
                 delivery_id: r.get(0)?,
@@ -200,7 +200,7 @@ pub(crate) fn deliveries(
 /// The version each server last said it runs, by (license, server id); servers that gave none
 /// are left out.
 pub(crate) fn server_versions(
-    conn: &Connection,
+    conn: &dyn Sql,
 ) -> Result<HashMap<(String, String), String>, HubError> {
     let mut stmt = conn
         .prepare_cached(
@@ -208,7 +208,7 @@ pub(crate) fn server_versions(
              WHERE client_version <> ''",
         )
         .map_err(HubError::store("read the servers' versions"))?;
-    stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+    stmt.query_map(args![], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
         .and_then(|rows| rows.collect())
         .map_err(HubError::store("read the servers' versions"))
 }
@@ -224,7 +224,7 @@ pub(crate) struct ActiveJob {
 }
 
 /// Every job claimed or accepted now, by server.
-pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<ActiveJob>, HubError> {
+pub(crate) fn active_jobs(conn: &dyn Sql) -> Result<Vec<ActiveJob>, HubError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT claimed_by, id, state,
@@ -233,7 +233,7 @@ pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<ActiveJob>, HubError>
              FROM jobs WHERE state IN (?1, ?2) ORDER BY claimed_by, seq",
         )
         .map_err(HubError::store("list active jobs"))?;
-    stmt.query_map([JobState::Claimed, JobState::Accepted], |r| {
+    stmt.query_map(args![JobState::Claimed, JobState::Accepted], |r| {
         Ok(ActiveJob {
             server_id: r.get(0)?,
             id: r.get(1)?,
@@ -248,12 +248,12 @@ pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<ActiveJob>, HubError>
 
 /// The state, result status and summary of the job `id`, or None.
 pub(crate) fn job_state(
-    conn: &Connection,
+    conn: &dyn Sql,
     id: &str,
 ) -> Result<Option<(String, String, String)>, HubError> {
     conn.prepare_cached("SELECT state, result_status, result_summary FROM jobs WHERE id = ?1")
         .and_then(|mut stmt| {
-            stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            stmt.query_row(args![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
         .map_err(HubError::store("read a job's state"))

@@ -1,17 +1,17 @@
 //! What every page handler shares: the hub's state, the pages' own read connection to the store
 //! and the browser sessions.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dispatch_protocol::Secret;
-use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
 use super::guard::LoginGuard;
 use super::sessions::Sessions;
 use crate::error::HubError;
 use crate::handler::AppState;
+use crate::store::sql::Sql;
+use crate::store::Reader;
 
 /// Live tails open at once, over every browser; one more is answered 503. Each holds a task and a
 /// watch on the store, so their number is bounded like the hub's connections are.
@@ -27,7 +27,7 @@ pub(crate) struct Web {
     pub app: Arc<AppState>,
     /// The pages read through a connection of their own, opened read-only: a slow page never
     /// holds the connection the cloud API reads through, and cannot write.
-    reader: Mutex<Connection>,
+    reader: Reader,
     /// Logged-in browsers.
     pub sessions: Sessions,
     /// Wrong tokens per client address.
@@ -45,16 +45,9 @@ pub(crate) struct Web {
 }
 
 impl Web {
-    /// The pages' state over the hub's state; opens the read connection to the store at `db`.
-    pub(crate) fn open(app: Arc<AppState>, db: &Path) -> Result<Web, HubError> {
-        let reader = Connection::open_with_flags(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(HubError::store("open the web pages' read connection"))?;
-        reader
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(HubError::store("set the busy timeout"))?;
+    /// The pages' state over the hub's state; opens the pages' read connection to its store.
+    pub(crate) fn open(app: Arc<AppState>) -> Result<Web, HubError> {
+        let reader = app.store.open_reader()?;
         let token = app.cfg.ui_token.clone().filter(|t| !t.is_empty());
         let github_web = super::links::github_web(&app.cfg.github.api_url);
         let secure_cookies = app
@@ -64,7 +57,7 @@ impl Web {
             .is_some_and(|u| u.starts_with("https://"));
         Ok(Web {
             app,
-            reader: Mutex::new(reader),
+            reader,
             sessions: Sessions::default(),
             guard: LoginGuard::default(),
             token,
@@ -78,14 +71,11 @@ impl Web {
     /// Runs `f` over the read connection on the blocking pool.
     pub(crate) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> Result<T, HubError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql) -> Result<T, HubError> + Send + 'static,
     ) -> Result<T, HubError> {
         let web = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = web.reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(HubError::Task)?
+        tokio::task::spawn_blocking(move || web.reader.read(f))
+            .await
+            .map_err(HubError::Task)?
     }
 }

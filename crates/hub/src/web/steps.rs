@@ -16,7 +16,7 @@ use super::layout;
 use super::links;
 use super::state::Web;
 use crate::error::HubError;
-use rusqlite::Connection;
+use crate::store::sql::Sql;
 
 use crate::store::{job_log, job_progress, job_steps, JobProgress, LogSlice, StepRow};
 
@@ -43,7 +43,7 @@ pub(crate) struct StepsView {
 }
 
 /// Reads the run of `job_id`: its progress, steps and the end of every stream that has text.
-pub(crate) fn read(conn: &Connection, job_id: &str) -> Result<StepsView, HubError> {
+pub(crate) fn read(conn: &dyn Sql, job_id: &str) -> Result<StepsView, HubError> {
     let progress = job_progress(conn, job_id)?;
     let steps = job_steps(conn, job_id)?;
     let mut logs = Vec::new();
