@@ -13,15 +13,15 @@
 //!   the server's calls get 401 until it activates again, which the scheduler does by itself.
 //!   "Seen" is noted in memory and written once a minute, never once per pull.
 
-use std::path::Path;
 use std::time::Duration;
 
 use dispatch_protocol::Secret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::HubConfig;
 use crate::error::HubError;
-use crate::store::{now_ms, ServerInfo, Store, StoredActivation, DB_FILE};
+use crate::store::{now_ms, Location, ServerInfo, Store, StoredActivation};
 
 /// Longest `machine_name` accepted: a host name, not a document.
 pub(crate) const MAX_MACHINE_NAME_BYTES: usize = 255;
@@ -81,25 +81,28 @@ pub(crate) fn standing(
 }
 
 /// Opens the store of the hub whose data directory is `data_dir`, which must exist (a command
-/// pointed at the wrong directory must not make an empty store there).
-fn open_existing(data_dir: &Path) -> Result<Store, HubError> {
-    let path = data_dir.join(DB_FILE);
-    if !path.is_file() {
-        return Err(HubError::NoStore { path });
+/// pointed at the wrong directory must not make an empty store there). With `store_url`, the
+/// PostgreSQL database it names.
+fn open_existing(cfg: &HubConfig) -> Result<Store, HubError> {
+    let location = crate::store_location(cfg)?;
+    if let Location::Sqlite(path) = &location {
+        if !path.is_file() {
+            return Err(HubError::NoStore { path: path.clone() });
+        }
     }
-    Store::open(&path)
+    Store::open_at(&location)
 }
 
-/// Every activation in the hub's store under `data_dir`, most recently seen first. Safe while the
-/// hub runs.
-pub fn list_servers(data_dir: &Path) -> Result<Vec<ServerInfo>, HubError> {
-    open_existing(data_dir)?.servers()
+/// Every activation in the hub's store (`data_dir`, or `store_url`), most recently seen first.
+/// Safe while the hub runs.
+pub fn list_servers(cfg: &HubConfig) -> Result<Vec<ServerInfo>, HubError> {
+    open_existing(cfg)?.servers()
 }
 
-/// Revokes every activation of `server_id` in the hub's store under `data_dir` (safe while the
-/// hub runs; it refuses the server's next call). Returns how many activations this revoked (0
-/// when all were revoked already); an unknown server is an error.
-pub fn revoke_server(data_dir: &Path, server_id: &str) -> Result<usize, HubError> {
+/// Revokes every activation of `server_id` in the hub's store (safe while the hub runs; it
+/// refuses the server's next call). Returns how many activations this revoked (0 when all were
+/// revoked already); an unknown server is an error.
+pub fn revoke_server(cfg: &HubConfig, server_id: &str) -> Result<usize, HubError> {
     if !is_server_id(server_id) {
         return Err(HubError::setting(
             "the command line",
@@ -107,7 +110,7 @@ pub fn revoke_server(data_dir: &Path, server_id: &str) -> Result<usize, HubError
             format!("{server_id:?} is not a server id (a lowercase hyphenated UUID)"),
         ));
     }
-    let store = open_existing(data_dir)?;
+    let store = open_existing(cfg)?;
     match store.revoke_server(server_id, now_ms())? {
         (0, _) => Err(HubError::UnknownServer {
             server_id: server_id.to_owned(),

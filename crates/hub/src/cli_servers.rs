@@ -25,10 +25,22 @@ pub(crate) struct StoreFlags {
         hide_env_values = true
     )]
     metrics_token: Option<String>,
+    /// The store in PostgreSQL, `postgres://user@host/database`, for several replicas
+    /// (overrides `store_url`; unset: SQLite in the data directory).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_HUB_STORE_URL",
+        hide_env_values = true
+    )]
+    store_url: Option<String>,
 }
 
 impl StoreFlags {
     pub(crate) fn apply(self, cfg: &mut HubConfig) {
+        if let Some(url) = self.store_url.filter(|u| !u.is_empty()) {
+            cfg.store_url = Some(Secret::new(url));
+        }
         if let Some(n) = self.retention_days {
             cfg.retention = days(n);
         }
@@ -50,24 +62,43 @@ pub(crate) struct StoreLocation {
     /// The hub's data directory (overrides the config's).
     #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The hub's PostgreSQL store, `postgres://…` (overrides the config's `store_url`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_HUB_STORE_URL",
+        hide_env_values = true
+    )]
+    store_url: Option<String>,
 }
 
 impl StoreLocation {
-    /// The data directory and the activation expiry in force there.
-    fn resolve(self) -> Result<(PathBuf, std::time::Duration), HubError> {
-        let cfg = match &self.config {
+    /// The settings that say where the store is (`data_dir`, `store_url`) and the activation
+    /// expiry in force there.
+    pub(crate) fn resolve(self) -> Result<HubConfig, HubError> {
+        let mut cfg = match &self.config {
             Some(path) => load_hub_config(path)?,
             None => HubConfig::default(),
         };
-        match (self.data_dir, self.config) {
-            (Some(dir), _) => Ok((dir, cfg.activation_expiry)),
-            (None, Some(_)) => Ok((cfg.data_dir, cfg.activation_expiry)),
-            (None, None) => Err(HubError::InvalidSetting {
-                origin: "the command line".into(),
-                setting: "data-dir".into(),
-                reason: "give `--data-dir` or `--config` (or DISPATCH_HUB_DATA_DIR)".into(),
-            }),
+        if let Some(url) = self.store_url.filter(|u| !u.is_empty()) {
+            dispatch_hub::check_store_url(&url)?;
+            cfg.store_url = Some(Secret::new(url));
         }
+        match (self.data_dir, &self.config) {
+            (Some(dir), _) => cfg.data_dir = dir,
+            (None, Some(_)) => {}
+            (None, None) if cfg.store_url.is_some() => {}
+            (None, None) => {
+                return Err(HubError::InvalidSetting {
+                    origin: "the command line".into(),
+                    setting: "data-dir".into(),
+                    reason:
+                        "give `--data-dir`, `--store-url` or `--config` (or DISPATCH_HUB_DATA_DIR)"
+                            .into(),
+                })
+            }
+        }
+        Ok(cfg)
     }
 }
 
@@ -100,16 +131,16 @@ pub(crate) fn run(command: ServersCommand) -> anyhow::Result<()> {
             store,
             activation_expiry_days,
         } => {
-            let (data_dir, expiry) = store.resolve()?;
-            let expiry = activation_expiry_days.map_or(expiry, days);
-            let servers = dispatch_hub::list_servers(&data_dir)?;
+            let cfg = store.resolve()?;
+            let expiry = activation_expiry_days.map_or(cfg.activation_expiry, days);
+            let servers = dispatch_hub::list_servers(&cfg)?;
             let now = i64::try_from(dispatch_util::now_ms()).unwrap_or(i64::MAX);
             print!("{}", table(&servers, now, expiry));
             Ok(())
         }
         ServersCommand::Revoke { server_id, store } => {
-            let (data_dir, _) = store.resolve()?;
-            let revoked = dispatch_hub::revoke_server(&data_dir, &server_id)?;
+            let cfg = store.resolve()?;
+            let revoked = dispatch_hub::revoke_server(&cfg, &server_id)?;
             if revoked == 0 {
                 println!("server {server_id} was already revoked");
             } else {

@@ -14,6 +14,7 @@
 //! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
 //! public_url = "https://hub.example.com" # or DISPATCH_HUB_PUBLIC_URL; default http://<listen>
 //! ui_token = "..."                   # or DISPATCH_HUB_UI_TOKEN; the web pages' login (unset: no pages)
+//! store_url = "postgres://dispatch@db.internal/dispatch" # or DISPATCH_HUB_STORE_URL; unset: SQLite in data_dir
 //!
 //! [limits]                           # docs/security.md, "Hostile traffic"
 //! header_timeout_seconds = 10
@@ -138,6 +139,10 @@ pub struct HubConfig {
     /// starts a browser session, `Authorization: Bearer …` works on every page. None: the pages
     /// answer that the web UI is disabled.
     pub ui_token: Option<Secret>,
+    /// Where the store lives: unset, SQLite (`hub.sqlite3` in `data_dir`); a `postgres://` URL,
+    /// a PostgreSQL database that several hub replicas may share (`docs/deploy.md`). A secret:
+    /// the URL may carry a password.
+    pub store_url: Option<Secret>,
 }
 
 impl Default for HubConfig {
@@ -158,6 +163,7 @@ impl Default for HubConfig {
             limits: ServeLimits::default(),
             public_url: None,
             ui_token: None,
+            store_url: None,
         }
     }
 }
@@ -235,6 +241,11 @@ impl HubConfig {
             }
             self.public_url = Some(url);
         }
+        self.store_url = self.store_url.take().filter(|u| !u.is_empty());
+        if let Some(url) = &self.store_url {
+            crate::store::Location::postgres(url.expose())
+                .map_err(|reason| HubError::setting(ORIGIN, "store_url", reason))?;
+        }
         if self.github.app.as_ref().is_some_and(|app| app.app_id == 0) {
             return Err(HubError::setting(
                 ORIGIN,
@@ -301,6 +312,7 @@ struct HubFile {
     metrics_token: Option<Secret>,
     public_url: Option<String>,
     ui_token: Option<Secret>,
+    store_url: Option<Secret>,
     #[serde(default)]
     license: Vec<LicenseKey>,
     github: Option<GithubFile>,
@@ -401,6 +413,7 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         limits: file.limits.unwrap_or_default().into_limits(),
         public_url: file.public_url,
         ui_token: file.ui_token.filter(|t| !t.is_empty()),
+        store_url: file.store_url.filter(|u| !u.is_empty()),
     })
 }
 

@@ -63,6 +63,17 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey, HubErro
     }
 }
 
+/// The signing key all hub replicas on one PostgreSQL store share, kept in the store itself
+/// (created by the first replica to start).
+pub(crate) fn shared_signing_key(store: &crate::store::Store) -> Result<SigningKey, HubError> {
+    let name = PathBuf::from("postgres:hub_keys/signing");
+    let candidate = SigningKey::generate(&mut rand::rngs::OsRng)
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| HubError::KeyFormat { path: name.clone() })?;
+    let pem = store.shared_key("signing", &candidate)?;
+    parse_key(&pem, name)
+}
+
 fn parse_key(text: &str, path: PathBuf) -> Result<SigningKey, HubError> {
     SigningKey::from_pkcs8_pem(text).map_err(|_| HubError::KeyFormat { path })
 }

@@ -79,7 +79,7 @@ pub use store::{
     JobProgress, LogSlice, ProgressChanges, ServerInfo, SqlError, StepRow, UnknownJobState, DB_FILE,
 };
 
-use store::{now_ms, Store};
+use store::{now_ms, Location, Store};
 
 /// The running hub.
 pub struct Hub;
@@ -126,13 +126,15 @@ impl Hub {
             None => None,
         };
         files::private_dir(&cfg.data_dir)?;
-        let db_path = cfg.data_dir.join(DB_FILE);
+        let location = store_location(&cfg)?;
         let data_dir = cfg.data_dir.clone();
         let (store, signing_key) = tokio::task::spawn_blocking(move || {
-            Ok::<_, HubError>((
-                Store::open(&db_path)?,
-                keys::load_or_create_signing_key(&data_dir)?,
-            ))
+            let store = Store::open_at(&location)?;
+            let key = match location {
+                Location::Sqlite(_) => keys::load_or_create_signing_key(&data_dir)?,
+                Location::Postgres(_) => keys::shared_signing_key(&store)?,
+            };
+            Ok::<_, HubError>((store, key))
         })
         .await
         .map_err(HubError::Task)??;
@@ -199,7 +201,9 @@ impl Hub {
             cancel.clone(),
         ));
         tasks.spawn(housekeeping::flush_seen(store.clone(), cancel.clone()));
-        let pages = web::router(state.clone())?;
+        // Opening a connection may wait on the network (PostgreSQL): not on the runtime.
+        let pages_reader = store::blocking(&store, |s| s.open_reader()).await?;
+        let pages = web::router(state.clone(), pages_reader)?;
         let app = api::router(state).merge(pages);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
         tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");
@@ -233,5 +237,32 @@ async fn lease_sweep(state: Arc<handler::AppState>, cancel: CancellationToken) {
                 tracing::warn!(error = %dispatch_util::error_chain(&e), "lease sweep failed; retrying")
             }
         }
+    }
+}
+
+/// Checks a `store_url` (`postgres://…`) without connecting; the error never repeats the URL.
+pub fn check_store_url(url: &str) -> Result<(), HubError> {
+    Location::postgres(url)
+        .map(drop)
+        .map_err(|reason| HubError::setting("the command line", "store-url", reason))
+}
+
+/// Brings the schema of the hub's store (`store_url`, or `hub.sqlite3` in `data_dir`) up to date
+/// without serving (`hub migrate`); the hub does the same when it starts.
+pub fn migrate_store(cfg: &HubConfig) -> Result<(), HubError> {
+    let location = store_location(cfg)?;
+    if let Location::Sqlite(_) = &location {
+        files::private_dir(&cfg.data_dir)?;
+    }
+    Store::migrate_only(&location)
+}
+
+/// Where the hub's store lives: `store_url` when set (checked by the config), else
+/// `hub.sqlite3` in the data directory.
+pub(crate) fn store_location(cfg: &HubConfig) -> Result<Location, HubError> {
+    match &cfg.store_url {
+        Some(url) => Location::postgres(url.expose())
+            .map_err(|reason| HubError::setting("hub config", "store_url", reason)),
+        None => Ok(Location::Sqlite(cfg.data_dir.join(DB_FILE))),
     }
 }

@@ -4,7 +4,8 @@
 //! prints the PEM public key that verifies the hub's license tokens (creating the key if absent);
 //! `hub github-app manifest` and `hub github-app convert` set up the GitHub App the hub reports as
 //! (`docs/github-app.md`); `hub servers list` and `hub servers revoke <server-id>` show and revoke
-//! the servers that activated (while the hub runs, too).
+//! the servers that activated (while the hub runs, too); `hub migrate` brings the store's schema
+//! up to date and exits.
 //! Exit codes: 0 clean stop, 2 bad config (naming the setting), 1 any other failure.
 
 use std::io::Write as _;
@@ -79,6 +80,12 @@ enum Command {
         /// `pem` (SPKI) or `base64` (the 32 raw bytes).
         #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
         format: String,
+    },
+    /// Bring the store's schema up to date and exit (the hub also does this when it starts;
+    /// run it alone before starting new replicas on PostgreSQL).
+    Migrate {
+        #[command(flatten)]
+        store: cli_servers::StoreLocation,
     },
     /// List or revoke the servers that activated licenses on this hub.
     Servers {
@@ -255,6 +262,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::GithubApp { command } => github_app(command),
         Command::Servers { command } => cli_servers::run(command),
+        Command::Migrate { store } => {
+            init_logs("text");
+            let cfg = store.resolve()?;
+            dispatch_hub::migrate_store(&cfg)?;
+            println!("hub store schema is up to date");
+            Ok(())
+        }
         Command::Serve {
             config,
             listen,

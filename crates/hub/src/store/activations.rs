@@ -180,7 +180,8 @@ impl Store {
         self.writer.write(Durability::Revocable, move |tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE activations SET last_seen_ms = MAX(last_seen_ms, ?3)
+                    "UPDATE activations
+                     SET last_seen_ms = CASE WHEN last_seen_ms > ?3 THEN last_seen_ms ELSE ?3 END
                      WHERE license_id = ?1 AND server_id = ?2",
                 )
                 .map_err(HubError::store("note when servers were seen"))?;
@@ -232,8 +233,13 @@ fn activate(
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM activations
                  WHERE server_id = ?1 AND machine_name <> ?2 AND revoked_ms = 0
-                   AND MAX(activated_ms, last_seen_ms) > ?3 - ?4)",
-            args![a.server_id, a.machine_name, now_ms, expiry_ms],
+                   AND CASE WHEN activated_ms > last_seen_ms THEN activated_ms
+                            ELSE last_seen_ms END > ?3)",
+            args![
+                a.server_id,
+                a.machine_name,
+                now_ms.saturating_sub(expiry_ms)
+            ],
             |r| r.get(0),
         )
         .map_err(HubError::store("look up a server's activations"))?;
@@ -267,8 +273,10 @@ pub(crate) fn servers(conn: &dyn Sql) -> Result<Vec<ServerInfo>, HubError> {
     let mut stmt = conn
         .prepare(
             "SELECT server_id, machine_name, license_id, activated_ms,
-                    MAX(activated_ms, last_seen_ms), revoked_ms
-             FROM activations ORDER BY MAX(activated_ms, last_seen_ms) DESC, server_id",
+                    CASE WHEN activated_ms > last_seen_ms THEN activated_ms
+                         ELSE last_seen_ms END AS seen_ms,
+                    revoked_ms
+             FROM activations ORDER BY seen_ms DESC, server_id",
         )
         .map_err(HubError::store("list servers"))?;
     let rows = stmt
@@ -318,8 +326,7 @@ mod tests {
 
     #[test]
     fn the_version_is_kept_at_activation_and_refreshed_by_heartbeats() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let (_held, s) = crate::store::testing::test_store();
         let with_version = |v: &str| Activation {
             client_version: v.into(),
             ..act("l", "s1", "box", "h")
@@ -345,8 +352,7 @@ mod tests {
 
     #[test]
     fn a_server_id_stays_with_its_machine_until_revoked_or_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let (_held, s) = crate::store::testing::test_store();
         let t0 = 1000 * DAY;
         assert_eq!(
             s.activate(act("l", "s1", "box", "h1"), t0, EXPIRY).unwrap(),
@@ -398,8 +404,7 @@ mod tests {
 
     #[test]
     fn seen_times_are_kept_in_memory_and_written_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let (_held, s) = crate::store::testing::test_store();
         s.activate(act("l", "s1", "box", "h"), 100, EXPIRY).unwrap();
         s.note_seen("l", "s1", 500);
         s.note_seen("l", "s1", 400);

@@ -235,10 +235,13 @@ fn approve(
         job_ids.push(j.job.id.clone());
         dags.push(j.job.dag_name.clone());
         tx.execute(
-            "INSERT OR REPLACE INTO approvals (repository, pr_number, head_sha, binding_id,
-                                               event_delivery_id, approved_by, delivery_id,
-                                               approved_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO approvals (repository, pr_number, head_sha, binding_id,
+                                    event_delivery_id, approved_by, delivery_id, approved_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (repository, pr_number, head_sha, binding_id) DO UPDATE SET
+                 event_delivery_id = excluded.event_delivery_id,
+                 approved_by = excluded.approved_by, delivery_id = excluded.delivery_id,
+                 approved_ms = excluded.approved_ms",
             args![
                 repository,
                 cmd.number,

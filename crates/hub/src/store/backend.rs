@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::sql::{Pg, PgSession, Sql, SqlError};
+use super::sql::{Pg, PgSession, Sql};
 use crate::error::HubError;
 
 /// Where the store's data is.
@@ -22,6 +22,24 @@ pub(crate) enum Location {
     Sqlite(PathBuf),
     /// A PostgreSQL database, with the URL's password inside the config (never printed).
     Postgres(Box<postgres::Config>),
+}
+
+impl Location {
+    /// A PostgreSQL location from a `postgres://` (or `postgresql://`) URL. The reason of an
+    /// error never repeats the URL, which may hold a password.
+    pub fn postgres(url: &str) -> Result<Location, String> {
+        let url = url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("must be a postgres:// URL (unset it to keep the SQLite store)".into());
+        }
+        let cfg: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| format!("is not a valid PostgreSQL URL ({e})"))?;
+        if cfg.get_dbname().is_none() {
+            return Err("must name the database (postgres://user@host/<database>)".into());
+        }
+        Ok(Location::Postgres(Box::new(cfg)))
+    }
 }
 
 impl std::fmt::Debug for Location {
@@ -82,30 +100,12 @@ impl PgConn {
         let pg = Pg::new(PgSession::Client(&mut self.client), &self.prepared);
         f(&pg)
     }
-
-    /// Runs `f` in a transaction of its own, committed when it returns Ok.
-    pub fn transaction<T>(
-        &mut self,
-        f: impl FnOnce(&dyn Sql) -> Result<T, HubError>,
-    ) -> Result<T, HubError> {
-        let mut tx = self
-            .client
-            .transaction()
-            .map_err(HubError::store("begin a transaction"))?;
-        let value = {
-            let pg = Pg::new(PgSession::Tx(&mut tx), &self.prepared);
-            f(&pg)?
-        };
-        tx.commit()
-            .map_err(HubError::store("commit a transaction"))?;
-        Ok(value)
-    }
 }
 
 /// A read connection, behind a lock.
 pub(crate) enum Reader {
     Sqlite(Mutex<Connection>),
-    Postgres(Mutex<PgConn>),
+    Postgres(Box<Mutex<PgConn>>),
 }
 
 impl Reader {
@@ -113,7 +113,9 @@ impl Reader {
     pub fn open(at: &Location) -> Result<Reader, HubError> {
         match at {
             Location::Sqlite(path) => Ok(Reader::Sqlite(Mutex::new(open_read_only(path)?))),
-            Location::Postgres(cfg) => Ok(Reader::Postgres(Mutex::new(PgConn::connect(cfg)?))),
+            Location::Postgres(cfg) => Ok(Reader::Postgres(Box::new(Mutex::new(PgConn::connect(
+                cfg,
+            )?)))),
         }
     }
 
@@ -146,10 +148,4 @@ fn open_read_only(path: &Path) -> Result<Connection, HubError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(HubError::store("set the busy timeout"))?;
     Ok(conn)
-}
-
-/// Whether `err` says the PostgreSQL connection is gone (the server went away, the network
-/// broke): the caller opens a new one.
-pub(crate) fn connection_lost(err: &SqlError) -> bool {
-    matches!(err, SqlError::Postgres(e) if e.is_closed())
 }

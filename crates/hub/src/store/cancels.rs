@@ -68,19 +68,23 @@ fn active_jobs(
     number: i64,
     only_job: Option<&str>,
 ) -> Result<Vec<Active>, HubError> {
+    let d = tx.dialect();
+    let sql = format!(
+        "SELECT id, state, claimed_license, claimed_by, target_license, target_server_id,
+                status_context, job_json
+         FROM jobs
+         WHERE state IN (?1, ?2, ?3)
+           AND lower({repository}) = ?4
+           AND CASE WHEN CAST(?6 AS TEXT) IS NULL
+                    THEN {pr} = ?5 OR {issue} = ?5
+                    ELSE id = ?6 END
+         ORDER BY seq",
+        repository = d.json_text("job_json", "repository_name"),
+        pr = d.json_int("job_json", "pull_request_number"),
+        issue = d.json_int("job_json", "issue_number"),
+    );
     let mut stmt = tx
-        .prepare_cached(
-            "SELECT id, state, claimed_license, claimed_by, target_license, target_server_id,
-                    status_context, job_json
-             FROM jobs
-             WHERE state IN (?1, ?2, ?3)
-               AND lower(json_extract(job_json, '$.repository_name')) = ?4
-               AND CASE WHEN ?6 IS NULL
-                        THEN json_extract(job_json, '$.pull_request_number') = ?5
-                             OR json_extract(job_json, '$.issue_number') = ?5
-                        ELSE id = ?6 END
-             ORDER BY seq",
-        )
+        .prepare_cached(&sql)
         .map_err(HubError::store("find the jobs to cancel"))?;
     let rows = stmt
         .query_map(
@@ -260,9 +264,13 @@ fn cancel(
                         source,
                     })?;
                 tx.execute(
-                    "INSERT OR REPLACE INTO pending_cancels
+                    "INSERT INTO pending_cancels
                          (job_id, cancel_json, delivery_id, payload, headers, requested_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (job_id) DO UPDATE SET
+                         cancel_json = excluded.cancel_json, delivery_id = excluded.delivery_id,
+                         payload = excluded.payload, headers = excluded.headers,
+                         requested_ms = excluded.requested_ms",
                     args![
                         active.id,
                         template,

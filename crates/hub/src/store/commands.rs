@@ -62,9 +62,9 @@ impl Store {
         let delivery_id = delivery_id.to_owned();
         self.write(move |tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO command_comments
+                "INSERT INTO command_comments
                      (event, comment_id, body_sha256, delivery_id, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 args![
                     comment.event,
                     comment.comment_id,

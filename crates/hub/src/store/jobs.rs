@@ -414,8 +414,7 @@ mod tests {
 
     #[test]
     fn claim_and_accept_times_are_kept_past_the_finish_and_the_latest_claim_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let (_held, s) = crate::store::testing::test_store();
         let job = NewJob {
             job: DispatchJob {
                 id: "j1".into(),

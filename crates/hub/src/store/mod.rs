@@ -38,8 +38,12 @@ mod reports;
 mod retention;
 mod rows;
 mod schema;
+mod schema_pg;
+mod shared_key;
 pub(crate) mod sql;
 mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 mod waiting;
 mod writer;
 
@@ -117,6 +121,42 @@ impl Store {
     /// date and counts the jobs for the gauges.
     pub fn open(path: &Path) -> Result<Store, HubError> {
         Store::open_checked(path).map_err(|e| integrity::name_damage(path, e))
+    }
+
+    /// Opens the store at `location`: a SQLite file as [`Store::open`], or a PostgreSQL
+    /// database, whose schema is brought up to date (replicas starting together take turns).
+    pub fn open_at(location: &Location) -> Result<Store, HubError> {
+        match location {
+            Location::Sqlite(path) => Store::open(path),
+            Location::Postgres(cfg) => Store::open_postgres(cfg),
+        }
+    }
+
+    fn open_postgres(cfg: &postgres::Config) -> Result<Store, HubError> {
+        let mut conn = backend::PgConn::connect(cfg)?;
+        schema_pg::migrate(&mut conn.client)?;
+        let reader = Reader::open(&Location::Postgres(Box::new(cfg.clone())))?;
+        let gauges = JobGauges::starting_at(&reader.read(jobs::counts)?);
+        Ok(Store {
+            writer: Writer::start_postgres(conn, cfg.clone())?,
+            reader,
+            location: Location::Postgres(Box::new(cfg.clone())),
+            gauges,
+            seen: activations::Seen::default(),
+            reports: Mutex::new(Arc::new(NoReports)),
+            progress: progress::Watch::default(),
+        })
+    }
+
+    /// Brings the schema at `location` up to date and returns (`hub migrate`).
+    pub fn migrate_only(location: &Location) -> Result<(), HubError> {
+        match location {
+            Location::Sqlite(path) => Store::open(path).map(drop),
+            Location::Postgres(cfg) => {
+                let mut conn = backend::PgConn::connect(cfg)?;
+                schema_pg::migrate(&mut conn.client)
+            }
+        }
     }
 
     fn open_checked(path: &Path) -> Result<Store, HubError> {
@@ -399,10 +439,8 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
-        (dir, store)
+    fn store() -> (testing::Held, Store) {
+        testing::test_store()
     }
 
     fn add(store: &Store, delivery: &str, jobs: &[NewJob]) -> DeliveryOutcome {
@@ -497,7 +535,7 @@ mod tests {
     }
 
     /// A store holding job `j1`, claimed by server `a` of license `l` at 0 for `lease_ms`.
-    fn claimed(lease_ms: i64) -> (tempfile::TempDir, Store) {
+    fn claimed(lease_ms: i64) -> (testing::Held, Store) {
         let (d, s) = store();
         add(&s, "d1", &[new_job("j1", "")]);
         s.claim_next("l", "a", 0, lease_ms).unwrap().unwrap();
@@ -577,18 +615,23 @@ mod tests {
 
     #[test]
     fn an_unknown_stored_state_is_an_error_naming_the_word() {
-        let (dir, s) = store();
+        let (_held, location) = testing::test_location();
+        let s = Store::open_at(&location).unwrap();
         add(&s, "d1", &[new_job("j1", "")]);
         // Another program (or a newer hub) wrote a state this hub does not know.
-        let other = open_connection(&dir.path().join("hub.sqlite3")).unwrap();
-        other
-            .execute("UPDATE jobs SET state = 'paused' WHERE id = 'j1'", [])
-            .unwrap();
+        s.write(|db| {
+            db.execute(
+                "UPDATE jobs SET state = 'paused' WHERE id = 'j1'",
+                sql::args![],
+            )
+            .map_err(HubError::store("edit by hand"))
+        })
+        .unwrap();
         let err = s.accept("j1", who("l", "a"), "r", 1).unwrap_err();
         assert!(matches!(err, HubError::Store { .. }), "{err}");
         drop(s);
         // Counting the gauges at start reads every state word.
-        let err = Store::open(&dir.path().join("hub.sqlite3")).err().unwrap();
+        let err = Store::open_at(&location).err().unwrap();
         let chain = dispatch_util::error_chain(&err);
         assert!(chain.contains("unknown job state `paused`"), "{chain}");
     }

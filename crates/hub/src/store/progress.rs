@@ -314,8 +314,9 @@ fn stream_columns(stream: LogStream) -> (&'static str, &'static str) {
 /// A step row for `name`, made if the job has none yet (a chunk that came before its step).
 fn ensure_step(tx: &dyn Sql, job_id: &str, name: &str) -> Result<(), HubError> {
     tx.execute(
-        "INSERT OR IGNORE INTO job_steps (job_id, name, position, status)
-         VALUES (?1, ?2, (SELECT COUNT(*) FROM job_steps WHERE job_id = ?1), 'running')",
+        "INSERT INTO job_steps (job_id, name, position, status)
+         VALUES (?1, ?2, (SELECT COUNT(*) FROM job_steps WHERE job_id = ?1), 'running')
+         ON CONFLICT DO NOTHING",
         args![job_id, name],
     )
     .map_err(HubError::store("add a step"))?;
@@ -403,7 +404,7 @@ fn save_chunk(
     let complete = chunk.eof && end == sent_end;
     tx.execute(
         &format!(
-            "UPDATE job_steps SET {bytes_col} = ?3, {complete_col} = {complete_col} OR ?4
+            "UPDATE job_steps SET {bytes_col} = ?3, {complete_col} = CASE WHEN ?4 = 1 THEN 1 ELSE {complete_col} END
              WHERE job_id = ?1 AND name = ?2"
         ),
         args![job_id, chunk.step, end as i64, complete],
@@ -507,7 +508,7 @@ fn record(
         return Ok(refused);
     }
     tx.execute(
-        "INSERT OR IGNORE INTO job_progress (job_id, updated_ms) VALUES (?1, ?2)",
+        "INSERT INTO job_progress (job_id, updated_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         args![job_id, now_ms],
     )
     .map_err(HubError::store("add a job's progress"))?;
@@ -714,9 +715,8 @@ mod tests {
     const CAP: u64 = 1000;
 
     /// A store with job `j` claimed by server `srv` of license `lic`.
-    fn store_with_claimed_job() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+    fn store_with_claimed_job() -> (crate::store::testing::Held, Store) {
+        let (held, store) = crate::store::testing::test_store();
         let job = NewJob {
             job: DispatchJob {
                 id: "j".into(),
@@ -735,7 +735,7 @@ mod tests {
             .record_delivery("d1", "push", vec![job], raw, 1)
             .unwrap();
         store.claim_next("lic", "srv", 1, 60_000).unwrap().unwrap();
-        (dir, store)
+        (held, store)
     }
 
     fn progress(steps: Vec<StepProgress>, logs: Vec<LogChunk>) -> Progress {
@@ -867,7 +867,7 @@ mod tests {
 
     #[test]
     fn only_the_server_holding_the_job_may_send_and_rows_go_with_the_job() {
-        let (dir, s) = store_with_claimed_job();
+        let (_held, s) = store_with_claimed_job();
         let mut other = progress(vec![], vec![chunk("a", 0, "x")]);
         other.server_id = "other".into();
         assert!(matches!(
@@ -880,25 +880,19 @@ mod tests {
             Recorded::NotFound
         ));
         send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
-        let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
-        conn.execute("DELETE FROM jobs WHERE id = 'j'", rusqlite::params![])
-            .unwrap();
+        edit(&s, "DELETE FROM jobs WHERE id = 'j'");
         assert!(s.db(|db| job_steps(db, "j")).unwrap().is_empty());
         assert_eq!(s.db(|db| job_progress(db, "j")).unwrap(), None);
-        let left: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM log_chunks",
-                rusqlite::params![],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(count(&s, "log_chunks"), 0);
     }
 
-    /// Runs `sql` on the store's file, as another writer would.
-    fn edit(dir: &tempfile::TempDir, sql: &str) {
-        let conn = rusqlite::Connection::open(dir.path().join("hub.sqlite3")).unwrap();
-        conn.execute_batch(sql).unwrap();
+    /// Runs `sql` through the store's writer, as an edit by hand would change the rows.
+    fn edit(s: &Store, sql: &'static str) {
+        s.write(move |db| {
+            db.execute_batch(sql)
+                .map_err(crate::error::HubError::store("edit by hand"))
+        })
+        .unwrap();
     }
 
     fn count(s: &Store, table: &str) -> i64 {
@@ -994,14 +988,14 @@ mod tests {
 
     #[test]
     fn progress_is_taken_only_while_the_server_holds_the_job_and_shortly_after_its_finish() {
-        let (dir, s) = store_with_claimed_job();
+        let (_held, s) = store_with_claimed_job();
         send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
         // Its lease ran out and it is queued again: it still names srv, but nobody holds it.
-        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        edit(&s, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
         let queued = s.record_progress("j", progress(vec![], vec![]), CAP, 5);
         assert!(matches!(queued.unwrap(), Recorded::Conflict(_)));
         edit(
-            &dir,
+            &s,
             "UPDATE jobs SET state = 'finished', updated_ms = 10 WHERE id = 'j'",
         );
         let late = |now| s.record_progress("j", progress(vec![], vec![]), CAP, now);
@@ -1017,13 +1011,13 @@ mod tests {
 
     #[test]
     fn another_servers_claim_clears_the_progress_of_the_one_before() {
-        let (dir, s) = store_with_claimed_job();
+        let (_held, s) = store_with_claimed_job();
         send(&s, progress(vec![], vec![chunk("a", 0, "old text")]));
         // The same server claiming again keeps what it sent.
-        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        edit(&s, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
         s.claim_next("lic", "srv", 2, 60_000).unwrap().unwrap();
         assert_eq!(whole_log(&s, "a").text, "old text");
-        edit(&dir, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
+        edit(&s, "UPDATE jobs SET state = 'queued' WHERE id = 'j'");
         s.claim_next("lic", "srv-2", 3, 60_000).unwrap().unwrap();
         for table in ["job_progress", "job_steps", "log_chunks"] {
             assert_eq!(count(&s, table), 0, "{table}");
@@ -1040,22 +1034,30 @@ mod tests {
         assert!(matches!(old.unwrap(), Recorded::Conflict(_)));
     }
 
-    #[tokio::test]
-    async fn a_watch_wakes_for_its_job_only() {
+    /// The store is called outside the runtime, as the hub calls it from blocking threads.
+    #[test]
+    fn a_watch_wakes_for_its_job_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let (_d, s) = store_with_claimed_job();
         let mut watch = s.progress_changes("j");
+        let mut woken = || {
+            let changed = watch.changed();
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(60), changed).await
+            })
+            .unwrap();
+        };
         s.progress.changed("another");
         send(&s, progress(vec![], vec![chunk("a", 0, "x")]));
-        tokio::time::timeout(std::time::Duration::from_secs(60), watch.changed())
-            .await
-            .unwrap();
+        woken();
         let caller = crate::store::Caller {
             license_id: "lic",
             server_id: "srv",
         };
         s.accept("j", caller, "j", 6).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(60), watch.changed())
-            .await
-            .unwrap();
+        woken();
     }
 }

@@ -270,7 +270,9 @@ pub(super) fn reschedule(
 /// limit), nothing failed.
 pub(super) fn defer(conn: &dyn Sql, id: i64, until_ms: i64, error: &str) -> Result<(), HubError> {
     conn.execute(
-        "UPDATE reports SET next_attempt_ms = MAX(next_attempt_ms, ?1), last_error = ?2
+        "UPDATE reports
+         SET next_attempt_ms = CASE WHEN next_attempt_ms > ?1 THEN next_attempt_ms ELSE ?1 END,
+             last_error = ?2
          WHERE id = ?3",
         args![until_ms, error, id],
     )

@@ -30,13 +30,21 @@ const BATCH: usize = 500;
 /// known: a bare approve then asks for the SHA, a check run on a forgotten commit counts as fork
 /// code) and the comments commands came in. A table that grows with traffic belongs here, or in
 /// [`prune_batch`].
-const AGED: [(&str, &str); 6] = [
-    ("held_forks", "received_ms"),
-    ("approvals", "approved_ms"),
-    ("pending_cancels", "requested_ms"),
-    ("pr_heads", "recorded_ms"),
-    ("own_heads", "seen_ms"),
-    ("command_comments", "received_ms"),
+const AGED: [(&str, &str, &str); 6] = [
+    ("held_forks", "received_ms", "repository, pr_number"),
+    (
+        "approvals",
+        "approved_ms",
+        "repository, pr_number, head_sha, binding_id",
+    ),
+    ("pending_cancels", "requested_ms", "job_id"),
+    ("pr_heads", "recorded_ms", "repository, pr_number"),
+    ("own_heads", "seen_ms", "repository, head_sha"),
+    (
+        "command_comments",
+        "received_ms",
+        "event, comment_id, body_sha256",
+    ),
 ];
 
 /// What a pass deleted.
@@ -81,7 +89,8 @@ impl Store {
                 break;
             }
         }
-        if !total.is_empty() {
+        // PostgreSQL's autovacuum gives the space of deleted rows back on its own.
+        if !total.is_empty() && matches!(self.location, Location::Sqlite(_)) {
             self.write(|tx| {
                 // The pragma frees pages one step at a time: run it to the end.
                 let mut stmt = tx
@@ -109,7 +118,7 @@ impl Store {
         let Location::Sqlite(path) = &self.location else {
             return Ok(());
         };
-        let conn = open_connection(&path)?;
+        let conn = open_connection(path)?;
         let (busy, _, _): (i64, i64, i64) = conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -138,8 +147,8 @@ fn prune_batch(tx: &dyn Sql, cutoff_ms: i64, tally: &mut Tally) -> Result<Pruned
     tally.removed(JobState::Finished, jobs);
     let deliveries = tx
         .execute(
-            "DELETE FROM deliveries WHERE rowid IN (
-                 SELECT rowid FROM deliveries d
+            "DELETE FROM deliveries WHERE delivery_id IN (
+                 SELECT delivery_id FROM deliveries d
                  WHERE d.received_ms < ?1
                    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.delivery_id)
                  LIMIT ?2)",
@@ -148,20 +157,20 @@ fn prune_batch(tx: &dyn Sql, cutoff_ms: i64, tally: &mut Tally) -> Result<Pruned
         .map_err(HubError::store("delete old deliveries"))?;
     let payloads = tx
         .execute(
-            "DELETE FROM payloads WHERE rowid IN (
-                 SELECT rowid FROM payloads p
+            "DELETE FROM payloads WHERE delivery_id IN (
+                 SELECT delivery_id FROM payloads p
                  WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = p.delivery_id)
                  LIMIT ?1)",
             args![limit],
         )
         .map_err(HubError::store("delete unreferenced payloads"))?;
     let mut aged = 0;
-    for (table, column) in AGED {
+    for (table, column, key) in AGED {
         aged += tx
             .execute(
                 &format!(
-                    "DELETE FROM {table} WHERE rowid IN (
-                         SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+                    "DELETE FROM {table} WHERE ({key}) IN (
+                         SELECT {key} FROM {table} WHERE {column} < ?1 LIMIT ?2)"
                 ),
                 args![cutoff_ms, limit],
             )

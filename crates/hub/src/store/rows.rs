@@ -108,7 +108,8 @@ pub(super) fn insert_delivery(
 /// Stores the payload and headers jobs pulled under `key` carry (kept if already there).
 pub(super) fn insert_payload(tx: &dyn Sql, key: &str, raw: &RawDelivery) -> Result<(), HubError> {
     tx.execute(
-        "INSERT OR IGNORE INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)",
+        "INSERT INTO payloads (delivery_id, payload, headers) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
         args![key, raw.payload, raw.headers],
     )
     .map_err(HubError::store("insert a payload"))?;

@@ -26,6 +26,24 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// An expression reading the text at `path` (dot-separated keys) of the JSON text in
+    /// `column`; NULL where the path is absent.
+    pub fn json_text(self, column: &str, path: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract({column}, '$.{path}')"),
+            Dialect::Postgres => {
+                format!("({column}::jsonb #>> '{{{}}}')", path.replace('.', ","))
+            }
+        }
+    }
+
+    /// As [`Dialect::json_text`], read as a 64-bit integer.
+    pub fn json_int(self, column: &str, path: &str) -> String {
+        format!("CAST({} AS BIGINT)", self.json_text(column, path))
+    }
+}
+
 /// An argument of a statement, borrowed where it can be.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Arg<'a> {
@@ -167,12 +185,6 @@ impl Row {
             },
             Mismatch::State(e) => SqlError::State { index, source: e },
         })
-    }
-
-    /// The column as it was read.
-    #[cfg(test)]
-    pub fn value(&self, index: usize) -> Option<&Value> {
-        self.0.get(index)
     }
 }
 
@@ -349,7 +361,8 @@ pub(crate) trait Sql {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize, SqlError>;
     /// Runs a query; returns every row.
     fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError>;
-    /// Runs statements without arguments, separated by `;` (schema changes).
+    /// Runs statements without arguments, separated by `;` (tests' edits by hand).
+    #[cfg(test)]
     fn execute_batch(&self, sql: &str) -> Result<(), SqlError>;
 }
 
@@ -362,11 +375,6 @@ impl dyn Sql + '_ {
     /// The first row of a query, which must give one.
     pub fn one(&self, sql: &str, args: &[Arg<'_>]) -> Result<Row, SqlError> {
         self.row(sql, args)?.ok_or(SqlError::NoRow)
-    }
-
-    /// The first column of the first row.
-    pub fn value<T: FromValue>(&self, sql: &str, args: &[Arg<'_>]) -> Result<T, SqlError> {
-        self.one(sql, args)?.get(0)
     }
 
     /// The first row read through `f`; no row is [`SqlError::NoRow`] (see [`Optional`]).
@@ -390,16 +398,6 @@ impl dyn Sql + '_ {
     /// [`prepare_cached`](Self::prepare_cached): every statement is cached by its text.
     pub fn prepare<'s>(&'s self, sql: &str) -> Result<Statement<'s>, SqlError> {
         self.prepare_cached(sql)
-    }
-
-    /// Every row read through `f`.
-    pub fn map<T>(
-        &self,
-        sql: &str,
-        args: &[Arg<'_>],
-        f: impl FnMut(&Row) -> Result<T, SqlError>,
-    ) -> Result<Vec<T>, SqlError> {
-        self.rows(sql, args)?.iter().map(f).collect()
     }
 }
 
@@ -514,6 +512,7 @@ impl Sql for rusqlite::Connection {
         Ok(rows)
     }
 
+    #[cfg(test)]
     fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
         Ok(rusqlite::Connection::execute_batch(self, sql)?)
     }
@@ -698,11 +697,13 @@ impl Sql for Pg<'_, '_> {
         rows.iter().map(pg_row).collect()
     }
 
+    #[cfg(test)]
     fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(match &mut *self.session.borrow_mut() {
+        match &mut *self.session.borrow_mut() {
             PgSession::Client(c) => c.batch_execute(sql)?,
             PgSession::Tx(t) => t.batch_execute(sql)?,
-        })
+        }
+        Ok(())
     }
 }
 

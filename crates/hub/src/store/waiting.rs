@@ -137,8 +137,7 @@ mod tests {
 
     #[test]
     fn targets_of_queued_jobs_lapsed_claims_and_stale_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("hub.sqlite3")).unwrap();
+        let (_held, s) = crate::store::testing::test_store();
         s.record_delivery(
             "d1",
             "push",

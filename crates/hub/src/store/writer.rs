@@ -65,7 +65,7 @@ impl Writer {
     /// Starts the writer thread on a PostgreSQL connection; `cfg` opens a new one when it breaks.
     pub fn start_postgres(conn: PgConn, cfg: postgres::Config) -> Result<Writer, HubError> {
         Writer::spawn(
-            WriteConn::Postgres(Some(conn), Box::new(cfg)),
+            WriteConn::Postgres(Box::new((Some(conn), cfg))),
             Path::new("postgres"),
         )
     }
@@ -149,7 +149,7 @@ impl<T: Send, F: FnOnce(&dyn Sql) -> Result<T, HubError> + Send> WriteOp for Op<
 enum WriteConn {
     Sqlite(Connection),
     /// None after the connection broke, until it is opened again.
-    Postgres(Option<PgConn>, Box<postgres::Config>),
+    Postgres(Box<(Option<PgConn>, postgres::Config)>),
 }
 
 fn writer_loop(mut conn: WriteConn, ops: Receiver<Box<dyn WriteOp>>) {
@@ -163,7 +163,10 @@ fn writer_loop(mut conn: WriteConn, ops: Receiver<Box<dyn WriteOp>>) {
         }
         let commit = match &mut conn {
             WriteConn::Sqlite(c) => run_batch(c, &mut batch).map_err(SqlError::from),
-            WriteConn::Postgres(c, cfg) => run_pg_batch(c, cfg, &mut batch),
+            WriteConn::Postgres(pg) => {
+                let (c, cfg) = &mut **pg;
+                run_pg_batch(c, cfg, &mut batch)
+            }
         }
         .map_err(Arc::new);
         if let Err(e) = &commit {

@@ -32,12 +32,13 @@ use axum::Router;
 
 use crate::error::HubError;
 use crate::handler::AppState;
+use crate::store::Reader;
 use state::Web;
 
-/// The page routes over the hub's state; the pages read the store through a connection of their
-/// own.
-pub(crate) fn router(app: Arc<AppState>) -> Result<Router, HubError> {
-    let web = Arc::new(Web::open(app)?);
+/// The page routes over the hub's state; the pages read the store through `reader`, a connection
+/// of their own.
+pub(crate) fn router(app: Arc<AppState>, reader: Reader) -> Result<Router, HubError> {
+    let web = Arc::new(Web::open(app, reader));
     let base = web.app.cfg.public_url.as_deref().unwrap_or_default();
     if web.token.is_some() {
         // The token itself is never logged.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::sql::{args, Optional, Row, Sql, SqlError};
+use crate::store::sql::{args, Dialect, Optional, Row, Sql, SqlError};
 use dispatch_protocol::DispatchJob;
 
 use crate::error::HubError;
@@ -64,13 +64,16 @@ fn job_row(r: &Row) -> Result<JobRow, SqlError> {
 
 /// One page of jobs, newest first, and whether there are more after it.
 pub(crate) fn jobs(conn: &dyn Sql, f: &JobFilter) -> Result<(Vec<JobRow>, bool), HubError> {
+    let d = conn.dialect();
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs
          WHERE seq < ?1
-           AND (?2 = '' OR json_extract(job_json, '$.repository_name') = ?2 COLLATE NOCASE)
-           AND (?3 = '' OR json_extract(job_json, '$.dag_name') = ?3)
+           AND (?2 = '' OR lower({repository}) = lower(?2))
+           AND (?3 = '' OR {dag} = ?3)
            AND (?4 = '' OR state = ?4 OR result_status = ?4)
-         ORDER BY seq DESC LIMIT ?5"
+         ORDER BY seq DESC LIMIT ?5",
+        repository = d.json_text("job_json", "repository_name"),
+        dag = d.json_text("job_json", "dag_name"),
     );
     let mut stmt = conn
         .prepare_cached(&sql)
@@ -116,13 +119,21 @@ pub(crate) struct JobDetail {
 
 /// The job `id`, or None.
 pub(crate) fn job(conn: &dyn Sql, id: &str) -> Result<Option<JobDetail>, HubError> {
+    let d = conn.dialect();
+    // Stored payloads passed the webhook's JSON check; SQLite checks again, PostgreSQL's cast
+    // would refuse a bad one.
+    let valid = match d {
+        Dialect::Sqlite => "AND json_valid(p.payload)",
+        Dialect::Postgres => "",
+    };
+    let pr_title = d.json_text("p.payload", "pull_request.title");
+    let issue_title = d.json_text("p.payload", "issue.title");
     let sql = format!(
         "SELECT {JOB_COLUMNS},
             COALESCE((SELECT received_ms FROM deliveries d WHERE d.delivery_id = jobs.delivery_id), 0),
-            COALESCE((SELECT COALESCE(json_extract(p.payload, '$.pull_request.title'),
-                                      json_extract(p.payload, '$.issue.title'), '')
+            COALESCE((SELECT COALESCE({pr_title}, {issue_title}, '')
                       FROM payloads p WHERE p.delivery_id = jobs.delivery_id
-                      AND json_valid(p.payload)), ''),
+                      {valid}), ''),
             COALESCE((SELECT machine_name FROM activations a
                       WHERE a.license_id = jobs.claimed_license AND a.server_id = jobs.claimed_by), ''),
             COALESCE((SELECT client_version FROM activations a
@@ -225,13 +236,15 @@ pub(crate) struct ActiveJob {
 
 /// Every job claimed or accepted now, by server.
 pub(crate) fn active_jobs(conn: &dyn Sql) -> Result<Vec<ActiveJob>, HubError> {
+    let d = conn.dialect();
+    let sql = format!(
+        "SELECT claimed_by, id, state, COALESCE({dag}, ''), COALESCE({repository}, '')
+         FROM jobs WHERE state IN (?1, ?2) ORDER BY claimed_by, seq",
+        dag = d.json_text("job_json", "dag_name"),
+        repository = d.json_text("job_json", "repository_name"),
+    );
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT claimed_by, id, state,
-                    COALESCE(json_extract(job_json, '$.dag_name'), ''),
-                    COALESCE(json_extract(job_json, '$.repository_name'), '')
-             FROM jobs WHERE state IN (?1, ?2) ORDER BY claimed_by, seq",
-        )
+        .prepare_cached(&sql)
         .map_err(HubError::store("list active jobs"))?;
     stmt.query_map(args![JobState::Claimed, JobState::Accepted], |r| {
         Ok(ActiveJob {

@@ -45,9 +45,8 @@ pub(crate) struct Web {
 }
 
 impl Web {
-    /// The pages' state over the hub's state; opens the pages' read connection to its store.
-    pub(crate) fn open(app: Arc<AppState>) -> Result<Web, HubError> {
-        let reader = app.store.open_reader()?;
+    /// The pages' state over the hub's state, reading the store through `reader`.
+    pub(crate) fn open(app: Arc<AppState>, reader: Reader) -> Web {
         let token = app.cfg.ui_token.clone().filter(|t| !t.is_empty());
         let github_web = super::links::github_web(&app.cfg.github.api_url);
         let secure_cookies = app
@@ -55,7 +54,7 @@ impl Web {
             .public_url
             .as_deref()
             .is_some_and(|u| u.starts_with("https://"));
-        Ok(Web {
+        Web {
             app,
             reader,
             sessions: Sessions::default(),
@@ -65,7 +64,7 @@ impl Web {
             secure_cookies,
             tails: Arc::new(Semaphore::new(MAX_TAILS)),
             whole_logs: Arc::new(Semaphore::new(MAX_WHOLE_LOGS)),
-        })
+        }
     }
 
     /// Runs `f` over the read connection on the blocking pool.
