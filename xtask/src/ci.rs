@@ -1,4 +1,7 @@
 //! `cargo xtask ci`: the whole check suite, stopping at the first failing step.
+//!
+//! The test steps get a PostgreSQL server (see [`crate::postgres`]), started before the first of
+//! them and stopped when the suite ends, passed or failed.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -7,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::cargo;
+use crate::postgres::TestServer;
+use dispatch_test_support::POSTGRES_URL_VAR;
 
 /// One step of the suite: either a command or an in-process check.
 enum Action {
@@ -22,12 +27,22 @@ enum Action {
 struct Step {
     name: &'static str,
     action: Action,
+    /// Runs tests, which need the PostgreSQL server.
+    tests: bool,
 }
 
 const fn cargo_step(name: &'static str, args: &'static [&'static str]) -> Step {
     Step {
         name,
         action: Action::Cargo { args, env: &[] },
+        tests: false,
+    }
+}
+
+const fn test_step(name: &'static str, args: &'static [&'static str]) -> Step {
+    Step {
+        tests: true,
+        ..cargo_step(name, args)
     }
 }
 
@@ -49,13 +64,13 @@ fn steps(nextest: bool) -> Vec<Step> {
     if nextest {
         // nextest does not run doc tests. They go first so that the suite's closing summary is
         // nextest's count of every test, not the doc-test result of the last crate.
-        steps.push(cargo_step("doc tests", &["test", "--workspace", "--doc"]));
-        steps.push(cargo_step(
+        steps.push(test_step("doc tests", &["test", "--workspace", "--doc"]));
+        steps.push(test_step(
             "test (nextest)",
             &["nextest", "run", "--workspace"],
         ));
     } else {
-        steps.push(cargo_step("test", &["test", "--workspace"]));
+        steps.push(test_step("test", &["test", "--workspace"]));
     }
     steps.push(Step {
         name: "doc",
@@ -63,19 +78,19 @@ fn steps(nextest: bool) -> Vec<Step> {
             args: &["doc", "--workspace", "--no-deps"],
             env: &[("RUSTDOCFLAGS", "-D warnings")],
         },
+        tests: false,
     });
-    steps.push(Step {
-        name: "layering",
-        action: Action::Layering,
-    });
-    steps.push(Step {
-        name: "tidy",
-        action: Action::Tidy,
-    });
-    steps.push(Step {
-        name: "imports",
-        action: Action::Imports,
-    });
+    for (name, action) in [
+        ("layering", Action::Layering),
+        ("tidy", Action::Tidy),
+        ("imports", Action::Imports),
+    ] {
+        steps.push(Step {
+            name,
+            action,
+            tests: false,
+        });
+    }
     steps
 }
 
@@ -96,11 +111,26 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
+    // Dropped when this function returns, also on a failed step: that stops our cluster.
+    let mut postgres: Option<TestServer> = None;
     for step in steps(nextest) {
         println!("\n==> {}", step.name);
         let step_started = Instant::now();
+        if step.tests && postgres.is_none() {
+            match TestServer::prepare() {
+                Ok(server) => postgres = Some(server),
+                Err(err) => {
+                    println!("<== {} FAILED: no PostgreSQL server", step.name);
+                    return Err(err.context(format!("ci step `{}` failed", step.name)));
+                }
+            }
+        }
+        let postgres_url = postgres
+            .as_ref()
+            .filter(|_| step.tests)
+            .and_then(TestServer::url_to_set);
         let result = match &step.action {
-            Action::Cargo { args, env } => run_cargo(root, args, env),
+            Action::Cargo { args, env } => run_cargo(root, args, env, postgres_url),
             Action::Layering => crate::layering::run(root),
             Action::Tidy => crate::tidy::run(root),
             Action::Imports => crate::imports::run(root),
@@ -121,11 +151,19 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+fn run_cargo(
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    postgres_url: Option<&str>,
+) -> anyhow::Result<()> {
     let mut command = Command::new(cargo());
     command.args(args).current_dir(root);
     for (key, value) in env {
         command.env(key, value);
+    }
+    if let Some(url) = postgres_url {
+        command.env(POSTGRES_URL_VAR, url);
     }
     let printed = format!("cargo {}", args.join(" "));
     println!("$ {printed}");
@@ -169,6 +207,23 @@ mod tests {
                 "imports"
             ]
         );
+    }
+
+    #[test]
+    fn only_the_test_steps_get_postgres() {
+        for nextest in [false, true] {
+            let tests: Vec<&str> = steps(nextest)
+                .iter()
+                .filter(|step| step.tests)
+                .map(|step| step.name)
+                .collect();
+            let want: &[&str] = if nextest {
+                &["doc tests", "test (nextest)"]
+            } else {
+                &["test"]
+            };
+            assert_eq!(tests, want);
+        }
     }
 
     #[test]

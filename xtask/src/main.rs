@@ -3,12 +3,14 @@
 //! Commands live in their own modules; adding one is a new arm in [`run`] and a line in [`USAGE`].
 //! This binary is tooling only: no workspace crate depends on it. Of ours it uses only
 //! `dispatch-protocol` (to sign bench webhooks as GitHub does) and `dispatch-test-support` (to read
-//! the payload fixtures the tests read).
+//! the payload fixtures the tests read, and to agree with the tests on the variable naming their
+//! PostgreSQL server).
 
 mod bench;
 mod ci;
 mod imports;
 mod layering;
+mod postgres;
 mod tidy;
 mod unicode_table;
 
@@ -24,10 +26,14 @@ commands:
                              target/bench/results.json; GROUP: tracker, noop, latency, throughput,
                              fleet, idle, hostile; --keep keeps the scratch homes and logs under
                              target/bench/work
-  ci                         fmt check, clippy, tests, docs, the layering, tidy and imports checks
+  ci                         fmt check, clippy, tests (with a throw-away PostgreSQL cluster unless
+                             DISPATCH_TEST_POSTGRES_URL is set), docs, the layering, tidy and
+                             imports checks
   imports                    check that inside each crate files import only downwards (no loops)
   layering                   check that every workspace crate depends only on lower layers
                              (docs/architecture.md)
+  postgres                   start the throw-away PostgreSQL cluster `ci` gives the tests, print
+                             its DISPATCH_TEST_POSTGRES_URL and keep it until Enter
   tidy                       check that no tracked file refers to a path outside the repository
   unicode-table [DATA_FILE]  regenerate webhook-params' printable-rune table from UnicodeData.txt
                              (default /usr/share/unicode/UnicodeData.txt, Debian package unicode-data)
@@ -50,6 +56,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         Some("bench") => bench::run(&root, &args[1..]),
         Some("ci") => ci::run(&root),
         Some("layering") => layering::run(&root),
+        Some("postgres") => postgres::run_until_enter(),
         Some("tidy") => tidy::run(&root),
         Some("imports") => imports::run(&root),
         Some("unicode-table") => {

@@ -9,8 +9,16 @@
 //!
 //! [`process_gone`] tells whether a process a test killed has ended.
 //!
+//! [`postgres_database`] gives a test a fresh PostgreSQL database ([`PgDatabase`], dropped with
+//! it) on the server named by `DISPATCH_TEST_POSTGRES_URL`, which `cargo xtask ci` starts; without
+//! one the test skips, except in CI, where it fails.
+//!
 //! [`bench_main`] is the `main` of a crate's `harness = false` bench: a scratch directory, a
 //! table on stdout and the results as JSON for `cargo xtask bench`.
+
+mod pg_database;
+
+pub use pg_database::{postgres_database, postgres_url, PgDatabase, POSTGRES_URL_VAR};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

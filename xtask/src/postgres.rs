@@ -1,0 +1,349 @@
+//! The PostgreSQL server the tests run against: the one `DISPATCH_TEST_POSTGRES_URL` names, or
+//! a throw-away cluster of our own.
+//!
+//! The cluster is made from the PostgreSQL binaries on the machine (Debian's `postgresql`
+//! package keeps them in `/usr/lib/postgresql/<version>/bin`): `initdb` in a fresh temporary
+//! directory, a server on a free loopback port with trust authentication, stopped and removed
+//! when its [`Cluster`] drops. As root, `initdb` refuses to run, so the cluster then runs as the
+//! `postgres` system user.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use dispatch_test_support::{process_gone, POSTGRES_URL_VAR};
+
+/// Where Debian installs each PostgreSQL version's binaries, one directory per version.
+const DEBIAN_VERSIONS_DIR: &str = "/usr/lib/postgresql";
+
+/// Name prefix of the cluster directories under the system's temporary directory.
+const DIR_PREFIX: &str = "dispatch-postgres-";
+
+/// The file in a cluster directory holding the pid of the xtask that owns the cluster.
+const OWNER_FILE: &str = "xtask.pid";
+
+/// The system user a cluster runs as when xtask runs as root.
+const SYSTEM_USER: &str = "postgres";
+
+/// The cluster's superuser, the user in its URL.
+const SUPERUSER: &str = "postgres";
+
+/// The PostgreSQL server the test processes get.
+pub(crate) enum TestServer {
+    /// `DISPATCH_TEST_POSTGRES_URL` was set; the test processes inherit it.
+    Given,
+    /// A cluster of our own, stopped and removed when this value drops.
+    Started(Cluster),
+    /// No PostgreSQL binaries outside CI: the PostgreSQL tests skip.
+    Missing,
+}
+
+impl TestServer {
+    /// The server named by the environment, else a new cluster, else (outside CI, without
+    /// PostgreSQL binaries) none. Fails in CI when there are no binaries.
+    pub(crate) fn prepare() -> anyhow::Result<TestServer> {
+        if std::env::var_os(POSTGRES_URL_VAR).is_some_and(|u| !u.is_empty()) {
+            println!("xtask: PostgreSQL tests use the server in {POSTGRES_URL_VAR}");
+            return Ok(TestServer::Given);
+        }
+        let Some(bin) = find_binaries() else {
+            let reason = format!(
+                "no PostgreSQL binaries (`initdb`, `pg_ctl`) on PATH or under \
+                 {DEBIAN_VERSIONS_DIR}/<version>/bin; install Debian's `postgresql` package or set \
+                 {POSTGRES_URL_VAR}"
+            );
+            if std::env::var_os("CI").is_some() {
+                bail!("{reason}");
+            }
+            println!("xtask: the PostgreSQL tests will be skipped: {reason}");
+            return Ok(TestServer::Missing);
+        };
+        Ok(TestServer::Started(Cluster::start(&bin)?))
+    }
+
+    /// The URL the test processes must be given, when the server is ours.
+    pub(crate) fn url_to_set(&self) -> Option<&str> {
+        match self {
+            TestServer::Started(cluster) => Some(cluster.url()),
+            TestServer::Given | TestServer::Missing => None,
+        }
+    }
+}
+
+/// A running throw-away cluster: stopped (`pg_ctl stop -m fast`) and its directory removed when
+/// this value drops.
+pub(crate) struct Cluster {
+    /// Holds `data/` (the cluster), the server's log and its unix socket.
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Run `initdb` and `pg_ctl` as [`SYSTEM_USER`], since we are root.
+    as_system_user: bool,
+    url: String,
+}
+
+impl Cluster {
+    /// A new cluster from the binaries in `bin`, running and accepting connections.
+    pub(crate) fn start(bin: &Path) -> anyhow::Result<Cluster> {
+        let as_system_user = nix::unistd::geteuid().is_root();
+        sweep_leftovers(bin, as_system_user);
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir()
+            .context("failed to create the PostgreSQL cluster's directory")?;
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+            .context("failed to write the PostgreSQL cluster's owner file")?;
+        if as_system_user {
+            let user = nix::unistd::User::from_name(SYSTEM_USER)
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!(
+                        "as root, PostgreSQL's `initdb` must run as the `{SYSTEM_USER}` system \
+                         user, which does not exist (Debian's `postgresql` package creates it)"
+                    )
+                })?;
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).with_context(|| {
+                format!(
+                    "failed to hand `{}` to `{SYSTEM_USER}`",
+                    dir.path().display()
+                )
+            })?;
+        }
+        let port = free_port()?;
+        let cluster = Cluster {
+            dir,
+            bin: bin.to_path_buf(),
+            as_system_user,
+            url: format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"),
+        };
+        let data = cluster.data_dir();
+        run(cluster
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
+            // A crash loses a throw-away cluster either way, so initdb need not sync it.
+            .arg("--no-sync"))?;
+        cluster.configure(port)?;
+        let log = cluster.dir.path().join("server.log");
+        let started = run(cluster
+            .command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(&log));
+        if let Err(err) = started {
+            let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(err.context(format!("server log:\n{}", server_log.trim_end())));
+        }
+        let version = cluster.version();
+        println!(
+            "xtask: started a throw-away PostgreSQL cluster ({version}) at {}, in {}",
+            cluster.url,
+            cluster.dir.path().display()
+        );
+        Ok(cluster)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`, with trust authentication.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Appends the settings of a private test server to the cluster's `postgresql.conf`.
+    fn configure(&self, port: u16) -> anyhow::Result<()> {
+        let socket_dir = self.dir.path().display().to_string().replace('\'', "''");
+        let mut settings = String::new();
+        // Loopback only, and the unix socket in our own directory rather than the system's
+        // `/var/run/postgresql`, which the machine's own server may use.
+        writeln!(settings, "listen_addresses = '127.0.0.1'")?;
+        writeln!(settings, "port = {port}")?;
+        writeln!(settings, "unix_socket_directories = '{socket_dir}'")?;
+        // Tests run in parallel, each with a store holding a few connections.
+        writeln!(settings, "max_connections = 300")?;
+        // No fsync: this cluster is thrown away after the run and no test checks PostgreSQL's own
+        // durability across a machine crash; a crash of the machine ends the run anyway. Without
+        // it every commit and CREATE DATABASE would wait for the disk.
+        writeln!(settings, "fsync = off")?;
+        let path = self.data_dir().join("postgresql.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(settings.as_bytes()))
+            .with_context(|| format!("failed to append settings to `{}`", path.display()))
+    }
+
+    /// A command running one of the cluster's PostgreSQL binaries.
+    fn command(&self, program: &str) -> Command {
+        pg_command(&self.bin, program, self.as_system_user)
+    }
+
+    /// `pg_ctl`'s version line, such as `pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)`.
+    fn version(&self) -> String {
+        Command::new(self.bin.join("pg_ctl"))
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|e| format!("version unknown: {e}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        // No pid file: the server never started (initdb or the start failed).
+        if data.join("postmaster.pid").exists() {
+            let stopped = run(self
+                .command("pg_ctl")
+                .args(["stop", "-w", "-m", "fast", "-D"])
+                .arg(&data));
+            match stopped {
+                Ok(()) => println!("xtask: stopped the throw-away PostgreSQL cluster"),
+                Err(err) => eprintln!("xtask: failed to stop the PostgreSQL cluster: {err:#}"),
+            }
+        }
+        // The temporary directory removes itself after this.
+    }
+}
+
+/// Runs `command` to its end and fails with its output when it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    // The whole command in the messages: as root, a missing `runuser` is a likely cause.
+    let output = command
+        .output()
+        .with_context(|| format!("failed to start {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} exited with {}:\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(())
+}
+
+/// A command running `bin/program`, through `runuser` as [`SYSTEM_USER`] when `as_system_user`.
+fn pg_command(bin: &Path, program: &str, as_system_user: bool) -> Command {
+    let program = bin.join(program);
+    if as_system_user {
+        let mut command = Command::new("runuser");
+        command.args(["-u", SYSTEM_USER, "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The directory holding both `initdb` and `pg_ctl`: the first such on PATH, else Debian's
+/// highest installed version.
+fn find_binaries() -> Option<PathBuf> {
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let mut versions: Vec<String> = std::fs::read_dir(DEBIAN_VERSIONS_DIR)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    sort_highest_first(&mut versions);
+    let debian = versions
+        .iter()
+        .map(|v| Path::new(DEBIAN_VERSIONS_DIR).join(v).join("bin"));
+    on_path
+        .into_iter()
+        .chain(debian)
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+}
+
+/// Sorts version directory names (`15`, `9.6`) by their numbers, highest first; names that are
+/// not versions go last.
+fn sort_highest_first(versions: &mut [String]) {
+    let key = |v: &String| -> Vec<u32> { v.split('.').map(|n| n.parse().unwrap_or(0)).collect() };
+    versions.sort_by_key(|v| std::cmp::Reverse(key(v)));
+}
+
+/// A loopback port nobody listens on right now. Another process could take it before the
+/// server binds it; the server then fails to start and says so in its log.
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).context("failed to find a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Stops and removes the clusters that runs killed before their drop (Ctrl-C) left in the
+/// temporary directory: those whose owner process has ended. A directory without an owner file
+/// is another run's, still being set up, and is left alone.
+fn sweep_leftovers(bin: &Path, as_system_user: bool) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let ours = entries.filter_map(|e| Some(e.ok()?.path())).filter(|dir| {
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX))
+    });
+    for dir in ours {
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        let Some(owner) = owner.filter(|pid| process_gone(*pid)) else {
+            continue;
+        };
+        let data = dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            // Best effort: a server that is already gone makes this fail, which is fine.
+            let _ = pg_command(bin, "pg_ctl", as_system_user)
+                .args(["stop", "-w", "-m", "immediate", "-D"])
+                .arg(&data)
+                .output();
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!(
+                "xtask: removed the PostgreSQL cluster `{}` left by an interrupted run (pid {owner})",
+                dir.display()
+            ),
+            Err(e) => eprintln!("xtask: failed to remove `{}`: {e}", dir.display()),
+        }
+    }
+}
+
+/// `cargo xtask postgres`: a cluster for running tests by hand, until Enter (or the end of
+/// stdin).
+pub(crate) fn run_until_enter() -> anyhow::Result<()> {
+    let cluster = match TestServer::prepare()? {
+        TestServer::Started(cluster) => cluster,
+        TestServer::Given => bail!("{POSTGRES_URL_VAR} is set already; no cluster started"),
+        TestServer::Missing => bail!("no cluster started"),
+    };
+    println!("export {POSTGRES_URL_VAR}={}", cluster.url());
+    println!("xtask: press Enter to stop the cluster");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    drop(cluster);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_by_number_highest_first() {
+        let mut versions: Vec<String> = ["9.6", "15", "10", "notes", "16"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        sort_highest_first(&mut versions);
+        assert_eq!(versions, ["16", "15", "10", "9.6", "notes"]);
+    }
+}
