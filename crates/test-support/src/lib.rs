@@ -13,12 +13,17 @@
 //! it) on the server named by `DISPATCH_TEST_POSTGRES_URL`, which `cargo xtask ci` starts; without
 //! one the test skips, except in CI, where it fails.
 //!
+//! [`test_store_database`] gives a test the PostgreSQL database for its hub store when the run
+//! asks for that backend (`DISPATCH_TEST_STORE=postgres`), and `None` on SQLite.
+//!
 //! [`bench_main`] is the `main` of a crate's `harness = false` bench: a scratch directory, a
 //! table on stdout and the results as JSON for `cargo xtask bench`.
 
 mod pg_database;
+mod test_store;
 
 pub use pg_database::{postgres_database, postgres_url, PgDatabase, POSTGRES_URL_VAR};
+pub use test_store::{test_store_database, TEST_STORE_VAR};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
