@@ -187,6 +187,16 @@ impl HubError {
         }
     }
 
+    /// Whether this is the store's database being out of reach (a PostgreSQL server that went
+    /// away): callers answer 503 and the store reconnects on its own.
+    pub fn is_store_unavailable(&self) -> bool {
+        match self {
+            HubError::Store { source, .. } => source.is_unavailable(),
+            HubError::Commit { source } => source.is_unavailable(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn store<E: Into<SqlError>>(action: &'static str) -> impl FnOnce(E) -> HubError {
         move |source| HubError::Store {
             action,

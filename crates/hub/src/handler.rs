@@ -57,6 +57,13 @@ impl ApiError {
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
+        if e.is_store_unavailable() {
+            tracing::warn!(error = %dispatch_util::error_chain(&e), "store out of reach; answered 503");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub's store is out of reach; retry shortly",
+            );
+        }
         tracing::error!(error = %dispatch_util::error_chain(&e), "request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal hub error")
     }

@@ -171,6 +171,12 @@ impl Hub {
             metrics: metrics.clone(),
             cancel: cancel.clone(),
         });
+        waiters::listen_to_replicas(&store, state.waiters.clone(), cancel.clone()).map_err(
+            |source| HubError::Io {
+                path: "hub-replica-listener".into(),
+                source,
+            },
+        )?;
         let tasks = TaskTracker::new();
         let clock: github::installations::Clock = Arc::new(now_ms);
         let auth = match (app_key, cfg.github.token.clone().filter(|t| !t.is_empty())) {

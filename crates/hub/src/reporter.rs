@@ -28,6 +28,14 @@ use crate::metrics::{Metrics, REPORTS};
 use crate::report::{backoff, MAX_ATTEMPTS};
 use crate::store::{blocking, now_ms, PendingReport, Store};
 
+/// Reports one pass sends at most before it looks at when the next is due.
+const PASS: usize = 50;
+
+/// How long a claimed report stays with the hub process that claimed it: longer than the two
+/// GitHub calls a report may take (an installation token and the report, 30 s timeout each).
+/// A process that dies while sending leaves the report to be sent after this.
+const CLAIM_HOLD_MS: i64 = 120_000;
+
 pub(crate) struct Reporter {
     pub store: Arc<Store>,
     pub github: GithubClient,
@@ -80,11 +88,13 @@ impl Reporter {
         }
     }
 
-    /// Sends every due report once; returns how many were sent.
+    /// Sends due reports (up to [`PASS`]), each claimed first so that no other hub process on
+    /// the same store sends it too; returns how many were sent.
     async fn pass(&self, limited: &mut HashMap<i64, i64>) -> Result<usize, HubError> {
-        let due = blocking(&self.store, |s| s.due_reports(now_ms(), 50)).await?;
         let mut sent = 0;
-        for report in due {
+        for _ in 0..PASS {
+            let claimed = blocking(&self.store, |s| s.claim_due_report(now_ms(), CLAIM_HOLD_MS));
+            let Some(report) = claimed.await? else { break };
             let result = match self.installation(&report).await {
                 Ok(installation) => match limited.get(&installation) {
                     Some(until) if *until > now_ms() => Err((

@@ -44,10 +44,43 @@ const STALE_TARGETS: i64 = 64;
 /// logged, not returned: the jobs are stored, and the next pull finds them.
 pub(crate) async fn wake_stored(store: &Arc<Store>, waiters: &Waiters, job_ids: Vec<String>) {
     match blocking(store, move |s| s.queued_targets(&job_ids)).await {
-        Ok(targets) => waiters.wake(targets.iter().map(Wake::from)),
+        Ok(targets) => {
+            waiters.wake(targets.iter().map(Wake::from));
+            announce(store, targets).await;
+        }
         Err(e) => tracing::warn!(error = %dispatch_util::error_chain(&e),
             "cannot tell waiting pulls about stored jobs; they find them when they pull again"),
     }
+}
+
+/// Tells the other hub processes on the store (replicas on PostgreSQL) about jobs that can be
+/// claimed, for their waiting pulls. A failure is logged: their lease sweeps find the jobs later.
+async fn announce(store: &Arc<Store>, targets: Vec<JobTarget>) {
+    if let Err(e) = blocking(store, move |s| s.announce(targets)).await {
+        tracing::warn!(error = %dispatch_util::error_chain(&e),
+            "cannot tell other hub replicas about claimable jobs; their sweeps find them");
+    }
+}
+
+/// Hears the other hub processes' announcements (PostgreSQL) on a thread of its own until
+/// `cancel`, waking a waiting pull here for each job announced.
+pub(crate) fn listen_to_replicas(
+    store: &Store,
+    waiters: Arc<Waiters>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let Some(listener) = store.listener() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("hub-replica-listener".into())
+        .spawn(move || {
+            listener.run(
+                || cancel.is_cancelled(),
+                |targets| waiters.wake(targets.iter().map(Wake::from)),
+            );
+        })
+        .map(drop)
 }
 
 /// The lease sweep's pass: claims whose lease has run out go back to the queue (or are finished
@@ -66,6 +99,7 @@ pub(crate) async fn sweep(
     if lapsed.any {
         changed = blocking(store, move |s| s.requeue_expired(now)).await?;
         waiters.wake(lapsed.requeued.iter().map(Wake::from));
+        announce(store, lapsed.requeued).await;
     }
     if waiters.joined() > 0 {
         let stale = i64::try_from(period.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);

@@ -105,7 +105,9 @@ impl PgConn {
 /// A read connection, behind a lock.
 pub(crate) enum Reader {
     Sqlite(Mutex<Connection>),
-    Postgres(Box<Mutex<PgConn>>),
+    /// The connection (None after it broke, until the next call opens a new one) and how to
+    /// open one.
+    Postgres(Box<(Mutex<Option<PgConn>>, postgres::Config)>),
 }
 
 impl Reader {
@@ -113,9 +115,10 @@ impl Reader {
     pub fn open(at: &Location) -> Result<Reader, HubError> {
         match at {
             Location::Sqlite(path) => Ok(Reader::Sqlite(Mutex::new(open_read_only(path)?))),
-            Location::Postgres(cfg) => Ok(Reader::Postgres(Box::new(Mutex::new(PgConn::connect(
-                cfg,
-            )?)))),
+            Location::Postgres(cfg) => Ok(Reader::Postgres(Box::new((
+                Mutex::new(Some(PgConn::connect(cfg)?)),
+                (**cfg).clone(),
+            )))),
         }
     }
 
@@ -130,9 +133,17 @@ impl Reader {
         // A panic while holding a lock cannot leave a connection in a bad state.
         match self {
             Reader::Sqlite(conn) => f(&*conn.lock().unwrap_or_else(|p| p.into_inner())),
-            Reader::Postgres(conn) => {
+            Reader::Postgres(pg) => {
+                let (conn, cfg) = &**pg;
                 let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                conn.with(f)
+                if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                    *conn = None;
+                    *conn = Some(PgConn::connect(cfg)?);
+                }
+                let Some(c) = conn.as_mut() else {
+                    return Err(HubError::StoreClosed);
+                };
+                c.with(f)
             }
         }
     }

@@ -4,7 +4,7 @@
 //! Every function runs inside the writer's transaction (or on the read connection, for the
 //! read-only ones); none commits.
 
-use super::sql::{args, Optional, Sql};
+use super::sql::{args, Dialect, Optional, Sql};
 use dispatch_protocol::DispatchJob;
 use serde_json::value::RawValue;
 
@@ -139,13 +139,22 @@ pub(super) fn claim_next(
     tally: &mut Tally,
 ) -> Result<Option<DispatchJob>, HubError> {
     expire_claims(tx, now_ms, reports, tally)?;
+    // On PostgreSQL the row is also locked, skipping rows another transaction holds: write
+    // groups already take turns (the writers' advisory lock), so this only keeps a claim safe
+    // should a claim ever run outside one.
+    let lock = match tx.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => "FOR UPDATE OF j SKIP LOCKED",
+    };
     let row: Option<(i64, String, Option<String>, Option<String>)> = tx
         .query_row(
-            "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
-             LEFT JOIN payloads p ON p.delivery_id = j.delivery_id
-             WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
-                   AND (j.target_server_id = '' OR j.target_server_id = ?3)
-             ORDER BY j.seq LIMIT 1",
+            &format!(
+                "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
+                 LEFT JOIN payloads p ON p.delivery_id = j.delivery_id
+                 WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
+                       AND (j.target_server_id = '' OR j.target_server_id = ?3)
+                 ORDER BY j.seq LIMIT 1 {lock}"
+            ),
             args![JobState::Queued, license_id, server_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )

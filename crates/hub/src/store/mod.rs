@@ -33,6 +33,7 @@ mod gauges;
 mod heads;
 mod integrity;
 mod jobs;
+mod notify;
 mod progress;
 mod reports;
 mod retention;
@@ -114,6 +115,8 @@ pub(crate) struct Store {
     reports: Mutex<Reports>,
     /// Wakes the watchers of a job's progress ([`Store::progress_changes`]).
     progress: progress::Watch,
+    /// This process's mark on its announcements to other hub processes ([`notify`]).
+    origin: u64,
 }
 
 impl Store {
@@ -145,6 +148,7 @@ impl Store {
             seen: activations::Seen::default(),
             reports: Mutex::new(Arc::new(NoReports)),
             progress: progress::Watch::default(),
+            origin: rand::random(),
         })
     }
 
@@ -181,6 +185,7 @@ impl Store {
             seen: activations::Seen::default(),
             reports: Mutex::new(Arc::new(NoReports)),
             progress: progress::Watch::default(),
+            origin: rand::random(),
         })
     }
 
@@ -383,8 +388,27 @@ impl Store {
     }
 
     /// Reports due at `now_ms`, oldest first.
+    #[cfg(test)]
     pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
         self.read(|db| reports::due(db, now_ms, limit))
+    }
+
+    /// Takes the oldest report due at `now_ms` for this hub to send: it is not due again for
+    /// `hold_ms`, so other hub processes on the same store (replicas) leave it alone while this
+    /// one sends it. A hub that dies while sending leaves it to be sent again after the hold.
+    pub fn claim_due_report(
+        &self,
+        now_ms: i64,
+        hold_ms: i64,
+    ) -> Result<Option<PendingReport>, HubError> {
+        // A claim lost in a crash only makes the report due again: no fsync of its own.
+        self.writer.write(Durability::Revocable, move |tx| {
+            let Some(report) = reports::due(tx, now_ms, 1)?.into_iter().next() else {
+                return Ok(None);
+            };
+            reports::hold(tx, report.id, now_ms.saturating_add(hold_ms))?;
+            Ok(Some(report))
+        })
     }
 
     /// When the next report is due, if any.

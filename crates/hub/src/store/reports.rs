@@ -234,6 +234,16 @@ pub(super) fn due(conn: &dyn Sql, now_ms: i64, limit: i64) -> Result<Vec<Pending
         .map_err(HubError::store("read due reports"))
 }
 
+/// Makes report `id` due at `until_ms` (a claim by the hub process sending it).
+pub(super) fn hold(conn: &dyn Sql, id: i64, until_ms: i64) -> Result<(), HubError> {
+    conn.execute(
+        "UPDATE reports SET next_attempt_ms = ?2 WHERE id = ?1",
+        args![id, until_ms],
+    )
+    .map_err(HubError::store("claim a report"))?;
+    Ok(())
+}
+
 /// When the next report is due, if any (reports waiting behind an earlier one of their job do
 /// not count: they become due when it is gone).
 pub(super) fn next_due(conn: &dyn Sql) -> Result<Option<i64>, HubError> {
@@ -270,9 +280,7 @@ pub(super) fn reschedule(
 /// limit), nothing failed.
 pub(super) fn defer(conn: &dyn Sql, id: i64, until_ms: i64, error: &str) -> Result<(), HubError> {
     conn.execute(
-        "UPDATE reports
-         SET next_attempt_ms = CASE WHEN next_attempt_ms > ?1 THEN next_attempt_ms ELSE ?1 END,
-             last_error = ?2
+        "UPDATE reports SET next_attempt_ms = ?1, last_error = ?2
          WHERE id = ?3",
         args![until_ms, error, id],
     )

@@ -344,6 +344,27 @@ pub enum SqlError {
 }
 
 impl SqlError {
+    /// Whether the database could not be reached (the connection broke, the server is shutting
+    /// down or starting): the call may succeed later, once the store has reconnected.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            SqlError::Lost(_) => true,
+            SqlError::Postgres(e) => {
+                let code = e.code().map(postgres::error::SqlState::code);
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                let mut io = false;
+                while let Some(c) = cause {
+                    io |= c.is::<std::io::Error>();
+                    cause = c.source();
+                }
+                e.is_closed()
+                    || io
+                    || code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+            }
+            _ => false,
+        }
+    }
+
     /// The SQLite error underneath, if this is one.
     pub fn sqlite(&self) -> Option<&rusqlite::Error> {
         match self {
