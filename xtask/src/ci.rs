@@ -11,6 +11,9 @@ use anyhow::{bail, Context};
 
 use crate::cargo;
 use crate::postgres::TestServer;
+
+/// Puts the hub's test stores in PostgreSQL (`crates/hub/src/store/testing.rs`).
+const STORE_VAR: &str = "DISPATCH_TEST_STORE";
 use dispatch_test_support::POSTGRES_URL_VAR;
 
 /// One step of the suite: either a command or an in-process check.
@@ -72,6 +75,20 @@ fn steps(nextest: bool) -> Vec<Step> {
     } else {
         steps.push(test_step("test", &["test", "--workspace"]));
     }
+    // The hub's tests once more with their stores in PostgreSQL (tests that are about SQLite
+    // itself keep SQLite).
+    steps.push(Step {
+        name: "hub on postgres",
+        action: Action::Cargo {
+            args: if nextest {
+                &["nextest", "run", "-p", "dispatch-hub"]
+            } else {
+                &["test", "-p", "dispatch-hub"]
+            },
+            env: &[(STORE_VAR, "postgres")],
+        },
+        tests: true,
+    });
     steps.push(Step {
         name: "doc",
         action: Action::Cargo {
@@ -129,6 +146,16 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             .as_ref()
             .filter(|_| step.tests)
             .and_then(TestServer::url_to_set);
+        let wants_store = matches!(&step.action, Action::Cargo { env, .. }
+            if env.iter().any(|(key, _)| *key == STORE_VAR));
+        if wants_store && postgres_url.is_none() && std::env::var_os(POSTGRES_URL_VAR).is_none() {
+            // Only outside CI: there, a missing server already failed the first test step.
+            println!(
+                "<== {} skipped: no PostgreSQL server on this machine",
+                step.name
+            );
+            continue;
+        }
         let result = match &step.action {
             Action::Cargo { args, env } => run_cargo(root, args, env, postgres_url),
             Action::Layering => crate::layering::run(root),
@@ -192,7 +219,16 @@ mod tests {
     fn step_order_matches_the_documented_suite() {
         assert_eq!(
             names(false),
-            ["fmt", "clippy", "test", "doc", "layering", "tidy", "imports"]
+            [
+                "fmt",
+                "clippy",
+                "test",
+                "hub on postgres",
+                "doc",
+                "layering",
+                "tidy",
+                "imports"
+            ]
         );
         assert_eq!(
             names(true),
@@ -201,6 +237,7 @@ mod tests {
                 "clippy",
                 "doc tests",
                 "test (nextest)",
+                "hub on postgres",
                 "doc",
                 "layering",
                 "tidy",
@@ -218,9 +255,9 @@ mod tests {
                 .map(|step| step.name)
                 .collect();
             let want: &[&str] = if nextest {
-                &["doc tests", "test (nextest)"]
+                &["doc tests", "test (nextest)", "hub on postgres"]
             } else {
-                &["test"]
+                &["test", "hub on postgres"]
             };
             assert_eq!(tests, want);
         }
