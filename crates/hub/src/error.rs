@@ -113,6 +113,12 @@ pub enum HubError {
         #[source]
         source: SqlError,
     },
+    /// TLS to PostgreSQL could not be set up.
+    #[error("cannot set up TLS to PostgreSQL: {reason}")]
+    PgTls {
+        /// What rustls said.
+        reason: String,
+    },
     /// The store's writer thread has stopped.
     #[error("hub store is closed")]
     StoreClosed,

@@ -75,16 +75,34 @@ pub(crate) struct PgConn {
 /// How long a connection attempt to PostgreSQL may take before it is an error.
 const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// TLS to PostgreSQL: the server's certificate is checked against the web's root authorities
+/// (webpki-roots) and its name. The URL's `sslmode` decides whether TLS is used: `require`
+/// refuses a server without it, `prefer` (the default) uses it when the server offers it, and
+/// `disable` never does (a local socket, a private network).
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, HubError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HubError::PgTls {
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 impl PgConn {
-    /// Connects (plain TCP or a Unix socket: TLS to the database is left to the network, as with
-    /// a local socket or a private network).
+    /// Connects, over TLS when the server offers it (see [`tls`]).
     pub fn connect(cfg: &postgres::Config) -> Result<PgConn, HubError> {
         let mut cfg = cfg.clone();
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(PG_CONNECT_TIMEOUT);
         }
         let client = cfg
-            .connect(postgres::NoTls)
+            .connect(tls()?)
             .map_err(HubError::store("connect to PostgreSQL"))?;
         Ok(PgConn {
             client,
