@@ -178,3 +178,45 @@ fn open_read_only(path: &Path) -> Result<Connection, HubError> {
         .map_err(HubError::store("set the busy timeout"))?;
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test server speaks no TLS: `sslmode=require` refuses it, the default falls back to a
+    /// plain connection.
+    #[test]
+    fn sslmode_require_refuses_a_server_without_tls() {
+        let Some(url) = dispatch_test_support::postgres_url() else {
+            return;
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let Location::Postgres(strict) =
+            Location::postgres(&format!("{url}{sep}sslmode=require")).unwrap()
+        else {
+            unreachable!("a postgres URL");
+        };
+        let err = PgConn::connect(&strict)
+            .err()
+            .expect("no TLS, no connection");
+        let chain = dispatch_util::error_chain(&err);
+        assert!(chain.contains("TLS"), "{chain}");
+        let Location::Postgres(default) = Location::postgres(&url).unwrap() else {
+            unreachable!("a postgres URL");
+        };
+        let mut conn = PgConn::connect(&default).unwrap();
+        assert!(conn.client.simple_query("SELECT 1").is_ok());
+    }
+
+    #[test]
+    fn a_bad_store_url_is_named_without_its_password() {
+        for url in [
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h:notaport/db",
+            "postgres://u:hunter2@h:5432",
+        ] {
+            let reason = Location::postgres(url).err().unwrap();
+            assert!(!reason.contains("hunter2"), "{reason}");
+        }
+    }
+}
