@@ -54,6 +54,10 @@ pub(crate) async fn flush_seen(store: Arc<Store>, cancel: CancellationToken) {
             tracing::warn!(error = %dispatch_util::error_chain(&e),
                 "writing when servers were last seen failed; retrying at the next pass");
         }
+        if let Err(e) = blocking(&store, |s| s.recount_shared()).await {
+            tracing::warn!(error = %dispatch_util::error_chain(&e),
+                "counting jobs for the gauges failed; retrying at the next pass");
+        }
         if stopping {
             return;
         }

@@ -110,6 +110,15 @@ impl PgConn {
         })
     }
 
+    /// A connection whose transactions cannot write, as SQLite's read-only readers.
+    pub fn read_only(cfg: &postgres::Config) -> Result<PgConn, HubError> {
+        let mut conn = PgConn::connect(cfg)?;
+        conn.client
+            .batch_execute("SET default_transaction_read_only = on")
+            .map_err(HubError::store("make a read connection read-only"))?;
+        Ok(conn)
+    }
+
     /// Runs `f` on the connection outside any transaction.
     pub fn with<T>(
         &mut self,
@@ -129,12 +138,12 @@ pub(crate) enum Reader {
 }
 
 impl Reader {
-    /// Opens a read connection to `at`; a SQLite file is opened read-only.
+    /// Opens a read connection to `at`, read-only on both backends.
     pub fn open(at: &Location) -> Result<Reader, HubError> {
         match at {
             Location::Sqlite(path) => Ok(Reader::Sqlite(Mutex::new(open_read_only(path)?))),
             Location::Postgres(cfg) => Ok(Reader::Postgres(Box::new((
-                Mutex::new(Some(PgConn::connect(cfg)?)),
+                Mutex::new(Some(PgConn::read_only(cfg)?)),
                 (**cfg).clone(),
             )))),
         }
@@ -156,7 +165,7 @@ impl Reader {
                 let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
                 if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
                     *conn = None;
-                    *conn = Some(PgConn::connect(cfg)?);
+                    *conn = Some(PgConn::read_only(cfg)?);
                 }
                 let Some(c) = conn.as_mut() else {
                     return Err(HubError::StoreClosed);

@@ -4,7 +4,9 @@
 //! The gauges are read from the table once, when the store opens; after that every write that
 //! inserts, deletes or moves jobs between states records it in a [`Tally`], which the store adds
 //! to the gauges only once the write has committed (a write rolled back changes nothing). They
-//! count this process's changes: another hub process sharing the file is seen at the next start.
+//! count this process's changes: on PostgreSQL, where replicas share the rows, the store counts
+//! them again once a minute ([`JobGauges::reset`]); another hub process sharing a SQLite file is
+//! seen at the next start.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -53,6 +55,17 @@ impl JobGauges {
             gauges.0[slot(*state)].store(*n, Ordering::Relaxed);
         }
         gauges
+    }
+
+    /// Sets the gauges to counted rows (what other processes changed included).
+    pub fn reset(&self, counts: &[(JobState, i64)]) {
+        for state in JobState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n);
+            self.0[slot(state)].store(n, Ordering::Relaxed);
+        }
     }
 
     /// Adds a committed write's changes.

@@ -387,6 +387,16 @@ impl Store {
         self.gauges.snapshot()
     }
 
+    /// On PostgreSQL, counts the jobs per state again for the gauges: other replicas change them
+    /// too. Nothing on SQLite, where this process sees every change.
+    pub fn recount_shared(&self) -> Result<(), HubError> {
+        if let Location::Postgres(_) = self.location {
+            let counts = self.read(jobs::counts)?;
+            self.gauges.reset(&counts);
+        }
+        Ok(())
+    }
+
     /// Reports due at `now_ms`, oldest first.
     #[cfg(test)]
     pub fn due_reports(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingReport>, HubError> {
