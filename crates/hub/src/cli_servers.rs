@@ -1,5 +1,5 @@
 //! Part of the `hub` binary (not of the library): `hub servers list|revoke`, and the `hub serve`
-//! flags of the stored-data settings (retention, activation expiry, metrics token).
+//! flags of the stored-data settings (retention, activation expiry, metrics token, store URL).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,13 @@ pub(crate) struct StoreFlags {
         hide_env_values = true
     )]
     metrics_token: Option<String>,
+    #[command(flatten)]
+    store_url: StoreUrl,
+}
+
+/// `--store-url`, shared by `hub serve` and the commands that open the store.
+#[derive(Args)]
+pub(crate) struct StoreUrl {
     /// The store in PostgreSQL, `postgres://user@host/database`, for several replicas
     /// (overrides `store_url`; unset: SQLite in the data directory).
     #[arg(
@@ -36,11 +43,20 @@ pub(crate) struct StoreFlags {
     store_url: Option<String>,
 }
 
-impl StoreFlags {
-    pub(crate) fn apply(self, cfg: &mut HubConfig) {
+impl StoreUrl {
+    /// Sets `cfg.store_url` when the flag was given.
+    fn apply(self, cfg: &mut HubConfig) -> Result<(), HubError> {
         if let Some(url) = self.store_url.filter(|u| !u.is_empty()) {
+            dispatch_hub::check_store_url(&url)?;
             cfg.store_url = Some(Secret::new(url));
         }
+        Ok(())
+    }
+}
+
+impl StoreFlags {
+    pub(crate) fn apply(self, cfg: &mut HubConfig) -> Result<(), HubError> {
+        self.store_url.apply(cfg)?;
         if let Some(n) = self.retention_days {
             cfg.retention = days(n);
         }
@@ -50,6 +66,7 @@ impl StoreFlags {
         if let Some(token) = self.metrics_token.filter(|t| !t.is_empty()) {
             cfg.metrics_token = Some(Secret::new(token));
         }
+        Ok(())
     }
 }
 
@@ -62,14 +79,8 @@ pub(crate) struct StoreLocation {
     /// The hub's data directory (overrides the config's).
     #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The hub's PostgreSQL store, `postgres://…` (overrides the config's `store_url`).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "DISPATCH_HUB_STORE_URL",
-        hide_env_values = true
-    )]
-    store_url: Option<String>,
+    #[command(flatten)]
+    store_url: StoreUrl,
 }
 
 impl StoreLocation {
@@ -80,10 +91,7 @@ impl StoreLocation {
             Some(path) => load_hub_config(path)?,
             None => HubConfig::default(),
         };
-        if let Some(url) = self.store_url.filter(|u| !u.is_empty()) {
-            dispatch_hub::check_store_url(&url)?;
-            cfg.store_url = Some(Secret::new(url));
-        }
+        self.store_url.apply(&mut cfg)?;
         match (self.data_dir, &self.config) {
             (Some(dir), _) => cfg.data_dir = dir,
             (None, Some(_)) => {}

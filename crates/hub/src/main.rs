@@ -295,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.github.token = Some(Secret::new(token));
             }
             limits.apply(&mut cfg.limits);
-            store.apply(&mut cfg);
+            store.apply(&mut cfg)?;
             app.apply(&mut cfg)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
