@@ -402,11 +402,9 @@ fn raw(job_id: &str, text: String) -> Result<Box<RawValue>, HubError> {
 
 #[cfg(test)]
 mod tests {
-    use dispatch_protocol::DispatchJob;
 
-    use crate::matching::NewJob;
     use crate::store::sql::args;
-    use crate::store::{Caller, RawDelivery, Store};
+    use crate::store::{testing, Caller, Store};
 
     /// `(claimed_ms, accepted_ms)` of the job `id`.
     fn times(store: &Store, id: &str) -> (i64, i64) {
@@ -423,22 +421,8 @@ mod tests {
 
     #[test]
     fn claim_and_accept_times_are_kept_past_the_finish_and_the_latest_claim_wins() {
-        let (_held, s) = crate::store::testing::test_store();
-        let job = NewJob {
-            job: DispatchJob {
-                id: "j1".into(),
-                dag_name: "d".into(),
-                ..DispatchJob::default()
-            },
-            target_license: String::new(),
-            target_server_id: String::new(),
-            status_context: "dispatch/d".into(),
-        };
-        let raw = RawDelivery {
-            payload: "{}".into(),
-            headers: "{}".into(),
-        };
-        s.record_delivery("d1", "push", vec![job], raw, 1).unwrap();
+        let (_held, s) = testing::test_store();
+        testing::add(&s, "d1", &[testing::new_job("j1", "")]);
         assert_eq!(times(&s, "j1"), (0, 0), "queued");
         s.claim_next("l", "a", 100, 50).unwrap().unwrap();
         assert_eq!(times(&s, "j1"), (100, 0));

@@ -453,19 +453,6 @@ mod tests {
     use super::jobs::MAX_CLAIMS;
     use super::*;
 
-    fn new_job(id: &str, license: &str) -> NewJob {
-        NewJob {
-            job: DispatchJob {
-                id: id.into(),
-                dag_name: "d".into(),
-                ..DispatchJob::default()
-            },
-            target_license: license.into(),
-            target_server_id: String::new(),
-            status_context: "dispatch/d".into(),
-        }
-    }
-
     fn who<'a>(license_id: &'a str, server_id: &'a str) -> Caller<'a> {
         Caller {
             license_id,
@@ -473,18 +460,10 @@ mod tests {
         }
     }
 
+    use testing::{add, new_job};
+
     fn store() -> (testing::Held, Store) {
         testing::test_store()
-    }
-
-    fn add(store: &Store, delivery: &str, jobs: &[NewJob]) -> DeliveryOutcome {
-        let raw = RawDelivery {
-            payload: "{\"a\": 1}".into(),
-            headers: "{}".into(),
-        };
-        store
-            .record_delivery(delivery, "push", jobs.to_vec(), raw, 1)
-            .unwrap()
     }
 
     #[test]

@@ -706,34 +706,15 @@ pub(crate) fn job_log(
 
 #[cfg(test)]
 mod tests {
-    use dispatch_protocol::DispatchJob;
 
     use super::*;
-    use crate::matching::NewJob;
-    use crate::store::RawDelivery;
 
     const CAP: u64 = 1000;
 
     /// A store with job `j` claimed by server `srv` of license `lic`.
     fn store_with_claimed_job() -> (crate::store::testing::Held, Store) {
         let (held, store) = crate::store::testing::test_store();
-        let job = NewJob {
-            job: DispatchJob {
-                id: "j".into(),
-                dag_name: "d".into(),
-                ..DispatchJob::default()
-            },
-            target_license: String::new(),
-            target_server_id: String::new(),
-            status_context: "dispatch/d".into(),
-        };
-        let raw = RawDelivery {
-            payload: "{}".into(),
-            headers: "{}".into(),
-        };
-        store
-            .record_delivery("d1", "push", vec![job], raw, 1)
-            .unwrap();
+        crate::store::testing::add(&store, "d1", &[crate::store::testing::new_job("j", "")]);
         store.claim_next("lic", "srv", 1, 60_000).unwrap().unwrap();
         (held, store)
     }
