@@ -176,6 +176,24 @@ impl Reader {
     }
 }
 
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // The blocking PostgreSQL client closes its connection on a runtime of its own, which
+        // panics on a thread that drives async tasks. The last handle on a store or on the web
+        // pages' state may well go there (the server's router drops at shutdown), so there the
+        // connection is closed on a thread of its own.
+        let Reader::Postgres(pg) = self else {
+            return;
+        };
+        let conn = pg.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(conn) = conn {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(conn));
+            }
+        }
+    }
+}
+
 /// A SQLite connection that cannot write, waiting up to 5 s for a writer's lock.
 fn open_read_only(path: &Path) -> Result<Connection, HubError> {
     let conn = Connection::open_with_flags(
