@@ -3,8 +3,8 @@
 //! Commands live in their own modules; adding one is a new arm in [`run`] and a line in [`USAGE`].
 //! This binary is tooling only: no workspace crate depends on it. Of ours it uses only
 //! `dispatch-protocol` (to sign bench webhooks as GitHub does) and `dispatch-test-support` (to read
-//! the payload fixtures the tests read, and to agree with the tests on the variable naming their
-//! PostgreSQL server).
+//! the payload fixtures the tests read, to agree with the tests on the variable naming their
+//! PostgreSQL server, and to make the bench's PostgreSQL database as theirs are made).
 
 mod bench;
 mod ci;
@@ -24,8 +24,9 @@ commands:
   bench [--only GROUP] [--out FILE] [--keep]
                              the README's benchmark numbers (release build, ~5 min): one table and
                              target/bench/results.json; GROUP: tracker, noop, latency, throughput,
-                             fleet, idle, hostile; --keep keeps the scratch homes and logs under
-                             target/bench/work
+                             fleet, postgres, idle, pages, hostile; --keep keeps the scratch homes
+                             and logs under target/bench/work; postgres uses the server of
+                             DISPATCH_TEST_POSTGRES_URL, else a throw-away cluster
   ci                         fmt check, clippy, tests (with a throw-away PostgreSQL cluster unless
                              DISPATCH_TEST_POSTGRES_URL is set), docs, the layering, tidy and
                              imports checks

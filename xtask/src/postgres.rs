@@ -5,7 +5,8 @@
 //! package keeps them in `/usr/lib/postgresql/<version>/bin`): `initdb` in a fresh temporary
 //! directory, a server on a free loopback port with trust authentication, stopped and removed
 //! when its [`Cluster`] drops. As root, `initdb` refuses to run, so the cluster then runs as the
-//! `postgres` system user.
+//! `postgres` system user. `cargo xtask bench --only postgres` starts one too, with its commits
+//! synced ([`Durability`]).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -49,19 +50,18 @@ impl TestServer {
             println!("xtask: PostgreSQL tests use the server in {POSTGRES_URL_VAR}");
             return Ok(TestServer::Given);
         }
-        let Some(bin) = find_binaries() else {
-            let reason = format!(
-                "no PostgreSQL binaries (`initdb`, `pg_ctl`) on PATH or under \
-                 {DEBIAN_VERSIONS_DIR}/<version>/bin; install Debian's `postgresql` package or set \
-                 {POSTGRES_URL_VAR}"
-            );
-            if std::env::var_os("CI").is_some() {
-                bail!("{reason}");
+        let bin = match binaries() {
+            Ok(bin) => bin,
+            Err(reason) if std::env::var_os("CI").is_some() => return Err(reason),
+            Err(reason) => {
+                println!("xtask: the PostgreSQL tests will be skipped: {reason}");
+                return Ok(TestServer::Missing);
             }
-            println!("xtask: the PostgreSQL tests will be skipped: {reason}");
-            return Ok(TestServer::Missing);
         };
-        Ok(TestServer::Started(Cluster::start(&bin)?))
+        Ok(TestServer::Started(Cluster::start(
+            &bin,
+            Durability::Unsynced,
+        )?))
     }
 
     /// The URL the test processes must be given, when the server is ours.
@@ -71,6 +71,18 @@ impl TestServer {
             TestServer::Given | TestServer::Missing => None,
         }
     }
+}
+
+/// Whether a cluster's commits wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// `fsync = off`, for the tests: the cluster is thrown away after the run and no test checks
+    /// PostgreSQL's own durability across a machine crash (a crash ends the run anyway). Without
+    /// it every commit and `CREATE DATABASE` would wait for the disk.
+    Unsynced,
+    /// PostgreSQL's defaults, every commit synced to the disk as on a production server, for the
+    /// bench: its figures stand beside those of the SQLite store, which syncs its commits too.
+    Synced,
 }
 
 /// A running throw-away cluster: stopped (`pg_ctl stop -m fast`) and its directory removed when
@@ -86,7 +98,7 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// A new cluster from the binaries in `bin`, running and accepting connections.
-    pub(crate) fn start(bin: &Path) -> anyhow::Result<Cluster> {
+    pub(crate) fn start(bin: &Path, durability: Durability) -> anyhow::Result<Cluster> {
         let as_system_user = nix::unistd::geteuid().is_root();
         sweep_leftovers(bin, as_system_user);
         let dir = tempfile::Builder::new()
@@ -127,7 +139,7 @@ impl Cluster {
             .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
             // A crash loses a throw-away cluster either way, so initdb need not sync it.
             .arg("--no-sync"))?;
-        cluster.configure(port)?;
+        cluster.configure(port, durability)?;
         let log = cluster.dir.path().join("server.log");
         let started = run(cluster
             .command("pg_ctl")
@@ -158,7 +170,7 @@ impl Cluster {
     }
 
     /// Appends the settings of a private test server to the cluster's `postgresql.conf`.
-    fn configure(&self, port: u16) -> anyhow::Result<()> {
+    fn configure(&self, port: u16, durability: Durability) -> anyhow::Result<()> {
         let socket_dir = self.dir.path().display().to_string().replace('\'', "''");
         let mut settings = String::new();
         // Loopback only, and the unix socket in our own directory rather than the system's
@@ -168,10 +180,9 @@ impl Cluster {
         writeln!(settings, "unix_socket_directories = '{socket_dir}'")?;
         // Tests run in parallel, each with a store holding a few connections.
         writeln!(settings, "max_connections = 300")?;
-        // No fsync: this cluster is thrown away after the run and no test checks PostgreSQL's own
-        // durability across a machine crash; a crash of the machine ends the run anyway. Without
-        // it every commit and CREATE DATABASE would wait for the disk.
-        writeln!(settings, "fsync = off")?;
+        if durability == Durability::Unsynced {
+            writeln!(settings, "fsync = off")?;
+        }
         let path = self.data_dir().join("postgresql.conf");
         std::fs::OpenOptions::new()
             .append(true)
@@ -243,12 +254,18 @@ fn pg_command(bin: &Path, program: &str, as_system_user: bool) -> Command {
 }
 
 /// The directory holding both `initdb` and `pg_ctl`: the first such on PATH, else Debian's
-/// highest installed version.
-fn find_binaries() -> Option<PathBuf> {
+/// highest installed version; else an error saying where they were looked for and how to get
+/// them.
+pub(crate) fn binaries() -> anyhow::Result<PathBuf> {
     let on_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    let mut versions: Vec<String> = std::fs::read_dir(DEBIAN_VERSIONS_DIR)
+    find_binaries(on_path, Path::new(DEBIAN_VERSIONS_DIR))
+}
+
+/// [`binaries`] in the directories `on_path`, then in `<versions_dir>/<version>/bin`.
+fn find_binaries(on_path: Vec<PathBuf>, versions_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<String> = std::fs::read_dir(versions_dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -256,13 +273,18 @@ fn find_binaries() -> Option<PathBuf> {
         })
         .unwrap_or_default();
     sort_highest_first(&mut versions);
-    let debian = versions
-        .iter()
-        .map(|v| Path::new(DEBIAN_VERSIONS_DIR).join(v).join("bin"));
+    let debian = versions.iter().map(|v| versions_dir.join(v).join("bin"));
     on_path
         .into_iter()
         .chain(debian)
         .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        .with_context(|| {
+            format!(
+                "no PostgreSQL binaries (`initdb`, `pg_ctl`) on PATH or under \
+                 {}/<version>/bin; install Debian's `postgresql` package or set {POSTGRES_URL_VAR}",
+                versions_dir.display()
+            )
+        })
 }
 
 /// Sorts version directory names (`15`, `9.6`) by their numbers, highest first; names that are
@@ -336,6 +358,46 @@ pub(crate) fn run_until_enter() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binaries_are_found_on_path_first_then_in_the_highest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = |bin: &Path| {
+            std::fs::create_dir_all(bin).unwrap();
+            for program in ["initdb", "pg_ctl"] {
+                std::fs::write(bin.join(program), "").unwrap();
+            }
+        };
+        let versions = dir.path().join("versions");
+        both(&versions.join("13").join("bin"));
+        both(&versions.join("15").join("bin"));
+        // Only one of the two programs: not a place to run a cluster from.
+        let half = dir.path().join("half");
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join("initdb"), "").unwrap();
+        assert_eq!(
+            find_binaries(vec![half.clone()], &versions).unwrap(),
+            versions.join("15").join("bin")
+        );
+        let on_path = dir.path().join("path");
+        both(&on_path);
+        assert_eq!(
+            find_binaries(vec![half, on_path.clone()], &versions).unwrap(),
+            on_path
+        );
+    }
+
+    #[test]
+    fn without_binaries_the_error_says_how_to_get_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = find_binaries(Vec::new(), &dir.path().join("none")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("install Debian's `postgresql` package"),
+            "{text}"
+        );
+        assert!(text.contains(POSTGRES_URL_VAR), "{text}");
+    }
 
     #[test]
     fn versions_sort_by_number_highest_first() {

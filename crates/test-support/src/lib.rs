@@ -11,7 +11,8 @@
 //!
 //! [`postgres_database`] gives a test a fresh PostgreSQL database ([`PgDatabase`], dropped with
 //! it) on the server named by `DISPATCH_TEST_POSTGRES_URL`, which `cargo xtask ci` starts; without
-//! one the test skips, except in CI, where it fails.
+//! one the test skips, except in CI, where it fails. [`create_postgres_database`] makes one on a
+//! server given by URL and returns the error instead of panicking (`cargo xtask bench`).
 //!
 //! [`test_store_database`] gives a test the PostgreSQL database for its hub store when the run
 //! asks for that backend (`DISPATCH_TEST_STORE=postgres`), and `None` on SQLite.
@@ -22,7 +23,10 @@
 mod pg_database;
 mod test_store;
 
-pub use pg_database::{postgres_database, postgres_url, PgDatabase, POSTGRES_URL_VAR};
+pub use pg_database::{
+    create_postgres_database, postgres_database, postgres_url, PgDatabase, PgDatabaseError,
+    POSTGRES_URL_VAR,
+};
 pub use test_store::{test_store_database, TEST_STORE_VAR};
 
 use std::path::{Path, PathBuf};

@@ -85,20 +85,63 @@ pub fn postgres_url() -> Option<String> {
 /// inside a tokio runtime.
 pub fn postgres_database() -> Option<PgDatabase> {
     let admin_url = postgres_url()?;
-    let name = unique_name();
-    let url = with_database(&admin_url, &name)
-        .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not usable: {e}"));
-    if let Err(e) = run_admin(&admin_url, format!("CREATE DATABASE \"{name}\"")) {
-        panic!(
-            "failed to create test database `{name}` on the server of {POSTGRES_URL_VAR}: {}",
-            error_chain(&e)
-        );
+    match create_postgres_database(&admin_url) {
+        Ok(database) => Some(database),
+        Err(e) => panic!("{POSTGRES_URL_VAR}: {}", error_chain(&e)),
     }
-    Some(PgDatabase {
+}
+
+/// A new, empty database on the server at `admin_url` (whose user may create databases), for a
+/// caller that reports a failure itself rather than panicking, such as `cargo xtask bench`. Safe
+/// to call from inside a tokio runtime.
+pub fn create_postgres_database(admin_url: &str) -> Result<PgDatabase, PgDatabaseError> {
+    let name = unique_name();
+    let url = with_database(admin_url, &name).map_err(PgDatabaseError::Url)?;
+    run_admin(admin_url, format!("CREATE DATABASE \"{name}\"")).map_err(|source| {
+        PgDatabaseError::Create {
+            name: name.clone(),
+            source,
+        }
+    })?;
+    Ok(PgDatabase {
         url,
-        admin_url,
+        admin_url: admin_url.to_owned(),
         name,
     })
+}
+
+/// Why [`create_postgres_database`] made no database.
+#[derive(Debug)]
+pub enum PgDatabaseError {
+    /// The server's URL is not one the helper can put a database name into.
+    Url(String),
+    /// The server could not be reached, or refused `CREATE DATABASE`.
+    Create {
+        /// The database it was asked to create.
+        name: String,
+        /// What the server or the connection said.
+        source: postgres::Error,
+    },
+}
+
+impl std::fmt::Display for PgDatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgDatabaseError::Url(reason) => write!(f, "the server URL is not usable: {reason}"),
+            PgDatabaseError::Create { name, .. } => {
+                write!(f, "failed to create database `{name}` on the server")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PgDatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PgDatabaseError::Url(_) => None,
+            PgDatabaseError::Create { source, .. } => Some(source),
+        }
+    }
 }
 
 /// `dispatch_test_<pid>_<counter>_<random>`: the pid and counter keep tests running at once
@@ -187,6 +230,22 @@ mod tests {
         }
         assert!(with_database("host=h dbname=a", "db").is_err());
         assert!(with_database("mysql://h/a", "db").is_err());
+    }
+
+    #[test]
+    fn a_bad_url_or_an_absent_server_is_an_error_not_a_panic() {
+        let err = create_postgres_database("mysql://h/a").unwrap_err();
+        assert!(matches!(err, PgDatabaseError::Url(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with("the server URL is not usable: "));
+        // Nothing listens on port 1 of the loopback: the connection is refused at once.
+        let err = create_postgres_database("postgres://postgres@127.0.0.1:1/postgres").unwrap_err();
+        let PgDatabaseError::Create { name, .. } = &err else {
+            panic!("expected a failed CREATE DATABASE, got {err:?}");
+        };
+        assert!(name.starts_with("dispatch_test_"), "{name}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[test]

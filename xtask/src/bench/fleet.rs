@@ -5,15 +5,11 @@
 //! clients, and what memory the hub gives back once they leave.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tokio::sync::mpsc;
 
-use super::http::unix_ns;
+use super::load::{self, LoadClients};
 use super::procs::{self, cpu_ticks, rss_kib};
 use super::stats::percentile;
 use super::system::{hub_metric, StandaloneHub};
@@ -24,15 +20,11 @@ const CLIENTS: usize = 10_000;
 /// every [`HANDOVER_GAP`]: enough for a p99 that is not simply the slowest of a few.
 const HANDOVERS: usize = 200;
 const HANDOVER_GAP: Duration = Duration::from_millis(50);
-/// Threads activating server ids (each activation is one durable write on the hub).
-const ACTIVATORS: usize = 8;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// How long after the clients left the hub's RSS is watched for memory given back.
 const GIVE_BACK_WINDOW: Duration = Duration::from_secs(10);
-const PULL: &str = "/api/v1/github/dispatch/pull";
 
-/// The hub's gauge of pulls waiting for a job, and its count of waiting pulls woken.
-const WAITING_SERIES: &str = "dispatch_hub_pulls_waiting";
+/// The hub's count of waiting pulls woken.
 const WOKEN_SERIES: [&str; 2] = [
     "dispatch_hub_pull_wakeups_total{outcome=\"job\"}",
     "dispatch_hub_pull_wakeups_total{outcome=\"nothing\"}",
@@ -50,13 +42,6 @@ pub(crate) fn targets() -> Vec<Metric> {
     ]
 }
 
-/// A job as a waiting client received it.
-struct Received {
-    client: usize,
-    job_id: String,
-    at_ns: u128,
-}
-
 pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
     // The client holds one socket per waiting poll, plus a few for the webhooks and the runtime.
     raise_file_limit(CLIENTS as u64 + 1024)?;
@@ -66,41 +51,12 @@ pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
         &["--max-connections", &(2 * CLIENTS).to_string()],
     )?;
     let pid = hub.process.pid();
-    let bodies = activate_all(&hub)?;
+    let bodies = load::activate_all(&hub, CLIENTS)?;
     std::thread::sleep(Duration::from_secs(1));
     let base_kib = rss_kib(pid)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("failed to start the load client's runtime")?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
-    let waiting = Arc::new(AtomicUsize::new(0));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .pool_max_idle_per_host(CLIENTS)
-        .build()
-        .context("failed to build the load client")?;
-    for (index, body) in bodies.into_iter().enumerate() {
-        runtime.spawn(long_poll_forever(
-            client.clone(),
-            hub.addr,
-            index,
-            body,
-            tx.clone(),
-            waiting.clone(),
-        ));
-    }
-    drop(tx);
-    // Every pull read, authenticated and waiting, as the hub counts them.
-    procs::wait_for(
-        &format!("{CLIENTS} long-polls waiting on the hub"),
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || hub.process.check_alive(),
-        || (hub_metric(hub.addr, &[WAITING_SERIES]).ok()? >= CLIENTS as f64).then_some(()),
-    )?;
+    let mut clients = LoadClients::start(hub.addr, bodies)?;
+    load::wait_until_waiting(&mut hub, CLIENTS, Duration::from_secs(120))?;
     // Let the allocator settle.
     std::thread::sleep(Duration::from_secs(2));
     let waiting_kib = rss_kib(pid)?;
@@ -115,30 +71,15 @@ pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
     let mut latencies = Vec::with_capacity(HANDOVERS + 1);
     let mut served = HashSet::new();
     for n in 0..=HANDOVERS {
-        let delivered = sender.send(n)?;
-        let job_id = delivered.job_ids.first().cloned().unwrap_or_default();
-        let received = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while let Some(r) = rx.recv().await {
-                    if r.job_id == job_id {
-                        return Some(r);
-                    }
-                }
-                None
-            })
-            .await
-        });
-        let Ok(Some(received)) = received else {
-            bail!("job {job_id} reached no waiting client within 30 s");
-        };
-        latencies.push(received.at_ns.saturating_sub(delivered.answered_ns) as f64 / 1e6);
-        served.insert(received.client);
+        let handed = clients.hand_over(&sender, n)?;
+        latencies.push(handed.latency_ms);
+        served.insert(handed.client);
         hub.process.check_alive()?;
         std::thread::sleep(HANDOVER_GAP);
     }
     let woken_per_job = (woken(&hub) - woken_before) / (HANDOVERS + 1) as f64;
     let first = latencies.remove(0);
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    clients.stop();
     let left = procs::wait_for(
         "the clients' connections to close",
         Duration::from_secs(60),
@@ -225,100 +166,6 @@ fn woken(hub: &StandaloneHub) -> f64 {
         .sum()
 }
 
-/// Activates one server id per client, [`ACTIVATORS`] at a time; the pull body of each.
-fn activate_all(hub: &StandaloneHub) -> anyhow::Result<Vec<serde_json::Value>> {
-    let next = AtomicUsize::new(0);
-    let results: Vec<anyhow::Result<Vec<(usize, serde_json::Value)>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..ACTIVATORS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= CLIENTS {
-                            return Ok(mine);
-                        }
-                        let server_id = server_id(index);
-                        let body = hub.activate(&server_id)?;
-                        let mut body: serde_json::Value = serde_json::from_slice(&body)?;
-                        body["wait_seconds"] = serde_json::json!(60);
-                        mine.push((index, body));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an activator thread panicked")))
-            })
-            .collect()
-    });
-    let mut all = Vec::with_capacity(CLIENTS);
-    for part in results {
-        all.extend(part.context("activating the fleet's server ids failed")?);
-    }
-    all.sort_by_key(|(index, _)| *index);
-    Ok(all.into_iter().map(|(_, body)| body).collect())
-}
-
-/// A UUID-shaped server id unique to `index` (version 4 and variant bits set).
-fn server_id(index: usize) -> String {
-    format!("f1ee7000-0000-4000-8000-{index:012x}")
-}
-
-/// One waiting scheduler: pulls with a long wait, takes (accepts) any job it is handed, pulls
-/// again. Ends when the runtime shuts down.
-async fn long_poll_forever(
-    client: reqwest::Client,
-    hub: SocketAddr,
-    index: usize,
-    body: serde_json::Value,
-    received: mpsc::UnboundedSender<Received>,
-    waiting: Arc<AtomicUsize>,
-) {
-    let url = format!("http://{hub}{PULL}");
-    loop {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        let answer = client.post(&url).json(&body).send().await;
-        waiting.fetch_sub(1, Ordering::Relaxed);
-        let Ok(answer) = answer else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        if answer.status() != reqwest::StatusCode::OK {
-            continue;
-        }
-        let Ok(bytes) = answer.bytes().await else {
-            continue;
-        };
-        let at_ns = unix_ns();
-        let job: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let Some(job_id) = job["id"].as_str().map(str::to_owned) else {
-            continue;
-        };
-        let accept = serde_json::json!({
-            "license_id": body["license_id"],
-            "server_id": body["server_id"],
-            "secret": body["heartbeat_secret"],
-            "dag_run_id": job_id,
-        });
-        let _ = client
-            .post(format!(
-                "http://{hub}/api/v1/github/dispatch/{job_id}/accept"
-            ))
-            .json(&accept)
-            .send()
-            .await;
-        let _ = received.send(Received {
-            client: index,
-            job_id,
-            at_ns,
-        });
-    }
-}
-
 /// Sockets the process holds open (file descriptors that are sockets).
 fn open_sockets(pid: u32) -> anyhow::Result<usize> {
     let dir = format!("/proc/{pid}/fd");
@@ -353,18 +200,6 @@ fn raise_file_limit(want: u64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_ids_are_distinct_uuids() {
-        let a = server_id(0);
-        let b = server_id(CLIENTS - 1);
-        assert_ne!(a, b);
-        for id in [a, b] {
-            assert_eq!(id.len(), 36);
-            assert_eq!(id.as_bytes()[14], b'4');
-            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
-        }
-    }
 
     #[test]
     fn counts_its_own_sockets() {

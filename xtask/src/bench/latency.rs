@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::http::{unix_ns, WebhookSender};
 use super::procs::{self, Profile};
-use super::stats::{mean, percentile, Jitter};
+use super::report;
+use super::stats::{latency_rows, Jitter};
 use super::system::{Embedded, Polling};
 use super::{Context, Metric, Target};
 
@@ -87,34 +88,12 @@ pub(crate) fn run(context: &Context) -> anyhow::Result<Vec<Metric>> {
 /// p50, p99, mean, max and count of `samples` (ms) as rows named `<prefix>_*`; with
 /// `targeted`, p50 and p99 carry the README's targets.
 fn summarize(samples: &[f64], prefix: &str, targeted: bool) -> Vec<Metric> {
-    let nan = f64::NAN;
-    let p50 = percentile(samples, 50.0).unwrap_or(nan);
-    let p99 = percentile(samples, 99.0).unwrap_or(nan);
-    let (p50_row, p99_row) = if targeted {
-        let mut promised = targets().into_iter();
-        let p50_row = promised.next().map(|m| m.measured(p50));
-        let p99_row = promised.next().map(|m| m.measured(p99));
-        (p50_row, p99_row)
+    let rows = latency_rows(samples, prefix);
+    if targeted {
+        report::complete(rows, targets(), "not reported")
     } else {
-        (
-            Some(Metric::info(format!("{prefix}_p50_ms"), p50, "ms")),
-            Some(Metric::info(format!("{prefix}_p99_ms"), p99, "ms")),
-        )
-    };
-    let max = samples.iter().copied().fold(nan, f64::max);
-    p50_row
-        .into_iter()
-        .chain(p99_row)
-        .chain([
-            Metric::info(
-                format!("{prefix}_mean_ms"),
-                mean(samples).unwrap_or(nan),
-                "ms",
-            ),
-            Metric::info(format!("{prefix}_max_ms"), max, "ms"),
-            Metric::info(format!("{prefix}_samples"), samples.len() as f64, "count"),
-        ])
-        .collect()
+        rows
+    }
 }
 
 /// Starts a scheduler with `polling` and returns the latency of `count` deliveries in ms.

@@ -68,6 +68,18 @@ impl Metric {
         }
     }
 
+    /// A row without a target and no value yet: a figure a group promises to report, as a
+    /// measurement to read rather than a bound to meet.
+    pub(crate) fn measurement(name: &str, unit: &str) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            value: None,
+            unit: unit.to_owned(),
+            target: None,
+            note: None,
+        }
+    }
+
     /// This promised row with its measured value.
     pub(crate) fn measured(mut self, value: f64) -> Metric {
         self.value = Some(value);
@@ -87,10 +99,14 @@ impl Metric {
         }
     }
 
-    /// `None` for rows without a target; a row that was not measured fails.
+    /// A row that was not measured fails, with or without a target; a measured row without a
+    /// target has no verdict.
     pub(crate) fn pass(&self) -> Option<bool> {
+        let Some(value) = self.value else {
+            return Some(false);
+        };
         let target = self.target?;
-        Some(self.value.is_some_and(|v| v.is_finite() && target.holds(v)))
+        Some(value.is_finite() && target.holds(value))
     }
 }
 
@@ -175,8 +191,8 @@ pub(crate) fn table(metrics: &[Metric]) -> String {
     out.join("\n")
 }
 
-/// `[{name, value, unit, target, pass, note?}]`; `value` is null when not measured, `target` and
-/// `pass` are null on context rows.
+/// `[{name, value, unit, target, pass, note?}]`; `value` is null (and `pass` false) when not
+/// measured, `target` and `pass` are null on measured rows without a target.
 pub(crate) fn to_json(metrics: &[Metric]) -> Value {
     Value::Array(
         metrics
@@ -231,6 +247,8 @@ mod tests {
             Some(false)
         );
         assert_eq!(Metric::info("m", 1.0, "ms").pass(), None);
+        assert_eq!(Metric::measurement("m", "ms").pass(), Some(false));
+        assert_eq!(Metric::measurement("m", "ms").measured(2.0).pass(), None);
     }
 
     #[test]

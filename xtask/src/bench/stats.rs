@@ -1,5 +1,33 @@
 //! Summaries of samples.
 
+use super::Metric;
+
+/// p50, p99, mean, max and count of latency `samples` (ms) as rows without targets, named
+/// `<prefix>_p50_ms`, `_p99_ms`, `_mean_ms`, `_max_ms` and `_samples`; NaN where there are none.
+pub(crate) fn latency_rows(samples: &[f64], prefix: &str) -> Vec<Metric> {
+    let nan = f64::NAN;
+    let max = samples.iter().copied().fold(nan, f64::max);
+    vec![
+        Metric::info(
+            format!("{prefix}_p50_ms"),
+            percentile(samples, 50.0).unwrap_or(nan),
+            "ms",
+        ),
+        Metric::info(
+            format!("{prefix}_p99_ms"),
+            percentile(samples, 99.0).unwrap_or(nan),
+            "ms",
+        ),
+        Metric::info(
+            format!("{prefix}_mean_ms"),
+            mean(samples).unwrap_or(nan),
+            "ms",
+        ),
+        Metric::info(format!("{prefix}_max_ms"), max, "ms"),
+        Metric::info(format!("{prefix}_samples"), samples.len() as f64, "count"),
+    ]
+}
+
 /// Nearest-rank percentile (the smallest sample with at least `p` % of the samples at or below
 /// it), so every reported percentile is a value that was actually observed. `None` when empty.
 pub(crate) fn percentile(samples: &[f64], p: f64) -> Option<f64> {
@@ -64,6 +92,28 @@ mod tests {
         assert_eq!(percentile(&[1.0], 101.0), None);
         assert_eq!(mean(&[]), None);
         assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
+    }
+
+    #[test]
+    fn latency_rows_are_named_after_their_prefix() {
+        let samples: Vec<f64> = (1..=200).map(f64::from).collect();
+        let rows = latency_rows(&samples, "x");
+        let named: Vec<(&str, Option<f64>)> =
+            rows.iter().map(|r| (r.name.as_str(), r.value)).collect();
+        assert_eq!(
+            named,
+            [
+                ("x_p50_ms", Some(100.0)),
+                ("x_p99_ms", Some(198.0)),
+                ("x_mean_ms", Some(100.5)),
+                ("x_max_ms", Some(200.0)),
+                ("x_samples", Some(200.0)),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.target.is_none()));
+        let empty = latency_rows(&[], "x");
+        assert!(empty[..4].iter().all(|r| r.value.is_some_and(f64::is_nan)));
+        assert_eq!(empty[4].value, Some(0.0));
     }
 
     #[test]
