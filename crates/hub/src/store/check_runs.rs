@@ -96,7 +96,7 @@ pub(super) fn upsert(conn: &dyn Sql, mark: &Mark, now_ms: i64) -> Result<(), Hub
         "INSERT INTO check_runs (job_id, repository, head_sha, check_run_id, create_started, updated_ms)
          VALUES (?1, ?2, ?3, ?4, 1, ?5)
          ON CONFLICT (job_id) DO UPDATE SET
-             check_run_id = CASE ?4 WHEN 0 THEN check_run_id ELSE ?4 END,
+             check_run_id = CASE ?4 WHEN 0 THEN check_runs.check_run_id ELSE ?4 END,
              create_started = 1, updated_ms = ?5",
         args![job_id, repository.to_ascii_lowercase(), head_sha, check_run_id, now_ms],
     )

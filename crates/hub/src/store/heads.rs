@@ -91,7 +91,7 @@ pub(super) fn fork_pr_with_head(
 ) -> Result<i64, HubError> {
     let pr: Option<i64> = lookup(
         conn,
-        "SELECT pr_number FROM pr_heads WHERE repository = ?1 AND head_sha = ?2 AND fork
+        "SELECT pr_number FROM pr_heads WHERE repository = ?1 AND head_sha = ?2 AND fork <> 0
          ORDER BY event_ms DESC LIMIT 1",
         args![repository.to_lowercase(), sha.to_ascii_lowercase()],
         "look up a fork head",

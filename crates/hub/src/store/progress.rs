@@ -329,7 +329,7 @@ fn save_step(tx: &dyn Sql, job_id: &str, step: &StepProgress) -> Result<(), HubE
     // replaces it.
     tx.execute(
         "UPDATE job_steps SET status = ?3, exit_code = COALESCE(?4, exit_code),
-                started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END, finished_ms = ?6
+                started_ms = CASE WHEN CAST(?5 AS BIGINT) > 0 THEN ?5 ELSE started_ms END, finished_ms = ?6
          WHERE job_id = ?1 AND name = ?2 AND status IN ('not_started', 'running')",
         args![
             job_id,
@@ -530,7 +530,7 @@ fn record(
     }
     let log_bytes = cap.saturating_sub(room).max(log_bytes as u64);
     tx.execute(
-        "UPDATE job_progress SET run_started_ms = CASE WHEN ?2 > 0 THEN ?2 ELSE run_started_ms END,
+        "UPDATE job_progress SET run_started_ms = CASE WHEN CAST(?2 AS BIGINT) > 0 THEN ?2 ELSE run_started_ms END,
                 log_bytes = ?3, truncated = ?4, updated_ms = ?5
          WHERE job_id = ?1",
         args![
