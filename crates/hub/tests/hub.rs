@@ -44,6 +44,9 @@ fn config(data_dir: &Path, bindings: Vec<Binding>) -> HubConfig {
 
 struct TestHub {
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database of the store when the run asks for that backend; kept for the
+    /// hub's whole life, so a restart finds its rows again.
+    _db: Option<dispatch_test_support::PgDatabase>,
     cfg: HubConfig,
     handle: Option<HubHandle>,
     cancel: CancellationToken,
@@ -56,13 +59,31 @@ impl TestHub {
         Self::start_with(bindings, |_| {}).await
     }
 
+    /// A hub on the store backend of this test run (`DISPATCH_TEST_STORE`).
     async fn start_with(bindings: Vec<Binding>, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let db = dispatch_test_support::test_store_database();
+        Self::start_on(db, bindings, tweak).await
+    }
+
+    /// A hub on SQLite whatever the run's backend, for the tests that are about the SQLite file
+    /// itself.
+    async fn start_sqlite(bindings: Vec<Binding>) -> TestHub {
+        Self::start_on(None, bindings, |_| {}).await
+    }
+
+    async fn start_on(
+        db: Option<dispatch_test_support::PgDatabase>,
+        bindings: Vec<Binding>,
+        tweak: impl FnOnce(&mut HubConfig),
+    ) -> TestHub {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut cfg = config(&data, bindings);
+        cfg.store_url = db.as_ref().map(|db| Secret::new(db.url()));
         tweak(&mut cfg);
         let mut hub = TestHub {
             _dir: Some(dir),
+            _db: db,
             cfg,
             handle: None,
             cancel: CancellationToken::new(),

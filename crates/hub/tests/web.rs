@@ -22,6 +22,8 @@ const WRONG_TOKENS_PER_MINUTE: usize = 10;
 
 struct TestHub {
     _dir: tempfile::TempDir,
+    /// The PostgreSQL database of the store when the run asks for that backend.
+    _db: Option<dispatch_test_support::PgDatabase>,
     handle: Option<HubHandle>,
     cancel: CancellationToken,
     base: String,
@@ -51,12 +53,15 @@ fn config(data_dir: &std::path::Path) -> HubConfig {
 impl TestHub {
     async fn start(tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
         let dir = tempfile::tempdir().unwrap();
+        let db = dispatch_test_support::test_store_database();
         let mut cfg = config(&dir.path().join("data"));
+        cfg.store_url = db.as_ref().map(|db| Secret::new(db.url()));
         tweak(&mut cfg);
         let cancel = CancellationToken::new();
         let handle = Hub::start(cfg, cancel.clone()).await.unwrap();
         TestHub {
             _dir: dir,
+            _db: db,
             base: format!("http://{}", handle.addr),
             handle: Some(handle),
             cancel,

@@ -82,7 +82,9 @@ mod metrics {
 
     #[tokio::test]
     async fn a_scrape_reads_no_table() {
-        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: rows go behind the hub's back through the file, and PostgreSQL's gauges are
+        // counted again each minute for the replicas.
+        let hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         hub.push("s1").await;
         assert_eq!(gauges(&hub).await, [1, 0, 0, 0]);
         // Rows removed behind the hub's back do not show: the page is served from the gauges,
@@ -141,7 +143,8 @@ mod retention {
 
     #[tokio::test]
     async fn the_pass_at_start_prunes_old_finished_jobs_and_keeps_the_rest() {
-        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the rows are aged, and what is left read, through the file.
+        let mut hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         let c = hub.activate("lic-a", SRV_A).await;
         hub.push("old").await;
         let old = hub.pull_id(&c).await;
@@ -214,7 +217,8 @@ mod files {
 
     #[tokio::test]
     async fn a_new_data_directory_and_its_files_are_private() {
-        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the store's files are the ones checked.
+        let mut hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         hub.push("d").await;
         assert_private(&hub.cfg.data_dir);
         hub.stop().await;
@@ -222,7 +226,8 @@ mod files {
 
     #[tokio::test]
     async fn files_left_readable_by_an_older_release_are_tightened() {
-        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the store's files are the ones checked.
+        let mut hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         hub.push("d").await;
         hub.stop().await;
         let data = hub.cfg.data_dir.clone();
@@ -243,7 +248,8 @@ mod integrity {
 
     /// A real database with some pages in the middle overwritten.
     async fn damaged_store() -> TestHub {
-        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the damage is done to the file.
+        let mut hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         for i in 0..60 {
             hub.push(&format!("d{i}")).await;
         }
@@ -322,7 +328,6 @@ mod servers {
         .await
     }
 
-    /// `hub servers <args> --data-dir <the hub's>`: exit code and stdout (stderr on failure).
     /// Checks that a pull as `c` is refused (401) with a message that holds `why`.
     async fn pull_refused(hub: &TestHub, c: &Creds, why: &str) {
         let pull = hub.pull(c, 0).await;
@@ -332,9 +337,14 @@ mod servers {
         assert!(message.contains(why), "{body}");
     }
 
+    /// `hub servers <args> --data-dir <the hub's>` (and `--store-url` when the hub has one): exit
+    /// code and stdout (stderr on failure).
     fn servers_cmd(hub: &TestHub, args: &[&str]) -> (i32, String) {
         let mut all = vec!["servers"];
         all.extend_from_slice(args);
+        if let Some(url) = &hub.cfg.store_url {
+            all.extend(["--store-url", url.expose()]);
+        }
         all.push("--data-dir");
         let out = hub_bin(&all, &hub.cfg.data_dir).output().unwrap();
         let text = if out.status.success() {
@@ -484,7 +494,8 @@ mod servers {
 
     #[tokio::test]
     async fn an_activation_not_seen_for_the_expiry_must_activate_again() {
-        let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the activation is aged through the file.
+        let hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         let c = hub.activate("lic-a", SRV_A).await;
         assert_eq!(hub.pull(&c, 0).await.status(), StatusCode::NO_CONTENT);
         // Thirty-one days without a word from the server (the expiry is 30 days by default).
@@ -508,7 +519,8 @@ mod servers {
 
     #[tokio::test]
     async fn last_seen_is_kept_in_memory_and_written_later_not_per_pull() {
-        let mut hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+        // SQLite: the stored time is set and read through the file.
+        let mut hub = TestHub::start_sqlite(vec![build(Trigger::Auto)]).await;
         let c = hub.activate("lic-a", SRV_A).await;
         let long_ago = dispatch_util::now_ms() as i64 - 10 * 24 * 3600 * 1000;
         let set = |db: &rusqlite::Connection| {

@@ -183,16 +183,52 @@ async fn comments(gh: &MockServer, number: i64) -> Vec<String> {
         .collect()
 }
 
-/// The outcome and reason recorded for a delivery.
-fn recorded(hub: &TestHub, delivery: &str) -> (String, String) {
-    let conn = rusqlite::Connection::open(hub.cfg.data_dir.join(dispatch_hub::DB_FILE)).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.query_row(
-        "SELECT outcome, reason FROM deliveries WHERE delivery_id = ?1",
-        [delivery],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .unwrap()
+/// The web pages' token of [`pages_hub`].
+const UI_TOKEN: &str = "ui-token-of-the-trust-tests";
+
+/// A hub with `bindings` whose web pages are open to [`UI_TOKEN`], where a test reads what the
+/// hub recorded on whichever store backend it runs.
+async fn pages_hub(bindings: Vec<Binding>) -> TestHub {
+    TestHub::start_with(bindings, |cfg| cfg.ui_token = Some(Secret::new(UI_TOKEN))).await
+}
+
+/// The outcome and reason recorded for a delivery, as the deliveries page of a [`pages_hub`]
+/// shows them.
+async fn recorded(hub: &TestHub, delivery: &str) -> (String, String) {
+    let resp = hub
+        .http
+        .get(format!("{}/deliveries", hub.base))
+        .bearer_auth(UI_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page = resp.text().await.unwrap();
+    let row = page
+        .split("<tr>")
+        .find(|row| row.contains(&format!("<code>{delivery}</code>")))
+        .unwrap_or_else(|| panic!("no row for {delivery} in\n{page}"));
+    let outcome = row
+        .split_once("<span class=\"status\">")
+        .and_then(|(_, rest)| rest.split_once("</span>"))
+        .map(|(outcome, _)| outcome)
+        .unwrap_or_else(|| panic!("no outcome in {row}"));
+    let mut reason = row
+        .split_once("<br>")
+        .map_or("", |(_, rest)| rest.split("</td>").next().unwrap_or(""))
+        .to_owned();
+    // `&amp;` last, so an escaped `&lt;` in the text stays `&lt;`.
+    let escapes = [
+        ("&lt;", "<"),
+        ("&gt;", ">"),
+        ("&quot;", "\""),
+        ("&#39;", "'"),
+        ("&amp;", "&"),
+    ];
+    for (escaped, text) in escapes {
+        reason = reason.replace(escaped, text);
+    }
+    (outcome.to_owned(), reason)
 }
 
 /// Delivers `event` as `delivery` and checks the answer against `want`; returns the answer.
@@ -226,7 +262,7 @@ async fn take(hub: &TestHub, c: &Creds) -> String {
 
 #[tokio::test]
 async fn a_strangers_comment_runs_nothing_and_cancels_nothing() {
-    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let hub = pages_hub(vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
     expect(&hub, "own", owner_says("@dispatch build", 1), dispatched(1)).await;
     take(&hub, &c).await;
@@ -242,7 +278,7 @@ async fn a_strangers_comment_runs_nothing_and_cancels_nothing() {
         let reason = answer["reason"].as_str().unwrap();
         assert!(reason.contains("@stranger (NONE)"), "{reason}");
         assert_eq!(
-            recorded(&hub, delivery),
+            recorded(&hub, delivery).await,
             ("not_allowed".to_owned(), reason.to_owned())
         );
     }
@@ -281,7 +317,7 @@ async fn allowed_users_and_associations_are_the_bindings_choice() {
 
 #[tokio::test]
 async fn delivery_outcomes_are_recorded_and_counted() {
-    let hub = TestHub::start(vec![
+    let hub = pages_hub(vec![
         build(Trigger::CommentCommand),
         pr_binding("test", ForkPolicy::Never),
     ])
@@ -312,7 +348,7 @@ async fn delivery_outcomes_are_recorded_and_counted() {
         ("d-fork", "fork_not_approved", FORK),
         ("d-none", "no_binding", "no binding takes `issues`"),
     ] {
-        let (got, reason) = recorded(&hub, delivery);
+        let (got, reason) = recorded(&hub, delivery).await;
         assert_eq!(got, outcome, "{delivery}");
         assert!(reason.contains(reason_has), "{delivery}: {reason}");
     }
@@ -806,7 +842,7 @@ async fn a_comment_command_runs_the_head_the_hub_recorded_for_the_pull_request()
 
 #[tokio::test]
 async fn a_comment_command_runs_once_whatever_its_delivery_id() {
-    let hub = TestHub::start(vec![build(Trigger::CommentCommand)]).await;
+    let hub = pages_hub(vec![build(Trigger::CommentCommand)]).await;
     let c = hub.activate("lic-a", SRV_1).await;
     let comment = owner_says("@dispatch build", 1);
     expect(&hub, "first", comment.clone(), dispatched(1)).await;
@@ -821,7 +857,7 @@ async fn a_comment_command_runs_once_whatever_its_delivery_id() {
     let answer = expect(&hub, "replayed", comment, no_job("duplicate")).await;
     reason_of(&answer, "was taken before, in delivery first");
     assert_eq!(
-        recorded(&hub, "replayed").0,
+        recorded(&hub, "replayed").await.0,
         "duplicate",
         "the replay is recorded"
     );
