@@ -323,6 +323,32 @@ fn sigterm_stops_cleanly_with_exit_0() {
     );
 }
 
+/// Behind a proxy or a tunnel: the banner's webhook URL is the one GitHub must use, and the next
+/// line names where the hub listens.
+#[test]
+fn with_a_public_url_the_banner_gives_github_that_webhook_url() {
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "--hub-listen",
+        "127.0.0.1:0",
+        "--public-url",
+        "https://hub.example.com/",
+    ];
+    let mut scheduler = start_scheduler(home.path(), &args, &[]);
+    assert_eq!(
+        scheduler.wait_for("webhook URL:"),
+        "https://hub.example.com/webhooks/github"
+    );
+    let local = scheduler.wait_for("listening on:");
+    assert!(
+        local.starts_with("http://127.0.0.1:")
+            && local.ends_with("/webhooks/github (public_url must lead here)"),
+        "{local}"
+    );
+    scheduler.wait_for("dispatch worker started");
+    scheduler.stop_with(Signal::SIGTERM);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_turns_503_when_no_pull_succeeds() {
     // No license key: the worker never pulls, so after three poll intervals counted from the

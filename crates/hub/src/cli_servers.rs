@@ -1,14 +1,16 @@
 //! Part of the `hub` binary (not of the library): `hub servers list|revoke`, and the `hub serve`
-//! flags of the stored-data settings (retention, activation expiry, metrics token, store URL).
+//! flags of the stored-data settings (retention, activation expiry, job log cap, metrics token,
+//! store URL).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use dispatch_hub::config::{days, load_hub_config};
+use dispatch_hub::config::{days, load_hub_config, mib};
 use dispatch_hub::{HubConfig, HubError, ServerInfo};
 use dispatch_protocol::Secret;
 
-/// `hub serve` overrides of `retention_days`, `activation_expiry_days` and `metrics_token`.
+/// `hub serve` overrides of `retention_days`, `activation_expiry_days`, `job_log_cap_mib`,
+/// `metrics_token` and `store_url`.
 #[derive(Args)]
 pub(crate) struct StoreFlags {
     /// Days finished jobs (with their payloads) are kept (overrides `retention_days`).
@@ -17,6 +19,10 @@ pub(crate) struct StoreFlags {
     /// Days an activation lasts without a pull or heartbeat (overrides `activation_expiry_days`).
     #[arg(long, value_name = "DAYS", env = "DISPATCH_HUB_ACTIVATION_EXPIRY_DAYS")]
     activation_expiry_days: Option<u64>,
+    /// MiB of step logs kept per job, 1 to 1024; past it a job's log is cut (overrides
+    /// `job_log_cap_mib`) [default: 10].
+    #[arg(long, value_name = "MIB", env = "DISPATCH_HUB_JOB_LOG_CAP_MIB")]
+    job_log_cap_mib: Option<u64>,
     /// Bearer token `/metrics` then requires (overrides `metrics_token`).
     #[arg(
         long,
@@ -62,6 +68,9 @@ impl StoreFlags {
         }
         if let Some(n) = self.activation_expiry_days {
             cfg.activation_expiry = days(n);
+        }
+        if let Some(n) = self.job_log_cap_mib {
+            cfg.job_log_cap = mib(n);
         }
         if let Some(token) = self.metrics_token.filter(|t| !t.is_empty()) {
             cfg.metrics_token = Some(Secret::new(token));

@@ -11,6 +11,7 @@
 //! bindings_file = "bindings.toml"    # relative to this file; added to inline [[binding]] tables
 //! retention_days = 30                # finished jobs (and their payloads) older than this are pruned
 //! activation_expiry_days = 30        # a server not seen for this long must activate again
+//! job_log_cap_mib = 10               # step logs kept per job (1-1024); past it a job's log is cut
 //! metrics_token = "..."              # or DISPATCH_HUB_METRICS_TOKEN; /metrics then needs it as Bearer
 //! public_url = "https://hub.example.com" # or DISPATCH_HUB_PUBLIC_URL; default http://<listen>
 //! ui_token = "..."                   # or DISPATCH_HUB_UI_TOKEN; the web pages' login (unset: no pages)
@@ -44,7 +45,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dispatch_protocol::Secret;
+use dispatch_protocol::{Secret, DEFAULT_JOB_LOG_CAP, MAX_JOB_LOG_CAP};
 use serde::Deserialize;
 
 use crate::bindings::{load_bindings, validate_bindings, Binding};
@@ -121,6 +122,11 @@ pub struct HubConfig {
     /// An activation whose server has not pulled or heartbeated for this long expires: the
     /// server must activate again (default 30 days, at least 1 day).
     pub activation_expiry: Duration,
+    /// Log bytes the hub keeps per job, every step and stream together (`job_log_cap_mib`):
+    /// past it a job's log is cut and marked truncated (`docs/protocol.md`, "Extension:
+    /// progress and logs"). Default [`DEFAULT_JOB_LOG_CAP`] (10 MiB), from 1 MiB to
+    /// [`MAX_JOB_LOG_CAP`] (1 GiB).
+    pub job_log_cap: u64,
     /// When set, `GET /metrics` answers only `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret>,
     /// How long a claim may stay unaccepted before the job goes back to the queue (default 60 s).
@@ -132,8 +138,8 @@ pub struct HubConfig {
     /// Timeouts, the connection cap and the body budget of the HTTP server.
     pub limits: ServeLimits,
     /// The hub's address as GitHub and browsers reach it (`https://hub.example.com`): the
-    /// webhook URL of the App manifest and the job links on GitHub. Default: `http://` + the
-    /// address the hub listens on.
+    /// webhook URL of the App manifest and of the hub's start-up log, and the job links on
+    /// GitHub. Default: `http://` + the address the hub listens on.
     pub public_url: Option<String>,
     /// The admin token of the web pages (`docs/security.md`, "Web pages"): `GET /login?token=…`
     /// starts a browser session, `Authorization: Bearer …` works on every page. None: the pages
@@ -156,6 +162,7 @@ impl Default for HubConfig {
             github: GithubConfig::default(),
             retention: days(30),
             activation_expiry: days(30),
+            job_log_cap: DEFAULT_JOB_LOG_CAP,
             metrics_token: None,
             lease: Duration::from_secs(60),
             mention: "@dispatch".to_owned(),
@@ -200,6 +207,15 @@ impl HubConfig {
                     format!("must be between 1 and {MAX_DAYS} days"),
                 ));
             }
+        }
+        // A whole log is built in memory for its download (`docs/security.md`, "Web pages"):
+        // the cap bounds that too.
+        if !(mib(1)..=MAX_JOB_LOG_CAP).contains(&self.job_log_cap) {
+            return Err(HubError::setting(
+                ORIGIN,
+                "job_log_cap_mib",
+                format!("must be between 1 and {MAX_JOB_LOG_CAP_MIB} MiB"),
+            ));
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.is_empty()) {
             self.metrics_token = None;
@@ -309,6 +325,7 @@ struct HubFile {
     bindings_file: Option<PathBuf>,
     retention_days: Option<u64>,
     activation_expiry_days: Option<u64>,
+    job_log_cap_mib: Option<u64>,
     metrics_token: Option<Secret>,
     public_url: Option<String>,
     ui_token: Option<Secret>,
@@ -340,6 +357,14 @@ pub const MAX_DAYS: u64 = 36_500;
 /// `n` days (saturating, so an absurd value is caught by validation, not by an overflow).
 pub fn days(n: u64) -> Duration {
     Duration::from_secs(n.saturating_mul(24 * 3600))
+}
+
+/// The largest `job_log_cap_mib`: [`MAX_JOB_LOG_CAP`] in MiB.
+pub const MAX_JOB_LOG_CAP_MIB: u64 = MAX_JOB_LOG_CAP / (1024 * 1024);
+
+/// `n` MiB in bytes (saturating, so an absurd value is caught by validation, not by an overflow).
+pub fn mib(n: u64) -> u64 {
+    n.saturating_mul(1024 * 1024)
 }
 
 /// Reads `hub.toml`. Relative paths are resolved against the file's directory. The webhook secret
@@ -402,6 +427,7 @@ pub fn load_hub_config(path: &Path) -> Result<HubConfig, HubError> {
         activation_expiry: file
             .activation_expiry_days
             .map_or(defaults.activation_expiry, days),
+        job_log_cap: file.job_log_cap_mib.map_or(defaults.job_log_cap, mib),
         metrics_token: file.metrics_token.filter(|t| !t.is_empty()),
         lease: file
             .lease_seconds
@@ -598,6 +624,37 @@ mod tests {
                 features: Vec::new(),
             }],
             ..HubConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_job_log_cap_is_read_in_mib_and_kept_in_its_range() {
+        assert_eq!(HubConfig::default().job_log_cap, DEFAULT_JOB_LOG_CAP);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "webhook_secret = \"w\"\njob_log_cap_mib = 3\n").unwrap();
+        let from_file = load_hub_config(&path).unwrap().validate().unwrap();
+        assert_eq!(from_file.job_log_cap, 3 * 1024 * 1024);
+        for n in [1, MAX_JOB_LOG_CAP_MIB] {
+            let edge = HubConfig {
+                job_log_cap: mib(n),
+                ..cfg()
+            };
+            assert_eq!(edge.validate().unwrap().job_log_cap, mib(n));
+        }
+        for n in [0, MAX_JOB_LOG_CAP_MIB + 1, u64::MAX] {
+            let err = HubConfig {
+                job_log_cap: mib(n),
+                ..cfg()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(err.is_config(), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("`job_log_cap_mib`") && message.contains("between 1 and 1024 MiB"),
+                "{n}: {message}"
+            );
         }
     }
 

@@ -90,6 +90,9 @@ pub struct HubHandle {
     pub addr: SocketAddr,
     /// The key that verifies the tokens this hub signs.
     pub public_key: VerifyingKey,
+    /// The configured [`HubConfig::public_url`] as checked (no trailing `/`); None when it was
+    /// not set, and the hub's links use `http://` and [`addr`](Self::addr).
+    pub public_url: Option<String>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     tasks: TaskTracker,
 }
@@ -154,9 +157,12 @@ impl Hub {
             addr: cfg.listen,
             source,
         })?;
-        if cfg.public_url.is_none() {
-            cfg.public_url = Some(format!("http://{addr}"));
-        }
+        let configured_url = cfg.public_url.clone();
+        let base_url = cfg
+            .public_url
+            .get_or_insert_with(|| format!("http://{addr}"));
+        // What GitHub must be given: behind a proxy or a tunnel, not where the hub listens.
+        let webhook_url = format!("{base_url}{}", github::manifest::WEBHOOK_PATH);
         let lifecycle = lifecycle::Lifecycle::for_config(&cfg);
         store.report_with(Arc::new(lifecycle.clone()));
         let public_key = signing_key.verifying_key();
@@ -212,10 +218,11 @@ impl Hub {
         let pages = web::router(state.clone(), pages_reader)?;
         let app = api::router(state).merge(pages);
         let server = server::spawn(listener, app, cfg.limits, cancel.clone());
-        tracing::info!(%addr, webhook = %format!("http://{addr}/webhooks/github"), "hub listening");
+        tracing::info!(%addr, webhook = %webhook_url, "hub listening");
         Ok(HubHandle {
             addr,
             public_key,
+            public_url: configured_url,
             server,
             tasks,
         })

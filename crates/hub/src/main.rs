@@ -371,11 +371,18 @@ async fn serve(cfg: dispatch_hub::HubConfig) -> anyhow::Result<()> {
     // address is printed is already handled gracefully.
     let mut signals = Signals::install()?;
     let handle = Hub::start(cfg, cancel.clone()).await?;
+    // The webhook endpoint is where GitHub must send: `public_url`'s when one is set (a proxy or
+    // a tunnel in front of the hub), else the address the hub listens on.
+    let base_url = handle
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", handle.addr));
     // A closed stdout (say, a supervisor that stopped reading) must not stop the hub.
     let _ = writeln!(
         std::io::stdout(),
-        "hub listening on http://{addr}\nwebhook endpoint: http://{addr}/webhooks/github",
-        addr = handle.addr
+        "hub listening on http://{addr}\nwebhook endpoint: {base_url}{path}",
+        addr = handle.addr,
+        path = dispatch_hub::github::manifest::WEBHOOK_PATH,
     );
     let stop = cancel.clone();
     tokio::spawn(async move {

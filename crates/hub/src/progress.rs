@@ -3,7 +3,8 @@
 //! when its run started, its steps' states and their logs. Authenticated like accept and finish:
 //! machine credentials, and the job must be claimed or accepted by (or finished by) that
 //! server. The store keeps it ([`crate::store`]'s `progress` file), cuts each job's log at the
-//! cap, and wakes whoever watches the job.
+//! cap ([`HubConfig::job_log_cap`](crate::HubConfig::job_log_cap)), and wakes whoever watches
+//! the job.
 
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dispatch_protocol::{
-    ProgressRequest, DEFAULT_JOB_LOG_CAP, MAX_CHUNKS_PER_CALL, MAX_PROGRESS_DATA_BYTES,
-    MAX_STEPS_PER_CALL, MAX_STEP_NAME_BYTES, STEP_STATUS_WORDS,
+    ProgressRequest, MAX_CHUNKS_PER_CALL, MAX_PROGRESS_DATA_BYTES, MAX_STEPS_PER_CALL,
+    MAX_STEP_NAME_BYTES, STEP_STATUS_WORDS,
 };
 
 use crate::handler::{authenticate, parse_body, ApiError, AppState};
@@ -105,8 +106,9 @@ pub(crate) async fn progress(
         steps: req.steps,
         logs: req.logs,
     };
+    let cap = st.cfg.job_log_cap;
     let recorded = blocking(&st.store, move |store| {
-        store.record_progress(&id, progress, DEFAULT_JOB_LOG_CAP, now)
+        store.record_progress(&id, progress, cap, now)
     })
     .await?;
     match recorded {

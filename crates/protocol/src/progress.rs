@@ -34,9 +34,15 @@ pub const STEP_STATUS_WORDS: [&str; 7] = [
     "partially_succeeded",
 ];
 
-/// Log bytes one job may upload in all (every step, both streams), unless configured otherwise.
-/// Past it, the scheduler sends one chunk marked [`LogChunk::truncated`] and nothing more.
+/// Log bytes one job may upload in all (every step, both streams), unless the hub is configured
+/// otherwise (its `job_log_cap_mib`; it names its cap in every answer,
+/// [`ProgressResponse::log_cap`]). Past the cap, the scheduler sends one chunk marked
+/// [`LogChunk::truncated`] and nothing more.
 pub const DEFAULT_JOB_LOG_CAP: u64 = 10 * 1024 * 1024;
+
+/// The largest cap a hub may be configured with (1 GiB). A scheduler follows the cap the hub
+/// names up to this, so a hub answering a larger number cannot make it send without end.
+pub const MAX_JOB_LOG_CAP: u64 = 1024 * 1024 * 1024;
 
 /// Most bytes of log text one progress request carries, all chunks together. JSON escaping
 /// may make a control character six bytes long, and the hub takes request bodies of 1 MiB.

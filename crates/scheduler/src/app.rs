@@ -36,14 +36,17 @@ const EMBEDDED_LICENSE_ID: &str = "embedded";
 pub(crate) struct EmbeddedHub {
     /// Address it listens on.
     pub(crate) addr: SocketAddr,
-    /// `http://<addr>/webhooks/github`.
-    pub(crate) webhook_url: String,
+    /// Where it takes webhooks on this machine, `http://<addr>/webhooks/github` (over loopback
+    /// when it listens on every address): where the demo sends, and where the proxy or tunnel
+    /// behind `public_url` must lead.
+    pub(crate) local_webhook_url: String,
     /// The webhook secret (for the demo, which signs its own deliveries).
     pub(crate) webhook_secret: Secret,
     /// The file holding the secret.
     pub(crate) secret_path: PathBuf,
-    /// Where its web pages are (`public_url`, else `http://<addr>`), without a trailing `/`.
-    pub(crate) pages_url: String,
+    /// Its address as GitHub and browsers reach it (`public_url`, else `http://<addr>`), without
+    /// a trailing `/`: the base of its web pages and of the webhook URL GitHub is given.
+    pub(crate) public_url: String,
     /// The web pages' admin token.
     pub(crate) ui_token: Secret,
     /// The file holding it, when the scheduler made it (None: the configured `hub_ui_token`).
@@ -51,15 +54,24 @@ pub(crate) struct EmbeddedHub {
 }
 
 impl EmbeddedHub {
+    /// The webhook URL to enter on GitHub: `<public_url>/webhooks/github`.
+    pub(crate) fn webhook_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.public_url,
+            dispatch_hub::github::manifest::WEBHOOK_PATH
+        )
+    }
+
     /// The page of job `id`.
     pub(crate) fn job_url(&self, id: &str) -> String {
-        format!("{}/jobs/{id}", self.pages_url)
+        format!("{}/jobs/{id}", self.public_url)
     }
 
     /// The link that logs a browser in to the web pages. It holds the token: print it only to
     /// the terminal, never to a log.
     pub(crate) fn login_url(&self) -> String {
-        let page = format!("{}/login", self.pages_url);
+        let page = format!("{}/login", self.public_url);
         // The token is a query value: whatever its characters, they are percent-encoded.
         match reqwest::Url::parse_with_params(&page, [("token", self.ui_token.expose())]) {
             Ok(url) => url.into(),
@@ -77,11 +89,35 @@ impl EmbeddedHub {
         match &self.ui_token_path {
             Some(path) => format!(
                 "{}/login (the token is in {})",
-                self.pages_url,
+                self.public_url,
                 path.display()
             ),
-            None => format!("{}/login (the token is hub_ui_token)", self.pages_url),
+            None => format!("{}/login (the token is hub_ui_token)", self.public_url),
         }
+    }
+
+    /// The banner's lines about the hub (`terminal`: stdout is one, see
+    /// [`login_hint`](Self::login_hint)). With a `public_url`, the webhook URL is the one GitHub
+    /// must use, and the next line names the one the hub listens on.
+    fn banner(&self, terminal: bool, bindings: &Path) -> Vec<String> {
+        let webhook_url = self.webhook_url();
+        let mut lines = vec![
+            format!("  embedded hub on {}", self.addr),
+            format!("  webhook URL:    {webhook_url}"),
+        ];
+        if webhook_url != self.local_webhook_url {
+            lines.push(format!(
+                "  listening on:   {} (public_url must lead here)",
+                self.local_webhook_url
+            ));
+        }
+        lines.extend([
+            format!("  webhook secret: stored in {}", self.secret_path.display()),
+            // The one place the token may be shown, and only to a terminal.
+            format!("  web pages:      {}", self.login_hint(terminal)),
+            format!("  bindings:       {}", bindings.display()),
+        ]);
+        lines
     }
 }
 
@@ -407,7 +443,6 @@ async fn start_embedded_hub(
             (token, Some(path))
         }
     };
-    let pages_base = public_url.clone();
     let defaults = HubConfig::default();
     let hub = Hub::start(
         HubConfig {
@@ -416,6 +451,9 @@ async fn start_embedded_hub(
             activation_expiry: storage
                 .as_ref()
                 .map_or(defaults.activation_expiry, |s| s.activation_expiry),
+            job_log_cap: storage
+                .as_ref()
+                .map_or(defaults.job_log_cap, |s| s.job_log_cap),
             metrics_token: storage.and_then(|s| s.metrics_token),
             data_dir: settings.data_dir.join("hub"),
             webhook_secret: webhook_secret.clone(),
@@ -441,6 +479,7 @@ async fn start_embedded_hub(
     .map_err(|err| hub_error(err, "start the embedded hub"))?;
     let addr = hub.addr;
     let public_key = hub.public_key;
+    let configured_url = hub.public_url.clone();
     tasks.spawn(async move {
         if let Err(err) = hub.join().await {
             tracing::error!(error = %err, "embedded hub failed");
@@ -452,20 +491,21 @@ async fn start_embedded_hub(
     } else {
         addr
     };
-    let pages_url = pages_base
-        .map(|url| url.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| format!("http://{connect_addr}"));
     let info = EmbeddedHub {
         addr,
-        webhook_url: format!("http://{connect_addr}/webhooks/github"),
+        local_webhook_url: format!(
+            "http://{connect_addr}{}",
+            dispatch_hub::github::manifest::WEBHOOK_PATH
+        ),
         webhook_secret,
         secret_path,
-        pages_url,
+        public_url: configured_url.unwrap_or_else(|| format!("http://{connect_addr}")),
         ui_token,
         ui_token_path,
     };
     tracing::info!(
-        webhook_url = %info.webhook_url,
+        %addr,
+        webhook_url = %info.webhook_url(),
         secret_file = %info.secret_path.display(),
         bindings = %bindings_path.display(),
         "embedded hub listening"
@@ -551,16 +591,10 @@ pub(crate) fn print_banner(system: &System, settings: &Settings) {
     say!("  logs:     {}", settings.log_dir.display());
     match &system.hub {
         Some(hub) => {
-            say!("  embedded hub on {}", hub.addr);
-            say!("  webhook URL:    {}", hub.webhook_url);
-            say!("  webhook secret: stored in {}", hub.secret_path.display());
-            // The one place the token may be shown, and only to a terminal.
             let terminal = std::io::stdout().is_terminal();
-            say!("  web pages:      {}", hub.login_hint(terminal));
-            say!(
-                "  bindings:       {}",
-                bindings_path(&settings.home).display()
-            );
+            for line in hub.banner(terminal, &bindings_path(&settings.home)) {
+                say!("{line}");
+            }
         }
         None => {
             if let CloudTarget::Remote(url) = &settings.cloud {
@@ -585,10 +619,10 @@ mod tests {
     fn hub(token: &str, token_path: Option<&str>) -> EmbeddedHub {
         EmbeddedHub {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            webhook_url: "http://127.0.0.1:8080/webhooks/github".into(),
+            local_webhook_url: "http://127.0.0.1:8080/webhooks/github".into(),
             webhook_secret: Secret::new("w"),
             secret_path: PathBuf::from("home/webhook_secret"),
-            pages_url: "http://127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
             ui_token: Secret::new(token),
             ui_token_path: token_path.map(PathBuf::from),
         }
@@ -610,5 +644,41 @@ mod tests {
         let hint = configured.login_hint(false);
         assert!(!hint.contains("configured-token-123"), "{hint}");
         assert!(hint.contains("hub_ui_token"), "{hint}");
+    }
+
+    #[test]
+    fn the_banner_gives_github_the_public_url_and_names_where_the_hub_listens() {
+        let bindings = Path::new("home/bindings.toml");
+        let local = hub("t", Some("home/ui_token"));
+        assert_eq!(
+            local.banner(false, bindings),
+            [
+                "  embedded hub on 127.0.0.1:8080",
+                "  webhook URL:    http://127.0.0.1:8080/webhooks/github",
+                "  webhook secret: stored in home/webhook_secret",
+                "  web pages:      http://127.0.0.1:8080/login (the token is in home/ui_token)",
+                "  bindings:       home/bindings.toml",
+            ]
+        );
+        let proxied = EmbeddedHub {
+            public_url: "https://hub.example.com".into(),
+            ..hub("t", Some("home/ui_token"))
+        };
+        assert_eq!(
+            proxied.banner(false, bindings),
+            [
+                "  embedded hub on 127.0.0.1:8080",
+                "  webhook URL:    https://hub.example.com/webhooks/github",
+                "  listening on:   http://127.0.0.1:8080/webhooks/github (public_url must lead here)",
+                "  webhook secret: stored in home/webhook_secret",
+                "  web pages:      https://hub.example.com/login (the token is in home/ui_token)",
+                "  bindings:       home/bindings.toml",
+            ]
+        );
+        assert_eq!(
+            proxied.job_url("j1"),
+            "https://hub.example.com/jobs/j1",
+            "job links go to the public address too"
+        );
     }
 }

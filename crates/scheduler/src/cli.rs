@@ -105,6 +105,10 @@ pub(crate) struct StartArgs {
     /// Days an activation on the embedded hub lasts without a pull or heartbeat [default: 30].
     #[arg(long, env = "DISPATCH_HUB_ACTIVATION_EXPIRY_DAYS", value_name = "DAYS")]
     pub(crate) hub_activation_expiry_days: Option<String>,
+    /// MiB of step logs the embedded hub keeps per job, 1 to 1024; past it a job's log is cut
+    /// [default: 10].
+    #[arg(long, env = "DISPATCH_HUB_JOB_LOG_CAP_MIB", value_name = "MIB")]
+    pub(crate) hub_job_log_cap_mib: Option<String>,
     /// Bearer token the embedded hub's `/metrics` then requires.
     #[arg(long, env = "DISPATCH_HUB_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) hub_metrics_token: Option<Secret>,
@@ -124,7 +128,8 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "DISPATCH_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret, value_name = "TOKEN")]
     pub(crate) github_token: Option<Secret>,
     /// The embedded hub's address as GitHub and browsers reach it: the webhook URL of its GitHub
-    /// App manifest and the job links on GitHub (default: `http://` and the `--hub-listen` address).
+    /// App manifest and of the banner, and the job links on GitHub (default: `http://` and the
+    /// `--hub-listen` address).
     #[arg(long, env = "DISPATCH_HUB_PUBLIC_URL", value_name = "URL")]
     pub(crate) public_url: Option<String>,
     /// GitHub App the embedded hub reports as, with check runs (docs/github-app.md); needs

@@ -78,6 +78,7 @@ pub(crate) struct FileConfig {
     hub_listen: Option<String>,
     hub_retention_days: Option<u64>,
     hub_activation_expiry_days: Option<u64>,
+    hub_job_log_cap_mib: Option<u64>,
     hub_metrics_token: Option<Secret>,
     hub_ui_token: Option<Secret>,
     github_api_url: Option<String>,
@@ -97,7 +98,7 @@ pub(crate) enum CloudTarget {
     Embedded {
         /// Where it listens (loopback by default).
         listen: SocketAddr,
-        /// Retention, activation expiry and metrics token.
+        /// Retention, activation expiry, job log cap, metrics and pages tokens.
         storage: HubStorage,
         /// GitHub API base URL for reporting.
         github_api_url: Url,
@@ -117,6 +118,8 @@ pub(crate) struct HubStorage {
     pub(crate) retention: Duration,
     /// An activation not seen for this long expires.
     pub(crate) activation_expiry: Duration,
+    /// Log bytes kept per job; past them a job's log is cut.
+    pub(crate) job_log_cap: u64,
     /// When set, the hub's `/metrics` needs it as a bearer token.
     pub(crate) metrics_token: Option<Secret>,
     /// The web pages' admin token; None: a random one kept under the home.
@@ -129,6 +132,7 @@ impl Default for HubStorage {
         HubStorage {
             retention: hub.retention,
             activation_expiry: hub.activation_expiry,
+            job_log_cap: hub.job_log_cap,
             metrics_token: None,
             ui_token: None,
         }
@@ -291,6 +295,10 @@ impl Settings {
                             args.hub_activation_expiry_days,
                             file.hub_activation_expiry_days,
                         )?,
+                        job_log_cap: hub_job_log_cap(
+                            args.hub_job_log_cap_mib,
+                            file.hub_job_log_cap_mib,
+                        )?,
                         metrics_token: args
                             .hub_metrics_token
                             .or(file.hub_metrics_token)
@@ -382,6 +390,21 @@ fn hub_days(
                 "{n} is not between 1 and {} days",
                 dispatch_hub::config::MAX_DAYS
             ),
+        )),
+    }
+}
+
+/// The embedded hub's job log cap in bytes, given in MiB (default 10, at most
+/// [`dispatch_hub::config::MAX_JOB_LOG_CAP_MIB`]).
+fn hub_job_log_cap(flag: Option<String>, file: Option<u64>) -> Result<u64, ConfigError> {
+    let setting = "hub-job-log-cap-mib";
+    let max = dispatch_hub::config::MAX_JOB_LOG_CAP_MIB;
+    match number(setting, flag, file)? {
+        None => Ok(dispatch_protocol::DEFAULT_JOB_LOG_CAP),
+        Some(n) if (1..=max).contains(&n) => Ok(dispatch_hub::config::mib(n)),
+        Some(n) => Err(invalid(
+            setting,
+            format!("{n} is not between 1 and {max} MiB"),
         )),
     }
 }
@@ -606,20 +629,22 @@ mod tests {
         assert_eq!(defaults.activation_expiry, 30 * day);
         assert!(defaults.metrics_token.is_none());
         assert!(defaults.ui_token.is_none());
+        assert_eq!(defaults.job_log_cap, dispatch_protocol::DEFAULT_JOB_LOG_CAP);
 
         let text = "hub_retention_days = 7\nhub_activation_expiry_days = 3\n\
-                    hub_metrics_token = \"m-1\"\nhub_ui_token = \"u-1\"\n";
+                    hub_metrics_token = \"m-1\"\nhub_ui_token = \"u-1\"\n\
+                    hub_job_log_cap_mib = 2\n";
         let (_dir, from_file) = config_file(text);
         let s = storage(Settings::resolve(from_file, None).unwrap());
         assert_eq!((s.retention, s.activation_expiry), (7 * day, 3 * day));
         assert_eq!(s.metrics_token.unwrap().expose(), "m-1");
         assert_eq!(s.ui_token.unwrap().expose(), "u-1");
+        assert_eq!(s.job_log_cap, 2 * 1024 * 1024);
         let (_dir, mut flags) = config_file(text);
         flags.hub_retention_days = Some("90".into());
-        assert_eq!(
-            storage(Settings::resolve(flags, None).unwrap()).retention,
-            90 * day
-        );
+        flags.hub_job_log_cap_mib = Some("1024".into());
+        let s = storage(Settings::resolve(flags, None).unwrap());
+        assert_eq!((s.retention, s.job_log_cap), (90 * day, 1024 * 1024 * 1024));
 
         for (setting, a) in [
             (
@@ -633,6 +658,20 @@ mod tests {
                 "hub-activation-expiry-days",
                 StartArgs {
                     hub_activation_expiry_days: Some("a month".into()),
+                    ..args()
+                },
+            ),
+            (
+                "hub-job-log-cap-mib",
+                StartArgs {
+                    hub_job_log_cap_mib: Some("0".into()),
+                    ..args()
+                },
+            ),
+            (
+                "hub-job-log-cap-mib",
+                StartArgs {
+                    hub_job_log_cap_mib: Some("1025".into()),
                     ..args()
                 },
             ),

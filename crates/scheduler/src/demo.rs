@@ -154,7 +154,7 @@ async fn run_in(home: &std::path::Path, verbose_paths: bool, serve: bool) -> Res
 
     let outcome = drive(
         &system,
-        &hub.webhook_url,
+        &hub.local_webhook_url,
         &hub.webhook_secret,
         &reports,
         &shutdown,

@@ -11,8 +11,9 @@
 //! chunk at offset 0) and reads the local file again from its start, skipping the text the hub
 //! has; the text is the same every time (`logtext`). Everything is masked before it leaves: the
 //! values of the DAG's `secrets:` (read as the executor reads them) and every credential the
-//! license manager holds. A job's log stops at its cap ([`DEFAULT_JOB_LOG_CAP`], or the hub's if
-//! lower) with one chunk marked `truncated`.
+//! license manager holds. A job's log stops at its cap (the one the hub names in its answers, at
+//! most [`MAX_JOB_LOG_CAP`]; [`DEFAULT_JOB_LOG_CAP`] until it has answered) with one chunk marked
+//! `truncated`.
 //!
 //! The finish of a job waits until its upload has settled ([`Shared::upload_settled`]): the
 //! logs are complete on the hub before its final status, and the tracker entry by which the
@@ -30,7 +31,8 @@ use dispatch_executor::{secret_values, RunFinished, Secrets};
 use dispatch_license::{CloudError, MachineCredentials};
 use dispatch_protocol::{
     LogChunk, LogStream, ProgressRequest, ProgressResponse, StepProgress, DEFAULT_JOB_LOG_CAP,
-    MAX_CHUNKS_PER_CALL, MAX_PROGRESS_DATA_BYTES, MAX_STEPS_PER_CALL, MAX_STEPS_PER_JOB,
+    MAX_CHUNKS_PER_CALL, MAX_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES, MAX_STEPS_PER_CALL,
+    MAX_STEPS_PER_JOB,
 };
 use dispatch_tracker::{Phase, TrackedJob};
 use dispatch_util::error_chain;
@@ -315,7 +317,7 @@ struct JobUpload {
 impl JobUpload {
     fn cap(&self) -> u64 {
         self.cap
-            .map_or(DEFAULT_JOB_LOG_CAP, |c| c.min(DEFAULT_JOB_LOG_CAP))
+            .map_or(DEFAULT_JOB_LOG_CAP, |c| c.min(MAX_JOB_LOG_CAP))
     }
 
     /// What to send next, reading the log files as far as needed; `None` when there is
@@ -814,5 +816,22 @@ mod tests {
         assert!(upload.truncated);
         std::fs::write(dir.path().join("s.out"), "x".repeat(200)).unwrap();
         assert!(upload.next_call(&rec).is_none(), "nothing after the cap");
+    }
+
+    /// A hub configured with a larger cap than the default gets the larger log; no answer makes
+    /// the scheduler send past the largest cap a hub may have.
+    #[test]
+    fn the_cap_is_the_hubs_up_to_the_largest_a_hub_may_set() {
+        let cap = |hub: Option<u64>| {
+            JobUpload {
+                cap: hub,
+                ..JobUpload::default()
+            }
+            .cap()
+        };
+        assert_eq!(cap(None), DEFAULT_JOB_LOG_CAP);
+        assert_eq!(cap(Some(40)), 40);
+        assert_eq!(cap(Some(3 * DEFAULT_JOB_LOG_CAP)), 3 * DEFAULT_JOB_LOG_CAP);
+        assert_eq!(cap(Some(u64::MAX)), MAX_JOB_LOG_CAP);
     }
 }

@@ -531,6 +531,7 @@ async fn commit_statuses_follow_the_lifecycle_with_target_url() {
         cfg.public_url = Some(format!("{PUBLIC_URL}/"));
     })
     .await;
+    assert_eq!(hub.handle().public_url.as_deref(), Some(PUBLIC_URL));
     let (_, answer) = hub.push("d1").await;
     let id = ids(&answer).remove(0);
     let target = format!("{PUBLIC_URL}/jobs/{id}");
@@ -569,6 +570,7 @@ async fn a_final_status_is_never_followed_by_a_pending_one() {
         .mount(&gh)
         .await;
     let hub = reporting_hub(&gh, vec![build(Trigger::Auto)]).await;
+    assert_eq!(hub.handle().public_url, None);
     let (_, answer) = hub.push("d1").await;
     let id = ids(&answer).remove(0);
     wait_for(&gh, "POST", STATUSES, 1).await;
@@ -592,6 +594,21 @@ async fn a_final_status_is_never_followed_by_a_pending_one() {
         body(&requests(&gh, "POST", STATUSES).await[1])["target_url"],
         format!("http://{}/jobs/{id}", hub.handle().addr),
         "public_url defaults to the listen address"
+    );
+}
+
+/// `hub serve` behind a proxy: it announces the webhook URL GitHub must use, `public_url`'s,
+/// not the address it listens on.
+#[test]
+fn hub_serve_announces_the_webhook_url_of_its_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DISPATCH_HUB_PUBLIC_URL", "https://hub.example.com/")];
+    let hub = Served::start(&hub_toml(dir.path(), ""), &env);
+    assert!(hub.base.starts_with("http://127.0.0.1:"), "{}", hub.base);
+    let logs = hub.stop();
+    assert!(
+        logs.contains("webhook=https://hub.example.com/webhooks/github"),
+        "{logs}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! The `progress` extension over HTTP: the server holding a job sends its run start, step
 //! states and log chunks; chunks are idempotent by offset, a gap is answered with the offset the
-//! hub expects, the job's log is cut at the cap, and nobody else may send.
+//! hub expects, the job's log is cut at the cap (`job_log_cap_mib`), and nobody else may send.
 
 use super::*;
 
@@ -30,7 +30,12 @@ async fn chunk(hub: &TestHub, c: &Creds, id: &str, offset: u64, data: &str) -> V
 
 /// A hub with one job, pulled and accepted by `srv-1` of `lic-a`.
 async fn accepted_job() -> (TestHub, Creds, String) {
-    let hub = TestHub::start(vec![build(Trigger::Auto)]).await;
+    accepted_job_with(|_| {}).await
+}
+
+/// [`accepted_job`] on a hub whose config `tweak` changed.
+async fn accepted_job_with(tweak: impl FnOnce(&mut HubConfig)) -> (TestHub, Creds, String) {
+    let hub = TestHub::start_with(vec![build(Trigger::Auto)], tweak).await;
     let c = hub.activate("lic-a", "srv-1").await;
     hub.push("d1").await;
     let id = hub.pull_id(&c).await;
@@ -190,21 +195,59 @@ async fn a_job_keeps_at_most_its_step_limit() {
     );
 }
 
-#[tokio::test]
-async fn a_job_log_is_cut_at_the_cap() {
-    let (hub, c, id) = accepted_job().await;
+/// Sends `build`'s stdout in the largest pieces a call takes until the hub cuts the log: it must
+/// cut it at `cap` exactly, name `cap` as its cap, and take nothing after it.
+async fn fill_until_cut(hub: &TestHub, c: &Creds, id: &str, cap: u64) {
     let piece = "y".repeat(dispatch_protocol::MAX_PROGRESS_DATA_BYTES);
     let mut offset = 0;
     let last = loop {
-        let answer = chunk(&hub, &c, &id, offset, &piece).await;
+        let answer = chunk(hub, c, id, offset, &piece).await;
+        assert_eq!(answer["log_cap"], cap);
         offset = answer["logs"][0]["next_offset"].as_u64().unwrap();
         if answer["truncated"] == true {
             break answer;
         }
-        assert!(offset <= CAP, "past the cap without being cut");
+        assert!(offset <= cap, "past the cap without being cut");
     };
-    assert_eq!((offset, last["log_bytes"].as_u64().unwrap()), (CAP, CAP));
-    let more = chunk(&hub, &c, &id, offset, "z").await;
-    assert_eq!(more["logs"][0]["next_offset"], CAP, "nothing after the cap");
+    assert_eq!((offset, last["log_bytes"].as_u64().unwrap()), (cap, cap));
+    let more = chunk(hub, c, id, offset, "z").await;
+    assert_eq!(more["logs"][0]["next_offset"], cap, "nothing after the cap");
     assert_eq!(more["truncated"], true);
+}
+
+#[tokio::test]
+async fn a_job_log_is_cut_at_the_cap() {
+    let (hub, c, id) = accepted_job().await;
+    fill_until_cut(&hub, &c, &id, CAP).await;
+}
+
+/// `hub serve --job-log-cap-mib` (and `DISPATCH_HUB_JOB_LOG_CAP_MIB`) out of 1 to 1024: exit 2,
+/// naming the setting.
+#[test]
+fn an_out_of_range_job_log_cap_is_a_config_error_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = hub_toml(dir.path(), "");
+    for (flag, env) in [
+        ("--job-log-cap-mib=0", None),
+        ("--job-log-cap-mib=1025", None),
+        ("--listen=127.0.0.1:0", Some("2048")),
+    ] {
+        let mut serve = hub_bin(&["serve", flag, "--config"], &path);
+        if let Some(value) = env {
+            serve.env("DISPATCH_HUB_JOB_LOG_CAP_MIB", value);
+        }
+        let out = serve.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {env:?}: {err}");
+        assert!(err.contains("`job_log_cap_mib`"), "{flag} {env:?}: {err}");
+    }
+}
+
+/// `job_log_cap_mib` below the default: the log is cut there, and the answers say so.
+#[tokio::test]
+async fn a_smaller_configured_cap_cuts_the_log_at_that_size() {
+    let small = dispatch_hub::config::mib(1);
+    assert!(small < CAP);
+    let (hub, c, id) = accepted_job_with(|cfg| cfg.job_log_cap = small).await;
+    fill_until_cut(&hub, &c, &id, small).await;
 }
