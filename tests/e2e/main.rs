@@ -7,6 +7,7 @@ mod crash;
 mod embedded;
 mod hub_and_scheduler;
 mod progress;
+mod replicas;
 mod run_by_hand;
 mod scheduler;
 mod support;

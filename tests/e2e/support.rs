@@ -227,6 +227,19 @@ pub async fn deliver_push(
     secret: &str,
     delivery: &str,
 ) -> reqwest::Response {
+    try_deliver_push(client, url, secret, delivery)
+        .await
+        .unwrap_or_else(|e| panic!("delivery {delivery} to {url}: {e}"))
+}
+
+/// [`deliver_push`] to a hub that may be down: the transport error is returned, as GitHub would
+/// see it before it redelivers.
+pub async fn try_deliver_push(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    delivery: &str,
+) -> reqwest::Result<reqwest::Response> {
     let body = fixture("push/with-new-branch.payload.json");
     client
         .post(url)
@@ -237,7 +250,6 @@ pub async fn deliver_push(
         .body(body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("delivery {delivery} to {url}: {e}"))
 }
 
 /// `sha256=<hex>` of `body` keyed with `secret`, as GitHub's `X-Hub-Signature-256`.
