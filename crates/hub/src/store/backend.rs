@@ -75,6 +75,14 @@ pub(crate) struct PgConn {
 /// How long a connection attempt to PostgreSQL may take before it is an error.
 const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The server ends a session of ours that sits this long inside a transaction waiting for us
+/// (`idle_in_transaction_session_timeout`, ms). A write group holds the writers' advisory lock,
+/// and with it every replica's writes, until its transaction ends; a replica cut off from the
+/// database mid-group without its connection closing (a network partition, a stalled proxy)
+/// would otherwise hold it until the server's TCP keepalive gives up, hours later. Our own
+/// transactions never wait on us between statements for more than moments.
+const PG_IDLE_IN_TRANSACTION_MS: u32 = 30_000;
+
 /// TLS to PostgreSQL: the server's certificate is checked against the web's root authorities
 /// (webpki-roots) and its name. The URL's `sslmode` decides whether TLS is used: `require`
 /// refuses a server without it, `prefer` (the default) uses it when the server offers it, and
@@ -100,6 +108,12 @@ impl PgConn {
         let mut cfg = cfg.clone();
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(PG_CONNECT_TIMEOUT);
+        }
+        let given = cfg.get_options().unwrap_or_default();
+        if !given.contains("idle_in_transaction_session_timeout") {
+            let ours =
+                format!("-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}");
+            cfg.options(format!("{given} {ours}").trim_start());
         }
         let client = cfg
             .connect(tls()?)
