@@ -31,9 +31,15 @@
 //! once. A pull, an accept, a delivery and an activation are answered 503 (not 500, not a hang)
 //! while it is cut; restored, the same hub process serves them again.
 //!
+//! `a_replica_cut_off_mid_write_holds_up_the_others_only_for_a_while`: the proxy stalls instead
+//! (connections open, nothing passed on) while replica A is inside a write group, which holds the
+//! lock every replica's writes take; a delivery to replica B must still be answered, once the
+//! server has ended A's session (30 s).
+//!
 //! How long they take (a 2-core machine, debug build): the first about 40 s (each scheduler runs
 //! one run of the DAG at a time; three minutes on a machine busy with other builds), plus the
-//! 120 s report hold when A died holding a final status; the second about a second.
+//! 120 s report hold when A died holding a final status; the second about a second; the third
+//! about 30 s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -44,6 +50,9 @@ use std::time::{Duration, Instant};
 use dispatch_dag::RunStore as _;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -731,18 +740,35 @@ async fn replicas_share_the_work_and_survive_a_sigkill() {
     );
 }
 
-/// A TCP proxy between a hub and PostgreSQL that can be cut: then it closes every connection it
-/// carries and every new one as soon as it arrives, until restored.
+/// A TCP proxy between a hub and PostgreSQL. Cut, it closes every connection it carries and
+/// every new one as soon as it arrives, until restored. Stalled, it keeps the connections open
+/// but passes nothing on, as a link that stopped (a network partition), until resumed.
 struct PgProxy {
     addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
+    stalled: watch::Sender<bool>,
 }
 
 #[derive(Default)]
 struct ProxyState {
     cut: bool,
-    /// The tasks copying each open connection; aborting one closes both its sockets.
+    /// The task carrying each open connection; aborting one closes both its sockets.
     open: Vec<tokio::task::AbortHandle>,
+}
+
+/// Copies `from` to `to`; what it reads while the link is stalled waits, and is passed on once
+/// it is not. The end of `from` closes `to`, whether stalled or not.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !s).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl PgProxy {
@@ -750,10 +776,11 @@ impl PgProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(ProxyState::default()));
+        let (stalled, link_stalled) = watch::channel(false);
         let shared = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 // Decided under the lock `cut` takes, so no connection slips past a cut.
@@ -762,17 +789,27 @@ impl PgProxy {
                     drop(inbound);
                     continue;
                 }
-                let copy = tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                let stalled = link_stalled.clone();
+                let link = tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let (from_hub, to_hub) = inbound.into_split();
+                    let (from_db, to_db) = outbound.into_split();
+                    tokio::join!(
+                        pump(from_hub, to_db, stalled.clone()),
+                        pump(from_db, to_hub, stalled)
+                    );
                 });
                 state.open.retain(|task| !task.is_finished());
-                state.open.push(copy.abort_handle());
+                state.open.push(link.abort_handle());
             }
         });
-        PgProxy { addr, state }
+        PgProxy {
+            addr,
+            state,
+            stalled,
+        }
     }
 
     fn cut(&self) {
@@ -785,6 +822,14 @@ impl PgProxy {
 
     fn restore(&self) {
         self.state.lock().unwrap().cut = false;
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 }
 
@@ -947,6 +992,122 @@ async fn a_replica_that_loses_its_database_answers_503_and_recovers() {
     eprintln!(
         "database cut: 8 calls answered 503 in {cut_secs:.1}s; the hub served again after the \
          restore; {:.1}s after the hub started",
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// Whether a session on the database of `url` has sat inside a transaction, waiting for its
+/// client, for over a second: a write group whose replica stopped talking mid-way.
+fn held_transaction(url: &str) -> bool {
+    with_db(url, |db| {
+        let sql = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND state = 'idle in transaction'
+                     AND state_change < now() - interval '1 second'";
+        db.query_one(sql, &[]).unwrap().get::<_, i64>(0) > 0
+    })
+}
+
+/// A replica whose link to the database stops in the middle of a write group, its connections
+/// left open (a network partition, not a crash), holds the writers' lock that every replica's
+/// writes take. The other replicas wait only until the server ends that session (the hub asks
+/// for that after 30 s inside a transaction), not for as long as the link is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_mid_write_holds_up_the_others_only_for_a_while() {
+    let Some(db) = dispatch_test_support::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = PgProxy::start(server_address(db.url())).await;
+    let config_a = hub_config(dir.path(), "a", &through(db.url(), proxy.addr), None);
+    let config_b = hub_config(dir.path(), "b", db.url(), None);
+    let (mut hub_a, url_a) = serve_hub(&config_a, &[], &[]);
+    let (mut hub_b, url_b) = serve_hub(&config_b, &[], &[]);
+    let began = Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .unwrap();
+    let (hook_a, hook_b) = (
+        format!("{url_a}/webhooks/github"),
+        format!("{url_b}/webhooks/github"),
+    );
+    // Deliveries through A without pause, so that its writer is mostly inside a write group.
+    let loading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    for k in 0..4 {
+        let (client, hook, loading) = (client.clone(), hook_a.clone(), loading.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                if !loading.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("load-{k}-{i}");
+                // Refused or cut off while A's link is down: only the load matters here.
+                let _ = try_deliver_push(&client, &hook, WEBHOOK_SECRET, &id).await;
+            }
+        });
+    }
+    let stored = |url: &str| {
+        with_db(url, |db| {
+            db.query_one("SELECT count(*) FROM deliveries", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+    };
+    // Stall the link until it stops inside a write group (else the group not yet begun simply
+    // waits): then A's session sits idle in its transaction, holding the lock.
+    let mut stalls = 0;
+    loop {
+        let before = stored(db.url());
+        eventually("deliveries through A", async || {
+            (stored(db.url()) > before).then_some(())
+        })
+        .await;
+        proxy.stall();
+        stalls += 1;
+        let looked = Instant::now();
+        let mut caught = false;
+        while !caught && looked.elapsed() < Duration::from_secs(3) {
+            caught = held_transaction(db.url());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if caught {
+            break;
+        }
+        proxy.resume();
+        assert!(stalls < 20, "A's link never stalled inside a write group");
+    }
+    let stalled_at = Instant::now();
+    // A write through B: it waits for A's group, which the server ends after 30 s.
+    let response = try_deliver_push(&client, &hook_b, WEBHOOK_SECRET, "through-b")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "B did not answer a delivery within {CALL_TIMEOUT:?} while A's stalled write \
+                 group held the writers' lock: {e:?}"
+            )
+        });
+    assert_eq!(response.status(), 202, "a delivery to B while A is cut off");
+    let b_waited = stalled_at.elapsed().as_secs_f64();
+    proxy.resume();
+    loading.store(false, std::sync::atomic::Ordering::Relaxed);
+    // A, its session ended by the server, connects again on its own.
+    let (status, _) = eventually("A to take a delivery again", async || {
+        let answer = try_deliver_push(&client, &hook_a, WEBHOOK_SECRET, "through-a").await;
+        answer
+            .ok()
+            .filter(|r| r.status() == 202)
+            .map(|r| (r.status(), ()))
+    })
+    .await;
+    assert_eq!(status, 202);
+    for hub in [&hub_a, &hub_b] {
+        assert!(!hub.output().contains("panicked"), "{}", hub.output());
+    }
+    hub_a.stop_with(Signal::SIGTERM);
+    hub_b.stop_with(Signal::SIGTERM);
+    eprintln!(
+        "cut off mid-write: caught after {stalls} stall(s); B's write waited {b_waited:.1}s; \
+         {:.1}s after the hubs started",
         began.elapsed().as_secs_f64()
     );
 }
