@@ -12,12 +12,14 @@
 //!
 //! It never slows a run: the run writes its files as it always does, and the uploader reads
 //! behind it, at most [`MAX_PROGRESS_DATA_BYTES`] (plus one read) per job and call in memory.
-//! It keeps no state on disk: the hub's offsets are the state. After a restart (or when the hub
-//! answers that it holds less than was sent) it asks the hub where each stream ends (an empty
-//! chunk at offset 0) and reads the local file again from its start, skipping the text the hub
-//! has; the text is the same every time (`logtext`). Everything is masked before it leaves: the
-//! values of the DAG's `secrets:` (read as the executor reads them) and every credential the
-//! license manager holds. A job's log stops at its cap ([`DEFAULT_JOB_LOG_CAP`], or the hub's if
+//! It keeps no state on disk: the hub's offsets are the state. The streams of a run it saw in
+//! this process's executor are new to the hub, so they are sent from offset 0 at once; after a
+//! restart (or when the hub answers that it holds less than was sent) it asks the hub where
+//! each stream ends (an empty chunk at offset 0) and reads the local file again from its
+//! start, skipping the text the hub has; the text is the same every time (`logtext`). Either
+//! way the hub stores only what it lacks. Everything is masked before it leaves: the values of
+//! the DAG's `secrets:` (read as the executor reads them) and every credential the license
+//! manager holds. A job's log stops at its cap ([`DEFAULT_JOB_LOG_CAP`], or the hub's if
 //! lower) with one chunk marked `truncated`.
 //!
 //! The finish of a job waits until its upload has settled ([`Shared::upload_settled`]): the
@@ -80,6 +82,13 @@ enum Look {
     Active,
     /// Its run ended in this process's executor: looked at now, whatever its retry's wait.
     Ended,
+}
+
+impl Look {
+    /// The uploader saw the run in this process's executor, so the hub holds none of its text.
+    fn seen_here(self) -> bool {
+        matches!(self, Look::Active | Look::Ended)
+    }
 }
 
 /// Runs upload passes until `cancel` fires: every [`PROGRESS_INTERVAL`] over the runs in
@@ -230,7 +239,7 @@ async fn upload_pass(
             }
             None => continue,
         };
-        let upload = upload.unwrap_or_default();
+        let upload = upload.unwrap_or_else(|| JobUpload::new(why.seen_here()));
         if why != Look::Ended && upload.not_before.is_some_and(|t| t > now) {
             uploads.insert(job_id, upload);
         } else {
@@ -431,6 +440,10 @@ struct Call {
 /// One job's upload: what the hub has acknowledged and the streams being read.
 #[derive(Default)]
 struct JobUpload {
+    /// The hub holds none of the run's text (the run was seen in this process's executor): a
+    /// stream's first chunk starts at offset 0 with its text, without asking where the hub's
+    /// copy ends.
+    new_to_hub: bool,
     /// The values masked in every stream; read once per job.
     secrets: Option<Secrets>,
     run_started_sent: bool,
@@ -449,6 +462,13 @@ struct JobUpload {
 }
 
 impl JobUpload {
+    fn new(new_to_hub: bool) -> JobUpload {
+        JobUpload {
+            new_to_hub,
+            ..JobUpload::default()
+        }
+    }
+
     fn cap(&self) -> u64 {
         self.cap
             .map_or(DEFAULT_JOB_LOG_CAP, |c| c.min(DEFAULT_JOB_LOG_CAP))
@@ -475,6 +495,7 @@ impl JobUpload {
         let run_ended = record.status.is_final();
         let secrets = self.secrets.clone().unwrap_or_default();
         let cap = self.cap();
+        let new_to_hub = self.new_to_hub;
         let mut budget = MAX_PROGRESS_DATA_BYTES;
         'steps: for step in steps {
             if step.started_at.is_none() {
@@ -492,7 +513,10 @@ impl JobUpload {
                 let upload = self
                     .streams
                     .entry((step.name.clone(), stream))
-                    .or_insert_with(|| StreamUpload::new(path.clone(), secrets.clone()));
+                    .or_insert_with(|| StreamUpload {
+                        acked: new_to_hub.then_some(0),
+                        ..StreamUpload::new(path.clone(), secrets.clone())
+                    });
                 let chunk = |offset, data: String, eof, truncated| LogChunk {
                     step: step.name.clone(),
                     stream,
@@ -505,7 +529,8 @@ impl JobUpload {
                     break 'steps;
                 }
                 let Some(acked) = upload.acked else {
-                    // Where the hub's copy ends is not known yet (a first pass, a restart).
+                    // Where the hub's copy ends is not known yet (a run this process did not
+                    // see, as after a restart).
                     call.logs.push(chunk(0, String::new(), false, false));
                     continue;
                 };
@@ -812,6 +837,22 @@ mod tests {
         assert_eq!(hub[&("s".to_owned(), LogStream::Stderr)], "");
         assert!(second.streams.values().all(|s| s.eof_acked));
         assert_eq!(second.next_call(&rec).map(|c| c.logs.len()), None);
+    }
+
+    #[test]
+    fn a_run_new_to_the_hub_goes_in_one_call_and_one_seen_elsewhere_is_asked_for_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = record(dir.path(), dispatch_dag::RunStatus::Succeeded);
+        rec.steps[0].status = StepStatus::Succeeded;
+        rec.steps[0].finished_at = Some(4);
+        std::fs::write(dir.path().join("s.out"), "out\n").unwrap();
+        for (new_to_hub, calls) in [(true, 1), (false, 2)] {
+            let mut hub = HashMap::new();
+            let mut upload = JobUpload::new(new_to_hub);
+            assert_eq!(drain(&mut upload, &rec, &mut hub), calls, "{new_to_hub}");
+            assert_eq!(hub[&("s".to_owned(), LogStream::Stdout)], "out\n");
+            assert!(upload.streams.values().all(|s| s.eof_acked), "{new_to_hub}");
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `progress` extension from the worker's side, against a wiremock cloud that advertises
 //! it and keeps the chunks it is sent: the run start, the steps' states and each stream's text
-//! arrive, in order and masked, and the job's finish comes only after its logs are complete,
-//! also for a run that ended before the worker started (resumed from where the hub's copy
-//! ends).
+//! arrive, in order and masked, and the job's finish comes only after its logs are complete.
+//! The streams of a run the worker ran are sent from offset 0 at once; those of a run that
+//! ended before it started are resumed from where the hub's copy ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -167,12 +167,14 @@ async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
     assert_eq!(last["oops"]["status"], "failed");
     assert_eq!(last["oops"]["exit_code"], 3);
     assert!(last["oops"]["finished_ms"].as_u64() >= last["oops"]["started_ms"].as_u64());
-    // The text of each stream, from its chunks in the order sent, the last one ending it.
+    // The text of each stream, from its chunks in the order sent, the last one ending it. The
+    // run was seen here, so the hub holds none of its text: no call is spent asking for it.
     let mut text = HashMap::new();
     for (key, chunks) in chunks_by_stream(&calls) {
         let mut held = String::new();
         for chunk in &chunks {
             assert_eq!(chunk["offset"].as_u64(), Some(held.len() as u64), "{chunk}");
+            assert!(!asks(chunk), "a chunk that only asks: {chunk}");
             held.push_str(chunk["data"].as_str().unwrap_or_default());
         }
         assert_eq!(chunks.last().unwrap()["eof"], true, "{key:?} complete");
