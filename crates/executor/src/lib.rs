@@ -214,6 +214,21 @@ impl ExecutorHandle {
         *self.shared.active.borrow()
     }
 
+    /// The runs in progress in this executor, each named as a queue item names it (DAG name and
+    /// run id): from their dequeue until they end. A run just dequeued may not be recorded
+    /// `running` yet.
+    pub fn active_run_items(&self) -> Vec<QueueItem> {
+        self.shared
+            .state()
+            .runs
+            .keys()
+            .map(|(dag_name, run_id)| QueueItem {
+                dag_name: dag_name.clone(),
+                run_id: run_id.clone(),
+            })
+            .collect()
+    }
+
     /// Waits until no run is in progress, at most `timeout`; returns whether that happened.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
         let mut active = self.shared.active.subscribe();

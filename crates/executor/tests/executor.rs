@@ -786,12 +786,25 @@ async fn one_run_per_queue_at_a_time() {
         assert_eq!(h.record("serial", "r2").status, RunStatus::Queued);
         assert!(!h.path("started_r2").exists());
         assert_eq!(handle.active_runs(), 1);
+        let r1 = QueueItem {
+            dag_name: "serial".into(),
+            run_id: "r1".into(),
+        };
+        assert_eq!(
+            handle.active_run_items(),
+            [r1],
+            "the queued run is not active"
+        );
     }
     std::fs::write(h.path("release_r1"), "").unwrap();
     assert_eq!(h.finished("r1").await, RunStatus::Succeeded);
     wait_for("r2 to start", || h.path("started_r2").exists()).await;
     std::fs::write(h.path("release_r2"), "").unwrap();
     assert_eq!(h.finished("r2").await, RunStatus::Succeeded);
+    assert!(
+        handle.active_run_items().is_empty(),
+        "a run is let go before its end is announced"
+    );
     assert!(!h.path("overlap").exists(), "runs of one queue overlapped");
 }
 

@@ -1,7 +1,7 @@
 //! This server's side of a job: its record in the tracker, its run in the stores, its process in
 //! the executor. Each call runs off the async threads and names what failed in a [`WorkerError`].
 
-use dispatch_dag::{Attempt, RunStoreFailure};
+use dispatch_dag::{Attempt, RunStore, RunStoreFailure};
 use dispatch_tracker::{TrackedJob, Tracker, TrackerError};
 use dispatch_util::error_chain;
 
@@ -35,6 +35,21 @@ pub(crate) async fn list_tracked(shared: &Shared) -> Result<Vec<TrackedJob>, Wor
     tracker_call(shared, "list tracked jobs", "list", "", Tracker::list).await
 }
 
+/// The tracked entries of those of `job_ids` that are tracked, in one trip.
+pub(crate) async fn get_tracked_all(
+    shared: &Shared,
+    job_ids: Vec<String>,
+) -> Result<Vec<TrackedJob>, WorkerError> {
+    tracker_call(shared, "read tracked jobs", "read", "", move |t| {
+        let mut found = Vec::with_capacity(job_ids.len());
+        for id in &job_ids {
+            found.extend(t.get(id)?);
+        }
+        Ok(found)
+    })
+    .await
+}
+
 /// The tracked entry of `job_id`, if any.
 pub(crate) async fn get_tracked(
     shared: &Shared,
@@ -65,15 +80,17 @@ pub(crate) async fn upsert_all(shared: &Shared, jobs: Vec<TrackedJob>) -> Result
     .await
 }
 
-/// Deletes a tracked entry; a failure is logged (the report loop meets the entry again).
+/// Deletes a tracked entry, and with it the note that its upload settled; a failure is logged
+/// (the report loop meets the entry again).
 pub(crate) async fn delete_quietly(shared: &Shared, job_id: &str) {
     let id = job_id.to_owned();
     let result = tracker_call(shared, "delete tracked job", "delete", job_id, move |t| {
         t.delete(&id)
     })
     .await;
-    if let Err(error) = result {
-        tracing::error!(error = %error_chain(&error), "cannot delete tracked job");
+    match result {
+        Ok(_) => shared.forget_upload(job_id),
+        Err(error) => tracing::error!(error = %error_chain(&error), "cannot delete tracked job"),
     }
 }
 
@@ -84,12 +101,20 @@ pub(crate) async fn find_attempt(
 ) -> Result<Option<Attempt>, WorkerError> {
     let runs = shared.stores.runs.clone();
     let (dag, run) = (tracked.dag_name.clone(), tracked.dag_run_id.clone());
-    Shared::blocking("look up run", move || match runs.find_attempt(&dag, &run) {
+    Shared::blocking("look up run", move || read_attempt(&*runs, &dag, &run)).await?
+}
+
+/// [`find_attempt`] on the calling thread, for code already off the async threads.
+pub(crate) fn read_attempt(
+    runs: &dyn RunStore,
+    dag: &str,
+    run: &str,
+) -> Result<Option<Attempt>, WorkerError> {
+    match runs.find_attempt(dag, run) {
         Ok(attempt) => Ok(Some(attempt)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(source) => Err(RunStoreFailure::boxed("look up", &dag, &run, source).into()),
-    })
-    .await?
+        Err(source) => Err(RunStoreFailure::boxed("look up", dag, run, source).into()),
+    }
 }
 
 /// Stops a run if it is active here; true when it was. Errors are logged.

@@ -1,38 +1,47 @@
 //! The uploader of the `progress` extension (`docs/protocol.md`, "Extension: progress and
-//! logs"): for every accepted job, it follows the run record and the step log files the
-//! executor writes and sends the hub when the run started, each step's state and each step's
-//! stdout and stderr, in ordered chunks. Only while the cloud advertises the extension: against
-//! a cloud without it, it sends nothing.
+//! logs"): for every accepted job whose run goes on or has ended, it follows the run record and
+//! the step log files the executor writes and sends the hub when the run started, each step's
+//! state and each step's stdout and stderr, in ordered chunks. Only while the cloud advertises
+//! the extension: against a cloud without it, it sends nothing.
+//!
+//! It looks only at the jobs that may have something to send: those whose run is in progress
+//! in this process's executor, every [`PROGRESS_INTERVAL`]; those whose run ended here, at once
+//! (the executor's `RunFinished`); those the report loop waits for (a run that ended before
+//! this process started, say); and the uploads under way, until they settle. A queue of runs
+//! that have not started costs nothing, however long: no record read, no call.
 //!
 //! It never slows a run: the run writes its files as it always does, and the uploader reads
 //! behind it, at most [`MAX_PROGRESS_DATA_BYTES`] (plus one read) per job and call in memory.
-//! It keeps no state on disk: the hub's offsets are the state. After a restart (or when the hub
-//! answers that it holds less than was sent) it asks the hub where each stream ends (an empty
-//! chunk at offset 0) and reads the local file again from its start, skipping the text the hub
-//! has; the text is the same every time (`logtext`). Everything is masked before it leaves: the
-//! values of the DAG's `secrets:` (read as the executor reads them) and every credential the
-//! license manager holds. A job's log stops at its cap (the one the hub names in its answers, at
-//! most [`MAX_JOB_LOG_CAP`]; [`DEFAULT_JOB_LOG_CAP`] until it has answered) with one chunk marked
+//! It keeps no state on disk: the hub's offsets are the state. The streams of a run it saw in
+//! this process's executor are new to the hub, so they are sent from offset 0 at once; after a
+//! restart (or when the hub answers that it holds less than was sent) it asks the hub where
+//! each stream ends (an empty chunk at offset 0) and reads the local file again from its
+//! start, skipping the text the hub has; the text is the same every time (`logtext`). Either
+//! way the hub stores only what it lacks. Everything is masked before it leaves: the values of
+//! the DAG's `secrets:` (read as the executor reads them) and every credential the license
+//! manager holds. A job's log stops at its cap (the one the hub names in its answers, at most
+//! [`MAX_JOB_LOG_CAP`]; [`DEFAULT_JOB_LOG_CAP`] until it has answered) with one chunk marked
 //! `truncated`.
 //!
 //! The finish of a job waits until its upload has settled ([`Shared::upload_settled`]): the
 //! logs are complete on the hub before its final status, and the tracker entry by which the
-//! uploader finds the job after a restart stays until then. An upload settles when everything
-//! is acknowledged, the hub refuses the job (404, 409), or calls kept failing after the run
-//! ended (the finish is not held back for ever by a hub that takes the finish but not logs).
+//! report loop finds the job after a restart stays until then. An upload settles when
+//! everything is acknowledged, the hub refuses the job (404, 409), or calls kept failing after
+//! the run ended (the finish is not held back for ever by a hub that takes the finish but not
+//! logs).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dispatch_dag::{RunRecord, StepRecord, StepStatus};
+use dispatch_dag::{RunRecord, RunStore, StepRecord, StepStatus};
 use dispatch_executor::{secret_values, RunFinished, Secrets};
 use dispatch_license::{CloudError, MachineCredentials};
 use dispatch_protocol::{
-    LogChunk, LogStream, ProgressRequest, ProgressResponse, StepProgress, DEFAULT_JOB_LOG_CAP,
-    MAX_CHUNKS_PER_CALL, MAX_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES, MAX_STEPS_PER_CALL,
-    MAX_STEPS_PER_JOB,
+    LogChunk, LogStream, ProgressRequest, ProgressResponse, Secret, StepProgress,
+    DEFAULT_JOB_LOG_CAP, MAX_CHUNKS_PER_CALL, MAX_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES,
+    MAX_STEPS_PER_CALL, MAX_STEPS_PER_JOB,
 };
 use dispatch_tracker::{Phase, TrackedJob};
 use dispatch_util::error_chain;
@@ -42,11 +51,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::local::{find_attempt, list_tracked};
+use crate::error::WorkerError;
+use crate::local::{get_tracked_all, read_attempt};
 use crate::logtext::{floor_boundary, StreamText};
 use crate::shared::Shared;
 
-/// Time between passes while runs go on; a run that ends wakes the uploader at once.
+/// Time between looks at the runs in progress; a run that ends is looked at at once.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Jobs uploaded at once.
@@ -59,171 +69,307 @@ const CALLS_PER_PASS: usize = 8;
 /// Bytes read from a log file at a time.
 const READ_SIZE: usize = 64 * 1024;
 
-/// How long a job whose run has not started waits before it is looked at again: a long queue
-/// of runs costs a read of each record per second, not per pass, and no call.
-const NOT_STARTED_RECHECK: Duration = Duration::from_secs(1);
-
 /// Failed calls after its run ended before a job's upload is given up (its finish goes then).
 const MAX_FAILURES_AFTER_END: u32 = 8;
 
-/// Runs upload passes until `cancel` fires: every [`PROGRESS_INTERVAL`], when a run ends and
-/// when the report loop waits for a job's logs.
+/// Why a pass looks at a job; when a job has several reasons, the greatest counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Look {
+    /// Its upload is under way: the next call, once its retry is due.
+    Due,
+    /// The report loop waits for its logs.
+    Asked,
+    /// Its run is in progress in this process's executor.
+    Active,
+    /// Its run ended in this process's executor: looked at now, whatever its retry's wait.
+    Ended,
+}
+
+impl Look {
+    /// The uploader saw the run in this process's executor, so the hub holds none of its text.
+    fn seen_here(self) -> bool {
+        matches!(self, Look::Active | Look::Ended)
+    }
+}
+
+/// Runs upload passes until `cancel` fires: every [`PROGRESS_INTERVAL`] over the runs in
+/// progress and the uploads under way, at once when a run ends or the report loop asks.
 pub(crate) async fn progress_loop(
     shared: &Shared,
     mut events: broadcast::Receiver<RunFinished>,
     cancel: &CancellationToken,
 ) {
     let mut uploads: HashMap<String, JobUpload> = HashMap::new();
+    // The jobs whose run ended here since the last pass (the run id is the job id).
+    let mut ended: HashSet<String> = HashSet::new();
     let mut events_open = true;
+    let mut next_tick = Instant::now();
     loop {
         if cancel.is_cancelled() {
             break;
         }
+        // Ends announced while the last pass ran: a job asked for and ended is sent as ended.
+        loop {
+            match events.try_recv() {
+                Ok(finished) => {
+                    ended.insert(finished.run_id);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let tick = now >= next_tick;
+        if tick {
+            next_tick = now + PROGRESS_INTERVAL;
+        }
         if shared.client.supports_progress() {
             if let Some(creds) = shared.credentials.cloud_machine_credentials() {
+                let look = to_look_at(shared, &uploads, std::mem::take(&mut ended), tick, now);
                 // Shutdown does not wait for a call to a hub that does not answer: what was not
                 // acknowledged is sent again after the next start.
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    () = upload_pass(shared, &mut uploads, &creds, cancel) => {}
+                    later = upload_pass(shared, &mut uploads, look, &creds, cancel) => ended.extend(later),
                 }
             }
+        } else if shared.client.has_answered() {
+            // The cloud takes no progress: nothing is sent, and no finish waits for it.
+            uploads.clear();
+            ended.clear();
+            shared.take_upload_targets();
         }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             _ = shared.upload_wake.notified() => {}
             event = events.recv(), if events_open => match event {
-                // A run that ended is looked at now, whatever its wait.
                 Ok(finished) => {
-                    // A burst of ended runs needs one pass, not one per run.
-                    let more = std::iter::from_fn(|| events.try_recv().ok());
-                    for run_id in std::iter::once(finished.run_id).chain(more.map(|f| f.run_id)) {
-                        if let Some(upload) = uploads.get_mut(&run_id) {
-                            upload.not_before = None;
-                        }
-                    }
+                    ended.insert(finished.run_id);
+                }
+                // The report loop, told of every end as well, points at the jobs of the ends
+                // missed here once it finds their runs final.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "missed run-finished events; the report loop asks for them");
                 }
                 Err(broadcast::error::RecvError::Closed) => events_open = false,
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
             },
-            _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+            () = tokio::time::sleep_until(next_tick) => {}
         }
     }
     tracing::debug!("progress uploader stopped");
 }
 
-/// One pass over the accepted jobs.
+/// The jobs a pass looks at, each with why: the runs that `ended` and the jobs the report loop
+/// asked for; on a `tick` also the runs in progress and every upload under way whose retry is
+/// due.
+fn to_look_at(
+    shared: &Shared,
+    uploads: &HashMap<String, JobUpload>,
+    ended: HashSet<String>,
+    tick: bool,
+    now: Instant,
+) -> HashMap<String, Look> {
+    let mut look: HashMap<String, Look> = HashMap::new();
+    let mut add = |job_id: String, why: Look| {
+        let reason = look.entry(job_id).or_insert(why);
+        *reason = (*reason).max(why);
+    };
+    if tick {
+        for (job_id, upload) in uploads {
+            if upload.not_before.is_none_or(|t| t <= now) {
+                add(job_id.clone(), Look::Due);
+            }
+        }
+        for item in shared.executor.active_run_items() {
+            add(item.run_id, Look::Active);
+        }
+    }
+    for job_id in shared.take_upload_targets() {
+        add(job_id, Look::Asked);
+    }
+    for job_id in ended {
+        add(job_id, Look::Ended);
+    }
+    look
+}
+
+/// One pass over the jobs in `look`. Returns the jobs whose run ended but which are not
+/// accepted yet, to look at again with the next pass (the report loop asks for them once it
+/// has accepted them).
 async fn upload_pass(
     shared: &Shared,
     uploads: &mut HashMap<String, JobUpload>,
+    look: HashMap<String, Look>,
     creds: &MachineCredentials,
     cancel: &CancellationToken,
-) {
-    let tracked = match list_tracked(shared).await {
-        Ok(jobs) => jobs,
+) -> Vec<String> {
+    // A settled upload has sent all it will; its job only waits for its finish.
+    let look: Vec<(String, Look)> = look
+        .into_iter()
+        .filter(|(job_id, _)| !shared.upload_is_settled(job_id))
+        .collect();
+    if look.is_empty() {
+        return Vec::new();
+    }
+    let ids = look.iter().map(|(job_id, _)| job_id.clone()).collect();
+    let mut tracked: HashMap<String, TrackedJob> = match get_tracked_all(shared, ids).await {
+        Ok(jobs) => jobs.into_iter().map(|t| (t.job_id.clone(), t)).collect(),
         Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "cannot list tracked jobs for uploads");
-            return;
+            tracing::warn!(error = %error_chain(&error), "cannot read tracked jobs for uploads");
+            return look
+                .into_iter()
+                .filter(|(_, why)| *why == Look::Ended)
+                .map(|(job_id, _)| job_id)
+                .collect();
         }
     };
-    let accepted: Vec<TrackedJob> = tracked
-        .into_iter()
-        .filter(|t| t.phase == Phase::Accepted)
-        .collect();
-    let ids: HashSet<&str> = accepted.iter().map(|t| t.job_id.as_str()).collect();
-    uploads.retain(|id, _| ids.contains(id.as_str()));
-    shared.retain_settled_uploads(|id| ids.contains(id));
     let now = Instant::now();
+    let mut later = Vec::new();
     let mut due = Vec::new();
-    let mut waiting = Vec::new();
-    for tracked in accepted {
-        let upload = uploads.remove(&tracked.job_id).unwrap_or_default();
-        if upload.settled || upload.not_before.is_some_and(|t| t > now) {
-            waiting.push((tracked.job_id, upload));
+    for (job_id, why) in look {
+        let upload = uploads.remove(&job_id);
+        // Only an accepted job is uploaded; one no longer tracked is done with.
+        let job = match tracked.remove(&job_id) {
+            Some(job) if job.phase == Phase::Accepted => job,
+            Some(_) => {
+                if why == Look::Ended {
+                    later.push(job_id);
+                }
+                continue;
+            }
+            None => continue,
+        };
+        let upload = upload.unwrap_or_else(|| JobUpload::new(why.seen_here()));
+        if why != Look::Ended && upload.not_before.is_some_and(|t| t > now) {
+            uploads.insert(job_id, upload);
         } else {
-            due.push((tracked, upload));
+            due.push((job, upload));
         }
     }
-    uploads.extend(waiting);
-    let done: Vec<(String, JobUpload)> = stream::iter(due)
-        .map(|(tracked, upload)| async move {
+    let done: Vec<(String, Option<JobUpload>)> = stream::iter(due)
+        .map(|(job, upload)| async move {
             let upload = if cancel.is_cancelled() {
-                upload
+                Some(upload)
             } else {
-                upload_job(shared, &tracked, upload, creds).await
+                upload_job(shared, &job, upload, creds).await
             };
-            (tracked.job_id, upload)
+            (job.job_id, upload)
         })
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .collect()
         .await;
-    uploads.extend(done);
+    uploads.extend(
+        done.into_iter()
+            .filter_map(|(job_id, upload)| Some((job_id, upload?))),
+    );
+    later
 }
 
-/// Sends what is new for one job, a few calls at most.
+/// What an upload does next, as its run's files say.
+enum Next {
+    /// The run record is gone.
+    Gone,
+    /// The run has neither started nor ended: nothing to send yet.
+    NotStarted,
+    /// Nothing new to send; the run's record.
+    Nothing(RunRecord),
+    /// This call; the run's record.
+    Call(Call, RunRecord),
+}
+
+/// Reads the run, unless its final `record` is known already, then the step logs as far as
+/// the next call needs; the first read of a started run also reads the DAG's secrets, which
+/// mask the text with the `credentials`. Blocking IO.
+fn read_next(
+    runs: &dyn RunStore,
+    job: &TrackedJob,
+    record: Option<RunRecord>,
+    upload: &mut JobUpload,
+    credentials: &[Secret],
+) -> Result<Next, WorkerError> {
+    let record = match record {
+        Some(record) => record,
+        None => {
+            let Some(attempt) = read_attempt(runs, &job.dag_name, &job.dag_run_id)? else {
+                return Ok(Next::Gone);
+            };
+            if attempt.record.started_at.is_none() && !attempt.record.status.is_final() {
+                return Ok(Next::NotStarted);
+            }
+            if upload.secrets.is_none() {
+                let mut values = secret_values(&attempt.dag);
+                values.extend(credentials.iter().map(|c| c.expose().to_owned()));
+                upload.secrets = Some(Secrets::new(values));
+            }
+            attempt.record
+        }
+    };
+    Ok(match upload.next_call(&record) {
+        Some(call) => Next::Call(call, record),
+        None => Next::Nothing(record),
+    })
+}
+
+/// Sends what is new for one job, a few calls at most. Returns the upload to keep, or `None`
+/// when there is nothing to keep: it settled, or the run has not started (the executor says
+/// when it does).
 async fn upload_job(
     shared: &Shared,
-    tracked: &TrackedJob,
+    job: &TrackedJob,
     mut upload: JobUpload,
     creds: &MachineCredentials,
-) -> JobUpload {
-    let job_id = &tracked.job_id;
+) -> Option<JobUpload> {
+    let job_id = &job.job_id;
+    // A final record does not change: it is read once.
+    let mut final_record = None;
     for _ in 0..CALLS_PER_PASS {
-        let attempt = match find_attempt(shared, tracked).await {
-            Ok(Some(attempt)) => attempt,
-            Ok(None) => {
-                settle(shared, &mut upload, job_id, "its run record is gone");
-                return upload;
-            }
-            Err(error) => {
-                tracing::warn!(job_id = %job_id, error = %error_chain(&error), "cannot read the run to upload");
-                return upload;
-            }
+        let credentials = if upload.secrets.is_none() {
+            shared.credentials.credential_values()
+        } else {
+            Vec::new()
         };
-        if attempt.record.started_at.is_none() && !attempt.record.status.is_final() {
-            upload.not_before = Some(Instant::now() + NOT_STARTED_RECHECK);
-            return upload;
-        }
-        if upload.secrets.is_none() {
-            let dag = attempt.dag.clone();
-            let credentials = shared.credentials.credential_values();
-            let secrets = Shared::blocking("read DAG secrets", move || {
-                let mut values = secret_values(&dag);
-                values.extend(credentials.iter().map(|c| c.expose().to_owned()));
-                Secrets::new(values)
-            })
-            .await;
-            match secrets {
-                Ok(secrets) => upload.secrets = Some(secrets),
-                Err(error) => {
-                    tracing::warn!(job_id = %job_id, error = %error_chain(&error), "cannot read secrets to mask");
-                    return upload;
-                }
-            }
-        }
-        let record = attempt.record;
-        let run_ended = record.status.is_final();
-        let read = Shared::blocking("read step logs", move || {
-            let call = upload.next_call(&record);
-            (upload, call)
+        let runs = shared.stores.runs.clone();
+        let (job, record) = (job.clone(), final_record.take());
+        let read = Shared::blocking("read a run and its step logs", move || {
+            let next = read_next(&*runs, &job, record, &mut upload, &credentials);
+            (upload, next)
         })
         .await;
-        let (back, call) = match read {
-            Ok(read) => read,
+        let next = match read {
+            Ok((back, next)) => {
+                upload = back;
+                next
+            }
             Err(error) => {
                 // The state went with the failed thread; the next pass asks the hub again.
-                tracing::error!(job_id = %job_id, error = %error_chain(&error), "cannot read step logs");
-                return JobUpload::default();
+                tracing::error!(job_id = %job_id, error = %error_chain(&error), "cannot read a run and its step logs");
+                return Some(JobUpload::default());
             }
         };
-        upload = back;
-        let Some(call) = call else {
-            if run_ended {
-                settle(shared, &mut upload, job_id, "complete");
+        let (call, record) = match next {
+            Ok(Next::Gone) => {
+                settle(shared, job_id, "its run record is gone");
+                return None;
             }
-            return upload;
+            Ok(Next::NotStarted) => return None,
+            Ok(Next::Nothing(record)) => {
+                if record.status.is_final() {
+                    settle(shared, job_id, "complete");
+                    return None;
+                }
+                return Some(upload);
+            }
+            Ok(Next::Call(call, record)) => (call, record),
+            Err(error) => {
+                tracing::warn!(job_id = %job_id, error = %error_chain(&error), "cannot read the run to upload");
+                return Some(upload);
+            }
         };
+        let run_ended = record.status.is_final();
+        if run_ended {
+            final_record = Some(record);
+        }
         let request = ProgressRequest {
             license_id: creds.license_id.clone(),
             server_id: creds.server_id.clone(),
@@ -240,34 +386,33 @@ async fn upload_job(
             }
             Err(error) if matches!(error.status, Some(404 | 409)) => {
                 tracing::warn!(job_id = %job_id, %error, "hub refused the job's progress; not uploading it");
-                settle(shared, &mut upload, job_id, "refused by the hub");
-                return upload;
+                settle(shared, job_id, "refused by the hub");
+                return None;
             }
             Err(error) => {
-                failed(shared, &mut upload, job_id, run_ended, &error);
-                return upload;
+                let gave_up = failed(shared, &mut upload, job_id, run_ended, &error);
+                return (!gave_up).then_some(upload);
             }
         }
     }
-    upload
+    Some(upload)
 }
 
-/// Marks the upload settled and lets the report loop finish the job.
-fn settle(shared: &Shared, upload: &mut JobUpload, job_id: &str, why: &'static str) {
-    upload.settled = true;
+/// Notes the upload settled and lets the report loop finish the job.
+fn settle(shared: &Shared, job_id: &str, why: &'static str) {
     tracing::debug!(job_id = %job_id, why, "log upload settled");
     shared.settle_upload(job_id);
 }
 
-/// Schedules the next try after a failed call, or gives up once the run has ended and calls
-/// kept failing.
+/// Schedules the next try after a failed call, or gives up (settles the upload) once the run
+/// has ended and calls kept failing; returns whether it gave up.
 fn failed(
     shared: &Shared,
     upload: &mut JobUpload,
     job_id: &str,
     run_ended: bool,
     error: &CloudError,
-) {
+) -> bool {
     let backoff = upload
         .backoff
         .get_or_insert_with(|| Backoff::new(shared.config.backoff_min, shared.config.backoff_max));
@@ -277,11 +422,12 @@ fn failed(
         upload.failures_after_end += 1;
         if upload.failures_after_end >= MAX_FAILURES_AFTER_END {
             tracing::warn!(job_id = %job_id, %error, "giving up uploading the job's logs; finishing it without them");
-            settle(shared, upload, job_id, "gave up");
-            return;
+            settle(shared, job_id, "gave up");
+            return true;
         }
     }
     tracing::debug!(job_id = %job_id, %error, retry_in = ?delay, "progress upload failed; will retry");
+    false
 }
 
 /// What one call sends.
@@ -295,8 +441,10 @@ struct Call {
 /// One job's upload: what the hub has acknowledged and the streams being read.
 #[derive(Default)]
 struct JobUpload {
-    /// Everything is sent, or the hub does not want it: nothing more to do.
-    settled: bool,
+    /// The hub holds none of the run's text (the run was seen in this process's executor): a
+    /// stream's first chunk starts at offset 0 with its text, without asking where the hub's
+    /// copy ends.
+    new_to_hub: bool,
     /// The values masked in every stream; read once per job.
     secrets: Option<Secrets>,
     run_started_sent: bool,
@@ -315,6 +463,13 @@ struct JobUpload {
 }
 
 impl JobUpload {
+    fn new(new_to_hub: bool) -> JobUpload {
+        JobUpload {
+            new_to_hub,
+            ..JobUpload::default()
+        }
+    }
+
     fn cap(&self) -> u64 {
         self.cap
             .map_or(DEFAULT_JOB_LOG_CAP, |c| c.min(MAX_JOB_LOG_CAP))
@@ -341,6 +496,7 @@ impl JobUpload {
         let run_ended = record.status.is_final();
         let secrets = self.secrets.clone().unwrap_or_default();
         let cap = self.cap();
+        let new_to_hub = self.new_to_hub;
         let mut budget = MAX_PROGRESS_DATA_BYTES;
         'steps: for step in steps {
             if step.started_at.is_none() {
@@ -358,7 +514,10 @@ impl JobUpload {
                 let upload = self
                     .streams
                     .entry((step.name.clone(), stream))
-                    .or_insert_with(|| StreamUpload::new(path.clone(), secrets.clone()));
+                    .or_insert_with(|| StreamUpload {
+                        acked: new_to_hub.then_some(0),
+                        ..StreamUpload::new(path.clone(), secrets.clone())
+                    });
                 let chunk = |offset, data: String, eof, truncated| LogChunk {
                     step: step.name.clone(),
                     stream,
@@ -371,7 +530,8 @@ impl JobUpload {
                     break 'steps;
                 }
                 let Some(acked) = upload.acked else {
-                    // Where the hub's copy ends is not known yet (a first pass, a restart).
+                    // Where the hub's copy ends is not known yet (a run this process did not
+                    // see, as after a restart).
                     call.logs.push(chunk(0, String::new(), false, false));
                     continue;
                 };
@@ -678,6 +838,22 @@ mod tests {
         assert_eq!(hub[&("s".to_owned(), LogStream::Stderr)], "");
         assert!(second.streams.values().all(|s| s.eof_acked));
         assert_eq!(second.next_call(&rec).map(|c| c.logs.len()), None);
+    }
+
+    #[test]
+    fn a_run_new_to_the_hub_goes_in_one_call_and_one_seen_elsewhere_is_asked_for_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = record(dir.path(), dispatch_dag::RunStatus::Succeeded);
+        rec.steps[0].status = StepStatus::Succeeded;
+        rec.steps[0].finished_at = Some(4);
+        std::fs::write(dir.path().join("s.out"), "out\n").unwrap();
+        for (new_to_hub, calls) in [(true, 1), (false, 2)] {
+            let mut hub = HashMap::new();
+            let mut upload = JobUpload::new(new_to_hub);
+            assert_eq!(drain(&mut upload, &rec, &mut hub), calls, "{new_to_hub}");
+            assert_eq!(hub[&("s".to_owned(), LogStream::Stdout)], "out\n");
+            assert!(upload.streams.values().all(|s| s.eof_acked), "{new_to_hub}");
+        }
     }
 
     #[test]

@@ -252,7 +252,7 @@ async fn report_job(shared: &Shared, job_id: String, creds: &MachineCredentials)
     };
     if attempt.is_some() && !shared.upload_settled(&job_id) {
         // The rest of the logs go first; the uploader points the report loop back here.
-        shared.upload_wake.notify_one();
+        shared.request_upload(&job_id);
         return if accepted_now {
             JobOutcome::Accepted
         } else {

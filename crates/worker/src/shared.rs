@@ -1,7 +1,7 @@
 //! The state both loops share, and the small helpers every file above uses on it: the busy
 //! marks that keep the loops off each other's jobs, the per-job retry schedule, the report
-//! loop's targets and wake-up, the untracked finishes still to send, and blocking IO off the
-//! async threads. Imports nothing else of this crate but its config, stats, error and backoff.
+//! loop's targets and wake-up, the untracked finishes still to send, the uploads settled and
+//! the uploader's targets, and blocking IO off the async threads. Imports nothing else of this crate but its config, stats, error and backoff.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) batch_slots_added: AtomicBool,
     /// Jobs whose log upload has settled (see [`Shared::upload_settled`]).
     uploads_settled: Mutex<HashSet<String>>,
+    /// Jobs whose logs the report loop waits for, for the uploader's next pass.
+    upload_targets: Mutex<HashSet<String>>,
     /// Asks the progress uploader for a pass now.
     pub(crate) upload_wake: Notify,
 }
@@ -123,6 +125,7 @@ impl Shared {
             report_wake: Notify::new(),
             batch_slots_added: AtomicBool::new(false),
             uploads_settled: Mutex::new(HashSet::new()),
+            upload_targets: Mutex::new(HashSet::new()),
             upload_wake: Notify::new(),
         }
     }
@@ -232,7 +235,7 @@ impl Shared {
     /// progress, so nothing is settled (the finish could not go then anyway).
     pub(crate) fn upload_settled(&self, job_id: &str) -> bool {
         self.client.has_answered()
-            && (!self.client.supports_progress() || lock(&self.uploads_settled).contains(job_id))
+            && (!self.client.supports_progress() || self.upload_is_settled(job_id))
     }
 
     /// Records that the upload of `job_id` has settled and points the report loop at it.
@@ -241,9 +244,25 @@ impl Shared {
         self.wake_report(job_id);
     }
 
-    /// Keeps only the settled uploads whose job id passes `keep`.
-    pub(crate) fn retain_settled_uploads(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.uploads_settled).retain(|id| keep(id));
+    /// Whether the uploader has settled the upload of `job_id` (whatever the cloud serves).
+    pub(crate) fn upload_is_settled(&self, job_id: &str) -> bool {
+        lock(&self.uploads_settled).contains(job_id)
+    }
+
+    /// Forgets that the upload of `job_id` settled: the job is no longer tracked.
+    pub(crate) fn forget_upload(&self, job_id: &str) {
+        lock(&self.uploads_settled).remove(job_id);
+    }
+
+    /// Points the uploader at `job_id`, whose finish waits for its logs, and wakes it.
+    pub(crate) fn request_upload(&self, job_id: &str) {
+        lock(&self.upload_targets).insert(job_id.to_owned());
+        self.upload_wake.notify_one();
+    }
+
+    /// The jobs pointed at since the last call.
+    pub(crate) fn take_upload_targets(&self) -> HashSet<String> {
+        std::mem::take(&mut *lock(&self.upload_targets))
     }
 
     /// Runs file IO off the async threads.

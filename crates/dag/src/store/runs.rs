@@ -274,11 +274,11 @@ impl Stamp {
     }
 }
 
-/// The latest attempt of the run files this process created or wrote last, each with the stamp
-/// of the file it was read from, so that reading a run right after writing it (the executor
-/// takes a run it was just handed; the report loop reads a run that just ended) costs a `stat`
-/// instead of reading and parsing the whole file, DAG snapshot included. Bounded to
-/// [`MAX_LATEST`] runs, the oldest entries going first.
+/// The latest attempt of the run files this process created, read or wrote last, each with the
+/// stamp of the file it was read from, so that reading a run again after writing or reading it
+/// (the executor takes a run it was just handed; the report loop and the uploader read a run
+/// that just ended) costs a `stat` instead of reading and parsing the whole file, DAG snapshot
+/// included. Bounded to [`MAX_LATEST`] runs, the oldest entries going first.
 #[derive(Debug, Default)]
 struct Latest {
     runs: HashMap<PathBuf, (Stamp, Arc<Attempt>, u64)>,
@@ -656,9 +656,17 @@ impl RunStore for FileRunStore {
         if let Some(attempt) = stamp.and_then(|stamp| lock_latest(&self.latest).get(&path, stamp)) {
             return Ok(attempt);
         }
-        Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
+        let attempt = Self::load_latest(&path)?.ok_or_else(|| StoreError::NotFound {
             what: format!("run `{dag_name}/{run_id}`"),
-        })
+        })?;
+        // Kept with the stamp seen before the read, so that this process's next reads and
+        // writes of the run (the executor takes it, runs it, the worker reports and uploads it)
+        // need not read the file again. What was read is at least as new as that stamp: a
+        // write in between changed the file's stamp, and the entry is then never taken.
+        if let Some(stamp) = stamp {
+            lock_latest(&self.latest).put(path, stamp, Arc::new(attempt.clone()));
+        }
+        Ok(attempt)
     }
 
     fn create_attempt(&self, dag: &Dag, record: &RunRecord) -> Result<Attempt, StoreError> {

@@ -529,3 +529,35 @@ fn a_run_read_back_after_writing_it_follows_every_writer() {
     a.runs.remove_run("d", "r1").unwrap();
     assert!(a.runs.find_attempt("d", "r1").unwrap_err().is_not_found());
 }
+
+#[test]
+fn a_run_read_from_its_file_follows_every_writer_after_it() {
+    let (tmp, a, dag) = stores_with_dag();
+    let (b, c) = (stores(tmp.path()), stores(tmp.path()));
+    let created = create_queued(&a, &dag, "r1");
+    // `b` knows the run only by reading its file; it goes on from what it read.
+    assert_eq!(b.runs.find_attempt("d", "r1").unwrap(), created);
+    let mut running = created.record.clone();
+    running.status = RunStatus::Running;
+    b.runs.write_status(&running).unwrap();
+    assert_eq!(b.runs.find_attempt("d", "r1").unwrap().record, running);
+    assert_eq!(c.runs.find_attempt("d", "r1").unwrap().record, running);
+    // Writes by others after its read are seen at once, by `b` and by `c`, which read it too.
+    let mut done = running.clone();
+    done.status = RunStatus::Succeeded;
+    a.runs.write_status(&done).unwrap();
+    assert_eq!(b.runs.find_attempt("d", "r1").unwrap().record, done);
+    assert_eq!(c.runs.find_attempt("d", "r1").unwrap().record, done);
+    // A status appended by hand, as another program would, is seen too.
+    let mut failed = done.clone();
+    failed.status = RunStatus::Failed;
+    b.runs.write_status(&failed).unwrap();
+    let path = tmp.path().join("data/runs/d/r1.jsonl");
+    let line = std::fs::read_to_string(&path).unwrap();
+    let last = line.lines().last().unwrap().replace("failed", "aborted");
+    append(&path, format!("{last}\n").as_bytes());
+    assert_eq!(
+        c.runs.find_attempt("d", "r1").unwrap().record.status,
+        RunStatus::Aborted
+    );
+}

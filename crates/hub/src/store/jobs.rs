@@ -126,6 +126,17 @@ pub(super) fn expire_claims(
     Ok(rejected + requeued)
 }
 
+/// The queued job a claim takes.
+struct Claimable {
+    seq: i64,
+    job_json: String,
+    /// Its delivery's payload and headers; missing only from a damaged store.
+    payload: Option<String>,
+    headers: Option<String>,
+    /// Another license or server claimed it before: the progress it holds is that one's.
+    claimed_by_other: bool,
+}
+
 /// Claims the oldest queued job this license and server may take, for `lease_ms` (a job targeted
 /// at one server, a cancel, goes to that server only). `claimed_ms` keeps the latest claim: a job
 /// whose lease ran out and that is claimed again shows the new one on its page.
@@ -146,21 +157,38 @@ pub(super) fn claim_next(
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE OF j SKIP LOCKED",
     };
-    let row: Option<(i64, String, Option<String>, Option<String>)> = tx
+    let row: Option<Claimable> = tx
         .query_row(
             &format!(
-                "SELECT j.seq, j.job_json, p.payload, p.headers FROM jobs j
+                "SELECT j.seq, j.job_json, p.payload, p.headers,
+                        j.claimed_by != '' AND (j.claimed_license != ?2 OR j.claimed_by != ?3)
+                 FROM jobs j
                  LEFT JOIN payloads p ON p.delivery_id = j.delivery_id
                  WHERE j.state = ?1 AND (j.target_license = '' OR j.target_license = ?2)
                        AND (j.target_server_id = '' OR j.target_server_id = ?3)
                  ORDER BY j.seq LIMIT 1 {lock}"
             ),
             args![JobState::Queued, license_id, server_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                Ok(Claimable {
+                    seq: r.get(0)?,
+                    job_json: r.get(1)?,
+                    payload: r.get(2)?,
+                    headers: r.get(3)?,
+                    claimed_by_other: r.get(4)?,
+                })
+            },
         )
         .optional()
         .map_err(HubError::store("select a queued job"))?;
-    let Some((seq, job_json, payload, headers)) = row else {
+    let Some(Claimable {
+        seq,
+        job_json,
+        payload,
+        headers,
+        claimed_by_other,
+    }) = row
+    else {
         return Ok(None);
     };
     let (Some(payload), Some(headers)) = (payload, headers) else {
@@ -168,7 +196,10 @@ pub(super) fn claim_next(
             job_id: decode_job(&job_json).map(|j| j.id).unwrap_or_default(),
         });
     };
-    super::progress::forget_other_claimant(tx, seq, license_id, server_id)?;
+    // Most claims are a job's first: no progress to forget, and no three deletes to run.
+    if claimed_by_other {
+        super::progress::forget_progress(tx, seq)?;
+    }
     tx.execute(
         "UPDATE jobs SET state = ?1, claimed_license = ?2, claimed_by = ?3, lease_expires_ms = ?4,
                          updated_ms = ?5, claims = claims + 1, claimed_ms = ?5

@@ -232,21 +232,14 @@ fn refusal(
     }))
 }
 
-/// Before the job at `seq` is claimed by this license and server: the progress its previous
-/// claimant sent goes, so that one server's steps and text never mix with another's.
-pub(super) fn forget_other_claimant(
-    tx: &dyn Sql,
-    seq: i64,
-    license_id: &str,
-    server_id: &str,
-) -> Result<(), HubError> {
+/// Before the job at `seq` is claimed by another license or server than the one that claimed
+/// it last: the progress that one sent goes, so that one server's steps and text never mix with
+/// another's.
+pub(super) fn forget_progress(tx: &dyn Sql, seq: i64) -> Result<(), HubError> {
     for table in ["job_progress", "job_steps", "log_chunks"] {
         tx.execute(
-            &format!(
-                "DELETE FROM {table} WHERE job_id = (SELECT id FROM jobs WHERE seq = ?1
-                    AND claimed_by != '' AND (claimed_license != ?2 OR claimed_by != ?3))"
-            ),
-            args![seq, license_id, server_id],
+            &format!("DELETE FROM {table} WHERE job_id = (SELECT id FROM jobs WHERE seq = ?1)"),
+            args![seq],
         )
         .map_err(HubError::store(
             "clear a job's progress for its new claimant",

@@ -1,10 +1,15 @@
 //! The `progress` extension from the worker's side, against a wiremock cloud that advertises
 //! it and keeps the chunks it is sent: the run start, the steps' states and each stream's text
 //! arrive, in order and masked, and the job's finish comes only after its logs are complete.
+//! The streams of a run the worker ran are sent from offset 0 at once; those of a run that
+//! ended before it started are resumed from where the hub's copy ends.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
+use dispatch_dag::{RunStatus, StepRecord, StepStatus};
+use dispatch_enqueue::{enqueue_webhook_run, EnqueueOutcome};
+use dispatch_tracker::Phase;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
@@ -16,8 +21,9 @@ const EXTENSIONS: (&str, &str) = ("x-dispatch-extensions", "pull-batch, progress
 
 /// A cloud's progress endpoint in memory: takes each chunk as the hub does (what starts at or
 /// before the end it holds, the rest a gap) and answers with the acknowledgements.
-#[derive(Default)]
-struct Logs(Mutex<HashMap<(String, String), String>>);
+/// Clones share the text held.
+#[derive(Default, Clone)]
+struct Logs(Arc<Mutex<HashMap<(String, String), String>>>);
 
 impl Respond for Logs {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -51,31 +57,22 @@ impl Respond for Logs {
     }
 }
 
-#[tokio::test]
-async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
-    let rig = Rig::bare().await;
-    rig.write_dag(
-        "talk",
-        &format!(
-            "steps:\n  - name: hello\n    command: printf 'hello %s\\n' {SECRET}\n  - name: oops\n    command: sh -c 'echo bad >&2; exit 3'\n    depends: [hello]\n"
-        ),
-    );
+/// Mounts a cloud that advertises the extension: the first pull answers `first_job` (when
+/// given), later pulls 204, accepts and finishes 204, progress calls go to `logs`.
+async fn advertise(rig: &Rig, first_job: Option<Value>, logs: Logs) {
     let advertised =
         |status: u16| ResponseTemplate::new(status).insert_header(EXTENSIONS.0, EXTENSIONS.1);
-    Mock::given(method("POST"))
-        .and(path(PULL))
-        .respond_with(
-            json_answer(job_json(
-                json!({"id": JOB, "dag_name": "talk", "license_id": LICENSE}),
-                None,
-                None,
-            ))
-            .insert_header(EXTENSIONS.0, EXTENSIONS.1),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&rig.server)
-        .await;
+    if let Some(fields) = first_job {
+        Mock::given(method("POST"))
+            .and(path(PULL))
+            .respond_with(
+                json_answer(job_json(fields, None, None)).insert_header(EXTENSIONS.0, EXTENSIONS.1),
+            )
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&rig.server)
+            .await;
+    }
     Mock::given(method("POST"))
         .and(path(PULL))
         .respond_with(advertised(204))
@@ -88,14 +85,18 @@ async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
         .mount(&rig.server)
         .await;
     Mock::given(method("POST"))
-        .and(path(format!("/api/v1/github/dispatch/{JOB}/progress")))
-        .respond_with(Logs::default())
+        .and(path_regex(r"^/api/v1/github/dispatch/[^/]+/progress$"))
+        .respond_with(logs)
         .mount(&rig.server)
         .await;
+}
+
+/// Runs a worker until the job is finished; the progress calls the cloud received before the
+/// finish, each with the worker's credentials.
+async fn progress_before_the_finish(rig: &Rig) -> Vec<Value> {
     let running = rig.start(fast_config(), TestCreds::present()).await;
     eventually("the finish", || async { rig.count("/finish").await == 1 }).await;
     running.stop().await;
-
     let requests = rig.server.received_requests().await.unwrap();
     let finish_at = requests
         .iter()
@@ -113,6 +114,45 @@ async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
             (&json!(LICENSE), &json!(SERVER), &json!(SECRET))
         );
     }
+    calls
+}
+
+/// The chunks of each stream, `(step, stream)`, in the order sent.
+fn chunks_by_stream(calls: &[Value]) -> BTreeMap<(String, String), Vec<Value>> {
+    let mut streams: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    for chunk in calls
+        .iter()
+        .flat_map(|c| c["logs"].as_array().cloned().unwrap_or_default())
+    {
+        let key = (
+            chunk["step"].as_str().unwrap().to_owned(),
+            chunk["stream"].as_str().unwrap().to_owned(),
+        );
+        streams.entry(key).or_default().push(chunk);
+    }
+    streams
+}
+
+/// A chunk that only asks where the hub's copy of its stream ends.
+fn asks(chunk: &Value) -> bool {
+    chunk["offset"] == 0
+        && chunk["data"].as_str().unwrap_or_default().is_empty()
+        && chunk["eof"] != true
+}
+
+#[tokio::test]
+async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
+    let rig = Rig::bare().await;
+    rig.write_dag(
+        "talk",
+        &format!(
+            "steps:\n  - name: hello\n    command: printf 'hello %s\\n' {SECRET}\n  - name: oops\n    command: sh -c 'echo bad >&2; exit 3'\n    depends: [hello]\n"
+        ),
+    );
+    let job = json!({"id": JOB, "dag_name": "talk", "license_id": LICENSE});
+    advertise(&rig, Some(job), Logs::default()).await;
+    let calls = progress_before_the_finish(&rig).await;
+
     assert!(calls.iter().any(|c| c["run_started_ms"].as_u64() > Some(0)));
     // Each step's last state sent is its final one.
     let mut last = HashMap::new();
@@ -127,28 +167,122 @@ async fn logs_reach_an_advertising_cloud_masked_and_before_the_finish() {
     assert_eq!(last["oops"]["status"], "failed");
     assert_eq!(last["oops"]["exit_code"], 3);
     assert!(last["oops"]["finished_ms"].as_u64() >= last["oops"]["started_ms"].as_u64());
-    // The text of each stream, from the chunks in the order sent, each ending with `eof`.
-    let mut text: HashMap<(String, String), String> = HashMap::new();
-    let mut ended = Vec::new();
-    for chunk in calls
-        .iter()
-        .flat_map(|c| c["logs"].as_array().cloned().unwrap_or_default())
-    {
-        let key = (
-            chunk["step"].as_str().unwrap().to_owned(),
-            chunk["stream"].as_str().unwrap().to_owned(),
-        );
-        let held = text.entry(key.clone()).or_default();
-        assert_eq!(chunk["offset"].as_u64(), Some(held.len() as u64), "{chunk}");
-        held.push_str(chunk["data"].as_str().unwrap_or_default());
-        if chunk["eof"] == true {
-            ended.push(key);
+    // The text of each stream, from its chunks in the order sent, the last one ending it. The
+    // run was seen here, so the hub holds none of its text: no call is spent asking for it.
+    let mut text = HashMap::new();
+    for (key, chunks) in chunks_by_stream(&calls) {
+        let mut held = String::new();
+        for chunk in &chunks {
+            assert_eq!(chunk["offset"].as_u64(), Some(held.len() as u64), "{chunk}");
+            assert!(!asks(chunk), "a chunk that only asks: {chunk}");
+            held.push_str(chunk["data"].as_str().unwrap_or_default());
         }
+        assert_eq!(chunks.last().unwrap()["eof"], true, "{key:?} complete");
+        text.insert(key, held);
     }
     let stream = |step: &str, stream: &str| text[&(step.to_owned(), stream.to_owned())].clone();
     assert_eq!(stream("hello", "stdout"), "hello *******\n");
     assert_eq!(stream("oops", "stderr"), "bad\n");
     assert_eq!(stream("oops", "stdout"), "");
-    ended.sort();
-    assert_eq!(ended.len(), 4, "every stream complete: {ended:?}");
+    assert_eq!(text.len(), 4, "every stream: {text:?}");
+}
+
+#[tokio::test]
+async fn a_running_steps_output_reaches_the_hub_before_the_run_ends() {
+    let rig = Rig::bare().await;
+    let gate = rig.out("gate");
+    // The wait is bounded (a minute), so that a failed test leaves no step behind for long.
+    rig.write_dag(
+        "live",
+        &format!(
+            "steps:\n  - name: s\n    command: echo started; i=0; while [ ! -f '{}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done; echo done\n",
+            gate.display()
+        ),
+    );
+    let logs = Logs::default();
+    let job = json!({"id": "job-live-1", "dag_name": "live", "license_id": LICENSE});
+    advertise(&rig, Some(job), logs.clone()).await;
+    let running = rig.start(fast_config(), TestCreds::present()).await;
+    let stdout = ("s".to_owned(), "stdout".to_owned());
+    let held = || {
+        logs.0
+            .lock()
+            .unwrap()
+            .get(&stdout)
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("the first line on the hub", || async {
+        held() == "started\n"
+    })
+    .await;
+    let status = run_status(&rig.stores(), "live", "job-live-1");
+    assert_eq!(status.as_deref(), Some("running"));
+    std::fs::write(&gate, "").unwrap();
+    eventually("the finish", || async { rig.count("/finish").await == 1 }).await;
+    running.stop().await;
+    assert_eq!(held(), "started\ndone\n");
+}
+
+#[tokio::test]
+async fn a_run_that_ended_before_the_start_is_resumed_from_the_hubs_end() {
+    let rig = Rig::bare().await;
+    rig.write_dag("ended", "steps:\n  - name: s\n    command: 'true'\n");
+    // The run ended under a process that stopped after sending the first part of its output.
+    let job = "job-ended-1";
+    rig.with_tracker(|t| t.upsert(tracked(job, "ended", Phase::Accepted)).unwrap())
+        .await;
+    let stores = rig.stores();
+    let dag = stores.dags.load("ended").unwrap();
+    let params = dispatch_webhook_params::build_runtime_params("{}", "{}", &BTreeMap::new());
+    let outcome = enqueue_webhook_run(&stores, &dag, job, &params, 1).unwrap();
+    assert_eq!(outcome, EnqueueOutcome::Enqueued);
+    let attempt = stores.runs.find_attempt("ended", job).unwrap();
+    stores.queue.dequeue(&attempt.dag.queue).unwrap().unwrap();
+    let (stdout, stderr) = (rig.out("s.out"), rig.out("s.err"));
+    std::fs::write(&stdout, "sent before the stop\nand after it\n").unwrap();
+    std::fs::write(&stderr, "").unwrap();
+    let record = dispatch_dag::RunRecord {
+        status: RunStatus::Succeeded,
+        started_at: Some(1_000),
+        finished_at: Some(2_000),
+        steps: vec![StepRecord {
+            name: "s".into(),
+            status: StepStatus::Succeeded,
+            exit_code: Some(0),
+            started_at: Some(1_000),
+            finished_at: Some(2_000),
+            stdout,
+            stderr,
+            ..StepRecord::default()
+        }],
+        ..attempt.record
+    };
+    stores.runs.write_status(&record).unwrap();
+    let logs = Logs::default();
+    let key = ("s".to_owned(), "stdout".to_owned());
+    logs.0
+        .lock()
+        .unwrap()
+        .insert(key.clone(), "sent before the stop\n".to_owned());
+    advertise(&rig, None, logs).await;
+    let calls = progress_before_the_finish(&rig).await;
+
+    // Each stream is asked for first, then sent on from the hub's end.
+    let streams = chunks_by_stream(&calls);
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    for chunks in streams.values() {
+        assert!(asks(&chunks[0]), "{}", chunks[0]);
+        assert_eq!(chunks.last().unwrap()["eof"], true);
+    }
+    let stdout: Vec<(u64, &str)> = streams[&key][1..]
+        .iter()
+        .map(|c| (c["offset"].as_u64().unwrap(), c["data"].as_str().unwrap()))
+        .collect();
+    assert_eq!(stdout, [(21, "and after it\n")]);
+    let steps: Vec<Value> = calls
+        .iter()
+        .flat_map(|c| c["steps"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(steps.last().unwrap()["status"], "succeeded");
 }
