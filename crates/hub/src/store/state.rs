@@ -36,8 +36,8 @@ impl JobState {
     }
 }
 
-/// A stored state word that is none of [`JobState::ALL`]: the database was edited by hand or by a
-/// newer hub.
+/// A stored state word that is none of the four job states (`queued`, `claimed`, `accepted`,
+/// `finished`): the database was edited by hand or by a newer hub.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job state `{word}` (expected queued, claimed, accepted or finished)")]
 pub struct UnknownJobState {
