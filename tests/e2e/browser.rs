@@ -131,15 +131,7 @@ impl Browser {
             "goog:chromeOptions": {"binary": chromium, "args": args},
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
-        let resp: Value = http
-            .post(format!("{}/session", driver.base))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let resp = answer(http.post(format!("{}/session", driver.base)).json(&caps)).await;
         let id = resp["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
@@ -159,16 +151,8 @@ impl Browser {
     }
 
     async fn call(&self, path: &str, body: Value) -> Value {
-        let resp: Value = self
-            .http
-            .post(format!("{}/{path}", self.session))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let request = self.http.post(format!("{}/{path}", self.session));
+        let resp = answer(request.json(&body)).await;
         assert!(
             resp["value"].get("error").is_none(),
             "WebDriver {path} failed: {resp}"
@@ -177,15 +161,7 @@ impl Browser {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let resp: Value = self
-            .http
-            .get(format!("{}/{path}", self.session))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let resp = answer(self.http.get(format!("{}/{path}", self.session))).await;
         resp["value"].clone()
     }
 
@@ -239,16 +215,8 @@ impl Browser {
     /// The console entries Chromium logged at level SEVERE (failed loads, CSP violations, ...),
     /// through chromedriver's log endpoint.
     async fn severe_console_entries(&self) -> Vec<String> {
-        let resp: Value = self
-            .http
-            .post(format!("{}/se/log", self.session))
-            .json(&json!({"type": "browser"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let request = self.http.post(format!("{}/se/log", self.session));
+        let resp = answer(request.json(&json!({"type": "browser"}))).await;
         resp["value"]
             .as_array()
             .unwrap_or_else(|| panic!("chromedriver gave no browser log: {resp}"))
@@ -261,6 +229,12 @@ impl Browser {
     async fn close(&self) {
         let _ = self.http.delete(&self.session).send().await;
     }
+}
+
+/// The JSON answer to a WebDriver `request`.
+async fn answer(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("WebDriver call");
+    response.json().await.expect("WebDriver answers JSON")
 }
 
 /// The login link and the token, from the banner's line for a stdout that is not a terminal:

@@ -3,6 +3,7 @@
 //! binaries are found.
 
 mod browser;
+mod cloud;
 mod crash;
 mod embedded;
 mod hub_and_scheduler;

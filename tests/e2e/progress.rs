@@ -10,13 +10,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use dispatch_protocol::token::{self, Claims};
-use ed25519_dalek::SigningKey;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
+use crate::cloud::Cloud;
 use crate::support::{eventually, fixture, github_signature, write, Proc};
 
 const WEBHOOK_SECRET: &str = "e2e-progress-webhook-secret";
@@ -433,23 +431,6 @@ async fn a_log_past_the_cap_is_cut_there_with_the_truncated_marker() {
     assert_eq!(scheduler.wait().code(), Some(0), "{}", scheduler.output());
 }
 
-fn signed_token(key: &SigningKey) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        jti: "lic-plain".into(),
-        exp: now + 3600,
-        nbf: Some(now - 60),
-        iat: Some(now),
-        plan: "e2e".into(),
-        features: vec![],
-        grace_days: None,
-    };
-    token::sign(&claims, key).unwrap()
-}
-
 /// A cloud that speaks only the base contract (no `X-Dispatch-Extensions`): the scheduler runs
 /// a job whose step writes a log, and makes no call outside the five endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,67 +442,20 @@ async fn a_cloud_without_the_extension_gets_only_the_original_calls() {
         "logs.yaml",
         "steps:\n  - name: talk\n    command: seq 1 1000\n",
     );
-    let signing = SigningKey::from_bytes(&[7u8; 32]);
-    let cloud = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/licenses/activate"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "token": signed_token(&signing),
-            "heartbeat_secret": "hb-plain",
-        })))
-        .mount(&cloud)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/licenses/heartbeat"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({ "token": signed_token(&signing) })),
-        )
-        .mount(&cloud)
-        .await;
+    let cloud = Cloud::start("lic-plain", "hb-plain", 7).await;
     let job = json!({"id": JOB_ID, "license_id": "lic-plain", "dag_name": "logs",
                      "event_name": "push", "repository_name": "Codertocat/Hello-World"});
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(job))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&cloud)
+    cloud
+        .hand_out_once(JOB_ID, ResponseTemplate::new(200).set_body_json(job))
         .await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull"))
-        .respond_with(ResponseTemplate::new(204))
-        .with_priority(2)
-        .mount(&cloud)
-        .await;
-    for endpoint in ["accept", "finish"] {
-        Mock::given(method("POST"))
-            .and(path(format!("/api/v1/github/dispatch/{JOB_ID}/{endpoint}")))
-            .respond_with(ResponseTemplate::new(204))
-            .mount(&cloud)
-            .await;
-    }
-    let mut scheduler = Proc::spawn(
-        "scheduler",
-        &[
-            "start",
-            "--home",
-            &home.path().display().to_string(),
-            "--cloud-url",
-            &cloud.uri(),
-            "--license-public-key",
-            &token::public_key_base64(&signing.verifying_key()),
-            "--poll-interval",
-            "1",
-            "--report-interval",
-            "1",
-            "--long-poll",
-            "0",
-        ],
-        &[("DISPATCH_LICENSE_KEY", "key-plain")],
-    );
+    let home_dir = home.path().display().to_string();
+    let mut args = vec!["start", "--home", &home_dir];
+    let cloud_args = cloud.scheduler_args();
+    args.extend(cloud_args.iter().map(String::as_str));
+    let mut scheduler = Proc::spawn("scheduler", &args, &[("DISPATCH_LICENSE_KEY", "key-plain")]);
     let finish = format!("/api/v1/github/dispatch/{JOB_ID}/finish");
     eventually("the finish", async || {
-        let requests = cloud.received_requests().await.unwrap_or_default();
+        let requests = cloud.requests().await;
         requests
             .iter()
             .any(|r| r.url.path() == finish)
@@ -539,7 +473,7 @@ async fn a_cloud_without_the_extension_gets_only_the_original_calls() {
         format!("/api/v1/github/dispatch/{JOB_ID}/accept"),
         finish,
     ];
-    for request in cloud.received_requests().await.unwrap() {
+    for request in cloud.requests().await {
         assert!(
             allowed.contains(&request.url.path().to_owned()),
             "unexpected call {} {}",

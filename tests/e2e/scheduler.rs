@@ -4,44 +4,17 @@
 
 use std::path::Path;
 
-use dispatch_protocol::token::{self, Claims};
-use ed25519_dalek::SigningKey;
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use serde_json::json;
+use wiremock::ResponseTemplate;
 
+use crate::cloud::{bodies, Cloud};
 use crate::support::{eventually, fixture, get_text, write, Proc};
 
 const LICENSE_ID: &str = "lic-e2e";
 const HEARTBEAT_SECRET: &str = "hb-secret-e2e";
 const LICENSE_KEY: &str = "key-e2e-do-not-print";
 const JOB_ID: &str = "job-e2e-1";
-
-fn signed_token(key: &SigningKey) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        jti: LICENSE_ID.into(),
-        exp: now + 3600,
-        nbf: Some(now - 60),
-        iat: Some(now),
-        plan: "e2e".into(),
-        features: vec![],
-        grace_days: None,
-    };
-    token::sign(&claims, key).unwrap()
-}
-
-fn bodies(requests: &[Request], endpoint: &str) -> Vec<Value> {
-    requests
-        .iter()
-        .filter(|r| r.url.path() == endpoint)
-        .map(|r| serde_json::from_slice(&r.body).expect("json request body"))
-        .collect()
-}
 
 /// A DAG whose step records exactly what it received, into files under `out`.
 fn write_env_dag(dags: &Path, out: &Path) {
@@ -76,23 +49,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
     std::fs::create_dir_all(&out).unwrap();
     write_env_dag(&home.path().join("dags"), &out);
 
-    let signing = SigningKey::from_bytes(&[42u8; 32]);
-    let cloud = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/licenses/activate"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "token": signed_token(&signing),
-            "heartbeat_secret": HEARTBEAT_SECRET,
-        })))
-        .mount(&cloud)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/licenses/heartbeat"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({ "token": signed_token(&signing) })),
-        )
-        .mount(&cloud)
-        .await;
+    let cloud = Cloud::start(LICENSE_ID, HEARTBEAT_SECRET, 42).await;
     // The payload travels raw inside the job, exactly as a hub stores it.
     let payload = fixture("pull_request/opened.payload.json");
     let payload_text = std::str::from_utf8(&payload).unwrap().trim_end();
@@ -100,53 +57,24 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
     let job = format!(
         r#"{{"id":"{JOB_ID}","binding_id":"b1","repository_name":"Codertocat/Hello-World","license_id":"{LICENSE_ID}","dag_name":"envdump","event_name":"pull_request","event_action":"opened","delivery_id":"d-e2e-1","ref":"refs/pull/2/head","sha":"ec26c3e57ca3a959ca5aad62de7213c562f8c821","pull_request_number":2,"actor_login":"Codertocat","status":"claimed","payload":{payload_text},"headers":{headers}}}"#
     );
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull"))
-        .respond_with(
+    cloud
+        .hand_out_once(
+            JOB_ID,
             ResponseTemplate::new(200)
                 .insert_header("content-type", "application/json")
                 .set_body_string(job),
         )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&cloud)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/github/dispatch/pull"))
-        .respond_with(ResponseTemplate::new(204))
-        .with_priority(2)
-        .mount(&cloud)
-        .await;
-    for endpoint in ["accept", "finish"] {
-        Mock::given(method("POST"))
-            .and(path(format!("/api/v1/github/dispatch/{JOB_ID}/{endpoint}")))
-            .respond_with(ResponseTemplate::new(204))
-            .mount(&cloud)
-            .await;
-    }
 
-    let mut scheduler = start_scheduler(
-        home.path(),
-        &[
-            "--cloud-url",
-            &cloud.uri(),
-            "--license-public-key",
-            &token::public_key_base64(&signing.verifying_key()),
-            "--poll-interval",
-            "1",
-            "--report-interval",
-            "1",
-            "--long-poll",
-            "0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-        &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
-    );
+    let mut args = cloud.scheduler_args();
+    args.extend(["--metrics-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut scheduler =
+        start_scheduler(home.path(), &args, &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)]);
     let metrics_url = metrics_url(&mut scheduler);
 
     let finish = eventually("the finish call", async || {
-        let requests = cloud.received_requests().await.unwrap_or_default();
+        let requests = cloud.requests().await;
         bodies(
             &requests,
             &format!("/api/v1/github/dispatch/{JOB_ID}/finish"),
@@ -155,7 +83,7 @@ async fn pulls_a_job_runs_it_with_the_payload_and_finishes_it() {
         .next()
     })
     .await;
-    let requests = cloud.received_requests().await.unwrap();
+    let requests = cloud.requests().await;
     let server_id = std::fs::read_to_string(home.path().join("data/license/server_id")).unwrap();
     let server_id = server_id.trim();
 

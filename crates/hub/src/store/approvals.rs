@@ -259,14 +259,9 @@ fn approve(
     Ok((Approval::Dispatched { sha, dags }, job_ids))
 }
 
-/// Approvals per binding (a schema step): the table of the first trust release kept one per head
-/// SHA, which let one binding's approver dispatch another's; its rows are dropped (each had
-/// dispatched its held event already).
-pub(super) fn approvals_per_binding(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "
-ALTER TABLE held_forks ADD COLUMN event_ms INTEGER NOT NULL DEFAULT 0;
-DROP TABLE approvals;
+/// The table, in SQL both backends take (PostgreSQL after [`super::schema_pg::portable`]). A
+/// schema step of both runs it: change it only by a new step.
+pub(super) const TABLES: &str = "
 CREATE TABLE approvals (
     repository TEXT NOT NULL,
     pr_number INTEGER NOT NULL,
@@ -279,8 +274,19 @@ CREATE TABLE approvals (
     PRIMARY KEY (repository, pr_number, head_sha, binding_id)
 );
 CREATE INDEX approvals_by_age ON approvals(approved_ms);
+";
+
+/// Approvals per binding (a schema step): the table of the first trust release kept one per head
+/// SHA, which let one binding's approver dispatch another's; its rows are dropped (each had
+/// dispatched its held event already).
+pub(super) fn approvals_per_binding(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE held_forks ADD COLUMN event_ms INTEGER NOT NULL DEFAULT 0;
+DROP TABLE approvals;
 ",
-    )
+    )?;
+    conn.execute_batch(TABLES)
 }
 
 impl Store {

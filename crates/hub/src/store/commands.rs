@@ -85,10 +85,9 @@ impl Store {
     }
 }
 
-/// The table definition (a schema step).
-pub(super) fn create_table(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "
+/// The table, in SQL both backends take (PostgreSQL after [`super::schema_pg::portable`]). A
+/// schema step of both runs it: change it only by a new step.
+pub(super) const TABLES: &str = "
 CREATE TABLE command_comments (
     event TEXT NOT NULL,
     comment_id INTEGER NOT NULL,
@@ -98,6 +97,9 @@ CREATE TABLE command_comments (
     PRIMARY KEY (event, comment_id, body_sha256)
 );
 CREATE INDEX command_comments_by_age ON command_comments(received_ms);
-",
-    )
+";
+
+/// The table definition (a schema step).
+pub(super) fn create_table(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TABLES)
 }

@@ -99,10 +99,9 @@ pub(super) fn fork_pr_with_head(
     Ok(pr.unwrap_or(0))
 }
 
-/// The table definitions (a schema step).
-pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "
+/// The tables, in SQL both backends take (PostgreSQL after [`super::schema_pg::portable`]). A
+/// schema step of both runs it: change them only by a new step.
+pub(super) const TABLES: &str = "
 CREATE TABLE pr_heads (
     repository TEXT NOT NULL,
     pr_number INTEGER NOT NULL,
@@ -121,6 +120,9 @@ CREATE TABLE own_heads (
     PRIMARY KEY (repository, head_sha)
 );
 CREATE INDEX own_heads_by_age ON own_heads(seen_ms);
-",
-    )
+";
+
+/// The table definitions (a schema step).
+pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TABLES)
 }

@@ -33,10 +33,9 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Creates the tables (a schema step).
-pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "
+/// The tables, in SQL both backends take (PostgreSQL after [`super::schema_pg::portable`]). A
+/// schema step of both runs it: change them only by a new step.
+pub(super) const TABLES: &str = "
 CREATE TABLE job_progress (
     job_id TEXT PRIMARY KEY,
     run_started_ms INTEGER NOT NULL DEFAULT 0,
@@ -67,6 +66,13 @@ CREATE TABLE log_chunks (
     data TEXT NOT NULL,
     PRIMARY KEY (job_id, step, stream, end_offset)
 ) WITHOUT ROWID;
+";
+
+/// Creates the tables (a schema step), and the trigger that drops a job's progress with it.
+pub(super) fn create_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TABLES)?;
+    conn.execute_batch(
+        "
 CREATE TRIGGER jobs_progress_gone AFTER DELETE ON jobs BEGIN
     DELETE FROM job_progress WHERE job_id = old.id;
     DELETE FROM job_steps WHERE job_id = old.id;

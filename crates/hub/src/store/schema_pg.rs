@@ -11,10 +11,20 @@ use postgres::Client;
 use super::writer::WRITE_LOCK;
 use crate::error::HubError;
 
-/// One schema change: its name (for errors and logs) and its SQL.
+/// One schema change: its name (for errors and logs), its SQL, and then the tables it shares
+/// with the SQLite schema (written once, in the store module that owns them; see [`portable`]).
 struct Step {
     name: &'static str,
     sql: &'static str,
+    shared: &'static [&'static str],
+}
+
+/// SQL the SQLite schema runs, as PostgreSQL takes it: its integers are 64 bits (`BIGINT`;
+/// PostgreSQL's `INTEGER` has 32), and `WITHOUT ROWID` (a SQLite storage choice) goes.
+pub(super) fn portable(sqlite: &str) -> String {
+    sqlite
+        .replace(" INTEGER", " BIGINT")
+        .replace(") WITHOUT ROWID;", ");")
 }
 
 /// Every change, oldest first; step `n` (1-based) brings a database to version `n`.
@@ -112,75 +122,6 @@ CREATE TABLE check_runs (
     updated_ms BIGINT NOT NULL
 );
 CREATE INDEX check_runs_by_sha ON check_runs(repository, head_sha);
-CREATE TABLE pr_heads (
-    repository TEXT NOT NULL,
-    pr_number BIGINT NOT NULL,
-    head_sha TEXT NOT NULL,
-    fork BIGINT NOT NULL,
-    event_ms BIGINT NOT NULL,
-    recorded_ms BIGINT NOT NULL,
-    PRIMARY KEY (repository, pr_number)
-);
-CREATE INDEX pr_heads_by_head ON pr_heads(repository, head_sha);
-CREATE INDEX pr_heads_by_age ON pr_heads(recorded_ms);
-CREATE TABLE own_heads (
-    repository TEXT NOT NULL,
-    head_sha TEXT NOT NULL,
-    seen_ms BIGINT NOT NULL,
-    PRIMARY KEY (repository, head_sha)
-);
-CREATE INDEX own_heads_by_age ON own_heads(seen_ms);
-CREATE TABLE approvals (
-    repository TEXT NOT NULL,
-    pr_number BIGINT NOT NULL,
-    head_sha TEXT NOT NULL,
-    binding_id TEXT NOT NULL,
-    event_delivery_id TEXT NOT NULL,
-    approved_by TEXT NOT NULL,
-    delivery_id TEXT NOT NULL,
-    approved_ms BIGINT NOT NULL,
-    PRIMARY KEY (repository, pr_number, head_sha, binding_id)
-);
-CREATE INDEX approvals_by_age ON approvals(approved_ms);
-CREATE TABLE command_comments (
-    event TEXT NOT NULL,
-    comment_id BIGINT NOT NULL,
-    body_sha256 TEXT NOT NULL,
-    delivery_id TEXT NOT NULL,
-    received_ms BIGINT NOT NULL,
-    PRIMARY KEY (event, comment_id, body_sha256)
-);
-CREATE INDEX command_comments_by_age ON command_comments(received_ms);
-CREATE TABLE job_progress (
-    job_id TEXT PRIMARY KEY,
-    run_started_ms BIGINT NOT NULL DEFAULT 0,
-    log_bytes BIGINT NOT NULL DEFAULT 0,
-    truncated BIGINT NOT NULL DEFAULT 0,
-    updated_ms BIGINT NOT NULL
-);
-CREATE TABLE job_steps (
-    job_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    position BIGINT NOT NULL,
-    status TEXT NOT NULL,
-    exit_code BIGINT,
-    started_ms BIGINT NOT NULL DEFAULT 0,
-    finished_ms BIGINT NOT NULL DEFAULT 0,
-    stdout_bytes BIGINT NOT NULL DEFAULT 0,
-    stderr_bytes BIGINT NOT NULL DEFAULT 0,
-    stdout_complete BIGINT NOT NULL DEFAULT 0,
-    stderr_complete BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, name)
-);
-CREATE TABLE log_chunks (
-    job_id TEXT NOT NULL,
-    step TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    end_offset BIGINT NOT NULL,
-    start_offset BIGINT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (job_id, step, stream, end_offset)
-);
 CREATE TABLE hub_keys (
     name TEXT PRIMARY KEY,
     pem TEXT NOT NULL
@@ -196,6 +137,12 @@ $$;
 CREATE TRIGGER jobs_progress_gone AFTER DELETE ON jobs
     FOR EACH ROW EXECUTE FUNCTION dispatch_jobs_progress_gone();
 ",
+    shared: &[
+        super::heads::TABLES,
+        super::approvals::TABLES,
+        super::commands::TABLES,
+        super::progress::TABLES,
+    ],
 }];
 
 /// The last version this hub knows.
@@ -243,6 +190,9 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), HubError> {
             continue;
         }
         tx.batch_execute(step.sql).map_err(failed)?;
+        for tables in step.shared {
+            tx.batch_execute(&portable(tables)).map_err(failed)?;
+        }
         tx.execute(
             "INSERT INTO dispatch_schema (version, applied_ms) VALUES ($1, $2)",
             &[&target, &super::now_ms()],
