@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::{bin, deliver_push, hub_public_key, serve_hub, write};
+use crate::support::{bin, deliver_push, hub_public_key, hub_toml, push_binding, serve_hub, write};
 
 const WEBHOOK_SECRET: &str = "crash-webhook-secret";
 const LICENSE_KEY: &str = "crash-license-key";
@@ -401,31 +401,15 @@ async fn jobs_survive_scheduler_sigkills_at_random_moments() {
     let config = write(
         root,
         "hub.toml",
-        &format!(
-            r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-webhook_secret = "{WEBHOOK_SECRET}"
-# Short leases: a job claimed by a scheduler that died before accepting it is handed out again soon.
-lease_seconds = 3
-
-[[license]]
-id = "team"
-key = "{LICENSE_KEY}"
-plan = "pro"
-
-[[binding]]
-repository = "Codertocat/Hello-World"
-dag = "crash-ok"
-trigger = "auto"
-event_name = "push"
-
-[[binding]]
-repository = "Codertocat/Hello-World"
-dag = "crash-bad"
-trigger = "auto"
-event_name = "push"
-"#,
-            data = hub_data.display(),
+        &hub_toml(
+            "127.0.0.1:0",
+            &hub_data,
+            WEBHOOK_SECRET,
+            LICENSE_KEY,
+            // Short leases: a job claimed by a scheduler that died before accepting it is
+            // handed out again soon.
+            "lease_seconds = 3\n",
+            &(push_binding("crash-ok") + "\n" + &push_binding("crash-bad")),
         ),
     );
     let public_key = hub_public_key(&hub_data, &["--format", "base64"])

@@ -7,7 +7,9 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{deliver_push, eventually, hub_public_key, serve_hub, write, Proc};
+use crate::support::{
+    deliver_push, eventually, hub_public_key, hub_toml, push_binding, serve_hub, write, Proc,
+};
 
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
 const LICENSE_KEY: &str = "team-key-e2e";
@@ -28,25 +30,17 @@ async fn webhook_through_hub_and_scheduler_reports_commit_statuses() {
     let config = write(
         dir.path(),
         "hub.toml",
-        &format!(
-            r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-webhook_secret = "{WEBHOOK_SECRET}"
-
-[[license]]
-id = "team"
-key = "{LICENSE_KEY}"
-plan = "pro"
-
-[github]
+        &hub_toml(
+            "127.0.0.1:0",
+            &hub_data,
+            WEBHOOK_SECRET,
+            LICENSE_KEY,
+            "",
+            &format!(
+                r#"[github]
 api_url = "{api}"
 
-[[binding]]
-repository = "Codertocat/Hello-World"
-dag = "build"
-trigger = "auto"
-event_name = "push"
-
+{build}
 [[binding]]
 repository = "Codertocat/Hello-World"
 dag = "lint"
@@ -55,8 +49,9 @@ event_name = "push"
 check_name = "ci/lint"
 license = "team"
 "#,
-            data = hub_data.display(),
-            api = github.uri(),
+                api = github.uri(),
+                build = push_binding("build"),
+            ),
         ),
     );
     // The scheduler verifies the hub's tokens with the hub's public key, read from a file.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use wiremock::ResponseTemplate;
 
 use crate::cloud::Cloud;
-use crate::support::{eventually, fixture, github_signature, write, Proc};
+use crate::support::{eventually, fixture, github_signature, hub_toml, push_binding, write, Proc};
 
 const WEBHOOK_SECRET: &str = "e2e-progress-webhook-secret";
 const LICENSE_KEY: &str = "team-key-progress-e2e";
@@ -44,23 +44,13 @@ impl Pair {
         write(
             dir.path(),
             "hub.toml",
-            &format!(
-                r#"listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-webhook_secret = "{WEBHOOK_SECRET}"
-
-[[license]]
-id = "team"
-key = "{LICENSE_KEY}"
-plan = "pro"
-
-[[binding]]
-repository = "Codertocat/Hello-World"
-dag = "logs"
-trigger = "auto"
-event_name = "push"
-"#,
-                data = dir.path().join("hub-data").display(),
+            &hub_toml(
+                &format!("127.0.0.1:{port}"),
+                &dir.path().join("hub-data"),
+                WEBHOOK_SECRET,
+                LICENSE_KEY,
+                "",
+                &push_binding("logs"),
             ),
         );
         let mut print_key = Proc::spawn(

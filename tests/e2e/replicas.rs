@@ -56,7 +56,9 @@ use tokio::sync::watch;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{deliver_push, eventually, serve_hub, try_deliver_push, write, Proc};
+use crate::support::{
+    deliver_push, eventually, hub_toml, push_binding, serve_hub, try_deliver_push, write, Proc,
+};
 
 const WEBHOOK_SECRET: &str = "replicas-webhook-secret";
 const LICENSE_KEY: &str = "replicas-license-key";
@@ -105,31 +107,19 @@ fn dag_yaml(ledger: &Path) -> String {
 fn hub_config(root: &Path, name: &str, store_url: &str, github: Option<&str>) -> PathBuf {
     let data = root.join(format!("hub-{name}-data"));
     let github = github.map_or(String::new(), |url| {
-        format!("\n[github]\napi_url = \"{url}\"\n")
+        format!("[github]\napi_url = \"{url}\"\n\n")
     });
     write(
         root,
         &format!("hub-{name}.toml"),
-        &format!(
-            r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-webhook_secret = "{WEBHOOK_SECRET}"
-store_url = "{store_url}"
-# A claim made by a replica that died before answering goes back to the queue soon.
-lease_seconds = 10
-
-[[license]]
-id = "team"
-key = "{LICENSE_KEY}"
-plan = "pro"
-{github}
-[[binding]]
-repository = "Codertocat/Hello-World"
-dag = "{DAG}"
-trigger = "auto"
-event_name = "push"
-"#,
-            data = data.display(),
+        &hub_toml(
+            "127.0.0.1:0",
+            &data,
+            WEBHOOK_SECRET,
+            LICENSE_KEY,
+            // A claim made by a replica that died before answering goes back to the queue soon.
+            &format!("store_url = \"{store_url}\"\nlease_seconds = 10\n"),
+            &(github + &push_binding(DAG)),
         ),
     )
 }

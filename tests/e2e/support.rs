@@ -296,3 +296,29 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The text of a hub.toml: the hub listens on `listen`, keeps its data in `data`, checks
+/// webhooks with `webhook_secret` and has the license `team` (key `license_key`, plan `pro`);
+/// `settings` are more top-level keys, `tables` the bindings and any other table.
+pub fn hub_toml(
+    listen: &str,
+    data: &Path,
+    webhook_secret: &str,
+    license_key: &str,
+    settings: &str,
+    tables: &str,
+) -> String {
+    format!(
+        "listen = \"{listen}\"\ndata_dir = \"{data}\"\nwebhook_secret = \"{webhook_secret}\"\n\
+         {settings}\n[[license]]\nid = \"team\"\nkey = \"{license_key}\"\nplan = \"pro\"\n\n{tables}",
+        data = data.display(),
+    )
+}
+
+/// A `[[binding]]` table: pushes to `Codertocat/Hello-World` run `dag`.
+pub fn push_binding(dag: &str) -> String {
+    format!(
+        "[[binding]]\nrepository = \"Codertocat/Hello-World\"\ndag = \"{dag}\"\n\
+         trigger = \"auto\"\nevent_name = \"push\"\n"
+    )
+}

@@ -270,6 +270,19 @@ pub fn migrate_store(cfg: &HubConfig) -> Result<(), HubError> {
     Store::migrate_only(&location)
 }
 
+/// The public half of the key the hub at `cfg` signs license tokens with (`hub
+/// print-public-key`), created as the hub would create it when there is none. On PostgreSQL
+/// this opens the store (bringing its schema up to date), for the key every replica shares.
+/// Blocking: call it outside an async runtime.
+pub fn hub_public_key(cfg: &HubConfig) -> Result<ed25519_dalek::VerifyingKey, HubError> {
+    let location = store_location(cfg)?;
+    let key = match &location {
+        Location::Sqlite(_) => keys::load_or_create_signing_key(&cfg.data_dir)?,
+        Location::Postgres(_) => keys::shared_signing_key(&Store::open_at(&location)?)?,
+    };
+    Ok(key.verifying_key())
+}
+
 /// Where the hub's store lives: `store_url` when set (checked by the config), else
 /// `hub.sqlite3` in the data directory.
 pub(crate) fn store_location(cfg: &HubConfig) -> Result<Location, HubError> {

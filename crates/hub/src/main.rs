@@ -15,9 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dispatch_hub::{
-    config::load_hub_config, keys::load_or_create_signing_key, Hub, HubError, ServeLimits,
-};
+use dispatch_hub::{config::load_hub_config, Hub, HubError, ServeLimits};
 use dispatch_protocol::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -73,10 +71,12 @@ enum Command {
         log_format: String,
     },
     /// Print the public key of the hub's token signing key (for `--license-public-key`).
+    ///
+    /// With a PostgreSQL store (`--store-url`, or `store_url` in `--config`) it is the key every
+    /// replica shares, read from the store; else the key file in the data directory.
     PrintPublicKey {
-        /// The hub's data directory.
-        #[arg(long, env = "DISPATCH_HUB_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: cli_servers::StoreLocation,
         /// `pem` (SPKI) or `base64` (the 32 raw bytes).
         #[arg(long, default_value = "pem", value_parser = ["pem", "base64"])]
         format: String,
@@ -251,8 +251,8 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::PrintPublicKey { data_dir, format } => {
-            let key = load_or_create_signing_key(&data_dir)?.verifying_key();
+        Command::PrintPublicKey { store, format } => {
+            let key = dispatch_hub::hub_public_key(&store.resolve()?)?;
             if format == "base64" {
                 println!("{}", dispatch_protocol::token::public_key_base64(&key));
             } else {

@@ -1180,7 +1180,31 @@ mod reporting {
 }
 
 mod binary {
-    use super::{hub_bin, stdout_of};
+    use super::{hub_bin, stdout_of, TestHub};
+
+    /// What `hub print-public-key` prints verifies the tokens the running hub signs: on
+    /// PostgreSQL the key every replica shares, read through the store URL (here from the
+    /// environment, as `DISPATCH_HUB_STORE_URL`); on SQLite the data directory's key file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn print_public_key_gives_the_key_the_running_hub_signs_with() {
+        let hub = TestHub::start(vec![]).await;
+        let mut cmd = hub_bin(&["print-public-key", "--data-dir"], &hub.cfg.data_dir);
+        if let Some(url) = &hub.cfg.store_url {
+            cmd.env("DISPATCH_HUB_STORE_URL", url.expose());
+            // The key file of the data directory is not the key on PostgreSQL.
+            let file_key = dispatch_hub::keys::load_or_create_signing_key(&hub.cfg.data_dir)
+                .unwrap()
+                .verifying_key();
+            assert_ne!(file_key, hub.handle().public_key);
+        }
+        let printed = tokio::task::spawn_blocking(move || stdout_of(&mut cmd))
+            .await
+            .unwrap();
+        assert_eq!(
+            dispatch_protocol::token::parse_public_key(&printed).unwrap(),
+            hub.handle().public_key
+        );
+    }
 
     #[test]
     fn print_public_key_prints_the_signing_key() {

@@ -162,6 +162,17 @@ struct Parts<'a> {
     signature: &'a str,
 }
 
+/// The JSON value of the token's part `part` (`header` or `claims`), base64url `text`.
+fn decode_part<T: serde::de::DeserializeOwned>(
+    text: &str,
+    part: &'static str,
+) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|source| TokenError::Base64 { part, source })?;
+    serde_json::from_slice(&bytes).map_err(|source| TokenError::Json { part, source })
+}
+
 fn split(token: &str) -> Result<Parts<'_>, TokenError> {
     let token = token.trim();
     let mut it = token.split('.');
@@ -171,28 +182,8 @@ fn split(token: &str) -> Result<Parts<'_>, TokenError> {
     if h.is_empty() || c.is_empty() {
         return Err(TokenError::Malformed("empty header or claims"));
     }
-    let header_bytes = URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|source| TokenError::Base64 {
-            part: "header",
-            source,
-        })?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|source| TokenError::Json {
-            part: "header",
-            source,
-        })?;
-    let claims_bytes = URL_SAFE_NO_PAD
-        .decode(c)
-        .map_err(|source| TokenError::Base64 {
-            part: "claims",
-            source,
-        })?;
-    let claims: Claims =
-        serde_json::from_slice(&claims_bytes).map_err(|source| TokenError::Json {
-            part: "claims",
-            source,
-        })?;
+    let header: Header = decode_part(h, "header")?;
+    let claims: Claims = decode_part(c, "claims")?;
     if claims.jti.is_empty() {
         return Err(TokenError::Malformed("empty jti claim"));
     }

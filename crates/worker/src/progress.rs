@@ -858,17 +858,8 @@ mod tests {
 
     #[test]
     fn every_step_status_is_a_word_of_the_protocol() {
-        let all = [
-            StepStatus::NotStarted,
-            StepStatus::Running,
-            StepStatus::Failed,
-            StepStatus::Aborted,
-            StepStatus::Succeeded,
-            StepStatus::Skipped,
-            StepStatus::PartiallySucceeded,
-        ];
-        for status in all {
-            // A new status must be added here and to the protocol's words.
+        for status in StepStatus::ALL {
+            // A new status must be added here, to `StepStatus::ALL` and to the protocol's words.
             match status {
                 StepStatus::NotStarted
                 | StepStatus::Running

@@ -10,6 +10,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::sql::SqlError;
 use crate::error::HubError;
 
 /// One schema change.
@@ -78,19 +79,10 @@ pub(super) const STEPS: &[Step] = &[
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
     let known = STEPS.len() as i64;
     let found = version(conn)?;
-    if found > known {
-        return Err(HubError::StoreTooNew {
-            version: found,
-            known,
-        });
-    }
+    refuse_newer(found, known)?;
     for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
         let target = i as i64 + 1;
-        let failed = |source: rusqlite::Error| HubError::Migrate {
-            step: step.name,
-            version: target,
-            source: source.into(),
-        };
+        let failed = step_failed(step.name, target);
         if step.outside_transaction {
             (step.apply)(conn).map_err(failed)?;
         }
@@ -107,13 +99,37 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
         tx.pragma_update(None, "user_version", target)
             .map_err(failed)?;
         tx.commit().map_err(failed)?;
-        tracing::info!(
-            version = target,
-            step = step.name,
-            "hub store schema updated"
-        );
+        log_applied(step.name, target, "SQLite");
     }
     Ok(())
+}
+
+/// Refuses a database at schema `version` `found` when this hub knows only up to `known`.
+pub(super) fn refuse_newer(found: i64, known: i64) -> Result<(), HubError> {
+    if found > known {
+        return Err(HubError::StoreTooNew {
+            version: found,
+            known,
+        });
+    }
+    Ok(())
+}
+
+/// The error of schema step `step`, which leads to version `version`, from the database's.
+pub(super) fn step_failed<E: Into<SqlError>>(
+    step: &'static str,
+    version: i64,
+) -> impl Fn(E) -> HubError + Copy {
+    move |source| HubError::Migrate {
+        step,
+        version,
+        source: source.into(),
+    }
+}
+
+/// Logs that schema step `step` brought the `backend` database to `version`.
+pub(super) fn log_applied(step: &'static str, version: i64, backend: &'static str) {
+    tracing::info!(version, step, backend, "hub store schema updated");
 }
 
 fn version(conn: &Connection) -> Result<i64, HubError> {

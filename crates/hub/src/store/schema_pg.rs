@@ -8,6 +8,7 @@
 
 use postgres::Client;
 
+use super::schema::{log_applied, refuse_newer, step_failed};
 use super::writer::WRITE_LOCK;
 use crate::error::HubError;
 
@@ -171,21 +172,12 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), HubError> {
     let known = known();
     for (i, step) in STEPS.iter().enumerate() {
         let target = i64::try_from(i).unwrap_or(i64::MAX) + 1;
-        let failed = |source: postgres::Error| HubError::Migrate {
-            step: step.name,
-            version: target,
-            source: source.into(),
-        };
+        let failed = step_failed::<postgres::Error>(step.name, target);
         let mut tx = client.transaction().map_err(failed)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .map_err(failed)?;
         let found = version(&mut tx)?;
-        if found > known {
-            return Err(HubError::StoreTooNew {
-                version: found,
-                known,
-            });
-        }
+        refuse_newer(found, known)?;
         if found >= target {
             continue;
         }
@@ -199,22 +191,12 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), HubError> {
         )
         .map_err(failed)?;
         tx.commit().map_err(failed)?;
-        tracing::info!(
-            version = target,
-            step = step.name,
-            "hub store schema updated (PostgreSQL)"
-        );
+        log_applied(step.name, target, "PostgreSQL");
     }
     // A database already at the last step (or a newer one) is checked once more here: the loop
     // above skips every step and would not notice a newer version.
     let found = version(&mut client.transaction().map_err(HubError::store("begin"))?)?;
-    if found > known {
-        return Err(HubError::StoreTooNew {
-            version: found,
-            known,
-        });
-    }
-    Ok(())
+    refuse_newer(found, known)
 }
 
 /// The database's schema version (0 when no step was applied).

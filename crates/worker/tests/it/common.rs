@@ -167,9 +167,17 @@ impl Rig {
         gate
     }
 
+    /// Writes the DAG `name` of one step, `s`, that runs the shell line `command`.
+    pub fn write_step_dag(&self, name: &str, command: &str) {
+        self.write_dag(
+            name,
+            &format!("steps:\n  - name: s\n    command: {command}\n"),
+        );
+    }
+
     /// The DAG `quick`: one step that succeeds at once.
     pub fn write_quick_dag(&self) {
-        self.write_dag("quick", "steps:\n  - name: s\n    command: \"true\"\n");
+        self.write_step_dag("quick", "\"true\"");
     }
 
     pub fn stores(&self) -> Stores {

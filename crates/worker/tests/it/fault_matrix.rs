@@ -689,7 +689,7 @@ async fn run_row(endpoint: Endpoint, row: Row) {
         row.fault
     );
     let rig = Rig::bare().await;
-    rig.write_dag(DAG, "steps:\n  - name: s\n    command: \"true\"\n");
+    rig.write_step_dag(DAG, "\"true\"");
     let seed = format!("seed-{name}");
     let fresh = format!("fresh-{name}");
     seed_failed_run(&rig, &seed).await;

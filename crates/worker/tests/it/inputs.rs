@@ -7,7 +7,7 @@ use crate::common::*;
 #[tokio::test]
 async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
     let rig = Rig::new().await;
-    rig.write_dag("good", "steps:\n  - name: s\n    command: \"true\"\n");
+    rig.write_step_dag("good", "\"true\"");
     rig.write_dag("broken", "steps:\n  - name: s\n    comand: typo\n");
     // (the job's fields, its id as escaped in the finish path, the summary)
     let mut cases = Vec::new();
@@ -78,12 +78,9 @@ async fn bad_jobs_are_rejected_with_a_reason_and_the_loop_goes_on() {
 async fn payload_not_json_and_headers_not_an_object_still_run() {
     let rig = Rig::new().await;
     let out = rig.out("env");
-    rig.write_dag(
+    rig.write_step_dag(
         "show",
-        &format!(
-            "steps:\n  - name: s\n    command: printf '%s|%s|%s|%s' \"$WEBHOOK_PAYLOAD\" \"$WEBHOOK_HEADERS\" \"$GITHUB_EVENT_NAME\" \"$GITHUB_PR_NUMBER\" > '{}'.$DAG_RUN_ID\n",
-            out.display()
-        ),
+        &format!("printf '%s|%s|%s|%s' \"$WEBHOOK_PAYLOAD\" \"$WEBHOOK_HEADERS\" \"$GITHUB_EVENT_NAME\" \"$GITHUB_PR_NUMBER\" > '{}'.$DAG_RUN_ID", out.display()),
     );
     // The payload is a JSON string holding text that is not JSON; the headers are an array.
     rig.offer_job(job_json(

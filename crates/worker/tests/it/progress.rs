@@ -192,12 +192,9 @@ async fn a_running_steps_output_reaches_the_hub_before_the_run_ends() {
     let rig = Rig::bare().await;
     let gate = rig.out("gate");
     // The wait is bounded (a minute), so that a failed test leaves no step behind for long.
-    rig.write_dag(
+    rig.write_step_dag(
         "live",
-        &format!(
-            "steps:\n  - name: s\n    command: echo started; i=0; while [ ! -f '{}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done; echo done\n",
-            gate.display()
-        ),
+        &format!("echo started; i=0; while [ ! -f '{}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done; echo done", gate.display()),
     );
     let logs = Logs::default();
     let job = json!({"id": "job-live-1", "dag_name": "live", "license_id": LICENSE});
@@ -227,7 +224,7 @@ async fn a_running_steps_output_reaches_the_hub_before_the_run_ends() {
 #[tokio::test]
 async fn a_run_that_ended_before_the_start_is_resumed_from_the_hubs_end() {
     let rig = Rig::bare().await;
-    rig.write_dag("ended", "steps:\n  - name: s\n    command: 'true'\n");
+    rig.write_step_dag("ended", "'true'");
     // The run ended under a process that stopped after sending the first part of its output.
     let job = "job-ended-1";
     rig.with_tracker(|t| t.upsert(tracked(job, "ended", Phase::Accepted)).unwrap())

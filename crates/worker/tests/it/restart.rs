@@ -18,10 +18,10 @@ const DAG: &str = "quick";
 
 /// A DAG that records the `GITHUB_REF` it ran with.
 fn setup(rig: &Rig) {
-    rig.write_dag(
+    rig.write_step_dag(
         DAG,
         &format!(
-            "steps:\n  - name: s\n    command: printf '%s' \"$GITHUB_REF\" > '{}'.$DAG_RUN_ID\n",
+            "printf '%s' \"$GITHUB_REF\" > '{}'.$DAG_RUN_ID",
             rig.out("ref").display()
         ),
     );
