@@ -83,6 +83,48 @@ const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// transactions never wait on us between statements for more than moments.
 const PG_IDLE_IN_TRANSACTION_MS: u32 = 30_000;
 
+/// How long data the hub sent may go unacknowledged by the database's machine before the
+/// connection is dropped (`TCP_USER_TIMEOUT`), and how soon an idle connection is probed
+/// (keepalive after this long, then every [`PG_PROBE_EVERY`], given up after
+/// [`PG_PROBES`] unanswered probes). Without them a replica cut off from its database (a network
+/// partition, a database machine gone without closing its connections) waits in a call until
+/// the kernel gives up, about 15 minutes with data in flight and 2 hours without; with them the
+/// call fails within about 30 s, the API answers 503 and the connection is made again. A slow
+/// query is not cut: the database's machine acknowledges while the query runs.
+const PG_LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const PG_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const PG_PROBES: u32 = 3;
+/// The kernel's (and the `postgres` crate's) time before the first keepalive probe.
+const KEEPALIVE_IDLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
+
+/// `cfg` with the hub's session settings wherever the store URL does not give its own: the
+/// connect timeout, the link timeouts ([`PG_LINK_TIMEOUT`]) and
+/// `idle_in_transaction_session_timeout`.
+fn session_config(cfg: &postgres::Config) -> postgres::Config {
+    let mut cfg = cfg.clone();
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    if cfg.get_tcp_user_timeout().is_none() {
+        cfg.tcp_user_timeout(PG_LINK_TIMEOUT);
+    }
+    if cfg.get_keepalives_idle() == KEEPALIVE_IDLE_DEFAULT {
+        cfg.keepalives_idle(PG_LINK_TIMEOUT - PG_PROBE_EVERY * PG_PROBES);
+    }
+    if cfg.get_keepalives_interval().is_none() {
+        cfg.keepalives_interval(PG_PROBE_EVERY);
+    }
+    if cfg.get_keepalives_retries().is_none() {
+        cfg.keepalives_retries(PG_PROBES);
+    }
+    let given = cfg.get_options().unwrap_or_default();
+    if !given.contains("idle_in_transaction_session_timeout") {
+        let ours = format!("-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}");
+        cfg.options(format!("{given} {ours}").trim_start());
+    }
+    cfg
+}
+
 /// TLS to PostgreSQL: the server's certificate is checked against the web's root authorities
 /// (webpki-roots) and its name. The URL's `sslmode` decides whether TLS is used: `require`
 /// refuses a server without it, `prefer` (the default) uses it when the server offers it, and
@@ -105,17 +147,7 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, HubError> {
 impl PgConn {
     /// Connects, over TLS when the server offers it (see [`tls`]).
     pub fn connect(cfg: &postgres::Config) -> Result<PgConn, HubError> {
-        let mut cfg = cfg.clone();
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(PG_CONNECT_TIMEOUT);
-        }
-        let given = cfg.get_options().unwrap_or_default();
-        if !given.contains("idle_in_transaction_session_timeout") {
-            let ours =
-                format!("-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}");
-            cfg.options(format!("{given} {ours}").trim_start());
-        }
-        let client = cfg
+        let client = session_config(cfg)
             .connect(tls()?)
             .map_err(HubError::store("connect to PostgreSQL"))?;
         Ok(PgConn {
@@ -223,6 +255,7 @@ fn open_read_only(path: &Path) -> Result<Connection, HubError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The test server speaks no TLS: `sslmode=require` refuses it, the default falls back to a
     /// plain connection.
@@ -247,6 +280,43 @@ mod tests {
         };
         let mut conn = PgConn::connect(&default).unwrap();
         assert!(conn.client.simple_query("SELECT 1").is_ok());
+    }
+
+    #[test]
+    fn the_hubs_session_settings_fill_in_what_the_url_leaves_out() {
+        let Location::Postgres(bare) = Location::postgres("postgres://u@db/d").unwrap() else {
+            unreachable!()
+        };
+        let ours = session_config(&bare);
+        assert_eq!(ours.get_connect_timeout(), Some(&PG_CONNECT_TIMEOUT));
+        assert_eq!(ours.get_tcp_user_timeout(), Some(&PG_LINK_TIMEOUT));
+        assert_eq!(ours.get_keepalives_idle(), Duration::from_secs(15));
+        assert_eq!(ours.get_keepalives_interval(), Some(PG_PROBE_EVERY));
+        assert_eq!(ours.get_keepalives_retries(), Some(PG_PROBES));
+        assert_eq!(
+            ours.get_options(),
+            Some("-c idle_in_transaction_session_timeout=30000")
+        );
+        // What the URL says wins.
+        let url = "postgres://u@db/d?connect_timeout=3&tcp_user_timeout=7&keepalives_idle=60\
+                   &keepalives_interval=20&keepalives_retries=9\
+                   &options=-c%20idle_in_transaction_session_timeout%3D5000";
+        let Location::Postgres(given) = Location::postgres(url).unwrap() else {
+            unreachable!()
+        };
+        let kept = session_config(&given);
+        assert_eq!(kept.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(kept.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(kept.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(
+            kept.get_keepalives_interval(),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(kept.get_keepalives_retries(), Some(9));
+        assert_eq!(
+            kept.get_options(),
+            Some("-c idle_in_transaction_session_timeout=5000")
+        );
     }
 
     #[test]
