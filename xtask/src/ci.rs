@@ -142,13 +142,14 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
                 }
             }
         }
-        let postgres_url = postgres
+        let postgres_env = postgres
             .as_ref()
             .filter(|_| step.tests)
-            .and_then(TestServer::url_to_set);
+            .map(TestServer::env_to_set)
+            .unwrap_or_default();
         let wants_store = matches!(&step.action, Action::Cargo { env, .. }
             if env.iter().any(|(key, _)| *key == STORE_VAR));
-        if wants_store && postgres_url.is_none() && std::env::var_os(POSTGRES_URL_VAR).is_none() {
+        if wants_store && postgres_env.is_empty() && std::env::var_os(POSTGRES_URL_VAR).is_none() {
             // Only outside CI: there, a missing server already failed the first test step.
             println!(
                 "<== {} skipped: no PostgreSQL server on this machine",
@@ -157,7 +158,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             continue;
         }
         let result = match &step.action {
-            Action::Cargo { args, env } => run_cargo(root, args, env, postgres_url),
+            Action::Cargo { args, env } => run_cargo(root, args, env, &postgres_env),
             Action::Layering => crate::layering::run(root),
             Action::Tidy => crate::tidy::run(root),
             Action::Imports => crate::imports::run(root),
@@ -182,15 +183,15 @@ fn run_cargo(
     root: &Path,
     args: &[&str],
     env: &[(&str, &str)],
-    postgres_url: Option<&str>,
+    postgres_env: &[(&str, String)],
 ) -> anyhow::Result<()> {
     let mut command = Command::new(cargo());
     command.args(args).current_dir(root);
     for (key, value) in env {
         command.env(key, value);
     }
-    if let Some(url) = postgres_url {
-        command.env(POSTGRES_URL_VAR, url);
+    for (key, value) in postgres_env {
+        command.env(key, value);
     }
     let printed = format!("cargo {}", args.join(" "));
     println!("$ {printed}");

@@ -11,6 +11,7 @@ mod ci;
 mod imports;
 mod layering;
 mod postgres;
+mod postgres_tls;
 mod tidy;
 mod unicode_table;
 

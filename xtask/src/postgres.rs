@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use dispatch_test_support::{process_gone, POSTGRES_URL_VAR};
+use dispatch_test_support::{process_gone, POSTGRES_CA_VAR, POSTGRES_URL_VAR};
+
+use crate::postgres_tls::TlsFiles;
 
 /// Where Debian installs each PostgreSQL version's binaries, one directory per version.
 const DEBIAN_VERSIONS_DIR: &str = "/usr/lib/postgresql";
@@ -64,11 +66,12 @@ impl TestServer {
         )?))
     }
 
-    /// The URL the test processes must be given, when the server is ours.
-    pub(crate) fn url_to_set(&self) -> Option<&str> {
+    /// The variables the test processes must be given, when the server is ours: its URL and
+    /// its TLS authority's file.
+    pub(crate) fn env_to_set(&self) -> Vec<(&'static str, String)> {
         match self {
-            TestServer::Started(cluster) => Some(cluster.url()),
-            TestServer::Given | TestServer::Missing => None,
+            TestServer::Started(cluster) => cluster.env(),
+            TestServer::Given | TestServer::Missing => Vec::new(),
         }
     }
 }
@@ -94,6 +97,7 @@ pub(crate) struct Cluster {
     /// Run `initdb` and `pg_ctl` as [`SYSTEM_USER`], since we are root.
     as_system_user: bool,
     url: String,
+    tls: TlsFiles,
 }
 
 impl Cluster {
@@ -125,11 +129,16 @@ impl Cluster {
             })?;
         }
         let port = free_port()?;
+        let tls = TlsFiles::make(&dir.path().join("tls"))?;
         let cluster = Cluster {
             dir,
             bin: bin.to_path_buf(),
             as_system_user,
-            url: format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"),
+            // The server speaks TLS with a certificate of its own authority, which the hub
+            // would refuse by default (`prefer` checks it against the public ones): the tests
+            // connect in plain text, and the TLS tests name the authority (`sslrootcert`).
+            url: format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres?sslmode=disable"),
+            tls,
         };
         let data = cluster.data_dir();
         run(cluster
@@ -139,6 +148,7 @@ impl Cluster {
             .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
             // A crash loses a throw-away cluster either way, so initdb need not sync it.
             .arg("--no-sync"))?;
+        cluster.hand_key_to_server()?;
         cluster.configure(port, durability)?;
         let log = cluster.dir.path().join("server.log");
         let started = run(cluster
@@ -160,9 +170,36 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// `postgres://postgres@127.0.0.1:<port>/postgres`, with trust authentication.
+    /// `postgres://postgres@127.0.0.1:<port>/postgres?sslmode=disable`, with trust
+    /// authentication.
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The variables naming this cluster to the tests: its URL and its TLS authority's file.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (POSTGRES_URL_VAR, self.url.clone()),
+            (POSTGRES_CA_VAR, self.tls.ca.display().to_string()),
+        ]
+    }
+
+    /// The server reads its key as its own user, and only from a file no one else can read.
+    fn hand_key_to_server(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = &self.tls.key;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to make `{}` private", key.display()))?;
+        if self.as_system_user {
+            let user = nix::unistd::User::from_name(SYSTEM_USER)
+                .ok()
+                .flatten()
+                .with_context(|| format!("no `{SYSTEM_USER}` user to own the server's key"))?;
+            nix::unistd::chown(key.as_path(), Some(user.uid), Some(user.gid)).with_context(
+                || format!("failed to hand `{}` to `{SYSTEM_USER}`", key.display()),
+            )?;
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -180,6 +217,14 @@ impl Cluster {
         writeln!(settings, "unix_socket_directories = '{socket_dir}'")?;
         // Tests run in parallel, each with a store holding a few connections.
         writeln!(settings, "max_connections = 300")?;
+        writeln!(settings, "ssl = on")?;
+        for (setting, file) in [
+            ("ssl_cert_file", &self.tls.cert),
+            ("ssl_key_file", &self.tls.key),
+        ] {
+            let file = file.display().to_string().replace('\'', "''");
+            writeln!(settings, "{setting} = '{file}'")?;
+        }
         if durability == Durability::Unsynced {
             writeln!(settings, "fsync = off")?;
         }
@@ -347,7 +392,9 @@ pub(crate) fn run_until_enter() -> anyhow::Result<()> {
         TestServer::Given => bail!("{POSTGRES_URL_VAR} is set already; no cluster started"),
         TestServer::Missing => bail!("no cluster started"),
     };
-    println!("export {POSTGRES_URL_VAR}={}", cluster.url());
+    for (key, value) in cluster.env() {
+        println!("export {key}={value}");
+    }
     println!("xtask: press Enter to stop the cluster");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;

@@ -24,8 +24,8 @@ mod pg_database;
 mod test_store;
 
 pub use pg_database::{
-    create_postgres_database, postgres_database, postgres_url, PgDatabase, PgDatabaseError,
-    POSTGRES_URL_VAR,
+    create_postgres_database, postgres_ca, postgres_database, postgres_url, PgDatabase,
+    PgDatabaseError, POSTGRES_CA_VAR, POSTGRES_URL_VAR,
 };
 pub use test_store::{test_store_database, TEST_STORE_VAR};
 

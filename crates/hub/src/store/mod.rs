@@ -34,6 +34,7 @@ mod heads;
 mod integrity;
 mod jobs;
 mod notify;
+mod pg_conn;
 mod progress;
 mod reports;
 mod retention;
@@ -135,8 +136,8 @@ impl Store {
         }
     }
 
-    fn open_postgres(cfg: &postgres::Config) -> Result<Store, HubError> {
-        let mut conn = backend::PgConn::connect(cfg)?;
+    fn open_postgres(cfg: &pg_conn::PgTarget) -> Result<Store, HubError> {
+        let mut conn = pg_conn::PgConn::connect(cfg)?;
         schema_pg::migrate(&mut conn.client)?;
         let reader = Reader::open(&Location::Postgres(Box::new(cfg.clone())))?;
         let gauges = JobGauges::starting_at(&reader.read(jobs::counts)?);
@@ -157,7 +158,7 @@ impl Store {
         match location {
             Location::Sqlite(path) => Store::open(path).map(drop),
             Location::Postgres(cfg) => {
-                let mut conn = backend::PgConn::connect(cfg)?;
+                let mut conn = pg_conn::PgConn::connect(cfg)?;
                 schema_pg::migrate(&mut conn.client)
             }
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 
+use super::pg_conn::PgTarget;
 use super::sql::{args, Sql};
 use super::waiting::JobTarget;
 use super::writer::Durability;
@@ -95,7 +96,7 @@ impl Store {
 
 /// Hears the announcements of the other hub processes on a PostgreSQL store.
 pub(crate) struct Listener {
-    cfg: postgres::Config,
+    cfg: PgTarget,
     origin: u64,
 }
 
@@ -118,7 +119,7 @@ impl Listener {
         stopped: &impl Fn() -> bool,
         deliver: &mut impl FnMut(Vec<JobTarget>),
     ) -> Result<(), HubError> {
-        let mut conn = super::backend::PgConn::connect(&self.cfg)?;
+        let mut conn = super::pg_conn::PgConn::connect(&self.cfg)?;
         conn.client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .map_err(HubError::store("listen for other replicas' jobs"))?;

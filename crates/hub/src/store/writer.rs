@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::backend::PgConn;
+use super::pg_conn::{PgConn, PgTarget};
 use super::sql::{Pg, PgSession, Sql, SqlError};
 use crate::error::HubError;
 
@@ -63,7 +63,7 @@ impl Writer {
     }
 
     /// Starts the writer thread on a PostgreSQL connection; `cfg` opens a new one when it breaks.
-    pub fn start_postgres(conn: PgConn, cfg: postgres::Config) -> Result<Writer, HubError> {
+    pub fn start_postgres(conn: PgConn, cfg: PgTarget) -> Result<Writer, HubError> {
         Writer::spawn(
             WriteConn::Postgres(Box::new((Some(conn), cfg))),
             Path::new("postgres"),
@@ -149,7 +149,7 @@ impl<T: Send, F: FnOnce(&dyn Sql) -> Result<T, HubError> + Send> WriteOp for Op<
 enum WriteConn {
     Sqlite(Connection),
     /// None after the connection broke, until it is opened again.
-    Postgres(Box<(Option<PgConn>, postgres::Config)>),
+    Postgres(Box<(Option<PgConn>, PgTarget)>),
 }
 
 fn writer_loop(mut conn: WriteConn, ops: Receiver<Box<dyn WriteOp>>) {
@@ -200,7 +200,7 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<()
 /// with `synchronous_commit = off` (durable at the next flush, as SQLite's `NORMAL`).
 fn run_pg_batch(
     conn: &mut Option<PgConn>,
-    cfg: &postgres::Config,
+    cfg: &PgTarget,
     batch: &mut [Box<dyn WriteOp>],
 ) -> Result<(), SqlError> {
     if conn.as_ref().is_none_or(|c| c.client.is_closed()) {

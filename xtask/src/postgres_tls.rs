@@ -1,0 +1,118 @@
+//! TLS for the throw-away PostgreSQL cluster: an authority of its own and a server certificate it
+//! signs, made with the `openssl` program (Debian's `postgresql` package depends on it). The hub's
+//! tests connect with `sslrootcert` naming the authority's file, as a deployment on a managed
+//! database with a private authority would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+/// The files of the cluster's TLS, in one directory.
+pub(crate) struct TlsFiles {
+    /// The authority's certificate (PEM): what a client trusts.
+    pub ca: PathBuf,
+    /// The server's certificate (PEM), for `localhost` and `127.0.0.1`.
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes an authority and a server certificate it signs, valid for two days, in `dir`.
+    pub(crate) fn make(dir: &Path) -> anyhow::Result<TlsFiles> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create `{}`", dir.display()))?;
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        let ca_key = dir.join("ca.key");
+        let request = dir.join("server.csr");
+        let extensions = dir.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+             basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = serverAuth\n",
+        )
+        .with_context(|| format!("failed to write `{}`", extensions.display()))?;
+        // P-256 keys: quick to make, and taken by both rustls and PostgreSQL.
+        let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        openssl(|c| {
+            c.args(["req", "-x509", "-nodes", "-days", "2", "-subj"])
+                .arg("/CN=dispatch test authority")
+                .args(new_key)
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&files.ca)
+        })?;
+        openssl(|c| {
+            c.args(["req", "-new", "-nodes", "-subj", "/CN=localhost"])
+                .args(new_key)
+                .arg("-keyout")
+                .arg(&files.key)
+                .arg("-out")
+                .arg(&request)
+        })?;
+        openssl(|c| {
+            c.args(["x509", "-req", "-days", "2", "-set_serial", "1", "-in"])
+                .arg(&request)
+                .arg("-CA")
+                .arg(&files.ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&extensions)
+                .arg("-out")
+                .arg(&files.cert)
+        })?;
+        // The authority's key is not needed again: nothing else may be signed with it.
+        std::fs::remove_file(&ca_key)
+            .with_context(|| format!("failed to remove `{}`", ca_key.display()))?;
+        Ok(files)
+    }
+}
+
+/// Runs `openssl` with the arguments `args` adds, and fails with its output when it fails.
+fn openssl(args: impl FnOnce(&mut Command) -> &mut Command) -> anyhow::Result<()> {
+    let mut command = Command::new("openssl");
+    args(&mut command);
+    let output = command.output().with_context(|| {
+        "failed to run `openssl` for the test cluster's TLS (Debian's `openssl` package)"
+    })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`{command:?}` failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makes_a_server_certificate_the_authority_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::make(dir.path()).unwrap();
+        let output = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&files.ca)
+            .arg(&files.cert)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{said}");
+        assert!(said.trim_end().ends_with("OK"), "{said}");
+        assert!(files.key.is_file());
+        assert!(!dir.path().join("ca.key").exists());
+    }
+}
