@@ -8,6 +8,7 @@
 
 mod bench;
 mod ci;
+mod command;
 mod imports;
 mod layering;
 mod postgres;

@@ -17,6 +17,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use dispatch_test_support::{process_gone, POSTGRES_CA_VAR, POSTGRES_URL_VAR};
 
+use crate::command::run;
 use crate::postgres_tls::TlsFiles;
 
 /// Where Debian installs each PostgreSQL version's binaries, one directory per version.
@@ -267,23 +268,6 @@ impl Drop for Cluster {
         }
         // The temporary directory removes itself after this.
     }
-}
-
-/// Runs `command` to its end and fails with its output when it fails.
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    // The whole command in the messages: as root, a missing `runuser` is a likely cause.
-    let output = command
-        .output()
-        .with_context(|| format!("failed to start {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} exited with {}:\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
-    Ok(())
 }
 
 /// A command running `bin/program`, through `runuser` as [`SYSTEM_USER`] when `as_system_user`.

@@ -79,19 +79,10 @@ impl TlsFiles {
     }
 }
 
-/// Runs `openssl` with the arguments `args` adds, and fails with its output when it fails.
+/// Runs `openssl` with the arguments `args` adds; an error shows its output.
 fn openssl(args: impl FnOnce(&mut Command) -> &mut Command) -> anyhow::Result<()> {
-    let mut command = Command::new("openssl");
-    args(&mut command);
-    let output = command.output().with_context(|| {
-        "failed to run `openssl` for the test cluster's TLS (Debian's `openssl` package)"
-    })?;
-    anyhow::ensure!(
-        output.status.success(),
-        "`{command:?}` failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim_end()
-    );
-    Ok(())
+    crate::command::run(args(&mut Command::new("openssl")))
+        .context("making the test cluster's TLS files with `openssl` (Debian's `openssl` package)")
 }
 
 #[cfg(test)]
