@@ -132,6 +132,13 @@ CREATE INDEX IF NOT EXISTS reports_by_job ON reports(job_id);
     )
 }
 
+/// A schema step of both backends (SQLite as written, PostgreSQL after
+/// [`super::schema_pg::portable`]): when a hub process claimed a report to send it, until when
+/// (0: not being sent). A final report leaves a pending one in flight in place, so that no
+/// replica sends the final before the pending one has arrived, which GitHub would then show.
+pub(super) const SENDING_COLUMN: &str =
+    "ALTER TABLE reports ADD COLUMN sending_until_ms INTEGER NOT NULL DEFAULT 0;";
+
 /// Queues one call that no later report supersedes, due at once.
 pub(super) fn queue(
     conn: &dyn Sql,
@@ -183,27 +190,47 @@ pub(super) fn queue_pending(
     Ok(())
 }
 
-/// Queues the calls that report a job's end, dropping its pending reports still unsent.
+/// Queues the calls that report a job's end, dropping its pending reports not being sent.
 pub(super) fn queue_final(
     conn: &dyn Sql,
     job_id: &str,
     calls: Vec<(String, String)>,
     now_ms: i64,
 ) -> Result<(), HubError> {
-    drop_superseded(conn, job_id)?;
+    drop_superseded(conn, job_id, now_ms)?;
     for (path, body) in calls {
         queue(conn, job_id, &path, &body, now_ms)?;
     }
     Ok(())
 }
 
-/// Drops the job's unsent supersedable reports; called as its final report is queued.
-pub(super) fn drop_superseded(conn: &dyn Sql, job_id: &str) -> Result<usize, HubError> {
+/// Drops the job's supersedable reports that no hub process is sending at `now_ms`; called as
+/// its final report is queued. One being sent stays ahead of the final, and goes when it has
+/// been sent ([`delete`]) or when its send fails ([`retry_or_drop`]).
+pub(super) fn drop_superseded(
+    conn: &dyn Sql,
+    job_id: &str,
+    now_ms: i64,
+) -> Result<usize, HubError> {
     conn.execute(
-        "DELETE FROM reports WHERE job_id = ?1 AND supersedable = 1",
-        args![job_id],
+        "DELETE FROM reports WHERE job_id = ?1 AND supersedable = 1 AND sending_until_ms <= ?2",
+        args![job_id, now_ms],
     )
     .map_err(HubError::store("drop superseded reports"))
+}
+
+/// Drops report `id` when it is supersedable and its job's final report is queued behind it:
+/// its send failed, and the final replaces it. Returns whether it was dropped.
+fn drop_if_superseded(conn: &dyn Sql, id: i64) -> Result<bool, HubError> {
+    let dropped = conn
+        .execute(
+            "DELETE FROM reports WHERE id = ?1 AND supersedable = 1 AND EXISTS (
+                 SELECT 1 FROM reports f
+                 WHERE f.job_id = reports.job_id AND f.id > reports.id AND f.supersedable = 0)",
+            args![id],
+        )
+        .map_err(HubError::store("drop a superseded report"))?;
+    Ok(dropped > 0)
 }
 
 /// Only the oldest report of each job is ever due.
@@ -234,10 +261,11 @@ pub(super) fn due(conn: &dyn Sql, now_ms: i64, limit: i64) -> Result<Vec<Pending
         .map_err(HubError::store("read due reports"))
 }
 
-/// Makes report `id` due at `until_ms` (a claim by the hub process sending it).
+/// Makes report `id` due at `until_ms` and marks it as being sent until then (a claim by the hub
+/// process sending it).
 pub(super) fn hold(conn: &dyn Sql, id: i64, until_ms: i64) -> Result<(), HubError> {
     conn.execute(
-        "UPDATE reports SET next_attempt_ms = ?2 WHERE id = ?1",
+        "UPDATE reports SET next_attempt_ms = ?2, sending_until_ms = ?2 WHERE id = ?1",
         args![id, until_ms],
     )
     .map_err(HubError::store("claim a report"))?;
@@ -261,6 +289,8 @@ pub(super) fn delete(conn: &dyn Sql, id: i64) -> Result<(), HubError> {
     Ok(())
 }
 
+/// Report `id` failed to send: it is tried again at `next_ms`, counting `attempts`, unless the
+/// job's final report replaces it.
 pub(super) fn reschedule(
     conn: &dyn Sql,
     id: i64,
@@ -268,8 +298,13 @@ pub(super) fn reschedule(
     next_ms: i64,
     error: &str,
 ) -> Result<(), HubError> {
+    if drop_if_superseded(conn, id)? {
+        return Ok(());
+    }
     conn.execute(
-        "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?4",
+        "UPDATE reports SET attempts = ?1, next_attempt_ms = ?2, last_error = ?3,
+                            sending_until_ms = 0
+         WHERE id = ?4",
         args![attempts, next_ms, error, id],
     )
     .map_err(HubError::store("reschedule a report"))?;
@@ -277,10 +312,13 @@ pub(super) fn reschedule(
 }
 
 /// Puts a report off until `until_ms` without counting an attempt: GitHub asked to wait (a rate
-/// limit), nothing failed.
+/// limit), nothing failed. A report the job's final one replaces is dropped instead.
 pub(super) fn defer(conn: &dyn Sql, id: i64, until_ms: i64, error: &str) -> Result<(), HubError> {
+    if drop_if_superseded(conn, id)? {
+        return Ok(());
+    }
     conn.execute(
-        "UPDATE reports SET next_attempt_ms = ?1, last_error = ?2
+        "UPDATE reports SET next_attempt_ms = ?1, last_error = ?2, sending_until_ms = 0
          WHERE id = ?3",
         args![until_ms, error, id],
     )
@@ -310,6 +348,7 @@ mod tests {
         )
         .unwrap();
         supersedable_column(&conn).unwrap();
+        conn.execute_batch(SENDING_COLUMN).unwrap();
         conn
     }
 
@@ -342,11 +381,41 @@ mod tests {
         assert_eq!(due_paths(&conn, 0), ["b-queued"]);
         delete(&conn, due(&conn, 0, 10).unwrap()[0].id).unwrap();
         assert_eq!(next_due(&conn).unwrap(), Some(500));
-        assert_eq!(drop_superseded(&conn, "a").unwrap(), 2);
+        assert_eq!(drop_superseded(&conn, "a", 500).unwrap(), 2);
         queue(&conn, "a", "a-final", "{}", 600).unwrap();
         assert_eq!(due_paths(&conn, 600), ["a-final"]);
         // A final report is never dropped by a later one.
-        assert_eq!(drop_superseded(&conn, "a").unwrap(), 0);
+        assert_eq!(drop_superseded(&conn, "a", 600).unwrap(), 0);
+    }
+
+    /// One replica sends the pending report while another stores the job's end: the final waits
+    /// until the pending one has arrived, so GitHub never gets them the other way round.
+    #[test]
+    fn a_final_report_waits_behind_a_pending_one_being_sent() {
+        let conn = table();
+        queue_report(&conn, "a", &pending("a-running"), 0).unwrap();
+        let sending = due(&conn, 0, 10).unwrap()[0].id;
+        hold(&conn, sending, 120_000).unwrap();
+        queue_final(&conn, "a", vec![("a-final".into(), "{}".into())], 10).unwrap();
+        assert!(due_paths(&conn, 10).is_empty(), "the final waits");
+        assert_eq!(next_due(&conn).unwrap(), Some(120_000));
+        delete(&conn, sending).unwrap();
+        assert_eq!(due_paths(&conn, 10), ["a-final"]);
+
+        // A pending report whose send fails once the final is queued is dropped, not retried.
+        queue_report(&conn, "b", &pending("b-running"), 0).unwrap();
+        let failing = due(&conn, 0, 10).unwrap().last().unwrap().id;
+        hold(&conn, failing, 120_000).unwrap();
+        queue_final(&conn, "b", vec![("b-final".into(), "{}".into())], 10).unwrap();
+        reschedule(&conn, failing, 1, 5_000, "boom").unwrap();
+        assert_eq!(due_paths(&conn, 10), ["a-final", "b-final"]);
+
+        // A claim that lapsed (its hub died while sending) no longer holds the final back.
+        queue_report(&conn, "c", &pending("c-running"), 0).unwrap();
+        let lapsed = due(&conn, 0, 10).unwrap().last().unwrap().id;
+        hold(&conn, lapsed, 1_000).unwrap();
+        queue_final(&conn, "c", vec![("c-final".into(), "{}".into())], 1_000).unwrap();
+        assert_eq!(due_paths(&conn, 1_000), ["a-final", "b-final", "c-final"]);
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub(super) const STEPS: &[Step] = &[
         apply: claim_accept_times_and_versions,
         outside_transaction: false,
     },
+    Step {
+        name: "mark the reports a hub process is sending",
+        apply: reports_being_sent,
+        outside_transaction: false,
+    },
 ];
 
 /// Brings the database up to the last step. A database from a newer hub (more steps than this
@@ -102,6 +107,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), HubError> {
         log_applied(step.name, target, "SQLite");
     }
     Ok(())
+}
+
+fn reports_being_sent(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(super::reports::SENDING_COLUMN)
 }
 
 /// Refuses a database at schema `version` `found` when this hub knows only up to `known`.

@@ -29,9 +29,10 @@ pub(super) fn portable(sqlite: &str) -> String {
 }
 
 /// Every change, oldest first; step `n` (1-based) brings a database to version `n`.
-const STEPS: &[Step] = &[Step {
-    name: "create the tables",
-    sql: "
+const STEPS: &[Step] = &[
+    Step {
+        name: "create the tables",
+        sql: "
 CREATE TABLE jobs (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -138,13 +139,19 @@ $$;
 CREATE TRIGGER jobs_progress_gone AFTER DELETE ON jobs
     FOR EACH ROW EXECUTE FUNCTION dispatch_jobs_progress_gone();
 ",
-    shared: &[
-        super::heads::TABLES,
-        super::approvals::TABLES,
-        super::commands::TABLES,
-        super::progress::TABLES,
-    ],
-}];
+        shared: &[
+            super::heads::TABLES,
+            super::approvals::TABLES,
+            super::commands::TABLES,
+            super::progress::TABLES,
+        ],
+    },
+    Step {
+        name: "mark the reports a hub process is sending",
+        sql: "",
+        shared: &[super::reports::SENDING_COLUMN],
+    },
+];
 
 /// The last version this hub knows.
 pub(super) fn known() -> i64 {
