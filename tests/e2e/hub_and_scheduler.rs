@@ -8,7 +8,8 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    deliver_push, eventually, hub_public_key, hub_toml, push_binding, serve_hub, write, Proc,
+    deliver_push, eventually, hub_public_key, hub_toml, push_binding, scheduler_against, serve_hub,
+    write,
 };
 
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
@@ -70,21 +71,10 @@ license = "team"
         "lint.yaml",
         "steps:\n  - name: lint\n    command: exit 3\n",
     );
-    let mut scheduler = Proc::spawn(
-        "scheduler",
-        &[
-            "start",
-            "--home",
-            &home.display().to_string(),
-            "--cloud-url",
-            &hub_url,
-            "--license-public-key",
-            &key_file.display().to_string(),
-            "--poll-interval",
-            "1",
-            "--long-poll",
-            "5",
-        ],
+    let mut scheduler = scheduler_against(
+        &home,
+        &hub_url,
+        &["--license-public-key", &key_file.display().to_string()],
         &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
     );
 

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use wiremock::ResponseTemplate;
 
 use crate::cloud::Cloud;
-use crate::support::{eventually, fixture, github_signature, hub_toml, push_binding, write, Proc};
+use crate::support::{
+    eventually, fixture, github_signature, hub_toml, push_binding, scheduler_against, write, Proc,
+};
 
 const WEBHOOK_SECRET: &str = "e2e-progress-webhook-secret";
 const LICENSE_KEY: &str = "team-key-progress-e2e";
@@ -86,24 +88,10 @@ impl Pair {
     }
 
     fn scheduler(&self) -> Proc {
-        let home = self.dir.path().join("scheduler").display().to_string();
-        Proc::spawn(
-            "scheduler",
-            &[
-                "start",
-                "--home",
-                &home,
-                "--cloud-url",
-                &self.url(),
-                "--license-public-key",
-                &self.key_file.display().to_string(),
-                "--poll-interval",
-                "1",
-                "--report-interval",
-                "1",
-                "--long-poll",
-                "5",
-            ],
+        scheduler_against(
+            &self.dir.path().join("scheduler"),
+            &self.url(),
+            &["--license-public-key", &self.key_file.display().to_string()],
             &[
                 ("DISPATCH_LICENSE_KEY", LICENSE_KEY),
                 ("E2E_DEPLOY_TOKEN", DEPLOY_TOKEN),

@@ -57,7 +57,8 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    deliver_push, eventually, hub_toml, push_binding, serve_hub, try_deliver_push, write, Proc,
+    deliver_push, eventually, hub_toml, push_binding, scheduler_against, serve_hub,
+    try_deliver_push, write, Proc,
 };
 
 const WEBHOOK_SECRET: &str = "replicas-webhook-secret";
@@ -137,23 +138,10 @@ fn serve_replica(config: &Path, extra: &[&str]) -> (Proc, String) {
 }
 
 fn start_scheduler(home: &Path, hub_url: &str) -> Proc {
-    Proc::spawn(
-        "scheduler",
-        &[
-            "start",
-            "--home",
-            &home.display().to_string(),
-            "--cloud-url",
-            hub_url,
-            "--poll-interval",
-            "1",
-            "--report-interval",
-            "1",
-            "--long-poll",
-            "5",
-            "--max-concurrent-runs",
-            "4",
-        ],
+    scheduler_against(
+        home,
+        hub_url,
+        &["--max-concurrent-runs", "4"],
         &[("DISPATCH_LICENSE_KEY", LICENSE_KEY)],
     )
 }

@@ -322,3 +322,14 @@ pub fn push_binding(dag: &str) -> String {
          trigger = \"auto\"\nevent_name = \"push\"\n"
     )
 }
+
+/// `scheduler start --home <home> --cloud-url <hub>` (a hub, or a cloud), polling each second
+/// (reports too) with long polls of 5 s, then `extra`, with `envs` (such as the license key).
+pub fn scheduler_against(home: &Path, hub: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let home = home.display().to_string();
+    let mut args = vec!["start", "--home", &home, "--cloud-url", hub];
+    args.extend(["--poll-interval", "1", "--report-interval", "1"]);
+    args.extend(["--long-poll", "5"]);
+    args.extend(extra);
+    Proc::spawn("scheduler", &args, envs)
+}

@@ -646,34 +646,27 @@ mod tests {
         let s = storage(Settings::resolve(flags, None).unwrap());
         assert_eq!((s.retention, s.job_log_cap), (90 * day, 1024 * 1024 * 1024));
 
+        let with = |set: fn(&mut StartArgs)| {
+            let mut a = args();
+            set(&mut a);
+            a
+        };
         for (setting, a) in [
             (
                 "hub-retention-days",
-                StartArgs {
-                    hub_retention_days: Some("0".into()),
-                    ..args()
-                },
+                with(|a| a.hub_retention_days = Some("0".into())),
             ),
             (
                 "hub-activation-expiry-days",
-                StartArgs {
-                    hub_activation_expiry_days: Some("a month".into()),
-                    ..args()
-                },
+                with(|a| a.hub_activation_expiry_days = Some("a month".into())),
             ),
             (
                 "hub-job-log-cap-mib",
-                StartArgs {
-                    hub_job_log_cap_mib: Some("0".into()),
-                    ..args()
-                },
+                with(|a| a.hub_job_log_cap_mib = Some("0".into())),
             ),
             (
                 "hub-job-log-cap-mib",
-                StartArgs {
-                    hub_job_log_cap_mib: Some("1025".into()),
-                    ..args()
-                },
+                with(|a| a.hub_job_log_cap_mib = Some("1025".into())),
             ),
         ] {
             let err = Settings::resolve(a, None).unwrap_err();

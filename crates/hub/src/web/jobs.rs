@@ -14,6 +14,7 @@ use super::layout::{self, Nav};
 use super::links;
 use super::queries::{self, JobFilter, JobRow};
 use super::state::Web;
+use crate::bindings::Binding;
 use crate::store::JobState;
 
 /// The query string of the jobs page (what its filter form and "older" link send).
@@ -43,32 +44,22 @@ pub(crate) async fn jobs_page(State(web): State<Arc<Web>>, Query(q): Query<JobsQ
     layout::answer(StatusCode::OK, render(&web, &filter, &rows, more))
 }
 
+/// The values `field` takes in `bindings`, sorted, each once (a filter's choices).
+fn distinct<'a>(
+    bindings: &'a [Binding],
+    field: impl Fn(&'a Binding) -> &'a String,
+) -> Vec<&'a str> {
+    let mut values: Vec<&str> = bindings.iter().map(|b| field(b).as_str()).collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
 /// The page for `rows` (at most [`queries::PAGE`]); `more`: an older page exists.
 pub(crate) fn render(web: &Web, filter: &JobFilter, rows: &[JobRow], more: bool) -> Markup {
-    let repositories: Vec<&str> = {
-        let mut r: Vec<&str> = web
-            .app
-            .cfg
-            .bindings
-            .iter()
-            .map(|b| b.repository.as_str())
-            .collect();
-        r.sort_unstable();
-        r.dedup();
-        r
-    };
-    let dags: Vec<&str> = {
-        let mut d: Vec<&str> = web
-            .app
-            .cfg
-            .bindings
-            .iter()
-            .map(|b| b.dag.as_str())
-            .collect();
-        d.sort_unstable();
-        d.dedup();
-        d
-    };
+    let bindings = &web.app.cfg.bindings;
+    let repositories = distinct(bindings, |b| &b.repository);
+    let dags = distinct(bindings, |b| &b.dag);
     let next = rows.last().filter(|_| more).map(|last| {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for (name, value) in [
