@@ -16,12 +16,14 @@ mod fsutil;
 mod queue;
 mod retention;
 mod runs;
+mod sub_runs;
 
 pub use contract::*;
 pub use dags::FileDagStore;
 pub use queue::FileQueueStore;
 pub use retention::{prune_finished_runs, PruneReport, DEFAULT_HIST_RETENTION_DAYS};
 pub use runs::{new_attempt_id, FileRunStore};
+pub use sub_runs::{steps_with_sub_runs, MAX_SUB_DEPTH};
 
 /// One of each store, plus the in-process wake-up for the executor and the log directory.
 #[derive(Clone)]

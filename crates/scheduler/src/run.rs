@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use dispatch_dag::{
     load_dag_file_with, Attempt, Dag, DagStore as _, FileDagStore, FileQueueStore, LoadOptions,
-    RunRecord, RunStatus, RunStore, StepRecord, StoreError, Stores,
+    RunRecord, RunStatus, RunStore, StoreError, Stores,
 };
 use dispatch_enqueue::enqueue_webhook_run;
 use dispatch_executor::{Executor, ExecutorConfig, ExecutorHandle};
@@ -358,7 +358,7 @@ async fn follow(
             }
         };
         let done = attempt.record.status.is_final();
-        let steps = with_sub_runs(stores, &attempt.record.steps, 0);
+        let steps = dispatch_dag::steps_with_sub_runs(&*stores.runs, &attempt.record.steps);
         let lines = if done {
             follower.finish(&steps)
         } else {
@@ -374,41 +374,6 @@ async fn follow(
             return Ok(attempt.record);
         }
     }
-}
-
-/// Sub-DAG calls deeper than this are not followed (their output stays in their logs).
-const MAX_SUB_DEPTH: usize = 8;
-
-/// `steps`, each followed by the steps of the sub-DAG runs it started, named
-/// `<step>/<child step>` (`<step>[<i>]/<child step>` when it started several, as `parallel`
-/// does), so that a child's output is shown as it comes like the parent's.
-fn with_sub_runs(stores: &Stores, steps: &[StepRecord], depth: usize) -> Vec<StepRecord> {
-    let mut out = Vec::with_capacity(steps.len());
-    for step in steps {
-        out.push(step.clone());
-        if depth >= MAX_SUB_DEPTH {
-            continue;
-        }
-        for (i, sub) in step.sub_runs.iter().enumerate() {
-            let Some((dag, run_id)) = sub.split_once('/') else {
-                continue;
-            };
-            // A child not recorded yet shows up at a later look.
-            let Ok(child) = stores.runs.find_attempt(dag, run_id) else {
-                continue;
-            };
-            let prefix = if step.sub_runs.len() > 1 {
-                format!("{}[{i}]", step.name)
-            } else {
-                step.name.clone()
-            };
-            for mut child_step in with_sub_runs(stores, &child.record.steps, depth + 1) {
-                child_step.name = format!("{prefix}/{}", child_step.name);
-                out.push(child_step);
-            }
-        }
-    }
-    out
 }
 
 fn print_summary(record: &RunRecord) {

@@ -41,7 +41,7 @@ use dispatch_license::{CloudError, MachineCredentials};
 use dispatch_protocol::{
     LogChunk, LogStream, ProgressRequest, ProgressResponse, Secret, StepProgress,
     DEFAULT_JOB_LOG_CAP, MAX_CHUNKS_PER_CALL, MAX_JOB_LOG_CAP, MAX_PROGRESS_DATA_BYTES,
-    MAX_STEPS_PER_CALL, MAX_STEPS_PER_JOB,
+    MAX_STEPS_PER_CALL, MAX_STEPS_PER_JOB, MAX_STEP_NAME_BYTES,
 };
 use dispatch_tracker::{Phase, TrackedJob};
 use dispatch_util::error_chain;
@@ -302,13 +302,24 @@ fn read_next(
                 values.extend(credentials.iter().map(|c| c.expose().to_owned()));
                 upload.secrets = Some(Secrets::new(values));
             }
-            attempt.record
+            let mut record = attempt.record;
+            record.steps = with_sub_runs(runs, &record.steps);
+            record
         }
     };
     Ok(match upload.next_call(&record) {
         Some(call) => Next::Call(call, record),
         None => Next::Nothing(record),
     })
+}
+
+/// `steps` followed, each, by the steps of the sub-DAG runs it started, as the hub shows them:
+/// named `<step>/<child step>` ([`dispatch_dag::steps_with_sub_runs`]). A name past the
+/// protocol's length (deep calls of long names) is left out.
+fn with_sub_runs(runs: &dyn RunStore, steps: &[StepRecord]) -> Vec<StepRecord> {
+    let mut all = dispatch_dag::steps_with_sub_runs(runs, steps);
+    all.retain(|step| step.name.len() <= MAX_STEP_NAME_BYTES);
+    all
 }
 
 /// Sends what is new for one job, a few calls at most. Returns the upload to keep, or `None`

@@ -283,3 +283,49 @@ async fn a_run_that_ended_before_the_start_is_resumed_from_the_hubs_end() {
         .collect();
     assert_eq!(steps.last().unwrap()["status"], "succeeded");
 }
+
+/// A step that calls a sub-DAG: the child's steps and their logs reach the hub under the calling
+/// step, `<step>/<child step>`, as `scheduler run` prints them; with two children (`parallel`)
+/// as `<step>[<i>]/<child step>`.
+#[tokio::test]
+async fn the_steps_and_logs_of_sub_dag_runs_go_under_the_calling_step() {
+    let rig = Rig::bare().await;
+    rig.write_dag(
+        "parent",
+        "steps:\n  - name: before\n    command: echo parent\n\
+         \x20 - name: deploy\n    call: child\n    params: \"WHERE=eu\"\n    depends: [before]\n\
+         \x20 - name: fan\n    call: child\n    parallel: [a, b]\n    params: \"WHERE=${ITEM}\"\n    depends: [deploy]\n\
+         ---\nname: child\nparams:\n  - WHERE: nowhere\nsteps:\n  - name: shout\n    command: echo \"child in $WHERE\"\n",
+    );
+    let job = json!({"id": JOB, "dag_name": "parent", "license_id": LICENSE});
+    advertise(&rig, Some(job), Logs::default()).await;
+    let calls = progress_before_the_finish(&rig).await;
+
+    let mut last = HashMap::new();
+    for step in calls
+        .iter()
+        .flat_map(|c| c["steps"].as_array().cloned().unwrap_or_default())
+    {
+        last.insert(step["name"].as_str().unwrap().to_owned(), step);
+    }
+    for name in ["before", "deploy", "deploy/shout", "fan", "fan[0]/shout", "fan[1]/shout"] {
+        assert_eq!(last[name]["status"], "succeeded", "{name}: {last:?}");
+    }
+    assert_eq!(last.len(), 6, "{last:?}");
+    let text: HashMap<(String, String), String> = chunks_by_stream(&calls)
+        .into_iter()
+        .map(|(key, chunks)| {
+            let held: String = chunks
+                .iter()
+                .map(|c| c["data"].as_str().unwrap_or_default())
+                .collect();
+            (key, held)
+        })
+        .collect();
+    let stdout = |step: &str| text[&(step.to_owned(), "stdout".to_owned())].clone();
+    assert_eq!(stdout("before"), "parent\n");
+    assert_eq!(stdout("deploy/shout"), "child in eu\n");
+    let mut fanned = [stdout("fan[0]/shout"), stdout("fan[1]/shout")];
+    fanned.sort();
+    assert_eq!(fanned, ["child in a\n", "child in b\n"]);
+}
