@@ -83,7 +83,10 @@ impl Cloud {
 
     /// Every request received so far.
     pub async fn requests(&self) -> Vec<Request> {
-        self.server.received_requests().await.unwrap_or_default()
+        self.server
+            .received_requests()
+            .await
+            .expect("the fake cloud records its requests")
     }
 }
 

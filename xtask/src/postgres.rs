@@ -377,7 +377,8 @@ pub(crate) fn run_until_enter() -> anyhow::Result<()> {
         TestServer::Missing => bail!("no cluster started"),
     };
     for (key, value) in cluster.env() {
-        println!("export {key}={value}");
+        // Quoted: the URL holds a `?`, which a shell would take as a pattern.
+        println!("export {key}='{value}'");
     }
     println!("xtask: press Enter to stop the cluster");
     let mut line = String::new();
@@ -389,6 +390,30 @@ pub(crate) fn run_until_enter() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests of TLS to the cluster skip without the authority's file, so a cluster must
+    /// always name it beside its URL.
+    #[test]
+    fn a_started_cluster_names_its_url_and_its_tls_authority() {
+        let bin = match binaries() {
+            Ok(bin) => bin,
+            Err(reason) => {
+                assert!(std::env::var_os("CI").is_none(), "CI is set and {reason:#}");
+                eprintln!("skipped: {reason:#}");
+                return;
+            }
+        };
+        let cluster = Cluster::start(&bin, Durability::Unsynced).unwrap();
+        let env: std::collections::HashMap<_, _> = cluster.env().into_iter().collect();
+        assert_eq!(env[POSTGRES_URL_VAR], cluster.url());
+        assert!(
+            cluster.url().ends_with("?sslmode=disable"),
+            "{}",
+            cluster.url()
+        );
+        let ca = std::fs::read_to_string(&env[POSTGRES_CA_VAR]).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    }
 
     #[test]
     fn binaries_are_found_on_path_first_then_in_the_highest_version() {

@@ -3,6 +3,7 @@
 //! tests connect with `sslrootcert` naming the authority's file, as a deployment on a managed
 //! database with a private authority would.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -75,6 +76,12 @@ impl TlsFiles {
         // The authority's key is not needed again: nothing else may be signed with it.
         std::fs::remove_file(&ca_key)
             .with_context(|| format!("failed to remove `{}`", ca_key.display()))?;
+        // The server (another user, when xtask runs as root) reads the directory and the
+        // certificates whatever the umask; the key is handed over by the cluster.
+        for (path, mode) in [(dir, 0o755), (&files.ca, 0o644), (&files.cert, 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("failed to open `{}` to the server", path.display()))?;
+        }
         Ok(files)
     }
 }

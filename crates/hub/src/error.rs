@@ -80,6 +80,17 @@ pub enum HubError {
         /// The last version this hub knows.
         known: i64,
     },
+    /// The database's schema is older than this hub's, and the command would not change it
+    /// (the replicas running on it may be of the older release).
+    #[error(
+        "hub store schema version {version} is older than this hub's ({known}); run `hub migrate` with this release first (replicas of the older release then refuse the store: upgrade them together)"
+    )]
+    StoreNeedsMigration {
+        /// The database's schema version.
+        version: i64,
+        /// The last version this hub knows.
+        known: i64,
+    },
     /// The database file is damaged (found by the start-up check or by SQLite itself).
     #[error(
         "hub store `{path}` is damaged ({detail}); restore it from a backup, or move it away (with its -wal and -shm files) to start with an empty store"

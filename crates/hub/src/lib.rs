@@ -272,13 +272,16 @@ pub fn migrate_store(cfg: &HubConfig) -> Result<(), HubError> {
 
 /// The public half of the key the hub at `cfg` signs license tokens with (`hub
 /// print-public-key`), created as the hub would create it when there is none. On PostgreSQL
-/// this opens the store (bringing its schema up to date), for the key every replica shares.
+/// this is the key every replica shares, in the store: an empty database is set up first, one
+/// of an older schema refused (`hub migrate` first), never changed under running replicas.
 /// Blocking: call it outside an async runtime.
 pub fn hub_public_key(cfg: &HubConfig) -> Result<ed25519_dalek::VerifyingKey, HubError> {
     let location = store_location(cfg)?;
     let key = match &location {
         Location::Sqlite(_) => keys::load_or_create_signing_key(&cfg.data_dir)?,
-        Location::Postgres(_) => keys::shared_signing_key(&Store::open_at(&location)?)?,
+        Location::Postgres(_) => {
+            keys::shared_signing_key(&Store::open_without_migrating(&location)?)?
+        }
     };
     Ok(key.verifying_key())
 }

@@ -120,6 +120,10 @@ pub(crate) struct Store {
     origin: u64,
 }
 
+/// Superseded reports one claim drops at most before it gives up for this pass (the next pass
+/// goes on).
+const CLAIM_TRIES: usize = 16;
+
 impl Store {
     /// Opens (or creates, 0600) the database, checks it for damage, brings its schema up to
     /// date and counts the jobs for the gauges.
@@ -151,6 +155,23 @@ impl Store {
             progress: progress::Watch::default(),
             origin: rand::random(),
         })
+    }
+
+    /// Opens the store at `location` for a command that must not change the schema under
+    /// running replicas (`hub print-public-key`): an empty PostgreSQL database is set up, one at
+    /// this hub's version opened, an older one refused ([`HubError::StoreNeedsMigration`]).
+    pub fn open_without_migrating(location: &Location) -> Result<Store, HubError> {
+        if let Location::Postgres(cfg) = location {
+            let found = schema_pg::version_now(&mut pg_conn::PgConn::connect(cfg)?.client)?;
+            let known = schema_pg::known();
+            if found != 0 && found < known {
+                return Err(HubError::StoreNeedsMigration {
+                    version: found,
+                    known,
+                });
+            }
+        }
+        Store::open_at(location)
     }
 
     /// Brings the schema at `location` up to date and returns (`hub migrate`).
@@ -407,18 +428,27 @@ impl Store {
     /// Takes the oldest report due at `now_ms` for this hub to send: it is not due again for
     /// `hold_ms`, so other hub processes on the same store (replicas) leave it alone while this
     /// one sends it. A hub that dies while sending leaves it to be sent again after the hold.
+    /// A pending report whose job's final report is queued behind it (its last send failed, or
+    /// its sender died) is dropped instead of sent.
     pub fn claim_due_report(
         &self,
         now_ms: i64,
         hold_ms: i64,
     ) -> Result<Option<PendingReport>, HubError> {
-        // A claim lost in a crash only makes the report due again: no fsync of its own.
-        self.writer.write(Durability::Revocable, move |tx| {
-            let Some(report) = reports::due(tx, now_ms, 1)?.into_iter().next() else {
-                return Ok(None);
-            };
-            reports::hold(tx, report.id, now_ms.saturating_add(hold_ms))?;
-            Ok(Some(report))
+        // Synced like any write: a claim lost in a crash of the database would let another
+        // replica send the job's final report before this one's pending report arrives.
+        self.writer.write(Durability::Full, move |tx| {
+            for _ in 0..CLAIM_TRIES {
+                let Some(report) = reports::due(tx, now_ms, 1)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                if reports::drop_if_superseded(tx, report.id)? {
+                    continue;
+                }
+                reports::hold(tx, report.id, now_ms.saturating_add(hold_ms))?;
+                return Ok(Some(report));
+            }
+            Ok(None)
         })
     }
 
@@ -625,6 +655,80 @@ mod tests {
         assert_eq!(s.next_report_due().unwrap(), Some(500));
         s.delete_report(due[0].id).unwrap();
         assert_eq!(s.next_report_due().unwrap(), None);
+    }
+
+    /// Two processes on one store, as two replicas: B stores the job's end while A sends its
+    /// pending report; the final goes only after A is done. A pending report whose sender died
+    /// is dropped at the next claim once the final is behind it.
+    #[test]
+    fn replicas_send_a_jobs_pending_report_before_its_final_one() {
+        let (_held, location) = testing::test_location();
+        let a = Store::open_at(&location).unwrap();
+        let b = Store::open_at(&location).unwrap();
+        let pending = |job: &'static str| {
+            move |conn: &dyn Sql| {
+                let report = reports::NewReport {
+                    path: format!("/{job}/pending"),
+                    body: "{}".into(),
+                    supersedable: true,
+                };
+                reports::queue_report(conn, job, &report, 0)
+            }
+        };
+        let end = |job: &'static str, now: i64| {
+            move |conn: &dyn Sql| {
+                reports::queue_final(conn, job, vec![(format!("/{job}/final"), "{}".into())], now)
+            }
+        };
+        a.write(pending("j")).unwrap();
+        let sending = a.claim_due_report(0, 120_000).unwrap().unwrap();
+        assert_eq!(sending.path, "/j/pending");
+        b.write(end("j", 10)).unwrap();
+        assert!(
+            b.claim_due_report(10, 120_000).unwrap().is_none(),
+            "the final waits"
+        );
+        a.delete_report(sending.id).unwrap();
+        assert_eq!(
+            b.claim_due_report(20, 120_000).unwrap().unwrap().path,
+            "/j/final"
+        );
+
+        a.write(pending("k")).unwrap();
+        assert_eq!(
+            a.claim_due_report(0, 1_000).unwrap().unwrap().path,
+            "/k/pending"
+        );
+        b.write(end("k", 500)).unwrap();
+        // A died while sending; after its hold B drops the pending report and sends the final.
+        let next = b.claim_due_report(2_000, 120_000).unwrap().unwrap();
+        assert_eq!(next.path, "/k/final");
+        assert!(b.claim_due_report(2_000, 120_000).unwrap().is_none());
+    }
+
+    /// A PostgreSQL store whose schema is behind this hub's is refused, and left as it was.
+    #[test]
+    fn opening_without_migrating_refuses_an_older_schema_and_leaves_it() {
+        let Some(db) = dispatch_test_support::postgres_database() else {
+            return;
+        };
+        let location = Location::postgres(db.url()).unwrap();
+        // An empty database is set up.
+        drop(Store::open_without_migrating(&location).unwrap());
+        let Location::Postgres(target) = &location else {
+            unreachable!("a postgres URL")
+        };
+        let mut conn = pg_conn::PgConn::connect(target).unwrap();
+        let known = schema_pg::known();
+        conn.client
+            .execute("DELETE FROM dispatch_schema WHERE version = $1", &[&known])
+            .unwrap();
+        let err = Store::open_without_migrating(&location).err().unwrap();
+        assert!(
+            matches!(err, HubError::StoreNeedsMigration { version, .. } if version == known - 1),
+            "{err}"
+        );
+        assert_eq!(schema_pg::version_now(&mut conn.client).unwrap(), known - 1);
     }
 
     #[test]

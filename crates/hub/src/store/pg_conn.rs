@@ -17,6 +17,9 @@ use crate::error::HubError;
 pub(crate) struct PgTarget {
     /// The URL's settings, as the `postgres` crate takes them.
     config: postgres::Config,
+    /// The names of the settings the URL gives (its query's keys): the hub's own session
+    /// settings fill in only the others ([`session_config`]).
+    given: std::collections::BTreeSet<String>,
     /// The PEM file of the authorities the server's certificate must chain to (`sslrootcert`);
     /// None: the web's public root authorities (webpki-roots).
     root_cert: Option<PathBuf>,
@@ -26,20 +29,39 @@ impl PgTarget {
     /// From a `postgres://` (or `postgresql://`) URL. Besides what the `postgres` crate reads,
     /// it takes libpq's `sslrootcert=<file>` (`system`: the public authorities) and the
     /// `sslmode`s `verify-ca` and `verify-full`, which mean `require` here: a certificate is
-    /// always checked, its chain and its name. A `sslrootcert` file is read now, so that a
-    /// missing or bad one stops the hub at start. The reason of an error never repeats the URL,
-    /// which may hold a password.
+    /// always checked, its chain and its name. With `sslrootcert` TLS is required (no `sslmode`
+    /// means `require`; `prefer` or `disable` beside it is refused), so that no one on the path
+    /// can make the hub go on in plain text. A `sslrootcert` file is read now, so that a missing
+    /// or bad one stops the hub at start. The reason of an error never repeats the URL, which
+    /// may hold a password.
     pub fn parse(url: &str) -> Result<PgTarget, String> {
         let url = url.trim();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err("must be a postgres:// URL (unset it to keep the SQLite store)".into());
         }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // The user and password run to the first `@` (as the `postgres` crate reads them, so a
+        // `?` in a password is not the query's start); the query starts at the `?` after it.
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        let authority_from = url[after_scheme..]
+            .find('@')
+            .map_or(after_scheme, |at| after_scheme + at + 1);
+        let (base, query) = match url[authority_from..].find('?') {
+            Some(q) => (&url[..authority_from + q], &url[authority_from + q + 1..]),
+            None => (url, ""),
+        };
         let mut kept = Vec::new();
+        let mut given = std::collections::BTreeSet::new();
         let mut root_cert = None;
+        let mut pinned = false;
+        let mut mode = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=').unwrap_or((pair, "")) {
-                ("sslrootcert", "system") => root_cert = None,
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            given.insert(key.to_owned());
+            match (key, value) {
+                ("sslrootcert", "system") => {
+                    root_cert = None;
+                    pinned = true;
+                }
                 ("sslrootcert", file) => {
                     let file = percent_encoding::percent_decode_str(file)
                         .decode_utf8()
@@ -48,11 +70,26 @@ impl PgTarget {
                         return Err("has an empty `sslrootcert` (give a PEM file)".into());
                     }
                     root_cert = Some(PathBuf::from(file.as_ref()));
+                    pinned = true;
                 }
-                ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require"),
+                ("sslmode", "verify-ca" | "verify-full") => mode = Some("require"),
+                ("sslmode", other) => mode = Some(other),
                 _ => kept.push(pair),
             }
         }
+        match (pinned, mode) {
+            (true, Some("disable" | "prefer")) => {
+                return Err(
+                    "has `sslrootcert` with an `sslmode` that lets the server answer \
+                            without TLS (use `require`, `verify-ca` or `verify-full`)"
+                        .into(),
+                )
+            }
+            (true, None) => mode = Some("require"),
+            _ => {}
+        }
+        let ssl_mode = mode.map(|m| format!("sslmode={m}"));
+        kept.extend(ssl_mode.as_deref());
         let rebuilt = match kept.is_empty() {
             true => base.to_owned(),
             false => format!("{base}?{}", kept.join("&")),
@@ -66,7 +103,11 @@ impl PgTarget {
         if let Some(file) = &root_cert {
             authorities(file)?;
         }
-        Ok(PgTarget { config, root_cert })
+        Ok(PgTarget {
+            config,
+            given,
+            root_cert,
+        })
     }
 
     /// The URL's settings.
@@ -137,27 +178,27 @@ const PG_IDLE_IN_TRANSACTION_MS: u32 = 30_000;
 const PG_LINK_TIMEOUT: Duration = Duration::from_secs(30);
 const PG_PROBE_EVERY: Duration = Duration::from_secs(5);
 const PG_PROBES: u32 = 3;
-/// The kernel's (and the `postgres` crate's) time before the first keepalive probe.
-const KEEPALIVE_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
 
-/// `cfg` with the hub's session settings wherever the store URL does not give its own: the
+/// The target's settings, and the hub's session settings wherever the store URL does not give
+/// its own (a setting the URL names is kept, also `0`, which means the system's default): the
 /// connect timeout, the link timeouts ([`PG_LINK_TIMEOUT`]) and
 /// `idle_in_transaction_session_timeout`.
-fn session_config(cfg: &postgres::Config) -> postgres::Config {
-    let mut cfg = cfg.clone();
-    if cfg.get_connect_timeout().is_none() {
+fn session_config(target: &PgTarget) -> postgres::Config {
+    let mut cfg = target.config.clone();
+    let unset = |key: &str| !target.given.contains(key);
+    if unset("connect_timeout") {
         cfg.connect_timeout(PG_CONNECT_TIMEOUT);
     }
-    if cfg.get_tcp_user_timeout().is_none() {
+    if unset("tcp_user_timeout") {
         cfg.tcp_user_timeout(PG_LINK_TIMEOUT);
     }
-    if cfg.get_keepalives_idle() == KEEPALIVE_IDLE_DEFAULT {
+    if unset("keepalives_idle") {
         cfg.keepalives_idle(PG_LINK_TIMEOUT - PG_PROBE_EVERY * PG_PROBES);
     }
-    if cfg.get_keepalives_interval().is_none() {
+    if unset("keepalives_interval") {
         cfg.keepalives_interval(PG_PROBE_EVERY);
     }
-    if cfg.get_keepalives_retries().is_none() {
+    if unset("keepalives_retries") {
         cfg.keepalives_retries(PG_PROBES);
     }
     let given = cfg.get_options().unwrap_or_default();
@@ -177,7 +218,7 @@ pub(crate) struct PgConn {
 impl PgConn {
     /// Connects to `target`, over TLS as its URL asks ([`PgTarget::tls`]).
     pub fn connect(target: &PgTarget) -> Result<PgConn, HubError> {
-        let client = session_config(&target.config)
+        let client = session_config(target)
             .connect(target.tls()?)
             .map_err(HubError::store("connect to PostgreSQL"))?;
         Ok(PgConn {
@@ -333,7 +374,7 @@ mod tests {
     #[test]
     fn the_hubs_session_settings_fill_in_what_the_url_leaves_out() {
         let bare = PgTarget::parse("postgres://u@db/d").unwrap();
-        let ours = session_config(bare.config());
+        let ours = session_config(&bare);
         assert_eq!(ours.get_connect_timeout(), Some(&PG_CONNECT_TIMEOUT));
         assert_eq!(ours.get_tcp_user_timeout(), Some(&PG_LINK_TIMEOUT));
         assert_eq!(ours.get_keepalives_idle(), Duration::from_secs(15));
@@ -344,14 +385,14 @@ mod tests {
             Some("-c idle_in_transaction_session_timeout=30000")
         );
         // What the URL says wins.
-        let url = "postgres://u@db/d?connect_timeout=3&tcp_user_timeout=7&keepalives_idle=60\
+        let url = "postgres://u@db/d?connect_timeout=3&tcp_user_timeout=7&keepalives_idle=7200\
                    &keepalives_interval=20&keepalives_retries=9\
                    &options=-c%20idle_in_transaction_session_timeout%3D5000";
         let given = PgTarget::parse(url).unwrap();
-        let kept = session_config(given.config());
+        let kept = session_config(&given);
         assert_eq!(kept.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(kept.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
-        assert_eq!(kept.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(kept.get_keepalives_idle(), Duration::from_secs(7200));
         assert_eq!(
             kept.get_keepalives_interval(),
             Some(Duration::from_secs(20))
@@ -361,5 +402,45 @@ mod tests {
             kept.get_options(),
             Some("-c idle_in_transaction_session_timeout=5000")
         );
+        // `0` (the system's default, as in libpq) is kept too, though the `postgres` crate
+        // drops it while reading.
+        let zero =
+            PgTarget::parse("postgres://u@db/d?tcp_user_timeout=0&connect_timeout=0").unwrap();
+        let zero = session_config(&zero);
+        assert_eq!(zero.get_tcp_user_timeout(), None);
+        assert_eq!(zero.get_connect_timeout(), None);
+    }
+
+    #[test]
+    fn sslrootcert_requires_tls_and_a_question_mark_in_the_password_is_no_query() {
+        for url in [
+            "postgres://u@db/d?sslrootcert=system",
+            "postgres://u@db/d?sslrootcert=system&sslmode=verify-full",
+        ] {
+            let target = PgTarget::parse(url).unwrap();
+            assert_eq!(
+                target.config().get_ssl_mode(),
+                postgres::config::SslMode::Require,
+                "{url}"
+            );
+        }
+        for mode in ["disable", "prefer"] {
+            let reason = PgTarget::parse(&format!(
+                "postgres://u:pw@db/d?sslmode={mode}&sslrootcert=system"
+            ))
+            .err()
+            .unwrap();
+            assert!(
+                reason.contains("without TLS") && !reason.contains("pw"),
+                "{reason}"
+            );
+        }
+        let target = PgTarget::parse("postgres://u:p?w@db/d?sslmode=verify-full").unwrap();
+        assert_eq!(target.config().get_password(), Some(&b"p?w"[..]));
+        assert_eq!(
+            target.config().get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        assert_eq!(target.config().get_dbname(), Some("d"));
     }
 }

@@ -221,7 +221,7 @@ pub(super) fn drop_superseded(
 
 /// Drops report `id` when it is supersedable and its job's final report is queued behind it:
 /// its send failed, and the final replaces it. Returns whether it was dropped.
-fn drop_if_superseded(conn: &dyn Sql, id: i64) -> Result<bool, HubError> {
+pub(super) fn drop_if_superseded(conn: &dyn Sql, id: i64) -> Result<bool, HubError> {
     let dropped = conn
         .execute(
             "DELETE FROM reports WHERE id = ?1 AND supersedable = 1 AND EXISTS (

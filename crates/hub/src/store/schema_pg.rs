@@ -206,6 +206,24 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), HubError> {
     refuse_newer(found, known)
 }
 
+/// The database's schema version without changing anything: 0 for an empty database (not even
+/// the version table).
+pub(super) fn version_now(client: &mut Client) -> Result<i64, HubError> {
+    let mut tx = client
+        .transaction()
+        .map_err(HubError::store("read the schema version"))?;
+    let row = tx
+        .query_one("SELECT to_regclass('dispatch_schema') IS NOT NULL", &[])
+        .map_err(HubError::store("read the schema version"))?;
+    let exists: bool = row
+        .try_get(0)
+        .map_err(HubError::store("read the schema version"))?;
+    if !exists {
+        return Ok(0);
+    }
+    version(&mut tx)
+}
+
 /// The database's schema version (0 when no step was applied).
 fn version(tx: &mut postgres::Transaction<'_>) -> Result<i64, HubError> {
     let row = tx

@@ -308,7 +308,14 @@ async fn the_steps_and_logs_of_sub_dag_runs_go_under_the_calling_step() {
     {
         last.insert(step["name"].as_str().unwrap().to_owned(), step);
     }
-    for name in ["before", "deploy", "deploy/shout", "fan", "fan[0]/shout", "fan[1]/shout"] {
+    for name in [
+        "before",
+        "deploy",
+        "deploy/shout",
+        "fan",
+        "fan[0]/shout",
+        "fan[1]/shout",
+    ] {
         assert_eq!(last[name]["status"], "succeeded", "{name}: {last:?}");
     }
     assert_eq!(last.len(), 6, "{last:?}");
